@@ -1,0 +1,13 @@
+//! Who a caller is and what it may do: the `pcl_` key and `pct_` admin token formats, how their
+//! secrets are hashed for storage, model globs, scopes and address allow-lists.
+
+mod base62;
+mod glob;
+mod hash;
+mod policy;
+mod secret;
+
+pub use glob::ModelGlobs;
+pub use hash::{SecretHash, SecretHasher};
+pub use policy::{CidrList, Scope, Scopes, UnknownScope};
+pub use secret::{FormatError, SecretKind, SecretToken};

@@ -1,0 +1,313 @@
+//! The configuration file's shape. Every table denies unknown fields, so a typo is an error
+//! that names its path instead of a silently ignored setting.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use portcullis_types::Secret;
+use portcullis_types::admin::LimitOverrides;
+use serde::Deserialize;
+use url::Url;
+
+use crate::duration::ConfigDuration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
+    pub security: SecurityConfig,
+    #[serde(default)]
+    pub tiers: BTreeMap<String, TierConfig>,
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Largest request body accepted; larger ones get 413 `request_too_large`.
+    pub max_body_bytes: usize,
+    /// Largest request head (request line and headers) accepted, in bytes.
+    pub max_header_bytes: usize,
+    /// Most header fields in one request.
+    pub max_headers: usize,
+    /// A client must send its complete request head within this time.
+    pub header_read_timeout: ConfigDuration,
+    /// On SIGTERM, in-flight requests (streams included) get this long to finish.
+    pub shutdown_timeout: ConfigDuration,
+    /// Peers whose `X-Forwarded-For` is believed when finding the client address.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 4 * 1024 * 1024,
+            max_header_bytes: 16 * 1024,
+            max_headers: 64,
+            header_read_timeout: ConfigDuration(Duration::from_secs(10)),
+            shutdown_timeout: ConfigDuration(Duration::from_secs(30)),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8081)) }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://path/to/file.db` (relative to the working directory) or `postgres://…`.
+    pub url: Secret<String>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { url: Secret::new("sqlite://portcullis.db".into()) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimiterBackend {
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub backend: LimiterBackend,
+    pub redis_url: Option<Secret<String>>,
+    /// Completion tokens reserved, and sent upstream as the cap, when a request names none.
+    pub default_max_tokens: u64,
+    /// Tier of a key created without one (and whose team names none).
+    pub default_tier: String,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            backend: LimiterBackend::Memory,
+            redis_url: None,
+            default_max_tokens: 1024,
+            default_tier: "free".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditDurability {
+    Async,
+    Sync,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    pub durability: AuditDurability,
+    pub file: Option<String>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { durability: AuditDurability::Async, file: None }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// When set, key and token hashes are HMAC-SHA-256 with this pepper instead of SHA-256,
+    /// so a stolen database alone cannot confirm a guessed key.
+    pub key_pepper: Option<Secret<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    #[serde(default)]
+    pub requests_per_minute: Option<u64>,
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+    #[serde(default)]
+    pub max_concurrent: Option<u64>,
+    #[serde(default)]
+    pub tokens_per_day: Option<u64>,
+    #[serde(default)]
+    pub tokens_per_month: Option<u64>,
+    /// Currency units; 0 means no paid usage at all.
+    #[serde(default)]
+    pub budget_per_day: Option<f64>,
+    #[serde(default)]
+    pub budget_per_month: Option<f64>,
+    /// Instant allowance of the per-minute request limit; defaults to the whole minute's worth.
+    #[serde(default)]
+    pub burst: Option<u64>,
+    /// Higher is served first when a model server is saturated.
+    #[serde(default)]
+    pub priority: i64,
+    /// Model globs this tier may use; empty means every model.
+    #[serde(default)]
+    pub models: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// What clients send in `model`.
+    pub name: String,
+    /// What the model server calls it; defaults to `name`.
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+    /// Origins (optionally with a path prefix) of the servers in this model's pool.
+    pub endpoints: Vec<Url>,
+    /// Bearer token sent upstream in place of the client's credential.
+    #[serde(default)]
+    pub api_key: Option<Secret<String>>,
+    /// Requests in flight per endpoint; more wait or are shed with 503 `overloaded`.
+    #[serde(default)]
+    pub max_concurrent: Option<u64>,
+    #[serde(default = "defaults::queue_timeout")]
+    pub queue_timeout: ConfigDuration,
+    #[serde(default)]
+    pub price: Price,
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    #[serde(default)]
+    pub health_check: HealthCheckConfig,
+    #[serde(default)]
+    pub ejection: EjectionConfig,
+    /// Further attempts on other endpoints while nothing has reached the client.
+    #[serde(default = "defaults::retries")]
+    pub retries: u32,
+    /// Models tried, in order, when this one's whole pool fails.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+}
+
+impl ModelConfig {
+    pub fn upstream_model(&self) -> &str {
+        self.upstream_model.as_deref().unwrap_or(&self.name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    #[serde(default)]
+    pub input_per_million: f64,
+    #[serde(default)]
+    pub output_per_million: f64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsConfig {
+    pub connect: ConfigDuration,
+    /// Until the response head arrives.
+    pub first_byte: ConfigDuration,
+    /// Longest silence between two chunks of a response body.
+    pub idle: ConfigDuration,
+    /// The whole exchange, stream included.
+    pub total: ConfigDuration,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        Self {
+            connect: ConfigDuration(Duration::from_secs(2)),
+            first_byte: ConfigDuration(Duration::from_secs(60)),
+            idle: ConfigDuration(Duration::from_secs(30)),
+            total: ConfigDuration(Duration::from_secs(600)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckConfig {
+    pub enabled: bool,
+    /// Requested with GET on each endpoint; any 2xx is healthy.
+    pub path: String,
+    pub interval: ConfigDuration,
+    pub timeout: ConfigDuration,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: "/v1/models".into(),
+            interval: ConfigDuration(Duration::from_secs(10)),
+            timeout: ConfigDuration(Duration::from_secs(2)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EjectionConfig {
+    /// Consecutive failures (connection errors, timeouts, 5xx) that take an endpoint out.
+    pub consecutive_failures: u32,
+    /// How long an ejected endpoint stays out before it gets traffic again.
+    pub duration: ConfigDuration,
+}
+
+impl Default for EjectionConfig {
+    fn default() -> Self {
+        Self { consecutive_failures: 3, duration: ConfigDuration(Duration::from_secs(30)) }
+    }
+}
+
+impl TierConfig {
+    /// The tier's limits in the shape teams and keys override.
+    pub fn limits(&self) -> LimitOverrides {
+        LimitOverrides {
+            requests_per_minute: self.requests_per_minute,
+            tokens_per_minute: self.tokens_per_minute,
+            max_concurrent: self.max_concurrent,
+            tokens_per_day: self.tokens_per_day,
+            tokens_per_month: self.tokens_per_month,
+            budget_per_day: self.budget_per_day,
+            budget_per_month: self.budget_per_month,
+        }
+    }
+}
+
+mod defaults {
+    use super::*;
+
+    pub fn queue_timeout() -> ConfigDuration {
+        ConfigDuration(Duration::from_secs(2))
+    }
+
+    pub fn retries() -> u32 {
+        1
+    }
+}

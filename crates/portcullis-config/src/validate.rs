@@ -1,0 +1,210 @@
+//! Rules that span fields, checked after parsing. Each failure names the offending path.
+
+use std::collections::HashSet;
+
+use crate::{Config, ConfigError, LimiterBackend, ModelConfig, TierConfig};
+
+pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
+    if config.server.max_body_bytes == 0 {
+        return invalid("server.max_body_bytes", "must be greater than 0");
+    }
+    // hyper cannot read a request head into a buffer smaller than 8 KiB.
+    if config.server.max_header_bytes < 8192 {
+        return invalid("server.max_header_bytes", "must be at least 8192");
+    }
+    if config.server.max_headers == 0 {
+        return invalid("server.max_headers", "must be greater than 0");
+    }
+    if config.server.listen == config.admin.listen {
+        return invalid("admin.listen", "must differ from server.listen");
+    }
+    if config.limits.backend == LimiterBackend::Redis && config.limits.redis_url.is_none() {
+        return invalid("limits.redis_url", "is required when limits.backend = \"redis\"");
+    }
+    if !config.tiers.is_empty() && !config.tiers.contains_key(&config.limits.default_tier) {
+        return invalid(
+            "limits.default_tier",
+            &format!("names tier {:?}, which is not defined under [tiers]", config.limits.default_tier),
+        );
+    }
+    for (name, tier) in &config.tiers {
+        validate_tier(name, tier)?;
+    }
+    let mut seen = HashSet::new();
+    for (index, model) in config.models.iter().enumerate() {
+        if !seen.insert(model.name.as_str()) {
+            return invalid(&format!("models[{index}].name"), &format!("{:?} is defined twice", model.name));
+        }
+        validate_model(index, model, config)?;
+    }
+    Ok(())
+}
+
+fn validate_tier(name: &str, tier: &TierConfig) -> Result<(), ConfigError> {
+    for (field, value) in [("budget_per_day", tier.budget_per_day), ("budget_per_month", tier.budget_per_month)] {
+        if value.is_some_and(|budget| !budget.is_finite() || budget < 0.0) {
+            return invalid(&format!("tiers.{name}.{field}"), "must be a non-negative number");
+        }
+    }
+    if tier.max_concurrent == Some(0) {
+        return invalid(&format!("tiers.{name}.max_concurrent"), "must be at least 1 (omit it for no limit)");
+    }
+    if let Some(burst) = tier.burst {
+        if burst == 0 {
+            return invalid(&format!("tiers.{name}.burst"), "must be at least 1");
+        }
+        if tier.requests_per_minute.is_some_and(|rpm| burst > rpm) {
+            return invalid(&format!("tiers.{name}.burst"), "may lower the instant allowance, not exceed requests_per_minute");
+        }
+    }
+    Ok(())
+}
+
+fn validate_model(index: usize, model: &ModelConfig, config: &Config) -> Result<(), ConfigError> {
+    let path = |field: &str| format!("models[{index}].{field}");
+    if model.name.trim().is_empty() {
+        return invalid(&path("name"), "must not be empty");
+    }
+    if model.endpoints.is_empty() {
+        return invalid(&path("endpoints"), "needs at least one endpoint");
+    }
+    for (at, endpoint) in model.endpoints.iter().enumerate() {
+        let field = path(&format!("endpoints[{at}]"));
+        if !matches!(endpoint.scheme(), "http" | "https") {
+            return invalid(&field, "must be an http:// or https:// URL");
+        }
+        if endpoint.host_str().is_none() || endpoint.query().is_some() || endpoint.fragment().is_some() {
+            return invalid(&field, "must be an origin with an optional path prefix, no query or fragment");
+        }
+        if !endpoint.username().is_empty() || endpoint.password().is_some() {
+            return invalid(&field, "must not carry credentials; use api_key");
+        }
+    }
+    if model.max_concurrent == Some(0) {
+        return invalid(&path("max_concurrent"), "must be at least 1 (omit it for no limit)");
+    }
+    for (field, value) in [
+        ("price.input_per_million", model.price.input_per_million),
+        ("price.output_per_million", model.price.output_per_million),
+    ] {
+        if !value.is_finite() || value < 0.0 {
+            return invalid(&path(field), "must be a non-negative number");
+        }
+    }
+    if !model.health_check.path.starts_with('/') {
+        return invalid(&path("health_check.path"), "must start with /");
+    }
+    if model.retries > 10 {
+        return invalid(&path("retries"), "must be at most 10");
+    }
+    for (at, fallback) in model.fallbacks.iter().enumerate() {
+        if fallback == &model.name {
+            return invalid(&path(&format!("fallbacks[{at}]")), "a model cannot fall back to itself");
+        }
+        if config.model(fallback).is_none() {
+            return invalid(&path(&format!("fallbacks[{at}]")), &format!("names unknown model {fallback:?}"));
+        }
+    }
+    Ok(())
+}
+
+fn invalid(path: &str, message: &str) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid { path: path.to_string(), message: message.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Config, ConfigError};
+
+    const REFERENCE: &str = include_str!("../../../examples/portcullis.toml");
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, |_| None)
+    }
+
+    fn error_path(text: &str) -> String {
+        match parse(text) {
+            Err(ConfigError::Parse { path, .. } | ConfigError::Invalid { path, .. }) => path,
+            other => panic!("expected a parse or validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reference_configuration_loads_unchanged() {
+        let config = parse(REFERENCE).unwrap();
+        assert_eq!(config.models[0].name, "smollm2");
+        assert_eq!(config.models[0].upstream_model(), "SmolLM2-135M-Instruct");
+        assert_eq!(config.tiers["pro"].budget_per_month, Some(100.0));
+        assert_eq!(config.limits.default_max_tokens, 1024);
+    }
+
+    #[test]
+    fn empty_file_gives_working_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.server.listen.port(), 8080);
+        assert_eq!(config.admin.listen.port(), 8081);
+        assert_eq!(config.server.max_body_bytes, 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn unknown_field_is_an_error_naming_its_table() {
+        assert_eq!(error_path("[server]\nlisten_on = \"1.2.3.4:1\"\n"), "server.listen_on");
+        let path = error_path("[[models]]\nname = \"a\"\nendpoints = [\"http://h\"]\nprice = { input = 1.0 }\n");
+        assert_eq!(path, "models[0].price.input");
+    }
+
+    #[test]
+    fn wrong_type_names_the_field_path() {
+        assert_eq!(error_path("[server]\nmax_body_bytes = \"big\"\n"), "server.max_body_bytes");
+        assert_eq!(error_path("[tiers.free]\nrequests_per_minute = -1\n"), "tiers.free.requests_per_minute");
+    }
+
+    #[test]
+    fn bad_duration_names_the_field_path() {
+        let text = "[[models]]\nname = \"a\"\nendpoints = [\"http://h\"]\nqueue_timeout = \"soon\"\n";
+        assert_eq!(error_path(text), "models[0].queue_timeout");
+    }
+
+    #[test]
+    fn unknown_fallback_is_rejected() {
+        let text = "[[models]]\nname = \"a\"\nendpoints = [\"http://h\"]\nfallbacks = [\"b\"]\n";
+        assert_eq!(error_path(text), "models[0].fallbacks[0]");
+    }
+
+    #[test]
+    fn duplicate_model_is_rejected() {
+        let one = "[[models]]\nname = \"a\"\nendpoints = [\"http://h\"]\n";
+        assert_eq!(error_path(&format!("{one}{one}")), "models[1].name");
+    }
+
+    #[test]
+    fn endpoint_must_be_http_origin() {
+        let text = "[[models]]\nname = \"a\"\nendpoints = [\"ftp://h\"]\n";
+        assert_eq!(error_path(text), "models[0].endpoints[0]");
+        let text = "[[models]]\nname = \"a\"\nendpoints = [\"http://user:pw@h\"]\n";
+        assert_eq!(error_path(text), "models[0].endpoints[0]");
+    }
+
+    #[test]
+    fn default_tier_must_exist_when_tiers_are_defined() {
+        assert_eq!(error_path("[tiers.gold]\npriority = 1\n"), "limits.default_tier");
+    }
+
+    #[test]
+    fn redis_backend_needs_a_url() {
+        assert_eq!(error_path("[limits]\nbackend = \"redis\"\n"), "limits.redis_url");
+    }
+
+    #[test]
+    fn syntax_errors_are_reported() {
+        assert!(matches!(parse("[server\n"), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn environment_variables_are_substituted() {
+        let text = "[[models]]\nname = \"a\"\nendpoints = [\"http://h\"]\napi_key = \"${UP_KEY}\"\n";
+        let config = Config::parse(text, |name| (name == "UP_KEY").then(|| "sk-up".into())).unwrap();
+        assert_eq!(config.models[0].api_key.as_ref().unwrap().expose(), "sk-up");
+        assert!(!format!("{config:?}").contains("sk-up"), "Debug must redact the upstream key");
+    }
+}

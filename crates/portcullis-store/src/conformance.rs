@@ -1,0 +1,1 @@
+//! The conformance story: written by the store backends task.
