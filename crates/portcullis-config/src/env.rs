@@ -11,7 +11,10 @@ pub enum EnvError {
 }
 
 /// Applies [`substitute`] to every string in a parsed document.
-pub(crate) fn substitute_strings(value: &mut toml::Value, lookup: &impl Fn(&str) -> Option<String>) -> Result<(), EnvError> {
+pub(crate) fn substitute_strings(
+    value: &mut toml::Value,
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<(), EnvError> {
     match value {
         toml::Value::String(text) if text.contains('$') => *text = substitute(text, lookup)?,
         toml::Value::Array(items) => items.iter_mut().try_for_each(|item| substitute_strings(item, lookup))?,

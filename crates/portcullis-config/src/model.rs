@@ -111,12 +111,7 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self {
-            backend: LimiterBackend::Memory,
-            redis_url: None,
-            default_max_tokens: 1024,
-            default_tier: "free".into(),
-        }
+        Self { backend: LimiterBackend::Memory, redis_url: None, default_max_tokens: 1024, default_tier: "free".into() }
     }
 }
 

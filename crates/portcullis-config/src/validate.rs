@@ -54,7 +54,10 @@ fn validate_tier(name: &str, tier: &TierConfig) -> Result<(), ConfigError> {
             return invalid(&format!("tiers.{name}.burst"), "must be at least 1");
         }
         if tier.requests_per_minute.is_some_and(|rpm| burst > rpm) {
-            return invalid(&format!("tiers.{name}.burst"), "may lower the instant allowance, not exceed requests_per_minute");
+            return invalid(
+                &format!("tiers.{name}.burst"),
+                "may lower the instant allowance, not exceed requests_per_minute",
+            );
         }
     }
     Ok(())

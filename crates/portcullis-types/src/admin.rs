@@ -111,11 +111,7 @@ pub struct UpdateKeyRequest {
     pub allowed_cidrs: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in: Option<String>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "time::serde::rfc3339::option"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
     pub expires_at: Option<OffsetDateTime>,
     /// `true` removes the expiry.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
