@@ -10,7 +10,7 @@ use subtle::ConstantTimeEq;
 use crate::SecretToken;
 
 /// The stored form of a secret. Equality is constant-time.
-#[derive(Clone, Copy, Eq, Hash)]
+#[derive(Clone, Copy, Eq)]
 pub struct SecretHash([u8; 32]);
 
 impl SecretHash {

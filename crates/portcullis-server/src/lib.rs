@@ -1,1 +1,37 @@
-//! placeholder
+//! The Portcullis server: the proxy and admin routers, their layers and shared state, start-up,
+//! reload and graceful shutdown. The binary crate only parses arguments and handles signals.
+
+mod access_log;
+mod admin;
+mod bearer;
+mod error;
+mod health;
+mod key_cache;
+mod listener;
+mod metrics;
+mod principal;
+mod proxy;
+mod request_id;
+mod server;
+mod state;
+mod store;
+
+use std::net::SocketAddr;
+
+pub use server::{RunningServer, Server};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error("store: {0}")]
+    Store(String),
+    #[error("cannot listen on {address}: {source}")]
+    Bind { address: SocketAddr, source: std::io::Error },
+}
+
+/// Applies pending migrations to the store named in `url`; returns how many ran.
+pub async fn migrate(url: &str) -> Result<usize, StartError> {
+    let stores = store::open(url)?;
+    stores.migrator.migrate().await.map_err(|error| StartError::Store(error.to_string()))
+}

@@ -1,1 +1,88 @@
-//! placeholder
+//! SQLite backend for the Portcullis store traits.
+//!
+//! One connection behind a mutex: SQLite allows one writer at a time anyway, and the gateway's
+//! hot path reads through caches. Every call runs on tokio's blocking pool so a slow disk never
+//! stalls an async worker.
+
+mod codec;
+mod error;
+mod keys;
+mod migrations;
+mod teams;
+mod tokens;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use portcullis_store::{StoreError, StoreResult};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+
+use crate::error::db_err;
+
+/// The SQLite store; cheap to clone (all clones share the connection).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path`, in WAL mode.
+    pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        let conn = Connection::open(path)
+            .map_err(|err| StoreError::Unavailable(format!("cannot open {}: {err}", path.display())))?;
+        // WAL lets readers in other processes (backups, the CLI) work during writes.
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)).map_err(db_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Unavailable(format!("sqlite refused WAL mode (got {mode})")));
+        }
+        // NORMAL is durable in WAL mode except for the last commits on power loss.
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(db_err)?;
+        SqliteStore::configure(conn)
+    }
+
+    /// A private database that lives as long as the store; for tests.
+    pub fn open_in_memory() -> StoreResult<SqliteStore> {
+        let conn = Connection::open_in_memory().map_err(db_err)?;
+        SqliteStore::configure(conn)
+    }
+
+    fn configure(conn: Connection) -> StoreResult<SqliteStore> {
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(db_err)?;
+        // Another process holding the write lock makes us wait, not fail.
+        conn.busy_timeout(Duration::from_millis(5000)).map_err(db_err)?;
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    /// Runs `op` with the connection on the blocking pool.
+    async fn call<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        let task = tokio::task::spawn_blocking(move || {
+            let mut conn =
+                conn.lock().map_err(|_| StoreError::Unavailable("sqlite connection poisoned by a panic".into()))?;
+            op(&mut conn)
+        });
+        task.await.map_err(|err| StoreError::Unavailable(format!("sqlite task failed: {err}")))?
+    }
+
+    /// Runs `op` in a write transaction, committed only if `op` succeeds.
+    async fn write<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
+    {
+        self.call(|conn| {
+            // IMMEDIATE takes the write lock up front, so a read-then-write never hits SQLITE_BUSY halfway.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
+            let value = op(&tx)?;
+            tx.commit().map_err(db_err)?;
+            Ok(value)
+        })
+        .await
+    }
+}

@@ -1,1 +1,417 @@
-//! The conformance story: written by the store backends task.
+//! The conformance story: one walk through every store operation that each backend must pass.
+//!
+//! Call [`run_story`] on a fresh database from a backend's own test. Every id, team name and
+//! secret hash the story uses starts with or is made from a `story` marker, so nothing else is
+//! expected to be in the database, but list checks only look at the story's own rows.
+//!
+//! Rules a backend must follow beyond the trait docs, each checked below:
+//! - Timestamps keep whole seconds.
+//! - A key's or token's team must exist (`NotFound` otherwise).
+//! - Lists are ordered: teams by name; keys and tokens by `created_at`, then id.
+//! - Finding by secret returns revoked keys and tokens too: the caller decides what to do.
+//! - Rotation: the new secret has no end; every older secret ends at the earlier of its current
+//!   end and `old_valid_until`. A later rotation can shorten an older secret, never extend it.
+//! - `touch_keys` keeps the latest use time (batches may arrive out of order) and skips unknown ids.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test support: a failed unwrap or assert is a failed conformance check"
+)]
+
+use portcullis_types::admin::{LimitOverrides, Role};
+use serde_json::json;
+use time::{Duration, OffsetDateTime};
+
+use crate::{
+    KeyFilter, KeyPatch, KeyRecord, NewAdminToken, NewKey, NewTeam, Rotation, StoreError, Stores, TeamPatch, TeamRecord,
+};
+
+const RED: &str = "story-team-red";
+const BLUE: &str = "story-team-blue";
+
+/// Runs the whole story; panics (with the failed check) on the first deviation.
+pub async fn run_story(stores: &Stores) {
+    let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+
+    migrations_run_once(stores).await;
+    teams_are_unique_readable_and_patchable(stores, now).await;
+    keys_are_stored_whole_and_found_by_secret(stores, now).await;
+    key_lists_are_ordered_and_filtered(stores, now).await;
+    key_patches_replace_only_given_fields(stores, now).await;
+    revocation_keeps_the_first_time(stores, now).await;
+    rotation_ends_older_secrets_without_extending_them(stores, now).await;
+    touches_keep_the_latest_use(stores, now).await;
+    admin_tokens_are_unique_findable_and_revocable(stores, now).await;
+}
+
+async fn migrations_run_once(stores: &Stores) {
+    let first = stores.migrator.migrate().await.unwrap();
+    assert!(first > 0, "a fresh database has migrations to apply");
+    // Idempotent: the server migrates on every start.
+    assert_eq!(stores.migrator.migrate().await.unwrap(), 0, "second migrate applies nothing");
+    stores.migrator.ping().await.unwrap();
+}
+
+async fn teams_are_unique_readable_and_patchable(stores: &Stores, now: OffsetDateTime) {
+    let teams = &stores.teams;
+    let red = NewTeam {
+        name: RED.into(),
+        tier: Some("gold".into()),
+        limits: LimitOverrides { requests_per_minute: Some(600), budget_per_day: Some(12.5), ..Default::default() },
+        metadata: json!({"cost_centre": "r&d", "tags": ["a", "b"]}),
+        created_at: now,
+    };
+    let created = teams.create_team(red.clone()).await.unwrap();
+    assert_eq!(created, team_record(&red), "create returns the stored team");
+    assert_eq!(teams.get_team(RED).await.unwrap(), created);
+
+    // Created second but listed first: lists go by name.
+    let blue = NewTeam {
+        name: BLUE.into(),
+        tier: None,
+        limits: LimitOverrides::default(),
+        metadata: json!({}),
+        created_at: now,
+    };
+    teams.create_team(blue.clone()).await.unwrap();
+
+    let duplicate = teams.create_team(NewTeam { tier: None, ..red.clone() }).await;
+    assert!(matches!(duplicate, Err(StoreError::Conflict(_))), "duplicate team name: {duplicate:?}");
+    assert_eq!(teams.get_team(RED).await.unwrap(), created, "a failed create changes nothing");
+
+    assert!(matches!(teams.get_team("story-team-none").await, Err(StoreError::NotFound)));
+    let names: Vec<String> =
+        teams.list_teams().await.unwrap().into_iter().map(|t| t.name).filter(|n| n.starts_with("story-")).collect();
+    assert_eq!(names, [BLUE, RED]);
+
+    // A patch replaces only the fields it carries.
+    let tier_only = TeamPatch { tier: Some("silver".into()), ..Default::default() };
+    let patched = teams.update_team(RED, tier_only).await.unwrap();
+    assert_eq!(patched, TeamRecord { tier: Some("silver".into()), ..created.clone() });
+
+    let rest = TeamPatch {
+        tier: None,
+        limits: Some(LimitOverrides { tokens_per_day: Some(1_000_000), ..Default::default() }),
+        metadata: Some(json!({"owner": "story"})),
+    };
+    let patched = teams.update_team(RED, rest.clone()).await.unwrap();
+    let expected = TeamRecord {
+        tier: Some("silver".into()),
+        limits: rest.limits.unwrap(),
+        metadata: rest.metadata.unwrap(),
+        ..created.clone()
+    };
+    assert_eq!(patched, expected, "limits and metadata replaced, tier kept");
+    assert_eq!(teams.get_team(RED).await.unwrap(), patched, "the patch is stored");
+
+    let missing = teams.update_team("story-team-none", TeamPatch::default()).await;
+    assert!(matches!(missing, Err(StoreError::NotFound)), "update of unknown team: {missing:?}");
+}
+
+async fn keys_are_stored_whole_and_found_by_secret(stores: &Stores, now: OffsetDateTime) {
+    let keys = &stores.keys;
+    let full = NewKey {
+        models: vec!["llama-3-8b".into(), "qwen-*".into()],
+        scopes: vec!["chat".into(), "embeddings".into()],
+        allowed_cidrs: vec!["10.0.0.0/8".into(), "2001:db8::/32".into()],
+        limits: LimitOverrides { tokens_per_minute: Some(20_000), budget_per_month: Some(99.75), ..Default::default() },
+        metadata: json!({"owner": "story", "nested": {"n": 1}}),
+        expires_at: Some(now + Duration::days(30)),
+        ..new_key("story-key-full", Some(RED), 0x10, now - Duration::seconds(10))
+    };
+    let created = keys.create_key(full.clone()).await.unwrap();
+    assert_eq!(created, key_record(&full), "create returns every field as given");
+    assert_eq!(keys.get_key("story-key-full").await.unwrap(), created);
+
+    // Found by its secret; the first secret has no end.
+    let found = keys.find_key_by_secret(&secret(0x10)).await.unwrap().expect("key found by its secret");
+    assert_eq!(found.key, created);
+    assert_eq!(found.secret_valid_until, None);
+    assert_eq!(keys.find_key_by_secret(&secret(0xEE)).await.unwrap(), None, "unknown secret is a miss, not an error");
+    assert!(matches!(keys.get_key("story-key-none").await, Err(StoreError::NotFound)));
+
+    // Ids and secrets are unique; a failed create leaves nothing behind.
+    let same_id = keys.create_key(new_key("story-key-full", None, 0x11, now)).await;
+    assert!(matches!(same_id, Err(StoreError::Conflict(_))), "duplicate key id: {same_id:?}");
+    assert_eq!(keys.find_key_by_secret(&secret(0x11)).await.unwrap(), None, "rejected key's secret not kept");
+    let same_secret = keys.create_key(new_key("story-key-copy", None, 0x10, now)).await;
+    assert!(matches!(same_secret, Err(StoreError::Conflict(_))), "duplicate secret: {same_secret:?}");
+    assert!(matches!(keys.get_key("story-key-copy").await, Err(StoreError::NotFound)), "rejected key not kept");
+
+    // A key's team must exist.
+    let orphan = keys.create_key(new_key("story-key-orphan", Some("story-team-none"), 0x12, now)).await;
+    assert!(matches!(orphan, Err(StoreError::NotFound)), "key for unknown team: {orphan:?}");
+}
+
+async fn key_lists_are_ordered_and_filtered(stores: &Stores, now: OffsetDateTime) {
+    let keys = &stores.keys;
+    // Inserted out of order: lists go by created_at, then id.
+    let earlier = now - Duration::seconds(5);
+    for (id, team, tag) in
+        [("story-key-c", Some(RED), 0x22), ("story-key-a", Some(RED), 0x20), ("story-key-b", Some(BLUE), 0x21)]
+    {
+        keys.create_key(new_key(id, team, tag, earlier)).await.unwrap();
+    }
+    keys.create_key(new_key("story-key-lone", None, 0x23, now)).await.unwrap();
+    keys.revoke_key("story-key-c", now).await.unwrap();
+
+    let all = KeyFilter { team: None, include_revoked: true };
+    assert_eq!(
+        story_ids(keys.list_keys(&all).await.unwrap()),
+        ["story-key-full", "story-key-a", "story-key-b", "story-key-c", "story-key-lone"]
+    );
+    let active = KeyFilter { team: None, include_revoked: false };
+    assert_eq!(
+        story_ids(keys.list_keys(&active).await.unwrap()),
+        ["story-key-full", "story-key-a", "story-key-b", "story-key-lone"],
+        "revoked keys left out unless asked for"
+    );
+    let red_all = KeyFilter { team: Some(RED.into()), include_revoked: true };
+    assert_eq!(ids(keys.list_keys(&red_all).await.unwrap()), ["story-key-full", "story-key-a", "story-key-c"]);
+    let red_active = KeyFilter { team: Some(RED.into()), include_revoked: false };
+    assert_eq!(ids(keys.list_keys(&red_active).await.unwrap()), ["story-key-full", "story-key-a"]);
+    let nobody = KeyFilter { team: Some("story-team-none".into()), include_revoked: true };
+    assert!(keys.list_keys(&nobody).await.unwrap().is_empty());
+}
+
+async fn key_patches_replace_only_given_fields(stores: &Stores, now: OffsetDateTime) {
+    let keys = &stores.keys;
+    let original = keys.get_key("story-key-full").await.unwrap();
+
+    let renamed = keys.update_key("story-key-full", KeyPatch { name: Some("renamed".into()), ..Default::default() });
+    let renamed = renamed.await.unwrap();
+    assert_eq!(renamed, KeyRecord { name: "renamed".into(), ..original.clone() }, "only the name changed");
+
+    let everything = KeyPatch {
+        name: Some("everything".into()),
+        tier: Some("premium".into()),
+        models: Some(vec!["phi-3".into()]),
+        scopes: Some(vec![]),
+        allowed_cidrs: Some(vec!["192.168.1.0/24".into()]),
+        limits: Some(LimitOverrides { max_concurrent: Some(4), ..Default::default() }),
+        metadata: Some(json!(["a", 1, null])),
+        expires_at: Some(Some(now + Duration::days(1))),
+    };
+    let patched = keys.update_key("story-key-full", everything.clone()).await.unwrap();
+    let expected = KeyRecord {
+        name: everything.name.unwrap(),
+        tier: everything.tier.unwrap(),
+        models: everything.models.unwrap(),
+        scopes: everything.scopes.unwrap(),
+        allowed_cidrs: everything.allowed_cidrs.unwrap(),
+        limits: everything.limits.unwrap(),
+        metadata: everything.metadata.unwrap(),
+        expires_at: everything.expires_at.unwrap(),
+        ..original.clone()
+    };
+    assert_eq!(patched, expected, "every given field replaced");
+    assert_eq!(keys.get_key("story-key-full").await.unwrap(), expected, "the patch is stored");
+
+    // `Some(None)` clears the expiry; an empty patch changes nothing.
+    let cleared = keys.update_key("story-key-full", KeyPatch { expires_at: Some(None), ..Default::default() });
+    assert_eq!(cleared.await.unwrap(), KeyRecord { expires_at: None, ..expected.clone() });
+    let unchanged = keys.update_key("story-key-full", KeyPatch::default()).await.unwrap();
+    assert_eq!(unchanged, KeyRecord { expires_at: None, ..expected });
+
+    let missing = keys.update_key("story-key-none", KeyPatch::default()).await;
+    assert!(matches!(missing, Err(StoreError::NotFound)), "update of unknown key: {missing:?}");
+}
+
+async fn revocation_keeps_the_first_time(stores: &Stores, now: OffsetDateTime) {
+    let keys = &stores.keys;
+    let revoked = keys.revoke_key("story-key-a", now).await.unwrap();
+    assert_eq!(revoked.revoked_at, Some(now));
+    let again = keys.revoke_key("story-key-a", now + Duration::minutes(1)).await.unwrap();
+    assert_eq!(again, revoked, "a second revoke keeps the first time");
+
+    // The store still finds a revoked key by its secret: refusing it is the caller's job.
+    let found = keys.find_key_by_secret(&secret(0x20)).await.unwrap().expect("revoked key still found");
+    assert_eq!(found.key.revoked_at, Some(now));
+
+    let missing = keys.revoke_key("story-key-none", now).await;
+    assert!(matches!(missing, Err(StoreError::NotFound)), "revoke of unknown key: {missing:?}");
+}
+
+async fn rotation_ends_older_secrets_without_extending_them(stores: &Stores, now: OffsetDateTime) {
+    let keys = &stores.keys;
+    let id = "story-key-rotating";
+    let original = keys.create_key(new_key(id, Some(BLUE), 0x30, now)).await.unwrap();
+    let (first, second, third, fourth) = (0x30, 0x31, 0x32, 0x33);
+
+    // First rotation: the new secret has no end, the old one ends at the grace time.
+    let in_an_hour = now + Duration::hours(1);
+    let rotated = keys.rotate_key(id, rotation(second, in_an_hour)).await.unwrap();
+    assert_eq!(rotated, KeyRecord { display_prefix: prefix(second), ..original.clone() }, "only the prefix changed");
+    assert_eq!(secret_end(stores, second).await, None);
+    assert_eq!(secret_end(stores, first).await, Some(in_an_hour));
+
+    // A longer grace ends the newer old secret but does not extend the one already ending sooner.
+    let in_two_hours = now + Duration::hours(2);
+    keys.rotate_key(id, rotation(third, in_two_hours)).await.unwrap();
+    assert_eq!(secret_end(stores, third).await, None);
+    assert_eq!(secret_end(stores, second).await, Some(in_two_hours));
+    assert_eq!(secret_end(stores, first).await, Some(in_an_hour), "an earlier end is kept");
+
+    // A shorter grace (here none at all) shortens every older secret.
+    keys.rotate_key(id, rotation(fourth, now)).await.unwrap();
+    for old in [first, second, third] {
+        assert_eq!(secret_end(stores, old).await, Some(now), "secret {old:#x} ends at the shorter grace");
+    }
+    assert_eq!(secret_end(stores, fourth).await, None);
+    assert_eq!(keys.get_key(id).await.unwrap().display_prefix, prefix(fourth));
+
+    // A secret already on file cannot be reused; unknown keys cannot rotate.
+    let reused = keys.rotate_key(id, rotation(first, now - Duration::hours(1))).await;
+    assert!(matches!(reused, Err(StoreError::Conflict(_))), "rotation to a known secret: {reused:?}");
+    assert_eq!(secret_end(stores, fourth).await, None, "a failed rotation ends no secret");
+    assert_eq!(secret_end(stores, first).await, Some(now), "a failed rotation changes no end");
+    assert_eq!(keys.get_key(id).await.unwrap().display_prefix, prefix(fourth), "nor the prefix");
+    let missing = keys.rotate_key("story-key-none", rotation(0x3F, now)).await;
+    assert!(matches!(missing, Err(StoreError::NotFound)), "rotation of unknown key: {missing:?}");
+}
+
+async fn touches_keep_the_latest_use(stores: &Stores, now: OffsetDateTime) {
+    let keys = &stores.keys;
+    let later = now + Duration::seconds(20);
+    let uses = [("story-key-b".to_string(), later), ("story-key-lone".to_string(), now)];
+    keys.touch_keys(&uses).await.unwrap();
+    assert_eq!(keys.get_key("story-key-b").await.unwrap().last_used_at, Some(later));
+    assert_eq!(keys.get_key("story-key-lone").await.unwrap().last_used_at, Some(now));
+
+    // An older use arriving late does not move the time back; unknown ids are skipped.
+    let stale = [("story-key-b".to_string(), now), ("story-key-none".to_string(), now)];
+    keys.touch_keys(&stale).await.unwrap();
+    assert_eq!(keys.get_key("story-key-b").await.unwrap().last_used_at, Some(later));
+    keys.touch_keys(&[]).await.unwrap();
+}
+
+async fn admin_tokens_are_unique_findable_and_revocable(stores: &Stores, now: OffsetDateTime) {
+    let tokens = &stores.tokens;
+    // Created out of order: lists go by created_at, then id.
+    let team_admin =
+        NewAdminToken { role: Role::TeamAdmin, team: Some(RED.into()), ..new_token("story-token-team", 0x41, now) };
+    let admin = new_token("story-token-admin", 0x40, now - Duration::seconds(1));
+    let team_admin_record = tokens.create_token(team_admin.clone()).await.unwrap();
+    let admin_record = tokens.create_token(admin.clone()).await.unwrap();
+    assert_eq!(team_admin_record.role, Role::TeamAdmin);
+    assert_eq!(team_admin_record.team.as_deref(), Some(RED));
+    assert_eq!(admin_record.id, admin.id);
+    assert_eq!(admin_record.revoked_at, None);
+
+    let found = tokens.find_token_by_secret(&secret(0x40)).await.unwrap();
+    assert_eq!(found, Some(admin_record.clone()));
+    assert_eq!(tokens.find_token_by_secret(&secret(0xEF)).await.unwrap(), None, "unknown token is a miss");
+
+    let same_id = tokens.create_token(new_token("story-token-admin", 0x42, now)).await;
+    assert!(matches!(same_id, Err(StoreError::Conflict(_))), "duplicate token id: {same_id:?}");
+    let same_secret = tokens.create_token(new_token("story-token-copy", 0x40, now)).await;
+    assert!(matches!(same_secret, Err(StoreError::Conflict(_))), "duplicate token secret: {same_secret:?}");
+    let orphan = NewAdminToken { team: Some("story-team-none".into()), ..new_token("story-token-orphan", 0x43, now) };
+    let orphan = tokens.create_token(orphan).await;
+    assert!(matches!(orphan, Err(StoreError::NotFound)), "token for unknown team: {orphan:?}");
+
+    let listed: Vec<_> =
+        tokens.list_tokens().await.unwrap().into_iter().filter(|t| t.id.starts_with("story-")).collect();
+    assert_eq!(listed, [admin_record, team_admin_record]);
+
+    // Revocation is idempotent, and a revoked token is still found (the caller refuses it).
+    let revoked = tokens.revoke_token("story-token-team", now).await.unwrap();
+    assert_eq!(revoked.revoked_at, Some(now));
+    let again = tokens.revoke_token("story-token-team", now + Duration::minutes(1)).await.unwrap();
+    assert_eq!(again, revoked, "a second revoke keeps the first time");
+    assert_eq!(tokens.find_token_by_secret(&secret(0x41)).await.unwrap(), Some(revoked));
+    let missing = tokens.revoke_token("story-token-none", now).await;
+    assert!(matches!(missing, Err(StoreError::NotFound)), "revoke of unknown token: {missing:?}");
+}
+
+/// A stand-in secret hash; the store never sees secrets, so any distinct 32 bytes will do.
+fn secret(tag: u8) -> [u8; 32] {
+    [tag; 32]
+}
+
+fn prefix(tag: u8) -> String {
+    format!("pcl_{tag:02x}")
+}
+
+fn rotation(tag: u8, old_valid_until: OffsetDateTime) -> Rotation {
+    Rotation { new_secret: secret(tag), new_display_prefix: prefix(tag), old_valid_until }
+}
+
+async fn secret_end(stores: &Stores, tag: u8) -> Option<OffsetDateTime> {
+    let found = stores.keys.find_key_by_secret(&secret(tag)).await.unwrap();
+    found.unwrap_or_else(|| panic!("secret {tag:#x} still on file")).secret_valid_until
+}
+
+fn new_key(id: &str, team: Option<&str>, tag: u8, created_at: OffsetDateTime) -> NewKey {
+    NewKey {
+        id: id.into(),
+        name: format!("{id} name"),
+        secret_hash: secret(tag),
+        display_prefix: prefix(tag),
+        team: team.map(Into::into),
+        tier: "default".into(),
+        models: vec![],
+        scopes: vec![],
+        allowed_cidrs: vec![],
+        limits: LimitOverrides::default(),
+        metadata: json!({}),
+        expires_at: None,
+        created_by: "story-admin".into(),
+        created_at,
+    }
+}
+
+fn new_token(id: &str, tag: u8, created_at: OffsetDateTime) -> NewAdminToken {
+    NewAdminToken {
+        id: id.into(),
+        name: format!("{id} name"),
+        secret_hash: secret(tag),
+        display_prefix: prefix(tag),
+        role: Role::Admin,
+        team: None,
+        created_by: "story-admin".into(),
+        created_at,
+    }
+}
+
+/// What a freshly created key must look like.
+fn key_record(key: &NewKey) -> KeyRecord {
+    KeyRecord {
+        id: key.id.clone(),
+        name: key.name.clone(),
+        display_prefix: key.display_prefix.clone(),
+        team: key.team.clone(),
+        tier: key.tier.clone(),
+        models: key.models.clone(),
+        scopes: key.scopes.clone(),
+        allowed_cidrs: key.allowed_cidrs.clone(),
+        limits: key.limits.clone(),
+        metadata: key.metadata.clone(),
+        expires_at: key.expires_at,
+        created_by: key.created_by.clone(),
+        created_at: key.created_at,
+        revoked_at: None,
+        last_used_at: None,
+    }
+}
+
+fn team_record(team: &NewTeam) -> TeamRecord {
+    TeamRecord {
+        name: team.name.clone(),
+        tier: team.tier.clone(),
+        limits: team.limits.clone(),
+        metadata: team.metadata.clone(),
+        created_at: team.created_at,
+    }
+}
+
+fn ids(keys: Vec<KeyRecord>) -> Vec<String> {
+    keys.into_iter().map(|k| k.id).collect()
+}
+
+/// Ids of the story's own keys, in list order.
+fn story_ids(keys: Vec<KeyRecord>) -> Vec<String> {
+    ids(keys).into_iter().filter(|id| id.starts_with("story-")).collect()
+}

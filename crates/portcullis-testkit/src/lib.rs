@@ -1,1 +1,35 @@
-//! placeholder
+//! Test support for Portcullis' black-box tests (`crates/portcullis/tests/`).
+//!
+//! - [`StubUpstream`]: a scripted OpenAI-compatible model server (faults, gated streams, request log).
+//! - [`Gateway`] / [`GatewayBuilder`]: the real `portcullis` binary on free ports in a temp dir,
+//!   plus its CLI as a client of that gateway.
+//! - Optional real services, found from the environment: [`openai_python`] (a Python with the
+//!   official `openai` SDK), [`real_slm_url`] (a real small model behind `llama-server`), and
+//!   [`skip_or_fail`] to skip loudly on a developer machine but fail when `CI=true`.
+//!
+//! ```no_run
+//! # async fn example() {
+//! use portcullis_testkit::{GatewayBuilder, StubUpstream};
+//! let stub = StubUpstream::start().await;
+//! // In crates/portcullis/tests/: GatewayBuilder::new(env!("CARGO_BIN_EXE_portcullis"))
+//! let gateway = GatewayBuilder::new("target/debug/portcullis")
+//!     .config(&format!("[[models]]\nname = \"m\"\nendpoints = [\"{}\"]\n", stub.url()))
+//!     .start()
+//!     .await;
+//! let (_id, _secret) = gateway.create_key(&["--models", "m"]);
+//! # }
+//! ```
+
+mod env;
+mod gateway;
+mod stub;
+
+pub use env::{
+    free_port, in_ci, openai_python, openai_sdk_script, real_slm_url, run_openai_sdk_check, skip_or_fail,
+    workspace_root,
+};
+pub use gateway::{Gateway, GatewayBuilder, GatewayError};
+pub use stub::{
+    DEFAULT_MODELS, DEFAULT_STREAM_CHUNKS, EMBEDDING_DIMENSIONS, GatedStream, RecordedRequest, StubUpstream,
+    embedding_of, reply_pieces, reply_text,
+};

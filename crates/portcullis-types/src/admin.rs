@@ -89,7 +89,7 @@ pub struct CreateKeyRequest {
 /// The answer to a create or rotate: the only time the secret is ever shown.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreatedKey {
-    pub id: String,
+    /// The secret. The key's public `id` is in the flattened view.
     pub key: String,
     #[serde(flatten)]
     pub view: KeyView,
@@ -220,7 +220,7 @@ pub struct CreateTokenRequest {
 /// The answer to a token create: the only time the token is ever shown.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreatedToken {
-    pub id: String,
+    /// The secret. The token's public `id` is in the flattened view.
     pub token: String,
     #[serde(flatten)]
     pub view: TokenView,

@@ -1,1 +1,169 @@
-//! placeholder
+//! Routing requests to model servers (DESIGN §8): one pool of endpoints per configured model,
+//! least-outstanding balancing, passive ejection and active health checks, retries on other
+//! endpoints and fallback models, and a streaming relay of the response with idle and total
+//! timeouts.
+//!
+//! The server crate builds one [`Upstreams`] per configuration (and a fresh one on reload),
+//! shares it in an `Arc`, and calls [`Upstreams::forward`] per request.
+//!
+//! Module map: `pool` endpoint state and selection; `route` a model's client and settings;
+//! `forward` the attempt loop over endpoints and fallbacks; `attempt` one request up to its
+//! response head; `body` the relayed body with timeouts and the slot guard; `health` active
+//! checks; `headers` hop-by-hop and credential filtering; `rewrite` the `model` field.
+
+mod attempt;
+mod body;
+mod error;
+mod forward;
+mod headers;
+mod health;
+mod pool;
+mod rewrite;
+mod route;
+
+use std::collections::HashMap;
+use std::fmt;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use portcullis_config::ModelConfig;
+use portcullis_types::admin::ModelView;
+
+pub use body::UpstreamBody;
+pub use error::{UpstreamBodyError, UpstreamError};
+
+use route::Route;
+
+/// Every configured model's route. Built once per configuration; cheap to share in an `Arc`.
+/// Dropping it stops its health-check tasks.
+pub struct Upstreams {
+    /// In configured order.
+    routes: Vec<Route>,
+    by_name: HashMap<String, usize>,
+    /// Dropping this ends every health-check task.
+    _health: health::Shutdown,
+}
+
+impl fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstreams").field("routes", &self.routes).finish_non_exhaustive()
+    }
+}
+
+/// A request to forward, as the server hands it over.
+#[derive(Debug, Clone)]
+pub struct ForwardRequest {
+    /// The model name the client sent (a configured model name).
+    pub model: String,
+    /// The client's path, e.g. `/v1/chat/completions` (a query string may follow); appended to
+    /// the endpoint's origin and path prefix. Always sent with `POST`.
+    pub path: String,
+    /// Client headers to pass on, already filtered by the server. Hop-by-hop headers, `host`,
+    /// `content-length` and any credential (`authorization`, `x-api-key`, `cookie`,
+    /// `proxy-authorization`) are removed again here regardless.
+    pub headers: HeaderMap,
+    /// The client's JSON body, sent unchanged unless the `model` field must be translated.
+    pub body: Bytes,
+}
+
+/// A model server's response, head received, body still streaming.
+#[derive(Debug)]
+pub struct UpstreamResponse {
+    pub status: StatusCode,
+    /// The upstream's headers without hop-by-hop ones (`content-length` is kept: the body is
+    /// relayed unchanged).
+    pub headers: HeaderMap,
+    /// Holds the endpoint's request slot until it ends or is dropped.
+    pub body: UpstreamBody,
+    /// The configured model that served it: the requested one, or a fallback.
+    pub model: String,
+    /// Origin and path prefix of the endpoint that served it; never carries credentials.
+    pub endpoint: String,
+}
+
+/// One endpoint's live state, read at scrape time for metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointState {
+    pub model: String,
+    pub url: String,
+    /// In rotation: passing its health checks (or not checked) and not ejected.
+    pub healthy: bool,
+    pub outstanding: u64,
+}
+
+impl Upstreams {
+    /// Builds a pool and an HTTP client per model and, inside a tokio runtime, starts the
+    /// active health checks of the models that enable them (outside one, checks are skipped
+    /// with a warning and endpoints stay healthy). If two models share a name, the first wins.
+    pub fn new(models: &[ModelConfig]) -> Upstreams {
+        let epoch = tokio::time::Instant::now();
+        let shutdown = health::Shutdown::new();
+        let mut routes = Vec::with_capacity(models.len());
+        let mut by_name = HashMap::with_capacity(models.len());
+        for config in models {
+            if by_name.contains_key(&config.name) {
+                tracing::warn!(model = %config.name, "model defined twice; the first definition is used");
+                continue;
+            }
+            let route = Route::new(config, epoch);
+            health::start(&route, &shutdown);
+            by_name.insert(config.name.clone(), routes.len());
+            routes.push(route);
+        }
+        Upstreams { routes, by_name, _health: shutdown }
+    }
+
+    pub fn contains(&self, model: &str) -> bool {
+        self.by_name.contains_key(model)
+    }
+
+    /// Configured model names, in configuration order.
+    pub fn model_names(&self) -> impl Iterator<Item = &str> {
+        self.routes.iter().map(|route| route.name.as_str())
+    }
+
+    /// Every model with its endpoints' live state, for the admin API.
+    pub fn views(&self) -> Vec<ModelView> {
+        self.routes.iter().map(Route::view).collect()
+    }
+
+    /// Every endpoint's live state, for metrics at scrape time.
+    pub fn endpoint_states(&self) -> Vec<EndpointState> {
+        self.routes
+            .iter()
+            .flat_map(|route| {
+                route.pool.endpoints().iter().map(|endpoint| EndpointState {
+                    model: route.name.clone(),
+                    url: endpoint.base().to_string(),
+                    healthy: endpoint.in_rotation(),
+                    outstanding: endpoint.outstanding(),
+                })
+            })
+            .collect()
+    }
+
+    /// Sends `request` to an endpoint of its model, retrying on other endpoints and then on the
+    /// model's fallbacks for which `may_use` is true (the caller's permission check: a key
+    /// allowed only the primary model must not be served by a fallback it may not use).
+    ///
+    /// Returns the first response that is not 502/503/504 (4xx and 500 included, as-is). When
+    /// nothing is left to try and the last response received was 502/503/504, that response is
+    /// returned rather than an error. Errors: [`UpstreamError::UnknownModel`];
+    /// [`UpstreamError::Timeout`] when an endpoint sent no head in time (not retried);
+    /// [`UpstreamError::Overloaded`] when nothing failed but every usable endpoint was at its
+    /// concurrency limit; [`UpstreamError::Unavailable`] otherwise.
+    ///
+    /// Dropping the returned future, or the response body, cancels the upstream request and
+    /// frees the endpoint's slot.
+    pub async fn forward(
+        &self,
+        request: ForwardRequest,
+        may_use: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        forward::forward(self, request, may_use).await
+    }
+
+    fn route(&self, model: &str) -> Option<&Route> {
+        self.by_name.get(model).and_then(|&index| self.routes.get(index))
+    }
+}

@@ -1,0 +1,53 @@
+//! The admin listener: `/admin/v1/*` (authenticated by admin tokens), the OpenAPI document,
+//! `/metrics`, `/healthz` and `/readyz`.
+
+pub mod auth;
+mod catalog;
+mod extract;
+mod keys;
+mod teams;
+mod tokens;
+mod validate;
+mod views;
+
+use axum::Router;
+use axum::routing::{get, post};
+use http::header;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::{access_log, health, request_id};
+
+/// The admin API's OpenAPI 3.1 description; a test checks it lists every route below.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Same layer order as the proxy: request id → access log → route. Every `/admin/v1` handler
+/// takes an `AdminCaller`, so a request without a valid admin token never reaches one.
+/// `/metrics` and the health routes are unauthenticated (for scrapers and orchestrators):
+/// bind the admin listener to a private address.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/admin/v1/keys", get(keys::list).post(keys::create))
+        .route("/admin/v1/keys/{id}", get(keys::get).patch(keys::update).delete(keys::revoke))
+        .route("/admin/v1/keys/{id}/revoke", post(keys::revoke))
+        .route("/admin/v1/keys/{id}/rotate", post(keys::rotate))
+        .route("/admin/v1/teams", get(teams::list).post(teams::create))
+        .route("/admin/v1/teams/{name}", get(teams::get).patch(teams::update))
+        .route("/admin/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/admin/v1/tokens/{id}/revoke", post(tokens::revoke))
+        .route("/admin/v1/tiers", get(catalog::tiers))
+        .route("/admin/v1/models", get(catalog::models))
+        .route("/admin/v1/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(health::live))
+        .route("/readyz", get(health::ready))
+        .fallback(|| async { ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), access_log::admin))
+        .layer(axum::middleware::from_fn(request_id::layer))
+        .with_state(state)
+}
+
+async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> impl axum::response::IntoResponse {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics().render())
+}

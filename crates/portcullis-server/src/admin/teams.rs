@@ -1,0 +1,74 @@
+//! `/admin/v1/teams`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use http::StatusCode;
+use portcullis_store::{NewTeam, TeamPatch};
+use portcullis_types::admin::{CreateTeamRequest, ListResponse, TeamView, UpdateTeamRequest};
+use time::OffsetDateTime;
+
+use super::auth::AdminCaller;
+use super::extract::ApiJson;
+use super::validate;
+use super::views::{store_error, team_view};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: AdminCaller,
+) -> Result<Json<ListResponse<TeamView>>, ApiError> {
+    let teams = state.stores().teams.list_teams().await.map_err(store_error("team"))?;
+    let data = teams.into_iter().filter(|team| caller.can_see_team(Some(&team.name))).map(team_view).collect();
+    Ok(Json(ListResponse { data }))
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: AdminCaller,
+    ApiJson(request): ApiJson<CreateTeamRequest>,
+) -> Result<(StatusCode, Json<TeamView>), ApiError> {
+    caller.require_admin()?;
+    let config = state.runtime().config.clone();
+    let team = NewTeam {
+        name: validate::team_name(&request.name)?,
+        tier: request.tier.as_deref().map(|tier| validate::tier(&config, tier)).transpose()?,
+        limits: validate::limits(request.limits)?,
+        metadata: validate::metadata(request.metadata)?,
+        created_at: OffsetDateTime::now_utc(),
+    };
+    let record = state.stores().teams.create_team(team).await.map_err(store_error("team"))?;
+    tracing::info!(team = %record.name, by = %caller.token_id, "team created");
+    Ok((StatusCode::CREATED, Json(team_view(record))))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    caller: AdminCaller,
+    Path(name): Path<String>,
+) -> Result<Json<TeamView>, ApiError> {
+    if !caller.can_see_team(Some(&name)) {
+        return Err(ApiError::NotFound { what: "team" });
+    }
+    let record = state.stores().teams.get_team(&name).await.map_err(store_error("team"))?;
+    Ok(Json(team_view(record)))
+}
+
+/// Changing a team's tier or limits changes what its members may spend: admins only.
+pub async fn update(
+    State(state): State<AppState>,
+    caller: AdminCaller,
+    Path(name): Path<String>,
+    ApiJson(request): ApiJson<UpdateTeamRequest>,
+) -> Result<Json<TeamView>, ApiError> {
+    caller.require_admin()?;
+    let config = state.runtime().config.clone();
+    let patch = TeamPatch {
+        tier: request.tier.as_deref().map(|tier| validate::tier(&config, tier)).transpose()?,
+        limits: request.limits.map(|limits| validate::limits(Some(limits))).transpose()?,
+        metadata: request.metadata.map(|metadata| validate::metadata(Some(metadata))).transpose()?,
+    };
+    let record = state.stores().teams.update_team(&name, patch).await.map_err(store_error("team"))?;
+    tracing::info!(team = %name, by = %caller.token_id, "team updated");
+    Ok(Json(team_view(record)))
+}

@@ -1,0 +1,145 @@
+//! Checks on admin input, each failure a 400 naming the parameter.
+
+use portcullis_auth::{CidrList, Scopes};
+use portcullis_config::{Config, parse_duration};
+use portcullis_types::admin::LimitOverrides;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::error::ApiError;
+
+const MAX_NAME_LEN: usize = 128;
+const MAX_LIST_LEN: usize = 256;
+const MAX_METADATA_BYTES: usize = 8 * 1024;
+
+pub fn name(name: &str) -> Result<String, ApiError> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("name must be 1-128 printable characters", Some("name")));
+    }
+    Ok(name.to_string())
+}
+
+/// Team names appear in URLs, logs and metrics: keep them plain.
+pub fn team_name(name: &str) -> Result<String, ApiError> {
+    let ok = (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(name.to_string())
+    } else {
+        Err(ApiError::bad_request("team must be 1-64 of A-Z a-z 0-9 . _ -", Some("team")))
+    }
+}
+
+pub fn tier(config: &Config, tier: &str) -> Result<String, ApiError> {
+    if config.tiers.is_empty() || config.tiers.contains_key(tier) {
+        Ok(tier.to_string())
+    } else {
+        let known: Vec<&str> = config.tiers.keys().map(String::as_str).collect();
+        Err(ApiError::bad_request(
+            format!("unknown tier {tier:?}; configured tiers: {}", known.join(", ")),
+            Some("tier"),
+        ))
+    }
+}
+
+pub fn models(models: Vec<String>) -> Result<Vec<String>, ApiError> {
+    let models: Vec<String> = models.into_iter().map(|m| m.trim().to_string()).collect();
+    if models.len() > MAX_LIST_LEN || models.iter().any(|m| m.is_empty() || m.len() > MAX_NAME_LEN) {
+        return Err(ApiError::bad_request("models must be non-empty globs such as \"smollm*\"", Some("models")));
+    }
+    Ok(models)
+}
+
+pub fn scopes(scopes: &[String]) -> Result<Vec<String>, ApiError> {
+    Scopes::parse(scopes).map(Scopes::names).map_err(|error| ApiError::bad_request(error.to_string(), Some("scopes")))
+}
+
+pub fn cidrs(cidrs: &[String]) -> Result<Vec<String>, ApiError> {
+    CidrList::parse(cidrs)
+        .map(|list| list.to_strings())
+        .map_err(|error| ApiError::bad_request(error, Some("allowed_cidrs")))
+}
+
+/// `expires_in` (a duration from now) or `expires_at` (a time), not both; never in the past.
+pub fn expiry(
+    expires_in: Option<&str>,
+    expires_at: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> Result<Option<OffsetDateTime>, ApiError> {
+    let at = match (expires_in, expires_at) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("give expires_in or expires_at, not both", Some("expires_in")));
+        }
+        (Some(text), None) => {
+            let lifetime =
+                parse_duration(text).map_err(|error| ApiError::bad_request(error.to_string(), Some("expires_in")))?;
+            Some(now + lifetime)
+        }
+        (None, at) => at,
+    };
+    if at.is_some_and(|at| at <= now) {
+        return Err(ApiError::bad_request("expiry must be in the future", Some("expires_at")));
+    }
+    Ok(at)
+}
+
+pub fn grace(text: Option<&str>) -> Result<std::time::Duration, ApiError> {
+    parse_duration(text.unwrap_or(DEFAULT_GRACE))
+        .map_err(|error| ApiError::bad_request(error.to_string(), Some("grace")))
+}
+
+/// How long a rotated-out secret keeps working when the caller does not say.
+pub const DEFAULT_GRACE: &str = "1h";
+
+pub fn metadata(metadata: Option<Value>) -> Result<Value, ApiError> {
+    let metadata = metadata.unwrap_or_else(|| Value::Object(Default::default()));
+    if !metadata.is_object() || metadata.to_string().len() > MAX_METADATA_BYTES {
+        return Err(ApiError::bad_request("metadata must be a JSON object of at most 8 KiB", Some("metadata")));
+    }
+    Ok(metadata)
+}
+
+pub fn limits(limits: Option<LimitOverrides>) -> Result<LimitOverrides, ApiError> {
+    let limits = limits.unwrap_or_default();
+    for budget in [limits.budget_per_day, limits.budget_per_month].into_iter().flatten() {
+        if !budget.is_finite() || budget < 0.0 {
+            return Err(ApiError::bad_request("budgets must be non-negative numbers", Some("limits")));
+        }
+    }
+    Ok(limits)
+}
+
+#[cfg(test)]
+mod tests {
+    use time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn expiry_rules() {
+        let now = OffsetDateTime::now_utc();
+        assert_eq!(expiry(Some("30d"), None, now).unwrap(), Some(now + Duration::days(30)));
+        assert_eq!(expiry(None, None, now).unwrap(), None);
+        assert!(expiry(Some("1h"), Some(now), now).is_err());
+        assert!(expiry(None, Some(now - Duration::seconds(1)), now).is_err());
+        assert!(expiry(Some("soon"), None, now).is_err());
+    }
+
+    #[test]
+    fn team_names_are_plain() {
+        assert!(team_name("acme-prod_1.eu").is_ok());
+        assert!(team_name("").is_err());
+        assert!(team_name("a/b").is_err());
+        assert!(team_name("üñí").is_err());
+    }
+
+    #[test]
+    fn lists_are_checked() {
+        assert_eq!(scopes(&["models".into(), "chat".into()]).unwrap(), vec!["chat", "models"]);
+        assert!(scopes(&["root".into()]).is_err());
+        assert_eq!(cidrs(&["10.1.2.3/8".into()]).unwrap(), vec!["10.0.0.0/8"]);
+        assert!(models(vec![" ".into()]).is_err());
+        assert!(metadata(Some(Value::from(3))).is_err());
+    }
+}

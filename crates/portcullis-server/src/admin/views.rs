@@ -1,0 +1,70 @@
+//! Stored records as the admin API shows them, and store errors as API errors.
+
+use portcullis_store::{AdminTokenRecord, KeyRecord, StoreError, TeamRecord};
+use portcullis_types::admin::{KeyStatus, KeyView, TeamView, TokenView};
+use time::OffsetDateTime;
+
+use crate::error::ApiError;
+
+pub fn key_view(record: KeyRecord, now: OffsetDateTime) -> KeyView {
+    let status = if record.revoked_at.is_some() {
+        KeyStatus::Revoked
+    } else if record.expires_at.is_some_and(|end| end <= now) {
+        KeyStatus::Expired
+    } else {
+        KeyStatus::Active
+    };
+    KeyView {
+        id: record.id,
+        name: record.name,
+        prefix: record.display_prefix,
+        team: record.team,
+        tier: record.tier,
+        models: record.models,
+        scopes: record.scopes,
+        allowed_cidrs: record.allowed_cidrs,
+        limits: record.limits,
+        metadata: record.metadata,
+        status,
+        expires_at: record.expires_at,
+        created_by: record.created_by,
+        created_at: record.created_at,
+        revoked_at: record.revoked_at,
+        last_used_at: record.last_used_at,
+    }
+}
+
+pub fn team_view(record: TeamRecord) -> TeamView {
+    TeamView {
+        name: record.name,
+        tier: record.tier,
+        limits: record.limits,
+        metadata: record.metadata,
+        created_at: record.created_at,
+    }
+}
+
+pub fn token_view(record: AdminTokenRecord) -> TokenView {
+    TokenView {
+        id: record.id,
+        name: record.name,
+        prefix: record.display_prefix,
+        role: record.role,
+        team: record.team,
+        created_by: record.created_by,
+        created_at: record.created_at,
+        revoked_at: record.revoked_at,
+    }
+}
+
+/// `what` names the thing in a 404 ("key", "team", "token").
+pub fn store_error(what: &'static str) -> impl Fn(StoreError) -> ApiError {
+    move |error| match error {
+        StoreError::NotFound => ApiError::NotFound { what },
+        StoreError::Conflict(message) => ApiError::Conflict { message: format!("{what} already exists: {message}") },
+        StoreError::Unavailable(_) | StoreError::Corrupt(_) => {
+            tracing::error!(%error, what, "store operation failed");
+            ApiError::Internal
+        }
+    }
+}

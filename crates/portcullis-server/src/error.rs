@@ -1,0 +1,214 @@
+//! `ApiError`: every way a request can fail, its HTTP status and its OpenAI-shaped body.
+//!
+//! The message is what the client may learn; internal causes are logged, never sent.
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use portcullis_types::openai::{ErrorBody, ErrorDetail};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApiError {
+    /// Malformed JSON, a missing field, a bad parameter.
+    BadRequest {
+        message: String,
+        param: Option<&'static str>,
+    },
+    RequestTooLarge {
+        limit: usize,
+    },
+    /// No credential, a malformed one, or one we do not know: all look the same to the caller.
+    InvalidApiKey,
+    /// Admin API: no admin token, or one that is unknown, malformed or revoked.
+    InvalidAdminToken,
+    ExpiredApiKey,
+    RevokedApiKey,
+    ModelNotAllowed {
+        model: String,
+    },
+    IpNotAllowed,
+    ScopeMissing {
+        scope: &'static str,
+    },
+    ModelNotFound {
+        model: String,
+    },
+    RouteNotFound,
+    MethodNotAllowed,
+    UpstreamUnavailable,
+    UpstreamTimeout,
+    Overloaded {
+        retry_after_secs: u64,
+    },
+    /// The store or another internal part failed; the cause is logged, not sent.
+    Internal,
+    /// Admin API: the credential is valid but its role does not allow this.
+    Forbidden {
+        message: String,
+    },
+    /// Admin API: the named thing does not exist (or is outside the caller's team).
+    NotFound {
+        what: &'static str,
+    },
+    Conflict {
+        message: String,
+    },
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>, param: Option<&'static str>) -> ApiError {
+        ApiError::BadRequest { message: message.into(), param }
+    }
+
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::InvalidApiKey
+            | ApiError::InvalidAdminToken
+            | ApiError::ExpiredApiKey
+            | ApiError::RevokedApiKey => StatusCode::UNAUTHORIZED,
+            ApiError::ModelNotAllowed { .. }
+            | ApiError::IpNotAllowed
+            | ApiError::ScopeMissing { .. }
+            | ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::ModelNotFound { .. } | ApiError::RouteNotFound | ApiError::NotFound { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The OpenAI `type` and `code` fields.
+    pub fn kind_and_code(&self) -> (&'static str, &'static str) {
+        match self {
+            ApiError::BadRequest { .. } => ("invalid_request_error", "invalid_request"),
+            ApiError::RequestTooLarge { .. } => ("invalid_request_error", "request_too_large"),
+            ApiError::InvalidApiKey => ("authentication_error", "invalid_api_key"),
+            ApiError::InvalidAdminToken => ("authentication_error", "invalid_token"),
+            ApiError::ExpiredApiKey => ("authentication_error", "expired_api_key"),
+            ApiError::RevokedApiKey => ("authentication_error", "revoked_api_key"),
+            ApiError::ModelNotAllowed { .. } => ("permission_error", "model_not_allowed"),
+            ApiError::IpNotAllowed => ("permission_error", "ip_not_allowed"),
+            ApiError::ScopeMissing { .. } => ("permission_error", "scope_missing"),
+            ApiError::Forbidden { .. } => ("permission_error", "forbidden"),
+            ApiError::ModelNotFound { .. } => ("invalid_request_error", "model_not_found"),
+            ApiError::RouteNotFound => ("invalid_request_error", "not_found"),
+            ApiError::NotFound { .. } => ("invalid_request_error", "not_found"),
+            ApiError::MethodNotAllowed => ("invalid_request_error", "method_not_allowed"),
+            ApiError::Conflict { .. } => ("invalid_request_error", "conflict"),
+            ApiError::UpstreamUnavailable => ("upstream_error", "upstream_unavailable"),
+            ApiError::UpstreamTimeout => ("upstream_error", "upstream_timeout"),
+            ApiError::Overloaded { .. } => ("upstream_error", "overloaded"),
+            ApiError::Internal => ("server_error", "internal_error"),
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::BadRequest { message, .. } => message.clone(),
+            ApiError::RequestTooLarge { limit } => format!("Request body is larger than the {limit}-byte limit."),
+            ApiError::InvalidApiKey => {
+                "Missing or invalid API key. Send it as 'Authorization: Bearer <key>' or 'x-api-key'.".into()
+            }
+            ApiError::InvalidAdminToken => {
+                "Missing or invalid admin token. Send it as 'Authorization: Bearer <token>'.".into()
+            }
+            ApiError::ExpiredApiKey => "This API key has expired.".into(),
+            ApiError::RevokedApiKey => "This API key has been revoked.".into(),
+            ApiError::ModelNotAllowed { model } => format!("This key may not use the model '{model}'."),
+            ApiError::IpNotAllowed => "This key may not be used from this client address.".into(),
+            ApiError::ScopeMissing { scope } => format!("This key lacks the '{scope}' scope."),
+            ApiError::Forbidden { message } => message.clone(),
+            ApiError::ModelNotFound { model } => format!("The model '{model}' does not exist."),
+            ApiError::RouteNotFound => "Unknown path.".into(),
+            ApiError::NotFound { what } => format!("No such {what}."),
+            ApiError::MethodNotAllowed => "Method not allowed on this path.".into(),
+            ApiError::Conflict { message } => message.clone(),
+            ApiError::UpstreamUnavailable => "The model server is unavailable.".into(),
+            ApiError::UpstreamTimeout => "The model server did not answer in time.".into(),
+            ApiError::Overloaded { .. } => "The model server is at capacity; retry shortly.".into(),
+            ApiError::Internal => "Internal error.".into(),
+        }
+    }
+
+    fn param(&self) -> Option<&'static str> {
+        match self {
+            ApiError::BadRequest { param, .. } => *param,
+            ApiError::ModelNotAllowed { .. } | ApiError::ModelNotFound { .. } => Some("model"),
+            _ => None,
+        }
+    }
+
+    fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            ApiError::Overloaded { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
+        }
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        let (kind, code) = self.kind_and_code();
+        ErrorBody {
+            error: ErrorDetail {
+                message: self.message(),
+                kind: kind.to_string(),
+                code: Some(code.to_string()),
+                param: self.param().map(str::to_string),
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status_code(), Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after_secs() {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        // Lets the access log say why without parsing the body.
+        response.extensions_mut().insert(self);
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_table_matches_the_contract() {
+        let cases = [
+            (ApiError::bad_request("x", None), 400, "invalid_request_error"),
+            (ApiError::RequestTooLarge { limit: 1 }, 413, "invalid_request_error"),
+            (ApiError::InvalidApiKey, 401, "authentication_error"),
+            (ApiError::RevokedApiKey, 401, "authentication_error"),
+            (ApiError::ModelNotAllowed { model: "m".into() }, 403, "permission_error"),
+            (ApiError::ModelNotFound { model: "m".into() }, 404, "invalid_request_error"),
+            (ApiError::UpstreamUnavailable, 502, "upstream_error"),
+            (ApiError::Overloaded { retry_after_secs: 1 }, 503, "upstream_error"),
+            (ApiError::UpstreamTimeout, 504, "upstream_error"),
+        ];
+        for (error, status, kind) in cases {
+            assert_eq!(error.status_code().as_u16(), status, "{error:?}");
+            assert_eq!(error.kind_and_code().0, kind, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn overloaded_carries_retry_after() {
+        let response = ApiError::Overloaded { retry_after_secs: 3 }.into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+    }
+
+    #[test]
+    fn unknown_and_malformed_keys_get_the_same_answer() {
+        assert_eq!(ApiError::InvalidApiKey.body().error.code.as_deref(), Some("invalid_api_key"));
+        assert_eq!(ApiError::ModelNotFound { model: "m".into() }.body().error.param.as_deref(), Some("model"));
+    }
+}

@@ -1,0 +1,123 @@
+//! Prometheus metrics, served on the admin listener at `/metrics`.
+//!
+//! Request counters and histograms are updated per request; upstream health and in-flight
+//! counts per endpoint are read from the pools' own atomics at scrape time, so the request
+//! path pays nothing for them.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::state::Runtime;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    listener: &'static str,
+    model: String,
+    status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ModelLabels {
+    model: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EndpointLabels {
+    model: String,
+    endpoint: String,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<ModelLabels, Histogram>,
+    in_flight: Family<ListenerLabels, Gauge<i64, AtomicI64>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+impl Metrics {
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>) -> Metrics {
+        let mut registry = Registry::with_prefix("portcullis");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("requests", "Requests answered, by listener, model and status", requests.clone());
+        let latency = Family::<ModelLabels, Histogram>::new_with_constructor(|| {
+            // 1 ms to ~33 s: proxy overhead up to long generations.
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 16))
+        });
+        registry.register("request_duration_seconds", "Time to the response head, by model", latency.clone());
+        let in_flight = Family::default();
+        registry.register(
+            "in_flight_requests",
+            "Requests being served now (until the response head)",
+            in_flight.clone(),
+        );
+        registry.register_collector(Box::new(UpstreamCollector { runtime }));
+        Metrics { registry, requests, latency, in_flight }
+    }
+
+    pub fn record(&self, listener: &'static str, model: &str, status: u16, elapsed: Duration) {
+        self.requests.get_or_create(&RequestLabels { listener, model: model.to_string(), status }).inc();
+        if !model.is_empty() {
+            self.latency.get_or_create(&ModelLabels { model: model.to_string() }).observe(elapsed.as_secs_f64());
+        }
+    }
+
+    pub fn in_flight(&self, listener: &'static str) -> Gauge<i64, AtomicI64> {
+        self.in_flight.get_or_create(&ListenerLabels { listener }).clone()
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Endpoint health and in-flight counts, read from whatever pools are current at scrape time.
+#[derive(Debug)]
+struct UpstreamCollector {
+    runtime: Arc<ArcSwap<Runtime>>,
+}
+
+impl Collector for UpstreamCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let states = self.runtime.load().upstreams.endpoint_states();
+        let mut healthy = encoder.encode_descriptor(
+            "upstream_healthy",
+            "1 when the endpoint passes health checks and is not ejected",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for state in &states {
+            let labels = EndpointLabels { model: state.model.clone(), endpoint: state.url.clone() };
+            ConstGauge::new(i64::from(state.healthy)).encode(healthy.encode_family(&labels)?)?;
+        }
+        let mut outstanding = encoder.encode_descriptor(
+            "upstream_outstanding",
+            "Requests in flight to the endpoint",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for state in &states {
+            let labels = EndpointLabels { model: state.model.clone(), endpoint: state.url.clone() };
+            ConstGauge::new(state.outstanding as i64).encode(outstanding.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,63 @@
+//! The client-facing listener: `/v1/*`, `/healthz`, `/readyz`.
+
+mod authenticate;
+mod authorize;
+mod body;
+mod inference;
+mod models;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use http::HeaderMap;
+use portcullis_auth::Scope;
+
+use crate::access_log::{self, AccessInfo};
+use crate::error::ApiError;
+use crate::principal::Principal;
+use crate::state::AppState;
+use crate::{health, request_id};
+
+/// Stands in for the peer address when none was recorded (only in in-process tests).
+const UNKNOWN_PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+
+/// Layers, outermost first: request id (so every answer, even an error, carries one) →
+/// access log and metrics (sees the final status) → the route. Authentication is the first
+/// step of every `/v1` handler (default deny); the health routes are the only public ones.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(inference::chat))
+        .route("/v1/completions", post(inference::completions))
+        .route("/v1/embeddings", post(inference::embeddings))
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{id}", get(models::get))
+        .route("/healthz", get(health::live))
+        .route("/readyz", get(health::ready))
+        .fallback(|| async { ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), access_log::proxy))
+        .layer(axum::middleware::from_fn(request_id::layer))
+        .with_state(state)
+}
+
+/// The phases every `/v1` call starts with: authenticate, then check the client address and
+/// the scope the call needs.
+async fn caller(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    scope: Scope,
+    info: &mut AccessInfo,
+) -> Result<Arc<Principal>, ApiError> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let principal = authenticate::authenticate(state, headers, now).await?;
+    info.principal = Some(principal.id.clone());
+    info.team = principal.team.clone();
+    let runtime = state.runtime();
+    let client = authenticate::client_ip(peer, headers, &runtime.config.server.trusted_proxies);
+    authorize::check_address(&principal, client)?;
+    authorize::check_scope(&principal, scope)?;
+    Ok(principal)
+}

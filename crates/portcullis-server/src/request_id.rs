@@ -1,0 +1,53 @@
+//! `x-request-id` on every response: the client's own when it is sane, else a fresh one.
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use http::HeaderValue;
+
+pub const HEADER: &str = "x-request-id";
+
+/// The request's id, in the request's extensions for every later phase.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub HeaderValue);
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        // Only ASCII ids are ever constructed.
+        self.0.to_str().unwrap_or_default()
+    }
+}
+
+pub async fn layer(mut request: Request, next: Next) -> Response {
+    let id = request.headers().get(HEADER).filter(|value| is_sane(value.as_bytes())).cloned().unwrap_or_else(fresh);
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(HEADER, id);
+    response
+}
+
+/// Short, printable and free of anything a log or header parser could trip on.
+fn is_sane(value: &[u8]) -> bool {
+    (1..=128).contains(&value.len())
+        && value.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+fn fresh() -> HeaderValue {
+    // A ULID is 26 base32 characters: always a valid header value.
+    HeaderValue::from_str(&format!("req_{}", ulid::Ulid::new())).unwrap_or(HeaderValue::from_static("req_unknown"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ordinary_ids_and_rejects_odd_ones() {
+        assert!(is_sane(b"abc-123_X.y:z"));
+        assert!(!is_sane(b""));
+        assert!(!is_sane(b"has space"));
+        assert!(!is_sane(b"new\nline"));
+        assert!(!is_sane(&[b'a'; 129]));
+        assert!(fresh().to_str().unwrap().starts_with("req_"));
+    }
+}

@@ -1,0 +1,191 @@
+//! Start-up, background work, reload and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use portcullis_auth::{SecretKind, SecretToken};
+use portcullis_config::Config;
+use portcullis_store::{NewAdminToken, Stores};
+use portcullis_types::Secret;
+use portcullis_types::admin::Role;
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::auth::{AdminAuth, MIN_BOOTSTRAP_TOKEN_LEN};
+use crate::listener::{self, HeadLimits};
+use crate::state::{AppState, Runtime};
+use crate::{StartError, admin, proxy, store};
+
+/// How often key use times are written back to the store.
+const LAST_USED_FLUSH_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A server whose store is ready and whose listeners are bound, not yet serving.
+#[derive(Debug)]
+pub struct Server {
+    state: AppState,
+    proxy: TcpListener,
+    admin: TcpListener,
+    generated_admin_token: Option<Secret<String>>,
+}
+
+impl Server {
+    /// Opens and migrates the store, makes sure an admin token exists, binds both listeners.
+    ///
+    /// `bootstrap_token` is `PORTCULLIS_ADMIN_TOKEN`. Without it, and with no admin token on
+    /// file, a fresh `pct_` admin token is created; [`Server::take_generated_admin_token`]
+    /// hands it out once.
+    pub async fn bind(config: Config, bootstrap_token: Option<String>) -> Result<Server, StartError> {
+        if bootstrap_token.as_ref().is_some_and(|token| token.len() < MIN_BOOTSTRAP_TOKEN_LEN) {
+            return Err(StartError::Config(format!(
+                "PORTCULLIS_ADMIN_TOKEN must be at least {MIN_BOOTSTRAP_TOKEN_LEN} characters"
+            )));
+        }
+        let stores = store::open(config.store.url.expose())?;
+        let applied = stores.migrator.migrate().await.map_err(|error| StartError::Store(error.to_string()))?;
+        if applied > 0 {
+            tracing::info!(applied, "store migrations applied");
+        }
+        let proxy = bind(config.server.listen).await?;
+        let admin = bind(config.admin.listen).await?;
+        let state = AppState::new(config, stores.clone(), AdminAuth::new(bootstrap_token.as_deref()));
+        let generated_admin_token = match bootstrap_token {
+            Some(_) => None,
+            None => first_admin_token(&stores, &state).await?,
+        };
+        Ok(Server { state, proxy, admin, generated_admin_token })
+    }
+
+    pub fn proxy_addr(&self) -> std::io::Result<SocketAddr> {
+        self.proxy.local_addr()
+    }
+
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+
+    pub fn take_generated_admin_token(&mut self) -> Option<Secret<String>> {
+        self.generated_admin_token.take()
+    }
+
+    /// Starts accepting on both listeners.
+    pub fn serve(self) -> RunningServer {
+        let stop = CancellationToken::new();
+        let config = self.state.runtime().config.clone();
+        let proxy_limits = HeadLimits::from_config(&config.server);
+        let proxy = tokio::spawn(listener::accept_until(
+            self.proxy,
+            proxy::router(self.state.clone()),
+            proxy_limits,
+            stop.clone(),
+        ));
+        let admin = tokio::spawn(listener::accept_until(
+            self.admin,
+            admin::router(self.state.clone()),
+            proxy_limits,
+            stop.clone(),
+        ));
+        let flusher = tokio::spawn(flush_last_used(self.state.clone(), stop.clone()));
+        RunningServer { state: self.state, stop, proxy, admin, flusher }
+    }
+}
+
+async fn bind(address: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(address).await.map_err(|source| StartError::Bind { address, source })
+}
+
+/// Creates the first admin token when none exists, so a fresh install is manageable at once.
+async fn first_admin_token(stores: &Stores, state: &AppState) -> Result<Option<Secret<String>>, StartError> {
+    let existing = stores.tokens.list_tokens().await.map_err(|error| StartError::Store(error.to_string()))?;
+    if existing.iter().any(|token| token.role == Role::Admin && token.revoked_at.is_none()) {
+        return Ok(None);
+    }
+    let secret = SecretToken::generate(SecretKind::AdminToken);
+    let token = NewAdminToken {
+        id: format!("tok_{}", ulid::Ulid::new()),
+        name: "first admin".into(),
+        secret_hash: *state.hasher().hash(&secret).as_bytes(),
+        display_prefix: secret.display_prefix(),
+        role: Role::Admin,
+        team: None,
+        created_by: "portcullis".into(),
+        created_at: OffsetDateTime::now_utc(),
+    };
+    stores.tokens.create_token(token).await.map_err(|error| StartError::Store(error.to_string()))?;
+    Ok(Some(Secret::new(secret.expose().to_string())))
+}
+
+/// A serving instance: reload it, or shut it down.
+#[derive(Debug)]
+pub struct RunningServer {
+    state: AppState,
+    stop: CancellationToken,
+    proxy: JoinHandle<hyper_util::server::graceful::GracefulShutdown>,
+    admin: JoinHandle<hyper_util::server::graceful::GracefulShutdown>,
+    flusher: JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Swaps in a new configuration: models, tiers, limits and timeouts take effect for the next
+    /// request; in-flight requests finish on the old routes. Listener addresses, the store and
+    /// the key pepper are fixed at start; changing them is reported and ignored.
+    pub fn reload(&self, config: Config) -> Vec<&'static str> {
+        let current = self.state.runtime().config.clone();
+        let mut ignored = Vec::new();
+        if config.server.listen != current.server.listen {
+            ignored.push("server.listen");
+        }
+        if config.admin.listen != current.admin.listen {
+            ignored.push("admin.listen");
+        }
+        if config.store.url != current.store.url {
+            ignored.push("store.url");
+        }
+        if config.security.key_pepper != current.security.key_pepper {
+            ignored.push("security.key_pepper");
+        }
+        self.state.swap_runtime(Runtime::new(config));
+        ignored
+    }
+
+    /// Stops accepting, reports not-ready, and waits for in-flight requests (streams included)
+    /// up to `server.shutdown_timeout`. Returns whether everything finished in time.
+    pub async fn shutdown(self) -> bool {
+        self.state.start_draining();
+        self.stop.cancel();
+        let deadline = self.state.runtime().config.server.shutdown_timeout.0;
+        let (proxy, admin) = (self.proxy.await, self.admin.await);
+        let drained = match (proxy, admin) {
+            (Ok(proxy), Ok(admin)) => {
+                let (proxy, admin) = tokio::join!(listener::drain(proxy, deadline), listener::drain(admin, deadline));
+                proxy && admin
+            }
+            _ => false,
+        };
+        let _ = self.flusher.await;
+        drained
+    }
+}
+
+/// Writes key use times back every so often, and once more on shutdown.
+async fn flush_last_used(state: AppState, stop: CancellationToken) {
+    let mut since = 0;
+    loop {
+        let stopping = tokio::select! {
+            () = tokio::time::sleep(LAST_USED_FLUSH_INTERVAL) => false,
+            () = stop.cancelled() => true,
+        };
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let uses = state.keys().used_since(since);
+        if !uses.is_empty() {
+            if let Err(error) = state.stores().keys.touch_keys(&uses).await {
+                tracing::warn!(%error, "could not record key use times");
+            }
+        }
+        since = now;
+        if stopping {
+            return;
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The schema, as numbered migrations applied in order, each in its own transaction, and
+//! recorded in `schema_migrations`.
+
+use async_trait::async_trait;
+use portcullis_store::{Migrator, StoreError, StoreResult};
+use rusqlite::{Connection, TransactionBehavior, params};
+use time::OffsetDateTime;
+
+use crate::SqliteStore;
+use crate::codec::UnixTime;
+use crate::error::db_err;
+
+struct Migration {
+    version: i64,
+    sql: &'static str,
+}
+
+/// Append only: an applied migration is never edited, a change is a new migration.
+const MIGRATIONS: &[Migration] = &[Migration { version: 1, sql: INITIAL }];
+
+/// Secrets live apart from keys, so a rotated key keeps its old secrets until their grace ends.
+/// Only SHA-256 hashes are stored, never secrets. Lists, limits and metadata are JSON text;
+/// times are INTEGER unix seconds.
+const INITIAL: &str = "
+CREATE TABLE teams (
+    name       TEXT PRIMARY KEY NOT NULL,
+    tier       TEXT,
+    limits     TEXT NOT NULL,
+    metadata   TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE api_keys (
+    id             TEXT PRIMARY KEY NOT NULL,
+    name           TEXT NOT NULL,
+    display_prefix TEXT NOT NULL,
+    team           TEXT REFERENCES teams (name),
+    tier           TEXT NOT NULL,
+    models         TEXT NOT NULL,
+    scopes         TEXT NOT NULL,
+    allowed_cidrs  TEXT NOT NULL,
+    limits         TEXT NOT NULL,
+    metadata       TEXT NOT NULL,
+    expires_at     INTEGER,
+    created_by     TEXT NOT NULL,
+    created_at     INTEGER NOT NULL,
+    revoked_at     INTEGER,
+    last_used_at   INTEGER
+) STRICT;
+
+-- Serves list_keys in its order, with or without the team filter.
+CREATE INDEX api_keys_by_created ON api_keys (created_at, id);
+CREATE INDEX api_keys_by_team ON api_keys (team, created_at, id);
+
+CREATE TABLE api_key_secrets (
+    hash        BLOB PRIMARY KEY NOT NULL CHECK (length(hash) = 32),
+    key_id      TEXT NOT NULL REFERENCES api_keys (id),
+    created_at  INTEGER NOT NULL,
+    valid_until INTEGER
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX api_key_secrets_by_key ON api_key_secrets (key_id);
+
+CREATE TABLE admin_tokens (
+    id             TEXT PRIMARY KEY NOT NULL,
+    name           TEXT NOT NULL,
+    hash           BLOB NOT NULL UNIQUE CHECK (length(hash) = 32),
+    display_prefix TEXT NOT NULL,
+    role           TEXT NOT NULL,
+    team           TEXT REFERENCES teams (name),
+    created_by     TEXT NOT NULL,
+    created_at     INTEGER NOT NULL,
+    revoked_at     INTEGER
+) STRICT;
+";
+
+#[async_trait]
+impl Migrator for SqliteStore {
+    async fn migrate(&self) -> StoreResult<usize> {
+        self.call(apply_pending).await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.call(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err)).await
+    }
+}
+
+fn apply_pending(conn: &mut Connection) -> StoreResult<usize> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+    )
+    .map_err(db_err)?;
+    refuse_newer_schema(conn)?;
+
+    let mut applied = 0;
+    for migration in MIGRATIONS {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
+        // Checked inside the transaction: another process may have migrated since we looked.
+        let done: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = ?1)",
+                [migration.version],
+                |row| row.get(0),
+            )
+            .map_err(db_err)?;
+        if done {
+            continue;
+        }
+        tx.execute_batch(migration.sql).map_err(|err| failed(migration, err))?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+            params![migration.version, UnixTime(OffsetDateTime::now_utc())],
+        )
+        .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        applied += 1;
+    }
+    Ok(applied)
+}
+
+/// A database migrated by a newer build may have a schema this build misreads.
+fn refuse_newer_schema(conn: &Connection) -> StoreResult<()> {
+    let newest: Option<i64> =
+        conn.query_row("SELECT MAX(version) FROM schema_migrations", [], |row| row.get(0)).map_err(db_err)?;
+    let known = MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0);
+    match newest {
+        Some(newest) if newest > known => Err(StoreError::Unavailable(format!(
+            "database schema version {newest} is newer than this build knows ({known})"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn failed(migration: &Migration, err: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(format!("migration {} failed: {err}", migration.version))
+}

@@ -1,0 +1,637 @@
+//! [`StubUpstream`]: a scripted, OpenAI-compatible model server for black-box tests.
+//!
+//! It answers like llama.cpp's `llama-server` or OpenAI would, but deterministically: a reply
+//! is made of [`reply_pieces`] (the first piece echoes the `model` it received, one piece per
+//! completion token), usage counts whitespace-separated words of the prompt, and embeddings are
+//! derived from a hash of each input. Every request is recorded, and faults (status codes,
+//! hangs, slow or gated streams) can be switched on and off while it runs.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+/// Content chunks in a streamed reply (and completion tokens in any reply) unless changed.
+pub const DEFAULT_STREAM_CHUNKS: usize = 3;
+/// Length of every embedding vector the stub returns.
+pub const EMBEDDING_DIMENSIONS: usize = 8;
+/// The model ids `GET /v1/models` lists unless changed with [`StubUpstream::set_models`].
+pub const DEFAULT_MODELS: &[&str] = &["stub-model"];
+
+/// Largest request body the stub reads.
+const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// The pieces of text a reply to `model` is made of when it has `count` completion tokens.
+///
+/// The first piece echoes the model (`"echo:<model>"`), every later piece is `" <index>"`, so
+/// `reply_pieces("m", 3).concat() == "echo:m 1 2"`. A streamed reply sends one piece per chunk.
+pub fn reply_pieces(model: &str, count: usize) -> Vec<String> {
+    (0..count).map(|index| if index == 0 { format!("echo:{model}") } else { format!(" {index}") }).collect()
+}
+
+/// The whole text of a reply to `model` with `count` completion tokens: `reply_pieces(..).concat()`.
+pub fn reply_text(model: &str, count: usize) -> String {
+    reply_pieces(model, count).concat()
+}
+
+/// One request as the stub received it.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// The path alone, without the query.
+    pub path: String,
+    pub query: Option<String>,
+    /// Header names in lower case, in the order received.
+    pub headers: Vec<(String, String)>,
+    /// The body parsed as JSON, `None` when it is empty or not JSON.
+    pub body: Option<Value>,
+    pub raw_body: Bytes,
+    pub received_at: Instant,
+}
+
+impl RecordedRequest {
+    /// The first value of a header, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
+    }
+
+    /// `body[field]`, or `Value::Null` when there is no such field or no JSON body.
+    pub fn json_field(&self, field: &str) -> &Value {
+        self.body.as_ref().and_then(|body| body.get(field)).unwrap_or(&Value::Null)
+    }
+}
+
+/// Handle on a gated stream made by [`StubUpstream::gated_stream`].
+///
+/// The next streamed request sends its first SSE event, then waits until [`GatedStream::release`]
+/// is called before sending the rest. Dropping the handle does *not* release the stream.
+#[derive(Debug, Clone)]
+pub struct GatedStream {
+    gate: Arc<Gate>,
+}
+
+impl GatedStream {
+    /// Lets the gated stream send the rest of its events. Calling it before the stream reaches
+    /// the gate is fine: the stream then passes straight through.
+    pub fn release(&self) {
+        self.gate.released.notify_one();
+    }
+
+    /// Whether a stream has taken this gate and handed its first event to the HTTP stack.
+    pub fn first_chunk_sent(&self) -> bool {
+        self.gate.first_sent.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the first event has been sent; `false` if that did not happen within `timeout`.
+    pub async fn wait_first_chunk(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.first_chunk_sent() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+}
+
+#[derive(Debug, Default)]
+struct Gate {
+    released: Notify,
+    first_sent: AtomicBool,
+}
+
+#[derive(Debug, Clone)]
+struct Behaviour {
+    stream_chunks: usize,
+    chunk_gap: Duration,
+    response_delay: Duration,
+    fail_status: Option<u16>,
+    hang: bool,
+    omit_usage: bool,
+    models: Vec<String>,
+    gate: Option<Arc<Gate>>,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Self {
+            stream_chunks: DEFAULT_STREAM_CHUNKS,
+            chunk_gap: Duration::ZERO,
+            response_delay: Duration::ZERO,
+            fail_status: None,
+            hang: false,
+            omit_usage: false,
+            models: DEFAULT_MODELS.iter().map(|model| (*model).to_string()).collect(),
+            gate: None,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    behaviour: Mutex<Behaviour>,
+    requests: Mutex<Vec<RecordedRequest>>,
+    chunks_sent: AtomicUsize,
+    next_id: AtomicU64,
+}
+
+/// A poisoned lock only means another test thread panicked; the data is still usable.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A fake OpenAI-compatible model server on `127.0.0.1:<random port>`.
+///
+/// Serves `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`, `POST /v1/chat/completions`,
+/// `POST /v1/completions` and `POST /v1/embeddings` (paths may carry a prefix before `/v1`).
+/// The server stops when the value is dropped.
+#[derive(Debug)]
+pub struct StubUpstream {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    server: JoinHandle<()>,
+}
+
+impl Drop for StubUpstream {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl StubUpstream {
+    /// Binds `127.0.0.1:0` and starts serving. Must be called inside a Tokio runtime.
+    ///
+    /// # Panics
+    /// When the port cannot be bound (a failed test, with the reason).
+    #[allow(clippy::panic, reason = "test support: a failure here is a failed test")]
+    pub async fn start() -> StubUpstream {
+        match Self::try_start().await {
+            Ok(stub) => stub,
+            Err(error) => panic!("cannot start the stub upstream: {error}"),
+        }
+    }
+
+    /// Like [`StubUpstream::start`], returning the bind error instead of panicking.
+    pub async fn try_start() -> std::io::Result<StubUpstream> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::default());
+        let app = Router::new().fallback(handle).with_state(Arc::clone(&shared));
+        let server = tokio::spawn(async move {
+            // Errors here mean the listener died; requests then fail, which the test sees.
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(StubUpstream { addr, shared, server })
+    }
+
+    /// `http://127.0.0.1:PORT`, the origin to put in a model's `endpoints`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every request received so far, oldest first (health checks included).
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.shared.requests).clone()
+    }
+
+    /// Requests whose path ends with `suffix`, e.g. `"/v1/chat/completions"`.
+    pub fn requests_to(&self, suffix: &str) -> Vec<RecordedRequest> {
+        lock(&self.shared.requests).iter().filter(|request| request.path.ends_with(suffix)).cloned().collect()
+    }
+
+    /// The latest request whose path ends with `suffix`.
+    pub fn last_request_to(&self, suffix: &str) -> Option<RecordedRequest> {
+        lock(&self.shared.requests).iter().rev().find(|request| request.path.ends_with(suffix)).cloned()
+    }
+
+    /// How many requests arrived (health checks included; see [`StubUpstream::requests_to`]).
+    pub fn request_count(&self) -> usize {
+        lock(&self.shared.requests).len()
+    }
+
+    /// Waits until at least `count` requests have arrived; `false` on timeout.
+    pub async fn wait_for_requests(&self, count: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.request_count() < count {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
+    /// Forgets the recorded requests and sets [`StubUpstream::chunk_sent_count`] back to 0.
+    pub fn clear_requests(&self) {
+        lock(&self.shared.requests).clear();
+        self.shared.chunks_sent.store(0, Ordering::SeqCst);
+    }
+
+    /// SSE events (`data: ...` blocks, `[DONE]` included) that streamed replies have handed to
+    /// the HTTP stack since start or [`StubUpstream::clear_requests`].
+    pub fn chunk_sent_count(&self) -> usize {
+        self.shared.chunks_sent.load(Ordering::SeqCst)
+    }
+
+    /// Content chunks per streamed reply, and completion tokens per reply (default 3).
+    pub fn set_stream_chunks(&self, chunks: usize) {
+        lock(&self.shared.behaviour).stream_chunks = chunks;
+    }
+
+    /// Pause between two SSE events of a streamed reply (default none).
+    pub fn set_chunk_gap(&self, gap: Duration) {
+        lock(&self.shared.behaviour).chunk_gap = gap;
+    }
+
+    /// Pause before answering any request, i.e. a slow time to first byte (default none).
+    pub fn set_response_delay(&self, delay: Duration) {
+        lock(&self.shared.behaviour).response_delay = delay;
+    }
+
+    /// Answers every request (health checks included) with `status` and an OpenAI-shaped error body.
+    pub fn fail_with(&self, status: u16) {
+        lock(&self.shared.behaviour).fail_status = Some(status);
+    }
+
+    /// Accepts and records every request from now on, but never answers it.
+    pub fn hang(&self) {
+        lock(&self.shared.behaviour).hang = true;
+    }
+
+    /// Leaves `usage` out of replies (and sends no usage chunk even when asked for one).
+    pub fn set_omit_usage(&self, omit: bool) {
+        lock(&self.shared.behaviour).omit_usage = omit;
+    }
+
+    /// The ids `GET /v1/models` lists.
+    pub fn set_models(&self, models: &[&str]) {
+        lock(&self.shared.behaviour).models = models.iter().map(|model| (*model).to_string()).collect();
+    }
+
+    /// Back to the default behaviour (no failure, no hang, 3 chunks, no gap, no pending gate).
+    /// Recorded requests are kept; requests already hanging stay so.
+    pub fn reset(&self) {
+        *lock(&self.shared.behaviour) = Behaviour::default();
+    }
+
+    /// Gates the next streamed reply after its first SSE event; see [`GatedStream`].
+    pub fn gated_stream(&self) -> GatedStream {
+        let gate = Arc::new(Gate::default());
+        lock(&self.shared.behaviour).gate = Some(Arc::clone(&gate));
+        GatedStream { gate }
+    }
+}
+
+async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let Ok(raw_body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+        return error_response(StatusCode::BAD_REQUEST, "invalid_request_error", None, "cannot read the request body");
+    };
+    let recorded = RecordedRequest {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().map(str::to_string),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str().to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+            .collect(),
+        body: serde_json::from_slice(&raw_body).ok(),
+        raw_body,
+        received_at: Instant::now(),
+    };
+    lock(&shared.requests).push(recorded.clone());
+
+    let behaviour = lock(&shared.behaviour).clone();
+    if behaviour.hang {
+        std::future::pending::<()>().await;
+    }
+    if !behaviour.response_delay.is_zero() {
+        tokio::time::sleep(behaviour.response_delay).await;
+    }
+    if let Some(status) = behaviour.fail_status {
+        return scripted_failure(status);
+    }
+    route(&shared, &parts.method, &recorded)
+}
+
+fn route(shared: &Arc<Shared>, method: &Method, request: &RecordedRequest) -> Response {
+    let path = request.path.as_str();
+    if *method == Method::GET {
+        if path.ends_with("/health") {
+            return axum::Json(json!({"status": "ok"})).into_response();
+        }
+        let models = lock(&shared.behaviour).models.clone();
+        if path.ends_with("/v1/models") {
+            let data: Vec<Value> = models.iter().map(|id| model_entry(id)).collect();
+            return axum::Json(json!({"object": "list", "data": data})).into_response();
+        }
+        if let Some((_, id)) = path.split_once("/v1/models/") {
+            if models.iter().any(|model| model == id) {
+                return axum::Json(model_entry(id)).into_response();
+            }
+            return error_response(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("model_not_found"),
+                &format!("The model `{id}` does not exist"),
+            );
+        }
+    } else if *method == Method::POST {
+        let endpoint = if path.ends_with("/v1/chat/completions") {
+            Some(Endpoint::Chat)
+        } else if path.ends_with("/v1/completions") {
+            Some(Endpoint::Completions)
+        } else if path.ends_with("/v1/embeddings") {
+            Some(Endpoint::Embeddings)
+        } else {
+            None
+        };
+        if let Some(endpoint) = endpoint {
+            let Some(body) = request.body.as_ref().filter(|body| body.is_object()) else {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    None,
+                    "the request body must be a JSON object",
+                );
+            };
+            return match endpoint {
+                Endpoint::Chat | Endpoint::Completions => generate(shared, endpoint, body),
+                Endpoint::Embeddings => embeddings(shared, body),
+            };
+        }
+    }
+    error_response(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        None,
+        &format!("stub upstream: no route for {method} {path}"),
+    )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Chat,
+    Completions,
+    Embeddings,
+}
+
+fn model_entry(id: &str) -> Value {
+    json!({"id": id, "object": "model", "created": 0, "owned_by": "portcullis-testkit"})
+}
+
+fn model_of(body: &Value) -> String {
+    body.get("model").and_then(Value::as_str).unwrap_or("stub-model").to_string()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_secs()).unwrap_or(0)
+}
+
+/// Whitespace-separated words in every string found under `value` (message contents, prompts).
+fn word_count(value: &Value) -> usize {
+    match value {
+        Value::String(text) => text.split_whitespace().count(),
+        Value::Array(items) => items.iter().map(word_count).sum(),
+        Value::Object(fields) => fields
+            .iter()
+            .filter(|(key, _)| matches!(key.as_str(), "content" | "text"))
+            .map(|(_, value)| word_count(value))
+            .sum(),
+        _ => 0,
+    }
+}
+
+fn usage_json(prompt_tokens: usize, completion_tokens: usize) -> Value {
+    json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    })
+}
+
+/// Chat and text completions, plain or streamed.
+fn generate(shared: &Arc<Shared>, endpoint: Endpoint, body: &Value) -> Response {
+    let model = model_of(body);
+    let streamed = body.get("stream").and_then(Value::as_bool) == Some(true);
+    let include_usage = body.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
+    let (chunks, gap, omit_usage, gate) = {
+        let mut behaviour = lock(&shared.behaviour);
+        let gate = if streamed { behaviour.gate.take() } else { None };
+        (behaviour.stream_chunks, behaviour.chunk_gap, behaviour.omit_usage, gate)
+    };
+    let cap = body.get("max_completion_tokens").or_else(|| body.get("max_tokens")).and_then(Value::as_u64);
+    let count = cap.map_or(chunks, |cap| chunks.min(usize::try_from(cap).unwrap_or(usize::MAX)));
+    let finish_reason = if count < chunks { "length" } else { "stop" };
+    let prompt = match endpoint {
+        Endpoint::Chat => body.get("messages"),
+        _ => body.get("prompt"),
+    };
+    let prompt_tokens = prompt.map_or(0, word_count).max(1);
+    let usage = usage_json(prompt_tokens, count);
+    let pieces = reply_pieces(&model, count);
+    let number = shared.next_id.fetch_add(1, Ordering::SeqCst);
+    let created = unix_now();
+
+    let (id, object, chunk_object) = match endpoint {
+        Endpoint::Chat => (format!("chatcmpl-stub-{number}"), "chat.completion", "chat.completion.chunk"),
+        _ => (format!("cmpl-stub-{number}"), "text_completion", "text_completion"),
+    };
+    let frame = |choices: Value| json!({"id": id, "object": chunk_object, "created": created, "model": model, "choices": choices});
+
+    if !streamed {
+        let choice = match endpoint {
+            Endpoint::Chat => json!({
+                "index": 0,
+                "message": {"role": "assistant", "content": pieces.concat()},
+                "logprobs": null,
+                "finish_reason": finish_reason,
+            }),
+            _ => json!({"index": 0, "text": pieces.concat(), "logprobs": null, "finish_reason": finish_reason}),
+        };
+        let mut reply = json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]});
+        if !omit_usage {
+            reply["usage"] = usage;
+        }
+        return axum::Json(reply).into_response();
+    }
+
+    let mut events: Vec<Value> = pieces
+        .iter()
+        .enumerate()
+        .map(|(index, piece)| match endpoint {
+            Endpoint::Chat => {
+                let delta =
+                    if index == 0 { json!({"role": "assistant", "content": piece}) } else { json!({"content": piece}) };
+                frame(json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}]))
+            }
+            _ => frame(json!([{"index": 0, "text": piece, "logprobs": null, "finish_reason": null}])),
+        })
+        .collect();
+    events.push(match endpoint {
+        Endpoint::Chat => frame(json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": finish_reason}])),
+        _ => frame(json!([{"index": 0, "text": "", "logprobs": null, "finish_reason": finish_reason}])),
+    });
+    if include_usage && !omit_usage {
+        let mut last = frame(json!([]));
+        last["usage"] = usage;
+        events.push(last);
+    }
+    let mut frames: Vec<Bytes> = events.iter().map(|event| Bytes::from(format!("data: {event}\n\n"))).collect();
+    frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    sse_response(Arc::clone(shared), frames, gap, gate)
+}
+
+/// What the body stream of one streamed reply carries from one event to the next.
+struct StreamState {
+    frames: std::vec::IntoIter<Bytes>,
+    sent: usize,
+    gap: Duration,
+    gate: Option<Arc<Gate>>,
+    shared: Arc<Shared>,
+}
+
+fn sse_response(shared: Arc<Shared>, frames: Vec<Bytes>, gap: Duration, gate: Option<Arc<Gate>>) -> Response {
+    let state = StreamState { frames: frames.into_iter(), sent: 0, gap, gate, shared };
+    let stream = futures_util::stream::unfold(state, |mut state| async move {
+        let frame = state.frames.next()?;
+        if state.sent > 0 {
+            if let (1, Some(gate)) = (state.sent, state.gate.as_ref()) {
+                gate.released.notified().await;
+            }
+            if !state.gap.is_zero() {
+                tokio::time::sleep(state.gap).await;
+            }
+        }
+        state.sent += 1;
+        state.shared.chunks_sent.fetch_add(1, Ordering::SeqCst);
+        if let (1, Some(gate)) = (state.sent, state.gate.as_ref()) {
+            gate.first_sent.store(true, Ordering::SeqCst);
+        }
+        Some((Ok::<Bytes, Infallible>(frame), state))
+    });
+    let mut response = Body::from_stream(stream).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+fn embeddings(shared: &Arc<Shared>, body: &Value) -> Response {
+    let model = model_of(body);
+    let inputs: Vec<Value> = match body.get("input") {
+        Some(Value::String(text)) => vec![Value::String(text.clone())],
+        // An array of strings or of token arrays; a flat array of token ids is one input.
+        Some(Value::Array(items)) if items.iter().all(Value::is_number) && !items.is_empty() => {
+            vec![Value::Array(items.clone())]
+        }
+        Some(Value::Array(items)) if !items.is_empty() => items.clone(),
+        _ => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                None,
+                "`input` must be a string or a non-empty array",
+            );
+        }
+    };
+    let base64 = body.get("encoding_format").and_then(Value::as_str) == Some("base64");
+    let omit_usage = lock(&shared.behaviour).omit_usage;
+    let mut prompt_tokens = 0;
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, input)| {
+            prompt_tokens += match input {
+                Value::Array(tokens) if tokens.iter().all(Value::is_number) => tokens.len(),
+                other => word_count(other).max(1),
+            };
+            let vector = embedding_of(&input.to_string());
+            let embedding = if base64 { Value::String(base64_f32(&vector)) } else { json!(vector) };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    let mut reply = json!({"object": "list", "data": data, "model": model});
+    if !omit_usage {
+        reply["usage"] = json!({"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens});
+    }
+    axum::Json(reply).into_response()
+}
+
+/// A deterministic unit-length vector derived from the text (FNV-1a per dimension).
+pub fn embedding_of(text: &str) -> Vec<f32> {
+    let raw: Vec<f32> = (0..EMBEDDING_DIMENSIONS)
+        .map(|dimension| {
+            let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ dimension as u64;
+            for byte in text.bytes() {
+                hash ^= u64::from(byte);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+            // The top 24 bits map exactly onto an f32 in [-1, 1).
+            ((hash >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+        })
+        .collect();
+    let norm = raw.iter().map(|value| value * value).sum::<f32>().sqrt();
+    if norm == 0.0 { raw } else { raw.iter().map(|value| value / norm).collect() }
+}
+
+/// Little-endian `f32`s in standard base64, as OpenAI sends `encoding_format: "base64"`.
+fn base64_f32(vector: &[f32]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes: Vec<u8> = vector.iter().flat_map(|value| value.to_le_bytes()).collect();
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for group in bytes.chunks(3) {
+        let b = [group[0], group.get(1).copied().unwrap_or(0), group.get(2).copied().unwrap_or(0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (position, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
+            if position <= group.len() {
+                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn scripted_failure(status: u16) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let kind = match status.as_u16() {
+        400 | 404 | 413 | 422 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        429 => "rate_limit_error",
+        _ => "server_error",
+    };
+    let message = format!("stub upstream: scripted failure with status {}", status.as_u16());
+    let mut response = error_response(status, kind, Some("stub_failure"), &message);
+    if matches!(status.as_u16(), 429 | 503) {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+fn error_response(status: StatusCode, kind: &str, code: Option<&str>, message: &str) -> Response {
+    let body = json!({"error": {"message": message, "type": kind, "code": code, "param": null}});
+    (status, axum::Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,194 @@
+//! The attempt loop: endpoints of the requested model first, then its fallbacks, until one
+//! gives an answer worth returning.
+//!
+//! Retrying is only safe while nothing has reached the client, which here means: before a
+//! response head has been accepted. So an attempt is retried on another endpoint when it fails
+//! before any response head (connection refused or reset, connect timeout, connection closed
+//! before answering) or when the head says 502/503/504 (a proxy in front of the model server
+//! failed, or the server is loading or saturated). A first-byte timeout is not retried: the
+//! server may still be generating, and sending the same request elsewhere would double the
+//! load exactly when the pool is slow. Any other response, 4xx and 500 included, is the answer.
+
+use http::{HeaderMap, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::attempt::{self, AttemptError};
+use crate::body::{UpstreamBody, deadline_after};
+use crate::headers;
+use crate::pool::EndpointGuard;
+use crate::rewrite;
+use crate::route::Route;
+use crate::{ForwardRequest, UpstreamError, UpstreamResponse, Upstreams};
+
+/// Retry-After suggested when every endpoint was at its concurrency limit.
+const OVERLOADED_RETRY_AFTER_SECS: u64 = 1;
+
+/// Statuses that mean "this endpoint cannot serve now", worth another endpoint.
+fn is_retryable(status: StatusCode) -> bool {
+    matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT)
+}
+
+/// A response head received from an endpoint, with the slot it holds.
+struct Exchange<'a> {
+    route: &'a Route,
+    guard: EndpointGuard,
+    response: Response<Incoming>,
+    deadline: Instant,
+}
+
+impl Exchange<'_> {
+    /// Hands the response to the caller. The body timers start here: a 503 kept aside while
+    /// other endpoints were tried must not have used up its idle time meanwhile.
+    fn into_response(self) -> UpstreamResponse {
+        let (mut parts, incoming) = self.response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        let endpoint = self.guard.endpoint().base().to_string();
+        let timeouts = self.route.timeouts;
+        UpstreamResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body: UpstreamBody::new(
+                incoming,
+                Some(self.guard),
+                timeouts.idle,
+                self.deadline,
+                timeouts.total.unwrap_or_default(),
+            ),
+            model: self.route.name.clone(),
+            endpoint,
+        }
+    }
+}
+
+/// What the attempts so far came to, for the answer when nothing succeeds.
+#[derive(Default)]
+struct Tally<'a> {
+    /// Requests actually sent.
+    attempts: u32,
+    /// Some untried endpoint was passed over because it was at `max_concurrent`.
+    saw_full: bool,
+    /// Some untried endpoint was passed over because it was unhealthy or ejected.
+    saw_out_of_rotation: bool,
+    /// The last real failure (an attempt that failed, or a request that could not be built).
+    last_error: Option<String>,
+    /// The latest 502/503/504 response. When nothing is left to try, the caller gets it rather
+    /// than a synthesised error: the model server's own body (often "loading model") says more.
+    last_retryable: Option<Exchange<'a>>,
+}
+
+/// Forwards `request` to its model, retrying and falling back as configured.
+pub(crate) async fn forward(
+    upstreams: &Upstreams,
+    request: ForwardRequest,
+    may_use: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<UpstreamResponse, UpstreamError> {
+    let primary = upstreams.route(&request.model).ok_or(UpstreamError::UnknownModel)?;
+    let outgoing = headers::outbound(&request.headers);
+    let mut tally = Tally::default();
+
+    if let Some(response) = try_model(primary, &request, &outgoing, &mut tally).await? {
+        return Ok(response);
+    }
+    // Fallbacks are tried in order, each with its own pool, retries, name and credential. A
+    // fallback's own fallbacks are not followed, so configuration cannot create loops.
+    let mut visited: Vec<&str> = vec![primary.name.as_str()];
+    for name in &primary.fallbacks {
+        if visited.contains(&name.as_str()) || !may_use(name) {
+            continue;
+        }
+        visited.push(name);
+        let Some(route) = upstreams.route(name) else {
+            continue;
+        };
+        tracing::info!(model = %primary.name, fallback = %route.name, "primary pool failed; trying fallback model");
+        if let Some(response) = try_model(route, &request, &outgoing, &mut tally).await? {
+            return Ok(response);
+        }
+    }
+    conclude(tally, &request.model)
+}
+
+/// Tries endpoints of one model: the first attempt plus up to `retries` more, each on an
+/// endpoint not yet tried. `Ok(None)` means this model is done without an answer.
+async fn try_model<'a>(
+    route: &'a Route,
+    request: &ForwardRequest,
+    outgoing: &HeaderMap,
+    tally: &mut Tally<'a>,
+) -> Result<Option<UpstreamResponse>, UpstreamError> {
+    let body = rewrite::body_for(&request.body, &request.model, &route.upstream_model);
+    let mut tried = vec![false; route.pool.len()];
+    for _ in 0..=route.retries {
+        let (index, guard) = match route.pool.select(&tried) {
+            Ok(picked) => picked,
+            Err(none) => {
+                tally.saw_full |= none.full > 0;
+                tally.saw_out_of_rotation |= none.out_of_rotation > 0;
+                break;
+            }
+        };
+        tried[index] = true;
+        let endpoint = guard.endpoint();
+        let deadline = deadline_after(Instant::now(), route.timeouts.total);
+        let sent = attempt::send(route, endpoint, &request.path, outgoing, body.clone(), deadline).await;
+        if !matches!(sent, Err(AttemptError::Unsendable(_))) {
+            tally.attempts = tally.attempts.saturating_add(1);
+        }
+        match sent {
+            Ok(response) if is_retryable(response.status()) => {
+                endpoint.record_failure();
+                let status = response.status();
+                tracing::warn!(model = %route.name, endpoint = endpoint.base(), %status, "upstream answered with a retryable status");
+                tally.last_error = Some(format!("{} answered {status}", endpoint.base()));
+                tally.last_retryable = Some(Exchange { route, guard, response, deadline });
+            }
+            Ok(response) => {
+                if response.status().is_server_error() {
+                    endpoint.record_failure();
+                } else {
+                    endpoint.record_success();
+                }
+                return Ok(Some(Exchange { route, guard, response, deadline }.into_response()));
+            }
+            Err(AttemptError::Failed(reason)) => {
+                endpoint.record_failure();
+                tracing::warn!(model = %route.name, endpoint = endpoint.base(), %reason, "upstream attempt failed");
+                tally.last_error = Some(format!("{}: {reason}", endpoint.base()));
+            }
+            Err(AttemptError::TimedOut(waited)) => {
+                endpoint.record_failure();
+                tracing::warn!(model = %route.name, endpoint = endpoint.base(), waited_ms = waited.as_millis(), "no response head in time");
+                return Err(UpstreamError::Timeout {
+                    model: route.name.clone(),
+                    endpoint: endpoint.base().to_string(),
+                    waited,
+                });
+            }
+            Err(AttemptError::Unsendable(reason)) => {
+                tracing::error!(model = %route.name, endpoint = endpoint.base(), %reason, "request cannot be sent to this model");
+                tally.last_error = Some(reason);
+                break;
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The answer when no model produced a final response.
+fn conclude(tally: Tally<'_>, model: &str) -> Result<UpstreamResponse, UpstreamError> {
+    if let Some(exchange) = tally.last_retryable {
+        return Ok(exchange.into_response());
+    }
+    // Nothing failed, and capacity was what stopped us (possibly alongside endpoints out of
+    // rotation): the client may simply try again shortly.
+    if tally.last_error.is_none() && tally.saw_full {
+        return Err(UpstreamError::Overloaded { retry_after_secs: OVERLOADED_RETRY_AFTER_SECS });
+    }
+    let reason = match tally.last_error {
+        Some(reason) => reason,
+        None if tally.saw_out_of_rotation => "every endpoint is unhealthy or ejected".to_string(),
+        None => "no endpoint available".to_string(),
+    };
+    Err(UpstreamError::Unavailable { model: model.to_string(), attempts: tally.attempts, reason })
+}

@@ -1,0 +1,163 @@
+//! One configured model as the forwarding code sees it: its pool of endpoints, its HTTP client,
+//! the credential it sends upstream and the limits (timeouts, retries) it runs under.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderValue;
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use portcullis_config::{HealthCheckConfig, ModelConfig};
+use portcullis_types::admin::{EndpointView, ModelView};
+use tokio::time::Instant;
+
+use crate::pool::{EjectionPolicy, Endpoint, Pool};
+
+/// The client every request and health check of one model goes through. Requests are always
+/// fully buffered JSON, so the request body is `Full<Bytes>`.
+pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Idle keep-alive connections are closed after this long; model servers often close theirs
+/// sooner, and a pooled connection the server already closed costs a failed first write.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A model's timeouts; `None` means the configured value was `0s`, which turns the limit off.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    pub first_byte: Option<Duration>,
+    pub idle: Option<Duration>,
+    pub total: Option<Duration>,
+}
+
+/// The `Authorization` value sent upstream, built once so a bad key is reported once.
+#[derive(Clone)]
+pub(crate) enum Credential {
+    None,
+    Bearer(HeaderValue),
+    /// The configured key cannot be a header value (control characters, say); requests to
+    /// this model fail rather than go out unauthenticated.
+    Invalid,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Credential::None => "None",
+            Credential::Bearer(_) => "Bearer([redacted])",
+            Credential::Invalid => "Invalid",
+        })
+    }
+}
+
+/// Everything needed to forward to one model.
+pub(crate) struct Route {
+    pub name: String,
+    pub upstream_model: String,
+    pub fallbacks: Vec<String>,
+    /// Extra attempts on other endpoints of this model after the first one fails.
+    pub retries: u32,
+    pub timeouts: Timeouts,
+    pub credential: Credential,
+    pub health: HealthCheckConfig,
+    pub client: HttpClient,
+    pub pool: Pool,
+}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Route")
+            .field("name", &self.name)
+            .field("upstream_model", &self.upstream_model)
+            .field("fallbacks", &self.fallbacks)
+            .field("retries", &self.retries)
+            .field("timeouts", &self.timeouts)
+            .field("credential", &self.credential)
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+fn enabled(duration: Duration) -> Option<Duration> {
+    (!duration.is_zero()).then_some(duration)
+}
+
+impl Route {
+    pub(crate) fn new(config: &ModelConfig, epoch: Instant) -> Route {
+        let ejection = EjectionPolicy {
+            consecutive_failures: config.ejection.consecutive_failures,
+            duration: config.ejection.duration.0,
+        };
+        let endpoints = config.endpoints.iter().map(|url| Arc::new(Endpoint::new(url, ejection, epoch))).collect();
+        let credential = match &config.api_key {
+            None => Credential::None,
+            Some(key) => match HeaderValue::try_from(format!("Bearer {}", key.expose())) {
+                Ok(mut value) => {
+                    value.set_sensitive(true);
+                    Credential::Bearer(value)
+                }
+                Err(_) => {
+                    tracing::error!(model = %config.name, "api_key is not a valid HTTP header value; requests fail");
+                    Credential::Invalid
+                }
+            },
+        };
+        Route {
+            name: config.name.clone(),
+            upstream_model: config.upstream_model().to_string(),
+            fallbacks: config.fallbacks.clone(),
+            retries: config.retries,
+            timeouts: Timeouts {
+                first_byte: enabled(config.timeouts.first_byte.0),
+                idle: enabled(config.timeouts.idle.0),
+                total: enabled(config.timeouts.total.0),
+            },
+            credential,
+            health: config.health_check.clone(),
+            client: client(enabled(config.timeouts.connect.0)),
+            pool: Pool::new(endpoints, config.max_concurrent),
+        }
+    }
+
+    pub(crate) fn view(&self) -> ModelView {
+        ModelView {
+            name: self.name.clone(),
+            upstream_model: self.upstream_model.clone(),
+            endpoints: self
+                .pool
+                .endpoints()
+                .iter()
+                .map(|endpoint| EndpointView {
+                    url: endpoint.base().to_string(),
+                    healthy: endpoint.in_rotation(),
+                    outstanding: endpoint.outstanding(),
+                })
+                .collect(),
+            fallbacks: self.fallbacks.clone(),
+        }
+    }
+}
+
+/// An HTTP/1.1 keep-alive client for plain and TLS endpoints (Mozilla's roots via webpki-roots),
+/// with the model's connect timeout. One per model, so each model's timeout applies to its own
+/// connections and one model's pool cannot starve another's.
+fn client(connect_timeout: Option<Duration>) -> HttpClient {
+    let mut http = HttpConnector::new();
+    // The HTTPS connector wraps this one and needs it to accept https:// URIs too.
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(connect_timeout);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}

@@ -1,0 +1,122 @@
+//! `portcullis teams ...`: teams through `/admin/v1/teams`.
+
+use anyhow::bail;
+use clap::{Args, Subcommand};
+use portcullis_types::admin::{CreateTeamRequest, ListResponse, TeamView, UpdateTeamRequest};
+use serde_json::Value;
+
+use super::client::AdminClient;
+use super::output::{self, Render, fmt_json, fmt_serialized, fmt_text, fmt_time};
+use super::parse_metadata;
+
+#[derive(Debug, Subcommand)]
+pub enum TeamsCommand {
+    /// Create a team.
+    Create {
+        /// Team name.
+        name: String,
+        #[command(flatten)]
+        settings: TeamSettings,
+    },
+    /// List teams.
+    List,
+    /// Show one team.
+    Show {
+        /// Team name.
+        name: String,
+    },
+    /// Change a team; flags not given are left as they are.
+    Update {
+        /// Team name.
+        name: String,
+        #[command(flatten)]
+        settings: TeamSettings,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TeamSettings {
+    /// Tier for the team's keys.
+    #[arg(long)]
+    tier: Option<String>,
+    /// Free-form JSON object stored with the team.
+    #[arg(long, value_name = "JSON", value_parser = parse_metadata)]
+    metadata: Option<Value>,
+}
+
+pub async fn run(command: TeamsCommand, global: &crate::GlobalArgs) -> anyhow::Result<()> {
+    let client = AdminClient::new(global)?;
+    let json = global.json;
+    match command {
+        TeamsCommand::Create { name, settings: TeamSettings { tier, metadata } } => {
+            let request = CreateTeamRequest { name, tier, metadata, ..CreateTeamRequest::default() };
+            output::print_one(json, &client.post::<TeamView>(&["teams"], &request).await?)
+        }
+        TeamsCommand::List => output::print_list(json, &client.get::<ListResponse<TeamView>>(&["teams"], &[]).await?),
+        TeamsCommand::Show { name } => output::print_one(json, &client.get::<TeamView>(&["teams", &name], &[]).await?),
+        TeamsCommand::Update { name, settings: TeamSettings { tier, metadata } } => {
+            let request = UpdateTeamRequest { tier, metadata, ..UpdateTeamRequest::default() };
+            if request == UpdateTeamRequest::default() {
+                bail!("nothing to update: give --tier and/or --metadata");
+            }
+            output::print_one(json, &client.patch::<TeamView>(&["teams", &name], &request).await?)
+        }
+    }
+}
+
+impl Render for TeamView {
+    const PLURAL: &'static str = "teams";
+
+    fn headers() -> &'static [&'static str] {
+        &["NAME", "TIER", "CREATED"]
+    }
+
+    fn row(&self) -> Vec<String> {
+        vec![self.name.clone(), fmt_text(self.tier.as_deref()), fmt_time(Some(self.created_at))]
+    }
+
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("name", self.name.clone()),
+            ("tier", fmt_text(self.tier.as_deref())),
+            ("limits", fmt_serialized(&self.limits)),
+            ("metadata", fmt_json(&self.metadata)),
+            ("created_at", fmt_time(Some(self.created_at))),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct TestCli {
+        #[command(subcommand)]
+        cmd: TeamsCommand,
+        #[command(flatten)]
+        global: crate::GlobalArgs,
+    }
+
+    #[test]
+    fn create_takes_the_name_positionally_and_global_flags_after_it() -> anyhow::Result<()> {
+        let cli = TestCli::try_parse_from(["t", "create", "acme corp", "--tier", "pro", "--json"])?;
+        assert!(cli.global.json);
+        let TeamsCommand::Create { name, settings } = cli.cmd else { anyhow::bail!("expected create") };
+        assert_eq!(name, "acme corp");
+        assert_eq!(settings.tier.as_deref(), Some("pro"));
+        assert!(settings.metadata.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn update_and_show_parse() -> anyhow::Result<()> {
+        let cli = TestCli::try_parse_from(["t", "update", "acme", "--metadata", r#"{"cost_center":42}"#])?;
+        let TeamsCommand::Update { settings, .. } = cli.cmd else { anyhow::bail!("expected update") };
+        assert_eq!(settings.metadata, Some(serde_json::json!({"cost_center": 42})));
+        assert!(TestCli::try_parse_from(["t", "show"]).is_err());
+        Ok(())
+    }
+}

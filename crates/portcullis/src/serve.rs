@@ -1,0 +1,121 @@
+//! `portcullis serve`, `config check` and `migrate`: the commands that run on the gateway host.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use portcullis_config::Config;
+use portcullis_server::Server;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{GlobalArgs, LogFormat};
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Configuration file.
+    #[arg(long, short, default_value = "portcullis.toml")]
+    config: PathBuf,
+    /// Once both listeners are bound, write `{"proxy":"ADDR","admin":"ADDR"}` here
+    /// (for supervisors and tests that listen on port 0).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+pub async fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    init_logging(global.log_format);
+    let config = load(&args.config)?;
+    let bootstrap = std::env::var("PORTCULLIS_ADMIN_TOKEN").ok().filter(|token| !token.is_empty());
+    let mut server = Server::bind(config, bootstrap).await.context("cannot start")?;
+    let proxy = server.proxy_addr()?;
+    let admin = server.admin_addr()?;
+    if let Some(token) = server.take_generated_admin_token() {
+        announce_first_admin_token(token.expose());
+    }
+    let running = server.serve();
+    tracing::info!(%proxy, %admin, "portcullis is serving");
+    if let Some(path) = &args.ready_file {
+        write_ready_file(path, proxy, admin)?;
+    }
+
+    let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => match load(&args.config) {
+                Ok(config) => {
+                    let ignored = running.reload(config);
+                    tracing::info!(?ignored, "configuration reloaded (settings listed as ignored need a restart)");
+                }
+                Err(error) => tracing::error!(error = %format!("{error:#}"), "reload failed; keeping the running configuration"),
+            },
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+    if running.shutdown().await {
+        tracing::info!("drained; bye");
+    } else {
+        tracing::warn!("shutdown deadline passed with requests still in flight");
+    }
+    Ok(())
+}
+
+pub fn check_config(path: &Path, global: &GlobalArgs) -> anyhow::Result<()> {
+    let config = load(path)?;
+    let summary = serde_json::json!({
+        "valid": true,
+        "file": path.display().to_string(),
+        "models": config.models.iter().map(|model| &model.name).collect::<Vec<_>>(),
+        "tiers": config.tiers.keys().collect::<Vec<_>>(),
+    });
+    let mut out = std::io::stdout().lock();
+    if global.json {
+        writeln!(out, "{summary:#}")?;
+    } else {
+        writeln!(out, "{}: valid ({} models, {} tiers)", path.display(), config.models.len(), config.tiers.len())?;
+    }
+    Ok(())
+}
+
+pub async fn migrate(path: &Path, global: &GlobalArgs) -> anyhow::Result<()> {
+    init_logging(global.log_format);
+    let config = load(path)?;
+    let applied = portcullis_server::migrate(config.store.url.expose()).await.context("migration failed")?;
+    writeln!(std::io::stdout().lock(), "applied {applied} migration(s)")?;
+    Ok(())
+}
+
+fn load(path: &Path) -> anyhow::Result<Config> {
+    Config::load(path).with_context(|| format!("invalid configuration {}", path.display()))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// The generated first admin token goes to the terminal once, never through the logger, so
+/// log shipping never carries it.
+fn announce_first_admin_token(token: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(
+        err,
+        "\n  First admin token (shown once; store it now):\n\n    {token}\n\n  export PORTCULLIS_ADMIN_TOKEN={token}\n"
+    );
+}
+
+/// Written to a temporary name and renamed, so a reader never sees half a file.
+fn write_ready_file(path: &Path, proxy: std::net::SocketAddr, admin: std::net::SocketAddr) -> anyhow::Result<()> {
+    let body = serde_json::json!({ "proxy": proxy.to_string(), "admin": admin.to_string() });
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, body.to_string()).with_context(|| format!("cannot write {}", partial.display()))?;
+    std::fs::rename(&partial, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

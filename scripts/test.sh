@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# test.sh — run every test of the workspace, with the optional real services when they can be had.
+#
+#   scripts/test.sh [extra cargo test args...]
+#
+# 1. Makes or refreshes .venv with the official `openai` Python SDK (pinned below), which the
+#    SDK compatibility tests run. Offline, it warns loudly and goes on: those tests then skip
+#    loudly (or fail when CI=true).
+# 2. Points the real-model tests at a running real small model: PORTCULLIS_REAL_SLM_URL if you set
+#    it, else scripts/real-slm.sh's server on port 8090 if it runs; with CI=true it is started
+#    (and stopped again at the end) when it does not run.
+# 3. Runs `cargo test --workspace --locked` and prints a summary. The exit code is cargo's.
+set -euo pipefail
+
+# Pinned: the SDK's wire behaviour (e.g. base64 embeddings by default) is part of what is tested.
+readonly OPENAI_SDK_VERSION="2.54.0"
+readonly SLM_PORT=8090
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+say() { printf '[test.sh] %s\n' "$*" >&2; }
+loud() {
+  printf '\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n' >&2
+  printf '!!! %s\n' "$@" >&2
+  printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\n' >&2
+}
+
+# --- 1. the openai SDK --------------------------------------------------------------------------
+sdk_status="missing"
+setup_venv() {
+  local python=.venv/bin/python
+  if [ ! -x "$python" ]; then
+    say "creating .venv"
+    python3 -m venv .venv >&2 || { rm -rf .venv; return 1; }
+  fi
+  if "$python" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_SDK_VERSION')" 2>/dev/null; then
+    return 0
+  fi
+  say "installing openai==$OPENAI_SDK_VERSION into .venv"
+  "$python" -m pip install --quiet --disable-pip-version-check "openai==$OPENAI_SDK_VERSION" >&2 || return 1
+  "$python" -c "import openai" 2>/dev/null
+}
+if setup_venv; then
+  sdk_status="openai $OPENAI_SDK_VERSION"
+else
+  loud "could not set up .venv with openai==$OPENAI_SDK_VERSION (offline? python3-venv missing?)" \
+    "the OpenAI SDK tests will SKIP (or FAIL when CI=true)"
+fi
+
+# --- 2. the real small model --------------------------------------------------------------------
+started_slm=no
+stop_slm() {
+  if [ "$started_slm" = yes ]; then scripts/real-slm.sh stop "$SLM_PORT" || true; fi
+}
+trap stop_slm EXIT
+if [ -z "${PORTCULLIS_REAL_SLM_URL:-}" ]; then
+  if url="$(scripts/real-slm.sh status "$SLM_PORT" 2>/dev/null)"; then
+    export PORTCULLIS_REAL_SLM_URL="$url"
+  elif [ "${CI:-}" = true ]; then
+    say "CI=true: starting the real small model"
+    if url="$(scripts/real-slm.sh start "$SLM_PORT")"; then
+      started_slm=yes
+      export PORTCULLIS_REAL_SLM_URL="$url"
+    else
+      loud "could not start the real small model; its tests will FAIL (CI=true)"
+    fi
+  else
+    loud "no real small model (start one with: scripts/real-slm.sh start)" \
+      "the real-model tests will SKIP"
+  fi
+fi
+slm_status="${PORTCULLIS_REAL_SLM_URL:-none}"
+
+# --- 3. the tests -------------------------------------------------------------------------------
+log="$(mktemp "${TMPDIR:-/tmp}/portcullis-test.XXXXXX")"
+started_at=$SECONDS
+say "cargo test --workspace --locked $*"
+set +e
+cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+elapsed=$((SECONDS - started_at))
+
+# Totals over every "test result:" line (unit, integration and doc tests).
+read -r passed failed ignored suites < <(awk '
+  /^test result: / {
+    for (i = 1; i <= NF; i++) {
+      if ($(i + 1) ~ /^passed;?$/) p += $i
+      if ($(i + 1) ~ /^failed;?$/) f += $i
+      if ($(i + 1) ~ /^ignored;?$/) g += $i
+    }
+    s++
+  }
+  END { printf "%d %d %d %d\n", p, f, g, s }' "$log")
+skipped_services="$(grep -c 'SKIPPED (missing service)' "$log" || true)"
+rm -f "$log"
+
+echo
+echo "== scripts/test.sh: cargo exit $status after ${elapsed}s; $suites test binaries; SDK: $sdk_status; real SLM: $slm_status; skipped for missing services: $skipped_services"
+if [ "$suites" -gt 0 ]; then
+  echo "summary: $passed passed, $failed failed, $ignored skipped"
+fi
+exit "$status"
