@@ -15,7 +15,8 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.server.max_headers == 0 {
         return invalid("server.max_headers", "must be greater than 0");
     }
-    if config.server.listen == config.admin.listen {
+    // Port 0 asks the OS for a free port, so two of those never collide.
+    if config.server.listen == config.admin.listen && config.server.listen.port() != 0 {
         return invalid("admin.listen", "must differ from server.listen");
     }
     if config.limits.backend == LimiterBackend::Redis && config.limits.redis_url.is_none() {

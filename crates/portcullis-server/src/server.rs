@@ -178,10 +178,10 @@ async fn flush_last_used(state: AppState, stop: CancellationToken) {
         };
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let uses = state.keys().used_since(since);
-        if !uses.is_empty() {
-            if let Err(error) = state.stores().keys.touch_keys(&uses).await {
-                tracing::warn!(%error, "could not record key use times");
-            }
+        if !uses.is_empty()
+            && let Err(error) = state.stores().keys.touch_keys(&uses).await
+        {
+            tracing::warn!(%error, "could not record key use times");
         }
         since = now;
         if stopping {

@@ -74,6 +74,7 @@ fn io_error(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> Gateway
 pub struct GatewayBuilder {
     binary: PathBuf,
     server_settings: Vec<String>,
+    admin_listen: String,
     store_url: Option<String>,
     fragments: Vec<String>,
     env: Vec<(String, String)>,
@@ -87,6 +88,7 @@ impl GatewayBuilder {
         Self {
             binary: binary.into(),
             server_settings: Vec::new(),
+            admin_listen: "127.0.0.1:0".to_string(),
             store_url: None,
             fragments: Vec::new(),
             env: Vec::new(),
@@ -106,6 +108,12 @@ impl GatewayBuilder {
     /// One more `key = value` line inside `[server]`, e.g. `"max_body_bytes = 1024"`.
     pub fn server_setting(mut self, line: &str) -> Self {
         self.server_settings.push(line.to_string());
+        self
+    }
+
+    /// The admin listener's address (default `127.0.0.1:0`).
+    pub fn admin_listen(mut self, addr: &str) -> Self {
+        self.admin_listen = addr.to_string();
         self
     }
 
@@ -155,7 +163,7 @@ impl GatewayBuilder {
         let dir = tempfile::Builder::new().prefix("portcullis-test-").tempdir().map_err(io_error("create temp dir"))?;
         let db_path = dir.path().join(DB_FILE);
         let store_url = self.store_url.clone().unwrap_or_else(|| format!("sqlite://{}", db_path.display()));
-        let config = render_config(&self.server_settings, &store_url, &self.fragments);
+        let config = render_config(&self.server_settings, &self.admin_listen, &store_url, &self.fragments);
         let config_path = dir.path().join(CONFIG_FILE);
         fs::write(&config_path, config).map_err(io_error(format!("write {}", config_path.display())))?;
         let admin_token = match self.admin_token {
@@ -183,13 +191,15 @@ fn toml_string(value: &str) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| format!("\"{value}\""))
 }
 
-fn render_config(server_settings: &[String], store_url: &str, fragments: &[String]) -> String {
+fn render_config(server_settings: &[String], admin_listen: &str, store_url: &str, fragments: &[String]) -> String {
     let mut text = String::from("# written by portcullis-testkit\n[server]\nlisten = \"127.0.0.1:0\"\n");
     for line in server_settings {
         text.push_str(line);
         text.push('\n');
     }
-    text.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[store]\nurl = ");
+    text.push_str("\n[admin]\nlisten = ");
+    text.push_str(&toml_string(admin_listen));
+    text.push_str("\n\n[store]\nurl = ");
     text.push_str(&toml_string(store_url));
     text.push('\n');
     for fragment in fragments {
@@ -533,6 +543,7 @@ mod tests {
     fn config_puts_both_listeners_on_port_zero_and_appends_fragments() {
         let text = render_config(
             &["max_body_bytes = 10".to_string()],
+            "127.0.0.1:0",
             "sqlite:///tmp/x y/portcullis.db",
             &["[[models]]\nname = \"m\"\nendpoints = [\"http://127.0.0.1:1\"]".to_string()],
         );
