@@ -1,0 +1,116 @@
+//! The official `openai` Python SDK against the running binary: first in front of the stub
+//! upstream (every scenario, every error class), then in front of a real small model.
+//!
+//! Needs a Python with `openai` (`scripts/test.sh` makes `.venv`) and, for the real-model test,
+//! `PORTCULLIS_REAL_SLM_URL` (`scripts/real-slm.sh start`). Missing either: skipped loudly, or a
+//! failure when `CI=true`.
+
+use std::path::Path;
+
+use portcullis_testkit::{
+    Gateway, GatewayBuilder, StubUpstream, openai_python, real_slm_url, run_openai_sdk_check, skip_or_fail,
+};
+use serde_json::Value;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// Runs one scenario and returns the JSON line it printed; a failed check fails the test with
+/// the script's own words.
+fn sdk(python: &Path, scenario: &str, env: &[(&str, &str)]) -> Value {
+    let output = run_openai_sdk_check(python, scenario, env);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "SDK scenario {scenario} failed:\n{}{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.trim().lines().last().unwrap_or_default())
+        .unwrap_or_else(|error| panic!("scenario {scenario} printed no JSON ({error}): {stdout}"))
+}
+
+// Multi-threaded: the SDK script runs as a blocking child process while the in-process stub
+// must keep answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_chat_stream_embeddings_models_and_error_classes_through_the_gateway() {
+    let Some(python) = openai_python() else {
+        return skip_or_fail(
+            "Python openai SDK",
+            "no .venv with openai (run scripts/test.sh) and PORTCULLIS_PYTHON unset",
+        );
+    };
+    let stub = StubUpstream::start().await;
+    let config = format!(
+        "[[models]]\nname = \"small\"\nendpoints = [\"{0}\"]\n\n[[models]]\nname = \"secret-model\"\nendpoints = [\"{0}\"]\n",
+        stub.url()
+    );
+    let gateway = GatewayBuilder::new(BINARY).config(&config).start().await;
+    let (revoked_id, revoked) = gateway.create_key(&["--models", "small"]);
+    assert!(gateway.cli(&["keys", "revoke", &revoked_id]).status.success());
+    let (_, key) = gateway.create_key(&["--models", "small"]);
+    let base_url = gateway.openai_base_url();
+    let env = [
+        ("PORTCULLIS_BASE_URL", base_url.as_str()),
+        ("PORTCULLIS_KEY", key.as_str()),
+        ("PORTCULLIS_MODEL", "small"),
+        ("PORTCULLIS_EXPECT_MODELS", "small"),
+        ("PORTCULLIS_HIDDEN_MODEL", "secret-model"),
+        ("PORTCULLIS_DENIED_MODEL", "secret-model"),
+        ("PORTCULLIS_OTHER_KEY", revoked.as_str()),
+    ];
+
+    let chat = sdk(&python, "chat", &env);
+    assert!(chat["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0, "{chat}");
+    let stream = sdk(&python, "stream", &env);
+    assert!(stream["chunks"].as_u64().unwrap_or(0) >= 2, "{stream}");
+    sdk(&python, "stream-no-usage", &env);
+    let embeddings = sdk(&python, "embeddings", &env);
+    assert!(embeddings["dimensions"].as_u64().unwrap_or(0) > 0, "{embeddings}");
+    let models = sdk(&python, "models", &env);
+    assert_eq!(models["models"], serde_json::json!(["small"]));
+    let errors = sdk(&python, "errors", &env);
+    for class in ["AuthenticationError", "PermissionDeniedError", "NotFoundError", "BadRequestError"] {
+        assert!(errors.to_string().contains(class), "scenario errors did not check {class}: {errors}");
+    }
+    // The SDK saw the gateway's own stream; the stub got exactly the requests the SDK made.
+    assert!(!stub.requests_to("/v1/chat/completions").is_empty());
+}
+
+/// Gemma 3 270M behind llama.cpp's server: real tokens, real usage counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_through_the_gateway_to_a_real_small_model() {
+    let Some(python) = openai_python() else {
+        return skip_or_fail("Python openai SDK", "no .venv with openai (run scripts/test.sh)");
+    };
+    let Some(upstream) = real_slm_url() else {
+        return skip_or_fail("real small model", "PORTCULLIS_REAL_SLM_URL is not set (scripts/real-slm.sh start)");
+    };
+    let config = format!(
+        "[[models]]\nname = \"gemma\"\nupstream_model = \"gemma-3-270m\"\nendpoints = [\"{upstream}\"]\n\
+         health_check = {{ path = \"/health\" }}\ntimeouts = {{ first_byte = \"120s\" }}\n"
+    );
+    let gateway: Gateway = GatewayBuilder::new(BINARY).config(&config).start().await;
+    let (_, key) = gateway.create_key(&["--models", "gemma"]);
+    let base_url = gateway.openai_base_url();
+    let env = [
+        ("PORTCULLIS_BASE_URL", base_url.as_str()),
+        ("PORTCULLIS_KEY", key.as_str()),
+        ("PORTCULLIS_MODEL", "gemma"),
+        ("PORTCULLIS_MAX_TOKENS", "12"),
+        ("PORTCULLIS_TIMEOUT", "120"),
+    ];
+
+    let chat = sdk(&python, "chat", &env);
+    let usage = &chat["usage"];
+    assert!(usage["prompt_tokens"].as_u64().unwrap_or(0) > 0, "real prompt tokens counted: {chat}");
+    let completion = usage["completion_tokens"].as_u64().unwrap_or(0);
+    assert!((1..=12).contains(&completion), "the model generated within max_tokens: {chat}");
+    assert_eq!(usage["total_tokens"].as_u64(), Some(usage["prompt_tokens"].as_u64().unwrap() + completion));
+
+    let stream = sdk(&python, "stream", &env);
+    assert!(stream["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0, "usage chunk relayed: {stream}");
+    assert!(!stream["text"].as_str().unwrap_or_default().is_empty(), "{stream}");
+
+    let embeddings = sdk(&python, "embeddings", &env);
+    assert_eq!(embeddings["dimensions"].as_u64(), Some(640), "Gemma 3 270M embeds in 640 dimensions: {embeddings}");
+    assert!(embeddings["usage_one"]["prompt_tokens"].as_u64().unwrap_or(0) > 0, "{embeddings}");
+}
