@@ -51,3 +51,48 @@ pub fn router(state: AppState) -> Router {
 async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> impl axum::response::IntoResponse {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics().render())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use portcullis_config::Config;
+    use portcullis_store::Stores;
+    use portcullis_store_sqlite::SqliteStore;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::admin::auth::AdminAuth;
+
+    fn state() -> AppState {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let config = Config::parse("", |_| None).unwrap();
+        AppState::new(config, Stores::from_backend(Arc::new(store)), AdminAuth::default())
+    }
+
+    /// Every operation the OpenAPI document lists is routed, and every one of them but the
+    /// document itself is closed to a caller without an admin token.
+    #[tokio::test]
+    async fn every_documented_operation_exists_and_requires_an_admin_token() {
+        let document: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let router = router(state());
+        let mut checked = 0;
+        for (path, item) in document["paths"].as_object().unwrap() {
+            for method in ["get", "post", "patch", "delete"].into_iter().filter(|m| item.get(*m).is_some()) {
+                let uri = path.replace("{id}", "key_x").replace("{name}", "acme");
+                let request = http::Request::builder()
+                    .method(method.to_uppercase().as_str())
+                    .uri(&uri)
+                    .header("content-type", "application/json")
+                    .body(Body::from("{}"))
+                    .unwrap();
+                let status = router.clone().oneshot(request).await.unwrap().status().as_u16();
+                let expected = if path.ends_with("openapi.json") { 200 } else { 401 };
+                assert_eq!(status, expected, "{method} {path}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 17, "the document lists every operation ({checked} found)");
+    }
+}
