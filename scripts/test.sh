@@ -9,7 +9,8 @@
 # 2. Points the real-model tests at a running real small model: PORTCULLIS_REAL_SLM_URL if you set
 #    it, else scripts/real-slm.sh's server on port 8090 if it runs; with CI=true it is started
 #    (and stopped again at the end) when it does not run.
-# 3. Runs `cargo test --workspace --locked` and prints a summary. The exit code is cargo's.
+# 3. Runs `cargo test --workspace --locked --no-fail-fast` (every test binary runs even after a
+#    failure, so one run shows every failure) and prints a summary. The exit code is cargo's.
 set -euo pipefail
 
 # Pinned: the SDK's wire behaviour (e.g. base64 embeddings by default) is part of what is tested.
@@ -75,9 +76,9 @@ slm_status="${PORTCULLIS_REAL_SLM_URL:-none}"
 # --- 3. the tests -------------------------------------------------------------------------------
 log="$(mktemp "${TMPDIR:-/tmp}/portcullis-test.XXXXXX")"
 started_at=$SECONDS
-say "cargo test --workspace --locked $*"
+say "cargo test --workspace --locked --no-fail-fast $*"
 set +e
-cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 elapsed=$((SECONDS - started_at))

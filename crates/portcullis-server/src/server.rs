@@ -128,8 +128,9 @@ pub struct RunningServer {
 
 impl RunningServer {
     /// Swaps in a new configuration: models, tiers, limits and timeouts take effect for the next
-    /// request; in-flight requests finish on the old routes. Listener addresses, the store and
-    /// the key pepper are fixed at start; changing them is reported and ignored.
+    /// request; in-flight requests finish on the old routes. Listener addresses, request-head
+    /// limits, the store and the key pepper are fixed at start; changing them is reported and
+    /// ignored.
     pub fn reload(&self, config: Config) -> Vec<&'static str> {
         let current = self.state.runtime().config.clone();
         let mut ignored = Vec::new();
@@ -144,6 +145,16 @@ impl RunningServer {
         }
         if config.security.key_pepper != current.security.key_pepper {
             ignored.push("security.key_pepper");
+        }
+        // Request-head limits are set on the accept loops when they start.
+        if config.server.max_header_bytes != current.server.max_header_bytes {
+            ignored.push("server.max_header_bytes");
+        }
+        if config.server.max_headers != current.server.max_headers {
+            ignored.push("server.max_headers");
+        }
+        if config.server.header_read_timeout != current.server.header_read_timeout {
+            ignored.push("server.header_read_timeout");
         }
         self.state.swap_runtime(Runtime::new(config));
         ignored

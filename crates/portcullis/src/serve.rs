@@ -31,15 +31,15 @@ pub async fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     if let Some(token) = server.take_generated_admin_token() {
         announce_first_admin_token(token.expose());
     }
+    // Handlers first: a signal that arrives once we look ready must not take its default action.
+    let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let running = server.serve();
     tracing::info!(%proxy, %admin, "portcullis is serving");
     if let Some(path) = &args.ready_file {
         write_ready_file(path, proxy, admin)?;
     }
-
-    let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     loop {
         tokio::select! {
             _ = hangup.recv() => match load(&args.config) {

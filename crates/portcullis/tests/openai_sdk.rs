@@ -5,6 +5,8 @@
 //! `PORTCULLIS_REAL_SLM_URL` (`scripts/real-slm.sh start`). Missing either: skipped loudly, or a
 //! failure when `CI=true`.
 
+#![allow(clippy::expect_used, clippy::panic, reason = "test helpers: a failure is a failed test")]
+
 use std::path::Path;
 
 use portcullis_testkit::{

@@ -1,6 +1,8 @@
 //! The client surface through the real binary: inference calls plain and streamed, the model
 //! list, error answers, and what reaches (and does not reach) the model server.
 
+#![allow(clippy::expect_used, clippy::panic, reason = "test helpers: a failure is a failed test")]
+
 use std::time::Duration;
 
 use futures_util::StreamExt;

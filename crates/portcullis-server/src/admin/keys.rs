@@ -59,9 +59,10 @@ pub async fn create(
         None => None,
     };
     let config = state.runtime().config.clone();
-    let tier = request.tier.or(team_tier.clone()).unwrap_or_else(|| config.limits.default_tier.clone());
-    let tier = validate::tier(&config, &tier)?;
-    if caller.team.is_some() && team_tier.as_ref().is_some_and(|team_tier| team_tier != &tier) {
+    let team_default = team_tier.unwrap_or_else(|| config.limits.default_tier.clone());
+    let tier = validate::tier(&config, request.tier.as_deref().unwrap_or(&team_default))?;
+    // A team admin must not mint keys on a richer plan than its team has.
+    if caller.role == Role::TeamAdmin && tier != team_default {
         return Err(forbidden("a team admin cannot give a key a tier other than its team's"));
     }
     let secret = SecretToken::generate(SecretKind::ApiKey);
@@ -176,7 +177,7 @@ pub async fn rotate(
     let rotation = Rotation {
         new_secret: *state.hasher().hash(&secret).as_bytes(),
         new_display_prefix: secret.display_prefix(),
-        old_valid_until: now + grace,
+        old_valid_until: validate::grace_end(now, grace),
     };
     let record = state.stores().keys.rotate_key(&id, rotation).await.map_err(store_error("key"))?;
     state.keys().invalidate_key(&id);

@@ -74,7 +74,7 @@ pub fn expiry(
         (Some(text), None) => {
             let lifetime =
                 parse_duration(text).map_err(|error| ApiError::bad_request(error.to_string(), Some("expires_in")))?;
-            Some(now + lifetime)
+            Some(ceil_to_second(now + lifetime))
         }
         (None, at) => at,
     };
@@ -82,6 +82,17 @@ pub fn expiry(
         return Err(ApiError::bad_request("expiry must be in the future", Some("expires_at")));
     }
     Ok(at)
+}
+
+/// Stores keep whole seconds: round ends up, so a lifetime or grace is never cut short.
+pub fn ceil_to_second(at: OffsetDateTime) -> OffsetDateTime {
+    if at.nanosecond() == 0 { at } else { at.replace_nanosecond(0).unwrap_or(at) + time::Duration::SECOND }
+}
+
+/// When a rotated-out secret stops working: at once for a zero grace, otherwise never earlier
+/// than asked.
+pub fn grace_end(now: OffsetDateTime, grace: std::time::Duration) -> OffsetDateTime {
+    if grace.is_zero() { now } else { ceil_to_second(now + grace) }
 }
 
 pub fn grace(text: Option<&str>) -> Result<std::time::Duration, ApiError> {
@@ -119,7 +130,9 @@ mod tests {
     #[test]
     fn expiry_rules() {
         let now = OffsetDateTime::now_utc();
-        assert_eq!(expiry(Some("30d"), None, now).unwrap(), Some(now + Duration::days(30)));
+        assert_eq!(expiry(Some("30d"), None, now).unwrap(), Some(ceil_to_second(now + Duration::days(30))));
+        let end = expiry(Some("1s"), None, now).unwrap().unwrap();
+        assert!(end >= now + Duration::SECOND && end.nanosecond() == 0, "never shorter than asked");
         assert_eq!(expiry(None, None, now).unwrap(), None);
         assert!(expiry(Some("1h"), Some(now), now).is_err());
         assert!(expiry(None, Some(now - Duration::seconds(1)), now).is_err());

@@ -54,10 +54,11 @@ async fn serve(
 
     let bytes = body::read(body, &parts.headers, config.server.max_body_bytes).await?;
     let parsed = body::parse(operation, bytes)?;
-    info.model = Some(parsed.model.clone());
     if !runtime.upstreams.contains(&parsed.model) {
         return Err(ApiError::ModelNotFound { model: parsed.model });
     }
+    // Only configured names become metric labels: clients cannot grow label sets at will.
+    info.model = Some(parsed.model.clone());
     if !may_use_model(config, &principal, &parsed.model) {
         return Err(ApiError::ModelNotAllowed { model: parsed.model });
     }

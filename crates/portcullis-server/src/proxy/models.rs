@@ -44,8 +44,8 @@ pub async fn get(
     let result = async {
         let principal = caller(&state, peer.0, &headers, Scope::Models, &mut info).await?;
         let runtime = state.runtime();
-        info.model = Some(id.clone());
         if runtime.upstreams.contains(&id) && may_use_model(&runtime.config, &principal, &id) {
+            info.model = Some(id.clone());
             Ok(Json(Model::new(id, state.started_at())))
         } else {
             Err(ApiError::ModelNotFound { model: id })

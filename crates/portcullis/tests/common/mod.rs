@@ -1,0 +1,152 @@
+//! Helpers shared by the black-box tests in `crates/portcullis/tests/`: a stub-backed gateway,
+//! an HTTP client, answers read as status + JSON, and the CLI run with a chosen admin token.
+//!
+//! Each test binary uses only some of these.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+#![allow(clippy::expect_used, clippy::panic, reason = "test helpers: a failure is a failed test")]
+
+use std::process::{Command, Output, Stdio};
+
+use portcullis_testkit::{Gateway, GatewayBuilder, StubUpstream};
+use serde_json::{Value, json};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// One `[[models]]` table per name, all served by `stub`.
+pub fn models_config(stub: &StubUpstream, models: &[&str]) -> String {
+    models
+        .iter()
+        .map(|name| format!("[[models]]\nname = \"{name}\"\nendpoints = [\"{}\"]\n", stub.url()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A fresh stub and a gateway serving `models` from it.
+pub async fn start(models: &[&str]) -> (StubUpstream, Gateway) {
+    let stub = StubUpstream::start().await;
+    let gateway = GatewayBuilder::new(BINARY).config(&models_config(&stub, models)).start().await;
+    (stub, gateway)
+}
+
+/// A client that never goes through a proxy from the environment.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().expect("build an HTTP client")
+}
+
+/// One answer of the gateway: status, headers and JSON body (`Null` when the body is not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("<no error code>")
+    }
+
+    pub fn message(&self) -> &str {
+        self.body["error"]["message"].as_str().unwrap_or("<no error message>")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
+    }
+
+    /// Asserts an OpenAI-shaped error with this status and `error.code`.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!((self.status, self.code()), (status, code), "unexpected answer: {}", self.text);
+        assert!(self.body["error"]["message"].is_string(), "error without a message: {}", self.text);
+        assert!(self.body["error"]["type"].is_string(), "error without a type: {}", self.text);
+    }
+
+    #[track_caller]
+    pub fn assert_ok(&self) {
+        assert_eq!(self.status, 200, "expected success, got: {}", self.text);
+    }
+}
+
+pub async fn send(request: reqwest::RequestBuilder) -> Reply {
+    let response = request.send().await.expect("the gateway answers");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.expect("read the body");
+    Reply {
+        status,
+        headers,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    }
+}
+
+pub fn chat_body(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "hello there"}]})
+}
+
+/// `POST /v1/chat/completions` for `model` with `Authorization: Bearer <key>` (none when `None`).
+pub async fn chat(gateway: &Gateway, key: Option<&str>, model: &str) -> Reply {
+    let mut request = http().post(format!("{}/v1/chat/completions", gateway.proxy_url())).json(&chat_body(model));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    send(request).await
+}
+
+/// `GET <proxy><path>` with `Authorization: Bearer <key>`.
+pub async fn get(gateway: &Gateway, key: &str, path: &str) -> Reply {
+    send(http().get(format!("{}{path}", gateway.proxy_url())).bearer_auth(key)).await
+}
+
+/// The ids `GET /v1/models` lists for `key`.
+pub async fn model_ids(gateway: &Gateway, key: &str) -> Vec<String> {
+    let reply = get(gateway, key, "/v1/models").await;
+    reply.assert_ok();
+    reply.body["data"]
+        .as_array()
+        .expect("a model list has data")
+        .iter()
+        .map(|model| model["id"].as_str().expect("a model has an id").to_string())
+        .collect()
+}
+
+/// The CLI of the real binary against `gateway`'s admin API, authenticated with `token`
+/// (unlike [`Gateway::cli`], which always uses the bootstrap token).
+pub fn cli_as(gateway: &Gateway, token: &str, args: &[&str]) -> Output {
+    Command::new(BINARY)
+        .args(args)
+        .current_dir(gateway.dir())
+        .env("PORTCULLIS_ADMIN_URL", gateway.admin_url())
+        .env("PORTCULLIS_ADMIN_TOKEN", token)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the portcullis CLI")
+}
+
+/// [`cli_as`] with `--json`; panics unless it succeeds and prints JSON.
+#[track_caller]
+pub fn cli_json_as(gateway: &Gateway, token: &str, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let output = cli_as(gateway, token, &all);
+    assert!(output.status.success(), "`portcullis {}` failed: {}", all.join(" "), describe(&output));
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| panic!("no JSON ({error}): {}", describe(&output)))
+}
+
+/// Exit status, stdout and stderr of a command, for failure messages.
+pub fn describe(output: &Output) -> String {
+    format!(
+        "{}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// `value[field]` as a string; panics naming the field when it is not one.
+#[track_caller]
+pub fn str_field<'a>(value: &'a Value, field: &str) -> &'a str {
+    value[field].as_str().unwrap_or_else(|| panic!("no string `{field}` in {value}"))
+}
