@@ -107,11 +107,19 @@ pub struct LimitsConfig {
     pub default_max_tokens: u64,
     /// Tier of a key created without one (and whose team names none).
     pub default_tier: String,
+    /// Limits over all traffic together, on top of every key's and team's own.
+    pub global: LimitOverrides,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { backend: LimiterBackend::Memory, redis_url: None, default_max_tokens: 1024, default_tier: "free".into() }
+        Self {
+            backend: LimiterBackend::Memory,
+            redis_url: None,
+            default_max_tokens: 1024,
+            default_tier: "free".into(),
+            global: LimitOverrides::default(),
+        }
     }
 }
 
@@ -188,8 +196,13 @@ pub struct ModelConfig {
     /// Requests in flight per endpoint; more wait or are shed with 503 `overloaded`.
     #[serde(default)]
     pub max_concurrent: Option<u64>,
+    /// Longest a request waits in the model's queue for a free endpoint slot; more than zero.
     #[serde(default = "defaults::queue_timeout")]
     pub queue_timeout: ConfigDuration,
+    /// Requests that may wait for a slot when every endpoint is at `max_concurrent`; 0 sheds
+    /// them at once. Only used when `max_concurrent` is set.
+    #[serde(default = "defaults::queue_size")]
+    pub queue_size: usize,
     #[serde(default)]
     pub price: Price,
     #[serde(default)]
@@ -300,6 +313,10 @@ mod defaults {
 
     pub fn queue_timeout() -> ConfigDuration {
         ConfigDuration(Duration::from_secs(2))
+    }
+
+    pub fn queue_size() -> usize {
+        64
     }
 
     pub fn retries() -> u32 {

@@ -87,6 +87,11 @@ fn validate_model(index: usize, model: &ModelConfig, config: &Config) -> Result<
     if model.max_concurrent == Some(0) {
         return invalid(&path("max_concurrent"), "must be at least 1 (omit it for no limit)");
     }
+    // Elsewhere a zero timeout means "no limit"; here that would be an unbounded wait, and
+    // "no wait" is spelled queue_size = 0, so zero is refused rather than guessed at.
+    if model.queue_timeout.0.is_zero() {
+        return invalid(&path("queue_timeout"), "must be greater than 0 (set queue_size = 0 to shed at once)");
+    }
     for (field, value) in [
         ("price.input_per_million", model.price.input_per_million),
         ("price.output_per_million", model.price.output_per_million),
@@ -167,6 +172,17 @@ mod tests {
     fn bad_duration_names_the_field_path() {
         let text = "[[models]]\nname = \"a\"\nendpoints = [\"http://h\"]\nqueue_timeout = \"soon\"\n";
         assert_eq!(error_path(text), "models[0].queue_timeout");
+    }
+
+    #[test]
+    fn queue_defaults_and_zero_timeout() {
+        let model = "[[models]]\nname = \"a\"\nendpoints = [\"http://h\"]\n";
+        let config = parse(model).unwrap();
+        assert_eq!(config.models[0].queue_size, 64);
+        assert_eq!(config.models[0].queue_timeout.0, std::time::Duration::from_secs(2));
+        assert_eq!(parse(&format!("{model}queue_size = 0\n")).unwrap().models[0].queue_size, 0);
+        assert_eq!(error_path(&format!("{model}queue_timeout = \"0s\"\n")), "models[0].queue_timeout");
+        assert_eq!(error_path(&format!("{model}queue_size = -1\n")), "models[0].queue_size");
     }
 
     #[test]

@@ -181,7 +181,7 @@ mod tests {
     fn pool() -> Pool {
         let policy = EjectionPolicy { consecutive_failures: 1, duration: Duration::from_secs(30) };
         let url = Url::parse("http://127.0.0.1:9").unwrap();
-        Pool::new(vec![Arc::new(Endpoint::new(&url, policy, Instant::now()))], None)
+        Pool::new(vec![Arc::new(Endpoint::new(&url, policy, Instant::now()))], None, 0)
     }
 
     type TestBody = Pin<Box<UpstreamBody<Channel<Bytes, std::io::Error>>>>;

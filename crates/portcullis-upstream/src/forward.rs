@@ -8,6 +8,15 @@
 //! failed, or the server is loading or saturated). A first-byte timeout is not retried: the
 //! server may still be generating, and sending the same request elsewhere would double the
 //! load exactly when the pool is slow. Any other response, 4xx and 500 included, is the answer.
+//!
+//! When every usable endpoint of a model is at `max_concurrent`, an attempt waits in that
+//! model's queue (see `pool`) until a slot is handed to it, for at most the model's
+//! `queue_timeout` in all (one budget per model per request, shared by its retries). A request
+//! shed by the queue (full, timed out) goes on to the fallbacks like one whose pool failed, each
+//! fallback with its own queue; if nothing serves it, the answer is `Overloaded` with the
+//! largest `Retry-After` of the models that shed it. A request never waits while it holds a
+//! slot (a 503 kept aside as the answer of last resort holds one): two requests each holding a
+//! slot the other waits for would stall until their timeouts.
 
 use http::{HeaderMap, Response, StatusCode};
 use hyper::body::Incoming;
@@ -16,13 +25,10 @@ use tokio::time::Instant;
 use crate::attempt::{self, AttemptError};
 use crate::body::{UpstreamBody, deadline_after};
 use crate::headers;
-use crate::pool::EndpointGuard;
+use crate::pool::{Claim, EndpointGuard, NoEndpoint, Waited};
 use crate::rewrite;
 use crate::route::Route;
 use crate::{ForwardRequest, UpstreamError, UpstreamResponse, Upstreams};
-
-/// Retry-After suggested when every endpoint was at its concurrency limit.
-const OVERLOADED_RETRY_AFTER_SECS: u64 = 1;
 
 /// Statuses that mean "this endpoint cannot serve now", worth another endpoint.
 fn is_retryable(status: StatusCode) -> bool {
@@ -66,8 +72,9 @@ impl Exchange<'_> {
 struct Tally<'a> {
     /// Requests actually sent.
     attempts: u32,
-    /// Some untried endpoint was passed over because it was at `max_concurrent`.
-    saw_full: bool,
+    /// Set when a model shed the request (every usable endpoint at `max_concurrent`, and the
+    /// queue full or the wait over): the largest `Retry-After` among those models.
+    overloaded: Option<u64>,
     /// Some untried endpoint was passed over because it was unhealthy or ejected.
     saw_out_of_rotation: bool,
     /// The last real failure (an attempt that failed, or a request that could not be built).
@@ -75,6 +82,16 @@ struct Tally<'a> {
     /// The latest 502/503/504 response. When nothing is left to try, the caller gets it rather
     /// than a synthesised error: the model server's own body (often "loading model") says more.
     last_retryable: Option<Exchange<'a>>,
+}
+
+impl Tally<'_> {
+    fn shed(&mut self, route: &Route) {
+        self.overloaded = Some(self.overloaded.unwrap_or(0).max(route.retry_after_secs));
+    }
+
+    fn skipped(&mut self, none: NoEndpoint) {
+        self.saw_out_of_rotation |= none.out_of_rotation > 0;
+    }
 }
 
 /// Forwards `request` to its model, retrying and falling back as configured.
@@ -119,12 +136,35 @@ async fn try_model<'a>(
 ) -> Result<Option<UpstreamResponse>, UpstreamError> {
     let body = rewrite::body_for(&request.body, &request.model, &route.upstream_model);
     let mut tried = vec![false; route.pool.len()];
+    let mut queue_deadline = None;
     for _ in 0..=route.retries {
-        let (index, guard) = match route.pool.select(&tried) {
-            Ok(picked) => picked,
-            Err(none) => {
-                tally.saw_full |= none.full > 0;
-                tally.saw_out_of_rotation |= none.out_of_rotation > 0;
+        let may_wait = tally.last_retryable.is_none();
+        let (index, guard) = match route.pool.claim(&tried, request.priority, may_wait) {
+            Claim::Ready(grant) => grant,
+            Claim::Queued(mut ticket) => {
+                let deadline =
+                    *queue_deadline.get_or_insert_with(|| deadline_after(Instant::now(), Some(route.queue_timeout)));
+                match ticket.wait(deadline).await {
+                    Ok(grant) => grant,
+                    Err(Waited::TimedOut) => {
+                        tracing::debug!(model = %route.name, priority = request.priority, "queue wait timed out; request shed");
+                        tally.shed(route);
+                        break;
+                    }
+                    Err(Waited::Unusable(none)) => {
+                        tally.skipped(none);
+                        break;
+                    }
+                }
+            }
+            Claim::Shed(none) => {
+                tracing::debug!(model = %route.name, priority = request.priority, "every endpoint full and no room to wait; request shed");
+                tally.skipped(none);
+                tally.shed(route);
+                break;
+            }
+            Claim::Unusable(none) => {
+                tally.skipped(none);
                 break;
             }
         };
@@ -182,8 +222,10 @@ fn conclude(tally: Tally<'_>, model: &str) -> Result<UpstreamResponse, UpstreamE
     }
     // Nothing failed, and capacity was what stopped us (possibly alongside endpoints out of
     // rotation): the client may simply try again shortly.
-    if tally.last_error.is_none() && tally.saw_full {
-        return Err(UpstreamError::Overloaded { retry_after_secs: OVERLOADED_RETRY_AFTER_SECS });
+    if tally.last_error.is_none()
+        && let Some(retry_after_secs) = tally.overloaded
+    {
+        return Err(UpstreamError::Overloaded { retry_after_secs });
     }
     let reason = match tally.last_error {
         Some(reason) => reason,

@@ -6,7 +6,8 @@
 //! The server crate builds one [`Upstreams`] per configuration (and a fresh one on reload),
 //! shares it in an `Arc`, and calls [`Upstreams::forward`] per request.
 //!
-//! Module map: `pool` endpoint state and selection; `route` a model's client and settings;
+//! Module map: `pool` endpoint state, selection and the wait queue's hand-off; `queue` the
+//! priority heap of waiting requests; `route` a model's client and settings;
 //! `forward` the attempt loop over endpoints and fallbacks; `attempt` one request up to its
 //! response head; `body` the relayed body with timeouts and the slot guard; `health` active
 //! checks; `headers` hop-by-hop and credential filtering; `rewrite` the `model` field.
@@ -18,6 +19,7 @@ mod forward;
 mod headers;
 mod health;
 mod pool;
+mod queue;
 mod rewrite;
 mod route;
 
@@ -64,6 +66,10 @@ pub struct ForwardRequest {
     pub headers: HeaderMap,
     /// The client's JSON body, sent unchanged unless the `model` field must be translated.
     pub body: Bytes,
+    /// Place in a model's queue when its endpoints are all at `max_concurrent`: higher is
+    /// served first, equal priorities in arrival order. The server sets the caller's tier
+    /// `priority` (0 by default; negative values are fine).
+    pub priority: i64,
 }
 
 /// A model server's response, head received, body still streaming.
@@ -142,6 +148,12 @@ impl Upstreams {
             .collect()
     }
 
+    /// How many requests wait for an endpoint slot, per model in configuration order, for the
+    /// `portcullis_upstream_queue_length` gauge. Read without locking.
+    pub fn queue_lengths(&self) -> Vec<(String, usize)> {
+        self.routes.iter().map(|route| (route.name.clone(), route.pool.queue_len())).collect()
+    }
+
     /// Sends `request` to an endpoint of its model, retrying on other endpoints and then on the
     /// model's fallbacks for which `may_use` is true (the caller's permission check: a key
     /// allowed only the primary model must not be served by a fallback it may not use).
@@ -150,11 +162,19 @@ impl Upstreams {
     /// nothing is left to try and the last response received was 502/503/504, that response is
     /// returned rather than an error. Errors: [`UpstreamError::UnknownModel`];
     /// [`UpstreamError::Timeout`] when an endpoint sent no head in time (not retried);
-    /// [`UpstreamError::Overloaded`] when nothing failed but every usable endpoint was at its
-    /// concurrency limit; [`UpstreamError::Unavailable`] otherwise.
+    /// [`UpstreamError::Overloaded`] when nothing failed but the request was shed for capacity;
+    /// [`UpstreamError::Unavailable`] otherwise.
+    ///
+    /// When every usable endpoint of a model is at its `max_concurrent`, the request waits in
+    /// that model's queue, by [`ForwardRequest::priority`] and then arrival, for up to the
+    /// model's `queue_timeout`; it is shed at once when the queue holds `queue_size` requests
+    /// already (or `queue_size` is 0), and when the wait runs out. A shed request goes on to the
+    /// fallbacks, which have queues of their own; `Overloaded` carries the shedding model's
+    /// `queue_timeout` rounded up to whole seconds (at least 1) as `retry_after_secs`.
     ///
     /// Dropping the returned future, or the response body, cancels the upstream request and
-    /// frees the endpoint's slot.
+    /// frees the endpoint's slot (or hands it to the next queued request); dropping the future
+    /// while it waits takes the request out of the queue.
     pub async fn forward(
         &self,
         request: ForwardRequest,

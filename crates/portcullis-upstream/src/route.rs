@@ -62,6 +62,10 @@ pub(crate) struct Route {
     /// Extra attempts on other endpoints of this model after the first one fails.
     pub retries: u32,
     pub timeouts: Timeouts,
+    /// Longest a request waits in this model's queue (over all its attempts on this model).
+    pub queue_timeout: Duration,
+    /// `Retry-After` for a request shed by this model: the queue timeout rounded up, at least 1.
+    pub retry_after_secs: u64,
     pub credential: Credential,
     pub health: HealthCheckConfig,
     pub client: HttpClient,
@@ -76,6 +80,7 @@ impl fmt::Debug for Route {
             .field("fallbacks", &self.fallbacks)
             .field("retries", &self.retries)
             .field("timeouts", &self.timeouts)
+            .field("queue_timeout", &self.queue_timeout)
             .field("credential", &self.credential)
             .field("pool", &self.pool)
             .finish_non_exhaustive()
@@ -86,12 +91,20 @@ fn enabled(duration: Duration) -> Option<Duration> {
     (!duration.is_zero()).then_some(duration)
 }
 
+/// Whole seconds, rounded up, at least 1: when a request shed after waiting this long might
+/// find room.
+fn retry_after_secs(queue_timeout: Duration) -> u64 {
+    let secs = queue_timeout.as_secs().saturating_add(u64::from(queue_timeout.subsec_nanos() > 0));
+    secs.max(1)
+}
+
 impl Route {
     pub(crate) fn new(config: &ModelConfig, epoch: Instant) -> Route {
         let ejection = EjectionPolicy {
             consecutive_failures: config.ejection.consecutive_failures,
             duration: config.ejection.duration.0,
         };
+        let queue_timeout = config.queue_timeout.0;
         let endpoints = config.endpoints.iter().map(|url| Arc::new(Endpoint::new(url, ejection, epoch))).collect();
         let credential = match &config.api_key {
             None => Credential::None,
@@ -116,10 +129,17 @@ impl Route {
                 idle: enabled(config.timeouts.idle.0),
                 total: enabled(config.timeouts.total.0),
             },
+            queue_timeout,
+            retry_after_secs: retry_after_secs(queue_timeout),
             credential,
             health: config.health_check.clone(),
             client: client(enabled(config.timeouts.connect.0)),
-            pool: Pool::new(endpoints, config.max_concurrent),
+            // Configuration refuses a zero queue timeout; should one get here, it means no wait.
+            pool: Pool::new(
+                endpoints,
+                config.max_concurrent,
+                if queue_timeout.is_zero() { 0 } else { config.queue_size },
+            ),
         }
     }
 
@@ -160,4 +180,19 @@ fn client(connect_timeout: Option<Duration>) -> HttpClient {
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())
         .build(connector)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_the_queue_timeout_rounded_up_and_at_least_one_second() {
+        assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
+        assert_eq!(retry_after_secs(Duration::from_millis(1500)), 2);
+        assert_eq!(retry_after_secs(Duration::from_millis(2001)), 3);
+        assert_eq!(retry_after_secs(Duration::from_millis(100)), 1);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::MAX), u64::MAX);
+    }
 }

@@ -210,13 +210,17 @@ async fn every_endpoint_at_max_concurrent_is_overloaded_not_unavailable() {
         name = "m"
         endpoints = ["http://{addr}"]
         max_concurrent = 1
+        queue_size = 0
+        queue_timeout = "3s"
         health_check = {{ enabled = false }}
         "#
     )));
 
     let holding = upstreams.forward(request("m", HeaderMap::new()), &anyone).await.unwrap();
+    let started = std::time::Instant::now();
     let error = upstreams.forward(request("m", HeaderMap::new()), &anyone).await.unwrap_err();
-    assert!(matches!(error, UpstreamError::Overloaded { retry_after_secs: 1 }), "{error:?}");
+    assert!(started.elapsed() < Duration::from_secs(1), "without a queue the request is shed at once");
+    assert!(matches!(error, UpstreamError::Overloaded { retry_after_secs: 3 }), "{error:?}");
     drop(holding);
     let again = upstreams.forward(request("m", HeaderMap::new()), &anyone).await.unwrap();
     assert_eq!(again.status, StatusCode::OK);

@@ -78,6 +78,7 @@ async fn without_an_api_key_no_authorization_is_sent() {
         path: "/v1/embeddings".into(),
         headers: client,
         body: Bytes::from_static(br#"{"model":"m","input":"hello"}"#),
+        priority: 0,
     };
 
     let response = upstreams.forward(request, &anyone).await.unwrap();

@@ -79,6 +79,7 @@ pub fn request(model: &str, headers: HeaderMap) -> ForwardRequest {
         path: "/v1/chat/completions".to_string(),
         headers,
         body: Bytes::from(format!(r#"{{"model": "{model}",  "messages": [{{"role": "user", "content": "hi"}}]}}"#)),
+        priority: 0,
     }
 }
 
