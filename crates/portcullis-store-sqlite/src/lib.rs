@@ -10,6 +10,7 @@ mod keys;
 mod migrations;
 mod teams;
 mod tokens;
+mod usage;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

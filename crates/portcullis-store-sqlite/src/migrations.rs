@@ -16,7 +16,7 @@ struct Migration {
 }
 
 /// Append only: an applied migration is never edited, a change is a new migration.
-const MIGRATIONS: &[Migration] = &[Migration { version: 1, sql: INITIAL }];
+const MIGRATIONS: &[Migration] = &[Migration { version: 1, sql: INITIAL }, Migration { version: 2, sql: USAGE }];
 
 /// Secrets live apart from keys, so a rotated key keeps its old secrets until their grace ends.
 /// Only SHA-256 hashes are stored, never secrets. Lists, limits and metadata are JSON text;
@@ -72,6 +72,28 @@ CREATE TABLE admin_tokens (
     created_at     INTEGER NOT NULL,
     revoked_at     INTEGER
 ) STRICT;
+";
+
+/// Hourly usage roll-ups, one row per (hour, key, model), added to in place. `hour` is the
+/// hour's start in unix seconds. No foreign key to `api_keys`: usage outlives keys. Clustered by
+/// the primary key, so time ranges read consecutive rows; the indexes serve the key and team
+/// filters (the admin API's and a team admin's usual questions).
+const USAGE: &str = "
+CREATE TABLE usage_hourly (
+    hour               INTEGER NOT NULL,
+    key_id             TEXT NOT NULL,
+    team               TEXT,
+    model              TEXT NOT NULL,
+    requests           INTEGER NOT NULL CHECK (requests >= 0),
+    prompt_tokens      INTEGER NOT NULL CHECK (prompt_tokens >= 0),
+    completion_tokens  INTEGER NOT NULL CHECK (completion_tokens >= 0),
+    cost_pico          INTEGER NOT NULL CHECK (cost_pico >= 0),
+    estimated_requests INTEGER NOT NULL CHECK (estimated_requests >= 0),
+    PRIMARY KEY (hour, key_id, model)
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX usage_hourly_by_team ON usage_hourly (team, hour);
+CREATE INDEX usage_hourly_by_key ON usage_hourly (key_id, hour);
 ";
 
 #[async_trait]

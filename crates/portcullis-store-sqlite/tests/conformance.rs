@@ -3,7 +3,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use portcullis_store::{Migrator, NewAdminToken, NewKey, Rotation, StoreError, Stores, TeamStore, conformance};
+use portcullis_store::{
+    Migrator, NewAdminToken, NewKey, Rotation, StoreError, Stores, TeamStore, UsageGrouping, UsageQuery, UsageRecord,
+    UsageStore, conformance,
+};
 use portcullis_store_sqlite::SqliteStore;
 use portcullis_types::admin::{LimitOverrides, Role};
 use sha2::{Digest, Sha256};
@@ -91,6 +94,71 @@ async fn schema_from_a_newer_build_is_refused() {
 
     let result = store.migrate().await;
     assert!(matches!(result, Err(StoreError::Unavailable(_))), "got {result:?}");
+}
+
+#[tokio::test]
+async fn usage_survives_a_reopen_and_saturates_instead_of_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.db");
+    let at = OffsetDateTime::now_utc();
+    let record = UsageRecord {
+        at,
+        key_id: "key_1".into(),
+        team: None,
+        model: "m".into(),
+        requests: 1,
+        prompt_tokens: u64::MAX,
+        completion_tokens: i64::MAX as u64 - 1,
+        cost_pico: 7,
+        estimated_requests: 0,
+    };
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        store.migrate().await.unwrap();
+        store.record_usage(std::slice::from_ref(&record)).await.unwrap();
+        store.record_usage(&[record.clone(), record.clone()]).await.unwrap();
+    }
+
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.migrate().await.unwrap(), 0);
+    let query = UsageQuery {
+        key_id: None,
+        team: None,
+        model: None,
+        since: at - time::Duration::hours(1),
+        until: at + time::Duration::hours(1),
+        group_by: UsageGrouping::Key,
+    };
+    let rows = store.usage_report(&query).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].requests, rows[0].cost_pico), (3, 21), "kept across the reopen");
+    assert_eq!(rows[0].prompt_tokens, i64::MAX as u64, "saturated, not failed");
+    assert_eq!(rows[0].completion_tokens, i64::MAX as u64);
+}
+
+#[tokio::test]
+async fn a_negative_stored_count_is_reported_as_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.db");
+    let store = SqliteStore::open(&path).unwrap();
+    store.migrate().await.unwrap();
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    // The CHECK constraints refuse negative counts; a broken file could still hold one.
+    raw.execute_batch("PRAGMA ignore_check_constraints = ON").unwrap();
+    raw.execute("INSERT INTO usage_hourly VALUES (0, 'key_1', NULL, 'm', -1, 0, 0, 0, 0)", []).unwrap();
+
+    let result = store.usage_totals_since(OffsetDateTime::UNIX_EPOCH).await;
+    assert!(matches!(result, Ok(ref totals) if totals.len() == 1), "sums of the other columns are fine: {result:?}");
+    let query = UsageQuery {
+        key_id: None,
+        team: None,
+        model: None,
+        since: OffsetDateTime::UNIX_EPOCH,
+        until: OffsetDateTime::UNIX_EPOCH + time::Duration::hours(1),
+        group_by: UsageGrouping::Hour,
+    };
+    let result = store.usage_report(&query).await;
+    assert!(matches!(result, Err(StoreError::Corrupt(_))), "got {result:?}");
 }
 
 fn planted_key(secret: &str, now: OffsetDateTime) -> NewKey {

@@ -12,6 +12,10 @@
 //! - Rotation: the new secret has no end; every older secret ends at the earlier of its current
 //!   end and `old_valid_until`. A later rotation can shorten an older secret, never extend it.
 //! - `touch_keys` keeps the latest use time (batches may arrive out of order) and skips unknown ids.
+//! - Usage adds up per (hour, key, model): every recorded record counts exactly once, whether it
+//!   arrives alone, twice in one batch or again in a later batch; it needs no key on file; time
+//!   ranges take whole hours (see [`crate::UsageStore`]). The usage checks use times long past, so
+//!   the story's own rows are the only ones they can see in a fresh database.
 
 #![allow(
     clippy::unwrap_used,
@@ -22,10 +26,12 @@
 
 use portcullis_types::admin::{LimitOverrides, Role};
 use serde_json::json;
+use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
 
 use crate::{
-    KeyFilter, KeyPatch, KeyRecord, NewAdminToken, NewKey, NewTeam, Rotation, StoreError, Stores, TeamPatch, TeamRecord,
+    KeyFilter, KeyPatch, KeyRecord, NewAdminToken, NewKey, NewTeam, Rotation, StoreError, Stores, TeamPatch,
+    TeamRecord, UsageGrouping, UsageQuery, UsageRecord, UsageRow, UsageTotal,
 };
 
 const RED: &str = "story-team-red";
@@ -44,6 +50,9 @@ pub async fn run_story(stores: &Stores) {
     rotation_ends_older_secrets_without_extending_them(stores, now).await;
     touches_keep_the_latest_use(stores, now).await;
     admin_tokens_are_unique_findable_and_revocable(stores, now).await;
+    usage_adds_up_exactly(stores).await;
+    usage_totals_count_whole_hours_since(stores).await;
+    usage_reports_group_filter_and_order(stores).await;
 }
 
 async fn migrations_run_once(stores: &Stores) {
@@ -324,6 +333,194 @@ async fn admin_tokens_are_unique_findable_and_revocable(stores: &Stores, now: Of
     assert_eq!(tokens.find_token_by_secret(&secret(0x41)).await.unwrap(), Some(revoked));
     let missing = tokens.revoke_token("story-token-none", now).await;
     assert!(matches!(missing, Err(StoreError::NotFound)), "revoke of unknown token: {missing:?}");
+}
+
+/// The first day of the story's usage; the second is `DAY_ONE + 1 day`. Far in the past, so no
+/// live traffic can land in these hours.
+const DAY_ONE: OffsetDateTime = datetime!(2001-02-03 00:00 UTC);
+const MODEL_1: &str = "story-model-1";
+const MODEL_2: &str = "story-model-2";
+/// Usage of a key that is not on file: usage outlives keys.
+const GONE_KEY: &str = "story-key-gone";
+
+async fn usage_adds_up_exactly(stores: &Stores) {
+    let usage = &stores.usage;
+    let day_two = DAY_ONE + Duration::days(1);
+    usage.record_usage(&[]).await.unwrap();
+
+    // Two records for one (hour, key, model) row in separate batches, one of them with a second
+    // row alongside; a third record for that row twice in one batch.
+    let first =
+        used(DAY_ONE + Duration::minutes(10 * 60 + 15), "story-key-a", Some(RED), MODEL_1, [1, 100, 50, 1_000, 0]);
+    let other_model =
+        used(DAY_ONE + Duration::minutes(11 * 60 + 5), "story-key-a", Some(RED), MODEL_2, [1, 7, 3, 70, 0]);
+    usage.record_usage(&[first.clone(), other_model]).await.unwrap();
+    let second = used(DAY_ONE + Duration::minutes(10 * 60 + 45), "story-key-a", Some(RED), MODEL_1, [2, 10, 5, 500, 1]);
+    let blue = used(day_two + Duration::hours(9), "story-key-b", Some(BLUE), MODEL_1, [4, 40, 20, 4_000, 2]);
+    let gone = used(day_two + Duration::minutes(9 * 60 + 30), GONE_KEY, None, MODEL_2, [1, 1, 1, 0, 0]);
+    usage.record_usage(&[second, blue, gone.clone()]).await.unwrap();
+
+    let by_hour = |key: &str| UsageQuery {
+        key_id: Some(key.into()),
+        group_by: UsageGrouping::Hour,
+        ..story_query(DAY_ONE, day_two + Duration::days(1))
+    };
+    let rows = usage.usage_report(&by_hour("story-key-a")).await.unwrap();
+    assert_eq!(
+        rows,
+        [
+            UsageRow { bucket: Some(DAY_ONE + Duration::hours(10)), ..sums([3, 110, 55, 1_500, 1]) },
+            UsageRow { bucket: Some(DAY_ONE + Duration::hours(11)), ..sums([1, 7, 3, 70, 0]) },
+        ],
+        "records of one hour, key and model add up; other models and hours stay apart"
+    );
+
+    // The same record again counts again, exactly once more; twice in one batch, twice more.
+    usage.record_usage(std::slice::from_ref(&gone)).await.unwrap();
+    let rows = usage.usage_report(&by_hour(GONE_KEY)).await.unwrap();
+    assert_eq!(rows, [UsageRow { bucket: Some(day_two + Duration::hours(9)), ..sums([2, 2, 2, 0, 0]) }]);
+    usage.record_usage(&[gone.clone(), gone]).await.unwrap();
+    let rows = usage.usage_report(&by_hour(GONE_KEY)).await.unwrap();
+    assert_eq!(rows, [UsageRow { bucket: Some(day_two + Duration::hours(9)), ..sums([4, 4, 4, 0, 0]) }]);
+
+    // A record of an hour already on file but under another team does not move the row's team.
+    let moved = UsageRecord { team: Some(BLUE.into()), requests: 0, ..first };
+    usage.record_usage(&[moved]).await.unwrap();
+    let by_key = UsageQuery { group_by: UsageGrouping::Key, ..by_hour("story-key-a") };
+    let rows = usage.usage_report(&by_key).await.unwrap();
+    assert_eq!(
+        rows,
+        [UsageRow { key_id: Some("story-key-a".into()), team: Some(RED.into()), ..sums([4, 217, 108, 2_570, 1]) }],
+        "a row keeps its first team (and a zero-request record still adds its tokens)"
+    );
+}
+
+/// Reads the rows [`usage_adds_up_exactly`] left: key a 4 requests, 217 + 108 tokens, cost 2 570
+/// on day one (10:00 and 11:00); key b on day two at 09:00; the gone key on day two at 09:00.
+async fn usage_totals_count_whole_hours_since(stores: &Stores) {
+    let day_two = DAY_ONE + Duration::days(1);
+    let a = UsageTotal { key_id: "story-key-a".into(), team: Some(RED.into()), tokens: 325, cost_pico: 2_570 };
+    let b = UsageTotal { key_id: "story-key-b".into(), team: Some(BLUE.into()), tokens: 60, cost_pico: 4_000 };
+    let gone = UsageTotal { key_id: GONE_KEY.into(), team: None, tokens: 8, cost_pico: 0 };
+
+    assert_eq!(story_totals(stores, DAY_ONE).await, [a.clone(), b.clone(), gone.clone()], "ordered by key id");
+    assert_eq!(
+        story_totals(stores, DAY_ONE + Duration::hours(11)).await,
+        [UsageTotal { tokens: 10, cost_pico: 70, ..a.clone() }, b.clone(), gone.clone(),]
+    );
+    assert_eq!(story_totals(stores, day_two).await, [b.clone(), gone.clone()]);
+    // A time inside an hour takes the whole hour.
+    assert_eq!(story_totals(stores, day_two + Duration::minutes(9 * 60 + 59)).await, [b, gone]);
+    assert_eq!(story_totals(stores, day_two + Duration::hours(10)).await, []);
+}
+
+async fn usage_reports_group_filter_and_order(stores: &Stores) {
+    let usage = &stores.usage;
+    let day_two = DAY_ONE + Duration::days(1);
+    let everything = story_query(DAY_ONE, day_two + Duration::days(1));
+    let report = |query: UsageQuery| async move { usage.usage_report(&query).await.unwrap() };
+
+    let by_day = report(UsageQuery { group_by: UsageGrouping::Day, ..everything.clone() }).await;
+    assert_eq!(
+        by_day,
+        [
+            UsageRow { bucket: Some(DAY_ONE), ..sums([4, 217, 108, 2_570, 1]) },
+            UsageRow { bucket: Some(day_two), ..sums([8, 44, 24, 4_000, 2]) },
+        ]
+    );
+
+    let by_model = report(UsageQuery { group_by: UsageGrouping::Model, ..everything.clone() }).await;
+    assert_eq!(
+        by_model,
+        [
+            UsageRow { model: Some(MODEL_1.into()), ..sums([7, 250, 125, 6_500, 3]) },
+            UsageRow { model: Some(MODEL_2.into()), ..sums([5, 11, 7, 70, 0]) },
+        ]
+    );
+
+    let by_key = report(UsageQuery { group_by: UsageGrouping::Key, ..everything.clone() }).await;
+    assert_eq!(
+        by_key,
+        [
+            UsageRow { key_id: Some("story-key-a".into()), team: Some(RED.into()), ..sums([4, 217, 108, 2_570, 1]) },
+            UsageRow { key_id: Some("story-key-b".into()), team: Some(BLUE.into()), ..sums([4, 40, 20, 4_000, 2]) },
+            UsageRow { key_id: Some(GONE_KEY.into()), team: None, ..sums([4, 4, 4, 0, 0]) },
+        ]
+    );
+
+    let by_team = report(UsageQuery { group_by: UsageGrouping::Team, ..everything.clone() }).await;
+    assert_eq!(
+        by_team,
+        [
+            UsageRow { team: Some(BLUE.into()), ..sums([4, 40, 20, 4_000, 2]) },
+            UsageRow { team: Some(RED.into()), ..sums([4, 217, 108, 2_570, 1]) },
+            UsageRow { team: None, ..sums([4, 4, 4, 0, 0]) },
+        ],
+        "teams by name, the keys in no team last"
+    );
+
+    // Filters combine; `until` is exclusive and `since` takes its whole hour.
+    let red_model_1 = UsageQuery {
+        team: Some(RED.into()),
+        model: Some(MODEL_1.into()),
+        group_by: UsageGrouping::Key,
+        ..everything.clone()
+    };
+    assert_eq!(
+        report(red_model_1).await,
+        [UsageRow { key_id: Some("story-key-a".into()), team: Some(RED.into()), ..sums([3, 210, 105, 2_500, 1]) }]
+    );
+    let key_b = UsageQuery { key_id: Some("story-key-b".into()), ..everything.clone() };
+    assert_eq!(report(key_b).await, [UsageRow { bucket: Some(day_two), ..sums([4, 40, 20, 4_000, 2]) }]);
+    let before_day_two_nine = UsageQuery {
+        group_by: UsageGrouping::Hour,
+        ..story_query(DAY_ONE + Duration::minutes(11 * 60 + 30), day_two + Duration::hours(9))
+    };
+    assert_eq!(
+        report(before_day_two_nine).await,
+        [UsageRow { bucket: Some(DAY_ONE + Duration::hours(11)), ..sums([1, 7, 3, 70, 0]) }]
+    );
+
+    // Nothing matching is an empty report, never an error.
+    let nobody = UsageQuery { key_id: Some("story-key-none".into()), ..everything.clone() };
+    assert_eq!(report(nobody).await, []);
+    let no_model = UsageQuery { model: Some("story-model-none".into()), group_by: UsageGrouping::Team, ..everything };
+    assert_eq!(report(no_model).await, []);
+    let empty_window = story_query(DAY_ONE - Duration::days(30), DAY_ONE);
+    for group_by in UsageGrouping::ALL {
+        assert_eq!(report(UsageQuery { group_by, ..empty_window.clone() }).await, [], "{group_by:?}");
+    }
+}
+
+/// `[requests, prompt, completion, cost_pico, estimated]` at `at`.
+fn used(at: OffsetDateTime, key: &str, team: Option<&str>, model: &str, counts: [u64; 5]) -> UsageRecord {
+    let [requests, prompt_tokens, completion_tokens, cost_pico, estimated_requests] = counts;
+    UsageRecord {
+        at,
+        key_id: key.into(),
+        team: team.map(Into::into),
+        model: model.into(),
+        requests,
+        prompt_tokens,
+        completion_tokens,
+        cost_pico,
+        estimated_requests,
+    }
+}
+
+/// A row with these `[requests, prompt, completion, cost_pico, estimated]` sums and no labels.
+fn sums(counts: [u64; 5]) -> UsageRow {
+    let [requests, prompt_tokens, completion_tokens, cost_pico, estimated_requests] = counts;
+    UsageRow { requests, prompt_tokens, completion_tokens, cost_pico, estimated_requests, ..UsageRow::default() }
+}
+
+fn story_query(since: OffsetDateTime, until: OffsetDateTime) -> UsageQuery {
+    UsageQuery { key_id: None, team: None, model: None, since, until, group_by: UsageGrouping::Day }
+}
+
+async fn story_totals(stores: &Stores, since: OffsetDateTime) -> Vec<UsageTotal> {
+    let totals = stores.usage.usage_totals_since(since).await.unwrap();
+    totals.into_iter().filter(|total| total.key_id.starts_with("story-")).collect()
 }
 
 /// A stand-in secret hash; the store never sees secrets, so any distinct 32 bytes will do.

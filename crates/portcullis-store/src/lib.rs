@@ -1,4 +1,5 @@
-//! What Portcullis keeps: API keys (with their secret hashes), teams and admin tokens.
+//! What Portcullis keeps: API keys (with their secret hashes), teams, admin tokens and hourly
+//! usage roll-ups.
 //!
 //! The traits here hold no SQL types; each backend crate implements them with its own
 //! migrations, and every backend must pass [`conformance::run_story`].
@@ -59,6 +60,32 @@ pub trait AdminTokenStore: Send + Sync + 'static {
     async fn revoke_token(&self, id: &str, at: OffsetDateTime) -> StoreResult<AdminTokenRecord>;
 }
 
+/// Usage per (hour, key, model), kept as sums. Usage outlives keys: it stays after a key is
+/// revoked, and a key id need not be on file to be recorded.
+///
+/// Time ranges count whole hours: an hour is in `since..until` when it ends after `since` and
+/// starts before `until`, so a `since` inside an hour takes that whole hour (a limiter seeded
+/// from it errs towards counting more, never less).
+#[async_trait]
+pub trait UsageStore: Send + Sync + 'static {
+    /// Adds each record to its (hour of `at`, `key_id`, `model`) row, creating the row if needed,
+    /// all in one transaction: either the whole batch counts or none of it. Recording the same
+    /// record twice counts it twice. A row keeps the first team it was given. Counts saturate
+    /// at the backend's largest integer (at least 2⁶³ − 1) instead of failing the batch.
+    async fn record_usage(&self, batch: &[UsageRecord]) -> StoreResult<()>;
+    /// Per key, the tokens and cost of the hours ending after `since`, ordered by key id.
+    async fn usage_totals_since(&self, since: OffsetDateTime) -> StoreResult<Vec<UsageTotal>>;
+    /// Sums per `query.group_by`, ordered by the grouping key (buckets oldest first; keys, models
+    /// and teams by name, with the no-team row last). No matching usage is an empty list.
+    async fn usage_report(&self, query: &UsageQuery) -> StoreResult<Vec<UsageRow>>;
+}
+
+/// The start of the hour `at` falls in (UTC): the hour a usage record counts towards.
+pub fn usage_hour(at: OffsetDateTime) -> OffsetDateTime {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    at.replace_time(time::Time::from_hms(at.hour(), 0, 0).unwrap_or(time::Time::MIDNIGHT))
+}
+
 /// The schema housekeeping every backend does.
 #[async_trait]
 pub trait Migrator: Send + Sync + 'static {
@@ -74,6 +101,7 @@ pub struct Stores {
     pub keys: Arc<dyn KeyStore>,
     pub teams: Arc<dyn TeamStore>,
     pub tokens: Arc<dyn AdminTokenStore>,
+    pub usage: Arc<dyn UsageStore>,
     pub migrator: Arc<dyn Migrator>,
 }
 
@@ -87,8 +115,14 @@ impl Stores {
     /// All traits from one backend value.
     pub fn from_backend<B>(backend: Arc<B>) -> Stores
     where
-        B: KeyStore + TeamStore + AdminTokenStore + Migrator,
+        B: KeyStore + TeamStore + AdminTokenStore + UsageStore + Migrator,
     {
-        Stores { keys: backend.clone(), teams: backend.clone(), tokens: backend.clone(), migrator: backend }
+        Stores {
+            keys: backend.clone(),
+            teams: backend.clone(),
+            tokens: backend.clone(),
+            usage: backend.clone(),
+            migrator: backend,
+        }
     }
 }

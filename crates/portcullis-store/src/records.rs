@@ -122,3 +122,89 @@ pub struct NewAdminToken {
     pub created_by: String,
     pub created_at: OffsetDateTime,
 }
+
+/// One settled request's usage (or several aggregated by the recorder), attributed to the hour
+/// it ended in. Stores keep hourly roll-ups: only the hour of `at` is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRecord {
+    pub at: OffsetDateTime,
+    pub key_id: String,
+    /// The key's team when the request ran.
+    pub team: Option<String>,
+    pub model: String,
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Cost in millionths of a millionth of a currency unit (10⁻¹² units), so sums stay exact.
+    pub cost_pico: u64,
+    /// How many of `requests` had their token counts estimated (the upstream reported none).
+    pub estimated_requests: u64,
+}
+
+/// Sum per key (with its team) since a time, for seeding the limiter's day/month counters at
+/// start-up. `tokens` is prompt plus completion tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageTotal {
+    pub key_id: String,
+    pub team: Option<String>,
+    pub tokens: u64,
+    pub cost_pico: u64,
+}
+
+/// A usage report: the hours overlapping `since..until` (see [`crate::UsageStore::usage_report`]),
+/// narrowed by the filters given, summed per `group_by`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageQuery {
+    pub key_id: Option<String>,
+    pub team: Option<String>,
+    pub model: Option<String>,
+    pub since: OffsetDateTime,
+    pub until: OffsetDateTime,
+    pub group_by: UsageGrouping,
+}
+
+/// What a usage report sums by. `Hour` and `Day` buckets start on the hour and at midnight UTC.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum UsageGrouping {
+    Hour,
+    #[default]
+    Day,
+    Model,
+    Key,
+    Team,
+}
+
+impl UsageGrouping {
+    pub const ALL: [UsageGrouping; 5] =
+        [UsageGrouping::Hour, UsageGrouping::Day, UsageGrouping::Model, UsageGrouping::Key, UsageGrouping::Team];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageGrouping::Hour => "hour",
+            UsageGrouping::Day => "day",
+            UsageGrouping::Model => "model",
+            UsageGrouping::Key => "key",
+            UsageGrouping::Team => "team",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<UsageGrouping> {
+        UsageGrouping::ALL.into_iter().find(|grouping| grouping.as_str() == text)
+    }
+}
+
+/// One line of a usage report. Only the grouping's own fields are set: `bucket` for `Hour` and
+/// `Day`; `model` for `Model`; `key_id` and the key's `team` for `Key`; `team` for `Team` (where
+/// `None` is the usage of keys in no team).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageRow {
+    pub bucket: Option<OffsetDateTime>,
+    pub key_id: Option<String>,
+    pub team: Option<String>,
+    pub model: Option<String>,
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_pico: u64,
+    pub estimated_requests: u64,
+}

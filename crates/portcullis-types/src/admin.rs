@@ -258,3 +258,28 @@ pub struct EndpointView {
 pub struct ListResponse<T> {
     pub data: Vec<T>,
 }
+
+/// One line of `GET /admin/v1/usage`. Only the grouping's own labels are present: `bucket` for
+/// `hour` and `day`; `model` for `model`; `key_id` (and the key's `team`) for `key`; `team` for
+/// `team`, where a line without `team` is the usage of keys in no team.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageView {
+    /// Start of the hour or day (UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    pub bucket: Option<OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// `prompt_tokens + completion_tokens`.
+    pub total_tokens: u64,
+    /// In the currency units of the configured prices.
+    pub cost: f64,
+    /// Requests whose token counts were estimated because the upstream reported none.
+    pub estimated_requests: u64,
+}

@@ -1,4 +1,4 @@
-//! The admin CLI (`portcullis keys|teams|tokens ...`): a plain HTTP client of the admin API.
+//! The admin CLI (`portcullis keys|teams|tokens|usage ...`): a plain HTTP client of the admin API.
 //!
 //! [`client`] talks to the server, [`output`] is the only place anything is written to stdout,
 //! and each command group lives in its own module. The argument helpers below are shared by all
@@ -9,6 +9,7 @@ pub mod keys;
 mod output;
 pub mod teams;
 pub mod tokens;
+pub mod usage;
 
 use serde_json::Value;
 

@@ -59,6 +59,8 @@ enum Command {
     /// Manage admin tokens.
     #[command(subcommand)]
     Tokens(admin_cli::tokens::TokensCommand),
+    /// Report usage: requests, tokens and cost per day, hour, model, key or team.
+    Usage(admin_cli::usage::UsageArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,6 +86,7 @@ fn main() -> ExitCode {
             Command::Keys(command) => admin_cli::keys::run(command, &cli.global).await,
             Command::Teams(command) => admin_cli::teams::run(command, &cli.global).await,
             Command::Tokens(command) => admin_cli::tokens::run(command, &cli.global).await,
+            Command::Usage(args) => admin_cli::usage::run(args, &cli.global).await,
         }
     });
     match result {
