@@ -40,6 +40,21 @@ pub enum ApiError {
     Overloaded {
         retry_after_secs: u64,
     },
+    /// A rate or concurrency limit: retry shortly.
+    RateLimited {
+        message: String,
+        retry_after_secs: u64,
+    },
+    /// A quota or budget of the current window is spent.
+    InsufficientQuota {
+        message: String,
+        retry_after_secs: u64,
+    },
+    /// The request's worst case exceeds a limit's whole capacity: it could never be admitted.
+    RequestExceedsLimit {
+        message: String,
+        param: &'static str,
+    },
     /// The store or another internal part failed; the cause is logged, not sent.
     Internal,
     /// Admin API: the credential is valid but its role does not allow this.
@@ -62,7 +77,8 @@ impl ApiError {
 
     pub fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest { .. } | ApiError::RequestExceedsLimit { .. } => StatusCode::BAD_REQUEST,
+            ApiError::RateLimited { .. } | ApiError::InsufficientQuota { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::InvalidApiKey
             | ApiError::InvalidAdminToken
@@ -88,6 +104,9 @@ impl ApiError {
     pub fn kind_and_code(&self) -> (&'static str, &'static str) {
         match self {
             ApiError::BadRequest { .. } => ("invalid_request_error", "invalid_request"),
+            ApiError::RequestExceedsLimit { .. } => ("invalid_request_error", "request_exceeds_limit"),
+            ApiError::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
+            ApiError::InsufficientQuota { .. } => ("rate_limit_error", "insufficient_quota"),
             ApiError::RequestTooLarge { .. } => ("invalid_request_error", "request_too_large"),
             ApiError::InvalidApiKey => ("authentication_error", "invalid_api_key"),
             ApiError::InvalidAdminToken => ("authentication_error", "invalid_token"),
@@ -111,7 +130,10 @@ impl ApiError {
 
     pub fn message(&self) -> String {
         match self {
-            ApiError::BadRequest { message, .. } => message.clone(),
+            ApiError::BadRequest { message, .. }
+            | ApiError::RequestExceedsLimit { message, .. }
+            | ApiError::RateLimited { message, .. }
+            | ApiError::InsufficientQuota { message, .. } => message.clone(),
             ApiError::RequestTooLarge { limit } => format!("Request body is larger than the {limit}-byte limit."),
             ApiError::InvalidApiKey => {
                 "Missing or invalid API key. Send it as 'Authorization: Bearer <key>' or 'x-api-key'.".into()
@@ -140,6 +162,7 @@ impl ApiError {
     fn param(&self) -> Option<&'static str> {
         match self {
             ApiError::BadRequest { param, .. } => *param,
+            ApiError::RequestExceedsLimit { param, .. } => Some(param),
             ApiError::ModelNotAllowed { .. } | ApiError::ModelNotFound { .. } => Some("model"),
             _ => None,
         }
@@ -147,7 +170,9 @@ impl ApiError {
 
     fn retry_after_secs(&self) -> Option<u64> {
         match self {
-            ApiError::Overloaded { retry_after_secs } => Some(*retry_after_secs),
+            ApiError::Overloaded { retry_after_secs }
+            | ApiError::RateLimited { retry_after_secs, .. }
+            | ApiError::InsufficientQuota { retry_after_secs, .. } => Some(*retry_after_secs),
             _ => None,
         }
     }
@@ -193,6 +218,9 @@ mod tests {
             (ApiError::UpstreamUnavailable, 502, "upstream_error"),
             (ApiError::Overloaded { retry_after_secs: 1 }, 503, "upstream_error"),
             (ApiError::UpstreamTimeout, 504, "upstream_error"),
+            (ApiError::RateLimited { message: "m".into(), retry_after_secs: 1 }, 429, "rate_limit_error"),
+            (ApiError::InsufficientQuota { message: "m".into(), retry_after_secs: 1 }, 429, "rate_limit_error"),
+            (ApiError::RequestExceedsLimit { message: "m".into(), param: "max_tokens" }, 400, "invalid_request_error"),
         ];
         for (error, status, kind) in cases {
             assert_eq!(error.status_code().as_u16(), status, "{error:?}");

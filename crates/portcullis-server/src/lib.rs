@@ -7,6 +7,7 @@ mod bearer;
 mod error;
 mod health;
 mod key_cache;
+mod limits;
 mod listener;
 mod metrics;
 mod principal;
@@ -15,6 +16,8 @@ mod request_id;
 mod server;
 mod state;
 mod store;
+mod team_cache;
+pub mod usage;
 
 use std::net::SocketAddr;
 

@@ -43,6 +43,13 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<ModelLabels, Histogram>,
     in_flight: Family<ListenerLabels, Gauge<i64, AtomicI64>>,
+    denials: Family<DenialLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DenialLabels {
+    scope: &'static str,
+    limit: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -66,8 +73,10 @@ impl Metrics {
             "Requests being served now (until the response head)",
             in_flight.clone(),
         );
+        let denials = Family::default();
+        registry.register("limit_denials", "Requests refused by a limit, by scope kind and limit", denials.clone());
         registry.register_collector(Box::new(UpstreamCollector { runtime }));
-        Metrics { registry, requests, latency, in_flight }
+        Metrics { registry, requests, latency, in_flight, denials }
     }
 
     pub fn record(&self, listener: &'static str, model: &str, status: u16, elapsed: Duration) {
@@ -79,6 +88,10 @@ impl Metrics {
 
     pub fn in_flight(&self, listener: &'static str) -> Gauge<i64, AtomicI64> {
         self.in_flight.get_or_create(&ListenerLabels { listener }).clone()
+    }
+
+    pub fn denied(&self, scope: &'static str, limit: &'static str) {
+        self.denials.get_or_create(&DenialLabels { scope, limit }).inc();
     }
 
     pub fn render(&self) -> String {
@@ -97,7 +110,8 @@ struct UpstreamCollector {
 
 impl Collector for UpstreamCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let states = self.runtime.load().upstreams.endpoint_states();
+        let runtime = self.runtime.load();
+        let states = runtime.upstreams.endpoint_states();
         let mut healthy = encoder.encode_descriptor(
             "upstream_healthy",
             "1 when the endpoint passes health checks and is not ejected",
@@ -117,6 +131,15 @@ impl Collector for UpstreamCollector {
         for state in &states {
             let labels = EndpointLabels { model: state.model.clone(), endpoint: state.url.clone() };
             ConstGauge::new(state.outstanding as i64).encode(outstanding.encode_family(&labels)?)?;
+        }
+        let mut queued = encoder.encode_descriptor(
+            "upstream_queue_length",
+            "Requests waiting for a free endpoint slot, by model",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (model, length) in runtime.upstreams.queue_lengths() {
+            ConstGauge::new(length as i64).encode(queued.encode_family(&ModelLabels { model })?)?;
         }
         Ok(())
     }

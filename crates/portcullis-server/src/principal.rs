@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use portcullis_auth::{CidrList, ModelGlobs, Scopes};
 use portcullis_store::SecretMatch;
+use portcullis_types::admin::LimitOverrides;
 
 /// Who is calling and what their credential allows. Built once per cached key, shared by
 /// every request that presents it.
@@ -16,6 +17,8 @@ pub struct Principal {
     pub models: ModelGlobs,
     pub scopes: Scopes,
     pub allowed_cidrs: CidrList,
+    /// The key's own limit overrides (its tier gives the rest).
+    pub limits: LimitOverrides,
     pub revoked: bool,
     /// Unix seconds after which the credential no longer works: the key's own expiry, or the
     /// end of a rotated-out secret's grace period, whichever is first.
@@ -38,6 +41,7 @@ impl Principal {
             models: ModelGlobs::new(key.models.clone()),
             scopes: Scopes::parse(&key.scopes).ok()?,
             allowed_cidrs: CidrList::parse(&key.allowed_cidrs).ok()?,
+            limits: key.limits.clone(),
             revoked: key.revoked_at.is_some(),
             expires_at,
             last_used: AtomicI64::new(key.last_used_at.map_or(0, |at| at.unix_timestamp())),

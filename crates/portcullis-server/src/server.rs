@@ -13,10 +13,18 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
+use portcullis_limits::{Limiter, MemoryLimiter};
+
 use crate::admin::auth::{AdminAuth, MIN_BOOTSTRAP_TOKEN_LEN};
 use crate::listener::{self, HeadLimits};
 use crate::state::{AppState, Runtime};
-use crate::{StartError, admin, proxy, store};
+use crate::usage::{RecorderTask, UsageRecorder};
+use crate::{StartError, admin, limits, proxy, store};
+
+/// How often settled usage is written to the store: the most a crash can lose.
+const USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often key use times are written back to the store.
 const LAST_USED_FLUSH_INTERVAL: Duration = Duration::from_secs(30);
@@ -28,6 +36,7 @@ pub struct Server {
     proxy: TcpListener,
     admin: TcpListener,
     generated_admin_token: Option<Secret<String>>,
+    recorder_task: RecorderTask,
 }
 
 impl Server {
@@ -49,12 +58,18 @@ impl Server {
         }
         let proxy = bind(config.server.listen).await?;
         let admin = bind(config.admin.listen).await?;
-        let state = AppState::new(config, stores.clone(), AdminAuth::new(bootstrap_token.as_deref()));
+        let limiter: Arc<dyn Limiter> = Arc::new(MemoryLimiter::new());
+        limits::seed_from_usage(limiter.as_ref(), stores.usage.as_ref(), OffsetDateTime::now_utc())
+            .await
+            .map_err(|error| StartError::Store(error.to_string()))?;
+        let (recorder, recorder_task) = UsageRecorder::start(stores.usage.clone(), USAGE_FLUSH_INTERVAL);
+        let state =
+            AppState::new(config, stores.clone(), AdminAuth::new(bootstrap_token.as_deref()), limiter, recorder);
         let generated_admin_token = match bootstrap_token {
             Some(_) => None,
             None => first_admin_token(&stores, &state).await?,
         };
-        Ok(Server { state, proxy, admin, generated_admin_token })
+        Ok(Server { state, proxy, admin, generated_admin_token, recorder_task })
     }
 
     pub fn proxy_addr(&self) -> std::io::Result<SocketAddr> {
@@ -87,7 +102,7 @@ impl Server {
             stop.clone(),
         ));
         let flusher = tokio::spawn(flush_last_used(self.state.clone(), stop.clone()));
-        RunningServer { state: self.state, stop, proxy, admin, flusher }
+        RunningServer { state: self.state, stop, proxy, admin, flusher, recorder_task: self.recorder_task }
     }
 }
 
@@ -124,6 +139,7 @@ pub struct RunningServer {
     proxy: JoinHandle<hyper_util::server::graceful::GracefulShutdown>,
     admin: JoinHandle<hyper_util::server::graceful::GracefulShutdown>,
     flusher: JoinHandle<()>,
+    recorder_task: RecorderTask,
 }
 
 impl RunningServer {
@@ -133,29 +149,18 @@ impl RunningServer {
     /// ignored.
     pub fn reload(&self, config: Config) -> Vec<&'static str> {
         let current = self.state.runtime().config.clone();
-        let mut ignored = Vec::new();
-        if config.server.listen != current.server.listen {
-            ignored.push("server.listen");
-        }
-        if config.admin.listen != current.admin.listen {
-            ignored.push("admin.listen");
-        }
-        if config.store.url != current.store.url {
-            ignored.push("store.url");
-        }
-        if config.security.key_pepper != current.security.key_pepper {
-            ignored.push("security.key_pepper");
-        }
+        let (new, old) = (&config.server, &current.server);
         // Request-head limits are set on the accept loops when they start.
-        if config.server.max_header_bytes != current.server.max_header_bytes {
-            ignored.push("server.max_header_bytes");
-        }
-        if config.server.max_headers != current.server.max_headers {
-            ignored.push("server.max_headers");
-        }
-        if config.server.header_read_timeout != current.server.header_read_timeout {
-            ignored.push("server.header_read_timeout");
-        }
+        let fixed_at_start = [
+            ("server.listen", new.listen != old.listen),
+            ("server.max_header_bytes", new.max_header_bytes != old.max_header_bytes),
+            ("server.max_headers", new.max_headers != old.max_headers),
+            ("server.header_read_timeout", new.header_read_timeout != old.header_read_timeout),
+            ("admin.listen", config.admin.listen != current.admin.listen),
+            ("store.url", config.store.url != current.store.url),
+            ("security.key_pepper", config.security.key_pepper != current.security.key_pepper),
+        ];
+        let ignored = fixed_at_start.into_iter().filter(|(_, changed)| *changed).map(|(name, _)| name).collect();
         self.state.swap_runtime(Runtime::new(config));
         ignored
     }
@@ -175,6 +180,10 @@ impl RunningServer {
             _ => false,
         };
         let _ = self.flusher.await;
+        // Last: every request that ended has settled and handed its usage to the recorder.
+        if let Err(error) = self.recorder_task.shutdown().await {
+            tracing::error!(%error, "usage not fully written at shutdown");
+        }
         drained
     }
 }

@@ -10,9 +10,13 @@ use portcullis_config::Config;
 use portcullis_store::Stores;
 use portcullis_upstream::Upstreams;
 
+use portcullis_limits::Limiter;
+
 use crate::admin::auth::AdminAuth;
 use crate::key_cache::KeyCache;
 use crate::metrics::Metrics;
+use crate::team_cache::TeamCache;
+use crate::usage::UsageRecorder;
 
 /// Everything that changes on reload.
 #[derive(Debug)]
@@ -29,16 +33,25 @@ impl Runtime {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AppState {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("runtime", &self.inner.runtime).finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     runtime: Arc<ArcSwap<Runtime>>,
     stores: Stores,
     keys: KeyCache,
+    teams: TeamCache,
+    /// Outlives reloads: counters must not reset when the configuration changes.
+    limiter: Arc<dyn Limiter>,
+    recorder: UsageRecorder,
     hasher: SecretHasher,
     metrics: Metrics,
     admin_auth: AdminAuth,
@@ -48,16 +61,26 @@ struct Inner {
 }
 
 impl AppState {
-    pub fn new(config: Config, stores: Stores, admin_auth: AdminAuth) -> AppState {
+    pub fn new(
+        config: Config,
+        stores: Stores,
+        admin_auth: AdminAuth,
+        limiter: Arc<dyn Limiter>,
+        recorder: UsageRecorder,
+    ) -> AppState {
         let hasher = SecretHasher::new(config.security.key_pepper.as_ref().map(|pepper| pepper.expose().as_str()));
         let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(config)));
         let metrics = Metrics::new(runtime.clone());
         let keys = KeyCache::new(stores.keys.clone());
+        let teams = TeamCache::new(stores.teams.clone());
         AppState {
             inner: Arc::new(Inner {
                 runtime,
                 stores,
                 keys,
+                teams,
+                limiter,
+                recorder,
                 hasher,
                 metrics,
                 admin_auth,
@@ -82,6 +105,18 @@ impl AppState {
 
     pub fn keys(&self) -> &KeyCache {
         &self.inner.keys
+    }
+
+    pub fn teams(&self) -> &TeamCache {
+        &self.inner.teams
+    }
+
+    pub fn limiter(&self) -> &Arc<dyn Limiter> {
+        &self.inner.limiter
+    }
+
+    pub fn recorder(&self) -> &UsageRecorder {
+        &self.inner.recorder
     }
 
     pub fn hasher(&self) -> &SecretHasher {

@@ -120,6 +120,7 @@ struct Behaviour {
     fail_status: Option<u16>,
     hang: bool,
     omit_usage: bool,
+    ignore_max_tokens: bool,
     models: Vec<String>,
     gate: Option<Arc<Gate>>,
 }
@@ -133,6 +134,7 @@ impl Default for Behaviour {
             fail_status: None,
             hang: false,
             omit_usage: false,
+            ignore_max_tokens: false,
             models: DEFAULT_MODELS.iter().map(|model| (*model).to_string()).collect(),
             gate: None,
         }
@@ -277,6 +279,12 @@ impl StubUpstream {
     /// Leaves `usage` out of replies (and sends no usage chunk even when asked for one).
     pub fn set_omit_usage(&self, omit: bool) {
         lock(&self.shared.behaviour).omit_usage = omit;
+    }
+
+    /// Generates the full number of chunks whatever `max_tokens` / `max_completion_tokens` the
+    /// request names, like a model server that does not enforce the cap (default off).
+    pub fn set_ignore_max_tokens(&self, ignore: bool) {
+        lock(&self.shared.behaviour).ignore_max_tokens = ignore;
     }
 
     /// The ids `GET /v1/models` lists.
@@ -432,12 +440,16 @@ fn generate(shared: &Arc<Shared>, endpoint: Endpoint, body: &Value) -> Response 
     let model = model_of(body);
     let streamed = body.get("stream").and_then(Value::as_bool) == Some(true);
     let include_usage = body.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
-    let (chunks, gap, omit_usage, gate) = {
+    let (chunks, gap, omit_usage, ignore_max_tokens, gate) = {
         let mut behaviour = lock(&shared.behaviour);
         let gate = if streamed { behaviour.gate.take() } else { None };
-        (behaviour.stream_chunks, behaviour.chunk_gap, behaviour.omit_usage, gate)
+        (behaviour.stream_chunks, behaviour.chunk_gap, behaviour.omit_usage, behaviour.ignore_max_tokens, gate)
     };
-    let cap = body.get("max_completion_tokens").or_else(|| body.get("max_tokens")).and_then(Value::as_u64);
+    let cap = body
+        .get("max_completion_tokens")
+        .or_else(|| body.get("max_tokens"))
+        .and_then(Value::as_u64)
+        .filter(|_| !ignore_max_tokens);
     let count = cap.map_or(chunks, |cap| chunks.min(usize::try_from(cap).unwrap_or(usize::MAX)));
     let finish_reason = if count < chunks { "length" } else { "stop" };
     let prompt = match endpoint {

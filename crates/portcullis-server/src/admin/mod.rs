@@ -7,6 +7,7 @@ mod extract;
 mod keys;
 mod teams;
 mod tokens;
+mod usage;
 mod validate;
 mod views;
 
@@ -37,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/tokens/{id}/revoke", post(tokens::revoke))
         .route("/admin/v1/tiers", get(catalog::tiers))
         .route("/admin/v1/models", get(catalog::models))
+        .route("/admin/v1/usage", get(usage::report))
         .route("/admin/v1/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .route("/metrics", get(metrics))
         .route("/healthz", get(health::live))
@@ -63,12 +65,16 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+    use portcullis_limits::MemoryLimiter;
+
     use crate::admin::auth::AdminAuth;
+    use crate::usage::UsageRecorder;
 
     fn state() -> AppState {
-        let store = SqliteStore::open_in_memory().unwrap();
+        let stores = Stores::from_backend(Arc::new(SqliteStore::open_in_memory().unwrap()));
         let config = Config::parse("", |_| None).unwrap();
-        AppState::new(config, Stores::from_backend(Arc::new(store)), AdminAuth::default())
+        let (recorder, _task) = UsageRecorder::start(stores.usage.clone(), std::time::Duration::from_secs(1));
+        AppState::new(config, stores, AdminAuth::default(), Arc::new(MemoryLimiter::new()), recorder)
     }
 
     /// Every operation the OpenAPI document lists is routed, and every one of them but the

@@ -69,6 +69,7 @@ pub async fn update(
         metadata: request.metadata.map(|metadata| validate::metadata(Some(metadata))).transpose()?,
     };
     let record = state.stores().teams.update_team(&name, patch).await.map_err(store_error("team"))?;
+    state.teams().invalidate(&name).await;
     tracing::info!(team = %name, by = %caller.token_id, "team updated");
     Ok(Json(team_view(record)))
 }

@@ -45,6 +45,7 @@ mod tests {
             models: ModelGlobs::new(models.iter().map(|m| m.to_string()).collect()),
             scopes: Scopes::parse(&["chat"]).unwrap(),
             allowed_cidrs: CidrList::parse(&["10.0.0.0/8"]).unwrap(),
+            limits: Default::default(),
             revoked: false,
             expires_at: None,
             last_used: AtomicI64::new(0),

@@ -36,12 +36,28 @@ struct Envelope {
     messages: Option<Vec<IgnoredAny>>,
     prompt: Option<IgnoredAny>,
     input: Option<IgnoredAny>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    n: Option<u64>,
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedRequest {
+    pub operation: Operation,
     pub model: String,
     pub stream: bool,
+    /// The client's own completion cap (`max_completion_tokens`, else `max_tokens`).
+    pub max_tokens: Option<u64>,
+    /// Choices asked for: each may generate up to the cap.
+    pub choices: u64,
+    /// Whether the client asked for the usage chunk of a stream.
+    pub wants_stream_usage: bool,
     pub body: Bytes,
 }
 
@@ -73,7 +89,16 @@ pub fn parse(operation: Operation, body: Bytes) -> Result<ParsedRequest, ApiErro
     if stream && operation == Operation::Embeddings {
         return Err(ApiError::bad_request("Embeddings cannot be streamed.", Some("stream")));
     }
-    Ok(ParsedRequest { model, stream, body })
+    let max_tokens = envelope.max_completion_tokens.or(envelope.max_tokens);
+    if max_tokens == Some(0) {
+        return Err(ApiError::bad_request("max_tokens must be at least 1.", Some("max_tokens")));
+    }
+    let choices = envelope.n.unwrap_or(1);
+    if !(1..=128).contains(&choices) {
+        return Err(ApiError::bad_request("n must be between 1 and 128.", Some("n")));
+    }
+    let wants_stream_usage = envelope.stream_options.and_then(|options| options.include_usage).unwrap_or(false);
+    Ok(ParsedRequest { operation, model, stream, max_tokens, choices, wants_stream_usage, body })
 }
 
 #[cfg(test)]

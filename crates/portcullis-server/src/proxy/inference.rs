@@ -4,16 +4,21 @@ use std::net::SocketAddr;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, header};
 use portcullis_auth::Scope;
-use portcullis_upstream::{ForwardRequest, UpstreamError};
+use portcullis_config::Config;
+use portcullis_upstream::{ForwardRequest, UpstreamError, UpstreamResponse};
 
+use super::admit::{admit, price_of};
 use super::authorize::may_use_model;
-use super::body::{self, Operation};
+use super::body::{self, Operation, ParsedRequest};
+use super::meter::{Metered, OnFinish};
+use super::settle::Settlement;
 use super::{UNKNOWN_PEER, caller};
 use crate::access_log::AccessInfo;
 use crate::error::ApiError;
+use crate::limits;
 use crate::request_id::{self, RequestId};
 use crate::state::AppState;
 
@@ -63,21 +68,70 @@ async fn serve(
         return Err(ApiError::ModelNotAllowed { model: parsed.model });
     }
 
+    let admitted = admit(state, config, &principal, &parsed).await?;
     let forward = ForwardRequest {
-        model: parsed.model,
+        model: parsed.model.clone(),
         path: operation.path().to_string(),
         headers: forwarded_headers(&parts.headers, parts.extensions.get::<RequestId>()),
-        body: parsed.body,
+        body: admitted.plan.body.clone(),
+        priority: admitted.priority,
     };
     let may_use = |model: &str| may_use_model(config, &principal, model);
-    let upstream = runtime.upstreams.forward(forward, &may_use).await.map_err(upstream_error)?;
-    info.upstream = Some(upstream.endpoint);
-    info.model = Some(upstream.model);
-
-    let mut response = Response::new(Body::new(upstream.body));
-    *response.status_mut() = upstream.status;
-    *response.headers_mut() = upstream.headers;
+    let mut response = match runtime.upstreams.forward(forward, &may_use).await {
+        Ok(upstream) => {
+            info.upstream = Some(upstream.endpoint.clone());
+            info.model = Some(upstream.model.clone());
+            relay(upstream, &parsed, admitted.plan.completion_cap, admitted.settlement, config)
+        }
+        Err(error) => {
+            admitted.settlement.nothing_used();
+            upstream_error(error).into_response()
+        }
+    };
+    limits::insert_headers(response.headers_mut(), &admitted.rate_headers);
     Ok(response)
+}
+
+/// The upstream's answer on its way to the client, metered so that the request settles with
+/// its real usage when the body ends, whichever way it ends.
+fn relay(
+    upstream: UpstreamResponse,
+    request: &ParsedRequest,
+    completion_cap: u64,
+    mut settlement: Settlement,
+    config: &Config,
+) -> Response {
+    let UpstreamResponse { status, mut headers, body, model, .. } = upstream;
+    if !status.is_success() {
+        // The model server refused (4xx) or failed (5xx): nothing was generated.
+        settlement.nothing_used();
+        let mut response = Response::new(Body::new(body));
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        return response;
+    }
+    // A fallback bills at its own price.
+    settlement.price = price_of(config, &model);
+    settlement.model = model;
+    let is_event_stream = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("text/event-stream"));
+    let streamed = request.stream && is_event_stream;
+    settlement.streamed = streamed;
+    let on_finish: OnFinish = Box::new(move |outcome| settlement.finish(outcome));
+    let body = if streamed {
+        // The stream may lose its usage chunk on the way: its length is no longer known.
+        headers.remove(header::CONTENT_LENGTH);
+        let cap = completion_cap.saturating_mul(request.choices);
+        Body::new(Metered::stream(body, !request.wants_stream_usage, Some(cap), on_finish))
+    } else {
+        Body::new(Metered::json(body, on_finish))
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
 }
 
 fn scope_of(operation: Operation) -> Scope {

@@ -1,10 +1,18 @@
 //! The client-facing listener: `/v1/*`, `/healthz`, `/readyz`.
 
+mod admit;
 mod authenticate;
 mod authorize;
 mod body;
+mod demand;
 mod inference;
+mod meter;
 mod models;
+mod settle;
+mod usage;
+
+pub use settle::unix_millis;
+mod sse;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -33,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/embeddings", post(inference::embeddings))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::get))
+        .route("/v1/usage", get(usage::usage))
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
         .fallback(|| async { ApiError::RouteNotFound })
@@ -43,12 +52,12 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The phases every `/v1` call starts with: authenticate, then check the client address and
-/// the scope the call needs.
+/// the scope the call needs (if any).
 async fn caller(
     state: &AppState,
     peer: SocketAddr,
     headers: &HeaderMap,
-    scope: Scope,
+    scope: impl Into<Option<Scope>>,
     info: &mut AccessInfo,
 ) -> Result<Arc<Principal>, ApiError> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -58,6 +67,8 @@ async fn caller(
     let runtime = state.runtime();
     let client = authenticate::client_ip(peer, headers, &runtime.config.server.trusted_proxies);
     authorize::check_address(&principal, client)?;
-    authorize::check_scope(&principal, scope)?;
+    if let Some(scope) = scope.into() {
+        authorize::check_scope(&principal, scope)?;
+    }
     Ok(principal)
 }

@@ -95,6 +95,35 @@ async fn max_tokens_cuts_the_reply_with_finish_reason_length() {
 }
 
 #[tokio::test]
+async fn ignore_max_tokens_generates_the_whole_reply_until_switched_off() {
+    let stub = StubUpstream::start().await;
+    stub.set_stream_chunks(6);
+    stub.set_ignore_max_tokens(true);
+    let mut body = chat_body(true, Some(true));
+    body["max_tokens"] = json!(2);
+    let payloads = sse_payloads(&post(&stub, "/v1/chat/completions", body.clone()).await.text().await.unwrap());
+    assert_eq!(payloads.len(), 6 + 1 + 1 + 1, "content, finish, usage, [DONE]: {payloads:?}");
+    let usage: Value = serde_json::from_str(&payloads[7]).unwrap();
+    assert_eq!(usage["usage"]["completion_tokens"], 6);
+    let plain: Value =
+        post(&stub, "/v1/chat/completions", json!({"model": "m", "messages": [], "max_completion_tokens": 1}))
+            .await
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(plain["usage"]["completion_tokens"], 6);
+    assert_eq!(plain["choices"][0]["finish_reason"], "stop");
+
+    stub.set_ignore_max_tokens(false);
+    let plain: Value = post(&stub, "/v1/chat/completions", json!({"model": "m", "messages": [], "max_tokens": 2}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(plain["usage"]["completion_tokens"], 2);
+}
+
+#[tokio::test]
 async fn text_completions_work_plain_and_streamed() {
     let stub = StubUpstream::start().await;
     let body = json!({"model": "m", "prompt": "once upon a time"});

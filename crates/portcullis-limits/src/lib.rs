@@ -1,0 +1,324 @@
+//! Limits that hold: request rates, token rates, concurrency, token quotas and money budgets.
+//!
+//! The server asks a [`Limiter`] to *admit* a request against every scope that applies to it (key, team,
+//! global) with the request's worst case ([`Demand`]), and *settles* the returned [`Reservation`] with the
+//! real [`Usage`] when the response ends. Reserving the worst case up front is what makes the limits hold
+//! under concurrency: two requests racing for the last tokens of a quota cannot both be admitted, because
+//! the first one's reservation is already counted when the second is checked.
+//!
+//! Nothing here reads a clock: `now` ([`Millis`]) is always a parameter, so every rule is a pure function
+//! of its inputs and tests use explicit times. The algorithms live in small modules ([`gcra`], [`bucket`],
+//! [`window`], [`money`]) and are tested on their own; [`MemoryLimiter`] composes them.
+//!
+//! # Guarantees of [`MemoryLimiter`]
+//! - **All or nothing.** An admission either applies to every limit of every scope, or changes nothing.
+//! - **No overspend.** For every day/month window of every scope: `used + reserved ≤ limit` after each
+//!   admission (for state the limiter built itself; a seed above the limit only refuses further demand).
+//! - **Settle charges at most the reservation.** `min(actual, reserved)` becomes used; the server stops
+//!   relaying at the reservation, so anything above it is neither served nor charged here.
+//! - **Window rollover.** Counters restart at 00:00 UTC and on the 1st of the month. A request reserved in a
+//!   window that has rolled over by the time it settles is charged to nothing (its window is gone).
+//! - **Dropped reservation.** A [`Reservation`] dropped without `settle` frees its concurrency slot and charges
+//!   its *whole* reservation as used (no token refund): a lost settlement can only under-admit, never overspend.
+
+pub mod bucket;
+pub mod gcra;
+mod memory;
+pub mod money;
+mod scope;
+pub mod window;
+
+use std::fmt;
+use std::sync::Arc;
+
+pub use bucket::{BucketState, TakeError, TokenBucket};
+pub use gcra::{Gcra, GcraState};
+pub use memory::MemoryLimiter;
+pub use money::{Money, PICO_PER_UNIT, Price};
+pub use window::{Period, WindowCounter};
+
+/// Milliseconds since the Unix epoch, passed in by the caller; the crate never reads a clock.
+pub type Millis = u64;
+
+/// Limits of one scope after tier defaults and overrides are applied. `None` = no such limit.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Limits {
+    /// Request rate, refilled smoothly (GCRA).
+    pub requests_per_minute: Option<u64>,
+    /// Instant allowance of the request rate; `None` = `requests_per_minute`.
+    pub burst: Option<u64>,
+    /// Token rate (token bucket of this capacity, refilled at this many per minute).
+    pub tokens_per_minute: Option<u64>,
+    /// Requests in flight at once.
+    pub max_concurrent: Option<u64>,
+    /// Tokens per UTC calendar day.
+    pub tokens_per_day: Option<u64>,
+    /// Tokens per UTC calendar month.
+    pub tokens_per_month: Option<u64>,
+    /// Money per UTC calendar day.
+    pub budget_per_day: Option<Money>,
+    /// Money per UTC calendar month.
+    pub budget_per_month: Option<Money>,
+}
+
+impl Limits {
+    /// True when no limit is set: such a scope is skipped entirely (no state, no lock).
+    pub fn is_unlimited(&self) -> bool {
+        let Limits {
+            requests_per_minute,
+            burst: _,
+            tokens_per_minute,
+            max_concurrent,
+            tokens_per_day,
+            tokens_per_month,
+            budget_per_day,
+            budget_per_month,
+        } = self;
+        requests_per_minute.is_none()
+            && tokens_per_minute.is_none()
+            && max_concurrent.is_none()
+            && tokens_per_day.is_none()
+            && tokens_per_month.is_none()
+            && budget_per_day.is_none()
+            && budget_per_month.is_none()
+    }
+
+    /// The first limit whose whole capacity is smaller than `demand`, so that waiting can never help.
+    ///
+    /// A zero request rate, burst or concurrency admits nothing ever and counts as such too.
+    pub fn never_fits(&self, demand: Demand) -> Option<LimitKind> {
+        let over = |limit: Option<u64>, amount: u64| limit.is_some_and(|limit| amount > limit);
+        if self.requests_per_minute.is_some_and(|rpm| Gcra::new(rpm, self.burst).is_none()) {
+            Some(LimitKind::RequestsPerMinute)
+        } else if over(self.tokens_per_minute, demand.tokens) {
+            Some(LimitKind::TokensPerMinute)
+        } else if self.max_concurrent == Some(0) {
+            Some(LimitKind::Concurrent)
+        } else if over(self.tokens_per_day, demand.tokens) {
+            Some(LimitKind::TokensPerDay)
+        } else if over(self.tokens_per_month, demand.tokens) {
+            Some(LimitKind::TokensPerMonth)
+        } else if over(self.budget_per_day.map(|m| m.0), demand.cost.0) {
+            Some(LimitKind::BudgetPerDay)
+        } else if over(self.budget_per_month.map(|m| m.0), demand.cost.0) {
+            Some(LimitKind::BudgetPerMonth)
+        } else {
+            None
+        }
+    }
+}
+
+/// Who a limit applies to. Ordered (global < teams < keys, then by id) so that admissions can lock
+/// scopes in one fixed order and never deadlock.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    /// The whole gateway.
+    Global,
+    /// A team, by id.
+    Team(Arc<str>),
+    /// An API key (or OAuth principal), by id.
+    Key(Arc<str>),
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Global => f.write_str("global"),
+            Scope::Team(id) => write!(f, "team:{id}"),
+            Scope::Key(id) => write!(f, "key:{id}"),
+        }
+    }
+}
+
+/// What one request may use at most (its worst case): tokens = prompt upper bound + max completion tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Demand {
+    /// Worst-case tokens.
+    pub tokens: u64,
+    /// Worst-case cost (the price of `tokens`).
+    pub cost: Money,
+}
+
+/// What a request really used, from the upstream's usage (or an estimate). Also the shape of a window's
+/// persisted totals in [`Limiter::seed`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Tokens used.
+    pub tokens: u64,
+    /// Money spent.
+    pub cost: Money,
+}
+
+/// One kind of limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LimitKind {
+    RequestsPerMinute,
+    TokensPerMinute,
+    Concurrent,
+    TokensPerDay,
+    TokensPerMonth,
+    BudgetPerDay,
+    BudgetPerMonth,
+}
+
+impl LimitKind {
+    /// The config key that sets this limit, for error messages that tell an operator what to change.
+    pub fn config_name(self) -> &'static str {
+        match self {
+            LimitKind::RequestsPerMinute => "requests_per_minute",
+            LimitKind::TokensPerMinute => "tokens_per_minute",
+            LimitKind::Concurrent => "max_concurrent",
+            LimitKind::TokensPerDay => "tokens_per_day",
+            LimitKind::TokensPerMonth => "tokens_per_month",
+            LimitKind::BudgetPerDay => "budget_per_day",
+            LimitKind::BudgetPerMonth => "budget_per_month",
+        }
+    }
+
+    /// True for budgets, whose amounts in [`LimitState`] are pico-units of money rather than counts.
+    pub fn is_money(self) -> bool {
+        matches!(self, LimitKind::BudgetPerDay | LimitKind::BudgetPerMonth)
+    }
+}
+
+/// Why an admission was refused.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Denial {
+    /// The scope whose limit refused.
+    pub scope: Scope,
+    /// The limit that refused.
+    pub limit: LimitKind,
+    /// What the client should do about it.
+    pub reason: DenialReason,
+    /// When a retry can succeed: the GCRA/token-bucket wait for rates; the next UTC day/month start for
+    /// quotas and budgets; `None` for `NeverFits` and for concurrency (a slot frees when some running request
+    /// ends, which nobody can predict). Round up to whole seconds for `Retry-After`.
+    pub retry_after_ms: Option<u64>,
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.reason {
+            DenialReason::RateLimited => "rate limit reached",
+            DenialReason::QuotaExhausted => "quota exhausted",
+            DenialReason::NeverFits => "request exceeds the limit",
+        };
+        write!(f, "{what}: {} of {}", self.limit.config_name(), self.scope)?;
+        match self.retry_after_ms {
+            Some(ms) => write!(f, " (retry after {ms} ms)"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for Denial {}
+
+/// The client-facing class of a [`Denial`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenialReason {
+    /// Rate or concurrency: try again shortly (HTTP 429 rate_limit_exceeded).
+    RateLimited,
+    /// Quota or budget of the current window is spent (HTTP 429 insufficient_quota).
+    QuotaExhausted,
+    /// The demand exceeds the limit's whole capacity and can never fit (HTTP 400 request_exceeds_limit).
+    NeverFits,
+}
+
+/// OpenAI `x-ratelimit-*` header values for the tightest applicable scope (smallest remaining) of each kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateHeaders {
+    /// `x-ratelimit-{limit,remaining,reset}-requests`, from requests per minute.
+    pub requests: Option<RateState>,
+    /// `x-ratelimit-{limit,remaining,reset}-tokens`, from tokens per minute.
+    pub tokens: Option<RateState>,
+}
+
+/// One rate's header values, after this request was admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateState {
+    /// Per-minute limit.
+    pub limit: u64,
+    /// What could still be admitted right now.
+    pub remaining: u64,
+    /// Ms until the rate is fully replenished.
+    pub reset_ms: u64,
+}
+
+/// One limit of one scope, for `GET /v1/usage`.
+///
+/// Amounts are requests, tokens, or pico-units of money for budgets ([`LimitKind::is_money`]).
+/// For the per-minute rates `used` is what has been taken and not yet refilled and `reserved` the part of
+/// it held by requests still running (always 0 for requests per minute); for concurrency `used` is the
+/// number of requests in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitState {
+    /// Which limit.
+    pub kind: LimitKind,
+    /// The configured limit.
+    pub limit: u64,
+    /// Settled consumption in the current window (see above for rates).
+    pub used: u64,
+    /// Held by running requests.
+    pub reserved: u64,
+    /// What a new request could still get now.
+    pub remaining: u64,
+    /// Ms until fully replenished (rates) or until the window restarts (quotas); `None` for concurrency.
+    pub reset_ms: Option<u64>,
+}
+
+/// Held while a request runs; settle it exactly once with [`Limiter::settle`].
+///
+/// It carries what it took from each scope (and the windows it took it in), so settlement gives back
+/// exactly that even if the limits were reloaded in between. Dropping it unsettled charges the whole
+/// reservation (see the crate docs).
+#[derive(Debug)]
+pub struct Reservation {
+    /// Header values to send with the response.
+    pub headers: RateHeaders,
+    demand: Demand,
+    /// Scopes in lock order, and what was taken from each (same positions; separate so that the taking
+    /// can be recorded while the scopes are borrowed by their locks).
+    held: Vec<scope::Held>,
+    took: Vec<scope::Took>,
+}
+
+impl Reservation {
+    /// The demand this reservation holds.
+    pub fn demand(&self) -> Demand {
+        self.demand
+    }
+
+    /// The scopes it holds something in (scopes without limits are not among them).
+    pub fn scopes(&self) -> impl Iterator<Item = &Scope> {
+        self.held.iter().map(|held| &held.slot.scope)
+    }
+}
+
+/// A limiter backend. Methods take `now` so behaviour is a function of inputs; see the crate docs for the
+/// guarantees an implementation must keep.
+#[async_trait::async_trait]
+pub trait Limiter: Send + Sync + 'static {
+    /// All-or-nothing across every scope and every limit: either all counters take the demand (1 request,
+    /// 1 concurrency slot, `demand.tokens` on the per-minute token bucket and on the day and month token
+    /// quotas, `demand.cost` on the day and month budgets), or nothing changes and a failing limit is
+    /// reported. `NeverFits` is checked first for every scope. Among other failures the one that lasts
+    /// longest is reported (a spent quota before a rate, then the longest wait), so a client that honours
+    /// `Retry-After` is not sent back into another refusal; ties go to the earlier scope in `scopes`.
+    /// Scopes without limits are skipped; a scope listed twice counts once, with its first limits.
+    async fn admit(&self, scopes: &[(Scope, Limits)], demand: Demand, now: Millis) -> Result<Reservation, Denial>;
+
+    /// Replaces the reservation by real usage: concurrency released; requests stay counted; the token bucket
+    /// gets back `reserved − min(actual, reserved)` (never above capacity); quotas and budgets move
+    /// `min(actual, reserved)` from reserved to used in the windows the reservation was made in (a window
+    /// that has rolled over meanwhile is not charged, nor is the new one). Actual above the reservation is
+    /// not charged beyond it: the server stops relaying at the reservation.
+    async fn settle(&self, reservation: Reservation, actual: Usage, now: Millis);
+
+    /// Current state of one scope: for each configured limit kind its limit, used, reserved, remaining and
+    /// reset time.
+    async fn snapshot(&self, scope: &Scope, limits: &Limits, now: Millis) -> Vec<LimitState>;
+
+    /// Seeds a scope's used tokens/cost for the current UTC day and month from persisted usage (at start-up,
+    /// before traffic). Replaces `used` of those windows; running reservations stay.
+    async fn seed(&self, scope: &Scope, day: Usage, month: Usage, now: Millis);
+}

@@ -1,0 +1,258 @@
+//! Calendar windows in UTC (day, month) and the reserve/settle counter kept per window.
+//!
+//! Quotas and budgets are "per day" and "per month" as people read a calendar, not rolling 24 h: the
+//! counter restarts at 00:00 UTC and on the 1st of the month, and a refused client is told exactly when.
+//! A window is named by an index (days since the epoch; `year * 12 + month − 1`) so that "is this still
+//! the same window" is one integer comparison. The civil-date conversion is Howard Hinnant's
+//! `civil_from_days` / `days_from_civil` (public domain), done here to keep the crate free of a date
+//! library and the hot path free of allocation.
+
+use crate::Millis;
+
+/// Ms in one UTC day (no leap seconds in Unix time).
+pub const DAY_MS: u64 = 86_400_000;
+
+/// A calendar window kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Period {
+    /// 00:00 UTC to the next 00:00 UTC.
+    Day,
+    /// The 1st 00:00 UTC to the next month's 1st.
+    Month,
+}
+
+impl Period {
+    /// Index of the window that contains `now`.
+    pub fn index(self, now: Millis) -> u64 {
+        match self {
+            Period::Day => now / DAY_MS,
+            Period::Month => {
+                let (year, month, _) = civil_from_days(now / DAY_MS);
+                year * 12 + (month - 1)
+            }
+        }
+    }
+
+    /// Start (ms since the epoch) of the window with the given index.
+    pub fn start(self, index: u64) -> Millis {
+        match self {
+            Period::Day => index.saturating_mul(DAY_MS),
+            Period::Month => days_from_civil(index / 12, index % 12 + 1, 1).saturating_mul(DAY_MS),
+        }
+    }
+
+    /// Ms from `now` until the next window starts (≥ 1).
+    pub fn until_next(self, now: Millis) -> u64 {
+        self.start(self.index(now).saturating_add(1)).saturating_sub(now)
+    }
+}
+
+/// (year, month 1..=12, day 1..=31) of a day number counted from 1970-01-01.
+pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    // Shift the epoch to 0000-03-01 so leap days fall at the end of a 400-year era.
+    let z = days.saturating_add(719_468);
+    let era = z / 146_097;
+    let doe = z - era * 146_097; // [0, 146096]
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365], March-based
+    let mp = (5 * doy + 2) / 153; // [0, 11], March = 0
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Day number counted from 1970-01-01 of a civil date (month 1..=12, day 1..=31; dates before 1970 give 0,
+/// absurdly far ones saturate).
+pub fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
+    let (month, day) = (month.clamp(1, 12), day.max(1));
+    let year = if month <= 2 { year.saturating_sub(1) } else { year };
+    let era = year / 400;
+    let yoe = year - era * 400; // [0, 399]
+    let mp = if month > 2 { month - 3 } else { month + 9 }; // March = 0
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era.saturating_mul(146_097).saturating_add(doe).saturating_sub(719_468)
+}
+
+/// Reserve/settle counter of one quantity (tokens or pico-units) in one calendar window.
+///
+/// Invariant kept by the limiter: `used + reserved ≤ limit` after every admission, because an admission
+/// adds to `reserved` only if the sum still fits, and settlement moves at most what was reserved into
+/// `used`. Settlement subtracts saturating, so even a reservation from a replaced window cannot underflow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WindowCounter {
+    /// The window these numbers belong to.
+    pub index: u64,
+    /// Settled (real) consumption in the window.
+    pub used: u64,
+    /// Worst-case demand of requests admitted in the window and not yet settled.
+    pub reserved: u64,
+}
+
+impl WindowCounter {
+    /// The counter as seen in window `index`: the stored one if it is that window (or a later one, when a
+    /// caller's `now` lags another's), otherwise an empty counter for `index`.
+    pub fn at(&self, index: u64) -> WindowCounter {
+        if index > self.index { WindowCounter { index, used: 0, reserved: 0 } } else { *self }
+    }
+
+    /// Whether `amount` more fits under `limit` in window `index`. A zero amount always fits, so a
+    /// spent budget still admits free requests.
+    pub fn fits(&self, index: u64, amount: u64, limit: u64) -> bool {
+        let current = self.at(index);
+        amount == 0
+            || current
+                .used
+                .checked_add(current.reserved)
+                .and_then(|s| s.checked_add(amount))
+                .is_some_and(|s| s <= limit)
+    }
+
+    /// Reserves `amount` in window `index` (rolling over first) and returns the window it was reserved in.
+    pub fn reserve(&mut self, index: u64, amount: u64) -> u64 {
+        *self = self.at(index);
+        self.reserved = self.reserved.saturating_add(amount);
+        self.index
+    }
+
+    /// Turns a reservation of `reserved` made in window `index` into `min(actual, reserved)` of use. If the
+    /// counter has moved on to a later window, the old window is gone and nothing is charged to the new one.
+    pub fn settle(&mut self, index: u64, reserved: u64, actual: u64) {
+        if self.index != index {
+            return;
+        }
+        self.reserved = self.reserved.saturating_sub(reserved);
+        self.used = self.used.saturating_add(actual.min(reserved));
+    }
+
+    /// What is left under `limit` in window `index`.
+    pub fn remaining(&self, index: u64, limit: u64) -> u64 {
+        let current = self.at(index);
+        limit.saturating_sub(current.used.saturating_add(current.reserved))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ms since the epoch of a UTC date and time, via an independent route (day counting by hand).
+    fn utc(year: u64, month: u64, day: u64, hour: u64, minute: u64) -> Millis {
+        let leap = |y: u64| (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
+        let mut days: u64 = (1970..year).map(|y| if leap(y) { 366 } else { 365 }).sum();
+        let lengths = [31, if leap(year) { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+        days += lengths[..(month - 1) as usize].iter().sum::<u64>() + day - 1;
+        days * DAY_MS + hour * 3_600_000 + minute * 60_000
+    }
+
+    #[test]
+    fn civil_conversion_round_trips_over_centuries() {
+        for days in (0..200_000).step_by(7).chain([0, 1, 59, 60, 11_016, 21_183, 21_184]) {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
+            assert!((1..=12).contains(&m) && (1..=31).contains(&d));
+        }
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(utc(2028, 2, 29, 0, 0) / DAY_MS, days_from_civil(2028, 2, 29));
+    }
+
+    #[test]
+    fn day_rolls_at_utc_midnight() {
+        let before = utc(2027, 6, 15, 23, 59) + 59_999;
+        let after = utc(2027, 6, 16, 0, 0);
+        assert_eq!(before + 1, after);
+        assert_eq!(Period::Day.index(before) + 1, Period::Day.index(after));
+        assert_eq!(Period::Day.until_next(before), 1);
+        assert_eq!(Period::Day.until_next(after), DAY_MS);
+        assert_eq!(Period::Day.until_next(utc(2027, 6, 16, 18, 0)), 6 * 3_600_000);
+    }
+
+    #[test]
+    fn leap_day_belongs_to_february_and_march_starts_after_it() {
+        let leap_day = utc(2028, 2, 29, 12, 0);
+        let march = utc(2028, 3, 1, 0, 0);
+        assert_eq!(Period::Month.index(leap_day), 2028 * 12 + 1);
+        assert_eq!(Period::Month.index(march), 2028 * 12 + 2);
+        assert_eq!(Period::Month.index(march - 1), 2028 * 12 + 1);
+        assert_eq!(Period::Month.until_next(leap_day), 12 * 3_600_000);
+        assert_eq!(Period::Month.start(Period::Month.index(leap_day)), utc(2028, 2, 1, 0, 0));
+        // A common year's February has 28 days.
+        assert_eq!(Period::Month.until_next(utc(2027, 2, 1, 0, 0)), 28 * DAY_MS);
+        assert_eq!(Period::Month.until_next(utc(2028, 2, 1, 0, 0)), 29 * DAY_MS);
+        // 2100 is not a leap year, 2000 was.
+        assert_eq!(Period::Month.until_next(utc(2100, 2, 1, 0, 0)), 28 * DAY_MS);
+        assert_eq!(Period::Month.until_next(utc(2000, 2, 1, 0, 0)), 29 * DAY_MS);
+    }
+
+    #[test]
+    fn december_rolls_into_january_of_the_next_year() {
+        let last = utc(2027, 12, 31, 23, 59) + 59_999;
+        let first = utc(2028, 1, 1, 0, 0);
+        assert_eq!(Period::Month.index(last), 2027 * 12 + 11);
+        assert_eq!(Period::Month.index(first), 2028 * 12);
+        assert_eq!(Period::Month.until_next(last), 1);
+        assert_eq!(Period::Month.start(2028 * 12), first);
+        assert_eq!(Period::Month.until_next(first), 31 * DAY_MS);
+    }
+
+    #[test]
+    fn counter_starts_at_zero_in_a_new_window() {
+        let mut counter = WindowCounter::default();
+        counter.reserve(10, 70);
+        counter.settle(10, 70, 60);
+        assert_eq!(counter, WindowCounter { index: 10, used: 60, reserved: 0 });
+        assert!(!counter.fits(10, 41, 100));
+        assert!(counter.fits(10, 40, 100));
+        assert!(counter.fits(11, 100, 100));
+        assert_eq!(counter.remaining(11, 100), 100);
+    }
+
+    #[test]
+    fn zero_amount_fits_even_a_spent_or_overdrawn_window() {
+        let counter = WindowCounter { index: 1, used: 120, reserved: 0 };
+        assert!(counter.fits(1, 0, 100));
+        assert!(!counter.fits(1, 1, 100));
+        assert!(WindowCounter::default().fits(0, 0, 0));
+    }
+
+    #[test]
+    fn settling_into_a_rolled_window_charges_nothing() {
+        let mut counter = WindowCounter::default();
+        let window = counter.reserve(5, 50);
+        counter.reserve(6, 10); // the next day's first admission rolls the counter
+        counter.settle(window, 50, 50);
+        assert_eq!(counter, WindowCounter { index: 6, used: 0, reserved: 10 });
+    }
+
+    #[test]
+    fn settle_charges_at_most_the_reservation() {
+        let mut counter = WindowCounter::default();
+        counter.reserve(0, 30);
+        counter.settle(0, 30, 1_000);
+        assert_eq!(counter, WindowCounter { index: 0, used: 30, reserved: 0 });
+    }
+
+    #[test]
+    fn lagging_now_uses_the_latest_window() {
+        let mut counter = WindowCounter::default();
+        counter.reserve(9, 5);
+        assert_eq!(counter.reserve(8, 5), 9);
+        assert_eq!(counter.reserved, 10);
+    }
+
+    #[test]
+    fn far_future_window_starts_saturate_instead_of_overflowing() {
+        assert_eq!(Period::Month.start(u64::MAX), u64::MAX);
+        assert_eq!(Period::Day.start(u64::MAX), u64::MAX);
+        assert!(Period::Month.until_next(u64::MAX - 1) <= 1);
+        assert_eq!(days_from_civil(1969, 12, 31), 0);
+    }
+
+    #[test]
+    fn overflowing_sums_do_not_fit() {
+        let counter = WindowCounter { index: 0, used: u64::MAX - 1, reserved: 1 };
+        assert!(!counter.fits(0, 1, u64::MAX));
+    }
+}

@@ -1,0 +1,395 @@
+//! Behaviour of `MemoryLimiter` with explicit times: admission, denial reasons, headers, settlement.
+#![allow(clippy::unwrap_used, reason = "test helpers: a failure is a failed test")]
+
+use portcullis_limits::window::{DAY_MS, days_from_civil};
+use portcullis_limits::{
+    Demand, DenialReason, LimitKind, LimitState, Limiter, Limits, MemoryLimiter, Millis, Money, RateState, Scope, Usage,
+};
+
+fn key(id: &str) -> Scope {
+    Scope::Key(id.into())
+}
+
+fn team(id: &str) -> Scope {
+    Scope::Team(id.into())
+}
+
+fn utc(year: u64, month: u64, day: u64, hour: u64, minute: u64) -> Millis {
+    days_from_civil(year, month, day) * DAY_MS + hour * 3_600_000 + minute * 60_000
+}
+
+fn demand(tokens: u64, cost: u64) -> Demand {
+    Demand { tokens, cost: Money(cost) }
+}
+
+fn usage(tokens: u64, cost: u64) -> Usage {
+    Usage { tokens, cost: Money(cost) }
+}
+
+fn state_of(limiter: &MemoryLimiter, scope: &Scope, limits: &Limits, now: Millis, kind: LimitKind) -> LimitState {
+    let snapshot = limiter.snapshot_sync(scope, limits, now);
+    *snapshot.iter().find(|s| s.kind == kind).unwrap()
+}
+
+fn all_limits() -> Limits {
+    Limits {
+        requests_per_minute: Some(60),
+        burst: Some(10),
+        tokens_per_minute: Some(10_000),
+        max_concurrent: Some(4),
+        tokens_per_day: Some(100_000),
+        tokens_per_month: Some(1_000_000),
+        budget_per_day: Some(Money::from_units(1.0)),
+        budget_per_month: Some(Money::from_units(10.0)),
+    }
+}
+
+const NOON: Millis = 1_816_171_200_000; // 2027-07-21 12:00 UTC
+
+#[test]
+fn noon_constant_is_noon() {
+    assert_eq!(NOON, utc(2027, 7, 21, 12, 0));
+}
+
+#[test]
+fn scope_without_limits_is_skipped_and_gets_no_state() {
+    let limiter = MemoryLimiter::new();
+    let reservation = limiter.admit_sync(&[(key("k"), Limits::default())], demand(10, 10), NOON).unwrap();
+    assert_eq!(reservation.scopes().count(), 0);
+    assert!(limiter.is_empty());
+    limiter.settle_sync(reservation, usage(10, 10), NOON);
+}
+
+#[test]
+fn key_passing_and_team_failing_leaves_key_counters_unchanged() {
+    let limiter = MemoryLimiter::new();
+    let key_limits = all_limits();
+    let team_limits = Limits { tokens_per_day: Some(1_000), ..Limits::default() };
+    let scopes = [(key("k"), key_limits.clone()), (team("t"), team_limits.clone())];
+    let first = limiter.admit_sync(&scopes, demand(900, 1), NOON).unwrap();
+    let before = limiter.snapshot_sync(&key("k"), &key_limits, NOON);
+
+    let denial = limiter.admit_sync(&scopes, demand(200, 1), NOON).unwrap_err();
+    assert_eq!(
+        (denial.scope, denial.limit, denial.reason),
+        (team("t"), LimitKind::TokensPerDay, DenialReason::QuotaExhausted)
+    );
+    assert_eq!(limiter.snapshot_sync(&key("k"), &key_limits, NOON), before);
+    assert_eq!(state_of(&limiter, &team("t"), &team_limits, NOON, LimitKind::TokensPerDay).reserved, 900);
+    drop(first);
+}
+
+#[test]
+fn never_fits_is_reported_before_any_state_is_touched() {
+    let limiter = MemoryLimiter::new();
+    let scopes = [
+        (key("k"), Limits { requests_per_minute: Some(1), ..Limits::default() }),
+        (team("t"), Limits { tokens_per_minute: Some(100), ..Limits::default() }),
+    ];
+    let denial = limiter.admit_sync(&scopes, demand(101, 0), NOON).unwrap_err();
+    assert_eq!(
+        (denial.scope, denial.limit, denial.reason),
+        (team("t"), LimitKind::TokensPerMinute, DenialReason::NeverFits)
+    );
+    assert_eq!(denial.retry_after_ms, None);
+    assert!(limiter.is_empty());
+    // The key's single request per minute is still there.
+    limiter.admit_sync(&scopes, demand(100, 0), NOON).unwrap();
+}
+
+#[test]
+fn zero_budget_refuses_paid_requests_and_admits_free_ones() {
+    let limiter = MemoryLimiter::new();
+    let scopes = [(key("k"), Limits { budget_per_month: Some(Money::ZERO), ..Limits::default() })];
+    let denial = limiter.admit_sync(&scopes, demand(10, 1), NOON).unwrap_err();
+    assert_eq!((denial.limit, denial.reason), (LimitKind::BudgetPerMonth, DenialReason::NeverFits));
+    limiter.admit_sync(&scopes, demand(10, 0), NOON).unwrap();
+}
+
+#[test]
+fn zero_rate_or_concurrency_never_fits() {
+    let limiter = MemoryLimiter::new();
+    for (limits, kind) in [
+        (Limits { requests_per_minute: Some(0), ..Limits::default() }, LimitKind::RequestsPerMinute),
+        (Limits { requests_per_minute: Some(5), burst: Some(0), ..Limits::default() }, LimitKind::RequestsPerMinute),
+        (Limits { max_concurrent: Some(0), ..Limits::default() }, LimitKind::Concurrent),
+    ] {
+        let denial = limiter.admit_sync(&[(key("k"), limits)], demand(1, 0), NOON).unwrap_err();
+        assert_eq!((denial.limit, denial.reason, denial.retry_after_ms), (kind, DenialReason::NeverFits, None));
+    }
+}
+
+#[test]
+fn spent_day_quota_retries_at_the_next_utc_midnight() {
+    let limiter = MemoryLimiter::new();
+    let scopes = [(key("k"), Limits { tokens_per_day: Some(100), ..Limits::default() })];
+    let late = utc(2027, 7, 21, 23, 0);
+    let r = limiter.admit_sync(&scopes, demand(100, 0), late).unwrap();
+    limiter.settle_sync(r, usage(100, 0), late);
+    let denial = limiter.admit_sync(&scopes, demand(1, 0), late).unwrap_err();
+    assert_eq!((denial.reason, denial.retry_after_ms), (DenialReason::QuotaExhausted, Some(3_600_000)));
+    assert!(limiter.admit_sync(&scopes, demand(1, 0), utc(2027, 7, 22, 0, 0) - 1).is_err());
+    limiter.admit_sync(&scopes, demand(100, 0), utc(2027, 7, 22, 0, 0)).unwrap();
+}
+
+#[test]
+fn spent_month_budget_retries_on_the_first_of_next_month_across_new_year() {
+    let limiter = MemoryLimiter::new();
+    let scopes = [(key("k"), Limits { budget_per_month: Some(Money(1_000)), ..Limits::default() })];
+    let new_years_eve = utc(2027, 12, 31, 18, 0);
+    let r = limiter.admit_sync(&scopes, demand(1, 1_000), utc(2027, 12, 1, 0, 0)).unwrap();
+    limiter.settle_sync(r, usage(1, 1_000), utc(2027, 12, 1, 0, 0));
+    let denial = limiter.admit_sync(&scopes, demand(1, 1), new_years_eve).unwrap_err();
+    assert_eq!((denial.limit, denial.reason), (LimitKind::BudgetPerMonth, DenialReason::QuotaExhausted));
+    assert_eq!(denial.retry_after_ms, Some(6 * 3_600_000));
+    limiter.admit_sync(&scopes, demand(1, 1_000), utc(2028, 1, 1, 0, 0)).unwrap();
+}
+
+#[test]
+fn month_quota_rolls_after_a_leap_day() {
+    let limiter = MemoryLimiter::new();
+    let scopes = [(key("k"), Limits { tokens_per_month: Some(10), ..Limits::default() })];
+    let leap_day = utc(2028, 2, 29, 23, 59);
+    let r = limiter.admit_sync(&scopes, demand(10, 0), leap_day).unwrap();
+    let denial = limiter.admit_sync(&scopes, demand(1, 0), leap_day).unwrap_err();
+    assert_eq!(denial.retry_after_ms, Some(60_000));
+    limiter.admit_sync(&scopes, demand(10, 0), utc(2028, 3, 1, 0, 0)).unwrap();
+    drop(r);
+}
+
+#[test]
+fn request_rate_allows_the_burst_then_reports_the_gcra_wait() {
+    let limiter = MemoryLimiter::new();
+    let scopes = [(key("k"), Limits { requests_per_minute: Some(2), ..Limits::default() })];
+    limiter.admit_sync(&scopes, demand(1, 0), NOON).unwrap();
+    limiter.admit_sync(&scopes, demand(1, 0), NOON).unwrap();
+    let denial = limiter.admit_sync(&scopes, demand(1, 0), NOON + 10_000).unwrap_err();
+    assert_eq!((denial.limit, denial.reason), (LimitKind::RequestsPerMinute, DenialReason::RateLimited));
+    assert_eq!(denial.retry_after_ms, Some(20_000));
+    limiter.admit_sync(&scopes, demand(1, 0), NOON + 30_000).unwrap();
+}
+
+#[test]
+fn token_rate_reports_the_bucket_wait() {
+    let limiter = MemoryLimiter::new();
+    let scopes = [(key("k"), Limits { tokens_per_minute: Some(6_000), ..Limits::default() })];
+    let _held = limiter.admit_sync(&scopes, demand(6_000, 0), NOON).unwrap();
+    let denial = limiter.admit_sync(&scopes, demand(500, 0), NOON).unwrap_err();
+    assert_eq!((denial.limit, denial.reason), (LimitKind::TokensPerMinute, DenialReason::RateLimited));
+    assert_eq!(denial.retry_after_ms, Some(5_000));
+    limiter.admit_sync(&scopes, demand(500, 0), NOON + 5_000).unwrap();
+}
+
+#[test]
+fn concurrency_slot_is_freed_by_settle_and_has_no_retry_time() {
+    let limiter = MemoryLimiter::new();
+    let scopes = [(key("k"), Limits { max_concurrent: Some(1), ..Limits::default() })];
+    let running = limiter.admit_sync(&scopes, demand(1, 0), NOON).unwrap();
+    let denial = limiter.admit_sync(&scopes, demand(1, 0), NOON).unwrap_err();
+    assert_eq!(
+        (denial.limit, denial.reason, denial.retry_after_ms),
+        (LimitKind::Concurrent, DenialReason::RateLimited, None)
+    );
+    limiter.settle_sync(running, usage(1, 0), NOON);
+    limiter.admit_sync(&scopes, demand(1, 0), NOON).unwrap();
+}
+
+#[test]
+fn denial_names_the_longest_lasting_limit() {
+    let limiter = MemoryLimiter::new();
+    let key_limits = Limits { requests_per_minute: Some(1), ..Limits::default() };
+    let team_limits = Limits { tokens_per_day: Some(10), ..Limits::default() };
+    let scopes = [(key("k"), key_limits), (team("t"), team_limits)];
+    let _held = limiter.admit_sync(&scopes, demand(10, 0), utc(2027, 7, 21, 20, 0)).unwrap();
+    let denial = limiter.admit_sync(&scopes, demand(1, 0), utc(2027, 7, 21, 20, 0)).unwrap_err();
+    assert_eq!((denial.scope, denial.limit), (team("t"), LimitKind::TokensPerDay));
+    assert_eq!(denial.retry_after_ms, Some(4 * 3_600_000));
+}
+
+#[test]
+fn headers_come_from_the_tightest_scope_of_each_kind() {
+    let limiter = MemoryLimiter::new();
+    let scopes = [
+        (key("k"), Limits { requests_per_minute: Some(100), tokens_per_minute: Some(1_000), ..Limits::default() }),
+        (team("t"), Limits { requests_per_minute: Some(10), tokens_per_minute: Some(100_000), ..Limits::default() }),
+        (Scope::Global, Limits { max_concurrent: Some(100), ..Limits::default() }),
+    ];
+    let r = limiter.admit_sync(&scopes, demand(600, 0), NOON).unwrap();
+    assert_eq!(r.headers.requests, Some(RateState { limit: 10, remaining: 9, reset_ms: 6_000 }));
+    assert_eq!(r.headers.tokens, Some(RateState { limit: 1_000, remaining: 400, reset_ms: 36_000 }));
+    limiter.settle_sync(r, usage(100, 0), NOON);
+}
+
+#[test]
+fn settle_refunds_unused_tokens_releases_concurrency_and_keeps_the_request_counted() {
+    let limiter = MemoryLimiter::new();
+    let limits = all_limits();
+    let scope = key("k");
+    let r = limiter.admit_sync(&[(scope.clone(), limits.clone())], demand(1_000, 500), NOON).unwrap();
+    let state = |kind| state_of(&limiter, &scope, &limits, NOON, kind);
+    assert_eq!(state(LimitKind::Concurrent).used, 1);
+    assert_eq!(state(LimitKind::TokensPerMinute).reserved, 1_000);
+    assert_eq!((state(LimitKind::TokensPerDay).used, state(LimitKind::TokensPerDay).reserved), (0, 1_000));
+
+    limiter.settle_sync(r, usage(300, 120), NOON);
+    assert_eq!(state(LimitKind::Concurrent).used, 0);
+    assert_eq!(state(LimitKind::RequestsPerMinute).remaining, 9);
+    let tpm = state(LimitKind::TokensPerMinute);
+    assert_eq!((tpm.used, tpm.reserved, tpm.remaining), (300, 0, 9_700));
+    for kind in [LimitKind::TokensPerDay, LimitKind::TokensPerMonth] {
+        assert_eq!((state(kind).used, state(kind).reserved), (300, 0));
+    }
+    for kind in [LimitKind::BudgetPerDay, LimitKind::BudgetPerMonth] {
+        assert_eq!((state(kind).used, state(kind).reserved), (120, 0));
+    }
+}
+
+#[test]
+fn actual_above_the_reservation_is_charged_only_up_to_it() {
+    let limiter = MemoryLimiter::new();
+    let limits = all_limits();
+    let r = limiter.admit_sync(&[(key("k"), limits.clone())], demand(1_000, 500), NOON).unwrap();
+    limiter.settle_sync(r, usage(5_000, 9_999), NOON);
+    let day = state_of(&limiter, &key("k"), &limits, NOON, LimitKind::TokensPerDay);
+    assert_eq!((day.used, day.reserved), (1_000, 0));
+    let budget = state_of(&limiter, &key("k"), &limits, NOON, LimitKind::BudgetPerDay);
+    assert_eq!(budget.used, 500);
+    assert_eq!(state_of(&limiter, &key("k"), &limits, NOON, LimitKind::TokensPerMinute).remaining, 9_000);
+}
+
+#[test]
+fn settling_after_midnight_charges_the_month_but_not_the_new_day() {
+    let limiter = MemoryLimiter::new();
+    let limits = all_limits();
+    let scopes = [(key("k"), limits.clone())];
+    let before = utc(2027, 7, 21, 23, 59);
+    let after = utc(2027, 7, 22, 0, 1);
+    let r = limiter.admit_sync(&scopes, demand(1_000, 0), before).unwrap();
+    let next_day = limiter.admit_sync(&scopes, demand(10, 0), after).unwrap();
+    limiter.settle_sync(r, usage(800, 0), after);
+    let day = state_of(&limiter, &key("k"), &limits, after, LimitKind::TokensPerDay);
+    assert_eq!((day.used, day.reserved), (0, 10));
+    let month = state_of(&limiter, &key("k"), &limits, after, LimitKind::TokensPerMonth);
+    assert_eq!((month.used, month.reserved), (800, 10));
+    drop(next_day);
+}
+
+#[test]
+fn settle_releases_what_was_taken_even_after_limits_change() {
+    let limiter = MemoryLimiter::new();
+    let old = Limits { max_concurrent: Some(1), tokens_per_minute: Some(1_000), ..Limits::default() };
+    let r = limiter.admit_sync(&[(key("k"), old.clone())], demand(1_000, 0), NOON).unwrap();
+    // Reload: the key loses its limits while the request runs, then gets them back.
+    let reloaded = Limits { requests_per_minute: Some(100), ..Limits::default() };
+    limiter.admit_sync(&[(key("k"), reloaded)], demand(1, 0), NOON).unwrap();
+    limiter.settle_sync(r, usage(0, 0), NOON);
+    limiter.admit_sync(&[(key("k"), old)], demand(1_000, 0), NOON).unwrap();
+}
+
+#[test]
+fn dropped_reservation_frees_its_slot_and_charges_its_whole_demand() {
+    let limiter = MemoryLimiter::new();
+    let limits = all_limits();
+    let r = limiter.admit_sync(&[(key("k"), limits.clone())], demand(1_000, 70), NOON).unwrap();
+    drop(r);
+    assert_eq!(state_of(&limiter, &key("k"), &limits, NOON, LimitKind::Concurrent).used, 0);
+    let day = state_of(&limiter, &key("k"), &limits, NOON, LimitKind::TokensPerDay);
+    assert_eq!((day.used, day.reserved), (1_000, 0));
+    assert_eq!(state_of(&limiter, &key("k"), &limits, NOON, LimitKind::BudgetPerMonth).used, 70);
+    assert_eq!(state_of(&limiter, &key("k"), &limits, NOON, LimitKind::TokensPerMinute).remaining, 9_000);
+}
+
+#[test]
+fn seed_replaces_used_of_the_current_windows() {
+    let limiter = MemoryLimiter::new();
+    let limits = Limits { tokens_per_day: Some(1_000), budget_per_month: Some(Money(5_000)), ..Limits::default() };
+    limiter.seed_sync(&key("k"), usage(950, 10), usage(2_000, 4_900), NOON);
+    limiter.seed_sync(&key("k"), usage(900, 10), usage(2_000, 4_900), NOON);
+    assert_eq!(state_of(&limiter, &key("k"), &limits, NOON, LimitKind::TokensPerDay).used, 900);
+    let scopes = [(key("k"), limits.clone())];
+    let denial = limiter.admit_sync(&scopes, demand(101, 0), NOON).unwrap_err();
+    assert_eq!(denial.limit, LimitKind::TokensPerDay);
+    let denial = limiter.admit_sync(&scopes, demand(100, 101), NOON).unwrap_err();
+    assert_eq!(denial.limit, LimitKind::BudgetPerMonth);
+    limiter.admit_sync(&scopes, demand(100, 100), NOON).unwrap();
+}
+
+#[test]
+fn snapshot_lists_every_configured_limit_with_reset_times() {
+    let limiter = MemoryLimiter::new();
+    let limits = all_limits();
+    let snapshot = limiter.snapshot_sync(&key("never-seen"), &limits, NOON);
+    let kinds: Vec<_> = snapshot.iter().map(|s| s.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            LimitKind::RequestsPerMinute,
+            LimitKind::TokensPerMinute,
+            LimitKind::Concurrent,
+            LimitKind::TokensPerDay,
+            LimitKind::TokensPerMonth,
+            LimitKind::BudgetPerDay,
+            LimitKind::BudgetPerMonth,
+        ]
+    );
+    let day = snapshot[3];
+    assert_eq!((day.limit, day.used, day.remaining, day.reset_ms), (100_000, 0, 100_000, Some(12 * 3_600_000)));
+    let month = snapshot[6];
+    assert_eq!(month.reset_ms, Some(utc(2027, 8, 1, 0, 0) - NOON));
+    assert_eq!(snapshot[2].reset_ms, None);
+    assert!(limiter.snapshot_sync(&key("k"), &Limits::default(), NOON).is_empty());
+}
+
+#[test]
+fn a_scope_listed_twice_counts_once() {
+    let limiter = MemoryLimiter::new();
+    let limits = Limits { tokens_per_day: Some(100), ..Limits::default() };
+    let scopes = [(key("k"), limits.clone()), (key("k"), Limits { tokens_per_day: Some(1), ..Limits::default() })];
+    let r = limiter.admit_sync(&scopes, demand(60, 0), NOON).unwrap();
+    assert_eq!(r.scopes().count(), 1);
+    assert_eq!(state_of(&limiter, &key("k"), &limits, NOON, LimitKind::TokensPerDay).reserved, 60);
+    limiter.settle_sync(r, usage(60, 0), NOON);
+}
+
+#[test]
+fn evict_idle_forgets_only_scopes_that_would_look_fresh() {
+    let limiter = MemoryLimiter::new();
+    let rate = Limits { requests_per_minute: Some(60), ..Limits::default() };
+    let quota = Limits { tokens_per_day: Some(100), ..Limits::default() };
+    let r = limiter.admit_sync(&[(key("rate"), rate.clone())], demand(0, 0), NOON).unwrap();
+    limiter.settle_sync(r, usage(0, 0), NOON);
+    let used = limiter.admit_sync(&[(key("quota"), quota.clone())], demand(10, 0), NOON).unwrap();
+    limiter.settle_sync(used, usage(10, 0), NOON);
+    let running = limiter.admit_sync(&[(key("running"), quota.clone())], demand(0, 0), NOON).unwrap();
+    assert_eq!(limiter.len(), 3);
+
+    // "running" holds nothing (zero demand, no concurrency limit), so it already looks fresh.
+    assert_eq!(limiter.evict_idle(NOON), 1);
+    assert_eq!(limiter.evict_idle(NOON + 1_000), 1); // the request rate replenished after 1 s
+    assert_eq!(limiter.len(), 1);
+    assert_eq!(limiter.evict_idle(utc(2027, 8, 1, 0, 0)), 1); // a new month: the quota's usage is history
+    assert!(limiter.is_empty());
+    limiter.settle_sync(running, usage(0, 0), NOON);
+    limiter.admit_sync(&[(key("quota"), quota)], demand(100, 0), utc(2027, 8, 1, 0, 0)).unwrap();
+}
+
+#[tokio::test]
+async fn works_through_the_trait_object() {
+    let limiter: std::sync::Arc<dyn Limiter> = std::sync::Arc::new(MemoryLimiter::new());
+    let limits = all_limits();
+    let scopes = [(key("k"), limits.clone()), (team("t"), limits.clone())];
+    limiter.seed(&team("t"), usage(5, 5), usage(50, 50), NOON).await;
+    let r = limiter.admit(&scopes, demand(100, 10), NOON).await.unwrap();
+    limiter.settle(r, usage(40, 4), NOON).await;
+    let snapshot = limiter.snapshot(&team("t"), &limits, NOON).await;
+    let day = snapshot.iter().find(|s| s.kind == LimitKind::TokensPerDay).unwrap();
+    assert_eq!(day.used, 45);
+}
+
+#[test]
+fn denial_displays_what_to_change() {
+    let limiter = MemoryLimiter::new();
+    let scopes = [(team("eng"), Limits { tokens_per_minute: Some(10), ..Limits::default() })];
+    let denial = limiter.admit_sync(&scopes, demand(11, 0), NOON).unwrap_err();
+    assert_eq!(denial.to_string(), "request exceeds the limit: tokens_per_minute of team:eng");
+}

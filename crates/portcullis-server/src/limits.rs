@@ -1,0 +1,177 @@
+//! Which limits apply to a caller (key, team and global, each a tier's defaults under its own
+//! overrides), and how the limiter's answers look on the wire: `x-ratelimit-*` headers and the
+//! 429 / 400 errors.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue};
+use portcullis_config::Config;
+use portcullis_limits::{Denial, DenialReason, Limits, Money, RateHeaders, RateState, Scope};
+use portcullis_store::TeamRecord;
+use portcullis_types::admin::LimitOverrides;
+
+use crate::error::ApiError;
+use crate::principal::Principal;
+
+/// Key, team and global limits for one caller; scopes without any limit are left out.
+pub fn scopes_for(config: &Config, principal: &Principal, team: Option<&TeamRecord>) -> Vec<(Scope, Limits)> {
+    let mut scopes = Vec::with_capacity(3);
+    let key = resolve(config, Some(&principal.tier), &principal.limits);
+    push(&mut scopes, Scope::Key(Arc::from(principal.id.as_str())), key);
+    if let Some(team) = team {
+        let limits = resolve(config, team.tier.as_deref(), &team.limits);
+        push(&mut scopes, Scope::Team(Arc::from(team.name.as_str())), limits);
+    }
+    push(&mut scopes, Scope::Global, to_limits(&config.limits.global, None));
+    scopes
+}
+
+fn push(scopes: &mut Vec<(Scope, Limits)>, scope: Scope, limits: Limits) {
+    if limits != Limits::default() {
+        scopes.push((scope, limits));
+    }
+}
+
+/// A tier's limits with every override that is set taking its place.
+fn resolve(config: &Config, tier: Option<&str>, overrides: &LimitOverrides) -> Limits {
+    let tier = tier.and_then(|name| config.tiers.get(name));
+    let base = tier.map(|tier| tier.limits()).unwrap_or_default();
+    let merged = LimitOverrides {
+        requests_per_minute: overrides.requests_per_minute.or(base.requests_per_minute),
+        tokens_per_minute: overrides.tokens_per_minute.or(base.tokens_per_minute),
+        max_concurrent: overrides.max_concurrent.or(base.max_concurrent),
+        tokens_per_day: overrides.tokens_per_day.or(base.tokens_per_day),
+        tokens_per_month: overrides.tokens_per_month.or(base.tokens_per_month),
+        budget_per_day: overrides.budget_per_day.or(base.budget_per_day),
+        budget_per_month: overrides.budget_per_month.or(base.budget_per_month),
+    };
+    to_limits(&merged, tier.and_then(|tier| tier.burst))
+}
+
+fn to_limits(limits: &LimitOverrides, burst: Option<u64>) -> Limits {
+    Limits {
+        requests_per_minute: limits.requests_per_minute,
+        burst: burst.filter(|_| limits.requests_per_minute.is_some()),
+        tokens_per_minute: limits.tokens_per_minute,
+        max_concurrent: limits.max_concurrent,
+        tokens_per_day: limits.tokens_per_day,
+        tokens_per_month: limits.tokens_per_month,
+        budget_per_day: limits.budget_per_day.map(Money::from_units),
+        budget_per_month: limits.budget_per_month.map(Money::from_units),
+    }
+}
+
+/// The OpenAI `x-ratelimit-*` headers for the tightest request and token limits.
+pub fn insert_headers(headers: &mut HeaderMap, rate: &RateHeaders) {
+    let mut put = |kind: &str, state: &RateState| {
+        headers.insert(header_name("limit", kind), HeaderValue::from(state.limit));
+        headers.insert(header_name("remaining", kind), HeaderValue::from(state.remaining));
+        if let Ok(reset) = HeaderValue::from_str(&reset_text(state.reset_ms)) {
+            headers.insert(header_name("reset", kind), reset);
+        }
+    };
+    if let Some(requests) = &rate.requests {
+        put("requests", requests);
+    }
+    if let Some(tokens) = &rate.tokens {
+        put("tokens", tokens);
+    }
+}
+
+fn header_name(what: &str, kind: &str) -> http::HeaderName {
+    // Only the six fixed names are ever built, all valid.
+    http::HeaderName::from_bytes(format!("x-ratelimit-{what}-{kind}").as_bytes())
+        .unwrap_or(http::HeaderName::from_static("x-ratelimit"))
+}
+
+/// OpenAI's duration style: `20ms`, `1s`, `6m0s`.
+fn reset_text(ms: u64) -> String {
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let seconds = ms.div_ceil(1000);
+    if seconds < 60 { format!("{seconds}s") } else { format!("{}m{}s", seconds / 60, seconds % 60) }
+}
+
+/// `key`, `team` or `global`: a metric label that never grows with the number of callers.
+pub fn scope_kind(scope: &Scope) -> &'static str {
+    match scope {
+        Scope::Key(_) => "key",
+        Scope::Team(_) => "team",
+        Scope::Global => "global",
+    }
+}
+
+/// The answer to a denied admission. `oversized` names the request parameter that made a
+/// request too big for a limit's whole capacity.
+pub fn denial_error(denial: &Denial, oversized: &'static str) -> ApiError {
+    let scope = match &denial.scope {
+        Scope::Key(_) => "this key".to_string(),
+        Scope::Team(team) => format!("team '{team}'"),
+        Scope::Global => "the gateway".to_string(),
+    };
+    let limit = denial.limit.config_name();
+    let retry_after_secs = denial.retry_after_ms.map_or(1, |ms| ms.div_ceil(1000).max(1));
+    match denial.reason {
+        DenialReason::RateLimited => ApiError::RateLimited {
+            message: format!("Rate limit reached: {limit} of {scope}. Retry after {retry_after_secs}s."),
+            retry_after_secs,
+        },
+        DenialReason::QuotaExhausted => ApiError::InsufficientQuota {
+            message: format!("Quota exhausted: {limit} of {scope}. It resets in {retry_after_secs}s."),
+            retry_after_secs,
+        },
+        DenialReason::NeverFits => ApiError::RequestExceedsLimit {
+            message: format!("This request could never fit {limit} of {scope}; lower '{oversized}'."),
+            param: oversized,
+        },
+    }
+}
+
+/// Restores the day and month counters from persisted usage, so a restart neither resets
+/// quotas nor counts anything twice.
+pub async fn seed_from_usage(
+    limiter: &dyn portcullis_limits::Limiter,
+    usage: &dyn portcullis_store::UsageStore,
+    now: time::OffsetDateTime,
+) -> Result<(), portcullis_store::StoreError> {
+    use std::collections::HashMap;
+
+    use portcullis_limits::Usage;
+
+    let day_start = now.replace_time(time::Time::MIDNIGHT);
+    let month_start = day_start.replace_day(1).unwrap_or(day_start);
+    let mut totals: HashMap<Scope, (Usage, Usage)> = HashMap::new();
+    for (since, is_day) in [(month_start, false), (day_start, true)] {
+        for total in usage.usage_totals_since(since).await? {
+            let amount = Usage { tokens: total.tokens, cost: Money(total.cost_pico) };
+            let mut scopes = vec![Scope::Global, Scope::Key(Arc::from(total.key_id.as_str()))];
+            scopes.extend(total.team.as_deref().map(|team| Scope::Team(Arc::from(team))));
+            for scope in scopes {
+                let (day, month) = totals.entry(scope).or_default();
+                let window = if is_day { day } else { month };
+                window.tokens = window.tokens.saturating_add(amount.tokens);
+                window.cost = window.cost.saturating_add(amount.cost);
+            }
+        }
+    }
+    let now_ms = crate::proxy::unix_millis(now);
+    for (scope, (day, month)) in &totals {
+        limiter.seed(scope, *day, *month, now_ms).await;
+    }
+    tracing::info!(scopes = totals.len(), "limits restored from recorded usage");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_text_matches_openai_style() {
+        assert_eq!(reset_text(20), "20ms");
+        assert_eq!(reset_text(1000), "1s");
+        assert_eq!(reset_text(1001), "2s");
+        assert_eq!(reset_text(360_000), "6m0s");
+    }
+}

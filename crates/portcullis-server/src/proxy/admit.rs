@@ -1,0 +1,79 @@
+//! Admission: the request's worst case is reserved against every limit that applies to the
+//! caller — key, team and global — all at once or not at all.
+
+use std::sync::Arc;
+
+use portcullis_config::Config;
+use portcullis_limits::{Demand, Price, RateHeaders};
+
+use super::body::{Operation, ParsedRequest};
+use super::demand::{self, Plan};
+use super::settle::{Settlement, unix_millis};
+use crate::error::ApiError;
+use crate::limits;
+use crate::principal::Principal;
+use crate::state::AppState;
+
+pub struct Admitted {
+    pub plan: Plan,
+    pub rate_headers: RateHeaders,
+    /// Higher is served first when the model server is saturated.
+    pub priority: i64,
+    pub settlement: Settlement,
+}
+
+pub async fn admit(
+    state: &AppState,
+    config: &Config,
+    principal: &Arc<Principal>,
+    request: &ParsedRequest,
+) -> Result<Admitted, ApiError> {
+    let plan = demand::plan(request, config.limits.default_max_tokens);
+    let price = price_of(config, &request.model);
+    let completion_bound = plan.completion_cap.saturating_mul(request.choices);
+    let demand = Demand { tokens: plan.worst_case_tokens, cost: price.cost(plan.prompt_bound, completion_bound) };
+
+    let team = match &principal.team {
+        Some(name) => state.teams().get(name).await.map_err(|error| {
+            tracing::error!(%error, "team lookup failed");
+            ApiError::Internal
+        })?,
+        None => None,
+    };
+    let scopes = limits::scopes_for(config, principal, team.as_deref());
+    let now = unix_millis(time::OffsetDateTime::now_utc());
+    let reservation = state.limiter().admit(&scopes, demand, now).await.map_err(|denial| {
+        state.metrics().denied(limits::scope_kind(&denial.scope), denial.limit.config_name());
+        limits::denial_error(&denial, oversized_param(request.operation))
+    })?;
+    let rate_headers = reservation.headers;
+    let priority = config.tiers.get(&principal.tier).map_or(0, |tier| tier.priority);
+    let settlement = Settlement {
+        limiter: state.limiter().clone(),
+        reservation,
+        recorder: state.recorder().clone(),
+        price,
+        key_id: principal.id.clone(),
+        team: principal.team.clone(),
+        model: request.model.clone(),
+        prompt_bound: plan.prompt_bound,
+        completion_bound,
+        streamed: request.stream,
+    };
+    Ok(Admitted { plan, rate_headers, priority, settlement })
+}
+
+pub fn price_of(config: &Config, model: &str) -> Price {
+    config
+        .model(model)
+        .map_or(Price::FREE, |model| Price::per_million(model.price.input_per_million, model.price.output_per_million))
+}
+
+/// The parameter a client lowers when its request is too big for a limit: the completion cap,
+/// or for embeddings the input.
+fn oversized_param(operation: Operation) -> &'static str {
+    match operation {
+        Operation::Chat | Operation::Completions => "max_tokens",
+        Operation::Embeddings => "input",
+    }
+}

@@ -1,0 +1,233 @@
+//! The response body on its way to the client, metered: it learns the real token usage (from
+//! the JSON body, or from the stream's usage chunk), strips the usage chunk the client did not
+//! ask for, stops a stream that runs past its reservation, and reports how it ended exactly once
+//! — also when the client hangs up and the body is dropped half-way.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use portcullis_types::openai::Usage;
+use serde::Deserialize;
+
+use super::sse::SseScanner;
+
+/// Non-streamed bodies are kept (as reference-counted frames, not copies) up to this size to
+/// read their `usage`; a larger body is relayed without it and billed as estimated.
+const MAX_JSON_BODY: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The upstream finished the response and all of it was relayed.
+    Complete,
+    /// The upstream connection failed or timed out mid-body.
+    UpstreamFailed,
+    /// The client went away before the end; the upstream request was dropped with it.
+    ClientGone,
+    /// The stream ran past the completion tokens reserved for it and was closed.
+    CutOff,
+}
+
+/// How a metered response ended and what it used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub ending: Ending,
+    /// The upstream's own `usage`, when it sent one.
+    pub reported: Option<Usage>,
+    /// Chunks of generated text relayed (streams only).
+    pub relayed_content: u64,
+}
+
+pub type OnFinish = Box<dyn FnOnce(Outcome) + Send>;
+
+enum Mode {
+    Json { parts: Vec<Bytes>, size: usize },
+    Stream { scanner: SseScanner, cap: Option<u64> },
+}
+
+pin_project! {
+    pub struct Metered<B> {
+        #[pin]
+        inner: B,
+        mode: Mode,
+        queue: VecDeque<Bytes>,
+        on_finish: Option<OnFinish>,
+        ended: bool,
+    }
+
+    impl<B> PinnedDrop for Metered<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if this.on_finish.is_some() {
+                finish(this.on_finish, this.mode, Ending::ClientGone);
+            }
+        }
+    }
+}
+
+impl<B> Metered<B> {
+    /// A plain JSON response; its `usage` is read at the end.
+    pub fn json(inner: B, on_finish: OnFinish) -> Self {
+        Self::new(inner, Mode::Json { parts: Vec::new(), size: 0 }, on_finish)
+    }
+
+    /// An SSE stream. `strip_usage_chunk` when the client did not ask for usage; `cap` is the
+    /// most content chunks to relay before the stream is cut.
+    pub fn stream(inner: B, strip_usage_chunk: bool, cap: Option<u64>, on_finish: OnFinish) -> Self {
+        Self::new(inner, Mode::Stream { scanner: SseScanner::new(strip_usage_chunk), cap }, on_finish)
+    }
+
+    fn new(inner: B, mode: Mode, on_finish: OnFinish) -> Self {
+        Metered { inner, mode, queue: VecDeque::new(), on_finish: Some(on_finish), ended: false }
+    }
+}
+
+impl<B> Body for Metered<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let mut this = self.project();
+        loop {
+            if let Some(bytes) = this.queue.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(bytes))));
+            }
+            if *this.ended {
+                return Poll::Ready(None);
+            }
+            let frame = match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(error)) => {
+                    *this.ended = true;
+                    finish(this.on_finish, this.mode, Ending::UpstreamFailed);
+                    return Poll::Ready(Some(Err(error)));
+                }
+                None => {
+                    *this.ended = true;
+                    finish(this.on_finish, this.mode, Ending::Complete);
+                    continue;
+                }
+            };
+            let data = match frame.into_data() {
+                Ok(data) => data,
+                Err(frame) => return Poll::Ready(Some(Ok(frame))),
+            };
+            match this.mode {
+                Mode::Json { parts, size } => {
+                    if *size + data.len() <= MAX_JSON_BODY {
+                        *size += data.len();
+                        parts.push(data.clone());
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Mode::Stream { scanner, cap } => {
+                    if scanner.push(data, this.queue, *cap) {
+                        *this.ended = true;
+                        finish(this.on_finish, this.mode, Ending::CutOff);
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended && self.queue.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.mode {
+            // A JSON body passes unchanged: its length stands.
+            Mode::Json { .. } => self.inner.size_hint(),
+            Mode::Stream { .. } => SizeHint::default(),
+        }
+    }
+}
+
+fn finish(on_finish: &mut Option<OnFinish>, mode: &Mode, ending: Ending) {
+    let Some(on_finish) = on_finish.take() else { return };
+    let outcome = match mode {
+        Mode::Json { parts, .. } => Outcome { ending, reported: json_usage(parts), relayed_content: 0 },
+        Mode::Stream { scanner, .. } => {
+            Outcome { ending, reported: scanner.tally.usage, relayed_content: scanner.tally.content_events }
+        }
+    };
+    on_finish(outcome);
+}
+
+#[derive(Deserialize)]
+struct UsageOnly {
+    usage: Option<Usage>,
+}
+
+fn json_usage(parts: &[Bytes]) -> Option<Usage> {
+    let body = match parts {
+        [one] => serde_json::from_slice::<UsageOnly>(one),
+        _ => serde_json::from_slice::<UsageOnly>(&parts.concat()),
+    };
+    body.ok()?.usage
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use http_body_util::{BodyExt, StreamBody};
+
+    use super::*;
+
+    type Frames = Vec<Result<Frame<Bytes>, std::io::Error>>;
+
+    fn body(chunks: &[&str]) -> impl Body<Data = Bytes, Error = std::io::Error> + use<> {
+        let frames: Frames = chunks.iter().map(|c| Ok(Frame::data(Bytes::copy_from_slice(c.as_bytes())))).collect();
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    fn recorder() -> (Arc<Mutex<Vec<Outcome>>>, OnFinish) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        (seen, Box::new(move |outcome| sink.lock().unwrap().push(outcome)))
+    }
+
+    #[tokio::test]
+    async fn json_usage_is_read_and_the_body_passes_unchanged() {
+        let (seen, on_finish) = recorder();
+        let text = r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
+        let metered = Metered::json(body(&[&text[..20], &text[20..]]), on_finish);
+        let relayed = metered.collect().await.unwrap().to_bytes();
+        assert_eq!(relayed, text.as_bytes());
+        let outcome = seen.lock().unwrap()[0];
+        assert_eq!(outcome.ending, Ending::Complete);
+        assert_eq!(outcome.reported.unwrap().completion_tokens, 4);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_stream_reports_once_that_the_client_left() {
+        let (seen, on_finish) = recorder();
+        let hello = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n";
+        let mut metered = Box::pin(Metered::stream(body(&[hello, hello, hello]), true, None, on_finish));
+        metered.frame().await.unwrap().unwrap();
+        drop(metered);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].ending, Ending::ClientGone);
+        assert_eq!(seen[0].relayed_content, 1);
+    }
+
+    #[tokio::test]
+    async fn a_stream_past_its_cap_is_cut_and_reported_once() {
+        let (seen, on_finish) = recorder();
+        let hello = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n";
+        let metered = Metered::stream(body(&[hello, hello, hello, "data: [DONE]\n\n"]), false, Some(2), on_finish);
+        let relayed = metered.collect().await.unwrap().to_bytes();
+        assert_eq!(relayed, [hello, hello].concat().as_bytes());
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].ending, Ending::CutOff);
+    }
+}

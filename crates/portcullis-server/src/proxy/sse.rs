@@ -1,0 +1,242 @@
+//! Reading an OpenAI server-sent-event stream as it passes: usage reports, generated chunks,
+//! and the one event Portcullis may remove (the usage chunk the client did not ask for).
+//!
+//! Events are relayed as slices of the frames they arrived in (no copy); only an event split
+//! across frames is joined, and only its bytes.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+use portcullis_types::openai::Usage;
+use serde::Deserialize;
+
+/// What the scanner learned from the events seen so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamTally {
+    /// Events that carried generated text: one token each for servers that stream token by
+    /// token (llama.cpp, vLLM, Ollama), a lower bound otherwise.
+    pub content_events: u64,
+    /// The `usage` object of the stream, if the upstream sent one.
+    pub usage: Option<Usage>,
+    /// Whether `data: [DONE]` went by.
+    pub done: bool,
+}
+
+#[derive(Debug)]
+pub struct SseScanner {
+    /// Drop the usage-only chunk: the gateway asked for it, the client did not.
+    strip_usage_chunk: bool,
+    /// Bytes of an event whose end has not arrived yet.
+    partial: BytesMut,
+    pub tally: StreamTally,
+}
+
+impl SseScanner {
+    pub fn new(strip_usage_chunk: bool) -> SseScanner {
+        SseScanner { strip_usage_chunk, partial: BytesMut::new(), tally: StreamTally::default() }
+    }
+
+    /// Takes one frame from upstream; pushes onto `out` the slices to relay, in order. Each
+    /// complete event is inspected; `max_content_events` stops relaying content past that count
+    /// and returns `true` once the cap is crossed.
+    pub fn push(&mut self, frame: Bytes, out: &mut VecDeque<Bytes>, max_content_events: Option<u64>) -> bool {
+        let buffer = if self.partial.is_empty() {
+            frame
+        } else {
+            self.partial.extend_from_slice(&frame);
+            self.partial.split().freeze()
+        };
+        let mut start = 0;
+        let mut kept_from = 0;
+        let mut capped = false;
+        while let Some(end) = event_end(&buffer[start..]).map(|len| start + len) {
+            let event = &buffer[start..end];
+            let keep = match self.inspect(event) {
+                Kind::UsageOnly => !self.strip_usage_chunk,
+                Kind::Content => {
+                    self.tally.content_events += 1;
+                    if max_content_events.is_some_and(|cap| self.tally.content_events > cap) {
+                        capped = true;
+                    }
+                    !capped
+                }
+                Kind::Other => true,
+            };
+            if !keep {
+                if kept_from < start {
+                    out.push_back(buffer.slice(kept_from..start));
+                }
+                kept_from = end;
+            }
+            start = end;
+            if capped {
+                return true;
+            }
+        }
+        if kept_from < start {
+            out.push_back(buffer.slice(kept_from..start));
+        }
+        if start < buffer.len() {
+            self.partial.extend_from_slice(&buffer[start..]);
+        }
+        false
+    }
+
+    fn inspect(&mut self, event: &[u8]) -> Kind {
+        let Some(data) = data_of(event) else { return Kind::Other };
+        if data == b"[DONE]" {
+            self.tally.done = true;
+            return Kind::Other;
+        }
+        // Parse only events that can carry usage; content is recognised without parsing.
+        if contains(data, b"\"usage\"")
+            && let Ok(chunk) = serde_json::from_slice::<ChunkUsage>(data)
+            && let Some(usage) = chunk.usage
+        {
+            self.tally.usage = Some(usage);
+            if chunk.choices.is_empty() {
+                return Kind::UsageOnly;
+            }
+        }
+        if has_text(data) { Kind::Content } else { Kind::Other }
+    }
+}
+
+enum Kind {
+    UsageOnly,
+    Content,
+    Other,
+}
+
+#[derive(Deserialize)]
+struct ChunkUsage {
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(default)]
+    choices: Vec<serde::de::IgnoredAny>,
+}
+
+/// Length of the first complete event (through its blank line), if one is complete.
+fn event_end(bytes: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    while let Some(newline) = bytes[at..].iter().position(|&b| b == b'\n') {
+        let line_end = at + newline + 1;
+        match bytes.get(line_end) {
+            Some(b'\n') => return Some(line_end + 1),
+            Some(b'\r') if bytes.get(line_end + 1) == Some(&b'\n') => return Some(line_end + 2),
+            _ => at = line_end,
+        }
+    }
+    None
+}
+
+/// The payload of the event's `data:` line (single-line data, as OpenAI-compatible servers send).
+fn data_of(event: &[u8]) -> Option<&[u8]> {
+    event.split(|&b| b == b'\n').find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let data = line.strip_prefix(b"data:")?;
+        Some(data.strip_prefix(b" ").unwrap_or(data))
+    })
+}
+
+/// Whether a chunk carries generated text: a `"content"` or `"text"` field holding a non-empty
+/// string.
+fn has_text(data: &[u8]) -> bool {
+    [&b"\"content\""[..], &b"\"text\""[..]].iter().any(|field| {
+        let mut rest = data;
+        while let Some(at) = find(rest, field) {
+            rest = &rest[at + field.len()..];
+            let value = rest.iter().skip_while(|b| b.is_ascii_whitespace() || **b == b':');
+            let mut value = value.copied();
+            if value.next() == Some(b'"') && value.next().is_some_and(|b| b != b'"') {
+                return true;
+            }
+        }
+        false
+    })
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    find(haystack, needle).is_some()
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|window| window == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROLE: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":null}}]}\n\n";
+    const HELLO: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello\"}}]}\n\n";
+    const WORLD: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\": \" world\"}}]}\n\n";
+    const USAGE: &str =
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}\n\n";
+    const DONE: &str = "data: [DONE]\n\n";
+
+    fn run(frames: &[&str], strip: bool, cap: Option<u64>) -> (String, SseScanner, bool) {
+        let mut scanner = SseScanner::new(strip);
+        let mut out = VecDeque::new();
+        let mut capped = false;
+        for frame in frames {
+            capped = scanner.push(Bytes::copy_from_slice(frame.as_bytes()), &mut out, cap);
+            if capped {
+                break;
+            }
+        }
+        let text = out.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+        (text, scanner, capped)
+    }
+
+    #[test]
+    fn relays_everything_and_reads_usage_when_the_client_asked() {
+        let (text, scanner, _) = run(&[ROLE, HELLO, WORLD, USAGE, DONE], false, None);
+        assert_eq!(text, [ROLE, HELLO, WORLD, USAGE, DONE].concat());
+        assert_eq!(scanner.tally.content_events, 2);
+        assert_eq!(scanner.tally.usage.unwrap().completion_tokens, 2);
+        assert!(scanner.tally.done);
+    }
+
+    #[test]
+    fn strips_only_the_usage_chunk_when_the_client_did_not_ask() {
+        let frame = [HELLO, USAGE, DONE].concat();
+        let (text, scanner, _) = run(&[ROLE, &frame], true, None);
+        assert_eq!(text, [ROLE, HELLO, DONE].concat());
+        assert_eq!(scanner.tally.usage.unwrap().prompt_tokens, 5, "usage is still read");
+    }
+
+    #[test]
+    fn events_split_across_frames_are_joined() {
+        let whole = [HELLO, USAGE, DONE].concat();
+        let pieces: Vec<&str> = vec![&whole[..7], &whole[7..40], &whole[40..90], &whole[90..]];
+        let (text, scanner, _) = run(&pieces, true, None);
+        assert_eq!(text, [HELLO, DONE].concat());
+        assert_eq!(scanner.tally.content_events, 1);
+    }
+
+    #[test]
+    fn relaying_stops_past_the_cap() {
+        let (text, scanner, capped) = run(&[ROLE, HELLO, WORLD, HELLO, DONE], false, Some(2));
+        assert!(capped);
+        assert_eq!(text, [ROLE, HELLO, WORLD].concat());
+        assert_eq!(scanner.tally.content_events, 3);
+    }
+
+    #[test]
+    fn crlf_events_and_completion_text_fields_are_understood() {
+        let event = "data: {\"choices\":[{\"text\":\"once\"}]}\r\n\r\n";
+        let (text, scanner, _) = run(&[event], false, None);
+        assert_eq!(text, event);
+        assert_eq!(scanner.tally.content_events, 1);
+    }
+
+    #[test]
+    fn frames_that_need_no_change_are_relayed_without_copy() {
+        let frame = Bytes::from_static(b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n");
+        let mut scanner = SseScanner::new(true);
+        let mut out = VecDeque::new();
+        scanner.push(frame.clone(), &mut out, None);
+        assert_eq!(out[0].as_ptr(), frame.as_ptr());
+    }
+}

@@ -1,0 +1,102 @@
+//! `GET /v1/usage` (Portcullis extension): the caller's own limits, what is left of them, and
+//! its spend this UTC day and month.
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, State};
+use axum::response::Response;
+use http::HeaderMap;
+use portcullis_auth::Scope as AuthScope;
+use portcullis_limits::{LimitState, Money, Scope};
+use portcullis_store::{UsageGrouping, UsageQuery};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use super::caller;
+use super::settle::unix_millis;
+use crate::access_log::AccessInfo;
+use crate::error::ApiError;
+use crate::limits::scopes_for;
+use crate::state::AppState;
+
+/// Any valid key may read its own usage; no scope is needed (it reveals nothing about others).
+pub async fn usage(State(state): State<AppState>, peer: ConnectInfo<SocketAddr>, headers: HeaderMap) -> Response {
+    let mut info = AccessInfo::default();
+    let result = async {
+        let principal = caller(&state, peer.0, &headers, None::<AuthScope>, &mut info).await?;
+        let config = state.runtime().config.clone();
+        let team = match &principal.team {
+            Some(name) => state.teams().get(name).await.map_err(|_| ApiError::Internal)?,
+            None => None,
+        };
+        let now = OffsetDateTime::now_utc();
+        let mut limits = Vec::new();
+        for (scope, scope_limits) in scopes_for(&config, &principal, team.as_deref()) {
+            let states = state.limiter().snapshot(&scope, &scope_limits, unix_millis(now)).await;
+            limits.push(
+                json!({ "scope": scope_name(&scope), "limits": states.iter().map(limit_json).collect::<Vec<_>>() }),
+            );
+        }
+        let spend = spend(&state, &principal.id, now).await?;
+        Ok::<_, ApiError>(Json(json!({
+            "object": "usage",
+            "key": { "id": principal.id, "team": principal.team, "tier": principal.tier },
+            "limits": limits,
+            "spend": spend,
+        })))
+    }
+    .await;
+    info.respond(result)
+}
+
+fn scope_name(scope: &Scope) -> Value {
+    match scope {
+        Scope::Global => json!({"kind": "global"}),
+        Scope::Team(name) => json!({"kind": "team", "id": name.as_ref()}),
+        Scope::Key(id) => json!({"kind": "key", "id": id.as_ref()}),
+    }
+}
+
+fn limit_json(state: &LimitState) -> Value {
+    let amount = |value: u64| if state.kind.is_money() { json!(Money(value).to_units()) } else { json!(value) };
+    json!({
+        "limit": state.kind.config_name(),
+        "max": amount(state.limit),
+        "used": amount(state.used),
+        "reserved": amount(state.reserved),
+        "remaining": amount(state.remaining),
+        "resets_in_ms": state.reset_ms,
+    })
+}
+
+/// Recorded usage (written within a second of each request's end) for today and this month.
+async fn spend(state: &AppState, key_id: &str, now: OffsetDateTime) -> Result<Value, ApiError> {
+    let today = now.replace_time(time::Time::MIDNIGHT);
+    let month = today.replace_day(1).unwrap_or(today);
+    let query = UsageQuery {
+        key_id: Some(key_id.to_string()),
+        team: None,
+        model: None,
+        since: month,
+        until: now,
+        group_by: UsageGrouping::Day,
+    };
+    let rows = state.stores().usage.usage_report(&query).await.map_err(|error| {
+        tracing::error!(%error, "usage report failed");
+        ApiError::Internal
+    })?;
+    let sum = |rows: &mut dyn Iterator<Item = &portcullis_store::UsageRow>| {
+        let (mut requests, mut tokens, mut cost) = (0u64, 0u64, 0u64);
+        for row in rows {
+            requests += row.requests;
+            tokens += row.prompt_tokens + row.completion_tokens;
+            cost += row.cost_pico;
+        }
+        json!({"requests": requests, "tokens": tokens, "cost": Money(cost).to_units()})
+    };
+    Ok(json!({
+        "today": sum(&mut rows.iter().filter(|row| row.bucket.is_some_and(|bucket| bucket >= today))),
+        "month": sum(&mut rows.iter()),
+    }))
+}
