@@ -26,8 +26,8 @@ use crate::{StartError, admin, limits, proxy, store};
 /// How often settled usage is written to the store: the most a crash can lose.
 const USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How often key use times are written back to the store.
-const LAST_USED_FLUSH_INTERVAL: Duration = Duration::from_secs(30);
+/// How often key use times are written back and idle limiter state is dropped.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
 
 /// A server whose store is ready and whose listeners are bound, not yet serving.
 #[derive(Debug)]
@@ -37,6 +37,7 @@ pub struct Server {
     admin: TcpListener,
     generated_admin_token: Option<Secret<String>>,
     recorder_task: RecorderTask,
+    memory_limiter: Arc<MemoryLimiter>,
 }
 
 impl Server {
@@ -58,7 +59,8 @@ impl Server {
         }
         let proxy = bind(config.server.listen).await?;
         let admin = bind(config.admin.listen).await?;
-        let limiter: Arc<dyn Limiter> = Arc::new(MemoryLimiter::new());
+        let memory_limiter = Arc::new(MemoryLimiter::new());
+        let limiter: Arc<dyn Limiter> = memory_limiter.clone();
         limits::seed_from_usage(limiter.as_ref(), stores.usage.as_ref(), OffsetDateTime::now_utc())
             .await
             .map_err(|error| StartError::Store(error.to_string()))?;
@@ -69,7 +71,7 @@ impl Server {
             Some(_) => None,
             None => first_admin_token(&stores, &state).await?,
         };
-        Ok(Server { state, proxy, admin, generated_admin_token, recorder_task })
+        Ok(Server { state, proxy, admin, generated_admin_token, recorder_task, memory_limiter })
     }
 
     pub fn proxy_addr(&self) -> std::io::Result<SocketAddr> {
@@ -101,7 +103,7 @@ impl Server {
             proxy_limits,
             stop.clone(),
         ));
-        let flusher = tokio::spawn(flush_last_used(self.state.clone(), stop.clone()));
+        let flusher = tokio::spawn(housekeeping(self.state.clone(), self.memory_limiter, stop.clone()));
         RunningServer { state: self.state, stop, proxy, admin, flusher, recorder_task: self.recorder_task }
     }
 }
@@ -188,22 +190,24 @@ impl RunningServer {
     }
 }
 
-/// Writes key use times back every so often, and once more on shutdown.
-async fn flush_last_used(state: AppState, stop: CancellationToken) {
+/// Every so often, and once more on shutdown: writes key use times back, and forgets limiter
+/// state that is as good as new (so the limiter holds only recently active callers).
+async fn housekeeping(state: AppState, limiter: Arc<MemoryLimiter>, stop: CancellationToken) {
     let mut since = 0;
     loop {
         let stopping = tokio::select! {
-            () = tokio::time::sleep(LAST_USED_FLUSH_INTERVAL) => false,
+            () = tokio::time::sleep(HOUSEKEEPING_INTERVAL) => false,
             () = stop.cancelled() => true,
         };
-        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let now = OffsetDateTime::now_utc();
         let uses = state.keys().used_since(since);
         if !uses.is_empty()
             && let Err(error) = state.stores().keys.touch_keys(&uses).await
         {
             tracing::warn!(%error, "could not record key use times");
         }
-        since = now;
+        since = now.unix_timestamp();
+        limiter.evict_idle(proxy::unix_millis(now));
         if stopping {
             return;
         }
