@@ -31,36 +31,39 @@ pub fn plan(request: &ParsedRequest, default_max_tokens: u64) -> Plan {
         return Plan { prompt_bound, completion_cap: 0, worst_case_tokens: prompt_bound, body: request.body.clone() };
     }
     let completion_cap = request.max_tokens.unwrap_or(default_max_tokens);
-    let mut additions: Vec<String> = Vec::new();
+    let mut additions: Vec<(&str, String)> = Vec::new();
     if request.max_tokens.is_none() {
-        additions.push(format!("\"max_tokens\":{completion_cap}"));
+        additions.push(("max_tokens", completion_cap.to_string()));
     }
-    let needs_usage_option = request.stream && !request.wants_stream_usage;
-    let body = if needs_usage_option && has_field(&request.body, "stream_options") {
-        // Rare: the client sent stream_options without include_usage; edit it properly.
-        set_include_usage(&request.body).unwrap_or_else(|| request.body.clone())
+    if request.stream && !request.wants_stream_usage {
+        additions.push(("stream_options", "{\"include_usage\":true}".to_string()));
+    }
+    // Prepending is safe only for fields the body does not have; a client's own
+    // `stream_options` (without include_usage) needs a real edit. Rare, so the slow path is fine.
+    let body = if additions.iter().any(|(name, _)| has_field(&request.body, name)) {
+        set_fields(&request.body, &additions).unwrap_or_else(|| request.body.clone())
     } else {
-        if needs_usage_option {
-            additions.push("\"stream_options\":{\"include_usage\":true}".to_string());
-        }
         prepend_fields(&request.body, &additions)
     };
     let worst_case_tokens = prompt_bound.saturating_add(completion_cap.saturating_mul(request.choices));
     Plan { prompt_bound, completion_cap, worst_case_tokens, body }
 }
 
-/// Inserts `fields` (already `"name":value`) right after the object's opening brace; the
-/// parser has checked the body is an object with at least `model` in it, so a comma follows.
-fn prepend_fields(body: &Bytes, fields: &[String]) -> Bytes {
+/// Inserts `fields` (name, JSON value) right after the object's opening brace; the parser has
+/// checked the body is an object with at least `model` in it, so a comma follows.
+fn prepend_fields(body: &Bytes, fields: &[(&str, String)]) -> Bytes {
     if fields.is_empty() {
         return body.clone();
     }
     let Some(brace) = body.iter().position(|&b| b == b'{') else { return body.clone() };
-    let extra: usize = fields.iter().map(|field| field.len() + 1).sum();
+    let extra: usize = fields.iter().map(|(name, value)| name.len() + value.len() + 4).sum();
     let mut out = BytesMut::with_capacity(body.len() + extra);
     out.put_slice(&body[..=brace]);
-    for field in fields {
-        out.put_slice(field.as_bytes());
+    for (name, value) in fields {
+        out.put_u8(b'"');
+        out.put_slice(name.as_bytes());
+        out.put_slice(b"\":");
+        out.put_slice(value.as_bytes());
         out.put_u8(b',');
     }
     out.put_slice(&body[brace + 1..]);
@@ -72,9 +75,12 @@ fn has_field(body: &[u8], name: &str) -> bool {
     body.windows(needle.len()).any(|window| window == needle.as_bytes())
 }
 
-fn set_include_usage(body: &Bytes) -> Option<Bytes> {
+fn set_fields(body: &Bytes, fields: &[(&str, String)]) -> Option<Bytes> {
     let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    value.as_object_mut()?.insert("stream_options".into(), serde_json::json!({"include_usage": true}));
+    let object = value.as_object_mut()?;
+    for (name, field) in fields {
+        object.insert((*name).to_string(), serde_json::from_str(field).ok()?);
+    }
     serde_json::to_vec(&value).ok().map(Bytes::from)
 }
 
@@ -114,9 +120,10 @@ mod tests {
         let (_, sent) =
             planned(Operation::Chat, json!({"model": "m", "messages": [], "stream": true, "max_tokens": 5}));
         assert_eq!(sent["stream_options"]["include_usage"], true);
-        let body = json!({"model": "m", "messages": [], "stream": true, "max_tokens": 5, "stream_options": {"include_usage": false}});
+        let body = json!({"model": "m", "messages": [], "stream": true, "stream_options": {"include_usage": false}});
         let (_, sent) = planned(Operation::Chat, body);
         assert_eq!(sent["stream_options"]["include_usage"], true);
+        assert_eq!(sent["max_tokens"], 100, "the default cap is written on the slow path too");
         let body = json!({"model": "m", "messages": [], "stream": true, "max_tokens": 5, "stream_options": {"include_usage": true}});
         let (plan, sent) = planned(Operation::Chat, body.clone());
         assert_eq!(sent, body);

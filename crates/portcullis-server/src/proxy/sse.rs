@@ -13,8 +13,8 @@ use serde::Deserialize;
 /// What the scanner learned from the events seen so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StreamTally {
-    /// Events that carried generated text: one token each for servers that stream token by
-    /// token (llama.cpp, vLLM, Ollama), a lower bound otherwise.
+    /// Relayed events that carried generated text: one token each for servers that stream
+    /// token by token (llama.cpp, vLLM, Ollama), a lower bound otherwise.
     pub content_events: u64,
     /// The `usage` object of the stream, if the upstream sent one.
     pub usage: Option<Usage>,
@@ -54,9 +54,10 @@ impl SseScanner {
             let keep = match self.inspect(event) {
                 Kind::UsageOnly => !self.strip_usage_chunk,
                 Kind::Content => {
-                    self.tally.content_events += 1;
-                    if max_content_events.is_some_and(|cap| self.tally.content_events > cap) {
-                        capped = true;
+                    // Only relayed chunks count: the one past the cap is neither sent nor billed.
+                    capped = max_content_events.is_some_and(|cap| self.tally.content_events >= cap);
+                    if !capped {
+                        self.tally.content_events += 1;
                     }
                     !capped
                 }
@@ -220,7 +221,7 @@ mod tests {
         let (text, scanner, capped) = run(&[ROLE, HELLO, WORLD, HELLO, DONE], false, Some(2));
         assert!(capped);
         assert_eq!(text, [ROLE, HELLO, WORLD].concat());
-        assert_eq!(scanner.tally.content_events, 3);
+        assert_eq!(scanner.tally.content_events, 2, "the chunk past the cap is not counted");
     }
 
     #[test]
