@@ -134,21 +134,60 @@ pub enum AuditDurability {
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     pub durability: AuditDurability,
+    /// An extra JSON Lines sink with the same records.
     pub file: Option<String>,
+    /// Also write every record as a JSON line to standard output (for containers).
+    pub stdout: bool,
+    /// This node's name in its records; one hash chain per node. Default: the host name.
+    pub node: Option<String>,
+    /// Where records go while the store is unreachable, to be replayed into it once it is back.
+    pub spill_file: String,
+    /// Records older than this are deleted (a checkpoint keeps what remains verifiable).
+    pub retention: Option<ConfigDuration>,
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        Self { durability: AuditDurability::Async, file: None }
+        Self {
+            durability: AuditDurability::Async,
+            file: None,
+            stdout: false,
+            node: None,
+            spill_file: "portcullis-audit-spill.jsonl".into(),
+            retention: None,
+        }
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityConfig {
     /// When set, key and token hashes are HMAC-SHA-256 with this pepper instead of SHA-256,
     /// so a stolen database alone cannot confirm a guessed key.
     pub key_pepper: Option<Secret<String>>,
+    /// Failed authentications from one client address within `auth_failure_window` that get
+    /// the address blocked; 0 turns blocking off.
+    pub auth_failure_limit: u32,
+    pub auth_failure_window: ConfigDuration,
+    /// How long a blocked address is refused (429 with `Retry-After`).
+    pub block_duration: ConfigDuration,
+    /// A key whose requests in one minute exceed this many times its own recent per-minute
+    /// average (and at least `anomaly_min_requests`) produces an `anomaly` audit record.
+    pub anomaly_factor: f64,
+    pub anomaly_min_requests: u32,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            key_pepper: None,
+            auth_failure_limit: 20,
+            auth_failure_window: ConfigDuration(Duration::from_secs(60)),
+            block_duration: ConfigDuration(Duration::from_secs(300)),
+            anomaly_factor: 10.0,
+            anomaly_min_requests: 60,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -28,6 +28,13 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
             &format!("names tier {:?}, which is not defined under [tiers]", config.limits.default_tier),
         );
     }
+    let factor = config.security.anomaly_factor;
+    if !factor.is_finite() || factor < 1.0 {
+        return invalid("security.anomaly_factor", "must be a number of at least 1");
+    }
+    if config.audit.node.as_ref().is_some_and(|node| node.is_empty() || node.len() > 64) {
+        return invalid("audit.node", "must be 1-64 characters");
+    }
     for (name, tier) in &config.tiers {
         validate_tier(name, tier)?;
     }

@@ -1,11 +1,18 @@
-//! One log line and one metrics sample per request, on both listeners.
+//! One log line, one metrics sample and one audit record per request, on both listeners.
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use http::header;
+use portcullis_audit::AuditEvent;
+use portcullis_store::{AuditDecision, AuditKind};
+use time::OffsetDateTime;
+
+use crate::audit::DeferredAudit;
 use crate::error::ApiError;
 use crate::request_id::RequestId;
 use crate::state::AppState;
@@ -18,6 +25,7 @@ pub struct AccessInfo {
     pub team: Option<String>,
     pub model: Option<String>,
     pub upstream: Option<String>,
+    pub stream: bool,
 }
 
 impl AccessInfo {
@@ -45,6 +53,11 @@ async fn record(listener: &'static str, state: AppState, request: Request, next:
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let request_id = request.extensions().get::<RequestId>().cloned();
+    let client_ip = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|peer| crate::proxy::client_ip(peer.0, request.headers(), &state.runtime().config.server.trusted_proxies));
+    let user_agent = request.headers().get(header::USER_AGENT).and_then(|value| value.to_str().ok()).map(short);
     let in_flight = state.metrics().in_flight(listener);
     in_flight.inc();
     let response = next.run(request).await;
@@ -52,7 +65,8 @@ async fn record(listener: &'static str, state: AppState, request: Request, next:
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     let info = response.extensions().get::<AccessInfo>().cloned().unwrap_or_default();
-    let error = response.extensions().get::<ApiError>().map(|error| error.kind_and_code().1);
+    let error = response.extensions().get::<ApiError>().cloned();
+    let code = error.as_ref().map(|error| error.kind_and_code().1);
     state.metrics().record(listener, info.model.as_deref().unwrap_or(""), status, elapsed);
     tracing::info!(
         target: "portcullis::access",
@@ -66,7 +80,61 @@ async fn record(listener: &'static str, state: AppState, request: Request, next:
         team = info.team,
         model = info.model,
         upstream = info.upstream,
-        error,
+        error = code,
     );
+    if !is_audited(listener, &path, status) {
+        return response;
+    }
+    let (decision, reason) = decision(status, error.as_ref(), info.upstream.is_some());
+    let mut event = AuditEvent::new(OffsetDateTime::now_utc(), kind_of(listener), decision, status);
+    event.request_id = request_id.map(|id| id.as_str().to_string());
+    event.key_id = info.principal;
+    event.team = info.team;
+    event.client_ip = client_ip.map(|ip| ip.to_string());
+    event.method = Some(method.to_string());
+    event.path = Some(path);
+    event.model = info.model;
+    event.upstream = info.upstream;
+    event.reason = reason;
+    event.stream = info.stream;
+    event.latency_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    event.user_agent = user_agent;
+    match response.extensions().get::<DeferredAudit>() {
+        // The body is still to come: its settlement completes and submits this record.
+        Some(deferred) => deferred.park(event, started),
+        None => state.auditor().record(event).await,
+    }
     response
+}
+
+/// Every proxy request but health probes; on the admin listener only refusals (successful
+/// changes are recorded by their handlers, with what they changed; reads are not recorded).
+fn is_audited(listener: &str, path: &str, status: u16) -> bool {
+    if matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        return false;
+    }
+    listener == "proxy" || status >= 400
+}
+
+fn kind_of(listener: &str) -> AuditKind {
+    if listener == "proxy" { AuditKind::Request } else { AuditKind::Admin }
+}
+
+/// Allowed; refused by the gateway (with its error code); or allowed but failed upstream.
+fn decision(status: u16, error: Option<&ApiError>, reached_upstream: bool) -> (AuditDecision, Option<String>) {
+    match error {
+        Some(error) => {
+            let (kind, code) = error.kind_and_code();
+            let decision = if kind == "upstream_error" { AuditDecision::Error } else { AuditDecision::Deny };
+            (decision, Some(code.to_string()))
+        }
+        None if status >= 400 && reached_upstream => (AuditDecision::Error, Some("upstream_status".into())),
+        None if status >= 400 => (AuditDecision::Deny, None),
+        None => (AuditDecision::Allow, None),
+    }
+}
+
+/// Client-supplied text kept to a sane length.
+fn short(text: &str) -> String {
+    text.chars().take(256).collect()
 }

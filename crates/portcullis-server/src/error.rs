@@ -40,6 +40,10 @@ pub enum ApiError {
     Overloaded {
         retry_after_secs: u64,
     },
+    /// Too many failed authentications from this client address.
+    ClientBlocked {
+        retry_after_secs: u64,
+    },
     /// A rate or concurrency limit: retry shortly.
     RateLimited {
         message: String,
@@ -78,7 +82,9 @@ impl ApiError {
     pub fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. } | ApiError::RequestExceedsLimit { .. } => StatusCode::BAD_REQUEST,
-            ApiError::RateLimited { .. } | ApiError::InsufficientQuota { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. } | ApiError::InsufficientQuota { .. } | ApiError::ClientBlocked { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::InvalidApiKey
             | ApiError::InvalidAdminToken
@@ -106,6 +112,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => ("invalid_request_error", "invalid_request"),
             ApiError::RequestExceedsLimit { .. } => ("invalid_request_error", "request_exceeds_limit"),
             ApiError::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
+            ApiError::ClientBlocked { .. } => ("rate_limit_error", "client_blocked"),
             ApiError::InsufficientQuota { .. } => ("rate_limit_error", "insufficient_quota"),
             ApiError::RequestTooLarge { .. } => ("invalid_request_error", "request_too_large"),
             ApiError::InvalidApiKey => ("authentication_error", "invalid_api_key"),
@@ -134,6 +141,9 @@ impl ApiError {
             | ApiError::RequestExceedsLimit { message, .. }
             | ApiError::RateLimited { message, .. }
             | ApiError::InsufficientQuota { message, .. } => message.clone(),
+            ApiError::ClientBlocked { retry_after_secs } => {
+                format!("Too many failed authentications from this address; retry after {retry_after_secs}s.")
+            }
             ApiError::RequestTooLarge { limit } => format!("Request body is larger than the {limit}-byte limit."),
             ApiError::InvalidApiKey => {
                 "Missing or invalid API key. Send it as 'Authorization: Bearer <key>' or 'x-api-key'.".into()
@@ -172,7 +182,8 @@ impl ApiError {
         match self {
             ApiError::Overloaded { retry_after_secs }
             | ApiError::RateLimited { retry_after_secs, .. }
-            | ApiError::InsufficientQuota { retry_after_secs, .. } => Some(*retry_after_secs),
+            | ApiError::InsufficientQuota { retry_after_secs, .. }
+            | ApiError::ClientBlocked { retry_after_secs } => Some(*retry_after_secs),
             _ => None,
         }
     }

@@ -3,6 +3,7 @@
 
 mod access_log;
 mod admin;
+mod audit;
 mod bearer;
 mod error;
 mod health;
@@ -10,9 +11,11 @@ mod key_cache;
 mod limits;
 mod listener;
 mod metrics;
+mod misuse;
 mod principal;
 mod proxy;
 mod request_id;
+mod security;
 mod server;
 mod state;
 mod store;

@@ -44,6 +44,12 @@ pub struct Metrics {
     latency: Family<ModelLabels, Histogram>,
     in_flight: Family<ListenerLabels, Gauge<i64, AtomicI64>>,
     denials: Family<DenialLabels, Counter>,
+    security_events: Family<EventLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EventLabels {
+    event: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -75,8 +81,14 @@ impl Metrics {
         );
         let denials = Family::default();
         registry.register("limit_denials", "Requests refused by a limit, by scope kind and limit", denials.clone());
+        let security_events = Family::default();
+        registry.register(
+            "security_events",
+            "Blocked client addresses and key rate anomalies",
+            security_events.clone(),
+        );
         registry.register_collector(Box::new(UpstreamCollector { runtime }));
-        Metrics { registry, requests, latency, in_flight, denials }
+        Metrics { registry, requests, latency, in_flight, denials, security_events }
     }
 
     pub fn record(&self, listener: &'static str, model: &str, status: u16, elapsed: Duration) {
@@ -92,6 +104,10 @@ impl Metrics {
 
     pub fn denied(&self, scope: &'static str, limit: &'static str) {
         self.denials.get_or_create(&DenialLabels { scope, limit }).inc();
+    }
+
+    pub fn security_event(&self, event: &'static str) {
+        self.security_events.get_or_create(&EventLabels { event }).inc();
     }
 
     pub fn render(&self) -> String {

@@ -20,6 +20,10 @@ use portcullis_limits::{Limiter, MemoryLimiter};
 use crate::admin::auth::{AdminAuth, MIN_BOOTSTRAP_TOKEN_LEN};
 use crate::listener::{self, HeadLimits};
 use crate::state::{AppState, Runtime};
+use portcullis_audit::{AuditWriter, Durability, WriterConfig, WriterTask};
+use portcullis_config::AuditDurability;
+
+use crate::audit::Auditor;
 use crate::usage::{RecorderTask, UsageRecorder};
 use crate::{StartError, admin, limits, proxy, store};
 
@@ -37,6 +41,7 @@ pub struct Server {
     admin: TcpListener,
     generated_admin_token: Option<Secret<String>>,
     recorder_task: RecorderTask,
+    audit_task: WriterTask,
     memory_limiter: Arc<MemoryLimiter>,
 }
 
@@ -65,13 +70,17 @@ impl Server {
             .await
             .map_err(|error| StartError::Store(error.to_string()))?;
         let (recorder, recorder_task) = UsageRecorder::start(stores.usage.clone(), USAGE_FLUSH_INTERVAL);
-        let state =
-            AppState::new(config, stores.clone(), AdminAuth::new(bootstrap_token.as_deref()), limiter, recorder);
+        let (audit_handle, audit_task) = AuditWriter::start(writer_config(&config), stores.audit.clone())
+            .await
+            .map_err(|error| StartError::Store(format!("audit log: {error}")))?;
+        let auditor = Auditor::new(audit_handle);
+        let admin_auth = AdminAuth::new(bootstrap_token.as_deref());
+        let state = AppState::new(config, stores.clone(), admin_auth, limiter, recorder, auditor);
         let generated_admin_token = match bootstrap_token {
             Some(_) => None,
             None => first_admin_token(&stores, &state).await?,
         };
-        Ok(Server { state, proxy, admin, generated_admin_token, recorder_task, memory_limiter })
+        Ok(Server { state, proxy, admin, generated_admin_token, recorder_task, audit_task, memory_limiter })
     }
 
     pub fn proxy_addr(&self) -> std::io::Result<SocketAddr> {
@@ -104,8 +113,44 @@ impl Server {
             stop.clone(),
         ));
         let flusher = tokio::spawn(housekeeping(self.state.clone(), self.memory_limiter, stop.clone()));
-        RunningServer { state: self.state, stop, proxy, admin, flusher, recorder_task: self.recorder_task }
+        RunningServer {
+            state: self.state,
+            stop,
+            proxy,
+            admin,
+            flusher,
+            recorder_task: self.recorder_task,
+            audit_task: self.audit_task,
+        }
     }
+}
+
+fn writer_config(config: &Config) -> WriterConfig {
+    let audit = &config.audit;
+    let mut writer = WriterConfig::new(node_name(config), &audit.spill_file);
+    writer.durability = durability(config);
+    writer.file_sink = audit.file.as_ref().map(Into::into);
+    writer.stdout_sink = audit.stdout;
+    writer
+}
+
+fn durability(config: &Config) -> Durability {
+    match config.audit.durability {
+        AuditDurability::Async => Durability::Async,
+        AuditDurability::Sync => Durability::Sync,
+    }
+}
+
+/// `audit.node`, else the host name: one hash chain per running node.
+fn node_name(config: &Config) -> String {
+    config.audit.node.clone().unwrap_or_else(|| {
+        std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|name| name.trim().to_string())
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "portcullis".to_string())
+    })
 }
 
 async fn bind(address: SocketAddr) -> Result<TcpListener, StartError> {
@@ -142,6 +187,7 @@ pub struct RunningServer {
     admin: JoinHandle<hyper_util::server::graceful::GracefulShutdown>,
     flusher: JoinHandle<()>,
     recorder_task: RecorderTask,
+    audit_task: WriterTask,
 }
 
 impl RunningServer {
@@ -186,12 +232,17 @@ impl RunningServer {
         if let Err(error) = self.recorder_task.shutdown().await {
             tracing::error!(%error, "usage not fully written at shutdown");
         }
+        // Every request has ended and submitted its record: drain the writer.
+        if let Err(error) = self.audit_task.shutdown().await {
+            tracing::error!(%error, "audit log not fully written at shutdown");
+        }
         drained
     }
 }
 
-/// Every so often, and once more on shutdown: writes key use times back, and forgets limiter
-/// state that is as good as new (so the limiter holds only recently active callers).
+/// Every so often, and once more on shutdown: writes key use times back, forgets limiter state
+/// that is as good as new (so the limiter holds only recently active callers), and deletes
+/// audit records past `audit.retention`.
 async fn housekeeping(state: AppState, limiter: Arc<MemoryLimiter>, stop: CancellationToken) {
     let mut since = 0;
     loop {
@@ -208,6 +259,13 @@ async fn housekeeping(state: AppState, limiter: Arc<MemoryLimiter>, stop: Cancel
         }
         since = now.unix_timestamp();
         limiter.evict_idle(proxy::unix_millis(now));
+        if let Some(retention) = state.runtime().config.audit.retention {
+            match state.stores().audit.delete_audit_before(now - retention.0).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, "audit records past retention deleted"),
+                Err(error) => tracing::warn!(%error, "audit retention failed"),
+            }
+        }
         if stopping {
             return;
         }

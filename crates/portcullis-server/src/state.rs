@@ -13,8 +13,10 @@ use portcullis_upstream::Upstreams;
 use portcullis_limits::Limiter;
 
 use crate::admin::auth::AdminAuth;
+use crate::audit::Auditor;
 use crate::key_cache::KeyCache;
 use crate::metrics::Metrics;
+use crate::misuse::Misuse;
 use crate::team_cache::TeamCache;
 use crate::usage::UsageRecorder;
 
@@ -52,6 +54,8 @@ struct Inner {
     /// Outlives reloads: counters must not reset when the configuration changes.
     limiter: Arc<dyn Limiter>,
     recorder: UsageRecorder,
+    misuse: Misuse,
+    auditor: Auditor,
     hasher: SecretHasher,
     metrics: Metrics,
     admin_auth: AdminAuth,
@@ -67,8 +71,10 @@ impl AppState {
         admin_auth: AdminAuth,
         limiter: Arc<dyn Limiter>,
         recorder: UsageRecorder,
+        auditor: Auditor,
     ) -> AppState {
         let hasher = SecretHasher::new(config.security.key_pepper.as_ref().map(|pepper| pepper.expose().as_str()));
+        let misuse = Misuse::new(&config.security);
         let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(config)));
         let metrics = Metrics::new(runtime.clone());
         let keys = KeyCache::new(stores.keys.clone());
@@ -81,6 +87,8 @@ impl AppState {
                 teams,
                 limiter,
                 recorder,
+                misuse,
+                auditor,
                 hasher,
                 metrics,
                 admin_auth,
@@ -119,6 +127,14 @@ impl AppState {
         &self.inner.recorder
     }
 
+    pub fn auditor(&self) -> &Auditor {
+        &self.inner.auditor
+    }
+
+    pub fn misuse(&self) -> &Misuse {
+        &self.inner.misuse
+    }
+
     pub fn hasher(&self) -> &SecretHasher {
         &self.inner.hasher
     }
@@ -141,5 +157,18 @@ impl AppState {
 
     pub fn is_draining(&self) -> bool {
         self.inner.draining.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+impl AppState {
+    /// A state for in-process router tests: an in-memory limiter and an audit writer (its spill
+    /// file in a fresh temporary directory) on `stores`.
+    pub async fn for_tests(config: Config, stores: Stores, admin_auth: AdminAuth, recorder: UsageRecorder) -> AppState {
+        let spill = std::env::temp_dir().join(format!("portcullis-test-spill-{}.jsonl", ulid::Ulid::new()));
+        let writer = portcullis_audit::WriterConfig::new("test-node", spill);
+        let (handle, _writer_task) = portcullis_audit::AuditWriter::start(writer, stores.audit.clone()).await.unwrap();
+        let limiter = Arc::new(portcullis_limits::MemoryLimiter::new());
+        AppState::new(config, stores, admin_auth, limiter, recorder, Auditor::new(handle))
     }
 }

@@ -4,6 +4,7 @@
 //! hot path reads through caches. Every call runs on tokio's blocking pool so a slow disk never
 //! stalls an async worker.
 
+mod audit;
 mod codec;
 mod error;
 mod keys;

@@ -16,7 +16,11 @@ struct Migration {
 }
 
 /// Append only: an applied migration is never edited, a change is a new migration.
-const MIGRATIONS: &[Migration] = &[Migration { version: 1, sql: INITIAL }, Migration { version: 2, sql: USAGE }];
+const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, sql: INITIAL },
+    Migration { version: 2, sql: USAGE },
+    Migration { version: 3, sql: AUDIT },
+];
 
 /// Secrets live apart from keys, so a rotated key keeps its old secrets until their grace ends.
 /// Only SHA-256 hashes are stored, never secrets. Lists, limits and metadata are JSON text;
@@ -94,6 +98,58 @@ CREATE TABLE usage_hourly (
 
 CREATE INDEX usage_hourly_by_team ON usage_hourly (team, hour);
 CREATE INDEX usage_hourly_by_key ON usage_hourly (key_id, hour);
+";
+
+/// The audit log: one column per `AuditRecord` field, so filters use indexes and a row can be
+/// read (or, in a tamper test, edited) with plain SQL. `ts` is unix milliseconds; unsigned
+/// counts are stored bit for bit in SQLite's signed integers (see `audit.rs`), so every value
+/// reads back exactly and verification can recompute each hash. Not `WITHOUT ROWID`: rows that
+/// carry content can be large. `audit_by_ts` also holds `node, seq` so the query order needs no
+/// sort. `audit_checkpoints` keeps, per node, the last record retention deleted.
+const AUDIT: &str = "
+CREATE TABLE audit_log (
+    node              TEXT NOT NULL,
+    seq               INTEGER NOT NULL,
+    ts                INTEGER NOT NULL,
+    kind              TEXT NOT NULL,
+    request_id        TEXT,
+    key_id            TEXT,
+    subject           TEXT,
+    team              TEXT,
+    admin_token_id    TEXT,
+    client_ip         TEXT,
+    method            TEXT,
+    path              TEXT,
+    model             TEXT,
+    upstream          TEXT,
+    status            INTEGER NOT NULL,
+    decision          TEXT NOT NULL,
+    reason            TEXT,
+    target            TEXT,
+    stream            INTEGER NOT NULL,
+    latency_ms        INTEGER NOT NULL,
+    ttfb_ms           INTEGER,
+    prompt_tokens     INTEGER,
+    completion_tokens INTEGER,
+    usage_estimated   INTEGER NOT NULL,
+    cost_pico         INTEGER,
+    user_agent        TEXT,
+    content           TEXT,
+    prev_hash         TEXT NOT NULL,
+    hash              TEXT NOT NULL,
+    PRIMARY KEY (node, seq)
+) STRICT;
+
+CREATE INDEX audit_by_ts ON audit_log (ts, node, seq);
+CREATE INDEX audit_by_key ON audit_log (key_id, ts);
+CREATE INDEX audit_by_team ON audit_log (team, ts);
+CREATE INDEX audit_by_request ON audit_log (request_id);
+
+CREATE TABLE audit_checkpoints (
+    node TEXT PRIMARY KEY NOT NULL,
+    seq  INTEGER NOT NULL,
+    hash TEXT NOT NULL
+) STRICT;
 ";
 
 #[async_trait]

@@ -1,5 +1,5 @@
-//! What Portcullis keeps: API keys (with their secret hashes), teams, admin tokens and hourly
-//! usage roll-ups.
+//! What Portcullis keeps: API keys (with their secret hashes), teams, admin tokens, hourly
+//! usage roll-ups and the audit log.
 //!
 //! The traits here hold no SQL types; each backend crate implements them with its own
 //! migrations, and every backend must pass [`conformance::run_story`].
@@ -86,6 +86,33 @@ pub fn usage_hour(at: OffsetDateTime) -> OffsetDateTime {
     at.replace_time(time::Time::from_hms(at.hour(), 0, 0).unwrap_or(time::Time::MIDNIGHT))
 }
 
+/// The audit log. Records arrive already numbered and hashed by their node's writer; the store
+/// keeps them, finds them, and never changes them (retention aside).
+#[async_trait]
+pub trait AuditStore: Send + Sync + 'static {
+    /// Stores a batch in one transaction. A record whose `(node, seq)` is already stored is
+    /// skipped, so replaying a batch (after a crash or from the spill file) stores it once.
+    async fn append_audit(&self, records: &[AuditRecord]) -> StoreResult<()>;
+    /// The newest record of a node's chain, `(seq, hash)`, to continue the chain after a restart.
+    async fn last_audit(&self, node: &str) -> StoreResult<Option<(u64, String)>>;
+    /// Records matching `filter`, oldest first (by `ts`, node, seq), after `cursor`, at most `limit`.
+    async fn query_audit(
+        &self,
+        filter: &AuditFilter,
+        cursor: Option<&AuditCursor>,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditRecord>>;
+    /// One node's chain in `seq` order, from `after_seq` (exclusive), at most `limit`: for
+    /// verification, which must see rows exactly as stored.
+    async fn audit_chain(&self, node: &str, after_seq: u64, limit: usize) -> StoreResult<Vec<AuditRecord>>;
+    /// Every node that has records or a checkpoint.
+    async fn audit_nodes(&self) -> StoreResult<Vec<String>>;
+    async fn audit_checkpoint(&self, node: &str) -> StoreResult<Option<AuditCheckpoint>>;
+    /// Deletes records older than `before` and, in the same transaction, moves each affected
+    /// node's checkpoint to its last deleted record. Returns how many were deleted.
+    async fn delete_audit_before(&self, before: OffsetDateTime) -> StoreResult<u64>;
+}
+
 /// The schema housekeeping every backend does.
 #[async_trait]
 pub trait Migrator: Send + Sync + 'static {
@@ -102,6 +129,7 @@ pub struct Stores {
     pub teams: Arc<dyn TeamStore>,
     pub tokens: Arc<dyn AdminTokenStore>,
     pub usage: Arc<dyn UsageStore>,
+    pub audit: Arc<dyn AuditStore>,
     pub migrator: Arc<dyn Migrator>,
 }
 
@@ -115,13 +143,14 @@ impl Stores {
     /// All traits from one backend value.
     pub fn from_backend<B>(backend: Arc<B>) -> Stores
     where
-        B: KeyStore + TeamStore + AdminTokenStore + UsageStore + Migrator,
+        B: KeyStore + TeamStore + AdminTokenStore + UsageStore + AuditStore + Migrator,
     {
         Stores {
             keys: backend.clone(),
             teams: backend.clone(),
             tokens: backend.clone(),
             usage: backend.clone(),
+            audit: backend.clone(),
             migrator: backend,
         }
     }

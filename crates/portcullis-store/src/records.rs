@@ -208,3 +208,98 @@ pub struct UsageRow {
     pub cost_pico: u64,
     pub estimated_requests: u64,
 }
+
+/// One audit record: a proxied request (allowed or denied), an admin action, or a security
+/// event. Never holds a secret. `prev_hash`/`hash` chain the records of one node:
+/// `hash = SHA-256(prev_hash ‖ canonical encoding of every other field)` (see `portcullis-audit`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AuditRecord {
+    /// Position in its node's chain, from 1, without gaps.
+    pub seq: u64,
+    /// When the request ended (or the action happened), UTC, millisecond precision.
+    #[serde(with = "time::serde::rfc3339")]
+    pub ts: OffsetDateTime,
+    pub node: String,
+    pub kind: AuditKind,
+    pub request_id: Option<String>,
+    /// API key id of a proxied request's caller.
+    pub key_id: Option<String>,
+    /// Token subject, for OAuth callers.
+    pub subject: Option<String>,
+    pub team: Option<String>,
+    /// Admin token id behind an admin action.
+    pub admin_token_id: Option<String>,
+    pub client_ip: Option<String>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub model: Option<String>,
+    pub upstream: Option<String>,
+    pub status: u16,
+    pub decision: AuditDecision,
+    /// Why: the error code of a denial or failure (`invalid_api_key`, `insufficient_quota`…), an
+    /// admin action's name (`key.revoke`), a security event's (`client_blocked`, `anomaly`).
+    pub reason: Option<String>,
+    /// What an admin action changed (a key id, a team name).
+    pub target: Option<String>,
+    pub stream: bool,
+    pub latency_ms: u64,
+    pub ttfb_ms: Option<u64>,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    pub usage_estimated: bool,
+    /// Cost in pico-units (10⁻¹² currency units).
+    pub cost_pico: Option<u64>,
+    pub user_agent: Option<String>,
+    /// Prompt and completion, only for teams or keys that opted in, redacted before storage.
+    pub content: Option<String>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditKind {
+    Request,
+    Admin,
+    Security,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditDecision {
+    Allow,
+    Deny,
+    /// Allowed, but the model server failed.
+    Error,
+}
+
+/// What part of the log to read; every field narrows it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditFilter {
+    pub since: Option<OffsetDateTime>,
+    pub until: Option<OffsetDateTime>,
+    pub node: Option<String>,
+    pub key_id: Option<String>,
+    pub team: Option<String>,
+    pub model: Option<String>,
+    pub status: Option<u16>,
+    pub decision: Option<AuditDecision>,
+    pub kind: Option<AuditKind>,
+    pub request_id: Option<String>,
+}
+
+/// Where a page of query results ends: continue after this record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditCursor {
+    pub ts: OffsetDateTime,
+    pub node: String,
+    pub seq: u64,
+}
+
+/// The last record retention deleted from a node's chain, so what remains still verifies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditCheckpoint {
+    pub node: String,
+    pub seq: u64,
+    pub hash: String,
+}

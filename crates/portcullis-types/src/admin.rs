@@ -283,3 +283,125 @@ pub struct UsageView {
     /// Requests whose token counts were estimated because the upstream reported none.
     pub estimated_requests: u64,
 }
+
+/// One audit record as `GET /admin/v1/audit` and its JSON Lines export show it: the stored
+/// record's fields (absent ones as `null`), with `cost` in currency units next to the exact
+/// `cost_pico` (10⁻¹² units) the record's hash covers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditView {
+    pub seq: u64,
+    /// RFC 3339, UTC, to the millisecond.
+    #[serde(with = "time::serde::rfc3339")]
+    pub ts: OffsetDateTime,
+    pub node: String,
+    /// `request`, `admin` or `security`.
+    pub kind: String,
+    #[serde(default)]
+    pub request_id: Option<String>,
+    #[serde(default)]
+    pub key_id: Option<String>,
+    #[serde(default)]
+    pub subject: Option<String>,
+    #[serde(default)]
+    pub team: Option<String>,
+    #[serde(default)]
+    pub admin_token_id: Option<String>,
+    #[serde(default)]
+    pub client_ip: Option<String>,
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub upstream: Option<String>,
+    pub status: u16,
+    /// `allow`, `deny` or `error` (allowed, but the model server failed).
+    pub decision: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub target: Option<String>,
+    pub stream: bool,
+    pub latency_ms: u64,
+    #[serde(default)]
+    pub ttfb_ms: Option<u64>,
+    #[serde(default)]
+    pub prompt_tokens: Option<u64>,
+    #[serde(default)]
+    pub completion_tokens: Option<u64>,
+    pub usage_estimated: bool,
+    /// In the currency units of the configured prices (display only).
+    #[serde(default)]
+    pub cost: Option<f64>,
+    #[serde(default)]
+    pub cost_pico: Option<u64>,
+    #[serde(default)]
+    pub user_agent: Option<String>,
+    #[serde(default)]
+    pub content: Option<String>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// A page of `GET /admin/v1/audit`: oldest first. `next_cursor`, when present, reads on after the
+/// page's last record (send it back as `cursor`); it is `null` when the page is empty. A page
+/// shorter than the `limit` asked for reached the end of what is stored so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditPage {
+    pub data: Vec<AuditView>,
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /admin/v1/audit/verify`: every node's chain checked from its first record (or from its
+/// retention checkpoint). `ok` only when every chain verifies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditVerifyView {
+    pub ok: bool,
+    pub nodes: Vec<AuditNodeVerifyView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditNodeVerifyView {
+    pub node: String,
+    /// Records whose hash was recomputed.
+    pub records_checked: u64,
+    /// The seq of the last record that verified: the checkpoint's seq, or 0, when none did.
+    pub last_seq: u64,
+    /// The seq of the retention checkpoint verification started from (`null`: from seq 1).
+    #[serde(default)]
+    pub from_checkpoint: Option<u64>,
+    pub status: AuditChainStatus,
+}
+
+/// `"ok"`, or `{"break": {"seq": …, "problem": …}}` at the first record that does not verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditChainStatus {
+    Ok,
+    Break { seq: u64, problem: AuditProblem },
+}
+
+/// What verification found at a break: a record whose hash no longer matches its content
+/// (`edited`), a gap in the sequence (`deleted`), a record that does not belong there
+/// (`inserted`), or records out of order (`reordered`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditProblem {
+    Edited,
+    Deleted,
+    Inserted,
+    Reordered,
+}
+
+impl AuditProblem {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditProblem::Edited => "edited",
+            AuditProblem::Deleted => "deleted",
+            AuditProblem::Inserted => "inserted",
+            AuditProblem::Reordered => "reordered",
+        }
+    }
+}

@@ -4,6 +4,7 @@
 //! and each command group lives in its own module. The argument helpers below are shared by all
 //! of them so that `--models`, `--metadata` and duration flags behave the same everywhere.
 
+pub mod audit;
 mod client;
 pub mod keys;
 mod output;

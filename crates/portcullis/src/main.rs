@@ -61,6 +61,9 @@ enum Command {
     Tokens(admin_cli::tokens::TokensCommand),
     /// Report usage: requests, tokens and cost per day, hour, model, key or team.
     Usage(admin_cli::usage::UsageArgs),
+    /// Read the audit log: query, tail, export, and verify its hash chains.
+    #[command(subcommand)]
+    Audit(admin_cli::audit::AuditCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
             Command::Teams(command) => admin_cli::teams::run(command, &cli.global).await,
             Command::Tokens(command) => admin_cli::tokens::run(command, &cli.global).await,
             Command::Usage(args) => admin_cli::usage::run(args, &cli.global).await,
+            Command::Audit(command) => admin_cli::audit::run(command, &cli.global).await,
         }
     });
     match result {

@@ -86,7 +86,7 @@ pub async fn create(
         created_at: now,
     };
     let record = state.stores().keys.create_key(new_key).await.map_err(store_error("key"))?;
-    tracing::info!(key_id = %record.id, by = %caller.token_id, "key created");
+    state.admin_action(&caller, "key.create", &record.id, record.team.as_deref()).await;
     Ok((StatusCode::CREATED, Json(created(record, secret, now))))
 }
 
@@ -135,7 +135,7 @@ pub async fn update(
     };
     let record = state.stores().keys.update_key(&id, patch).await.map_err(store_error("key"))?;
     state.keys().invalidate_key(&id);
-    tracing::info!(key_id = %id, by = %caller.token_id, "key updated");
+    state.admin_action(&caller, "key.update", &id, record.team.as_deref()).await;
     Ok(Json(key_view(record, now)))
 }
 
@@ -149,7 +149,7 @@ pub async fn revoke(
     let now = OffsetDateTime::now_utc();
     let record = state.stores().keys.revoke_key(&id, now).await.map_err(store_error("key"))?;
     state.keys().invalidate_key(&id);
-    tracing::info!(key_id = %id, by = %caller.token_id, "key revoked");
+    state.admin_action(&caller, "key.revoke", &id, record.team.as_deref()).await;
     Ok(Json(key_view(record, now)))
 }
 
@@ -181,7 +181,7 @@ pub async fn rotate(
     };
     let record = state.stores().keys.rotate_key(&id, rotation).await.map_err(store_error("key"))?;
     state.keys().invalidate_key(&id);
-    tracing::info!(key_id = %id, by = %caller.token_id, grace_secs = grace.as_secs(), "key rotated");
+    state.admin_action(&caller, "key.rotate", &id, record.team.as_deref()).await;
     Ok(Json(created(record, secret, now)))
 }
 
@@ -210,7 +210,7 @@ async fn ensure_team(
             };
             match state.stores().teams.create_team(new_team).await {
                 Ok(_) | Err(StoreError::Conflict(_)) => {
-                    tracing::info!(team, by = %caller.token_id, "team created for a new key");
+                    state.admin_action(caller, "team.create", team, Some(team)).await;
                     Ok(None)
                 }
                 Err(error) => Err(store_error("team")(error)),

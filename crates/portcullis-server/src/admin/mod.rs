@@ -1,6 +1,7 @@
 //! The admin listener: `/admin/v1/*` (authenticated by admin tokens), the OpenAPI document,
 //! `/metrics`, `/healthz` and `/readyz`.
 
+mod audit;
 pub mod auth;
 mod catalog;
 mod extract;
@@ -39,6 +40,9 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/tiers", get(catalog::tiers))
         .route("/admin/v1/models", get(catalog::models))
         .route("/admin/v1/usage", get(usage::report))
+        .route("/admin/v1/audit", get(audit::query))
+        .route("/admin/v1/audit/export", get(audit::export))
+        .route("/admin/v1/audit/verify", get(audit::verify))
         .route("/admin/v1/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .route("/metrics", get(metrics))
         .route("/healthz", get(health::live))
@@ -65,16 +69,15 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use portcullis_limits::MemoryLimiter;
-
     use crate::admin::auth::AdminAuth;
     use crate::usage::UsageRecorder;
 
-    fn state() -> AppState {
+    async fn state() -> AppState {
         let stores = Stores::from_backend(Arc::new(SqliteStore::open_in_memory().unwrap()));
+        stores.migrator.migrate().await.unwrap();
         let config = Config::parse("", |_| None).unwrap();
         let (recorder, _task) = UsageRecorder::start(stores.usage.clone(), std::time::Duration::from_secs(1));
-        AppState::new(config, stores, AdminAuth::default(), Arc::new(MemoryLimiter::new()), recorder)
+        AppState::for_tests(config, stores, AdminAuth::default(), recorder).await
     }
 
     /// Every operation the OpenAPI document lists is routed, and every one of them but the
@@ -82,7 +85,7 @@ mod tests {
     #[tokio::test]
     async fn every_documented_operation_exists_and_requires_an_admin_token() {
         let document: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
-        let router = router(state());
+        let router = router(state().await);
         let mut checked = 0;
         for (path, item) in document["paths"].as_object().unwrap() {
             for method in ["get", "post", "patch", "delete"].into_iter().filter(|m| item.get(*m).is_some()) {

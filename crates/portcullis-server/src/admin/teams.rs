@@ -38,7 +38,7 @@ pub async fn create(
         created_at: OffsetDateTime::now_utc(),
     };
     let record = state.stores().teams.create_team(team).await.map_err(store_error("team"))?;
-    tracing::info!(team = %record.name, by = %caller.token_id, "team created");
+    state.admin_action(&caller, "team.create", &record.name, Some(&record.name)).await;
     Ok((StatusCode::CREATED, Json(team_view(record))))
 }
 
@@ -70,6 +70,6 @@ pub async fn update(
     };
     let record = state.stores().teams.update_team(&name, patch).await.map_err(store_error("team"))?;
     state.teams().invalidate(&name).await;
-    tracing::info!(team = %name, by = %caller.token_id, "team updated");
+    state.admin_action(&caller, "team.update", &name, Some(&name)).await;
     Ok(Json(team_view(record)))
 }

@@ -50,7 +50,7 @@ pub async fn create(
         created_at: OffsetDateTime::now_utc(),
     };
     let record = state.stores().tokens.create_token(token).await.map_err(store_error("token"))?;
-    tracing::info!(token_id = %record.id, role = record.role.as_str(), by = %caller.token_id, "admin token created");
+    state.admin_action(&caller, "token.create", &record.id, record.team.as_deref()).await;
     let created = CreatedToken { token: secret.expose().to_string(), view: token_view(record) };
     Ok((StatusCode::CREATED, Json(created)))
 }
@@ -63,6 +63,6 @@ pub async fn revoke(
     caller.require_admin()?;
     let record =
         state.stores().tokens.revoke_token(&id, OffsetDateTime::now_utc()).await.map_err(store_error("token"))?;
-    tracing::info!(token_id = %id, by = %caller.token_id, "admin token revoked");
+    state.admin_action(&caller, "token.revoke", &id, record.team.as_deref()).await;
     Ok(Json(token_view(record)))
 }

@@ -276,8 +276,7 @@ mod tests {
         stores.migrator.migrate().await.unwrap();
         let config = portcullis_config::Config::parse("", |_| None).unwrap();
         let (recorder, task) = UsageRecorder::start(stores.usage.clone(), std::time::Duration::from_secs(3600));
-        let limiter = Arc::new(portcullis_limits::MemoryLimiter::new());
-        let state = AppState::new(config, stores.clone(), AdminAuth::new(Some(BOOTSTRAP)), limiter, recorder);
+        let state = AppState::for_tests(config, stores.clone(), AdminAuth::new(Some(BOOTSTRAP)), recorder).await;
 
         let now = OffsetDateTime::now_utc();
         let team = NewTeam {

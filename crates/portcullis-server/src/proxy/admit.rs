@@ -9,6 +9,7 @@ use portcullis_limits::{Demand, Price, RateHeaders};
 use super::body::{Operation, ParsedRequest};
 use super::demand::{self, Plan};
 use super::settle::{Settlement, unix_millis};
+use crate::audit::DeferredAudit;
 use crate::error::ApiError;
 use crate::limits;
 use crate::principal::Principal;
@@ -59,6 +60,8 @@ pub async fn admit(
         prompt_bound: plan.prompt_bound,
         completion_bound,
         streamed: request.stream,
+        audit: DeferredAudit::default(),
+        auditor: state.auditor().clone(),
     };
     Ok(Admitted { plan, rate_headers, priority, settlement })
 }

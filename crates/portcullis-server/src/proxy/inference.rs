@@ -64,6 +64,7 @@ async fn serve(
     }
     // Only configured names become metric labels: clients cannot grow label sets at will.
     info.model = Some(parsed.model.clone());
+    info.stream = parsed.stream;
     if !may_use_model(config, &principal, &parsed.model) {
         return Err(ApiError::ModelNotAllowed { model: parsed.model });
     }
@@ -119,6 +120,7 @@ fn relay(
         .is_some_and(|value| value.starts_with("text/event-stream"));
     let streamed = request.stream && is_event_stream;
     settlement.streamed = streamed;
+    let audit = settlement.audit.clone();
     let on_finish: OnFinish = Box::new(move |outcome| settlement.finish(outcome));
     let body = if streamed {
         // The stream may lose its usage chunk on the way: its length is no longer known.
@@ -131,6 +133,7 @@ fn relay(
     let mut response = Response::new(body);
     *response.status_mut() = status;
     *response.headers_mut() = headers;
+    response.extensions_mut().insert(audit);
     response
 }
 

@@ -4,12 +4,14 @@
 //! — also when the client hangs up and the body is dropped half-way.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use portcullis_audit::Submitted;
 use portcullis_types::openai::Usage;
 use serde::Deserialize;
 
@@ -41,7 +43,9 @@ pub struct Outcome {
     pub relayed_content: u64,
 }
 
-pub type OnFinish = Box<dyn FnOnce(Outcome) + Send>;
+/// Called once when the body ends; may return an acknowledgement the end of the body waits for
+/// (the audit record in `sync` durability).
+pub type OnFinish = Box<dyn FnOnce(Outcome) -> Option<Submitted> + Send>;
 
 enum Mode {
     Json { parts: Vec<Bytes>, size: usize },
@@ -55,6 +59,7 @@ pin_project! {
         mode: Mode,
         queue: VecDeque<Bytes>,
         on_finish: Option<OnFinish>,
+        ack: Option<Pin<Box<Submitted>>>,
         ended: bool,
     }
 
@@ -81,7 +86,7 @@ impl<B> Metered<B> {
     }
 
     fn new(inner: B, mode: Mode, on_finish: OnFinish) -> Self {
-        Metered { inner, mode, queue: VecDeque::new(), on_finish: Some(on_finish), ended: false }
+        Metered { inner, mode, queue: VecDeque::new(), on_finish: Some(on_finish), ack: None, ended: false }
     }
 }
 
@@ -99,6 +104,14 @@ where
                 return Poll::Ready(Some(Ok(Frame::data(bytes))));
             }
             if *this.ended {
+                // The last byte has gone out; the end waits for the record's acknowledgement.
+                if let Some(ack) = this.ack.as_mut() {
+                    let result = std::task::ready!(ack.as_mut().poll(cx));
+                    if let Err(error) = result {
+                        tracing::error!(%error, "audit record not stored");
+                    }
+                    *this.ack = None;
+                }
                 return Poll::Ready(None);
             }
             let frame = match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
@@ -110,7 +123,7 @@ where
                 }
                 None => {
                     *this.ended = true;
-                    finish(this.on_finish, this.mode, Ending::Complete);
+                    *this.ack = finish(this.on_finish, this.mode, Ending::Complete).map(Box::pin);
                     continue;
                 }
             };
@@ -149,15 +162,15 @@ where
     }
 }
 
-fn finish(on_finish: &mut Option<OnFinish>, mode: &Mode, ending: Ending) {
-    let Some(on_finish) = on_finish.take() else { return };
+fn finish(on_finish: &mut Option<OnFinish>, mode: &Mode, ending: Ending) -> Option<Submitted> {
+    let on_finish = on_finish.take()?;
     let outcome = match mode {
         Mode::Json { parts, .. } => Outcome { ending, reported: json_usage(parts), relayed_content: 0 },
         Mode::Stream { scanner, .. } => {
             Outcome { ending, reported: scanner.tally.usage, relayed_content: scanner.tally.content_events }
         }
     };
-    on_finish(outcome);
+    on_finish(outcome)
 }
 
 #[derive(Deserialize)]
@@ -191,7 +204,13 @@ mod tests {
     fn recorder() -> (Arc<Mutex<Vec<Outcome>>>, OnFinish) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = seen.clone();
-        (seen, Box::new(move |outcome| sink.lock().unwrap().push(outcome)))
+        (
+            seen,
+            Box::new(move |outcome| {
+                sink.lock().unwrap().push(outcome);
+                None
+            }),
+        )
     }
 
     #[tokio::test]

@@ -11,11 +11,13 @@ mod models;
 mod settle;
 mod usage;
 
+pub use authenticate::client_ip;
 pub use settle::unix_millis;
 mod sse;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -24,7 +26,9 @@ use portcullis_auth::Scope;
 
 use crate::access_log::{self, AccessInfo};
 use crate::error::ApiError;
+use crate::misuse::FailureOutcome;
 use crate::principal::Principal;
+use crate::security::SecurityEvent;
 use crate::state::AppState;
 use crate::{health, request_id};
 
@@ -60,12 +64,32 @@ async fn caller(
     scope: impl Into<Option<Scope>>,
     info: &mut AccessInfo,
 ) -> Result<Arc<Principal>, ApiError> {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let principal = authenticate::authenticate(state, headers, now).await?;
-    info.principal = Some(principal.id.clone());
-    info.team = principal.team.clone();
+    let now = time::OffsetDateTime::now_utc();
     let runtime = state.runtime();
     let client = authenticate::client_ip(peer, headers, &runtime.config.server.trusted_proxies);
+    let misuse = state.misuse();
+    if let Some(retry_after_secs) = misuse.blocked_for(client, Instant::now()) {
+        return Err(ApiError::ClientBlocked { retry_after_secs });
+    }
+    let principal = match authenticate::authenticate(state, headers, now.unix_timestamp()).await {
+        Ok(principal) => principal,
+        Err(error) => {
+            if error == ApiError::InvalidApiKey && misuse.auth_failed(client, Instant::now()) == FailureOutcome::Blocked
+            {
+                state.security_event(SecurityEvent::ClientBlocked { client });
+            }
+            return Err(error);
+        }
+    };
+    info.principal = Some(principal.id.clone());
+    info.team = principal.team.clone();
+    if let Some(count) = misuse.key_request(&principal.id, (now.unix_timestamp() / 60) as u64) {
+        state.security_event(SecurityEvent::Anomaly {
+            key_id: principal.id.clone(),
+            team: principal.team.clone(),
+            requests_this_minute: count,
+        });
+    }
     authorize::check_address(&principal, client)?;
     if let Some(scope) = scope.into() {
         authorize::check_scope(&principal, scope)?;

@@ -9,7 +9,11 @@ use portcullis_limits::{Limiter, Price, Reservation, Usage};
 use portcullis_store::UsageRecord;
 use time::OffsetDateTime;
 
+use portcullis_audit::Submitted;
+use portcullis_store::AuditDecision;
+
 use super::meter::{Ending, Outcome};
+use crate::audit::{Auditor, DeferredAudit};
 use crate::usage::UsageRecorder;
 
 /// Prompt tokens per byte when the upstream reports no usage: about four bytes a token for
@@ -28,6 +32,9 @@ pub struct Settlement {
     /// Completion tokens the request could generate in all (cap × choices).
     pub completion_bound: u64,
     pub streamed: bool,
+    /// The request's audit record, parked by the access-log layer until the body ends.
+    pub audit: DeferredAudit,
+    pub auditor: Auditor,
 }
 
 /// What a finished request is billed.
@@ -45,9 +52,29 @@ impl Settlement {
         self.settle(Billed { prompt_tokens: 0, completion_tokens: 0, estimated: false }, false);
     }
 
-    pub fn finish(self, outcome: Outcome) {
+    /// Settles with what the body's meter saw and submits the request's audit record; returns
+    /// the record's acknowledgement, for a body that must not end before it is durable.
+    pub fn finish(self, outcome: Outcome) -> Option<Submitted> {
         let billed = self.billed(&outcome);
+        let cost = self.price.cost(billed.prompt_tokens, billed.completion_tokens);
+        let submitted = self.audit.take().map(|mut event| {
+            event.prompt_tokens = Some(billed.prompt_tokens);
+            event.completion_tokens = Some(billed.completion_tokens);
+            event.usage_estimated = billed.estimated;
+            event.cost_pico = Some(cost.0);
+            event.model = Some(self.model.clone());
+            let (decision, reason) = match outcome.ending {
+                Ending::Complete => (AuditDecision::Allow, None),
+                Ending::CutOff => (AuditDecision::Allow, Some("cut_off_at_reservation")),
+                Ending::ClientGone => (AuditDecision::Allow, Some("client_disconnected")),
+                Ending::UpstreamFailed => (AuditDecision::Error, Some("upstream_failed_mid_body")),
+            };
+            event.decision = decision;
+            event.reason = reason.map(str::to_string);
+            self.auditor.record_detached(event)
+        });
         self.settle(billed, true);
+        submitted
     }
 
     fn billed(&self, outcome: &Outcome) -> Billed {

@@ -1,0 +1,326 @@
+//! The canonical encoding of a record, its hash, and the chain that numbers and links a node's records.
+//!
+//! `hash = lowercase hex SHA-256(prev_hash as 32 bytes ‖ canonical(record))`. The first record of a
+//! chain links to [`GENESIS_HASH`]. Because each hash covers the previous one, changing, removing or
+//! inserting a record changes every hash after it; [`crate::verify`] finds the first place where the
+//! stored hashes stop matching.
+//!
+//! # The canonical encoding (version 1)
+//! A JSON array, no whitespace, of the fields in the order of [`CANONICAL_FIELDS`]:
+//! - the first element is the encoding version, `1`;
+//! - `ts` is an integer: Unix milliseconds (floor), so stores may keep any precision down to the millisecond;
+//! - `kind` and `decision` are their snake_case names (`"request"`, `"deny"`…);
+//! - `None` is `null`; integers are decimal; booleans are `true`/`false`;
+//! - strings are JSON strings: `"` and `\` are escaped, as are control characters (`\b \f \n \r \t`,
+//!   others `\u00XX` in lowercase hex); everything else, non-ASCII included, is copied as UTF-8 bytes.
+//!
+//! The order is spelled out here, not taken from serde's view of the store's struct, so reordering or
+//! renaming fields of `AuditRecord` cannot silently change the hashes of records already written; and
+//! [`canonical`] destructures the record without `..`, so a field added to `AuditRecord` does not
+//! compile until it is given a place here (at the end, as a new version).
+
+use portcullis_store::{AuditDecision, AuditKind, AuditRecord};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::AuditEvent;
+
+/// The `prev_hash` of a chain's first record.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The version number that opens every canonical encoding.
+pub const CANONICAL_VERSION: u64 = 1;
+
+/// The elements of the canonical array, in order (`"version"` is [`CANONICAL_VERSION`]). Every field
+/// of `AuditRecord` except `hash`.
+pub const CANONICAL_FIELDS: [&str; 29] = [
+    "version",
+    "seq",
+    "ts",
+    "node",
+    "kind",
+    "request_id",
+    "key_id",
+    "subject",
+    "team",
+    "admin_token_id",
+    "client_ip",
+    "method",
+    "path",
+    "model",
+    "upstream",
+    "status",
+    "decision",
+    "reason",
+    "target",
+    "stream",
+    "latency_ms",
+    "ttfb_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "usage_estimated",
+    "cost_pico",
+    "user_agent",
+    "content",
+    "prev_hash",
+];
+
+/// The bytes a record's hash covers (after its `prev_hash`): see the module docs for the format.
+pub fn canonical(record: &AuditRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512 + record.content.as_ref().map_or(0, String::len));
+    encode(record, &mut out);
+    out
+}
+
+/// `lowercase hex SHA-256(prev_hash bytes ‖ canonical(record))`; `record.hash` itself is ignored.
+pub fn record_hash(record: &AuditRecord) -> String {
+    let mut hasher = Sha256::new();
+    let mut prev = [0u8; 32];
+    match hex::decode_to_slice(&record.prev_hash, &mut prev) {
+        Ok(()) => hasher.update(prev),
+        // Only a tampered row has a malformed `prev_hash`. Hashing its text keeps the function total;
+        // verification reports such a record anyway, since no stored hash has that form.
+        Err(_) => hasher.update(record.prev_hash.as_bytes()),
+    }
+    hasher.update(canonical(record));
+    hex::encode(hasher.finalize())
+}
+
+/// One node's chain as its writer sees it: the next `seq` to hand out and the hash to link to.
+/// Only one writer may extend a node's chain; two would fork it (same `seq`, different records).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    node: String,
+    next_seq: u64,
+    last_hash: String,
+}
+
+impl Chain {
+    /// Continues after `last` (`(seq, hash)` of the newest stored record), or starts a new chain at
+    /// seq 1 linked to [`GENESIS_HASH`].
+    pub fn resume(node: impl Into<String>, last: Option<(u64, String)>) -> Chain {
+        let node = node.into();
+        match last {
+            Some((seq, hash)) => Chain { node, next_seq: seq.saturating_add(1), last_hash: hash },
+            None => Chain { node, next_seq: 1, last_hash: GENESIS_HASH.to_string() },
+        }
+    }
+
+    /// Numbers, links and hashes `event` as the next record of the chain. The event's `ts` is kept
+    /// (cut to UTC milliseconds); records are not reordered by time, the chain order is seal order.
+    pub fn seal(&mut self, event: AuditEvent) -> AuditRecord {
+        let mut record = event.into_record(self.node.clone(), self.next_seq, self.last_hash.clone());
+        record.hash = record_hash(&record);
+        self.next_seq = self.next_seq.saturating_add(1);
+        self.last_hash.clone_from(&record.hash);
+        record
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The hash the next record will link to.
+    pub fn last_hash(&self) -> &str {
+        &self.last_hash
+    }
+}
+
+fn encode(record: &AuditRecord, out: &mut Vec<u8>) {
+    // No `..`: a new field must be placed in the encoding before this compiles again.
+    let AuditRecord {
+        seq,
+        ts,
+        node,
+        kind,
+        request_id,
+        key_id,
+        subject,
+        team,
+        admin_token_id,
+        client_ip,
+        method,
+        path,
+        model,
+        upstream,
+        status,
+        decision,
+        reason,
+        target,
+        stream,
+        latency_ms,
+        ttfb_ms,
+        prompt_tokens,
+        completion_tokens,
+        usage_estimated,
+        cost_pico,
+        user_agent,
+        content,
+        prev_hash,
+        hash: _,
+    } = record;
+    let mut enc = Encoder { out, first: true };
+    enc.out.push(b'[');
+    enc.uint(CANONICAL_VERSION);
+    enc.uint(*seq);
+    enc.int(unix_millis(*ts));
+    enc.str(node);
+    enc.str(kind_name(*kind));
+    enc.opt_str(request_id);
+    enc.opt_str(key_id);
+    enc.opt_str(subject);
+    enc.opt_str(team);
+    enc.opt_str(admin_token_id);
+    enc.opt_str(client_ip);
+    enc.opt_str(method);
+    enc.opt_str(path);
+    enc.opt_str(model);
+    enc.opt_str(upstream);
+    enc.uint(u64::from(*status));
+    enc.str(decision_name(*decision));
+    enc.opt_str(reason);
+    enc.opt_str(target);
+    enc.bool(*stream);
+    enc.uint(*latency_ms);
+    enc.opt_uint(*ttfb_ms);
+    enc.opt_uint(*prompt_tokens);
+    enc.opt_uint(*completion_tokens);
+    enc.bool(*usage_estimated);
+    enc.opt_uint(*cost_pico);
+    enc.opt_str(user_agent);
+    enc.opt_str(content);
+    enc.str(prev_hash);
+    enc.out.push(b']');
+}
+
+/// Spelled out rather than taken from serde, for the same reason as the field order.
+fn kind_name(kind: AuditKind) -> &'static str {
+    match kind {
+        AuditKind::Request => "request",
+        AuditKind::Admin => "admin",
+        AuditKind::Security => "security",
+    }
+}
+
+fn decision_name(decision: AuditDecision) -> &'static str {
+    match decision {
+        AuditDecision::Allow => "allow",
+        AuditDecision::Deny => "deny",
+        AuditDecision::Error => "error",
+    }
+}
+
+/// Unix milliseconds, rounded down (also before 1970).
+fn unix_millis(ts: OffsetDateTime) -> i64 {
+    i64::try_from(ts.unix_timestamp_nanos().div_euclid(1_000_000)).unwrap_or(i64::MAX)
+}
+
+/// Writes array elements, with the separating commas.
+struct Encoder<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl Encoder<'_> {
+    fn sep(&mut self) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+    }
+
+    fn null(&mut self) {
+        self.sep();
+        self.out.extend_from_slice(b"null");
+    }
+
+    fn bool(&mut self, value: bool) {
+        self.sep();
+        self.out.extend_from_slice(if value { b"true" } else { b"false" });
+    }
+
+    fn uint(&mut self, value: u64) {
+        self.sep();
+        push_digits(self.out, value);
+    }
+
+    fn int(&mut self, value: i64) {
+        self.sep();
+        if value < 0 {
+            self.out.push(b'-');
+        }
+        push_digits(self.out, value.unsigned_abs());
+    }
+
+    fn opt_uint(&mut self, value: Option<u64>) {
+        match value {
+            Some(value) => self.uint(value),
+            None => self.null(),
+        }
+    }
+
+    fn str(&mut self, value: &str) {
+        self.sep();
+        push_json_string(self.out, value);
+    }
+
+    fn opt_str(&mut self, value: &Option<String>) {
+        match value {
+            Some(value) => self.str(value),
+            None => self.null(),
+        }
+    }
+}
+
+fn push_digits(out: &mut Vec<u8>, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+fn push_json_string(out: &mut Vec<u8>, value: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = value.as_bytes();
+    let mut start = 0;
+    for (at, &byte) in bytes.iter().enumerate() {
+        let short = match byte {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'\n' => b'n',
+            b'\r' => b'r',
+            b'\t' => b't',
+            0x08 => b'b',
+            0x0c => b'f',
+            0x00..=0x1f => 0,
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..at]);
+        if short == 0 {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(byte >> 4)]);
+            out.push(HEX[usize::from(byte & 0x0f)]);
+        } else {
+            out.extend_from_slice(&[b'\\', short]);
+        }
+        start = at + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+#[cfg(test)]
+#[path = "chain_tests.rs"]
+mod tests;

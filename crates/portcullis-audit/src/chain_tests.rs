@@ -1,0 +1,143 @@
+use portcullis_store::{AuditDecision, AuditKind, AuditRecord};
+use time::OffsetDateTime;
+
+use super::*;
+use crate::testing;
+
+fn minimal() -> AuditRecord {
+    let ts = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap() + time::Duration::milliseconds(123);
+    let event = AuditEvent::new(ts, AuditKind::Admin, AuditDecision::Deny, 403);
+    event.into_record("node-a".to_string(), 7, GENESIS_HASH.to_string())
+}
+
+#[test]
+fn canonical_encoding_is_the_documented_array() {
+    let text = String::from_utf8(canonical(&minimal())).unwrap();
+    assert_eq!(
+        text,
+        r#"[1,7,1800000000123,"node-a","admin",null,null,null,null,null,null,null,null,null,null,403,"deny",null,null,false,0,null,null,null,false,null,null,null,"0000000000000000000000000000000000000000000000000000000000000000"]"#
+    );
+}
+
+/// A golden value: if this changes, every stored chain stops verifying.
+#[test]
+fn record_hash_is_stable() {
+    assert_eq!(record_hash(&minimal()), "1467e1156416e2d4dee9d44b9f968237208655a39c01009c80f1aaed249782fd");
+}
+
+#[test]
+fn canonical_has_one_element_per_documented_field() {
+    let value: serde_json::Value = serde_json::from_slice(&canonical(&testing::chain("n", 1)[0])).unwrap();
+    assert_eq!(value.as_array().unwrap().len(), CANONICAL_FIELDS.len());
+}
+
+#[test]
+fn strings_are_escaped_like_json() {
+    let mut record = minimal();
+    let tricky = "quote\" backslash\\ newline\n tab\t nul\u{0} bell\u{7} del\u{7f} é 漢 🦀 \u{1f}";
+    record.content = Some(tricky.to_string());
+    let value: serde_json::Value = serde_json::from_slice(&canonical(&record)).unwrap();
+    assert_eq!(value[CANONICAL_FIELDS.iter().position(|f| *f == "content").unwrap()], tricky);
+    let text = String::from_utf8(canonical(&record)).unwrap();
+    assert!(text.contains(r#""quote\" backslash\\ newline\n tab\t nul\u0000 bell\u0007 del"#), "{text}");
+    assert!(text.contains(r"\u001f"), "{text}");
+}
+
+#[test]
+fn timestamps_before_1970_round_down_to_the_millisecond() {
+    let mut record = minimal();
+    record.ts = OffsetDateTime::from_unix_timestamp_nanos(-1_500_000).unwrap();
+    let text = String::from_utf8(canonical(&record)).unwrap();
+    assert!(text.starts_with("[1,7,-2,"), "{text}");
+}
+
+#[test]
+fn every_field_but_hash_changes_the_hash() {
+    let base = testing::chain("n", 1).remove(0);
+    type Edit = fn(&mut AuditRecord);
+    let edits: Vec<(&str, Edit)> = vec![
+        ("seq", |r| r.seq += 1),
+        ("ts", |r| r.ts += time::Duration::milliseconds(1)),
+        ("node", |r| r.node.push('x')),
+        ("kind", |r| r.kind = AuditKind::Security),
+        ("request_id", |r| r.request_id = None),
+        ("key_id", |r| r.key_id = Some("key_02".into())),
+        ("subject", |r| r.subject = Some("alice".into())),
+        ("team", |r| r.team = None),
+        ("admin_token_id", |r| r.admin_token_id = Some("tok".into())),
+        ("client_ip", |r| r.client_ip = Some("10.0.0.8".into())),
+        ("method", |r| r.method = Some("GET".into())),
+        ("path", |r| r.path = Some("/v1/models".into())),
+        ("model", |r| r.model = Some("other".into())),
+        ("upstream", |r| r.upstream = None),
+        ("status", |r| r.status = 500),
+        ("decision", |r| r.decision = AuditDecision::Error),
+        ("reason", |r| r.reason = Some("upstream_error".into())),
+        ("target", |r| r.target = Some("key_9".into())),
+        ("stream", |r| r.stream = true),
+        ("latency_ms", |r| r.latency_ms += 1),
+        ("ttfb_ms", |r| r.ttfb_ms = None),
+        ("prompt_tokens", |r| r.prompt_tokens = Some(0)),
+        ("completion_tokens", |r| r.completion_tokens = None),
+        ("usage_estimated", |r| r.usage_estimated = true),
+        ("cost_pico", |r| r.cost_pico = Some(1)),
+        ("user_agent", |r| r.user_agent = None),
+        ("content", |r| r.content = Some("hi".into())),
+        ("prev_hash", |r| r.prev_hash = "1".repeat(64)),
+    ];
+    let covered: Vec<&str> = edits.iter().map(|(name, _)| *name).collect();
+    assert_eq!(covered, CANONICAL_FIELDS[1..]);
+    for (name, edit) in edits {
+        let mut changed = base.clone();
+        edit(&mut changed);
+        assert_ne!(record_hash(&changed), base.hash, "editing {name} kept the hash");
+    }
+    let mut rehashed = base.clone();
+    rehashed.hash = "f".repeat(64);
+    assert_eq!(record_hash(&rehashed), base.hash, "the stored hash is not part of what is hashed");
+}
+
+#[test]
+fn a_null_and_an_empty_string_hash_differently() {
+    let mut none = minimal();
+    let mut empty = minimal();
+    none.reason = None;
+    empty.reason = Some(String::new());
+    assert_ne!(record_hash(&none), record_hash(&empty));
+}
+
+#[test]
+fn sealed_records_link_and_number_from_one() {
+    let records = testing::chain("node-a", 3);
+    assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(records[0].prev_hash, GENESIS_HASH);
+    assert_eq!(records[1].prev_hash, records[0].hash);
+    assert_eq!(records[2].prev_hash, records[1].hash);
+    for record in &records {
+        assert_eq!(record.node, "node-a");
+        assert_eq!(record.hash, record_hash(record));
+        assert_eq!(record.hash.len(), 64);
+    }
+}
+
+#[test]
+fn a_resumed_chain_continues_after_the_last_record() {
+    let records = testing::chain("node-a", 2);
+    let mut chain = Chain::resume("node-a", Some((2, records[1].hash.clone())));
+    let third = chain.seal(testing::event(3));
+    assert_eq!(third.seq, 3);
+    assert_eq!(third.prev_hash, records[1].hash);
+    assert_eq!(testing::chain("node-a", 3)[2], third, "resuming gives the same record as never stopping");
+    assert_eq!(chain.next_seq(), 4);
+    assert_eq!(chain.last_hash(), third.hash);
+}
+
+#[test]
+fn seal_keeps_the_event_time_in_utc_milliseconds() {
+    let ts = OffsetDateTime::from_unix_timestamp_nanos(1_800_000_000_123_456_789)
+        .unwrap()
+        .to_offset(time::UtcOffset::from_hms(2, 0, 0).unwrap());
+    let record = Chain::resume("n", None).seal(AuditEvent::new(ts, AuditKind::Request, AuditDecision::Allow, 200));
+    assert_eq!(record.ts.unix_timestamp_nanos(), 1_800_000_000_123_000_000);
+    assert_eq!(record.ts.offset(), time::UtcOffset::UTC);
+}

@@ -1,0 +1,277 @@
+//! Checking a stored chain: recompute every hash and link, from the retention checkpoint (or the
+//! genesis) onwards, and report the first record where the chain stops holding.
+//!
+//! [`ChainVerifier`] is the pure core (feed it records in the order they were read); [`verify_node`]
+//! and [`verify_all`] drive it over an [`AuditStore`] a page at a time.
+//!
+//! # How tampering shows
+//! Records are read in `seq` order. For each record, in this order of checks:
+//! 1. its `seq` is below the next expected one (a second record claims a verified seq): **Inserted**
+//!    at that seq;
+//! 2. its `seq` skips ahead: **Reordered** at that seq when the missing seq comes later in what was
+//!    read (records out of order, e.g. an export file), otherwise **Deleted** at the first missing seq;
+//! 3. its hash does not match its contents: **Edited** at that seq;
+//! 4. it belongs to another node's chain: **Inserted** at that seq;
+//! 5. its `prev_hash` is not the previous record's hash: **Inserted** at that seq when it names an
+//!    earlier record of the chain (it is a second successor of that record: a forged record hung into
+//!    the chain), otherwise **Deleted** at that seq (its predecessor is not in the chain: records were
+//!    removed and the rest renumbered, or the predecessor was rewritten).
+//!
+//! So, for a chain stored by seq: editing any field of record k (and leaving its hash) is Edited at k;
+//! deleting record k is a gap, Deleted at k; swapping the contents of rows k < m (each keeping its
+//! seq) is Edited at k, since the seq is hashed; a forged record with a new seq, hashed correctly but
+//! linked to an earlier record, is Inserted at its seq (linked to nothing known: Deleted at its seq).
+//!
+//! # What a chain alone cannot show
+//! Someone who can rewrite the store can also recompute every hash from the point they changed, or
+//! cut records off the end, or append correctly linked records: the result is a valid chain. The
+//! checkpoint and the chain's head (`last_audit`) must be anchored elsewhere to catch that (the
+//! writer's JSON Lines file sink is one such copy).
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+
+use portcullis_store::{AuditCheckpoint, AuditRecord, AuditStore, StoreError};
+
+use crate::chain::{GENESIS_HASH, record_hash};
+
+/// Records read per store call.
+const PAGE: usize = 1000;
+
+/// How many recent hashes the verifier remembers to tell an inserted record (linked to an earlier
+/// record) from a deletion. Bounded so a long chain verifies in constant memory.
+const RECENT: usize = 4096;
+
+/// What is wrong at a [`ChainBreak`]; see the module docs for how each tampering shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tampering {
+    /// The record's hash does not match its contents.
+    Edited,
+    /// A record is missing: a gap in `seq`, or a record whose predecessor is not in the chain.
+    Deleted,
+    /// A record that does not belong: a duplicate `seq`, another node's record, or a second
+    /// successor of an earlier record.
+    Inserted,
+    /// Records read out of `seq` order.
+    Reordered,
+}
+
+impl Tampering {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tampering::Edited => "edited",
+            Tampering::Deleted => "deleted",
+            Tampering::Inserted => "inserted",
+            Tampering::Reordered => "reordered",
+        }
+    }
+}
+
+impl fmt::Display for Tampering {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The first place a chain stops holding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChainBreak {
+    pub seq: u64,
+    pub problem: Tampering,
+}
+
+impl fmt::Display for ChainBreak {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} record at seq {}", self.problem, self.seq)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyStatus {
+    Ok,
+    Break(ChainBreak),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub node: String,
+    /// Records that verified (before the break, if any).
+    pub records_checked: u64,
+    /// The seq of the last record that verified (the checkpoint's seq, or 0, when none did).
+    pub last_seq: u64,
+    /// Where verification started when retention had deleted the records up to this seq.
+    pub from_checkpoint: Option<u64>,
+    pub status: VerifyStatus,
+}
+
+impl VerifyReport {
+    pub fn is_ok(&self) -> bool {
+        self.status == VerifyStatus::Ok
+    }
+}
+
+/// The pure core: the state of a chain verified so far.
+#[derive(Debug, Clone)]
+pub struct ChainVerifier {
+    node: String,
+    next_seq: u64,
+    prev_hash: String,
+    from_checkpoint: Option<u64>,
+    checked: u64,
+    /// Hashes of recently verified records (and the starting point), for [`Tampering::Inserted`].
+    recent: HashMap<String, u64>,
+    recent_order: VecDeque<String>,
+}
+
+impl ChainVerifier {
+    /// Starts after `checkpoint` (the last record retention deleted), or at the genesis.
+    pub fn new(node: impl Into<String>, checkpoint: Option<&AuditCheckpoint>) -> ChainVerifier {
+        let (next_seq, prev_hash) = match checkpoint {
+            Some(checkpoint) => (checkpoint.seq.saturating_add(1), checkpoint.hash.clone()),
+            None => (1, GENESIS_HASH.to_string()),
+        };
+        let mut verifier = ChainVerifier {
+            node: node.into(),
+            next_seq,
+            prev_hash: prev_hash.clone(),
+            from_checkpoint: checkpoint.map(|checkpoint| checkpoint.seq),
+            checked: 0,
+            recent: HashMap::new(),
+            recent_order: VecDeque::new(),
+        };
+        verifier.recent.insert(GENESIS_HASH.to_string(), 0);
+        verifier.remember(prev_hash, next_seq - 1);
+        verifier
+    }
+
+    /// Checks `records`, the next ones read; stops at the first break. After `Ok` they are all verified
+    /// and more may be fed.
+    pub fn feed(&mut self, records: &[AuditRecord]) -> Result<(), ChainBreak> {
+        for (at, record) in records.iter().enumerate() {
+            self.check(record, &records[at + 1..])?;
+            self.next_seq = record.seq.saturating_add(1);
+            self.prev_hash.clone_from(&record.hash);
+            self.checked += 1;
+            self.remember(record.hash.clone(), record.seq);
+        }
+        Ok(())
+    }
+
+    /// The seq of the last verified record (the starting point when none was).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// The hash of the last verified record (the starting point's when none was).
+    pub fn last_hash(&self) -> &str {
+        &self.prev_hash
+    }
+
+    pub fn records_checked(&self) -> u64 {
+        self.checked
+    }
+
+    pub fn report(&self, outcome: Result<(), ChainBreak>) -> VerifyReport {
+        VerifyReport {
+            node: self.node.clone(),
+            records_checked: self.checked,
+            last_seq: self.last_seq(),
+            from_checkpoint: self.from_checkpoint,
+            status: match outcome {
+                Ok(()) => VerifyStatus::Ok,
+                Err(brk) => VerifyStatus::Break(brk),
+            },
+        }
+    }
+
+    /// `rest` is what was read after `record`, for telling a reorder from a deletion.
+    fn check(&self, record: &AuditRecord, rest: &[AuditRecord]) -> Result<(), ChainBreak> {
+        let fail = |seq, problem| Err(ChainBreak { seq, problem });
+        if record.seq < self.next_seq {
+            return fail(record.seq, Tampering::Inserted);
+        }
+        if record.seq > self.next_seq {
+            if rest.iter().any(|later| later.seq == self.next_seq) {
+                return fail(record.seq, Tampering::Reordered);
+            }
+            return fail(self.next_seq, Tampering::Deleted);
+        }
+        if record_hash(record) != record.hash {
+            return fail(record.seq, Tampering::Edited);
+        }
+        if record.node != self.node {
+            return fail(record.seq, Tampering::Inserted);
+        }
+        if record.prev_hash != self.prev_hash {
+            let problem =
+                if self.recent.contains_key(&record.prev_hash) { Tampering::Inserted } else { Tampering::Deleted };
+            return fail(record.seq, problem);
+        }
+        Ok(())
+    }
+
+    fn remember(&mut self, hash: String, seq: u64) {
+        if self.recent_order.len() == RECENT
+            && let Some(oldest) = self.recent_order.pop_front()
+            && oldest != GENESIS_HASH
+        {
+            self.recent.remove(&oldest);
+        }
+        self.recent.insert(hash.clone(), seq);
+        self.recent_order.push_back(hash);
+    }
+}
+
+/// Verifies `records` (one node's, in the order read) starting after `checkpoint` or at the genesis.
+pub fn verify_records(node: &str, checkpoint: Option<&AuditCheckpoint>, records: &[AuditRecord]) -> VerifyReport {
+    let mut verifier = ChainVerifier::new(node, checkpoint);
+    let outcome = verifier.feed(records);
+    verifier.report(outcome)
+}
+
+/// Verifies `node`'s stored chain from its checkpoint. A store error is an `Err`; tampering is an
+/// `Ok` report with [`VerifyStatus::Break`].
+pub async fn verify_node(store: &dyn AuditStore, node: &str) -> Result<VerifyReport, StoreError> {
+    let checkpoint = store.audit_checkpoint(node).await?;
+    let mut verifier = ChainVerifier::new(node, checkpoint.as_ref());
+    // After the first page, each page re-reads the last verified record, so that a second record with
+    // that seq (possible only in a store without a unique (node, seq)) cannot hide at a page boundary.
+    let mut overlap = false;
+    loop {
+        let after = if overlap { verifier.last_seq().saturating_sub(1) } else { verifier.last_seq() };
+        let limit = PAGE + usize::from(overlap);
+        let page = store.audit_chain(node, after, limit).await?;
+        let mut records = page.as_slice();
+        if overlap
+            && let Some((first, rest)) = records.split_first()
+            && first.seq == verifier.last_seq()
+            && first.hash == verifier.last_hash()
+        {
+            records = rest;
+        }
+        if records.is_empty() {
+            break;
+        }
+        if let Err(brk) = verifier.feed(records) {
+            return Ok(verifier.report(Err(brk)));
+        }
+        if page.len() < limit {
+            break;
+        }
+        overlap = true;
+    }
+    Ok(verifier.report(Ok(())))
+}
+
+/// Verifies every node's chain ([`AuditStore::audit_nodes`]), in the store's node order.
+pub async fn verify_all(store: &dyn AuditStore) -> Result<Vec<VerifyReport>, StoreError> {
+    let mut reports = Vec::new();
+    for node in store.audit_nodes().await? {
+        reports.push(verify_node(store, &node).await?);
+    }
+    Ok(reports)
+}
+
+#[cfg(test)]
+#[path = "verify_tests.rs"]
+mod tests;

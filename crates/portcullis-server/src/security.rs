@@ -1,0 +1,50 @@
+//! Security events: things worth an alert that are not a single request's answer. Each is
+//! logged, counted and (once the audit writer is wired in) recorded.
+
+use std::net::IpAddr;
+
+use portcullis_audit::AuditEvent;
+use portcullis_store::{AuditDecision, AuditKind};
+use time::OffsetDateTime;
+
+use crate::state::AppState;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecurityEvent {
+    /// A client address crossed `security.auth_failure_limit` and is now refused for
+    /// `security.block_duration`.
+    ClientBlocked { client: IpAddr },
+    /// A key's requests this minute crossed `security.anomaly_factor` × its own baseline.
+    Anomaly { key_id: String, team: Option<String>, requests_this_minute: u64 },
+}
+
+impl SecurityEvent {
+    pub fn name(&self) -> &'static str {
+        match self {
+            SecurityEvent::ClientBlocked { .. } => "client_blocked",
+            SecurityEvent::Anomaly { .. } => "anomaly",
+        }
+    }
+}
+
+impl AppState {
+    /// Logs, counts and records the event (without holding up the request that raised it).
+    pub fn security_event(&self, event: SecurityEvent) {
+        tracing::warn!(event = event.name(), details = ?event, "security event");
+        self.metrics().security_event(event.name());
+        let mut record = AuditEvent::new(OffsetDateTime::now_utc(), AuditKind::Security, AuditDecision::Deny, 429);
+        record.reason = Some(event.name().to_string());
+        match event {
+            SecurityEvent::ClientBlocked { client } => record.client_ip = Some(client.to_string()),
+            SecurityEvent::Anomaly { key_id, team, requests_this_minute } => {
+                record.decision = AuditDecision::Allow;
+                record.status = 200;
+                record.key_id = Some(key_id);
+                record.team = team;
+                record.target = Some(format!("{requests_this_minute} requests this minute"));
+            }
+        }
+        // Detached: the record is queued (and never lost); the request goes on.
+        drop(self.auditor().record_detached(record));
+    }
+}
