@@ -13,7 +13,6 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::header;
-use portcullis_config::parse_duration;
 use portcullis_store::{AuditCursor, AuditDecision, AuditFilter, AuditKind, AuditRecord, AuditStore, StoreError};
 use portcullis_types::admin::{
     AuditChainStatus, AuditNodeVerifyView, AuditPage, AuditProblem, AuditVerifyView, AuditView, Role,
@@ -33,7 +32,6 @@ pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
 /// Records read from the store per step of an export.
 const EXPORT_PAGE: usize = 1000;
-const MAX_FILTER_LEN: usize = 128;
 
 /// The query string of all three routes; each reads the parameters it knows. Everything is text
 /// here so that a bad value is a 400 naming its parameter.
@@ -162,12 +160,13 @@ fn audit_filter(
     params: &AuditParams,
     now: OffsetDateTime,
 ) -> Result<Option<AuditFilter>, ApiError> {
-    let since = params.since.as_deref().map(|text| since(text, now)).transpose()?;
+    let since = params.since.as_deref().map(|text| validate::since(text, now)).transpose()?;
     let until = params
         .until
         .as_deref()
         .map(|text| {
-            parse_time(text).ok_or_else(|| ApiError::bad_request("until must be an RFC 3339 time", Some("until")))
+            validate::parse_time(text)
+                .ok_or_else(|| ApiError::bad_request("until must be an RFC 3339 time", Some("until")))
         })
         .transpose()?;
     if let (Some(since), Some(until)) = (since, until)
@@ -205,14 +204,14 @@ fn audit_filter(
     let filter = AuditFilter {
         since,
         until,
-        node: params.node.as_deref().map(|node| filter(node, "node")).transpose()?,
-        key_id: params.key.as_deref().map(|key| filter(key, "key")).transpose()?,
+        node: params.node.as_deref().map(|node| validate::filter(node, "node")).transpose()?,
+        key_id: params.key.as_deref().map(|key| validate::filter(key, "key")).transpose()?,
         team: None,
-        model: params.model.as_deref().map(|model| filter(model, "model")).transpose()?,
+        model: params.model.as_deref().map(|model| validate::filter(model, "model")).transpose()?,
         status,
         decision,
         kind,
-        request_id: params.request_id.as_deref().map(|id| filter(id, "request_id")).transpose()?,
+        request_id: params.request_id.as_deref().map(|id| validate::filter(id, "request_id")).transpose()?,
     };
     if caller.role == Role::TeamAdmin {
         match (&caller.team, &team) {
@@ -234,29 +233,6 @@ fn limit(text: Option<&str>) -> Result<usize, ApiError> {
         .ok()
         .filter(|limit| (1..=MAX_LIMIT).contains(limit))
         .ok_or_else(|| ApiError::bad_request(format!("limit must be 1-{MAX_LIMIT}"), Some("limit")))
-}
-
-/// `24h` (back from now) or an RFC 3339 time.
-fn since(text: &str, now: OffsetDateTime) -> Result<OffsetDateTime, ApiError> {
-    let text = text.trim();
-    let invalid = || ApiError::bad_request("since must be a duration such as 24h or an RFC 3339 time", Some("since"));
-    if let Ok(back) = parse_duration(text) {
-        let back = time::Duration::try_from(back).map_err(|_| invalid())?;
-        return now.checked_sub(back).ok_or_else(invalid);
-    }
-    parse_time(text).ok_or_else(invalid)
-}
-
-/// RFC 3339. A `+` in an offset that reached us unencoded was decoded as a space: put it back.
-fn parse_time(text: &str) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(&text.trim().replace(' ', "+"), &Rfc3339).ok()
-}
-
-fn filter(value: &str, param: &'static str) -> Result<String, ApiError> {
-    if value.is_empty() || value.len() > MAX_FILTER_LEN || value.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(format!("{param} must be 1-128 printable characters"), Some(param)));
-    }
-    Ok(value.to_string())
 }
 
 fn kind_name(kind: AuditKind) -> &'static str {
@@ -299,7 +275,7 @@ fn encode_cursor(cursor: &AuditCursor) -> String {
 fn decode_cursor(text: &str) -> Result<AuditCursor, ApiError> {
     let invalid = || ApiError::bad_request("cursor is not one this API handed out", Some("cursor"));
     let bytes = text.as_bytes();
-    if bytes.is_empty() || !bytes.len().is_multiple_of(2) || bytes.len() > 2 * (MAX_FILTER_LEN + 48) {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(2) || bytes.len() > 2 * (validate::MAX_FILTER_LEN + 48) {
         return Err(invalid());
     }
     let decoded = bytes
@@ -508,31 +484,13 @@ mod tests {
 
     use super::*;
     use crate::admin::auth::AdminAuth;
+    use crate::admin::test_support::{self, admin, caller, param_of};
     use crate::usage::UsageRecorder;
 
     const NOW: OffsetDateTime = datetime!(2025-06-10 12:30 UTC);
 
-    fn caller(role: Role, team: Option<&str>) -> AdminCaller {
-        AdminCaller { token_id: "tok_test".into(), role, team: team.map(Into::into) }
-    }
-
-    fn admin() -> AdminCaller {
-        caller(Role::Admin, None)
-    }
-
-    /// The query string as the extractor reads it.
     fn ask(pairs: &[(&str, &str)]) -> AuditParams {
-        let text: Vec<String> =
-            pairs.iter().map(|(name, value)| format!("{name}={}", value.replace('+', "%2B"))).collect();
-        let uri: http::Uri = format!("/admin/v1/audit?{}", text.join("&")).parse().unwrap();
-        axum::extract::Query::<AuditParams>::try_from_uri(&uri).unwrap().0
-    }
-
-    fn param_of(error: ApiError) -> Option<&'static str> {
-        match error {
-            ApiError::BadRequest { param, .. } => param,
-            other => panic!("expected a 400, got {other:?}"),
-        }
+        test_support::ask("/admin/v1/audit", pairs)
     }
 
     #[test]

@@ -58,6 +58,39 @@ async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) ->
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics().render())
 }
 
+/// Helpers shared by the admin handlers' unit tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use portcullis_types::admin::Role;
+    use serde::de::DeserializeOwned;
+
+    use super::auth::AdminCaller;
+    use crate::error::ApiError;
+
+    pub fn caller(role: Role, team: Option<&str>) -> AdminCaller {
+        AdminCaller { token_id: "tok_test".into(), role, team: team.map(Into::into) }
+    }
+
+    pub fn admin() -> AdminCaller {
+        caller(Role::Admin, None)
+    }
+
+    /// `pairs` as the query extractor of `path` reads them.
+    pub fn ask<T: DeserializeOwned>(path: &str, pairs: &[(&str, &str)]) -> T {
+        let text: Vec<String> =
+            pairs.iter().map(|(name, value)| format!("{name}={}", value.replace('+', "%2B"))).collect();
+        let uri: http::Uri = format!("{path}?{}", text.join("&")).parse().unwrap();
+        axum::extract::Query::<T>::try_from_uri(&uri).unwrap().0
+    }
+
+    pub fn param_of(error: ApiError) -> Option<&'static str> {
+        match error {
+            ApiError::BadRequest { param, .. } => param,
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

@@ -2,12 +2,10 @@
 
 use axum::Json;
 use axum::extract::State;
-use portcullis_config::parse_duration;
 use portcullis_store::{UsageGrouping, UsageQuery, UsageRow};
 use portcullis_types::admin::{ListResponse, Role, UsageView};
 use serde::Deserialize;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::auth::AdminCaller;
 use super::extract::ApiQuery;
@@ -18,8 +16,6 @@ use crate::state::AppState;
 
 /// How far back a report reaches when `since` is not given.
 pub const DEFAULT_SINCE: &str = "7d";
-
-const MAX_FILTER_LEN: usize = 128;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct ReportQuery {
@@ -58,18 +54,17 @@ fn usage_query(caller: &AdminCaller, query: ReportQuery, now: OffsetDateTime) ->
             ApiError::bad_request("group_by must be one of day, hour, model, key, team", Some("group_by"))
         })?,
     };
-    let since = since(query.since.as_deref().unwrap_or(DEFAULT_SINCE), now)?;
+    let since = validate::since(query.since.as_deref().unwrap_or(DEFAULT_SINCE), now)?;
     let until = match query.until.as_deref() {
         None => now,
-        Some(text) => {
-            parse_time(text).ok_or_else(|| ApiError::bad_request("until must be an RFC 3339 time", Some("until")))?
-        }
+        Some(text) => validate::parse_time(text)
+            .ok_or_else(|| ApiError::bad_request("until must be an RFC 3339 time", Some("until")))?,
     };
     if since >= until {
         return Err(ApiError::bad_request("since must be before until", Some("since")));
     }
-    let key_id = query.key.as_deref().map(|key| filter(key, "key")).transpose()?;
-    let model = query.model.as_deref().map(|model| filter(model, "model")).transpose()?;
+    let key_id = query.key.as_deref().map(|key| validate::filter(key, "key")).transpose()?;
+    let model = query.model.as_deref().map(|model| validate::filter(model, "model")).transpose()?;
     let mut team = query.team.as_deref().map(validate::team_name).transpose()?;
     if caller.role == Role::TeamAdmin {
         match (&caller.team, &team) {
@@ -80,29 +75,6 @@ fn usage_query(caller: &AdminCaller, query: ReportQuery, now: OffsetDateTime) ->
         }
     }
     Ok(Some(UsageQuery { key_id, team, model, since, until, group_by }))
-}
-
-/// `7d` (back from now) or an RFC 3339 time.
-fn since(text: &str, now: OffsetDateTime) -> Result<OffsetDateTime, ApiError> {
-    let text = text.trim();
-    let invalid = || ApiError::bad_request("since must be a duration such as 7d or an RFC 3339 time", Some("since"));
-    if let Ok(back) = parse_duration(text) {
-        let back = time::Duration::try_from(back).map_err(|_| invalid())?;
-        return now.checked_sub(back).ok_or_else(invalid);
-    }
-    parse_time(text).ok_or_else(invalid)
-}
-
-/// RFC 3339. A `+` in an offset that reached us unencoded was decoded as a space: put it back.
-fn parse_time(text: &str) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(&text.trim().replace(' ', "+"), &Rfc3339).ok()
-}
-
-fn filter(value: &str, param: &'static str) -> Result<String, ApiError> {
-    if value.is_empty() || value.len() > MAX_FILTER_LEN || value.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(format!("{param} must be 1-128 printable characters"), Some(param)));
-    }
-    Ok(value.to_string())
 }
 
 fn usage_view(row: UsageRow) -> UsageView {
@@ -130,30 +102,12 @@ mod tests {
     use time::macros::datetime;
 
     use super::*;
+    use crate::admin::test_support::{self, admin, caller, param_of};
 
     const NOW: OffsetDateTime = datetime!(2025-06-10 12:30 UTC);
 
-    fn caller(role: Role, team: Option<&str>) -> AdminCaller {
-        AdminCaller { token_id: "tok_test".into(), role, team: team.map(Into::into) }
-    }
-
-    fn admin() -> AdminCaller {
-        caller(Role::Admin, None)
-    }
-
-    /// The query string as the extractor reads it.
     fn ask(pairs: &[(&str, &str)]) -> ReportQuery {
-        let text: Vec<String> =
-            pairs.iter().map(|(name, value)| format!("{name}={}", value.replace('+', "%2B"))).collect();
-        let uri: http::Uri = format!("/admin/v1/usage?{}", text.join("&")).parse().unwrap();
-        axum::extract::Query::<ReportQuery>::try_from_uri(&uri).unwrap().0
-    }
-
-    fn param_of(error: ApiError) -> Option<&'static str> {
-        match error {
-            ApiError::BadRequest { param, .. } => param,
-            other => panic!("expected a 400, got {other:?}"),
-        }
+        test_support::ask("/admin/v1/usage", pairs)
     }
 
     #[test]

@@ -103,6 +103,33 @@ pub fn grace(text: Option<&str>) -> Result<std::time::Duration, ApiError> {
 /// How long a rotated-out secret keeps working when the caller does not say.
 pub const DEFAULT_GRACE: &str = "1h";
 
+/// A `since` query parameter: a duration back from `now` (`24h`, `7d`) or an RFC 3339 time.
+pub fn since(text: &str, now: OffsetDateTime) -> Result<OffsetDateTime, ApiError> {
+    let text = text.trim();
+    let invalid = || ApiError::bad_request("since must be a duration such as 24h or an RFC 3339 time", Some("since"));
+    if let Ok(back) = parse_duration(text) {
+        let back = time::Duration::try_from(back).map_err(|_| invalid())?;
+        return now.checked_sub(back).ok_or_else(invalid);
+    }
+    parse_time(text).ok_or_else(invalid)
+}
+
+/// RFC 3339. A `+` in an offset that reached us unencoded was decoded as a space: put it back.
+pub fn parse_time(text: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(&text.trim().replace(' ', "+"), &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// Longest filter value (key id, team, model, request id) a query may carry.
+pub const MAX_FILTER_LEN: usize = 128;
+
+/// A filter value: short and printable.
+pub fn filter(value: &str, param: &'static str) -> Result<String, ApiError> {
+    if value.is_empty() || value.len() > MAX_FILTER_LEN || value.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!("{param} must be 1-128 printable characters"), Some(param)));
+    }
+    Ok(value.to_string())
+}
+
 pub fn metadata(metadata: Option<Value>) -> Result<Value, ApiError> {
     let metadata = metadata.unwrap_or_else(|| Value::Object(Default::default()));
     if !metadata.is_object() || metadata.to_string().len() > MAX_METADATA_BYTES {
