@@ -67,7 +67,7 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if this.on_finish.is_some() {
-                finish(this.on_finish, this.mode, Ending::ClientGone);
+                drop(finish(this.on_finish, this.mode, Ending::ClientGone));
             }
         }
     }
@@ -100,25 +100,25 @@ where
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let mut this = self.project();
         loop {
+            // Once the response is complete, nothing more goes out until its record is durable
+            // (sync audit): not the last bytes held in the queue, not the end of the body.
+            if let Some(ack) = this.ack.as_mut() {
+                if let Err(error) = std::task::ready!(ack.as_mut().poll(cx)) {
+                    tracing::error!(%error, "audit record not stored");
+                }
+                *this.ack = None;
+            }
             if let Some(bytes) = this.queue.pop_front() {
                 return Poll::Ready(Some(Ok(Frame::data(bytes))));
             }
             if *this.ended {
-                // The last byte has gone out; the end waits for the record's acknowledgement.
-                if let Some(ack) = this.ack.as_mut() {
-                    let result = std::task::ready!(ack.as_mut().poll(cx));
-                    if let Err(error) = result {
-                        tracing::error!(%error, "audit record not stored");
-                    }
-                    *this.ack = None;
-                }
                 return Poll::Ready(None);
             }
             let frame = match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
                 Some(Ok(frame)) => frame,
                 Some(Err(error)) => {
                     *this.ended = true;
-                    finish(this.on_finish, this.mode, Ending::UpstreamFailed);
+                    drop(finish(this.on_finish, this.mode, Ending::UpstreamFailed));
                     return Poll::Ready(Some(Err(error)));
                 }
                 None => {
@@ -137,12 +137,20 @@ where
                         *size += data.len();
                         parts.push(data.clone());
                     }
+                    // A body of known length ends with its last byte: the server stops polling
+                    // there, so that is where the response is complete.
+                    if this.inner.is_end_stream() {
+                        *this.ended = true;
+                        *this.ack = finish(this.on_finish, this.mode, Ending::Complete).map(Box::pin);
+                        this.queue.push_back(data);
+                        continue;
+                    }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Mode::Stream { scanner, cap } => {
                     if scanner.push(data, this.queue, *cap) {
                         *this.ended = true;
-                        finish(this.on_finish, this.mode, Ending::CutOff);
+                        *this.ack = finish(this.on_finish, this.mode, Ending::CutOff).map(Box::pin);
                     }
                 }
             }
@@ -150,7 +158,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended && self.queue.is_empty()
+        self.ended && self.queue.is_empty() && self.ack.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -223,6 +231,21 @@ mod tests {
         let outcome = seen.lock().unwrap()[0];
         assert_eq!(outcome.ending, Ending::Complete);
         assert_eq!(outcome.reported.unwrap().completion_tokens, 4);
+    }
+
+    #[tokio::test]
+    async fn a_body_of_known_length_is_complete_at_its_last_byte_even_if_never_polled_to_the_end() {
+        let (seen, on_finish) = recorder();
+        let text = r#"{"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
+        let mut metered = Box::pin(Metered::json(http_body_util::Full::new(Bytes::from(text)), on_finish));
+        let frame = metered.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), text.as_bytes());
+        assert!(metered.is_end_stream());
+        drop(metered);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].ending, Ending::Complete);
+        assert_eq!(seen[0].reported.unwrap().completion_tokens, 2);
     }
 
     #[tokio::test]
