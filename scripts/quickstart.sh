@@ -112,6 +112,9 @@ listen = $(toml_string "$ADMIN_LISTEN")
 [store]
 url = $(toml_string "sqlite://$STATE/portcullis.db")
 
+[audit]
+spill_file = $(toml_string "$STATE/audit-spill.jsonl")
+
 [limits]
 default_tier = "free"
 
