@@ -144,6 +144,8 @@ pub struct AuditConfig {
     pub spill_file: String,
     /// Records older than this are deleted (a checkpoint keeps what remains verifiable).
     pub retention: Option<ConfigDuration>,
+    /// Regexes masked as `[REDACTED:custom]` in captured content, after the built-in rules.
+    pub redact: Vec<String>,
 }
 
 impl Default for AuditConfig {
@@ -155,6 +157,7 @@ impl Default for AuditConfig {
             node: None,
             spill_file: "portcullis-audit-spill.jsonl".into(),
             retention: None,
+            redact: Vec::new(),
         }
     }
 }

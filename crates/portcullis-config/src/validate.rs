@@ -35,6 +35,9 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.audit.node.as_ref().is_some_and(|node| node.is_empty() || node.len() > 64) {
         return invalid("audit.node", "must be 1-64 characters");
     }
+    for (index, pattern) in config.audit.redact.iter().enumerate() {
+        validate_redaction(index, pattern)?;
+    }
     for (name, tier) in &config.tiers {
         validate_tier(name, tier)?;
     }
@@ -46,6 +49,17 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
         validate_model(index, model, config)?;
     }
     Ok(())
+}
+
+/// A custom redaction rule must compile, and must not match the empty string: that would put a
+/// `[REDACTED:custom]` between every two characters of captured content.
+fn validate_redaction(index: usize, pattern: &str) -> Result<(), ConfigError> {
+    let path = format!("audit.redact[{index}]");
+    match regex::Regex::new(pattern) {
+        Err(error) => invalid(&path, &format!("is not a valid regex: {error}")),
+        Ok(regex) if regex.is_match("") => invalid(&path, "must not match the empty string"),
+        Ok(_) => Ok(()),
+    }
 }
 
 fn validate_tier(name: &str, tier: &TierConfig) -> Result<(), ConfigError> {
@@ -215,6 +229,15 @@ mod tests {
     #[test]
     fn default_tier_must_exist_when_tiers_are_defined() {
         assert_eq!(error_path("[tiers.gold]\npriority = 1\n"), "limits.default_tier");
+    }
+
+    #[test]
+    fn custom_redaction_rules_must_compile_and_match_something() {
+        let config = parse("[audit]\nredact = [\"ACME-[0-9]{6}\", \"(?i)secret\"]\n").unwrap();
+        assert_eq!(config.audit.redact, ["ACME-[0-9]{6}", "(?i)secret"]);
+        assert!(parse("").unwrap().audit.redact.is_empty());
+        assert_eq!(error_path("[audit]\nredact = [\"ok\", \"(unclosed\"]\n"), "audit.redact[1]");
+        assert_eq!(error_path("[audit]\nredact = [\"x*\"]\n"), "audit.redact[0]");
     }
 
     #[test]

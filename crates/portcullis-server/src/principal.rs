@@ -19,6 +19,8 @@ pub struct Principal {
     pub allowed_cidrs: CidrList,
     /// The key's own limit overrides (its tier gives the rest).
     pub limits: LimitOverrides,
+    /// The key opted in to content capture (its team may have, too).
+    pub capture_content: bool,
     pub revoked: bool,
     /// Unix seconds after which the credential no longer works: the key's own expiry, or the
     /// end of a rotated-out secret's grace period, whichever is first.
@@ -42,6 +44,7 @@ impl Principal {
             scopes: Scopes::parse(&key.scopes).ok()?,
             allowed_cidrs: CidrList::parse(&key.allowed_cidrs).ok()?,
             limits: key.limits.clone(),
+            capture_content: key.capture_content,
             revoked: key.revoked_at.is_some(),
             expires_at,
             last_used: AtomicI64::new(key.last_used_at.map_or(0, |at| at.unix_timestamp())),

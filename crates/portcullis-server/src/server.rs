@@ -20,7 +20,7 @@ use portcullis_limits::{Limiter, MemoryLimiter};
 use crate::admin::auth::{AdminAuth, MIN_BOOTSTRAP_TOKEN_LEN};
 use crate::listener::{self, HeadLimits};
 use crate::state::{AppState, Runtime};
-use portcullis_audit::{AuditWriter, Durability, WriterConfig, WriterTask};
+use portcullis_audit::{AuditWriter, Durability, Redactor, WriterConfig, WriterTask};
 use portcullis_config::AuditDurability;
 
 use crate::audit::Auditor;
@@ -57,6 +57,9 @@ impl Server {
                 "PORTCULLIS_ADMIN_TOKEN must be at least {MIN_BOOTSTRAP_TOKEN_LEN} characters"
             )));
         }
+        // `Config::parse` has compiled these already: only a config built some other way fails here.
+        let redactor = Redactor::new(&config.audit.redact)
+            .map_err(|error| StartError::Config(format!("audit.redact: {error}")))?;
         let stores = store::open(config.store.url.expose())?;
         let applied = stores.migrator.migrate().await.map_err(|error| StartError::Store(error.to_string()))?;
         if applied > 0 {
@@ -75,7 +78,7 @@ impl Server {
             .map_err(|error| StartError::Store(format!("audit log: {error}")))?;
         let auditor = Auditor::new(audit_handle);
         let admin_auth = AdminAuth::new(bootstrap_token.as_deref());
-        let state = AppState::new(config, stores.clone(), admin_auth, limiter, recorder, auditor);
+        let state = AppState::new(config, stores.clone(), admin_auth, limiter, recorder, auditor, redactor);
         let generated_admin_token = match bootstrap_token {
             Some(_) => None,
             None => first_admin_token(&stores, &state).await?,
@@ -193,8 +196,8 @@ pub struct RunningServer {
 impl RunningServer {
     /// Swaps in a new configuration: models, tiers, limits and timeouts take effect for the next
     /// request; in-flight requests finish on the old routes. Listener addresses, request-head
-    /// limits, the store and the key pepper are fixed at start; changing them is reported and
-    /// ignored.
+    /// limits, the store, the key pepper and the redaction rules are fixed at start; changing them
+    /// is reported and ignored.
     pub fn reload(&self, config: Config) -> Vec<&'static str> {
         let current = self.state.runtime().config.clone();
         let (new, old) = (&config.server, &current.server);
@@ -207,6 +210,7 @@ impl RunningServer {
             ("admin.listen", config.admin.listen != current.admin.listen),
             ("store.url", config.store.url != current.store.url),
             ("security.key_pepper", config.security.key_pepper != current.security.key_pepper),
+            ("audit.redact", config.audit.redact != current.audit.redact),
         ];
         let ignored = fixed_at_start.into_iter().filter(|(_, changed)| *changed).map(|(name, _)| name).collect();
         self.state.swap_runtime(Runtime::new(config));

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
+use portcullis_audit::Redactor;
 use portcullis_auth::SecretHasher;
 use portcullis_config::Config;
 use portcullis_store::Stores;
@@ -56,6 +57,8 @@ struct Inner {
     recorder: UsageRecorder,
     misuse: Misuse,
     auditor: Auditor,
+    /// Built once at start from `audit.redact`; shared by every request that captures content.
+    redactor: Arc<Redactor>,
     hasher: SecretHasher,
     metrics: Metrics,
     admin_auth: AdminAuth,
@@ -72,6 +75,7 @@ impl AppState {
         limiter: Arc<dyn Limiter>,
         recorder: UsageRecorder,
         auditor: Auditor,
+        redactor: Redactor,
     ) -> AppState {
         let hasher = SecretHasher::new(config.security.key_pepper.as_ref().map(|pepper| pepper.expose().as_str()));
         let misuse = Misuse::new(&config.security);
@@ -89,6 +93,7 @@ impl AppState {
                 recorder,
                 misuse,
                 auditor,
+                redactor: Arc::new(redactor),
                 hasher,
                 metrics,
                 admin_auth,
@@ -131,6 +136,10 @@ impl AppState {
         &self.inner.auditor
     }
 
+    pub fn redactor(&self) -> &Arc<Redactor> {
+        &self.inner.redactor
+    }
+
     pub fn misuse(&self) -> &Misuse {
         &self.inner.misuse
     }
@@ -169,6 +178,7 @@ impl AppState {
         let writer = portcullis_audit::WriterConfig::new("test-node", spill);
         let (handle, _writer_task) = portcullis_audit::AuditWriter::start(writer, stores.audit.clone()).await.unwrap();
         let limiter = Arc::new(portcullis_limits::MemoryLimiter::new());
-        AppState::new(config, stores, admin_auth, limiter, recorder, Auditor::new(handle))
+        let redactor = Redactor::new(&config.audit.redact).unwrap();
+        AppState::new(config, stores, admin_auth, limiter, recorder, Auditor::new(handle), redactor)
     }
 }

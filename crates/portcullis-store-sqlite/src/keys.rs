@@ -18,8 +18,8 @@ impl KeyStore for SqliteStore {
         self.write(move |tx| {
             tx.execute(
                 "INSERT INTO api_keys (id, name, display_prefix, team, tier, models, scopes, allowed_cidrs, limits,
-                                       metadata, expires_at, created_by, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                                       metadata, expires_at, capture_content, created_by, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 params![
                     key.id,
                     key.name,
@@ -32,6 +32,7 @@ impl KeyStore for SqliteStore {
                     Json(&key.limits),
                     Json(&key.metadata),
                     key.expires_at.map(UnixTime),
+                    key.capture_content,
                     key.created_by,
                     UnixTime(key.created_at),
                 ],
@@ -93,7 +94,7 @@ impl KeyStore for SqliteStore {
             let key = apply_patch(select_key(tx, &id)?, patch);
             tx.execute(
                 "UPDATE api_keys SET name = ?2, tier = ?3, models = ?4, scopes = ?5, allowed_cidrs = ?6, limits = ?7,
-                                     metadata = ?8, expires_at = ?9
+                                     metadata = ?8, expires_at = ?9, capture_content = ?10
                  WHERE id = ?1",
                 params![
                     key.id,
@@ -105,6 +106,7 @@ impl KeyStore for SqliteStore {
                     Json(&key.limits),
                     Json(&key.metadata),
                     key.expires_at.map(UnixTime),
+                    key.capture_content,
                 ],
             )
             .map_err(db_err)?;
@@ -188,7 +190,7 @@ fn insert_secret(conn: &Connection, key_id: &str, hash: &[u8; 32], created_at: O
 
 /// Replaces each field the patch carries; `expires_at: Some(None)` clears the expiry.
 fn apply_patch(mut key: KeyRecord, patch: KeyPatch) -> KeyRecord {
-    let KeyPatch { name, tier, models, scopes, allowed_cidrs, limits, metadata, expires_at } = patch;
+    let KeyPatch { name, tier, models, scopes, allowed_cidrs, limits, metadata, expires_at, capture_content } = patch;
     key.name = name.unwrap_or(key.name);
     key.tier = tier.unwrap_or(key.tier);
     key.models = models.unwrap_or(key.models);
@@ -197,11 +199,12 @@ fn apply_patch(mut key: KeyRecord, patch: KeyPatch) -> KeyRecord {
     key.limits = limits.unwrap_or(key.limits);
     key.metadata = metadata.unwrap_or(key.metadata);
     key.expires_at = expires_at.unwrap_or(key.expires_at);
+    key.capture_content = capture_content.unwrap_or(key.capture_content);
     key
 }
 
 const COLUMNS: &str = "id, name, display_prefix, team, tier, models, scopes, allowed_cidrs, limits, metadata, \
-                       expires_at, created_by, created_at, revoked_at, last_used_at";
+                       expires_at, capture_content, created_by, created_at, revoked_at, last_used_at";
 
 fn select_key(conn: &Connection, id: &str) -> StoreResult<KeyRecord> {
     let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM api_keys WHERE id = ?1")).map_err(db_err)?;
@@ -221,6 +224,7 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
         limits: row.get::<_, Json<_>>("limits")?.0,
         metadata: row.get::<_, Json<_>>("metadata")?.0,
         expires_at: time_of(row.get("expires_at")?),
+        capture_content: row.get("capture_content")?,
         created_by: row.get("created_by")?,
         created_at: row.get::<_, UnixTime>("created_at")?.0,
         revoked_at: time_of(row.get("revoked_at")?),

@@ -20,6 +20,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, sql: INITIAL },
     Migration { version: 2, sql: USAGE },
     Migration { version: 3, sql: AUDIT },
+    Migration { version: 4, sql: CAPTURE_CONTENT },
 ];
 
 /// Secrets live apart from keys, so a rotated key keeps its old secrets until their grace ends.
@@ -152,6 +153,12 @@ CREATE TABLE audit_checkpoints (
 ) STRICT;
 ";
 
+/// The opt-in to content capture, on keys and on teams. Existing rows keep capture off.
+const CAPTURE_CONTENT: &str = "
+ALTER TABLE api_keys ADD COLUMN capture_content INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE teams ADD COLUMN capture_content INTEGER NOT NULL DEFAULT 0;
+";
+
 #[async_trait]
 impl Migrator for SqliteStore {
     async fn migrate(&self) -> StoreResult<usize> {
@@ -211,4 +218,38 @@ fn refuse_newer_schema(conn: &Connection) -> StoreResult<()> {
 
 fn failed(migration: &Migration, err: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(format!("migration {} failed: {err}", migration.version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_from_before_capture_content_keep_capture_off() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")
+            .unwrap();
+        for migration in MIGRATIONS.iter().filter(|migration| migration.version < 4) {
+            conn.execute_batch(migration.sql).unwrap();
+            conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 0)", [migration.version])
+                .unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO teams (name, limits, metadata, created_at) VALUES ('old', '{}', '{}', 0);
+             INSERT INTO api_keys (id, name, display_prefix, team, tier, models, scopes, allowed_cidrs, limits,
+                                   metadata, created_by, created_at)
+             VALUES ('key_old', 'old', 'pcl_old', 'old', 'free', '[]', '[]', '[]', '{}', '{}', 'test', 0);",
+        )
+        .unwrap();
+
+        assert_eq!(apply_pending(&mut conn).unwrap(), 1);
+        let flags: (bool, bool) = conn
+            .query_row(
+                "SELECT k.capture_content, t.capture_content FROM api_keys k JOIN teams t ON t.name = k.team",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(flags, (false, false), "an upgrade turns capture on for nobody");
+    }
 }

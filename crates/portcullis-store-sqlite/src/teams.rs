@@ -13,8 +13,16 @@ impl TeamStore for SqliteStore {
     async fn create_team(&self, team: NewTeam) -> StoreResult<TeamRecord> {
         self.write(move |tx| {
             tx.execute(
-                "INSERT INTO teams (name, tier, limits, metadata, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![team.name, team.tier, Json(&team.limits), Json(&team.metadata), UnixTime(team.created_at)],
+                "INSERT INTO teams (name, tier, limits, metadata, capture_content, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    team.name,
+                    team.tier,
+                    Json(&team.limits),
+                    Json(&team.metadata),
+                    team.capture_content,
+                    UnixTime(team.created_at)
+                ],
             )
             .map_err(insert_err(format!("team {}", team.name)))?;
             select_team(tx, &team.name)
@@ -50,9 +58,12 @@ impl TeamStore for SqliteStore {
             if let Some(metadata) = patch.metadata {
                 team.metadata = metadata;
             }
+            if let Some(capture_content) = patch.capture_content {
+                team.capture_content = capture_content;
+            }
             tx.execute(
-                "UPDATE teams SET tier = ?2, limits = ?3, metadata = ?4 WHERE name = ?1",
-                params![team.name, team.tier, Json(&team.limits), Json(&team.metadata)],
+                "UPDATE teams SET tier = ?2, limits = ?3, metadata = ?4, capture_content = ?5 WHERE name = ?1",
+                params![team.name, team.tier, Json(&team.limits), Json(&team.metadata), team.capture_content],
             )
             .map_err(db_err)?;
             select_team(tx, &name)
@@ -61,7 +72,7 @@ impl TeamStore for SqliteStore {
     }
 }
 
-const COLUMNS: &str = "name, tier, limits, metadata, created_at";
+const COLUMNS: &str = "name, tier, limits, metadata, capture_content, created_at";
 
 fn select_team(conn: &Connection, name: &str) -> StoreResult<TeamRecord> {
     let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM teams WHERE name = ?1")).map_err(db_err)?;
@@ -74,6 +85,7 @@ fn team_from_row(row: &Row<'_>) -> rusqlite::Result<TeamRecord> {
         tier: row.get("tier")?,
         limits: row.get::<_, Json<_>>("limits")?.0,
         metadata: row.get::<_, Json<_>>("metadata")?.0,
+        capture_content: row.get("capture_content")?,
         created_at: row.get::<_, UnixTime>("created_at")?.0,
     })
 }

@@ -175,6 +175,7 @@ fn planted_key(secret: &str, now: OffsetDateTime) -> NewKey {
         limits: LimitOverrides::default(),
         metadata: serde_json::json!({}),
         expires_at: None,
+        capture_content: false,
         created_by: "test".into(),
         created_at: now,
     }

@@ -84,6 +84,7 @@ async fn teams_are_unique_readable_and_patchable(stores: &Stores, now: OffsetDat
         tier: Some("gold".into()),
         limits: LimitOverrides { requests_per_minute: Some(600), budget_per_day: Some(12.5), ..Default::default() },
         metadata: json!({"cost_centre": "r&d", "tags": ["a", "b"]}),
+        capture_content: true,
         created_at: now,
     };
     let created = teams.create_team(red.clone()).await.unwrap();
@@ -96,6 +97,7 @@ async fn teams_are_unique_readable_and_patchable(stores: &Stores, now: OffsetDat
         tier: None,
         limits: LimitOverrides::default(),
         metadata: json!({}),
+        capture_content: false,
         created_at: now,
     };
     teams.create_team(blue.clone()).await.unwrap();
@@ -118,15 +120,17 @@ async fn teams_are_unique_readable_and_patchable(stores: &Stores, now: OffsetDat
         tier: None,
         limits: Some(LimitOverrides { tokens_per_day: Some(1_000_000), ..Default::default() }),
         metadata: Some(json!({"owner": "story"})),
+        capture_content: Some(false),
     };
     let patched = teams.update_team(RED, rest.clone()).await.unwrap();
     let expected = TeamRecord {
         tier: Some("silver".into()),
         limits: rest.limits.unwrap(),
         metadata: rest.metadata.unwrap(),
+        capture_content: false,
         ..created.clone()
     };
-    assert_eq!(patched, expected, "limits and metadata replaced, tier kept");
+    assert_eq!(patched, expected, "limits, metadata and capture replaced, tier kept");
     assert_eq!(teams.get_team(RED).await.unwrap(), patched, "the patch is stored");
 
     let missing = teams.update_team("story-team-none", TeamPatch::default()).await;
@@ -142,6 +146,7 @@ async fn keys_are_stored_whole_and_found_by_secret(stores: &Stores, now: OffsetD
         limits: LimitOverrides { tokens_per_minute: Some(20_000), budget_per_month: Some(99.75), ..Default::default() },
         metadata: json!({"owner": "story", "nested": {"n": 1}}),
         expires_at: Some(now + Duration::days(30)),
+        capture_content: true,
         ..new_key("story-key-full", Some(RED), 0x10, now - Duration::seconds(10))
     };
     let created = keys.create_key(full.clone()).await.unwrap();
@@ -216,6 +221,7 @@ async fn key_patches_replace_only_given_fields(stores: &Stores, now: OffsetDateT
         limits: Some(LimitOverrides { max_concurrent: Some(4), ..Default::default() }),
         metadata: Some(json!(["a", 1, null])),
         expires_at: Some(Some(now + Duration::days(1))),
+        capture_content: Some(false),
     };
     let patched = keys.update_key("story-key-full", everything.clone()).await.unwrap();
     let expected = KeyRecord {
@@ -227,6 +233,7 @@ async fn key_patches_replace_only_given_fields(stores: &Stores, now: OffsetDateT
         limits: everything.limits.unwrap(),
         metadata: everything.metadata.unwrap(),
         expires_at: everything.expires_at.unwrap(),
+        capture_content: everything.capture_content.unwrap(),
         ..original.clone()
     };
     assert_eq!(patched, expected, "every given field replaced");
@@ -878,6 +885,7 @@ fn new_key(id: &str, team: Option<&str>, tag: u8, created_at: OffsetDateTime) ->
         limits: LimitOverrides::default(),
         metadata: json!({}),
         expires_at: None,
+        capture_content: false,
         created_by: "story-admin".into(),
         created_at,
     }
@@ -910,6 +918,7 @@ fn key_record(key: &NewKey) -> KeyRecord {
         limits: key.limits.clone(),
         metadata: key.metadata.clone(),
         expires_at: key.expires_at,
+        capture_content: key.capture_content,
         created_by: key.created_by.clone(),
         created_at: key.created_at,
         revoked_at: None,
@@ -923,6 +932,7 @@ fn team_record(team: &NewTeam) -> TeamRecord {
         tier: team.tier.clone(),
         limits: team.limits.clone(),
         metadata: team.metadata.clone(),
+        capture_content: team.capture_content,
         created_at: team.created_at,
     }
 }

@@ -17,6 +17,8 @@ pub struct KeyRecord {
     pub limits: LimitOverrides,
     pub metadata: Value,
     pub expires_at: Option<OffsetDateTime>,
+    /// Record (redacted) prompts and completions of this key's requests in the audit log.
+    pub capture_content: bool,
     pub created_by: String,
     pub created_at: OffsetDateTime,
     pub revoked_at: Option<OffsetDateTime>,
@@ -37,6 +39,7 @@ pub struct NewKey {
     pub limits: LimitOverrides,
     pub metadata: Value,
     pub expires_at: Option<OffsetDateTime>,
+    pub capture_content: bool,
     pub created_by: String,
     pub created_at: OffsetDateTime,
 }
@@ -65,6 +68,7 @@ pub struct KeyPatch {
     pub limits: Option<LimitOverrides>,
     pub metadata: Option<Value>,
     pub expires_at: Option<Option<OffsetDateTime>>,
+    pub capture_content: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -80,6 +84,8 @@ pub struct TeamRecord {
     pub tier: Option<String>,
     pub limits: LimitOverrides,
     pub metadata: Value,
+    /// Record (redacted) prompts and completions of every key of the team in the audit log.
+    pub capture_content: bool,
     pub created_at: OffsetDateTime,
 }
 
@@ -89,6 +95,7 @@ pub struct NewTeam {
     pub tier: Option<String>,
     pub limits: LimitOverrides,
     pub metadata: Value,
+    pub capture_content: bool,
     pub created_at: OffsetDateTime,
 }
 
@@ -97,6 +104,7 @@ pub struct TeamPatch {
     pub tier: Option<String>,
     pub limits: Option<LimitOverrides>,
     pub metadata: Option<Value>,
+    pub capture_content: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -43,6 +43,10 @@ pub struct KeyView {
     pub status: KeyStatus,
     #[serde(with = "time::serde::rfc3339::option")]
     pub expires_at: Option<OffsetDateTime>,
+    /// Whether the key's prompts and completions are recorded (redacted) in the audit log. Its
+    /// team's setting applies too: either one turns capture on.
+    #[serde(default)]
+    pub capture_content: bool,
     pub created_by: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -84,6 +88,9 @@ pub struct CreateKeyRequest {
     pub limits: Option<LimitOverrides>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
+    /// Record the key's (redacted) prompts and completions in the audit log. Admins only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub capture_content: bool,
 }
 
 /// The answer to a create or rotate: the only time the secret is ever shown.
@@ -120,6 +127,9 @@ pub struct UpdateKeyRequest {
     pub limits: Option<LimitOverrides>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
+    /// Turns content capture on or off. Admins only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture_content: Option<bool>,
 }
 
 /// `POST /admin/v1/keys/{id}/rotate`.
@@ -137,6 +147,9 @@ pub struct TeamView {
     pub tier: Option<String>,
     pub limits: LimitOverrides,
     pub metadata: Value,
+    /// Whether every key of the team has its prompts and completions recorded (redacted).
+    #[serde(default)]
+    pub capture_content: bool,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
 }
@@ -151,6 +164,8 @@ pub struct CreateTeamRequest {
     pub limits: Option<LimitOverrides>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub capture_content: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -162,6 +177,8 @@ pub struct UpdateTeamRequest {
     pub limits: Option<LimitOverrides>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture_content: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

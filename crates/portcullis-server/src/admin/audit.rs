@@ -672,6 +672,7 @@ mod tests {
             tier: None,
             limits: Default::default(),
             metadata: serde_json::json!({}),
+            capture_content: false,
             created_at: now,
         };
         stores.teams.create_team(team).await.unwrap();

@@ -65,6 +65,9 @@ pub async fn create(
     if caller.role == Role::TeamAdmin && tier != team_default {
         return Err(forbidden("a team admin cannot give a key a tier other than its team's"));
     }
+    if request.capture_content {
+        may_change_capture(&caller)?;
+    }
     let secret = SecretToken::generate(SecretKind::ApiKey);
     let new_key = NewKey {
         id: format!("key_{}", ulid::Ulid::new()),
@@ -82,6 +85,7 @@ pub async fn create(
         limits: validate::limits(request.limits)?,
         metadata: validate::metadata(request.metadata)?,
         expires_at: validate::expiry(request.expires_in.as_deref(), request.expires_at, now)?,
+        capture_content: request.capture_content,
         created_by: caller.token_id.clone(),
         created_at: now,
     };
@@ -112,6 +116,9 @@ pub async fn update(
     if caller.team.is_some() && request.tier.as_ref().is_some_and(|tier| tier != &existing.tier) {
         return Err(forbidden("a team admin cannot change a key's tier"));
     }
+    if request.capture_content.is_some_and(|capture| capture != existing.capture_content) {
+        may_change_capture(&caller)?;
+    }
     let expires_at = if request.clear_expiry {
         if request.expires_in.is_some() || request.expires_at.is_some() {
             return Err(ApiError::bad_request(
@@ -132,6 +139,7 @@ pub async fn update(
         limits: request.limits.map(|limits| validate::limits(Some(limits))).transpose()?,
         metadata: request.metadata.map(|metadata| validate::metadata(Some(metadata))).transpose()?,
         expires_at,
+        capture_content: request.capture_content,
     };
     let record = state.stores().keys.update_key(&id, patch).await.map_err(store_error("key"))?;
     state.keys().invalidate_key(&id);
@@ -185,6 +193,15 @@ pub async fn rotate(
     Ok(Json(created(record, secret, now)))
 }
 
+/// Recording prompts and completions is a privacy decision for the whole deployment, not for a
+/// team: only an admin turns capture on or off (a team admin may resend the current value).
+fn may_change_capture(caller: &AdminCaller) -> Result<(), ApiError> {
+    match caller.role {
+        Role::Admin => Ok(()),
+        Role::TeamAdmin | Role::Auditor => Err(forbidden("only an admin can turn content capture on or off")),
+    }
+}
+
 /// The key, if it exists and the caller may see it; otherwise the same 404 either way.
 async fn visible_key(state: &AppState, caller: &AdminCaller, id: &str) -> Result<KeyRecord, ApiError> {
     let record = state.stores().keys.get_key(id).await.map_err(store_error("key"))?;
@@ -206,6 +223,7 @@ async fn ensure_team(
                 tier: None,
                 limits: Default::default(),
                 metadata: validate::metadata(None)?,
+                capture_content: false,
                 created_at: now,
             };
             match state.stores().teams.create_team(new_team).await {

@@ -35,6 +35,7 @@ pub async fn create(
         tier: request.tier.as_deref().map(|tier| validate::tier(&config, tier)).transpose()?,
         limits: validate::limits(request.limits)?,
         metadata: validate::metadata(request.metadata)?,
+        capture_content: request.capture_content,
         created_at: OffsetDateTime::now_utc(),
     };
     let record = state.stores().teams.create_team(team).await.map_err(store_error("team"))?;
@@ -54,7 +55,8 @@ pub async fn get(
     Ok(Json(team_view(record)))
 }
 
-/// Changing a team's tier or limits changes what its members may spend: admins only.
+/// Changing a team's tier or limits changes what its members may spend, and turning content
+/// capture on records what they send: admins only.
 pub async fn update(
     State(state): State<AppState>,
     caller: AdminCaller,
@@ -67,6 +69,7 @@ pub async fn update(
         tier: request.tier.as_deref().map(|tier| validate::tier(&config, tier)).transpose()?,
         limits: request.limits.map(|limits| validate::limits(Some(limits))).transpose()?,
         metadata: request.metadata.map(|metadata| validate::metadata(Some(metadata))).transpose()?,
+        capture_content: request.capture_content,
     };
     let record = state.stores().teams.update_team(&name, patch).await.map_err(store_error("team"))?;
     state.teams().invalidate(&name).await;

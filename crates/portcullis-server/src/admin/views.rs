@@ -27,6 +27,7 @@ pub fn key_view(record: KeyRecord, now: OffsetDateTime) -> KeyView {
         metadata: record.metadata,
         status,
         expires_at: record.expires_at,
+        capture_content: record.capture_content,
         created_by: record.created_by,
         created_at: record.created_at,
         revoked_at: record.revoked_at,
@@ -40,6 +41,7 @@ pub fn team_view(record: TeamRecord) -> TeamView {
         tier: record.tier,
         limits: record.limits,
         metadata: record.metadata,
+        capture_content: record.capture_content,
         created_at: record.created_at,
     }
 }

@@ -7,6 +7,7 @@ use portcullis_config::Config;
 use portcullis_limits::{Demand, Price, RateHeaders};
 
 use super::body::{Operation, ParsedRequest};
+use super::capture::Capture;
 use super::demand::{self, Plan};
 use super::settle::{Settlement, unix_millis};
 use crate::audit::DeferredAudit;
@@ -48,6 +49,9 @@ pub async fn admit(
         limits::denial_error(&denial, oversized_param(request.operation))
     })?;
     let rate_headers = reservation.headers;
+    // Either the key or its team opting in turns capture on; only then is the prompt read.
+    let captures = principal.capture_content || team.as_ref().is_some_and(|team| team.capture_content);
+    let capture = captures.then(|| Capture::new(state.redactor().clone(), &request.body));
     let priority = config.tiers.get(&principal.tier).map_or(0, |tier| tier.priority);
     let settlement = Settlement {
         limiter: state.limiter().clone(),
@@ -62,6 +66,7 @@ pub async fn admit(
         streamed: request.stream,
         audit: DeferredAudit::default(),
         auditor: state.auditor().clone(),
+        capture,
     };
     Ok(Admitted { plan, rate_headers, priority, settlement })
 }

@@ -46,6 +46,7 @@ mod tests {
             scopes: Scopes::parse(&["chat"]).unwrap(),
             allowed_cidrs: CidrList::parse(&["10.0.0.0/8"]).unwrap(),
             limits: Default::default(),
+            capture_content: false,
             revoked: false,
             expires_at: None,
             last_used: AtomicI64::new(0),

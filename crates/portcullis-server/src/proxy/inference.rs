@@ -120,15 +120,17 @@ fn relay(
         .is_some_and(|value| value.starts_with("text/event-stream"));
     let streamed = request.stream && is_event_stream;
     settlement.streamed = streamed;
+    // Embeddings generate no text: only their input is captured.
+    let capture = settlement.capture.is_some() && request.operation != Operation::Embeddings;
     let audit = settlement.audit.clone();
     let on_finish: OnFinish = Box::new(move |outcome| settlement.finish(outcome));
     let body = if streamed {
         // The stream may lose its usage chunk on the way: its length is no longer known.
         headers.remove(header::CONTENT_LENGTH);
         let cap = completion_cap.saturating_mul(request.choices);
-        Body::new(Metered::stream(body, !request.wants_stream_usage, Some(cap), on_finish))
+        Body::new(Metered::stream(body, !request.wants_stream_usage, Some(cap), capture, on_finish))
     } else {
-        Body::new(Metered::json(body, on_finish))
+        Body::new(Metered::json(body, capture, on_finish))
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;

@@ -1,8 +1,10 @@
 //! The response body on its way to the client, metered: it learns the real token usage (from
 //! the JSON body, or from the stream's usage chunk), strips the usage chunk the client did not
 //! ask for, stops a stream that runs past its reservation, and reports how it ended exactly once
-//! — also when the client hangs up and the body is dropped half-way.
+//! — also when the client hangs up and the body is dropped half-way. For a request that captures
+//! content it also reports the generated text the client was sent.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -15,6 +17,7 @@ use portcullis_audit::Submitted;
 use portcullis_types::openai::Usage;
 use serde::Deserialize;
 
+use super::capture::{self, CapturedText};
 use super::sse::SseScanner;
 
 /// Non-streamed bodies are kept (as reference-counted frames, not copies) up to this size to
@@ -34,13 +37,15 @@ pub enum Ending {
 }
 
 /// How a metered response ended and what it used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     pub ending: Ending,
     /// The upstream's own `usage`, when it sent one.
     pub reported: Option<Usage>,
     /// Chunks of generated text relayed (streams only).
     pub relayed_content: u64,
+    /// The generated text, when the body was metered with `capture`.
+    pub completion: Option<CapturedText>,
 }
 
 /// Called once when the body ends; may return an acknowledgement the end of the body waits for
@@ -48,8 +53,16 @@ pub struct Outcome {
 pub type OnFinish = Box<dyn FnOnce(Outcome) -> Option<Submitted> + Send>;
 
 enum Mode {
-    Json { parts: Vec<Bytes>, size: usize },
-    Stream { scanner: SseScanner, cap: Option<u64> },
+    /// `capture`: read the generated text from the kept body at the end.
+    Json {
+        parts: Vec<Bytes>,
+        size: usize,
+        capture: bool,
+    },
+    Stream {
+        scanner: SseScanner,
+        cap: Option<u64>,
+    },
 }
 
 pin_project! {
@@ -74,15 +87,15 @@ pin_project! {
 }
 
 impl<B> Metered<B> {
-    /// A plain JSON response; its `usage` is read at the end.
-    pub fn json(inner: B, on_finish: OnFinish) -> Self {
-        Self::new(inner, Mode::Json { parts: Vec::new(), size: 0 }, on_finish)
+    /// A plain JSON response; its `usage` (and, with `capture`, its text) is read at the end.
+    pub fn json(inner: B, capture: bool, on_finish: OnFinish) -> Self {
+        Self::new(inner, Mode::Json { parts: Vec::new(), size: 0, capture }, on_finish)
     }
 
     /// An SSE stream. `strip_usage_chunk` when the client did not ask for usage; `cap` is the
-    /// most content chunks to relay before the stream is cut.
-    pub fn stream(inner: B, strip_usage_chunk: bool, cap: Option<u64>, on_finish: OnFinish) -> Self {
-        Self::new(inner, Mode::Stream { scanner: SseScanner::new(strip_usage_chunk), cap }, on_finish)
+    /// most content chunks to relay before the stream is cut; `capture` gathers their text.
+    pub fn stream(inner: B, strip_usage_chunk: bool, cap: Option<u64>, capture: bool, on_finish: OnFinish) -> Self {
+        Self::new(inner, Mode::Stream { scanner: SseScanner::new(strip_usage_chunk, capture), cap }, on_finish)
     }
 
     fn new(inner: B, mode: Mode, on_finish: OnFinish) -> Self {
@@ -132,7 +145,7 @@ where
                 Err(frame) => return Poll::Ready(Some(Ok(frame))),
             };
             match this.mode {
-                Mode::Json { parts, size } => {
+                Mode::Json { parts, size, .. } => {
                     if *size + data.len() <= MAX_JSON_BODY {
                         *size += data.len();
                         parts.push(data.clone());
@@ -170,15 +183,30 @@ where
     }
 }
 
-fn finish(on_finish: &mut Option<OnFinish>, mode: &Mode, ending: Ending) -> Option<Submitted> {
+fn finish(on_finish: &mut Option<OnFinish>, mode: &mut Mode, ending: Ending) -> Option<Submitted> {
     let on_finish = on_finish.take()?;
     let outcome = match mode {
-        Mode::Json { parts, .. } => Outcome { ending, reported: json_usage(parts), relayed_content: 0 },
-        Mode::Stream { scanner, .. } => {
-            Outcome { ending, reported: scanner.tally.usage, relayed_content: scanner.tally.content_events }
+        Mode::Json { parts, capture, .. } => {
+            let body = joined(parts);
+            let completion = capture.then(|| capture::completion_text(&body));
+            Outcome { ending, reported: json_usage(&body), relayed_content: 0, completion }
         }
+        Mode::Stream { scanner, .. } => Outcome {
+            ending,
+            reported: scanner.tally.usage,
+            relayed_content: scanner.tally.content_events,
+            completion: scanner.text.take(),
+        },
     };
     on_finish(outcome)
+}
+
+/// The kept body in one piece; copied only when it came in several frames.
+fn joined(parts: &[Bytes]) -> Cow<'_, [u8]> {
+    match parts {
+        [one] => Cow::Borrowed(one),
+        _ => Cow::Owned(parts.concat()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -186,12 +214,8 @@ struct UsageOnly {
     usage: Option<Usage>,
 }
 
-fn json_usage(parts: &[Bytes]) -> Option<Usage> {
-    let body = match parts {
-        [one] => serde_json::from_slice::<UsageOnly>(one),
-        _ => serde_json::from_slice::<UsageOnly>(&parts.concat()),
-    };
-    body.ok()?.usage
+fn json_usage(body: &[u8]) -> Option<Usage> {
+    serde_json::from_slice::<UsageOnly>(body).ok()?.usage
 }
 
 #[cfg(test)]
@@ -225,19 +249,33 @@ mod tests {
     async fn json_usage_is_read_and_the_body_passes_unchanged() {
         let (seen, on_finish) = recorder();
         let text = r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
-        let metered = Metered::json(body(&[&text[..20], &text[20..]]), on_finish);
+        let metered = Metered::json(body(&[&text[..20], &text[20..]]), false, on_finish);
         let relayed = metered.collect().await.unwrap().to_bytes();
         assert_eq!(relayed, text.as_bytes());
-        let outcome = seen.lock().unwrap()[0];
+        let outcome = seen.lock().unwrap()[0].clone();
         assert_eq!(outcome.ending, Ending::Complete);
         assert_eq!(outcome.reported.unwrap().completion_tokens, 4);
+        assert_eq!(outcome.completion, None, "no text without capture");
+    }
+
+    #[tokio::test]
+    async fn a_capturing_json_body_reports_its_text() {
+        let (seen, on_finish) = recorder();
+        let text = r#"{"choices":[{"message":{"content":"hi there"}}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
+        let metered = Metered::json(body(&[&text[..30], &text[30..]]), true, on_finish);
+        metered.collect().await.unwrap();
+        let outcome = seen.lock().unwrap()[0].clone();
+        assert_eq!(outcome.reported.unwrap().completion_tokens, 2, "usage is read as without capture");
+        let mut expected = CapturedText::default();
+        expected.push("hi there");
+        assert_eq!(outcome.completion, Some(expected));
     }
 
     #[tokio::test]
     async fn a_body_of_known_length_is_complete_at_its_last_byte_even_if_never_polled_to_the_end() {
         let (seen, on_finish) = recorder();
         let text = r#"{"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
-        let mut metered = Box::pin(Metered::json(http_body_util::Full::new(Bytes::from(text)), on_finish));
+        let mut metered = Box::pin(Metered::json(http_body_util::Full::new(Bytes::from(text)), false, on_finish));
         let frame = metered.frame().await.unwrap().unwrap();
         assert_eq!(frame.into_data().unwrap(), text.as_bytes());
         assert!(metered.is_end_stream());
@@ -252,20 +290,24 @@ mod tests {
     async fn a_dropped_stream_reports_once_that_the_client_left() {
         let (seen, on_finish) = recorder();
         let hello = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n";
-        let mut metered = Box::pin(Metered::stream(body(&[hello, hello, hello]), true, None, on_finish));
+        let mut metered = Box::pin(Metered::stream(body(&[hello, hello, hello]), true, None, true, on_finish));
         metered.frame().await.unwrap().unwrap();
         drop(metered);
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 1);
         assert_eq!(seen[0].ending, Ending::ClientGone);
         assert_eq!(seen[0].relayed_content, 1);
+        let mut relayed = CapturedText::default();
+        relayed.push("hi");
+        assert_eq!(seen[0].completion, Some(relayed), "the text the client was sent before it left");
     }
 
     #[tokio::test]
     async fn a_stream_past_its_cap_is_cut_and_reported_once() {
         let (seen, on_finish) = recorder();
         let hello = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n";
-        let metered = Metered::stream(body(&[hello, hello, hello, "data: [DONE]\n\n"]), false, Some(2), on_finish);
+        let metered =
+            Metered::stream(body(&[hello, hello, hello, "data: [DONE]\n\n"]), false, Some(2), false, on_finish);
         let relayed = metered.collect().await.unwrap().to_bytes();
         assert_eq!(relayed, [hello, hello].concat().as_bytes());
         let seen = seen.lock().unwrap();

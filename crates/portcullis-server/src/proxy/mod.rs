@@ -4,6 +4,7 @@ mod admit;
 mod authenticate;
 mod authorize;
 mod body;
+mod capture;
 mod demand;
 mod inference;
 mod meter;

@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use portcullis_audit::Submitted;
 use portcullis_store::AuditDecision;
 
+use super::capture::Capture;
 use super::meter::{Ending, Outcome};
 use crate::audit::{Auditor, DeferredAudit};
 use crate::usage::UsageRecorder;
@@ -35,6 +36,8 @@ pub struct Settlement {
     /// The request's audit record, parked by the access-log layer until the body ends.
     pub audit: DeferredAudit,
     pub auditor: Auditor,
+    /// Set when the key or its team opted in to content capture.
+    pub capture: Option<Capture>,
 }
 
 /// What a finished request is billed.
@@ -52,8 +55,9 @@ impl Settlement {
         self.settle(Billed { prompt_tokens: 0, completion_tokens: 0, estimated: false }, false);
     }
 
-    /// Settles with what the body's meter saw and submits the request's audit record; returns
-    /// the record's acknowledgement, for a body that must not end before it is durable.
+    /// Settles with what the body's meter saw and submits the request's audit record (with its
+    /// captured content, if the request captures any); returns the record's acknowledgement, for
+    /// a body that must not end before it is durable.
     pub fn finish(self, outcome: Outcome) -> Option<Submitted> {
         let billed = self.billed(&outcome);
         let cost = self.price.cost(billed.prompt_tokens, billed.completion_tokens);
@@ -63,6 +67,7 @@ impl Settlement {
             event.usage_estimated = billed.estimated;
             event.cost_pico = Some(cost.0);
             event.model = Some(self.model.clone());
+            event.content = self.capture.as_ref().map(|capture| capture.content(outcome.completion.as_ref()));
             let (decision, reason) = match outcome.ending {
                 Ending::Complete => (AuditDecision::Allow, None),
                 Ending::CutOff => (AuditDecision::Allow, Some("cut_off_at_reservation")),

@@ -1,5 +1,6 @@
-//! Reading an OpenAI server-sent-event stream as it passes: usage reports, generated chunks,
-//! and the one event Portcullis may remove (the usage chunk the client did not ask for).
+//! Reading an OpenAI server-sent-event stream as it passes: usage reports, generated chunks (and,
+//! for a request that captures content, their text), and the one event Portcullis may remove
+//! (the usage chunk the client did not ask for).
 //!
 //! Events are relayed as slices of the frames they arrived in (no copy); only an event split
 //! across frames is joined, and only its bytes.
@@ -9,6 +10,8 @@ use std::collections::VecDeque;
 use bytes::{Bytes, BytesMut};
 use portcullis_types::openai::Usage;
 use serde::Deserialize;
+
+use super::capture::{self, CapturedText};
 
 /// What the scanner learned from the events seen so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -29,11 +32,19 @@ pub struct SseScanner {
     /// Bytes of an event whose end has not arrived yet.
     partial: BytesMut,
     pub tally: StreamTally,
+    /// The generated text relayed so far; `None` unless the request captures content, so that
+    /// other streams parse no content event.
+    pub text: Option<CapturedText>,
 }
 
 impl SseScanner {
-    pub fn new(strip_usage_chunk: bool) -> SseScanner {
-        SseScanner { strip_usage_chunk, partial: BytesMut::new(), tally: StreamTally::default() }
+    pub fn new(strip_usage_chunk: bool, capture: bool) -> SseScanner {
+        SseScanner {
+            strip_usage_chunk,
+            partial: BytesMut::new(),
+            tally: StreamTally::default(),
+            text: capture.then(CapturedText::default),
+        }
     }
 
     /// Takes one frame from upstream; pushes onto `out` the slices to relay, in order. Each
@@ -58,6 +69,9 @@ impl SseScanner {
                     capped = max_content_events.is_some_and(|cap| self.tally.content_events >= cap);
                     if !capped {
                         self.tally.content_events += 1;
+                        if let (Some(text), Some(data)) = (self.text.as_mut(), data_of(event)) {
+                            capture::push_event_text(text, data);
+                        }
                     }
                     !capped
                 }
@@ -177,7 +191,7 @@ mod tests {
     const DONE: &str = "data: [DONE]\n\n";
 
     fn run(frames: &[&str], strip: bool, cap: Option<u64>) -> (String, SseScanner, bool) {
-        let mut scanner = SseScanner::new(strip);
+        let mut scanner = SseScanner::new(strip, false);
         let mut out = VecDeque::new();
         let mut capped = false;
         for frame in frames {
@@ -225,6 +239,24 @@ mod tests {
     }
 
     #[test]
+    fn text_is_gathered_only_when_capturing_and_only_from_relayed_chunks() {
+        let (_, scanner, _) = run(&[ROLE, HELLO, WORLD, USAGE, DONE], false, None);
+        assert_eq!(scanner.text, None);
+
+        let mut scanner = SseScanner::new(true, true);
+        let mut out = VecDeque::new();
+        let whole = [ROLE, HELLO, WORLD, HELLO, DONE].concat();
+        for piece in [&whole[..30], &whole[30..]] {
+            if scanner.push(Bytes::copy_from_slice(piece.as_bytes()), &mut out, Some(2)) {
+                break;
+            }
+        }
+        let mut expected = CapturedText::default();
+        expected.push("Hello world");
+        assert_eq!(scanner.text, Some(expected), "the chunk past the cap was not relayed, so not recorded");
+    }
+
+    #[test]
     fn crlf_events_and_completion_text_fields_are_understood() {
         let event = "data: {\"choices\":[{\"text\":\"once\"}]}\r\n\r\n";
         let (text, scanner, _) = run(&[event], false, None);
@@ -235,7 +267,7 @@ mod tests {
     #[test]
     fn frames_that_need_no_change_are_relayed_without_copy() {
         let frame = Bytes::from_static(b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n");
-        let mut scanner = SseScanner::new(true);
+        let mut scanner = SseScanner::new(true, false);
         let mut out = VecDeque::new();
         scanner.push(frame.clone(), &mut out, None);
         assert_eq!(out[0].as_ptr(), frame.as_ptr());

@@ -54,6 +54,9 @@ pub struct CreateArgs {
     team: Option<String>,
     #[command(flatten)]
     settings: KeySettings,
+    /// Record the key's prompts and completions (redacted) in the audit log. Admins only.
+    #[arg(long)]
+    capture_content: bool,
 }
 
 #[derive(Debug, Args)]
@@ -68,6 +71,9 @@ pub struct UpdateArgs {
     /// Remove the expiry.
     #[arg(long, conflicts_with = "expires_in")]
     no_expiry: bool,
+    /// Turn recording of the key's (redacted) prompts and completions on or off. Admins only.
+    #[arg(long, value_name = "true|false")]
+    capture_content: Option<bool>,
 }
 
 /// Flags `create` and `update` share. Lists take comma-separated values, repeated flags, or both;
@@ -106,6 +112,7 @@ impl CreateArgs {
             allowed_cidrs: split_list(cidr),
             expires_in,
             metadata,
+            capture_content: self.capture_content,
             ..CreateKeyRequest::default()
         }
     }
@@ -123,6 +130,7 @@ impl UpdateArgs {
             expires_in,
             clear_expiry: self.no_expiry,
             metadata,
+            capture_content: self.capture_content,
             ..UpdateKeyRequest::default()
         }
     }
@@ -152,7 +160,7 @@ pub async fn run(command: KeysCommand, global: &crate::GlobalArgs) -> anyhow::Re
             let body = args.into_request();
             if body == UpdateKeyRequest::default() {
                 bail!(
-                    "nothing to update: give at least one of --name, --tier, --models, --scopes, --cidr, --expires-in, --no-expiry, --metadata"
+                    "nothing to update: give at least one of --name, --tier, --models, --scopes, --cidr, --expires-in, --no-expiry, --metadata, --capture-content"
                 );
             }
             output::print_one(json, &client.patch::<KeyView>(&["keys", &id], &body).await?)
@@ -201,6 +209,7 @@ impl Render for KeyView {
             ("limits", fmt_serialized(&self.limits)),
             ("metadata", fmt_json(&self.metadata)),
             ("expires_at", fmt_time(self.expires_at)),
+            ("capture_content", self.capture_content.to_string()),
             ("created_by", self.created_by.clone()),
             ("created_at", fmt_time(Some(self.created_at))),
             ("revoked_at", fmt_time(self.revoked_at)),
@@ -256,6 +265,7 @@ mod tests {
             "10.0.0.0/8",
             "--metadata",
             r#"{"owner":"ci"}"#,
+            "--capture-content",
             "--json",
             "--admin-url",
             "http://127.0.0.1:9999",
@@ -274,6 +284,7 @@ mod tests {
                 allowed_cidrs: Some(vec!["10.0.0.0/8".into()]),
                 expires_in: Some("30d".into()),
                 metadata: Some(serde_json::json!({"owner": "ci"})),
+                capture_content: true,
                 ..CreateKeyRequest::default()
             }
         );
@@ -303,6 +314,18 @@ mod tests {
         let KeysCommand::Update(args) = cli.cmd else { anyhow::bail!("expected update") };
         assert_eq!(args.id, "k1");
         assert_eq!(serde_json::to_value(args.into_request())?, serde_json::json!({"models": [], "clear_expiry": true}));
+        Ok(())
+    }
+
+    #[test]
+    fn update_turns_capture_on_or_off_by_value() -> anyhow::Result<()> {
+        for (value, expected) in [("true", true), ("false", false)] {
+            let cli = parse(&["update", "k1", "--capture-content", value])?;
+            let KeysCommand::Update(args) = cli.cmd else { anyhow::bail!("expected update") };
+            assert_eq!(serde_json::to_value(args.into_request())?, serde_json::json!({"capture_content": expected}));
+        }
+        assert!(parse(&["update", "k1", "--capture-content"]).is_err(), "update needs the value");
+        assert!(parse(&["update", "k1", "--capture-content", "yes"]).is_err());
         Ok(())
     }
 

@@ -17,6 +17,9 @@ pub enum TeamsCommand {
         name: String,
         #[command(flatten)]
         settings: TeamSettings,
+        /// Record the prompts and completions (redacted) of every key of the team in the audit log.
+        #[arg(long)]
+        capture_content: bool,
     },
     /// List teams.
     List,
@@ -31,6 +34,9 @@ pub enum TeamsCommand {
         name: String,
         #[command(flatten)]
         settings: TeamSettings,
+        /// Turn recording of the team's (redacted) prompts and completions on or off.
+        #[arg(long, value_name = "true|false")]
+        capture_content: Option<bool>,
     },
 }
 
@@ -48,16 +54,16 @@ pub async fn run(command: TeamsCommand, global: &crate::GlobalArgs) -> anyhow::R
     let client = AdminClient::new(global)?;
     let json = global.json;
     match command {
-        TeamsCommand::Create { name, settings: TeamSettings { tier, metadata } } => {
-            let request = CreateTeamRequest { name, tier, metadata, ..CreateTeamRequest::default() };
+        TeamsCommand::Create { name, settings: TeamSettings { tier, metadata }, capture_content } => {
+            let request = CreateTeamRequest { name, tier, metadata, capture_content, ..CreateTeamRequest::default() };
             output::print_one(json, &client.post::<TeamView>(&["teams"], &request).await?)
         }
         TeamsCommand::List => output::print_list(json, &client.get::<ListResponse<TeamView>>(&["teams"], &[]).await?),
         TeamsCommand::Show { name } => output::print_one(json, &client.get::<TeamView>(&["teams", &name], &[]).await?),
-        TeamsCommand::Update { name, settings: TeamSettings { tier, metadata } } => {
-            let request = UpdateTeamRequest { tier, metadata, ..UpdateTeamRequest::default() };
+        TeamsCommand::Update { name, settings: TeamSettings { tier, metadata }, capture_content } => {
+            let request = UpdateTeamRequest { tier, metadata, capture_content, ..UpdateTeamRequest::default() };
             if request == UpdateTeamRequest::default() {
-                bail!("nothing to update: give --tier and/or --metadata");
+                bail!("nothing to update: give at least one of --tier, --metadata, --capture-content");
             }
             output::print_one(json, &client.patch::<TeamView>(&["teams", &name], &request).await?)
         }
@@ -81,6 +87,7 @@ impl Render for TeamView {
             ("tier", fmt_text(self.tier.as_deref())),
             ("limits", fmt_serialized(&self.limits)),
             ("metadata", fmt_json(&self.metadata)),
+            ("capture_content", self.capture_content.to_string()),
             ("created_at", fmt_time(Some(self.created_at))),
         ]
     }
@@ -104,10 +111,23 @@ mod tests {
     fn create_takes_the_name_positionally_and_global_flags_after_it() -> anyhow::Result<()> {
         let cli = TestCli::try_parse_from(["t", "create", "acme corp", "--tier", "pro", "--json"])?;
         assert!(cli.global.json);
-        let TeamsCommand::Create { name, settings } = cli.cmd else { anyhow::bail!("expected create") };
+        let TeamsCommand::Create { name, settings, capture_content } = cli.cmd else {
+            anyhow::bail!("expected create")
+        };
         assert_eq!(name, "acme corp");
         assert_eq!(settings.tier.as_deref(), Some("pro"));
         assert!(settings.metadata.is_none());
+        assert!(!capture_content, "capture is off unless asked for");
+        Ok(())
+    }
+
+    #[test]
+    fn capture_is_a_flag_on_create_and_takes_a_value_on_update() -> anyhow::Result<()> {
+        let cli = TestCli::try_parse_from(["t", "create", "acme", "--capture-content"])?;
+        assert!(matches!(cli.cmd, TeamsCommand::Create { capture_content: true, .. }));
+        let cli = TestCli::try_parse_from(["t", "update", "acme", "--capture-content", "false"])?;
+        assert!(matches!(cli.cmd, TeamsCommand::Update { capture_content: Some(false), .. }));
+        assert!(TestCli::try_parse_from(["t", "update", "acme", "--capture-content"]).is_err());
         Ok(())
     }
 
