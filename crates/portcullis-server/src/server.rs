@@ -9,7 +9,7 @@ use portcullis_store::{NewAdminToken, Stores};
 use portcullis_types::Secret;
 use portcullis_types::admin::Role;
 use time::OffsetDateTime;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -65,8 +65,8 @@ impl Server {
         if applied > 0 {
             tracing::info!(applied, "store migrations applied");
         }
-        let proxy = bind(config.server.listen).await?;
-        let admin = bind(config.admin.listen).await?;
+        let proxy = bind(config.server.listen)?;
+        let admin = bind(config.admin.listen)?;
         let memory_limiter = Arc::new(MemoryLimiter::new());
         let limiter: Arc<dyn Limiter> = memory_limiter.clone();
         limits::seed_from_usage(limiter.as_ref(), stores.usage.as_ref(), OffsetDateTime::now_utc())
@@ -156,8 +156,21 @@ fn node_name(config: &Config) -> String {
     })
 }
 
-async fn bind(address: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(address).await.map_err(|source| StartError::Bind { address, source })
+/// Pending connections the kernel may queue: a burst of clients connecting at once must not
+/// overflow the queue and wait a second for a SYN retransmit (tokio's default is 1024; the
+/// kernel caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(address: SocketAddr) -> Result<TcpListener, StartError> {
+    let socket = if address.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() };
+    socket
+        .and_then(|socket| {
+            // A restart must not wait for the previous process's sockets in TIME_WAIT.
+            socket.set_reuseaddr(true)?;
+            socket.bind(address)?;
+            socket.listen(LISTEN_BACKLOG)
+        })
+        .map_err(|source| StartError::Bind { address, source })
 }
 
 /// Creates the first admin token when none exists, so a fresh install is manageable at once.
