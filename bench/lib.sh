@@ -303,7 +303,7 @@ url = "sqlite://$dir/portcullis.db"
 default_tier = "bench"
 
 [audit]
-durability = "async"
+durability = "${BENCH_AUDIT:-async}"
 node = "bench"
 spill_file = "$dir/audit-spill.jsonl"
 

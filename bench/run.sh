@@ -27,6 +27,7 @@
 #   --upstream-threads N    the fake upstream's worker threads (default 0: one per core)
 #   --logs on|off           per-request log lines of nginx (access_log) and Portcullis (level info);
 #                           default on, as both ship. The audit log is always on.
+#   --audit async|sync      Portcullis's audit durability (default async, as the contract asks)
 #   --out DIR               where the .md and .json go (default bench/results; --smoke: not kept)
 #   --keep                  keep the temporary directory (configs, logs, raw results)
 #
@@ -65,6 +66,7 @@ while [ $# -gt 0 ]; do
     --nginx-workers) export NGINX_WORKERS="$2"; shift ;;
     --upstream-threads) UPSTREAM_THREADS="$2"; shift ;;
     --logs) export BENCH_LOGS="$2"; shift ;;
+    --audit) export BENCH_AUDIT="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --keep) export BENCH_KEEP=1 ;;
     -h | --help) usage ;;
