@@ -13,6 +13,8 @@ pub mod tokens;
 pub mod usage;
 
 use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 /// Flattens list flags that may be repeated and may each hold comma-separated values:
 /// `--models 'smollm*, gemma*' --models qwen*` gives `["smollm*", "gemma*", "qwen*"]`.
@@ -29,6 +31,25 @@ pub(crate) fn split_list(values: Option<Vec<String>>) -> Option<Vec<String>> {
         }
     }
     Some(items)
+}
+
+/// Clap value parser for `--since`, checked with the server's own rules so a typo fails before
+/// any request: a duration back from now (`24h`, `7d`) or an RFC 3339 time.
+pub(crate) fn parse_since(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if portcullis_config::parse_duration(text).is_ok() || OffsetDateTime::parse(text, &Rfc3339).is_ok() {
+        Ok(text.to_string())
+    } else {
+        Err(format!("{text:?} is neither a duration such as 24h nor an RFC 3339 time"))
+    }
+}
+
+/// Clap value parser for `--until`: an RFC 3339 time.
+pub(crate) fn parse_until(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    OffsetDateTime::parse(text, &Rfc3339)
+        .map(|_| text.to_string())
+        .map_err(|_| format!("{text:?} is not an RFC 3339 time such as 2025-06-01T00:00:00Z"))
 }
 
 /// Clap value parser for `--metadata`: a JSON object.

@@ -12,7 +12,6 @@ use portcullis_types::openai::ErrorBody;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{StatusCode, Url};
 use serde_json::Value;
-use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::client::{AdminClient, Fetched, TOKEN_ENV};
@@ -42,10 +41,10 @@ pub enum AuditCommand {
 #[derive(Debug, Clone, Default, Args)]
 pub struct Filters {
     /// Start (inclusive): a duration back from now (`24h`) or an RFC 3339 time.
-    #[arg(long, value_name = "DURATION|TIME", value_parser = parse_since)]
+    #[arg(long, value_name = "DURATION|TIME", value_parser = super::parse_since)]
     since: Option<String>,
     /// End (exclusive), an RFC 3339 time.
-    #[arg(long, value_name = "TIME", value_parser = parse_until)]
+    #[arg(long, value_name = "TIME", value_parser = super::parse_until)]
     until: Option<String>,
     /// Only this API key id.
     #[arg(long, value_name = "ID")]
@@ -130,22 +129,6 @@ pub enum ExportFormat {
     Jsonl,
     /// A header row, then one row per record (RFC 4180).
     Csv,
-}
-
-fn parse_since(text: &str) -> Result<String, String> {
-    let text = text.trim();
-    if portcullis_config::parse_duration(text).is_ok() || OffsetDateTime::parse(text, &Rfc3339).is_ok() {
-        Ok(text.to_string())
-    } else {
-        Err(format!("{text:?} is neither a duration such as 24h nor an RFC 3339 time"))
-    }
-}
-
-fn parse_until(text: &str) -> Result<String, String> {
-    let text = text.trim();
-    OffsetDateTime::parse(text, &Rfc3339)
-        .map(|_| text.to_string())
-        .map_err(|_| format!("{text:?} is not an RFC 3339 time such as 2025-06-01T00:00:00Z"))
 }
 
 impl Decision {

@@ -4,8 +4,6 @@ use std::marker::PhantomData;
 
 use clap::{Args, ValueEnum};
 use portcullis_types::admin::{ListResponse, UsageView};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::client::{AdminClient, Fetched};
 use super::output::{self, NONE, Render, fmt_text, fmt_time};
@@ -22,10 +20,10 @@ pub struct UsageArgs {
     #[arg(long, value_name = "MODEL")]
     model: Option<String>,
     /// Start: a duration back from now (`7d`, `24h`) or an RFC 3339 time [server default: 7d].
-    #[arg(long, value_name = "DURATION|TIME", value_parser = parse_since)]
+    #[arg(long, value_name = "DURATION|TIME", value_parser = super::parse_since)]
     since: Option<String>,
     /// End (exclusive), an RFC 3339 time [default: now].
-    #[arg(long, value_name = "TIME", value_parser = parse_until)]
+    #[arg(long, value_name = "TIME", value_parser = super::parse_until)]
     until: Option<String>,
     /// What each line sums.
     #[arg(long, value_enum, default_value_t = GroupBy::Day)]
@@ -51,23 +49,6 @@ impl GroupBy {
             GroupBy::Team => "team",
         }
     }
-}
-
-/// Checked here with the server's own rules so a typo fails before any request.
-fn parse_since(text: &str) -> Result<String, String> {
-    let text = text.trim();
-    if portcullis_config::parse_duration(text).is_ok() || OffsetDateTime::parse(text, &Rfc3339).is_ok() {
-        Ok(text.to_string())
-    } else {
-        Err(format!("{text:?} is neither a duration such as 7d nor an RFC 3339 time"))
-    }
-}
-
-fn parse_until(text: &str) -> Result<String, String> {
-    let text = text.trim();
-    OffsetDateTime::parse(text, &Rfc3339)
-        .map(|_| text.to_string())
-        .map_err(|_| format!("{text:?} is not an RFC 3339 time such as 2025-06-01T00:00:00Z"))
 }
 
 impl UsageArgs {
