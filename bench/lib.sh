@@ -460,3 +460,9 @@ git_describe() {
   if [ -n "$(cd "$ROOT" && git status --porcelain --untracked-files=no 2>/dev/null)" ]; then dirty="+dirty"; fi
   printf '%s%s' "$rev" "$dirty"
 }
+
+# usage: prints the calling script's header comment (its help text) and exits 2.
+usage() {
+  sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
