@@ -266,7 +266,7 @@ pub struct LimitState {
     pub reset_ms: Option<u64>,
 }
 
-/// Held while a request runs; settle it exactly once with [`Limiter::settle`].
+/// Held while a request runs; settle it exactly once with [`Reservation::settle`].
 ///
 /// It carries what it took from each scope (and the windows it took it in), so settlement gives back
 /// exactly that even if the limits were reloaded in between. Dropping it unsettled charges the whole
@@ -276,23 +276,104 @@ pub struct Reservation {
     /// Header values to send with the response.
     pub headers: RateHeaders,
     demand: Demand,
-    /// Scopes in lock order, and what was taken from each (same positions; separate so that the taking
-    /// can be recorded while the scopes are borrowed by their locks).
-    held: Vec<scope::Held>,
-    took: Vec<scope::Took>,
+    hold: Hold,
+}
+
+/// Where a reservation's counters live, and so who gives them back.
+#[derive(Debug)]
+enum Hold {
+    /// Settled or abandoned already.
+    Released,
+    Memory(memory::MemoryHold),
+    External(Box<dyn ExternalHold>),
+}
+
+/// A reservation held by a limiter outside this crate (Redis, for one): it knows how to give back what
+/// it took. Implementations keep the guarantees of the crate docs.
+#[async_trait::async_trait]
+pub trait ExternalHold: Send + Sync + fmt::Debug + 'static {
+    /// The scopes it holds something in.
+    fn scopes(&self) -> &[Scope];
+    /// Replaces the reservation by real usage, as [`Limiter::settle`] describes.
+    async fn settle(self: Box<Self>, demand: Demand, actual: Usage, now: Millis);
+    /// The reservation was dropped unsettled: free its concurrency and charge its whole demand. Called from
+    /// `Drop`, so it must not block; a networked backend hands the work to a task.
+    fn abandon(self: Box<Self>, demand: Demand);
 }
 
 impl Reservation {
+    /// A reservation held by an [`ExternalHold`].
+    pub fn external(headers: RateHeaders, demand: Demand, hold: Box<dyn ExternalHold>) -> Reservation {
+        Reservation { headers, demand, hold: Hold::External(hold) }
+    }
+
     /// The demand this reservation holds.
     pub fn demand(&self) -> Demand {
         self.demand
     }
 
     /// The scopes it holds something in (scopes without limits are not among them).
-    pub fn scopes(&self) -> impl Iterator<Item = &Scope> {
-        self.held.iter().map(|held| &held.slot.scope)
+    pub fn scopes(&self) -> Vec<&Scope> {
+        match &self.hold {
+            Hold::Released => Vec::new(),
+            Hold::Memory(hold) => hold.scopes().collect(),
+            Hold::External(hold) => hold.scopes().iter().collect(),
+        }
+    }
+
+    /// Replaces the reservation by real usage (see [`Limiter::settle`]).
+    pub async fn settle(mut self, actual: Usage, now: Millis) {
+        match std::mem::replace(&mut self.hold, Hold::Released) {
+            Hold::Released => {}
+            Hold::Memory(hold) => hold.release(self.demand, Some(actual)),
+            Hold::External(hold) => hold.settle(self.demand, actual, now).await,
+        }
     }
 }
+
+impl Drop for Reservation {
+    /// A reservation that was never settled (a bug or a crashed task) frees its concurrency slots and
+    /// charges its whole demand: the limits keep holding, at the cost of under-admitting.
+    fn drop(&mut self) {
+        match std::mem::replace(&mut self.hold, Hold::Released) {
+            Hold::Released => {}
+            Hold::Memory(hold) => hold.release(self.demand, None),
+            Hold::External(hold) => hold.abandon(self.demand),
+        }
+    }
+}
+
+/// Why an admission did not happen.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Refusal {
+    /// A limit refused (HTTP 429 or 400).
+    Denied(Denial),
+    /// The limiter could not decide (its backend is unreachable) and its policy is to refuse rather than
+    /// guess (HTTP 503 with `Retry-After`).
+    Unavailable {
+        /// When to try again.
+        retry_after_ms: u64,
+    },
+}
+
+impl From<Denial> for Refusal {
+    fn from(denial: Denial) -> Refusal {
+        Refusal::Denied(denial)
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Denied(denial) => denial.fmt(f),
+            Refusal::Unavailable { retry_after_ms } => {
+                write!(f, "limiter backend unavailable (retry after {retry_after_ms} ms)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Refusal {}
 
 /// A limiter backend. Methods take `now` so behaviour is a function of inputs; see the crate docs for the
 /// guarantees an implementation must keep.
@@ -305,14 +386,20 @@ pub trait Limiter: Send + Sync + 'static {
     /// longest is reported (a spent quota before a rate, then the longest wait), so a client that honours
     /// `Retry-After` is not sent back into another refusal; ties go to the earlier scope in `scopes`.
     /// Scopes without limits are skipped; a scope listed twice counts once, with its first limits.
-    async fn admit(&self, scopes: &[(Scope, Limits)], demand: Demand, now: Millis) -> Result<Reservation, Denial>;
+    /// A backend that cannot reach its state answers [`Refusal::Unavailable`] or decides by its own
+    /// fallback policy.
+    async fn admit(&self, scopes: &[(Scope, Limits)], demand: Demand, now: Millis) -> Result<Reservation, Refusal>;
 
     /// Replaces the reservation by real usage: concurrency released; requests stay counted; the token bucket
     /// gets back `reserved − min(actual, reserved)` (never above capacity); quotas and budgets move
     /// `min(actual, reserved)` from reserved to used in the windows the reservation was made in (a window
     /// that has rolled over meanwhile is not charged, nor is the new one). Actual above the reservation is
     /// not charged beyond it: the server stops relaying at the reservation.
-    async fn settle(&self, reservation: Reservation, actual: Usage, now: Millis);
+    ///
+    /// A reservation knows its backend, so this is [`Reservation::settle`] for every limiter.
+    async fn settle(&self, reservation: Reservation, actual: Usage, now: Millis) {
+        reservation.settle(actual, now).await;
+    }
 
     /// Current state of one scope: for each configured limit kind its limit, used, reserved, remaining and
     /// reset time.

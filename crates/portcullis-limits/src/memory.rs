@@ -14,10 +14,10 @@ use std::sync::{Arc, MutexGuard, PoisonError};
 
 use dashmap::DashMap;
 
-use crate::scope::{Failure, Held, ScopeState, Slot, Windows};
+use crate::scope::{Failure, Held, ScopeState, Slot, Took, Windows};
 use crate::{
-    Demand, Denial, DenialReason, LimitState, Limiter, Limits, Millis, RateHeaders, RateState, Reservation, Scope,
-    Usage,
+    Demand, Denial, DenialReason, Hold, LimitState, Limiter, Limits, Millis, RateHeaders, RateState, Refusal,
+    Reservation, Scope, Usage,
 };
 
 /// [`Limiter`] kept in this process's memory. State starts empty (every bucket full, every window unused);
@@ -96,7 +96,7 @@ impl MemoryLimiter {
                 headers.requests = tightest(headers.requests, requests);
                 headers.tokens = tightest(headers.tokens, tokens);
             }
-            return Ok(Reservation { headers, demand, held, took });
+            return Ok(Reservation { headers, demand, hold: Hold::Memory(MemoryHold { held, took }) });
         }
     }
 
@@ -104,9 +104,10 @@ impl MemoryLimiter {
     /// the windows to charge are those recorded in the reservation, and a token refund is the same whenever
     /// it happens (see [`crate::BucketState::refund`]).
     pub fn settle_sync(&self, mut reservation: Reservation, actual: Usage, _now: Millis) {
-        let demand = reservation.demand;
-        for (held, took) in reservation.held.drain(..).zip(reservation.took.drain(..)) {
-            lock(&held.slot).release(took, demand, Some(actual));
+        match std::mem::replace(&mut reservation.hold, Hold::Released) {
+            Hold::Memory(hold) => hold.release(reservation.demand, Some(actual)),
+            // Not this limiter's reservation: put it back so that dropping it releases it by its own rules.
+            other => reservation.hold = other,
         }
     }
 
@@ -185,25 +186,32 @@ fn tightest(current: Option<RateState>, candidate: Option<RateState>) -> Option<
     }
 }
 
-impl Drop for Reservation {
-    /// A reservation that was never settled (a bug or a crashed task) frees its concurrency slots and
-    /// charges its whole demand: the limits keep holding, at the cost of under-admitting.
-    fn drop(&mut self) {
-        let demand = self.demand;
-        for (held, took) in self.held.drain(..).zip(self.took.drain(..)) {
-            lock(&held.slot).release(took, demand, None);
+/// What an admission took, scope by scope; gives it back on settlement or drop.
+#[derive(Debug)]
+pub(crate) struct MemoryHold {
+    /// Scopes in lock order, and what was taken from each (same positions; separate so that the taking
+    /// can be recorded while the scopes are borrowed by their locks).
+    held: Vec<Held>,
+    took: Vec<Took>,
+}
+
+impl MemoryHold {
+    pub(crate) fn scopes(&self) -> impl Iterator<Item = &Scope> {
+        self.held.iter().map(|held| &held.slot.scope)
+    }
+
+    /// Gives back scope by scope, one lock at a time; `None` = unsettled (charge the whole demand).
+    pub(crate) fn release(self, demand: Demand, actual: Option<Usage>) {
+        for (held, took) in self.held.into_iter().zip(self.took) {
+            lock(&held.slot).release(took, demand, actual);
         }
     }
 }
 
 #[async_trait::async_trait]
 impl Limiter for MemoryLimiter {
-    async fn admit(&self, scopes: &[(Scope, Limits)], demand: Demand, now: Millis) -> Result<Reservation, Denial> {
-        self.admit_sync(scopes, demand, now)
-    }
-
-    async fn settle(&self, reservation: Reservation, actual: Usage, now: Millis) {
-        self.settle_sync(reservation, actual, now);
+    async fn admit(&self, scopes: &[(Scope, Limits)], demand: Demand, now: Millis) -> Result<Reservation, Refusal> {
+        Ok(self.admit_sync(scopes, demand, now)?)
     }
 
     async fn snapshot(&self, scope: &Scope, limits: &Limits, now: Millis) -> Vec<LimitState> {

@@ -55,7 +55,7 @@ fn noon_constant_is_noon() {
 fn scope_without_limits_is_skipped_and_gets_no_state() {
     let limiter = MemoryLimiter::new();
     let reservation = limiter.admit_sync(&[(key("k"), Limits::default())], demand(10, 10), NOON).unwrap();
-    assert_eq!(reservation.scopes().count(), 0);
+    assert_eq!(reservation.scopes().len(), 0);
     assert!(limiter.is_empty());
     limiter.settle_sync(reservation, usage(10, 10), NOON);
 }
@@ -346,7 +346,7 @@ fn a_scope_listed_twice_counts_once() {
     let limits = Limits { tokens_per_day: Some(100), ..Limits::default() };
     let scopes = [(key("k"), limits.clone()), (key("k"), Limits { tokens_per_day: Some(1), ..Limits::default() })];
     let r = limiter.admit_sync(&scopes, demand(60, 0), NOON).unwrap();
-    assert_eq!(r.scopes().count(), 1);
+    assert_eq!(r.scopes().len(), 1);
     assert_eq!(state_of(&limiter, &key("k"), &limits, NOON, LimitKind::TokensPerDay).reserved, 60);
     limiter.settle_sync(r, usage(60, 0), NOON);
 }
