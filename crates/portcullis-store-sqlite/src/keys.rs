@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use portcullis_store::{
-    KeyFilter, KeyPatch, KeyRecord, KeyStore, NewKey, Rotation, SecretMatch, StoreError, StoreResult,
+    Change, KeyFilter, KeyPatch, KeyRecord, KeyStore, NewKey, Rotation, SecretMatch, StoreError, StoreResult,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use time::OffsetDateTime;
@@ -15,7 +15,7 @@ use crate::error::{db_err, insert_err};
 #[async_trait]
 impl KeyStore for SqliteStore {
     async fn create_key(&self, key: NewKey) -> StoreResult<KeyRecord> {
-        self.write(move |tx| {
+        self.mutate(move |tx| {
             tx.execute(
                 "INSERT INTO api_keys (id, name, display_prefix, team, tier, models, scopes, allowed_cidrs, limits,
                                        metadata, expires_at, capture_content, created_by, created_at)
@@ -39,7 +39,7 @@ impl KeyStore for SqliteStore {
             )
             .map_err(insert_err(format!("key {}", key.id)))?;
             insert_secret(tx, &key.id, &key.secret_hash, key.created_at)?;
-            select_key(tx, &key.id)
+            Ok((select_key(tx, &key.id)?, Change::Key(key.id)))
         })
         .await
     }
@@ -90,7 +90,7 @@ impl KeyStore for SqliteStore {
 
     async fn update_key(&self, id: &str, patch: KeyPatch) -> StoreResult<KeyRecord> {
         let id = id.to_owned();
-        self.write(move |tx| {
+        self.mutate(move |tx| {
             let key = apply_patch(select_key(tx, &id)?, patch);
             tx.execute(
                 "UPDATE api_keys SET name = ?2, tier = ?3, models = ?4, scopes = ?5, allowed_cidrs = ?6, limits = ?7,
@@ -111,14 +111,14 @@ impl KeyStore for SqliteStore {
             )
             .map_err(db_err)?;
             // Read back so the answer shows what was stored (whole-second times).
-            select_key(tx, &id)
+            Ok((select_key(tx, &id)?, Change::Key(id)))
         })
         .await
     }
 
     async fn revoke_key(&self, id: &str, at: OffsetDateTime) -> StoreResult<KeyRecord> {
         let id = id.to_owned();
-        self.write(move |tx| {
+        self.mutate(move |tx| {
             // COALESCE keeps the first revocation time.
             let changed = tx
                 .execute(
@@ -129,14 +129,14 @@ impl KeyStore for SqliteStore {
             if changed == 0 {
                 return Err(StoreError::NotFound);
             }
-            select_key(tx, &id)
+            Ok((select_key(tx, &id)?, Change::Key(id)))
         })
         .await
     }
 
     async fn rotate_key(&self, id: &str, rotation: Rotation) -> StoreResult<KeyRecord> {
         let id = id.to_owned();
-        self.write(move |tx| {
+        self.mutate(move |tx| {
             let changed = tx
                 .execute(
                     "UPDATE api_keys SET display_prefix = ?2 WHERE id = ?1",
@@ -155,7 +155,7 @@ impl KeyStore for SqliteStore {
             .map_err(db_err)?;
             // A rotation carries no time of its own; the secret's created_at is for operators only.
             insert_secret(tx, &id, &rotation.new_secret, OffsetDateTime::now_utc())?;
-            select_key(tx, &id)
+            Ok((select_key(tx, &id)?, Change::Key(id)))
         })
         .await
     }

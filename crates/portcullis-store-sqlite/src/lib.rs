@@ -3,8 +3,16 @@
 //! One connection behind a mutex: SQLite allows one writer at a time anyway, and the gateway's
 //! hot path reads through caches. Every call runs on tokio's blocking pool so a slow disk never
 //! stalls an async worker.
+//!
+//! Admin mutations append to the `changes` table in their own transaction (see [`ChangeLog`]);
+//! SQLite cannot notify other processes, so [`ChangeLog::change_notifications`] only wakes on
+//! changes committed through this store (and its clones). Followers in other processes poll.
+//!
+//! [`ChangeLog`]: portcullis_store::ChangeLog
+//! [`ChangeLog::change_notifications`]: portcullis_store::ChangeLog::change_notifications
 
 mod audit;
+mod changes;
 mod codec;
 mod error;
 mod keys;
@@ -17,8 +25,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use portcullis_store::{StoreError, StoreResult};
+use portcullis_store::{Change, StoreError, StoreResult};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
+use tokio::sync::watch;
 
 use crate::error::db_err;
 
@@ -26,6 +35,8 @@ use crate::error::db_err;
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// The newest change seq committed through this store, for `change_notifications`.
+    changed: Arc<watch::Sender<u64>>,
 }
 
 impl SqliteStore {
@@ -54,7 +65,7 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db_err)?;
         // Another process holding the write lock makes us wait, not fail.
         conn.busy_timeout(Duration::from_millis(5000)).map_err(db_err)?;
-        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), changed: Arc::new(watch::Sender::new(0)) })
     }
 
     /// Runs `op` with the connection on the blocking pool.
@@ -83,6 +94,27 @@ impl SqliteStore {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
             let value = op(&tx)?;
             tx.commit().map_err(db_err)?;
+            Ok(value)
+        })
+        .await
+    }
+
+    /// Runs an admin mutation `op` in a write transaction and appends the [`Change`] it names in
+    /// the same transaction; after the commit, wakes `change_notifications`. A failing `op`
+    /// commits nothing and so appends nothing.
+    async fn mutate<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> StoreResult<(T, Change)> + Send + 'static,
+    {
+        let changed = Arc::clone(&self.changed);
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
+            let (value, change) = op(&tx)?;
+            let seq = changes::append(&tx, &change)?;
+            tx.commit().map_err(db_err)?;
+            // Still under the connection lock, so the values sent only ever grow.
+            changed.send_replace(seq);
             Ok(value)
         })
         .await

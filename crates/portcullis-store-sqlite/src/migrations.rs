@@ -21,6 +21,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 2, sql: USAGE },
     Migration { version: 3, sql: AUDIT },
     Migration { version: 4, sql: CAPTURE_CONTENT },
+    Migration { version: 5, sql: CHANGES },
 ];
 
 /// Secrets live apart from keys, so a rotated key keeps its old secrets until their grace ends.
@@ -159,6 +160,25 @@ ALTER TABLE api_keys ADD COLUMN capture_content INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE teams ADD COLUMN capture_content INTEGER NOT NULL DEFAULT 0;
 ";
 
+/// The change log followers read to drop stale cache entries. AUTOINCREMENT: a seq is never
+/// reused, even after pruning deleted every row. `changes_pruned` holds one row, the highest seq
+/// pruning deleted, so a follower whose cursor is below it learns it missed changes.
+const CHANGES: &str = "
+CREATE TABLE changes (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind        TEXT NOT NULL,
+    id          TEXT NOT NULL,
+    recorded_at INTEGER NOT NULL
+) STRICT;
+
+CREATE INDEX changes_by_recorded ON changes (recorded_at);
+
+CREATE TABLE changes_pruned (
+    id  INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL
+) STRICT;
+";
+
 #[async_trait]
 impl Migrator for SqliteStore {
     async fn migrate(&self) -> StoreResult<usize> {
@@ -242,7 +262,7 @@ mod tests {
         )
         .unwrap();
 
-        assert_eq!(apply_pending(&mut conn).unwrap(), 1);
+        assert_eq!(apply_pending(&mut conn).unwrap(), MIGRATIONS.len() - 3);
         let flags: (bool, bool) = conn
             .query_row(
                 "SELECT k.capture_content, t.capture_content FROM api_keys k JOIN teams t ON t.name = k.team",

@@ -1,7 +1,7 @@
 //! Teams: named groups of keys with their own tier and limit overrides.
 
 use async_trait::async_trait;
-use portcullis_store::{NewTeam, StoreResult, TeamPatch, TeamRecord, TeamStore};
+use portcullis_store::{Change, NewTeam, StoreResult, TeamPatch, TeamRecord, TeamStore};
 use rusqlite::{Connection, Row, params};
 
 use crate::SqliteStore;
@@ -11,7 +11,7 @@ use crate::error::{db_err, insert_err};
 #[async_trait]
 impl TeamStore for SqliteStore {
     async fn create_team(&self, team: NewTeam) -> StoreResult<TeamRecord> {
-        self.write(move |tx| {
+        self.mutate(move |tx| {
             tx.execute(
                 "INSERT INTO teams (name, tier, limits, metadata, capture_content, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -25,7 +25,7 @@ impl TeamStore for SqliteStore {
                 ],
             )
             .map_err(insert_err(format!("team {}", team.name)))?;
-            select_team(tx, &team.name)
+            Ok((select_team(tx, &team.name)?, Change::Team(team.name)))
         })
         .await
     }
@@ -47,7 +47,7 @@ impl TeamStore for SqliteStore {
 
     async fn update_team(&self, name: &str, patch: TeamPatch) -> StoreResult<TeamRecord> {
         let name = name.to_owned();
-        self.write(move |tx| {
+        self.mutate(move |tx| {
             let mut team = select_team(tx, &name)?;
             if let Some(tier) = patch.tier {
                 team.tier = Some(tier);
@@ -66,7 +66,7 @@ impl TeamStore for SqliteStore {
                 params![team.name, team.tier, Json(&team.limits), Json(&team.metadata), team.capture_content],
             )
             .map_err(db_err)?;
-            select_team(tx, &name)
+            Ok((select_team(tx, &name)?, Change::Team(name)))
         })
         .await
     }

@@ -1,7 +1,7 @@
 //! Admin tokens: credentials for the admin API, stored as hashes like key secrets.
 
 use async_trait::async_trait;
-use portcullis_store::{AdminTokenRecord, AdminTokenStore, NewAdminToken, StoreError, StoreResult};
+use portcullis_store::{AdminTokenRecord, AdminTokenStore, Change, NewAdminToken, StoreError, StoreResult};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use time::OffsetDateTime;
 
@@ -12,7 +12,7 @@ use crate::error::{db_err, insert_err};
 #[async_trait]
 impl AdminTokenStore for SqliteStore {
     async fn create_token(&self, token: NewAdminToken) -> StoreResult<AdminTokenRecord> {
-        self.write(move |tx| {
+        self.mutate(move |tx| {
             tx.execute(
                 "INSERT INTO admin_tokens (id, name, hash, display_prefix, role, team, created_by, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -28,7 +28,7 @@ impl AdminTokenStore for SqliteStore {
                 ],
             )
             .map_err(insert_err(format!("admin token {} (or its secret)", token.id)))?;
-            select_token(tx, &token.id)
+            Ok((select_token(tx, &token.id)?, Change::AdminToken(token.id)))
         })
         .await
     }
@@ -56,7 +56,7 @@ impl AdminTokenStore for SqliteStore {
 
     async fn revoke_token(&self, id: &str, at: OffsetDateTime) -> StoreResult<AdminTokenRecord> {
         let id = id.to_owned();
-        self.write(move |tx| {
+        self.mutate(move |tx| {
             // COALESCE keeps the first revocation time.
             let changed = tx
                 .execute(
@@ -67,7 +67,7 @@ impl AdminTokenStore for SqliteStore {
             if changed == 0 {
                 return Err(StoreError::NotFound);
             }
-            select_token(tx, &id)
+            Ok((select_token(tx, &id)?, Change::AdminToken(id)))
         })
         .await
     }

@@ -26,6 +26,14 @@
 //!   it). The checkpoint moves to the last deleted record; `last_audit` falls back to it once no
 //!   record of the node is left, so the chain continues where it was. The audit checks use a day
 //!   long past, so retention in a fresh database only reaches the story's own records.
+//! - The change log (see [`crate::ChangeLog`]): every successful call of `create_key`,
+//!   `update_key`, `revoke_key`, `rotate_key`, `create_team`, `update_team`, `create_token` and
+//!   `revoke_token` appends exactly one change naming its row, even a call that changed nothing
+//!   (a second revoke); reads, `touch_keys`, usage, audit and failed mutations append none.
+//!   Seqs increase in commit order and are never reused, so `latest_change` never goes back,
+//!   even after pruning deleted every change. Pages hold at most `limit` changes, oldest first.
+//!   After pruning, a cursor below the newest pruned seq reads `truncated`; one at or above it
+//!   does not. A backend that notifies wakes a receiver within seconds of a commit.
 
 #![allow(
     clippy::unwrap_used,
@@ -33,6 +41,8 @@
     clippy::panic,
     reason = "test support: a failed unwrap or assert is a failed conformance check"
 )]
+
+mod changes;
 
 use portcullis_types::admin::{LimitOverrides, Role};
 use serde_json::json;
@@ -67,6 +77,7 @@ pub async fn run_story(stores: &Stores) {
     audit_appends_once_and_reads_back_exactly(stores).await;
     audit_queries_filter_order_and_page(stores).await;
     audit_retention_moves_checkpoints_and_keeps_chains_whole(stores).await;
+    changes::changes_are_logged_once_in_commit_order(stores, now).await;
 }
 
 async fn migrations_run_once(stores: &Stores) {

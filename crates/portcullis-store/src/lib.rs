@@ -113,6 +113,52 @@ pub trait AuditStore: Send + Sync + 'static {
     async fn delete_audit_before(&self, before: OffsetDateTime) -> StoreResult<u64>;
 }
 
+/// What an admin changed, named by what a replica caches it under; see [`ChangeLog`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Change {
+    /// A key (by id): created, patched, revoked or rotated.
+    Key(String),
+    /// A team (by name): created or patched.
+    Team(String),
+    /// An admin token (by id): created or revoked.
+    AdminToken(String),
+}
+
+/// One page of [`ChangeLog::changes_since`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangePage {
+    /// `(seq, change)` with `seq` above the asked cursor, in increasing `seq` order.
+    pub changes: Vec<(u64, Change)>,
+    /// True when changes after the asked cursor may have been pruned: the caller cannot know
+    /// what it missed and must drop everything it cached.
+    pub truncated: bool,
+}
+
+/// The record of admin changes that lets every replica drop stale cache entries.
+///
+/// Every mutation of a key, team or admin token (not `touch_keys`) appends its [`Change`] in the
+/// same transaction as the mutation, so a change is visible exactly when the mutation is
+/// committed. Each successful call appends exactly one change (even one that changed nothing,
+/// such as a second revoke); a failed call appends none. Sequence numbers increase in commit order (a reader that saw `seq` n has seen
+/// every change committed before it), which makes "everything after my cursor" a complete answer.
+#[async_trait]
+pub trait ChangeLog: Send + Sync + 'static {
+    /// Changes after `after` (exclusive), oldest first, at most `limit`.
+    async fn changes_since(&self, after: u64, limit: usize) -> StoreResult<ChangePage>;
+    /// The newest `seq` (0 when there is none): where a new follower starts.
+    async fn latest_change(&self) -> StoreResult<u64>;
+    /// Deletes changes recorded before `before`; later `changes_since` calls with a cursor below
+    /// the newest deleted seq report `truncated`. Seqs are never reused, so `latest_change`
+    /// stays where it was. Returns how many were deleted.
+    async fn prune_changes(&self, before: OffsetDateTime) -> StoreResult<u64>;
+    /// Wakes (the value changes) whenever a change may have been committed by any process that
+    /// shares the store, so followers need not wait for their next poll. `None` when the
+    /// backend cannot notify; followers then rely on polling alone. A wake-up only means "read
+    /// the log now": notifications can be missed (a lost connection; SQLite sees only changes
+    /// made through the same store value), so followers also poll [`ChangeLog::changes_since`].
+    fn change_notifications(&self) -> Option<tokio::sync::watch::Receiver<u64>>;
+}
+
 /// The schema housekeeping every backend does.
 #[async_trait]
 pub trait Migrator: Send + Sync + 'static {
@@ -130,6 +176,7 @@ pub struct Stores {
     pub tokens: Arc<dyn AdminTokenStore>,
     pub usage: Arc<dyn UsageStore>,
     pub audit: Arc<dyn AuditStore>,
+    pub changes: Arc<dyn ChangeLog>,
     pub migrator: Arc<dyn Migrator>,
 }
 
@@ -143,7 +190,7 @@ impl Stores {
     /// All traits from one backend value.
     pub fn from_backend<B>(backend: Arc<B>) -> Stores
     where
-        B: KeyStore + TeamStore + AdminTokenStore + UsageStore + AuditStore + Migrator,
+        B: KeyStore + TeamStore + AdminTokenStore + UsageStore + AuditStore + ChangeLog + Migrator,
     {
         Stores {
             keys: backend.clone(),
@@ -151,6 +198,7 @@ impl Stores {
             tokens: backend.clone(),
             usage: backend.clone(),
             audit: backend.clone(),
+            changes: backend.clone(),
             migrator: backend,
         }
     }
