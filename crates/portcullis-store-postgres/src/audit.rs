@@ -1,0 +1,464 @@
+//! The audit log: `audit_log`, one column per record field, and `audit_checkpoints`.
+//!
+//! A record reads back equal to the one written, field for field, because verification
+//! recomputes every hash from the stored rows. Hence the encodings: `ts` as unix milliseconds
+//! (records carry millisecond precision; finer digits are dropped), unsigned integers as
+//! NUMERIC (`uint64`, exact for every `u64`), kinds and decisions by their serde names.
+//!
+//! Appends take [`AUDIT_LOCK`] shared and retention takes it exclusively: appends never wait for
+//! each other, and a checkpoint an append has read cannot move before the append commits.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use deadpool_postgres::GenericClient;
+use futures_util::future::try_join_all;
+use portcullis_store::{
+    AuditCheckpoint, AuditCursor, AuditDecision, AuditFilter, AuditKind, AuditRecord, AuditStore, StoreResult,
+};
+use time::OffsetDateTime;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+use crate::PostgresStore;
+use crate::codec::{Numeric, get};
+use crate::error::{corrupt, db_err};
+use crate::sql::{execute, query, query_opt};
+
+/// `pg_advisory_xact_lock` key between audit appends and retention ("pcl-audt").
+const AUDIT_LOCK: i64 = 0x7063_6c2d_6175_6474;
+
+/// Every column, in the order [`read_record`] reads them.
+const COLUMNS: &str = "node, seq, ts, kind, request_id, key_id, subject, team, admin_token_id, client_ip, method, \
+                       path, model, upstream, status, decision, reason, target, stream, latency_ms, ttfb_ms, \
+                       prompt_tokens, completion_tokens, usage_estimated, cost_pico, user_agent, content, prev_hash, \
+                       hash";
+
+#[async_trait]
+impl AuditStore for PostgresStore {
+    async fn append_audit(&self, records: &[AuditRecord]) -> StoreResult<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        execute(&tx, "SELECT pg_advisory_xact_lock_shared($1)", &[&AUDIT_LOCK]).await?;
+
+        // A record at or below its node's checkpoint was removed by retention: a late replay
+        // must not bring deleted history back.
+        let mut nodes: Vec<&str> = records.iter().map(|record| record.node.as_str()).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let rows = query(&tx, "SELECT node, seq FROM audit_checkpoints WHERE node = ANY($1)", &[&nodes]).await?;
+        let mut checkpoints: HashMap<String, u64> = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            checkpoints.insert(get(row, 0)?, get::<Numeric>(row, 1)?.0);
+        }
+        // In (node, seq) order, so concurrent replays of one chain take its rows in the same
+        // order; the sort is stable, so of two records under one (node, seq) the first wins.
+        let mut fresh: Vec<&AuditRecord> = records
+            .iter()
+            .filter(|record| checkpoints.get(&record.node).is_none_or(|checkpointed| record.seq > *checkpointed))
+            .collect();
+        fresh.sort_by(|a, b| (&a.node, a.seq).cmp(&(&b.node, b.seq)));
+
+        // A record already stored is skipped: only the (node, seq) clash is ignored, any other
+        // failure fails the batch.
+        let statement = tx
+            .prepare_cached(&format!(
+                "INSERT INTO audit_log ({COLUMNS})
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
+                         $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)
+                 ON CONFLICT (node, seq) DO NOTHING"
+            ))
+            .await
+            .map_err(db_err)?;
+        let values: Vec<Stored<'_>> = fresh.into_iter().map(Stored::from).collect();
+        let (tx_ref, statement) = (&tx, &statement);
+        let inserts = values.iter().map(|stored| async move {
+            let record = stored.record;
+            tx_ref
+                .execute(
+                    statement,
+                    &[
+                        &record.node,
+                        &Numeric(record.seq),
+                        &stored.ts,
+                        &kind_name(record.kind),
+                        &record.request_id,
+                        &record.key_id,
+                        &record.subject,
+                        &record.team,
+                        &record.admin_token_id,
+                        &record.client_ip,
+                        &record.method,
+                        &record.path,
+                        &record.model,
+                        &record.upstream,
+                        &stored.status,
+                        &decision_name(record.decision),
+                        &record.reason,
+                        &record.target,
+                        &record.stream,
+                        &Numeric(record.latency_ms),
+                        &stored.ttfb_ms,
+                        &stored.prompt_tokens,
+                        &stored.completion_tokens,
+                        &record.usage_estimated,
+                        &stored.cost_pico,
+                        &record.user_agent,
+                        &record.content,
+                        &record.prev_hash,
+                        &record.hash,
+                    ],
+                )
+                .await
+        });
+        try_join_all(inserts).await.map_err(db_err)?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn last_audit(&self, node: &str) -> StoreResult<Option<(u64, String)>> {
+        let client = self.client().await?;
+        let last =
+            query_opt(&client, "SELECT seq, hash FROM audit_log WHERE node = $1 ORDER BY seq DESC LIMIT 1", &[&node])
+                .await?;
+        match last {
+            Some(row) => Ok(Some((get::<Numeric>(&row, 0)?.0, get(&row, 1)?))),
+            // Retention removed every record: the chain continues from its checkpoint.
+            None => Ok(select_checkpoint(&client, node).await?.map(|checkpoint| (checkpoint.seq, checkpoint.hash))),
+        }
+    }
+
+    async fn query_audit(
+        &self,
+        filter: &AuditFilter,
+        cursor: Option<&AuditCursor>,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditRecord>> {
+        let (sql, values) = query_sql(filter, cursor, limit);
+        let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|value| value.as_ref() as _).collect();
+        let client = self.client().await?;
+        let rows = query(&client, &sql, &params).await?;
+        rows.iter().map(read_record).collect()
+    }
+
+    async fn audit_chain(&self, node: &str, after_seq: u64, limit: usize) -> StoreResult<Vec<AuditRecord>> {
+        let client = self.client().await?;
+        let rows = query(
+            &client,
+            &format!("SELECT {COLUMNS} FROM audit_log WHERE node = $1 AND seq > $2 ORDER BY seq LIMIT $3"),
+            &[&node, &Numeric(after_seq), &sql_limit(limit)],
+        )
+        .await?;
+        rows.iter().map(read_record).collect()
+    }
+
+    async fn audit_nodes(&self) -> StoreResult<Vec<String>> {
+        let client = self.client().await?;
+        // Hops from one node to the next along the primary key instead of reading every row.
+        let rows = query(
+            &client,
+            "WITH RECURSIVE logged (node) AS (
+                 (SELECT node FROM audit_log ORDER BY node LIMIT 1)
+                 UNION ALL
+                 SELECT (SELECT a.node FROM audit_log a WHERE a.node > logged.node ORDER BY a.node LIMIT 1)
+                 FROM logged WHERE logged.node IS NOT NULL
+             )
+             SELECT node FROM logged WHERE node IS NOT NULL
+             UNION
+             SELECT node FROM audit_checkpoints
+             ORDER BY node",
+            &[],
+        )
+        .await?;
+        rows.iter().map(|row| get(row, 0)).collect()
+    }
+
+    async fn audit_checkpoint(&self, node: &str) -> StoreResult<Option<AuditCheckpoint>> {
+        let client = self.client().await?;
+        select_checkpoint(&client, node).await
+    }
+
+    async fn delete_audit_before(&self, before: OffsetDateTime) -> StoreResult<u64> {
+        let before = ceil_millis(before);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK]).await?;
+        let rows = query(&tx, "SELECT DISTINCT node FROM audit_log WHERE ts < $1 ORDER BY node", &[&before]).await?;
+        let mut deleted = 0;
+        for row in &rows {
+            let node: String = get(row, 0)?;
+            deleted += delete_old_prefix(&tx, &node, before).await?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(deleted)
+    }
+}
+
+/// Deletes the start of one node's chain up to (not including) its first record at or after
+/// `before`, and moves the node's checkpoint to the last record deleted. Only a prefix goes, so
+/// what remains is still one unbroken chain from the checkpoint, even where a clock step made
+/// `ts` go backwards: an old record after a newer one waits until that one is old too.
+async fn delete_old_prefix(client: &impl GenericClient, node: &str, before: i64) -> StoreResult<u64> {
+    let first_kept = query_opt(
+        client,
+        "SELECT seq FROM audit_log WHERE node = $1 AND ts >= $2 ORDER BY seq LIMIT 1",
+        &[&node, &before],
+    )
+    .await?
+    .map(|row| get::<Numeric>(&row, 0))
+    .transpose()?;
+    let last_deleted = match first_kept {
+        Some(first_kept) => {
+            query_opt(
+                client,
+                "SELECT seq, hash FROM audit_log WHERE node = $1 AND seq < $2 ORDER BY seq DESC LIMIT 1",
+                &[&node, &first_kept],
+            )
+            .await?
+        }
+        None => {
+            query_opt(client, "SELECT seq, hash FROM audit_log WHERE node = $1 ORDER BY seq DESC LIMIT 1", &[&node])
+                .await?
+        }
+    };
+    let Some(last_deleted) = last_deleted else {
+        return Ok(0);
+    };
+    let seq: Numeric = get(&last_deleted, 0)?;
+    let hash: String = get(&last_deleted, 1)?;
+    let deleted = execute(client, "DELETE FROM audit_log WHERE node = $1 AND seq <= $2", &[&node, &seq]).await?;
+    // A checkpoint only moves forward.
+    execute(
+        client,
+        "INSERT INTO audit_checkpoints (node, seq, hash) VALUES ($1, $2, $3)
+         ON CONFLICT (node) DO UPDATE SET seq = excluded.seq, hash = excluded.hash
+         WHERE excluded.seq > audit_checkpoints.seq",
+        &[&node, &seq, &hash],
+    )
+    .await?;
+    Ok(deleted)
+}
+
+async fn select_checkpoint(client: &impl GenericClient, node: &str) -> StoreResult<Option<AuditCheckpoint>> {
+    let row = query_opt(client, "SELECT node, seq, hash FROM audit_checkpoints WHERE node = $1", &[&node]).await?;
+    row.map(|row| Ok(AuditCheckpoint { node: get(&row, 0)?, seq: get::<Numeric>(&row, 1)?.0, hash: get(&row, 2)? }))
+        .transpose()
+}
+
+/// A record's values that need converting before they are sent.
+struct Stored<'a> {
+    record: &'a AuditRecord,
+    ts: i64,
+    status: i32,
+    ttfb_ms: Option<Numeric>,
+    prompt_tokens: Option<Numeric>,
+    completion_tokens: Option<Numeric>,
+    cost_pico: Option<Numeric>,
+}
+
+impl<'a> From<&'a AuditRecord> for Stored<'a> {
+    fn from(record: &'a AuditRecord) -> Stored<'a> {
+        Stored {
+            record,
+            ts: millis(record.ts),
+            status: i32::from(record.status),
+            ttfb_ms: record.ttfb_ms.map(Numeric),
+            prompt_tokens: record.prompt_tokens.map(Numeric),
+            completion_tokens: record.completion_tokens.map(Numeric),
+            cost_pico: record.cost_pico.map(Numeric),
+        }
+    }
+}
+
+/// The query's statement and parameters. Only the filters given become conditions, so each
+/// combination gets a plan that can use its index; the cursor is a row-value comparison on the
+/// order's own columns, which `audit_by_ts` serves as a range.
+fn query_sql(
+    filter: &AuditFilter,
+    cursor: Option<&AuditCursor>,
+    limit: usize,
+) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
+    let mut conditions: Vec<String> = Vec::new();
+    let mut values: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+    let mut condition = |template: &str, value: Box<dyn ToSql + Sync + Send>| {
+        values.push(value);
+        conditions.push(template.replace('?', &format!("${}", values.len())));
+    };
+    if let Some(since) = filter.since {
+        condition("ts >= ?", Box::new(ceil_millis(since)));
+    }
+    if let Some(until) = filter.until {
+        condition("ts < ?", Box::new(ceil_millis(until)));
+    }
+    let texts = [
+        ("node = ?", &filter.node),
+        ("key_id = ?", &filter.key_id),
+        ("team = ?", &filter.team),
+        ("model = ?", &filter.model),
+        ("request_id = ?", &filter.request_id),
+    ];
+    for (template, value) in texts {
+        if let Some(value) = value {
+            condition(template, Box::new(value.clone()));
+        }
+    }
+    if let Some(status) = filter.status {
+        condition("status = ?", Box::new(i32::from(status)));
+    }
+    if let Some(decision) = filter.decision {
+        condition("decision = ?", Box::new(decision_name(decision)));
+    }
+    if let Some(kind) = filter.kind {
+        condition("kind = ?", Box::new(kind_name(kind)));
+    }
+    if let Some(cursor) = cursor {
+        values.push(Box::new(millis(cursor.ts)));
+        values.push(Box::new(cursor.node.clone()));
+        values.push(Box::new(Numeric(cursor.seq)));
+        let n = values.len();
+        conditions.push(format!("(ts, node, seq) > (${}, ${}, ${n})", n - 2, n - 1));
+    }
+    let conditions = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
+    values.push(Box::new(sql_limit(limit)));
+    let sql = format!("SELECT {COLUMNS} FROM audit_log {conditions} ORDER BY ts, node, seq LIMIT ${}", values.len());
+    (sql, values)
+}
+
+fn read_record(row: &Row) -> StoreResult<AuditRecord> {
+    let status: i32 = get(row, 14)?;
+    Ok(AuditRecord {
+        node: get(row, 0)?,
+        seq: get::<Numeric>(row, 1)?.0,
+        ts: from_millis(get(row, 2)?)?,
+        kind: named(get(row, 3)?, parse_kind)?,
+        request_id: get(row, 4)?,
+        key_id: get(row, 5)?,
+        subject: get(row, 6)?,
+        team: get(row, 7)?,
+        admin_token_id: get(row, 8)?,
+        client_ip: get(row, 9)?,
+        method: get(row, 10)?,
+        path: get(row, 11)?,
+        model: get(row, 12)?,
+        upstream: get(row, 13)?,
+        status: u16::try_from(status).map_err(|_| corrupt(format!("status {status} out of range")))?,
+        decision: named(get(row, 15)?, parse_decision)?,
+        reason: get(row, 16)?,
+        target: get(row, 17)?,
+        stream: get(row, 18)?,
+        latency_ms: get::<Numeric>(row, 19)?.0,
+        ttfb_ms: unsigned(row, 20)?,
+        prompt_tokens: unsigned(row, 21)?,
+        completion_tokens: unsigned(row, 22)?,
+        usage_estimated: get(row, 23)?,
+        cost_pico: unsigned(row, 24)?,
+        user_agent: get(row, 25)?,
+        content: get(row, 26)?,
+        prev_hash: get(row, 27)?,
+        hash: get(row, 28)?,
+    })
+}
+
+fn unsigned(row: &Row, index: usize) -> StoreResult<Option<u64>> {
+    Ok(get::<Option<Numeric>>(row, index)?.map(|Numeric(value)| value))
+}
+
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// Unix milliseconds, rounded down.
+fn millis(at: OffsetDateTime) -> i64 {
+    let millis = at.unix_timestamp_nanos().div_euclid(1_000_000);
+    i64::try_from(millis).unwrap_or(if millis < 0 { i64::MIN } else { i64::MAX })
+}
+
+/// Unix milliseconds, rounded up: stored times are whole milliseconds, so `ts >= at` and `ts < at`
+/// hold exactly when they hold for the rounded-up value.
+fn ceil_millis(at: OffsetDateTime) -> i64 {
+    let sub_milli = at.unix_timestamp_nanos().rem_euclid(1_000_000) != 0;
+    millis(at).saturating_add(i64::from(sub_milli))
+}
+
+fn from_millis(millis: i64) -> StoreResult<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000).map_err(corrupt)
+}
+
+fn kind_name(kind: AuditKind) -> &'static str {
+    match kind {
+        AuditKind::Request => "request",
+        AuditKind::Admin => "admin",
+        AuditKind::Security => "security",
+    }
+}
+
+fn parse_kind(name: &str) -> Option<AuditKind> {
+    [AuditKind::Request, AuditKind::Admin, AuditKind::Security].into_iter().find(|kind| kind_name(*kind) == name)
+}
+
+fn decision_name(decision: AuditDecision) -> &'static str {
+    match decision {
+        AuditDecision::Allow => "allow",
+        AuditDecision::Deny => "deny",
+        AuditDecision::Error => "error",
+    }
+}
+
+fn parse_decision(name: &str) -> Option<AuditDecision> {
+    [AuditDecision::Allow, AuditDecision::Deny, AuditDecision::Error]
+        .into_iter()
+        .find(|decision| decision_name(*decision) == name)
+}
+
+/// A kind or decision column; an unknown name is `Corrupt`.
+fn named<T>(name: &str, parse: fn(&str) -> Option<T>) -> StoreResult<T> {
+    parse(name).ok_or_else(|| corrupt(format!("unknown value {name:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_match_serde() {
+        for kind in [AuditKind::Request, AuditKind::Admin, AuditKind::Security] {
+            assert_eq!(parse_kind(kind_name(kind)), Some(kind));
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind_name(kind));
+        }
+        for decision in [AuditDecision::Allow, AuditDecision::Deny, AuditDecision::Error] {
+            assert_eq!(parse_decision(decision_name(decision)), Some(decision));
+            assert_eq!(serde_json::to_value(decision).unwrap(), decision_name(decision));
+        }
+    }
+
+    #[test]
+    fn milliseconds_round_down_to_store_and_up_to_compare() {
+        let exact = datetime!(2025-06-10 12:30:00.123 UTC);
+        assert_eq!((millis(exact), ceil_millis(exact)), (1_749_558_600_123, 1_749_558_600_123));
+        let finer = datetime!(2025-06-10 12:30:00.123_000_001 UTC);
+        assert_eq!((millis(finer), ceil_millis(finer)), (1_749_558_600_123, 1_749_558_600_124));
+        assert_eq!(from_millis(millis(exact)).unwrap(), exact);
+    }
+
+    #[test]
+    fn parameters_are_numbered_in_order() {
+        let filter = AuditFilter {
+            since: Some(datetime!(2025-06-10 0:00 UTC)),
+            key_id: Some("k".into()),
+            status: Some(429),
+            ..AuditFilter::default()
+        };
+        let cursor = AuditCursor { ts: datetime!(2025-06-10 1:00 UTC), node: "n".into(), seq: 7 };
+        let (sql, values) = query_sql(&filter, Some(&cursor), 10);
+        assert!(
+            sql.contains("WHERE ts >= $1 AND key_id = $2 AND status = $3 AND (ts, node, seq) > ($4, $5, $6)"),
+            "{sql}"
+        );
+        assert!(sql.ends_with("LIMIT $7"), "{sql}");
+        assert_eq!(values.len(), 7);
+    }
+}

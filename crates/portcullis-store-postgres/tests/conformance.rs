@@ -1,0 +1,323 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests: a failed unwrap is a failed test")]
+
+//! The shared conformance story on PostgreSQL, plus what only a shared PostgreSQL database can
+//! show: what the tables hold, replicas migrating together, schema and value checks.
+//! Each test gets a fresh database from `portcullis_testkit`; without a server they skip loudly
+//! (and fail with `CI=true`).
+
+use std::sync::Arc;
+
+use portcullis_store::{
+    AuditDecision, AuditKind, AuditRecord, AuditStore, Migrator, NewAdminToken, NewKey, NewTeam, Rotation, StoreError,
+    Stores, TeamStore, UsageGrouping, UsageQuery, UsageRecord, UsageStore, conformance,
+};
+use portcullis_store_postgres::{PostgresOptions, PostgresStore};
+use portcullis_testkit::PostgresDatabase;
+use portcullis_types::admin::{LimitOverrides, Role};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use time::macros::datetime;
+use tokio_postgres::NoTls;
+
+fn store(database: &PostgresDatabase) -> PostgresStore {
+    PostgresStore::connect(database.url(), PostgresOptions::default()).unwrap()
+}
+
+/// A plain connection for looking at (or breaking) the tables behind the store's back.
+async fn raw(database: &PostgresDatabase) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(database.url(), NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test]
+async fn story_passes() {
+    let Some(database) = PostgresDatabase::create_or_skip().await else { return };
+    conformance::run_story(&Stores::from_backend(Arc::new(store(&database)))).await;
+}
+
+#[tokio::test]
+async fn tables_never_hold_a_secret() {
+    let Some(database) = PostgresDatabase::create_or_skip().await else { return };
+    let stores = Stores::from_backend(Arc::new(store(&database)));
+    stores.migrator.migrate().await.unwrap();
+
+    let key_secret = "pcl_PLANTEDkeySecretThatMustNeverReachTheDisk0123";
+    let rotated_secret = "pcl_PLANTEDrotatedSecretThatMustNeverReachTheDisk";
+    let token_secret = "pcla_PLANTEDadminTokenThatMustNeverReachTheDisk45";
+    let now = OffsetDateTime::now_utc();
+    stores.keys.create_key(planted_key(key_secret, now)).await.unwrap();
+    let rotation = Rotation {
+        new_secret: sha256(rotated_secret),
+        new_display_prefix: display_prefix(rotated_secret),
+        old_valid_until: now,
+    };
+    stores.keys.rotate_key("planted-key", rotation).await.unwrap();
+    stores.tokens.create_token(planted_token(token_secret, now)).await.unwrap();
+
+    // Every row of every table, as JSON text (bytea shows as hex).
+    let client = raw(&database).await;
+    let tables = client
+        .query(
+            "SELECT table_name::TEXT FROM information_schema.tables
+             WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(tables.len() >= 8, "the scan sees every table: {}", tables.len());
+    let mut everything = String::new();
+    for table in &tables {
+        let name: String = table.get(0);
+        let sql = format!("SELECT row_to_json(t)::TEXT FROM \"{}\" t", name.replace('"', "\"\""));
+        for row in client.query(&sql, &[]).await.unwrap() {
+            everything.push_str(row.get::<_, &str>(0));
+            everything.push('\n');
+        }
+    }
+    assert!(everything.contains(&hex(&sha256(key_secret))), "the scan sees stored hashes");
+    assert!(everything.contains(&display_prefix(token_secret)), "the scan sees stored text");
+    for secret in [key_secret, rotated_secret, token_secret] {
+        // The display prefix is stored on purpose; everything after it must not be.
+        let hidden = &secret[display_prefix(secret).len()..];
+        assert!(!everything.contains(hidden), "a table holds {secret:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_migrating_at_once_apply_each_migration_once() {
+    let Some(database) = PostgresDatabase::create_or_skip().await else { return };
+    let replicas: Vec<PostgresStore> = (0..3).map(|_| store(&database)).collect();
+    let runs = replicas.iter().map(|replica| {
+        let replica = replica.clone();
+        tokio::spawn(async move { replica.migrate().await })
+    });
+    let applied: Vec<usize> = futures_util::future::join_all(runs)
+        .await
+        .into_iter()
+        .map(|joined| joined.unwrap().expect("every replica's migrate succeeds"))
+        .collect();
+
+    let client = raw(&database).await;
+    let versions: Vec<i64> = client
+        .query("SELECT version FROM schema_migrations ORDER BY version", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(!versions.is_empty());
+    assert_eq!(applied.iter().sum::<usize>(), versions.len(), "each migration applied by exactly one: {applied:?}");
+    assert_eq!(versions, (1..=versions.len() as i64).collect::<Vec<_>>());
+    for replica in &replicas {
+        assert_eq!(replica.migrate().await.unwrap(), 0);
+    }
+}
+
+#[tokio::test]
+async fn schema_from_a_newer_build_is_refused() {
+    let Some(database) = PostgresDatabase::create_or_skip().await else { return };
+    let store = store(&database);
+    store.migrate().await.unwrap();
+    raw(&database)
+        .await
+        .execute("INSERT INTO schema_migrations (version, applied_at) VALUES (9999, 0)", &[])
+        .await
+        .unwrap();
+
+    let result = store.migrate().await;
+    assert!(matches!(result, Err(StoreError::Unavailable(ref why)) if why.contains("9999")), "got {result:?}");
+}
+
+#[tokio::test]
+async fn usage_saturates_instead_of_failing() {
+    let Some(database) = PostgresDatabase::create_or_skip().await else { return };
+    let store = store(&database);
+    store.migrate().await.unwrap();
+    let at = datetime!(2024-05-06 07:08 UTC);
+    let record = UsageRecord {
+        at,
+        key_id: "key_1".into(),
+        team: None,
+        model: "m".into(),
+        requests: 1,
+        prompt_tokens: u64::MAX,
+        completion_tokens: i64::MAX as u64 - 1,
+        cost_pico: 7,
+        estimated_requests: 0,
+    };
+    store.record_usage(std::slice::from_ref(&record)).await.unwrap();
+    store.record_usage(&[record.clone(), record.clone()]).await.unwrap();
+
+    let query = UsageQuery {
+        key_id: None,
+        team: None,
+        model: None,
+        since: at - time::Duration::hours(1),
+        until: at + time::Duration::hours(1),
+        group_by: UsageGrouping::Key,
+    };
+    let rows = store.usage_report(&query).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].requests, rows[0].cost_pico), (3, 21));
+    assert_eq!(rows[0].prompt_tokens, i64::MAX as u64, "saturated, not failed");
+    assert_eq!(rows[0].completion_tokens, i64::MAX as u64);
+    let totals = store.usage_totals_since(at).await.unwrap();
+    assert_eq!(totals[0].tokens, i64::MAX as u64, "the total of two saturated sums saturates too");
+}
+
+#[tokio::test]
+async fn audit_numbers_are_plain_numerics() {
+    let Some(database) = PostgresDatabase::create_or_skip().await else { return };
+    let store = store(&database);
+    store.migrate().await.unwrap();
+    let record = AuditRecord {
+        seq: u64::MAX,
+        ts: datetime!(2025-06-10 12:30:00.123 UTC),
+        node: "node-1".into(),
+        kind: AuditKind::Request,
+        request_id: None,
+        key_id: None,
+        subject: None,
+        team: None,
+        admin_token_id: None,
+        client_ip: None,
+        method: None,
+        path: None,
+        model: None,
+        upstream: None,
+        status: 429,
+        decision: AuditDecision::Deny,
+        reason: None,
+        target: None,
+        stream: false,
+        latency_ms: i64::MAX as u64 + 1,
+        ttfb_ms: None,
+        prompt_tokens: Some(0),
+        completion_tokens: None,
+        usage_estimated: false,
+        cost_pico: Some(u64::MAX),
+        user_agent: None,
+        content: None,
+        prev_hash: "0".repeat(64),
+        hash: "h".into(),
+    };
+    let small = AuditRecord { seq: 7, ..record.clone() };
+    store.append_audit(&[record.clone(), small.clone()]).await.unwrap();
+
+    let row = raw(&database)
+        .await
+        .query_one(
+            "SELECT seq::TEXT, ts, latency_ms::TEXT, cost_pico::TEXT, prompt_tokens::TEXT FROM audit_log
+             ORDER BY audit_log.seq DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let columns: (&str, i64, &str, &str, &str) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    assert_eq!(
+        columns,
+        ("18446744073709551615", 1_749_558_600_123, "9223372036854775808", "18446744073709551615", "0")
+    );
+    // Sorted as numbers: u64::MAX comes after 7, and is the chain's end.
+    assert_eq!(store.audit_chain("node-1", 0, 10).await.unwrap(), [small, record.clone()]);
+    assert_eq!(store.last_audit("node-1").await.unwrap(), Some((u64::MAX, "h".to_string())));
+    assert_eq!(store.audit_chain("node-1", 7, 10).await.unwrap(), [record]);
+}
+
+#[tokio::test]
+async fn names_sort_bytewise_whatever_the_database_collation() {
+    let Some(database) = PostgresDatabase::create_or_skip().await else { return };
+    let store = store(&database);
+    store.migrate().await.unwrap();
+    for name in ["b", "é", "B", "a", "Z", "_"] {
+        store.create_team(team(name)).await.unwrap();
+    }
+    let names: Vec<String> = store.list_teams().await.unwrap().into_iter().map(|team| team.name).collect();
+    assert_eq!(names, ["B", "Z", "_", "a", "b", "é"], "as SQLite sorts them");
+}
+
+#[tokio::test]
+async fn undecodable_row_is_reported_as_corrupt() {
+    let Some(database) = PostgresDatabase::create_or_skip().await else { return };
+    let store = store(&database);
+    store.migrate().await.unwrap();
+    let client = raw(&database).await;
+    client
+        .execute("INSERT INTO teams (name, limits, metadata, created_at) VALUES ('broken', 'not json', '{}', 0)", &[])
+        .await
+        .unwrap();
+    let result = store.get_team("broken").await;
+    assert!(matches!(result, Err(StoreError::Corrupt(_))), "got {result:?}");
+
+    // A negative count can only come from outside the store (the CHECK refuses it), but a
+    // report still says so rather than wrapping it.
+    client.execute("ALTER TABLE usage_hourly DROP CONSTRAINT usage_hourly_requests_check", &[]).await.unwrap();
+    client.execute("INSERT INTO usage_hourly VALUES (0, 'key_1', NULL, 'm', -1, 0, 0, 0, 0)", &[]).await.unwrap();
+    let query = UsageQuery {
+        key_id: None,
+        team: None,
+        model: None,
+        since: OffsetDateTime::UNIX_EPOCH,
+        until: OffsetDateTime::UNIX_EPOCH + time::Duration::hours(1),
+        group_by: UsageGrouping::Hour,
+    };
+    let result = store.usage_report(&query).await;
+    assert!(matches!(result, Err(StoreError::Corrupt(_))), "got {result:?}");
+}
+
+fn team(name: &str) -> NewTeam {
+    NewTeam {
+        name: name.into(),
+        tier: None,
+        limits: LimitOverrides::default(),
+        metadata: serde_json::json!({}),
+        capture_content: false,
+        created_at: OffsetDateTime::now_utc(),
+    }
+}
+
+fn planted_key(secret: &str, now: OffsetDateTime) -> NewKey {
+    NewKey {
+        id: "planted-key".into(),
+        name: "planted".into(),
+        secret_hash: sha256(secret),
+        display_prefix: display_prefix(secret),
+        team: None,
+        tier: "default".into(),
+        models: vec![],
+        scopes: vec![],
+        allowed_cidrs: vec![],
+        limits: LimitOverrides::default(),
+        metadata: serde_json::json!({}),
+        expires_at: None,
+        capture_content: false,
+        created_by: "test".into(),
+        created_at: now,
+    }
+}
+
+fn planted_token(secret: &str, now: OffsetDateTime) -> NewAdminToken {
+    NewAdminToken {
+        id: "planted-token".into(),
+        name: "planted".into(),
+        secret_hash: sha256(secret),
+        display_prefix: display_prefix(secret),
+        role: Role::Admin,
+        team: None,
+        created_by: "test".into(),
+        created_at: now,
+    }
+}
+
+fn sha256(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn display_prefix(secret: &str) -> String {
+    secret.chars().take(8).collect()
+}
