@@ -76,6 +76,7 @@ pub struct GatewayBuilder {
     server_settings: Vec<String>,
     admin_listen: String,
     store_url: Option<String>,
+    store_settings: Vec<String>,
     fragments: Vec<String>,
     env: Vec<(String, String)>,
     args: Vec<String>,
@@ -90,6 +91,7 @@ impl GatewayBuilder {
             server_settings: Vec::new(),
             admin_listen: "127.0.0.1:0".to_string(),
             store_url: None,
+            store_settings: Vec::new(),
             fragments: Vec::new(),
             env: Vec::new(),
             args: Vec::new(),
@@ -120,6 +122,12 @@ impl GatewayBuilder {
     /// Replaces the store URL (default `sqlite://<tempdir>/portcullis.db`), e.g. with PostgreSQL.
     pub fn store_url(mut self, url: &str) -> Self {
         self.store_url = Some(url.to_string());
+        self
+    }
+
+    /// One more `key = value` line inside `[store]`, e.g. `"change_poll = \"1s\""`.
+    pub fn store_setting(mut self, line: &str) -> Self {
+        self.store_settings.push(line.to_string());
         self
     }
 
@@ -163,7 +171,8 @@ impl GatewayBuilder {
         let dir = tempfile::Builder::new().prefix("portcullis-test-").tempdir().map_err(io_error("create temp dir"))?;
         let db_path = dir.path().join(DB_FILE);
         let store_url = self.store_url.clone().unwrap_or_else(|| format!("sqlite://{}", db_path.display()));
-        let config = render_config(&self.server_settings, &self.admin_listen, &store_url, &self.fragments);
+        let store = Store { url: &store_url, settings: &self.store_settings };
+        let config = render_config(&self.server_settings, &self.admin_listen, &store, &self.fragments);
         let config_path = dir.path().join(CONFIG_FILE);
         fs::write(&config_path, config).map_err(io_error(format!("write {}", config_path.display())))?;
         let admin_token = match self.admin_token {
@@ -191,7 +200,13 @@ fn toml_string(value: &str) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| format!("\"{value}\""))
 }
 
-fn render_config(server_settings: &[String], admin_listen: &str, store_url: &str, fragments: &[String]) -> String {
+/// The `[store]` table's contents.
+struct Store<'a> {
+    url: &'a str,
+    settings: &'a [String],
+}
+
+fn render_config(server_settings: &[String], admin_listen: &str, store: &Store<'_>, fragments: &[String]) -> String {
     let mut text = String::from("# written by portcullis-testkit\n[server]\nlisten = \"127.0.0.1:0\"\n");
     for line in server_settings {
         text.push_str(line);
@@ -200,8 +215,12 @@ fn render_config(server_settings: &[String], admin_listen: &str, store_url: &str
     text.push_str("\n[admin]\nlisten = ");
     text.push_str(&toml_string(admin_listen));
     text.push_str("\n\n[store]\nurl = ");
-    text.push_str(&toml_string(store_url));
+    text.push_str(&toml_string(store.url));
     text.push('\n');
+    for line in store.settings {
+        text.push_str(line);
+        text.push('\n');
+    }
     for fragment in fragments {
         text.push('\n');
         text.push_str(fragment);
@@ -544,12 +563,12 @@ mod tests {
         let text = render_config(
             &["max_body_bytes = 10".to_string()],
             "127.0.0.1:0",
-            "sqlite:///tmp/x y/portcullis.db",
+            &Store { url: "sqlite:///tmp/x y/portcullis.db", settings: &["pool_size = 2".to_string()] },
             &["[[models]]\nname = \"m\"\nendpoints = [\"http://127.0.0.1:1\"]".to_string()],
         );
         assert!(text.contains("[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 10\n"), "{text}");
         assert!(text.contains("[admin]\nlisten = \"127.0.0.1:0\"\n"), "{text}");
-        assert!(text.contains("[store]\nurl = \"sqlite:///tmp/x y/portcullis.db\"\n"), "{text}");
+        assert!(text.contains("[store]\nurl = \"sqlite:///tmp/x y/portcullis.db\"\npool_size = 2\n"), "{text}");
         assert!(text.trim_end().ends_with("endpoints = [\"http://127.0.0.1:1\"]"), "{text}");
     }
 

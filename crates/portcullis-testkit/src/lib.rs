@@ -6,6 +6,8 @@
 //! - Optional real services, found from the environment: [`openai_python`] (a Python with the
 //!   official `openai` SDK), [`real_slm_url`] (a real small model behind `llama-server`), and
 //!   [`skip_or_fail`] to skip loudly on a developer machine but fail when `CI=true`.
+//! - Data services for fleet tests: a fresh [`PostgresDatabase`] per test, Redis ([`redis_or_skip`]),
+//!   and a [`TcpRelay`] to cut a gateway off from one of them.
 //!
 //! ```no_run
 //! # async fn example() {
@@ -22,6 +24,8 @@
 
 mod env;
 mod gateway;
+mod relay;
+mod services;
 mod stub;
 
 pub use env::{
@@ -29,6 +33,8 @@ pub use env::{
     workspace_root,
 };
 pub use gateway::{Gateway, GatewayBuilder, GatewayError};
+pub use relay::TcpRelay;
+pub use services::{PostgresDatabase, RedisServer, postgres_url, redis_or_skip, redis_url, unique_name};
 pub use stub::{
     DEFAULT_MODELS, DEFAULT_STREAM_CHUNKS, EMBEDDING_DIMENSIONS, GatedStream, RecordedRequest, StubUpstream,
     embedding_of, reply_pieces, reply_text,
