@@ -1,0 +1,96 @@
+//! A reservation held in Redis, and the renewal of its lease while it runs.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use portcullis_limits::{Demand, ExternalHold, Millis, Scope, Usage};
+
+use crate::backend::Backend;
+use crate::breaker::wall_ms;
+
+/// What a Redis admission holds: its id and the scopes (in Redis) it took something from.
+#[derive(Debug)]
+pub(crate) struct RedisHold {
+    pub(crate) backend: Arc<Backend>,
+    pub(crate) id: Arc<str>,
+    /// In `Scope` order, as `MemoryLimiter` reports them.
+    pub(crate) scopes: Vec<Scope>,
+    /// Scope names in the order of the admission's keys.
+    pub(crate) names: Arc<[String]>,
+}
+
+impl RedisHold {
+    /// Gives back (settles, or charges in full when `actual` is `None`). A Redis that cannot be reached now
+    /// is not waited for: the lease then expires and charges the whole reservation, which can only
+    /// under-admit, never overspend.
+    async fn release(self, actual: Option<Usage>, now: Millis) {
+        let backend = &self.backend;
+        if backend.breaker.is_open() {
+            tracing::debug!(reservation = %self.id, "Redis limiter degraded; the lease will release this reservation");
+            return;
+        }
+        let result = backend.settle(&self.id, &self.names, actual, now).await;
+        backend.report(&result);
+        match result {
+            Ok(0) => tracing::debug!(reservation = %self.id, "reservation had expired before it settled"),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(
+                reservation = %self.id,
+                %error,
+                "settlement did not reach Redis; the lease will expire and charge the whole reservation"
+            ),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ExternalHold for RedisHold {
+    fn scopes(&self) -> &[Scope] {
+        &self.scopes
+    }
+
+    async fn settle(self: Box<Self>, _demand: Demand, actual: Usage, now: Millis) {
+        self.backend.live.remove(&self.id);
+        self.release(Some(actual), now).await;
+    }
+
+    fn abandon(self: Box<Self>, _demand: Demand) {
+        self.backend.live.remove(&self.id);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let tasks = self.backend.tasks.clone();
+                // `now` only sets how long keys live; the reservation's windows are recorded in Redis.
+                tasks.spawn_on(self.release(None, wall_ms()), &runtime);
+            }
+            Err(_) => tracing::warn!(
+                reservation = %self.id,
+                "reservation dropped outside a Tokio runtime; its lease will expire and charge it in full"
+            ),
+        }
+    }
+}
+
+/// Renews the leases of this process's running reservations every `period` until the limiter is gone.
+pub(crate) async fn renew_leases(backend: Weak<Backend>, period: Duration) {
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await; // the first tick is immediate; nothing has a lease yet
+    loop {
+        ticks.tick().await;
+        let Some(backend) = backend.upgrade() else { return };
+        if backend.live.is_empty() {
+            continue;
+        }
+        // While the breaker is open a renewal would only wait out its timeout; once Redis answers again
+        // the next tick renews whatever is still held (leases last three periods).
+        if backend.breaker.is_open() {
+            continue;
+        }
+        let result = backend.renew().await;
+        backend.report(&result);
+        match result {
+            Ok(renewed) => tracing::trace!(renewed, "renewed reservation leases"),
+            Err(error) => tracing::debug!(%error, "lease renewal failed"),
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Pure Rust parts around the script: which scopes count, the numeric domain the script is exact in,
+//! and the per-replica limits of the local fallback.
+
+use portcullis_limits::{Demand, Denial, DenialReason, Gcra, Limits, Money, Scope, Usage};
+
+/// Largest requests-per-minute rate and burst the Redis limiter keeps exactly: 2^26 = 67 108 864 per
+/// minute (over a million per second for one scope). Larger values are treated as this one.
+///
+/// Why: the script keeps the GCRA's theoretical arrival time as whole ms plus a remainder in ticks of
+/// `1/rpm` ms, and converting it after a rate change multiplies a remainder by the new rate; both stay
+/// below 2^53, where Lua's doubles are exact, only while rates stay below 2^26.
+pub const MAX_REQUEST_RATE: u64 = 1 << 26;
+
+/// Largest tokens-per-minute rate the Redis limiter keeps exactly: 2^53 / 120 000 ≈ 75 billion tokens per
+/// minute. Larger values are treated as this one.
+///
+/// Why: the token bucket counts in units of 1/60 000 token; the deficit plus one take (each at most the
+/// capacity) must stay below 2^53.
+pub const MAX_TOKEN_RATE: u64 = (1 << 53) / 120_000;
+
+/// Positions (in the caller's list) of the entries that count: those with limits, and of a scope listed
+/// twice only its first such entry — the rule of `MemoryLimiter`.
+pub(crate) fn counted(scopes: &[(Scope, Limits)]) -> Vec<usize> {
+    (0..scopes.len())
+        .filter(|&i| {
+            let (scope, limits) = &scopes[i];
+            !limits.is_unlimited() && !scopes[..i].iter().any(|(seen, l)| seen == scope && !l.is_unlimited())
+        })
+        .collect()
+}
+
+/// The first counted scope whose whole capacity is below the demand (checked before any state is read).
+pub(crate) fn never_fits(scopes: &[(Scope, Limits)], counted: &[usize], demand: Demand) -> Option<Denial> {
+    counted.iter().find_map(|&i| {
+        let (scope, limits) = &scopes[i];
+        limits.never_fits(demand).map(|limit| Denial {
+            scope: scope.clone(),
+            limit,
+            reason: DenialReason::NeverFits,
+            retry_after_ms: None,
+        })
+    })
+}
+
+/// One scope's limits as the script's arguments, clamped to the exact domain ('' = no such limit):
+/// rpm, burst, tokens per minute, max concurrent, tokens per day, per month, budget per day, per month.
+pub(crate) fn script_args(limits: &Limits) -> [String; 8] {
+    let text = |value: Option<u64>| value.map(|v| v.to_string()).unwrap_or_default();
+    // A zero rate or burst is no rate (`never_fits` refuses it before an admission gets here).
+    let gcra = limits.requests_per_minute.and_then(|rpm| Gcra::new(rpm, limits.burst));
+    let rpm = gcra.map(|g| g.per_minute().min(MAX_REQUEST_RATE));
+    let burst = gcra.map(|g| g.burst().min(MAX_REQUEST_RATE));
+    [
+        text(rpm),
+        text(burst),
+        text(limits.tokens_per_minute.map(|tpm| tpm.min(MAX_TOKEN_RATE))),
+        text(limits.max_concurrent),
+        text(limits.tokens_per_day),
+        text(limits.tokens_per_month),
+        text(limits.budget_per_day.map(|m| m.0)),
+        text(limits.budget_per_month.map(|m| m.0)),
+    ]
+}
+
+/// How long a scope's keys must outlive a write at `now`: the rest of the month plus a day (for callers
+/// whose `now` lags), or longer when the request rate takes longer to replenish (a burst far above the
+/// rate).
+pub(crate) fn key_ttl_ms(limits: &[&Limits], now: u64) -> u64 {
+    use portcullis_limits::window::DAY_MS;
+    let month = portcullis_limits::Period::Month.until_next(now).saturating_add(DAY_MS);
+    limits
+        .iter()
+        .filter_map(|l| {
+            let rpm = l.requests_per_minute?.clamp(1, MAX_REQUEST_RATE);
+            let burst = l.burst.unwrap_or(rpm).min(MAX_REQUEST_RATE);
+            Some((burst.saturating_mul(60_000) / rpm).saturating_add(DAY_MS))
+        })
+        .fold(month, u64::max)
+}
+
+/// The share of a limit one of `replicas` replicas may use on its own: rounded down, but a nonzero limit
+/// stays at least 1 (and zero stays zero, which admits nothing).
+pub(crate) fn share(limit: u64, replicas: u32) -> u64 {
+    if limit == 0 { 0 } else { (limit / u64::from(replicas.max(1))).max(1) }
+}
+
+/// Limits for the local fallback: every limit divided among the replicas, so that the fleet as a whole
+/// stays within it while each replica counts alone.
+pub(crate) fn local_limits(limits: &Limits, replicas: u32) -> Limits {
+    let part = |value: Option<u64>| value.map(|v| share(v, replicas));
+    let money = |value: Option<Money>| value.map(|m| Money(share(m.0, replicas)));
+    let Limits {
+        requests_per_minute,
+        burst,
+        tokens_per_minute,
+        max_concurrent,
+        tokens_per_day,
+        tokens_per_month,
+        budget_per_day,
+        budget_per_month,
+    } = limits;
+    Limits {
+        requests_per_minute: part(*requests_per_minute),
+        burst: part(*burst),
+        tokens_per_minute: part(*tokens_per_minute),
+        max_concurrent: part(*max_concurrent),
+        tokens_per_day: part(*tokens_per_day),
+        tokens_per_month: part(*tokens_per_month),
+        budget_per_day: money(*budget_per_day),
+        budget_per_month: money(*budget_per_month),
+    }
+}
+
+/// Persisted fleet-wide usage as one replica's share for the local fallback, rounded up so the shares
+/// never add up to less than what was spent.
+pub(crate) fn local_usage(usage: Usage, replicas: u32) -> Usage {
+    let replicas = u64::from(replicas.max(1));
+    Usage { tokens: usage.tokens.div_ceil(replicas), cost: Money(usage.cost.0.div_ceil(replicas)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_limits::LimitKind;
+
+    #[test]
+    fn share_rounds_down_but_keeps_nonzero_limits_alive() {
+        assert_eq!(share(60, 3), 20);
+        assert_eq!(share(61, 3), 20);
+        assert_eq!(share(2, 3), 1);
+        assert_eq!(share(1, 3), 1);
+        assert_eq!(share(0, 3), 0);
+        assert_eq!(share(u64::MAX, 1), u64::MAX);
+        assert_eq!(share(7, 0), 7, "zero replicas is treated as one");
+    }
+
+    #[test]
+    fn local_limits_divide_every_limit_and_keep_absent_ones_absent() {
+        let limits = Limits {
+            requests_per_minute: Some(60),
+            burst: Some(10),
+            tokens_per_minute: Some(1_000),
+            max_concurrent: Some(1),
+            tokens_per_day: Some(0),
+            tokens_per_month: None,
+            budget_per_day: Some(Money(3_000_000_000_000_000_000)),
+            budget_per_month: Some(Money(0)),
+        };
+        let local = local_limits(&limits, 3);
+        assert_eq!(
+            local,
+            Limits {
+                requests_per_minute: Some(20),
+                burst: Some(3),
+                tokens_per_minute: Some(333),
+                max_concurrent: Some(1),
+                tokens_per_day: Some(0),
+                tokens_per_month: None,
+                budget_per_day: Some(Money(1_000_000_000_000_000_000)),
+                budget_per_month: Some(Money(0)),
+            }
+        );
+        assert_eq!(local_limits(&Limits::default(), 3), Limits::default());
+    }
+
+    #[test]
+    fn local_usage_rounds_up() {
+        let usage = Usage { tokens: 10, cost: Money(1) };
+        assert_eq!(local_usage(usage, 3), Usage { tokens: 4, cost: Money(1) });
+        assert_eq!(local_usage(usage, 1), usage);
+    }
+
+    #[test]
+    fn script_args_clamp_rates_and_pass_amounts_exactly() {
+        let limits = Limits {
+            requests_per_minute: Some(u64::MAX),
+            tokens_per_minute: Some(u64::MAX),
+            budget_per_month: Some(Money(u64::MAX)),
+            ..Limits::default()
+        };
+        let args = script_args(&limits);
+        assert_eq!(args[0], MAX_REQUEST_RATE.to_string());
+        assert_eq!(args[1], MAX_REQUEST_RATE.to_string(), "burst defaults to the rate");
+        assert_eq!(args[2], MAX_TOKEN_RATE.to_string());
+        assert_eq!(args[3], "");
+        assert_eq!(args[7], u64::MAX.to_string());
+        let burst = Limits { requests_per_minute: Some(60), burst: Some(5), ..Limits::default() };
+        assert_eq!(script_args(&burst)[..2], ["60".to_owned(), "5".to_owned()]);
+        assert_eq!(script_args(&Limits { burst: Some(5), ..Limits::default() })[1], "", "burst without a rate");
+        let zero = Limits { requests_per_minute: Some(0), ..Limits::default() };
+        assert_eq!(script_args(&zero)[..2], [String::new(), String::new()], "a zero rate is no rate");
+    }
+
+    #[test]
+    fn counted_skips_unlimited_and_repeated_scopes() {
+        let limited = Limits { max_concurrent: Some(1), ..Limits::default() };
+        let key = Scope::Key("k".into());
+        let scopes = [
+            (key.clone(), Limits::default()),
+            (key.clone(), limited.clone()),
+            (Scope::Global, limited.clone()),
+            (key, limited),
+        ];
+        assert_eq!(counted(&scopes), [1, 2]);
+    }
+
+    #[test]
+    fn never_fits_names_the_first_counted_scope() {
+        let scopes = [
+            (Scope::Key("k".into()), Limits { tokens_per_day: Some(5), ..Limits::default() }),
+            (Scope::Global, Limits { tokens_per_minute: Some(5), ..Limits::default() }),
+        ];
+        let denial = never_fits(&scopes, &[0, 1], Demand { tokens: 6, cost: Money(0) }).unwrap();
+        assert_eq!((denial.scope, denial.limit), (Scope::Key("k".into()), LimitKind::TokensPerDay));
+        assert!(never_fits(&scopes, &[1], Demand { tokens: 5, cost: Money(0) }).is_none());
+    }
+
+    #[test]
+    fn key_ttl_covers_the_month_and_a_slow_burst() {
+        use portcullis_limits::window::DAY_MS;
+        let now = 1_816_171_200_000; // 2027-07-21 12:00 UTC
+        let month_left = portcullis_limits::Period::Month.until_next(now);
+        assert_eq!(key_ttl_ms(&[], now), month_left + DAY_MS);
+        let slow = Limits { requests_per_minute: Some(1), burst: Some(100_000), ..Limits::default() };
+        assert_eq!(key_ttl_ms(&[&slow], now), 100_000 * 60_000 + DAY_MS);
+    }
+}

@@ -1,0 +1,315 @@
+//! [`RedisLimiter`]: the `Limiter` whose counters live in Redis, with its outage policy.
+
+use std::cmp::Reverse;
+use std::sync::Arc;
+
+use portcullis_limits::{
+    Demand, Denial, DenialReason, Gcra, LimitKind, LimitState, Limiter, Limits, MemoryLimiter, Millis, Period,
+    RateHeaders, RateState, Refusal, Reservation, Scope, TokenBucket, Usage,
+};
+
+use crate::backend::{AdmitReply, Backend, RawSnapshot, Refused, ScopeRates, Why};
+use crate::breaker::BackendState;
+use crate::hold::{RedisHold, renew_leases};
+use crate::keys::{KeySpace, PrefixError};
+use crate::limits::{counted, local_limits, local_usage, never_fits};
+use crate::options::{OnBackendError, RedisLimiterError, RedisLimiterOptions};
+
+/// A [`Limiter`] whose counters live in Redis, shared by every replica that uses the same key prefix.
+/// See the crate docs for the data layout, leases and the outage policy.
+#[derive(Debug)]
+pub struct RedisLimiter {
+    backend: Arc<Backend>,
+    /// Admits while Redis cannot be reached, under [`OnBackendError::Local`].
+    local: MemoryLimiter,
+    policy: OnBackendError,
+    /// The lease renewal and recovery probe tasks, stopped with the limiter.
+    renewal: tokio::task::AbortHandle,
+    recovery: tokio::task::AbortHandle,
+}
+
+impl RedisLimiter {
+    /// Builds the limiter and tries Redis once. An unreachable Redis is not an error: the limiter starts
+    /// [`BackendState::Degraded`] and shares counters as soon as Redis answers. Malformed options are.
+    /// Must run inside a Tokio runtime (it spawns the lease renewal).
+    pub async fn connect(options: RedisLimiterOptions) -> Result<RedisLimiter, RedisLimiterError> {
+        options.validate()?;
+        let keys = KeySpace::new(&options.key_prefix).map_err(|error| RedisLimiterError::KeyPrefix {
+            prefix: options.key_prefix.clone(),
+            why: match error {
+                PrefixError::Empty => "must not be empty",
+                PrefixError::Brace => "must not contain { or } (it becomes the Redis Cluster hash tag)",
+            },
+        })?;
+        let client = redis::Client::open(options.url.as_str()).map_err(RedisLimiterError::Url)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| RedisLimiterError::NoRuntime)?;
+        let backend = Arc::new(Backend::new(client, keys, options.timeout, options.lease, options.retry_interval));
+        let renewal = runtime.spawn(renew_leases(Arc::downgrade(&backend), options.lease / 3)).abort_handle();
+        let recovery =
+            runtime.spawn(probe_while_degraded(Arc::downgrade(&backend), options.retry_interval)).abort_handle();
+        // A failure is logged by the breaker and leaves the limiter degraded; nothing else to do here.
+        let _ = backend.warm_up().await;
+        Ok(RedisLimiter { backend, local: MemoryLimiter::new(), policy: options.on_backend_error, renewal, recovery })
+    }
+
+    /// Whether counters are shared in Redis right now, or the outage policy decides.
+    pub fn backend_state(&self) -> BackendState {
+        self.backend.breaker.state()
+    }
+
+    /// How many admissions the outage policy decided (refused as unavailable, or admitted locally) since
+    /// the limiter was built.
+    pub fn fallback_count(&self) -> u64 {
+        self.backend.breaker.fallbacks()
+    }
+
+    /// Waits until the background releases of dropped reservations started so far have finished (each
+    /// takes at most one timeout). For shutdown, and for tests that drop reservations.
+    pub async fn drain(&self) {
+        let tasks = &self.backend.tasks;
+        tasks.close();
+        tasks.wait().await;
+        tasks.reopen();
+    }
+
+    fn fallback(&self, scopes: &[(Scope, Limits)], demand: Demand, now: Millis) -> Result<Reservation, Refusal> {
+        let breaker = &self.backend.breaker;
+        breaker.count_fallback();
+        let unavailable = Refusal::Unavailable { retry_after_ms: breaker.retry_after_ms() };
+        match self.policy {
+            OnBackendError::Deny => Err(unavailable),
+            OnBackendError::Local { replicas } => {
+                let local: Vec<(Scope, Limits)> =
+                    scopes.iter().map(|(scope, limits)| (scope.clone(), local_limits(limits, replicas))).collect();
+                match self.local.admit_sync(&local, demand, now) {
+                    Ok(reservation) => Ok(reservation),
+                    // It fits the fleet's limit (checked before) but not one replica's share of it: it can
+                    // pass once Redis is back, so this is an outage answer, not a "never".
+                    Err(denial) if denial.reason == DenialReason::NeverFits => Err(unavailable),
+                    Err(denial) => Err(denial.into()),
+                }
+            }
+        }
+    }
+
+    fn fallback_snapshot(&self, scope: &Scope, limits: &Limits, now: Millis) -> Vec<LimitState> {
+        match self.policy {
+            // Nothing known beats something made up.
+            OnBackendError::Deny => Vec::new(),
+            OnBackendError::Local { replicas } => self.local.snapshot_sync(scope, &local_limits(limits, replicas), now),
+        }
+    }
+
+    fn reservation(
+        &self,
+        scopes: &[(Scope, Limits)],
+        counted: &[usize],
+        names: Vec<String>,
+        id: Arc<str>,
+        rates: &[ScopeRates],
+        demand: Demand,
+    ) -> Reservation {
+        // Header ties go to the earlier scope in `Scope` order, as in `MemoryLimiter`.
+        let mut order: Vec<usize> = (0..counted.len()).collect();
+        order.sort_by(|&a, &b| scopes[counted[a]].0.cmp(&scopes[counted[b]].0));
+        let mut headers = RateHeaders::default();
+        for &k in &order {
+            let limits = &scopes[counted[k]].1;
+            let requests = limits
+                .requests_per_minute
+                .and_then(|rpm| Gcra::new(rpm, limits.burst))
+                .zip(rates[k].requests)
+                .map(|(gcra, (remaining, reset_ms))| RateState { limit: gcra.per_minute(), remaining, reset_ms });
+            let tokens = limits
+                .tokens_per_minute
+                .zip(rates[k].tokens)
+                .map(|(limit, (remaining, reset_ms))| RateState { limit, remaining, reset_ms });
+            headers.requests = tightest(headers.requests, requests);
+            headers.tokens = tightest(headers.tokens, tokens);
+        }
+        let names: Arc<[String]> = names.into();
+        self.backend.live.insert(Arc::clone(&id), Arc::clone(&names));
+        let held_scopes = order.iter().map(|&k| scopes[counted[k]].0.clone()).collect();
+        let hold = RedisHold { backend: Arc::clone(&self.backend), id, scopes: held_scopes, names };
+        Reservation::external(headers, demand, Box::new(hold))
+    }
+}
+
+impl Drop for RedisLimiter {
+    fn drop(&mut self) {
+        self.renewal.abort();
+        self.recovery.abort();
+    }
+}
+
+/// While degraded, probes Redis once per retry interval even when no request comes, so that a
+/// replica without traffic reports (and is) shared again as soon as Redis is back.
+async fn probe_while_degraded(backend: std::sync::Weak<Backend>, retry_interval: std::time::Duration) {
+    loop {
+        tokio::time::sleep(retry_interval).await;
+        let Some(backend) = backend.upgrade() else { return };
+        if matches!(backend.breaker.state(), BackendState::Degraded { .. }) && backend.breaker.should_try() {
+            // The outcome is reported to the breaker, which logs the transition.
+            let _ = backend.warm_up().await;
+        }
+    }
+}
+
+/// The tighter of two header states: fewer remaining, then the longer reset (`MemoryLimiter`'s rule).
+fn tightest(current: Option<RateState>, candidate: Option<RateState>) -> Option<RateState> {
+    match (current, candidate) {
+        (Some(c), Some(n)) => {
+            Some(if (n.remaining, Reverse(n.reset_ms)) < (c.remaining, Reverse(c.reset_ms)) { n } else { c })
+        }
+        (c, n) => c.or(n),
+    }
+}
+
+/// The refusal that lasts longest (a spent quota before a rate, then the longer wait); ties go to the
+/// earlier scope in the caller's list, then to the earlier limit in check order.
+fn longest_refusal(refused: &[Refused], scopes: &[(Scope, Limits)], counted: &[usize], now: Millis) -> Option<Denial> {
+    let mut worst: Option<((u8, u64), Denial)> = None;
+    for refusal in refused {
+        let (reason, retry_after_ms) = match refusal.why {
+            Why::Wait(ms) => (DenialReason::RateLimited, Some(ms)),
+            Why::Busy => (DenialReason::RateLimited, None),
+            Why::NeverFits => (DenialReason::NeverFits, None),
+            Why::Spent(period, index) => {
+                (DenialReason::QuotaExhausted, Some(period.start(index.saturating_add(1)).saturating_sub(now)))
+            }
+        };
+        let rank = match reason {
+            DenialReason::RateLimited => 0,
+            DenialReason::QuotaExhausted => 1,
+            DenialReason::NeverFits => 2,
+        };
+        let severity = (rank, retry_after_ms.unwrap_or(0));
+        if worst.as_ref().is_none_or(|(w, _)| severity > *w) {
+            let scope = scopes[counted[refusal.scope]].0.clone();
+            worst = Some((severity, Denial { scope, limit: refusal.limit, reason, retry_after_ms }));
+        }
+    }
+    worst.map(|(_, denial)| denial)
+}
+
+/// Every configured limit's state, in `LimitKind` order, as `MemoryLimiter` reports it.
+fn limit_states(raw: &RawSnapshot, limits: &Limits, now: Millis) -> Vec<LimitState> {
+    let mut out = Vec::with_capacity(7);
+    let gcra = limits.requests_per_minute.and_then(|rpm| Gcra::new(rpm, limits.burst));
+    if let Some((gcra, (remaining, reset_ms))) = gcra.zip(raw.rates.requests) {
+        out.push(LimitState {
+            kind: LimitKind::RequestsPerMinute,
+            limit: gcra.per_minute(),
+            used: gcra.burst().saturating_sub(remaining),
+            reserved: 0,
+            remaining,
+            reset_ms: Some(reset_ms),
+        });
+    }
+    if let Some((bucket, (remaining, reset_ms))) = limits.tokens_per_minute.map(TokenBucket::new).zip(raw.rates.tokens)
+    {
+        let taken = bucket.capacity().saturating_sub(remaining);
+        let reserved = raw.bucket_reserved.min(taken);
+        out.push(LimitState {
+            kind: LimitKind::TokensPerMinute,
+            limit: bucket.capacity(),
+            used: taken - reserved,
+            reserved,
+            remaining,
+            reset_ms: Some(reset_ms),
+        });
+    }
+    if let Some(max) = limits.max_concurrent {
+        out.push(LimitState {
+            kind: LimitKind::Concurrent,
+            limit: max,
+            used: raw.in_flight,
+            reserved: 0,
+            remaining: max.saturating_sub(raw.in_flight),
+            reset_ms: None,
+        });
+    }
+    let [day, month] = raw.windows;
+    let quotas = [
+        (LimitKind::TokensPerDay, limits.tokens_per_day, Period::Day, day.0, day.1, day.2),
+        (LimitKind::TokensPerMonth, limits.tokens_per_month, Period::Month, month.0, month.1, month.2),
+        (LimitKind::BudgetPerDay, limits.budget_per_day.map(|m| m.0), Period::Day, day.0, day.3, day.4),
+        (LimitKind::BudgetPerMonth, limits.budget_per_month.map(|m| m.0), Period::Month, month.0, month.3, month.4),
+    ];
+    for (kind, quota, period, index, used, reserved) in quotas {
+        if let Some(quota) = quota {
+            out.push(LimitState {
+                kind,
+                limit: quota,
+                used,
+                reserved,
+                remaining: quota.saturating_sub(used.saturating_add(reserved)),
+                reset_ms: Some(period.start(index.saturating_add(1)).saturating_sub(now)),
+            });
+        }
+    }
+    out
+}
+
+#[async_trait::async_trait]
+impl Limiter for RedisLimiter {
+    async fn admit(&self, scopes: &[(Scope, Limits)], demand: Demand, now: Millis) -> Result<Reservation, Refusal> {
+        let counted = counted(scopes);
+        if let Some(denial) = never_fits(scopes, &counted, demand) {
+            return Err(denial.into());
+        }
+        if counted.is_empty() {
+            // Nothing to count: an empty reservation, which holds nothing anywhere.
+            return Ok(self.local.admit_sync(&[], demand, now)?);
+        }
+        if !self.backend.breaker.should_try() {
+            return self.fallback(scopes, demand, now);
+        }
+        let names: Vec<String> = counted.iter().map(|&i| KeySpace::scope_name(&scopes[i].0)).collect();
+        let sent: Vec<(&String, &Limits)> = names.iter().zip(counted.iter().map(|&i| &scopes[i].1)).collect();
+        let id: Arc<str> = ulid::Ulid::new().to_string().into();
+        let result = self.backend.admit(&id, &sent, demand, now).await;
+        self.backend.report(&result);
+        match result {
+            Ok(AdmitReply::Admitted(rates)) => Ok(self.reservation(scopes, &counted, names, id, &rates, demand)),
+            Ok(AdmitReply::Refused(refused)) => match longest_refusal(&refused, scopes, &counted, now) {
+                Some(denial) => Err(denial.into()),
+                None => self.fallback(scopes, demand, now),
+            },
+            Err(_) => self.fallback(scopes, demand, now),
+        }
+    }
+
+    async fn snapshot(&self, scope: &Scope, limits: &Limits, now: Millis) -> Vec<LimitState> {
+        if limits.is_unlimited() {
+            return Vec::new();
+        }
+        if self.backend.breaker.is_open() {
+            return self.fallback_snapshot(scope, limits, now);
+        }
+        let result = self.backend.snapshot(&KeySpace::scope_name(scope), limits, now).await;
+        self.backend.report(&result);
+        match result {
+            Ok(raw) => limit_states(&raw, limits, now),
+            Err(_) => self.fallback_snapshot(scope, limits, now),
+        }
+    }
+
+    /// Sets `used` of the current day and month to the larger of Redis's value and the seeded one: Redis is
+    /// shared by every replica and may already be ahead of the store. The local fallback gets this
+    /// replica's share of the seeded usage.
+    async fn seed(&self, scope: &Scope, day: Usage, month: Usage, now: Millis) {
+        if let OnBackendError::Local { replicas } = self.policy {
+            self.local.seed_sync(scope, local_usage(day, replicas), local_usage(month, replicas), now);
+        }
+        if self.backend.breaker.is_open() {
+            tracing::debug!(%scope, "Redis limiter degraded; seeding only the local fallback");
+            return;
+        }
+        let result = self.backend.seed(scope, day, month, now).await;
+        self.backend.report(&result);
+        if let Err(error) = result {
+            tracing::warn!(%scope, %error, "seeding the Redis limiter failed");
+        }
+    }
+}
