@@ -71,6 +71,10 @@ pub struct WriterConfig {
     /// A store call taking longer counts as failed (the batch is spilled; if it commits after all, the
     /// replay skips it).
     pub store_timeout: Duration,
+    /// `Async` only: after a commit the writer leaves the queue alone this long, so that under load it
+    /// commits larger batches and wakes far less often than once per request. It adds this much to
+    /// the async loss window; `Sync` submitters are never kept waiting by it.
+    pub linger: Duration,
 }
 
 impl WriterConfig {
@@ -78,6 +82,7 @@ impl WriterConfig {
     pub const DEFAULT_MAX_BATCH: usize = 4096;
     pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(1);
     pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const DEFAULT_LINGER: Duration = Duration::from_millis(2);
 
     /// `async` durability, no extra sinks, default sizes.
     pub fn new(node: impl Into<String>, spill_path: impl Into<PathBuf>) -> WriterConfig {
@@ -91,6 +96,7 @@ impl WriterConfig {
             stdout_sink: false,
             retry_interval: WriterConfig::DEFAULT_RETRY_INTERVAL,
             store_timeout: WriterConfig::DEFAULT_STORE_TIMEOUT,
+            linger: WriterConfig::DEFAULT_LINGER,
         }
     }
 
@@ -198,6 +204,10 @@ impl AuditWriter {
             backlog_limit: config.channel_capacity,
             store_timeout: config.store_timeout,
             store_down: false,
+            linger: match config.durability {
+                Durability::Async => config.linger,
+                Durability::Sync => Duration::ZERO,
+            },
         };
         let join = tokio::spawn(writer.run(main_rx, abandoned_rx, stop.clone(), config.retry_interval));
         let handle =
@@ -219,6 +229,8 @@ struct Writer {
     store_timeout: Duration,
     /// For logging the store going down and coming back once each, not per batch.
     store_down: bool,
+    /// See [`WriterConfig::linger`]; zero in `Sync` durability.
+    linger: Duration,
 }
 
 impl Writer {
@@ -251,6 +263,12 @@ impl Writer {
                         break;
                     }
                     self.commit(&mut jobs).await;
+                    if !self.linger.is_zero() {
+                        tokio::select! {
+                            () = stop.cancelled() => break,
+                            () = tokio::time::sleep(self.linger) => {}
+                        }
+                    }
                 }
             }
         }

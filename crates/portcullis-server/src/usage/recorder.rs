@@ -44,6 +44,12 @@ pub const MAX_PENDING_ROWS: usize = 16_384;
 /// Records taken from the channel per wake-up.
 const RECEIVE_BATCH: usize = 1_024;
 
+/// After taking records the task leaves the channel alone this long, so that under load it
+/// wakes a few hundred times a second to take many records, not once per request (each wake-up
+/// is a context switch on the request path's cores). Usage is written once a `flush_every`
+/// anyway, so the pause delays nothing that is waited for.
+const RECEIVE_PAUSE: Duration = Duration::from_millis(5);
+
 /// Attempts at the final write on shutdown, and the pause after each failed one.
 const FINAL_ATTEMPTS: u32 = 3;
 const FINAL_RETRY_PAUSE: Duration = Duration::from_millis(200);
@@ -148,16 +154,20 @@ async fn run(
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
+    let mut paused_until = None;
     loop {
         let mut due = false;
         tokio::select! {
             // A dropped `RecorderTask` stops the task too.
             _ = &mut stop => break,
-            count = queue.recv_many(&mut received, RECEIVE_BATCH) => {
+            () = tokio::time::sleep_until(paused_until.unwrap_or_else(tokio::time::Instant::now)),
+                if paused_until.is_some() => paused_until = None,
+            count = queue.recv_many(&mut received, RECEIVE_BATCH), if paused_until.is_none() => {
                 if count == 0 {
                     break; // every recorder is gone
                 }
                 pending.add_all(received.drain(..));
+                paused_until = Some(tokio::time::Instant::now() + RECEIVE_PAUSE);
             }
             Some(record) = overflow.recv() => pending.add(record),
             _ = ticker.tick() => due = true,
