@@ -83,11 +83,24 @@ impl Default for AdminConfig {
 pub struct StoreConfig {
     /// `sqlite://path/to/file.db` (relative to the working directory) or `postgres://…`.
     pub url: Secret<String>,
+    /// PostgreSQL connections per replica.
+    pub pool_size: u32,
+    /// How often the change log is read when no notification arrived: the bound on how long a
+    /// missed notification can keep a changed key or team cached.
+    pub change_poll: ConfigDuration,
+    /// A cached key or team older than this is read again from the store on its next use; while
+    /// the store is unreachable the cached copy keeps serving.
+    pub cache_max_age: ConfigDuration,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { url: Secret::new("sqlite://portcullis.db".into()) }
+        Self {
+            url: Secret::new("sqlite://portcullis.db".into()),
+            pool_size: 16,
+            change_poll: ConfigDuration(Duration::from_secs(5)),
+            cache_max_age: ConfigDuration(Duration::from_secs(60)),
+        }
     }
 }
 
@@ -98,11 +111,31 @@ pub enum LimiterBackend {
     Redis,
 }
 
+/// What a shared (Redis) limiter does while its backend is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBackendError {
+    /// Refuse with 503 and `Retry-After`: limits never loosen.
+    Deny,
+    /// Count in this replica alone, every limit divided by `limits.replicas`.
+    Local,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub backend: LimiterBackend,
     pub redis_url: Option<Secret<String>>,
+    /// Every Redis key starts with `{prefix}:`, so several gateways can share one Redis.
+    pub redis_prefix: String,
+    /// The longest a Redis call may take before it counts as an outage.
+    pub redis_timeout: ConfigDuration,
+    /// A reservation whose replica stopped renewing it (it died) is released and charged in full
+    /// after this long.
+    pub reservation_lease: ConfigDuration,
+    pub on_backend_error: OnBackendError,
+    /// Replicas in the fleet; `on_backend_error = "local"` divides every limit by it.
+    pub replicas: u32,
     /// Completion tokens reserved, and sent upstream as the cap, when a request names none.
     pub default_max_tokens: u64,
     /// Tier of a key created without one (and whose team names none).
@@ -116,6 +149,11 @@ impl Default for LimitsConfig {
         Self {
             backend: LimiterBackend::Memory,
             redis_url: None,
+            redis_prefix: "portcullis".into(),
+            redis_timeout: ConfigDuration(Duration::from_millis(250)),
+            reservation_lease: ConfigDuration(Duration::from_secs(30)),
+            on_backend_error: OnBackendError::Deny,
+            replicas: 1,
             default_max_tokens: 1024,
             default_tier: "free".into(),
             global: LimitOverrides::default(),

@@ -22,6 +22,21 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.limits.backend == LimiterBackend::Redis && config.limits.redis_url.is_none() {
         return invalid("limits.redis_url", "is required when limits.backend = \"redis\"");
     }
+    if config.limits.replicas == 0 {
+        return invalid("limits.replicas", "must be at least 1");
+    }
+    if config.limits.redis_prefix.is_empty() || config.limits.redis_prefix.contains(['{', '}']) {
+        return invalid("limits.redis_prefix", "must be non-empty and contain no braces");
+    }
+    if config.limits.reservation_lease.0 < 3 * config.limits.redis_timeout.0 {
+        return invalid("limits.reservation_lease", "must be at least three times limits.redis_timeout");
+    }
+    if config.store.pool_size == 0 {
+        return invalid("store.pool_size", "must be at least 1");
+    }
+    if config.store.change_poll.0.is_zero() {
+        return invalid("store.change_poll", "must be greater than 0");
+    }
     if !config.tiers.is_empty() && !config.tiers.contains_key(&config.limits.default_tier) {
         return invalid(
             "limits.default_tier",
@@ -238,6 +253,15 @@ mod tests {
         assert!(parse("").unwrap().audit.redact.is_empty());
         assert_eq!(error_path("[audit]\nredact = [\"ok\", \"(unclosed\"]\n"), "audit.redact[1]");
         assert_eq!(error_path("[audit]\nredact = [\"x*\"]\n"), "audit.redact[0]");
+    }
+
+    #[test]
+    fn fleet_settings_are_checked() {
+        assert_eq!(error_path("[limits]\nreplicas = 0\n"), "limits.replicas");
+        assert_eq!(error_path("[limits]\nredis_prefix = \"a{b}\"\n"), "limits.redis_prefix");
+        assert_eq!(error_path("[limits]\nreservation_lease = \"500ms\"\n"), "limits.reservation_lease");
+        assert_eq!(error_path("[store]\npool_size = 0\n"), "store.pool_size");
+        assert_eq!(error_path("[store]\nchange_poll = \"0s\"\n"), "store.change_poll");
     }
 
     #[test]

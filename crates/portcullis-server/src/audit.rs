@@ -39,6 +39,11 @@ impl Auditor {
         settle_ack(self.handle.submit(event)).await;
     }
 
+    /// The writer's counters (spilled, replayed, …) for readiness and metrics.
+    pub fn stats(&self) -> &std::sync::Arc<portcullis_audit::AuditStats> {
+        self.handle.stats()
+    }
+
     /// Submits without waiting (for paths that cannot wait: a client that is already gone).
     pub fn record_detached(&self, event: AuditEvent) -> Submitted {
         self.handle.submit(event)

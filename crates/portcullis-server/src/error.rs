@@ -61,6 +61,14 @@ pub enum ApiError {
     },
     /// The store or another internal part failed; the cause is logged, not sent.
     Internal,
+    /// The store is unreachable and what the request needs is not cached (a key never seen here).
+    StoreUnavailable {
+        retry_after_secs: u64,
+    },
+    /// The shared limiter is unreachable and `limits.on_backend_error = "deny"`.
+    LimiterUnavailable {
+        retry_after_secs: u64,
+    },
     /// Admin API: the credential is valid but its role does not allow this.
     Forbidden {
         message: String,
@@ -75,6 +83,16 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// A failed store read on the request path: 503 when the store is unreachable (the client may
+    /// retry), 500 otherwise. The cause is logged here, not sent.
+    pub fn from_store(error: &portcullis_store::StoreError, during: &'static str) -> ApiError {
+        tracing::error!(%error, during, "store read failed");
+        match error {
+            portcullis_store::StoreError::Unavailable(_) => ApiError::StoreUnavailable { retry_after_secs: 1 },
+            _ => ApiError::Internal,
+        }
+    }
+
     pub fn bad_request(message: impl Into<String>, param: Option<&'static str>) -> ApiError {
         ApiError::BadRequest { message: message.into(), param }
     }
@@ -100,7 +118,9 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
-            ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded { .. } | ApiError::StoreUnavailable { .. } | ApiError::LimiterUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -132,6 +152,8 @@ impl ApiError {
             ApiError::UpstreamTimeout => ("upstream_error", "upstream_timeout"),
             ApiError::Overloaded { .. } => ("upstream_error", "overloaded"),
             ApiError::Internal => ("server_error", "internal_error"),
+            ApiError::StoreUnavailable { .. } => ("server_error", "store_unavailable"),
+            ApiError::LimiterUnavailable { .. } => ("server_error", "limiter_unavailable"),
         }
     }
 
@@ -166,6 +188,8 @@ impl ApiError {
             ApiError::UpstreamTimeout => "The model server did not answer in time.".into(),
             ApiError::Overloaded { .. } => "The model server is at capacity; retry shortly.".into(),
             ApiError::Internal => "Internal error.".into(),
+            ApiError::StoreUnavailable { .. } => "The key store is unreachable; retry shortly.".into(),
+            ApiError::LimiterUnavailable { .. } => "The shared rate limiter is unreachable; retry shortly.".into(),
         }
     }
 
@@ -181,6 +205,8 @@ impl ApiError {
     fn retry_after_secs(&self) -> Option<u64> {
         match self {
             ApiError::Overloaded { retry_after_secs }
+            | ApiError::StoreUnavailable { retry_after_secs }
+            | ApiError::LimiterUnavailable { retry_after_secs }
             | ApiError::RateLimited { retry_after_secs, .. }
             | ApiError::InsufficientQuota { retry_after_secs, .. }
             | ApiError::ClientBlocked { retry_after_secs } => Some(*retry_after_secs),
@@ -228,6 +254,8 @@ mod tests {
             (ApiError::ModelNotFound { model: "m".into() }, 404, "invalid_request_error"),
             (ApiError::UpstreamUnavailable, 502, "upstream_error"),
             (ApiError::Overloaded { retry_after_secs: 1 }, 503, "upstream_error"),
+            (ApiError::StoreUnavailable { retry_after_secs: 1 }, 503, "server_error"),
+            (ApiError::LimiterUnavailable { retry_after_secs: 1 }, 503, "server_error"),
             (ApiError::UpstreamTimeout, 504, "upstream_error"),
             (ApiError::RateLimited { message: "m".into(), retry_after_secs: 1 }, 429, "rate_limit_error"),
             (ApiError::InsufficientQuota { message: "m".into(), retry_after_secs: 1 }, 429, "rate_limit_error"),

@@ -1,8 +1,16 @@
-//! `/healthz` (the process answers) and `/readyz` (it can serve: store reachable, not draining).
+//! `/healthz` (the process answers) and `/readyz` (it can serve, and how well).
+//!
+//! `/readyz` answers 503 only while draining. A replica whose store or shared limiter is down
+//! still serves what it can (cached keys; limits by policy), and so do all its peers that share
+//! the same store and Redis: taking them all out of a load balancer would turn a degradation
+//! into an outage. It answers 200 with `"status": "degraded"` and names each component's state,
+//! for operators and alerts (the same states are on `/metrics`).
 
+use axum::Json;
 use axum::extract::State;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use http::StatusCode;
+use serde_json::json;
 
 use crate::state::AppState;
 
@@ -10,15 +18,26 @@ pub async fn live() -> impl IntoResponse {
     "ok\n"
 }
 
-pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn ready(State(state): State<AppState>) -> Response {
     if state.is_draining() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" }))).into_response();
     }
-    match state.stores().migrator.ping().await {
-        Ok(()) => (StatusCode::OK, "ready\n"),
+    let store = match state.stores().migrator.ping().await {
+        Ok(()) => "ok",
         Err(error) => {
             tracing::warn!(%error, "readiness: store unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
+            "unavailable"
         }
-    }
+    };
+    let limiter = state.limiter_backend().health();
+    let audit = state.auditor().stats().snapshot();
+    let audit = if audit.spilled > audit.replayed || audit.unwritten > 0 { "spilling" } else { "ok" };
+    let degraded = store != "ok" || limiter.is_degraded() || audit != "ok";
+    let body = json!({
+        "status": if degraded { "degraded" } else { "ready" },
+        "store": store,
+        "limiter": limiter.name(),
+        "audit": audit,
+    });
+    (StatusCode::OK, Json(body)).into_response()
 }

@@ -5,9 +5,11 @@ mod access_log;
 mod admin;
 mod audit;
 mod bearer;
+mod changes;
 mod error;
 mod health;
 mod key_cache;
+mod limiter;
 mod limits;
 mod listener;
 mod metrics;
@@ -19,6 +21,7 @@ mod security;
 mod server;
 mod state;
 mod store;
+mod store_cache;
 mod team_cache;
 pub mod usage;
 
@@ -36,8 +39,8 @@ pub enum StartError {
     Bind { address: SocketAddr, source: std::io::Error },
 }
 
-/// Applies pending migrations to the store named in `url`; returns how many ran.
-pub async fn migrate(url: &str) -> Result<usize, StartError> {
-    let stores = store::open(url)?;
+/// Applies pending migrations to the configured store; returns how many ran.
+pub async fn migrate(config: &portcullis_config::StoreConfig) -> Result<usize, StartError> {
+    let stores = store::open(config).await?;
     stores.migrator.migrate().await.map_err(|error| StartError::Store(error.to_string()))
 }

@@ -17,6 +17,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::limiter::LimiterBackend;
 use crate::state::Runtime;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -45,6 +46,7 @@ pub struct Metrics {
     in_flight: Family<ListenerLabels, Gauge<i64, AtomicI64>>,
     denials: Family<DenialLabels, Counter>,
     security_events: Family<EventLabels, Counter>,
+    changes_applied: Counter,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -64,7 +66,7 @@ struct ListenerLabels {
 }
 
 impl Metrics {
-    pub fn new(runtime: Arc<ArcSwap<Runtime>>) -> Metrics {
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>, limiter: LimiterBackend) -> Metrics {
         let mut registry = Registry::with_prefix("portcullis");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("requests", "Requests answered, by listener, model and status", requests.clone());
@@ -87,8 +89,15 @@ impl Metrics {
             "Blocked client addresses and key rate anomalies",
             security_events.clone(),
         );
+        let changes_applied = Counter::default();
+        registry.register(
+            "store_changes_applied",
+            "Key and team changes read from the change log and applied to this replica's caches",
+            changes_applied.clone(),
+        );
         registry.register_collector(Box::new(UpstreamCollector { runtime }));
-        Metrics { registry, requests, latency, in_flight, denials, security_events }
+        registry.register_collector(Box::new(LimiterCollector { limiter }));
+        Metrics { registry, requests, latency, in_flight, denials, security_events, changes_applied }
     }
 
     pub fn record(&self, listener: &'static str, model: &str, status: u16, elapsed: Duration) {
@@ -108,6 +117,10 @@ impl Metrics {
 
     pub fn security_event(&self, event: &'static str) {
         self.security_events.get_or_create(&EventLabels { event }).inc();
+    }
+
+    pub fn change_applied(&self) {
+        self.changes_applied.inc();
     }
 
     pub fn render(&self) -> String {
@@ -157,6 +170,32 @@ impl Collector for UpstreamCollector {
         for (model, length) in runtime.upstreams.queue_lengths() {
             ConstGauge::new(length as i64).encode(queued.encode_family(&ModelLabels { model })?)?;
         }
+        Ok(())
+    }
+}
+
+/// The limiter backend's state, read at scrape time.
+#[derive(Debug)]
+struct LimiterCollector {
+    limiter: LimiterBackend,
+}
+
+impl Collector for LimiterCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let degraded = encoder.encode_descriptor(
+            "limiter_degraded",
+            "1 while the shared (Redis) limiter is unreachable and its outage policy decides",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(self.limiter.health().is_degraded())).encode(degraded)?;
+        let fallbacks = encoder.encode_descriptor(
+            "limiter_fallbacks",
+            "Admissions decided by the outage policy instead of the shared limiter",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        prometheus_client::metrics::counter::ConstCounter::new(self.limiter.fallbacks()).encode(fallbacks)?;
         Ok(())
     }
 }

@@ -13,10 +13,6 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use std::sync::Arc;
-
-use portcullis_limits::{Limiter, MemoryLimiter};
-
 use crate::admin::auth::{AdminAuth, MIN_BOOTSTRAP_TOKEN_LEN};
 use crate::listener::{self, HeadLimits};
 use crate::state::{AppState, Runtime};
@@ -24,11 +20,16 @@ use portcullis_audit::{AuditWriter, Durability, Redactor, WriterConfig, WriterTa
 use portcullis_config::AuditDurability;
 
 use crate::audit::Auditor;
+use crate::limiter::LimiterBackend;
 use crate::usage::{RecorderTask, UsageRecorder};
-use crate::{StartError, admin, limits, proxy, store};
+use crate::{StartError, admin, changes, limits, proxy, store};
 
 /// How often settled usage is written to the store: the most a crash can lose.
 const USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long the change log keeps a change: far longer than any replica's follower can lag
+/// while it still runs (a replica further behind drops its whole cache instead).
+const CHANGE_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// How often key use times are written back and idle limiter state is dropped.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
@@ -42,7 +43,8 @@ pub struct Server {
     generated_admin_token: Option<Secret<String>>,
     recorder_task: RecorderTask,
     audit_task: WriterTask,
-    memory_limiter: Arc<MemoryLimiter>,
+    /// Where the change follower starts; see [`crate::changes`].
+    change_cursor: u64,
 }
 
 impl Server {
@@ -60,16 +62,17 @@ impl Server {
         // `Config::parse` has compiled these already: only a config built some other way fails here.
         let redactor = Redactor::new(&config.audit.redact)
             .map_err(|error| StartError::Config(format!("audit.redact: {error}")))?;
-        let stores = store::open(config.store.url.expose())?;
+        let stores = store::open(&config.store).await?;
         let applied = stores.migrator.migrate().await.map_err(|error| StartError::Store(error.to_string()))?;
         if applied > 0 {
             tracing::info!(applied, "store migrations applied");
         }
         let proxy = bind(config.server.listen)?;
         let admin = bind(config.admin.listen)?;
-        let memory_limiter = Arc::new(MemoryLimiter::new());
-        let limiter: Arc<dyn Limiter> = memory_limiter.clone();
-        limits::seed_from_usage(limiter.as_ref(), stores.usage.as_ref(), OffsetDateTime::now_utc())
+        let limiter = LimiterBackend::from_config(&config.limits).await?;
+        let change_cursor =
+            stores.changes.latest_change().await.map_err(|error| StartError::Store(error.to_string()))?;
+        limits::seed_from_usage(limiter.limiter().as_ref(), stores.usage.as_ref(), OffsetDateTime::now_utc())
             .await
             .map_err(|error| StartError::Store(error.to_string()))?;
         let (recorder, recorder_task) = UsageRecorder::start(stores.usage.clone(), USAGE_FLUSH_INTERVAL);
@@ -83,7 +86,7 @@ impl Server {
             Some(_) => None,
             None => first_admin_token(&stores, &state).await?,
         };
-        Ok(Server { state, proxy, admin, generated_admin_token, recorder_task, audit_task, memory_limiter })
+        Ok(Server { state, proxy, admin, generated_admin_token, recorder_task, audit_task, change_cursor })
     }
 
     pub fn proxy_addr(&self) -> std::io::Result<SocketAddr> {
@@ -115,13 +118,15 @@ impl Server {
             proxy_limits,
             stop.clone(),
         ));
-        let flusher = tokio::spawn(housekeeping(self.state.clone(), self.memory_limiter, stop.clone()));
+        let flusher = tokio::spawn(housekeeping(self.state.clone(), stop.clone()));
+        let follower = tokio::spawn(changes::follow(self.state.clone(), self.change_cursor, stop.clone()));
         RunningServer {
             state: self.state,
             stop,
             proxy,
             admin,
             flusher,
+            follower,
             recorder_task: self.recorder_task,
             audit_task: self.audit_task,
         }
@@ -202,6 +207,7 @@ pub struct RunningServer {
     proxy: JoinHandle<hyper_util::server::graceful::GracefulShutdown>,
     admin: JoinHandle<hyper_util::server::graceful::GracefulShutdown>,
     flusher: JoinHandle<()>,
+    follower: JoinHandle<()>,
     recorder_task: RecorderTask,
     audit_task: WriterTask,
 }
@@ -245,6 +251,8 @@ impl RunningServer {
             _ => false,
         };
         let _ = self.flusher.await;
+        let _ = self.follower.await;
+        self.state.limiter_backend().drain().await;
         // Last: every request that ended has settled and handed its usage to the recorder.
         if let Err(error) = self.recorder_task.shutdown().await {
             tracing::error!(%error, "usage not fully written at shutdown");
@@ -260,7 +268,7 @@ impl RunningServer {
 /// Every so often, and once more on shutdown: writes key use times back, forgets limiter state
 /// that is as good as new (so the limiter holds only recently active callers), and deletes
 /// audit records past `audit.retention`.
-async fn housekeeping(state: AppState, limiter: Arc<MemoryLimiter>, stop: CancellationToken) {
+async fn housekeeping(state: AppState, stop: CancellationToken) {
     let mut since = 0;
     loop {
         let stopping = tokio::select! {
@@ -275,7 +283,8 @@ async fn housekeeping(state: AppState, limiter: Arc<MemoryLimiter>, stop: Cancel
             tracing::warn!(%error, "could not record key use times");
         }
         since = now.unix_timestamp();
-        limiter.evict_idle(proxy::unix_millis(now));
+        state.limiter_backend().evict_idle(proxy::unix_millis(now));
+        prune_changes(&state, now).await;
         if let Some(retention) = state.runtime().config.audit.retention {
             match state.stores().audit.delete_audit_before(now - retention.0).await {
                 Ok(0) => {}
@@ -286,5 +295,13 @@ async fn housekeeping(state: AppState, limiter: Arc<MemoryLimiter>, stop: Cancel
         if stopping {
             return;
         }
+    }
+}
+
+/// Deletes changes older than [`CHANGE_RETENTION`]. Every replica does it; the deletes are
+/// idempotent and cheap.
+async fn prune_changes(state: &AppState, now: OffsetDateTime) {
+    if let Err(error) = state.stores().changes.prune_changes(now - CHANGE_RETENTION).await {
+        tracing::warn!(%error, "change log pruning failed");
     }
 }

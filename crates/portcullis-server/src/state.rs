@@ -13,6 +13,8 @@ use portcullis_upstream::Upstreams;
 
 use portcullis_limits::Limiter;
 
+use crate::limiter::LimiterBackend;
+
 use crate::admin::auth::AdminAuth;
 use crate::audit::Auditor;
 use crate::key_cache::KeyCache;
@@ -53,7 +55,7 @@ struct Inner {
     keys: KeyCache,
     teams: TeamCache,
     /// Outlives reloads: counters must not reset when the configuration changes.
-    limiter: Arc<dyn Limiter>,
+    limiter: LimiterBackend,
     recorder: UsageRecorder,
     misuse: Misuse,
     auditor: Auditor,
@@ -72,17 +74,18 @@ impl AppState {
         config: Config,
         stores: Stores,
         admin_auth: AdminAuth,
-        limiter: Arc<dyn Limiter>,
+        limiter: LimiterBackend,
         recorder: UsageRecorder,
         auditor: Auditor,
         redactor: Redactor,
     ) -> AppState {
         let hasher = SecretHasher::new(config.security.key_pepper.as_ref().map(|pepper| pepper.expose().as_str()));
         let misuse = Misuse::new(&config.security);
+        let max_age = config.store.cache_max_age.0;
         let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(config)));
-        let metrics = Metrics::new(runtime.clone());
-        let keys = KeyCache::new(stores.keys.clone());
-        let teams = TeamCache::new(stores.teams.clone());
+        let metrics = Metrics::new(runtime.clone(), limiter.clone());
+        let keys = KeyCache::new(stores.keys.clone(), max_age);
+        let teams = TeamCache::new(stores.teams.clone(), max_age);
         AppState {
             inner: Arc::new(Inner {
                 runtime,
@@ -125,6 +128,10 @@ impl AppState {
     }
 
     pub fn limiter(&self) -> &Arc<dyn Limiter> {
+        self.inner.limiter.limiter()
+    }
+
+    pub fn limiter_backend(&self) -> &LimiterBackend {
         &self.inner.limiter
     }
 
@@ -177,7 +184,7 @@ impl AppState {
         let spill = std::env::temp_dir().join(format!("portcullis-test-spill-{}.jsonl", ulid::Ulid::new()));
         let writer = portcullis_audit::WriterConfig::new("test-node", spill);
         let (handle, _writer_task) = portcullis_audit::AuditWriter::start(writer, stores.audit.clone()).await.unwrap();
-        let limiter = Arc::new(portcullis_limits::MemoryLimiter::new());
+        let limiter = LimiterBackend::memory();
         let redactor = Redactor::new(&config.audit.redact).unwrap();
         AppState::new(config, stores, admin_auth, limiter, recorder, Auditor::new(handle), redactor)
     }

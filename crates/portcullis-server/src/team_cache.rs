@@ -1,30 +1,30 @@
-//! Team records for the request path, from memory after the first lookup.
+//! Team records for the request path, from memory after the first lookup (see
+//! [`crate::store_cache`] for freshness and outages).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use moka::future::Cache;
 use portcullis_store::{StoreError, TeamRecord, TeamStore};
 
+use crate::store_cache::StoreCache;
+
 const CAPACITY: u64 = 100_000;
-/// Bounds how stale a team changed elsewhere may be; changes made here invalidate at once.
-const TIME_TO_LIVE: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct TeamCache {
-    entries: Cache<String, Option<Arc<TeamRecord>>>,
+    entries: StoreCache<String, Option<Arc<TeamRecord>>>,
     store: Arc<dyn TeamStore>,
 }
 
 impl std::fmt::Debug for TeamCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TeamCache").field("entries", &self.entries.entry_count()).finish()
+        f.debug_struct("TeamCache").field("entries", &self.entries).finish()
     }
 }
 
 impl TeamCache {
-    pub fn new(store: Arc<dyn TeamStore>) -> TeamCache {
-        TeamCache { entries: Cache::builder().max_capacity(CAPACITY).time_to_live(TIME_TO_LIVE).build(), store }
+    pub fn new(store: Arc<dyn TeamStore>, max_age: Duration) -> TeamCache {
+        TeamCache { entries: StoreCache::new(CAPACITY, max_age), store }
     }
 
     /// The team, or `None` if it does not exist.
@@ -32,7 +32,7 @@ impl TeamCache {
         let store = self.store.clone();
         let key = name.to_string();
         self.entries
-            .try_get_with(key.clone(), async move {
+            .get_or_fetch(key.clone(), |_| async move {
                 match store.get_team(&key).await {
                     Ok(team) => Ok(Some(Arc::new(team))),
                     Err(StoreError::NotFound) => Ok(None),
@@ -43,6 +43,11 @@ impl TeamCache {
     }
 
     pub async fn invalidate(&self, name: &str) {
-        self.entries.invalidate(name).await;
+        self.entries.invalidate(&name.to_string()).await;
+    }
+
+    /// Drops every cached team.
+    pub fn invalidate_all(&self) {
+        self.entries.invalidate_all();
     }
 }

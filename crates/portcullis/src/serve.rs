@@ -82,7 +82,7 @@ pub fn check_config(path: &Path, global: &GlobalArgs) -> anyhow::Result<()> {
 pub async fn migrate(path: &Path, global: &GlobalArgs) -> anyhow::Result<()> {
     init_logging(global.log_format);
     let config = load(path)?;
-    let applied = portcullis_server::migrate(config.store.url.expose()).await.context("migration failed")?;
+    let applied = portcullis_server::migrate(&config.store).await.context("migration failed")?;
     writeln!(std::io::stdout().lock(), "applied {applied} migration(s)")?;
     Ok(())
 }

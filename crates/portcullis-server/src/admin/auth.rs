@@ -86,10 +86,7 @@ impl FromRequestParts<AppState> for AdminCaller {
             .tokens
             .find_token_by_secret(hash.as_bytes())
             .await
-            .map_err(|error| {
-                tracing::error!(%error, "admin token lookup failed");
-                ApiError::Internal
-            })?
+            .map_err(|error| ApiError::from_store(&error, "admin token lookup"))?
             .filter(|record| record.revoked_at.is_none())
             .ok_or(ApiError::InvalidAdminToken)?;
         Ok(AdminCaller { token_id: record.id, role: record.role, team: record.team })

@@ -64,9 +64,6 @@ pub fn store_error(what: &'static str) -> impl Fn(StoreError) -> ApiError {
     move |error| match error {
         StoreError::NotFound => ApiError::NotFound { what },
         StoreError::Conflict(message) => ApiError::Conflict { message: format!("{what} already exists: {message}") },
-        StoreError::Unavailable(_) | StoreError::Corrupt(_) => {
-            tracing::error!(%error, what, "store operation failed");
-            ApiError::Internal
-        }
+        StoreError::Unavailable(_) | StoreError::Corrupt(_) => ApiError::from_store(&error, what),
     }
 }

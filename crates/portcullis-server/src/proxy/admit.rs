@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use portcullis_config::Config;
-use portcullis_limits::{Demand, Price, RateHeaders};
+use portcullis_limits::{Demand, Price, RateHeaders, Refusal};
 
 use super::body::{Operation, ParsedRequest};
 use super::capture::Capture;
@@ -36,17 +36,19 @@ pub async fn admit(
     let demand = Demand { tokens: plan.worst_case_tokens, cost: price.cost(plan.prompt_bound, completion_bound) };
 
     let team = match &principal.team {
-        Some(name) => state.teams().get(name).await.map_err(|error| {
-            tracing::error!(%error, "team lookup failed");
-            ApiError::Internal
-        })?,
+        Some(name) => state.teams().get(name).await.map_err(|error| ApiError::from_store(&error, "team lookup"))?,
         None => None,
     };
     let scopes = limits::scopes_for(config, principal, team.as_deref());
     let now = unix_millis(time::OffsetDateTime::now_utc());
-    let reservation = state.limiter().admit(&scopes, demand, now).await.map_err(|denial| {
-        state.metrics().denied(limits::scope_kind(&denial.scope), denial.limit.config_name());
-        limits::denial_error(&denial, oversized_param(request.operation))
+    let reservation = state.limiter().admit(&scopes, demand, now).await.map_err(|refusal| match refusal {
+        Refusal::Denied(denial) => {
+            state.metrics().denied(limits::scope_kind(&denial.scope), denial.limit.config_name());
+            limits::denial_error(&denial, oversized_param(request.operation))
+        }
+        Refusal::Unavailable { retry_after_ms } => {
+            ApiError::LimiterUnavailable { retry_after_secs: retry_after_ms.div_ceil(1000).max(1) }
+        }
     })?;
     let rate_headers = reservation.headers;
     // Either the key or its team opting in turns capture on; only then is the prompt read.

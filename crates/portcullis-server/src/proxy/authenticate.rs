@@ -23,10 +23,7 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap, now: i64) -> Re
         .keys()
         .lookup(&hash)
         .await
-        .map_err(|error| {
-            tracing::error!(%error, "key lookup failed");
-            ApiError::Internal
-        })?
+        .map_err(|error| ApiError::from_store(&error, "key lookup"))?
         .ok_or(ApiError::InvalidApiKey)?;
     if principal.revoked {
         return Err(ApiError::RevokedApiKey);

@@ -27,7 +27,7 @@ pub async fn usage(State(state): State<AppState>, peer: ConnectInfo<SocketAddr>,
         let principal = caller(&state, peer.0, &headers, None::<AuthScope>, &mut info).await?;
         let config = state.runtime().config.clone();
         let team = match &principal.team {
-            Some(name) => state.teams().get(name).await.map_err(|_| ApiError::Internal)?,
+            Some(name) => state.teams().get(name).await.map_err(|error| ApiError::from_store(&error, "team lookup"))?,
             None => None,
         };
         let now = OffsetDateTime::now_utc();

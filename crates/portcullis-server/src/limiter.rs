@@ -1,0 +1,129 @@
+//! The limiter backend chosen by `limits.backend`: in this process's memory, or shared by the
+//! fleet in Redis.
+
+use std::sync::Arc;
+
+use portcullis_config::{LimiterBackend as BackendKind, LimitsConfig, OnBackendError};
+use portcullis_limits::{Limiter, MemoryLimiter, Millis};
+use portcullis_limits_redis::{BackendState, OnBackendError as RedisPolicy, RedisLimiter, RedisLimiterOptions};
+
+use crate::StartError;
+
+/// The limiter and what the server needs to know about it besides admitting and settling.
+#[derive(Clone)]
+pub struct LimiterBackend {
+    limiter: Arc<dyn Limiter>,
+    kind: Kind,
+}
+
+impl std::fmt::Debug for LimiterBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LimiterBackend").field("health", &self.health()).finish()
+    }
+}
+
+#[derive(Clone)]
+enum Kind {
+    Memory(Arc<MemoryLimiter>),
+    Redis { limiter: Arc<RedisLimiter>, policy: OnBackendError },
+}
+
+/// How well the limiter can do its job right now, for `/readyz` and `/metrics`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimiterHealth {
+    /// Counting in this process (`limits.backend = "memory"`).
+    InProcess,
+    /// Counting in Redis, shared by the fleet.
+    Shared,
+    /// Redis unreachable; counting in this process with a share of each limit.
+    Local,
+    /// Redis unreachable; refusing requests.
+    Unavailable,
+}
+
+impl LimiterHealth {
+    pub fn name(self) -> &'static str {
+        match self {
+            LimiterHealth::InProcess => "in_process",
+            LimiterHealth::Shared => "shared",
+            LimiterHealth::Local => "local",
+            LimiterHealth::Unavailable => "unavailable",
+        }
+    }
+
+    pub fn is_degraded(self) -> bool {
+        matches!(self, LimiterHealth::Local | LimiterHealth::Unavailable)
+    }
+}
+
+impl LimiterBackend {
+    pub async fn from_config(config: &LimitsConfig) -> Result<LimiterBackend, StartError> {
+        match config.backend {
+            BackendKind::Memory => Ok(LimiterBackend::memory()),
+            BackendKind::Redis => {
+                let url = config.redis_url.as_ref().map(|url| url.expose().clone()).unwrap_or_default();
+                let options = RedisLimiterOptions {
+                    key_prefix: config.redis_prefix.clone(),
+                    timeout: config.redis_timeout.0,
+                    lease: config.reservation_lease.0,
+                    on_backend_error: match config.on_backend_error {
+                        OnBackendError::Deny => RedisPolicy::Deny,
+                        OnBackendError::Local => RedisPolicy::Local { replicas: config.replicas },
+                    },
+                    ..RedisLimiterOptions::new(url)
+                };
+                let redis = RedisLimiter::connect(options)
+                    .await
+                    .map_err(|error| StartError::Config(format!("limits.redis_url: {error}")))?;
+                let redis = Arc::new(redis);
+                Ok(LimiterBackend {
+                    limiter: redis.clone(),
+                    kind: Kind::Redis { limiter: redis, policy: config.on_backend_error },
+                })
+            }
+        }
+    }
+
+    pub fn memory() -> LimiterBackend {
+        let memory = Arc::new(MemoryLimiter::new());
+        LimiterBackend { limiter: memory.clone(), kind: Kind::Memory(memory) }
+    }
+
+    pub fn limiter(&self) -> &Arc<dyn Limiter> {
+        &self.limiter
+    }
+
+    pub fn health(&self) -> LimiterHealth {
+        match &self.kind {
+            Kind::Memory(_) => LimiterHealth::InProcess,
+            Kind::Redis { limiter, policy } => match (limiter.backend_state(), policy) {
+                (BackendState::Shared, _) => LimiterHealth::Shared,
+                (BackendState::Degraded { .. }, OnBackendError::Local) => LimiterHealth::Local,
+                (BackendState::Degraded { .. }, OnBackendError::Deny) => LimiterHealth::Unavailable,
+            },
+        }
+    }
+
+    /// Admissions decided by the outage policy instead of Redis, since start.
+    pub fn fallbacks(&self) -> u64 {
+        match &self.kind {
+            Kind::Memory(_) => 0,
+            Kind::Redis { limiter, .. } => limiter.fallback_count(),
+        }
+    }
+
+    /// Forgets in-process state that is as good as new (see [`MemoryLimiter::evict_idle`]).
+    pub fn evict_idle(&self, now: Millis) {
+        if let Kind::Memory(memory) = &self.kind {
+            memory.evict_idle(now);
+        }
+    }
+
+    /// Waits for the releases of reservations dropped unsettled (a networked backend sends them
+    /// in the background), so a graceful shutdown leaves nothing held until its lease ends.
+    pub async fn drain(&self) {
+        if let Kind::Redis { limiter, .. } = &self.kind {
+            limiter.drain().await;
+        }
+    }
+}
