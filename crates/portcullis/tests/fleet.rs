@@ -1,0 +1,485 @@
+//! Fleet mode: several replicas of the real binary sharing PostgreSQL and Redis.
+//!
+//! Every test gets a fresh PostgreSQL database and its own Redis key prefix, so tests share the
+//! machine's servers without seeing each other. Without PostgreSQL or Redis these tests skip
+//! loudly; with `CI=true` they fail instead.
+#![allow(clippy::expect_used, clippy::panic, reason = "tests: a failed expectation is a failed test")]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{BINARY, Reply, http, send};
+use portcullis_testkit::{
+    Gateway, GatewayBuilder, PostgresDatabase, RedisServer, StubUpstream, TcpRelay, redis_or_skip, unique_name,
+};
+use serde_json::{Value, json};
+use tokio::sync::Barrier;
+
+/// The reservation lease in these tests: short, so a dead replica's reservation ends soon.
+const LEASE_SECS: u64 = 2;
+
+/// What varies between the fleets of these tests.
+struct FleetSpec {
+    replicas: usize,
+    redis_url: String,
+    on_backend_error: &'static str,
+    /// Overrides the store URL (a relay in front of the test database).
+    store_url: Option<String>,
+    cache_max_age: &'static str,
+}
+
+impl FleetSpec {
+    fn new(redis_url: String) -> FleetSpec {
+        FleetSpec { replicas: 3, redis_url, on_backend_error: "deny", store_url: None, cache_max_age: "60s" }
+    }
+}
+
+/// The replicas, their upstream and their database (dropped last: the replicas go first).
+struct Fleet {
+    replicas: Vec<Gateway>,
+    stub: StubUpstream,
+    _db: PostgresDatabase,
+}
+
+impl Fleet {
+    /// A fleet on a fresh database; `None` after a loud skip when PostgreSQL is missing (a
+    /// failure with `CI=true`).
+    async fn start(spec: FleetSpec) -> Option<Fleet> {
+        Some(Fleet::start_on(spec, PostgresDatabase::create_or_skip().await?).await)
+    }
+
+    async fn start_on(spec: FleetSpec, db: PostgresDatabase) -> Fleet {
+        let stub = StubUpstream::start().await;
+        let prefix = unique_name("fleet");
+        let admin_token = format!("fleet-admin-token-{}", unique_name("t"));
+        let store_url = spec.store_url.clone().unwrap_or_else(|| db.url().to_string());
+        let config = |index: usize| {
+            format!(
+                "[limits]\nbackend = \"redis\"\nredis_url = \"{redis}\"\nredis_prefix = \"{prefix}\"\n\
+             reservation_lease = \"{LEASE_SECS}s\"\non_backend_error = \"{policy}\"\nreplicas = {replicas}\n\n\
+             [audit]\ndurability = \"sync\"\nnode = \"replica-{index}\"\n\n\
+             [[models]]\nname = \"m\"\nendpoints = [\"{upstream}\"]\n\
+             price = {{ input_per_million = 1000000.0, output_per_million = 1000000.0 }}\n",
+                redis = spec.redis_url,
+                policy = spec.on_backend_error,
+                replicas = spec.replicas,
+                upstream = stub.url(),
+            )
+        };
+        // Started one after another would hide a migration race; together they must agree.
+        let builders = (0..spec.replicas).map(|index| {
+            GatewayBuilder::new(BINARY)
+                .store_url(&store_url)
+                .store_setting(&format!("cache_max_age = \"{}\"", spec.cache_max_age))
+                .config(&config(index))
+                .admin_token(admin_token.clone())
+                .start()
+        });
+        let replicas = futures_util::future::join_all(builders).await;
+        Fleet { replicas, stub, _db: db }
+    }
+
+    fn replica(&self, index: usize) -> &Gateway {
+        &self.replicas[index]
+    }
+
+    /// `POST /admin/v1/keys` on replica 0 with these limit overrides; returns `(id, secret)`.
+    async fn key_with_limits(&self, limits: Value) -> (String, String) {
+        let gateway = self.replica(0);
+        let body = json!({ "name": unique_name("fleet-key"), "limits": limits });
+        let reply = send(
+            http()
+                .post(format!("{}/admin/v1/keys", gateway.admin_url()))
+                .bearer_auth(gateway.admin_token())
+                .json(&body),
+        )
+        .await;
+        assert!(matches!(reply.status, 200 | 201), "creating a key failed: {}", reply.text);
+        (str_of(&reply.body, "id"), str_of(&reply.body, "key"))
+    }
+}
+
+fn str_of(value: &Value, field: &str) -> String {
+    value[field].as_str().unwrap_or_else(|| panic!("no {field} in {value}")).to_string()
+}
+
+fn chat_body(max_tokens: u64, stream: bool) -> Value {
+    let mut body = json!({
+        "model": "m",
+        "messages": [{"role": "user", "content": "hello there"}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+    });
+    if stream {
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    body
+}
+
+async fn chat(gateway: &Gateway, key: &str, body: &Value) -> Reply {
+    send(http().post(format!("{}/v1/chat/completions", gateway.proxy_url())).bearer_auth(key).json(body)).await
+}
+
+async fn ready(gateway: &Gateway) -> Value {
+    let reply = send(http().get(format!("{}/readyz", gateway.admin_url()))).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    reply.body
+}
+
+/// A key allowed 60 requests a minute gets a synchronised burst of 600 spread over three
+/// replicas: the shared limiter admits the key's 60, plus at most what the rate refilled while
+/// the burst lasted (one a second), and refuses the rest with 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_across_three_replicas_gets_one_key_limit_not_three() {
+    let Some(redis) = redis_or_skip() else { return };
+    let Some(fleet) = Fleet::start(FleetSpec::new(redis)).await else { return };
+    let (_, key) = fleet.key_with_limits(json!({"requests_per_minute": 60})).await;
+    let body = chat_body(5, false);
+
+    const BURST: usize = 600;
+    let barrier = Arc::new(Barrier::new(BURST));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..BURST)
+        .map(|index| {
+            let (url, key, body, barrier) =
+                (fleet.replica(index % 3).proxy_url(), key.clone(), body.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let reply = send(http().post(format!("{url}/v1/chat/completions")).bearer_auth(&key).json(&body)).await;
+                (index % 3, reply)
+            })
+        })
+        .collect();
+    let mut admitted = [0usize; 3];
+    for task in tasks {
+        let (replica, reply) = task.await.expect("the request task ran");
+        match reply.status {
+            200 => admitted[replica] += 1,
+            _ => reply.assert_error(429, "rate_limit_exceeded"),
+        }
+    }
+    let lasted = started.elapsed();
+    let total: usize = admitted.iter().sum();
+    let refilled = lasted.as_secs() as usize;
+    eprintln!("burst of {BURST} over 3 replicas in {lasted:?}: admitted {admitted:?} = {total}");
+    assert!(total >= 60, "the key's whole allowance is usable across the fleet: {admitted:?}");
+    assert!(total <= 60 + refilled, "{total} admitted for a limit of 60 (+{refilled} refilled): {admitted:?}");
+    assert!(admitted.iter().all(|count| *count > 0), "every replica took part: {admitted:?}");
+    assert_eq!(fleet.stub.requests_to("/v1/chat/completions").len(), total, "refused requests never reach the model");
+}
+
+/// The budget race of the limits tests, spread over three replicas: long streams all decided
+/// while the first ones still run; exactly as many as the budget's worst cases are served, and
+/// what they spent never exceeds the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_race_across_three_replicas_never_overspends() {
+    let Some(redis) = redis_or_skip() else { return };
+    let Some(fleet) = Fleet::start(FleetSpec::new(redis)).await else { return };
+    fleet.stub.set_chunk_gap(Duration::from_millis(400));
+    const N: u64 = 4;
+    let body = chat_body(20, true);
+    let worst_cost = serde_json::to_vec(&body).expect("a body").len() as u64 + 16 + 20;
+    let budget = N * worst_cost;
+    let (_, key) = fleet.key_with_limits(json!({"budget_per_day": budget as f64})).await;
+
+    let tasks: Vec<_> = (0..10 * N as usize)
+        .map(|index| {
+            let (url, key, body) = (fleet.replica(index % 3).proxy_url(), key.clone(), body.clone());
+            tokio::spawn(async move {
+                let response = http()
+                    .post(format!("{url}/v1/chat/completions"))
+                    .bearer_auth(&key)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("the gateway answers");
+                let status = response.status().as_u16();
+                let text = response.text().await.expect("a body");
+                (status, text)
+            })
+        })
+        .collect();
+    let mut served = 0;
+    for task in tasks {
+        let (status, text) = task.await.expect("the request task ran");
+        match status {
+            200 => served += 1,
+            _ => {
+                let error: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                assert_eq!((status, error["error"]["code"].as_str()), (429, Some("insufficient_quota")), "{text}");
+            }
+        }
+    }
+    assert_eq!(served, N, "exactly {N} worst cases fit the budget across the fleet");
+
+    // Spend as the fleet sees it, from any replica: never above the budget.
+    let usage = wait_for_requests(fleet.replica(2), &key, N).await;
+    let spent = usage["spend"]["today"]["cost"].as_f64().expect("a cost");
+    assert!(spent > 0.0 && spent <= budget as f64, "spent {spent} of a {budget} budget: {usage}");
+}
+
+/// Polls `/v1/usage` until `spend.today.requests` reaches `requests`.
+async fn wait_for_requests(gateway: &Gateway, key: &str, requests: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = send(http().get(format!("{}/v1/usage", gateway.proxy_url())).bearer_auth(key)).await;
+        reply.assert_ok();
+        if reply.body["spend"]["today"]["requests"].as_u64() >= Some(requests) || Instant::now() > deadline {
+            return reply.body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A key revoked through replica 0's admin API is refused by replicas 1 and 2 within a second,
+/// although both had it cached a moment before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_reaches_every_replica_within_a_second() {
+    let Some(redis) = redis_or_skip() else { return };
+    let Some(fleet) = Fleet::start(FleetSpec::new(redis)).await else { return };
+    let (id, key) = fleet.key_with_limits(json!({})).await;
+    let body = chat_body(5, false);
+    for replica in &fleet.replicas {
+        chat(replica, &key, &body).await.assert_ok();
+    }
+
+    let revoked_at = Instant::now();
+    let admin = fleet.replica(0);
+    let reply =
+        send(http().post(format!("{}/admin/v1/keys/{id}/revoke", admin.admin_url())).bearer_auth(admin.admin_token()))
+            .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let mut propagation = Vec::new();
+    for index in [1, 2] {
+        loop {
+            let reply = chat(fleet.replica(index), &key, &body).await;
+            if reply.status == 401 {
+                reply.assert_error(401, "revoked_api_key");
+                propagation.push(revoked_at.elapsed());
+                break;
+            }
+            reply.assert_ok();
+            assert!(revoked_at.elapsed() < Duration::from_secs(1), "replica {index} still serves the revoked key");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    eprintln!("revocation propagation: replica 1 {:?}, replica 2 {:?}", propagation[0], propagation[1]);
+}
+
+/// Redis stopped under `on_backend_error = "deny"`: requests get 503 `limiter_unavailable`
+/// with `Retry-After`, readiness says so; once Redis is back the shared limit holds again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_denies_by_default_and_limits_hold_after_it() {
+    let Some(mut redis) = RedisServer::start_or_skip().await else { return };
+    let Some(fleet) = Fleet::start(FleetSpec::new(redis.url())).await else { return };
+    let (_, key) = fleet.key_with_limits(json!({"requests_per_minute": 6})).await;
+    let body = chat_body(5, false);
+    chat(fleet.replica(0), &key, &body).await.assert_ok();
+
+    redis.stop();
+    for replica in &fleet.replicas {
+        let refused = chat(replica, &key, &body).await;
+        refused.assert_error(503, "limiter_unavailable");
+        assert!(refused.header("retry-after").is_some(), "{:?}", refused.headers);
+    }
+    let readiness = ready(fleet.replica(1)).await;
+    assert_eq!((readiness["status"].as_str(), readiness["limiter"].as_str()), (Some("degraded"), Some("unavailable")));
+
+    // A restarted Redis is empty: the key gets its 6 again, shared by the fleet, and no more.
+    redis.restart().await;
+    let admitted = admitted_over_fleet(&fleet, &key, &body, 30, Duration::from_secs(5)).await;
+    assert_eq!(admitted, 6, "the shared limit holds again after the outage");
+    assert_eq!(ready(fleet.replica(1)).await["status"], "ready");
+}
+
+/// Redis stopped under `on_backend_error = "local"`: each of the three replicas admits a third
+/// of the limit on its own, so the fleet together stays within it, and says it is degraded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_under_the_local_policy_splits_each_limit_between_replicas() {
+    let Some(mut redis) = RedisServer::start_or_skip().await else { return };
+    let mut spec = FleetSpec::new(redis.url());
+    spec.on_backend_error = "local";
+    let Some(fleet) = Fleet::start(spec).await else { return };
+    let (_, key) = fleet.key_with_limits(json!({"requests_per_minute": 9})).await;
+    let body = chat_body(5, false);
+    chat(fleet.replica(0), &key, &body).await.assert_ok();
+
+    redis.stop();
+    let mut admitted = Vec::new();
+    for replica in &fleet.replicas {
+        let mut count = 0;
+        for _ in 0..6 {
+            let reply = chat(replica, &key, &body).await;
+            match reply.status {
+                200 => count += 1,
+                _ => reply.assert_error(429, "rate_limit_exceeded"),
+            }
+        }
+        admitted.push(count);
+    }
+    assert_eq!(admitted, [3, 3, 3], "9 a minute over 3 replicas = 3 each while Redis is away");
+    let readiness = ready(fleet.replica(0)).await;
+    assert_eq!((readiness["status"].as_str(), readiness["limiter"].as_str()), (Some("degraded"), Some("local")));
+    let metrics = send(http().get(format!("{}/metrics", fleet.replica(0).admin_url()))).await.text;
+    assert!(metrics.contains("portcullis_limiter_degraded 1"), "{metrics}");
+
+    redis.restart().await;
+    let admitted = admitted_over_fleet(&fleet, &key, &body, 30, Duration::from_secs(5)).await;
+    assert_eq!(admitted, 9, "shared counting resumes once Redis is back");
+}
+
+/// Waits (up to `within`) until every replica reports its limiter shared again — with no
+/// traffic: each probes Redis on its own — then sends `attempts` requests round-robin over the
+/// fleet; returns how many were admitted.
+async fn admitted_over_fleet(fleet: &Fleet, key: &str, body: &Value, attempts: usize, within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    for replica in &fleet.replicas {
+        loop {
+            let readiness = ready(replica).await;
+            if readiness["limiter"] == "shared" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "limiter not shared again after the outage: {readiness}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut admitted = 0;
+    for index in 0..attempts {
+        let reply = chat(fleet.replica(index % fleet.replicas.len()), key, body).await;
+        match reply.status {
+            200 => admitted += 1,
+            _ => reply.assert_error(429, "rate_limit_exceeded"),
+        }
+    }
+    admitted
+}
+
+/// A replica killed with `kill -9` in the middle of a stream: every response it completed had
+/// its audit record acknowledged first (sync durability), and all of them are in the shared
+/// log; the stream's concurrency slot is not stuck past the reservation lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_stream_loses_no_acknowledged_record_and_frees_its_slot() {
+    let Some(redis) = redis_or_skip() else { return };
+    let Some(mut fleet) = Fleet::start(FleetSpec::new(redis)).await else { return };
+    let (_, key) = fleet.key_with_limits(json!({"max_concurrent": 1})).await;
+    let body = chat_body(5, false);
+    let mut completed = Vec::new();
+    for _ in 0..5 {
+        let reply = chat(fleet.replica(0), &key, &body).await;
+        reply.assert_ok();
+        completed.push(reply.header("x-request-id").expect("a request id").to_string());
+    }
+
+    let gate = fleet.stub.gated_stream();
+    let stream = http()
+        .post(format!("{}/v1/chat/completions", fleet.replica(0).proxy_url()))
+        .bearer_auth(&key)
+        .json(&chat_body(5, true))
+        .send()
+        .await
+        .expect("the stream starts");
+    assert_eq!(stream.status(), 200);
+    fleet.replicas[0].signal("KILL");
+    fleet.replicas[0].wait_exit(Duration::from_secs(5)).await.expect("the replica died");
+    let killed_at = Instant::now();
+    drop(gate);
+
+    // The dead replica's slot is held until its lease runs out, then freed.
+    let survivor = fleet.replica(1);
+    let refused = chat(survivor, &key, &body).await;
+    refused.assert_error(429, "rate_limit_exceeded");
+    let freed = loop {
+        let reply = chat(survivor, &key, &body).await;
+        if reply.status == 200 {
+            break killed_at.elapsed();
+        }
+        assert!(killed_at.elapsed() < Duration::from_secs(LEASE_SECS + 3), "slot still held: {}", reply.text);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("the dead replica's concurrency slot was freed {freed:?} after the kill (lease {LEASE_SECS}s)");
+
+    for request_id in &completed {
+        let url = format!("{}/admin/v1/audit?request_id={request_id}", survivor.admin_url());
+        let page = send(http().get(url).bearer_auth(survivor.admin_token())).await;
+        let records = page.body["data"].as_array().expect("audit records");
+        assert_eq!(records.len(), 1, "request {request_id} is in the audit log once: {}", page.text);
+        assert_eq!(records[0]["node"], "replica-0");
+    }
+    let verify =
+        send(http().get(format!("{}/admin/v1/audit/verify", survivor.admin_url())).bearer_auth(survivor.admin_token()))
+            .await;
+    assert_eq!(verify.body["ok"], true, "{}", verify.text);
+    let nodes: Vec<&str> =
+        verify.body["nodes"].as_array().expect("nodes").iter().filter_map(|n| n["node"].as_str()).collect();
+    assert!(nodes.contains(&"replica-0") && nodes.contains(&"replica-1"), "one chain per replica: {nodes:?}");
+}
+
+/// PostgreSQL cut off from a replica: keys it has seen keep working (even past their cache
+/// age), keys it has not fail closed with 503, audit records go to the spill file and readiness
+/// says so; once the store is back the spilled records are replayed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_keeps_known_keys_working_and_loses_no_audit_record() {
+    let Some(redis) = redis_or_skip() else { return };
+    let Some(db) = PostgresDatabase::create_or_skip().await else { return };
+    let relay = TcpRelay::start(postgres_addr(db.url())).await;
+    let mut spec = FleetSpec::new(redis);
+    spec.replicas = 1;
+    spec.cache_max_age = "1s";
+    spec.store_url = Some(relayed_url(db.url(), relay.addr()));
+    let fleet = Fleet::start_on(spec, db).await;
+    let gateway = fleet.replica(0);
+    let (_, known) = fleet.key_with_limits(json!({})).await;
+    let (_, unseen) = fleet.key_with_limits(json!({})).await;
+    let body = chat_body(5, false);
+    chat(gateway, &known, &body).await.assert_ok();
+
+    relay.cut();
+    tokio::time::sleep(Duration::from_millis(1500)).await; // past the cache age
+    let mut during = Vec::new();
+    for _ in 0..3 {
+        let reply = chat(gateway, &known, &body).await;
+        reply.assert_ok();
+        during.push(reply.header("x-request-id").expect("a request id").to_string());
+    }
+    chat(gateway, &unseen, &body).await.assert_error(503, "store_unavailable");
+    let readiness = ready(gateway).await;
+    assert_eq!(
+        (readiness["status"].as_str(), readiness["store"].as_str(), readiness["audit"].as_str()),
+        (Some("degraded"), Some("unavailable"), Some("spilling")),
+        "{readiness}"
+    );
+
+    relay.restore();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ready(gateway).await["status"] != "ready" {
+        assert!(Instant::now() < deadline, "still degraded after the store came back: {}", ready(gateway).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    chat(gateway, &unseen, &body).await.assert_ok();
+    for request_id in &during {
+        let url = format!("{}/admin/v1/audit?request_id={request_id}", gateway.admin_url());
+        let page = send(http().get(url).bearer_auth(gateway.admin_token())).await;
+        let records = page.body["data"].as_array().expect("audit records");
+        assert_eq!(records.len(), 1, "request {request_id} replayed exactly once: {}", page.text);
+    }
+    let verify =
+        send(http().get(format!("{}/admin/v1/audit/verify", gateway.admin_url())).bearer_auth(gateway.admin_token()))
+            .await;
+    assert_eq!(verify.body["ok"], true, "{}", verify.text);
+}
+
+fn postgres_addr(url: &str) -> std::net::SocketAddr {
+    let url = url::Url::parse(url).expect("a PostgreSQL URL");
+    let host = url.host_str().expect("a host");
+    let port = url.port().unwrap_or(5432);
+    std::net::ToSocketAddrs::to_socket_addrs(&(host, port)).expect("resolvable").next().expect("an address")
+}
+
+fn relayed_url(url: &str, relay: std::net::SocketAddr) -> String {
+    let mut url = url::Url::parse(url).expect("a PostgreSQL URL");
+    url.set_host(Some(&relay.ip().to_string())).expect("a host");
+    url.set_port(Some(relay.port())).expect("a port");
+    url.to_string()
+}
