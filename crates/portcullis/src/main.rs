@@ -9,6 +9,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// mimalloc instead of the system allocator: a request allocates and frees many small buffers
+/// across threads, which glibc's malloc serves at several times the cost (it showed as ~10 % of
+/// the gateway's CPU under load; see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "portcullis", version, about = "Secure access gateway for small language models")]
 struct Cli {

@@ -1,6 +1,6 @@
 //! `portcullis serve`, `config check` and `migrate`: the commands that run on the gateway host.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -22,7 +22,7 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
-    init_logging(global.log_format);
+    let _logs = init_logging(global.log_format);
     let config = load(&args.config)?;
     let bootstrap = std::env::var("PORTCULLIS_ADMIN_TOKEN").ok().filter(|token| !token.is_empty());
     let mut server = Server::bind(config, bootstrap).await.context("cannot start")?;
@@ -80,7 +80,7 @@ pub fn check_config(path: &Path, global: &GlobalArgs) -> anyhow::Result<()> {
 }
 
 pub async fn migrate(path: &Path, global: &GlobalArgs) -> anyhow::Result<()> {
-    init_logging(global.log_format);
+    let _logs = init_logging(global.log_format);
     let config = load(path)?;
     let applied = portcullis_server::migrate(&config.store).await.context("migration failed")?;
     writeln!(std::io::stdout().lock(), "applied {applied} migration(s)")?;
@@ -91,14 +91,24 @@ fn load(path: &Path) -> anyhow::Result<Config> {
     Config::load(path).with_context(|| format!("invalid configuration {}", path.display()))
 }
 
-fn init_logging(format: LogFormat) {
+/// Log lines go to stderr through a thread of their own, so a request never waits on a write
+/// (one syscall per line, or a pipe to a slow collector). None is dropped: when its buffer is
+/// full the logger waits. Keep the guard until exit: dropping it writes what is buffered.
+#[must_use = "dropping the guard stops the log writer"]
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let (writer, guard) =
+        tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
+    guard
 }
 
 /// The generated first admin token goes to the terminal once, never through the logger, so
