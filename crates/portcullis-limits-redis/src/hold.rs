@@ -8,15 +8,23 @@ use portcullis_limits::{Demand, ExternalHold, Millis, Scope, Usage};
 use crate::backend::Backend;
 use crate::breaker::wall_ms;
 
-/// What a Redis admission holds: its id and the scopes (in Redis) it took something from.
+/// One scope's part of a Redis reservation: the scope (its name in keys) and the lease member the script
+/// recorded there, which settling and renewing name.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    pub(crate) scope: String,
+    pub(crate) member: Vec<u8>,
+}
+
+/// What a Redis admission holds: its id and its leases in the scopes (in Redis) it took something from.
 #[derive(Debug)]
 pub(crate) struct RedisHold {
     pub(crate) backend: Arc<Backend>,
     pub(crate) id: Arc<str>,
     /// In `Scope` order, as `MemoryLimiter` reports them.
     pub(crate) scopes: Vec<Scope>,
-    /// Scope names in the order of the admission's keys.
-    pub(crate) names: Arc<[String]>,
+    /// In the order of the admission's keys.
+    pub(crate) leases: Arc<[Lease]>,
 }
 
 impl RedisHold {
@@ -29,7 +37,7 @@ impl RedisHold {
             tracing::debug!(reservation = %self.id, "Redis limiter degraded; the lease will release this reservation");
             return;
         }
-        let result = backend.settle(&self.id, &self.names, actual, now).await;
+        let result = backend.settle(&self.leases, actual, now).await;
         backend.report(&result);
         match result {
             Ok(0) => tracing::debug!(reservation = %self.id, "reservation had expired before it settled"),

@@ -5,16 +5,17 @@
 //! refuses a script whose keys span slots), and it is also why the limiter lives on a single shard: see
 //! the crate docs.
 //!
-//! A scope owns three keys, named by kind first so that no scope id can make one scope's key look like
-//! another kind's key of another scope:
+//! A scope owns two keys, named by layout version and kind before the scope, so that no scope id can
+//! make one scope's key look like another kind's key of another scope:
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{p}:s:<scope>` | hash | the counters (GCRA, token bucket, in flight, day and month windows) |
-//! | `{p}:l:<scope>` | sorted set | running reservations, scored by lease deadline (wall-clock ms) |
-//! | `{p}:h:<scope>` | hash | running reservations: id → what the admission took from this scope |
+//! | `{p}:v1:s:<scope>` | string | the counters (GCRA, token bucket, in flight, day and month windows), packed |
+//! | `{p}:v1:l:<scope>` | sorted set | running reservations as lease members, scored by lease deadline (wall-clock ms) |
 //!
-//! `<scope>` is `g` for the global scope, `t:<id>` for a team and `k:<id>` for a key.
+//! `<scope>` is `g` for the global scope, `t:<id>` for a team and `k:<id>` for a key. `v1` names the layout
+//! of the crate docs: a later layout gets a new version, so replicas of different versions never misread
+//! each other's keys (during a rolling upgrade across a layout change each version counts on its own).
 
 use portcullis_limits::Scope;
 
@@ -53,11 +54,20 @@ impl KeySpace {
         }
     }
 
-    /// The state hash, lease set and holds hash of a scope (by [`KeySpace::scope_name`]), in that order:
-    /// the triple the script expects for each scope.
-    pub(crate) fn triple(&self, scope_name: &str) -> [String; 3] {
-        let tag = &self.tag;
-        [format!("{tag}s:{scope_name}"), format!("{tag}l:{scope_name}"), format!("{tag}h:{scope_name}")]
+    /// The state of a scope (by [`KeySpace::scope_name`]).
+    pub(crate) fn state(&self, scope_name: &str) -> String {
+        format!("{}v1:s:{scope_name}", self.tag)
+    }
+
+    /// The lease set of a scope.
+    pub(crate) fn leases(&self, scope_name: &str) -> String {
+        format!("{}v1:l:{scope_name}", self.tag)
+    }
+
+    /// The keys of these scopes as the script expects them: every state, then every lease set, in the
+    /// same order.
+    pub(crate) fn script_keys<'a>(&self, scope_names: impl Iterator<Item = &'a str> + Clone) -> Vec<String> {
+        scope_names.clone().map(|name| self.state(name)).chain(scope_names.map(|name| self.leases(name))).collect()
     }
 }
 
@@ -73,9 +83,19 @@ mod tests {
     fn every_key_starts_with_the_hash_tag() {
         let keys = KeySpace::new("portcullis").unwrap();
         let name = KeySpace::scope_name(&Scope::Key("abc".into()));
-        assert_eq!(keys.triple(&name), ["{portcullis}:s:k:abc", "{portcullis}:l:k:abc", "{portcullis}:h:k:abc"]);
-        assert_eq!(keys.triple(&KeySpace::scope_name(&Scope::Global))[0], "{portcullis}:s:g");
-        assert_eq!(keys.triple(&KeySpace::scope_name(&team("eng")))[2], "{portcullis}:h:t:eng");
+        assert_eq!(keys.state(&name), "{portcullis}:v1:s:k:abc");
+        assert_eq!(keys.leases(&name), "{portcullis}:v1:l:k:abc");
+        assert_eq!(keys.state(&KeySpace::scope_name(&Scope::Global)), "{portcullis}:v1:s:g");
+        let names = [KeySpace::scope_name(&team("eng")), name];
+        assert_eq!(
+            keys.script_keys(names.iter().map(String::as_str)),
+            [
+                "{portcullis}:v1:s:t:eng",
+                "{portcullis}:v1:s:k:abc",
+                "{portcullis}:v1:l:t:eng",
+                "{portcullis}:v1:l:k:abc"
+            ]
+        );
     }
 
     #[test]
@@ -96,7 +116,7 @@ mod tests {
     fn braces_in_a_scope_id_do_not_move_the_hash_slot() {
         // Cluster hashes the first {...}: the prefix's, whatever the id contains.
         let keys = KeySpace::new("p").unwrap();
-        let [state, ..] = keys.triple(&KeySpace::scope_name(&Scope::Key("{evil}".into())));
+        let state = keys.state(&KeySpace::scope_name(&Scope::Key("{evil}".into())));
         assert!(state.starts_with("{p}:"));
     }
 

@@ -42,24 +42,33 @@ pub(crate) fn never_fits(scopes: &[(Scope, Limits)], counted: &[usize], demand: 
     })
 }
 
-/// One scope's limits as the script's arguments, clamped to the exact domain ('' = no such limit):
-/// rpm, burst, tokens per minute, max concurrent, tokens per day, per month, budget per day, per month.
-pub(crate) fn script_args(limits: &Limits) -> [String; 8] {
-    let text = |value: Option<u64>| value.map(|v| v.to_string()).unwrap_or_default();
-    // A zero rate or burst is no rate (`never_fits` refuses it before an admission gets here).
-    let gcra = limits.requests_per_minute.and_then(|rpm| Gcra::new(rpm, limits.burst));
-    let rpm = gcra.map(|g| g.per_minute().min(MAX_REQUEST_RATE));
-    let burst = gcra.map(|g| g.burst().min(MAX_REQUEST_RATE));
-    [
-        text(rpm),
-        text(burst),
-        text(limits.tokens_per_minute.map(|tpm| tpm.min(MAX_TOKEN_RATE))),
-        text(limits.max_concurrent),
-        text(limits.tokens_per_day),
-        text(limits.tokens_per_month),
-        text(limits.budget_per_day.map(|m| m.0)),
-        text(limits.budget_per_month.map(|m| m.0)),
-    ]
+/// One scope's limits as the script takes them: rates clamped to the domain it is exact in, and a zero
+/// rate or burst as no rate (`never_fits` refuses those before an admission gets here).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ScriptLimits {
+    /// Requests per minute and burst.
+    pub(crate) requests: Option<(u64, u64)>,
+    pub(crate) tokens_per_minute: Option<u64>,
+    pub(crate) max_concurrent: Option<u64>,
+    /// Tokens per day, tokens per month, budget per day, budget per month (pico-units), exact.
+    pub(crate) quotas: [Option<u64>; 4],
+}
+
+impl ScriptLimits {
+    pub(crate) fn new(limits: &Limits) -> ScriptLimits {
+        let gcra = limits.requests_per_minute.and_then(|rpm| Gcra::new(rpm, limits.burst));
+        ScriptLimits {
+            requests: gcra.map(|g| (g.per_minute().min(MAX_REQUEST_RATE), g.burst().min(MAX_REQUEST_RATE))),
+            tokens_per_minute: limits.tokens_per_minute.map(|tpm| tpm.min(MAX_TOKEN_RATE)),
+            max_concurrent: limits.max_concurrent,
+            quotas: [
+                limits.tokens_per_day,
+                limits.tokens_per_month,
+                limits.budget_per_day.map(|m| m.0),
+                limits.budget_per_month.map(|m| m.0),
+            ],
+        }
+    }
 }
 
 /// How long a scope's keys must outlive a write at `now`: the rest of the month plus a day (for callers
@@ -76,6 +85,15 @@ pub(crate) fn key_ttl_ms(limits: &[&Limits], now: u64) -> u64 {
             Some((burst.saturating_mul(60_000) / rpm).saturating_add(DAY_MS))
         })
         .fold(month, u64::max)
+}
+
+/// Until when (in `now`'s ms) keys written at `now` must live: [`key_ttl_ms`] later, rounded up to a
+/// whole hour. The script moves a scope's expiry only when this passes the one it gave last, so the
+/// rounding makes that at most once an hour (for most scopes, whose expiry is a month's end plus a day
+/// and so already whole, once a month).
+pub(crate) fn key_expiry(limits: &[&Limits], now: u64) -> u64 {
+    const HOUR_MS: u64 = 3_600_000;
+    now.saturating_add(key_ttl_ms(limits, now)).checked_next_multiple_of(HOUR_MS).unwrap_or(u64::MAX)
 }
 
 /// The share of a limit one of `replicas` replicas may use on its own: rounded down, but a nonzero limit
@@ -171,24 +189,23 @@ mod tests {
     }
 
     #[test]
-    fn script_args_clamp_rates_and_pass_amounts_exactly() {
+    fn script_limits_clamp_rates_and_keep_amounts_exact() {
         let limits = Limits {
             requests_per_minute: Some(u64::MAX),
             tokens_per_minute: Some(u64::MAX),
             budget_per_month: Some(Money(u64::MAX)),
             ..Limits::default()
         };
-        let args = script_args(&limits);
-        assert_eq!(args[0], MAX_REQUEST_RATE.to_string());
-        assert_eq!(args[1], MAX_REQUEST_RATE.to_string(), "burst defaults to the rate");
-        assert_eq!(args[2], MAX_TOKEN_RATE.to_string());
-        assert_eq!(args[3], "");
-        assert_eq!(args[7], u64::MAX.to_string());
+        let script = ScriptLimits::new(&limits);
+        assert_eq!(script.requests, Some((MAX_REQUEST_RATE, MAX_REQUEST_RATE)), "burst defaults to the rate");
+        assert_eq!(script.tokens_per_minute, Some(MAX_TOKEN_RATE));
+        assert_eq!(script.max_concurrent, None);
+        assert_eq!(script.quotas, [None, None, None, Some(u64::MAX)]);
         let burst = Limits { requests_per_minute: Some(60), burst: Some(5), ..Limits::default() };
-        assert_eq!(script_args(&burst)[..2], ["60".to_owned(), "5".to_owned()]);
-        assert_eq!(script_args(&Limits { burst: Some(5), ..Limits::default() })[1], "", "burst without a rate");
+        assert_eq!(ScriptLimits::new(&burst).requests, Some((60, 5)));
+        assert_eq!(ScriptLimits::new(&Limits { burst: Some(5), ..Limits::default() }).requests, None, "burst alone");
         let zero = Limits { requests_per_minute: Some(0), ..Limits::default() };
-        assert_eq!(script_args(&zero)[..2], [String::new(), String::new()], "a zero rate is no rate");
+        assert_eq!(ScriptLimits::new(&zero).requests, None, "a zero rate is no rate");
     }
 
     #[test]
@@ -223,5 +240,17 @@ mod tests {
         assert_eq!(key_ttl_ms(&[], now), month_left + DAY_MS);
         let slow = Limits { requests_per_minute: Some(1), burst: Some(100_000), ..Limits::default() };
         assert_eq!(key_ttl_ms(&[&slow], now), 100_000 * 60_000 + DAY_MS);
+    }
+
+    #[test]
+    fn key_expiry_is_a_whole_hour_and_a_month_end_stays_as_it_is() {
+        use portcullis_limits::window::DAY_MS;
+        let now = 1_816_171_200_000 + 1_234; // 2027-07-21 12:00:01.234 UTC
+        let month_end = now + portcullis_limits::Period::Month.until_next(now);
+        assert_eq!(key_expiry(&[], now), month_end + DAY_MS);
+        let slow = Limits { requests_per_minute: Some(1), burst: Some(100_000), ..Limits::default() };
+        let expiry = key_expiry(&[&slow], now);
+        assert_eq!(expiry % 3_600_000, 0);
+        assert!(expiry >= now + key_ttl_ms(&[&slow], now) && expiry < now + key_ttl_ms(&[&slow], now) + 3_600_000);
     }
 }

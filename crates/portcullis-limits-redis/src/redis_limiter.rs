@@ -8,12 +8,13 @@ use portcullis_limits::{
     RateHeaders, RateState, Refusal, Reservation, Scope, TokenBucket, Usage,
 };
 
-use crate::backend::{AdmitReply, Backend, RawSnapshot, Refused, ScopeRates, Why};
+use crate::backend::Backend;
 use crate::breaker::BackendState;
-use crate::hold::{RedisHold, renew_leases};
+use crate::hold::{Lease, RedisHold, renew_leases};
 use crate::keys::{KeySpace, PrefixError};
 use crate::limits::{counted, local_limits, local_usage, never_fits};
 use crate::options::{OnBackendError, RedisLimiterError, RedisLimiterOptions};
+use crate::protocol::{AdmitReply, AdmittedScope, RawSnapshot, Refused, Why};
 
 /// A [`Limiter`] whose counters live in Redis, shared by every replica that uses the same key prefix.
 /// See the crate docs for the data layout, leases and the outage policy.
@@ -106,7 +107,7 @@ impl RedisLimiter {
         counted: &[usize],
         names: Vec<String>,
         id: Arc<str>,
-        rates: &[ScopeRates],
+        admitted: Vec<AdmittedScope>,
         demand: Demand,
     ) -> Reservation {
         // Header ties go to the earlier scope in `Scope` order, as in `MemoryLimiter`.
@@ -115,22 +116,25 @@ impl RedisLimiter {
         let mut headers = RateHeaders::default();
         for &k in &order {
             let limits = &scopes[counted[k]].1;
+            let rates = admitted[k].rates;
             let requests = limits
                 .requests_per_minute
                 .and_then(|rpm| Gcra::new(rpm, limits.burst))
-                .zip(rates[k].requests)
+                .zip(rates.requests)
                 .map(|(gcra, (remaining, reset_ms))| RateState { limit: gcra.per_minute(), remaining, reset_ms });
-            let tokens = limits
-                .tokens_per_minute
-                .zip(rates[k].tokens)
-                .map(|(limit, (remaining, reset_ms))| RateState { limit, remaining, reset_ms });
+            let tokens = limits.tokens_per_minute.zip(rates.tokens).map(|(limit, (remaining, reset_ms))| RateState {
+                limit,
+                remaining,
+                reset_ms,
+            });
             headers.requests = tightest(headers.requests, requests);
             headers.tokens = tightest(headers.tokens, tokens);
         }
-        let names: Arc<[String]> = names.into();
-        self.backend.live.insert(Arc::clone(&id), Arc::clone(&names));
+        let leases: Arc<[Lease]> =
+            names.into_iter().zip(admitted).map(|(scope, admitted)| Lease { scope, member: admitted.member }).collect();
+        self.backend.live.insert(Arc::clone(&id), Arc::clone(&leases));
         let held_scopes = order.iter().map(|&k| scopes[counted[k]].0.clone()).collect();
-        let hold = RedisHold { backend: Arc::clone(&self.backend), id, scopes: held_scopes, names };
+        let hold = RedisHold { backend: Arc::clone(&self.backend), id, scopes: held_scopes, leases };
         Reservation::external(headers, demand, Box::new(hold))
     }
 }
@@ -266,12 +270,13 @@ impl Limiter for RedisLimiter {
             return self.fallback(scopes, demand, now);
         }
         let names: Vec<String> = counted.iter().map(|&i| KeySpace::scope_name(&scopes[i].0)).collect();
-        let sent: Vec<(&String, &Limits)> = names.iter().zip(counted.iter().map(|&i| &scopes[i].1)).collect();
+        let sent: Vec<(&str, &Limits)> =
+            names.iter().map(String::as_str).zip(counted.iter().map(|&i| &scopes[i].1)).collect();
         let id: Arc<str> = ulid::Ulid::new().to_string().into();
         let result = self.backend.admit(&id, &sent, demand, now).await;
         self.backend.report(&result);
         match result {
-            Ok(AdmitReply::Admitted(rates)) => Ok(self.reservation(scopes, &counted, names, id, &rates, demand)),
+            Ok(AdmitReply::Admitted(admitted)) => Ok(self.reservation(scopes, &counted, names, id, admitted, demand)),
             Ok(AdmitReply::Refused(refused)) => match longest_refusal(&refused, scopes, &counted, now) {
                 Some(denial) => Err(denial.into()),
                 None => self.fallback(scopes, demand, now),

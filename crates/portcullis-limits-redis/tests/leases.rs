@@ -121,3 +121,31 @@ async fn settling_after_the_lease_expired_charges_nothing_twice() {
     assert_eq!((day.used, day.reserved), (301, 0), "expired in full once; the late settlement changes nothing");
     assert_eq!(state(&other, &key("k"), LimitKind::Concurrent).await.used, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_leases_in_one_scope_are_all_renewed() {
+    let Some(url) = portcullis_testkit::redis_or_skip() else { return };
+    let prefix = portcullis_testkit::unique_name("many");
+    let limiter = std::sync::Arc::new(short_lease(&url, &prefix).await);
+    let scopes = [(key("k"), Limits { max_concurrent: Some(10_000), ..Limits::default() })];
+    // More leases in one scope than Lua could pass to one command (its C stack holds 8 000 values), so
+    // the renewal has to batch them.
+    let tasks: Vec<_> = (0..4_100)
+        .map(|_| {
+            let limiter = std::sync::Arc::clone(&limiter);
+            let scopes = scopes.clone();
+            tokio::spawn(async move { limiter.admit(&scopes, demand(1, 0), NOON).await.unwrap() })
+        })
+        .collect();
+    let mut held = Vec::new();
+    for task in tasks {
+        held.push(task.await.unwrap());
+    }
+    tokio::time::sleep(LEASE * 2).await;
+    let snapshot = limiter.snapshot(&key("k"), &scopes[0].1, NOON).await;
+    assert_eq!(snapshot[0].used, 4_100, "every lease renewed, none expired");
+    for reservation in held {
+        reservation.settle(usage(1, 0), NOON).await;
+    }
+    assert_eq!(limiter.snapshot(&key("k"), &scopes[0].1, NOON).await[0].used, 0);
+}

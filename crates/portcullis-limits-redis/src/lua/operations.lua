@@ -1,358 +1,321 @@
 -- Portcullis limiter, part 2 of 2: the scope state in Redis, reservations and leases, and the operations
 -- (see rules.lua for the arithmetic; the crate joins both files into one script).
+--
+-- KEYS: the state of each scope, then the lease set of each scope in the same order. ARGV[1] names the
+-- operation; ARGV[2] holds its numbers as little-endian doubles, packed by Rust (parsing decimal text
+-- costs Lua more than an admission's arithmetic), starting with now (the caller's ms: limit math and key
+-- expiry), wall (the caller's wall clock: leases) and expire_at (in now's ms: the keys written must live
+-- until then); u64 amounts come as limbs hi, lo, and an absent limit as -1 (its hi for an amount). The
+-- operation's text arguments follow. Replies hold integers (-1 where a value is absent) and lease
+-- members.
+--
+-- Every operation first expires the overdue leases of the scopes it touches, then does its work; Redis
+-- runs a script atomically, so an admission checks every scope and then applies to all of them, or
+-- applies nothing. Header values (requests and tokens remaining, reset times) are not computed here:
+-- the reply carries the raw GCRA and bucket state and Rust derives them, off Redis's single thread.
 
-local EXPIRE_BATCH = 100 -- overdue leases released per scope per call; the rest on the next call
+-- Every operation's first three numbers, which it unpacks with its own.
+local NOW, WALL, EXPIRE_AT
 
--- Scope state ----------------------------------------------------------------------------------------
+-- Scope state -----------------------------------------------------------------------------------------
+-- One string of 27 little-endian doubles, read into an array s:
+--   s[1..3]   GCRA: TAT ms, remainder ticks, the rpm it was written under (0: never)
+--   s[4..6]   token bucket: deficit (units) as of ms; tokens held by running requests
+--   s[7]      requests in flight
+--   s[8]      the expiry the scope's keys were last given (now's ms)
+--   s[9]      no lease in the set ends before this (wall ms; inf when it held none)
+--   s[10..18] day window: index; tokens used, tokens reserved, cost used, cost reserved (limbs)
+--   s[19..27] month window, the same
 
--- gt, gr, gp: GCRA TAT as (ms, rem) ticks of 1/gp ms (gp = 0: never written).
--- bd, bl: token-bucket deficit (units) as of bl (ms). br: bucket tokens held by running requests.
--- c: requests in flight. di / mi: day / month window index; d?? / m?? its counters (t = tokens,
--- c = cost; u = used, r = reserved).
-local FIELDS = {'gt', 'gr', 'gp', 'bd', 'bl', 'br', 'c', 'di', 'dtu', 'dtr', 'dcu', 'dcr', 'mi', 'mtu', 'mtr', 'mcu',
-  'mcr'}
-
-local function window(index, tu, tr, cu, cr)
-  return {i = num(index) or 0, tu = u(tu) or ZERO, tr = u(tr) or ZERO, cu = u(cu) or ZERO, cr = u(cr) or ZERO}
-end
-
-local function load(key)
-  local v = redis.call('HMGET', key, unpack(FIELDS))
-  return {
-    gt = num(v[1]) or 0,
-    gr = num(v[2]) or 0,
-    gp = num(v[3]) or 0,
-    bd = num(v[4]) or 0,
-    bl = num(v[5]) or 0,
-    br = num(v[6]) or 0,
-    c = num(v[7]) or 0,
-    day = window(v[8], v[9], v[10], v[11], v[12]),
-    month = window(v[13], v[14], v[15], v[16], v[17]),
-  }
-end
-
-local function save(key, s)
-  local d, m = s.day, s.month
-  redis.call('HSET', key, 'gt', fmt(s.gt), 'gr', fmt(s.gr), 'gp', fmt(s.gp), 'bd', fmt(s.bd), 'bl', fmt(s.bl),
-    'br', fmt(s.br), 'c', fmt(s.c), 'di', fmt(d.i), 'dtu', ustr(d.tu), 'dtr', ustr(d.tr), 'dcu', ustr(d.cu),
-    'dcr', ustr(d.cr), 'mi', fmt(m.i), 'mtu', ustr(m.tu), 'mtr', ustr(m.tr), 'mcu', ustr(m.cu), 'mcr', ustr(m.cr))
-end
-
--- Extends a key's expiry to at least `ttl` ms; never shortens it. A missing key stays missing.
-local function touch(key, ttl)
-  local current = redis.call('PTTL', key)
-  if current == -1 or (current >= 0 and current < ttl) then
-    redis.call('PEXPIRE', key, ttl)
+-- The states in KEYS[first..last], read in one call.
+local function load(first, last)
+  local states = redis.call('MGET', unpack(KEYS, first, last))
+  for i = 1, #states do
+    local blob = states[i]
+    -- A missing state has s[9] = 0: its lease set expires on its own and may outlive it, so look.
+    states[i] = blob and {struct.unpack('<ddddddddddddddddddddddddddd', blob)} or
+      {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
   end
+  return states
 end
 
--- Reservations ---------------------------------------------------------------------------------------
-
--- What one admission took from one scope: concurrency (1/0), bucket tokens ('-' = none), the day and
--- month windows, and the demand (tokens, cost).
-local function encode_took(t)
-  return table.concat({t.c, t.b and fmt(t.b) or '-', fmt(t.di), fmt(t.mi), ustr(t.tokens), ustr(t.cost)}, ' ')
+-- Writes the state and keeps the scope's keys alive. Usually the state is overwritten in place, keeping
+-- its expiry (SETRANGE: it always has the same length). When the expiry the keys were last given falls
+-- short of EXPIRE_AT (a new scope, and for most scopes the first write of a month), both get EXPIRE_AT,
+-- and the lease set its end marker: a member '' scored +inf, so that the set is never emptied and
+-- deleted, and never created again without an expiry.
+local function store(key, leases, s)
+  local extend = s[8] < EXPIRE_AT
+  if extend then
+    s[8] = EXPIRE_AT
+  end
+  local blob = struct.pack('<ddddddddddddddddddddddddddd', unpack(s, 1, 27))
+  if not extend then
+    redis.call('SETRANGE', key, '0', blob)
+    return
+  end
+  local ttl = string.format('%d', EXPIRE_AT - NOW)
+  redis.call('SET', key, blob, 'PX', ttl)
+  redis.call('ZADD', leases, '+inf', '')
+  redis.call('PEXPIRE', leases, ttl)
 end
 
-local function decode_took(record)
-  local f = {}
-  for word in string.gmatch(record, '%S+') do
-    f[#f + 1] = word
-  end
-  return {c = f[1], b = num(f[2] ~= '-' and f[2] or nil), di = tonumber(f[3]), mi = tonumber(f[4]), tokens = u(f[5]),
-    cost = u(f[6])}
-end
+-- Reservations and leases -----------------------------------------------------------------------------
+-- A lease member is 8 little-endian doubles and the reservation id: what the reservation took from this
+-- scope — its concurrency slot (1/0), bucket tokens (-1: none), its day and month window — then the
+-- demand's tokens and cost as limbs. With the id it is longer than 64 bytes, which keeps Redis from
+-- storing a lease set as a listpack, whose operations are linear in its size. The set scores a member
+-- by its lease deadline (wall ms).
 
--- Gives back what `t` took (scope.rs `release`); nil actual amounts charge the whole demand.
-local function release(s, t, actual_tokens, actual_cost)
-  if t.c == '1' and s.c > 0 then
-    s.c = s.c - 1
+-- Gives back what a lease member took (scope.rs `release`): with the actual amounts, or when `ath` is nil
+-- the whole demand.
+local function release(s, member, ath, atl, ach, acl)
+  local c, b, di, mi, th, tl, ch, cl = struct.unpack('<dddddddd', member)
+  if not ath then
+    ath, atl, ach, acl = th, tl, ch, cl
   end
-  local tokens = actual_tokens or t.tokens
-  local cost = actual_cost or t.cost
-  if t.b then
-    s.br = s.br - t.b
-    if s.br < 0 then
-      s.br = 0
-    end
-    bucket_refund(s, t.b - math.min(unum(tokens), t.b))
+  if c == 1 and s[7] > 0 then
+    s[7] = s[7] - 1
   end
-  window_settle(s.day, t.di, t.tokens, tokens, t.cost, cost)
-  window_settle(s.month, t.mi, t.tokens, tokens, t.cost, cost)
-end
-
--- Releases, charging in full, the reservations of this scope whose lease ended before `wall`.
--- Returns true if the state changed.
-local function expire(s, leases, holds, wall)
-  local ids = redis.call('ZRANGEBYSCORE', leases, '-inf', '(' .. wall, 'LIMIT', 0, EXPIRE_BATCH)
-  if #ids == 0 then
-    return false
-  end
-  for _, id in ipairs(ids) do
-    local record = redis.call('HGET', holds, id)
-    if record then
-      release(s, decode_took(record), nil, nil)
+  if b >= 0 then
+    s[6] = math.max(s[6] - b, 0)
+    -- Refund b - min(actual, b) tokens. As a double the actual count is exact below 2^53, and above any
+    -- b beyond.
+    local actual = ath * 1e9 + atl
+    if actual < b then
+      s[4] = math.max(s[4] - (b - actual) * 60000, 0)
     end
   end
-  redis.call('HDEL', holds, unpack(ids))
-  redis.call('ZREM', leases, unpack(ids))
-  return true
+  window_settle(s, 10, di, th, tl, ath, atl, ch, cl, ach, acl)
+  window_settle(s, 19, mi, th, tl, ath, atl, ch, cl, ach, acl)
 end
 
--- Admission (scope.rs `check` and `take`) ------------------------------------------------------------
-
-local function limits_at(a)
-  return {
-    rpm = num(ARGV[a]),
-    burst = num(ARGV[a + 1]),
-    tpm = num(ARGV[a + 2]),
-    max_concurrent = num(ARGV[a + 3]),
-    tokens_day = u(ARGV[a + 4]),
-    tokens_month = u(ARGV[a + 5]),
-    budget_day = u(ARGV[a + 6]),
-    budget_month = u(ARGV[a + 7]),
-  }
-end
-
--- Appends every refusal of this scope to `out` as (scope, kind, value): value is the wait in ms for
--- rates, '' for concurrency and never-fits, the window index for quotas (Rust turns it into a time).
-local function check(s, L, d, scope, out)
-  local function refuse(kind, value)
-    out[#out + 1] = scope
-    out[#out + 1] = kind
-    out[#out + 1] = value
-  end
-  if L.rpm then
-    local wait = gcra_check(s, L.rpm, L.burst, d.now)
-    if wait then
-      refuse('rpm', fmt(wait))
+-- Releases, charging in full, the reservations of this scope whose lease ended before WALL — up to 100
+-- of them, the rest on the next call. Called only when s[9] (a lower bound of the deadlines) has
+-- passed; then reads the set's earliest deadline again, and writes the state unless there is no set.
+local function expire(s, key, leases)
+  local members = redis.call('ZRANGEBYSCORE', leases, '-inf', string.format('(%d', WALL), 'LIMIT', 0, 100)
+  if #members > 0 then
+    for i = 1, #members do
+      release(s, members[i])
     end
+    redis.call('ZREM', leases, unpack(members))
   end
-  if L.tpm then
-    local wait = bucket_check(s, L.tpm, d.tokens_num, d.now)
-    if wait == 'never' then
-      refuse('tpm_never', '')
-    elseif wait then
-      refuse('tpm', fmt(wait))
-    end
-  end
-  if L.max_concurrent and s.c >= L.max_concurrent then
-    refuse('concurrent', '')
-  end
-  local day, month = window_at(s.day, d.day), window_at(s.month, d.month)
-  if L.tokens_day and not fits(day.tu, day.tr, d.tokens, L.tokens_day) then
-    refuse('tokens_day', fmt(day.i))
-  end
-  if L.tokens_month and not fits(month.tu, month.tr, d.tokens, L.tokens_month) then
-    refuse('tokens_month', fmt(month.i))
-  end
-  if L.budget_day and not fits(day.cu, day.cr, d.cost, L.budget_day) then
-    refuse('budget_day', fmt(day.i))
-  end
-  if L.budget_month and not fits(month.cu, month.cr, d.cost, L.budget_month) then
-    refuse('budget_month', fmt(month.i))
+  local first = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')
+  s[9] = first[2] and tonumber(first[2]) or math.huge
+  if first[1] or #members > 0 then
+    store(key, leases, s)
   end
 end
 
-local function take(s, L, d)
-  if L.rpm then
-    gcra_take(s, L.rpm, d.now)
-  end
-  local took = {c = '0', tokens = d.tokens, cost = d.cost}
-  if L.tpm then
-    bucket_take(s, L.tpm, d.tokens_num, d.now)
-    s.br = s.br + d.tokens_num
-    took.b = d.tokens_num
-  end
-  if L.max_concurrent then
-    s.c = s.c + 1
-    took.c = '1'
-  end
-  s.day = window_at(s.day, d.day)
-  s.day.tr = uadd(s.day.tr, d.tokens)
-  s.day.cr = uadd(s.day.cr, d.cost)
-  s.month = window_at(s.month, d.month)
-  s.month.tr = uadd(s.month.tr, d.tokens)
-  s.month.cr = uadd(s.month.cr, d.cost)
-  took.di, took.mi = s.day.i, s.month.i
-  return took
+-- Appends a refusal to an admission's answer (made on the first).
+local function refuse(out, scope, kind, value)
+  out = out or {'deny'}
+  local n = #out
+  out[n + 1], out[n + 2], out[n + 3] = scope, kind, value
+  return out
 end
 
--- Header values of this scope's rates after the admission ('' where the scope has no such rate).
-local function rate_states(s, L, now, out)
-  if L.rpm then
-    out[#out + 1] = fmt(gcra_remaining(s, L.rpm, L.burst, now))
-    out[#out + 1] = fmt(gcra_reset(s, L.rpm, now))
-  else
-    out[#out + 1] = ''
-    out[#out + 1] = ''
-  end
-  if L.tpm then
-    out[#out + 1] = fmt(bucket_available(s, L.tpm, now))
-    out[#out + 1] = fmt(bucket_reset(s, L.tpm, now))
-  else
-    out[#out + 1] = ''
-    out[#out + 1] = ''
-  end
-end
+-- The operations --------------------------------------------------------------------------------------
 
--- ARGV: admit, now, wall, deadline, id, tokens, cost, day, month, ttl, then 8 limits per scope
--- (rpm, burst, tpm, max_concurrent, tokens_day, tokens_month, budget_day, budget_month; '' = none).
--- Returns {'ok', per scope: requests remaining, reset, tokens remaining, reset} or
--- {'deny', (scope, kind, value)...} with scopes counted from 0 in KEYS order.
-local function admit()
-  local d = {
-    now = tonumber(ARGV[2]),
-    tokens = u(ARGV[6]),
-    tokens_num = tonumber(ARGV[6]),
-    cost = u(ARGV[7]),
-    day = tonumber(ARGV[8]),
-    month = tonumber(ARGV[9]),
-  }
-  local wall, deadline, id, ttl = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[10])
-  local n = #KEYS / 3
-  local states, limits, dirty, refusals = {}, {}, {}, {}
+local operation, n = ARGV[1], #KEYS / 2
+
+if operation == 'admit' then
+  -- Numbers: now, wall, expire_at, lease deadline, day, month, demand tokens (limbs), cost (limbs), then
+  -- per scope rpm, burst, tpm, max_concurrent, tokens_day, tokens_month, budget_day, budget_month (the
+  -- last four as limbs): scope i's limits follow v[12 * i - 2]. ARGV[3]: the deadline as text;
+  -- ARGV[4]: the lease members' common tail (demand and id).
+  -- Returns {'ok', per scope: lease member, GCRA TAT ms, remainder, bucket deficit} or
+  -- {'deny', (scope, kind, value)...}: scopes counted from 0 in KEYS order, value the wait in ms for
+  -- rates, the window index for quotas (Rust turns it into a time), -1 for the others.
+  local v = {struct.unpack('<' .. string.rep('d', 10 + 12 * n), ARGV[2])}
+  NOW, WALL, EXPIRE_AT = v[1], v[2], v[3]
+  local deadline, day, month, th, tl, ch, cl = v[4], v[5], v[6], v[7], v[8], v[9], v[10]
+  -- As a double the demand's tokens are exact below 2^53, and above any (clamped) bucket capacity beyond.
+  local tokens = th * 1e9 + tl
+  local states, refusals = load(1, n), nil
   for i = 1, n do
-    local s = load(KEYS[3 * i - 2])
-    dirty[i] = expire(s, KEYS[3 * i - 1], KEYS[3 * i], wall)
-    states[i], limits[i] = s, limits_at(11 + 8 * (i - 1))
-    check(s, limits[i], d, fmt(i - 1), refusals)
-  end
-  if #refusals > 0 then
-    for i = 1, n do
-      if dirty[i] then
-        save(KEYS[3 * i - 2], states[i])
+    local s, o = states[i], 12 * i - 2
+    if s[9] < WALL then
+      expire(s, KEYS[i], KEYS[n + i])
+    end
+    -- scope.rs `check`: every limit of this scope, each refusal noted.
+    if v[o + 1] >= 0 then
+      local wait = gcra_check(s, v[o + 1], v[o + 2], NOW)
+      if wait then
+        refusals = refuse(refusals, i - 1, 'rpm', wait)
       end
     end
-    table.insert(refusals, 1, 'deny')
+    if v[o + 3] >= 0 then
+      local wait = bucket_check(s, v[o + 3], tokens, NOW)
+      if wait == 'never' then
+        refusals = refuse(refusals, i - 1, 'tpm_never', -1)
+      elseif wait then
+        refusals = refuse(refusals, i - 1, 'tpm', wait)
+      end
+    end
+    if v[o + 4] >= 0 and s[7] >= v[o + 4] then
+      refusals = refuse(refusals, i - 1, 'concurrent', -1)
+    end
+    -- Quotas, in the window of now or a later stored one (whose index a refusal names).
+    if v[o + 5] >= 0 and not fits(s, 10, 11, day, th, tl, v[o + 5], v[o + 6]) then
+      refusals = refuse(refusals, i - 1, 'tokens_day', math.max(s[10], day))
+    end
+    if v[o + 7] >= 0 and not fits(s, 19, 20, month, th, tl, v[o + 7], v[o + 8]) then
+      refusals = refuse(refusals, i - 1, 'tokens_month', math.max(s[19], month))
+    end
+    if v[o + 9] >= 0 and not fits(s, 10, 15, day, ch, cl, v[o + 9], v[o + 10]) then
+      refusals = refuse(refusals, i - 1, 'budget_day', math.max(s[10], day))
+    end
+    if v[o + 11] >= 0 and not fits(s, 19, 24, month, ch, cl, v[o + 11], v[o + 12]) then
+      refusals = refuse(refusals, i - 1, 'budget_month', math.max(s[19], month))
+    end
+  end
+  if refusals then
     return refusals
   end
-  local out = {'ok'}
+  -- Sized for three scopes (key, team, global) so that it is not regrown; the nils end the reply.
+  local out = {'ok', nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}
   for i = 1, n do
-    local s, L = states[i], limits[i]
-    local took = take(s, L, d)
-    save(KEYS[3 * i - 2], s)
-    redis.call('HSET', KEYS[3 * i], id, encode_took(took))
-    redis.call('ZADD', KEYS[3 * i - 1], deadline, id)
-    for k = 3 * i - 2, 3 * i do
-      touch(KEYS[k], ttl)
+    -- scope.rs `take`: the demand from every limit, recorded in a lease member.
+    local s, o = states[i], 12 * i - 2
+    local c, b = 0, -1
+    if v[o + 1] >= 0 then
+      gcra_take(s, v[o + 1], NOW)
     end
-    rate_states(s, L, d.now, out)
+    if v[o + 3] >= 0 then
+      bucket_take(s, v[o + 3], tokens, NOW)
+      s[6] = s[6] + tokens
+      b = tokens
+    end
+    if v[o + 4] >= 0 then
+      s[7] = s[7] + 1
+      c = 1
+    end
+    if day > s[10] then
+      window_at(s, 10, day)
+    end
+    if month > s[19] then
+      window_at(s, 19, month)
+    end
+    s[13], s[14] = add(s[13], s[14], th, tl)
+    s[17], s[18] = add(s[17], s[18], ch, cl)
+    s[22], s[23] = add(s[22], s[23], th, tl)
+    s[26], s[27] = add(s[26], s[27], ch, cl)
+    local member = struct.pack('<ddddc0', c, b, s[10], s[19], ARGV[4])
+    redis.call('ZADD', KEYS[n + i], ARGV[3], member)
+    if deadline < s[9] then
+      s[9] = deadline
+    end
+    store(KEYS[i], KEYS[n + i], s)
+    local k = 4 * i - 2
+    out[k], out[k + 1], out[k + 2], out[k + 3] = member, s[1], s[2], s[4]
   end
   return out
-end
-
--- ARGV: settle, wall, id, actual tokens, actual cost ('' = charge the whole demand), ttl.
--- Returns how many scopes still held the reservation (0 when its lease had expired).
-local function settle()
-  local wall, id, ttl = ARGV[2], ARGV[3], tonumber(ARGV[6])
-  local tokens, cost = u(ARGV[4]), u(ARGV[5])
-  local found = 0
-  for i = 1, #KEYS / 3 do
-    local key, leases, holds = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-    local s = load(key)
-    local dirty = expire(s, leases, holds, wall)
-    local record = redis.call('HGET', holds, id)
-    if record then
-      release(s, decode_took(record), tokens, cost)
-      redis.call('HDEL', holds, id)
-      redis.call('ZREM', leases, id)
-      found = found + 1
-      dirty = true
+elseif operation == 'settle' then
+  -- Numbers: the actual tokens and cost as limbs (tokens hi -1: charge the whole demand). ARGV[3..]: the
+  -- reservation's lease member in each scope. Returns how many scopes still held it (0 when its lease
+  -- had expired).
+  local ath, atl, ach, acl
+  NOW, WALL, EXPIRE_AT, ath, atl, ach, acl = struct.unpack('<ddddddd', ARGV[2])
+  if ath < 0 then
+    ath = nil
+  end
+  local states, found = load(1, n), 0
+  for i = 1, n do
+    local s, key, leases, member = states[i], KEYS[i], KEYS[n + i], ARGV[2 + i]
+    if s[9] < WALL then
+      expire(s, key, leases)
     end
-    if dirty then
-      save(key, s)
-      touch(key, ttl)
+    if redis.call('ZREM', leases, member) == 1 then
+      release(s, member, ath, atl, ach, acl)
+      found = found + 1
+      store(key, leases, s)
     end
   end
-  return fmt(found)
-end
-
--- ARGV: renew, deadline, min ttl, then per scope: count, ids. Moves the lease deadline of reservations
--- that are still held (XX: an expired one is not brought back).
-local function renew()
-  local deadline, ttl = ARGV[2], tonumber(ARGV[3])
-  local a = 4
-  local renewed = 0
-  for i = 1, #KEYS / 3 do
-    local count = tonumber(ARGV[a])
-    local args = {}
-    for k = 1, count do
-      args[#args + 1] = deadline
-      args[#args + 1] = ARGV[a + k]
-    end
-    a = a + count + 1
+  return found
+elseif operation == 'renew' then
+  -- Numbers: per scope, how many of its lease members follow. ARGV[3]: the new deadline as text;
+  -- ARGV[4..]: the members, scope after scope. Moves the deadline of leases that are still held (XX: an
+  -- expired one is not brought back); later deadlines leave s[9] a lower bound, so the state is written
+  -- only to keep the keys alive. Returns how many leases moved.
+  local at
+  NOW, WALL, EXPIRE_AT, at = struct.unpack('<ddd', ARGV[2])
+  local m, renewed = 4, 0
+  for i = 1, n do
+    local count
+    count, at = struct.unpack('<d', ARGV[2], at)
     if count > 0 then
-      renewed = renewed + redis.call('ZADD', KEYS[3 * i - 1], 'XX', 'CH', unpack(args))
-      for k = 3 * i - 2, 3 * i do
-        touch(KEYS[k], ttl)
+      -- In batches, and each scope's state on its own: a process may hold leases in thousands of
+      -- scopes, and unpack() of a long list would overflow Lua's C stack.
+      for first = 0, count - 1, 1000 do
+        local args = {}
+        for k = first, math.min(first + 999, count - 1) do
+          args[2 * (k - first) + 1], args[2 * (k - first) + 2] = ARGV[3], ARGV[m + k]
+        end
+        renewed = renewed + redis.call('ZADD', KEYS[n + i], 'XX', 'CH', unpack(args))
+      end
+      local s = load(i, i)[1]
+      if s[8] < EXPIRE_AT then
+        store(KEYS[i], KEYS[n + i], s)
       end
     end
+    m = m + count
   end
-  return fmt(renewed)
-end
-
--- ARGV: snapshot, now, wall, day, month, rpm, burst, tpm ('' = none).
--- Returns requests remaining, reset; tokens remaining, reset, held by running requests; in flight;
--- then for the day and the month: window index, tokens used, reserved, cost used, reserved.
-local function snapshot()
-  local now, wall = tonumber(ARGV[2]), ARGV[3]
-  local day_index, month_index = tonumber(ARGV[4]), tonumber(ARGV[5])
-  local L = {rpm = num(ARGV[6]), burst = num(ARGV[7]), tpm = num(ARGV[8])}
-  local s = load(KEYS[1])
-  if expire(s, KEYS[2], KEYS[3], wall) then
-    save(KEYS[1], s)
+  return renewed
+elseif operation == 'snapshot' then
+  -- One scope. Numbers: day, month. Returns the raw state as of now: GCRA TAT ms, remainder, its rpm;
+  -- bucket deficit, as of; tokens held by running requests; in flight; then for the day and the month:
+  -- window index, tokens used, reserved, cost used, reserved (as limbs).
+  local day, month
+  NOW, WALL, EXPIRE_AT, day, month = struct.unpack('<ddddd', ARGV[2])
+  local s = load(1, 1)[1]
+  if s[9] < WALL then
+    expire(s, KEYS[1], KEYS[2])
   end
-  local out = {}
-  rate_states(s, L, now, out)
-  out[#out + 1] = fmt(s.br)
-  out[#out + 1] = fmt(s.c)
-  for _, w in ipairs({window_at(s.day, day_index), window_at(s.month, month_index)}) do
-    out[#out + 1] = fmt(w.i)
-    out[#out + 1] = ustr(w.tu)
-    out[#out + 1] = ustr(w.tr)
-    out[#out + 1] = ustr(w.cu)
-    out[#out + 1] = ustr(w.cr)
+  -- Seen in the windows of now (not written back).
+  window_at(s, 10, day)
+  window_at(s, 19, month)
+  return {s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[10], s[11], s[12], s[13], s[14], s[15], s[16], s[17], s[18],
+    s[19], s[20], s[21], s[22], s[23], s[24], s[25], s[26], s[27]}
+elseif operation == 'seed' then
+  -- One scope. Numbers: day, month, then tokens and cost used in the day and in the month (limbs). Redis
+  -- is shared by every replica and may be more current than the store: used becomes max(current,
+  -- seeded) in the windows of now; reservations stay.
+  local seeded = {struct.unpack('<ddddddddddddd', ARGV[2])}
+  NOW, WALL, EXPIRE_AT = seeded[1], seeded[2], seeded[3]
+  local s = load(1, 1)[1]
+  if s[9] < WALL then
+    expire(s, KEYS[1], KEYS[2])
   end
-  return out
-end
-
--- ARGV: seed, wall, day, month, day tokens, day cost, month tokens, month cost, ttl.
--- Redis is shared by every replica and may be more current than the store: used becomes
--- max(current, seeded) in the windows of now; reservations stay.
-local function seed()
-  local wall, ttl = ARGV[2], tonumber(ARGV[9])
-  local s = load(KEYS[1])
-  expire(s, KEYS[2], KEYS[3], wall)
-  s.day = window_at(s.day, tonumber(ARGV[3]))
-  s.day.tu = umax(s.day.tu, u(ARGV[5]))
-  s.day.cu = umax(s.day.cu, u(ARGV[6]))
-  s.month = window_at(s.month, tonumber(ARGV[4]))
-  s.month.tu = umax(s.month.tu, u(ARGV[7]))
-  s.month.cu = umax(s.month.cu, u(ARGV[8]))
-  save(KEYS[1], s)
-  touch(KEYS[1], ttl)
+  window_at(s, 10, seeded[4])
+  window_at(s, 19, seeded[5])
+  for j, k in ipairs({11, 15, 20, 24}) do
+    local hi, lo = seeded[2 * j + 4], seeded[2 * j + 5]
+    if s[k] < hi or (s[k] == hi and s[k + 1] < lo) then
+      s[k], s[k + 1] = hi, lo
+    end
+  end
+  store(KEYS[1], KEYS[2], s)
   return 'ok'
-end
-
--- ARGV: limbs, op, a, b — the u64 helpers on their own, for the crate's tests.
-local function limbs()
-  local op, a, b = ARGV[2], u(ARGV[3]), u(ARGV[4])
+elseif operation == 'limbs' then
+  -- The u64 helpers on their own, for the crate's tests. ARGV[3]: add, sub, cmp or fits; numbers: a, b
+  -- and for fits a limit, as limbs. Returns limbs, or -1/0/1 for cmp, 1/0 for fits.
+  local _, _, _, ah, al, bh, bl, lh, ll = struct.unpack('<ddddddddd', ARGV[2])
+  local op = ARGV[3]
   if op == 'add' then
-    return ustr(uadd(a, b))
+    return {add(ah, al, bh, bl)}
   elseif op == 'sub' then
-    return ustr(usub(a, b))
+    return {sub(ah, al, bh, bl)}
   elseif op == 'cmp' then
-    return fmt(ucmp(a, b))
+    if ah == bh and al == bl then
+      return 0
+    end
+    return (ah < bh or (ah == bh and al < bl)) and -1 or 1
   elseif op == 'fits' then
-    return fits(a, ZERO, b, u(ARGV[5])) and '1' or '0'
+    -- a used in a window with nothing reserved, b to add
+    return fits({0, ah, al, 0, 0}, 1, 2, 0, bh, bl, lh, ll) and 1 or 0
   end
   return redis.error_reply('unknown limbs op')
 end
-
-local operations = {admit = admit, settle = settle, renew = renew, snapshot = snapshot, seed = seed, limbs = limbs}
-local operation = operations[ARGV[1]]
-if not operation then
-  return redis.error_reply('portcullis limiter: unknown operation ' .. tostring(ARGV[1]))
-end
-return operation()
+return redis.error_reply('portcullis limiter: unknown operation ' .. tostring(operation))

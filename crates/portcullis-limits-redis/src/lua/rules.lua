@@ -1,27 +1,22 @@
 -- Portcullis limiter, part 1 of 2: the arithmetic. The crate joins this file and operations.lua into one
--- script holding every state change of the Redis limiter (see the crate docs).
---
--- ARGV[1] names the operation: admit, settle, renew, snapshot, seed. KEYS come in triples, one per scope:
--- the scope's state hash, its lease sorted set and its holds hash. Every operation first expires the
--- overdue leases of the scopes it touches, then does its work; Redis runs a script atomically, so an
--- admission checks every scope and then applies to all of them, or applies nothing.
+-- script holding every state change of the Redis limiter (see the crate docs and operations.lua).
 --
 -- The rules are those of `portcullis_limits` (gcra.rs, bucket.rs, window.rs, scope.rs), transcribed with
 -- the same integer arithmetic. Lua numbers are doubles, exact for integers below 2^53:
--- * window amounts (tokens and pico-units of money, u64 up to 1.8e19) are two limbs {hi, lo} in base 1e9,
---   stored as decimal strings;
+-- * window amounts (tokens and pico-units of money, u64 up to 1.8e19) are two limbs hi, lo in base 1e9
+--   (value = hi * 1e9 + lo, 0 <= lo < 1e9), always passed as two values so that no table is built;
 -- * times (ms), rates and counts stay below 2^53 within the domain the Rust side clamps limits to: a
 --   GCRA TAT is kept as (ms, rem) = ms * rpm + rem ticks, never multiplied out, and token-bucket units
 --   (60 000 per token) fit because the token rate is capped.
 -- Every division goes through floordiv, which corrects the rounding of `/`.
-
-local BASE = 1000000000
-local U64_MAX = {18446744073, 709551615}
-local ZERO = {0, 0}
-local INTERVAL = 60000 -- GCRA emission interval, in ticks of 1/rpm ms
-local UNITS = 60000 -- token-bucket units per token
-
--- Integers -----------------------------------------------------------------------------------------
+--
+-- A scope's state is an array `s` (its slots are listed in operations.lua): s[1..3] the GCRA, s[4..6]
+-- the token bucket, and a calendar window of 9 slots at s[10] (the day) and s[19] (the month).
+--
+-- Cost matters here: Redis runs the script from the top on every call, so each function below is built
+-- again per call, and each table, string conversion, function call and call into C costs more than the
+-- arithmetic. Hence few functions, amounts as pairs of numbers rather than tables, and constants written
+-- out (60000, 1e9) rather than captured.
 
 -- floor(a / b) for integers a, b (b > 0) whose magnitudes are below 2^53.
 local function floordiv(a, b)
@@ -35,143 +30,83 @@ local function floordiv(a, b)
   return q
 end
 
-local function ceildiv(a, b)
-  return -floordiv(-a, b)
+-- u64 amounts -----------------------------------------------------------------------------------------
+-- u64::MAX in limbs is 18446744073, 709551615.
+
+-- a + b, stopping at u64::MAX like u64::saturating_add (the exact sum's hi stays far below 2^53).
+local function add(ah, al, bh, bl)
+  local hi, lo = ah + bh, al + bl
+  if lo >= 1e9 then
+    hi, lo = hi + 1, lo - 1e9
+  end
+  if hi > 18446744073 or (hi == 18446744073 and lo > 709551615) then
+    return 18446744073, 709551615
+  end
+  return hi, lo
 end
 
-local function fmt(n)
-  return string.format('%.0f', n)
-end
-
--- A number argument or field; '' and missing (false) are nil.
-local function num(s)
-  if s == nil or s == false or s == '' then
-    return nil
+-- a - b, stopping at zero like u64::saturating_sub.
+local function sub(ah, al, bh, bl)
+  if ah < bh or (ah == bh and al <= bl) then
+    return 0, 0
   end
-  return tonumber(s)
-end
-
--- u64 as limbs {hi, lo}, value = hi * 1e9 + lo ----------------------------------------------------
-
-local function u(s)
-  if s == nil or s == false or s == '' then
-    return nil
-  end
-  local n = #s
-  if n <= 9 then
-    return {0, tonumber(s)}
-  end
-  return {tonumber(string.sub(s, 1, n - 9)), tonumber(string.sub(s, n - 8))}
-end
-
-local function ustr(a)
-  local lo = fmt(a[2])
-  if a[1] == 0 then
-    return lo
-  end
-  return fmt(a[1]) .. string.rep('0', 9 - #lo) .. lo
-end
-
-local function ucmp(a, b)
-  if a[1] ~= b[1] then
-    return a[1] < b[1] and -1 or 1
-  end
-  if a[2] ~= b[2] then
-    return a[2] < b[2] and -1 or 1
-  end
-  return 0
-end
-
-local function uzero(a)
-  return a[1] == 0 and a[2] == 0
-end
-
--- Exact sum, possibly above u64::MAX (hi stays far below 2^53).
-local function uadd_exact(a, b)
-  local hi, lo = a[1] + b[1], a[2] + b[2]
-  if lo >= BASE then
-    hi, lo = hi + 1, lo - BASE
-  end
-  return {hi, lo}
-end
-
--- Sum that stops at u64::MAX, like u64::saturating_add.
-local function uadd(a, b)
-  local sum = uadd_exact(a, b)
-  if ucmp(sum, U64_MAX) > 0 then
-    return U64_MAX
-  end
-  return sum
-end
-
--- Difference that stops at zero, like u64::saturating_sub.
-local function usub(a, b)
-  if ucmp(a, b) <= 0 then
-    return ZERO
-  end
-  local hi, lo = a[1] - b[1], a[2] - b[2]
+  local hi, lo = ah - bh, al - bl
   if lo < 0 then
-    hi, lo = hi - 1, lo + BASE
+    hi, lo = hi - 1, lo + 1e9
   end
-  return {hi, lo}
+  return hi, lo
 end
 
-local function umin(a, b)
-  if ucmp(a, b) <= 0 then
-    return a
+-- Whether `amount` fits under `limit` in the window at w seen in window `index` (window.rs): used +
+-- reserved + amount <= limit, the sum exact (`checked_add` in the in-memory limiter), with used and
+-- reserved the limbs at slots k and k + 2 — or none if the stored window is over. A limit whose hi is
+-- negative is no limit; a zero amount always fits.
+local function fits(s, w, k, index, ah, al, lh, ll)
+  if lh < 0 or (ah == 0 and al == 0) then
+    return true
   end
-  return b
-end
-
-local function umax(a, b)
-  if ucmp(a, b) >= 0 then
-    return a
+  local hi, lo = ah, al
+  if index <= s[w] then
+    hi, lo = hi + s[k] + s[k + 2], lo + s[k + 1] + s[k + 3]
   end
-  return b
+  if lo >= 2e9 then
+    hi, lo = hi + 2, lo - 2e9
+  elseif lo >= 1e9 then
+    hi, lo = hi + 1, lo - 1e9
+  end
+  return hi < lh or (hi == lh and lo <= ll)
 end
 
--- The value as a double: exact below 2^53, and above it still larger than any number below 2^53.
-local function unum(a)
-  return a[1] * BASE + a[2]
-end
-
--- GCRA (gcra.rs) -------------------------------------------------------------------------------------
+-- GCRA (gcra.rs) --------------------------------------------------------------------------------------
+-- s[1] ms + s[2] ticks of 1/s[3] ms: the theoretical arrival time (TAT), written under rate s[3] (0: never
+-- written). The emission interval is 60 000 ticks of 1/rpm ms.
 
 -- The TAT in ticks of 1/rpm ms, converted (rounding up) if it was written under another rpm.
 local function gcra_tat(s, rpm)
-  if s.gp == rpm or s.gp == 0 then
-    return s.gt, s.gr
+  local ms, rem, per = s[1], s[2], s[3]
+  if per == rpm or per == 0 then
+    return ms, rem
   end
-  -- gr < gp, so the converted remainder is at most rpm.
-  local rem = ceildiv(s.gr * rpm, s.gp)
+  -- rem < per, so the converted remainder, ceil(rem * rpm / per), is at most rpm.
+  rem = -floordiv(-rem * rpm, per)
   if rem >= rpm then
-    return s.gt + 1, 0
+    return ms + 1, 0
   end
-  return s.gt, rem
-end
-
--- Ticks by which the TAT is ahead of now (0 when idle); math.huge when beyond `cap` ticks, where the
--- exact value does not matter and might not be exact.
-local function gcra_ahead(ms, rem, rpm, now, cap)
-  local d = ms - now
-  if d < 0 then
-    return 0
-  end
-  if d > floordiv(cap, rpm) + 1 then
-    return math.huge
-  end
-  return d * rpm + rem
+  return ms, rem
 end
 
 -- nil if one request fits at now, else the wait in ms (rounded up).
 local function gcra_check(s, rpm, burst, now)
   local ms, rem = gcra_tat(s, rpm)
-  local tolerance = (burst - 1) * INTERVAL
-  if gcra_ahead(ms, rem, rpm, now, burst * INTERVAL) <= tolerance then
+  local d = ms - now
+  -- Fits while the TAT is at most `tolerance` ticks ahead of now: d * rpm + rem, which is only
+  -- computed when d is small enough for it to be exact (a TAT far ahead never fits).
+  local tolerance = (burst - 1) * 60000
+  if d < 0 or (d <= floordiv(tolerance, rpm) + 1 and d * rpm + rem <= tolerance) then
     return nil
   end
-  -- ceil((d * rpm + rem - tolerance) / rpm) with d = ms - now >= 0
-  return (ms - now) + ceildiv(rem - tolerance, rpm)
+  -- ceil((d * rpm + rem - tolerance) / rpm)
+  return d - floordiv(tolerance - rem, rpm)
 end
 
 local function gcra_take(s, rpm, now)
@@ -179,37 +114,18 @@ local function gcra_take(s, rpm, now)
   if ms < now then
     ms, rem = now, 0
   end
-  rem = rem + INTERVAL
+  rem = rem + 60000
   local carry = floordiv(rem, rpm)
-  s.gt, s.gr, s.gp = ms + carry, rem - carry * rpm, rpm
+  s[1], s[2], s[3] = ms + carry, rem - carry * rpm, rpm
 end
 
-local function gcra_remaining(s, rpm, burst, now)
-  local ms, rem = gcra_tat(s, rpm)
-  local capacity = burst * INTERVAL
-  local free = capacity - gcra_ahead(ms, rem, rpm, now, capacity)
-  if free <= 0 then
-    return 0
-  end
-  return floordiv(free, INTERVAL)
-end
-
-local function gcra_reset(s, rpm, now)
-  local ms, rem = gcra_tat(s, rpm)
-  local d = ms - now
-  if d < 0 then
-    return 0
-  end
-  -- ceil((d * rpm + rem) / rpm), rem < rpm
-  return d + (rem > 0 and 1 or 0)
-end
-
--- Token bucket (bucket.rs) ---------------------------------------------------------------------------
+-- Token bucket (bucket.rs) ----------------------------------------------------------------------------
+-- s[4]: the deficit in units of 1/60 000 token as of s[5] ms; s[6]: tokens held by running requests.
 
 -- Deficit after refilling up to now, capped at the capacity.
 local function bucket_deficit(s, cap, now)
-  local deficit = s.bd
-  local elapsed = now - s.bl
+  local deficit = s[4]
+  local elapsed = now - s[5]
   if elapsed > 0 then
     -- Rounding of a product above 2^53 keeps it above the (exact) deficit: the comparison stays right.
     local refilled = elapsed * cap
@@ -219,9 +135,8 @@ local function bucket_deficit(s, cap, now)
       deficit = deficit - refilled
     end
   end
-  local full = cap * UNITS
-  if deficit > full then
-    deficit = full
+  if deficit > cap * 60000 then
+    deficit = cap * 60000
   end
   return deficit
 end
@@ -231,60 +146,47 @@ local function bucket_check(s, cap, tokens, now)
   if tokens > cap then
     return 'never'
   end
-  local after = bucket_deficit(s, cap, now) + tokens * UNITS
-  local full = cap * UNITS
-  if after <= full then
+  local over = bucket_deficit(s, cap, now) + (tokens - cap) * 60000
+  if over <= 0 then
     return nil
   end
-  return ceildiv(after - full, cap)
+  return -floordiv(-over, cap)
 end
 
 local function bucket_take(s, cap, tokens, now)
-  s.bd = bucket_deficit(s, cap, now) + tokens * UNITS
-  if now > s.bl then
-    s.bl = now
+  s[4] = bucket_deficit(s, cap, now) + tokens * 60000
+  if now > s[5] then
+    s[5] = now
   end
 end
 
-local function bucket_available(s, cap, now)
-  return floordiv(cap * UNITS - bucket_deficit(s, cap, now), UNITS)
-end
+-- Calendar windows (window.rs) ------------------------------------------------------------------------
+-- A window is 9 slots from w: its index, then tokens used, tokens reserved, cost used, cost reserved as
+-- limbs. Seen in window `index`, a later stored window stays (a lagging caller's now) and an earlier
+-- one is over: nothing used or reserved.
 
-local function bucket_reset(s, cap, now)
-  if cap == 0 then
-    return 0
-  end
-  return ceildiv(bucket_deficit(s, cap, now), cap)
-end
-
-local function bucket_refund(s, tokens)
-  s.bd = s.bd - tokens * UNITS
-  if s.bd < 0 then
-    s.bd = 0
+-- Makes the window at w current for `index`.
+local function window_at(s, w, index)
+  if index > s[w] then
+    s[w], s[w + 1], s[w + 2], s[w + 3], s[w + 4], s[w + 5], s[w + 6], s[w + 7], s[w + 8] = index, 0, 0, 0, 0, 0, 0,
+      0, 0
   end
 end
 
--- Calendar windows (window.rs) -----------------------------------------------------------------------
-
--- The counters as seen in window `index`: a later stored window stays (a lagging caller's now).
-local function window_at(w, index)
-  if index > w.i then
-    return {i = index, tu = ZERO, tr = ZERO, cu = ZERO, cr = ZERO}
-  end
-  return w
-end
-
-local function fits(used, reserved, amount, limit)
-  return uzero(amount) or ucmp(uadd_exact(uadd_exact(used, reserved), amount), limit) <= 0
-end
-
--- Moves a reservation made in window `index` to min(actual, reserved) of use; a rolled window is gone.
-local function window_settle(w, index, tokens, actual_tokens, cost, actual_cost)
-  if w.i ~= index then
+-- Moves a reservation of tokens t and cost c made in window `index` to min(actual, reserved) of use; a
+-- rolled window is gone.
+local function window_settle(s, w, index, th, tl, ath, atl, ch, cl, ach, acl)
+  if s[w] ~= index then
     return
   end
-  w.tr = usub(w.tr, tokens)
-  w.tu = uadd(w.tu, umin(actual_tokens, tokens))
-  w.cr = usub(w.cr, cost)
-  w.cu = uadd(w.cu, umin(actual_cost, cost))
+  if th < ath or (th == ath and tl <= atl) then
+    ath, atl = th, tl
+  end
+  if ch < ach or (ch == ach and cl <= acl) then
+    ach, acl = ch, cl
+  end
+  s[w + 1], s[w + 2] = add(s[w + 1], s[w + 2], ath, atl)
+  s[w + 3], s[w + 4] = sub(s[w + 3], s[w + 4], th, tl)
+  s[w + 5], s[w + 6] = add(s[w + 5], s[w + 6], ach, acl)
+  s[w + 7], s[w + 8] = sub(s[w + 7], s[w + 8], ch, cl)
 end
