@@ -97,7 +97,8 @@ ensure_python() {
   command -v python3 >/dev/null 2>&1 || apt_install python3 || fail "python3 is needed (apt-get install python3)"
 }
 
-# Builds the release binaries; sets PORTCULLIS_BIN and UPSTREAM_BIN.
+# Builds the release binaries; sets PORTCULLIS_BIN and UPSTREAM_BIN. BENCH_PORTCULLIS_BIN replaces
+# the gateway just built by another one (an older build, to compare two versions on one machine).
 build_binaries() {
   command -v cargo >/dev/null 2>&1 || fail "cargo is not installed; see https://rustup.rs"
   say "building release binaries (cargo build --release -p portcullis -p portcullis-bench-upstream)"
@@ -105,7 +106,7 @@ build_binaries() {
   local target
   target="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
-  PORTCULLIS_BIN="$target/release/portcullis"
+  PORTCULLIS_BIN="${BENCH_PORTCULLIS_BIN:-$target/release/portcullis}"
   UPSTREAM_BIN="$target/release/portcullis-bench-upstream"
   [ -x "$PORTCULLIS_BIN" ] || fail "no binary at $PORTCULLIS_BIN after the build"
   [ -x "$UPSTREAM_BIN" ] || fail "no binary at $UPSTREAM_BIN after the build"
@@ -284,6 +285,15 @@ nginx_pids() {
   cat "/proc/$pid/task/"*/children 2>/dev/null | tr ' ' '\n' | sed '/^$/d' || true
 }
 
+# The [limits] lines that pick the limiter: BENCH_LIMITER=memory (default) or redis (at
+# BENCH_REDIS_URL, default redis://127.0.0.1:6379, under a key prefix of its own per run).
+limiter_settings() {
+  if [ "${BENCH_LIMITER:-memory}" = redis ]; then
+    printf 'backend = "redis"\nredis_url = "%s"\nredis_prefix = "bench-%s-%s"\n' \
+      "${BENCH_REDIS_URL:-redis://127.0.0.1:6379}" "$$" "$(date +%s)"
+  fi
+}
+
 # write_portcullis_config UPSTREAM_ADDR DIR [EXTRA_TOML]
 write_portcullis_config() {
   local upstream="$1" dir="$2" extra="${3:-}"
@@ -301,6 +311,7 @@ url = "sqlite://$dir/portcullis.db"
 
 [limits]
 default_tier = "bench"
+$(limiter_settings)
 
 [audit]
 durability = "${BENCH_AUDIT:-async}"

@@ -28,10 +28,13 @@
 #   --logs on|off           per-request log lines of nginx (access_log) and Portcullis (level info);
 #                           default on, as both ship. The audit log is always on.
 #   --audit async|sync      Portcullis's audit durability (default async, as the contract asks)
+#   --limiter memory|redis  Portcullis's limiter (default memory; redis: the fleet's shared limiter at
+#                           BENCH_REDIS_URL, default redis://127.0.0.1:6379, which must be running)
 #   --out DIR               where the .md and .json go (default bench/results; --smoke: not kept)
 #   --keep                  keep the temporary directory (configs, logs, raw results)
 #
-# Environment: BENCH_LOADGEN=oha|wrk forces a load generator; BENCH_CACHE (default
+# Environment: BENCH_PORTCULLIS_BIN=PATH benchmarks that gateway binary instead of the one built from
+# this tree (to compare versions); BENCH_LOADGEN=oha|wrk forces a load generator; BENCH_CACHE (default
 # ~/.cache/portcullis-bench) holds the oha it installs; CARGO_TARGET_DIR is honoured.
 # Only loopback addresses are used; every process started is stopped on exit.
 set -euo pipefail
@@ -62,6 +65,7 @@ while [ $# -gt 0 ]; do
     --upstream-threads) UPSTREAM_THREADS="$2"; shift ;;
     --logs) export BENCH_LOGS="$2"; shift ;;
     --audit) export BENCH_AUDIT="$2"; shift ;;
+    --limiter) export BENCH_LIMITER="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --keep) export BENCH_KEEP=1 ;;
     -h | --help) usage ;;

@@ -19,7 +19,7 @@
 //! [`canonical`] destructures the record without `..`, so a field added to `AuditRecord` does not
 //! compile until it is given a place here (at the end, as a new version).
 
-use portcullis_store::{AuditDecision, AuditKind, AuditRecord};
+use portcullis_store::AuditRecord;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
@@ -169,7 +169,7 @@ fn encode(record: &AuditRecord, out: &mut Vec<u8>) {
     enc.uint(*seq);
     enc.int(unix_millis(*ts));
     enc.str(node);
-    enc.str(kind_name(*kind));
+    enc.str(kind.name());
     enc.opt_str(request_id);
     enc.opt_str(key_id);
     enc.opt_str(subject);
@@ -181,7 +181,7 @@ fn encode(record: &AuditRecord, out: &mut Vec<u8>) {
     enc.opt_str(model);
     enc.opt_str(upstream);
     enc.uint(u64::from(*status));
-    enc.str(decision_name(*decision));
+    enc.str(decision.name());
     enc.opt_str(reason);
     enc.opt_str(target);
     enc.bool(*stream);
@@ -195,23 +195,6 @@ fn encode(record: &AuditRecord, out: &mut Vec<u8>) {
     enc.opt_str(content);
     enc.str(prev_hash);
     enc.out.push(b']');
-}
-
-/// Spelled out rather than taken from serde, for the same reason as the field order.
-fn kind_name(kind: AuditKind) -> &'static str {
-    match kind {
-        AuditKind::Request => "request",
-        AuditKind::Admin => "admin",
-        AuditKind::Security => "security",
-    }
-}
-
-fn decision_name(decision: AuditDecision) -> &'static str {
-    match decision {
-        AuditDecision::Allow => "allow",
-        AuditDecision::Deny => "deny",
-        AuditDecision::Error => "error",
-    }
 }
 
 /// Unix milliseconds, rounded down (also before 1970).

@@ -84,7 +84,7 @@ impl AuditStore for PostgresStore {
                         &record.node,
                         &Numeric(record.seq),
                         &stored.ts,
-                        &kind_name(record.kind),
+                        &record.kind.name(),
                         &record.request_id,
                         &record.key_id,
                         &record.subject,
@@ -96,7 +96,7 @@ impl AuditStore for PostgresStore {
                         &record.model,
                         &record.upstream,
                         &stored.status,
-                        &decision_name(record.decision),
+                        &record.decision.name(),
                         &record.reason,
                         &record.target,
                         &record.stream,
@@ -308,10 +308,10 @@ fn query_sql(
         condition("status = ?", Box::new(i32::from(status)));
     }
     if let Some(decision) = filter.decision {
-        condition("decision = ?", Box::new(decision_name(decision)));
+        condition("decision = ?", Box::new(decision.name()));
     }
     if let Some(kind) = filter.kind {
-        condition("kind = ?", Box::new(kind_name(kind)));
+        condition("kind = ?", Box::new(kind.name()));
     }
     if let Some(cursor) = cursor {
         values.push(Box::new(millis(cursor.ts)));
@@ -332,7 +332,7 @@ fn read_record(row: &Row) -> StoreResult<AuditRecord> {
         node: get(row, 0)?,
         seq: get::<Numeric>(row, 1)?.0,
         ts: from_millis(get(row, 2)?)?,
-        kind: named(get(row, 3)?, parse_kind)?,
+        kind: named(get(row, 3)?, AuditKind::from_name)?,
         request_id: get(row, 4)?,
         key_id: get(row, 5)?,
         subject: get(row, 6)?,
@@ -344,7 +344,7 @@ fn read_record(row: &Row) -> StoreResult<AuditRecord> {
         model: get(row, 12)?,
         upstream: get(row, 13)?,
         status: u16::try_from(status).map_err(|_| corrupt(format!("status {status} out of range")))?,
-        decision: named(get(row, 15)?, parse_decision)?,
+        decision: named(get(row, 15)?, AuditDecision::from_name)?,
         reason: get(row, 16)?,
         target: get(row, 17)?,
         stream: get(row, 18)?,
@@ -386,32 +386,6 @@ fn from_millis(millis: i64) -> StoreResult<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000).map_err(corrupt)
 }
 
-fn kind_name(kind: AuditKind) -> &'static str {
-    match kind {
-        AuditKind::Request => "request",
-        AuditKind::Admin => "admin",
-        AuditKind::Security => "security",
-    }
-}
-
-fn parse_kind(name: &str) -> Option<AuditKind> {
-    [AuditKind::Request, AuditKind::Admin, AuditKind::Security].into_iter().find(|kind| kind_name(*kind) == name)
-}
-
-fn decision_name(decision: AuditDecision) -> &'static str {
-    match decision {
-        AuditDecision::Allow => "allow",
-        AuditDecision::Deny => "deny",
-        AuditDecision::Error => "error",
-    }
-}
-
-fn parse_decision(name: &str) -> Option<AuditDecision> {
-    [AuditDecision::Allow, AuditDecision::Deny, AuditDecision::Error]
-        .into_iter()
-        .find(|decision| decision_name(*decision) == name)
-}
-
 /// A kind or decision column; an unknown name is `Corrupt`.
 fn named<T>(name: &str, parse: fn(&str) -> Option<T>) -> StoreResult<T> {
     parse(name).ok_or_else(|| corrupt(format!("unknown value {name:?}")))
@@ -422,18 +396,6 @@ mod tests {
     use time::macros::datetime;
 
     use super::*;
-
-    #[test]
-    fn names_round_trip_and_match_serde() {
-        for kind in [AuditKind::Request, AuditKind::Admin, AuditKind::Security] {
-            assert_eq!(parse_kind(kind_name(kind)), Some(kind));
-            assert_eq!(serde_json::to_value(kind).unwrap(), kind_name(kind));
-        }
-        for decision in [AuditDecision::Allow, AuditDecision::Deny, AuditDecision::Error] {
-            assert_eq!(parse_decision(decision_name(decision)), Some(decision));
-            assert_eq!(serde_json::to_value(decision).unwrap(), decision_name(decision));
-        }
-    }
 
     #[test]
     fn milliseconds_round_down_to_store_and_up_to_compare() {

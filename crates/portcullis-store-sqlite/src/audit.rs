@@ -48,7 +48,7 @@ impl AuditStore for SqliteStore {
                     record.node,
                     int(record.seq),
                     millis(record.ts),
-                    kind_name(record.kind),
+                    record.kind.name(),
                     record.request_id,
                     record.key_id,
                     record.subject,
@@ -60,7 +60,7 @@ impl AuditStore for SqliteStore {
                     record.model,
                     record.upstream,
                     record.status,
-                    decision_name(record.decision),
+                    record.decision.name(),
                     record.reason,
                     record.target,
                     record.stream,
@@ -256,11 +256,11 @@ fn query_sql(filter: &AuditFilter, cursor: Option<&AuditCursor>, limit: usize) -
     }
     if let Some(decision) = filter.decision {
         conditions.push("decision = ?");
-        values.push(Value::Text(decision_name(decision).into()));
+        values.push(Value::Text(decision.name().into()));
     }
     if let Some(kind) = filter.kind {
         conditions.push("kind = ?");
-        values.push(Value::Text(kind_name(kind).into()));
+        values.push(Value::Text(kind.name().into()));
     }
     if let Some(cursor) = cursor {
         conditions.push("(ts, node, seq) > (?, ?, ?)");
@@ -280,7 +280,7 @@ fn read_record(row: &Row<'_>) -> rusqlite::Result<AuditRecord> {
         node: row.get(0)?,
         seq: uint(row.get(1)?),
         ts: from_millis(row.get(2)?, 2)?,
-        kind: named(row, 3, parse_kind)?,
+        kind: named(row, 3, AuditKind::from_name)?,
         request_id: row.get(4)?,
         key_id: row.get(5)?,
         subject: row.get(6)?,
@@ -292,7 +292,7 @@ fn read_record(row: &Row<'_>) -> rusqlite::Result<AuditRecord> {
         model: row.get(12)?,
         upstream: row.get(13)?,
         status: row.get(14)?,
-        decision: named(row, 15, parse_decision)?,
+        decision: named(row, 15, AuditDecision::from_name)?,
         reason: row.get(16)?,
         target: row.get(17)?,
         stream: row.get(18)?,
@@ -341,32 +341,6 @@ fn from_millis(millis: i64, index: usize) -> rusqlite::Result<OffsetDateTime> {
         .map_err(|err| rusqlite::Error::FromSqlConversionFailure(index, Type::Integer, Box::new(err)))
 }
 
-fn kind_name(kind: AuditKind) -> &'static str {
-    match kind {
-        AuditKind::Request => "request",
-        AuditKind::Admin => "admin",
-        AuditKind::Security => "security",
-    }
-}
-
-fn parse_kind(name: &str) -> Option<AuditKind> {
-    [AuditKind::Request, AuditKind::Admin, AuditKind::Security].into_iter().find(|kind| kind_name(*kind) == name)
-}
-
-fn decision_name(decision: AuditDecision) -> &'static str {
-    match decision {
-        AuditDecision::Allow => "allow",
-        AuditDecision::Deny => "deny",
-        AuditDecision::Error => "error",
-    }
-}
-
-fn parse_decision(name: &str) -> Option<AuditDecision> {
-    [AuditDecision::Allow, AuditDecision::Deny, AuditDecision::Error]
-        .into_iter()
-        .find(|decision| decision_name(*decision) == name)
-}
-
 /// A kind or decision column; an unknown name is a conversion error (reported as `Corrupt`).
 fn named<T>(row: &Row<'_>, index: usize, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> {
     let name: String = row.get(index)?;
@@ -384,14 +358,14 @@ mod tests {
     #[test]
     fn names_round_trip_and_match_serde() {
         for kind in [AuditKind::Request, AuditKind::Admin, AuditKind::Security] {
-            assert_eq!(parse_kind(kind_name(kind)), Some(kind));
-            assert_eq!(serde_json::to_value(kind).unwrap(), kind_name(kind));
+            assert_eq!(AuditKind::from_name(kind.name()), Some(kind));
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.name());
         }
         for decision in [AuditDecision::Allow, AuditDecision::Deny, AuditDecision::Error] {
-            assert_eq!(parse_decision(decision_name(decision)), Some(decision));
-            assert_eq!(serde_json::to_value(decision).unwrap(), decision_name(decision));
+            assert_eq!(AuditDecision::from_name(decision.name()), Some(decision));
+            assert_eq!(serde_json::to_value(decision).unwrap(), decision.name());
         }
-        assert_eq!(parse_kind("Request"), None);
+        assert_eq!(AuditKind::from_name("Request"), None);
     }
 
     #[test]

@@ -281,6 +281,42 @@ pub enum AuditDecision {
     Error,
 }
 
+impl AuditKind {
+    pub const ALL: [AuditKind; 3] = [AuditKind::Request, AuditKind::Admin, AuditKind::Security];
+
+    /// The stored, queried and hashed name (the serde name too). Spelled out, not taken from
+    /// serde: it is part of the audit chain's canonical encoding, so changing one would break the
+    /// verification of every record already stored.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuditKind::Request => "request",
+            AuditKind::Admin => "admin",
+            AuditKind::Security => "security",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<AuditKind> {
+        AuditKind::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+}
+
+impl AuditDecision {
+    pub const ALL: [AuditDecision; 3] = [AuditDecision::Allow, AuditDecision::Deny, AuditDecision::Error];
+
+    /// The stored, queried and hashed name (the serde name too); see [`AuditKind::name`].
+    pub fn name(self) -> &'static str {
+        match self {
+            AuditDecision::Allow => "allow",
+            AuditDecision::Deny => "deny",
+            AuditDecision::Error => "error",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<AuditDecision> {
+        AuditDecision::ALL.into_iter().find(|decision| decision.name() == name)
+    }
+}
+
 /// What part of the log to read; every field narrows it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AuditFilter {
@@ -310,4 +346,22 @@ pub struct AuditCheckpoint {
     pub node: String,
     pub seq: u64,
     pub hash: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_names_round_trip_and_match_serde() {
+        for kind in AuditKind::ALL {
+            assert_eq!(AuditKind::from_name(kind.name()), Some(kind));
+            assert_eq!(serde_json::to_value(kind).ok(), Some(serde_json::json!(kind.name())));
+        }
+        for decision in AuditDecision::ALL {
+            assert_eq!(AuditDecision::from_name(decision.name()), Some(decision));
+            assert_eq!(serde_json::to_value(decision).ok(), Some(serde_json::json!(decision.name())));
+        }
+        assert_eq!(AuditKind::from_name("Request"), None);
+    }
 }

@@ -188,7 +188,7 @@ fn audit_filter(
         .decision
         .as_deref()
         .map(|text| {
-            parse_decision(text)
+            AuditDecision::from_name(text)
                 .ok_or_else(|| ApiError::bad_request("decision must be one of allow, deny, error", Some("decision")))
         })
         .transpose()?;
@@ -196,7 +196,7 @@ fn audit_filter(
         .kind
         .as_deref()
         .map(|text| {
-            parse_kind(text)
+            AuditKind::from_name(text)
                 .ok_or_else(|| ApiError::bad_request("kind must be one of request, admin, security", Some("kind")))
         })
         .transpose()?;
@@ -233,32 +233,6 @@ fn limit(text: Option<&str>) -> Result<usize, ApiError> {
         .ok()
         .filter(|limit| (1..=MAX_LIMIT).contains(limit))
         .ok_or_else(|| ApiError::bad_request(format!("limit must be 1-{MAX_LIMIT}"), Some("limit")))
-}
-
-fn kind_name(kind: AuditKind) -> &'static str {
-    match kind {
-        AuditKind::Request => "request",
-        AuditKind::Admin => "admin",
-        AuditKind::Security => "security",
-    }
-}
-
-fn parse_kind(text: &str) -> Option<AuditKind> {
-    [AuditKind::Request, AuditKind::Admin, AuditKind::Security].into_iter().find(|kind| kind_name(*kind) == text)
-}
-
-fn decision_name(decision: AuditDecision) -> &'static str {
-    match decision {
-        AuditDecision::Allow => "allow",
-        AuditDecision::Deny => "deny",
-        AuditDecision::Error => "error",
-    }
-}
-
-fn parse_decision(text: &str) -> Option<AuditDecision> {
-    [AuditDecision::Allow, AuditDecision::Deny, AuditDecision::Error]
-        .into_iter()
-        .find(|decision| decision_name(*decision) == text)
 }
 
 fn cursor_of(record: &AuditRecord) -> AuditCursor {
@@ -299,7 +273,7 @@ pub fn audit_view(record: AuditRecord) -> AuditView {
         seq: record.seq,
         ts: record.ts,
         node: record.node,
-        kind: kind_name(record.kind).to_string(),
+        kind: record.kind.name().to_string(),
         request_id: record.request_id,
         key_id: record.key_id,
         subject: record.subject,
@@ -311,7 +285,7 @@ pub fn audit_view(record: AuditRecord) -> AuditView {
         model: record.model,
         upstream: record.upstream,
         status: record.status,
-        decision: decision_name(record.decision).to_string(),
+        decision: record.decision.name().to_string(),
         reason: record.reason,
         target: record.target,
         stream: record.stream,
