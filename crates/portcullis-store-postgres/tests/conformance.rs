@@ -7,14 +7,14 @@
 
 use std::sync::Arc;
 
+use portcullis_store::conformance::planted::{display_prefix, planted_key, planted_token, sha256};
 use portcullis_store::{
-    AuditDecision, AuditKind, AuditRecord, AuditStore, Migrator, NewAdminToken, NewKey, NewTeam, Rotation, StoreError,
-    Stores, TeamStore, UsageGrouping, UsageQuery, UsageRecord, UsageStore, conformance,
+    AuditDecision, AuditKind, AuditRecord, AuditStore, Migrator, NewTeam, Rotation, StoreError, Stores, TeamStore,
+    UsageGrouping, UsageQuery, UsageRecord, UsageStore, conformance,
 };
 use portcullis_store_postgres::{PostgresOptions, PostgresStore};
 use portcullis_testkit::PostgresDatabase;
-use portcullis_types::admin::{LimitOverrides, Role};
-use sha2::{Digest, Sha256};
+use portcullis_types::admin::LimitOverrides;
 use time::OffsetDateTime;
 use time::macros::datetime;
 use tokio_postgres::NoTls;
@@ -277,47 +277,6 @@ fn team(name: &str) -> NewTeam {
     }
 }
 
-fn planted_key(secret: &str, now: OffsetDateTime) -> NewKey {
-    NewKey {
-        id: "planted-key".into(),
-        name: "planted".into(),
-        secret_hash: sha256(secret),
-        display_prefix: display_prefix(secret),
-        team: None,
-        tier: "default".into(),
-        models: vec![],
-        scopes: vec![],
-        allowed_cidrs: vec![],
-        limits: LimitOverrides::default(),
-        metadata: serde_json::json!({}),
-        expires_at: None,
-        capture_content: false,
-        created_by: "test".into(),
-        created_at: now,
-    }
-}
-
-fn planted_token(secret: &str, now: OffsetDateTime) -> NewAdminToken {
-    NewAdminToken {
-        id: "planted-token".into(),
-        name: "planted".into(),
-        secret_hash: sha256(secret),
-        display_prefix: display_prefix(secret),
-        role: Role::Admin,
-        team: None,
-        created_by: "test".into(),
-        created_at: now,
-    }
-}
-
-fn sha256(secret: &str) -> [u8; 32] {
-    Sha256::digest(secret.as_bytes()).into()
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-fn display_prefix(secret: &str) -> String {
-    secret.chars().take(8).collect()
 }

@@ -3,13 +3,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use portcullis_store::conformance::planted::{display_prefix, planted_key, planted_token, sha256};
 use portcullis_store::{
-    Migrator, NewAdminToken, NewKey, Rotation, StoreError, Stores, TeamStore, UsageGrouping, UsageQuery, UsageRecord,
-    UsageStore, conformance,
+    Migrator, Rotation, StoreError, Stores, TeamStore, UsageGrouping, UsageQuery, UsageRecord, UsageStore, conformance,
 };
 use portcullis_store_sqlite::SqliteStore;
-use portcullis_types::admin::{LimitOverrides, Role};
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 #[tokio::test]
@@ -159,47 +157,6 @@ async fn a_negative_stored_count_is_reported_as_corrupt() {
     };
     let result = store.usage_report(&query).await;
     assert!(matches!(result, Err(StoreError::Corrupt(_))), "got {result:?}");
-}
-
-fn planted_key(secret: &str, now: OffsetDateTime) -> NewKey {
-    NewKey {
-        id: "planted-key".into(),
-        name: "planted".into(),
-        secret_hash: sha256(secret),
-        display_prefix: display_prefix(secret),
-        team: None,
-        tier: "default".into(),
-        models: vec![],
-        scopes: vec![],
-        allowed_cidrs: vec![],
-        limits: LimitOverrides::default(),
-        metadata: serde_json::json!({}),
-        expires_at: None,
-        capture_content: false,
-        created_by: "test".into(),
-        created_at: now,
-    }
-}
-
-fn planted_token(secret: &str, now: OffsetDateTime) -> NewAdminToken {
-    NewAdminToken {
-        id: "planted-token".into(),
-        name: "planted".into(),
-        secret_hash: sha256(secret),
-        display_prefix: display_prefix(secret),
-        role: Role::Admin,
-        team: None,
-        created_by: "test".into(),
-        created_at: now,
-    }
-}
-
-fn sha256(secret: &str) -> [u8; 32] {
-    Sha256::digest(secret.as_bytes()).into()
-}
-
-fn display_prefix(secret: &str) -> String {
-    secret.chars().take(8).collect()
 }
 
 /// The main file and its write-ahead log, back to back.

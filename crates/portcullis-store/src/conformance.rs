@@ -43,6 +43,7 @@
 )]
 
 mod changes;
+pub mod planted;
 
 use portcullis_types::admin::{LimitOverrides, Role};
 use serde_json::json;
