@@ -62,7 +62,7 @@ impl Server {
         // `Config::parse` has compiled these already: only a config built some other way fails here.
         let redactor = Redactor::new(&config.audit.redact)
             .map_err(|error| StartError::Config(format!("audit.redact: {error}")))?;
-        let stores = store::open(&config.store).await?;
+        let stores = store::open(&config.store)?;
         let applied = stores.migrator.migrate().await.map_err(|error| StartError::Store(error.to_string()))?;
         if applied > 0 {
             tracing::info!(applied, "store migrations applied");

@@ -12,7 +12,7 @@ use crate::StartError;
 
 /// `sqlite://relative/or/absolute/path.db` (also `sqlite:path.db`), or `postgres://…` /
 /// `postgresql://…` (any libpq-style URL).
-pub async fn open(config: &StoreConfig) -> Result<Stores, StartError> {
+pub fn open(config: &StoreConfig) -> Result<Stores, StartError> {
     let url = config.url.expose();
     if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
         if path.is_empty() {

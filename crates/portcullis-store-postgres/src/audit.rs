@@ -15,6 +15,7 @@ use deadpool_postgres::GenericClient;
 use futures_util::future::try_join_all;
 use portcullis_store::{
     AuditCheckpoint, AuditCursor, AuditDecision, AuditFilter, AuditKind, AuditRecord, AuditStore, StoreResult,
+    unix_millis, unix_millis_ceil,
 };
 use time::OffsetDateTime;
 use tokio_postgres::Row;
@@ -181,7 +182,7 @@ impl AuditStore for PostgresStore {
     }
 
     async fn delete_audit_before(&self, before: OffsetDateTime) -> StoreResult<u64> {
-        let before = ceil_millis(before);
+        let before = unix_millis_ceil(before);
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_err)?;
         execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK]).await?;
@@ -262,7 +263,7 @@ impl<'a> From<&'a AuditRecord> for Stored<'a> {
     fn from(record: &'a AuditRecord) -> Stored<'a> {
         Stored {
             record,
-            ts: millis(record.ts),
+            ts: unix_millis(record.ts),
             status: i32::from(record.status),
             ttfb_ms: record.ttfb_ms.map(Numeric),
             prompt_tokens: record.prompt_tokens.map(Numeric),
@@ -287,10 +288,10 @@ fn query_sql(
         conditions.push(template.replace('?', &format!("${}", values.len())));
     };
     if let Some(since) = filter.since {
-        condition("ts >= ?", Box::new(ceil_millis(since)));
+        condition("ts >= ?", Box::new(unix_millis_ceil(since)));
     }
     if let Some(until) = filter.until {
-        condition("ts < ?", Box::new(ceil_millis(until)));
+        condition("ts < ?", Box::new(unix_millis_ceil(until)));
     }
     let texts = [
         ("node = ?", &filter.node),
@@ -314,7 +315,7 @@ fn query_sql(
         condition("kind = ?", Box::new(kind.name()));
     }
     if let Some(cursor) = cursor {
-        values.push(Box::new(millis(cursor.ts)));
+        values.push(Box::new(unix_millis(cursor.ts)));
         values.push(Box::new(cursor.node.clone()));
         values.push(Box::new(Numeric(cursor.seq)));
         let n = values.len();
@@ -369,19 +370,6 @@ fn sql_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
-/// Unix milliseconds, rounded down.
-fn millis(at: OffsetDateTime) -> i64 {
-    let millis = at.unix_timestamp_nanos().div_euclid(1_000_000);
-    i64::try_from(millis).unwrap_or(if millis < 0 { i64::MIN } else { i64::MAX })
-}
-
-/// Unix milliseconds, rounded up: stored times are whole milliseconds, so `ts >= at` and `ts < at`
-/// hold exactly when they hold for the rounded-up value.
-fn ceil_millis(at: OffsetDateTime) -> i64 {
-    let sub_milli = at.unix_timestamp_nanos().rem_euclid(1_000_000) != 0;
-    millis(at).saturating_add(i64::from(sub_milli))
-}
-
 fn from_millis(millis: i64) -> StoreResult<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000).map_err(corrupt)
 }
@@ -398,12 +386,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn milliseconds_round_down_to_store_and_up_to_compare() {
+    fn stored_milliseconds_read_back_as_the_same_time() {
         let exact = datetime!(2025-06-10 12:30:00.123 UTC);
-        assert_eq!((millis(exact), ceil_millis(exact)), (1_749_558_600_123, 1_749_558_600_123));
-        let finer = datetime!(2025-06-10 12:30:00.123_000_001 UTC);
-        assert_eq!((millis(finer), ceil_millis(finer)), (1_749_558_600_123, 1_749_558_600_124));
-        assert_eq!(from_millis(millis(exact)).unwrap(), exact);
+        assert_eq!(from_millis(unix_millis(exact)).unwrap(), exact);
     }
 
     #[test]

@@ -87,7 +87,7 @@ impl KeyStore for PostgresStore {
         let tx = client.transaction().await.map_err(db_err)?;
         // FOR UPDATE: a concurrent patch waits, then patches what this one stored.
         let current = select_key_for_update(&tx, id).await?;
-        let key = apply_patch(current, patch);
+        let key = patch.apply_to(current);
         execute(
             &tx,
             "UPDATE api_keys SET name = $2, tier = $3, models = $4, scopes = $5, allowed_cidrs = $6, limits = $7,
@@ -191,21 +191,6 @@ async fn insert_secret(
     )
     .await?;
     Ok(())
-}
-
-/// Replaces each field the patch carries; `expires_at: Some(None)` clears the expiry.
-fn apply_patch(mut key: KeyRecord, patch: KeyPatch) -> KeyRecord {
-    let KeyPatch { name, tier, models, scopes, allowed_cidrs, limits, metadata, expires_at, capture_content } = patch;
-    key.name = name.unwrap_or(key.name);
-    key.tier = tier.unwrap_or(key.tier);
-    key.models = models.unwrap_or(key.models);
-    key.scopes = scopes.unwrap_or(key.scopes);
-    key.allowed_cidrs = allowed_cidrs.unwrap_or(key.allowed_cidrs);
-    key.limits = limits.unwrap_or(key.limits);
-    key.metadata = metadata.unwrap_or(key.metadata);
-    key.expires_at = expires_at.unwrap_or(key.expires_at);
-    key.capture_content = capture_content.unwrap_or(key.capture_content);
-    key
 }
 
 /// Every column of a key, in the order [`key_from_row`] reads them (aliased `k`).

@@ -9,6 +9,7 @@
 use async_trait::async_trait;
 use portcullis_store::{
     AuditCheckpoint, AuditCursor, AuditDecision, AuditFilter, AuditKind, AuditRecord, AuditStore, StoreResult,
+    unix_millis, unix_millis_ceil,
 };
 use rusqlite::types::{Type, Value};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params, params_from_iter};
@@ -47,7 +48,7 @@ impl AuditStore for SqliteStore {
                 stmt.execute(params![
                     record.node,
                     int(record.seq),
-                    millis(record.ts),
+                    unix_millis(record.ts),
                     record.kind.name(),
                     record.request_id,
                     record.key_id,
@@ -156,7 +157,7 @@ impl AuditStore for SqliteStore {
     }
 
     async fn delete_audit_before(&self, before: OffsetDateTime) -> StoreResult<u64> {
-        let before = ceil_millis(before);
+        let before = unix_millis_ceil(before);
         self.write(move |tx| {
             let nodes: Vec<String> = {
                 let mut stmt =
@@ -231,11 +232,11 @@ fn query_sql(filter: &AuditFilter, cursor: Option<&AuditCursor>, limit: usize) -
     let mut values: Vec<Value> = Vec::new();
     if let Some(since) = filter.since {
         conditions.push("ts >= ?");
-        values.push(Value::Integer(ceil_millis(since)));
+        values.push(Value::Integer(unix_millis_ceil(since)));
     }
     if let Some(until) = filter.until {
         conditions.push("ts < ?");
-        values.push(Value::Integer(ceil_millis(until)));
+        values.push(Value::Integer(unix_millis_ceil(until)));
     }
     let texts = [
         ("node = ?", &filter.node),
@@ -265,7 +266,7 @@ fn query_sql(filter: &AuditFilter, cursor: Option<&AuditCursor>, limit: usize) -
     if let Some(cursor) = cursor {
         conditions.push("(ts, node, seq) > (?, ?, ?)");
         values.extend([
-            Value::Integer(millis(cursor.ts)),
+            Value::Integer(unix_millis(cursor.ts)),
             Value::Text(cursor.node.clone()),
             Value::Integer(int(cursor.seq)),
         ]);
@@ -323,19 +324,6 @@ fn sql_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
-/// Unix milliseconds, rounded down.
-fn millis(at: OffsetDateTime) -> i64 {
-    let millis = at.unix_timestamp_nanos().div_euclid(1_000_000);
-    i64::try_from(millis).unwrap_or(if millis < 0 { i64::MIN } else { i64::MAX })
-}
-
-/// Unix milliseconds, rounded up: stored times are whole milliseconds, so `ts >= at` and `ts < at`
-/// hold exactly when they hold for the rounded-up value.
-fn ceil_millis(at: OffsetDateTime) -> i64 {
-    let sub_milli = at.unix_timestamp_nanos().rem_euclid(1_000_000) != 0;
-    millis(at).saturating_add(i64::from(sub_milli))
-}
-
 fn from_millis(millis: i64, index: usize) -> rusqlite::Result<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
         .map_err(|err| rusqlite::Error::FromSqlConversionFailure(index, Type::Integer, Box::new(err)))
@@ -376,15 +364,9 @@ mod tests {
     }
 
     #[test]
-    fn milliseconds_round_down_to_store_and_up_to_compare() {
+    fn stored_milliseconds_read_back_as_the_same_time() {
         let exact = datetime!(2025-06-10 12:30:00.123 UTC);
-        assert_eq!(millis(exact), 1_749_558_600_123);
-        assert_eq!(ceil_millis(exact), millis(exact));
-        let finer = datetime!(2025-06-10 12:30:00.123_000_001 UTC);
-        assert_eq!((millis(finer), ceil_millis(finer)), (1_749_558_600_123, 1_749_558_600_124));
-        let before_epoch = datetime!(1969-12-31 23:59:59.999_5 UTC);
-        assert_eq!((millis(before_epoch), ceil_millis(before_epoch)), (-1, 0));
-        assert_eq!(from_millis(millis(exact), 0).unwrap(), exact);
+        assert_eq!(from_millis(unix_millis(exact), 0).unwrap(), exact);
     }
 
     /// SQLite's plan for a query, one detail line per step.

@@ -91,7 +91,7 @@ impl KeyStore for SqliteStore {
     async fn update_key(&self, id: &str, patch: KeyPatch) -> StoreResult<KeyRecord> {
         let id = id.to_owned();
         self.mutate(move |tx| {
-            let key = apply_patch(select_key(tx, &id)?, patch);
+            let key = patch.apply_to(select_key(tx, &id)?);
             tx.execute(
                 "UPDATE api_keys SET name = ?2, tier = ?3, models = ?4, scopes = ?5, allowed_cidrs = ?6, limits = ?7,
                                      metadata = ?8, expires_at = ?9, capture_content = ?10
@@ -186,21 +186,6 @@ fn insert_secret(conn: &Connection, key_id: &str, hash: &[u8; 32], created_at: O
     )
     .map_err(insert_err(format!("a secret of key {key_id}")))?;
     Ok(())
-}
-
-/// Replaces each field the patch carries; `expires_at: Some(None)` clears the expiry.
-fn apply_patch(mut key: KeyRecord, patch: KeyPatch) -> KeyRecord {
-    let KeyPatch { name, tier, models, scopes, allowed_cidrs, limits, metadata, expires_at, capture_content } = patch;
-    key.name = name.unwrap_or(key.name);
-    key.tier = tier.unwrap_or(key.tier);
-    key.models = models.unwrap_or(key.models);
-    key.scopes = scopes.unwrap_or(key.scopes);
-    key.allowed_cidrs = allowed_cidrs.unwrap_or(key.allowed_cidrs);
-    key.limits = limits.unwrap_or(key.limits);
-    key.metadata = metadata.unwrap_or(key.metadata);
-    key.expires_at = expires_at.unwrap_or(key.expires_at);
-    key.capture_content = capture_content.unwrap_or(key.capture_content);
-    key
 }
 
 const COLUMNS: &str = "id, name, display_prefix, team, tier, models, scopes, allowed_cidrs, limits, metadata, \

@@ -86,6 +86,19 @@ pub fn usage_hour(at: OffsetDateTime) -> OffsetDateTime {
     at.replace_time(time::Time::from_hms(at.hour(), 0, 0).unwrap_or(time::Time::MIDNIGHT))
 }
 
+/// Unix milliseconds, rounded down: how backends store an audit record's `ts`.
+pub fn unix_millis(at: OffsetDateTime) -> i64 {
+    let millis = at.unix_timestamp_nanos().div_euclid(1_000_000);
+    i64::try_from(millis).unwrap_or(if millis < 0 { i64::MIN } else { i64::MAX })
+}
+
+/// Unix milliseconds, rounded up: stored times are whole milliseconds, so `ts >= at` and `ts < at`
+/// hold exactly when they hold for the rounded-up value.
+pub fn unix_millis_ceil(at: OffsetDateTime) -> i64 {
+    let sub_milli = at.unix_timestamp_nanos().rem_euclid(1_000_000) != 0;
+    unix_millis(at).saturating_add(i64::from(sub_milli))
+}
+
 /// The audit log. Records arrive already numbered and hashed by their node's writer; the store
 /// keeps them, finds them, and never changes them (retention aside).
 #[async_trait]
@@ -201,5 +214,22 @@ impl Stores {
             changes: backend.clone(),
             migrator: backend,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+
+    #[test]
+    fn milliseconds_round_down_to_store_and_up_to_compare() {
+        let exact = datetime!(2025-06-10 12:30:00.123 UTC);
+        assert_eq!((unix_millis(exact), unix_millis_ceil(exact)), (1_749_558_600_123, 1_749_558_600_123));
+        let finer = datetime!(2025-06-10 12:30:00.123_000_001 UTC);
+        assert_eq!((unix_millis(finer), unix_millis_ceil(finer)), (1_749_558_600_123, 1_749_558_600_124));
+        let before_epoch = datetime!(1969-12-31 23:59:59.999_5 UTC);
+        assert_eq!((unix_millis(before_epoch), unix_millis_ceil(before_epoch)), (-1, 0));
     }
 }

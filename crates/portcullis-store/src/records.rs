@@ -71,6 +71,24 @@ pub struct KeyPatch {
     pub capture_content: Option<bool>,
 }
 
+impl KeyPatch {
+    /// `key` with each field the patch carries replaced.
+    pub fn apply_to(self, mut key: KeyRecord) -> KeyRecord {
+        let KeyPatch { name, tier, models, scopes, allowed_cidrs, limits, metadata, expires_at, capture_content } =
+            self;
+        key.name = name.unwrap_or(key.name);
+        key.tier = tier.unwrap_or(key.tier);
+        key.models = models.unwrap_or(key.models);
+        key.scopes = scopes.unwrap_or(key.scopes);
+        key.allowed_cidrs = allowed_cidrs.unwrap_or(key.allowed_cidrs);
+        key.limits = limits.unwrap_or(key.limits);
+        key.metadata = metadata.unwrap_or(key.metadata);
+        key.expires_at = expires_at.unwrap_or(key.expires_at);
+        key.capture_content = capture_content.unwrap_or(key.capture_content);
+        key
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rotation {
     pub new_secret: [u8; 32],
