@@ -3,13 +3,11 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_LENGTH};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
-use http_body_util::Full;
-use hyper::body::Incoming;
+use http::{HeaderMap, Method, Response};
 use tokio::time::Instant;
 
 use crate::body::deadline_after;
+use crate::client::{ClientError, Outgoing, ResponseBody};
 use crate::error::describe;
 use crate::pool::Endpoint;
 use crate::route::{Credential, Route};
@@ -26,13 +24,6 @@ pub(crate) enum AttemptError {
     Unsendable(String),
 }
 
-/// `endpoint base + path`, e.g. `http://10.0.0.5:8000/llama` + `/v1/chat/completions`.
-pub(crate) fn upstream_uri(base: &str, path: &str) -> Result<Uri, String> {
-    let separator = if path.starts_with('/') { "" } else { "/" };
-    let target = format!("{base}{separator}{path}");
-    Uri::try_from(target.as_str()).map_err(|error| format!("cannot build upstream URL {target:?}: {error}"))
-}
-
 /// Sends `POST base+path` with `headers` (already filtered: no hop-by-hop, no client
 /// credentials), the model's bearer credential and `body`, and waits for the response head
 /// until the first-byte timeout or `deadline` (the exchange's total deadline), whichever is
@@ -43,49 +34,25 @@ pub(crate) async fn send(
     endpoint: &Endpoint,
     path: &str,
     headers: &HeaderMap,
-    body: Bytes,
+    body: &Bytes,
     deadline: Instant,
-) -> Result<Response<Incoming>, AttemptError> {
-    let uri = upstream_uri(endpoint.base(), path).map_err(AttemptError::Unsendable)?;
-    let mut outgoing = headers.clone();
-    outgoing.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-    match &route.credential {
-        Credential::Bearer(value) => {
-            outgoing.insert(AUTHORIZATION, value.clone());
-        }
-        Credential::None => {}
+) -> Result<Response<ResponseBody>, AttemptError> {
+    let authorization = match &route.credential {
+        Credential::Bearer(value) => Some(value),
+        Credential::None => None,
         Credential::Invalid => {
             return Err(AttemptError::Unsendable("the model's api_key is not a valid HTTP header value".into()));
         }
-    }
-    let mut request = Request::new(Full::new(body));
-    *request.method_mut() = Method::POST;
-    *request.uri_mut() = uri;
-    *request.headers_mut() = outgoing;
-
+    };
+    let request = Outgoing { method: Method::POST, path, headers, authorization, body };
     let started = Instant::now();
     let head_deadline = deadline_after(started, route.timeouts.first_byte).min(deadline);
-    match tokio::time::timeout_at(head_deadline, route.client.request(request)).await {
+    match tokio::time::timeout_at(head_deadline, route.client.send(endpoint.origin(), &request)).await {
         Ok(Ok(response)) => Ok(response),
+        Ok(Err(ClientError::InvalidTarget(target))) => {
+            Err(AttemptError::Unsendable(format!("cannot build an upstream request for {target:?}")))
+        }
         Ok(Err(error)) => Err(AttemptError::Failed(describe(&error))),
         Err(_) => Err(AttemptError::TimedOut(head_deadline.saturating_duration_since(started))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn upstream_uri_joins_prefix_and_path_with_one_slash() {
-        let uri = upstream_uri("http://10.0.0.5:8000/llama", "/v1/chat/completions").unwrap();
-        assert_eq!(uri.to_string(), "http://10.0.0.5:8000/llama/v1/chat/completions");
-        let uri = upstream_uri("https://models.example", "v1/embeddings").unwrap();
-        assert_eq!(uri.to_string(), "https://models.example/v1/embeddings");
-    }
-
-    #[test]
-    fn upstream_uri_rejects_what_is_not_a_url() {
-        assert!(upstream_uri("http://h", "/a b").is_err());
     }
 }

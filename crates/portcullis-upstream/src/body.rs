@@ -4,7 +4,7 @@
 //!
 //! Frames are passed through as they are polled (no buffering, no copying of `Bytes`), so a
 //! streamed completion reaches the client token by token. Dropping the body (the client hung up)
-//! drops hyper's `Incoming` mid-body, which closes the upstream connection and so cancels the
+//! drops the client's response body mid-body, which closes the upstream connection and so cancels the
 //! generation, and drops the slot guard, which frees the endpoint's slot.
 
 use std::fmt;
@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use crate::client::ResponseBody;
 use crate::error::UpstreamBodyError;
 use crate::pool::EndpointGuard;
 
@@ -39,8 +39,8 @@ pin_project! {
     /// wrapped in `axum::body::Body::new`. After an error it ends.
     ///
     /// The type parameter only exists so the timeout logic can be tested without a network;
-    /// everything public uses the default, hyper's `Incoming`.
-    pub struct UpstreamBody<B = Incoming> {
+    /// everything public uses the default, the client's [`ResponseBody`].
+    pub struct UpstreamBody<B = ResponseBody> {
         // `None` once the body has ended, failed or timed out: dropping the inner body there
         // closes the upstream connection instead of waiting for the server to drop us.
         inner: Option<B>,

@@ -19,11 +19,11 @@
 //! slot the other waits for would stall until their timeouts.
 
 use http::{HeaderMap, Response, StatusCode};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::attempt::{self, AttemptError};
 use crate::body::{UpstreamBody, deadline_after};
+use crate::client::ResponseBody;
 use crate::headers;
 use crate::pool::{Claim, EndpointGuard, NoEndpoint, Waited};
 use crate::rewrite;
@@ -39,7 +39,7 @@ fn is_retryable(status: StatusCode) -> bool {
 struct Exchange<'a> {
     route: &'a Route,
     guard: EndpointGuard,
-    response: Response<Incoming>,
+    response: Response<ResponseBody>,
     deadline: Instant,
 }
 
@@ -171,7 +171,7 @@ async fn try_model<'a>(
         tried[index] = true;
         let endpoint = guard.endpoint();
         let deadline = deadline_after(Instant::now(), route.timeouts.total);
-        let sent = attempt::send(route, endpoint, &request.path, outgoing, body.clone(), deadline).await;
+        let sent = attempt::send(route, endpoint, &request.path, outgoing, &body, deadline).await;
         if !matches!(sent, Err(AttemptError::Unsendable(_))) {
             tally.attempts = tally.attempts.saturating_add(1);
         }

@@ -12,16 +12,15 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::AUTHORIZATION;
-use http::{HeaderValue, Method, Request, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{HeaderMap, HeaderValue, Method};
+use http_body_util::{BodyExt, Limited};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
+use crate::client::{Client, Outgoing};
 use crate::error::describe;
 use crate::pool::Endpoint;
-use crate::route::{Credential, HttpClient, Route};
+use crate::route::{Credential, Route};
 
 /// A health response body is read (so the connection can be reused) up to this size.
 const MAX_HEALTH_BODY: usize = 64 * 1024;
@@ -41,6 +40,11 @@ impl Shutdown {
         let (sender, receiver) = watch::channel(());
         Shutdown { _sender: sender, receiver }
     }
+
+    /// A receiver whose `changed()` fails once the owning `Upstreams` is dropped.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<()> {
+        self.receiver.clone()
+    }
 }
 
 /// Starts one checking task per endpoint of `route` if its checks are enabled. Without a tokio
@@ -58,32 +62,24 @@ pub(crate) fn start(route: &Route, shutdown: &Shutdown) {
         Credential::None | Credential::Invalid => None,
     };
     for endpoint in route.pool.endpoints() {
-        let target = format!("{}{}", endpoint.base(), route.health.path);
-        let uri = match Uri::try_from(target.as_str()) {
-            Ok(uri) => uri,
-            Err(error) => {
-                tracing::error!(model = %route.name, url = %target, %error, "invalid health check URL; not checked");
-                continue;
-            }
-        };
         let check = Check {
             model: route.name.clone(),
             endpoint: Arc::downgrade(endpoint),
             client: route.client.clone(),
-            uri,
+            path: route.health.path.clone(),
             authorization: authorization.clone(),
             interval: route.health.interval.0.max(MIN_INTERVAL),
             timeout: route.health.timeout.0,
         };
-        runtime.spawn(check.run(shutdown.receiver.clone()));
+        runtime.spawn(check.run(shutdown.subscribe()));
     }
 }
 
 struct Check {
     model: String,
     endpoint: Weak<Endpoint>,
-    client: HttpClient,
-    uri: Uri,
+    client: Client,
+    path: String,
     authorization: Option<HeaderValue>,
     interval: Duration,
     timeout: Duration,
@@ -99,12 +95,12 @@ impl Check {
                 _ = shutdown.changed() => return,
                 _ = ticker.tick() => {}
             }
-            let verdict = tokio::select! {
-                _ = shutdown.changed() => return,
-                verdict = self.probe() => verdict,
-            };
             let Some(endpoint) = self.endpoint.upgrade() else {
                 return;
+            };
+            let verdict = tokio::select! {
+                _ = shutdown.changed() => return,
+                verdict = self.probe(&endpoint) => verdict,
             };
             let healthy = verdict.is_ok();
             let was_healthy = endpoint.set_healthy(healthy);
@@ -121,15 +117,17 @@ impl Check {
     }
 
     /// One `GET`, bounded by the check timeout including reading the (small) body.
-    async fn probe(&self) -> Result<(), String> {
-        let mut request = Request::new(Full::new(Bytes::new()));
-        *request.method_mut() = Method::GET;
-        *request.uri_mut() = self.uri.clone();
-        if let Some(value) = &self.authorization {
-            request.headers_mut().insert(AUTHORIZATION, value.clone());
-        }
+    async fn probe(&self, endpoint: &Endpoint) -> Result<(), String> {
+        let no_headers = HeaderMap::new();
+        let request = Outgoing {
+            method: Method::GET,
+            path: &self.path,
+            headers: &no_headers,
+            authorization: self.authorization.as_ref(),
+            body: &[],
+        };
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|error| describe(&error))?;
+            let response = self.client.send(endpoint.origin(), &request).await.map_err(|error| describe(&error))?;
             let status = response.status();
             // Drained only so the keep-alive connection can be reused; its content is ignored.
             let _ = Limited::new(response.into_body(), MAX_HEALTH_BODY).collect().await;

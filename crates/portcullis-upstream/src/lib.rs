@@ -10,10 +10,12 @@
 //! priority heap of waiting requests; `route` a model's client and settings;
 //! `forward` the attempt loop over endpoints and fallbacks; `attempt` one request up to its
 //! response head; `body` the relayed body with timeouts and the slot guard; `health` active
-//! checks; `headers` hop-by-hop and credential filtering; `rewrite` the `model` field.
+//! checks; `headers` hop-by-hop and credential filtering; `rewrite` the `model` field; `client`
+//! the HTTP/1.1 client and each endpoint's keep-alive connections.
 
 mod attempt;
 mod body;
+mod client;
 mod error;
 mod forward;
 mod headers;
@@ -25,6 +27,7 @@ mod route;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
@@ -42,7 +45,7 @@ pub struct Upstreams {
     /// In configured order.
     routes: Vec<Route>,
     by_name: HashMap<String, usize>,
-    /// Dropping this ends every health-check task.
+    /// Dropping this ends every health-check task and the idle-connection sweep.
     _health: health::Shutdown,
 }
 
@@ -116,6 +119,11 @@ impl Upstreams {
             by_name.insert(config.name.clone(), routes.len());
             routes.push(route);
         }
+        let origins = routes
+            .iter()
+            .flat_map(|route| route.pool.endpoints().iter().map(|endpoint| Arc::downgrade(endpoint.origin())))
+            .collect();
+        client::sweep_idle(origins, shutdown.subscribe());
         Upstreams { routes, by_name, _health: shutdown }
     }
 

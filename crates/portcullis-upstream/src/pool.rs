@@ -42,6 +42,7 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior};
 use url::Url;
 
+use crate::client::Origin;
 use crate::queue::WaitQueue;
 
 /// How many times selection re-runs when the endpoint it picked filled up between reading its
@@ -66,6 +67,8 @@ pub(crate) struct Endpoint {
     /// Origin plus path prefix, without a trailing slash and without credentials. Request paths
     /// are appended to it, and it is what logs, metrics and the admin API show.
     base: String,
+    /// Where to connect, and the connections kept alive to it.
+    origin: Arc<Origin>,
     /// Set by active health checks; starts `true` so traffic flows before the first check.
     healthy: AtomicBool,
     outstanding: AtomicU64,
@@ -93,6 +96,7 @@ impl Endpoint {
     pub(crate) fn new(url: &Url, ejection: EjectionPolicy, epoch: Instant) -> Endpoint {
         Endpoint {
             base: base_of(url),
+            origin: Arc::new(Origin::new(url)),
             healthy: AtomicBool::new(true),
             outstanding: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
@@ -100,6 +104,10 @@ impl Endpoint {
             epoch,
             ejection,
         }
+    }
+
+    pub(crate) fn origin(&self) -> &Arc<Origin> {
+        &self.origin
     }
 
     /// Origin plus path prefix, no trailing slash, no credentials.

@@ -5,26 +5,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::HeaderValue;
-use http_body_util::Full;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portcullis_config::{HealthCheckConfig, ModelConfig};
 use portcullis_types::admin::{EndpointView, ModelView};
 use tokio::time::Instant;
 
+use crate::client::Client;
 use crate::pool::{EjectionPolicy, Endpoint, Pool};
-
-/// The client every request and health check of one model goes through. Requests are always
-/// fully buffered JSON, so the request body is `Full<Bytes>`.
-pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
-/// Idle keep-alive connections are closed after this long; model servers often close theirs
-/// sooner, and a pooled connection the server already closed costs a failed first write.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A model's timeouts; `None` means the configured value was `0s`, which turns the limit off.
 #[derive(Debug, Clone, Copy)]
@@ -68,7 +55,7 @@ pub(crate) struct Route {
     pub retry_after_secs: u64,
     pub credential: Credential,
     pub health: HealthCheckConfig,
-    pub client: HttpClient,
+    pub client: Client,
     pub pool: Pool,
 }
 
@@ -133,7 +120,7 @@ impl Route {
             retry_after_secs: retry_after_secs(queue_timeout),
             credential,
             health: config.health_check.clone(),
-            client: client(enabled(config.timeouts.connect.0)),
+            client: Client::new(enabled(config.timeouts.connect.0)),
             // Configuration refuses a zero queue timeout; should one get here, it means no wait.
             pool: Pool::new(
                 endpoints,
@@ -160,26 +147,6 @@ impl Route {
             fallbacks: self.fallbacks.clone(),
         }
     }
-}
-
-/// An HTTP/1.1 keep-alive client for plain and TLS endpoints (Mozilla's roots via webpki-roots),
-/// with the model's connect timeout. One per model, so each model's timeout applies to its own
-/// connections and one model's pool cannot starve another's.
-fn client(connect_timeout: Option<Duration>) -> HttpClient {
-    let mut http = HttpConnector::new();
-    // The HTTPS connector wraps this one and needs it to accept https:// URIs too.
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(connect_timeout);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_timer(TokioTimer::new())
-        .build(connector)
 }
 
 #[cfg(test)]
