@@ -10,6 +10,9 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{GlobalArgs, LogFormat};
 
+/// The log thread's write buffer: lines queued together leave in one write of up to this size.
+const LOG_BUFFER_BYTES: usize = 64 * 1024;
+
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// Configuration file.
@@ -92,14 +95,17 @@ fn load(path: &Path) -> anyhow::Result<Config> {
 }
 
 /// Log lines go to stderr through a thread of their own, so a request never waits on a write
-/// (one syscall per line, or a pipe to a slow collector). None is dropped: when its buffer is
-/// full the logger waits. Keep the guard until exit: dropping it writes what is buffered.
+/// (or a pipe to a slow collector). That thread buffers what is queued and writes it when the
+/// queue runs dry: one syscall per batch of lines rather than per line, and no line waits
+/// longer than the lines before it. None is dropped: when the queue is full the logger waits.
+/// Keep the guard until exit: dropping it writes what is buffered.
 #[must_use = "dropping the guard stops the log writer"]
 fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) =
-        tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::BufWriter::with_capacity(LOG_BUFFER_BYTES, std::io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
