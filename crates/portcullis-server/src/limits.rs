@@ -63,26 +63,39 @@ fn to_limits(limits: &LimitOverrides, burst: Option<u64>) -> Limits {
 
 /// The OpenAI `x-ratelimit-*` headers for the tightest request and token limits.
 pub fn insert_headers(headers: &mut HeaderMap, rate: &RateHeaders) {
-    let mut put = |kind: &str, state: &RateState| {
-        headers.insert(header_name("limit", kind), HeaderValue::from(state.limit));
-        headers.insert(header_name("remaining", kind), HeaderValue::from(state.remaining));
-        if let Ok(reset) = HeaderValue::from_str(&reset_text(state.reset_ms)) {
-            headers.insert(header_name("reset", kind), reset);
+    let mut put = |names: &RateHeaderNames, state: &RateState| {
+        headers.insert(names.limit.clone(), HeaderValue::from(state.limit));
+        headers.insert(names.remaining.clone(), HeaderValue::from(state.remaining));
+        if let Ok(reset) = HeaderValue::try_from(reset_text(state.reset_ms)) {
+            headers.insert(names.reset.clone(), reset);
         }
     };
     if let Some(requests) = &rate.requests {
-        put("requests", requests);
+        put(&REQUEST_HEADERS, requests);
     }
     if let Some(tokens) = &rate.tokens {
-        put("tokens", tokens);
+        put(&TOKEN_HEADERS, tokens);
     }
 }
 
-fn header_name(what: &str, kind: &str) -> http::HeaderName {
-    // Only the six fixed names are ever built, all valid.
-    http::HeaderName::from_bytes(format!("x-ratelimit-{what}-{kind}").as_bytes())
-        .unwrap_or(http::HeaderName::from_static("x-ratelimit"))
+/// The three `x-ratelimit-*` names of one limit, built once (cloning a static name is free).
+struct RateHeaderNames {
+    limit: http::HeaderName,
+    remaining: http::HeaderName,
+    reset: http::HeaderName,
 }
+
+static REQUEST_HEADERS: RateHeaderNames = RateHeaderNames {
+    limit: http::HeaderName::from_static("x-ratelimit-limit-requests"),
+    remaining: http::HeaderName::from_static("x-ratelimit-remaining-requests"),
+    reset: http::HeaderName::from_static("x-ratelimit-reset-requests"),
+};
+
+static TOKEN_HEADERS: RateHeaderNames = RateHeaderNames {
+    limit: http::HeaderName::from_static("x-ratelimit-limit-tokens"),
+    remaining: http::HeaderName::from_static("x-ratelimit-remaining-tokens"),
+    reset: http::HeaderName::from_static("x-ratelimit-reset-tokens"),
+};
 
 /// OpenAI's duration style: `20ms`, `1s`, `6m0s`.
 fn reset_text(ms: u64) -> String {
