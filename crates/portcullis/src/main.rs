@@ -2,6 +2,7 @@
 //! admin CLI, which is a plain client of the admin API.
 
 mod admin_cli;
+mod log_writer;
 mod serve;
 
 use std::path::PathBuf;

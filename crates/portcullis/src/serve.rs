@@ -8,10 +8,8 @@ use portcullis_config::Config;
 use portcullis_server::Server;
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::log_writer::{self, LogGuard};
 use crate::{GlobalArgs, LogFormat};
-
-/// The log thread's write buffer: lines queued together leave in one write of up to this size.
-const LOG_BUFFER_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -25,7 +23,7 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
-    let _logs = init_logging(global.log_format);
+    let _logs = init_logging(global.log_format)?;
     let config = load(&args.config)?;
     let bootstrap = std::env::var("PORTCULLIS_ADMIN_TOKEN").ok().filter(|token| !token.is_empty());
     let mut server = Server::bind(config, bootstrap).await.context("cannot start")?;
@@ -83,7 +81,7 @@ pub fn check_config(path: &Path, global: &GlobalArgs) -> anyhow::Result<()> {
 }
 
 pub async fn migrate(path: &Path, global: &GlobalArgs) -> anyhow::Result<()> {
-    let _logs = init_logging(global.log_format);
+    let _logs = init_logging(global.log_format)?;
     let config = load(path)?;
     let applied = portcullis_server::migrate(&config.store).await.context("migration failed")?;
     writeln!(std::io::stdout().lock(), "applied {applied} migration(s)")?;
@@ -94,18 +92,12 @@ fn load(path: &Path) -> anyhow::Result<Config> {
     Config::load(path).with_context(|| format!("invalid configuration {}", path.display()))
 }
 
-/// Log lines go to stderr through a thread of their own, so a request never waits on a write
-/// (or a pipe to a slow collector). That thread buffers what is queued and writes it when the
-/// queue runs dry: one syscall per batch of lines rather than per line, and no line waits
-/// longer than the lines before it. None is dropped: when the queue is full the logger waits.
-/// Keep the guard until exit: dropping it writes what is buffered.
-#[must_use = "dropping the guard stops the log writer"]
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// Log lines go to stderr through a thread of their own (see `log_writer`). Keep the guard
+/// until exit: dropping it writes what is queued.
+fn init_logging(format: LogFormat) -> anyhow::Result<LogGuard> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::BufWriter::with_capacity(LOG_BUFFER_BYTES, std::io::stderr()));
+    let (writer, guard) = log_writer::start(std::io::stderr()).context("cannot start the log writer")?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
@@ -114,7 +106,7 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
-    guard
+    Ok(guard)
 }
 
 /// The generated first admin token goes to the terminal once, never through the logger, so
