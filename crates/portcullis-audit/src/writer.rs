@@ -82,7 +82,7 @@ impl WriterConfig {
     pub const DEFAULT_MAX_BATCH: usize = 4096;
     pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(1);
     pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
-    pub const DEFAULT_LINGER: Duration = Duration::from_millis(2);
+    pub const DEFAULT_LINGER: Duration = Duration::from_millis(10);
 
     /// `async` durability, no extra sinks, default sizes.
     pub fn new(node: impl Into<String>, spill_path: impl Into<PathBuf>) -> WriterConfig {
