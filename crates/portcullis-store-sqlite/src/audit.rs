@@ -34,10 +34,13 @@ impl AuditStore for SqliteStore {
         self.write(move |tx| {
             // A record already stored is skipped, and so is one retention already removed (at or
             // below its node's checkpoint): a late replay must not bring deleted history back.
-            // Only the (node, seq) clash is ignored; any other failure fails the batch.
+            // Only the (node, seq) clash is ignored; any other failure fails the batch. `OR FAIL`
+            // instead of the default `ABORT`: the whole transaction is rolled back on a failure
+            // anyway, and with `ABORT` SQLite copies every page an insert touches (the table and
+            // five indexes) into a statement journal first, so it could undo just that statement.
             let mut stmt = tx
                 .prepare_cached(&format!(
-                    "INSERT INTO audit_log ({COLUMNS})
+                    "INSERT OR FAIL INTO audit_log ({COLUMNS})
                      SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19,
                             ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29
                      WHERE NOT EXISTS (SELECT 1 FROM audit_checkpoints WHERE node = ?1 AND seq >= ?2)
