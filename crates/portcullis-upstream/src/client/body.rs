@@ -63,9 +63,10 @@ impl ResponseBody {
     /// closed instead.
     fn complete(&mut self) {
         self.remaining = Remaining::Done;
-        if let (Some(connection), Some(origin)) = (self.connection.take(), self.park_in.take())
+        if let (Some(mut connection), Some(origin)) = (self.connection.take(), self.park_in.take())
             && connection.buffer.is_empty()
         {
+            connection.release_buffer();
             origin.idle.put(connection);
         }
     }

@@ -59,6 +59,13 @@ impl Connection {
         std::future::poll_fn(|cx| self.poll_fill(cx)).await
     }
 
+    /// Lets go of the (empty) read buffer while the connection is parked: it may still be part
+    /// of a large allocation shared with chunks handed out earlier, and a thousand parked
+    /// connections should not pin a thousand of those. The next read allocates afresh.
+    pub(crate) fn release_buffer(&mut self) {
+        self.buffer = BytesMut::new();
+    }
+
     /// Writes `head` then `body` (gathered into as few writes as the socket allows) and flushes.
     pub(crate) async fn write_request(&mut self, head: &[u8], body: &[u8]) -> io::Result<()> {
         let (mut head, mut body) = (head, body);
