@@ -6,8 +6,10 @@
 //! across frames is joined, and only its bytes.
 
 use std::collections::VecDeque;
+use std::sync::LazyLock;
 
 use bytes::{Bytes, BytesMut};
+use memchr::memmem::Finder;
 use portcullis_types::openai::Usage;
 use serde::Deserialize;
 
@@ -104,7 +106,7 @@ impl SseScanner {
             return Kind::Other;
         }
         // Parse only events that can carry usage; content is recognised without parsing.
-        if contains(data, b"\"usage\"")
+        if USAGE_FIELD.find(data).is_some()
             && let Ok(chunk) = serde_json::from_slice::<ChunkUsage>(data)
             && let Some(usage) = chunk.usage
         {
@@ -131,10 +133,16 @@ struct ChunkUsage {
     choices: Vec<serde::de::IgnoredAny>,
 }
 
+/// Field names searched for in every event, with searchers built once (SIMD substring search:
+/// every relayed event is scanned, so this is on the streaming hot path).
+static USAGE_FIELD: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+static TEXT_FIELDS: LazyLock<[Finder<'static>; 2]> =
+    LazyLock::new(|| [Finder::new(b"\"content\""), Finder::new(b"\"text\"")]);
+
 /// Length of the first complete event (through its blank line), if one is complete.
 fn event_end(bytes: &[u8]) -> Option<usize> {
     let mut at = 0;
-    while let Some(newline) = bytes[at..].iter().position(|&b| b == b'\n') {
+    while let Some(newline) = memchr::memchr(b'\n', &bytes[at..]) {
         let line_end = at + newline + 1;
         match bytes.get(line_end) {
             Some(b'\n') => return Some(line_end + 1),
@@ -147,20 +155,26 @@ fn event_end(bytes: &[u8]) -> Option<usize> {
 
 /// The payload of the event's `data:` line (single-line data, as OpenAI-compatible servers send).
 fn data_of(event: &[u8]) -> Option<&[u8]> {
-    event.split(|&b| b == b'\n').find_map(|line| {
+    let mut rest = event;
+    while !rest.is_empty() {
+        let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+        let line = &rest[..end];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let data = line.strip_prefix(b"data:")?;
-        Some(data.strip_prefix(b" ").unwrap_or(data))
-    })
+        if let Some(data) = line.strip_prefix(b"data:") {
+            return Some(data.strip_prefix(b" ").unwrap_or(data));
+        }
+        rest = rest.get(end + 1..).unwrap_or_default();
+    }
+    None
 }
 
 /// Whether a chunk carries generated text: a `"content"` or `"text"` field holding a non-empty
 /// string.
 fn has_text(data: &[u8]) -> bool {
-    [&b"\"content\""[..], &b"\"text\""[..]].iter().any(|field| {
+    TEXT_FIELDS.iter().any(|field| {
         let mut rest = data;
-        while let Some(at) = find(rest, field) {
-            rest = &rest[at + field.len()..];
+        while let Some(at) = field.find(rest) {
+            rest = &rest[at + field.needle().len()..];
             let value = rest.iter().skip_while(|b| b.is_ascii_whitespace() || **b == b':');
             let mut value = value.copied();
             if value.next() == Some(b'"') && value.next().is_some_and(|b| b != b'"') {
@@ -169,14 +183,6 @@ fn has_text(data: &[u8]) -> bool {
         }
         false
     })
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    find(haystack, needle).is_some()
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|window| window == needle)
 }
 
 #[cfg(test)]
