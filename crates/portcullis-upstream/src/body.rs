@@ -33,10 +33,19 @@ pub(crate) fn deadline_after(now: Instant, after: Option<Duration>) -> Instant {
     now.checked_add(wait).or_else(|| now.checked_add(NEVER)).unwrap_or(now)
 }
 
+/// While frames keep coming without a pause, the clock is read (for the total deadline) only
+/// every this many frames: a stream that is always ready still meets its deadline, and a burst
+/// of chunks costs no clock read per chunk.
+const FRAMES_PER_CLOCK_READ: u32 = 32;
+
 pin_project! {
     /// A model server's response body. Implements
     /// `http_body::Body<Data = Bytes, Error = UpstreamBodyError>`, is `Send + 'static`, and can be
     /// wrapped in `axum::body::Body::new`. After an error it ends.
+    ///
+    /// The timeouts cost nothing while the body is ready: one timer, armed only when the inner
+    /// body has nothing to give, at the earlier of the idle and total deadlines. The idle
+    /// deadline is taken from that moment (the last frame came just before it).
     ///
     /// The type parameter only exists so the timeout logic can be tested without a network;
     /// everything public uses the default, the client's [`ResponseBody`].
@@ -46,14 +55,16 @@ pin_project! {
         inner: Option<B>,
         guard: Option<EndpointGuard>,
         idle_timeout: Option<Duration>,
-        // When the idle timer should really fire. Frames move this forward cheaply; the `Sleep`
-        // is only re-armed when it fires early, not on every frame.
+        // Recomputed when the body pauses after frames; far away when idle_timeout is off.
         idle_deadline: Instant,
+        total_deadline: Instant,
         total_limit: Duration,
+        // Frames since the body last paused (when the idle deadline is recomputed).
+        frames: u32,
+        // What `timer` is armed for; `None` before the first pause.
+        armed_for: Option<Instant>,
         #[pin]
-        idle: Sleep,
-        #[pin]
-        total: Sleep,
+        timer: Sleep,
     }
 }
 
@@ -67,15 +78,18 @@ impl<B> UpstreamBody<B> {
         total_deadline: Instant,
         total_limit: Duration,
     ) -> UpstreamBody<B> {
-        let idle_deadline = deadline_after(Instant::now(), idle_timeout);
+        let now = Instant::now();
         UpstreamBody {
             inner: Some(inner),
             guard,
             idle_timeout,
-            idle_deadline,
+            idle_deadline: deadline_after(now, idle_timeout),
+            total_deadline,
             total_limit,
-            idle: tokio::time::sleep_until(idle_deadline),
-            total: tokio::time::sleep_until(total_deadline),
+            frames: 0,
+            armed_for: None,
+            // Not registered with the timer wheel until first polled.
+            timer: tokio::time::sleep_until(total_deadline),
         }
     }
 }
@@ -114,18 +128,19 @@ where
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        // Checked before the inner body so a fast, never-ending stream still hits the deadline.
-        // Running past `total` is not counted against the endpoint: a long generation is not
-        // a sick server.
-        if this.total.as_mut().poll(cx).is_ready() {
+        // A stream that is always ready never pauses; it still meets its total deadline.
+        // Running past `total` is not counted against the endpoint: a long generation is not a
+        // sick server.
+        if *this.frames > 0
+            && this.frames.is_multiple_of(FRAMES_PER_CLOCK_READ)
+            && Instant::now() >= *this.total_deadline
+        {
             finish(this.inner, this.guard, false);
             return Poll::Ready(Some(Err(UpstreamBodyError::TotalTimeout { limit: *this.total_limit })));
         }
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(idle) = *this.idle_timeout {
-                    *this.idle_deadline = deadline_after(Instant::now(), Some(idle));
-                }
+                *this.frames = this.frames.saturating_add(1);
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => {
@@ -136,22 +151,35 @@ where
                 finish(this.inner, this.guard, false);
                 Poll::Ready(None)
             }
-            Poll::Pending => {
-                let Some(idle) = *this.idle_timeout else {
-                    return Poll::Pending;
-                };
-                // The timer was armed for an older deadline if frames arrived since; re-arm it
-                // until it either is pending (and will wake us) or the real deadline has passed.
-                while this.idle.as_mut().poll(cx).is_ready() {
-                    if Instant::now() >= *this.idle_deadline {
-                        finish(this.inner, this.guard, true);
-                        return Poll::Ready(Some(Err(UpstreamBodyError::IdleTimeout { after: idle })));
-                    }
-                    let deadline = *this.idle_deadline;
-                    this.idle.as_mut().reset(deadline);
+            Poll::Pending => loop {
+                let now = Instant::now();
+                if *this.frames > 0 {
+                    *this.frames = 0;
+                    *this.idle_deadline = deadline_after(now, *this.idle_timeout);
                 }
-                Poll::Pending
-            }
+                if now >= *this.total_deadline {
+                    finish(this.inner, this.guard, false);
+                    return Poll::Ready(Some(Err(UpstreamBodyError::TotalTimeout { limit: *this.total_limit })));
+                }
+                if let Some(after) = *this.idle_timeout
+                    && now >= *this.idle_deadline
+                {
+                    // A stalled stream is a failure of the endpoint.
+                    finish(this.inner, this.guard, true);
+                    return Poll::Ready(Some(Err(UpstreamBodyError::IdleTimeout { after })));
+                }
+                let wake_at = (*this.idle_deadline).min(*this.total_deadline);
+                if *this.armed_for != Some(wake_at) {
+                    this.timer.as_mut().reset(wake_at);
+                    *this.armed_for = Some(wake_at);
+                }
+                if this.timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                // Fired: the loop finds which deadline passed (re-arming if, at the clock's
+                // granularity, neither quite has).
+                *this.armed_for = None;
+            },
         }
     }
 
