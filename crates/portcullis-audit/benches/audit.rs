@@ -16,10 +16,10 @@ mod common;
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use portcullis_audit::{AuditWriter, Durability, WriterConfig, canonical, record_hash};
+use portcullis_audit::{AuditWriter, Durability, WriterConfig, canonical, load, record_hash};
 use portcullis_store::AuditRecord;
 use sha2::{Digest, Sha256};
 
@@ -48,25 +48,7 @@ async fn through_writer(iters: u64, durability: Durability, submitters: u64) -> 
     let store = Arc::new(common::MemStore::default());
     let config = WriterConfig { durability, ..WriterConfig::new("node-1", dir.path().join("spill.jsonl")) };
     let (handle, task) = AuditWriter::start(config, store.clone()).await.unwrap();
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for worker in 0..submitters {
-        let handle = handle.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut i = worker;
-            while i < iters {
-                handle.submit(common::event(i)).await.unwrap();
-                i += submitters;
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    while handle.stats().snapshot().written < iters {
-        tokio::task::yield_now().await;
-    }
-    let elapsed = started.elapsed();
+    let elapsed = load::submit_spread(&handle, iters, submitters, common::event).await.unwrap();
     task.shutdown().await.unwrap();
     elapsed
 }

@@ -27,6 +27,7 @@
 pub mod chain;
 mod error;
 mod event;
+pub mod load;
 pub mod redact;
 mod sink;
 mod spill;

@@ -14,10 +14,10 @@
 #![allow(clippy::unwrap_used, reason = "benchmark setup: a failure aborts the run")]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use portcullis_audit::{AuditEvent, AuditWriter, Durability, WriterConfig};
+use portcullis_audit::{AuditEvent, AuditWriter, Durability, WriterConfig, load};
 use portcullis_store::{AuditDecision, AuditKind, Migrator};
 use portcullis_store_sqlite::SqliteStore;
 use time::OffsetDateTime;
@@ -41,7 +41,8 @@ fn event(i: u64) -> AuditEvent {
     }
 }
 
-/// Submits `count` records from `submitters` tasks and waits until all are in the store.
+/// Submits `count` records from `submitters` tasks through a fresh writer on `store` and returns
+/// the time until all are in the store.
 async fn through_writer(
     store: Arc<SqliteStore>,
     spill: &std::path::Path,
@@ -51,25 +52,7 @@ async fn through_writer(
 ) -> Duration {
     let config = WriterConfig { durability, ..WriterConfig::new("node-1", spill) };
     let (handle, task) = AuditWriter::start(config, store).await.unwrap();
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for worker in 0..submitters {
-        let handle = handle.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut i = worker;
-            while i < count {
-                handle.submit(event(i)).await.unwrap();
-                i += submitters;
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    while handle.stats().snapshot().written < count {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let elapsed = started.elapsed();
+    let elapsed = load::submit_spread(&handle, count, submitters, event).await.unwrap();
     task.shutdown().await.unwrap();
     elapsed
 }
