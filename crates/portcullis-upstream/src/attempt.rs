@@ -28,7 +28,7 @@ pub(crate) enum AttemptError {
 /// credentials), the model's bearer credential and `body`, and waits for the response head
 /// until the first-byte timeout or `deadline` (the exchange's total deadline), whichever is
 /// sooner. The first-byte clock includes connecting; the connect timeout is enforced below it
-/// by the client's connector.
+/// by the client.
 pub(crate) async fn send(
     route: &Route,
     endpoint: &Endpoint,

@@ -50,8 +50,9 @@ pub enum UpstreamBodyError {
     Upstream(#[source] Box<dyn StdError + Send + Sync>),
 }
 
-/// An error with its sources, `outer: inner: innermost`, because hyper's top-level messages
-/// ("client error (Connect)") say little without the cause ("Connection refused").
+/// An error with its sources, `outer: inner: innermost`, because a top-level message ("connect
+/// failed", "TLS handshake failed") says little without its cause ("Connection refused",
+/// "invalid peer certificate").
 pub(crate) fn describe(error: &(dyn StdError + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
