@@ -17,6 +17,7 @@ use http_body_util::{BodyExt, Limited};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
+use crate::Shutdown;
 use crate::client::{Client, Outgoing};
 use crate::error::describe;
 use crate::pool::Endpoint;
@@ -27,25 +28,6 @@ const MAX_HEALTH_BODY: usize = 64 * 1024;
 
 /// Checks more often than this would only load the model servers.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Stops every health task when dropped.
-#[derive(Debug)]
-pub(crate) struct Shutdown {
-    _sender: watch::Sender<()>,
-    receiver: watch::Receiver<()>,
-}
-
-impl Shutdown {
-    pub(crate) fn new() -> Shutdown {
-        let (sender, receiver) = watch::channel(());
-        Shutdown { _sender: sender, receiver }
-    }
-
-    /// A receiver whose `changed()` fails once the owning `Upstreams` is dropped.
-    pub(crate) fn subscribe(&self) -> watch::Receiver<()> {
-        self.receiver.clone()
-    }
-}
 
 /// Starts one checking task per endpoint of `route` if its checks are enabled. Without a tokio
 /// runtime nothing is started (and the endpoints stay optimistically healthy).

@@ -33,6 +33,7 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use portcullis_config::ModelConfig;
 use portcullis_types::admin::ModelView;
+use tokio::sync::watch;
 
 pub use body::UpstreamBody;
 pub use error::{UpstreamBodyError, UpstreamError};
@@ -46,12 +47,31 @@ pub struct Upstreams {
     routes: Vec<Route>,
     by_name: HashMap<String, usize>,
     /// Dropping this ends every health-check task and the idle-connection sweep.
-    _health: health::Shutdown,
+    _background: Shutdown,
 }
 
 impl fmt::Debug for Upstreams {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Upstreams").field("routes", &self.routes).finish_non_exhaustive()
+    }
+}
+
+/// Stops the background tasks of one [`Upstreams`] (health checks, the idle-connection sweep)
+/// when dropped: each waits on a receiver whose `changed()` then fails.
+#[derive(Debug)]
+struct Shutdown {
+    _sender: watch::Sender<()>,
+    receiver: watch::Receiver<()>,
+}
+
+impl Shutdown {
+    fn new() -> Shutdown {
+        let (sender, receiver) = watch::channel(());
+        Shutdown { _sender: sender, receiver }
+    }
+
+    fn subscribe(&self) -> watch::Receiver<()> {
+        self.receiver.clone()
     }
 }
 
@@ -106,7 +126,7 @@ impl Upstreams {
     /// with a warning and endpoints stay healthy). If two models share a name, the first wins.
     pub fn new(models: &[ModelConfig]) -> Upstreams {
         let epoch = tokio::time::Instant::now();
-        let shutdown = health::Shutdown::new();
+        let shutdown = Shutdown::new();
         let mut routes = Vec::with_capacity(models.len());
         let mut by_name = HashMap::with_capacity(models.len());
         for config in models {
@@ -124,7 +144,7 @@ impl Upstreams {
             .flat_map(|route| route.pool.endpoints().iter().map(|endpoint| Arc::downgrade(endpoint.origin())))
             .collect();
         client::sweep_idle(origins, shutdown.subscribe());
-        Upstreams { routes, by_name, _health: shutdown }
+        Upstreams { routes, by_name, _background: shutdown }
     }
 
     pub fn contains(&self, model: &str) -> bool {
