@@ -31,7 +31,7 @@ impl AuditStore for SqliteStore {
             return Ok(());
         }
         let records = records.to_vec();
-        self.write(move |tx| {
+        self.write_in_background(move |tx| {
             // A record already stored is skipped, and so is one retention already removed (at or
             // below its node's checkpoint): a late replay must not bring deleted history back.
             // Only the (node, seq) clash is ignored; any other failure fails the batch. `OR FAIL`
@@ -41,13 +41,25 @@ impl AuditStore for SqliteStore {
             let mut stmt = tx
                 .prepare_cached(&format!(
                     "INSERT OR FAIL INTO audit_log ({COLUMNS})
-                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19,
-                            ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29
-                     WHERE NOT EXISTS (SELECT 1 FROM audit_checkpoints WHERE node = ?1 AND seq >= ?2)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19,
+                             ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)
                      ON CONFLICT (node, seq) DO NOTHING"
                 ))
                 .map_err(db_err)?;
+            // Checkpoints are read once per node and batch (in the same transaction), not per row.
+            let mut checkpoints: Vec<(&str, Option<u64>)> = Vec::new();
             for record in &records {
+                let checkpoint = match checkpoints.iter().find(|(node, _)| *node == record.node) {
+                    Some((_, seq)) => *seq,
+                    None => {
+                        let seq = select_checkpoint(tx, &record.node)?.map(|checkpoint| checkpoint.seq);
+                        checkpoints.push((&record.node, seq));
+                        seq
+                    }
+                };
+                if checkpoint.is_some_and(|seq| record.seq <= seq) {
+                    continue;
+                }
                 stmt.execute(params![
                     record.node,
                     int(record.seq),

@@ -175,3 +175,42 @@ fn database_bytes(path: &Path) -> std::io::Result<Vec<u8>> {
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|window| window == needle)
 }
+
+/// Audit batches run on a thread of their own under `SCHED_IDLE`, so that they never hold up a
+/// request (see `src/background.rs`).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn audit_batches_run_on_an_idle_priority_thread() {
+    const SCHED_IDLE: &str = "5";
+    let dir = tempfile::tempdir().unwrap();
+    let _store = SqliteStore::open(&dir.path().join("portcullis.db")).unwrap();
+    // Other tests start stores of their own at the same time: give their threads a moment too.
+    let mut policies = Vec::new();
+    for _ in 0..100 {
+        policies = background_thread_policies().unwrap();
+        if policies.iter().all(|policy| policy == SCHED_IDLE) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!policies.is_empty(), "no sqlite background thread found");
+    assert!(policies.iter().all(|policy| policy == SCHED_IDLE), "scheduling policies: {policies:?}");
+}
+
+/// The scheduling policy of each of this process's `sqlite-background` threads.
+#[cfg(target_os = "linux")]
+fn background_thread_policies() -> std::io::Result<Vec<String>> {
+    let mut policies = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let task = task?.path();
+        // A thread may end while we look.
+        let Ok(name) = std::fs::read_to_string(task.join("comm")) else { continue };
+        let Ok(stat) = std::fs::read_to_string(task.join("stat")) else { continue };
+        if name.trim_end() == "sqlite-backgrou" {
+            // Fields after the parenthesised name; `policy` is field 41 of stat(5), the 39th after it.
+            let after_name = stat.rsplit_once(") ").map_or("", |(_, fields)| fields);
+            policies.push(after_name.split(' ').nth(38).unwrap_or("?").to_string());
+        }
+    }
+    Ok(policies)
+}
