@@ -97,11 +97,11 @@ impl Tally<'_> {
 /// Forwards `request` to its model, retrying and falling back as configured.
 pub(crate) async fn forward(
     upstreams: &Upstreams,
-    request: ForwardRequest,
+    mut request: ForwardRequest,
     may_use: &(dyn Fn(&str) -> bool + Sync),
 ) -> Result<UpstreamResponse, UpstreamError> {
     let primary = upstreams.route(&request.model).ok_or(UpstreamError::UnknownModel)?;
-    let outgoing = headers::outbound(&request.headers);
+    let outgoing = headers::outbound(std::mem::take(&mut request.headers));
     let mut tally = Tally::default();
 
     if let Some(response) = try_model(primary, &request, &outgoing, &mut tally).await? {

@@ -13,6 +13,10 @@ pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most header fields read from one response head.
 const MAX_HEADERS: usize = 100;
 
+/// Room for the headers the gateway adds to a response (its request id and six `x-ratelimit-*`),
+/// so adding them does not grow the map again.
+const HEADROOM: usize = 8;
+
 /// A request about to be written.
 #[derive(Debug)]
 pub(crate) struct RequestHead<'a> {
@@ -132,7 +136,7 @@ pub(crate) fn parse_response(buffer: &[u8]) -> Result<Parsed, ClientError> {
         return Ok(Parsed::Interim(length));
     }
     let version = if response.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-    let mut headers = HeaderMap::with_capacity(response.headers.len());
+    let mut headers = HeaderMap::with_capacity(response.headers.len() + HEADROOM);
     for field in response.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| ClientError::InvalidResponse(format!("invalid header name {:?}", field.name)))?;
