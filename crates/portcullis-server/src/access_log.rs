@@ -1,20 +1,23 @@
-//! One log line, one metrics sample and one audit record per request, on both listeners.
+//! Around every request on both listeners: its id, then one log line, one metrics sample and
+//! one audit record. Called by the accept loop around the router (not as router layers: each
+//! layer would box the request's future once more).
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::middleware::Next;
+use axum::Router;
+use axum::extract::{ConnectInfo, Request};
 use axum::response::{IntoResponse, Response};
 
 use http::header;
 use portcullis_audit::AuditEvent;
 use portcullis_store::{AuditDecision, AuditKind};
 use time::OffsetDateTime;
+use tower::ServiceExt;
 
 use crate::audit::DeferredAudit;
 use crate::error::ApiError;
-use crate::request_id::RequestId;
+use crate::request_id::{self, RequestId};
 use crate::state::AppState;
 
 /// What a handler learned that the access log should say: who called, for which model.
@@ -40,15 +43,16 @@ impl AccessInfo {
     }
 }
 
-pub async fn proxy(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    record("proxy", state, request, next).await
+/// Serves `request` with `router` on `listener` (`"proxy"` or `"admin"`): the request gets its
+/// id first, so that every answer, even an error, carries one.
+pub async fn serve(listener: &'static str, state: &AppState, router: Router, mut request: Request) -> Response {
+    let id = request_id::assign(&mut request);
+    let mut response = record(listener, state, router, request).await;
+    response.headers_mut().insert(request_id::HEADER, id);
+    response
 }
 
-pub async fn admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    record("admin", state, request, next).await
-}
-
-async fn record(listener: &'static str, state: AppState, request: Request, next: Next) -> Response {
+async fn record(listener: &'static str, state: &AppState, router: Router, request: Request) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
@@ -60,7 +64,7 @@ async fn record(listener: &'static str, state: AppState, request: Request, next:
     let user_agent = request.headers().get(header::USER_AGENT).and_then(|value| value.to_str().ok()).map(short);
     let in_flight = state.metrics().in_flight(listener);
     in_flight.inc();
-    let response = next.run(request).await;
+    let Ok(response) = router.oneshot(request).await;
     in_flight.dec();
     let elapsed = started.elapsed();
     let status = response.status().as_u16();

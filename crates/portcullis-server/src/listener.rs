@@ -12,7 +12,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use portcullis_config::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
+
+use crate::access_log;
+use crate::state::AppState;
 
 /// Limits on what a client may send before the router sees a request.
 #[derive(Debug, Clone, Copy)]
@@ -32,11 +34,19 @@ impl HeadLimits {
     }
 }
 
+/// What one listener serves: its name in logs, metrics and the audit log, and its routes.
+#[derive(Clone)]
+pub struct Site {
+    pub name: &'static str,
+    pub router: Router,
+    pub state: AppState,
+}
+
 /// Accepts until `stop` is cancelled, then returns the tracker of the connections still open,
 /// for the caller to drain.
 pub async fn accept_until(
     listener: TcpListener,
-    router: Router,
+    site: Site,
     limits: HeadLimits,
     stop: CancellationToken,
 ) -> GracefulShutdown {
@@ -56,14 +66,13 @@ pub async fn accept_until(
             () = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let router = router.clone();
+        let site = site.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
-            let router = router.clone();
+            let site = site.clone();
             async move {
-                Ok::<_, Infallible>(
-                    router.oneshot(request.map(axum::body::Body::new)).await.unwrap_or_else(|never| match never {}),
-                )
+                let request = request.map(axum::body::Body::new);
+                Ok::<_, Infallible>(access_log::serve(site.name, &site.state, site.router, request).await)
             }
         });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();

@@ -1,8 +1,6 @@
 //! `x-request-id` on every response: the client's own when it is sane, else a fresh one.
 
 use axum::extract::Request;
-use axum::middleware::Next;
-use axum::response::Response;
 use http::HeaderValue;
 
 pub const HEADER: &str = "x-request-id";
@@ -18,12 +16,11 @@ impl RequestId {
     }
 }
 
-pub async fn layer(mut request: Request, next: Next) -> Response {
+/// Gives `request` its id (in its extensions) and returns it, for the response.
+pub fn assign(request: &mut Request) -> HeaderValue {
     let id = request.headers().get(HEADER).filter(|value| is_sane(value.as_bytes())).cloned().unwrap_or_else(fresh);
     request.extensions_mut().insert(RequestId(id.clone()));
-    let mut response = next.run(request).await;
-    response.headers_mut().insert(HEADER, id);
-    response
+    id
 }
 
 /// Short, printable and free of anything a log or header parser could trip on.

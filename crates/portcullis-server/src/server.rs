@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::auth::{AdminAuth, MIN_BOOTSTRAP_TOKEN_LEN};
-use crate::listener::{self, HeadLimits};
+use crate::listener::{self, HeadLimits, Site};
 use crate::state::{AppState, Runtime};
 use portcullis_audit::{AuditWriter, Durability, Redactor, WriterConfig, WriterTask};
 use portcullis_config::AuditDurability;
@@ -106,18 +106,10 @@ impl Server {
         let stop = CancellationToken::new();
         let config = self.state.runtime().config.clone();
         let proxy_limits = HeadLimits::from_config(&config.server);
-        let proxy = tokio::spawn(listener::accept_until(
-            self.proxy,
-            proxy::router(self.state.clone()),
-            proxy_limits,
-            stop.clone(),
-        ));
-        let admin = tokio::spawn(listener::accept_until(
-            self.admin,
-            admin::router(self.state.clone()),
-            proxy_limits,
-            stop.clone(),
-        ));
+        let proxy_site = Site { name: "proxy", router: proxy::router(self.state.clone()), state: self.state.clone() };
+        let proxy = tokio::spawn(listener::accept_until(self.proxy, proxy_site, proxy_limits, stop.clone()));
+        let admin_site = Site { name: "admin", router: admin::router(self.state.clone()), state: self.state.clone() };
+        let admin = tokio::spawn(listener::accept_until(self.admin, admin_site, proxy_limits, stop.clone()));
         let flusher = tokio::spawn(housekeeping(self.state.clone(), stop.clone()));
         let follower = tokio::spawn(changes::follow(self.state.clone(), self.change_cursor, stop.clone()));
         RunningServer {

@@ -17,13 +17,14 @@ use axum::routing::{get, post};
 use http::header;
 
 use crate::error::ApiError;
+use crate::health;
 use crate::state::AppState;
-use crate::{access_log, health, request_id};
 
 /// The admin API's OpenAPI 3.1 description; a test checks it lists every route below.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-/// Same layer order as the proxy: request id → access log → route. Every `/admin/v1` handler
+/// The accept loop adds the request id and the access log around it (see [`crate::access_log`]).
+/// Every `/admin/v1` handler
 /// takes an `AdminCaller`, so a request without a valid admin token never reaches one.
 /// `/metrics` and the health routes are unauthenticated (for scrapers and orchestrators):
 /// bind the admin listener to a private address.
@@ -49,8 +50,6 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::ready))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), access_log::admin))
-        .layer(axum::middleware::from_fn(request_id::layer))
         .with_state(state)
 }
 

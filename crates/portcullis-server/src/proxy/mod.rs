@@ -25,20 +25,20 @@ use axum::routing::{get, post};
 use http::HeaderMap;
 use portcullis_auth::Scope;
 
-use crate::access_log::{self, AccessInfo};
+use crate::access_log::AccessInfo;
 use crate::error::ApiError;
+use crate::health;
 use crate::misuse::FailureOutcome;
 use crate::principal::Principal;
 use crate::security::SecurityEvent;
 use crate::state::AppState;
-use crate::{health, request_id};
 
 /// Stands in for the peer address when none was recorded (only in in-process tests).
 const UNKNOWN_PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
 
-/// Layers, outermost first: request id (so every answer, even an error, carries one) →
-/// access log and metrics (sees the final status) → the route. Authentication is the first
-/// step of every `/v1` handler (default deny); the health routes are the only public ones.
+/// The accept loop adds the request id and the access log around it (see [`crate::access_log`]).
+/// Authentication is the first step of every `/v1` handler (default deny); the health routes
+/// are the only public ones.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(inference::chat))
@@ -51,8 +51,6 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::ready))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), access_log::proxy))
-        .layer(axum::middleware::from_fn(request_id::layer))
         .with_state(state)
 }
 
