@@ -64,12 +64,13 @@ async fn record(listener: &'static str, state: &AppState, router: Router, reques
     let user_agent = request.headers().get(header::USER_AGENT).and_then(|value| value.to_str().ok()).map(short);
     let in_flight = state.metrics().in_flight(listener);
     in_flight.inc();
-    let Ok(response) = router.oneshot(request).await;
+    let Ok(mut response) = router.oneshot(request).await;
     in_flight.dec();
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
-    let info = response.extensions().get::<AccessInfo>().cloned().unwrap_or_default();
-    let error = response.extensions().get::<ApiError>().cloned();
+    // Both were left for this layer alone: taken, not cloned.
+    let info = response.extensions_mut().remove::<AccessInfo>().unwrap_or_default();
+    let error = response.extensions_mut().remove::<ApiError>();
     let code = error.as_ref().map(|error| error.kind_and_code().1);
     state.metrics().record(listener, info.model.as_deref().unwrap_or(""), status, elapsed);
     tracing::info!(
