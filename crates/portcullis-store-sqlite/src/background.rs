@@ -1,19 +1,18 @@
-//! A second connection, on a thread of its own at a lower scheduling priority, for bulk writes
-//! nobody waits for: the audit log's batches.
+//! A second connection, on a thread of its own, for bulk writes nobody waits for: the audit
+//! log's batches.
 //!
-//! An audit batch is a burst of CPU (a few hundred inserts into a table and five indexes, then
-//! the commit and now and then a WAL checkpoint). Run at normal priority it competes with the
-//! threads that carry requests, and a request whose next step is woken onto the core it holds
-//! waits until the burst's time slice ends: each batch delayed a request by 0.5–4 ms (p99 at
-//! concurrency 1 went from 0.2 to 0.7–1 ms). So the thread runs under Linux's `SCHED_IDLE`
-//! policy: any other thread that wakes preempts it at once. (`nice 19` was not enough: p99 stayed
-//! at 0.7–1 ms.)
+//! A batch (up to thousands of inserts into a table and five indexes, the commit, now and then a
+//! WAL checkpoint) used to hold the store's one connection for its whole length, so a key lookup
+//! after a cache miss, or an admin read, queued behind it. On a connection of its own it only
+//! shares SQLite's write lock (WAL readers never wait for a writer), and it no longer occupies a
+//! thread of tokio's blocking pool. Both connections write to one WAL database; each waits for
+//! the other's write lock (`busy_timeout`).
 //!
-//! Such a thread only gets the CPU others leave, so on a saturated machine the audit log lags:
-//! the writer's bounded queue then pushes back on the requests that produce the records (which
-//! frees the CPU it needs), and a batch that takes longer than the writer's store timeout is
-//! spilled to disk and replayed later — nothing is lost. While it holds SQLite's write lock, other
-//! writers on the main connection (admin changes, usage roll-ups) wait for it (`busy_timeout`).
+//! The thread runs at normal priority. Under `SCHED_IDLE` a batch never delayed a request
+//! (p99 at concurrency 1 on two shared cores: 0.26–0.37 ms instead of 0.6–1.0 ms), but on a
+//! saturated machine it got almost no CPU: the audit queue filled, backpressure stalled requests
+//! (p99 at 32 connections 5 → 15–19 ms) and memory grew by the queued records. A gateway's audit
+//! log must keep up under load; see docs/benchmarks.md.
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -35,20 +34,15 @@ impl Background {
     /// Starts the thread with `conn`, a connection of its own to the store's database.
     pub(crate) fn start(conn: Connection, path: &Path) -> StoreResult<Background> {
         let (jobs, queue) = mpsc::channel::<Job>();
-        let (started, start) = mpsc::sync_channel(0);
         thread::Builder::new()
             .name("sqlite-background".into())
             .spawn(move || {
-                lower_priority();
-                let _ = started.send(());
                 let mut conn = conn;
                 while let Ok(job) = queue.recv() {
                     job(&mut conn);
                 }
             })
             .map_err(|err| StoreError::Unavailable(format!("cannot start a thread for {}: {err}", path.display())))?;
-        // Returns once the thread runs at its priority.
-        start.recv().map_err(|_| gone())?;
         Ok(Background { jobs })
     }
 
@@ -70,21 +64,4 @@ impl Background {
 
 fn gone() -> StoreError {
     StoreError::Unavailable("the sqlite background thread has stopped".into())
-}
-
-/// Puts this thread under `SCHED_IDLE`. Where that is refused or unsupported, it runs at normal
-/// priority, which costs latency but nothing else.
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
-        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-        if let Err(error) = thread_priority::set_thread_priority_and_policy(
-            thread_priority::thread_native_id(),
-            ThreadPriority::Min,
-            idle,
-        ) {
-            tracing::warn!(?error, "cannot lower the priority of the sqlite background thread");
-        }
-    }
 }
