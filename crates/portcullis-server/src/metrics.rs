@@ -9,9 +9,11 @@ use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use portcullis_audit::AuditStats;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
@@ -66,7 +68,7 @@ struct ListenerLabels {
 }
 
 impl Metrics {
-    pub fn new(runtime: Arc<ArcSwap<Runtime>>, limiter: LimiterBackend) -> Metrics {
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>, limiter: LimiterBackend, audit: Arc<AuditStats>) -> Metrics {
         let mut registry = Registry::with_prefix("portcullis");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("requests", "Requests answered, by listener, model and status", requests.clone());
@@ -97,6 +99,7 @@ impl Metrics {
         );
         registry.register_collector(Box::new(UpstreamCollector { runtime }));
         registry.register_collector(Box::new(LimiterCollector { limiter }));
+        registry.register_collector(Box::new(AuditCollector { stats: audit }));
         Metrics { registry, requests, latency, in_flight, denials, security_events, changes_applied }
     }
 
@@ -145,7 +148,7 @@ impl Collector for UpstreamCollector {
             "upstream_healthy",
             "1 when the endpoint passes health checks and is not ejected",
             None,
-            prometheus_client::metrics::MetricType::Gauge,
+            MetricType::Gauge,
         )?;
         for state in &states {
             let labels = EndpointLabels { model: state.model.clone(), endpoint: state.url.clone() };
@@ -155,7 +158,7 @@ impl Collector for UpstreamCollector {
             "upstream_outstanding",
             "Requests in flight to the endpoint",
             None,
-            prometheus_client::metrics::MetricType::Gauge,
+            MetricType::Gauge,
         )?;
         for state in &states {
             let labels = EndpointLabels { model: state.model.clone(), endpoint: state.url.clone() };
@@ -165,7 +168,7 @@ impl Collector for UpstreamCollector {
             "upstream_queue_length",
             "Requests waiting for a free endpoint slot, by model",
             None,
-            prometheus_client::metrics::MetricType::Gauge,
+            MetricType::Gauge,
         )?;
         for (model, length) in runtime.upstreams.queue_lengths() {
             ConstGauge::new(length as i64).encode(queued.encode_family(&ModelLabels { model })?)?;
@@ -186,16 +189,60 @@ impl Collector for LimiterCollector {
             "limiter_degraded",
             "1 while the shared (Redis) limiter is unreachable and its outage policy decides",
             None,
-            prometheus_client::metrics::MetricType::Gauge,
+            MetricType::Gauge,
         )?;
         ConstGauge::new(i64::from(self.limiter.health().is_degraded())).encode(degraded)?;
         let fallbacks = encoder.encode_descriptor(
             "limiter_fallbacks",
             "Admissions decided by the outage policy instead of the shared limiter",
             None,
-            prometheus_client::metrics::MetricType::Counter,
+            MetricType::Counter,
         )?;
-        prometheus_client::metrics::counter::ConstCounter::new(self.limiter.fallbacks()).encode(fallbacks)?;
+        ConstCounter::new(self.limiter.fallbacks()).encode(fallbacks)?;
+        Ok(())
+    }
+}
+
+/// The audit writer's counters, read at scrape time: whether the log keeps up (queue depth,
+/// backpressure waits) and whether anything went to the spill file or was lost.
+#[derive(Debug)]
+struct AuditCollector {
+    stats: Arc<AuditStats>,
+}
+
+impl Collector for AuditCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.stats.snapshot();
+        let counters = [
+            ("audit_records_submitted", "Audit events handed to the writer", stats.submitted),
+            (
+                "audit_records_written",
+                "Audit records made durable: committed to the store or appended to the spill file",
+                stats.written,
+            ),
+            ("audit_batches", "Group commits of audit records to the store", stats.batches),
+            ("audit_records_spilled", "Audit records appended to the spill file instead of the store", stats.spilled),
+            ("audit_records_replayed", "Spilled audit records later committed to the store", stats.replayed),
+            ("audit_backpressure_waits", "Submissions that found the audit queue full and waited", stats.overflowed),
+            ("audit_records_dropped", "Audit events refused because the writer had stopped", stats.dropped),
+            ("audit_store_failures", "Failed or timed-out audit store calls", stats.store_failures),
+            ("audit_sink_errors", "Failed writes to the audit file or stdout sink", stats.sink_errors),
+        ];
+        for (name, help, value) in counters {
+            ConstCounter::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;
+        }
+        let gauges = [
+            ("audit_queue_depth", "Audit events queued, not yet taken by the writer", stats.queue_depth),
+            (
+                "audit_records_unwritten",
+                "Sealed audit records that neither the store nor the spill file has taken yet",
+                stats.unwritten,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let value = i64::try_from(value).unwrap_or(i64::MAX);
+            ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
+        }
         Ok(())
     }
 }

@@ -83,7 +83,7 @@ impl AppState {
         let misuse = Misuse::new(&config.security);
         let max_age = config.store.cache_max_age.0;
         let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(config)));
-        let metrics = Metrics::new(runtime.clone(), limiter.clone());
+        let metrics = Metrics::new(runtime.clone(), limiter.clone(), auditor.stats().clone());
         let keys = KeyCache::new(stores.keys.clone(), max_age);
         let teams = TeamCache::new(stores.teams.clone(), max_age);
         AppState {

@@ -405,6 +405,21 @@ async fn metrics_and_health_are_served_on_the_admin_listener() {
     let in_flight = sample(&metrics, "portcullis_in_flight_requests", &[("listener", "proxy")]);
     assert_eq!(in_flight, Some(0.0), "nothing in flight on the proxy\n{metrics}");
 
+    // The audit writer: four proxy requests and two admin key creations went in; nothing went
+    // to the spill file or was lost, and (async durability) every record is written soon after.
+    let submitted = sample(&metrics, "portcullis_audit_records_submitted_total", &[]);
+    assert!(submitted.is_some_and(|count| count >= 6.0), "audit records submitted: {submitted:?}\n{metrics}");
+    for name in ["portcullis_audit_records_spilled_total", "portcullis_audit_records_dropped_total"] {
+        assert_eq!(sample(&metrics, name, &[]), Some(0.0), "{name}\n{metrics}");
+    }
+    let admin_url = gateway.admin_url();
+    let all_written = eventually(Duration::from_secs(2), || async {
+        let now = send(http().get(format!("{admin_url}/metrics"))).await.text;
+        sample(&now, "portcullis_audit_records_written_total", &[]) >= submitted
+    })
+    .await;
+    assert!(all_written, "not every submitted audit record ({submitted:?}) was written within 2 s");
+
     // The request counter counts: another success shows up in the next scrape.
     chat(&gateway, Some(&key), "a").await.assert_ok();
     let again = send(http().get(format!("{}/metrics", gateway.admin_url()))).await.text;
