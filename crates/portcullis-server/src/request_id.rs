@@ -30,12 +30,13 @@ fn is_sane(value: &[u8]) -> bool {
 }
 
 fn fresh() -> HeaderValue {
+    const PREFIX: &[u8] = b"req_";
     // Formatted on the stack: this runs for nearly every request.
     let mut ulid = [0u8; ulid::ULID_LEN];
     let ulid = ulid::Ulid::new().array_to_str(&mut ulid);
-    let mut id = [0u8; 4 + ulid::ULID_LEN];
-    id[..4].copy_from_slice(b"req_");
-    id[4..].copy_from_slice(ulid.as_bytes());
+    let mut id = [0u8; PREFIX.len() + ulid::ULID_LEN];
+    id[..PREFIX.len()].copy_from_slice(PREFIX);
+    id[PREFIX.len()..].copy_from_slice(ulid.as_bytes());
     // A ULID is 26 base32 characters: always a valid header value.
     HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("req_unknown"))
 }

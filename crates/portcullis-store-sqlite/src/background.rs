@@ -9,7 +9,7 @@
 //! the other's write lock (`busy_timeout`).
 //!
 //! The thread runs at normal priority. Under `SCHED_IDLE` a batch never delayed a request
-//! (p99 at concurrency 1 on two shared cores: 0.26–0.37 ms instead of 0.6–1.0 ms), but on a
+//! (p99 at concurrency 1 on two shared cores: 0.26–0.45 ms instead of 0.6–1.2 ms), but on a
 //! saturated machine it got almost no CPU: the audit queue filled, backpressure stalled requests
 //! (p99 at 32 connections 5 → 15–19 ms) and memory grew by the queued records. A gateway's audit
 //! log must keep up under load; see docs/benchmarks.md.

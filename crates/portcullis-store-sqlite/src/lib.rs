@@ -2,8 +2,8 @@
 //!
 //! One connection behind a mutex: SQLite allows one writer at a time anyway, and the gateway's
 //! hot path reads through caches. Every call runs on tokio's blocking pool so a slow disk never
-//! stalls an async worker. A database file also gets a second connection, on a low-priority
-//! thread of its own, for the audit log's batches (see [`background`]).
+//! stalls an async worker. A database file also gets a second connection, on a thread of its
+//! own, for the audit log's batches (see [`background`]).
 //!
 //! Admin mutations append to the `changes` table in their own transaction (see [`ChangeLog`]);
 //! SQLite cannot notify other processes, so [`ChangeLog::change_notifications`] only wakes on

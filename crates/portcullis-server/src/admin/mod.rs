@@ -24,8 +24,8 @@ use crate::state::AppState;
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// The accept loop adds the request id and the access log around it (see [`crate::access_log`]).
-/// Every `/admin/v1` handler
-/// takes an `AdminCaller`, so a request without a valid admin token never reaches one.
+/// Every `/admin/v1` handler takes an `AdminCaller`, so a request without a valid admin token
+/// never reaches one.
 /// `/metrics` and the health routes are unauthenticated (for scrapers and orchestrators):
 /// bind the admin listener to a private address.
 pub fn router(state: AppState) -> Router {
