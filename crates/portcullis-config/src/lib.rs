@@ -11,6 +11,7 @@ use std::path::Path;
 pub use duration::{ConfigDuration, DurationError, parse_duration};
 pub use env::EnvError;
 pub use model::*;
+pub use validate::MAX_HEADERS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -44,12 +44,47 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Most header fields in one request.
     pub max_headers: usize,
-    /// A client must send its complete request head within this time.
+    /// A client must send its complete request head within this time: from accept for the
+    /// first request of a connection (whatever its protocol), from its first byte for later ones.
     pub header_read_timeout: ConfigDuration,
+    /// A connection with no request in flight is closed after this long: HTTP/1 keep-alive
+    /// between requests, HTTP/2 with no open stream.
+    pub idle_timeout: ConfigDuration,
+    /// Longest silence while a request body is read, and the grace before `min_body_rate`
+    /// applies; a body too slow for either gets 408 `request_timeout`.
+    pub body_read_timeout: ConfigDuration,
+    /// Bytes per second a request body must average once `body_read_timeout` has passed
+    /// (0 = no minimum rate).
+    pub min_body_rate: u64,
+    /// Open connections on this listener; more are shed with a 503 and closed.
+    pub max_connections: usize,
+    /// Open connections from one client address (peers in `trusted_proxies` are exempt);
+    /// 0 = no per-address cap.
+    pub max_connections_per_client: usize,
+    /// HTTP/2: how often an idle connection is pinged; a ping unanswered for as long closes it.
+    pub http2_keepalive_interval: ConfigDuration,
+    /// HTTP/2: streams one connection may have open at once.
+    pub http2_max_concurrent_streams: u32,
+    /// Deepest nesting of arrays and objects accepted in a request body.
+    pub max_json_depth: usize,
     /// On SIGTERM, in-flight requests (streams included) get this long to finish.
     pub shutdown_timeout: ConfigDuration,
-    /// Peers whose `X-Forwarded-For` is believed when finding the client address.
+    /// Peers whose forwarded-for header is believed when finding the client address.
     pub trusted_proxies: Vec<IpNet>,
+    /// Which header a trusted proxy names the client in.
+    pub forwarded_header: ForwardedHeader,
+}
+
+/// The header that carries the client address through trusted proxies. Only the configured one
+/// is read: a client could send the other one itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2`
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1`
+    #[serde(rename = "forwarded")]
+    Forwarded,
 }
 
 impl Default for ServerConfig {
@@ -60,8 +95,17 @@ impl Default for ServerConfig {
             max_header_bytes: 16 * 1024,
             max_headers: 64,
             header_read_timeout: ConfigDuration(Duration::from_secs(10)),
+            idle_timeout: ConfigDuration(Duration::from_secs(60)),
+            body_read_timeout: ConfigDuration(Duration::from_secs(10)),
+            min_body_rate: 32 * 1024,
+            max_connections: 10_000,
+            max_connections_per_client: 256,
+            http2_keepalive_interval: ConfigDuration(Duration::from_secs(20)),
+            http2_max_concurrent_streams: 128,
+            max_json_depth: 64,
             shutdown_timeout: ConfigDuration(Duration::from_secs(30)),
             trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::XForwardedFor,
         }
     }
 }
@@ -70,11 +114,16 @@ impl Default for ServerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// Open connections on the admin listener, counted apart from the proxy's so that a flood
+    /// of clients never locks operators out.
+    pub max_connections: usize,
+    /// Open admin connections from one address; 0 = no per-address cap.
+    pub max_connections_per_client: usize,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8081)) }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8081)), max_connections: 256, max_connections_per_client: 64 }
     }
 }
 
@@ -297,6 +346,14 @@ pub struct ModelConfig {
     /// Models tried, in order, when this one's whole pool fails.
     #[serde(default)]
     pub fallbacks: Vec<String>,
+    /// The completion-cap field this model's server reads, written into every request that
+    /// names none (`"max_tokens"`; `"max_completion_tokens"` for servers that refuse the other).
+    #[serde(default = "defaults::max_tokens_field")]
+    pub max_tokens_field: String,
+    /// Request fields that steer a server or proxy (`api_base`, `api_key`, `extra_headers`, …)
+    /// this model's upstream may receive; every other such field is removed from the body.
+    #[serde(default)]
+    pub passthrough_fields: Vec<String>,
 }
 
 impl ModelConfig {
@@ -361,7 +418,8 @@ impl Default for HealthCheckConfig {
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EjectionConfig {
-    /// Consecutive failures (connection errors, timeouts, 5xx) that take an endpoint out.
+    /// Consecutive failures (connection errors, timeouts, 502/503/504) that take an endpoint
+    /// out. Other answers, 4xx and 500 included, are about the request, not the endpoint.
     pub consecutive_failures: u32,
     /// How long an ejected endpoint stays out before it gets traffic again.
     pub duration: ConfigDuration,
@@ -401,5 +459,9 @@ mod defaults {
 
     pub fn retries() -> u32 {
         1
+    }
+
+    pub fn max_tokens_field() -> String {
+        "max_tokens".into()
     }
 }

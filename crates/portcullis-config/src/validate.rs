@@ -4,6 +4,13 @@ use std::collections::HashSet;
 
 use crate::{Config, ConfigError, LimiterBackend, ModelConfig, TierConfig};
 
+/// The most header fields `server.max_headers` may allow (the head parser's stack array).
+pub const MAX_HEADERS: usize = 256;
+
+/// Model servers parse request bodies recursively: deeper nesting than this is a stack bomb for
+/// them whatever the setting says.
+const MAX_JSON_DEPTH: usize = 512;
+
 pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.server.max_body_bytes == 0 {
         return invalid("server.max_body_bytes", "must be greater than 0");
@@ -12,8 +19,31 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.server.max_header_bytes < 8192 {
         return invalid("server.max_header_bytes", "must be at least 8192");
     }
-    if config.server.max_headers == 0 {
-        return invalid("server.max_headers", "must be greater than 0");
+    if !(1..=MAX_HEADERS).contains(&config.server.max_headers) {
+        return invalid("server.max_headers", &format!("must be 1-{MAX_HEADERS}"));
+    }
+    let server = &config.server;
+    for (path, duration) in [
+        ("server.header_read_timeout", server.header_read_timeout),
+        ("server.idle_timeout", server.idle_timeout),
+        ("server.body_read_timeout", server.body_read_timeout),
+        ("server.http2_keepalive_interval", server.http2_keepalive_interval),
+    ] {
+        if duration.0.is_zero() {
+            return invalid(path, "must be greater than 0");
+        }
+    }
+    if server.max_connections == 0 {
+        return invalid("server.max_connections", "must be greater than 0");
+    }
+    if config.admin.max_connections == 0 {
+        return invalid("admin.max_connections", "must be greater than 0");
+    }
+    if server.http2_max_concurrent_streams == 0 {
+        return invalid("server.http2_max_concurrent_streams", "must be greater than 0");
+    }
+    if !(1..=MAX_JSON_DEPTH).contains(&server.max_json_depth) {
+        return invalid("server.max_json_depth", &format!("must be 1-{MAX_JSON_DEPTH}"));
     }
     // Port 0 asks the OS for a free port, so two of those never collide.
     if config.server.listen == config.admin.listen && config.server.listen.port() != 0 {
@@ -119,6 +149,13 @@ fn validate_model(index: usize, model: &ModelConfig, config: &Config) -> Result<
         if !endpoint.username().is_empty() || endpoint.password().is_some() {
             return invalid(&field, "must not carry credentials; use api_key");
         }
+    }
+    if !portcullis_types::openai::COMPLETION_CAP_FIELDS.contains(&model.max_tokens_field.as_str()) {
+        let known = portcullis_types::openai::COMPLETION_CAP_FIELDS.join(", ");
+        return invalid(&path("max_tokens_field"), &format!("must be one of {known}"));
+    }
+    if model.passthrough_fields.iter().any(|field| field.is_empty()) {
+        return invalid(&path("passthrough_fields"), "must not contain an empty name");
     }
     if model.max_concurrent == Some(0) {
         return invalid(&path("max_concurrent"), "must be at least 1 (omit it for no limit)");

@@ -1,142 +1,165 @@
-//! Around every request on both listeners: its id, then one log line, one metrics sample and
-//! one audit record. Called by the accept loop around the router (not as router layers: each
-//! layer would box the request's future once more).
+//! Around every request on both listeners: its id, the checks on its head that hyper leaves to
+//! us, a catch for panics, and its [`Exchange`] — which yields one log line, one metrics sample
+//! and one audit record however the request ends. Called by the accept loop around the router
+//! (not as router layers: each layer would box the request's future once more).
 
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request};
 use axum::response::{IntoResponse, Response};
-
-use http::header;
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::{HeaderMap, Version, header};
 use portcullis_audit::AuditEvent;
 use portcullis_store::{AuditDecision, AuditKind};
 use time::OffsetDateTime;
 use tower::ServiceExt;
 
-use crate::audit::DeferredAudit;
+use crate::client_addr;
 use crate::error::ApiError;
+use crate::exchange::{AuditAtBodyEnd, Exchange, RequestMeta};
 use crate::request_id::{self, RequestId};
 use crate::state::AppState;
 
-/// What a handler learned that the access log should say: who called, for which model.
-/// Handlers put it in the response's extensions.
-#[derive(Debug, Clone, Default)]
-pub struct AccessInfo {
-    pub principal: Option<String>,
-    pub team: Option<String>,
-    pub model: Option<String>,
-    pub upstream: Option<String>,
-    pub stream: bool,
-}
-
-impl AccessInfo {
-    /// The handler's result as a response that carries this record.
-    pub fn respond<T: IntoResponse>(self, result: Result<T, ApiError>) -> Response {
-        let mut response = match result {
-            Ok(body) => body.into_response(),
-            Err(error) => error.into_response(),
-        };
-        response.extensions_mut().insert(self);
-        response
-    }
-}
-
 /// Serves `request` with `router` on `listener` (`"proxy"` or `"admin"`): the request gets its
 /// id first, so that every answer, even an error, carries one.
+///
+/// Admin requests run to the end even when their client leaves (a change must not be cut off
+/// between the store and its audit record); proxy requests are dropped with their client, which
+/// also stops the model server's work, and their exchange records them as abandoned.
 pub async fn serve(listener: &'static str, state: &AppState, router: Router, mut request: Request) -> Response {
     let id = request_id::assign(&mut request);
-    let mut response = record(listener, state, router, request).await;
+    let mut response = if listener == "proxy" {
+        record(listener, state.clone(), router, request).await
+    } else {
+        let detached = tokio::spawn(record(listener, state.clone(), router, request));
+        detached.await.unwrap_or_else(|_| ApiError::Internal.into_response())
+    };
     response.headers_mut().insert(request_id::HEADER, id);
     response
 }
 
-async fn record(listener: &'static str, state: &AppState, router: Router, request: Request) -> Response {
+async fn record(listener: &'static str, state: AppState, router: Router, mut request: Request) -> Response {
     let started = Instant::now();
-    let method = request.method().clone();
-    let path = request.uri().path().to_string();
-    let request_id = request.extensions().get::<RequestId>().cloned();
-    let client_ip = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|peer| crate::proxy::client_ip(peer.0, request.headers(), &state.runtime().config.server.trusted_proxies));
-    let user_agent = request.headers().get(header::USER_AGENT).and_then(|value| value.to_str().ok()).map(short);
-    let in_flight = state.metrics().in_flight(listener);
-    in_flight.inc();
-    let Ok(mut response) = router.oneshot(request).await;
-    in_flight.dec();
-    let elapsed = started.elapsed();
-    let status = response.status().as_u16();
-    // Both were left for this layer alone: taken, not cloned.
-    let info = response.extensions_mut().remove::<AccessInfo>().unwrap_or_default();
+    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|peer| peer.0);
+    let client = peer.map(|peer| {
+        let runtime = state.runtime();
+        let server = &runtime.config.server;
+        client_addr::resolve(peer, request.headers(), &server.trusted_proxies, server.forwarded_header)
+    });
+    let meta = RequestMeta {
+        method: request.method().clone(),
+        path: request.uri().path().to_string(),
+        request_id: request.extensions().get::<RequestId>().cloned(),
+        client_ip: match (&client, peer) {
+            (Some(Ok(ip)), _) => Some(*ip),
+            (_, peer) => peer.map(|peer| peer.ip()),
+        },
+        user_agent: request.headers().get(header::USER_AGENT).and_then(|value| value.to_str().ok()).map(short),
+    };
+    let exchange = Exchange::new(listener, state.clone(), meta, started);
+    request.extensions_mut().insert(exchange.clone());
+    if let Some(Ok(ip)) = client {
+        request.extensions_mut().insert(client_addr::ClientIp(ip));
+    }
+    let in_flight = InFlight::start(&state, listener);
+    let checked = match client {
+        Some(Err(unparsable)) => Err(ApiError::MalformedRequest { message: unparsable.to_string() }),
+        _ => check_head(&state, request.version(), request.headers()),
+    };
+    let mut response = match checked {
+        Err(error) => error.into_response(),
+        Ok(()) => match AssertUnwindSafe(router.oneshot(request)).catch_unwind().await {
+            Ok(Ok(response)) => response,
+            Err(_) => {
+                state.metrics().panicked(listener);
+                tracing::error!(listener, request_id = ?exchange.meta().request_id, "a handler panicked");
+                ApiError::Internal.into_response()
+            }
+        },
+    };
+    drop(in_flight);
     let error = response.extensions_mut().remove::<ApiError>();
-    let code = error.as_ref().map(|error| error.kind_and_code().1);
-    state.metrics().record(listener, info.model.as_deref().unwrap_or(""), status, elapsed);
-    tracing::info!(
-        target: "portcullis::access",
-        listener,
-        %method,
-        path,
-        status,
-        latency_ms = elapsed.as_secs_f64() * 1000.0,
-        request_id = request_id.as_ref().map(RequestId::as_str),
-        principal = info.principal,
-        team = info.team,
-        model = info.model,
-        upstream = info.upstream,
-        error = code,
-    );
-    if !is_audited(listener, &path, status) {
-        return response;
-    }
-    let (decision, reason) = decision(status, error.as_ref(), info.upstream.is_some());
-    let mut event = AuditEvent::new(OffsetDateTime::now_utc(), kind_of(listener), decision, status);
-    event.request_id = request_id.map(|id| id.as_str().to_string());
-    event.key_id = info.principal;
-    event.team = info.team;
-    event.client_ip = client_ip.map(|ip| ip.to_string());
-    event.method = Some(method.to_string());
-    event.path = Some(path);
-    event.model = info.model;
-    event.upstream = info.upstream;
-    event.reason = reason;
-    event.stream = info.stream;
-    event.latency_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-    event.user_agent = user_agent;
-    match response.extensions().get::<DeferredAudit>() {
-        // The body is still to come: its settlement completes and submits this record.
-        Some(deferred) => deferred.park(event, started),
-        None => state.auditor().record(event).await,
-    }
+    let body_pending = response.extensions_mut().remove::<AuditAtBodyEnd>().is_some();
+    exchange.answered(response.status().as_u16(), error.as_ref(), body_pending).await;
     response
 }
 
-/// Every proxy request but health probes; on the admin listener only refusals (successful
-/// changes are recorded by their handlers, with what they changed; reads are not recorded).
-fn is_audited(listener: &str, path: &str, status: u16) -> bool {
-    if matches!(path, "/healthz" | "/readyz" | "/metrics") {
-        return false;
+/// What hyper lets through but a request must not carry: more header fields than allowed (an
+/// HTTP/2 head; HTTP/1 heads were counted by the gate), a second `Host`, `Authorization` or
+/// `x-api-key` (which one would count?), or no `Host` in HTTP/1.1.
+fn check_head(state: &AppState, version: Version, headers: &HeaderMap) -> Result<(), ApiError> {
+    if headers.len() > state.runtime().config.server.max_headers {
+        return Err(ApiError::HeaderTooLarge);
     }
-    listener == "proxy" || status >= 400
-}
-
-fn kind_of(listener: &str) -> AuditKind {
-    if listener == "proxy" { AuditKind::Request } else { AuditKind::Admin }
-}
-
-/// Allowed; refused by the gateway (with its error code); or allowed but failed upstream.
-fn decision(status: u16, error: Option<&ApiError>, reached_upstream: bool) -> (AuditDecision, Option<String>) {
-    match error {
-        Some(error) => {
-            let (kind, code) = error.kind_and_code();
-            let decision = if kind == "upstream_error" { AuditDecision::Error } else { AuditDecision::Deny };
-            (decision, Some(code.to_string()))
+    for name in [header::HOST, header::AUTHORIZATION, http::HeaderName::from_static("x-api-key")] {
+        if headers.get_all(&name).iter().nth(1).is_some() {
+            return Err(ApiError::MalformedRequest { message: format!("the {name} header appears more than once") });
         }
-        None if status >= 400 && reached_upstream => (AuditDecision::Error, Some("upstream_status".into())),
-        None if status >= 400 => (AuditDecision::Deny, None),
-        None => (AuditDecision::Allow, None),
     }
+    if version == Version::HTTP_11 && !headers.contains_key(header::HOST) {
+        return Err(ApiError::MalformedRequest { message: "an HTTP/1.1 request needs a Host header".into() });
+    }
+    Ok(())
+}
+
+/// The in-flight gauge, counted down however the request ends.
+struct InFlight(prometheus_client::metrics::gauge::Gauge<i64, std::sync::atomic::AtomicI64>);
+
+impl InFlight {
+    fn start(state: &AppState, listener: &'static str) -> InFlight {
+        let gauge = state.metrics().in_flight(listener);
+        gauge.inc();
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The answer to a request head refused before hyper parsed it (too large, malformed, badly
+/// framed), as raw HTTP/1.1: it is logged, counted and audited like any refusal, with a fresh
+/// request id and the peer's address (nothing in such a head can be believed).
+pub fn refuse_head(listener: &'static str, state: &AppState, peer: SocketAddr, error: ApiError) -> Bytes {
+    let status = error.status_code();
+    let request_id = request_id::fresh();
+    let (_, code) = error.kind_and_code();
+    state.metrics().record(listener, "", status.as_u16(), std::time::Duration::ZERO);
+    tracing::info!(
+        target: "portcullis::access",
+        listener,
+        status = status.as_u16(),
+        request_id = request_id.to_str().unwrap_or_default(),
+        client = %peer.ip(),
+        error = code,
+        "request head refused",
+    );
+    let mut event =
+        AuditEvent::new(OffsetDateTime::now_utc(), AuditKind::Request, AuditDecision::Deny, status.as_u16());
+    if listener != "proxy" {
+        event.kind = AuditKind::Admin;
+    }
+    event.request_id = request_id.to_str().ok().map(str::to_string);
+    event.client_ip = Some(peer.ip().to_string());
+    event.reason = Some(code.to_string());
+    drop(state.auditor().record_detached(event));
+    let body = serde_json::to_vec(&error.body()).unwrap_or_default();
+    let mut answer = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {}\r\nconnection: close\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len(),
+        request_id.to_str().unwrap_or_default(),
+    )
+    .into_bytes();
+    answer.extend_from_slice(&body);
+    Bytes::from(answer)
 }
 
 /// Client-supplied text kept to a sane length.

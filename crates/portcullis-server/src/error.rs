@@ -14,9 +14,23 @@ pub enum ApiError {
         message: String,
         param: Option<&'static str>,
     },
+    /// A fault in a body member the client named (its depth, its encoding, its type).
+    InvalidField {
+        message: String,
+        param: String,
+    },
     RequestTooLarge {
         limit: usize,
     },
+    /// The request head is over `server.max_header_bytes` or `server.max_headers`.
+    HeaderTooLarge,
+    /// A request head or body that is not well-formed HTTP (a bad header line, ambiguous
+    /// framing, a broken chunked body).
+    MalformedRequest {
+        message: String,
+    },
+    /// The client sent its body too slowly (`server.body_read_timeout`, `server.min_body_rate`).
+    RequestTimeout,
     /// No credential, a malformed one, or one we do not know: all look the same to the caller.
     InvalidApiKey,
     /// Admin API: no admin token, or one that is unknown, malformed or revoked.
@@ -99,11 +113,16 @@ impl ApiError {
 
     pub fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest { .. } | ApiError::RequestExceedsLimit { .. } => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest { .. } | ApiError::InvalidField { .. } | ApiError::RequestExceedsLimit { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::RateLimited { .. } | ApiError::InsufficientQuota { .. } | ApiError::ClientBlocked { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
             ApiError::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::MalformedRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::InvalidApiKey
             | ApiError::InvalidAdminToken
             | ApiError::ExpiredApiKey
@@ -129,12 +148,15 @@ impl ApiError {
     /// The OpenAI `type` and `code` fields.
     pub fn kind_and_code(&self) -> (&'static str, &'static str) {
         match self {
-            ApiError::BadRequest { .. } => ("invalid_request_error", "invalid_request"),
+            ApiError::BadRequest { .. } | ApiError::InvalidField { .. } => ("invalid_request_error", "invalid_request"),
             ApiError::RequestExceedsLimit { .. } => ("invalid_request_error", "request_exceeds_limit"),
             ApiError::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
             ApiError::ClientBlocked { .. } => ("rate_limit_error", "client_blocked"),
             ApiError::InsufficientQuota { .. } => ("rate_limit_error", "insufficient_quota"),
             ApiError::RequestTooLarge { .. } => ("invalid_request_error", "request_too_large"),
+            ApiError::HeaderTooLarge => ("invalid_request_error", "request_header_too_large"),
+            ApiError::MalformedRequest { .. } => ("invalid_request_error", "malformed_request"),
+            ApiError::RequestTimeout => ("invalid_request_error", "request_timeout"),
             ApiError::InvalidApiKey => ("authentication_error", "invalid_api_key"),
             ApiError::InvalidAdminToken => ("authentication_error", "invalid_token"),
             ApiError::ExpiredApiKey => ("authentication_error", "expired_api_key"),
@@ -160,6 +182,7 @@ impl ApiError {
     pub fn message(&self) -> String {
         match self {
             ApiError::BadRequest { message, .. }
+            | ApiError::InvalidField { message, .. }
             | ApiError::RequestExceedsLimit { message, .. }
             | ApiError::RateLimited { message, .. }
             | ApiError::InsufficientQuota { message, .. } => message.clone(),
@@ -167,6 +190,9 @@ impl ApiError {
                 format!("Too many failed authentications from this address; retry after {retry_after_secs}s.")
             }
             ApiError::RequestTooLarge { limit } => format!("Request body is larger than the {limit}-byte limit."),
+            ApiError::HeaderTooLarge => "The request head has too many or too large header fields.".into(),
+            ApiError::MalformedRequest { message } => format!("Malformed request: {message}."),
+            ApiError::RequestTimeout => "The request body arrived too slowly.".into(),
             ApiError::InvalidApiKey => {
                 "Missing or invalid API key. Send it as 'Authorization: Bearer <key>' or 'x-api-key'.".into()
             }
@@ -193,9 +219,10 @@ impl ApiError {
         }
     }
 
-    fn param(&self) -> Option<&'static str> {
+    fn param(&self) -> Option<&str> {
         match self {
             ApiError::BadRequest { param, .. } => *param,
+            ApiError::InvalidField { param, .. } => Some(param),
             ApiError::RequestExceedsLimit { param, .. } => Some(param),
             ApiError::ModelNotAllowed { .. } | ApiError::ModelNotFound { .. } => Some("model"),
             _ => None,

@@ -13,8 +13,11 @@ use portcullis_types::admin::LimitOverrides;
 use crate::error::ApiError;
 use crate::principal::Principal;
 
+/// Limits by the scope they apply to.
+pub type ScopedLimits = Vec<(Scope, Limits)>;
+
 /// Key, team and global limits for one caller; scopes without any limit are left out.
-pub fn scopes_for(config: &Config, principal: &Principal, team: Option<&TeamRecord>) -> Vec<(Scope, Limits)> {
+pub fn scopes_for(config: &Config, principal: &Principal, team: Option<&TeamRecord>) -> ScopedLimits {
     let mut scopes = Vec::with_capacity(3);
     let key = resolve(config, Some(&principal.tier), &principal.limits);
     push(&mut scopes, Scope::Key(Arc::from(principal.id.as_str())), key);
@@ -26,7 +29,28 @@ pub fn scopes_for(config: &Config, principal: &Principal, team: Option<&TeamReco
     scopes
 }
 
-fn push(scopes: &mut Vec<(Scope, Limits)>, scope: Scope, limits: Limits) {
+/// `scopes` split in two: the request rate and concurrency, taken before a request's body is
+/// read (so that a client cannot hold more bodies open than it may run requests), and the token
+/// and money limits, reserved once the body says how much it may use. Scopes left without a
+/// limit are dropped from either side.
+pub fn split(scopes: ScopedLimits) -> (ScopedLimits, ScopedLimits) {
+    let mut requests = Vec::with_capacity(scopes.len());
+    let mut tokens = Vec::with_capacity(scopes.len());
+    for (scope, limits) in scopes {
+        let rate = Limits {
+            requests_per_minute: limits.requests_per_minute,
+            burst: limits.burst,
+            max_concurrent: limits.max_concurrent,
+            ..Limits::default()
+        };
+        let amounts = Limits { requests_per_minute: None, burst: None, max_concurrent: None, ..limits };
+        push(&mut requests, scope.clone(), rate);
+        push(&mut tokens, scope, amounts);
+    }
+    (requests, tokens)
+}
+
+fn push(scopes: &mut ScopedLimits, scope: Scope, limits: Limits) {
     if limits != Limits::default() {
         scopes.push((scope, limits));
     }
@@ -179,6 +203,33 @@ pub async fn seed_from_usage(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_puts_rate_and_concurrency_before_the_body_and_amounts_after() {
+        let key = Scope::Key(Arc::from("k"));
+        let all = Limits {
+            requests_per_minute: Some(10),
+            burst: Some(2),
+            max_concurrent: Some(3),
+            tokens_per_minute: Some(100),
+            tokens_per_day: Some(1000),
+            budget_per_month: Some(Money::from_units(1.0)),
+            ..Limits::default()
+        };
+        let only_tokens = Limits { tokens_per_day: Some(5), ..Limits::default() };
+        let (requests, tokens) = split(vec![(key.clone(), all), (Scope::Global, only_tokens.clone())]);
+        assert_eq!(
+            requests,
+            vec![(
+                key.clone(),
+                Limits { requests_per_minute: Some(10), burst: Some(2), max_concurrent: Some(3), ..Limits::default() }
+            )]
+        );
+        assert_eq!(tokens.len(), 2);
+        assert_eq!(tokens[0].1.tokens_per_minute, Some(100));
+        assert_eq!((tokens[0].1.requests_per_minute, tokens[0].1.max_concurrent), (None, None));
+        assert_eq!(tokens[1], (Scope::Global, only_tokens));
+    }
 
     #[test]
     fn reset_text_matches_openai_style() {

@@ -49,6 +49,14 @@ pub struct Metrics {
     denials: Family<DenialLabels, Counter>,
     security_events: Family<EventLabels, Counter>,
     changes_applied: Counter,
+    connections: Family<ConnectionLabels, Counter>,
+    panics: Family<ListenerLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ConnectionLabels {
+    listener: &'static str,
+    event: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -97,10 +105,29 @@ impl Metrics {
             "Key and team changes read from the change log and applied to this replica's caches",
             changes_applied.clone(),
         );
+        let connections = Family::default();
+        registry.register(
+            "connections",
+            "Connection events by listener: accepted, closed, shed (listener_full, client_full), \
+             closed for want of a request head (head_timeout) or for idling (idle_timeout)",
+            connections.clone(),
+        );
+        let panics = Family::default();
+        registry.register("handler_panics", "Requests whose handler panicked (answered 500)", panics.clone());
         registry.register_collector(Box::new(UpstreamCollector { runtime }));
         registry.register_collector(Box::new(LimiterCollector { limiter }));
         registry.register_collector(Box::new(AuditCollector { stats: audit }));
-        Metrics { registry, requests, latency, in_flight, denials, security_events, changes_applied }
+        Metrics {
+            registry,
+            requests,
+            latency,
+            in_flight,
+            denials,
+            security_events,
+            changes_applied,
+            connections,
+            panics,
+        }
     }
 
     pub fn record(&self, listener: &'static str, model: &str, status: u16, elapsed: Duration) {
@@ -112,6 +139,15 @@ impl Metrics {
 
     pub fn in_flight(&self, listener: &'static str) -> Gauge<i64, AtomicI64> {
         self.in_flight.get_or_create(&ListenerLabels { listener }).clone()
+    }
+
+    /// A connection was accepted, closed or shed (`event` names which and why).
+    pub fn connection_event(&self, listener: &'static str, event: &'static str) {
+        self.connections.get_or_create(&ConnectionLabels { listener, event }).inc();
+    }
+
+    pub fn panicked(&self, listener: &'static str) {
+        self.panics.get_or_create(&ListenerLabels { listener }).inc();
     }
 
     pub fn denied(&self, scope: &'static str, limit: &'static str) {

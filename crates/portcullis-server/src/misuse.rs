@@ -48,11 +48,12 @@ impl Misuse {
         }
     }
 
-    /// Seconds left on the address's block, if it is blocked.
+    /// Seconds left on the address's block, rounded up (a `Retry-After` that ends early only
+    /// earns another refusal), if it is blocked.
     pub fn blocked_for(&self, client: IpAddr, now: Instant) -> Option<u64> {
         let until = self.blocked.get(&client)?;
-        let left = until.checked_duration_since(now)?;
-        Some(left.as_secs().max(1))
+        let left = until.checked_duration_since(now).filter(|left| !left.is_zero())?;
+        Some(u64::try_from(left.as_millis().div_ceil(1000)).unwrap_or(u64::MAX))
     }
 
     pub fn auth_failed(&self, client: IpAddr, now: Instant) -> FailureOutcome {
@@ -149,6 +150,7 @@ mod tests {
         assert_eq!(misuse.blocked_for(bad, now), None);
         assert_eq!(misuse.auth_failed(bad, now), FailureOutcome::Blocked);
         assert_eq!(misuse.blocked_for(bad, now), Some(300));
+        assert_eq!(misuse.blocked_for(bad, now + Duration::from_millis(500)), Some(300), "rounded up");
         assert_eq!(misuse.blocked_for(bad, now + Duration::from_secs(301)), None, "the block ends");
         assert_eq!(misuse.blocked_for(good, now), None);
     }

@@ -29,7 +29,8 @@ fn is_sane(value: &[u8]) -> bool {
         && value.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-fn fresh() -> HeaderValue {
+/// A new id, `req_` and a ULID.
+pub fn fresh() -> HeaderValue {
     const PREFIX: &[u8] = b"req_";
     // Formatted on the stack: this runs for nearly every request.
     let mut ulid = [0u8; ulid::ULID_LEN];

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::auth::{AdminAuth, MIN_BOOTSTRAP_TOKEN_LEN};
-use crate::listener::{self, HeadLimits, Site};
+use crate::listener::{self, Listening, Site};
 use crate::state::{AppState, Runtime};
 use portcullis_audit::{AuditWriter, Durability, Redactor, WriterConfig, WriterTask};
 use portcullis_config::AuditDurability;
@@ -105,11 +105,14 @@ impl Server {
     pub fn serve(self) -> RunningServer {
         let stop = CancellationToken::new();
         let config = self.state.runtime().config.clone();
-        let proxy_limits = HeadLimits::from_config(&config.server);
+        let caps = ConnectionCaps::for_open_files(&config, open_files_limit());
+        let server = &config.server;
+        let proxy_listening = Listening::new(server, caps.proxy, server.max_connections_per_client);
+        let admin_listening = Listening::new(server, caps.admin, config.admin.max_connections_per_client);
         let proxy_site = Site { name: "proxy", router: proxy::router(self.state.clone()), state: self.state.clone() };
-        let proxy = tokio::spawn(listener::accept_until(self.proxy, proxy_site, proxy_limits, stop.clone()));
+        let proxy = tokio::spawn(listener::accept_until(self.proxy, proxy_site, proxy_listening, stop.clone()));
         let admin_site = Site { name: "admin", router: admin::router(self.state.clone()), state: self.state.clone() };
-        let admin = tokio::spawn(listener::accept_until(self.admin, admin_site, proxy_limits, stop.clone()));
+        let admin = tokio::spawn(listener::accept_until(self.admin, admin_site, admin_listening, stop.clone()));
         let flusher = tokio::spawn(housekeeping(self.state.clone(), stop.clone()));
         let follower = tokio::spawn(changes::follow(self.state.clone(), self.change_cursor, stop.clone()));
         RunningServer {
@@ -151,6 +154,50 @@ fn node_name(config: &Config) -> String {
             .filter(|name| !name.is_empty())
             .unwrap_or_else(|| "portcullis".to_string())
     })
+}
+
+/// Descriptors kept for everything but client connections: the store's pool, Redis, the audit
+/// files, health checks, listeners, logs.
+const RESERVED_FILES: u64 = 256;
+
+/// How many connections each listener may hold so that a flood of clients can never take the
+/// descriptors the admin listener and the upstream connections need: every proxied connection
+/// may need one upstream connection too, so the proxy gets at most half of what is left after
+/// the admin listener's cap and [`RESERVED_FILES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ConnectionCaps {
+    proxy: usize,
+    admin: usize,
+}
+
+impl ConnectionCaps {
+    fn for_open_files(config: &Config, open_files: u64) -> ConnectionCaps {
+        let admin = config.admin.max_connections;
+        let left = open_files.saturating_sub(RESERVED_FILES + admin as u64);
+        let fits = usize::try_from(left / 2).unwrap_or(usize::MAX).max(1);
+        let proxy = config.server.max_connections.min(fits);
+        if proxy < config.server.max_connections {
+            tracing::warn!(
+                configured = config.server.max_connections,
+                effective = proxy,
+                open_files,
+                "server.max_connections lowered to fit the open-files limit (raise `ulimit -n` to allow more)"
+            );
+        }
+        ConnectionCaps { proxy, admin }
+    }
+}
+
+/// The open-files limit, raised to its hard limit first (a server needs many descriptors, and
+/// the soft limit is often a desktop's 1024).
+fn open_files_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(error) => {
+            tracing::warn!(%error, "could not read the open-files limit; assuming 1024");
+            1024
+        }
+    }
 }
 
 /// Pending connections the kernel may queue: a burst of clients connecting at once must not
@@ -196,8 +243,8 @@ async fn first_admin_token(stores: &Stores, state: &AppState) -> Result<Option<S
 pub struct RunningServer {
     state: AppState,
     stop: CancellationToken,
-    proxy: JoinHandle<hyper_util::server::graceful::GracefulShutdown>,
-    admin: JoinHandle<hyper_util::server::graceful::GracefulShutdown>,
+    proxy: JoinHandle<listener::Accepted>,
+    admin: JoinHandle<listener::Accepted>,
     flusher: JoinHandle<()>,
     follower: JoinHandle<()>,
     recorder_task: RecorderTask,
@@ -218,6 +265,21 @@ impl RunningServer {
             ("server.max_header_bytes", new.max_header_bytes != old.max_header_bytes),
             ("server.max_headers", new.max_headers != old.max_headers),
             ("server.header_read_timeout", new.header_read_timeout != old.header_read_timeout),
+            ("server.idle_timeout", new.idle_timeout != old.idle_timeout),
+            ("server.body_read_timeout", new.body_read_timeout != old.body_read_timeout),
+            ("server.min_body_rate", new.min_body_rate != old.min_body_rate),
+            ("server.max_connections", new.max_connections != old.max_connections),
+            ("server.max_connections_per_client", new.max_connections_per_client != old.max_connections_per_client),
+            ("server.http2_keepalive_interval", new.http2_keepalive_interval != old.http2_keepalive_interval),
+            (
+                "server.http2_max_concurrent_streams",
+                new.http2_max_concurrent_streams != old.http2_max_concurrent_streams,
+            ),
+            ("admin.max_connections", config.admin.max_connections != current.admin.max_connections),
+            (
+                "admin.max_connections_per_client",
+                config.admin.max_connections_per_client != current.admin.max_connections_per_client,
+            ),
             ("admin.listen", config.admin.listen != current.admin.listen),
             ("store.url", config.store.url != current.store.url),
             ("security.key_pepper", config.security.key_pepper != current.security.key_pepper),

@@ -75,6 +75,7 @@ pub struct GatewayBuilder {
     binary: PathBuf,
     server_settings: Vec<String>,
     admin_listen: String,
+    admin_settings: Vec<String>,
     store_url: Option<String>,
     store_settings: Vec<String>,
     fragments: Vec<String>,
@@ -90,6 +91,7 @@ impl GatewayBuilder {
             binary: binary.into(),
             server_settings: Vec::new(),
             admin_listen: "127.0.0.1:0".to_string(),
+            admin_settings: Vec::new(),
             store_url: None,
             store_settings: Vec::new(),
             fragments: Vec::new(),
@@ -116,6 +118,12 @@ impl GatewayBuilder {
     /// The admin listener's address (default `127.0.0.1:0`).
     pub fn admin_listen(mut self, addr: &str) -> Self {
         self.admin_listen = addr.to_string();
+        self
+    }
+
+    /// One more `key = value` line inside `[admin]`, e.g. `"max_connections = 8"`.
+    pub fn admin_setting(mut self, line: &str) -> Self {
+        self.admin_settings.push(line.to_string());
         self
     }
 
@@ -172,7 +180,8 @@ impl GatewayBuilder {
         let db_path = dir.path().join(DB_FILE);
         let store_url = self.store_url.clone().unwrap_or_else(|| format!("sqlite://{}", db_path.display()));
         let store = Store { url: &store_url, settings: &self.store_settings };
-        let config = render_config(&self.server_settings, &self.admin_listen, &store, &self.fragments);
+        let admin = Admin { listen: &self.admin_listen, settings: &self.admin_settings };
+        let config = render_config(&self.server_settings, &admin, &store, &self.fragments);
         let config_path = dir.path().join(CONFIG_FILE);
         fs::write(&config_path, config).map_err(io_error(format!("write {}", config_path.display())))?;
         let admin_token = match self.admin_token {
@@ -206,15 +215,25 @@ struct Store<'a> {
     settings: &'a [String],
 }
 
-fn render_config(server_settings: &[String], admin_listen: &str, store: &Store<'_>, fragments: &[String]) -> String {
+struct Admin<'a> {
+    listen: &'a str,
+    settings: &'a [String],
+}
+
+fn render_config(server_settings: &[String], admin: &Admin<'_>, store: &Store<'_>, fragments: &[String]) -> String {
     let mut text = String::from("# written by portcullis-testkit\n[server]\nlisten = \"127.0.0.1:0\"\n");
     for line in server_settings {
         text.push_str(line);
         text.push('\n');
     }
     text.push_str("\n[admin]\nlisten = ");
-    text.push_str(&toml_string(admin_listen));
-    text.push_str("\n\n[store]\nurl = ");
+    text.push_str(&toml_string(admin.listen));
+    text.push('\n');
+    for line in admin.settings {
+        text.push_str(line);
+        text.push('\n');
+    }
+    text.push_str("\n[store]\nurl = ");
     text.push_str(&toml_string(store.url));
     text.push('\n');
     for line in store.settings {
@@ -562,12 +581,12 @@ mod tests {
     fn config_puts_both_listeners_on_port_zero_and_appends_fragments() {
         let text = render_config(
             &["max_body_bytes = 10".to_string()],
-            "127.0.0.1:0",
+            &Admin { listen: "127.0.0.1:0", settings: &["max_connections = 9".to_string()] },
             &Store { url: "sqlite:///tmp/x y/portcullis.db", settings: &["pool_size = 2".to_string()] },
             &["[[models]]\nname = \"m\"\nendpoints = [\"http://127.0.0.1:1\"]".to_string()],
         );
         assert!(text.contains("[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 10\n"), "{text}");
-        assert!(text.contains("[admin]\nlisten = \"127.0.0.1:0\"\n"), "{text}");
+        assert!(text.contains("[admin]\nlisten = \"127.0.0.1:0\"\nmax_connections = 9\n"), "{text}");
         assert!(text.contains("[store]\nurl = \"sqlite:///tmp/x y/portcullis.db\"\npool_size = 2\n"), "{text}");
         assert!(text.trim_end().ends_with("endpoints = [\"http://127.0.0.1:1\"]"), "{text}");
     }

@@ -118,6 +118,8 @@ struct Behaviour {
     chunk_gap: Duration,
     response_delay: Duration,
     fail_status: Option<u16>,
+    /// Fails only requests whose raw body contains the marker.
+    poisoned: Option<(String, u16)>,
     hang: bool,
     omit_usage: bool,
     ignore_max_tokens: bool,
@@ -132,6 +134,7 @@ impl Default for Behaviour {
             chunk_gap: Duration::ZERO,
             response_delay: Duration::ZERO,
             fail_status: None,
+            poisoned: None,
             hang: false,
             omit_usage: false,
             ignore_max_tokens: false,
@@ -271,6 +274,12 @@ impl StubUpstream {
         lock(&self.shared.behaviour).fail_status = Some(status);
     }
 
+    /// Answers `status` (with an OpenAI-shaped error) to every request whose body contains
+    /// `marker`, and normally to the rest: a server choking on one client's input only.
+    pub fn fail_when_body_contains(&self, marker: &str, status: u16) {
+        lock(&self.shared.behaviour).poisoned = Some((marker.to_string(), status));
+    }
+
     /// Accepts and records every request from now on, but never answers it.
     pub fn hang(&self) {
         lock(&self.shared.behaviour).hang = true;
@@ -281,8 +290,9 @@ impl StubUpstream {
         lock(&self.shared.behaviour).omit_usage = omit;
     }
 
-    /// Generates the full number of chunks whatever `max_tokens` / `max_completion_tokens` the
-    /// request names, like a model server that does not enforce the cap (default off).
+    /// Generates the full number of chunks whatever cap (`n_predict`, `max_completion_tokens`,
+    /// `max_tokens`) the request names, like a model server that does not enforce it (default
+    /// off).
     pub fn set_ignore_max_tokens(&self, ignore: bool) {
         lock(&self.shared.behaviour).ignore_max_tokens = ignore;
     }
@@ -335,6 +345,11 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     }
     if let Some(status) = behaviour.fail_status {
         return scripted_failure(status);
+    }
+    if let Some((marker, status)) = &behaviour.poisoned
+        && contains(&recorded.raw_body, marker.as_bytes())
+    {
+        return scripted_failure(*status);
     }
     route(&shared, &parts.method, &recorded)
 }
@@ -445,8 +460,10 @@ fn generate(shared: &Arc<Shared>, endpoint: Endpoint, body: &Value) -> Response 
         let gate = if streamed { behaviour.gate.take() } else { None };
         (behaviour.stream_chunks, behaviour.chunk_gap, behaviour.omit_usage, behaviour.ignore_max_tokens, gate)
     };
+    // llama.cpp's order: `n_predict` wins over the OpenAI fields.
     let cap = body
-        .get("max_completion_tokens")
+        .get("n_predict")
+        .or_else(|| body.get("max_completion_tokens"))
         .or_else(|| body.get("max_tokens"))
         .and_then(Value::as_u64)
         .filter(|_| !ignore_max_tokens);
@@ -647,3 +664,7 @@ fn error_response(status: StatusCode, kind: &str, code: Option<&str>, message: &
 
 #[cfg(test)]
 mod tests;
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|window| window == needle)
+}

@@ -2,6 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Every request field a model server may read as the completion cap: OpenAI's two, llama.cpp's
+/// `n_predict` (which it reads first), Ollama's `num_predict`, TGI's `max_new_tokens`, and the
+/// Responses-style `max_output_tokens`.
+pub const COMPLETION_CAP_FIELDS: [&str; 6] =
+    ["max_tokens", "max_completion_tokens", "n_predict", "num_predict", "max_new_tokens", "max_output_tokens"];
+
 /// `{"error": {...}}`, the body of every error response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {

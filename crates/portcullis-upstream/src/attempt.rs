@@ -22,6 +22,9 @@ pub(crate) enum AttemptError {
     TimedOut(Duration),
     /// The request could not even be built for this endpoint (URL); not the endpoint's fault.
     Unsendable(String),
+    /// The gateway itself is out of a resource it needs to connect (file descriptors, memory,
+    /// local ports): not the endpoint's fault, and no other endpoint would fare better.
+    Exhausted(String),
 }
 
 /// Sends `POST base+path` with `headers` (already filtered: no hop-by-hop, no client
@@ -52,7 +55,18 @@ pub(crate) async fn send(
         Ok(Err(ClientError::InvalidTarget(target))) => {
             Err(AttemptError::Unsendable(format!("cannot build an upstream request for {target:?}")))
         }
+        Ok(Err(ClientError::Connect(error))) if is_local_exhaustion(&error) => {
+            Err(AttemptError::Exhausted(describe(&error)))
+        }
         Ok(Err(error)) => Err(AttemptError::Failed(describe(&error))),
         Err(_) => Err(AttemptError::TimedOut(head_deadline.saturating_duration_since(started))),
     }
+}
+
+/// A connect error that is about this process or host, not the endpoint: out of descriptors
+/// (`EMFILE`, `ENFILE`), buffers or memory (`ENOBUFS`, `ENOMEM`), or local ports
+/// (`EADDRNOTAVAIL`).
+fn is_local_exhaustion(error: &std::io::Error) -> bool {
+    const EXHAUSTED: [i32; 5] = [24, 23, 105, 12, 99];
+    error.raw_os_error().is_some_and(|code| EXHAUSTED.contains(&code))
 }

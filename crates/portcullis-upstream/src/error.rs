@@ -31,6 +31,10 @@ pub enum UpstreamError {
     /// Every endpoint that could take the request was at its `max_concurrent`; nothing failed.
     #[error("every upstream endpoint is at its concurrency limit; retry after {retry_after_secs}s")]
     Overloaded { retry_after_secs: u64 },
+    /// The gateway ran out of a local resource (file descriptors, memory, ports) it needs to
+    /// reach the model server; the endpoints are not to blame and stay in rotation.
+    #[error("the gateway cannot open upstream connections: {reason}")]
+    Exhausted { reason: String },
     /// The request names no configured model.
     #[error("unknown model")]
     UnknownModel,

@@ -18,6 +18,8 @@
 //! slot (a 503 kept aside as the answer of last resort holds one): two requests each holding a
 //! slot the other waits for would stall until their timeouts.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use http::{HeaderMap, Response, StatusCode};
 use tokio::time::Instant;
 
@@ -79,6 +81,8 @@ struct Tally<'a> {
     saw_out_of_rotation: bool,
     /// The last real failure (an attempt that failed, or a request that could not be built).
     last_error: Option<String>,
+    /// Set when the gateway itself ran out of something it needs to connect.
+    exhausted: Option<String>,
     /// The latest 502/503/504 response. When nothing is left to try, the caller gets it rather
     /// than a synthesised error: the model server's own body (often "loading model") says more.
     last_retryable: Option<Exchange<'a>>,
@@ -99,12 +103,13 @@ pub(crate) async fn forward(
     upstreams: &Upstreams,
     mut request: ForwardRequest,
     may_use: &(dyn Fn(&str) -> bool + Sync),
+    sent: &AtomicBool,
 ) -> Result<UpstreamResponse, UpstreamError> {
     let primary = upstreams.route(&request.model).ok_or(UpstreamError::UnknownModel)?;
     let outgoing = headers::outbound(std::mem::take(&mut request.headers));
     let mut tally = Tally::default();
 
-    if let Some(response) = try_model(primary, &request, &outgoing, &mut tally).await? {
+    if let Some(response) = try_model(primary, &request, &outgoing, sent, &mut tally).await? {
         return Ok(response);
     }
     // Fallbacks are tried in order, each with its own pool, retries, name and credential. A
@@ -119,7 +124,7 @@ pub(crate) async fn forward(
             continue;
         };
         tracing::info!(model = %primary.name, fallback = %route.name, "primary pool failed; trying fallback model");
-        if let Some(response) = try_model(route, &request, &outgoing, &mut tally).await? {
+        if let Some(response) = try_model(route, &request, &outgoing, sent, &mut tally).await? {
             return Ok(response);
         }
     }
@@ -132,6 +137,7 @@ async fn try_model<'a>(
     route: &'a Route,
     request: &ForwardRequest,
     outgoing: &HeaderMap,
+    sent: &AtomicBool,
     tally: &mut Tally<'a>,
 ) -> Result<Option<UpstreamResponse>, UpstreamError> {
     let body = rewrite::body_for(&request.body, &request.model, &route.upstream_model);
@@ -171,6 +177,7 @@ async fn try_model<'a>(
         tried[index] = true;
         let endpoint = guard.endpoint();
         let deadline = deadline_after(Instant::now(), route.timeouts.total);
+        sent.store(true, Ordering::Release);
         let sent = attempt::send(route, endpoint, &request.path, outgoing, &body, deadline).await;
         if !matches!(sent, Err(AttemptError::Unsendable(_))) {
             tally.attempts = tally.attempts.saturating_add(1);
@@ -184,11 +191,9 @@ async fn try_model<'a>(
                 tally.last_retryable = Some(Exchange { route, guard, response, deadline });
             }
             Ok(response) => {
-                if response.status().is_server_error() {
-                    endpoint.record_failure();
-                } else {
-                    endpoint.record_success();
-                }
+                // A final answer — a 4xx, or a 500 about this request — says the endpoint works:
+                // one client's bad input must not take an endpoint out of rotation for everyone.
+                endpoint.record_success();
                 return Ok(Some(Exchange { route, guard, response, deadline }.into_response()));
             }
             Err(AttemptError::Failed(reason)) => {
@@ -205,6 +210,11 @@ async fn try_model<'a>(
                     waited,
                 });
             }
+            Err(AttemptError::Exhausted(reason)) => {
+                tracing::error!(model = %route.name, endpoint = endpoint.base(), %reason, "the gateway is out of resources to connect upstream");
+                tally.exhausted = Some(reason);
+                break;
+            }
             Err(AttemptError::Unsendable(reason)) => {
                 tracing::error!(model = %route.name, endpoint = endpoint.base(), %reason, "request cannot be sent to this model");
                 tally.last_error = Some(reason);
@@ -219,6 +229,9 @@ async fn try_model<'a>(
 fn conclude(tally: Tally<'_>, model: &str) -> Result<UpstreamResponse, UpstreamError> {
     if let Some(exchange) = tally.last_retryable {
         return Ok(exchange.into_response());
+    }
+    if let Some(reason) = tally.exhausted {
+        return Err(UpstreamError::Exhausted { reason });
     }
     // Nothing failed, and capacity was what stopped us (possibly alongside endpoints out of
     // rotation): the client may simply try again shortly.

@@ -28,6 +28,7 @@ mod route;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
@@ -200,6 +201,9 @@ impl Upstreams {
     /// fallbacks, which have queues of their own; `Overloaded` carries the shedding model's
     /// `queue_timeout` rounded up to whole seconds (at least 1) as `retry_after_secs`.
     ///
+    /// `sent` is set once the request is handed to an endpoint (from then on the model server
+    /// may be generating), for a caller that must bill a request it gives up on.
+    ///
     /// Dropping the returned future, or the response body, cancels the upstream request and
     /// frees the endpoint's slot (or hands it to the next queued request); dropping the future
     /// while it waits takes the request out of the queue.
@@ -207,8 +211,9 @@ impl Upstreams {
         &self,
         request: ForwardRequest,
         may_use: &(dyn Fn(&str) -> bool + Sync),
+        sent: &AtomicBool,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        forward::forward(self, request, may_use).await
+        forward::forward(self, request, may_use, sent).await
     }
 
     fn route(&self, model: &str) -> Option<&Route> {

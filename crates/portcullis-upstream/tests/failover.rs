@@ -28,7 +28,7 @@ async fn fails_over_from_a_refused_endpoint_to_a_working_one() {
     )));
 
     for _ in 0..4 {
-        let response = upstreams.forward(request("m", HeaderMap::new()), &anyone).await.unwrap();
+        let response = upstreams.forward(request("m", HeaderMap::new()), &anyone, &Default::default()).await.unwrap();
         assert_eq!(response.status, StatusCode::OK);
         assert_eq!(response.endpoint, format!("http://{addr}"));
         assert_eq!(read_all(response.body).await.unwrap(), "ok");
@@ -54,7 +54,7 @@ async fn a_503_is_retried_on_the_other_endpoint() {
     )));
 
     // A fresh pool starts its scan at the first endpoint, so the 503 comes first.
-    let response = upstreams.forward(request("m", HeaderMap::new()), &anyone).await.unwrap();
+    let response = upstreams.forward(request("m", HeaderMap::new()), &anyone, &Default::default()).await.unwrap();
     assert_eq!(response.status, StatusCode::OK);
     assert_eq!(read_all(response.body).await.unwrap(), "answer");
     assert_eq!((loading.hits(), ready.hits()), (1, 1));
@@ -77,7 +77,7 @@ async fn the_last_503_is_passed_through_when_nothing_is_left_to_try() {
         "#
     )));
 
-    let response = upstreams.forward(request("m", HeaderMap::new()), &anyone).await.unwrap();
+    let response = upstreams.forward(request("m", HeaderMap::new()), &anyone, &Default::default()).await.unwrap();
     assert_eq!(response.status, StatusCode::BAD_GATEWAY, "the most recent retryable response");
     assert_eq!(response.headers.get("x-upstream").unwrap(), "1");
     assert_eq!(read_all(response.body).await.unwrap(), "bad gateway");
@@ -101,7 +101,7 @@ async fn client_errors_are_returned_as_is_without_retrying() {
         "#
     )));
 
-    let response = upstreams.forward(request("m", HeaderMap::new()), &anyone).await.unwrap();
+    let response = upstreams.forward(request("m", HeaderMap::new()), &anyone, &Default::default()).await.unwrap();
     assert_eq!(response.status, StatusCode::BAD_REQUEST);
     assert_eq!(read_all(response.body).await.unwrap(), "bad request");
     assert_eq!(other.hits(), 0);
@@ -133,7 +133,7 @@ async fn a_fallback_model_serves_when_the_primary_pool_fails() {
     let backup_addr = backup.start(PATH, StatusCode::OK, "from backup").await;
     let upstreams = with_fallback(refused, backup_addr);
 
-    let response = upstreams.forward(request("primary", HeaderMap::new()), &anyone).await.unwrap();
+    let response = upstreams.forward(request("primary", HeaderMap::new()), &anyone, &Default::default()).await.unwrap();
     assert_eq!(response.status, StatusCode::OK);
     assert_eq!(response.model, "backup");
     assert_eq!(read_all(response.body).await.unwrap(), "from backup");
@@ -153,7 +153,8 @@ async fn a_fallback_the_caller_may_not_use_is_skipped() {
     let upstreams = with_fallback(refused, backup_addr);
 
     let only_primary = |name: &str| name == "primary";
-    let error = upstreams.forward(request("primary", HeaderMap::new()), &only_primary).await.unwrap_err();
+    let error =
+        upstreams.forward(request("primary", HeaderMap::new()), &only_primary, &Default::default()).await.unwrap_err();
     match &error {
         UpstreamError::Unavailable { model, attempts, reason } => {
             assert_eq!(model, "primary");
@@ -190,7 +191,7 @@ async fn a_first_byte_timeout_is_not_retried() {
     )));
 
     let started = std::time::Instant::now();
-    let error = upstreams.forward(request("m", HeaderMap::new()), &anyone).await.unwrap_err();
+    let error = upstreams.forward(request("m", HeaderMap::new()), &anyone, &Default::default()).await.unwrap_err();
     assert!(
         matches!(&error, UpstreamError::Timeout { endpoint, waited, .. }
             if *endpoint == format!("http://{slow_addr}") && *waited == Duration::from_millis(200)),
@@ -216,20 +217,20 @@ async fn every_endpoint_at_max_concurrent_is_overloaded_not_unavailable() {
         "#
     )));
 
-    let holding = upstreams.forward(request("m", HeaderMap::new()), &anyone).await.unwrap();
+    let holding = upstreams.forward(request("m", HeaderMap::new()), &anyone, &Default::default()).await.unwrap();
     let started = std::time::Instant::now();
-    let error = upstreams.forward(request("m", HeaderMap::new()), &anyone).await.unwrap_err();
+    let error = upstreams.forward(request("m", HeaderMap::new()), &anyone, &Default::default()).await.unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(1), "without a queue the request is shed at once");
     assert!(matches!(error, UpstreamError::Overloaded { retry_after_secs: 3 }), "{error:?}");
     drop(holding);
-    let again = upstreams.forward(request("m", HeaderMap::new()), &anyone).await.unwrap();
+    let again = upstreams.forward(request("m", HeaderMap::new()), &anyone, &Default::default()).await.unwrap();
     assert_eq!(again.status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn an_unknown_model_is_reported_as_such() {
     let upstreams = Upstreams::new(&[]);
-    let error = upstreams.forward(request("nope", HeaderMap::new()), &anyone).await.unwrap_err();
+    let error = upstreams.forward(request("nope", HeaderMap::new()), &anyone, &Default::default()).await.unwrap_err();
     assert!(matches!(error, UpstreamError::UnknownModel));
     assert!(!upstreams.contains("nope"));
 }
@@ -252,7 +253,7 @@ async fn repeated_failures_eject_an_endpoint_so_later_requests_skip_it() {
     )));
 
     for _ in 0..10 {
-        let response = upstreams.forward(request("m", HeaderMap::new()), &anyone).await.unwrap();
+        let response = upstreams.forward(request("m", HeaderMap::new()), &anyone, &Default::default()).await.unwrap();
         assert_eq!(response.status, StatusCode::OK);
     }
     assert_eq!(broken.hits(), 2, "out of rotation after its second failure");

@@ -37,7 +37,7 @@ async fn the_api_key_is_sent_as_bearer_and_client_credentials_are_never_forwarde
     let request = request("m", client);
     let original = request.body.clone();
 
-    let response = upstreams.forward(request, &anyone).await.unwrap();
+    let response = upstreams.forward(request, &anyone, &Default::default()).await.unwrap();
     assert_eq!(response.status, StatusCode::OK);
     assert_eq!(response.headers.get("x-upstream").unwrap(), "1", "end-to-end response headers pass");
     assert_eq!(response.endpoint, format!("http://{addr}/llama"));
@@ -81,7 +81,7 @@ async fn without_an_api_key_no_authorization_is_sent() {
         priority: 0,
     };
 
-    let response = upstreams.forward(request, &anyone).await.unwrap();
+    let response = upstreams.forward(request, &anyone, &Default::default()).await.unwrap();
     assert_eq!(response.status, StatusCode::OK);
     let seen = server.last();
     assert!(seen.headers.get("authorization").is_none());
@@ -138,7 +138,8 @@ fn the_forward_future_is_send_and_the_body_fits_axum() {
         endpoints = ["https://models.example"]
         "#,
     ));
-    let future = upstreams.forward(request("m", HeaderMap::new()), &anyone);
+    let sent = std::sync::atomic::AtomicBool::default();
+    let future = upstreams.forward(request("m", HeaderMap::new()), &anyone, &sent);
     assert_send(&future);
     let _ = into_axum;
 }

@@ -76,7 +76,7 @@ async fn an_endpoint_failing_its_health_check_leaves_rotation_and_checks_stop_on
     assert_eq!(auth_seen.lock().unwrap().as_deref(), Some("Bearer sk-health"));
     // With no retries, a request sent to the sick endpoint would fail: none is.
     for _ in 0..6 {
-        let response = upstreams.forward(request("m", HeaderMap::new()), &anyone).await.unwrap();
+        let response = upstreams.forward(request("m", HeaderMap::new()), &anyone, &Default::default()).await.unwrap();
         assert_eq!(response.endpoint, format!("http://{well}"));
     }
     eventually("checks have repeated", || well_checks.load(Ordering::SeqCst) >= 3).await;

@@ -77,7 +77,7 @@ fn send(
     let mut request = request(model, headers);
     request.priority = priority;
     tokio::spawn(async move {
-        let response = upstreams.forward(request, &anyone).await?;
+        let response = upstreams.forward(request, &anyone, &Default::default()).await?;
         let body = read_all(response.body).await.unwrap();
         Ok(String::from_utf8(body.to_vec()).unwrap())
     })
@@ -237,14 +237,14 @@ async fn a_request_shed_by_its_model_falls_back_to_another_queue() {
 
     // m is full: the request waits out m's queue, then the fallback serves it.
     let started = Instant::now();
-    let response = upstreams.forward(request("m", HeaderMap::new()), &anyone).await.unwrap();
+    let response = upstreams.forward(request("m", HeaderMap::new()), &anyone, &Default::default()).await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(300), "waited in m's queue first");
     assert_eq!(response.model, "f");
     assert_eq!(read_all(response.body).await.unwrap(), "backup");
 
     // f's queue is its own: with f's slot held (an unread body holds it), a request for f
     // queues on f, not on m.
-    let f_holder = upstreams.forward(request("f", HeaderMap::new()), &anyone).await.unwrap();
+    let f_holder = upstreams.forward(request("f", HeaderMap::new()), &anyone, &Default::default()).await.unwrap();
     let for_f = send(&upstreams, "f", "for-f", 0);
     eventually("a request queued on f", || queued(&upstreams, "f") == 1).await;
     assert_eq!(queued(&upstreams, "m"), 0);
@@ -253,9 +253,9 @@ async fn a_request_shed_by_its_model_falls_back_to_another_queue() {
 
     // Both full: m's wait, then f's wait, then Overloaded with the longer Retry-After (f's
     // 1.2s rounds up to 2; m's 0.3s to 1).
-    let f_holder = upstreams.forward(request("f", HeaderMap::new()), &anyone).await.unwrap();
+    let f_holder = upstreams.forward(request("f", HeaderMap::new()), &anyone, &Default::default()).await.unwrap();
     let started = Instant::now();
-    let error = upstreams.forward(request("m", HeaderMap::new()), &anyone).await.unwrap_err();
+    let error = upstreams.forward(request("m", HeaderMap::new()), &anyone, &Default::default()).await.unwrap_err();
     let waited = started.elapsed();
     assert!(matches!(error, UpstreamError::Overloaded { retry_after_secs: 2 }), "{error:?}");
     assert!(waited >= Duration::from_millis(1500) && waited < Duration::from_secs(4), "waited {waited:?}");

@@ -58,7 +58,7 @@ async fn the_first_chunk_reaches_the_caller_before_the_upstream_sends_the_second
     );
     let upstreams = model(serve(router).await, "");
 
-    let response = upstreams.forward(request("m", HeaderMap::new()), &anyone).await.unwrap();
+    let response = upstreams.forward(request("m", HeaderMap::new()), &anyone, &Default::default()).await.unwrap();
     assert_eq!(response.headers.get("content-type").unwrap(), "text/event-stream");
     assert!(response.headers.get("transfer-encoding").is_none(), "hop-by-hop header dropped");
     let mut body = Box::pin(response.body);
@@ -94,7 +94,7 @@ async fn an_idle_timeout_cuts_a_stalled_stream_and_closes_the_upstream_connectio
     );
     let upstreams = model(serve(router).await, r#"idle = "300ms""#);
 
-    let response = upstreams.forward(request("m", HeaderMap::new()), &anyone).await.unwrap();
+    let response = upstreams.forward(request("m", HeaderMap::new()), &anyone, &Default::default()).await.unwrap();
     let mut body = Box::pin(response.body);
     assert_eq!(next_frame(&mut body).await.unwrap().unwrap(), "data: one\n\n");
     let stalled = std::time::Instant::now();
@@ -125,7 +125,7 @@ async fn the_total_timeout_cuts_a_stream_that_keeps_sending() {
     let upstreams = model(serve(router).await, r#"idle = "1s", total = "500ms""#);
 
     let started = std::time::Instant::now();
-    let response = upstreams.forward(request("m", HeaderMap::new()), &anyone).await.unwrap();
+    let response = upstreams.forward(request("m", HeaderMap::new()), &anyone, &Default::default()).await.unwrap();
     let mut body = Box::pin(response.body);
     let error = loop {
         match next_frame(&mut body).await.unwrap() {
@@ -163,7 +163,7 @@ async fn dropping_the_body_mid_stream_frees_the_slot_and_cancels_the_upstream_re
     );
     let upstreams = model(serve(router).await, "");
 
-    let response = upstreams.forward(request("m", HeaderMap::new()), &anyone).await.unwrap();
+    let response = upstreams.forward(request("m", HeaderMap::new()), &anyone, &Default::default()).await.unwrap();
     assert_eq!(outstanding(&upstreams, "m"), 1, "headers arrived but the stream holds its slot");
     let mut body = Box::pin(response.body);
     assert_eq!(next_frame(&mut body).await.unwrap().unwrap(), "data: tok\n\n");
@@ -190,7 +190,7 @@ async fn dropping_the_forward_future_before_the_head_frees_the_slot() {
 
     let pending = tokio::spawn({
         let upstreams = Arc::clone(&upstreams);
-        async move { upstreams.forward(request("m", HeaderMap::new()), &anyone).await.map(|_| ()) }
+        async move { upstreams.forward(request("m", HeaderMap::new()), &anyone, &Default::default()).await.map(|_| ()) }
     });
     for _ in 0..100 {
         if outstanding(&upstreams, "m") == 1 {

@@ -13,15 +13,14 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::{BINARY, Reply, chat_body, cli_as, describe, http, send, str_field};
+use common::{
+    BINARY, Reply, admin_json, audit_records, chat_body, cli_as, describe, http, send, str_field, the_record,
+    wait_for_records,
+};
 use futures_util::StreamExt;
 use portcullis_testkit::{Gateway, GatewayBuilder, StubUpstream, free_port};
 use serde_json::{Value, json};
 
-/// How long a record may take to show up in the store.
-const AUDIT_WAIT: Duration = Duration::from_secs(3);
-/// The API's largest page.
-const PAGE: usize = 1000;
 /// The node name the tamper and retention tests give their gateways.
 const NODE: &str = "gw-audit";
 
@@ -69,57 +68,6 @@ async fn read_to_end(mut response: reqwest::Response) -> String {
             Err(_) => panic!("the body did not end within 15 s; so far: {text:?}"),
         }
     }
-}
-
-/// `GET <admin><path_and_query>` with the bootstrap token; panics unless 200.
-async fn admin_json(gateway: &Gateway, path_and_query: &str) -> Value {
-    let reply =
-        send(http().get(format!("{}{path_and_query}", gateway.admin_url())).bearer_auth(gateway.admin_token())).await;
-    assert_eq!(reply.status, 200, "GET {path_and_query} failed: {}", reply.text);
-    reply.body
-}
-
-/// Every record matching `query` (`"kind=admin&decision=allow"`, or empty), following the cursor.
-async fn audit_records(gateway: &Gateway, query: &str) -> Vec<Value> {
-    let mut records = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut url = format!("/admin/v1/audit?limit={PAGE}");
-        if !query.is_empty() {
-            url.push('&');
-            url.push_str(query);
-        }
-        if let Some(cursor) = &cursor {
-            url.push_str("&cursor=");
-            url.push_str(cursor);
-        }
-        let page = admin_json(gateway, &url).await;
-        let data = page["data"].as_array().unwrap_or_else(|| panic!("no data in {page}"));
-        records.extend(data.iter().cloned());
-        cursor = page["next_cursor"].as_str().map(str::to_string);
-        if data.len() < PAGE || cursor.is_none() {
-            return records;
-        }
-    }
-}
-
-/// Polls [`audit_records`] until it has at least `count` records (at most [`AUDIT_WAIT`]).
-async fn wait_for_records(gateway: &Gateway, query: &str, count: usize) -> Vec<Value> {
-    let deadline = Instant::now() + AUDIT_WAIT;
-    loop {
-        let records = audit_records(gateway, query).await;
-        if records.len() >= count || Instant::now() >= deadline {
-            return records;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The one record with this request id; panics when there are none or several.
-async fn the_record(gateway: &Gateway, request_id: &str) -> Value {
-    let records = wait_for_records(gateway, &format!("request_id={request_id}"), 1).await;
-    assert_eq!(records.len(), 1, "request {request_id} should have exactly one record: {records:#?}");
-    records.into_iter().next().expect("one record")
 }
 
 /// `record[field]` as an optional string.

@@ -12,12 +12,10 @@ mod common;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{BINARY, Reply, cli_as, cli_json_as, describe, http, send, str_field};
+use common::{AUDIT_WAIT, BINARY, Reply, cli_as, cli_json_as, describe, http, send, str_field};
 use portcullis_testkit::{Gateway, GatewayBuilder, StubUpstream};
 use serde_json::{Value, json};
 
-/// How long a record may take to show up in the store (`async` durability).
-const AUDIT_WAIT: Duration = Duration::from_secs(3);
 const MODEL: &str = "m";
 /// What the stub's answer becomes once redacted: it echoes the upstream model, an email address.
 const COMPLETION: &str = "echo:[REDACTED:email] 1 2";

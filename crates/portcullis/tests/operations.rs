@@ -221,7 +221,7 @@ async fn a_reload_that_changes_request_head_limits_applies_them_or_reports_them_
 
     let config = std::fs::read_to_string(gateway.config_path()).expect("read config");
     assert!(config.contains("[server]\n"), "{config}");
-    std::fs::write(gateway.config_path(), config.replacen("[server]\n", "[server]\nmax_headers = 300\n", 1))
+    std::fs::write(gateway.config_path(), config.replacen("[server]\n", "[server]\nmax_headers = 200\n", 1))
         .expect("write config");
     gateway.signal("HUP");
     let logged =
@@ -236,7 +236,7 @@ async fn a_reload_that_changes_request_head_limits_applies_them_or_reports_them_
     let after = hundred_headers().await.map(|response| response.status().as_u16());
     assert!(
         reported || matches!(after, Ok(200)),
-        "a reload raised max_headers to 300, yet 100 headers still get {after:?} and the reload log does not \
+        "a reload raised max_headers to 200, yet 100 headers still get {after:?} and the reload log does not \
          report server.max_headers as ignored:\n{}",
         gateway.log_tail(5)
     );

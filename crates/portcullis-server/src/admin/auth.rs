@@ -10,6 +10,7 @@ use subtle::ConstantTimeEq;
 
 use crate::bearer::bearer_token;
 use crate::error::ApiError;
+use crate::exchange::Exchange;
 use crate::state::AppState;
 
 /// The shortest bootstrap token accepted from `PORTCULLIS_ADMIN_TOKEN`.
@@ -33,12 +34,14 @@ impl AdminAuth {
     }
 }
 
-/// The admin token behind a request.
+/// The admin token behind a request, and the request's record (for the audit of its changes;
+/// always there for a request, absent only where unit tests build a caller by hand).
 #[derive(Debug, Clone)]
 pub struct AdminCaller {
     pub token_id: String,
     pub role: Role,
     pub team: Option<String>,
+    pub exchange: Option<Exchange>,
 }
 
 impl AdminCaller {
@@ -75,9 +78,10 @@ impl FromRequestParts<AppState> for AdminCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<AdminCaller, ApiError> {
+        let exchange = parts.extensions.get::<Exchange>().cloned();
         let token = bearer_token(&parts.headers).ok_or(ApiError::InvalidAdminToken)?;
         if state.admin_auth().is_bootstrap(token) {
-            return Ok(AdminCaller { token_id: "bootstrap".into(), role: Role::Admin, team: None });
+            return Ok(AdminCaller { token_id: "bootstrap".into(), role: Role::Admin, team: None, exchange });
         }
         let secret = SecretToken::parse(SecretKind::AdminToken, token).map_err(|_| ApiError::InvalidAdminToken)?;
         let hash = state.hasher().hash(&secret);
@@ -89,6 +93,6 @@ impl FromRequestParts<AppState> for AdminCaller {
             .map_err(|error| ApiError::from_store(&error, "admin token lookup"))?
             .filter(|record| record.revoked_at.is_none())
             .ok_or(ApiError::InvalidAdminToken)?;
-        Ok(AdminCaller { token_id: record.id, role: record.role, team: record.team })
+        Ok(AdminCaller { token_id: record.id, role: record.role, team: record.team, exchange })
     }
 }

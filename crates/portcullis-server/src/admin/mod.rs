@@ -67,7 +67,7 @@ pub(crate) mod test_support {
     use crate::error::ApiError;
 
     pub fn caller(role: Role, team: Option<&str>) -> AdminCaller {
-        AdminCaller { token_id: "tok_test".into(), role, team: team.map(Into::into) }
+        AdminCaller { token_id: "tok_test".into(), role, team: team.map(Into::into), exchange: None }
     }
 
     pub fn admin() -> AdminCaller {

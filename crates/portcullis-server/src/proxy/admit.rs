@@ -1,20 +1,35 @@
-//! Admission: the request's worst case is reserved against every limit that applies to the
-//! caller — key, team and global — all at once or not at all.
+//! Admission, in two steps against every limit that applies to the caller — key, team and
+//! global, each all at once or not at all:
+//! 1. [`enter`], before the body is read: the request rate and a concurrency slot, so that a
+//!    key with `max_concurrent = 8` cannot hold more than eight bodies open either;
+//! 2. [`admit`], once the body is parsed: the request's worst case in tokens and money.
+//!
+//! A request refused at the second step (or whose body never arrives) gives its slot back at
+//! once; it still counts against the request rate, like any request that was made.
 
 use std::sync::Arc;
 
 use portcullis_config::Config;
-use portcullis_limits::{Demand, Price, RateHeaders, Refusal};
+use portcullis_limits::{Demand, Limits, Price, RateHeaders, Refusal, Reservation, Scope};
+use portcullis_store::TeamRecord;
 
 use super::body::{Operation, ParsedRequest};
 use super::capture::Capture;
-use super::demand::{self, Plan};
-use super::settle::{Settlement, unix_millis};
-use crate::audit::DeferredAudit;
+use super::demand::{self, BodyRules, Plan};
+use super::settle::{Settlement, Terms, unix_millis};
 use crate::error::ApiError;
-use crate::limits;
+use crate::exchange::Exchange;
+use crate::limits::{self, ScopedLimits};
 use crate::principal::Principal;
 use crate::state::AppState;
+
+/// A request past the first step: its slot, and what the second step needs.
+pub struct Entered {
+    team: Option<Arc<TeamRecord>>,
+    amounts: ScopedLimits,
+    slot: Option<Reservation>,
+    headers: RateHeaders,
+}
 
 pub struct Admitted {
     pub plan: Plan,
@@ -24,40 +39,49 @@ pub struct Admitted {
     pub settlement: Settlement,
 }
 
-pub async fn admit(
-    state: &AppState,
-    config: &Config,
-    principal: &Arc<Principal>,
-    request: &ParsedRequest,
-) -> Result<Admitted, ApiError> {
-    let plan = demand::plan(request, config.limits.default_max_tokens);
-    let price = price_of(config, &request.model);
-    let completion_bound = plan.completion_cap.saturating_mul(request.choices);
-    let demand = Demand { tokens: plan.worst_case_tokens, cost: price.cost(plan.prompt_bound, completion_bound) };
-
+/// Takes the request and a concurrency slot.
+pub async fn enter(state: &AppState, config: &Config, principal: &Principal) -> Result<Entered, ApiError> {
     let team = match &principal.team {
         Some(name) => state.teams().get(name).await.map_err(|error| ApiError::from_store(&error, "team lookup"))?,
         None => None,
     };
-    let scopes = limits::scopes_for(config, principal, team.as_deref());
-    let now = unix_millis(time::OffsetDateTime::now_utc());
-    let reservation = state.limiter().admit(&scopes, demand, now).await.map_err(|refusal| match refusal {
-        Refusal::Denied(denial) => {
-            state.metrics().denied(limits::scope_kind(&denial.scope), denial.limit.config_name());
-            limits::denial_error(&denial, oversized_param(request.operation))
-        }
-        Refusal::Unavailable { retry_after_ms } => {
-            ApiError::LimiterUnavailable { retry_after_secs: retry_after_ms.div_ceil(1000).max(1) }
-        }
-    })?;
-    let rate_headers = reservation.headers;
+    let (rate, amounts) = limits::split(limits::scopes_for(config, principal, team.as_deref()));
+    let slot = reserve(state, &rate, Demand::default(), Operation::Chat).await?;
+    let headers = slot.as_ref().map(|slot| slot.headers).unwrap_or_default();
+    Ok(Entered { team, amounts, slot, headers })
+}
+
+/// Reserves the request's worst case in tokens and money.
+pub async fn admit(
+    state: &AppState,
+    config: &Config,
+    principal: &Principal,
+    entered: Entered,
+    request: &ParsedRequest,
+    exchange: Exchange,
+) -> Result<Admitted, ApiError> {
+    let model = config.model(&request.model);
+    let rules = BodyRules {
+        default_max_tokens: config.limits.default_max_tokens,
+        max_tokens_field: model.map_or("max_tokens", |model| model.max_tokens_field.as_str()),
+        passthrough_fields: model.map_or(&[], |model| model.passthrough_fields.as_slice()),
+    };
+    let plan = demand::plan(request, rules);
+    let price = price_of(config, &request.model);
+    let completion_bound = plan.completion_cap.saturating_mul(request.choices);
+    let demand = Demand { tokens: plan.worst_case_tokens, cost: price.cost(plan.prompt_bound, completion_bound) };
+    let Entered { team, amounts, slot, headers } = entered;
+    let amount = reserve(state, &amounts, demand, request.operation).await?;
+    let rate_headers =
+        RateHeaders { requests: headers.requests, tokens: amount.as_ref().and_then(|r| r.headers.tokens) };
     // Either the key or its team opting in turns capture on; only then is the prompt read.
     let captures = principal.capture_content || team.as_ref().is_some_and(|team| team.capture_content);
     let capture = captures.then(|| Capture::new(state.redactor().clone(), &request.body));
     let priority = config.tiers.get(&principal.tier).map_or(0, |tier| tier.priority);
-    let settlement = Settlement {
+    let settlement = Settlement::new(Terms {
         limiter: state.limiter().clone(),
-        reservation,
+        // The amounts first: settlement charges the usage to the first reservation.
+        reservations: amount.into_iter().chain(slot).collect(),
         recorder: state.recorder().clone(),
         price,
         key_id: principal.id.clone(),
@@ -66,11 +90,33 @@ pub async fn admit(
         prompt_bound: plan.prompt_bound,
         completion_bound,
         streamed: request.stream,
-        audit: DeferredAudit::default(),
-        auditor: state.auditor().clone(),
+        exchange,
         capture,
-    };
+    });
     Ok(Admitted { plan, rate_headers, priority, settlement })
+}
+
+/// One all-or-nothing reservation; none when no limit applies.
+async fn reserve(
+    state: &AppState,
+    scopes: &[(Scope, Limits)],
+    demand: Demand,
+    operation: Operation,
+) -> Result<Option<Reservation>, ApiError> {
+    if scopes.is_empty() {
+        return Ok(None);
+    }
+    let now = unix_millis(time::OffsetDateTime::now_utc());
+    let reservation = state.limiter().admit(scopes, demand, now).await.map_err(|refusal| match refusal {
+        Refusal::Denied(denial) => {
+            state.metrics().denied(limits::scope_kind(&denial.scope), denial.limit.config_name());
+            limits::denial_error(&denial, oversized_param(operation))
+        }
+        Refusal::Unavailable { retry_after_ms } => {
+            ApiError::LimiterUnavailable { retry_after_secs: retry_after_ms.div_ceil(1000).max(1) }
+        }
+    })?;
+    Ok(Some(reservation))
 }
 
 pub fn price_of(config: &Config, model: &str) -> Price {

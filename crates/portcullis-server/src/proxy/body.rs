@@ -1,4 +1,5 @@
-//! Reading and checking an inference request body, without re-serialising it.
+//! Reading and checking an inference request body, without re-serialising it: its shape, its
+//! envelope, and every field that bounds what it may generate.
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -6,8 +7,12 @@ use http::HeaderMap;
 use http::header::CONTENT_LENGTH;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
+use serde_json::Value;
+
+use super::shape::{self, Member, ShapeError};
 
 use crate::error::ApiError;
+use crate::listener::BodyTooSlow;
 
 /// The three inference calls, and what each needs from its body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +32,8 @@ impl Operation {
     }
 }
 
-/// Only the fields Portcullis acts on; everything else passes through untouched.
+/// Only the fields Portcullis reads through serde; the completion caps and choice counts are
+/// read from the body's members (see [`caps`]), everything else passes through untouched.
 #[derive(Debug, Deserialize)]
 struct Envelope {
     model: Option<String>,
@@ -36,9 +42,6 @@ struct Envelope {
     messages: Option<Vec<IgnoredAny>>,
     prompt: Option<IgnoredAny>,
     input: Option<IgnoredAny>,
-    max_tokens: Option<u64>,
-    max_completion_tokens: Option<u64>,
-    n: Option<u64>,
     stream_options: Option<StreamOptions>,
 }
 
@@ -47,30 +50,67 @@ struct StreamOptions {
     include_usage: Option<bool>,
 }
 
+/// Portcullis reserves the smallest cap the client sent in any of these and writes that into
+/// all of them (see `demand`), so no server can read a larger one.
+use portcullis_types::openai::COMPLETION_CAP_FIELDS as CAP_FIELDS;
+
+/// Fields that multiply what one request generates: each choice may reach the cap.
+const CHOICE_FIELDS: [&str; 2] = ["n", "best_of"];
+
+/// Objects some servers read generation settings from (Ollama's `options`, TGI's
+/// `parameters`): a cap inside one could not be rewritten safely, so it is refused.
+const NESTED_SETTINGS: [&str; 3] = ["options", "parameters", "generation_config"];
+
+/// Most choices one request may ask for.
+const MAX_CHOICES: u64 = 128;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedRequest {
     pub operation: Operation,
     pub model: String,
     pub stream: bool,
-    /// The client's own completion cap (`max_completion_tokens`, else `max_tokens`).
+    /// The smallest completion cap the client named, in any of [`CAP_FIELDS`].
     pub max_tokens: Option<u64>,
-    /// Choices asked for: each may generate up to the cap.
+    /// Choices the model server will generate (`n`, `best_of`): each may generate up to the cap.
     pub choices: u64,
     /// Whether the client asked for the usage chunk of a stream.
     pub wants_stream_usage: bool,
     pub body: Bytes,
+    /// The body's top-level members, for editing it without re-serialising.
+    pub members: Vec<Member>,
 }
 
-/// Reads at most `limit` bytes; a declared or actual larger body is a 413.
+impl ParsedRequest {
+    /// The raw JSON of a top-level member.
+    pub fn raw(&self, member: &Member) -> &[u8] {
+        &self.body[member.value.clone()]
+    }
+}
+
+/// Reads at most `limit` bytes: a declared or actual larger body is a 413, one that arrives too
+/// slowly a 408, a broken one (a malformed chunk, a connection cut short) a 400.
 pub async fn read(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
     let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(ApiError::RequestTooLarge { limit });
     }
-    axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::RequestTooLarge { limit })
+    axum::body::to_bytes(body, limit).await.map_err(|error| {
+        // The cause sits under the layers of body wrappers: look down the chain.
+        let error: &(dyn std::error::Error + 'static) = &error;
+        let mut causes = std::iter::successors(Some(error), |error| error.source());
+        if causes.clone().any(|cause| cause.is::<http_body_util::LengthLimitError>()) {
+            ApiError::RequestTooLarge { limit }
+        } else if causes.any(|cause| cause.is::<BodyTooSlow>()) {
+            ApiError::RequestTimeout
+        } else {
+            ApiError::MalformedRequest { message: "the request body could not be read".into() }
+        }
+    })
 }
 
-pub fn parse(operation: Operation, body: Bytes) -> Result<ParsedRequest, ApiError> {
+/// Checks the body's shape (see [`shape`]) and reads what admission and routing need.
+pub fn parse(operation: Operation, body: Bytes, max_depth: usize) -> Result<ParsedRequest, ApiError> {
+    let members = shape::members(&body, max_depth).map_err(shape_error)?;
     let envelope: Envelope = serde_json::from_slice(&body)
         .map_err(|error| ApiError::bad_request(format!("Invalid request body: {error}"), None))?;
     let model = envelope
@@ -89,16 +129,85 @@ pub fn parse(operation: Operation, body: Bytes) -> Result<ParsedRequest, ApiErro
     if stream && operation == Operation::Embeddings {
         return Err(ApiError::bad_request("Embeddings cannot be streamed.", Some("stream")));
     }
-    let max_tokens = envelope.max_completion_tokens.or(envelope.max_tokens);
-    if max_tokens == Some(0) {
-        return Err(ApiError::bad_request("max_tokens must be at least 1.", Some("max_tokens")));
-    }
-    let choices = envelope.n.unwrap_or(1);
-    if !(1..=128).contains(&choices) {
-        return Err(ApiError::bad_request("n must be between 1 and 128.", Some("n")));
-    }
+    let (max_tokens, choices) = caps(&body, &members)?;
     let wants_stream_usage = envelope.stream_options.and_then(|options| options.include_usage).unwrap_or(false);
-    Ok(ParsedRequest { operation, model, stream, max_tokens, choices, wants_stream_usage, body })
+    Ok(ParsedRequest { operation, model, stream, max_tokens, choices, wants_stream_usage, body, members })
+}
+
+/// The smallest cap named and the number of choices; each must be a positive whole number.
+fn caps(body: &[u8], members: &[Member]) -> Result<(Option<u64>, u64), ApiError> {
+    let mut cap: Option<u64> = None;
+    let mut choices = 1;
+    for member in members {
+        let key = member.key.as_str();
+        let raw = &body[member.value.clone()];
+        if CAP_FIELDS.contains(&key) {
+            if let Some(value) = positive_integer(raw, key, u64::MAX)? {
+                cap = Some(cap.map_or(value, |cap| cap.min(value)));
+            }
+        } else if CHOICE_FIELDS.contains(&key) {
+            if let Some(value) = positive_integer(raw, key, MAX_CHOICES)? {
+                choices = choices.max(value);
+            }
+        } else if NESTED_SETTINGS.contains(&key) && raw.first() == Some(&b'{') {
+            let settings: serde_json::Map<String, Value> = serde_json::from_slice(raw)
+                .map_err(|error| invalid_field(key.to_string(), format!("'{key}' is not a valid object: {error}")))?;
+            if let Some(nested) = CAP_FIELDS.iter().find(|field| settings.contains_key(**field)) {
+                return Err(invalid_field(
+                    format!("{key}.{nested}"),
+                    format!("'{key}.{nested}' is not supported; set the completion cap with 'max_tokens'."),
+                ));
+            }
+        }
+    }
+    Ok((cap, choices))
+}
+
+/// A member that must be a whole number in `1..=max`, or `null` (as if absent).
+fn positive_integer(raw: &[u8], key: &str, max: u64) -> Result<Option<u64>, ApiError> {
+    if raw == b"null" {
+        return Ok(None);
+    }
+    match serde_json::from_slice::<u64>(raw) {
+        Ok(value) if (1..=max).contains(&value) => Ok(Some(value)),
+        _ if max == u64::MAX => {
+            Err(invalid_field(key.to_string(), format!("'{key}' must be a whole number of at least 1.")))
+        }
+        _ => Err(invalid_field(key.to_string(), format!("'{key}' must be a whole number from 1 to {max}."))),
+    }
+}
+
+fn invalid_field(param: String, message: String) -> ApiError {
+    ApiError::InvalidField { message, param }
+}
+
+fn shape_error(error: ShapeError) -> ApiError {
+    let in_member = |member: &Option<String>| member.as_ref().map(|m| format!(" in '{m}'")).unwrap_or_default();
+    match error {
+        ShapeError::InvalidUtf8 { member } => {
+            let message = format!("The request body is not valid UTF-8{}.", in_member(&member));
+            match member {
+                Some(param) => invalid_field(param, message),
+                None => ApiError::bad_request(message, None),
+            }
+        }
+        ShapeError::NotAnObject => ApiError::bad_request("The request body must be a JSON object.", None),
+        ShapeError::Malformed { member } => {
+            ApiError::bad_request(format!("The request body is not valid JSON{}.", in_member(&member)), None)
+        }
+        ShapeError::TooDeep { member, limit } => {
+            let message = format!("'{member}' is nested deeper than {limit} levels.");
+            invalid_field(member, message)
+        }
+        ShapeError::LoneSurrogate { member } => {
+            let message = format!("'{member}' holds an unpaired UTF-16 surrogate escape.");
+            invalid_field(member, message)
+        }
+        ShapeError::Duplicate { member } => {
+            let message = format!("'{member}' appears more than once.");
+            invalid_field(member, message)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -106,7 +215,7 @@ mod tests {
     use super::*;
 
     fn parse_chat(text: &str) -> Result<ParsedRequest, ApiError> {
-        parse(Operation::Chat, Bytes::from(text.to_string()))
+        parse(Operation::Chat, Bytes::from(text.to_string()), 64)
     }
 
     #[test]
@@ -135,12 +244,69 @@ mod tests {
 
     #[test]
     fn embeddings_need_input_and_cannot_stream() {
-        let parse_embed = |text: &str| parse(Operation::Embeddings, Bytes::from(text.to_string()));
+        let parse_embed = |text: &str| parse(Operation::Embeddings, Bytes::from(text.to_string()), 64);
         assert!(parse_embed(r#"{"model":"m","input":"a"}"#).is_ok());
         assert!(matches!(parse_embed(r#"{"model":"m"}"#), Err(ApiError::BadRequest { param: Some("input"), .. })));
         assert!(matches!(
             parse_embed(r#"{"model":"m","input":"a","stream":true}"#),
             Err(ApiError::BadRequest { param: Some("stream"), .. })
         ));
+    }
+
+    fn field_error(text: &str) -> String {
+        match parse_chat(text) {
+            Err(ApiError::InvalidField { param, .. }) => param,
+            other => panic!("expected a field error for {text}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_smallest_cap_in_any_cap_field_is_the_clients_cap() {
+        let cap = |text: &str| parse_chat(text).unwrap().max_tokens;
+        assert_eq!(cap(r#"{"model":"m","messages":[]}"#), None);
+        assert_eq!(cap(r#"{"model":"m","messages":[],"max_tokens":1,"n_predict":100000}"#), Some(1));
+        assert_eq!(cap(r#"{"model":"m","messages":[],"max_completion_tokens":5,"max_tokens":500}"#), Some(5));
+        assert_eq!(cap(r#"{"model":"m","messages":[],"num_predict":7,"max_new_tokens":9}"#), Some(7));
+        assert_eq!(cap(r#"{"model":"m","messages":[],"max_tokens":null}"#), None);
+    }
+
+    #[test]
+    fn caps_and_choices_must_be_positive_whole_numbers() {
+        for bad in [r#""100""#, "-1", "0", "1.5", "true", "1e9999", "{}"] {
+            assert_eq!(
+                field_error(&format!(r#"{{"model":"m","messages":[],"n_predict":{bad}}}"#)),
+                "n_predict",
+                "{bad}"
+            );
+        }
+        assert_eq!(field_error(r#"{"model":"m","messages":[],"n":129}"#), "n");
+        assert_eq!(parse_chat(r#"{"model":"m","messages":[],"n":2,"best_of":5}"#).unwrap().choices, 5);
+    }
+
+    #[test]
+    fn caps_hidden_in_nested_settings_are_refused() {
+        assert_eq!(
+            field_error(r#"{"model":"m","messages":[],"options":{"num_predict":100000}}"#),
+            "options.num_predict"
+        );
+        assert_eq!(
+            field_error(r#"{"model":"m","messages":[],"parameters":{"max_new_tokens":9}}"#),
+            "parameters.max_new_tokens"
+        );
+        assert!(parse_chat(r#"{"model":"m","messages":[],"options":{"temperature":0.1}}"#).is_ok());
+    }
+
+    #[test]
+    fn hostile_shapes_are_refused_naming_the_member() {
+        let deep = format!(r#"{{"model":"m","messages":{}{}}}"#, "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(field_error(&deep), "messages");
+        let mut invalid = br#"{"model":"m","messages":[{"content":""#.to_vec();
+        invalid.push(0xFF);
+        invalid.extend_from_slice(br#""}]}"#);
+        match parse(Operation::Chat, Bytes::from(invalid), 64) {
+            Err(ApiError::InvalidField { param, .. }) => assert_eq!(param, "messages"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(field_error(r#"{"model":"m","messages":[],"max_tokens":1,"max_tokens":2}"#), "max_tokens");
     }
 }

@@ -3,15 +3,52 @@
 //! The prompt is bounded by the body's length: every token a model reads is at least one byte
 //! of the request (byte-level and byte-fallback tokenizers), and the template tokens around each
 //! message are fewer than the JSON around it. The completion is bounded by the cap Portcullis
-//! makes sure the upstream gets: the client's `max_tokens`, or `limits.default_max_tokens`
-//! written into the body when the client named none.
+//! makes sure the upstream obeys: the smallest cap the client named in any cap field, or
+//! `limits.default_max_tokens`, written into *every* cap field the body has (a server reads the
+//! one it knows, and whichever it is, it holds the reserved cap) and into the model's
+//! `max_tokens_field` when the body lacks it.
+//!
+//! The same edit removes fields that steer a server or a proxy in front of it — where to send
+//! the request, with which credential or headers — unless the model's `passthrough_fields`
+//! allow them: a client must not redirect the gateway's traffic or credentials.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use portcullis_types::openai::COMPLETION_CAP_FIELDS;
+use serde_json::{Map, Value};
 
 use super::body::{Operation, ParsedRequest};
+use super::shape::Member;
 
 /// Tokens a chat template may add beyond the request's own bytes (BOS, generation prompt).
 const TEMPLATE_SLACK: u64 = 16;
+
+/// Fields by which a client could steer a server or proxy (LiteLLM-style routers read them).
+const STEERING_FIELDS: [&str; 12] = [
+    "api_base",
+    "api_key",
+    "api_type",
+    "api_version",
+    "base_url",
+    "custom_llm_provider",
+    "deployment_id",
+    "extra_body",
+    "extra_headers",
+    "extra_query",
+    "headers",
+    "organization",
+];
+/// Cloud-credential families (`aws_access_key_id`, `vertex_credentials`, …).
+const STEERING_PREFIXES: [&str; 3] = ["aws_", "azure_", "vertex_"];
+/// Provider-specific credentials and targets (`openai_api_key`, `ollama_base_url`, …).
+const STEERING_SUFFIXES: [&str; 3] = ["_api_key", "_api_base", "_base_url"];
+
+/// What shapes the forwarded body, from the model's configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyRules<'a> {
+    pub default_max_tokens: u64,
+    pub max_tokens_field: &'a str,
+    pub passthrough_fields: &'a [String],
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -25,63 +62,108 @@ pub struct Plan {
     pub body: Bytes,
 }
 
-pub fn plan(request: &ParsedRequest, default_max_tokens: u64) -> Plan {
+pub fn plan(request: &ParsedRequest, rules: BodyRules<'_>) -> Plan {
     let prompt_bound = request.body.len() as u64 + TEMPLATE_SLACK;
-    if request.operation == Operation::Embeddings {
-        return Plan { prompt_bound, completion_cap: 0, worst_case_tokens: prompt_bound, body: request.body.clone() };
+    let generates = request.operation != Operation::Embeddings;
+    let completion_cap = if generates { request.max_tokens.unwrap_or(rules.default_max_tokens) } else { 0 };
+    let cap_text = completion_cap.to_string();
+    let needs_usage = request.stream && !request.wants_stream_usage;
+
+    let mut edit = Edit::default();
+    for (index, member) in request.members.iter().enumerate() {
+        let key = member.key.as_str();
+        if is_steering(key) && !rules.passthrough_fields.iter().any(|allowed| allowed == key) {
+            tracing::debug!(field = key, "steering field removed from the request");
+            edit.drop(index);
+        } else if generates && COMPLETION_CAP_FIELDS.contains(&key) && request.raw(member) != cap_text.as_bytes() {
+            edit.replace(index, cap_text.clone());
+        } else if needs_usage && key == "stream_options" {
+            edit.replace(index, with_usage(request.raw(member)));
+        }
     }
-    let completion_cap = request.max_tokens.unwrap_or(default_max_tokens);
-    let mut additions: Vec<(&str, String)> = Vec::new();
-    if request.max_tokens.is_none() {
-        additions.push(("max_tokens", completion_cap.to_string()));
+    if generates && !request.members.iter().any(|member| member.key == rules.max_tokens_field) {
+        edit.add(rules.max_tokens_field, cap_text);
     }
-    if request.stream && !request.wants_stream_usage {
-        additions.push(("stream_options", "{\"include_usage\":true}".to_string()));
+    if needs_usage && !request.members.iter().any(|member| member.key == "stream_options") {
+        edit.add("stream_options", "{\"include_usage\":true}".to_string());
     }
-    // Prepending is safe only for fields the body does not have; a client's own
-    // `stream_options` (without include_usage) needs a real edit. Rare, so the slow path is fine.
-    let body = if additions.iter().any(|(name, _)| has_field(&request.body, name)) {
-        set_fields(&request.body, &additions).unwrap_or_else(|| request.body.clone())
-    } else {
-        prepend_fields(&request.body, &additions)
-    };
+    let body = edit.apply(&request.body, &request.members);
     let worst_case_tokens = prompt_bound.saturating_add(completion_cap.saturating_mul(request.choices));
     Plan { prompt_bound, completion_cap, worst_case_tokens, body }
 }
 
-/// Inserts `fields` (name, JSON value) right after the object's opening brace; the parser has
-/// checked the body is an object with at least `model` in it, so a comma follows.
-fn prepend_fields(body: &Bytes, fields: &[(&str, String)]) -> Bytes {
-    if fields.is_empty() {
-        return body.clone();
-    }
-    let Some(brace) = body.iter().position(|&b| b == b'{') else { return body.clone() };
-    let extra: usize = fields.iter().map(|(name, value)| name.len() + value.len() + 4).sum();
-    let mut out = BytesMut::with_capacity(body.len() + extra);
-    out.put_slice(&body[..=brace]);
-    for (name, value) in fields {
-        out.put_u8(b'"');
-        out.put_slice(name.as_bytes());
-        out.put_slice(b"\":");
-        out.put_slice(value.as_bytes());
-        out.put_u8(b',');
-    }
-    out.put_slice(&body[brace + 1..]);
-    out.freeze()
+fn is_steering(key: &str) -> bool {
+    STEERING_FIELDS.contains(&key)
+        || STEERING_PREFIXES.iter().any(|prefix| key.starts_with(prefix))
+        || STEERING_SUFFIXES.iter().any(|suffix| key.ends_with(suffix))
 }
 
-fn has_field(body: &[u8], name: &str) -> bool {
-    let needle = format!("\"{name}\"");
-    body.windows(needle.len()).any(|window| window == needle.as_bytes())
+/// The client's `stream_options` with `include_usage` turned on and the rest kept.
+fn with_usage(raw: &[u8]) -> String {
+    let mut options: Map<String, Value> = serde_json::from_slice(raw).unwrap_or_default();
+    options.insert("include_usage".into(), Value::Bool(true));
+    Value::Object(options).to_string()
 }
 
-fn set_fields(body: &Bytes, fields: &[(&str, String)]) -> Option<Bytes> {
-    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let object = value.as_object_mut()?;
-    for (name, field) in fields {
-        object.insert((*name).to_string(), serde_json::from_str(field).ok()?);
+/// Changes to a body's top-level members, applied in one copy (or none, when there are none).
+#[derive(Default)]
+struct Edit {
+    /// By member index: `None` drops the member, `Some(value)` replaces its value.
+    changes: Vec<(usize, Option<String>)>,
+    additions: Vec<(&'static str, String)>,
+}
+
+impl Edit {
+    fn drop(&mut self, index: usize) {
+        self.changes.push((index, None));
     }
-    serde_json::to_vec(&value).ok().map(Bytes::from)
+
+    fn replace(&mut self, index: usize, value: String) {
+        self.changes.push((index, Some(value)));
+    }
+
+    fn add(&mut self, key: &str, value: String) {
+        // Only known names are added (a cap field, `stream_options`); their JSON needs no escaping.
+        let key = COMPLETION_CAP_FIELDS.iter().chain(["stream_options"].iter()).find(|known| **known == key);
+        if let Some(key) = key {
+            self.additions.push((key, value));
+        }
+    }
+
+    fn apply(self, body: &Bytes, members: &[Member]) -> Bytes {
+        if self.changes.is_empty() && self.additions.is_empty() {
+            return body.clone();
+        }
+        let mut out = BytesMut::with_capacity(body.len() + 64);
+        out.put_u8(b'{');
+        let mut first = true;
+        let mut separate = |out: &mut BytesMut| {
+            if !std::mem::take(&mut first) {
+                out.put_u8(b',');
+            }
+        };
+        for (index, member) in members.iter().enumerate() {
+            let change = self.changes.iter().find(|(changed, _)| *changed == index).map(|(_, change)| change);
+            let value = match change {
+                Some(None) => continue,
+                Some(Some(value)) => value.as_bytes(),
+                None => &body[member.value.clone()],
+            };
+            separate(&mut out);
+            out.put_slice(&body[member.key_span.clone()]);
+            out.put_u8(b':');
+            out.put_slice(value);
+        }
+        for (key, value) in &self.additions {
+            separate(&mut out);
+            out.put_u8(b'"');
+            out.put_slice(key.as_bytes());
+            out.put_slice(b"\":");
+            out.put_slice(value.as_bytes());
+        }
+        out.put_u8(b'}');
+        out.freeze()
+    }
 }
 
 #[cfg(test)]
@@ -91,11 +173,18 @@ mod tests {
     use super::*;
     use crate::proxy::body::parse;
 
-    fn planned(operation: Operation, body: Value) -> (Plan, Value) {
-        let request = parse(operation, Bytes::from(body.to_string())).unwrap();
-        let plan = plan(&request, 100);
+    const RULES: BodyRules<'static> =
+        BodyRules { default_max_tokens: 100, max_tokens_field: "max_tokens", passthrough_fields: &[] };
+
+    fn planned_with(operation: Operation, body: Value, rules: BodyRules<'_>) -> (Plan, Value) {
+        let request = parse(operation, Bytes::from(body.to_string()), 64).unwrap();
+        let plan = plan(&request, rules);
         let sent = serde_json::from_slice(&plan.body).unwrap();
         (plan, sent)
+    }
+
+    fn planned(operation: Operation, body: Value) -> (Plan, Value) {
+        planned_with(operation, body, RULES)
     }
 
     #[test]
@@ -108,10 +197,35 @@ mod tests {
     }
 
     #[test]
-    fn the_clients_cap_and_choices_are_kept_and_multiplied() {
-        let body = json!({"model": "m", "messages": [], "max_completion_tokens": 7, "n": 3});
-        let (plan, sent) = planned(Operation::Chat, body.clone());
-        assert_eq!(sent, body, "nothing to add");
+    fn a_body_that_needs_nothing_is_forwarded_as_it_came() {
+        let text = r#"{"model":"m", "messages":[], "max_tokens": 7}"#;
+        let request = parse(Operation::Chat, Bytes::from(text), 64).unwrap();
+        assert_eq!(plan(&request, RULES).body, text.as_bytes());
+    }
+
+    #[test]
+    fn every_cap_field_carries_the_reserved_cap() {
+        let body = json!({"model": "m", "messages": [], "max_tokens": 1, "n_predict": 100000, "num_predict": 50});
+        let (plan, sent) = planned(Operation::Chat, body);
+        assert_eq!(plan.completion_cap, 1);
+        assert_eq!((&sent["max_tokens"], &sent["n_predict"], &sent["num_predict"]), (&json!(1), &json!(1), &json!(1)));
+        let (plan, sent) = planned(
+            Operation::Chat,
+            json!({"model": "m", "messages": [], "max_completion_tokens": 5, "max_tokens": 500}),
+        );
+        assert_eq!(plan.completion_cap, 5);
+        assert_eq!((&sent["max_completion_tokens"], &sent["max_tokens"]), (&json!(5), &json!(5)));
+        // A server that reads only another field still gets the cap in the one the model names.
+        let rules = BodyRules { max_tokens_field: "max_completion_tokens", ..RULES };
+        let (_, sent) = planned_with(Operation::Chat, json!({"model": "m", "messages": [], "n_predict": 9}), rules);
+        assert_eq!((&sent["n_predict"], &sent["max_completion_tokens"]), (&json!(9), &json!(9)));
+        assert!(sent.get("max_tokens").is_none());
+    }
+
+    #[test]
+    fn choices_multiply_the_worst_case() {
+        let (plan, _) =
+            planned(Operation::Chat, json!({"model": "m", "messages": [], "max_tokens": 7, "n": 2, "best_of": 3}));
         assert_eq!(plan.worst_case_tokens, plan.prompt_bound + 21);
     }
 
@@ -120,14 +234,34 @@ mod tests {
         let (_, sent) =
             planned(Operation::Chat, json!({"model": "m", "messages": [], "stream": true, "max_tokens": 5}));
         assert_eq!(sent["stream_options"]["include_usage"], true);
-        let body = json!({"model": "m", "messages": [], "stream": true, "stream_options": {"include_usage": false}});
+        let body =
+            json!({"model": "m", "messages": [], "stream": true, "stream_options": {"include_usage": false, "x": 1}});
         let (_, sent) = planned(Operation::Chat, body);
-        assert_eq!(sent["stream_options"]["include_usage"], true);
-        assert_eq!(sent["max_tokens"], 100, "the default cap is written on the slow path too");
+        assert_eq!(sent["stream_options"], json!({"include_usage": true, "x": 1}), "the client's other options stay");
+        assert_eq!(sent["max_tokens"], 100);
         let body = json!({"model": "m", "messages": [], "stream": true, "max_tokens": 5, "stream_options": {"include_usage": true}});
         let (plan, sent) = planned(Operation::Chat, body.clone());
         assert_eq!(sent, body);
         assert!(plan.body.len() as u64 + 16 == plan.prompt_bound);
+    }
+
+    #[test]
+    fn steering_fields_are_removed_unless_the_model_allows_them() {
+        let body = json!({
+            "model": "m", "messages": [], "max_tokens": 5, "api_base": "http://evil", "base_url": "x",
+            "api_key": "sk-x", "extra_headers": {"a": "b"}, "aws_secret_access_key": "s", "openai_api_key": "k",
+            "temperature": 0.5
+        });
+        let (_, sent) = planned(Operation::Chat, body);
+        assert_eq!(sent, json!({"model": "m", "messages": [], "max_tokens": 5, "temperature": 0.5}));
+        let allowed = ["api_base".to_string()];
+        let rules = BodyRules { passthrough_fields: &allowed, ..RULES };
+        let (_, sent) = planned_with(
+            Operation::Embeddings,
+            json!({"model": "m", "input": "x", "api_base": "b", "api_key": "k"}),
+            rules,
+        );
+        assert_eq!(sent, json!({"model": "m", "input": "x", "api_base": "b"}));
     }
 
     #[test]

@@ -1,23 +1,21 @@
 //! `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`: the request phases in order.
 
-use std::net::SocketAddr;
-
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, header};
 use portcullis_auth::Scope;
 use portcullis_config::Config;
 use portcullis_upstream::{ForwardRequest, UpstreamError, UpstreamResponse};
 
-use super::admit::{admit, price_of};
+use super::admit::{self, price_of};
 use super::authorize::may_use_model;
 use super::body::{self, Operation, ParsedRequest};
+use super::caller;
 use super::meter::{Metered, OnFinish};
 use super::settle::Settlement;
-use super::{UNKNOWN_PEER, caller};
-use crate::access_log::AccessInfo;
 use crate::error::ApiError;
+use crate::exchange::{AuditAtBodyEnd, Exchange};
 use crate::limits;
 use crate::request_id::{self, RequestId};
 use crate::state::AppState;
@@ -26,50 +24,51 @@ use crate::state::AppState;
 /// else the client sent stay here.
 const FORWARDED_HEADERS: [header::HeaderName; 3] = [header::CONTENT_TYPE, header::ACCEPT, header::USER_AGENT];
 
-pub async fn chat(state: State<AppState>, request: Request) -> Response {
-    handle(state, Operation::Chat, request).await
+/// Model-server headers a client may see. An allow-list too: the server's name and version,
+/// its cookies, its authentication challenges and whatever internals it adds stay here.
+const RELAYED_HEADERS: [header::HeaderName; 4] =
+    [header::CONTENT_TYPE, header::CONTENT_LENGTH, header::CACHE_CONTROL, header::RETRY_AFTER];
+
+pub async fn chat(state: State<AppState>, exchange: Exchange, request: Request) -> Result<Response, ApiError> {
+    serve(state, Operation::Chat, exchange, request).await
 }
 
-pub async fn completions(state: State<AppState>, request: Request) -> Response {
-    handle(state, Operation::Completions, request).await
+pub async fn completions(state: State<AppState>, exchange: Exchange, request: Request) -> Result<Response, ApiError> {
+    serve(state, Operation::Completions, exchange, request).await
 }
 
-pub async fn embeddings(state: State<AppState>, request: Request) -> Response {
-    handle(state, Operation::Embeddings, request).await
-}
-
-async fn handle(State(state): State<AppState>, operation: Operation, request: Request) -> Response {
-    let mut info = AccessInfo::default();
-    let result = serve(&state, operation, request, &mut info).await;
-    info.respond(result)
+pub async fn embeddings(state: State<AppState>, exchange: Exchange, request: Request) -> Result<Response, ApiError> {
+    serve(state, Operation::Embeddings, exchange, request).await
 }
 
 async fn serve(
-    state: &AppState,
+    State(state): State<AppState>,
     operation: Operation,
+    exchange: Exchange,
     request: Request,
-    info: &mut AccessInfo,
 ) -> Result<Response, ApiError> {
     let runtime = state.runtime();
     let config = &runtime.config;
     let (parts, body) = request.into_parts();
 
-    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or(UNKNOWN_PEER, |info| info.0);
-    let principal = caller(state, peer, &parts.headers, scope_of(operation), info).await?;
+    let principal = caller(&state, &exchange, &parts.headers, scope_of(operation)).await?;
+    let entered = admit::enter(&state, config, &principal).await?;
 
     let bytes = body::read(body, &parts.headers, config.server.max_body_bytes).await?;
-    let parsed = body::parse(operation, bytes)?;
+    let parsed = body::parse(operation, bytes, config.server.max_json_depth)?;
     if !runtime.upstreams.contains(&parsed.model) {
         return Err(ApiError::ModelNotFound { model: parsed.model });
     }
     // Only configured names become metric labels: clients cannot grow label sets at will.
-    info.model = Some(parsed.model.clone());
-    info.stream = parsed.stream;
+    exchange.note(|info| {
+        info.model = Some(parsed.model.clone());
+        info.stream = parsed.stream;
+    });
     if !may_use_model(config, &principal, &parsed.model) {
         return Err(ApiError::ModelNotAllowed { model: parsed.model });
     }
 
-    let admitted = admit(state, config, &principal, &parsed).await?;
+    let admitted = admit::admit(&state, config, &principal, entered, &parsed, exchange.clone()).await?;
     let forward = ForwardRequest {
         model: parsed.model.clone(),
         path: operation.path().to_string(),
@@ -78,10 +77,13 @@ async fn serve(
         priority: admitted.priority,
     };
     let may_use = |model: &str| may_use_model(config, &principal, model);
-    let mut response = match runtime.upstreams.forward(forward, &may_use).await {
+    let sent = admitted.settlement.sent_flag();
+    let mut response = match runtime.upstreams.forward(forward, &may_use, sent).await {
         Ok(upstream) => {
-            info.upstream = Some(upstream.endpoint.clone());
-            info.model = Some(upstream.model.clone());
+            exchange.note(|info| {
+                info.upstream = Some(upstream.endpoint.clone());
+                info.model = Some(upstream.model.clone());
+            });
             relay(upstream, &parsed, admitted.plan.completion_cap, admitted.settlement, config)
         }
         Err(error) => {
@@ -102,7 +104,8 @@ fn relay(
     mut settlement: Settlement,
     config: &Config,
 ) -> Response {
-    let UpstreamResponse { status, mut headers, body, model, .. } = upstream;
+    let UpstreamResponse { status, headers, body, model, .. } = upstream;
+    let mut headers = relayed_headers(&headers);
     if !status.is_success() {
         // The model server refused (4xx) or failed (5xx): nothing was generated.
         settlement.nothing_used();
@@ -111,18 +114,16 @@ fn relay(
         *response.headers_mut() = headers;
         return response;
     }
-    // A fallback bills at its own price.
-    settlement.price = price_of(config, &model);
-    settlement.model = model;
     let is_event_stream = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.starts_with("text/event-stream"));
     let streamed = request.stream && is_event_stream;
-    settlement.streamed = streamed;
+    // A fallback bills at its own price.
+    let price = price_of(config, &model);
+    settlement.served_by(model, price, streamed);
     // Embeddings generate no text: only their input is captured.
-    let capture = settlement.capture.is_some() && request.operation != Operation::Embeddings;
-    let audit = settlement.audit.clone();
+    let capture = settlement.captures() && request.operation != Operation::Embeddings;
     let on_finish: OnFinish = Box::new(move |outcome| settlement.finish(outcome));
     let body = if streamed {
         // The stream may lose its usage chunk on the way: its length is no longer known.
@@ -135,7 +136,7 @@ fn relay(
     let mut response = Response::new(body);
     *response.status_mut() = status;
     *response.headers_mut() = headers;
-    response.extensions_mut().insert(audit);
+    response.extensions_mut().insert(AuditAtBodyEnd);
     response
 }
 
@@ -145,6 +146,16 @@ fn scope_of(operation: Operation) -> Scope {
         Operation::Completions => Scope::Completions,
         Operation::Embeddings => Scope::Embeddings,
     }
+}
+
+fn relayed_headers(upstream: &HeaderMap) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(RELAYED_HEADERS.len() + 8);
+    for name in RELAYED_HEADERS {
+        if let Some(value) = upstream.get(&name) {
+            headers.insert(name, value.clone());
+        }
+    }
+    headers
 }
 
 fn forwarded_headers(client: &HeaderMap, request_id: Option<&RequestId>) -> HeaderMap {
@@ -168,6 +179,7 @@ fn upstream_error(error: UpstreamError) -> ApiError {
     match error {
         UpstreamError::Timeout { .. } => ApiError::UpstreamTimeout,
         UpstreamError::Overloaded { retry_after_secs } => ApiError::Overloaded { retry_after_secs },
+        UpstreamError::Exhausted { .. } => ApiError::Overloaded { retry_after_secs: 1 },
         UpstreamError::UnknownModel => ApiError::Internal,
         UpstreamError::Unavailable { .. } => ApiError::UpstreamUnavailable,
     }

@@ -10,13 +10,13 @@ mod inference;
 mod meter;
 mod models;
 mod settle;
+mod shape;
 mod usage;
 
-pub use authenticate::client_ip;
 pub use settle::unix_millis;
 mod sse;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,16 +25,16 @@ use axum::routing::{get, post};
 use http::HeaderMap;
 use portcullis_auth::Scope;
 
-use crate::access_log::AccessInfo;
 use crate::error::ApiError;
+use crate::exchange::Exchange;
 use crate::health;
 use crate::misuse::FailureOutcome;
 use crate::principal::Principal;
 use crate::security::SecurityEvent;
 use crate::state::AppState;
 
-/// Stands in for the peer address when none was recorded (only in in-process tests).
-const UNKNOWN_PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+/// Stands in for the client address when none was recorded (only in in-process tests).
+const UNKNOWN_CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 
 /// The accept loop adds the request id and the access log around it (see [`crate::access_log`]).
 /// Authentication is the first step of every `/v1` handler (default deny); the health routes
@@ -56,32 +56,36 @@ pub fn router(state: AppState) -> Router {
 
 /// The phases every `/v1` call starts with: authenticate, then check the client address and
 /// the scope the call needs (if any).
+///
+/// A client address blocked for failing authentication too often is refused only what it was
+/// blocked for — unauthenticated attempts: behind a shared address (a NAT, an office, a load
+/// balancer) a valid key keeps working while someone next to it guesses.
 async fn caller(
     state: &AppState,
-    peer: SocketAddr,
+    exchange: &Exchange,
     headers: &HeaderMap,
     scope: impl Into<Option<Scope>>,
-    info: &mut AccessInfo,
 ) -> Result<Arc<Principal>, ApiError> {
     let now = time::OffsetDateTime::now_utc();
-    let runtime = state.runtime();
-    let client = authenticate::client_ip(peer, headers, &runtime.config.server.trusted_proxies);
+    let client = exchange.meta().client_ip.unwrap_or(UNKNOWN_CLIENT);
     let misuse = state.misuse();
-    if let Some(retry_after_secs) = misuse.blocked_for(client, Instant::now()) {
-        return Err(ApiError::ClientBlocked { retry_after_secs });
-    }
     let principal = match authenticate::authenticate(state, headers, now.unix_timestamp()).await {
         Ok(principal) => principal,
-        Err(error) => {
-            if error == ApiError::InvalidApiKey && misuse.auth_failed(client, Instant::now()) == FailureOutcome::Blocked
-            {
+        Err(ApiError::InvalidApiKey) => {
+            if let Some(retry_after_secs) = misuse.blocked_for(client, Instant::now()) {
+                return Err(ApiError::ClientBlocked { retry_after_secs });
+            }
+            if misuse.auth_failed(client, Instant::now()) == FailureOutcome::Blocked {
                 state.security_event(SecurityEvent::ClientBlocked { client });
             }
-            return Err(error);
+            return Err(ApiError::InvalidApiKey);
         }
+        Err(error) => return Err(error),
     };
-    info.principal = Some(principal.id.clone());
-    info.team = principal.team.clone();
+    exchange.note(|info| {
+        info.principal = Some(principal.id.clone());
+        info.team = principal.team.clone();
+    });
     if let Some(count) = misuse.key_request(&principal.id, (now.unix_timestamp() / 60) as u64) {
         state.security_event(SecurityEvent::Anomaly {
             key_id: principal.id.clone(),

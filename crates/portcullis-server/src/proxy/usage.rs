@@ -1,11 +1,8 @@
 //! `GET /v1/usage` (Portcullis extension): the caller's own limits, what is left of them, and
 //! its spend this UTC day and month.
 
-use std::net::SocketAddr;
-
 use axum::Json;
-use axum::extract::{ConnectInfo, State};
-use axum::response::Response;
+use axum::extract::State;
 use http::HeaderMap;
 use portcullis_auth::Scope as AuthScope;
 use portcullis_limits::{LimitState, Money, Scope};
@@ -15,39 +12,37 @@ use time::OffsetDateTime;
 
 use super::caller;
 use super::settle::unix_millis;
-use crate::access_log::AccessInfo;
 use crate::error::ApiError;
+use crate::exchange::Exchange;
 use crate::limits::scopes_for;
 use crate::state::AppState;
 
 /// Any valid key may read its own usage; no scope is needed (it reveals nothing about others).
-pub async fn usage(State(state): State<AppState>, peer: ConnectInfo<SocketAddr>, headers: HeaderMap) -> Response {
-    let mut info = AccessInfo::default();
-    let result = async {
-        let principal = caller(&state, peer.0, &headers, None::<AuthScope>, &mut info).await?;
-        let config = state.runtime().config.clone();
-        let team = match &principal.team {
-            Some(name) => state.teams().get(name).await.map_err(|error| ApiError::from_store(&error, "team lookup"))?,
-            None => None,
-        };
-        let now = OffsetDateTime::now_utc();
-        let mut limits = Vec::new();
-        for (scope, scope_limits) in scopes_for(&config, &principal, team.as_deref()) {
-            let states = state.limiter().snapshot(&scope, &scope_limits, unix_millis(now)).await;
-            limits.push(
-                json!({ "scope": scope_name(&scope), "limits": states.iter().map(limit_json).collect::<Vec<_>>() }),
-            );
-        }
-        let spend = spend(&state, &principal.id, now).await?;
-        Ok::<_, ApiError>(Json(json!({
-            "object": "usage",
-            "key": { "id": principal.id, "team": principal.team, "tier": principal.tier },
-            "limits": limits,
-            "spend": spend,
-        })))
+pub async fn usage(
+    State(state): State<AppState>,
+    exchange: Exchange,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let principal = caller(&state, &exchange, &headers, None::<AuthScope>).await?;
+    let config = state.runtime().config.clone();
+    let team = match &principal.team {
+        Some(name) => state.teams().get(name).await.map_err(|error| ApiError::from_store(&error, "team lookup"))?,
+        None => None,
+    };
+    let now = OffsetDateTime::now_utc();
+    let mut limits = Vec::new();
+    for (scope, scope_limits) in scopes_for(&config, &principal, team.as_deref()) {
+        let states = state.limiter().snapshot(&scope, &scope_limits, unix_millis(now)).await;
+        limits
+            .push(json!({ "scope": scope_name(&scope), "limits": states.iter().map(limit_json).collect::<Vec<_>>() }));
     }
-    .await;
-    info.respond(result)
+    let spend = spend(&state, &principal.id, now).await?;
+    Ok(Json(json!({
+        "object": "usage",
+        "key": { "id": principal.id, "team": principal.team, "tier": principal.tier },
+        "limits": limits,
+        "spend": spend,
+    })))
 }
 
 fn scope_name(scope: &Scope) -> Value {

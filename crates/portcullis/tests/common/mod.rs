@@ -6,6 +6,7 @@
 #![allow(clippy::expect_used, clippy::panic, reason = "test helpers: a failure is a failed test")]
 
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use portcullis_testkit::{Gateway, GatewayBuilder, StubUpstream};
 use serde_json::{Value, json};
@@ -149,4 +150,60 @@ pub fn describe(output: &Output) -> String {
 #[track_caller]
 pub fn str_field<'a>(value: &'a Value, field: &str) -> &'a str {
     value[field].as_str().unwrap_or_else(|| panic!("no string `{field}` in {value}"))
+}
+
+/// How long a record may take to show up in the store.
+pub const AUDIT_WAIT: Duration = Duration::from_secs(3);
+/// The admin API's largest page.
+const PAGE: usize = 1000;
+
+/// `GET <admin><path_and_query>` with the bootstrap token; panics unless 200.
+pub async fn admin_json(gateway: &Gateway, path_and_query: &str) -> Value {
+    let reply =
+        send(http().get(format!("{}{path_and_query}", gateway.admin_url())).bearer_auth(gateway.admin_token())).await;
+    assert_eq!(reply.status, 200, "GET {path_and_query} failed: {}", reply.text);
+    reply.body
+}
+
+/// Every record matching `query` (`"kind=admin&decision=allow"`, or empty), following the cursor.
+pub async fn audit_records(gateway: &Gateway, query: &str) -> Vec<Value> {
+    let mut records = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("/admin/v1/audit?limit={PAGE}");
+        if !query.is_empty() {
+            url.push('&');
+            url.push_str(query);
+        }
+        if let Some(cursor) = &cursor {
+            url.push_str("&cursor=");
+            url.push_str(cursor);
+        }
+        let page = admin_json(gateway, &url).await;
+        let data = page["data"].as_array().unwrap_or_else(|| panic!("no data in {page}"));
+        records.extend(data.iter().cloned());
+        cursor = page["next_cursor"].as_str().map(str::to_string);
+        if data.len() < PAGE || cursor.is_none() {
+            return records;
+        }
+    }
+}
+
+/// Polls [`audit_records`] until it has at least `count` records (at most [`AUDIT_WAIT`]).
+pub async fn wait_for_records(gateway: &Gateway, query: &str, count: usize) -> Vec<Value> {
+    let deadline = Instant::now() + AUDIT_WAIT;
+    loop {
+        let records = audit_records(gateway, query).await;
+        if records.len() >= count || Instant::now() >= deadline {
+            return records;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The one record with this request id; panics when there are none or several.
+pub async fn the_record(gateway: &Gateway, request_id: &str) -> Value {
+    let records = wait_for_records(gateway, &format!("request_id={request_id}"), 1).await;
+    assert_eq!(records.len(), 1, "request {request_id} should have exactly one record: {records:#?}");
+    records.into_iter().next().expect("one record")
 }

@@ -1,0 +1,188 @@
+//! One client connection from accept to close: hyper serves it over [`ClientIo`], and a
+//! watchdog in the same task closes it when it has no business staying open — no complete
+//! request head in time, or idle for too long (see [`Activity::deadline`]) — and starts its
+//! graceful close when the server stops.
+
+use std::convert::Infallible;
+use std::future::{Future, poll_fn};
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::extract::ConnectInfo;
+use bytes::Bytes;
+use http::{HeaderValue, Version, header};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use pin_project_lite::pin_project;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::Site;
+use super::activity::{Activity, Deadline, Timeouts};
+use super::body::{BodyTimeouts, TimedBody};
+use super::gate::{GateLimits, HeadGate};
+use super::io::{ClientIo, Refusals};
+use super::slots::Slot;
+use crate::access_log;
+use crate::error::ApiError;
+
+/// What every connection of one listener is served with.
+pub struct ConnectionSettings {
+    pub builder: auto::Builder<TokioExecutor>,
+    pub timeouts: Timeouts,
+    pub gate: GateLimits,
+    pub body: BodyTimeouts,
+}
+
+/// Serves `stream` until it closes; `slot` is its place in the listener's count, given back
+/// when the socket is closed.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    site: Site,
+    settings: Arc<ConnectionSettings>,
+    slot: Slot,
+    stop: CancellationToken,
+) {
+    let activity = Arc::new(Activity::new(Instant::now()));
+    let refusals = Refuser { listener: site.name, site: site.clone(), peer };
+    let io = ClientIo::new(stream, slot, HeadGate::new(settings.gate), Arc::clone(&activity), refusals);
+    let service = {
+        let activity = Arc::clone(&activity);
+        let body_timeouts = settings.body;
+        hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            activity.request_started();
+            let finished = Finished(Arc::clone(&activity));
+            let site = site.clone();
+            async move {
+                let response = handle(site, peer, body_timeouts, request).await;
+                Ok::<_, Infallible>(response.map(|body| TrackedBody { inner: body, _finished: finished }))
+            }
+        })
+    };
+    let mut connection = pin!(settings.builder.serve_connection(TokioIo::new(io), service));
+    let mut stopped = pin!(stop.cancelled());
+    let mut timer = pin!(tokio::time::sleep_until(Instant::now().into()));
+    let timeouts = settings.timeouts;
+    // Graceful close begun (server stopping, or idle); `close_by` bounds an idle one.
+    let mut closing = false;
+    let mut close_by: Option<Instant> = None;
+    // While busy, when to look again (so that it is not pushed forward at every poll).
+    let mut busy_look: Option<Instant> = None;
+    let ended = poll_fn(|cx| {
+        loop {
+            if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                return Poll::Ready(result);
+            }
+            if !closing && stopped.as_mut().poll(cx).is_ready() {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+                continue;
+            }
+            let deadline = activity.deadline(timeouts);
+            let at = match (close_by, deadline) {
+                (Some(at), _) => at,
+                (None, Deadline::Busy) => *busy_look.get_or_insert_with(|| Instant::now() + timeouts.idle),
+                (None, Deadline::Head(at) | Deadline::Idle(at)) => {
+                    busy_look = None;
+                    at
+                }
+            };
+            if timer.deadline() != at.into() {
+                timer.as_mut().reset(at.into());
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            match (close_by, deadline) {
+                // A graceful close that did not finish in time, or no complete head in time
+                // (nothing in flight to finish): close now.
+                (Some(_), _) | (None, Deadline::Head(_)) => return Poll::Ready(Ok(())),
+                (None, Deadline::Idle(_)) => {
+                    close_by = Some(Instant::now() + timeouts.head);
+                    if !closing {
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+                (None, Deadline::Busy) => busy_look = None,
+            }
+        }
+    })
+    .await;
+    if let Err(error) = ended {
+        tracing::debug!(%peer, %error, "connection ended with an error");
+    }
+}
+
+/// The request as the router gets it: its peer address, a body that must keep coming, and for a
+/// chunked HTTP/1 request a `connection: close` on the answer (the head gate cannot follow a
+/// chunked body, so no request may come after one on the same connection).
+async fn handle(
+    site: Site,
+    peer: SocketAddr,
+    body_timeouts: BodyTimeouts,
+    mut request: hyper::Request<Incoming>,
+) -> axum::response::Response {
+    request.extensions_mut().insert(ConnectInfo(peer));
+    let close_after = request.version() < Version::HTTP_2 && request.headers().contains_key(header::TRANSFER_ENCODING);
+    let request = request.map(|body| axum::body::Body::new(TimedBody::new(body, body_timeouts)));
+    let mut response = access_log::serve(site.name, &site.state, site.router, request).await;
+    if close_after {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// Counts a request as finished when its response body is dropped: sent, or given up.
+struct Finished(Arc<Activity>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.0.request_finished(Instant::now());
+    }
+}
+
+pin_project! {
+    /// The response body, carrying the request's [`Finished`] guard.
+    pub struct TrackedBody {
+        #[pin]
+        inner: axum::body::Body,
+        _finished: Finished,
+    }
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Answers heads the gate refused, through the access log (logged, counted, audited).
+struct Refuser {
+    listener: &'static str,
+    site: Site,
+    peer: SocketAddr,
+}
+
+impl Refusals for Refuser {
+    fn answer(&self, error: ApiError) -> Bytes {
+        access_log::refuse_head(self.listener, &self.site.state, self.peer, error)
+    }
+}

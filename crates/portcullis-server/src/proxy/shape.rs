@@ -1,0 +1,291 @@
+//! The shape of a request body before anything of it is trusted or forwarded: valid UTF-8, a
+//! JSON object, no member twice, no lone UTF-16 surrogate in an escape, and no nesting deeper
+//! than `server.max_json_depth` — model servers parse recursively, and a bomb of nested arrays
+//! that reaches one can crash it for everyone. One pass, no recursion, no allocation but the
+//! list of top-level members (whose positions let the body be edited without re-serialising).
+//!
+//! It checks structure, not every rule of JSON: the envelope parse that follows (`serde_json`)
+//! refuses what is not JSON at all.
+
+use std::ops::Range;
+
+/// One top-level member: its key (unescaped) and where its key and value lie in the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub key: String,
+    /// The key with its quotes.
+    pub key_span: Range<usize>,
+    pub value: Range<usize>,
+}
+
+/// Why a body was refused; `member` names the top-level member the fault is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShapeError {
+    InvalidUtf8 { member: Option<String> },
+    NotAnObject,
+    Malformed { member: Option<String> },
+    TooDeep { member: String, limit: usize },
+    LoneSurrogate { member: String },
+    Duplicate { member: String },
+}
+
+/// The top-level members of `body`, in order.
+pub fn members(body: &[u8], max_depth: usize) -> Result<Vec<Member>, ShapeError> {
+    if let Err(error) = std::str::from_utf8(body) {
+        return Err(ShapeError::InvalidUtf8 { member: member_at(body, error.valid_up_to()) });
+    }
+    let mut scanner = Scanner { body, at: 0 };
+    scanner.skip_space();
+    if !scanner.eat(b'{') {
+        return Err(ShapeError::NotAnObject);
+    }
+    let mut members: Vec<Member> = Vec::new();
+    scanner.skip_space();
+    if scanner.eat(b'}') {
+        return scanner.end(members);
+    }
+    loop {
+        scanner.skip_space();
+        let key_start = scanner.at;
+        if !scanner.eat(b'"') {
+            return Err(ShapeError::Malformed { member: members.last().map(|m| m.key.clone()) });
+        }
+        scanner.string().map_err(|_| ShapeError::Malformed { member: None })?;
+        let key_span = key_start..scanner.at;
+        let key: String =
+            serde_json::from_slice(&body[key_span.clone()]).map_err(|_| ShapeError::Malformed { member: None })?;
+        if members.iter().any(|member| member.key == key) {
+            return Err(ShapeError::Duplicate { member: key });
+        }
+        scanner.skip_space();
+        if !scanner.eat(b':') {
+            return Err(ShapeError::Malformed { member: Some(key) });
+        }
+        scanner.skip_space();
+        let value_start = scanner.at;
+        match scanner.value(max_depth) {
+            Ok(()) => {}
+            Err(Fault::TooDeep) => return Err(ShapeError::TooDeep { member: key, limit: max_depth }),
+            Err(Fault::LoneSurrogate) => return Err(ShapeError::LoneSurrogate { member: key }),
+            Err(Fault::Malformed) => return Err(ShapeError::Malformed { member: Some(key) }),
+        }
+        let value = value_start..trim_end(body, value_start, scanner.at);
+        if value.is_empty() {
+            return Err(ShapeError::Malformed { member: Some(key) });
+        }
+        members.push(Member { key, key_span, value });
+        scanner.skip_space();
+        if scanner.eat(b',') {
+            continue;
+        }
+        if scanner.eat(b'}') {
+            return scanner.end(members);
+        }
+        return Err(ShapeError::Malformed { member: members.last().map(|m| m.key.clone()) });
+    }
+}
+
+enum Fault {
+    TooDeep,
+    LoneSurrogate,
+    Malformed,
+}
+
+struct Scanner<'a> {
+    body: &'a [u8],
+    at: usize,
+}
+
+impl Scanner<'_> {
+    fn skip_space(&mut self) {
+        while self.body.get(self.at).is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
+            self.at += 1;
+        }
+    }
+
+    fn eat(&mut self, byte: u8) -> bool {
+        let found = self.body.get(self.at) == Some(&byte);
+        self.at += usize::from(found);
+        found
+    }
+
+    fn end(mut self, members: Vec<Member>) -> Result<Vec<Member>, ShapeError> {
+        self.skip_space();
+        if self.at == self.body.len() { Ok(members) } else { Err(ShapeError::Malformed { member: None }) }
+    }
+
+    /// Past a member's value: up to (not including) the `,` or `}` that ends it at the top level.
+    /// Arrays and objects inside count towards `max_depth` (the top-level object is depth 1).
+    fn value(&mut self, max_depth: usize) -> Result<(), Fault> {
+        let mut depth = 1usize;
+        loop {
+            let Some(&byte) = self.body.get(self.at) else { return Err(Fault::Malformed) };
+            match byte {
+                b'"' => {
+                    self.at += 1;
+                    self.string()?;
+                    continue;
+                }
+                b'{' | b'[' => {
+                    depth += 1;
+                    if depth > max_depth {
+                        return Err(Fault::TooDeep);
+                    }
+                }
+                b'}' | b']' => {
+                    if depth == 1 {
+                        return Ok(());
+                    }
+                    depth -= 1;
+                }
+                b',' if depth == 1 => return Ok(()),
+                _ => {}
+            }
+            self.at += 1;
+        }
+    }
+
+    /// Past a string whose opening quote was just read; escapes are followed so that a `\"`
+    /// does not end it, and `\u` escapes must pair their surrogates.
+    fn string(&mut self) -> Result<(), Fault> {
+        // A high surrogate seen last, waiting for its low half.
+        let mut pending_high = false;
+        loop {
+            let rest = &self.body[self.at..];
+            let Some(offset) = memchr::memchr2(b'"', b'\\', rest) else { return Err(Fault::Malformed) };
+            if pending_high && offset > 0 {
+                return Err(Fault::LoneSurrogate);
+            }
+            self.at += offset;
+            if self.body[self.at] == b'"' {
+                if pending_high {
+                    return Err(Fault::LoneSurrogate);
+                }
+                self.at += 1;
+                return Ok(());
+            }
+            // A backslash and what it escapes.
+            let escaped = *self.body.get(self.at + 1).ok_or(Fault::Malformed)?;
+            if escaped != b'u' {
+                if pending_high {
+                    return Err(Fault::LoneSurrogate);
+                }
+                self.at += 2;
+                continue;
+            }
+            let hex = self.body.get(self.at + 2..self.at + 6).ok_or(Fault::Malformed)?;
+            let unit = std::str::from_utf8(hex).ok().and_then(|hex| u16::from_str_radix(hex, 16).ok());
+            let unit = unit.ok_or(Fault::Malformed)?;
+            match (pending_high, unit) {
+                (false, 0xD800..=0xDBFF) => pending_high = true,
+                (true, 0xDC00..=0xDFFF) => pending_high = false,
+                (false, 0xDC00..=0xDFFF) | (true, _) => return Err(Fault::LoneSurrogate),
+                (false, _) => {}
+            }
+            self.at += 6;
+        }
+    }
+}
+
+/// `end` moved back over trailing whitespace, not before `start`.
+fn trim_end(body: &[u8], start: usize, mut end: usize) -> usize {
+    while end > start && matches!(body[end - 1], b' ' | b'\t' | b'\n' | b'\r') {
+        end -= 1;
+    }
+    end
+}
+
+/// The top-level member a byte offset falls in, for an error that names where the fault is; a
+/// best effort on a body that may be broken at that very spot.
+fn member_at(body: &[u8], offset: usize) -> Option<String> {
+    let valid = std::str::from_utf8(&body[..offset]).ok()?;
+    // Scan what is valid with the same rules, remembering the last top-level key that began.
+    let mut scanner = Scanner { body: valid.as_bytes(), at: 0 };
+    scanner.skip_space();
+    if !scanner.eat(b'{') {
+        return None;
+    }
+    let mut last = None;
+    loop {
+        scanner.skip_space();
+        let key_start = scanner.at;
+        if !scanner.eat(b'"') || scanner.string().is_err() {
+            return last;
+        }
+        last = serde_json::from_slice::<String>(&valid.as_bytes()[key_start..scanner.at]).ok();
+        scanner.skip_space();
+        if !scanner.eat(b':') {
+            return last;
+        }
+        scanner.skip_space();
+        if scanner.value(usize::MAX).is_err() || !scanner.eat(b',') {
+            return last;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(body: &str) -> Vec<String> {
+        members(body.as_bytes(), 64).unwrap().into_iter().map(|member| member.key).collect()
+    }
+
+    #[test]
+    fn members_and_their_values_are_found_with_escapes_and_whitespace() {
+        let body = r#" { "model" : "m" , "messages":[{"content":"a \"}\" ]"}], "max\u005ftokens": 5 ,"x":{}} "#;
+        let found = members(body.as_bytes(), 64).unwrap();
+        let pairs: Vec<(&str, &str)> = found.iter().map(|m| (m.key.as_str(), &body[m.value.clone()])).collect();
+        assert_eq!(
+            pairs,
+            vec![("model", r#""m""#), ("messages", r#"[{"content":"a \"}\" ]"}]"#), ("max_tokens", "5"), ("x", "{}"),]
+        );
+        assert_eq!(&body[found[2].key_span.clone()], r#""max\u005ftokens""#);
+        assert_eq!(keys("{}"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_refused_naming_the_member() {
+        let deep = format!(r#"{{"model":"m","messages":{}{}}}"#, "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(members(deep.as_bytes(), 64), Err(ShapeError::TooDeep { member: "messages".into(), limit: 64 }));
+        let ok = format!(r#"{{"a":{}1{}}}"#, "[".repeat(63), "]".repeat(63));
+        assert!(members(ok.as_bytes(), 64).is_ok(), "63 arrays inside the object make 64 levels");
+        let over = format!(r#"{{"a":{}1{}}}"#, "[".repeat(64), "]".repeat(64));
+        assert!(matches!(members(over.as_bytes(), 64), Err(ShapeError::TooDeep { .. })));
+    }
+
+    #[test]
+    fn invalid_utf8_is_refused_naming_the_member_it_is_in() {
+        let mut body = br#"{"model":"m","messages":[{"content":"caf"#.to_vec();
+        body.extend_from_slice(&[0xC3, 0x28]);
+        body.extend_from_slice(br#""}]}"#);
+        assert_eq!(members(&body, 64), Err(ShapeError::InvalidUtf8 { member: Some("messages".into()) }));
+        assert_eq!(members(&[0xFF], 64), Err(ShapeError::InvalidUtf8 { member: None }));
+    }
+
+    #[test]
+    fn lone_surrogates_and_duplicates_are_refused() {
+        for lone in [r#""\ud800""#, r#""\udc00""#, r#""\ud800x""#, r#""\ud800\n""#, r#""\ud800\u0041""#] {
+            let body = format!(r#"{{"messages":{lone}}}"#);
+            assert_eq!(
+                members(body.as_bytes(), 64),
+                Err(ShapeError::LoneSurrogate { member: "messages".into() }),
+                "{lone}"
+            );
+        }
+        assert!(members(r#"{"a":"\ud83d\ude00"}"#.as_bytes(), 64).is_ok(), "a proper pair");
+        assert_eq!(
+            members(r#"{"max_tokens":1,"max_\u0074okens":100000}"#.as_bytes(), 64),
+            Err(ShapeError::Duplicate { member: "max_tokens".into() })
+        );
+    }
+
+    #[test]
+    fn what_is_not_an_object_or_is_cut_short_is_refused() {
+        assert_eq!(members(b"[1,2]", 64), Err(ShapeError::NotAnObject));
+        for broken in [r#"{"a":1"#, r#"{"a":"x}"#, r#"{"a"}"#, r#"{"a":1}x"#, r#"{"a":}"#, r#"{"a":1,}"#] {
+            assert!(matches!(members(broken.as_bytes(), 64), Err(ShapeError::Malformed { .. })), "{broken}");
+        }
+    }
+}
