@@ -30,7 +30,8 @@
 //!   time it settles is charged to the current window what it used beyond its reservation; its reservation
 //!   is charged to nothing (it was within the ended window's quota).
 //! - **Dropped reservation.** A [`Reservation`] dropped without `settle` frees its concurrency slot and charges
-//!   its *whole* reservation as used (no token refund): a lost settlement can only under-admit, never overspend.
+//!   its *whole* reservation as used (no token refund): a lost settlement can only under-admit, never let a
+//!   request in beyond a limit (what an overrun used beyond its reservation is then not known, so not charged).
 
 pub mod bucket;
 pub mod gcra;
