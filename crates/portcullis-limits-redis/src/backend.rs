@@ -241,8 +241,7 @@ impl Backend {
 
     pub(crate) async fn snapshot(&self, name: &str, limits: &Limits, now: Millis) -> Result<RawSnapshot, BackendError> {
         let expire_at = key_expiry(&[], now);
-        let mut numbers = Numbers::new(now, wall_ms(), expire_at);
-        numbers.int(Period::Day.index(now)).int(Period::Month.index(now));
+        let numbers = Numbers::new(now, wall_ms(), expire_at);
         let keys = self.keys.script_keys(std::iter::once(name));
         let reply = self.eval(&keys, &[b"snapshot", &numbers.into_bytes()]).await?;
         Ok(parse_snapshot(&reply, &ScriptLimits::new(limits), now)?)

@@ -28,9 +28,10 @@ pub(crate) struct RedisHold {
 }
 
 impl RedisHold {
-    /// Gives back (settles, or charges in full when `actual` is `None`). A Redis that cannot be reached now
-    /// is not waited for: the lease then expires and charges the whole reservation, which can only
-    /// under-admit, never overspend.
+    /// Gives back (settles, or charges the whole reservation when `actual` is `None`). A Redis that cannot be
+    /// reached now is not waited for: the lease then expires and charges the whole reservation, which never
+    /// lets an admission through beyond a limit — but what an overrun used beyond its reservation is then
+    /// not charged.
     async fn release(self, actual: Option<Usage>, now: Millis) {
         let backend = &self.backend;
         if backend.breaker.is_open() {

@@ -10,10 +10,10 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{p}:v1:s:<scope>` | string | the counters (GCRA, token bucket, in flight, day and month windows), packed |
-//! | `{p}:v1:l:<scope>` | sorted set | running reservations as lease members, scored by lease deadline (wall-clock ms) |
+//! | `{p}:v2:s:<scope>` | string | the counters (GCRA, token bucket, in flight, day and month windows), packed |
+//! | `{p}:v2:l:<scope>` | sorted set | running reservations as lease members, scored by lease deadline (wall-clock ms) |
 //!
-//! `<scope>` is `g` for the global scope, `t:<id>` for a team and `k:<id>` for a key. `v1` names the layout
+//! `<scope>` is `g` for the global scope, `t:<id>` for a team and `k:<id>` for a key. `v2` names the layout
 //! of the crate docs: a later layout gets a new version, so replicas of different versions never misread
 //! each other's keys (during a rolling upgrade across a layout change each version counts on its own).
 
@@ -56,12 +56,12 @@ impl KeySpace {
 
     /// The state of a scope (by [`KeySpace::scope_name`]).
     pub(crate) fn state(&self, scope_name: &str) -> String {
-        format!("{}v1:s:{scope_name}", self.tag)
+        format!("{}v2:s:{scope_name}", self.tag)
     }
 
     /// The lease set of a scope.
     pub(crate) fn leases(&self, scope_name: &str) -> String {
-        format!("{}v1:l:{scope_name}", self.tag)
+        format!("{}v2:l:{scope_name}", self.tag)
     }
 
     /// The keys of these scopes as the script expects them: every state, then every lease set, in the
@@ -83,17 +83,17 @@ mod tests {
     fn every_key_starts_with_the_hash_tag() {
         let keys = KeySpace::new("portcullis").unwrap();
         let name = KeySpace::scope_name(&Scope::Key("abc".into()));
-        assert_eq!(keys.state(&name), "{portcullis}:v1:s:k:abc");
-        assert_eq!(keys.leases(&name), "{portcullis}:v1:l:k:abc");
-        assert_eq!(keys.state(&KeySpace::scope_name(&Scope::Global)), "{portcullis}:v1:s:g");
+        assert_eq!(keys.state(&name), "{portcullis}:v2:s:k:abc");
+        assert_eq!(keys.leases(&name), "{portcullis}:v2:l:k:abc");
+        assert_eq!(keys.state(&KeySpace::scope_name(&Scope::Global)), "{portcullis}:v2:s:g");
         let names = [KeySpace::scope_name(&team("eng")), name];
         assert_eq!(
             keys.script_keys(names.iter().map(String::as_str)),
             [
-                "{portcullis}:v1:s:t:eng",
-                "{portcullis}:v1:s:k:abc",
-                "{portcullis}:v1:l:t:eng",
-                "{portcullis}:v1:l:k:abc"
+                "{portcullis}:v2:s:t:eng",
+                "{portcullis}:v2:s:k:abc",
+                "{portcullis}:v2:l:t:eng",
+                "{portcullis}:v2:l:k:abc"
             ]
         );
     }

@@ -2,12 +2,16 @@
 //! replica together.
 //!
 //! [`RedisLimiter`] keeps the guarantees of the `portcullis_limits` crate docs — all or nothing across
-//! scopes and limits, no overspend of day/month quotas and budgets, settlement charging
-//! `min(actual, reserved)` into the windows of the reservation, token refunds, a dropped reservation
-//! charged in full, the same denial choice, retry times and `x-ratelimit` headers — and its GCRA, token
-//! bucket and calendar-window arithmetic gives the same results as `MemoryLimiter` for the same inputs
-//! (the equivalence test runs both side by side). Nothing here reads a clock for limit math: `now` comes
-//! from the caller, exactly as for the in-memory limiter.
+//! scopes and limits, no admission beyond a day/month quota, budget or token rate, settlement charging
+//! the actual usage in full (token refunds, a token debt below the empty bucket repaid at its rate, quotas
+//! and budgets charged past their limit in the windows of the reservation, a window's excess carried into
+//! the next ones until repaid), a dropped reservation charged its whole reservation, the same denial
+//! choice, retry times and `x-ratelimit` headers — and its GCRA, token bucket and calendar-window
+//! arithmetic gives the same results as `MemoryLimiter` for the same inputs (the equivalence test runs
+//! both side by side, and `tests/overrun.rs` tells both the same story of overruns). The snapshot's
+//! token-bucket and quota figures and a quota refusal's retry time are computed by the library's own
+//! functions from the raw state. Nothing here reads a clock for limit math: `now` comes from the caller,
+//! exactly as for the in-memory limiter.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -30,7 +34,8 @@
 //!   scope, and only if all pass takes the demand from all of them and records the reservation; otherwise
 //!   it returns every refusal and changes nothing (Redis runs a script atomically, so no other admission
 //!   sees a half-applied one). Never-fits is decided in Rust before the call, from the limits alone.
-//! - `settle`: one call per settlement (or per dropped reservation, charging it in full).
+//! - `settle`: one call per settlement, charging the actual usage (or per dropped reservation, charging
+//!   its whole reservation).
 //! - `renew`: one call per renewal period for all of this process's running reservations.
 //! - `snapshot` and `seed`: one call each.
 //!
@@ -44,30 +49,35 @@
 //!
 //! Lua numbers are doubles, exact only below 2^53. Money (pico-units, `u64` up to 1.8 × 10^19) and token
 //! counts in the day and month windows are therefore kept as two limbs (`hi`, `lo`) in base 10^9 with
-//! exact add, saturating add/sub and compare. Times and rates stay below 2^53: the GCRA's theoretical
-//! arrival time is kept as whole ms plus a remainder in ticks (never multiplied out), and the rates are
-//! clamped to an exact domain — [`MAX_REQUEST_RATE`] (2^26 requests per minute) and [`MAX_TOKEN_RATE`]
-//! (~75 billion tokens per minute), far above any real limit; the headers still report the configured
-//! value. `now` must be below 2^53 ms (the year 287 396).
+//! exact add, saturating add/sub, compare, and the product of a quota by a window count (what a window
+//! carries). Times and rates stay below 2^53: the GCRA's theoretical arrival time is kept as whole ms plus
+//! a remainder in ticks (never multiplied out), and the rates are clamped to an exact domain —
+//! [`MAX_REQUEST_RATE`] (2^26 requests per minute) and [`MAX_TOKEN_RATE`] (~75 billion tokens per minute),
+//! far above any real limit; the headers still report the configured value. A token bucket's deficit, a
+//! debt included, is kept up to [`MAX_TOKEN_DEFICIT`] (~75 billion tokens); a deeper one counts as that.
+//! `now` must be below 2^53 ms (the year 287 396).
 //!
 //! # Data layout
 //! All keys start with the hash tag `{<prefix>}:` (`key_prefix`, default `portcullis`), then the layout
-//! version `v1`. Per scope (`g` global, `t:<id>` team, `k:<id>` key):
+//! version `v2`. Per scope (`g` global, `t:<id>` team, `k:<id>` key):
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{p}:v1:s:<scope>` | string | the scope's state: 27 little-endian `f64` (integers below 2^53, and +∞ in `9`) — `1..3` GCRA arrival time as ms + remainder in ticks of `1/rpm` ms, and the rpm it was written under (0: never); `4..6` token-bucket deficit (1/60 000 tokens) as of a ms, and bucket tokens held by running requests; `7` requests in flight; `8` the expiry last given to the scope's keys (ms of `now`); `9` a lower bound of the lease deadlines (wall-clock ms; +∞ for none); `10..18` the day window: its index, then tokens used, tokens reserved, cost used, cost reserved as limbs `hi`, `lo`; `19..27` the month window, the same |
-//! | `{p}:v1:l:<scope>` | sorted set | running reservations, scored by lease deadline (wall-clock ms): each member is 8 little-endian `f64` — what the reservation took here (concurrency slot 1/0, bucket tokens or −1, its day and month window index) and its demand (tokens and cost as limbs) — followed by the reservation id; plus an end marker, member `""` scored +∞, so that the set is never emptied and deleted |
+//! | `{p}:v2:s:<scope>` | string | the scope's state: 36 little-endian `f64` (integers below 2^53, and +∞ in `9`) — `1..3` GCRA arrival time as ms + remainder in ticks of `1/rpm` ms, and the rpm it was written under (0: never); `4..6` token-bucket deficit (1/60 000 tokens, a debt included) as of a ms, and bucket tokens held by running requests; `7` requests in flight; `8` the expiry last given to the scope's keys (ms of `now`); `9` a lower bound of the lease deadlines (wall-clock ms; +∞ for none); `10..18` the day window: its index, then tokens used, tokens reserved, cost used, cost reserved as limbs `hi`, `lo`; `19..27` the month window, the same; `28` the token-bucket capacity of its last take (what tells a debt from a lowered capacity); `29..32` the day window's token quota and budget at its latest reservation (limbs; 0: none), which its excess is carried against; `33..36` the month window's, the same |
+//! | `{p}:v2:l:<scope>` | sorted set | running reservations, scored by lease deadline (wall-clock ms): each member is 8 little-endian `f64` — what the reservation took here (concurrency slot 1/0, bucket tokens or −1, its day and month window index) and its demand (tokens and cost as limbs) — followed by the reservation id; plus an end marker, member `""` scored +∞, so that the set is never emptied and deleted |
 //!
-//! The first layout (hashes of decimal fields under `{p}:s:`, `{p}:l:` and `{p}:h:`) is neither read nor
+//! Older layouts — `v1` (the same keys with a 27-double state that settled `min(actual, reserved)`) and
+//! the first one (hashes of decimal fields under `{p}:s:`, `{p}:l:` and `{p}:h:`) — are neither read nor
 //! written: replicas of an older version and of this one count separately, so during a rolling upgrade
 //! each group keeps its own counts (the fleet may admit up to twice a limit until the old replicas are
-//! gone); the old keys expire by themselves.
+//! gone; day and month counters of the new layout start from the usage a starting replica seeds); the old
+//! keys expire by themselves.
 //!
 //! A scope's keys live until the end of the current month plus a day, or longer when a burst far above
-//! the rate takes longer to replenish (rounded up to an hour), so Redis does not fill with scopes nobody
-//! uses. The script moves their expiry only when that time passes the one it last gave them (kept in the
-//! state), so for most scopes once a month; the expiry is never shortened.
+//! the rate takes longer to replenish, or while a token debt or a window's carried excess lasts (rounded
+//! up to an hour), so Redis does not fill with scopes nobody uses and forgets no debt. The script moves
+//! their expiry only when that time passes the one it last gave them (kept in the state), so for most
+//! scopes once a month; the expiry is never shortened.
 //!
 //! # Redis Cluster
 //! Cluster refuses a script whose keys lie in different hash slots, and an admission must check and
@@ -92,8 +102,9 @@
 //! expires while its replica lives (a renewal only moves existing leases, so an expired reservation is
 //! never brought back).
 //! Dropping a reservation unsettled spawns its release (tracked: [`RedisLimiter::drain`] waits for them);
-//! a settlement that cannot reach Redis is logged and left to the lease, which charges it in full — the
-//! limiter may under-count capacity for a lease, never over-admit. The same holds for an admission that
+//! a settlement that cannot reach Redis is logged and left to the lease, which charges the whole
+//! reservation — the limiter may under-count capacity for a lease, never over-admit (only an overrun
+//! beyond the reservation is lost with such a settlement). The same holds for an admission that
 //! Redis applied but whose answer never arrived (a timeout, or the caller's future dropped): nobody
 //! renews it, so its lease releases it, charged in full.
 //!
@@ -132,7 +143,7 @@ mod rates;
 mod redis_limiter;
 
 pub use breaker::BackendState;
-pub use limits::{MAX_REQUEST_RATE, MAX_TOKEN_RATE};
+pub use limits::{MAX_REQUEST_RATE, MAX_TOKEN_DEFICIT, MAX_TOKEN_RATE};
 pub use options::{OnBackendError, RedisLimiterError, RedisLimiterOptions};
 pub use redis_limiter::RedisLimiter;
 

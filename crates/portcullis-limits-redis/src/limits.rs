@@ -18,6 +18,17 @@ pub const MAX_REQUEST_RATE: u64 = 1 << 26;
 /// capacity) must stay below 2^53.
 pub const MAX_TOKEN_RATE: u64 = (1 << 53) / 120_000;
 
+/// Largest token-bucket deficit, a debt included, that the Redis limiter keeps exactly: 2^52 / 60 000 ≈ 75
+/// billion tokens taken and not yet refilled. A deeper debt (an overrun reported that large) is kept as
+/// this one — at any real rate still a wait of years.
+///
+/// Why: the script counts the bucket in units of 1/60 000 token, and a deficit plus a capacity (in units,
+/// at most 2^52 by [`MAX_TOKEN_RATE`]) must stay below 2^53.
+pub const MAX_TOKEN_DEFICIT: u64 = (1 << 52) / 60_000;
+
+// A deficit and a capacity, in units, add up exactly in the script's doubles.
+const _: () = assert!(MAX_TOKEN_DEFICIT * 60_000 + MAX_TOKEN_RATE * 60_000 <= 1 << 53);
+
 /// Positions (in the caller's list) of the entries that count: those with limits, and of a scope listed
 /// twice only its first such entry — the rule of `MemoryLimiter`.
 pub(crate) fn counted(scopes: &[(Scope, Limits)]) -> Vec<usize> {
@@ -186,6 +197,13 @@ mod tests {
         let usage = Usage { tokens: 10, cost: Money(1) };
         assert_eq!(local_usage(usage, 3), Usage { tokens: 4, cost: Money(1) });
         assert_eq!(local_usage(usage, 1), usage);
+    }
+
+    #[test]
+    fn the_script_keeps_a_deficit_of_at_most_max_token_deficit() {
+        let units = (MAX_TOKEN_DEFICIT * 60_000).to_string();
+        assert_eq!(units, "4503599627340000");
+        assert!(crate::backend::SCRIPT.contains(&format!("math.min(s[4] + (actual - b) * 60000, {units})")));
     }
 
     #[test]

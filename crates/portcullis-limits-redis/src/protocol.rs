@@ -3,7 +3,7 @@
 //! more slowly than it does all of an admission's arithmetic — with u64 amounts as two exact limbs;
 //! lease members are opaque bytes; replies are integers. Also the decoding of those replies.
 
-use portcullis_limits::{Demand, LimitKind, Period};
+use portcullis_limits::{Demand, LimitKind, Period, WindowCounter};
 use redis::Value;
 
 use crate::limits::ScriptLimits;
@@ -119,8 +119,9 @@ pub(crate) enum Why {
     Busy,
     /// More than the (clamped) capacity.
     NeverFits,
-    /// A quota spent in the window with this index.
-    Spent(Period, u64),
+    /// A quota spent: the counter of the window the script stores (nothing reserved: not needed), from
+    /// which the first window the demand fits in follows.
+    Spent(Period, WindowCounter),
 }
 
 /// One scope of an admission: its lease member (what settling or renewing names) and header values.
@@ -138,14 +139,17 @@ pub(crate) enum AdmitReply {
     Refused(Vec<Refused>),
 }
 
-/// A scope's state for a snapshot.
+/// A scope's state for a snapshot, as stored (the windows not yet seen in those of now).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct RawSnapshot {
     pub(crate) rates: ScopeRates,
+    pub(crate) bucket: RawBucket,
     pub(crate) bucket_reserved: u64,
     pub(crate) in_flight: u64,
-    /// Day then month: (window index, tokens used, tokens reserved, cost used, cost reserved).
-    pub(crate) windows: [(u64, u64, u64, u64, u64); 2],
+    pub(crate) day_tokens: WindowCounter,
+    pub(crate) day_cost: WindowCounter,
+    pub(crate) month_tokens: WindowCounter,
+    pub(crate) month_cost: WindowCounter,
 }
 
 fn int(value: &Value) -> Result<i64, BadReply> {
@@ -188,66 +192,87 @@ pub(crate) fn parse_admit(reply: Value, limits: &[ScriptLimits], now: u64) -> Re
                 return Err(bad("admitted scope"));
             };
             let rpm = limits.requests.map_or(0, |(rpm, _)| rpm);
-            // After a take the GCRA is written under this rpm and the bucket as of now (or later).
+            // After a take the GCRA is written under this rpm, and the bucket under this capacity as of now
+            // (or later), within it.
             let gcra = RawGcra { ms: unsigned(&ms)?, rem: unsigned(&rem)?, per_minute: rpm };
-            let bucket = RawBucket { deficit: unsigned(&deficit)?, last: now };
+            let capacity = limits.tokens_per_minute.unwrap_or(0);
+            let bucket = RawBucket { deficit: unsigned(&deficit)?, last: now, capacity };
             Ok(AdmittedScope { member, rates: ScopeRates::new(limits, gcra, bucket, now) })
         });
         return admitted.collect::<Result<_, _>>().map(AdmitReply::Admitted);
     }
-    let refusals = values.get(1..).unwrap_or_default();
-    if !tag.is_some_and(|tag| is_text(tag, "deny")) || refusals.is_empty() || refusals.len() % 3 != 0 {
+    let mut refusals = values.get(1..).unwrap_or_default();
+    if !tag.is_some_and(|tag| is_text(tag, "deny")) || refusals.is_empty() {
         return Err(bad(format!("admit reply of {} values for {scopes} scopes", values.len())));
     }
-    refusals
-        .chunks_exact(3)
-        .map(|refusal| {
-            let scope = usize::try_from(unsigned(&refusal[0])?).map_err(|_| bad("scope index"))?;
-            if scope >= scopes {
-                return Err(bad(format!("scope index {scope} of {scopes}")));
-            }
-            let Value::BulkString(kind) = &refusal[1] else { return Err(bad("refusal kind")) };
-            let value = &refusal[2];
-            let spent = |period| Ok::<_, BadReply>(Why::Spent(period, unsigned(value)?));
-            let (limit, why) = match kind.as_slice() {
-                b"rpm" => (LimitKind::RequestsPerMinute, Why::Wait(unsigned(value)?)),
-                b"tpm" => (LimitKind::TokensPerMinute, Why::Wait(unsigned(value)?)),
-                b"tpm_never" => (LimitKind::TokensPerMinute, Why::NeverFits),
-                b"concurrent" => (LimitKind::Concurrent, Why::Busy),
-                b"tokens_day" => (LimitKind::TokensPerDay, spent(Period::Day)?),
-                b"tokens_month" => (LimitKind::TokensPerMonth, spent(Period::Month)?),
-                b"budget_day" => (LimitKind::BudgetPerDay, spent(Period::Day)?),
-                b"budget_month" => (LimitKind::BudgetPerMonth, spent(Period::Month)?),
-                other => return Err(bad(format!("unknown limit {:?}", String::from_utf8_lossy(other)))),
-            };
-            Ok(Refused { scope, limit, why })
-        })
-        .collect::<Result<_, _>>()
-        .map(AdmitReply::Refused)
+    // (scope, kind, value), where a quota's value is five: its stored window's index, used and quota.
+    let mut refused = Vec::new();
+    while let [scope, Value::BulkString(kind), value, rest @ ..] = refusals {
+        let scope = usize::try_from(unsigned(scope)?).map_err(|_| bad("scope index"))?;
+        if scope >= scopes {
+            return Err(bad(format!("scope index {scope} of {scopes}")));
+        }
+        let rate = |limit, why| Ok::<_, BadReply>((limit, why, rest));
+        let spent = |limit, period| {
+            let (counter, rest) = stored_window(value, rest)?;
+            Ok::<_, BadReply>((limit, Why::Spent(period, counter), rest))
+        };
+        let (limit, why, rest) = match kind.as_slice() {
+            b"rpm" => rate(LimitKind::RequestsPerMinute, Why::Wait(unsigned(value)?))?,
+            b"tpm" => rate(LimitKind::TokensPerMinute, Why::Wait(unsigned(value)?))?,
+            b"tpm_never" => rate(LimitKind::TokensPerMinute, Why::NeverFits)?,
+            b"concurrent" => rate(LimitKind::Concurrent, Why::Busy)?,
+            b"tokens_day" => spent(LimitKind::TokensPerDay, Period::Day)?,
+            b"tokens_month" => spent(LimitKind::TokensPerMonth, Period::Month)?,
+            b"budget_day" => spent(LimitKind::BudgetPerDay, Period::Day)?,
+            b"budget_month" => spent(LimitKind::BudgetPerMonth, Period::Month)?,
+            other => return Err(bad(format!("unknown limit {:?}", String::from_utf8_lossy(other)))),
+        };
+        refused.push(Refused { scope, limit, why });
+        refusals = rest;
+    }
+    if !refusals.is_empty() {
+        return Err(bad(format!("admit refusal of {} values", refusals.len())));
+    }
+    Ok(AdmitReply::Refused(refused))
+}
+
+/// A quota refusal's window, as stored: its index (`index`), then used and quota (limbs) at the head of
+/// `rest`; and what follows them.
+fn stored_window<'a>(index: &Value, rest: &'a [Value]) -> Result<(WindowCounter, &'a [Value]), BadReply> {
+    let [used_hi, used_lo, quota_hi, quota_lo, rest @ ..] = rest else { return Err(bad("quota refusal")) };
+    let used = amount(used_hi, used_lo)?;
+    let counter = WindowCounter { index: unsigned(index)?, used, reserved: 0, quota: amount(quota_hi, quota_lo)? };
+    Ok((counter, rest))
 }
 
 /// A snapshot's raw state, with the header values of `limits` at `now`.
 pub(crate) fn parse_snapshot(reply: &Value, limits: &ScriptLimits, now: u64) -> Result<RawSnapshot, BadReply> {
     let Value::Array(v) = reply else { return Err(bad(format!("snapshot reply {reply:?}"))) };
-    if v.len() != 25 {
+    if v.len() != 34 {
         return Err(bad(format!("snapshot of {} values", v.len())));
     }
     let gcra = RawGcra { ms: unsigned(&v[0])?, rem: unsigned(&v[1])?, per_minute: unsigned(&v[2])? };
-    let bucket = RawBucket { deficit: unsigned(&v[3])?, last: unsigned(&v[4])? };
-    let window = |at: usize| -> Result<(u64, u64, u64, u64, u64), BadReply> {
+    let bucket = RawBucket { deficit: unsigned(&v[3])?, last: unsigned(&v[4])?, capacity: unsigned(&v[5])? };
+    // A window: index; tokens used, reserved, cost used, reserved; tokens quota, cost quota (limbs).
+    let window = |at: usize| -> Result<(WindowCounter, WindowCounter), BadReply> {
+        let index = unsigned(&v[at])?;
+        let limbs = |k: usize| amount(&v[at + k], &v[at + k + 1]);
         Ok((
-            unsigned(&v[at])?,
-            amount(&v[at + 1], &v[at + 2])?,
-            amount(&v[at + 3], &v[at + 4])?,
-            amount(&v[at + 5], &v[at + 6])?,
-            amount(&v[at + 7], &v[at + 8])?,
+            WindowCounter { index, used: limbs(1)?, reserved: limbs(3)?, quota: limbs(9)? },
+            WindowCounter { index, used: limbs(5)?, reserved: limbs(7)?, quota: limbs(11)? },
         ))
     };
+    let ((day_tokens, day_cost), (month_tokens, month_cost)) = (window(8)?, window(21)?);
     Ok(RawSnapshot {
         rates: ScopeRates::new(limits, gcra, bucket, now),
-        bucket_reserved: unsigned(&v[5])?,
-        in_flight: unsigned(&v[6])?,
-        windows: [window(7)?, window(16)?],
+        bucket,
+        bucket_reserved: unsigned(&v[6])?,
+        in_flight: unsigned(&v[7])?,
+        day_tokens,
+        day_cost,
+        month_tokens,
+        month_cost,
     })
 }
 
@@ -309,13 +334,23 @@ mod tests {
             Value::Int(1),
             text("budget_month"),
             Value::Int(24_330),
+            Value::Int(18_446_744_073),
+            Value::Int(709_551_615),
+            Value::Int(5),
+            Value::Int(7),
+            Value::Int(0),
+            text("tpm"),
+            Value::Int(1_500),
         ]);
         let AdmitReply::Refused(refused) = parse_admit(deny, &[rate, bucket], now).unwrap() else { panic!("refused") };
         assert_eq!(refused[0], Refused { scope: 1, limit: LimitKind::Concurrent, why: Why::Busy });
+        let window = WindowCounter { index: 24_330, used: u64::MAX, reserved: 0, quota: 5_000_000_007 };
         assert_eq!(
             refused[1],
-            Refused { scope: 1, limit: LimitKind::BudgetPerMonth, why: Why::Spent(Period::Month, 24_330) }
+            Refused { scope: 1, limit: LimitKind::BudgetPerMonth, why: Why::Spent(Period::Month, window) }
         );
+        assert_eq!(refused[2], Refused { scope: 0, limit: LimitKind::TokensPerMinute, why: Why::Wait(1_500) });
+        assert_eq!(refused.len(), 3);
     }
 
     #[test]
@@ -329,26 +364,38 @@ mod tests {
             vec![text("deny"), Value::Int(0), text("bogus"), Value::Int(1)],
             vec![text("deny"), Value::Int(0), text("rpm"), text("x")],
             vec![text("deny"), Value::Int(0), text("rpm"), Value::Int(-3)],
+            vec![text("deny"), Value::Int(0), text("tokens_day"), Value::Int(1), Value::Int(0), Value::Int(0)],
+            vec![text("deny"), Value::Int(0), text("rpm"), Value::Int(1), Value::Int(0)],
             vec![],
             vec![text("what")],
         ] {
             assert!(parse_admit(Value::Array(reply.clone()), &limits, 0).is_err(), "{reply:?}");
         }
         assert!(parse_admit(Value::Int(1), &limits, 0).is_err());
-        assert!(parse_snapshot(&Value::Array(vec![Value::Int(1); 24]), &limits[0], 0).is_err());
-        let mut bad_limbs = vec![Value::Int(0); 25];
-        bad_limbs[9] = Value::Int(1_000_000_000);
+        assert!(parse_snapshot(&Value::Array(vec![Value::Int(1); 25]), &limits[0], 0).is_err());
+        let mut bad_limbs = vec![Value::Int(0); 34];
+        bad_limbs[10] = Value::Int(1_000_000_000);
         assert!(parse_snapshot(&Value::Array(bad_limbs), &limits[0], 0).is_err(), "lo limb out of range");
         assert!(parse_count(&text("1")).is_err());
     }
 
     #[test]
     fn snapshot_amounts_join_their_limbs() {
-        let mut v = vec![Value::Int(0); 25];
-        v[7] = Value::Int(21_021);
-        v[12] = Value::Int(18_446_744_073);
-        v[13] = Value::Int(709_551_615);
+        let mut v = vec![Value::Int(0); 34];
+        (v[3], v[4], v[5], v[6]) = (Value::Int(90_000), Value::Int(7), Value::Int(1), Value::Int(2));
+        v[8] = Value::Int(21_021);
+        v[13] = Value::Int(18_446_744_073);
+        v[14] = Value::Int(709_551_615);
+        v[19] = Value::Int(3);
+        v[20] = Value::Int(4);
+        v[21] = Value::Int(690);
+        v[30] = Value::Int(1);
         let raw = parse_snapshot(&Value::Array(v), &ScriptLimits::default(), 0).unwrap();
-        assert_eq!(raw.windows[0], (21_021, 0, 0, u64::MAX, 0));
+        assert_eq!(raw.bucket, RawBucket { deficit: 90_000, last: 7, capacity: 1 });
+        assert_eq!(raw.bucket_reserved, 2);
+        assert_eq!(raw.day_tokens, WindowCounter { index: 21_021, used: 0, reserved: 0, quota: 0 });
+        assert_eq!(raw.day_cost, WindowCounter { index: 21_021, used: u64::MAX, reserved: 0, quota: 3_000_000_004 });
+        assert_eq!(raw.month_tokens, WindowCounter { index: 690, used: 0, reserved: 0, quota: 1_000_000_000 });
+        assert_eq!(raw.month_cost, WindowCounter { index: 690, used: 0, reserved: 0, quota: 0 });
     }
 }

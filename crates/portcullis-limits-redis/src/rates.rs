@@ -1,6 +1,9 @@
 //! Header values (remaining, reset) of a scope's rates, from the raw GCRA and token-bucket state the
 //! script returns. Redis runs scripts on one thread for the whole fleet, so what needs no atomicity is
-//! done here: the same arithmetic as `portcullis_limits` (gcra.rs, bucket.rs), exact on `u128`.
+//! done here: the GCRA with the same arithmetic as `portcullis_limits` (gcra.rs), exact on `u128`; the
+//! token bucket, whose state the script keeps in the library's own representation, by the library itself.
+
+use portcullis_limits::{BucketState, TokenBucket};
 
 /// Ticks in a GCRA emission interval, and token-bucket units in a token (see gcra.rs and bucket.rs).
 const PER_MINUTE: u128 = 60_000;
@@ -15,11 +18,12 @@ pub(crate) struct RawGcra {
 }
 
 /// A scope's token bucket as the script keeps it: `deficit` units (1/60 000 token) taken and not yet
-/// refilled, as of `last` ms.
+/// refilled as of `last` ms (a debt included), the last take made under `capacity` (clamped).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct RawBucket {
     pub(crate) deficit: u64,
     pub(crate) last: u64,
+    pub(crate) capacity: u64,
 }
 
 impl RawGcra {
@@ -41,14 +45,17 @@ impl RawGcra {
 }
 
 impl RawBucket {
-    /// Whole tokens available at `now` and ms until the bucket is full (rounded up; 0 for a zero
-    /// capacity), for a bucket of `capacity` tokens per minute (clamped as the script was given it).
+    /// The library's state of this bucket.
+    pub(crate) fn state(&self) -> BucketState {
+        BucketState::from_parts(u128::from(self.deficit), self.last, self.capacity)
+    }
+
+    /// Whole tokens available at `now` and ms until the bucket is full (rounded up, a debt's repayment
+    /// included; 0 for a zero capacity), for a bucket of `capacity` tokens per minute (clamped as the
+    /// script was given it).
     pub(crate) fn available_and_reset(&self, capacity: u64, now: u64) -> (u64, u64) {
-        let full = u128::from(capacity) * PER_MINUTE;
-        let refilled = u128::from(now.saturating_sub(self.last)) * u128::from(capacity);
-        let deficit = u128::from(self.deficit).saturating_sub(refilled).min(full);
-        let reset = if capacity == 0 { 0 } else { deficit.div_ceil(u128::from(capacity)) };
-        (saturate((full - deficit) / PER_MINUTE), saturate(reset))
+        let (bucket, state) = (TokenBucket::new(capacity), self.state());
+        (bucket.available(&state, now), bucket.reset_ms(&state, now))
     }
 }
 
@@ -59,7 +66,7 @@ fn saturate(value: u128) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portcullis_limits::{Gcra, GcraState, TokenBucket};
+    use portcullis_limits::{Gcra, GcraState};
 
     const T0: u64 = 1_816_171_200_000;
 
@@ -103,19 +110,18 @@ mod tests {
     }
 
     #[test]
-    fn bucket_headers_match_the_library() {
+    fn the_scripts_bucket_is_the_librarys_state() {
+        // What the script stores after a take of 700 and an overrun of 900 more at T0 under 1 000 a minute.
         let bucket = TokenBucket::new(1_000);
-        let mut state = portcullis_limits::BucketState::default();
+        let mut state = BucketState::default();
         bucket.take(&mut state, 700, T0).unwrap();
-        let raw = RawBucket { deficit: 700 * 60_000, last: T0 };
-        for later in [T0 - 5, T0, T0 + 1, T0 + 59, T0 + 42_000, T0 + 120_000] {
-            assert_eq!(
-                raw.available_and_reset(1_000, later),
-                (bucket.available(&state, later), bucket.reset_ms(&state, later)),
-                "at {later}"
-            );
-        }
+        state.charge(900);
+        let raw = RawBucket { deficit: 1_600 * 60_000, last: T0, capacity: 1_000 };
+        assert_eq!(raw.state(), state);
+        assert_eq!(raw.available_and_reset(1_000, T0 + 30_000), (0, 66_000), "600 below empty at T0, 100 after 30 s");
         assert_eq!(raw.available_and_reset(0, T0), (0, 0), "a zero capacity is empty and never refills");
-        assert_eq!(raw.available_and_reset(10, T0), (0, 60_000), "a lowered capacity caps the deficit");
+        assert_eq!(raw.available_and_reset(10, T0), (0, 3_660_000), "a lowered capacity keeps the debt");
+        let no_debt = RawBucket { deficit: 700 * 60_000, last: T0, capacity: 1_000 };
+        assert_eq!(no_debt.available_and_reset(10, T0), (0, 60_000), "a lowered capacity empties the bucket");
     }
 }

@@ -8,6 +8,8 @@ use portcullis_limits::{
     RateHeaders, RateState, Refusal, Reservation, Scope, TokenBucket, Usage,
 };
 
+use crate::limits::MAX_TOKEN_RATE;
+
 use crate::backend::Backend;
 use crate::breaker::BackendState;
 use crate::hold::{Lease, RedisHold, renew_leases};
@@ -171,15 +173,28 @@ fn tightest(current: Option<RateState>, candidate: Option<RateState>) -> Option<
 
 /// The refusal that lasts longest (a spent quota before a rate, then the longer wait); ties go to the
 /// earlier scope in the caller's list, then to the earlier limit in check order.
-fn longest_refusal(refused: &[Refused], scopes: &[(Scope, Limits)], counted: &[usize], now: Millis) -> Option<Denial> {
+fn longest_refusal(
+    refused: &[Refused],
+    scopes: &[(Scope, Limits)],
+    counted: &[usize],
+    demand: Demand,
+    now: Millis,
+) -> Option<Denial> {
     let mut worst: Option<((u8, u64), Denial)> = None;
     for refusal in refused {
         let (reason, retry_after_ms) = match refusal.why {
             Why::Wait(ms) => (DenialReason::RateLimited, Some(ms)),
             Why::Busy => (DenialReason::RateLimited, None),
             Why::NeverFits => (DenialReason::NeverFits, None),
-            Why::Spent(period, index) => {
-                (DenialReason::QuotaExhausted, Some(period.start(index.saturating_add(1)).saturating_sub(now)))
+            Why::Spent(period, window) => {
+                // The first window the demand fits in, as `MemoryLimiter` finds it (the script refuses only
+                // configured quotas; without one the next window would do).
+                let (amount, quota) = quota(&scopes[counted[refusal.scope]].1, refusal.limit, demand);
+                let first = match quota {
+                    Some(quota) => window.first_fitting(period.index(now), amount, quota),
+                    None => window.index.max(period.index(now)).saturating_add(1),
+                };
+                (DenialReason::QuotaExhausted, Some(period.start(first).saturating_sub(now)))
             }
         };
         let rank = match reason {
@@ -196,7 +211,19 @@ fn longest_refusal(refused: &[Refused], scopes: &[(Scope, Limits)], counted: &[u
     worst.map(|(_, denial)| denial)
 }
 
-/// Every configured limit's state, in `LimitKind` order, as `MemoryLimiter` reports it.
+/// A quota's demand and limit: tokens or money.
+fn quota(limits: &Limits, kind: LimitKind, demand: Demand) -> (u64, Option<u64>) {
+    match kind {
+        LimitKind::TokensPerDay => (demand.tokens, limits.tokens_per_day),
+        LimitKind::TokensPerMonth => (demand.tokens, limits.tokens_per_month),
+        LimitKind::BudgetPerDay => (demand.cost.0, limits.budget_per_day.map(|m| m.0)),
+        LimitKind::BudgetPerMonth => (demand.cost.0, limits.budget_per_month.map(|m| m.0)),
+        LimitKind::RequestsPerMinute | LimitKind::TokensPerMinute | LimitKind::Concurrent => (0, None),
+    }
+}
+
+/// Every configured limit's state, in `LimitKind` order, as `MemoryLimiter` reports it: the token bucket
+/// and the quotas by the library's own functions, from the raw state seen at `now`.
 fn limit_states(raw: &RawSnapshot, limits: &Limits, now: Millis) -> Vec<LimitState> {
     let mut out = Vec::with_capacity(7);
     let gcra = limits.requests_per_minute.and_then(|rpm| Gcra::new(rpm, limits.burst));
@@ -210,18 +237,11 @@ fn limit_states(raw: &RawSnapshot, limits: &Limits, now: Millis) -> Vec<LimitSta
             reset_ms: Some(reset_ms),
         });
     }
-    if let Some((bucket, (remaining, reset_ms))) = limits.tokens_per_minute.map(TokenBucket::new).zip(raw.rates.tokens)
-    {
-        let taken = bucket.capacity().saturating_sub(remaining);
-        let reserved = raw.bucket_reserved.min(taken);
-        out.push(LimitState {
-            kind: LimitKind::TokensPerMinute,
-            limit: bucket.capacity(),
-            used: taken - reserved,
-            reserved,
-            remaining,
-            reset_ms: Some(reset_ms),
-        });
+    if let Some(limit) = limits.tokens_per_minute {
+        // Counted at the capacity the script keeps exactly; reported with the configured one.
+        let bucket = TokenBucket::new(limit.min(MAX_TOKEN_RATE));
+        let state = bucket.limit_state(&raw.bucket.state(), raw.bucket_reserved, now);
+        out.push(LimitState { limit, ..state });
     }
     if let Some(max) = limits.max_concurrent {
         out.push(LimitState {
@@ -233,23 +253,15 @@ fn limit_states(raw: &RawSnapshot, limits: &Limits, now: Millis) -> Vec<LimitSta
             reset_ms: None,
         });
     }
-    let [day, month] = raw.windows;
     let quotas = [
-        (LimitKind::TokensPerDay, limits.tokens_per_day, Period::Day, day.0, day.1, day.2),
-        (LimitKind::TokensPerMonth, limits.tokens_per_month, Period::Month, month.0, month.1, month.2),
-        (LimitKind::BudgetPerDay, limits.budget_per_day.map(|m| m.0), Period::Day, day.0, day.3, day.4),
-        (LimitKind::BudgetPerMonth, limits.budget_per_month.map(|m| m.0), Period::Month, month.0, month.3, month.4),
+        (LimitKind::TokensPerDay, limits.tokens_per_day, Period::Day, &raw.day_tokens),
+        (LimitKind::TokensPerMonth, limits.tokens_per_month, Period::Month, &raw.month_tokens),
+        (LimitKind::BudgetPerDay, limits.budget_per_day.map(|m| m.0), Period::Day, &raw.day_cost),
+        (LimitKind::BudgetPerMonth, limits.budget_per_month.map(|m| m.0), Period::Month, &raw.month_cost),
     ];
-    for (kind, quota, period, index, used, reserved) in quotas {
+    for (kind, quota, period, window) in quotas {
         if let Some(quota) = quota {
-            out.push(LimitState {
-                kind,
-                limit: quota,
-                used,
-                reserved,
-                remaining: quota.saturating_sub(used.saturating_add(reserved)),
-                reset_ms: Some(period.start(index.saturating_add(1)).saturating_sub(now)),
-            });
+            out.push(window.limit_state(kind, quota, period, now));
         }
     }
     out
@@ -277,7 +289,7 @@ impl Limiter for RedisLimiter {
         self.backend.report(&result);
         match result {
             Ok(AdmitReply::Admitted(admitted)) => Ok(self.reservation(scopes, &counted, names, id, admitted, demand)),
-            Ok(AdmitReply::Refused(refused)) => match longest_refusal(&refused, scopes, &counted, now) {
+            Ok(AdmitReply::Refused(refused)) => match longest_refusal(&refused, scopes, &counted, demand, now) {
                 Some(denial) => Err(denial.into()),
                 None => self.fallback(scopes, demand, now),
             },

@@ -57,3 +57,37 @@ async fn fits_never_wraps_past_u64_max() {
         assert_eq!(answer, if fits { "1" } else { "0" }, "{used} + {amount} <= {limit}");
     }
 }
+
+#[tokio::test]
+async fn carried_excess_is_exact_for_any_quota_and_window_count() {
+    let Some(backend) = backend().await else { return };
+    let big = (1u64 << 53) + 1;
+    // used - k * quota, stopping at zero (window.rs `at`); a zero quota carries nothing.
+    for (used, quota, k) in [
+        (3_500, 1_000, 1),
+        (3_500, 1_000, 3),
+        (3_500, 1_000, 4),
+        (3_500, 0, 1),
+        (0, 1_000, 1),
+        (u64::MAX, 1, 1),
+        (u64::MAX, 1, 99_999_999),
+        (u64::MAX, 999_999_999, 12_345),
+        (u64::MAX, 1_000_000_000, 18_446_744),
+        (u64::MAX, 1_000_000_000, 18_446_743),
+        (u64::MAX, u64::MAX / 2, 1),
+        (u64::MAX, u64::MAX / 2, 2),
+        (u64::MAX, u64::MAX / 2, 3),
+        (u64::MAX, 123_456_789_987, 149_425_839),
+        (big * 2_000, big, 1_999),
+        (big * 2_000, big + 1, 1_999),
+        (987_654_321_987_654_321, 7_654_321_987, 99_999),
+        (987_654_321_987_654_321, 7_654_321_987, 129_032_258),
+    ] {
+        let expected = if quota == 0 { 0 } else { used.saturating_sub(quota.saturating_mul(k)) };
+        assert_eq!(
+            backend.limbs("carry", &[used, quota, k]).await.unwrap(),
+            expected.to_string(),
+            "{used} - {k} * {quota}"
+        );
+    }
+}

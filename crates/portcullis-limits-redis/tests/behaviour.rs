@@ -87,11 +87,37 @@ async fn keys_expire_after_the_month_they_count() {
     let month_left = Period::Month.until_next(NOON);
     for kind in ["s", "l"] {
         let ttl: i64 =
-            redis::cmd("PTTL").arg(format!("{{{prefix}}}:v1:{kind}:t:t")).query_async(&mut connection).await.unwrap();
+            redis::cmd("PTTL").arg(format!("{{{prefix}}}:v2:{kind}:t:t")).query_async(&mut connection).await.unwrap();
         let ttl = u64::try_from(ttl).unwrap_or_else(|_| panic!("{kind} key has no expiry: {ttl}"));
         assert!(ttl > month_left && ttl <= month_left + DAY_MS, "{kind}: {ttl} ms");
     }
     running.settle(usage(5, 5), NOON).await;
+}
+
+#[tokio::test]
+async fn keys_outlive_a_token_debt_and_a_carried_excess() {
+    let Some(url) = portcullis_testkit::redis_or_skip() else { return };
+    let Some((limiter, prefix)) = common::fresh_limiter("outlive").await else { return };
+    let client = redis::Client::open(url).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let mut ttl = async |scope: &str| -> u64 {
+        let ttl: i64 =
+            redis::cmd("PTTL").arg(format!("{{{prefix}}}:v2:s:{scope}")).query_async(&mut connection).await.unwrap();
+        u64::try_from(ttl).unwrap_or_else(|_| panic!("{scope} has no expiry: {ttl}"))
+    };
+    // 100 000 tokens over a bucket of 1 a minute: a debt of about 69 days, longer than the month.
+    let slow = Limits { tokens_per_minute: Some(1), ..Limits::default() };
+    let r = limiter.admit(&[(key("debt"), slow)], demand(1, 0), NOON).await.unwrap();
+    r.settle(usage(100_000, 0), NOON).await;
+    assert!(ttl("k:debt").await > 100_000 * 60_000, "the keys outlive the debt");
+    // 3 500 of a month budget of 1 000: carried into August, September and October.
+    let budget = Limits { budget_per_month: Some(Money(1_000)), ..Limits::default() };
+    let r = limiter.admit(&[(key("carry"), budget.clone())], demand(1, 10), NOON).await.unwrap();
+    r.settle(usage(1, 3_500), NOON).await;
+    assert!(ttl("k:carry").await > common::utc(2027, 11, 1, 0, 0) - NOON, "the keys outlive the excess");
+    let october = common::utc(2027, 10, 15, 0, 0);
+    let snapshot = limiter.snapshot(&key("carry"), &budget, october).await;
+    assert_eq!((snapshot[0].used, snapshot[0].remaining), (500, 500));
 }
 
 #[tokio::test]

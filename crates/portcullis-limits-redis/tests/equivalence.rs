@@ -227,12 +227,14 @@ proptest! {
 }
 
 /// Steps that random sequences hit rarely, on both limiters: each step admits (and settles at once) one
-/// request for one scope whose limits may have been reloaded, at a time that may lag.
+/// request for one scope whose limits may have been reloaded, at a time that may lag. It uses half its
+/// tokens and a third of its cost, or `over` times both (an overrun) when that is set.
 struct Step {
     limits: Limits,
     tokens: u64,
     cost: u64,
     at: Millis,
+    over: Option<u64>,
 }
 
 async fn agree_on(name: &str, steps: &[Step]) {
@@ -248,7 +250,10 @@ async fn agree_on(name: &str, steps: &[Step]) {
             |r: &Result<Reservation, portcullis_limits::Refusal>| r.as_ref().map(|r| r.headers).map_err(Clone::clone);
         assert_eq!(headers(&m), headers(&r), "{name} step {n}");
         if let (Ok(m), Ok(r)) = (m, r) {
-            let actual = Usage { tokens: step.tokens / 2, cost: Money(step.cost / 3) };
+            let actual = match step.over {
+                Some(times) => Usage { tokens: step.tokens * times, cost: Money(step.cost.saturating_mul(times)) },
+                None => Usage { tokens: step.tokens / 2, cost: Money(step.cost / 3) },
+            };
             memory.settle(m, actual, step.at).await;
             redis.settle(r, actual, step.at).await;
         }
@@ -269,7 +274,7 @@ fn rate_changes_convert_the_arrival_time_like_the_memory_limiter() {
     let steps: Vec<Step> = (0..60u64)
         .map(|n| {
             let (rpm, burst) = rates[(n as usize * 5) % rates.len()];
-            Step { limits: rate(rpm, burst), tokens: 1, cost: 0, at: common::NOON + n * 1_733 }
+            Step { limits: rate(rpm, burst), tokens: 1, cost: 0, at: common::NOON + n * 1_733, over: None }
         })
         .collect();
     runtime().block_on(agree_on("rate_changes", &steps));
@@ -281,8 +286,10 @@ fn lagging_callers_use_the_latest_window_like_the_memory_limiter() {
         Limits { tokens_per_day: Some(1_000), budget_per_month: Some(Money(u64::MAX - 5)), ..Limits::default() };
     let midnight = utc(2027, 12, 31, 0, 0) + DAY_MS; // New Year: day and month roll together
     let times = [midnight - 5, midnight + 5, midnight - 1_000, midnight - 1, midnight + 1, midnight - 60_000, midnight];
-    let steps: Vec<Step> =
-        times.iter().map(|&at| Step { limits: quota.clone(), tokens: 300, cost: u64::MAX / 5, at }).collect();
+    let steps: Vec<Step> = times
+        .iter()
+        .map(|&at| Step { limits: quota.clone(), tokens: 300, cost: u64::MAX / 5, at, over: None })
+        .collect();
     runtime().block_on(agree_on("lagging", &steps));
 }
 
@@ -300,8 +307,42 @@ fn saturating_budgets_and_odd_rates_agree() {
                 tokens: n % 8,
                 cost: u64::MAX / 3 - n,
                 at: common::NOON + 997 * n * n,
+                over: None,
             })
             .collect();
         runtime().block_on(agree_on(&format!("edge{i}"), &steps));
     }
+}
+
+#[test]
+fn overruns_across_reloads_and_window_ends_agree() {
+    // Token debts under reloaded rates, and quota excesses carried across a month's last days and New Year,
+    // some far above 2^53 pico-units.
+    let budget = Some(Money(u64::MAX / 7));
+    let limits = [
+        Limits {
+            tokens_per_minute: Some(700),
+            tokens_per_day: Some(5_000),
+            budget_per_month: budget,
+            ..Limits::default()
+        },
+        Limits { tokens_per_minute: Some(90), budget_per_month: budget, ..Limits::default() },
+        Limits {
+            tokens_per_day: Some(900),
+            tokens_per_month: Some(20_000),
+            budget_per_day: budget,
+            ..Limits::default()
+        },
+    ];
+    let start = utc(2027, 12, 29, 20, 0);
+    let steps: Vec<Step> = (0..80u64)
+        .map(|n| Step {
+            limits: limits[(n as usize * 7 / 3) % limits.len()].clone(),
+            tokens: 20 + n % 60,
+            cost: u64::MAX / 40 + n,
+            at: start + n * n * 61_111,
+            over: (n % 3 != 1).then_some(1 + n % 9),
+        })
+        .collect();
+    runtime().block_on(agree_on("overruns", &steps));
 }

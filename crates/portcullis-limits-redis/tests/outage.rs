@@ -90,7 +90,7 @@ async fn deny_policy_refuses_quickly_while_redis_is_down_and_recovers_when_it_re
     server.restart().await;
     wait_until_shared(&limiter).await;
     let reservation = limiter.admit(&scopes, demand(1, 0), NOON).await.unwrap();
-    assert!(redis_has_key(&server.url(), &format!("{{{prefix}}}:v1:s:k:k")).await);
+    assert!(redis_has_key(&server.url(), &format!("{{{prefix}}}:v2:s:k:k")).await);
     reservation.settle(usage(1, 0), NOON).await;
 }
 
@@ -130,7 +130,7 @@ async fn local_policy_admits_each_replicas_share_while_degraded_then_shares_agai
         ..Limits::default()
     };
     let shared = limiter.admit(&[(key("before"), limits.clone())], demand(1, 0), NOON).await.unwrap();
-    assert!(redis_has_key(&server.url(), &format!("{{{prefix}}}:v1:s:k:before")).await);
+    assert!(redis_has_key(&server.url(), &format!("{{{prefix}}}:v2:s:k:before")).await);
     shared.settle(usage(1, 0), NOON).await;
 
     server.stop();
@@ -166,7 +166,7 @@ async fn local_policy_admits_each_replicas_share_while_degraded_then_shares_agai
     wait_until_shared(&limiter).await;
     // Counting is in Redis again: the (empty, restarted) Redis sees this admission, not the local ones.
     let reservation = limiter.admit(&scopes, demand(10, 0), NOON).await.unwrap();
-    assert!(redis_has_key(&server.url(), &format!("{{{prefix}}}:v1:s:k:k")).await);
+    assert!(redis_has_key(&server.url(), &format!("{{{prefix}}}:v2:s:k:k")).await);
     let snapshot = limiter.snapshot(&key("k"), &limits, NOON).await;
     let rpm = snapshot.iter().find(|s| s.kind == LimitKind::RequestsPerMinute).unwrap();
     assert_eq!((rpm.limit, rpm.remaining), (60, 59));

@@ -139,7 +139,7 @@ impl NaiveLimiter {
                     What::Tokens => (reservation.demand.tokens, actual.tokens),
                     What::Cost => (reservation.demand.cost.0, actual.cost.0),
                 };
-                c.used = c.used - reserved + real.min(reserved);
+                c.used = c.used - reserved + real;
             }
         }
     }

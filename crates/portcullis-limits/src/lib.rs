@@ -12,14 +12,26 @@
 //!
 //! # Guarantees of [`MemoryLimiter`]
 //! - **All or nothing.** An admission either applies to every limit of every scope, or changes nothing.
-//! - **No overspend.** For every day/month window of every scope: `used + reserved ≤ limit` after each
-//!   admission (for state the limiter built itself; a seed above the limit only refuses further demand).
-//! - **Settle charges at most the reservation.** `min(actual, reserved)` becomes used; the server stops
-//!   relaying at the reservation, so anything above it is neither served nor charged here.
-//! - **Window rollover.** Counters restart at 00:00 UTC and on the 1st of the month. A request reserved in a
-//!   window that has rolled over by the time it settles is charged to nothing (its window is gone).
+//! - **No admission beyond a limit.** An admission starts only if, for every day/month window of every scope,
+//!   `used + reserved + demand ≤ limit` (a zero demand always fits), and only if the token bucket holds the
+//!   demand: no number of concurrent requests is admitted beyond a quota, budget or token rate.
+//! - **Settle charges the actual usage, in full.** A model server may generate past the completion cap it
+//!   was given, and a non-streamed answer cannot be cut, so `actual` may exceed the reservation: it is
+//!   charged all the same, never `min(actual, reserved)`. Quotas and budgets: `used` grows by the whole
+//!   actual, past the limit if need be, and every non-zero demand is refused (`insufficient_quota`) until
+//!   the excess is repaid. Token rate: the part above the reservation is a debt below the empty bucket,
+//!   refused (`rate_limit_exceeded`) until refilled past it at the bucket's rate, so an overrun of D tokens
+//!   on a bucket of C per minute costs D / C minutes. Retry times and resets count the repayment.
+//! - **Window rollover repays, it does not forgive.** Counters restart at 00:00 UTC and on the 1st of the
+//!   month, but what a window used beyond its quota is carried into the next as used, and each later window
+//!   repays one quota's worth (the window is the unit of the quota, and the excess its debt: without the
+//!   carry, a model server that ignores completion caps would let a client overspend every window anew by
+//!   firing many small reservations at once). A request reserved in a window that has rolled over by the
+//!   time it settles is charged to the current window what it used beyond its reservation; its reservation
+//!   is charged to nothing (it was within the ended window's quota).
 //! - **Dropped reservation.** A [`Reservation`] dropped without `settle` frees its concurrency slot and charges
-//!   its *whole* reservation as used (no token refund): a lost settlement can only under-admit, never overspend.
+//!   its *whole* reservation as used (no token refund): a lost settlement can only under-admit, never let a
+//!   request in beyond a limit (what an overrun used beyond its reservation is then not known, so not charged).
 
 pub mod bucket;
 pub mod gcra;
@@ -190,9 +202,11 @@ pub struct Denial {
     pub limit: LimitKind,
     /// What the client should do about it.
     pub reason: DenialReason,
-    /// When a retry can succeed: the GCRA/token-bucket wait for rates; the next UTC day/month start for
-    /// quotas and budgets; `None` for `NeverFits` and for concurrency (a slot frees when some running request
-    /// ends, which nobody can predict). Round up to whole seconds for `Retry-After`.
+    /// When a retry can succeed: the GCRA/token-bucket wait for rates (a token debt's repayment included);
+    /// for quotas and budgets the start of the next UTC day/month, or of the first later one in which an
+    /// overrun carried from this one leaves room for the demand; `None` for `NeverFits` and for concurrency
+    /// (a slot frees when some running request ends, which nobody can predict). Round up to whole seconds
+    /// for `Retry-After`.
     pub retry_after_ms: Option<u64>,
 }
 
@@ -249,20 +263,22 @@ pub struct RateState {
 /// Amounts are requests, tokens, or pico-units of money for budgets ([`LimitKind::is_money`]).
 /// For the per-minute rates `used` is what has been taken and not yet refilled and `reserved` the part of
 /// it held by requests still running (always 0 for requests per minute); for concurrency `used` is the
-/// number of requests in flight.
+/// number of requests in flight. After an overrun `used` exceeds `limit` (token bucket in debt, quota
+/// overdrawn, or an overrun carried into the current window) and `remaining` is 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LimitState {
     /// Which limit.
     pub kind: LimitKind,
     /// The configured limit.
     pub limit: u64,
-    /// Settled consumption in the current window (see above for rates).
+    /// Settled consumption in the current window, including an overrun carried into it (see above for rates).
     pub used: u64,
     /// Held by running requests.
     pub reserved: u64,
     /// What a new request could still get now.
     pub remaining: u64,
-    /// Ms until fully replenished (rates) or until the window restarts (quotas); `None` for concurrency.
+    /// Ms until fully replenished: for rates, a debt repaid included; for quotas, until the window restarts,
+    /// or the first later window an overrun is no longer carried into. `None` for concurrency.
     pub reset_ms: Option<u64>,
 }
 
@@ -390,11 +406,13 @@ pub trait Limiter: Send + Sync + 'static {
     /// fallback policy.
     async fn admit(&self, scopes: &[(Scope, Limits)], demand: Demand, now: Millis) -> Result<Reservation, Refusal>;
 
-    /// Replaces the reservation by real usage: concurrency released; requests stay counted; the token bucket
-    /// gets back `reserved − min(actual, reserved)` (never above capacity); quotas and budgets move
-    /// `min(actual, reserved)` from reserved to used in the windows the reservation was made in (a window
-    /// that has rolled over meanwhile is not charged, nor is the new one). Actual above the reservation is
-    /// not charged beyond it: the server stops relaying at the reservation.
+    /// Replaces the reservation by real usage, charged in full: concurrency released; requests stay counted;
+    /// the token bucket gets back `reserved − actual` when less was used (never above capacity), and is
+    /// charged `actual − reserved` below empty when more was (a debt, repaid by refilling); quotas and budgets
+    /// take the reservation out of reserved and add the whole `actual` to used in the windows the reservation
+    /// was made in, past the limit if need be. If such a window has rolled over meanwhile, its reservation is
+    /// charged to nothing and only `actual − reserved` (if positive) to the current window. See the crate
+    /// docs for how an excess is repaid.
     ///
     /// A reservation knows its backend, so this is [`Reservation::settle`] for every limiter.
     async fn settle(&self, reservation: Reservation, actual: Usage, now: Millis) {

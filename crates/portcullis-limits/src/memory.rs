@@ -101,8 +101,9 @@ impl MemoryLimiter {
     }
 
     /// [`Limiter::settle`] without the async wrapper. `now` is accepted for the trait's shape but not needed:
-    /// the windows to charge are those recorded in the reservation, and a token refund is the same whenever
-    /// it happens (see [`crate::BucketState::refund`]).
+    /// the windows to charge are those recorded in the reservation (or the current one, for an overrun whose
+    /// window ended), and a token refund or overrun charge applies as of the bucket's latest change (see
+    /// [`crate::BucketState::refund`] and [`crate::BucketState::charge`]).
     pub fn settle_sync(&self, mut reservation: Reservation, actual: Usage, _now: Millis) {
         match std::mem::replace(&mut reservation.hold, Hold::Released) {
             Hold::Memory(hold) => hold.release(reservation.demand, Some(actual)),

@@ -157,8 +157,9 @@ impl ScopeState {
             if let Some(quota) = quota
                 && !counter.fits(index, amount, quota)
             {
-                // A lagging `now` may see a later window than its own; wait for the end of that one.
-                let next = period.start(counter.at(index).index.saturating_add(1));
+                // The next window, or a later one while an overrun carried from this one leaves too little
+                // room (a lagging `now` may see a later window than its own: counted from that one).
+                let next = period.start(counter.first_fitting(index, amount, quota));
                 consider(Failure {
                     limit,
                     reason: DenialReason::QuotaExhausted,
@@ -185,15 +186,17 @@ impl ScopeState {
         if concurrency {
             self.in_flight = self.in_flight.saturating_add(1);
         }
-        let day = self.day_tokens.reserve(windows.day, demand.tokens);
-        self.day_cost.reserve(day, demand.cost.0);
-        let month = self.month_tokens.reserve(windows.month, demand.tokens);
-        self.month_cost.reserve(month, demand.cost.0);
+        let money = |budget: Option<crate::Money>| budget.map(|m| m.0);
+        let day = self.day_tokens.reserve(windows.day, demand.tokens, limits.tokens_per_day);
+        self.day_cost.reserve(day, demand.cost.0, money(limits.budget_per_day));
+        let month = self.month_tokens.reserve(windows.month, demand.tokens, limits.tokens_per_month);
+        self.month_cost.reserve(month, demand.cost.0, money(limits.budget_per_month));
         Took { concurrency, bucket, day, month }
     }
 
-    /// Gives back what `took` holds. With a settlement's actual usage, unused tokens go back to the bucket and
-    /// `min(actual, reserved)` is charged; without (a dropped reservation) the whole reservation is charged
+    /// Gives back what `took` holds. With a settlement's actual usage, the actual is charged in full: unused
+    /// tokens go back to the bucket and tokens used beyond the reservation put it into debt, and quotas and
+    /// budgets are charged the whole actual. Without (a dropped reservation) the whole reservation is charged
     /// and nothing is refunded, so a lost settlement never lets anyone overspend.
     pub(crate) fn release(&mut self, took: Took, demand: Demand, settlement: Option<Usage>) {
         if took.concurrency {
@@ -202,7 +205,11 @@ impl ScopeState {
         let actual = settlement.unwrap_or(Usage { tokens: demand.tokens, cost: demand.cost });
         if let Some(reserved) = took.bucket {
             self.bucket_reserved = self.bucket_reserved.saturating_sub(reserved);
-            self.bucket.refund(reserved - actual.tokens.min(reserved));
+            if actual.tokens < reserved {
+                self.bucket.refund(reserved - actual.tokens);
+            } else {
+                self.bucket.charge(actual.tokens - reserved);
+            }
         }
         self.day_tokens.settle(took.day, demand.tokens, actual.tokens);
         self.day_cost.settle(took.day, demand.cost.0, actual.cost.0);
@@ -256,17 +263,7 @@ impl ScopeState {
             });
         }
         if let Some(b) = bucket {
-            let remaining = b.available(&self.bucket, now);
-            let taken = b.capacity().saturating_sub(remaining);
-            let reserved = self.bucket_reserved.min(taken);
-            out.push(LimitState {
-                kind: LimitKind::TokensPerMinute,
-                limit: b.capacity(),
-                used: taken - reserved,
-                reserved,
-                remaining,
-                reset_ms: Some(b.reset_ms(&self.bucket, now)),
-            });
+            out.push(b.limit_state(&self.bucket, self.bucket_reserved, now));
         }
         if let Some(max) = limits.max_concurrent {
             out.push(LimitState {
@@ -278,31 +275,20 @@ impl ScopeState {
                 reset_ms: None,
             });
         }
-        let windows = Windows::at(now);
         for (kind, quota, counter, period, _) in quotas(limits, self, Demand::default()) {
             if let Some(quota) = quota {
-                let index = windows.of(period);
-                let current = counter.at(index);
-                out.push(LimitState {
-                    kind,
-                    limit: quota,
-                    used: current.used,
-                    reserved: current.reserved,
-                    remaining: counter.remaining(index, quota),
-                    reset_ms: Some(period.start(current.index.saturating_add(1)).saturating_sub(now)),
-                });
+                out.push(counter.limit_state(kind, quota, period, now));
             }
         }
         out
     }
 
     /// True when dropping this state and starting afresh later would change nothing a client could see:
-    /// nothing in flight or reserved, the request rate and token bucket fully replenished, and nothing used
-    /// in the current day or month.
+    /// nothing in flight or reserved, the request rate and token bucket fully replenished (no debt), and
+    /// nothing used in the current day or month (nor carried into it by an overrun).
     pub(crate) fn is_idle(&self, now: Millis) -> bool {
         let windows = Windows::at(now);
-        let window_idle =
-            |counter: &WindowCounter, index: u64| counter.reserved == 0 && (counter.index < index || counter.used == 0);
+        let window_idle = |counter: &WindowCounter, index: u64| counter.reserved == 0 && counter.at(index).used == 0;
         self.in_flight == 0
             && self.bucket_reserved == 0
             && self.gcra.is_idle_at(now)

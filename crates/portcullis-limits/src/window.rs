@@ -7,7 +7,7 @@
 //! `civil_from_days` / `days_from_civil` (public domain), done here to keep the crate free of a date
 //! library and the hot path free of allocation.
 
-use crate::Millis;
+use crate::{LimitKind, LimitState, Millis};
 
 /// Ms in one UTC day (no leap seconds in Unix time).
 pub const DAY_MS: u64 = 86_400_000;
@@ -77,24 +77,43 @@ pub fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
 
 /// Reserve/settle counter of one quantity (tokens or pico-units) in one calendar window.
 ///
-/// Invariant kept by the limiter: `used + reserved ≤ limit` after every admission, because an admission
-/// adds to `reserved` only if the sum still fits, and settlement moves at most what was reserved into
-/// `used`. Settlement subtracts saturating, so even a reservation from a replaced window cannot underflow.
+/// Admission: an amount is reserved only if `used + reserved + amount ≤ limit` (a zero amount always fits),
+/// so no admission ever starts beyond the quota. Settlement replaces the reservation by the actual use *in
+/// full*, even past the limit (a model server that ignored its completion cap generated it, and a
+/// non-streamed answer cannot be cut): `used` may then exceed the limit, and every non-zero amount is
+/// refused until the excess is repaid.
+///
+/// Repayment: when the window ends, what it used beyond its quota is carried into the next window as used,
+/// and every window after it repays one quota's worth, so an overrun is never forgiven by a rollover; a
+/// window that stayed within its quota carries nothing. The quota that an excess is measured against and
+/// repaid by is the one in force at the window's latest reservation (`quota`). All sums saturate.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WindowCounter {
     /// The window these numbers belong to.
     pub index: u64,
-    /// Settled (real) consumption in the window.
+    /// Settled (real) consumption in the window, including what was carried into it.
     pub used: u64,
     /// Worst-case demand of requests admitted in the window and not yet settled.
     pub reserved: u64,
+    /// The quota in force at the window's latest reservation; 0 when it had none (or a zero one), and then
+    /// nothing carries.
+    pub quota: u64,
 }
 
 impl WindowCounter {
     /// The counter as seen in window `index`: the stored one if it is that window (or a later one, when a
-    /// caller's `now` lags another's), otherwise an empty counter for `index`.
+    /// caller's `now` lags another's), otherwise the counter of `index` with what the stored window carries
+    /// into it and nothing reserved.
     pub fn at(&self, index: u64) -> WindowCounter {
-        if index > self.index { WindowCounter { index, used: 0, reserved: 0 } } else { *self }
+        if index > self.index {
+            let used = match self.quota {
+                0 => 0,
+                quota => self.used.saturating_sub(quota.saturating_mul(index - self.index)),
+            };
+            WindowCounter { index, used, reserved: 0, quota: self.quota }
+        } else {
+            *self
+        }
     }
 
     /// Whether `amount` more fits under `limit` in window `index`. A zero amount always fits, so a
@@ -109,27 +128,72 @@ impl WindowCounter {
                 .is_some_and(|s| s <= limit)
     }
 
-    /// Reserves `amount` in window `index` (rolling over first) and returns the window it was reserved in.
-    pub fn reserve(&mut self, index: u64, amount: u64) -> u64 {
+    /// Reserves `amount` in window `index` (rolling over first) under `quota` (the limit in force, if any)
+    /// and returns the window it was reserved in.
+    pub fn reserve(&mut self, index: u64, amount: u64, quota: Option<u64>) -> u64 {
         *self = self.at(index);
         self.reserved = self.reserved.saturating_add(amount);
+        self.quota = quota.unwrap_or(0);
         self.index
     }
 
-    /// Turns a reservation of `reserved` made in window `index` into `min(actual, reserved)` of use. If the
-    /// counter has moved on to a later window, the old window is gone and nothing is charged to the new one.
+    /// Replaces a reservation of `reserved` made in window `index` by `actual` of use, in full. If the
+    /// counter has moved on to a later window, the reserved window is gone: its reservation is charged to
+    /// nothing, but what `actual` exceeds it by is charged to the current window (an overrun is never lost).
     pub fn settle(&mut self, index: u64, reserved: u64, actual: u64) {
-        if self.index != index {
-            return;
+        if self.index == index {
+            self.reserved = self.reserved.saturating_sub(reserved);
+            self.used = self.used.saturating_add(actual);
+        } else if self.index > index {
+            self.used = self.used.saturating_add(actual.saturating_sub(reserved));
         }
-        self.reserved = self.reserved.saturating_sub(reserved);
-        self.used = self.used.saturating_add(actual.min(reserved));
     }
 
     /// What is left under `limit` in window `index`.
     pub fn remaining(&self, index: u64, limit: u64) -> u64 {
         let current = self.at(index);
         limit.saturating_sub(current.used.saturating_add(current.reserved))
+    }
+
+    /// The first window after the one `index` sees in which `amount` (at most `limit`) fits under `limit`:
+    /// the next one, unless the excess carried from this one still leaves too little room there. For a
+    /// refusal's retry time; reservations are not looked at (the next window has none).
+    pub fn first_fitting(&self, index: u64, amount: u64, limit: u64) -> u64 {
+        let current = self.at(index);
+        // Window `current.index + m` carries `used − m·quota`; `amount` fits once that is ≤ limit − amount.
+        let excess = current.used.saturating_sub(limit.saturating_sub(amount));
+        current.index.saturating_add(current.windows_to_repay(excess))
+    }
+
+    /// The first window after the one `index` sees into which nothing is carried: when the quota is whole
+    /// again.
+    pub fn first_clear(&self, index: u64) -> u64 {
+        let current = self.at(index);
+        current.index.saturating_add(current.windows_to_repay(current.used))
+    }
+
+    /// The state of a quota of `limit` kept by this counter, at `now`: `used` includes what an overrun
+    /// carried into the current window (and exceeds the limit while overdrawn), and `reset_ms` is the time
+    /// until the quota is whole again: the next window, or the first one an overrun no longer reaches.
+    pub fn limit_state(&self, kind: LimitKind, limit: u64, period: Period, now: Millis) -> LimitState {
+        let index = period.index(now);
+        let current = self.at(index);
+        LimitState {
+            kind,
+            limit,
+            used: current.used,
+            reserved: current.reserved,
+            remaining: self.remaining(index, limit),
+            reset_ms: Some(period.start(self.first_clear(index)).saturating_sub(now)),
+        }
+    }
+
+    /// How many windows after this one it takes to repay `excess` (at least 1: the next).
+    fn windows_to_repay(&self, excess: u64) -> u64 {
+        match self.quota {
+            0 => 1,
+            quota => excess.div_ceil(quota).max(1),
+        }
     }
 }
 
@@ -200,9 +264,9 @@ mod tests {
     #[test]
     fn counter_starts_at_zero_in_a_new_window() {
         let mut counter = WindowCounter::default();
-        counter.reserve(10, 70);
+        counter.reserve(10, 70, Some(100));
         counter.settle(10, 70, 60);
-        assert_eq!(counter, WindowCounter { index: 10, used: 60, reserved: 0 });
+        assert_eq!(counter, WindowCounter { index: 10, used: 60, reserved: 0, quota: 100 });
         assert!(!counter.fits(10, 41, 100));
         assert!(counter.fits(10, 40, 100));
         assert!(counter.fits(11, 100, 100));
@@ -211,7 +275,7 @@ mod tests {
 
     #[test]
     fn zero_amount_fits_even_a_spent_or_overdrawn_window() {
-        let counter = WindowCounter { index: 1, used: 120, reserved: 0 };
+        let counter = WindowCounter { index: 1, used: 120, reserved: 0, quota: 100 };
         assert!(counter.fits(1, 0, 100));
         assert!(!counter.fits(1, 1, 100));
         assert!(WindowCounter::default().fits(0, 0, 0));
@@ -220,25 +284,87 @@ mod tests {
     #[test]
     fn settling_into_a_rolled_window_charges_nothing() {
         let mut counter = WindowCounter::default();
-        let window = counter.reserve(5, 50);
-        counter.reserve(6, 10); // the next day's first admission rolls the counter
+        let window = counter.reserve(5, 50, Some(100));
+        counter.reserve(6, 10, Some(100)); // the next day's first admission rolls the counter
         counter.settle(window, 50, 50);
-        assert_eq!(counter, WindowCounter { index: 6, used: 0, reserved: 10 });
+        assert_eq!(counter, WindowCounter { index: 6, used: 0, reserved: 10, quota: 100 });
     }
 
     #[test]
-    fn settle_charges_at_most_the_reservation() {
+    fn settle_charges_the_whole_actual_even_past_the_limit() {
         let mut counter = WindowCounter::default();
-        counter.reserve(0, 30);
+        counter.reserve(0, 30, Some(100));
         counter.settle(0, 30, 1_000);
-        assert_eq!(counter, WindowCounter { index: 0, used: 30, reserved: 0 });
+        assert_eq!(counter, WindowCounter { index: 0, used: 1_000, reserved: 0, quota: 100 });
+        assert!(!counter.fits(0, 1, 100));
+        assert_eq!(counter.remaining(0, 100), 0);
+    }
+
+    #[test]
+    fn an_overrun_settled_after_its_window_ended_charges_the_excess_to_the_current_one() {
+        let mut counter = WindowCounter::default();
+        let window = counter.reserve(5, 50, Some(100));
+        counter.reserve(6, 10, Some(100));
+        counter.settle(window, 50, 80);
+        assert_eq!((counter.index, counter.used, counter.reserved), (6, 30, 10));
+    }
+
+    #[test]
+    fn an_excess_carries_into_the_next_windows_one_quota_each() {
+        let mut counter = WindowCounter::default();
+        counter.reserve(10, 100, Some(1_000));
+        counter.settle(10, 100, 3_500);
+        let used = |index| counter.at(index).used;
+        assert_eq!([used(10), used(11), used(12), used(13), used(14), used(99)], [3_500, 2_500, 1_500, 500, 0, 0]);
+        assert!(!counter.fits(12, 1, 1_000) && !counter.fits(13, 501, 1_000) && counter.fits(13, 500, 1_000));
+        assert_eq!(counter.remaining(13, 1_000), 500);
+        // 10 more fit on window 13 (carrying 500); the quota is whole again on window 14.
+        assert_eq!(counter.first_fitting(10, 10, 1_000), 13);
+        assert_eq!(counter.first_fitting(12, 10, 1_000), 13);
+        assert_eq!(counter.first_fitting(13, 600, 1_000), 14);
+        assert_eq!(counter.first_clear(10), 14);
+        assert_eq!(counter.first_clear(14), 15);
+        // Rolling over keeps what is carried, and the next reservation's quota.
+        let mut rolled = counter;
+        rolled.reserve(12, 10, Some(2_000));
+        assert_eq!(rolled, WindowCounter { index: 12, used: 1_500, reserved: 10, quota: 2_000 });
+        assert_eq!(rolled.at(13).used, 0);
+    }
+
+    #[test]
+    fn a_window_within_its_quota_or_without_one_carries_nothing() {
+        let mut within = WindowCounter::default();
+        within.reserve(3, 900, Some(1_000));
+        within.settle(3, 900, 1_000);
+        assert_eq!((within.at(4).used, within.first_fitting(3, 1, 1_000), within.first_clear(3)), (0, 4, 4));
+        let mut unlimited = WindowCounter::default();
+        unlimited.reserve(3, 10, None);
+        unlimited.settle(3, 10, 5_000);
+        assert_eq!((unlimited.at(4).used, unlimited.first_clear(3)), (0, 4));
+        let mut zero = WindowCounter::default();
+        zero.reserve(3, 0, Some(0));
+        zero.settle(3, 0, 5);
+        assert_eq!((zero.at(4).used, zero.first_fitting(3, 0, 0)), (0, 4));
+    }
+
+    #[test]
+    fn carrying_saturates_instead_of_overflowing() {
+        let counter = WindowCounter { index: 1, used: u64::MAX, reserved: 0, quota: 1 };
+        assert_eq!(counter.at(2).used, u64::MAX - 1);
+        assert_eq!(counter.first_clear(1), u64::MAX);
+        assert_eq!(counter.first_fitting(u64::MAX, 1, 1), u64::MAX);
+        let big = WindowCounter { index: 1, used: u64::MAX, reserved: 0, quota: u64::MAX / 2 };
+        assert_eq!(big.at(2).used, u64::MAX - u64::MAX / 2);
+        assert_eq!(big.at(3).used, 1);
+        assert_eq!(big.at(4).used, 0);
+        assert_eq!(big.first_clear(1), 4);
     }
 
     #[test]
     fn lagging_now_uses_the_latest_window() {
         let mut counter = WindowCounter::default();
-        counter.reserve(9, 5);
-        assert_eq!(counter.reserve(8, 5), 9);
+        counter.reserve(9, 5, Some(100));
+        assert_eq!(counter.reserve(8, 5, Some(100)), 9);
         assert_eq!(counter.reserved, 10);
     }
 
@@ -252,7 +378,7 @@ mod tests {
 
     #[test]
     fn overflowing_sums_do_not_fit() {
-        let counter = WindowCounter { index: 0, used: u64::MAX - 1, reserved: 1 };
+        let counter = WindowCounter { index: 0, used: u64::MAX - 1, reserved: 1, quota: u64::MAX };
         assert!(!counter.fits(0, 1, u64::MAX));
     }
 }

@@ -74,7 +74,7 @@ fn concurrency_limit_admits_exactly_its_slots() {
 }
 
 #[test]
-fn racing_admit_and_settle_never_overspend_and_account_exactly() {
+fn racing_admit_and_settle_admit_nothing_beyond_the_limit_and_charge_the_actual_exactly() {
     const LIMIT: u64 = 50_000;
     let limits = Limits { tokens_per_day: Some(LIMIT), tokens_per_minute: Some(LIMIT), ..Limits::default() };
     let scope = Scope::Team("t".into());
@@ -92,9 +92,9 @@ fn racing_admit_and_settle_never_overspend_and_account_exactly() {
                     if let Ok(reservation) =
                         limiter.admit_sync(&scopes, Demand { tokens: demand, cost: Money::ZERO }, NOW)
                     {
-                        // Some use less, some more than they reserved.
+                        // Some use less, some more than they reserved: all of it is charged.
                         let actual = (i + t) % 60;
-                        charged.fetch_add(actual.min(demand), Ordering::Relaxed);
+                        charged.fetch_add(actual, Ordering::Relaxed);
                         limiter.settle_sync(reservation, Usage { tokens: actual, cost: Money::ZERO }, NOW);
                     }
                 }
@@ -108,7 +108,9 @@ fn racing_admit_and_settle_never_overspend_and_account_exactly() {
     let day = snapshot.iter().find(|s| s.kind == LimitKind::TokensPerDay).unwrap();
     assert_eq!(day.reserved, 0);
     assert_eq!(day.used, charged.load(Ordering::Relaxed));
-    assert!(day.used <= LIMIT);
+    // Every admission fitted under the limit; beyond it only the overruns of requests already running (one
+    // per thread, each at most 59 over) can have been charged.
+    assert!(day.used <= LIMIT + THREADS as u64 * 59, "{}", day.used);
     let minute = snapshot.iter().find(|s| s.kind == LimitKind::TokensPerMinute).unwrap();
     assert_eq!((minute.used, minute.reserved), (day.used, 0));
 }

@@ -245,16 +245,108 @@ fn settle_refunds_unused_tokens_releases_concurrency_and_keeps_the_request_count
 }
 
 #[test]
-fn actual_above_the_reservation_is_charged_only_up_to_it() {
+fn an_overrun_is_charged_in_full_and_the_window_refuses_until_it_rolls_over() {
     let limiter = MemoryLimiter::new();
-    let limits = all_limits();
-    let r = limiter.admit_sync(&[(key("k"), limits.clone())], demand(1_000, 500), NOON).unwrap();
-    limiter.settle_sync(r, usage(5_000, 9_999), NOON);
+    let limits = Limits { tokens_per_day: Some(1_000), budget_per_day: Some(Money(1_000)), ..Limits::default() };
+    let scopes = [(key("k"), limits.clone())];
+    let r = limiter.admit_sync(&scopes, demand(100, 100), NOON).unwrap();
+    limiter.settle_sync(r, usage(1_500, 1_200), NOON);
     let day = state_of(&limiter, &key("k"), &limits, NOON, LimitKind::TokensPerDay);
-    assert_eq!((day.used, day.reserved), (1_000, 0));
+    assert_eq!((day.limit, day.used, day.reserved, day.remaining), (1_000, 1_500, 0, 0));
     let budget = state_of(&limiter, &key("k"), &limits, NOON, LimitKind::BudgetPerDay);
-    assert_eq!(budget.used, 500);
-    assert_eq!(state_of(&limiter, &key("k"), &limits, NOON, LimitKind::TokensPerMinute).remaining, 9_000);
+    assert_eq!((budget.used, budget.remaining), (1_200, 0));
+
+    let denial = limiter.admit_sync(&scopes, demand(1, 0), NOON).unwrap_err();
+    assert_eq!((denial.limit, denial.reason), (LimitKind::TokensPerDay, DenialReason::QuotaExhausted));
+    assert_eq!(denial.retry_after_ms, Some(12 * 3_600_000), "the next day repays the 500 over");
+    // The next day starts with the 500 tokens (and 200 pico-units) the last one went over.
+    let tomorrow = NOON + DAY_MS;
+    let day = state_of(&limiter, &key("k"), &limits, tomorrow, LimitKind::TokensPerDay);
+    assert_eq!((day.used, day.remaining), (500, 500));
+    assert!(limiter.admit_sync(&scopes, demand(501, 0), tomorrow).is_err());
+    let r = limiter.admit_sync(&scopes, demand(500, 800), tomorrow).unwrap();
+    limiter.settle_sync(r, usage(500, 800), tomorrow);
+    assert_eq!(state_of(&limiter, &key("k"), &limits, tomorrow + DAY_MS, LimitKind::TokensPerDay).used, 0);
+}
+
+#[test]
+fn an_overrun_of_several_quotas_is_repaid_one_window_at_a_time_and_retry_after_says_when() {
+    let limiter = MemoryLimiter::new();
+    let limits = Limits { tokens_per_day: Some(1_000), ..Limits::default() };
+    let scopes = [(key("k"), limits.clone())];
+    let r = limiter.admit_sync(&scopes, demand(100, 0), NOON).unwrap();
+    limiter.settle_sync(r, usage(3_500, 0), NOON);
+    let midnight = utc(2027, 7, 22, 0, 0);
+    let day = state_of(&limiter, &key("k"), &limits, NOON, LimitKind::TokensPerDay);
+    assert_eq!(day.reset_ms, Some(midnight + 3 * DAY_MS - NOON), "whole again once 3 more days repaid it");
+    // 10 tokens fit once what is carried is at most 990: on the third day after (3 500 - 3 * 1 000 = 500).
+    let denial = limiter.admit_sync(&scopes, demand(10, 0), NOON).unwrap_err();
+    assert_eq!(denial.retry_after_ms, Some(midnight + 2 * DAY_MS - NOON));
+    for (days, carried) in [(0, 2_500), (1, 1_500), (2, 500), (3, 0)] {
+        let at = midnight + days * DAY_MS;
+        assert_eq!(state_of(&limiter, &key("k"), &limits, at, LimitKind::TokensPerDay).used, carried, "day {days}");
+    }
+    assert!(limiter.admit_sync(&scopes, demand(10, 0), midnight + 2 * DAY_MS - 1).is_err());
+    limiter.admit_sync(&scopes, demand(10, 0), midnight + 2 * DAY_MS).unwrap();
+}
+
+#[test]
+fn the_token_bucket_goes_into_debt_and_refuses_until_it_has_refilled_past_it() {
+    let limiter = MemoryLimiter::new();
+    let limits = Limits { tokens_per_minute: Some(600), ..Limits::default() }; // 10 tokens a second
+    let scopes = [(key("k"), limits.clone())];
+    let r = limiter.admit_sync(&scopes, demand(100, 0), NOON).unwrap();
+    limiter.settle_sync(r, usage(1_000, 0), NOON);
+    // 1 000 taken from a bucket of 600: 400 below empty.
+    let tpm = state_of(&limiter, &key("k"), &limits, NOON, LimitKind::TokensPerMinute);
+    assert_eq!((tpm.used, tpm.reserved, tpm.remaining, tpm.reset_ms), (1_000, 0, 0, Some(100_000)));
+    // 60 tokens fit once 460 have refilled: 46 s.
+    let denial = limiter.admit_sync(&scopes, demand(60, 0), NOON).unwrap_err();
+    assert_eq!((denial.limit, denial.reason), (LimitKind::TokensPerMinute, DenialReason::RateLimited));
+    assert_eq!(denial.retry_after_ms, Some(46_000));
+    assert_eq!(limiter.admit_sync(&scopes, demand(60, 0), NOON + 45_999).unwrap_err().retry_after_ms, Some(1));
+    let r = limiter.admit_sync(&scopes, demand(60, 0), NOON + 46_000).unwrap();
+    assert_eq!(r.headers.tokens, Some(RateState { limit: 600, remaining: 0, reset_ms: 60_000 }));
+}
+
+#[test]
+fn a_lowered_token_rate_empties_the_bucket_for_a_minute_but_keeps_an_overruns_debt() {
+    let limiter = MemoryLimiter::new();
+    let wide = Limits { tokens_per_minute: Some(1_000), ..Limits::default() };
+    let narrow = Limits { tokens_per_minute: Some(100), ..Limits::default() };
+    let r = limiter.admit_sync(&[(key("used"), wide.clone())], demand(1_000, 0), NOON).unwrap();
+    limiter.settle_sync(r, usage(1_000, 0), NOON);
+    // Reloaded to 100 a minute: empty, and full again one minute later (not after 900 tokens' worth).
+    let tpm = state_of(&limiter, &key("used"), &narrow, NOON, LimitKind::TokensPerMinute);
+    assert_eq!((tpm.remaining, tpm.reset_ms), (0, Some(60_000)));
+    let denial = limiter.admit_sync(&[(key("used"), narrow.clone())], demand(100, 0), NOON).unwrap_err();
+    assert_eq!(denial.retry_after_ms, Some(60_000));
+    limiter.admit_sync(&[(key("used"), narrow.clone())], demand(100, 0), NOON + 60_000).unwrap();
+
+    // An overrun of 1 400 on the bucket of 1 000 left it 500 below empty; that debt survives the reload.
+    let r = limiter.admit_sync(&[(key("over"), wide)], demand(100, 0), NOON).unwrap();
+    limiter.settle_sync(r, usage(1_500, 0), NOON);
+    let tpm = state_of(&limiter, &key("over"), &narrow, NOON, LimitKind::TokensPerMinute);
+    assert_eq!((tpm.used, tpm.remaining, tpm.reset_ms), (600, 0, Some(360_000)));
+    let denial = limiter.admit_sync(&[(key("over"), narrow.clone())], demand(100, 0), NOON).unwrap_err();
+    assert_eq!(denial.retry_after_ms, Some(360_000));
+    limiter.admit_sync(&[(key("over"), narrow)], demand(100, 0), NOON + 360_000).unwrap();
+}
+
+#[test]
+fn an_overrun_settled_after_midnight_is_charged_to_the_new_day() {
+    let limiter = MemoryLimiter::new();
+    let limits = Limits { tokens_per_day: Some(1_000), ..Limits::default() };
+    let scopes = [(key("k"), limits.clone())];
+    let before = utc(2027, 7, 21, 23, 59);
+    let after = utc(2027, 7, 22, 0, 1);
+    let r = limiter.admit_sync(&scopes, demand(100, 0), before).unwrap();
+    let next_day = limiter.admit_sync(&scopes, demand(10, 0), after).unwrap();
+    // Its reservation belonged to the day that ended; what it used beyond it is charged to this one.
+    limiter.settle_sync(r, usage(700, 0), after);
+    let day = state_of(&limiter, &key("k"), &limits, after, LimitKind::TokensPerDay);
+    assert_eq!((day.used, day.reserved), (600, 10));
+    drop(next_day);
 }
 
 #[test]
@@ -371,6 +463,30 @@ fn evict_idle_forgets_only_scopes_that_would_look_fresh() {
     assert!(limiter.is_empty());
     limiter.settle_sync(running, usage(0, 0), NOON);
     limiter.admit_sync(&[(key("quota"), quota)], demand(100, 0), utc(2027, 8, 1, 0, 0)).unwrap();
+}
+
+#[test]
+fn evict_idle_keeps_a_scope_while_an_overrun_is_carried() {
+    let limiter = MemoryLimiter::new();
+    let quota = Limits { tokens_per_day: Some(100), ..Limits::default() };
+    let at = utc(2027, 7, 30, 12, 0);
+    let r = limiter.admit_sync(&[(key("k"), quota)], demand(10, 0), at).unwrap();
+    limiter.settle_sync(r, usage(250, 0), at);
+    // On 1 August July's usage no longer counts, but the 50 tokens the 31st could not repay still do.
+    assert_eq!(limiter.evict_idle(at + 2 * DAY_MS), 0);
+    assert_eq!(limiter.evict_idle(at + 3 * DAY_MS), 1);
+}
+
+#[test]
+fn a_token_debt_keeps_a_scope_until_it_is_repaid() {
+    let limiter = MemoryLimiter::new();
+    let rate = Limits { tokens_per_minute: Some(1), ..Limits::default() };
+    let at = utc(2027, 7, 31, 23, 0);
+    let r = limiter.admit_sync(&[(key("k"), rate)], demand(1, 0), at).unwrap();
+    limiter.settle_sync(r, usage(100_000, 0), at);
+    // 100 000 tokens at 1 a minute: repaid 100 000 minutes later, long after the month they were used in.
+    assert_eq!(limiter.evict_idle(at + 6_000_000_000 - 1), 0);
+    assert_eq!(limiter.evict_idle(at + 6_000_000_000), 1);
 }
 
 #[tokio::test]

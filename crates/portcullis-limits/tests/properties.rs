@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use portcullis_limits::window::{DAY_MS, days_from_civil};
 use portcullis_limits::{
     BucketState, Demand, DenialReason, Gcra, GcraState, LimitKind, Limits, MemoryLimiter, Millis, Money, Period,
-    Reservation, Scope, TokenBucket, Usage,
+    Reservation, Scope, TakeError, TokenBucket, Usage,
 };
 use proptest::prelude::*;
 
@@ -16,6 +16,8 @@ const UNITS_PER_TOKEN: u128 = 60_000;
 enum BucketOp {
     Take(u64),
     Refund(u64),
+    /// A settlement that used more than it took.
+    Charge(u64),
     Advance(u64),
     /// Another caller's slightly older `now`.
     Lag(u64),
@@ -25,6 +27,7 @@ fn bucket_op() -> impl Strategy<Value = BucketOp> {
     prop_oneof![
         (0..20_000u64).prop_map(BucketOp::Take),
         (0..30_000u64).prop_map(BucketOp::Refund),
+        (0..30_000u64).prop_map(BucketOp::Charge),
         (0..120_000u64).prop_map(BucketOp::Advance),
         (0..5_000u64).prop_map(BucketOp::Lag),
     ]
@@ -34,16 +37,21 @@ fn bucket_op() -> impl Strategy<Value = BucketOp> {
 fn apply(bucket: &TokenBucket, state: &mut BucketState, op: &BucketOp, now: &mut Millis) {
     match *op {
         BucketOp::Take(n) => {
-            let before = bucket.available(state, *now);
+            let (before, deficit) = (bucket.available(state, *now), bucket.deficit_units(state, *now));
+            let capacity = bucket.capacity();
             let taken = bucket.take(state, n, *now).is_ok();
-            // A take succeeds exactly when the whole amount is there.
-            assert_eq!(taken, before >= n, "take {n} with {before} available");
+            // A take succeeds exactly when the whole amount is there, which is never while in debt (a zero
+            // capacity, which can never repay one, aside).
+            let in_debt = deficit > u128::from(capacity) * UNITS_PER_TOKEN;
+            assert_eq!(taken, before >= n && (!in_debt || capacity == 0), "take {n} with {before} available");
         }
         BucketOp::Refund(n) => state.refund(n),
+        BucketOp::Charge(n) => state.charge(n),
         BucketOp::Advance(ms) => *now += ms,
         BucketOp::Lag(ms) => {
             let lagged = now.saturating_sub(ms);
-            assert!(bucket.take(state, 0, lagged).is_ok());
+            let in_debt = bucket.deficit_units(state, lagged) > u128::from(bucket.capacity()) * UNITS_PER_TOKEN;
+            assert_eq!(bucket.take(state, 0, lagged).is_ok(), !in_debt || bucket.capacity() == 0);
         }
     }
 }
@@ -86,6 +94,69 @@ proptest! {
             if elapsed == 0 {
                 prop_assert!(after <= before);
             }
+        }
+    }
+
+    /// Settlement charges what was used: after a take of `reserved` settled with `actual` (a refund or a
+    /// charge), the bucket lacks exactly `actual` more than before the take, debt included.
+    #[test]
+    fn a_settled_take_leaves_exactly_the_actual_taken(
+        capacity in 1..10_000u64,
+        history in prop::collection::vec(bucket_op(), 0..30),
+        reserved in 0..10_000u64,
+        actual in 0..100_000u64,
+    ) {
+        let bucket = TokenBucket::new(capacity);
+        let mut state = BucketState::default();
+        let mut now = 1_000_000;
+        for op in &history {
+            apply(&bucket, &mut state, op, &mut now);
+        }
+        let before = bucket.deficit_units(&state, now);
+        if bucket.take(&mut state, reserved, now).is_ok() {
+            if actual < reserved {
+                state.refund(reserved - actual);
+            } else {
+                state.charge(actual - reserved);
+            }
+            prop_assert_eq!(bucket.deficit_units(&state, now), before + u128::from(actual) * UNITS_PER_TOKEN);
+        }
+    }
+
+    /// A debt is repaid at exactly the refill rate, and the reported waits are exact: a take refused with
+    /// `Wait(ms)` succeeds `ms` later and not a ms sooner; `reset_ms` is when the deficit reaches 0.
+    #[test]
+    fn a_debt_is_repaid_at_exactly_the_refill_rate(
+        capacity in 1..10_000u64,
+        taken in 0..10_000u64,
+        over in 0..1_000_000u64,
+        tokens in 0..10_000u64,
+        elapsed in prop::collection::vec(0..600_000u64, 1..8),
+    ) {
+        let bucket = TokenBucket::new(capacity);
+        let (taken, tokens) = (taken.min(capacity), tokens.min(capacity));
+        let mut state = BucketState::default();
+        let start = 5_000_000;
+        bucket.take(&mut state, taken, start).unwrap();
+        state.charge(over);
+        let deficit = bucket.deficit_units(&state, start);
+        prop_assert_eq!(deficit, u128::from(taken + over) * UNITS_PER_TOKEN);
+        for ms in elapsed {
+            let refilled = u128::from(ms) * u128::from(capacity);
+            prop_assert_eq!(bucket.deficit_units(&state, start + ms), deficit.saturating_sub(refilled));
+        }
+        let reset = bucket.reset_ms(&state, start);
+        prop_assert_eq!(u128::from(reset), deficit.div_ceil(u128::from(capacity)));
+        prop_assert!(state.is_full_at(start + reset) && (reset == 0 || !state.is_full_at(start + reset - 1)));
+        match bucket.check(&state, tokens, start) {
+            Ok(()) => prop_assert!(deficit + u128::from(tokens) * UNITS_PER_TOKEN <= u128::from(capacity) * UNITS_PER_TOKEN),
+            Err(TakeError::Wait(ms)) => {
+                prop_assert!(ms > 0);
+                prop_assert!(bucket.check(&state, tokens, start + ms - 1).is_err());
+                let mut later = state;
+                prop_assert_eq!(bucket.take(&mut later, tokens, start + ms), Ok(()));
+            }
+            Err(TakeError::NeverFits) => prop_assert!(false, "{tokens} <= {capacity} never fits"),
         }
     }
 
@@ -146,13 +217,40 @@ fn quota() -> impl Strategy<Value = Option<u64>> {
     prop::option::weighted(0.8, 0..10_000u64)
 }
 
-/// The four calendar quotas and what the model keeps for each: `(used, reserved)` per window index.
+/// The four calendar quotas and what the model keeps for each: `(used, reserved)` per window index, `used`
+/// including what the window before carried into it.
 struct Quota {
     kind: LimitKind,
     limit: Option<u64>,
     period: Period,
     money: bool,
     windows: HashMap<u64, (u64, u64)>,
+}
+
+impl Quota {
+    fn amount(&self, usage: Usage) -> u64 {
+        if self.money { usage.cost.0 } else { usage.tokens }
+    }
+
+    /// `(used, reserved)` seen in window `index` when the scope's counters are in window `current` (the
+    /// latest one an admission was made in): a later window has nothing reserved and starts with what is
+    /// left of the current one's excess after one quota per window in between.
+    fn view(&self, current: u64, index: u64) -> (u64, u64) {
+        let (used, reserved) = self.windows.get(&current).copied().unwrap_or_default();
+        match self.limit {
+            _ if index <= current => (used, reserved),
+            Some(limit) if limit > 0 => (used.saturating_sub(limit.saturating_mul(index - current)), 0),
+            _ => (0, 0),
+        }
+    }
+
+    /// Whether `amount` fits in window `index`.
+    fn fits(&self, current: u64, index: u64, amount: u64) -> bool {
+        let (used, reserved) = self.view(current, index);
+        self.limit.is_none_or(|limit| {
+            amount == 0 || u128::from(used) + u128::from(reserved) + u128::from(amount) <= u128::from(limit)
+        })
+    }
 }
 
 struct Outstanding {
@@ -162,13 +260,23 @@ struct Outstanding {
     month: u64,
 }
 
+fn period_slot(period: Period) -> usize {
+    match period {
+        Period::Day => 0,
+        Period::Month => 1,
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
-    /// Used and reserved match an exact model after every step (so nothing underflows or leaks), and
-    /// `used + reserved ≤ limit` always: the settled usage of a window never exceeds its quota or budget.
+    /// Used and reserved match an exact model after every step (so nothing underflows or leaks), in which
+    /// settlement charges the actual usage in full (`charged = actual`), an excess over the quota carries
+    /// into later windows one quota at a time, and an overrun settled after its window ended is charged to
+    /// the current one. No admission ever starts while `used + reserved + demand > limit`, every refusal is
+    /// one, and its retry time is the start of the first window in which the demand fits.
     #[test]
-    fn quotas_and_budgets_are_never_overspent(
+    fn quotas_charge_the_actual_and_admit_nothing_beyond_the_limit(
         tokens_per_day in quota(),
         tokens_per_month in quota(),
         budget_per_day in quota(),
@@ -195,26 +303,37 @@ proptest! {
         let limiter = MemoryLimiter::new();
         // Start near the end of February of a leap year so runs cross days and months.
         let mut now = days_from_civil(2028, 2, 27) * DAY_MS + start_offset;
+        // The window (day, month) the scope's counters are in: the latest one an admission was made in.
+        let mut current = [0u64; 2];
         let mut outstanding: Vec<Outstanding> = Vec::new();
 
         for op in ops {
             match op {
                 Op::Admit { tokens, cost } => {
                     let demand = Demand { tokens, cost: Money(cost) };
-                    let amount = |q: &Quota| if q.money { cost } else { tokens };
-                    let never = quotas.iter().any(|q| q.limit.is_some_and(|l| amount(q) > l));
-                    let fits = quotas.iter().all(|q| {
-                        let (used, reserved) = q.windows.get(&q.period.index(now)).copied().unwrap_or_default();
-                        q.limit.is_none_or(|l| amount(q) == 0 || used + reserved + amount(q) <= l)
-                    });
+                    let wanted = Usage { tokens, cost: Money(cost) };
+                    let at = |q: &Quota| q.period.index(now);
+                    let never = quotas.iter().any(|q| q.limit.is_some_and(|l| q.amount(wanted) > l));
+                    let fits = quotas.iter().all(|q| q.fits(current[period_slot(q.period)], at(q), q.amount(wanted)));
                     match limiter.admit_sync(&scopes, demand, now) {
                         Ok(reservation) => {
                             prop_assert!(!never && fits, "admitted {demand:?} against the model");
                             if limits.is_unlimited() {
                                 continue;
                             }
+                            for period in [Period::Day, Period::Month] {
+                                let index = period.index(now);
+                                let slot = period_slot(period);
+                                if index > current[slot] {
+                                    for q in quotas.iter_mut().filter(|q| q.period == period) {
+                                        let carried = q.view(current[slot], index);
+                                        q.windows.insert(index, carried);
+                                    }
+                                    current[slot] = index;
+                                }
+                            }
                             for q in &mut quotas {
-                                let amount = amount(q);
+                                let amount = q.amount(wanted);
                                 q.windows.entry(q.period.index(now)).or_default().1 += amount;
                             }
                             let (day, month) = (Period::Day.index(now), Period::Month.index(now));
@@ -224,6 +343,20 @@ proptest! {
                             let expected = if never { DenialReason::NeverFits } else { DenialReason::QuotaExhausted };
                             prop_assert!(never || !fits, "refused {demand:?}: {denial}");
                             prop_assert_eq!(denial.reason, expected);
+                            if !never {
+                                // Each refusing quota's retry: the first later window the demand fits in.
+                                let mut worst: Option<(u64, LimitKind)> = None;
+                                for q in quotas.iter().filter(|q| !q.fits(current[period_slot(q.period)], at(q), q.amount(wanted))) {
+                                    let from = current[period_slot(q.period)];
+                                    let first = (at(q) + 1..).find(|&i| q.fits(from, i, q.amount(wanted))).unwrap();
+                                    let retry = q.period.start(first) - now;
+                                    if worst.is_none_or(|(w, _)| retry > w) {
+                                        worst = Some((retry, q.kind));
+                                    }
+                                }
+                                let (retry, kind) = worst.unwrap();
+                                prop_assert_eq!((denial.retry_after_ms, denial.limit), (Some(retry), kind));
+                            }
                         }
                     }
                 }
@@ -233,16 +366,19 @@ proptest! {
                         Op::Settle { tokens, cost, .. } => Usage { tokens, cost: Money(cost) },
                         _ => Usage { tokens: held.demand.tokens, cost: held.demand.cost },
                     };
+                    let reserved = Usage { tokens: held.demand.tokens, cost: held.demand.cost };
                     for q in &mut quotas {
-                        let (reserved, actual) = if q.money {
-                            (held.demand.cost.0, actual.cost.0)
-                        } else {
-                            (held.demand.tokens, actual.tokens)
-                        };
+                        let (reserved, actual) = (q.amount(reserved), q.amount(actual));
                         let index = if q.period == Period::Day { held.day } else { held.month };
-                        let window = q.windows.entry(index).or_default();
-                        window.1 -= reserved;
-                        window.0 += actual.min(reserved);
+                        let now_in = current[period_slot(q.period)];
+                        if index == now_in {
+                            let window = q.windows.entry(index).or_default();
+                            window.1 -= reserved;
+                            window.0 += actual;
+                        } else {
+                            // Its window ended: only what it used beyond its reservation, to the current one.
+                            q.windows.entry(now_in).or_default().0 += actual.saturating_sub(reserved);
+                        }
                     }
                     match op {
                         Op::Settle { .. } => limiter.settle_sync(held.reservation, actual, now),
@@ -257,9 +393,9 @@ proptest! {
             for q in &quotas {
                 let Some(limit) = q.limit else { continue };
                 let state = snapshot.iter().find(|s| s.kind == q.kind).unwrap();
-                let (used, reserved) = q.windows.get(&q.period.index(now)).copied().unwrap_or_default();
+                let (used, reserved) = q.view(current[period_slot(q.period)], q.period.index(now));
                 prop_assert_eq!((state.used, state.reserved), (used, reserved), "{:?}", q.kind);
-                prop_assert!(state.used + state.reserved <= limit, "{:?} overspent", q.kind);
+                prop_assert_eq!(state.remaining, limit.saturating_sub(used + reserved), "{:?}", q.kind);
             }
         }
     }
@@ -282,8 +418,8 @@ fn limits_strategy() -> impl Strategy<Value = Limits> {
 }
 
 proptest! {
-    /// A refused admission changes nothing in any scope, whichever scope refused; an admitted one never
-    /// takes a scope past its concurrency or token-rate limit.
+    /// A refused admission changes nothing in any scope, whichever scope refused; an admitted one started
+    /// within every limit of every scope (even while earlier overruns left some beyond theirs).
     #[test]
     fn refused_admission_changes_no_scope(
         key_limits in limits_strategy(),
@@ -300,7 +436,17 @@ proptest! {
                 Op::Admit { tokens, cost } => {
                     let before = snapshots(now);
                     match limiter.admit_sync(&scopes, Demand { tokens, cost: Money(cost) }, now) {
-                        Ok(reservation) => outstanding.push(reservation),
+                        Ok(reservation) => {
+                            outstanding.push(reservation);
+                            for state in before.iter().flatten() {
+                                let amount = match state.kind {
+                                    LimitKind::RequestsPerMinute | LimitKind::Concurrent => 1,
+                                    LimitKind::BudgetPerDay | LimitKind::BudgetPerMonth => cost,
+                                    LimitKind::TokensPerMinute | LimitKind::TokensPerDay | LimitKind::TokensPerMonth => tokens,
+                                };
+                                prop_assert!(amount == 0 || state.remaining >= amount, "admitted {amount} beyond {state:?}");
+                            }
+                        }
                         Err(_) => prop_assert_eq!(snapshots(now), before),
                     }
                 }
@@ -314,9 +460,10 @@ proptest! {
             }
             for snapshot in snapshots(now) {
                 for state in snapshot {
-                    prop_assert!(state.used + state.reserved <= state.limit || state.kind == LimitKind::RequestsPerMinute,
-                        "{state:?}");
                     prop_assert!(state.remaining <= state.limit || state.kind == LimitKind::RequestsPerMinute);
+                    if state.used.saturating_add(state.reserved) > state.limit && state.kind != LimitKind::RequestsPerMinute {
+                        prop_assert_eq!(state.remaining, 0, "{:?}", state);
+                    }
                 }
             }
         }

@@ -18,14 +18,17 @@
 local NOW, WALL, EXPIRE_AT
 
 -- Scope state -----------------------------------------------------------------------------------------
--- One string of 27 little-endian doubles, read into an array s:
+-- One string of 36 little-endian doubles, read into an array s:
 --   s[1..3]   GCRA: TAT ms, remainder ticks, the rpm it was written under (0: never)
---   s[4..6]   token bucket: deficit (units) as of ms; tokens held by running requests
+--   s[4..6]   token bucket: deficit (units, a debt included) as of ms; tokens held by running requests
 --   s[7]      requests in flight
 --   s[8]      the expiry the scope's keys were last given (now's ms)
 --   s[9]      no lease in the set ends before this (wall ms; inf when it held none)
 --   s[10..18] day window: index; tokens used, tokens reserved, cost used, cost reserved (limbs)
 --   s[19..27] month window, the same
+--   s[28]     token bucket: the capacity of its last take
+--   s[29..32] the day window's quotas at its latest reservation: tokens, cost (limbs; 0: none)
+--   s[33..36] the month window's, the same
 
 -- The states in KEYS[first..last], read in one call.
 local function load(first, last)
@@ -33,28 +36,58 @@ local function load(first, last)
   for i = 1, #states do
     local blob = states[i]
     -- A missing state has s[9] = 0: its lease set expires on its own and may outlive it, so look.
-    states[i] = blob and {struct.unpack('<ddddddddddddddddddddddddddd', blob)} or
-      {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+    states[i] = blob and {struct.unpack('<dddddddddddddddddddddddddddddddddddd', blob)} or
+      {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
   end
   return states
 end
 
--- Writes the state and keeps the scope's keys alive. Usually the state is overwritten in place, keeping
--- its expiry (SETRANGE: it always has the same length). When the expiry the keys were last given falls
--- short of EXPIRE_AT (a new scope, and for most scopes the first write of a month), both get EXPIRE_AT,
--- and the lease set its end marker: a member '' scored +inf, so that the set is never emptied and
--- deleted, and never created again without an expiry.
-local function store(key, leases, s)
-  local extend = s[8] < EXPIRE_AT
-  if extend then
-    s[8] = EXPIRE_AT
+-- Until when (now's ms) the window with used at k and quota at q keeps something against the scope: an
+-- excess over its quota is carried until the windows after it (each at most `len` ms) have repaid it.
+-- 0 when it carries nothing.
+local function window_keeps(s, k, q, len)
+  local quota, used = s[q] * 1e9 + s[q + 1], s[k] * 1e9 + s[k + 1]
+  if quota > 0 and used > quota then
+    return NOW + (used / quota + 3) * len
   end
-  local blob = struct.pack('<ddddddddddddddddddddddddddd', unpack(s, 1, 27))
+  return 0
+end
+
+-- The expiry the scope's keys need (now's ms): EXPIRE_AT, or later while the state holds a token debt
+-- (until it is repaid, at the rate of the bucket's last take) or a window's excess (until it is repaid),
+-- plus a day, rounded up to an hour. It only has to be late enough, so doubles' rounding is harmless.
+local function outlive(s)
+  local at = EXPIRE_AT
+  local cap = s[28]
+  if cap > 0 and s[4] > cap * 60000 then
+    at = math.max(at, s[5] + s[4] / cap + 86400000)
+  end
+  at = math.max(at, window_keeps(s, 11, 29, 86400000), window_keeps(s, 15, 31, 86400000),
+    window_keeps(s, 20, 33, 2678400000), window_keeps(s, 24, 35, 2678400000))
+  if at > EXPIRE_AT then
+    at = math.ceil(math.min(at, NOW + 2 ^ 52) / 3600000) * 3600000
+  end
+  return at
+end
+
+-- Writes the state and keeps the scope's keys alive until `expire_at` (default EXPIRE_AT). Usually the
+-- state is overwritten in place, keeping its expiry (SETRANGE: it always has the same length). When the
+-- expiry the keys were last given falls short (a new scope, for most scopes the first write of a month,
+-- and a debt or carried excess that outlasts it), both get the new one, and the lease set its end
+-- marker: a member '' scored +inf, so that the set is never emptied and deleted, and never created again
+-- without an expiry. An expiry is never shortened.
+local function store(key, leases, s, expire_at)
+  expire_at = expire_at or EXPIRE_AT
+  local extend = s[8] < expire_at
+  if extend then
+    s[8] = expire_at
+  end
+  local blob = struct.pack('<dddddddddddddddddddddddddddddddddddd', unpack(s, 1, 36))
   if not extend then
     redis.call('SETRANGE', key, '0', blob)
     return
   end
-  local ttl = string.format('%d', EXPIRE_AT - NOW)
+  local ttl = string.format('%d', expire_at - NOW)
   redis.call('SET', key, blob, 'PX', ttl)
   redis.call('ZADD', leases, '+inf', '')
   redis.call('PEXPIRE', leases, ttl)
@@ -67,8 +100,8 @@ end
 -- storing a lease set as a listpack, whose operations are linear in its size. The set scores a member
 -- by its lease deadline (wall ms).
 
--- Gives back what a lease member took (scope.rs `release`): with the actual amounts, or when `ath` is nil
--- the whole demand.
+-- Gives back what a lease member took (scope.rs `release`), charging the actual amounts in full, or when
+-- `ath` is nil the whole reservation.
 local function release(s, member, ath, atl, ach, acl)
   local c, b, di, mi, th, tl, ch, cl = struct.unpack('<dddddddd', member)
   if not ath then
@@ -79,11 +112,14 @@ local function release(s, member, ath, atl, ach, acl)
   end
   if b >= 0 then
     s[6] = math.max(s[6] - b, 0)
-    -- Refund b - min(actual, b) tokens. As a double the actual count is exact below 2^53, and above any
-    -- b beyond.
+    -- The take of b becomes the actual count, as of s[5] (bucket.rs `refund` and `charge`): unused tokens
+    -- back, tokens used beyond it below empty. As a double the actual count is exact below 2^53, and above
+    -- any b beyond; a deficit is kept at most 2^52 units (MAX_TOKEN_DEFICIT tokens).
     local actual = ath * 1e9 + atl
     if actual < b then
       s[4] = math.max(s[4] - (b - actual) * 60000, 0)
+    elseif actual > b then
+      s[4] = math.min(s[4] + (actual - b) * 60000, 4503599627340000)
     end
   end
   window_settle(s, 10, di, th, tl, ath, atl, ch, cl, ach, acl)
@@ -104,7 +140,7 @@ local function expire(s, key, leases)
   local first = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')
   s[9] = first[2] and tonumber(first[2]) or math.huge
   if first[1] or #members > 0 then
-    store(key, leases, s)
+    store(key, leases, s, outlive(s))
   end
 end
 
@@ -114,6 +150,23 @@ local function refuse(out, scope, kind, value)
   local n = #out
   out[n + 1], out[n + 2], out[n + 3] = scope, kind, value
   return out
+end
+
+-- Appends a quota's refusal: the stored window's index, its used and its quota at u and q (limbs), from
+-- which Rust computes the first window the demand fits in (window.rs `first_fitting`).
+local function refuse_quota(out, scope, kind, s, w, u, q)
+  out = refuse(out, scope, kind, s[w])
+  local n = #out
+  out[n + 1], out[n + 2], out[n + 3], out[n + 4] = s[u], s[u + 1], s[q], s[q + 1]
+  return out
+end
+
+-- A configured quota (hi -1: none) as the state keeps it (0: none).
+local function quota_of(hi, lo)
+  if hi < 0 then
+    return 0, 0
+  end
+  return hi, lo
 end
 
 -- The operations --------------------------------------------------------------------------------------
@@ -126,8 +179,9 @@ if operation == 'admit' then
   -- last four as limbs): scope i's limits follow v[12 * i - 2]. ARGV[3]: the deadline as text;
   -- ARGV[4]: the lease members' common tail (demand and id).
   -- Returns {'ok', per scope: lease member, GCRA TAT ms, remainder, bucket deficit} or
-  -- {'deny', (scope, kind, value)...}: scopes counted from 0 in KEYS order, value the wait in ms for
-  -- rates, the window index for quotas (Rust turns it into a time), -1 for the others.
+  -- {'deny', (scope, kind, value...)...}: scopes counted from 0 in KEYS order, value the wait in ms for
+  -- rates, -1 for concurrency and never fitting; for quotas five values: the stored window's index, its
+  -- used and its quota (limbs), which Rust turns into a time.
   local v = {struct.unpack('<' .. string.rep('d', 10 + 12 * n), ARGV[2])}
   NOW, WALL, EXPIRE_AT = v[1], v[2], v[3]
   local deadline, day, month, th, tl, ch, cl = v[4], v[5], v[6], v[7], v[8], v[9], v[10]
@@ -157,18 +211,18 @@ if operation == 'admit' then
     if v[o + 4] >= 0 and s[7] >= v[o + 4] then
       refusals = refuse(refusals, i - 1, 'concurrent', -1)
     end
-    -- Quotas, in the window of now or a later stored one (whose index a refusal names).
-    if v[o + 5] >= 0 and not fits(s, 10, 11, day, th, tl, v[o + 5], v[o + 6]) then
-      refusals = refuse(refusals, i - 1, 'tokens_day', math.max(s[10], day))
+    -- Quotas, in the window of now (with what an earlier one carries into it) or a later stored one.
+    if v[o + 5] >= 0 and not fits(s, 10, 11, 29, day, th, tl, v[o + 5], v[o + 6]) then
+      refusals = refuse_quota(refusals, i - 1, 'tokens_day', s, 10, 11, 29)
     end
-    if v[o + 7] >= 0 and not fits(s, 19, 20, month, th, tl, v[o + 7], v[o + 8]) then
-      refusals = refuse(refusals, i - 1, 'tokens_month', math.max(s[19], month))
+    if v[o + 7] >= 0 and not fits(s, 19, 20, 33, month, th, tl, v[o + 7], v[o + 8]) then
+      refusals = refuse_quota(refusals, i - 1, 'tokens_month', s, 19, 20, 33)
     end
-    if v[o + 9] >= 0 and not fits(s, 10, 15, day, ch, cl, v[o + 9], v[o + 10]) then
-      refusals = refuse(refusals, i - 1, 'budget_day', math.max(s[10], day))
+    if v[o + 9] >= 0 and not fits(s, 10, 15, 31, day, ch, cl, v[o + 9], v[o + 10]) then
+      refusals = refuse_quota(refusals, i - 1, 'budget_day', s, 10, 15, 31)
     end
-    if v[o + 11] >= 0 and not fits(s, 19, 24, month, ch, cl, v[o + 11], v[o + 12]) then
-      refusals = refuse(refusals, i - 1, 'budget_month', math.max(s[19], month))
+    if v[o + 11] >= 0 and not fits(s, 19, 24, 35, month, ch, cl, v[o + 11], v[o + 12]) then
+      refusals = refuse_quota(refusals, i - 1, 'budget_month', s, 19, 24, 35)
     end
   end
   if refusals then
@@ -193,15 +247,20 @@ if operation == 'admit' then
       c = 1
     end
     if day > s[10] then
-      window_at(s, 10, day)
+      window_at(s, 10, 29, day)
     end
     if month > s[19] then
-      window_at(s, 19, month)
+      window_at(s, 19, 33, month)
     end
     s[13], s[14] = add(s[13], s[14], th, tl)
     s[17], s[18] = add(s[17], s[18], ch, cl)
     s[22], s[23] = add(s[22], s[23], th, tl)
     s[26], s[27] = add(s[26], s[27], ch, cl)
+    -- The quotas in force: what these windows' excess will be measured against and repaid by.
+    s[29], s[30] = quota_of(v[o + 5], v[o + 6])
+    s[33], s[34] = quota_of(v[o + 7], v[o + 8])
+    s[31], s[32] = quota_of(v[o + 9], v[o + 10])
+    s[35], s[36] = quota_of(v[o + 11], v[o + 12])
     local member = struct.pack('<ddddc0', c, b, s[10], s[19], ARGV[4])
     redis.call('ZADD', KEYS[n + i], ARGV[3], member)
     if deadline < s[9] then
@@ -230,7 +289,7 @@ elseif operation == 'settle' then
     if redis.call('ZREM', leases, member) == 1 then
       release(s, member, ath, atl, ach, acl)
       found = found + 1
-      store(key, leases, s)
+      store(key, leases, s, outlive(s))
     end
   end
   return found
@@ -264,20 +323,18 @@ elseif operation == 'renew' then
   end
   return renewed
 elseif operation == 'snapshot' then
-  -- One scope. Numbers: day, month. Returns the raw state as of now: GCRA TAT ms, remainder, its rpm;
-  -- bucket deficit, as of; tokens held by running requests; in flight; then for the day and the month:
-  -- window index, tokens used, reserved, cost used, reserved (as limbs).
-  local day, month
-  NOW, WALL, EXPIRE_AT, day, month = struct.unpack('<ddddd', ARGV[2])
+  -- One scope. Returns the raw state, which Rust sees in the windows of now: GCRA TAT ms, remainder, its
+  -- rpm; bucket deficit, as of, the capacity of its last take; tokens held by running requests; in
+  -- flight; then for the day and the month: window index, tokens used, reserved, cost used, reserved, the
+  -- tokens quota and the cost quota (as limbs).
+  NOW, WALL, EXPIRE_AT = struct.unpack('<ddd', ARGV[2])
   local s = load(1, 1)[1]
   if s[9] < WALL then
     expire(s, KEYS[1], KEYS[2])
   end
-  -- Seen in the windows of now (not written back).
-  window_at(s, 10, day)
-  window_at(s, 19, month)
-  return {s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[10], s[11], s[12], s[13], s[14], s[15], s[16], s[17], s[18],
-    s[19], s[20], s[21], s[22], s[23], s[24], s[25], s[26], s[27]}
+  return {s[1], s[2], s[3], s[4], s[5], s[28], s[6], s[7], s[10], s[11], s[12], s[13], s[14], s[15], s[16], s[17],
+    s[18], s[29], s[30], s[31], s[32], s[19], s[20], s[21], s[22], s[23], s[24], s[25], s[26], s[27], s[33], s[34],
+    s[35], s[36]}
 elseif operation == 'seed' then
   -- One scope. Numbers: day, month, then tokens and cost used in the day and in the month (limbs). Redis
   -- is shared by every replica and may be more current than the store: used becomes max(current,
@@ -288,19 +345,20 @@ elseif operation == 'seed' then
   if s[9] < WALL then
     expire(s, KEYS[1], KEYS[2])
   end
-  window_at(s, 10, seeded[4])
-  window_at(s, 19, seeded[5])
+  window_at(s, 10, 29, seeded[4])
+  window_at(s, 19, 33, seeded[5])
   for j, k in ipairs({11, 15, 20, 24}) do
     local hi, lo = seeded[2 * j + 4], seeded[2 * j + 5]
     if s[k] < hi or (s[k] == hi and s[k + 1] < lo) then
       s[k], s[k + 1] = hi, lo
     end
   end
-  store(KEYS[1], KEYS[2], s)
+  store(KEYS[1], KEYS[2], s, outlive(s))
   return 'ok'
 elseif operation == 'limbs' then
-  -- The u64 helpers on their own, for the crate's tests. ARGV[3]: add, sub, cmp or fits; numbers: a, b
-  -- and for fits a limit, as limbs. Returns limbs, or -1/0/1 for cmp, 1/0 for fits.
+  -- The u64 helpers on their own, for the crate's tests. ARGV[3]: add, sub, cmp, fits or carry; numbers:
+  -- a, b and for fits a limit, for carry a window count, as limbs. Returns limbs, or -1/0/1 for cmp, 1/0
+  -- for fits.
   local _, _, _, ah, al, bh, bl, lh, ll = struct.unpack('<ddddddddd', ARGV[2])
   local op = ARGV[3]
   if op == 'add' then
@@ -314,7 +372,10 @@ elseif operation == 'limbs' then
     return (ah < bh or (ah == bh and al < bl)) and -1 or 1
   elseif op == 'fits' then
     -- a used in a window with nothing reserved, b to add
-    return fits({0, ah, al, 0, 0}, 1, 2, 0, bh, bl, lh, ll) and 1 or 0
+    return fits({0, ah, al, 0, 0}, 1, 2, 2, 0, bh, bl, lh, ll) and 1 or 0
+  elseif op == 'carry' then
+    -- a used in a window under quota b, l windows later
+    return {carry(ah, al, bh, bl, lh * 1e9 + ll)}
   end
   return redis.error_reply('unknown limbs op')
 end
