@@ -138,13 +138,11 @@ pub fn metadata(metadata: Option<Value>) -> Result<Value, ApiError> {
     Ok(metadata)
 }
 
+/// Limit overrides within the maxima every limiter and store counts exactly (refused, never
+/// clamped): see [`LimitOverrides::check_range`].
 pub fn limits(limits: Option<LimitOverrides>) -> Result<LimitOverrides, ApiError> {
     let limits = limits.unwrap_or_default();
-    for budget in [limits.budget_per_day, limits.budget_per_month].into_iter().flatten() {
-        if !budget.is_finite() || budget < 0.0 {
-            return Err(ApiError::bad_request("budgets must be non-negative numbers", Some("limits")));
-        }
-    }
+    limits.check_range().map_err(|error| ApiError::bad_request(format!("limits.{error}"), Some("limits")))?;
     Ok(limits)
 }
 
@@ -153,6 +151,7 @@ mod tests {
     use time::Duration;
 
     use super::*;
+    use crate::admin::test_support::param_of;
 
     #[test]
     fn expiry_rules() {
@@ -172,6 +171,28 @@ mod tests {
         assert!(team_name("").is_err());
         assert!(team_name("a/b").is_err());
         assert!(team_name("üñí").is_err());
+    }
+
+    #[test]
+    fn limits_beyond_their_maximum_are_400s_stating_it() {
+        let over = LimitOverrides { budget_per_day: Some(18.5e6), ..Default::default() };
+        let error = limits(Some(over)).unwrap_err();
+        assert!(
+            matches!(&error, ApiError::BadRequest { message, .. } if message.contains("limits.budget_per_day") && message.contains("9223372")),
+            "{error:?}"
+        );
+        assert_eq!(param_of(error), Some("limits"));
+        let over = LimitOverrides { requests_per_minute: Some(u64::MAX), ..Default::default() };
+        assert_eq!(param_of(limits(Some(over)).unwrap_err()), Some("limits"));
+        assert_eq!(limits(None).unwrap(), LimitOverrides::default());
+    }
+
+    /// The API's maxima are what the shared limiter keeps exactly.
+    #[test]
+    fn rate_maxima_match_the_redis_limiter() {
+        use portcullis_types::admin::{MAX_REQUESTS_PER_MINUTE, MAX_TOKENS_PER_MINUTE};
+        assert_eq!(MAX_REQUESTS_PER_MINUTE, portcullis_limits_redis::MAX_REQUEST_RATE);
+        assert_eq!(MAX_TOKENS_PER_MINUTE, portcullis_limits_redis::MAX_TOKEN_RATE);
     }
 
     #[test]

@@ -1,0 +1,101 @@
+//! The admin API against hostile or careless callers, through the real binary (issue 12): money
+//! and rates beyond what the limiters hold exactly are refused instead of clamped.
+#![allow(clippy::expect_used, clippy::panic, reason = "test helpers: a failure is a failed test")]
+
+mod common;
+
+use common::{BINARY, Reply, describe, http, models_config, send};
+use portcullis_testkit::{Gateway, GatewayBuilder, StubUpstream};
+use serde_json::{Value, json};
+
+async fn start_with(config: &str) -> (StubUpstream, Gateway) {
+    let stub = StubUpstream::start().await;
+    let gateway = GatewayBuilder::new(BINARY).config(config).config(&models_config(&stub, &["a"])).start().await;
+    (stub, gateway)
+}
+
+/// One admin API call with `token`; `body` is sent as JSON when it is not `Null`.
+async fn admin(gateway: &Gateway, token: &str, method: &str, path: &str, body: Value) -> Reply {
+    let url = format!("{}/admin/v1{path}", gateway.admin_url());
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+    let mut request = http().request(method, url).bearer_auth(token);
+    if !body.is_null() {
+        request = request.json(&body);
+    }
+    send(request).await
+}
+
+#[track_caller]
+fn assert_status(reply: &Reply, status: u16, what: &str) {
+    assert_eq!(reply.status, status, "{what}: {}", reply.text);
+}
+
+/// A 400 `invalid_request` whose `param` is `param`.
+#[track_caller]
+fn assert_bad_param(reply: &Reply, param: &str, what: &str) {
+    reply.assert_error(400, "invalid_request");
+    assert_eq!(reply.body["error"]["param"].as_str(), Some(param), "{what}: {}", reply.text);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Item 10k: money and rates are refused, not clamped, beyond what the limiters hold exactly
+// ------------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_beyond_the_stated_maximum_are_refused_by_the_admin_api() {
+    let (_stub, gateway) = start_with("").await;
+    let root = gateway.admin_token().to_string();
+    assert_status(&admin(&gateway, &root, "POST", "/teams", json!({"name": "acme"})).await, 201, "team");
+    let (id, _) = gateway.create_key(&[]);
+
+    for (limits, maximum) in [
+        (json!({"budget_per_day": 18_500_000.0}), "9223372"),
+        (json!({"budget_per_month": 9_223_373}), "9223372"),
+        (json!({"budget_per_day": 1e19}), "9223372"),
+        (json!({"requests_per_minute": 67_108_865u64}), "67108864"),
+        (json!({"tokens_per_minute": 75_059_993_790u64}), "75059993789"),
+        (json!({"tokens_per_day": 9_223_372_036_854_775_808u64}), "9223372036854775807"),
+        (json!({"tokens_per_month": u64::MAX}), "9223372036854775807"),
+    ] {
+        for (method, path, body) in [
+            ("POST", "/keys".to_string(), json!({"name": "k", "limits": limits})),
+            ("PATCH", format!("/keys/{id}"), json!({"limits": limits})),
+            ("POST", "/teams".to_string(), json!({"name": "t", "limits": limits})),
+            ("PATCH", "/teams/acme".to_string(), json!({"limits": limits})),
+        ] {
+            let reply = admin(&gateway, &root, method, &path, body.clone()).await;
+            assert_bad_param(&reply, "limits", &format!("{method} {path} {body}"));
+            assert!(reply.message().contains(maximum), "the message states the maximum: {}", reply.text);
+        }
+    }
+    // The maxima themselves are accepted and shown as given.
+    let top = json!({"budget_per_day": 9_223_372.0, "requests_per_minute": 67_108_864u64,
+                     "tokens_per_minute": 75_059_993_789u64, "tokens_per_month": 9_223_372_036_854_775_807u64});
+    let created = admin(&gateway, &root, "POST", "/keys", json!({"name": "top", "limits": top})).await;
+    assert_status(&created, 201, "the maxima");
+    assert_eq!(created.body["limits"], top, "{}", created.text);
+}
+
+#[test]
+fn config_limits_beyond_the_stated_maximum_name_their_path() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    for (toml, path, maximum) in [
+        ("[tiers.free]\nbudget_per_day = 18500000.0\n", "tiers.free.budget_per_day", "9223372"),
+        ("[tiers.free]\nbudget_per_month = 1e300\n", "tiers.free.budget_per_month", "9223372"),
+        ("[limits.global]\nbudget_per_month = 2e7\n", "limits.global.budget_per_month", "9223372"),
+        ("[limits.global]\nbudget_per_day = -1.0\n", "limits.global.budget_per_day", "9223372"),
+        ("[tiers.free]\nrequests_per_minute = 100000000\n", "tiers.free.requests_per_minute", "67108864"),
+        ("[limits.global]\ntokens_per_minute = 100000000000\n", "limits.global.tokens_per_minute", "75059993789"),
+    ] {
+        let file = dir.path().join("portcullis.toml");
+        std::fs::write(&file, toml).expect("write the config");
+        let output = std::process::Command::new(BINARY)
+            .args(["config", "check", "--config"])
+            .arg(&file)
+            .output()
+            .expect("run config check");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{toml}: {}", describe(&output));
+        assert!(stderr.contains(path) && stderr.contains(maximum), "{toml}: {}", describe(&output));
+    }
+}
