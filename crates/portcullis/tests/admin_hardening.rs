@@ -1,10 +1,11 @@
 //! The admin API against hostile or careless callers, through the real binary (issue 12): money
-//! and rates beyond what the limiters hold exactly are refused instead of clamped.
+//! and rates beyond what the limiters hold exactly are refused instead of clamped, and absurd
+//! times and numbers are 400s naming their parameter, never a panicked worker.
 #![allow(clippy::expect_used, clippy::panic, reason = "test helpers: a failure is a failed test")]
 
 mod common;
 
-use common::{BINARY, Reply, describe, http, models_config, send};
+use common::{BINARY, Reply, chat, describe, http, models_config, send};
 use portcullis_testkit::{Gateway, GatewayBuilder, StubUpstream};
 use serde_json::{Value, json};
 
@@ -98,4 +99,58 @@ fn config_limits_beyond_the_stated_maximum_name_their_path() {
         assert!(!output.status.success(), "{toml}: {}", describe(&output));
         assert!(stderr.contains(path) && stderr.contains(maximum), "{toml}: {}", describe(&output));
     }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Item 8: admin input that used to panic
+// ------------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_times_and_numbers_are_400s_naming_the_parameter_and_the_gateway_keeps_answering() {
+    let (_stub, gateway) = start_with("").await;
+    let root = gateway.admin_token().to_string();
+    let (id, key) = gateway.create_key(&[]);
+    // Past year 9999 once in UTC: what the `time` crate, and so every store, can hold.
+    let beyond = "9999-12-31T23:00:00-23:00";
+    let beyond_later = "9999-12-31T23:30:00-23:00";
+    let cursor: String = "99999999999999999999:n:1".bytes().map(|b| format!("{b:02x}")).collect();
+
+    let cases: Vec<(&str, String, Value, &str)> = vec![
+        ("POST", "/keys".into(), json!({"name": "x", "expires_in": "3000000d"}), "expires_in"),
+        ("POST", "/keys".into(), json!({"name": "x", "expires_in": "18446744073709551615ms"}), "expires_in"),
+        ("POST", "/keys".into(), json!({"name": "x", "expires_at": beyond}), "expires_at"),
+        ("PATCH", format!("/keys/{id}"), json!({"expires_in": "3000000d"}), "expires_in"),
+        ("PATCH", format!("/keys/{id}"), json!({"expires_at": beyond}), "expires_at"),
+        ("POST", format!("/keys/{id}/rotate"), json!({"grace": "3000000d"}), "grace"),
+        ("POST", format!("/keys/{id}/rotate"), json!({"grace": "18446744073709551615ms"}), "grace"),
+        ("GET", "/usage?since=18446744073709551615ms".into(), Value::Null, "since"),
+        ("GET", format!("/usage?since={beyond}&until={beyond_later}"), Value::Null, "since"),
+        ("GET", format!("/usage?since=2025-01-01T00:00:00Z&until={beyond}"), Value::Null, "until"),
+        ("GET", format!("/audit?since={beyond}"), Value::Null, "since"),
+        ("GET", format!("/audit?until={beyond}"), Value::Null, "until"),
+        ("GET", format!("/audit/export?since={beyond}"), Value::Null, "since"),
+        ("GET", "/audit?since=106751991167d".into(), Value::Null, "since"),
+        ("GET", format!("/audit?cursor={cursor}"), Value::Null, "cursor"),
+        ("GET", "/audit?limit=99999999999999999999999".into(), Value::Null, "limit"),
+        ("POST", "/keys".into(), json!({"name": "x", "limits": {"budget_per_day": 1e300}}), "limits"),
+        ("POST", "/keys".into(), json!({"name": "x", "limits": {"requests_per_minute": 1e20}}), "limits"),
+        ("POST", "/keys".into(), json!({"name": "x", "limits": {"tokens_per_day": -1}}), "limits"),
+        ("POST", "/teams".into(), json!({"name": "t", "limits": {"budget_per_month": 1e20}}), "limits"),
+    ];
+    for (method, path, body, param) in &cases {
+        let reply = admin(&gateway, &root, method, path, body.clone()).await;
+        assert_bad_param(&reply, param, &format!("{method} {path} {body}"));
+        let health = send(http().get(format!("{}/healthz", gateway.admin_url()))).await;
+        assert_eq!(health.status, 200, "the gateway answers after {method} {path}");
+    }
+
+    // Far back is fine: year -6188 is within range.
+    assert_status(&admin(&gateway, &root, "GET", "/usage?since=3000000d", Value::Null).await, 200, "far back");
+    // The farthest expiry the stores hold is fine, and the key stays readable.
+    let far =
+        admin(&gateway, &root, "POST", "/keys", json!({"name": "far", "expires_at": "9999-12-31T23:59:59Z"})).await;
+    assert_status(&far, 201, "the last second of year 9999");
+    assert_status(&admin(&gateway, &root, "GET", "/keys", Value::Null).await, 200, "the list still reads");
+    chat(&gateway, Some(&key), "a").await.assert_ok();
+    assert!(!gateway.log_text().contains("panicked"), "a worker panicked:\n{}", gateway.log_tail(40));
 }

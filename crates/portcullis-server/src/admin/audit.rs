@@ -165,8 +165,12 @@ fn audit_filter(
         .until
         .as_deref()
         .map(|text| {
-            validate::parse_time(text)
-                .ok_or_else(|| ApiError::bad_request("until must be an RFC 3339 time", Some("until")))
+            validate::parse_time(text).ok_or_else(|| {
+                ApiError::bad_request(
+                    "until must be an RFC 3339 time no later than 9999-12-31T23:59:59Z",
+                    Some("until"),
+                )
+            })
         })
         .transpose()?;
     if let (Some(since), Some(until)) = (since, until)

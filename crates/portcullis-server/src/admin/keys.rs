@@ -169,11 +169,8 @@ pub async fn rotate(
     body: Bytes,
 ) -> Result<Json<CreatedKey>, ApiError> {
     // The body is optional: `POST .../rotate` with none uses the default grace period.
-    let request: RotateKeyRequest = if body.is_empty() {
-        RotateKeyRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|error| ApiError::bad_request(error.to_string(), None))?
-    };
+    let request: RotateKeyRequest =
+        if body.is_empty() { RotateKeyRequest::default() } else { super::extract::json_body(&body)? };
     caller.require_writer()?;
     let existing = visible_key(&state, &caller, &id).await?;
     if existing.revoked_at.is_some() {
@@ -185,7 +182,7 @@ pub async fn rotate(
     let rotation = Rotation {
         new_secret: *state.hasher().hash(&secret).as_bytes(),
         new_display_prefix: secret.display_prefix(),
-        old_valid_until: validate::grace_end(now, grace),
+        old_valid_until: validate::grace_end(now, grace)?,
     };
     let record = state.stores().keys.rotate_key(&id, rotation).await.map_err(store_error("key"))?;
     state.keys().invalidate_key(&id);

@@ -57,8 +57,9 @@ fn usage_query(caller: &AdminCaller, query: ReportQuery, now: OffsetDateTime) ->
     let since = validate::since(query.since.as_deref().unwrap_or(DEFAULT_SINCE), now)?;
     let until = match query.until.as_deref() {
         None => now,
-        Some(text) => validate::parse_time(text)
-            .ok_or_else(|| ApiError::bad_request("until must be an RFC 3339 time", Some("until")))?,
+        Some(text) => validate::parse_time(text).ok_or_else(|| {
+            ApiError::bad_request("until must be an RFC 3339 time no later than 9999-12-31T23:59:59Z", Some("until"))
+        })?,
     };
     if since >= until {
         return Err(ApiError::bad_request("since must be before until", Some("since")));

@@ -1,10 +1,14 @@
 //! Checks on admin input, each failure a 400 naming the parameter.
+//!
+//! Time arithmetic on client values is checked (an expiry or grace past what `time` holds is a
+//! 400, not a panicked worker), and every time a client sends is taken to UTC here, once, so the
+//! stores never meet an offset that pushes it out of range.
 
 use portcullis_auth::{CidrList, Scopes};
 use portcullis_config::{Config, parse_duration};
 use portcullis_types::admin::LimitOverrides;
 use serde_json::Value;
-use time::OffsetDateTime;
+use time::{OffsetDateTime, UtcOffset};
 
 use crate::error::ApiError;
 
@@ -61,6 +65,19 @@ pub fn cidrs(cidrs: &[String]) -> Result<Vec<String>, ApiError> {
         .map_err(|error| ApiError::bad_request(error, Some("allowed_cidrs")))
 }
 
+/// The last second the `time` crate, and so every store, can hold.
+const LAST_TIME: &str = "9999-12-31T23:59:59Z";
+
+/// `now + duration`, in whole seconds rounded up, or a 400 naming `param` when that is past
+/// [`LAST_TIME`].
+fn later(now: OffsetDateTime, duration: std::time::Duration, param: &'static str) -> Result<OffsetDateTime, ApiError> {
+    time::Duration::try_from(duration)
+        .ok()
+        .and_then(|duration| now.checked_add(duration))
+        .and_then(ceil_to_second)
+        .ok_or_else(|| ApiError::bad_request(format!("{param} reaches past {LAST_TIME}"), Some(param)))
+}
+
 /// `expires_in` (a duration from now) or `expires_at` (a time), not both; never in the past.
 pub fn expiry(
     expires_in: Option<&str>,
@@ -74,9 +91,12 @@ pub fn expiry(
         (Some(text), None) => {
             let lifetime =
                 parse_duration(text).map_err(|error| ApiError::bad_request(error.to_string(), Some("expires_in")))?;
-            Some(ceil_to_second(now + lifetime))
+            Some(later(now, lifetime, "expires_in")?)
         }
-        (None, at) => at,
+        (None, Some(at)) => Some(utc(at).ok_or_else(|| {
+            ApiError::bad_request(format!("expires_at must be a time no later than {LAST_TIME}"), Some("expires_at"))
+        })?),
+        (None, None) => None,
     };
     if at.is_some_and(|at| at <= now) {
         return Err(ApiError::bad_request("expiry must be in the future", Some("expires_at")));
@@ -84,20 +104,27 @@ pub fn expiry(
     Ok(at)
 }
 
-/// Stores keep whole seconds: round ends up, so a lifetime or grace is never cut short.
-pub fn ceil_to_second(at: OffsetDateTime) -> OffsetDateTime {
-    if at.nanosecond() == 0 { at } else { at.replace_nanosecond(0).unwrap_or(at) + time::Duration::SECOND }
+/// Stores keep whole seconds: round ends up, so a lifetime or grace is never cut short. `None`
+/// when rounding up passes the last representable second.
+pub fn ceil_to_second(at: OffsetDateTime) -> Option<OffsetDateTime> {
+    if at.nanosecond() == 0 { Some(at) } else { at.replace_nanosecond(0).ok()?.checked_add(time::Duration::SECOND) }
 }
 
 /// When a rotated-out secret stops working: at once for a zero grace, otherwise never earlier
-/// than asked.
-pub fn grace_end(now: OffsetDateTime, grace: std::time::Duration) -> OffsetDateTime {
-    if grace.is_zero() { now } else { ceil_to_second(now + grace) }
+/// than asked; a 400 naming `grace` when that is past the last representable second.
+pub fn grace_end(now: OffsetDateTime, grace: std::time::Duration) -> Result<OffsetDateTime, ApiError> {
+    if grace.is_zero() { Ok(now) } else { later(now, grace, "grace") }
 }
 
 pub fn grace(text: Option<&str>) -> Result<std::time::Duration, ApiError> {
     parse_duration(text.unwrap_or(DEFAULT_GRACE))
         .map_err(|error| ApiError::bad_request(error.to_string(), Some("grace")))
+}
+
+/// `at` in UTC, or `None` when its offset takes it out of the representable range
+/// (`9999-12-31T23:00:00-23:00` is in year 10000 in UTC).
+fn utc(at: OffsetDateTime) -> Option<OffsetDateTime> {
+    at.checked_to_offset(UtcOffset::UTC)
 }
 
 /// How long a rotated-out secret keeps working when the caller does not say.
@@ -106,7 +133,12 @@ pub const DEFAULT_GRACE: &str = "1h";
 /// A `since` query parameter: a duration back from `now` (`24h`, `7d`) or an RFC 3339 time.
 pub fn since(text: &str, now: OffsetDateTime) -> Result<OffsetDateTime, ApiError> {
     let text = text.trim();
-    let invalid = || ApiError::bad_request("since must be a duration such as 24h or an RFC 3339 time", Some("since"));
+    let invalid = || {
+        ApiError::bad_request(
+            "since must be a duration such as 24h or an RFC 3339 time, between years -9999 and 9999",
+            Some("since"),
+        )
+    };
     if let Ok(back) = parse_duration(text) {
         let back = time::Duration::try_from(back).map_err(|_| invalid())?;
         return now.checked_sub(back).ok_or_else(invalid);
@@ -114,9 +146,12 @@ pub fn since(text: &str, now: OffsetDateTime) -> Result<OffsetDateTime, ApiError
     parse_time(text).ok_or_else(invalid)
 }
 
-/// RFC 3339. A `+` in an offset that reached us unencoded was decoded as a space: put it back.
+/// RFC 3339, taken to UTC; `None` when it does not parse or lies outside what UTC can hold.
+/// A `+` in an offset that reached us unencoded was decoded as a space: put it back.
 pub fn parse_time(text: &str) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(&text.trim().replace(' ', "+"), &time::format_description::well_known::Rfc3339).ok()
+    OffsetDateTime::parse(&text.trim().replace(' ', "+"), &time::format_description::well_known::Rfc3339)
+        .ok()
+        .and_then(utc)
 }
 
 /// Longest filter value (key id, team, model, request id) a query may carry.
@@ -156,7 +191,7 @@ mod tests {
     #[test]
     fn expiry_rules() {
         let now = OffsetDateTime::now_utc();
-        assert_eq!(expiry(Some("30d"), None, now).unwrap(), Some(ceil_to_second(now + Duration::days(30))));
+        assert_eq!(expiry(Some("30d"), None, now).unwrap(), ceil_to_second(now + Duration::days(30)));
         let end = expiry(Some("1s"), None, now).unwrap().unwrap();
         assert!(end >= now + Duration::SECOND && end.nanosecond() == 0, "never shorter than asked");
         assert_eq!(expiry(None, None, now).unwrap(), None);
@@ -171,6 +206,46 @@ mod tests {
         assert!(team_name("").is_err());
         assert!(team_name("a/b").is_err());
         assert!(team_name("üñí").is_err());
+    }
+
+    /// Item 8 of issue 12: each of these used to overflow `time` and panic the worker.
+    #[test]
+    fn times_past_the_representable_range_are_400s_naming_the_parameter() {
+        let now = time::macros::datetime!(2025-06-10 12:30:00.5 UTC);
+        for huge in ["3000000d", "18446744073709551615ms", "213503982334d"] {
+            assert_eq!(param_of(expiry(Some(huge), None, now).unwrap_err()), Some("expires_in"), "{huge}");
+            let grace = grace(Some(huge)).unwrap();
+            assert_eq!(param_of(grace_end(now, grace).unwrap_err()), Some("grace"), "{huge}");
+        }
+        // Back from now the range reaches year -9999: 3 000 000 days back is fine, more is not.
+        assert!(since("3000000d", now).is_ok());
+        for huge in ["18446744073709551615ms", "213503982334d"] {
+            assert_eq!(param_of(since(huge, now).unwrap_err()), Some("since"), "{huge}");
+        }
+        // A lifetime up to the last second of year 9999 is fine, one that rounds past it is not.
+        let last = time::macros::datetime!(9999-12-31 23:59:59 UTC);
+        let whole = now.replace_nanosecond(0).unwrap();
+        let to_last = std::time::Duration::try_from(last - whole).unwrap();
+        assert_eq!(grace_end(whole, to_last).unwrap(), last);
+        assert_eq!(param_of(grace_end(now, to_last).unwrap_err()), Some("grace"));
+        assert_eq!(ceil_to_second(time::macros::datetime!(9999-12-31 23:59:59.5 UTC)), None);
+        assert_eq!(grace_end(now, std::time::Duration::ZERO).unwrap(), now);
+    }
+
+    #[test]
+    fn client_times_are_taken_to_utc_or_refused() {
+        let now = OffsetDateTime::now_utc();
+        let beyond =
+            OffsetDateTime::parse("9999-12-31T23:00:00-23:00", &time::format_description::well_known::Rfc3339).unwrap();
+        assert_eq!(param_of(expiry(None, Some(beyond), now).unwrap_err()), Some("expires_at"));
+        assert_eq!(parse_time("9999-12-31T23:00:00-23:00"), None);
+        assert_eq!(parse_time("0000-01-01T00:00:00+23:59").map(|t| t.offset()), Some(UtcOffset::UTC));
+        let east = parse_time("2025-06-02T00:00:00+02:00").unwrap();
+        assert_eq!((east, east.offset()), (time::macros::datetime!(2025-06-01 22:00 UTC), UtcOffset::UTC));
+        let far =
+            OffsetDateTime::parse("9999-12-31T23:59:59+00:00", &time::format_description::well_known::Rfc3339).unwrap();
+        assert_eq!(expiry(None, Some(far), now).unwrap(), Some(far));
+        assert_eq!(param_of(since("9999-12-31T23:00:00-23:00", now).unwrap_err()), Some("since"));
     }
 
     #[test]
