@@ -88,6 +88,47 @@ impl LimitOverrides {
     }
 }
 
+/// Whether `c` is invisible or changes how the text around it is shown: a control character
+/// (general category Cc), a format character (Cf: bidirectional embeddings, overrides, isolates
+/// and marks, zero-width spaces and joiners, the word joiner and invisible operators, the byte
+/// order mark, the soft hyphen, tag characters, …) or a line or paragraph separator (Zl, Zp).
+/// Such characters make a name look like another one (`evil\u{202E}gnp.exe` shows as
+/// `evilexe.png`), so admin-supplied display strings may not contain them.
+///
+/// The Cf ranges are Unicode 15.1's, with the unassigned U+2065 and U+E0000 inside them included.
+pub fn is_hidden_char(c: char) -> bool {
+    if c.is_control() {
+        return true;
+    }
+    matches!(
+        u32::from(c),
+        0x00AD
+            | 0x0600..=0x0605
+            | 0x061C
+            | 0x06DD
+            | 0x070F
+            | 0x0890..=0x0891
+            | 0x08E2
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x2028..=0x202E
+            | 0x2060..=0x206F
+            | 0xFEFF
+            | 0xFFF9..=0xFFFB
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0000..=0xE007F
+    )
+}
+
+/// The first [hidden](is_hidden_char) character of `text`, if any.
+pub fn first_hidden_char(text: &str) -> Option<char> {
+    text.chars().find(|c| is_hidden_char(*c))
+}
+
 /// An API key as the admin API shows it: everything but the secret.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyView {
@@ -488,6 +529,39 @@ impl AuditProblem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bidi_zero_width_tag_and_separator_characters_are_hidden() {
+        let hidden = concat!(
+            "\u{0000}\u{0007}\u{001B}\u{007F}\u{0085}\u{009F}", // Cc
+            "\u{00AD}",                                         // soft hyphen
+            "\u{0600}\u{0605}\u{061C}\u{06DD}\u{070F}\u{0890}\u{08E2}\u{180E}",
+            "\u{200B}\u{200C}\u{200D}\u{200E}\u{200F}", // zero-width, LRM, RLM
+            "\u{2028}\u{2029}",                         // line and paragraph separators
+            "\u{202A}\u{202B}\u{202C}\u{202D}\u{202E}", // embeddings and overrides
+            "\u{2060}\u{2061}\u{2064}",                 // word joiner, invisible operators
+            "\u{2066}\u{2067}\u{2068}\u{2069}",         // isolates
+            "\u{206A}\u{206F}\u{FEFF}\u{FFF9}\u{FFFB}\u{110BD}\u{110CD}\u{13430}\u{1343F}",
+            "\u{1BCA0}\u{1BCA3}\u{1D173}\u{1D17A}",
+            "\u{E0001}\u{E0020}\u{E0041}\u{E007F}", // tags
+        );
+        for c in hidden.chars() {
+            assert!(is_hidden_char(c), "U+{:04X} should be hidden", u32::from(c));
+        }
+    }
+
+    #[test]
+    fn visible_text_of_every_script_is_not_hidden() {
+        let visible =
+            "Az09 -_.:/@ café Zoë ß Ωμέγα кириллица עברית العربية हिन्दी 東京 한국어 ☕ 🙂 ﬁ \u{FE0F} \u{0301}";
+        assert_eq!(first_hidden_char(visible), None);
+        // The neighbours of each hidden range stay visible.
+        let neighbours = "\u{00AC}\u{00AE}\u{0606}\u{200A}\u{2010}\u{2027}\u{202F}\u{205F}\u{2070}\u{FEFE}\u{FFFC}\u{E0080}\u{E0100}";
+        for c in neighbours.chars() {
+            assert!(!is_hidden_char(c), "U+{:04X} should be visible", u32::from(c));
+        }
+        assert_eq!(first_hidden_char("evil\u{202E}gnp.exe"), Some('\u{202E}'));
+    }
 
     #[test]
     fn limits_within_their_maxima_pass_and_beyond_them_name_the_field() {

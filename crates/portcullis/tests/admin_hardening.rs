@@ -1,6 +1,7 @@
 //! The admin API against hostile or careless callers, through the real binary (issue 12): money
-//! and rates beyond what the limiters hold exactly are refused instead of clamped, and absurd
-//! times and numbers are 400s naming their parameter, never a panicked worker.
+//! and rates beyond what the limiters hold exactly are refused instead of clamped, absurd times
+//! and numbers are 400s naming their parameter (never a panicked worker), and invisible and
+//! format characters are refused in display strings.
 #![allow(clippy::expect_used, clippy::panic, reason = "test helpers: a failure is a failed test")]
 
 mod common;
@@ -153,4 +154,75 @@ async fn absurd_times_and_numbers_are_400s_naming_the_parameter_and_the_gateway_
     assert_status(&admin(&gateway, &root, "GET", "/keys", Value::Null).await, 200, "the list still reads");
     chat(&gateway, Some(&key), "a").await.assert_ok();
     assert!(!gateway.log_text().contains("panicked"), "a worker panicked:\n{}", gateway.log_tail(40));
+}
+
+// ------------------------------------------------------------------------------------------------
+// Item 10g: invisible and format characters in display strings
+// ------------------------------------------------------------------------------------------------
+
+/// Right-to-left override, isolates, marks, zero-width and tag characters, the BOM, a soft
+/// hyphen, the line separator and a C0 control.
+const HIDDEN: [char; 14] = [
+    '\u{202E}',
+    '\u{202A}',
+    '\u{2066}',
+    '\u{2069}',
+    '\u{200F}',
+    '\u{061C}',
+    '\u{200B}',
+    '\u{200D}',
+    '\u{2060}',
+    '\u{FEFF}',
+    '\u{00AD}',
+    '\u{E0041}',
+    '\u{2028}',
+    '\u{0007}',
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invisible_and_format_characters_are_refused_in_display_strings() {
+    // No tiers configured: then any tier name is accepted, so its text must be checked too.
+    let (_stub, gateway) = start_with("").await;
+    let root = gateway.admin_token().to_string();
+    let (id, _) = gateway.create_key(&[]);
+
+    for hidden in HIDDEN {
+        let text = format!("adm{hidden}in");
+        let cases: Vec<(&str, String, Value, &str)> = vec![
+            ("POST", "/keys".into(), json!({"name": text}), "name"),
+            ("PATCH", format!("/keys/{id}"), json!({"name": text}), "name"),
+            ("POST", "/tokens".into(), json!({"name": text, "role": "auditor"}), "name"),
+            ("POST", "/teams".into(), json!({"name": text}), "name"),
+            ("POST", "/keys".into(), json!({"name": "k", "team": text}), "team"),
+            ("POST", "/keys".into(), json!({"name": "k", "tier": text}), "tier"),
+            ("POST", "/keys".into(), json!({"name": "k", "models": [text]}), "models"),
+            ("POST", "/keys".into(), json!({"name": "k", "metadata": {"owner": text}}), "metadata"),
+            ("POST", "/keys".into(), json!({"name": "k", "metadata": {text.clone(): "x"}}), "metadata"),
+            ("POST", "/keys".into(), json!({"name": "k", "metadata": {"a": [{"b": text}]}}), "metadata"),
+            ("PATCH", format!("/keys/{id}"), json!({"metadata": {"owner": text}}), "metadata"),
+            ("POST", "/teams".into(), json!({"name": "t", "metadata": {"owner": text}}), "metadata"),
+        ];
+        for (method, path, body, param) in cases {
+            let reply = admin(&gateway, &root, method, &path, body.clone()).await;
+            assert_bad_param(&reply, param, &format!("U+{:04X} in {method} {path} {body}", hidden as u32));
+        }
+        let encoded: String = text.bytes().map(|b| format!("%{b:02X}")).collect();
+        for (route, param) in
+            [("usage", "model"), ("usage", "key"), ("audit", "key"), ("audit", "node"), ("audit", "request_id")]
+        {
+            let reply = admin(&gateway, &root, "GET", &format!("/{route}?{param}={encoded}"), Value::Null).await;
+            assert_bad_param(&reply, param, &format!("U+{:04X} in /{route}?{param}", hidden as u32));
+        }
+    }
+
+    // Through the CLI too, and ordinary non-ASCII text is still welcome.
+    let output = gateway.cli(&["keys", "create", "--name", "evil\u{202E}gnp.exe"]);
+    assert!(
+        !output.status.success() && String::from_utf8_lossy(&output.stderr).contains("400"),
+        "{}",
+        describe(&output)
+    );
+    let fine =
+        admin(&gateway, &root, "POST", "/keys", json!({"name": "café ☕ 東京", "metadata": {"owner": "Zoë"}})).await;
+    assert_status(&fine, 201, "ordinary Unicode");
 }

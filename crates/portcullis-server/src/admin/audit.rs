@@ -204,7 +204,7 @@ fn audit_filter(
                 .ok_or_else(|| ApiError::bad_request("kind must be one of request, admin, security", Some("kind")))
         })
         .transpose()?;
-    let mut team = params.team.as_deref().map(validate::team_name).transpose()?;
+    let mut team = params.team.as_deref().map(|team| validate::team_name(team, "team")).transpose()?;
     let filter = AuditFilter {
         since,
         until,

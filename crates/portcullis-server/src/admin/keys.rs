@@ -49,7 +49,7 @@ pub async fn create(
     let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or(OffsetDateTime::now_utc());
     let team = match (&caller.team, request.team) {
         (Some(own), None) => Some(own.clone()),
-        (_, team) => team.map(|team| validate::team_name(&team)).transpose()?,
+        (_, team) => team.map(|team| validate::team_name(&team, "team")).transpose()?,
     };
     if !caller.can_see_team(team.as_deref()) {
         return Err(forbidden("a team admin can create keys for its own team only"));

@@ -31,7 +31,7 @@ pub async fn create(
     caller.require_admin()?;
     let config = state.runtime().config.clone();
     let team = NewTeam {
-        name: validate::team_name(&request.name)?,
+        name: validate::team_name(&request.name, "name")?,
         tier: request.tier.as_deref().map(|tier| validate::tier(&config, tier)).transpose()?,
         limits: validate::limits(request.limits)?,
         metadata: validate::metadata(request.metadata)?,

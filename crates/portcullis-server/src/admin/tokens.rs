@@ -33,7 +33,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     caller.require_admin()?;
     let team = match (request.role, request.team) {
-        (Role::TeamAdmin, Some(team)) => Some(validate::team_name(&team)?),
+        (Role::TeamAdmin, Some(team)) => Some(validate::team_name(&team, "team")?),
         (Role::TeamAdmin, None) => return Err(ApiError::bad_request("a team_admin token needs a team", Some("team"))),
         (_, Some(_)) => return Err(ApiError::bad_request("only team_admin tokens belong to a team", Some("team"))),
         (_, None) => None,

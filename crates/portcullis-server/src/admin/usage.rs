@@ -66,7 +66,7 @@ fn usage_query(caller: &AdminCaller, query: ReportQuery, now: OffsetDateTime) ->
     }
     let key_id = query.key.as_deref().map(|key| validate::filter(key, "key")).transpose()?;
     let model = query.model.as_deref().map(|model| validate::filter(model, "model")).transpose()?;
-    let mut team = query.team.as_deref().map(validate::team_name).transpose()?;
+    let mut team = query.team.as_deref().map(|team| validate::team_name(team, "team")).transpose()?;
     if caller.role == Role::TeamAdmin {
         match (&caller.team, &team) {
             // Another team's usage is answered as if there were none.

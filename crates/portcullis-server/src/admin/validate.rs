@@ -2,11 +2,13 @@
 //!
 //! Time arithmetic on client values is checked (an expiry or grace past what `time` holds is a
 //! 400, not a panicked worker), and every time a client sends is taken to UTC here, once, so the
-//! stores never meet an offset that pushes it out of range.
+//! stores never meet an offset that pushes it out of range. Display strings (names, models,
+//! metadata, filters) may not hold invisible or format characters
+//! ([`portcullis_types::admin::is_hidden_char`]).
 
 use portcullis_auth::{CidrList, Scopes};
 use portcullis_config::{Config, parse_duration};
-use portcullis_types::admin::LimitOverrides;
+use portcullis_types::admin::{LimitOverrides, first_hidden_char};
 use serde_json::Value;
 use time::{OffsetDateTime, UtcOffset};
 
@@ -16,26 +18,47 @@ const MAX_NAME_LEN: usize = 128;
 const MAX_LIST_LEN: usize = 256;
 const MAX_METADATA_BYTES: usize = 8 * 1024;
 
+/// `param` holds an invisible or format character: refused, naming the character.
+fn hidden(param: &'static str, c: char) -> ApiError {
+    ApiError::bad_request(
+        format!("{param} must not contain invisible or format characters such as U+{:04X}", u32::from(c)),
+        Some(param),
+    )
+}
+
+fn visible(text: &str, param: &'static str) -> Result<(), ApiError> {
+    first_hidden_char(text).map_or(Ok(()), |c| Err(hidden(param, c)))
+}
+
+/// A key's or token's name: 1-128 bytes of visible text, trimmed.
 pub fn name(name: &str) -> Result<String, ApiError> {
     let name = name.trim();
-    if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
         return Err(ApiError::bad_request("name must be 1-128 printable characters", Some("name")));
     }
+    visible(name, "name")?;
     Ok(name.to_string())
 }
 
-/// Team names appear in URLs, logs and metrics: keep them plain.
-pub fn team_name(name: &str) -> Result<String, ApiError> {
+/// Team names appear in URLs, logs and metrics: keep them plain. `param` is where the name came
+/// from (`team` on a key or token, `name` when creating a team).
+pub fn team_name(name: &str, param: &'static str) -> Result<String, ApiError> {
     let ok = (1..=64).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if ok {
         Ok(name.to_string())
     } else {
-        Err(ApiError::bad_request("team must be 1-64 of A-Z a-z 0-9 . _ -", Some("team")))
+        Err(ApiError::bad_request(format!("{param} must be 1-64 of A-Z a-z 0-9 . _ -"), Some(param)))
     }
 }
 
+/// A configured tier; when no tiers are configured any name goes, but it is still shown
+/// everywhere a key is, so it must be visible text too.
 pub fn tier(config: &Config, tier: &str) -> Result<String, ApiError> {
+    if tier.is_empty() || tier.len() > MAX_NAME_LEN {
+        return Err(ApiError::bad_request("tier must be 1-128 printable characters", Some("tier")));
+    }
+    visible(tier, "tier")?;
     if config.tiers.is_empty() || config.tiers.contains_key(tier) {
         Ok(tier.to_string())
     } else {
@@ -51,6 +74,9 @@ pub fn models(models: Vec<String>) -> Result<Vec<String>, ApiError> {
     let models: Vec<String> = models.into_iter().map(|m| m.trim().to_string()).collect();
     if models.len() > MAX_LIST_LEN || models.iter().any(|m| m.is_empty() || m.len() > MAX_NAME_LEN) {
         return Err(ApiError::bad_request("models must be non-empty globs such as \"smollm*\"", Some("models")));
+    }
+    for model in &models {
+        visible(model, "models")?;
     }
     Ok(models)
 }
@@ -157,20 +183,39 @@ pub fn parse_time(text: &str) -> Option<OffsetDateTime> {
 /// Longest filter value (key id, team, model, request id) a query may carry.
 pub const MAX_FILTER_LEN: usize = 128;
 
-/// A filter value: short and printable.
+/// A filter value: short and visible.
 pub fn filter(value: &str, param: &'static str) -> Result<String, ApiError> {
-    if value.is_empty() || value.len() > MAX_FILTER_LEN || value.chars().any(char::is_control) {
+    if value.is_empty() || value.len() > MAX_FILTER_LEN {
         return Err(ApiError::bad_request(format!("{param} must be 1-128 printable characters"), Some(param)));
     }
+    visible(value, param)?;
     Ok(value.to_string())
 }
 
+/// A JSON object of at most 8 KiB. The CLI and the API show it, so no key or string in it, at
+/// any depth, may hold an invisible or format character.
 pub fn metadata(metadata: Option<Value>) -> Result<Value, ApiError> {
     let metadata = metadata.unwrap_or_else(|| Value::Object(Default::default()));
     if !metadata.is_object() || metadata.to_string().len() > MAX_METADATA_BYTES {
         return Err(ApiError::bad_request("metadata must be a JSON object of at most 8 KiB", Some("metadata")));
     }
-    Ok(metadata)
+    match hidden_in_json(&metadata) {
+        Some(c) => Err(hidden("metadata", c)),
+        None => Ok(metadata),
+    }
+}
+
+/// The first hidden character in any key or string of `value`. serde_json bounds nesting at
+/// 128 levels when parsing, so the recursion is bounded too.
+fn hidden_in_json(value: &Value) -> Option<char> {
+    match value {
+        Value::String(text) => first_hidden_char(text),
+        Value::Array(items) => items.iter().find_map(hidden_in_json),
+        Value::Object(map) => {
+            map.iter().find_map(|(key, value)| first_hidden_char(key).or_else(|| hidden_in_json(value)))
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => None,
+    }
 }
 
 /// Limit overrides within the maxima every limiter and store counts exactly (refused, never
@@ -202,10 +247,11 @@ mod tests {
 
     #[test]
     fn team_names_are_plain() {
-        assert!(team_name("acme-prod_1.eu").is_ok());
-        assert!(team_name("").is_err());
-        assert!(team_name("a/b").is_err());
-        assert!(team_name("üñí").is_err());
+        assert!(team_name("acme-prod_1.eu", "team").is_ok());
+        assert!(team_name("", "team").is_err());
+        assert!(team_name("a/b", "team").is_err());
+        assert!(team_name("üñí", "team").is_err());
+        assert_eq!(param_of(team_name("a\u{202E}b", "name").unwrap_err()), Some("name"));
     }
 
     /// Item 8 of issue 12: each of these used to overflow `time` and panic the worker.
@@ -246,6 +292,28 @@ mod tests {
             OffsetDateTime::parse("9999-12-31T23:59:59+00:00", &time::format_description::well_known::Rfc3339).unwrap();
         assert_eq!(expiry(None, Some(far), now).unwrap(), Some(far));
         assert_eq!(param_of(since("9999-12-31T23:00:00-23:00", now).unwrap_err()), Some("since"));
+    }
+
+    #[test]
+    fn display_strings_refuse_invisible_and_format_characters() {
+        let config = Config::parse("", |_| None).unwrap();
+        for c in ['\u{202E}', '\u{2066}', '\u{200B}', '\u{FEFF}', '\u{00AD}', '\u{E0041}', '\u{2028}', '\u{0007}'] {
+            let text = format!("a{c}b");
+            assert_eq!(param_of(name(&text).unwrap_err()), Some("name"));
+            assert_eq!(param_of(tier(&config, &text).unwrap_err()), Some("tier"));
+            assert_eq!(param_of(models(vec![text.clone()]).unwrap_err()), Some("models"));
+            assert_eq!(param_of(filter(&text, "model").unwrap_err()), Some("model"));
+            for value in [
+                serde_json::json!({"owner": text}),
+                serde_json::json!({text.clone(): 1}),
+                serde_json::json!({"a": [1, {"b": [text]}]}),
+            ] {
+                assert_eq!(param_of(metadata(Some(value)).unwrap_err()), Some("metadata"));
+            }
+        }
+        assert_eq!(name("  café ☕ 東京 ").unwrap(), "café ☕ 東京");
+        assert_eq!(tier(&config, "gold").unwrap(), "gold");
+        assert!(metadata(Some(serde_json::json!({"owner": "Zoë", "n": [1, null, true]}))).is_ok());
     }
 
     #[test]
