@@ -36,6 +36,7 @@ const EXPORT_PAGE: usize = 1000;
 /// The query string of all three routes; each reads the parameters it knows. Everything is text
 /// here so that a bad value is a 400 naming its parameter.
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuditParams {
     /// A duration back from now (`24h`) or an RFC 3339 time; inclusive.
     since: Option<String>,
@@ -116,6 +117,11 @@ pub async fn export(
 /// `GET /admin/v1/audit/verify`: 200 whether or not every chain verifies (`ok` says which); the
 /// CLI turns a break into its exit status.
 pub async fn verify(State(state): State<AppState>, caller: AdminCaller) -> Result<Json<AuditVerifyView>, ApiError> {
+    let result = verify_chains(&state, &caller).await;
+    super::refusal::audited(&state, &caller, "audit.verify", None, result).await
+}
+
+async fn verify_chains(state: &AppState, caller: &AdminCaller) -> Result<Json<AuditVerifyView>, ApiError> {
     if caller.role == Role::TeamAdmin {
         return Err(forbidden("verification reads every team's records: it needs an admin or auditor token"));
     }

@@ -10,6 +10,7 @@ use subtle::ConstantTimeEq;
 
 use crate::bearer::bearer_token;
 use crate::error::ApiError;
+use crate::request_id::RequestId;
 use crate::state::AppState;
 
 /// The shortest bootstrap token accepted from `PORTCULLIS_ADMIN_TOKEN`.
@@ -39,6 +40,8 @@ pub struct AdminCaller {
     pub token_id: String,
     pub role: Role,
     pub team: Option<String>,
+    /// The request's id, for the records of what this caller was refused.
+    pub request_id: Option<String>,
 }
 
 impl AdminCaller {
@@ -76,8 +79,9 @@ impl FromRequestParts<AppState> for AdminCaller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<AdminCaller, ApiError> {
         let token = bearer_token(&parts.headers).ok_or(ApiError::InvalidAdminToken)?;
+        let request_id = parts.extensions.get::<RequestId>().map(|id| id.as_str().to_string());
         if state.admin_auth().is_bootstrap(token) {
-            return Ok(AdminCaller { token_id: "bootstrap".into(), role: Role::Admin, team: None });
+            return Ok(AdminCaller { token_id: "bootstrap".into(), role: Role::Admin, team: None, request_id });
         }
         let secret = SecretToken::parse(SecretKind::AdminToken, token).map_err(|_| ApiError::InvalidAdminToken)?;
         let hash = state.hasher().hash(&secret);
@@ -89,6 +93,6 @@ impl FromRequestParts<AppState> for AdminCaller {
             .map_err(|error| ApiError::from_store(&error, "admin token lookup"))?
             .filter(|record| record.revoked_at.is_none())
             .ok_or(ApiError::InvalidAdminToken)?;
-        Ok(AdminCaller { token_id: record.id, role: record.role, team: record.team })
+        Ok(AdminCaller { token_id: record.id, role: record.role, team: record.team, request_id })
     }
 }

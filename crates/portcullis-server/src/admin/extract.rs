@@ -4,6 +4,7 @@
 use axum::Json;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use http::request::Parts;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -46,6 +47,12 @@ fn rejected(text: String) -> ApiError {
     let param = param_in(&text);
     ApiError::bad_request(text, param)
 }
+
+/// The query of a route that takes no parameters: any parameter is a 400 naming it, so that a
+/// filter the route does not have (`GET /teams?team=x`) is never silently ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
 
 /// Every body field and query parameter of the admin API, so a rejection can name one as its
 /// `param` (which is a `&'static str`).
@@ -126,6 +133,18 @@ mod tests {
         }
         let text = json_rejection::<UpdateKeyRequest>(r#"{"capture_content":"yes"}"#);
         assert_eq!(param_in(&text), Some("capture_content"), "{text}");
+    }
+
+    #[test]
+    fn query_rejections_name_the_parameter() {
+        let rejection = |uri: &str| match Query::<NoParams>::try_from_uri(&uri.parse().unwrap()) {
+            Ok(_) => panic!("{uri} should be rejected"),
+            Err(rejection) => rejection.body_text(),
+        };
+        assert_eq!(param_in(&rejection("/teams?team=globex")), Some("team"));
+        assert_eq!(param_in(&rejection("/teams?whatever=1")), None);
+        assert!(Query::<NoParams>::try_from_uri(&"/teams".parse().unwrap()).is_ok());
+        assert!(Query::<NoParams>::try_from_uri(&"/teams?".parse().unwrap()).is_ok());
     }
 
     #[test]

@@ -6,6 +6,8 @@ pub mod auth;
 mod catalog;
 mod extract;
 mod keys;
+mod plan;
+mod refusal;
 mod teams;
 mod tokens;
 mod usage;
@@ -67,7 +69,7 @@ pub(crate) mod test_support {
     use crate::error::ApiError;
 
     pub fn caller(role: Role, team: Option<&str>) -> AdminCaller {
-        AdminCaller { token_id: "tok_test".into(), role, team: team.map(Into::into) }
+        AdminCaller { token_id: "tok_test".into(), role, team: team.map(Into::into), request_id: None }
     }
 
     pub fn admin() -> AdminCaller {

@@ -18,6 +18,7 @@ use crate::state::AppState;
 pub const DEFAULT_SINCE: &str = "7d";
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ReportQuery {
     key: Option<String>,
     team: Option<String>,
