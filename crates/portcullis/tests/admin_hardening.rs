@@ -1,15 +1,16 @@
-//! The admin API against hostile or careless callers, through the real binary (issue 12): money
-//! and rates beyond what the limiters hold exactly are refused instead of clamped, absurd times
-//! and numbers are 400s naming their parameter (never a panicked worker), invisible and format
-//! characters are refused in display strings, and a `team_admin` cannot widen its plan or read
-//! another team's objects.
+//! The admin API against hostile or careless callers, through the real binary (issue 12):
+//! a `team_admin` cannot widen its plan or read another team's objects, absurd times and numbers
+//! are 400s naming their parameter (never a panicked worker), invisible and format characters are
+//! refused in display strings, money and rates beyond what the limiters hold exactly are refused
+//! instead of clamped, and a "No such …" answer names the thing that is missing.
+
 #![allow(clippy::expect_used, clippy::panic, reason = "test helpers: a failure is a failed test")]
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{BINARY, Reply, chat, describe, http, models_config, send, str_field};
+use common::{BINARY, Reply, chat, cli_as, describe, http, models_config, send, str_field};
 use portcullis_testkit::{Gateway, GatewayBuilder, StubUpstream};
 use serde_json::{Value, json};
 
@@ -461,4 +462,38 @@ async fn wait_for_audit(gateway: &Gateway, query: &str, admin_token_id: Option<&
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Item 10e: "No such …" names what is missing
+// ------------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_thing_is_named_for_what_it_is() {
+    let (_stub, gateway) = start_with("").await;
+    let root = gateway.admin_token().to_string();
+
+    let output =
+        cli_as(&gateway, &root, &["tokens", "create", "--name", "t", "--role", "team_admin", "--team", "nope"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{}", describe(&output));
+    assert!(stderr.contains("No such team") && !stderr.contains("token."), "{}", describe(&output));
+    let listed = admin(&gateway, &root, "GET", "/tokens", Value::Null).await;
+    assert!(listed.body["data"].as_array().is_some_and(|tokens| tokens.is_empty()), "{}", listed.text);
+
+    let (id, _) = gateway.create_key(&[]);
+    for (args, missing) in [
+        (vec!["keys", "show", "key_nope"], "key"),
+        (vec!["keys", "update", "key_nope", "--name", "x"], "key"),
+        (vec!["keys", "revoke", "key_nope"], "key"),
+        (vec!["keys", "rotate", "key_nope"], "key"),
+        (vec!["teams", "show", "nope"], "team"),
+        (vec!["teams", "update", "nope", "--metadata", "{}"], "team"),
+        (vec!["tokens", "revoke", "tok_nope"], "token"),
+    ] {
+        let output = cli_as(&gateway, &root, &args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(&format!("No such {missing}.")), "{args:?}: {}", describe(&output));
+    }
+    assert!(gateway.cli(&["keys", "show", &id]).status.success());
 }

@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use super::auth::{AdminCaller, forbidden};
 use super::extract::{ApiJson, ApiQuery};
 use super::refusal::audited;
-use super::views::{key_view, store_error};
+use super::views::{insert_error, key_view, store_error};
 use super::{plan, validate};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -115,7 +115,8 @@ async fn create_key(
         created_by: caller.token_id.clone(),
         created_at: now,
     };
-    let record = state.stores().keys.create_key(new_key).await.map_err(store_error("key"))?;
+    // The team was made above; it is missing here only if it vanished since.
+    let record = state.stores().keys.create_key(new_key).await.map_err(insert_error("key", "team"))?;
     state.admin_action(caller, "key.create", &record.id, record.team.as_deref()).await;
     Ok((StatusCode::CREATED, Json(created(record, secret, now))))
 }

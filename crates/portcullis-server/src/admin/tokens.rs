@@ -12,7 +12,7 @@ use super::auth::AdminCaller;
 use super::extract::{ApiJson, ApiQuery, NoParams};
 use super::refusal::audited;
 use super::validate;
-use super::views::{store_error, token_view};
+use super::views::{insert_error, store_error, token_view};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -73,7 +73,9 @@ async fn create_token(
         created_by: caller.token_id.clone(),
         created_at: OffsetDateTime::now_utc(),
     };
-    let record = state.stores().tokens.create_token(token).await.map_err(store_error("token"))?;
+    // A team_admin token's team must exist: the store refuses the insert with NotFound, which
+    // is the team missing.
+    let record = state.stores().tokens.create_token(token).await.map_err(insert_error("token", "team"))?;
     state.admin_action(caller, "token.create", &record.id, record.team.as_deref()).await;
     let created = CreatedToken { token: secret.expose().to_string(), view: token_view(record) };
     Ok((StatusCode::CREATED, Json(created)))
