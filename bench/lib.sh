@@ -319,8 +319,9 @@ node = "bench"
 spill_file = "$dir/audit-spill.jsonl"
 
 [tiers.bench]
-requests_per_minute = 1000000000
-tokens_per_minute = 1000000000000
+# The largest rates the configuration accepts (what every limiter counts exactly).
+requests_per_minute = 67108864
+tokens_per_minute = 75059993789
 max_concurrent = 1000000
 models = ["*"]
 

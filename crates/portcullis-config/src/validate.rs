@@ -2,6 +2,8 @@
 
 use std::collections::HashSet;
 
+use portcullis_types::admin::LimitOverrides;
+
 use crate::{Config, ConfigError, LimiterBackend, ModelConfig, TierConfig};
 
 /// The most header fields `server.max_headers` may allow (the head parser's stack array).
@@ -83,6 +85,7 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     for (index, pattern) in config.audit.redact.iter().enumerate() {
         validate_redaction(index, pattern)?;
     }
+    validate_limits("limits.global", &config.limits.global)?;
     for (name, tier) in &config.tiers {
         validate_tier(name, tier)?;
     }
@@ -107,12 +110,14 @@ fn validate_redaction(index: usize, pattern: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// Limits beyond what the limiters and stores count exactly are refused, never clamped (the
+/// maxima are in `portcullis_types::admin`: budgets, rates, token quotas).
+fn validate_limits(path: &str, limits: &LimitOverrides) -> Result<(), ConfigError> {
+    limits.check_range().or_else(|error| invalid(&format!("{path}.{}", error.field), &error.problem))
+}
+
 fn validate_tier(name: &str, tier: &TierConfig) -> Result<(), ConfigError> {
-    for (field, value) in [("budget_per_day", tier.budget_per_day), ("budget_per_month", tier.budget_per_month)] {
-        if value.is_some_and(|budget| !budget.is_finite() || budget < 0.0) {
-            return invalid(&format!("tiers.{name}.{field}"), "must be a non-negative number");
-        }
-    }
+    validate_limits(&format!("tiers.{name}"), &tier.limits())?;
     if tier.max_concurrent == Some(0) {
         return invalid(&format!("tiers.{name}.max_concurrent"), "must be at least 1 (omit it for no limit)");
     }
@@ -299,6 +304,32 @@ mod tests {
         assert_eq!(error_path("[limits]\nreservation_lease = \"500ms\"\n"), "limits.reservation_lease");
         assert_eq!(error_path("[store]\npool_size = 0\n"), "store.pool_size");
         assert_eq!(error_path("[store]\nchange_poll = \"0s\"\n"), "store.change_poll");
+    }
+
+    #[test]
+    fn limits_beyond_their_maximum_name_their_path_and_the_maximum() {
+        let message = |text: &str| match parse(text) {
+            Err(ConfigError::Invalid { path, message }) => format!("{path}: {message}"),
+            other => panic!("expected a validation error, got {other:?}"),
+        };
+        let error = message("[tiers.free]\nbudget_per_day = 18500000.0\n");
+        assert!(error.starts_with("tiers.free.budget_per_day: ") && error.contains("9223372"), "{error}");
+        assert_eq!(error_path("[tiers.free]\nbudget_per_month = -1.0\n"), "tiers.free.budget_per_month");
+        assert_eq!(error_path("[tiers.free]\nbudget_per_month = nan\n"), "tiers.free.budget_per_month");
+        assert_eq!(error_path("[tiers.free]\nbudget_per_month = inf\n"), "tiers.free.budget_per_month");
+        let error = message("[limits.global]\nbudget_per_month = 2e7\n");
+        assert!(error.starts_with("limits.global.budget_per_month: ") && error.contains("9223372"), "{error}");
+        assert_eq!(error_path("[limits.global]\nbudget_per_day = -0.5\n"), "limits.global.budget_per_day");
+        let error = message("[tiers.free]\nrequests_per_minute = 67108865\n");
+        assert!(error.starts_with("tiers.free.requests_per_minute: ") && error.contains("67108864"), "{error}");
+        assert_eq!(error_path("[limits.global]\ntokens_per_minute = 75059993790\n"), "limits.global.tokens_per_minute");
+
+        let top = "[tiers.free]\nbudget_per_day = 9223372.0\nrequests_per_minute = 67108864\n\
+                   tokens_per_minute = 75059993789\ntokens_per_month = 9223372036854775807\n\n\
+                   [limits.global]\nbudget_per_month = 9223372\n";
+        let config = parse(top).unwrap();
+        assert_eq!(config.tiers["free"].budget_per_day, Some(9_223_372.0));
+        assert_eq!(config.limits.global.budget_per_month, Some(9_223_372.0));
     }
 
     #[test]

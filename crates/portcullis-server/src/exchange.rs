@@ -35,6 +35,11 @@ pub struct AccessInfo {
     pub model: Option<String>,
     pub upstream: Option<String>,
     pub stream: bool,
+    /// The admin token behind an admin request, and what it acted on.
+    pub admin_token_id: Option<String>,
+    pub target: Option<String>,
+    /// Why the request was refused, in more words than its error code.
+    pub reason: Option<String>,
 }
 
 /// What the request looked like when it arrived.
@@ -116,7 +121,8 @@ impl Exchange {
         if !self.0.is_audited(status) {
             return;
         }
-        let (decision, reason) = decision(status, error, info.upstream.is_some());
+        let (decision, code) = decision(status, error, info.upstream.is_some());
+        let reason = info.reason.clone().or(code);
         let event = self.0.event(status, decision, reason, info, elapsed);
         if body_pending {
             self.0.progress().parked = Some(event);
@@ -206,6 +212,8 @@ impl Inner {
         event.request_id = self.meta.request_id.as_ref().map(|id| id.as_str().to_string());
         event.key_id = info.principal;
         event.team = info.team;
+        event.admin_token_id = info.admin_token_id;
+        event.target = info.target;
         event.client_ip = self.meta.client_ip.map(|ip| ip.to_string());
         event.method = Some(self.meta.method.to_string());
         event.path = Some(self.meta.path.clone());

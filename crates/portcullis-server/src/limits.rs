@@ -56,8 +56,9 @@ fn push(scopes: &mut ScopedLimits, scope: Scope, limits: Limits) {
     }
 }
 
-/// A tier's limits with every override that is set taking its place.
-fn resolve(config: &Config, tier: Option<&str>, overrides: &LimitOverrides) -> Limits {
+/// A tier's limits with every override that is set taking its place. The admin API's team_admin
+/// rule (`admin::plan`) compares keys' limits through this same function.
+pub(crate) fn resolve(config: &Config, tier: Option<&str>, overrides: &LimitOverrides) -> Limits {
     let tier = tier.and_then(|name| config.tiers.get(name));
     let base = tier.map(|tier| tier.limits()).unwrap_or_default();
     let merged = LimitOverrides {

@@ -26,6 +26,109 @@ pub struct LimitOverrides {
     pub budget_per_month: Option<f64>,
 }
 
+/// The largest money budget (`budget_per_day`, `budget_per_month` of a key, team, tier or the
+/// gateway), in currency units: 9 223 372. Money is counted in exact integer pico-units
+/// (10⁻¹² units) and stores sum usage in signed 64-bit columns, so `i64::MAX` pico-units
+/// (9 223 372.036… units) is the most that is counted exactly everywhere, restarts included.
+/// A larger budget is refused, never clamped.
+pub const MAX_BUDGET: f64 = 9_223_372.0;
+
+/// The largest `requests_per_minute`: 2^26 = 67 108 864, the most the shared (Redis) limiter
+/// keeps exactly. A larger rate is refused, never clamped.
+pub const MAX_REQUESTS_PER_MINUTE: u64 = 1 << 26;
+
+/// The largest `tokens_per_minute`: 2^53 / 120 000 = 75 059 993 789, the most the shared
+/// (Redis) limiter keeps exactly. A larger rate is refused, never clamped.
+pub const MAX_TOKENS_PER_MINUTE: u64 = (1 << 53) / 120_000;
+
+/// The largest `tokens_per_day` and `tokens_per_month`: `i64::MAX` = 9 223 372 036 854 775 807,
+/// the most the stores sum (usage totals restore quotas after a restart).
+pub const MAX_TOKEN_QUOTA: u64 = i64::MAX as u64;
+
+/// A limit outside what Portcullis counts exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitRangeError {
+    /// The limit's field name (`budget_per_day`); callers prefix their own path.
+    pub field: &'static str,
+    /// What is wrong, the allowed range included (`"must be from 0 to 9223372 …"`).
+    pub problem: String,
+}
+
+impl std::fmt::Display for LimitRangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.field, self.problem)
+    }
+}
+
+impl LimitOverrides {
+    /// The first limit beyond its maximum ([`MAX_BUDGET`], [`MAX_REQUESTS_PER_MINUTE`],
+    /// [`MAX_TOKENS_PER_MINUTE`], [`MAX_TOKEN_QUOTA`]), or a budget that is negative or not a
+    /// number. `max_concurrent` has no maximum: every limiter counts it exactly.
+    pub fn check_range(&self) -> Result<(), LimitRangeError> {
+        let counts = [
+            ("requests_per_minute", self.requests_per_minute, MAX_REQUESTS_PER_MINUTE),
+            ("tokens_per_minute", self.tokens_per_minute, MAX_TOKENS_PER_MINUTE),
+            ("tokens_per_day", self.tokens_per_day, MAX_TOKEN_QUOTA),
+            ("tokens_per_month", self.tokens_per_month, MAX_TOKEN_QUOTA),
+        ];
+        for (field, value, max) in counts {
+            if let Some(value) = value.filter(|value| *value > max) {
+                return Err(LimitRangeError { field, problem: format!("must be at most {max}, not {value}") });
+            }
+        }
+        for (field, value) in [("budget_per_day", self.budget_per_day), ("budget_per_month", self.budget_per_month)] {
+            if let Some(value) = value.filter(|value| !(0.0..=MAX_BUDGET).contains(value)) {
+                return Err(LimitRangeError {
+                    field,
+                    problem: format!("must be a number from 0 to {MAX_BUDGET} (currency units), not {value}"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `c` is invisible or changes how the text around it is shown: a control character
+/// (general category Cc), a format character (Cf: bidirectional embeddings, overrides, isolates
+/// and marks, zero-width spaces and joiners, the word joiner and invisible operators, the byte
+/// order mark, the soft hyphen, tag characters, …) or a line or paragraph separator (Zl, Zp).
+/// Such characters make a name look like another one (`evil\u{202E}gnp.exe` shows as
+/// `evilexe.png`), so admin-supplied display strings may not contain them.
+///
+/// The Cf ranges are Unicode 15.1's, with the unassigned U+2065 and U+E0000 inside them included.
+pub fn is_hidden_char(c: char) -> bool {
+    if c.is_control() {
+        return true;
+    }
+    matches!(
+        u32::from(c),
+        0x00AD
+            | 0x0600..=0x0605
+            | 0x061C
+            | 0x06DD
+            | 0x070F
+            | 0x0890..=0x0891
+            | 0x08E2
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x2028..=0x202E
+            | 0x2060..=0x206F
+            | 0xFEFF
+            | 0xFFF9..=0xFFFB
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0000..=0xE007F
+    )
+}
+
+/// The first [hidden](is_hidden_char) character of `text`, if any.
+pub fn first_hidden_char(text: &str) -> Option<char> {
+    text.chars().find(|c| is_hidden_char(*c))
+}
+
 /// An API key as the admin API shows it: everything but the secret.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyView {
@@ -420,5 +523,89 @@ impl AuditProblem {
             AuditProblem::Inserted => "inserted",
             AuditProblem::Reordered => "reordered",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bidi_zero_width_tag_and_separator_characters_are_hidden() {
+        let hidden = concat!(
+            "\u{0000}\u{0007}\u{001B}\u{007F}\u{0085}\u{009F}", // Cc
+            "\u{00AD}",                                         // soft hyphen
+            "\u{0600}\u{0605}\u{061C}\u{06DD}\u{070F}\u{0890}\u{08E2}\u{180E}",
+            "\u{200B}\u{200C}\u{200D}\u{200E}\u{200F}", // zero-width, LRM, RLM
+            "\u{2028}\u{2029}",                         // line and paragraph separators
+            "\u{202A}\u{202B}\u{202C}\u{202D}\u{202E}", // embeddings and overrides
+            "\u{2060}\u{2061}\u{2064}",                 // word joiner, invisible operators
+            "\u{2066}\u{2067}\u{2068}\u{2069}",         // isolates
+            "\u{206A}\u{206F}\u{FEFF}\u{FFF9}\u{FFFB}\u{110BD}\u{110CD}\u{13430}\u{1343F}",
+            "\u{1BCA0}\u{1BCA3}\u{1D173}\u{1D17A}",
+            "\u{E0001}\u{E0020}\u{E0041}\u{E007F}", // tags
+        );
+        for c in hidden.chars() {
+            assert!(is_hidden_char(c), "U+{:04X} should be hidden", u32::from(c));
+        }
+    }
+
+    #[test]
+    fn visible_text_of_every_script_is_not_hidden() {
+        let visible =
+            "Az09 -_.:/@ café Zoë ß Ωμέγα кириллица עברית العربية हिन्दी 東京 한국어 ☕ 🙂 ﬁ \u{FE0F} \u{0301}";
+        assert_eq!(first_hidden_char(visible), None);
+        // The neighbours of each hidden range stay visible.
+        let neighbours = "\u{00AC}\u{00AE}\u{0606}\u{200A}\u{2010}\u{2027}\u{202F}\u{205F}\u{2070}\u{FEFE}\u{FFFC}\u{E0080}\u{E0100}";
+        for c in neighbours.chars() {
+            assert!(!is_hidden_char(c), "U+{:04X} should be visible", u32::from(c));
+        }
+        assert_eq!(first_hidden_char("evil\u{202E}gnp.exe"), Some('\u{202E}'));
+    }
+
+    #[test]
+    fn limits_within_their_maxima_pass_and_beyond_them_name_the_field() {
+        let top = LimitOverrides {
+            requests_per_minute: Some(MAX_REQUESTS_PER_MINUTE),
+            tokens_per_minute: Some(MAX_TOKENS_PER_MINUTE),
+            max_concurrent: Some(u64::MAX),
+            tokens_per_day: Some(MAX_TOKEN_QUOTA),
+            tokens_per_month: Some(MAX_TOKEN_QUOTA),
+            budget_per_day: Some(MAX_BUDGET),
+            budget_per_month: Some(0.0),
+        };
+        assert_eq!(top.check_range(), Ok(()));
+        assert_eq!(LimitOverrides::default().check_range(), Ok(()));
+        let field_of = |limits: LimitOverrides| limits.check_range().map_err(|error| error.field);
+        assert_eq!(
+            field_of(LimitOverrides { requests_per_minute: Some(MAX_REQUESTS_PER_MINUTE + 1), ..top.clone() }),
+            Err("requests_per_minute")
+        );
+        assert_eq!(
+            field_of(LimitOverrides { tokens_per_minute: Some(MAX_TOKENS_PER_MINUTE + 1), ..top.clone() }),
+            Err("tokens_per_minute")
+        );
+        assert_eq!(field_of(LimitOverrides { tokens_per_day: Some(u64::MAX), ..top.clone() }), Err("tokens_per_day"));
+        assert_eq!(
+            field_of(LimitOverrides { tokens_per_month: Some(u64::MAX), ..top.clone() }),
+            Err("tokens_per_month")
+        );
+        for bad in [MAX_BUDGET + 1.0, 18.5e6, 1e300, f64::INFINITY, f64::NAN, -0.01] {
+            let limits = LimitOverrides { budget_per_month: Some(bad), ..top.clone() };
+            assert_eq!(field_of(limits), Err("budget_per_month"), "{bad}");
+        }
+        let error = LimitOverrides { budget_per_day: Some(2e7), ..Default::default() }.check_range().unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "budget_per_day must be a number from 0 to 9223372 (currency units), not 20000000"
+        );
+    }
+
+    #[test]
+    fn the_budget_maximum_is_exact_in_pico_units_and_below_i64_max() {
+        let pico = MAX_BUDGET * 1e12;
+        assert_eq!(pico, 9_223_372_000_000_000_000.0);
+        assert!(pico < i64::MAX as f64);
+        assert!((MAX_BUDGET + 1.0) * 1e12 > i64::MAX as f64, "no whole unit more would fit");
     }
 }

@@ -99,13 +99,15 @@ async fn bodies_that_would_bomb_or_confuse_a_model_server_never_reach_it() {
         ("a nesting bomb", deep.into_bytes(), "messages"),
         ("invalid UTF-8", invalid_utf8, "messages"),
         ("a lone surrogate", br#"{"model":"m","messages":[{"role":"user","content":"\ud800"}]}"#.to_vec(), "messages"),
-        ("a duplicate member", br#"{"model":"m","messages":[],"max_tokens":1,"max_tokens":9999}"#.to_vec(), "max_tokens"),
+        (
+            "a duplicate member",
+            br#"{"model":"m","messages":[],"max_tokens":1,"max_tokens":9999}"#.to_vec(),
+            "max_tokens",
+        ),
     ];
     for (what, body, param) in cases {
-        let reply = send(
-            http().post(&url).bearer_auth(&key).header("content-type", "application/json").body(body),
-        )
-        .await;
+        let reply =
+            send(http().post(&url).bearer_auth(&key).header("content-type", "application/json").body(body)).await;
         reply.assert_error(400, "invalid_request");
         assert_eq!(reply.body["error"]["param"], param, "{what}: {}", reply.text);
     }
@@ -169,7 +171,8 @@ async fn the_model_servers_own_headers_do_not_reach_the_client() {
     let names: Vec<&str> = reply.headers.keys().map(|name| name.as_str()).collect();
     for name in &names {
         assert!(
-            ["content-type", "content-length", "date", "x-request-id"].contains(name) || name.starts_with("x-ratelimit-"),
+            ["content-type", "content-length", "date", "x-request-id"].contains(name)
+                || name.starts_with("x-ratelimit-"),
             "unexpected header {name} in {names:?}"
         );
     }
@@ -240,7 +243,10 @@ async fn a_blocked_address_still_serves_valid_keys_and_says_when_to_retry() {
 #[tokio::test]
 async fn a_client_that_leaves_before_its_answer_is_audited_once_and_settled() {
     let stub = StubUpstream::start().await;
-    let config = format!("[[models]]\nname = \"m\"\nendpoints = [\"{}\"]\nmax_concurrent = 1\nqueue_timeout = \"10s\"\n", stub.url());
+    let config = format!(
+        "[[models]]\nname = \"m\"\nendpoints = [\"{}\"]\nmax_concurrent = 1\nqueue_timeout = \"10s\"\n",
+        stub.url()
+    );
     let gateway = GatewayBuilder::new(BINARY)
         .config(&config)
         .config("[tiers.free]\nmax_concurrent = 5\ntokens_per_day = 1000000\n")
@@ -278,7 +284,8 @@ async fn a_client_that_leaves_before_its_answer_is_audited_once_and_settled() {
 
     // Nothing is left held: the gauge is back to zero and both concurrency slots are free.
     let metrics = send(http().get(format!("{}/metrics", gateway.admin_url())).bearer_auth(gateway.admin_token())).await;
-    let in_flight = metrics.text.lines().find(|line| line.starts_with("portcullis_in_flight_requests{listener=\"proxy\"}"));
+    let in_flight =
+        metrics.text.lines().find(|line| line.starts_with("portcullis_in_flight_requests{listener=\"proxy\"}"));
     assert_eq!(in_flight.and_then(|line| line.rsplit(' ').next()), Some("0"), "{:?}", in_flight);
     let usage = common::get(&gateway, &key, "/v1/usage").await;
     let concurrent = usage.body["limits"][0]["limits"]

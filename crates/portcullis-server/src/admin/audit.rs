@@ -36,6 +36,7 @@ const EXPORT_PAGE: usize = 1000;
 /// The query string of all three routes; each reads the parameters it knows. Everything is text
 /// here so that a bad value is a 400 naming its parameter.
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuditParams {
     /// A duration back from now (`24h`) or an RFC 3339 time; inclusive.
     since: Option<String>,
@@ -116,6 +117,11 @@ pub async fn export(
 /// `GET /admin/v1/audit/verify`: 200 whether or not every chain verifies (`ok` says which); the
 /// CLI turns a break into its exit status.
 pub async fn verify(State(state): State<AppState>, caller: AdminCaller) -> Result<Json<AuditVerifyView>, ApiError> {
+    let result = verify_chains(&state, &caller).await;
+    super::refusal::audited(&caller, "audit.verify", None, result)
+}
+
+async fn verify_chains(state: &AppState, caller: &AdminCaller) -> Result<Json<AuditVerifyView>, ApiError> {
     if caller.role == Role::TeamAdmin {
         return Err(forbidden("verification reads every team's records: it needs an admin or auditor token"));
     }
@@ -165,8 +171,12 @@ fn audit_filter(
         .until
         .as_deref()
         .map(|text| {
-            validate::parse_time(text)
-                .ok_or_else(|| ApiError::bad_request("until must be an RFC 3339 time", Some("until")))
+            validate::parse_time(text).ok_or_else(|| {
+                ApiError::bad_request(
+                    "until must be an RFC 3339 time no later than 9999-12-31T23:59:59Z",
+                    Some("until"),
+                )
+            })
         })
         .transpose()?;
     if let (Some(since), Some(until)) = (since, until)
@@ -200,7 +210,7 @@ fn audit_filter(
                 .ok_or_else(|| ApiError::bad_request("kind must be one of request, admin, security", Some("kind")))
         })
         .transpose()?;
-    let mut team = params.team.as_deref().map(validate::team_name).transpose()?;
+    let mut team = params.team.as_deref().map(|team| validate::team_name(team, "team")).transpose()?;
     let filter = AuditFilter {
         since,
         until,

@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use bytes::Bytes;
 use http::StatusCode;
 use portcullis_auth::{Scopes, SecretKind, SecretToken};
-use portcullis_store::{KeyFilter, KeyPatch, KeyRecord, NewKey, NewTeam, Rotation, StoreError};
+use portcullis_store::{KeyFilter, KeyPatch, KeyRecord, NewKey, NewTeam, Rotation, StoreError, TeamRecord};
 use portcullis_types::admin::{
     CreateKeyRequest, CreatedKey, KeyView, ListResponse, Role, RotateKeyRequest, UpdateKeyRequest,
 };
@@ -14,25 +14,33 @@ use time::OffsetDateTime;
 
 use super::auth::{AdminCaller, forbidden};
 use super::extract::{ApiJson, ApiQuery};
-use super::validate;
-use super::views::{key_view, store_error};
+use super::refusal::audited;
+use super::views::{insert_error, key_view, store_error};
+use super::{plan, validate};
 use crate::error::ApiError;
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     team: Option<String>,
     #[serde(default)]
     include_revoked: bool,
 }
 
+/// A team admin lists its own team's keys; asking for another team finds none (the same answer
+/// as for a team without keys), never its own keys under the other team's name.
 pub async fn list(
     State(state): State<AppState>,
     caller: AdminCaller,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<ListResponse<KeyView>>, ApiError> {
-    // A team admin's list is its own team's, whatever it asked for.
-    let team = if caller.role == Role::TeamAdmin { caller.team.clone() } else { query.team };
+    let asked = query.team.as_deref().map(|team| validate::team_name(team, "team")).transpose()?;
+    let team = match (caller.role, &caller.team, asked) {
+        (Role::Admin | Role::Auditor, _, asked) => asked,
+        (Role::TeamAdmin, Some(own), asked) if asked.as_ref().is_none_or(|asked| asked == own) => Some(own.clone()),
+        (Role::TeamAdmin, _, _) => return Ok(Json(ListResponse { data: Vec::new() })),
+    };
     let filter = KeyFilter { team, include_revoked: query.include_revoked };
     let records = state.stores().keys.list_keys(&filter).await.map_err(store_error("key"))?;
     let now = OffsetDateTime::now_utc();
@@ -45,28 +53,46 @@ pub async fn create(
     caller: AdminCaller,
     ApiJson(request): ApiJson<CreateKeyRequest>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    let result = create_key(&state, &caller, request).await;
+    audited(&caller, "key.create", None, result)
+}
+
+async fn create_key(
+    state: &AppState,
+    caller: &AdminCaller,
+    request: CreateKeyRequest,
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     caller.require_writer()?;
     let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or(OffsetDateTime::now_utc());
     let team = match (&caller.team, request.team) {
         (Some(own), None) => Some(own.clone()),
-        (_, team) => team.map(|team| validate::team_name(&team)).transpose()?,
+        (_, team) => team.map(|team| validate::team_name(&team, "team")).transpose()?,
     };
     if !caller.can_see_team(team.as_deref()) {
         return Err(forbidden("a team admin can create keys for its own team only"));
     }
-    let team_tier = match &team {
-        Some(team) => ensure_team(&state, &caller, team, now).await?,
+    let team_record = match &team {
+        Some(team) => Some(ensure_team(state, caller, team, now).await?),
         None => None,
     };
     let config = state.runtime().config.clone();
-    let team_default = team_tier.unwrap_or_else(|| config.limits.default_tier.clone());
+    let team_default =
+        team_record.as_ref().and_then(|team| team.tier.clone()).unwrap_or_else(|| config.limits.default_tier.clone());
     let tier = validate::tier(&config, request.tier.as_deref().unwrap_or(&team_default))?;
     // A team admin must not mint keys on a richer plan than its team has.
     if caller.role == Role::TeamAdmin && tier != team_default {
         return Err(forbidden("a team admin cannot give a key a tier other than its team's"));
     }
     if request.capture_content {
-        may_change_capture(&caller)?;
+        may_change_capture(caller)?;
+    }
+    let limits = request.limits.unwrap_or_default();
+    // Before the range check: a team admin reaching past its plan is refused (and recorded) as
+    // such, whatever else is wrong with the value.
+    if caller.role == Role::TeamAdmin
+        && let Some(why) = plan::widening(&config, &tier, team_record.as_ref(), &Default::default(), &limits)
+    {
+        return Err(forbidden(&why));
     }
     let secret = SecretToken::generate(SecretKind::ApiKey);
     let new_key = NewKey {
@@ -82,15 +108,16 @@ pub async fn create(
             None => Scopes::all().names(),
         },
         allowed_cidrs: validate::cidrs(&request.allowed_cidrs.unwrap_or_default())?,
-        limits: validate::limits(request.limits)?,
+        limits: validate::limits(Some(limits))?,
         metadata: validate::metadata(request.metadata)?,
         expires_at: validate::expiry(request.expires_in.as_deref(), request.expires_at, now)?,
         capture_content: request.capture_content,
         created_by: caller.token_id.clone(),
         created_at: now,
     };
-    let record = state.stores().keys.create_key(new_key).await.map_err(store_error("key"))?;
-    state.admin_action(&caller, "key.create", &record.id, record.team.as_deref()).await;
+    // The team was made above; it is missing here only if it vanished since.
+    let record = state.stores().keys.create_key(new_key).await.map_err(insert_error("key", "team"))?;
+    state.admin_action(caller, "key.create", &record.id, record.team.as_deref()).await;
     Ok((StatusCode::CREATED, Json(created(record, secret, now))))
 }
 
@@ -109,15 +136,36 @@ pub async fn update(
     Path(id): Path<String>,
     ApiJson(request): ApiJson<UpdateKeyRequest>,
 ) -> Result<Json<KeyView>, ApiError> {
+    let result = update_key(&state, &caller, &id, request).await;
+    audited(&caller, "key.update", Some(&id), result)
+}
+
+async fn update_key(
+    state: &AppState,
+    caller: &AdminCaller,
+    id: &str,
+    request: UpdateKeyRequest,
+) -> Result<Json<KeyView>, ApiError> {
     caller.require_writer()?;
-    let existing = visible_key(&state, &caller, &id).await?;
+    let existing = visible_key(state, caller, id).await?;
     let config = state.runtime().config.clone();
     let now = OffsetDateTime::now_utc();
-    if caller.team.is_some() && request.tier.as_ref().is_some_and(|tier| tier != &existing.tier) {
+    if caller.role == Role::TeamAdmin && request.tier.as_ref().is_some_and(|tier| tier != &existing.tier) {
         return Err(forbidden("a team admin cannot change a key's tier"));
     }
     if request.capture_content.is_some_and(|capture| capture != existing.capture_content) {
-        may_change_capture(&caller)?;
+        may_change_capture(caller)?;
+    }
+    if caller.role == Role::TeamAdmin
+        && let Some(limits) = &request.limits
+    {
+        let team = match existing.team.as_deref() {
+            Some(team) => team_of(state, team).await?,
+            None => None,
+        };
+        if let Some(why) = plan::widening(&config, &existing.tier, team.as_ref(), &existing.limits, limits) {
+            return Err(forbidden(&why));
+        }
     }
     let expires_at = if request.clear_expiry {
         if request.expires_in.is_some() || request.expires_at.is_some() {
@@ -141,9 +189,9 @@ pub async fn update(
         expires_at,
         capture_content: request.capture_content,
     };
-    let record = state.stores().keys.update_key(&id, patch).await.map_err(store_error("key"))?;
-    state.keys().invalidate_key(&id);
-    state.admin_action(&caller, "key.update", &id, record.team.as_deref()).await;
+    let record = state.stores().keys.update_key(id, patch).await.map_err(store_error("key"))?;
+    state.keys().invalidate_key(id);
+    state.admin_action(caller, "key.update", id, record.team.as_deref()).await;
     Ok(Json(key_view(record, now)))
 }
 
@@ -152,12 +200,17 @@ pub async fn revoke(
     caller: AdminCaller,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
+    let result = revoke_key(&state, &caller, &id).await;
+    audited(&caller, "key.revoke", Some(&id), result)
+}
+
+async fn revoke_key(state: &AppState, caller: &AdminCaller, id: &str) -> Result<Json<KeyView>, ApiError> {
     caller.require_writer()?;
-    visible_key(&state, &caller, &id).await?;
+    visible_key(state, caller, id).await?;
     let now = OffsetDateTime::now_utc();
-    let record = state.stores().keys.revoke_key(&id, now).await.map_err(store_error("key"))?;
-    state.keys().invalidate_key(&id);
-    state.admin_action(&caller, "key.revoke", &id, record.team.as_deref()).await;
+    let record = state.stores().keys.revoke_key(id, now).await.map_err(store_error("key"))?;
+    state.keys().invalidate_key(id);
+    state.admin_action(caller, "key.revoke", id, record.team.as_deref()).await;
     Ok(Json(key_view(record, now)))
 }
 
@@ -168,14 +221,21 @@ pub async fn rotate(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<CreatedKey>, ApiError> {
+    let result = rotate_key(&state, &caller, &id, &body).await;
+    audited(&caller, "key.rotate", Some(&id), result)
+}
+
+async fn rotate_key(
+    state: &AppState,
+    caller: &AdminCaller,
+    id: &str,
+    body: &[u8],
+) -> Result<Json<CreatedKey>, ApiError> {
     // The body is optional: `POST .../rotate` with none uses the default grace period.
-    let request: RotateKeyRequest = if body.is_empty() {
-        RotateKeyRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|error| ApiError::bad_request(error.to_string(), None))?
-    };
+    let request: RotateKeyRequest =
+        if body.is_empty() { RotateKeyRequest::default() } else { super::extract::json_body(body)? };
     caller.require_writer()?;
-    let existing = visible_key(&state, &caller, &id).await?;
+    let existing = visible_key(state, caller, id).await?;
     if existing.revoked_at.is_some() {
         return Err(ApiError::Conflict { message: "a revoked key cannot be rotated".into() });
     }
@@ -185,11 +245,11 @@ pub async fn rotate(
     let rotation = Rotation {
         new_secret: *state.hasher().hash(&secret).as_bytes(),
         new_display_prefix: secret.display_prefix(),
-        old_valid_until: validate::grace_end(now, grace),
+        old_valid_until: validate::grace_end(now, grace)?,
     };
-    let record = state.stores().keys.rotate_key(&id, rotation).await.map_err(store_error("key"))?;
-    state.keys().invalidate_key(&id);
-    state.admin_action(&caller, "key.rotate", &id, record.team.as_deref()).await;
+    let record = state.stores().keys.rotate_key(id, rotation).await.map_err(store_error("key"))?;
+    state.keys().invalidate_key(id);
+    state.admin_action(caller, "key.rotate", id, record.team.as_deref()).await;
     Ok(Json(created(record, secret, now)))
 }
 
@@ -208,32 +268,41 @@ async fn visible_key(state: &AppState, caller: &AdminCaller, id: &str) -> Result
     if caller.can_see_team(record.team.as_deref()) { Ok(record) } else { Err(ApiError::NotFound { what: "key" }) }
 }
 
-/// Makes sure a key's team exists (creating it on first use) and returns the team's tier.
+/// The key's team as stored (its tier and limits are part of a team admin's plan), or `None`
+/// when it does not exist.
+async fn team_of(state: &AppState, team: &str) -> Result<Option<TeamRecord>, ApiError> {
+    match state.stores().teams.get_team(team).await {
+        Ok(record) => Ok(Some(record)),
+        Err(StoreError::NotFound) => Ok(None),
+        Err(error) => Err(store_error("team")(error)),
+    }
+}
+
+/// Makes sure a key's team exists (creating it on first use) and returns it.
 async fn ensure_team(
     state: &AppState,
     caller: &AdminCaller,
     team: &str,
     now: OffsetDateTime,
-) -> Result<Option<String>, ApiError> {
-    match state.stores().teams.get_team(team).await {
-        Ok(record) => Ok(record.tier),
-        Err(StoreError::NotFound) => {
-            let new_team = NewTeam {
-                name: team.to_string(),
-                tier: None,
-                limits: Default::default(),
-                metadata: validate::metadata(None)?,
-                capture_content: false,
-                created_at: now,
-            };
-            match state.stores().teams.create_team(new_team).await {
-                Ok(_) | Err(StoreError::Conflict(_)) => {
-                    state.admin_action(caller, "team.create", team, Some(team)).await;
-                    Ok(None)
-                }
-                Err(error) => Err(store_error("team")(error)),
-            }
+) -> Result<TeamRecord, ApiError> {
+    if let Some(record) = team_of(state, team).await? {
+        return Ok(record);
+    }
+    let new_team = NewTeam {
+        name: team.to_string(),
+        tier: None,
+        limits: Default::default(),
+        metadata: validate::metadata(None)?,
+        capture_content: false,
+        created_at: now,
+    };
+    match state.stores().teams.create_team(new_team).await {
+        Ok(record) => {
+            state.admin_action(caller, "team.create", team, Some(team)).await;
+            Ok(record)
         }
+        // Created by a concurrent call (which recorded it): read what it made.
+        Err(StoreError::Conflict(_)) => team_of(state, team).await?.ok_or(ApiError::NotFound { what: "team" }),
         Err(error) => Err(store_error("team")(error)),
     }
 }

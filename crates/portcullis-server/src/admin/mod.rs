@@ -6,6 +6,8 @@ pub mod auth;
 mod catalog;
 mod extract;
 mod keys;
+mod plan;
+mod refusal;
 mod teams;
 mod tokens;
 mod usage;

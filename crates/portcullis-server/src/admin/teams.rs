@@ -8,15 +8,19 @@ use portcullis_types::admin::{CreateTeamRequest, ListResponse, TeamView, UpdateT
 use time::OffsetDateTime;
 
 use super::auth::AdminCaller;
-use super::extract::ApiJson;
+use super::extract::{ApiJson, ApiQuery, NoParams};
+use super::refusal::audited;
 use super::validate;
 use super::views::{store_error, team_view};
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// Every team an admin or auditor may see; a team admin's own. There is no filter: a parameter
+/// such as `?team=` is a 400, not ignored.
 pub async fn list(
     State(state): State<AppState>,
     caller: AdminCaller,
+    ApiQuery(NoParams {}): ApiQuery<NoParams>,
 ) -> Result<Json<ListResponse<TeamView>>, ApiError> {
     let teams = state.stores().teams.list_teams().await.map_err(store_error("team"))?;
     let data = teams.into_iter().filter(|team| caller.can_see_team(Some(&team.name))).map(team_view).collect();
@@ -28,10 +32,20 @@ pub async fn create(
     caller: AdminCaller,
     ApiJson(request): ApiJson<CreateTeamRequest>,
 ) -> Result<(StatusCode, Json<TeamView>), ApiError> {
+    let name = request.name.clone();
+    let result = create_team(&state, &caller, request).await;
+    audited(&caller, "team.create", Some(&name), result)
+}
+
+async fn create_team(
+    state: &AppState,
+    caller: &AdminCaller,
+    request: CreateTeamRequest,
+) -> Result<(StatusCode, Json<TeamView>), ApiError> {
     caller.require_admin()?;
     let config = state.runtime().config.clone();
     let team = NewTeam {
-        name: validate::team_name(&request.name)?,
+        name: validate::team_name(&request.name, "name")?,
         tier: request.tier.as_deref().map(|tier| validate::tier(&config, tier)).transpose()?,
         limits: validate::limits(request.limits)?,
         metadata: validate::metadata(request.metadata)?,
@@ -39,7 +53,7 @@ pub async fn create(
         created_at: OffsetDateTime::now_utc(),
     };
     let record = state.stores().teams.create_team(team).await.map_err(store_error("team"))?;
-    state.admin_action(&caller, "team.create", &record.name, Some(&record.name)).await;
+    state.admin_action(caller, "team.create", &record.name, Some(&record.name)).await;
     Ok((StatusCode::CREATED, Json(team_view(record))))
 }
 
@@ -56,12 +70,23 @@ pub async fn get(
 }
 
 /// Changing a team's tier or limits changes what its members may spend, and turning content
-/// capture on records what they send: admins only.
+/// capture on records what they send: admins only. A team admin may not change its own team at
+/// all, not even to lower its limits or edit its metadata (its plan is the admin's to set).
 pub async fn update(
     State(state): State<AppState>,
     caller: AdminCaller,
     Path(name): Path<String>,
     ApiJson(request): ApiJson<UpdateTeamRequest>,
+) -> Result<Json<TeamView>, ApiError> {
+    let result = update_team(&state, &caller, &name, request).await;
+    audited(&caller, "team.update", Some(&name), result)
+}
+
+async fn update_team(
+    state: &AppState,
+    caller: &AdminCaller,
+    name: &str,
+    request: UpdateTeamRequest,
 ) -> Result<Json<TeamView>, ApiError> {
     caller.require_admin()?;
     let config = state.runtime().config.clone();
@@ -71,8 +96,8 @@ pub async fn update(
         metadata: request.metadata.map(|metadata| validate::metadata(Some(metadata))).transpose()?,
         capture_content: request.capture_content,
     };
-    let record = state.stores().teams.update_team(&name, patch).await.map_err(store_error("team"))?;
-    state.teams().invalidate(&name).await;
-    state.admin_action(&caller, "team.update", &name, Some(&name)).await;
+    let record = state.stores().teams.update_team(name, patch).await.map_err(store_error("team"))?;
+    state.teams().invalidate(name).await;
+    state.admin_action(caller, "team.update", name, Some(name)).await;
     Ok(Json(team_view(record)))
 }

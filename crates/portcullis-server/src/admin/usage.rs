@@ -18,6 +18,7 @@ use crate::state::AppState;
 pub const DEFAULT_SINCE: &str = "7d";
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ReportQuery {
     key: Option<String>,
     team: Option<String>,
@@ -57,15 +58,16 @@ fn usage_query(caller: &AdminCaller, query: ReportQuery, now: OffsetDateTime) ->
     let since = validate::since(query.since.as_deref().unwrap_or(DEFAULT_SINCE), now)?;
     let until = match query.until.as_deref() {
         None => now,
-        Some(text) => validate::parse_time(text)
-            .ok_or_else(|| ApiError::bad_request("until must be an RFC 3339 time", Some("until")))?,
+        Some(text) => validate::parse_time(text).ok_or_else(|| {
+            ApiError::bad_request("until must be an RFC 3339 time no later than 9999-12-31T23:59:59Z", Some("until"))
+        })?,
     };
     if since >= until {
         return Err(ApiError::bad_request("since must be before until", Some("since")));
     }
     let key_id = query.key.as_deref().map(|key| validate::filter(key, "key")).transpose()?;
     let model = query.model.as_deref().map(|model| validate::filter(model, "model")).transpose()?;
-    let mut team = query.team.as_deref().map(validate::team_name).transpose()?;
+    let mut team = query.team.as_deref().map(|team| validate::team_name(team, "team")).transpose()?;
     if caller.role == Role::TeamAdmin {
         match (&caller.team, &team) {
             // Another team's usage is answered as if there were none.

@@ -59,6 +59,16 @@ pub fn token_view(record: AdminTokenRecord) -> TokenView {
     }
 }
 
+/// For an insert of a `what` that refers to a `referenced` row (a key's or token's team): the
+/// store answers NotFound when that row is missing, which is the `referenced` thing missing,
+/// not the one being created.
+pub fn insert_error(what: &'static str, referenced: &'static str) -> impl Fn(StoreError) -> ApiError {
+    move |error| match error {
+        StoreError::NotFound => ApiError::NotFound { what: referenced },
+        other => store_error(what)(other),
+    }
+}
+
 /// `what` names the thing in a 404 ("key", "team", "token").
 pub fn store_error(what: &'static str) -> impl Fn(StoreError) -> ApiError {
     move |error| match error {

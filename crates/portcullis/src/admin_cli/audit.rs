@@ -15,7 +15,7 @@ use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 
 use super::client::{AdminClient, Fetched, TOKEN_ENV};
-use super::output::{self, NONE, Render, fmt_text};
+use super::output::{self, NONE, Render, clean, fmt_text};
 
 /// The API's largest page, used when reading everything.
 const PAGE: u64 = 1000;
@@ -442,7 +442,7 @@ async fn verify(global: &crate::GlobalArgs) -> anyhow::Result<()> {
     let fetched = client.get::<AuditVerifyView>(&["audit", "verify"], &[]).await?;
     let mut out = Out::stdout();
     if global.json {
-        out.line(&serde_json::to_string_pretty(&fetched.raw)?)?;
+        out.line(&output::json_text(&serde_json::to_string_pretty(&fetched.raw)?))?;
     } else {
         if fetched.body.nodes.is_empty() {
             out.line("no audit records to verify")?;
@@ -522,11 +522,6 @@ impl Render for AuditView {
     }
 }
 
-/// Escapes control characters: records carry client-chosen text (models, paths, user agents).
-fn clean(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
-}
-
 /// Stdout for output that arrives over time: written and flushed as it comes. A closed pipe
 /// (`| head`) ends the output quietly.
 struct Out {
@@ -561,7 +556,7 @@ impl Out {
     fn record(&mut self, json: bool, view: &AuditView, raw: &Value) -> anyhow::Result<()> {
         if json {
             let line = if raw.is_null() { serde_json::to_string(view)? } else { raw.to_string() };
-            return self.line(&line);
+            return self.line(&output::json_text(&line));
         }
         let cells: [String; 9] = match view.row().try_into() {
             Ok(cells) => cells,

@@ -5,12 +5,15 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use portcullis_types::Secret;
+use portcullis_types::admin::is_hidden_char;
 use portcullis_types::openai::ErrorBody;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+use super::output::clean;
 
 /// Environment variable holding the admin bearer token.
 pub const TOKEN_ENV: &str = "PORTCULLIS_ADMIN_TOKEN";
@@ -180,12 +183,12 @@ impl AdminClient {
 fn api_error(status: StatusCode, body: &[u8]) -> anyhow::Error {
     if let Ok(ErrorBody { error }) = serde_json::from_slice::<ErrorBody>(body) {
         return match error.code {
-            Some(code) => anyhow!("{status}: {} ({code})", error.message),
-            None => anyhow!("{status}: {}", error.message),
+            Some(code) => anyhow!("{status}: {} ({})", clean(&error.message), clean(&code)),
+            None => anyhow!("{status}: {}", clean(&error.message)),
         };
     }
     let text = String::from_utf8_lossy(body);
-    let text: String = text.trim().chars().take(200).map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let text: String = text.trim().chars().take(200).map(|c| if is_hidden_char(c) { ' ' } else { c }).collect();
     if text.is_empty() { anyhow!("{status}") } else { anyhow!("{status}: {text}") }
 }
 
@@ -256,6 +259,12 @@ mod tests {
         assert_eq!(api_error(StatusCode::FORBIDDEN, body).to_string(), "403 Forbidden: denied");
         assert_eq!(api_error(StatusCode::BAD_GATEWAY, b"upstream\nboom").to_string(), "502 Bad Gateway: upstream boom");
         assert_eq!(api_error(StatusCode::UNAUTHORIZED, b"").to_string(), "401 Unauthorized");
+        let body = "{\"error\":{\"message\":\"no \\u202e key\",\"type\":\"t\",\"code\":\"x\\n\",\"param\":null}}";
+        assert_eq!(
+            api_error(StatusCode::NOT_FOUND, body.as_bytes()).to_string(),
+            "404 Not Found: no \\u{202e} key (x\\n)"
+        );
+        assert_eq!(api_error(StatusCode::BAD_GATEWAY, "a\u{202E}b".as_bytes()).to_string(), "502 Bad Gateway: a b");
     }
 
     #[test]

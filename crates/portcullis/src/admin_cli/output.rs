@@ -5,7 +5,7 @@
 
 use std::io::Write;
 
-use portcullis_types::admin::ListResponse;
+use portcullis_types::admin::{ListResponse, is_hidden_char};
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -71,7 +71,27 @@ fn emit(text: &str) -> anyhow::Result<()> {
 }
 
 fn pretty(value: &Value) -> anyhow::Result<String> {
-    Ok(serde_json::to_string_pretty(value)?)
+    Ok(json_text(&serde_json::to_string_pretty(value)?))
+}
+
+/// JSON text with every [hidden](is_hidden_char) character from U+007F up written as a
+/// `\uXXXX` escape: the same value, but nothing invisible or reordering reaches the terminal.
+/// serde_json escapes the controls below U+0020 in strings itself (those left are the text's
+/// own line breaks), and leaves the others as they are; outside strings JSON is ASCII, so only
+/// strings change.
+pub fn json_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if u32::from(c) >= 0x7F && is_hidden_char(c) {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Left-aligned columns two spaces apart, header first, no trailing spaces. Cells are measured in
@@ -115,9 +135,13 @@ pub fn fields(pairs: &[(&str, String)]) -> String {
         .join("\n")
 }
 
-/// Escapes control characters so server-supplied text cannot break a table or drive the terminal.
-fn clean(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+/// Escapes control characters, so server-supplied text cannot break a table or drive the
+/// terminal, and invisible or format characters (bidirectional overrides, zero-width
+/// characters, …), so it cannot pass for other text (`evil\u{202E}gnp.exe` would show as
+/// `evilexe.png`). The admin API refuses them in what it stores, but records quote clients
+/// (user agents, paths) and older stores may hold some.
+pub fn clean(text: &str) -> String {
+    text.chars().map(|c| if is_hidden_char(c) { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 /// RFC 3339, or `-`.
@@ -183,6 +207,24 @@ key_0002  x       -";
     fn control_characters_are_escaped() {
         let text = table(&["NAME"], &[row(&["evil\n\u{1b}[2J"])]);
         assert_eq!(text, "NAME\nevil\\n\\u{1b}[2J");
+    }
+
+    #[test]
+    fn json_output_escapes_hidden_characters_and_keeps_the_value() {
+        let value =
+            serde_json::json!({"name": "evil\u{202E}gnp.exe", "tag": "a\u{E0041}", "del": "\u{7f}", "ok": "Zoë"});
+        let text = pretty(&value).unwrap();
+        assert!(text.contains(r#""evil\u202egnp.exe""#) && text.contains(r#""a\udb40\udc41""#), "{text}");
+        assert!(text.contains(r#""\u007f""#) && text.contains("Zoë"), "{text}");
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), value);
+    }
+
+    #[test]
+    fn format_characters_are_escaped() {
+        let text = table(&["NAME"], &[row(&["evil\u{202E}gnp.exe\u{200B}"])]);
+        assert_eq!(text, "NAME\nevil\\u{202e}gnp.exe\\u{200b}");
+        assert_eq!(fields(&[("name", "a\u{2066}b\u{2028}".to_string())]), "name: a\\u{2066}b\\u{2028}");
+        assert_eq!(clean("café ☕ 東京"), "café ☕ 東京");
     }
 
     #[test]
