@@ -316,7 +316,18 @@ impl StubUpstream {
     }
 }
 
+/// Headers a real model server adds that say who and what it is: they must stay behind the gateway.
+pub const STUB_SERVER_HEADERS: [(&str, &str); 2] = [("server", "stub-model-server/1.0"), ("x-internal-node", "gpu-7")];
+
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let mut response = answer(shared, request).await;
+    for (name, value) in STUB_SERVER_HEADERS {
+        response.headers_mut().insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+async fn answer(shared: Arc<Shared>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let Ok(raw_body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
         return error_response(StatusCode::BAD_REQUEST, "invalid_request_error", None, "cannot read the request body");

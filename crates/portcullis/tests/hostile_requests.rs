@@ -9,8 +9,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{BINARY, Reply, chat, chat_body, http, send, the_record, wait_for_records};
-use portcullis_testkit::{Gateway, GatewayBuilder, StubUpstream};
+use common::{BINARY, Reply, chat, chat_body, http, send, the_record};
+use portcullis_testkit::{Gateway, GatewayBuilder, STUB_SERVER_HEADERS, StubUpstream};
 use serde_json::{Value, json};
 
 async fn post(gateway: &Gateway, key: &str, body: &Value) -> Reply {
@@ -80,7 +80,7 @@ async fn generation_past_the_reservation_is_billed_and_refuses_the_key_until_pai
     let usage = common::get(&gateway, &key, "/v1/usage").await;
     let day = usage.body["limits"][0]["limits"]
         .as_array()
-        .and_then(|limits| limits.iter().find(|limit| limit["kind"] == "tokens_per_day"))
+        .and_then(|limits| limits.iter().find(|limit| limit["limit"] == "tokens_per_day"))
         .cloned()
         .unwrap_or_else(|| panic!("no tokens_per_day for {key_id}: {}", usage.text));
     assert!(day["used"].as_u64().is_some_and(|used| used > 400), "the overrun is counted: {day}");
@@ -167,7 +167,9 @@ async fn the_model_servers_own_headers_do_not_reach_the_client() {
     let (_, key) = gateway.create_key(&[]);
     let reply = chat(&gateway, Some(&key), "m").await;
     reply.assert_ok();
-    // The stub is an axum server; whatever it adds beyond the allow-list stays behind.
+    for (name, _) in STUB_SERVER_HEADERS {
+        assert!(reply.header(name).is_none(), "the model server's {name} reached the client");
+    }
     let names: Vec<&str> = reply.headers.keys().map(|name| name.as_str()).collect();
     for name in &names {
         assert!(
@@ -244,53 +246,75 @@ async fn a_blocked_address_still_serves_valid_keys_and_says_when_to_retry() {
 async fn a_client_that_leaves_before_its_answer_is_audited_once_and_settled() {
     let stub = StubUpstream::start().await;
     let config = format!(
-        "[[models]]\nname = \"m\"\nendpoints = [\"{}\"]\nmax_concurrent = 1\nqueue_timeout = \"10s\"\n",
-        stub.url()
+        "[[models]]\nname = \"one-at-a-time\"\nendpoints = [\"{url}\"]\nmax_concurrent = 1\nqueue_timeout = \"10s\"\n\n\
+         [[models]]\nname = \"m\"\nendpoints = [\"{url}\"]\n",
+        url = stub.url()
     );
     let gateway = GatewayBuilder::new(BINARY)
         .config(&config)
         .config("[tiers.free]\nmax_concurrent = 5\ntokens_per_day = 1000000\n")
         .start()
         .await;
-    let (key_id, key) = gateway.create_key(&[]);
+    let (_, key) = gateway.create_key(&[]);
     stub.set_response_delay(Duration::from_secs(3));
-    let impatient = || {
+    let request = |model: &str, id: &str, patience: Duration| {
         reqwest::Client::builder()
             .no_proxy()
-            .timeout(Duration::from_millis(400))
+            .timeout(patience)
             .build()
             .expect("client")
             .post(format!("{}/v1/chat/completions", gateway.proxy_url()))
             .bearer_auth(&key)
-            .json(&chat_body("m"))
+            .header("x-request-id", id)
+            .json(&chat_body(model))
             .send()
     };
-    // One waits for the model server's first byte, the other in the model's queue behind it.
-    let (first, second) = tokio::join!(impatient(), async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        impatient().await
-    });
-    assert!(first.is_err() && second.is_err(), "both clients gave up");
+    // `holder` takes the only slot of its model; `queued` waits behind it and gives up; `waiting`
+    // is sent to the model server and gives up before its first byte.
+    let patient = Duration::from_secs(10);
+    let impatient = Duration::from_millis(500);
+    let (holder, queued, waiting) = tokio::join!(
+        request("one-at-a-time", "leave-holder", patient),
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            request("one-at-a-time", "leave-queued", impatient).await
+        },
+        request("m", "leave-waiting", impatient),
+    );
+    assert!(holder.is_ok_and(|response| response.status() == 200));
+    assert!(queued.is_err() && waiting.is_err(), "both impatient clients gave up");
 
-    let records = wait_for_records(&gateway, &format!("key={key_id}"), 2).await;
-    assert_eq!(records.len(), 2, "exactly one record each: {records:#?}");
-    for record in &records {
-        assert_eq!(record["status"], 499, "{record}");
-        assert_eq!(record["reason"], "client_disconnected", "{record}");
+    let queued = the_record(&gateway, "leave-queued").await;
+    let waiting = the_record(&gateway, "leave-waiting").await;
+    for record in [&queued, &waiting] {
+        assert_eq!(
+            (record["status"].as_u64(), record["reason"].as_str()),
+            (Some(499), Some("client_disconnected")),
+            "{record}"
+        );
     }
-    let sent: Vec<&Value> = records.iter().filter(|record| record["usage_estimated"] == true).collect();
-    assert_eq!(sent.len(), 1, "only the request sent upstream is billed an estimate: {records:#?}");
-    assert!(sent[0]["completion_tokens"].as_u64().is_some_and(|tokens| tokens > 0), "{records:#?}");
+    // Never sent: nothing generated, nothing billed. Sent: the prompt and the whole cap, estimated.
+    assert_eq!(
+        (queued["completion_tokens"].as_u64(), queued["usage_estimated"].as_bool()),
+        (Some(0), Some(false)),
+        "{queued}"
+    );
+    assert_eq!(
+        (waiting["completion_tokens"].as_u64(), waiting["usage_estimated"].as_bool()),
+        (Some(1024), Some(true)),
+        "{waiting}"
+    );
+    assert_eq!(stub.requests_to("/v1/chat/completions").len(), 2, "the queued request never reached the server");
 
-    // Nothing is left held: the gauge is back to zero and both concurrency slots are free.
+    // Nothing is left held: the gauge is back to zero and every concurrency slot is free.
     let metrics = send(http().get(format!("{}/metrics", gateway.admin_url())).bearer_auth(gateway.admin_token())).await;
     let in_flight =
         metrics.text.lines().find(|line| line.starts_with("portcullis_in_flight_requests{listener=\"proxy\"}"));
-    assert_eq!(in_flight.and_then(|line| line.rsplit(' ').next()), Some("0"), "{:?}", in_flight);
+    assert_eq!(in_flight.and_then(|line| line.rsplit(' ').next()), Some("0"), "{in_flight:?}");
     let usage = common::get(&gateway, &key, "/v1/usage").await;
     let concurrent = usage.body["limits"][0]["limits"]
         .as_array()
-        .and_then(|limits| limits.iter().find(|limit| limit["kind"] == "max_concurrent"))
+        .and_then(|limits| limits.iter().find(|limit| limit["limit"] == "max_concurrent"))
         .cloned()
         .unwrap_or_default();
     assert_eq!(concurrent["used"], 0, "no slot held: {}", usage.text);
