@@ -166,3 +166,39 @@ pub fn refuse_head(listener: &'static str, state: &AppState, peer: SocketAddr, e
 fn short(text: &str) -> String {
     text.chars().take(256).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::routing::get;
+
+    use super::*;
+
+    async fn state() -> AppState {
+        AppState::in_memory_for_tests(None).await.0
+    }
+
+    async fn panics() -> &'static str {
+        panic!("a bug in a handler")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_with_a_request_id_and_is_counted() {
+        let state = state().await;
+        let router = Router::new().route("/boom", get(panics));
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut request = http::Request::builder().uri("/boom").header("host", "x").body(Body::empty()).unwrap();
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let response = serve("proxy", &state, router.clone(), request).await;
+        assert_eq!(response.status(), 500);
+        assert!(response.headers().contains_key(request_id::HEADER));
+        let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("internal_error"));
+        let metrics = state.metrics().render();
+        assert!(metrics.contains("portcullis_handler_panics_total{listener=\"proxy\"} 1"), "{metrics}");
+        assert!(metrics.contains("portcullis_in_flight_requests{listener=\"proxy\"} 0"), "{metrics}");
+        // The worker that ran it is still there to serve the next request.
+        let again = http::Request::builder().uri("/boom").header("host", "x").body(Body::empty()).unwrap();
+        assert_eq!(serve("proxy", &state, router, again).await.status(), 500);
+    }
+}

@@ -178,6 +178,18 @@ impl AppState {
 
 #[cfg(test)]
 impl AppState {
+    /// A state on a fresh in-memory SQLite store with the default configuration (and
+    /// `bootstrap` as the bootstrap admin token); the store and the recorder's task come with it.
+    pub async fn in_memory_for_tests(bootstrap: Option<&str>) -> (AppState, Stores, crate::usage::RecorderTask) {
+        let backend = portcullis_store_sqlite::SqliteStore::open_in_memory().unwrap();
+        let stores = Stores::from_backend(Arc::new(backend));
+        stores.migrator.migrate().await.unwrap();
+        let config = Config::parse("", |_| None).unwrap();
+        let (recorder, task) = UsageRecorder::start(stores.usage.clone(), std::time::Duration::from_secs(3600));
+        let state = AppState::for_tests(config, stores.clone(), AdminAuth::new(bootstrap), recorder).await;
+        (state, stores, task)
+    }
+
     /// A state for in-process router tests: an in-memory limiter and an audit writer (its spill
     /// file in a fresh temporary directory) on `stores`.
     pub async fn for_tests(config: Config, stores: Stores, admin_auth: AdminAuth, recorder: UsageRecorder) -> AppState {

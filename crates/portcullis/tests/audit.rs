@@ -357,6 +357,12 @@ async fn admin_actions_are_recorded_naming_the_admin_token() {
         assert_outcome(record, 200, "allow", text(record, "reason"));
         assert_eq!(record["kind"], "admin", "{record:#}");
         assert!(record["key_id"].is_null(), "an admin action is not a key's request: {record:#}");
+        // A change is recorded with the request it came with, like a refusal.
+        assert_eq!(text(record, "client_ip"), Some("127.0.0.1"), "{record:#}");
+        assert!(text(record, "request_id").is_some_and(|id| id.starts_with("req_")), "{record:#}");
+        assert!(text(record, "path").is_some_and(|path| path.starts_with("/admin/v1/")), "{record:#}");
+        assert!(matches!(text(record, "method"), Some("POST" | "PATCH" | "DELETE")), "{record:#}");
+        assert!(text(record, "user_agent").is_some_and(|agent| agent.starts_with("portcullis")), "{record:#}");
     }
     assert_eq!(by_token.last().map(|record| text(record, "team")), Some(Some("acme")));
 

@@ -456,20 +456,15 @@ fn csv_cell(out: &mut Vec<u8>, cell: &str, text: bool) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use axum::body::Body;
     use portcullis_audit::{AuditEvent, Chain};
     use portcullis_auth::{SecretKind, SecretToken};
     use portcullis_store::{NewAdminToken, NewTeam, Stores};
-    use portcullis_store_sqlite::SqliteStore;
     use time::macros::datetime;
     use tower::ServiceExt;
 
     use super::*;
-    use crate::admin::auth::AdminAuth;
     use crate::admin::test_support::{self, admin, caller, param_of};
-    use crate::usage::UsageRecorder;
 
     const NOW: OffsetDateTime = datetime!(2025-06-10 12:30 UTC);
 
@@ -645,11 +640,7 @@ mod tests {
     const BOOTSTRAP: &str = "bootstrap-admin-token-for-audit-tests";
 
     async fn fixture() -> Fixture {
-        let stores = Stores::from_backend(Arc::new(SqliteStore::open_in_memory().unwrap()));
-        stores.migrator.migrate().await.unwrap();
-        let config = portcullis_config::Config::parse("", |_| None).unwrap();
-        let (recorder, _task) = UsageRecorder::start(stores.usage.clone(), std::time::Duration::from_secs(3600));
-        let state = AppState::for_tests(config, stores.clone(), AdminAuth::new(Some(BOOTSTRAP)), recorder).await;
+        let (state, stores, _task) = AppState::in_memory_for_tests(Some(BOOTSTRAP)).await;
         let now = OffsetDateTime::now_utc();
         let team = NewTeam {
             name: "acme".into(),

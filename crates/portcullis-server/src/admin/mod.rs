@@ -94,24 +94,13 @@ pub(crate) mod test_support {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use axum::body::Body;
-    use portcullis_config::Config;
-    use portcullis_store::Stores;
-    use portcullis_store_sqlite::SqliteStore;
     use tower::ServiceExt;
 
     use super::*;
-    use crate::admin::auth::AdminAuth;
-    use crate::usage::UsageRecorder;
 
     async fn state() -> AppState {
-        let stores = Stores::from_backend(Arc::new(SqliteStore::open_in_memory().unwrap()));
-        stores.migrator.migrate().await.unwrap();
-        let config = Config::parse("", |_| None).unwrap();
-        let (recorder, _task) = UsageRecorder::start(stores.usage.clone(), std::time::Duration::from_secs(1));
-        AppState::for_tests(config, stores, AdminAuth::default(), recorder).await
+        AppState::in_memory_for_tests(None).await.0
     }
 
     /// Every operation the OpenAPI document lists is routed, and every one of them but the

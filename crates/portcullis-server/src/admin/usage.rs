@@ -221,18 +221,11 @@ mod tests {
     async fn the_route_answers_by_role() {
         use axum::body::Body;
         use portcullis_auth::{SecretKind, SecretToken};
-        use portcullis_store::{NewAdminToken, NewTeam, Stores};
+        use portcullis_store::{NewAdminToken, NewTeam};
         use tower::ServiceExt;
 
-        use crate::admin::auth::AdminAuth;
-        use crate::usage::UsageRecorder;
-
         const BOOTSTRAP: &str = "bootstrap-admin-token-for-usage-tests";
-        let stores = Stores::from_backend(Arc::new(SqliteStore::open_in_memory().unwrap()));
-        stores.migrator.migrate().await.unwrap();
-        let config = portcullis_config::Config::parse("", |_| None).unwrap();
-        let (recorder, task) = UsageRecorder::start(stores.usage.clone(), std::time::Duration::from_secs(3600));
-        let state = AppState::for_tests(config, stores.clone(), AdminAuth::new(Some(BOOTSTRAP)), recorder).await;
+        let (state, stores, task) = AppState::in_memory_for_tests(Some(BOOTSTRAP)).await;
 
         let now = OffsetDateTime::now_utc();
         let team = NewTeam {
