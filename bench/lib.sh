@@ -294,7 +294,7 @@ limiter_settings() {
   fi
 }
 
-# write_portcullis_config UPSTREAM_ADDR DIR [EXTRA_TOML]
+# write_portcullis_config UPSTREAM_ADDR DIR [EXTRA_TOML]; BENCH_SERVER_SETTINGS adds [server] lines.
 write_portcullis_config() {
   local upstream="$1" dir="$2" extra="${3:-}"
   cat > "$dir/portcullis.toml" <<EOF
@@ -302,6 +302,7 @@ write_portcullis_config() {
 # audit log are all on, as the performance contract asks (docs/benchmarks.md).
 [server]
 listen = "127.0.0.1:0"
+${BENCH_SERVER_SETTINGS:-}
 
 [admin]
 listen = "127.0.0.1:0"
