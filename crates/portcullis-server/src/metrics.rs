@@ -50,6 +50,7 @@ pub struct Metrics {
     security_events: Family<EventLabels, Counter>,
     changes_applied: Counter,
     connections: Family<ConnectionLabels, Counter>,
+    open_connections: Family<ListenerLabels, Gauge<i64, AtomicI64>>,
     panics: Family<ListenerLabels, Counter>,
 }
 
@@ -112,6 +113,8 @@ impl Metrics {
              closed for want of a request head (head_timeout) or for idling (idle_timeout)",
             connections.clone(),
         );
+        let open_connections = Family::default();
+        registry.register("open_connections", "Client connections open now, by listener", open_connections.clone());
         let panics = Family::default();
         registry.register("handler_panics", "Requests whose handler panicked (answered 500)", panics.clone());
         registry.register_collector(Box::new(UpstreamCollector { runtime }));
@@ -126,6 +129,7 @@ impl Metrics {
             security_events,
             changes_applied,
             connections,
+            open_connections,
             panics,
         }
     }
@@ -144,6 +148,11 @@ impl Metrics {
     /// A connection was accepted, closed or shed (`event` names which and why).
     pub fn connection_event(&self, listener: &'static str, event: &'static str) {
         self.connections.get_or_create(&ConnectionLabels { listener, event }).inc();
+    }
+
+    /// The open-connection gauge of a listener, for its accept loop to keep.
+    pub fn open_connections(&self, listener: &'static str) -> Gauge<i64, AtomicI64> {
+        self.open_connections.get_or_create(&ListenerLabels { listener }).clone()
     }
 
     pub fn panicked(&self, listener: &'static str) {

@@ -90,7 +90,7 @@ pub async fn accept_until(
     listening: Listening,
     stop: CancellationToken,
 ) -> Accepted {
-    let slots = Arc::new(Slots::default());
+    let slots = Arc::new(Slots::new(site.state.metrics().open_connections(site.name)));
     let shedding = Arc::new(Semaphore::new(MAX_SHEDDING));
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dashmap::DashMap;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
 /// Why a connection was not admitted.
@@ -30,6 +31,8 @@ impl Full {
 #[derive(Debug, Default)]
 pub struct Slots {
     open: AtomicUsize,
+    /// The same count, for `/metrics`.
+    gauge: Gauge,
     per_client: DashMap<IpAddr, usize>,
     /// Woken when the last connection closes, for a draining shutdown.
     closed_all: Notify,
@@ -43,6 +46,10 @@ pub struct Slot {
 }
 
 impl Slots {
+    pub fn new(gauge: Gauge) -> Slots {
+        Slots { gauge, ..Slots::default() }
+    }
+
     /// Takes a place for a connection from `client` (counted per address only when `per_client`
     /// is `Some`), unless a cap is reached.
     pub fn take(self: &Arc<Self>, max: usize, client: IpAddr, per_client: Option<usize>) -> Result<Slot, Full> {
@@ -63,6 +70,7 @@ impl Slots {
             }
             None => None,
         };
+        self.gauge.inc();
         Ok(Slot { slots: Arc::clone(self), client: counted })
     }
 
@@ -97,6 +105,7 @@ impl Drop for Slot {
                 *count == 0
             });
         }
+        self.slots.gauge.dec();
         self.slots.release_one();
     }
 }
