@@ -49,7 +49,7 @@ async fn resetting_upstream() -> String {
             tokio::spawn(async move {
                 let mut buffer = [0u8; 4096];
                 let _ = stream.read(&mut buffer).await;
-                let _ = stream.set_linger(Some(Duration::ZERO));
+                let _ = stream.set_zero_linger();
             });
         }
     });
@@ -121,7 +121,7 @@ async fn mixed_good_and_hostile_traffic_leaves_the_books_balanced() {
                 round += 1;
                 let id = sent.id("good");
                 let mut body = chat_body("m");
-                body["stream"] = json!(round % 2 == 0);
+                body["stream"] = json!(round.is_multiple_of(2));
                 let response = http().post(&url).bearer_auth(&key).header("x-request-id", &id).json(&body).send().await;
                 let response = response.expect("the gateway answers");
                 assert_eq!(response.status(), 200, "{id}");
