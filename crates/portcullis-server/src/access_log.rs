@@ -31,7 +31,7 @@ use crate::state::AppState;
 /// between the store and its audit record); proxy requests are dropped with their client, which
 /// also stops the model server's work, and their exchange records them as abandoned.
 pub async fn serve(listener: &'static str, state: &AppState, router: Router, mut request: Request) -> Response {
-    let id = request_id::assign(&mut request);
+    let id = request_id::assign(&mut request, state.redactor());
     let mut response = if listener == "proxy" {
         record(listener, state.clone(), router, request).await
     } else {
@@ -58,7 +58,11 @@ async fn record(listener: &'static str, state: AppState, router: Router, mut req
             (Some(Ok(ip)), _) => Some(*ip),
             (_, peer) => peer.map(|peer| peer.ip()),
         },
-        user_agent: request.headers().get(header::USER_AGENT).and_then(|value| value.to_str().ok()).map(short),
+        user_agent: request
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|value| value.to_str().ok())
+            .map(|agent| state.redactor().redact(&short(agent)).into_owned()),
     };
     let exchange = Exchange::new(listener, state.clone(), meta, started);
     request.extensions_mut().insert(exchange.clone());

@@ -1,7 +1,9 @@
-//! `x-request-id` on every response: the client's own when it is sane, else a fresh one.
+//! `x-request-id` on every response: the client's own when it is sane and carries nothing that
+//! looks like a secret (it is logged and audited), else a fresh one.
 
 use axum::extract::Request;
 use http::HeaderValue;
+use portcullis_audit::Redactor;
 
 pub const HEADER: &str = "x-request-id";
 
@@ -17,10 +19,20 @@ impl RequestId {
 }
 
 /// Gives `request` its id (in its extensions) and returns it, for the response.
-pub fn assign(request: &mut Request) -> HeaderValue {
-    let id = request.headers().get(HEADER).filter(|value| is_sane(value.as_bytes())).cloned().unwrap_or_else(fresh);
+pub fn assign(request: &mut Request, redactor: &Redactor) -> HeaderValue {
+    let id = request
+        .headers()
+        .get(HEADER)
+        .filter(|value| is_sane(value.as_bytes()) && !looks_secret(value, redactor))
+        .cloned()
+        .unwrap_or_else(fresh);
     request.extensions_mut().insert(RequestId(id.clone()));
     id
+}
+
+/// Whether the redaction rules would mask part of `id` (a key, a token, a custom pattern).
+fn looks_secret(id: &HeaderValue, redactor: &Redactor) -> bool {
+    id.to_str().is_ok_and(|id| matches!(redactor.redact(id), std::borrow::Cow::Owned(_)))
 }
 
 /// Short, printable and free of anything a log or header parser could trip on.
@@ -58,5 +70,24 @@ mod tests {
         assert!(id.starts_with("req_"), "{id}");
         assert!(ulid::Ulid::from_string(&id[4..]).is_ok(), "{id}");
         assert_ne!(fresh(), fresh());
+    }
+
+    #[test]
+    fn an_id_shaped_like_a_secret_is_replaced() {
+        let redactor = Redactor::new(&["ACME-[0-9]{6}".to_string()]).unwrap();
+        let assigned = |id: &str| {
+            let mut request = Request::builder().header(HEADER, id).body(axum::body::Body::empty()).unwrap();
+            assign(&mut request, &redactor)
+        };
+        assert_eq!(assigned("trace-42:a.b"), "trace-42:a.b");
+        for secret in [
+            "pcl_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789Ab",
+            "sk-proj-abcdefghijklmnopqrstuv",
+            "AKIAABCDEFGHIJKLMNOP",
+            "ACME-123456",
+        ] {
+            let id = assigned(secret);
+            assert!(id.to_str().unwrap().starts_with("req_"), "{secret} was kept");
+        }
     }
 }
