@@ -319,3 +319,25 @@ async fn a_client_that_leaves_before_its_answer_is_audited_once_and_settled() {
         .unwrap_or_default();
     assert_eq!(concurrent["used"], 0, "no slot held: {}", usage.text);
 }
+
+#[tokio::test]
+async fn a_secret_in_a_request_id_or_user_agent_never_reaches_the_log() {
+    let (_stub, gateway) = common::start(&["m"]).await;
+    let (_, key) = gateway.create_key(&[]);
+    let reply = send(
+        http()
+            .post(format!("{}/v1/chat/completions", gateway.proxy_url()))
+            .bearer_auth(&key)
+            .header("x-request-id", key.as_str())
+            .header("user-agent", format!("my-app/1.0 (key {key})"))
+            .json(&chat_body("m")),
+    )
+    .await;
+    reply.assert_ok();
+    let id = reply.header("x-request-id").expect("an id");
+    assert!(id.starts_with("req_"), "the key-shaped id was echoed: {id}");
+    let record = the_record(&gateway, id).await;
+    let agent = record["user_agent"].as_str().unwrap_or_default();
+    assert!(agent.starts_with("my-app/1.0") && !agent.contains(&key), "{record}");
+    assert!(!gateway.log_text().contains(&key), "the key reached the gateway's log");
+}
