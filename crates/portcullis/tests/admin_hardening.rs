@@ -263,14 +263,7 @@ async fn invisible_and_format_characters_are_refused_in_display_strings() {
 /// key's tier and its team's limits) and never above what the key has now; no limit removed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_team_admin_may_only_lower_its_keys_limits() {
-    let (_stub, gateway) = start_with(TIERS).await;
-    let root = gateway.admin_token().to_string();
-    assert_status(
-        &admin(&gateway, &root, "POST", "/teams", json!({"name": "acme", "tier": "free"})).await,
-        201,
-        "team",
-    );
-    let (token_id, token) = team_admin(&gateway, "acme").await;
+    let (_stub, gateway, root, token_id, token) = acme_on_free_with_its_team_admin().await;
 
     // Raising a tier limit on create: refused, whatever the field.
     for (limits, field) in [
@@ -358,14 +351,7 @@ async fn a_team_admin_may_only_lower_its_keys_limits() {
 /// Team tier, limits, metadata and capture are admin-only; so is creating a team.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_team_admin_cannot_change_its_teams_plan() {
-    let (_stub, gateway) = start_with(TIERS).await;
-    let root = gateway.admin_token().to_string();
-    assert_status(
-        &admin(&gateway, &root, "POST", "/teams", json!({"name": "acme", "tier": "free"})).await,
-        201,
-        "team",
-    );
-    let (token_id, token) = team_admin(&gateway, "acme").await;
+    let (_stub, gateway, root, token_id, token) = acme_on_free_with_its_team_admin().await;
 
     for patch in [
         json!({"limits": {"requests_per_minute": 1_000_000}}),
@@ -440,6 +426,20 @@ async fn a_team_admin_asking_for_another_team_gets_nothing() {
         teams.body["data"].as_array().expect("data").iter().filter_map(|t| t["name"].as_str()).collect();
     assert_eq!(names, vec!["acme"]);
     admin(&gateway, &token, "GET", "/teams/globex", Value::Null).await.assert_error(404, "not_found");
+}
+
+/// A gateway with [`TIERS`], team `acme` on tier `free`, and a team_admin token for it: the
+/// stub, the gateway, the bootstrap token, and the team admin's token id and secret.
+async fn acme_on_free_with_its_team_admin() -> (StubUpstream, Gateway, String, String, String) {
+    let (stub, gateway) = start_with(TIERS).await;
+    let root = gateway.admin_token().to_string();
+    assert_status(
+        &admin(&gateway, &root, "POST", "/teams", json!({"name": "acme", "tier": "free"})).await,
+        201,
+        "team",
+    );
+    let (token_id, token) = team_admin(&gateway, "acme").await;
+    (stub, gateway, root, token_id, token)
 }
 
 /// The audit records matching `query` (read with the bootstrap token) made by `admin_token_id`,
