@@ -111,10 +111,11 @@ impl Exchange {
     /// Logs and counts the answer, and submits its audit record — or parks it, when the response
     /// carries [`AuditAtBodyEnd`]. Waits for a `sync` record to be durable.
     pub async fn answered(&self, status: u16, error: Option<&ApiError>, body_pending: bool) {
-        let info = {
+        // Taken, not cloned: once answered, nothing reads the notes again.
+        let mut info = {
             let mut progress = self.0.progress();
             progress.answered = true;
-            progress.info.clone()
+            std::mem::take(&mut progress.info)
         };
         let elapsed = self.0.started.elapsed();
         self.0.log(status, error.map(|error| error.kind_and_code().1), &info, elapsed);
@@ -122,7 +123,7 @@ impl Exchange {
             return;
         }
         let (decision, code) = decision(status, error, info.upstream.is_some());
-        let reason = info.reason.clone().or(code);
+        let reason = info.reason.take().or(code);
         let event = self.0.event(status, decision, reason, info, elapsed);
         if body_pending {
             self.0.progress().parked = Some(event);
