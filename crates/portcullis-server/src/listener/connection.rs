@@ -50,6 +50,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let activity = Arc::new(Activity::new(Instant::now()));
+    let site_state = site.state.clone();
     let refusals = Refuser { listener: site.name, site: site.clone(), peer };
     let io = ClientIo::new(stream, slot, HeadGate::new(settings.gate), Arc::clone(&activity), refusals);
     let service = {
@@ -66,7 +67,11 @@ pub async fn serve(
         })
     };
     let mut connection = pin!(settings.builder.serve_connection(TokioIo::new(io), service));
+    // The stop signal is polled once, to register this task's waker; after that the server's
+    // draining flag (set before the signal) is read instead: polling the signal again would take
+    // its lock — shared by every connection — at every wake-up.
     let mut stopped = pin!(stop.cancelled());
+    let mut stop_registered = false;
     let mut timer = pin!(tokio::time::sleep_until(Instant::now().into()));
     let timeouts = settings.timeouts;
     // Graceful close begun (server stopping, or idle); `close_by` bounds an idle one.
@@ -79,7 +84,13 @@ pub async fn serve(
             if let Poll::Ready(result) = connection.as_mut().poll(cx) {
                 return Poll::Ready(result);
             }
-            if !closing && stopped.as_mut().poll(cx).is_ready() {
+            let stopping = if stop_registered {
+                site_state.is_draining()
+            } else {
+                stop_registered = true;
+                stopped.as_mut().poll(cx).is_ready() || site_state.is_draining()
+            };
+            if !closing && stopping {
                 closing = true;
                 connection.as_mut().graceful_shutdown();
                 continue;
@@ -93,11 +104,17 @@ pub async fn serve(
                     at
                 }
             };
-            if timer.deadline() != at.into() {
+            // The timer is moved only to an earlier deadline: most requests push the idle
+            // deadline later, and a timer that fires early is simply set again below.
+            if at < timer.deadline().into_std() {
                 timer.as_mut().reset(at.into());
             }
             if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
+            }
+            if at > Instant::now() {
+                timer.as_mut().reset(at.into());
+                continue;
             }
             match (close_by, deadline) {
                 // A graceful close that did not finish in time, or no complete head in time
