@@ -344,3 +344,29 @@ async fn concurrency_is_taken_before_the_body_so_slow_bodies_cannot_exceed_it() 
     }
     common::chat(&gateway, Some(&key), "m").await.assert_ok();
 }
+
+#[tokio::test]
+async fn http2_clients_are_served_through_the_same_checks() {
+    let (_stub, gateway) = start_gateway(&[]).await;
+    let (_, key) = gateway.create_key(&[]);
+    let h2 = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().expect("an HTTP/2 client");
+    let url = format!("{}/v1/chat/completions", gateway.proxy_url());
+    for stream in [false, true] {
+        let mut body = chat_body("m");
+        body["stream"] = serde_json::json!(stream);
+        let response = h2.post(&url).bearer_auth(&key).json(&body).send().await.expect("answered");
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        assert_eq!(response.status(), 200);
+        assert!(!response.bytes().await.expect("body").is_empty());
+    }
+    let twice = h2
+        .post(&url)
+        .header("authorization", format!("Bearer {key}"))
+        .header("x-api-key", key.as_str())
+        .header("x-api-key", "pcl_other")
+        .json(&chat_body("m"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(twice.status(), 400, "two x-api-key headers are refused on HTTP/2 too");
+}
