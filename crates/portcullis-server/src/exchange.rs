@@ -60,6 +60,8 @@ pub struct Billed {
     pub completion_tokens: u64,
     pub estimated: bool,
     pub cost_pico: u64,
+    /// The model server reported more than its bounds allow; these are the bounds.
+    pub bounded: bool,
 }
 
 /// Marks a response whose audit record waits for the end of its body (its settlement takes it).

@@ -122,6 +122,8 @@ struct Behaviour {
     poisoned: Option<(String, u16)>,
     hang: bool,
     omit_usage: bool,
+    /// Reported in place of the true figures: (prompt, completion).
+    reported_usage: Option<(u64, u64)>,
     ignore_max_tokens: bool,
     models: Vec<String>,
     gate: Option<Arc<Gate>>,
@@ -137,6 +139,7 @@ impl Default for Behaviour {
             poisoned: None,
             hang: false,
             omit_usage: false,
+            reported_usage: None,
             ignore_max_tokens: false,
             models: DEFAULT_MODELS.iter().map(|model| (*model).to_string()).collect(),
             gate: None,
@@ -288,6 +291,12 @@ impl StubUpstream {
     /// Leaves `usage` out of replies (and sends no usage chunk even when asked for one).
     pub fn set_omit_usage(&self, omit: bool) {
         lock(&self.shared.behaviour).omit_usage = omit;
+    }
+
+    /// Reports these (prompt, completion) figures in `usage` whatever was generated, like a
+    /// model server with a broken counter; `None` reports the truth again.
+    pub fn set_reported_usage(&self, usage: Option<(u64, u64)>) {
+        lock(&self.shared.behaviour).reported_usage = usage;
     }
 
     /// Generates the full number of chunks whatever cap (`n_predict`, `max_completion_tokens`,
@@ -466,10 +475,11 @@ fn generate(shared: &Arc<Shared>, endpoint: Endpoint, body: &Value) -> Response 
     let model = model_of(body);
     let streamed = body.get("stream").and_then(Value::as_bool) == Some(true);
     let include_usage = body.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
-    let (chunks, gap, omit_usage, ignore_max_tokens, gate) = {
+    let (chunks, gap, omit_usage, ignore_max_tokens, gate, reported_usage) = {
         let mut behaviour = lock(&shared.behaviour);
         let gate = if streamed { behaviour.gate.take() } else { None };
-        (behaviour.stream_chunks, behaviour.chunk_gap, behaviour.omit_usage, behaviour.ignore_max_tokens, gate)
+        let b = &*behaviour;
+        (b.stream_chunks, b.chunk_gap, b.omit_usage, b.ignore_max_tokens, gate, b.reported_usage)
     };
     // llama.cpp's order: `n_predict` wins over the OpenAI fields.
     let cap = body
@@ -485,7 +495,12 @@ fn generate(shared: &Arc<Shared>, endpoint: Endpoint, body: &Value) -> Response 
         _ => body.get("prompt"),
     };
     let prompt_tokens = prompt.map_or(0, word_count).max(1);
-    let usage = usage_json(prompt_tokens, count);
+    let usage = match reported_usage {
+        Some((prompt, completion)) => {
+            json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt.saturating_add(completion)})
+        }
+        None => usage_json(prompt_tokens, count),
+    };
     let pieces = reply_pieces(&model, count);
     let number = shared.next_id.fetch_add(1, Ordering::SeqCst);
     let created = unix_now();

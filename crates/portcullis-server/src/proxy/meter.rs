@@ -44,6 +44,8 @@ pub struct Outcome {
     pub reported: Option<Usage>,
     /// Chunks of generated text relayed (streams only).
     pub relayed_content: u64,
+    /// Bytes of the body handed on to the client.
+    pub relayed_bytes: u64,
     /// The generated text, when the body was metered with `capture`.
     pub completion: Option<CapturedText>,
 }
@@ -74,13 +76,14 @@ pin_project! {
         on_finish: Option<OnFinish>,
         ack: Option<Pin<Box<Submitted>>>,
         ended: bool,
+        relayed: u64,
     }
 
     impl<B> PinnedDrop for Metered<B> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if this.on_finish.is_some() {
-                drop(finish(this.on_finish, this.mode, Ending::ClientGone));
+                drop(finish(this.on_finish, this.mode, *this.relayed, Ending::ClientGone));
             }
         }
     }
@@ -99,7 +102,7 @@ impl<B> Metered<B> {
     }
 
     fn new(inner: B, mode: Mode, on_finish: OnFinish) -> Self {
-        Metered { inner, mode, queue: VecDeque::new(), on_finish: Some(on_finish), ack: None, ended: false }
+        Metered { inner, mode, queue: VecDeque::new(), on_finish: Some(on_finish), ack: None, ended: false, relayed: 0 }
     }
 }
 
@@ -122,6 +125,7 @@ where
                 *this.ack = None;
             }
             if let Some(bytes) = this.queue.pop_front() {
+                *this.relayed += bytes.len() as u64;
                 return Poll::Ready(Some(Ok(Frame::data(bytes))));
             }
             if *this.ended {
@@ -131,12 +135,13 @@ where
                 Some(Ok(frame)) => frame,
                 Some(Err(error)) => {
                     *this.ended = true;
-                    drop(finish(this.on_finish, this.mode, Ending::UpstreamFailed));
+                    drop(finish(this.on_finish, this.mode, *this.relayed, Ending::UpstreamFailed));
                     return Poll::Ready(Some(Err(error)));
                 }
                 None => {
                     *this.ended = true;
-                    *this.ack = finish(this.on_finish, this.mode, Ending::Complete).map(Box::pin);
+                    *this.ack = finish(this.on_finish, this.mode, *this.relayed + queued(this.queue), Ending::Complete)
+                        .map(Box::pin);
                     continue;
                 }
             };
@@ -154,16 +159,21 @@ where
                     // there, so that is where the response is complete.
                     if this.inner.is_end_stream() {
                         *this.ended = true;
-                        *this.ack = finish(this.on_finish, this.mode, Ending::Complete).map(Box::pin);
                         this.queue.push_back(data);
+                        *this.ack =
+                            finish(this.on_finish, this.mode, *this.relayed + queued(this.queue), Ending::Complete)
+                                .map(Box::pin);
                         continue;
                     }
+                    *this.relayed += data.len() as u64;
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Mode::Stream { scanner, cap } => {
                     if scanner.push(data, this.queue, *cap) {
                         *this.ended = true;
-                        *this.ack = finish(this.on_finish, this.mode, Ending::CutOff).map(Box::pin);
+                        *this.ack =
+                            finish(this.on_finish, this.mode, *this.relayed + queued(this.queue), Ending::CutOff)
+                                .map(Box::pin);
                     }
                 }
             }
@@ -183,22 +193,28 @@ where
     }
 }
 
-fn finish(on_finish: &mut Option<OnFinish>, mode: &mut Mode, ending: Ending) -> Option<Submitted> {
+fn finish(on_finish: &mut Option<OnFinish>, mode: &mut Mode, relayed_bytes: u64, ending: Ending) -> Option<Submitted> {
     let on_finish = on_finish.take()?;
     let outcome = match mode {
         Mode::Json { parts, capture, .. } => {
             let body = joined(parts);
             let completion = capture.then(|| capture::completion_text(&body));
-            Outcome { ending, reported: json_usage(&body), relayed_content: 0, completion }
+            Outcome { ending, reported: json_usage(&body), relayed_content: 0, relayed_bytes, completion }
         }
         Mode::Stream { scanner, .. } => Outcome {
             ending,
             reported: scanner.tally.usage,
             relayed_content: scanner.tally.content_events,
+            relayed_bytes,
             completion: scanner.text.take(),
         },
     };
     on_finish(outcome)
+}
+
+/// Bytes waiting to go out: at the end of a body they are relayed too.
+fn queued(queue: &VecDeque<Bytes>) -> u64 {
+    queue.iter().map(|bytes| bytes.len() as u64).sum()
 }
 
 /// The kept body in one piece; copied only when it came in several frames.

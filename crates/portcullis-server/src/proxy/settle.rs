@@ -22,6 +22,9 @@ use crate::usage::UsageRecorder;
 /// English text, a fair estimate where the reservation used the strict one-byte bound.
 const BYTES_PER_ESTIMATED_TOKEN: u64 = 4;
 
+/// Tokens a reported completion may exceed its bound by (special tokens that print nothing).
+const COMPLETION_SLACK: u64 = 16;
+
 /// What an admitted request settles with, and with whom.
 pub struct Terms {
     pub limiter: Arc<dyn Limiter>,
@@ -76,7 +79,10 @@ impl Settlement {
     /// error): nothing was generated.
     pub fn nothing_used(mut self) {
         if let Some(terms) = self.terms.take() {
-            terms.settle(Billed { prompt_tokens: 0, completion_tokens: 0, estimated: false, cost_pico: 0 }, false);
+            terms.settle(
+                Billed { prompt_tokens: 0, completion_tokens: 0, estimated: false, cost_pico: 0, bounded: false },
+                false,
+            );
         }
     }
 
@@ -88,6 +94,12 @@ impl Settlement {
         let billed = terms.billed(&outcome);
         let submitted = terms.exchange.take_parked().map(|mut event| {
             billed.fill(&mut event);
+            let evidence = outcome.reported.filter(|_| billed.bounded).map(|usage| {
+                format!(
+                    "usage_bounded: reported {} prompt, {} completion tokens",
+                    usage.prompt_tokens, usage.completion_tokens
+                )
+            });
             event.model = Some(terms.model.clone());
             event.content = terms.capture.as_ref().map(|capture| capture.content(outcome.completion.as_ref()));
             let (decision, reason) = match outcome.ending {
@@ -97,7 +109,10 @@ impl Settlement {
                 Ending::UpstreamFailed => (AuditDecision::Error, Some("upstream_failed_mid_body")),
             };
             event.decision = decision;
-            event.reason = reason.map(str::to_string);
+            event.reason = match (reason, evidence) {
+                (Some(reason), Some(evidence)) => Some(format!("{reason}; {evidence}")),
+                (reason, evidence) => reason.map(str::to_string).or(evidence),
+            };
             terms.exchange.submit_detached(event)
         });
         terms.settle(billed, true);
@@ -115,9 +130,9 @@ impl Drop for Settlement {
             let prompt_tokens = terms.prompt_bound.div_ceil(BYTES_PER_ESTIMATED_TOKEN);
             let completion_tokens = if terms.streamed { 0 } else { terms.completion_bound };
             let cost_pico = terms.price.cost(prompt_tokens, completion_tokens).0;
-            Billed { prompt_tokens, completion_tokens, estimated: true, cost_pico }
+            Billed { prompt_tokens, completion_tokens, estimated: true, cost_pico, bounded: false }
         } else {
-            Billed { prompt_tokens: 0, completion_tokens: 0, estimated: false, cost_pico: 0 }
+            Billed { prompt_tokens: 0, completion_tokens: 0, estimated: false, cost_pico: 0, bounded: false }
         };
         terms.exchange.note_billed(billed);
         terms.settle(billed, true);
@@ -125,9 +140,19 @@ impl Drop for Settlement {
 }
 
 impl Terms {
+    /// What the request is billed. A model server's `usage` is believed within bounds: a prompt
+    /// no larger than the request's own bound, a completion no larger than the bytes relayed to
+    /// the client or the reservation's cap, whichever is more (a server that ignores the cap
+    /// still had to send what it generated), plus [`COMPLETION_SLACK`]. A figure past its bound
+    /// is billed at the bound, marked estimated, and kept in the audit record as evidence.
     fn billed(&self, outcome: &Outcome) -> Billed {
-        let (prompt_tokens, completion_tokens, estimated) = match outcome.reported {
-            Some(usage) => (usage.prompt_tokens, usage.completion_tokens, false),
+        let (prompt_tokens, completion_tokens, estimated, bounded) = match outcome.reported {
+            Some(usage) => {
+                let (prompt, completion) =
+                    believable(usage, self.prompt_bound, self.completion_bound, outcome.relayed_bytes);
+                let bounded = (prompt, completion) != (usage.prompt_tokens, usage.completion_tokens);
+                (prompt, completion, bounded, bounded)
+            }
             None => {
                 let prompt_tokens = self.prompt_bound.div_ceil(BYTES_PER_ESTIMATED_TOKEN);
                 // A stream's generated chunks were counted as they passed; a JSON body without
@@ -140,11 +165,11 @@ impl Terms {
                 } else {
                     0
                 };
-                (prompt_tokens, completion_tokens, true)
+                (prompt_tokens, completion_tokens, true, false)
             }
         };
         let cost_pico = self.price.cost(prompt_tokens, completion_tokens).0;
-        Billed { prompt_tokens, completion_tokens, estimated, cost_pico }
+        Billed { prompt_tokens, completion_tokens, estimated, cost_pico, bounded }
     }
 
     fn settle(self, billed: Billed, record: bool) {
@@ -183,6 +208,43 @@ impl Terms {
     }
 }
 
+/// The part of a reported usage within its bounds (see [`Terms::billed`]).
+fn believable(
+    reported: portcullis_types::openai::Usage,
+    prompt_bound: u64,
+    completion_bound: u64,
+    relayed_bytes: u64,
+) -> (u64, u64) {
+    let completion_bound = relayed_bytes.max(completion_bound).saturating_add(COMPLETION_SLACK);
+    (reported.prompt_tokens.min(prompt_bound), reported.completion_tokens.min(completion_bound))
+}
+
 pub fn unix_millis(at: OffsetDateTime) -> u64 {
     u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use portcullis_types::openai::Usage;
+
+    use super::*;
+
+    fn usage(prompt_tokens: u64, completion_tokens: u64) -> Usage {
+        Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens.saturating_add(completion_tokens) }
+    }
+
+    #[test]
+    fn a_plausible_usage_is_billed_as_reported() {
+        assert_eq!(believable(usage(30, 100), 200, 128, 900), (30, 100));
+        // A server that ignored the cap of 5 and generated 500 tokens sent them: billed in full.
+        assert_eq!(believable(usage(30, 500), 200, 5, 2600), (30, 500));
+    }
+
+    #[test]
+    fn absurd_figures_are_billed_at_their_bounds() {
+        assert_eq!(believable(usage(u64::MAX, u64::MAX), 200, 128, 900), (200, 900 + COMPLETION_SLACK));
+        assert_eq!(believable(usage(9_200_000_000_000_000_000, 3), 200, 128, 10), (200, 3));
+        // Nothing relayed (the answer was short): the reservation's cap is the bound.
+        assert_eq!(believable(usage(1, 10_000), 200, 128, 0), (1, 128 + COMPLETION_SLACK));
+    }
 }
