@@ -51,6 +51,10 @@ pub enum ApiError {
     MethodNotAllowed,
     UpstreamUnavailable,
     UpstreamTimeout,
+    /// The model server answered with an error whose body is not relayed (see `proxy::refusal`).
+    UpstreamStatus {
+        status: u16,
+    },
     Overloaded {
         retry_after_secs: u64,
     },
@@ -137,6 +141,12 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            // Its refusal of our credential is not the client's to hear as its own.
+            ApiError::UpstreamStatus { status: 401 | 403 } => StatusCode::BAD_GATEWAY,
+            ApiError::UpstreamStatus { status } => StatusCode::from_u16(*status)
+                .ok()
+                .filter(|status| status.is_client_error() || status.is_server_error())
+                .unwrap_or(StatusCode::BAD_GATEWAY),
             ApiError::Overloaded { .. } | ApiError::StoreUnavailable { .. } | ApiError::LimiterUnavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -172,6 +182,7 @@ impl ApiError {
             ApiError::Conflict { .. } => ("invalid_request_error", "conflict"),
             ApiError::UpstreamUnavailable => ("upstream_error", "upstream_unavailable"),
             ApiError::UpstreamTimeout => ("upstream_error", "upstream_timeout"),
+            ApiError::UpstreamStatus { .. } => ("upstream_error", "upstream_error"),
             ApiError::Overloaded { .. } => ("upstream_error", "overloaded"),
             ApiError::Internal => ("server_error", "internal_error"),
             ApiError::StoreUnavailable { .. } => ("server_error", "store_unavailable"),
@@ -212,6 +223,10 @@ impl ApiError {
             ApiError::Conflict { message } => message.clone(),
             ApiError::UpstreamUnavailable => "The model server is unavailable.".into(),
             ApiError::UpstreamTimeout => "The model server did not answer in time.".into(),
+            ApiError::UpstreamStatus { status: 401 | 403 } => {
+                "The model server refused the gateway's credentials; the operator has been told.".into()
+            }
+            ApiError::UpstreamStatus { status } => format!("The model server answered with an error ({status})."),
             ApiError::Overloaded { .. } => "The model server is at capacity; retry shortly.".into(),
             ApiError::Internal => "Internal error.".into(),
             ApiError::StoreUnavailable { .. } => "The key store is unreachable; retry shortly.".into(),

@@ -118,6 +118,8 @@ struct Behaviour {
     chunk_gap: Duration,
     response_delay: Duration,
     fail_status: Option<u16>,
+    /// Fails with a non-OpenAI body and headers carrying secrets, like a badly configured server.
+    leaky_failure: Option<u16>,
     /// Fails only requests whose raw body contains the marker.
     poisoned: Option<(String, u16)>,
     hang: bool,
@@ -136,6 +138,7 @@ impl Default for Behaviour {
             chunk_gap: Duration::ZERO,
             response_delay: Duration::ZERO,
             fail_status: None,
+            leaky_failure: None,
             poisoned: None,
             hang: false,
             omit_usage: false,
@@ -277,6 +280,13 @@ impl StubUpstream {
         lock(&self.shared.behaviour).fail_status = Some(status);
     }
 
+    /// Answers every inference request (not health checks) with `status`, a plain-text body
+    /// and headers that leak what a model server should never show: an environment dump with an
+    /// API key and a database URL, a session cookie, an authentication challenge, internal hosts.
+    pub fn fail_leaking(&self, status: u16) {
+        lock(&self.shared.behaviour).leaky_failure = Some(status);
+    }
+
     /// Answers `status` (with an OpenAI-shaped error) to every request whose body contains
     /// `marker`, and normally to the rest: a server choking on one client's input only.
     pub fn fail_when_body_contains(&self, marker: &str, status: u16) {
@@ -365,6 +375,9 @@ async fn answer(shared: Arc<Shared>, request: Request) -> Response {
     }
     if let Some(status) = behaviour.fail_status {
         return scripted_failure(status);
+    }
+    if let Some(status) = behaviour.leaky_failure.filter(|_| parts.method == Method::POST) {
+        return leaky_failure(status);
     }
     if let Some((marker, status)) = &behaviour.poisoned
         && contains(&recorded.raw_body, marker.as_bytes())
@@ -680,6 +693,25 @@ fn scripted_failure(status: u16) -> Response {
     if matches!(status.as_u16(), 429 | 503) {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
+    response
+}
+
+/// Secrets a leaky failure shows; a gateway must keep every one of them from its clients.
+pub const LEAKED_SECRETS: [&str; 4] =
+    ["sk-leaked0123456789abcdefghij", "postgres://admin:hunter2@db.internal", "session=s3cr3t", "gpu-node-7.internal"];
+
+fn leaky_failure(status: u16) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = format!(
+        "<html><body><h1>Internal Server Error</h1><pre>OPENAI_API_KEY={}\nDATABASE_URL={}\nhost={}</pre></body></html>",
+        LEAKED_SECRETS[0], LEAKED_SECRETS[1], LEAKED_SECRETS[3]
+    );
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+    headers.insert(header::SET_COOKIE, HeaderValue::from_static("session=s3cr3t; Path=/"));
+    headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"gpu-node-7.internal\""));
+    headers.insert("x-upstream-host", HeaderValue::from_static("gpu-node-7.internal"));
     response
 }
 

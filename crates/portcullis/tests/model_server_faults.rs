@@ -6,7 +6,7 @@
 mod common;
 
 use common::{BINARY, chat_body, http, send, the_record};
-use portcullis_testkit::{GatewayBuilder, StubUpstream};
+use portcullis_testkit::{GatewayBuilder, LEAKED_SECRETS, StubUpstream};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,4 +53,43 @@ async fn an_absurd_usage_figure_is_billed_within_its_bounds_and_the_gateway_stil
     .await;
     assert_eq!(report.status, 200, "{}", report.text);
     assert!(report.text.contains(&key_id), "{}", report.text);
+}
+
+/// What a client sees of a model server's errors: the truth about whose fault it is, in the
+/// API's shape, and nothing of the server's secrets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_server_errors_reach_the_client_as_openai_errors_without_its_secrets() {
+    let (stub, gateway) = common::start(&["m"]).await;
+    let (_, key) = gateway.create_key(&[]);
+    // Its own credential refused: the client's key is fine, so no authentication error.
+    for status in [401, 403] {
+        stub.fail_leaking(status);
+        let reply = common::chat(&gateway, Some(&key), "m").await;
+        reply.assert_error(502, "upstream_error");
+        assert_eq!(reply.body["error"]["type"], "upstream_error");
+        let record = the_record(&gateway, reply.header("x-request-id").expect("id")).await;
+        assert_eq!(record["reason"], format!("upstream_status_{status}"), "{record}");
+        assert_eq!(record["decision"], "error", "{record}");
+    }
+    // A failure: its status class stays, its body and headers do not.
+    for status in [500, 503, 418] {
+        stub.fail_leaking(status);
+        let reply = common::chat(&gateway, Some(&key), "m").await;
+        reply.assert_error(status, "upstream_error");
+        for secret in LEAKED_SECRETS {
+            assert!(!reply.text.contains(secret), "{secret} reached the client: {}", reply.text);
+            for (name, value) in &reply.headers {
+                assert!(!value.to_str().unwrap_or_default().contains(secret), "{secret} in {name}");
+            }
+        }
+        for name in ["set-cookie", "www-authenticate", "x-upstream-host"] {
+            assert!(reply.header(name).is_none(), "{name} reached the client");
+        }
+    }
+    // A 4xx in the API's own shape is the model server's word on the request: it passes.
+    stub.reset();
+    stub.fail_with(400);
+    let reply = common::chat(&gateway, Some(&key), "m").await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert_eq!(reply.body["error"]["code"], "stub_failure", "{}", reply.text);
 }

@@ -11,9 +11,9 @@ use portcullis_upstream::{ForwardRequest, UpstreamError, UpstreamResponse};
 use super::admit::{self, price_of};
 use super::authorize::may_use_model;
 use super::body::{self, Operation, ParsedRequest};
-use super::caller;
 use super::meter::{Metered, OnFinish};
 use super::settle::Settlement;
+use super::{caller, refusal};
 use crate::error::ApiError;
 use crate::exchange::{AuditAtBodyEnd, Exchange};
 use crate::limits;
@@ -84,7 +84,14 @@ async fn serve(
                 info.upstream = Some(upstream.endpoint.clone());
                 info.model = Some(upstream.model.clone());
             });
-            relay(upstream, &parsed, admitted.plan.completion_cap, admitted.settlement, config)
+            if upstream.status.is_success() {
+                relay(upstream, &parsed, admitted.plan.completion_cap, admitted.settlement, config)
+            } else {
+                // The model server refused (4xx) or failed (5xx): nothing was generated.
+                admitted.settlement.nothing_used();
+                let UpstreamResponse { status, headers, body, .. } = upstream;
+                refusal::answer(status, relayed_headers(&headers), body, &exchange).await
+            }
         }
         Err(error) => {
             admitted.settlement.nothing_used();
@@ -95,8 +102,8 @@ async fn serve(
     Ok(response)
 }
 
-/// The upstream's answer on its way to the client, metered so that the request settles with
-/// its real usage when the body ends, whichever way it ends.
+/// The upstream's successful answer on its way to the client, metered so that the request
+/// settles with its real usage when the body ends, whichever way it ends.
 fn relay(
     upstream: UpstreamResponse,
     request: &ParsedRequest,
@@ -106,14 +113,6 @@ fn relay(
 ) -> Response {
     let UpstreamResponse { status, headers, body, model, .. } = upstream;
     let mut headers = relayed_headers(&headers);
-    if !status.is_success() {
-        // The model server refused (4xx) or failed (5xx): nothing was generated.
-        settlement.nothing_used();
-        let mut response = Response::new(Body::new(body));
-        *response.status_mut() = status;
-        *response.headers_mut() = headers;
-        return response;
-    }
     let is_event_stream = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())

@@ -9,6 +9,7 @@ mod demand;
 mod inference;
 mod meter;
 mod models;
+mod refusal;
 mod settle;
 mod shape;
 mod usage;
