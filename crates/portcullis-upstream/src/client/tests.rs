@@ -250,6 +250,45 @@ async fn bytes_beyond_the_declared_body_retire_the_connection() {
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
 
+/// Answers one request with `response`, written in pieces of `piece` bytes (each flushed and
+/// given time to be read on its own), then keeps the connection open until the client leaves.
+async fn answer_in_pieces(mut stream: TcpStream, response: Vec<u8>, piece: usize) {
+    read_request(&mut stream).await;
+    for part in response.chunks(piece) {
+        if stream.write_all(part).await.is_err() {
+            return;
+        }
+        stream.flush().await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    let _ = stream.read_to_end(&mut Vec::new()).await;
+}
+
+/// The 64 KiB limit on a response head holds however its bytes arrive: in one write, in many
+/// small ones, and exactly at the boundary (a head of the limit passes, one byte more does not).
+#[tokio::test]
+async fn the_response_head_limit_holds_however_the_bytes_arrive() {
+    use super::head::MAX_HEAD_BYTES;
+    use super::head::tests::head_of_length;
+    for piece in [usize::MAX, 4096, 100] {
+        for (length, accepted) in [(MAX_HEAD_BYTES, true), (MAX_HEAD_BYTES + 1, false), (3 * MAX_HEAD_BYTES, false)] {
+            let response = format!("{}ok", head_of_length(length)).into_bytes();
+            let (address, _) = server(move |_, stream| answer_in_pieces(stream, response.clone(), piece)).await;
+            let result = post(&client(), &origin(address, "http")).await;
+            match result {
+                Ok((status, body)) => {
+                    assert!(accepted, "a head of {length} bytes in pieces of {piece} was accepted");
+                    assert_eq!((status, body), (StatusCode::OK, Bytes::from("ok")));
+                }
+                Err(error) => {
+                    assert!(!accepted, "a head of {length} bytes in pieces of {piece} was refused: {error}");
+                    assert!(error.to_string().contains("larger than"), "{error}");
+                }
+            }
+        }
+    }
+}
+
 fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(LEAF_KEY.to_vec()));
