@@ -340,3 +340,15 @@ async fn a_certificate_outside_the_trusted_roots_is_refused() {
     assert!(matches!(error, ClientError::Tls(_)), "{error}");
     assert!(error.to_string().contains("certificate"), "{error}");
 }
+
+/// The URL parser takes host names that are no valid TLS server name (`}`, `=`, `;` …); such an
+/// `https` endpoint was spoken to in plain HTTP, its credential in the clear. It must fail as a
+/// TLS error instead, before anything is sent.
+#[tokio::test]
+async fn an_https_host_that_is_no_tls_server_name_is_never_spoken_to_in_plain_http() {
+    for url in ["https://models}.example:8443/v1", "https://a=b.example/", "https://x;y/"] {
+        let origin = Arc::new(Origin::new(&Url::parse(url).unwrap()));
+        let error = post(&client(), &origin).await.unwrap_err();
+        assert!(matches!(error, ClientError::Tls(_)), "{url}: {error}");
+    }
+}
