@@ -7,6 +7,8 @@ mod audit;
 mod bearer;
 mod changes;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod health;
 mod key_cache;
 mod limiter;

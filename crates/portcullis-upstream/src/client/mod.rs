@@ -22,6 +22,8 @@ mod body;
 mod chunked;
 mod connection;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
 mod head;
 mod idle;
 mod origin;
