@@ -146,3 +146,86 @@ fn several_kinds_in_one_text_are_all_redacted() {
         "From [REDACTED:email] ([REDACTED:phone]), card [REDACTED:card], key [REDACTED:aws_key].",
     );
 }
+
+/// A secret glued to word characters of any script (`_`, accented letters, CJK, Cyrillic) is
+/// still a secret: only its own alphabet bounds it.
+#[test]
+fn secrets_adjacent_to_word_characters_of_any_script_are_redacted() {
+    let pcl = format!("pcl_{}", "aB3".repeat(12) + "xY");
+    let pct = format!("pct_{}", "Zz9".repeat(12) + "Q1");
+    let secrets = [
+        (pcl.as_str(), "[REDACTED:api_key]"),
+        (pct.as_str(), "[REDACTED:api_key]"),
+        ("sk-proj-abcDEF123_456-ghiJKL789", "[REDACTED:api_key]"),
+        ("AKIAIOSFODNN7EXAMPLE", "[REDACTED:aws_key]"),
+        ("4111111111111111", "[REDACTED:card]"),
+        ("bob@example.com", "[REDACTED:email]"),
+    ];
+    let sides = [
+        ("", "_"),
+        ("", "_suffix"),
+        ("", "é"),
+        ("", "的"),
+        ("", "ключ"),
+        ("_", ""),
+        ("键", ""),
+        ("é", ""),
+        ("ключ", ""),
+        ("密钥", "。"),
+        ("x_", "_y"),
+    ];
+    for (secret, mark) in secrets {
+        for (before, after) in sides {
+            if mark == "[REDACTED:email]" && before.ends_with('_') {
+                continue; // `_bob@example.com` is an address of its own
+            }
+            let text = format!("{before}{secret}{after}");
+            let redacted = redact(&text);
+            assert!(!redacted.contains(secret), "{text:?} became {redacted:?}");
+            assert!(redacted.starts_with(before) && redacted.contains(mark), "{text:?} became {redacted:?}");
+        }
+    }
+    assert_redacts("卡号4111111111111111。", "卡号[REDACTED:card]。");
+    assert_redacts(&format!("密钥{pcl}_old"), "密钥[REDACTED:api_key]_old");
+    assert_redacts("ключ AKIAIOSFODNN7EXAMPLEé", "ключ [REDACTED:aws_key]é");
+}
+
+#[test]
+fn bearer_and_basic_credentials_of_any_plausible_length_are_redacted() {
+    assert_redacts("Authorization: Bearer abc123", "Authorization: Bearer [REDACTED:bearer]");
+    assert_redacts("-H 'Authorization: Bearer secret'", "-H 'Authorization: Bearer [REDACTED:bearer]'");
+    assert_redacts("authorization=\"bearer t\"", "authorization=\"Bearer [REDACTED:bearer]\"");
+    assert_redacts("use bearer tok_42 here", "use Bearer [REDACTED:bearer] here");
+    assert_redacts("Bearer x-1", "Bearer [REDACTED:bearer]");
+    assert_redacts("_Bearer abc.def", "_Bearer [REDACTED:bearer]");
+    assert_redacts("Authorization: Basic dXNlcjpwYXNz", "Authorization: Basic [REDACTED:basic]");
+    assert_redacts("-H \"Authorization: basic YTpi\"", "-H \"Authorization: Basic [REDACTED:basic]\"");
+    assert_redacts("send basic dXNlcjpwYXNzd29yZA== now", "send Basic [REDACTED:basic] now");
+}
+
+#[test]
+fn prose_around_bearer_basic_and_key_prefixes_stays() {
+    assert_keeps("The Bearer of this letter; the bearer bond market; Bearer tokens are short-lived");
+    assert_keeps("a basic idea, Basic Income, basic training, basic auth is weak, BASIC programs");
+    assert_keeps("risk-assessment-and-mitigation-plans and task-management-for-teams-of-ten");
+    assert_keeps("Authorization is required; see authorization: roles");
+    assert_keeps("the pcl_ and pct_ prefixes, AKIA ids, sk- keys");
+}
+
+#[test]
+fn credentials_in_short_client_text_are_found_without_running_every_rule() {
+    let redactor = Redactor::new(&[]).expect("built-in rules compile");
+    let key = format!("pcl_{}", "a1B2c3D4e5".repeat(4).get(..38).expect("38 characters"));
+    for text in [
+        format!("my-app/1.0 ({key})"),
+        "curl/8.0 AKIAABCDEFGHIJKLMNOP".to_string(),
+        "tool/2 sk-abcdefghijklmnopqrstuvwx".to_string(),
+        "Authorization: Bearer abc".to_string(),
+    ] {
+        assert_ne!(redactor.redact_credentials(&text), text, "{text}");
+        assert_eq!(redactor.redact_credentials(&text), redactor.redact(&text), "{text}");
+    }
+    for plain in ["oha/1.4.5", "OpenAI/Python 1.54.0", "Mozilla/5.0 (X11; Linux x86_64)", "req-42"] {
+        assert!(matches!(redactor.redact_credentials(plain), std::borrow::Cow::Borrowed(_)), "{plain}");
+    }
+}

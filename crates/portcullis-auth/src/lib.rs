@@ -2,6 +2,8 @@
 //! secrets are hashed for storage, model globs, scopes and address allow-lists.
 
 mod base62;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod glob;
 mod hash;
 mod policy;

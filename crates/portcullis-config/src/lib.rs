@@ -3,6 +3,8 @@
 
 mod duration;
 mod env;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod model;
 mod validate;
 

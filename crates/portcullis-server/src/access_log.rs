@@ -62,7 +62,7 @@ async fn record(listener: &'static str, state: AppState, router: Router, mut req
             .headers()
             .get(header::USER_AGENT)
             .and_then(|value| value.to_str().ok())
-            .map(|agent| state.redactor().redact(&short(agent)).into_owned()),
+            .map(|agent| state.redactor().redact_credentials(&short(agent)).into_owned()),
     };
     let exchange = Exchange::new(listener, state.clone(), meta, started);
     request.extensions_mut().insert(exchange.clone());

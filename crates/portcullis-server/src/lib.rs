@@ -9,6 +9,8 @@ mod changes;
 mod client_addr;
 mod error;
 mod exchange;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod health;
 mod key_cache;
 mod limiter;

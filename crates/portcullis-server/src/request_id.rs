@@ -30,9 +30,9 @@ pub fn assign(request: &mut Request, redactor: &Redactor) -> HeaderValue {
     id
 }
 
-/// Whether the redaction rules would mask part of `id` (a key, a token, a custom pattern).
+/// Whether the redaction rules would mask part of `id` as a credential (a key, a token).
 fn looks_secret(id: &HeaderValue, redactor: &Redactor) -> bool {
-    id.to_str().is_ok_and(|id| matches!(redactor.redact(id), std::borrow::Cow::Owned(_)))
+    id.to_str().is_ok_and(|id| matches!(redactor.redact_credentials(id), std::borrow::Cow::Owned(_)))
 }
 
 /// Short, printable and free of anything a log or header parser could trip on.
@@ -74,18 +74,15 @@ mod tests {
 
     #[test]
     fn an_id_shaped_like_a_secret_is_replaced() {
-        let redactor = Redactor::new(&["ACME-[0-9]{6}".to_string()]).unwrap();
+        let redactor = Redactor::new(&[]).unwrap();
         let assigned = |id: &str| {
             let mut request = Request::builder().header(HEADER, id).body(axum::body::Body::empty()).unwrap();
             assign(&mut request, &redactor)
         };
         assert_eq!(assigned("trace-42:a.b"), "trace-42:a.b");
-        for secret in [
-            "pcl_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789Ab",
-            "sk-proj-abcdefghijklmnopqrstuv",
-            "AKIAABCDEFGHIJKLMNOP",
-            "ACME-123456",
-        ] {
+        for secret in
+            ["pcl_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789Ab", "sk-proj-abcdefghijklmnopqrstuv", "AKIAABCDEFGHIJKLMNOP"]
+        {
             let id = assigned(secret);
             assert!(id.to_str().unwrap().starts_with("req_"), "{secret} was kept");
         }

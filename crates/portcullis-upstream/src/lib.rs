@@ -18,6 +18,8 @@ mod body;
 mod client;
 mod error;
 mod forward;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod headers;
 mod health;
 mod pool;

@@ -168,7 +168,7 @@ impl HeadGate {
     /// The length of the head at the start of `bytes` if it is complete there.
     fn complete_length(&self, bytes: &[u8]) -> Result<Option<usize>, ApiError> {
         // A head ends with an empty line; without one there is nothing to parse yet.
-        if memchr::memmem::find(bytes, b"\n\r\n").is_none() && memchr::memmem::find(bytes, b"\n\n").is_none() {
+        if !has_blank_line(bytes) {
             return Ok(None);
         }
         let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_LIMIT];
@@ -188,6 +188,11 @@ impl HeadGate {
             Err(error) => Err(malformed(&format!("the request head is malformed ({error})"))),
         }
     }
+}
+
+/// Whether `bytes` hold an empty line (`\n\r\n` or `\n\n`), which ends a head.
+fn has_blank_line(bytes: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', bytes).any(|at| matches!(&bytes[at + 1..], [b'\n', ..] | [b'\r', b'\n', ..]))
 }
 
 /// Checks a complete head and says what follows it.

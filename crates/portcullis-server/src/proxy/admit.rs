@@ -79,9 +79,8 @@ pub async fn admit(
     let capture = captures.then(|| Capture::new(state.redactor().clone(), &request.body));
     let priority = config.tiers.get(&principal.tier).map_or(0, |tier| tier.priority);
     let settlement = Settlement::new(Terms {
-        limiter: state.limiter().clone(),
-        // The amounts first: settlement charges the usage to the first reservation.
-        reservations: amount.into_iter().chain(slot).collect(),
+        amounts: amount,
+        slot,
         recorder: state.recorder().clone(),
         price,
         key_id: principal.id.clone(),

@@ -203,6 +203,10 @@ fn shape_error(error: ShapeError) -> ApiError {
             let message = format!("'{member}' holds an unpaired UTF-16 surrogate escape.");
             invalid_field(member, message)
         }
+        ShapeError::NumberOutOfRange { member } => {
+            let message = format!("'{member}' holds a number beyond the range of a double.");
+            invalid_field(member, message)
+        }
         ShapeError::Duplicate { member } => {
             let message = format!("'{member}' appears more than once.");
             invalid_field(member, message)

@@ -3,19 +3,19 @@
 mod admit;
 mod authenticate;
 mod authorize;
-mod body;
-mod capture;
+pub(crate) mod body;
+pub(crate) mod capture;
 mod demand;
 mod inference;
 mod meter;
 mod models;
 mod refusal;
 mod settle;
-mod shape;
+pub(crate) mod shape;
 mod usage;
 
 pub use settle::unix_millis;
-mod sse;
+pub(crate) mod sse;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;

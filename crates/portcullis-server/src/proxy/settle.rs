@@ -4,12 +4,11 @@
 //! client left before the answer, and the request was dropped with it — from the drop of the
 //! settlement itself.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::FutureExt;
 use portcullis_audit::Submitted;
-use portcullis_limits::{Limiter, Price, Reservation, Usage};
+use portcullis_limits::{Price, Reservation, Usage};
 use portcullis_store::{AuditDecision, UsageRecord};
 use time::OffsetDateTime;
 
@@ -27,8 +26,10 @@ const COMPLETION_SLACK: u64 = 16;
 
 /// What an admitted request settles with, and with whom.
 pub struct Terms {
-    pub limiter: Arc<dyn Limiter>,
-    pub reservations: Vec<Reservation>,
+    /// The request's tokens and money, when a limit counts them.
+    pub amounts: Option<Reservation>,
+    /// The request rate and concurrency slot taken before the body, when a limit counts them.
+    pub slot: Option<Reservation>,
     pub recorder: UsageRecorder,
     pub price: Price,
     pub key_id: String,
@@ -189,15 +190,15 @@ impl Terms {
                 estimated_requests: u64::from(billed.estimated),
             });
         }
-        let limiter = self.limiter;
-        let reservations = self.reservations;
+        let (amounts, slot) = (self.amounts, self.slot);
         let now = unix_millis(now);
         let settle = async move {
-            // The first reservation holds the tokens and money; the others (the request and
-            // concurrency taken before the body was read) used nothing of them.
-            let mut charge = Some(usage);
-            for reservation in reservations {
-                limiter.settle(reservation, charge.take().unwrap_or_default(), now).await;
+            if let Some(amounts) = amounts {
+                amounts.settle(usage, now).await;
+            }
+            // The slot holds no tokens or money: it settles with nothing used.
+            if let Some(slot) = slot {
+                slot.settle(Usage::default(), now).await;
             }
         };
         // The in-memory limiter settles at once; a networked one finishes in the background.

@@ -1,5 +1,6 @@
 //! The shape of a request body before anything of it is trusted or forwarded: valid UTF-8, a
-//! JSON object, no member twice, no lone UTF-16 surrogate in an escape, and no nesting deeper
+//! JSON object, no member twice, no lone UTF-16 surrogate in an escape, no number beyond the
+//! range of a double (parsers disagree on what to make of `1e400`), and no nesting deeper
 //! than `server.max_json_depth` — model servers parse recursively, and a bomb of nested arrays
 //! that reaches one can crash it for everyone. One pass, no recursion, no allocation but the
 //! list of top-level members (whose positions let the body be edited without re-serialising).
@@ -26,6 +27,7 @@ pub enum ShapeError {
     Malformed { member: Option<String> },
     TooDeep { member: String, limit: usize },
     LoneSurrogate { member: String },
+    NumberOutOfRange { member: String },
     Duplicate { member: String },
 }
 
@@ -67,6 +69,7 @@ pub fn members(body: &[u8], max_depth: usize) -> Result<Vec<Member>, ShapeError>
             Ok(()) => {}
             Err(Fault::TooDeep) => return Err(ShapeError::TooDeep { member: key, limit: max_depth }),
             Err(Fault::LoneSurrogate) => return Err(ShapeError::LoneSurrogate { member: key }),
+            Err(Fault::NumberOutOfRange) => return Err(ShapeError::NumberOutOfRange { member: key }),
             Err(Fault::Malformed) => return Err(ShapeError::Malformed { member: Some(key) }),
         }
         let value = value_start..trim_end(body, value_start, scanner.at);
@@ -88,6 +91,7 @@ pub fn members(body: &[u8], max_depth: usize) -> Result<Vec<Member>, ShapeError>
 enum Fault {
     TooDeep,
     LoneSurrogate,
+    NumberOutOfRange,
     Malformed,
 }
 
@@ -139,9 +143,27 @@ impl Scanner<'_> {
                     depth -= 1;
                 }
                 b',' if depth == 1 => return Ok(()),
+                b'-' | b'0'..=b'9' => {
+                    self.number()?;
+                    continue;
+                }
                 _ => {}
             }
             self.at += 1;
+        }
+    }
+
+    /// Past a number, which must be finite as a double.
+    fn number(&mut self) -> Result<(), Fault> {
+        let start = self.at;
+        while self.body.get(self.at).is_some_and(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')) {
+            self.at += 1;
+        }
+        let text = std::str::from_utf8(&self.body[start..self.at]).map_err(|_| Fault::Malformed)?;
+        match text.parse::<f64>() {
+            Ok(number) if number.is_finite() => Ok(()),
+            Ok(_) => Err(Fault::NumberOutOfRange),
+            Err(_) => Err(Fault::Malformed),
         }
     }
 
@@ -275,6 +297,15 @@ mod tests {
             );
         }
         assert!(members(r#"{"a":"\ud83d\ude00"}"#.as_bytes(), 64).is_ok(), "a proper pair");
+        for huge in ["1e400", "-1e400", "[1,2,1e309]"] {
+            let body = format!(r#"{{"x":{huge}}}"#);
+            assert_eq!(
+                members(body.as_bytes(), 64),
+                Err(ShapeError::NumberOutOfRange { member: "x".into() }),
+                "{huge}"
+            );
+        }
+        assert!(members(br#"{"a":18446748192515361616189,"b":-0.5e-3,"c":1E5}"#, 64).is_ok(), "large but finite");
         assert_eq!(
             members(r#"{"max_tokens":1,"max_\u0074okens":100000}"#.as_bytes(), 64),
             Err(ShapeError::Duplicate { member: "max_tokens".into() })

@@ -7,7 +7,8 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
 
 use super::error::ClientError;
 
-/// A response head larger than this is refused: model servers send a handful of fields.
+/// A response head (each interim one, and the final one) larger than this is refused, however
+/// its bytes arrive: model servers send a handful of fields.
 pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Most header fields read from one response head.
@@ -118,11 +119,13 @@ pub(crate) enum Parsed {
 pub(crate) fn parse_response(buffer: &[u8]) -> Result<Parsed, ClientError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut fields);
+    // The limit is on the head, not on the buffer: a read may bring a whole oversized head at
+    // once (refused though complete), or a head within the limit followed by its body.
+    let too_large = || ClientError::InvalidResponse(format!("response head larger than {MAX_HEAD_BYTES} bytes"));
     let length = match response.parse(buffer) {
+        Ok(httparse::Status::Complete(length)) if length > MAX_HEAD_BYTES => return Err(too_large()),
         Ok(httparse::Status::Complete(length)) => length,
-        Ok(httparse::Status::Partial) if buffer.len() >= MAX_HEAD_BYTES => {
-            return Err(ClientError::InvalidResponse(format!("response head larger than {MAX_HEAD_BYTES} bytes")));
-        }
+        Ok(httparse::Status::Partial) if buffer.len() >= MAX_HEAD_BYTES => return Err(too_large()),
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(error) => return Err(ClientError::InvalidResponse(format!("malformed response head: {error}"))),
     };
@@ -202,7 +205,7 @@ fn tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use http::header::{AUTHORIZATION, CONTENT_TYPE};
 
     use super::*;
@@ -326,6 +329,37 @@ mod tests {
         let text = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n";
         assert!(matches!(parse_response(text.as_bytes()), Ok(Parsed::Interim(25))));
         assert!(matches!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-"), Ok(Parsed::Partial)));
+    }
+
+    /// A complete `200` head of exactly `length` bytes (a padding field makes up the size),
+    /// with a two-byte body after it.
+    pub(crate) fn head_of_length(length: usize) -> String {
+        let fixed = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-pad: \r\n\r\n".len();
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-pad: {}\r\n\r\n", "a".repeat(length - fixed));
+        assert_eq!(head.len(), length);
+        head
+    }
+
+    #[test]
+    fn a_head_over_the_limit_is_refused_even_when_it_arrives_whole() {
+        let over = head_of_length(MAX_HEAD_BYTES + 1);
+        assert!(error(&over).contains("larger than"), "one read holding the whole oversized head");
+        assert!(error(&format!("{over}ok")).contains("larger than"), "with its body in the same read");
+        let interim = format!("HTTP/1.1 103 Early Hints\r\nlink: {}\r\n\r\n", "a".repeat(MAX_HEAD_BYTES));
+        assert!(error(&interim).contains("larger than"), "an interim head is held to the limit too");
+    }
+
+    #[test]
+    fn a_head_of_exactly_the_limit_is_accepted() {
+        let exact = head_of_length(MAX_HEAD_BYTES);
+        assert_eq!(head(&exact).framing, Framing::Length(2));
+        // Its body in the same read takes the buffer past the limit; the head is still within it.
+        assert!(matches!(parse_response(format!("{exact}ok").as_bytes()), Ok(Parsed::Final(_, MAX_HEAD_BYTES))));
+        // One byte short of the limit and unfinished: wait for more.
+        assert!(matches!(parse_response(&exact.as_bytes()[..MAX_HEAD_BYTES - 1]), Ok(Parsed::Partial)));
+        // The limit reached and still unfinished: the head can only end beyond it.
+        let unfinished = &head_of_length(MAX_HEAD_BYTES + 1).into_bytes()[..MAX_HEAD_BYTES];
+        assert!(matches!(parse_response(unfinished), Err(ClientError::InvalidResponse(_))));
     }
 
     #[test]

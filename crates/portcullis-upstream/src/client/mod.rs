@@ -22,6 +22,8 @@ mod body;
 mod chunked;
 mod connection;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
 mod head;
 mod idle;
 mod origin;
@@ -115,6 +117,14 @@ impl Client {
     }
 
     async fn connect(&self, origin: &Origin) -> Result<Connection, ClientError> {
+        let tls_name = match &origin.tls_name {
+            None => None,
+            Some(Ok(name)) => Some(name.clone()),
+            Some(Err(host)) => {
+                let problem = format!("{host:?} is not a valid TLS server name");
+                return Err(ClientError::Tls(std::io::Error::new(std::io::ErrorKind::InvalidInput, problem)));
+            }
+        };
         let connecting = TcpStream::connect((origin.host.as_str(), origin.port));
         let tcp = match self.connect_timeout {
             Some(limit) => {
@@ -124,14 +134,14 @@ impl Client {
         }
         .map_err(ClientError::Connect)?;
         tcp.set_nodelay(true).map_err(ClientError::Connect)?;
-        let stream = match &origin.tls_name {
+        let stream = match tls_name {
             None => Stream::Plain(tcp),
             Some(name) => {
                 let config = match &self.tls {
                     Some(config) => config.clone(),
                     None => tls_config().map_err(ClientError::Tls)?,
                 };
-                let tls = TlsConnector::from(config).connect(name.clone(), tcp).await.map_err(ClientError::Tls)?;
+                let tls = TlsConnector::from(config).connect(name, tcp).await.map_err(ClientError::Tls)?;
                 Stream::Tls(Box::new(tls))
             }
         };

@@ -14,8 +14,11 @@ pub(crate) struct Origin {
     pub(crate) port: u16,
     /// `host[:port]`, the port only when it is not the scheme's default.
     pub(crate) authority: HeaderValue,
-    /// `Some` for `https`: the name the server's certificate is checked against.
-    pub(crate) tls_name: Option<ServerName<'static>>,
+    /// `Some` for `https`: the name the server's certificate is checked against, or `Err` with
+    /// the host when it can be no such name (the URL parser takes hosts TLS does not). Such an
+    /// endpoint is never connected to: falling back to plain HTTP would send its credential in
+    /// the clear.
+    pub(crate) tls_name: Option<Result<ServerName<'static>, String>>,
     /// The URL's path without its trailing slash (`""` for none), prepended to request paths.
     pub(crate) path_prefix: String,
     pub(crate) idle: IdleConnections,
@@ -28,10 +31,12 @@ impl Origin {
         let https = url.scheme() == "https";
         let port = url.port_or_known_default().unwrap_or(if https { 443 } else { 80 });
         let (host, tls_name) = match url.host() {
-            Some(Host::Domain(name)) => (name.to_string(), ServerName::try_from(name.to_string()).ok()),
-            Some(Host::Ipv4(ip)) => (ip.to_string(), Some(ServerName::IpAddress(ip.into()))),
-            Some(Host::Ipv6(ip)) => (ip.to_string(), Some(ServerName::IpAddress(ip.into()))),
-            None => (String::new(), None),
+            Some(Host::Domain(name)) => {
+                (name.to_string(), ServerName::try_from(name.to_string()).map_err(|_| name.to_string()))
+            }
+            Some(Host::Ipv4(ip)) => (ip.to_string(), Ok(ServerName::IpAddress(ip.into()))),
+            Some(Host::Ipv6(ip)) => (ip.to_string(), Ok(ServerName::IpAddress(ip.into()))),
+            None => (String::new(), Err(String::new())),
         };
         let mut authority = url.host_str().unwrap_or_default().to_string();
         if let Some(port) = url.port() {
@@ -42,7 +47,7 @@ impl Origin {
             port,
             // Built from a parsed URL's host and port: always a valid header value.
             authority: HeaderValue::try_from(authority).unwrap_or_else(|_| HeaderValue::from_static("localhost")),
-            tls_name: if https { tls_name } else { None },
+            tls_name: https.then_some(tls_name),
             path_prefix: url.path().trim_end_matches('/').to_string(),
             idle: IdleConnections::new(IDLE_TIMEOUT),
         }
@@ -83,7 +88,7 @@ mod tests {
         let origin = origin("https://models.example");
         assert_eq!((origin.host.as_str(), origin.port), ("models.example", 443));
         assert_eq!(origin.authority, "models.example");
-        assert_eq!(origin.tls_name, Some(ServerName::try_from("models.example").unwrap()));
+        assert_eq!(origin.tls_name, Some(Ok(ServerName::try_from("models.example").unwrap())));
         assert_eq!(origin.target("/v1/models"), "/v1/models");
     }
 
@@ -92,6 +97,12 @@ mod tests {
         let origin = origin("https://[::1]:8443/");
         assert_eq!((origin.host.as_str(), origin.port), ("::1", 8443));
         assert_eq!(origin.authority, "[::1]:8443");
-        assert!(matches!(origin.tls_name, Some(ServerName::IpAddress(_))));
+        assert!(matches!(origin.tls_name, Some(Ok(ServerName::IpAddress(_)))));
+    }
+
+    #[test]
+    fn an_https_host_that_is_no_tls_server_name_is_kept_as_an_error() {
+        assert_eq!(origin("https://a=b.example/v1").tls_name, Some(Err("a=b.example".to_string())));
+        assert_eq!(origin("http://a=b.example/v1").tls_name, None);
     }
 }

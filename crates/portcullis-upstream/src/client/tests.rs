@@ -250,6 +250,45 @@ async fn bytes_beyond_the_declared_body_retire_the_connection() {
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
 
+/// Answers one request with `response`, written in pieces of `piece` bytes (each flushed and
+/// given time to be read on its own), then keeps the connection open until the client leaves.
+async fn answer_in_pieces(mut stream: TcpStream, response: Vec<u8>, piece: usize) {
+    read_request(&mut stream).await;
+    for part in response.chunks(piece) {
+        if stream.write_all(part).await.is_err() {
+            return;
+        }
+        stream.flush().await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    let _ = stream.read_to_end(&mut Vec::new()).await;
+}
+
+/// The 64 KiB limit on a response head holds however its bytes arrive: in one write, in many
+/// small ones, and exactly at the boundary (a head of the limit passes, one byte more does not).
+#[tokio::test]
+async fn the_response_head_limit_holds_however_the_bytes_arrive() {
+    use super::head::MAX_HEAD_BYTES;
+    use super::head::tests::head_of_length;
+    for piece in [usize::MAX, 4096, 100] {
+        for (length, accepted) in [(MAX_HEAD_BYTES, true), (MAX_HEAD_BYTES + 1, false), (3 * MAX_HEAD_BYTES, false)] {
+            let response = format!("{}ok", head_of_length(length)).into_bytes();
+            let (address, _) = server(move |_, stream| answer_in_pieces(stream, response.clone(), piece)).await;
+            let result = post(&client(), &origin(address, "http")).await;
+            match result {
+                Ok((status, body)) => {
+                    assert!(accepted, "a head of {length} bytes in pieces of {piece} was accepted");
+                    assert_eq!((status, body), (StatusCode::OK, Bytes::from("ok")));
+                }
+                Err(error) => {
+                    assert!(!accepted, "a head of {length} bytes in pieces of {piece} was refused: {error}");
+                    assert!(error.to_string().contains("larger than"), "{error}");
+                }
+            }
+        }
+    }
+}
+
 fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(LEAF_KEY.to_vec()));
@@ -300,4 +339,16 @@ async fn a_certificate_outside_the_trusted_roots_is_refused() {
     let error = post(&client(), &origin(address, "https")).await.unwrap_err();
     assert!(matches!(error, ClientError::Tls(_)), "{error}");
     assert!(error.to_string().contains("certificate"), "{error}");
+}
+
+/// The URL parser takes host names that are no valid TLS server name (`}`, `=`, `;` …); such an
+/// `https` endpoint was spoken to in plain HTTP, its credential in the clear. It must fail as a
+/// TLS error instead, before anything is sent.
+#[tokio::test]
+async fn an_https_host_that_is_no_tls_server_name_is_never_spoken_to_in_plain_http() {
+    for url in ["https://models}.example:8443/v1", "https://a=b.example/", "https://x;y/"] {
+        let origin = Arc::new(Origin::new(&Url::parse(url).unwrap()));
+        let error = post(&client(), &origin).await.unwrap_err();
+        assert!(matches!(error, ClientError::Tls(_)), "{url}: {error}");
+    }
 }
