@@ -1,7 +1,7 @@
 //! What a store holds never stops a start (issue 13): usage rows at the limit — the figures a
 //! model server reporting 2⁶⁴ − 1 tokens left behind, stored as i64::MAX — one of them or many,
-//! and damaged rows (negative counts, a key id that is not UTF-8), written into a stopped
-//! gateway's store behind its back, as an older build or a hand edit could have.
+//! and damaged rows (negative counts, a key id or an audit hash that is not UTF-8), written into
+//! a stopped gateway's store behind its back, as an older build or a hand edit could have.
 //!
 //! The gateway must start (it seeds its day and month limits from these rows), serve, count the
 //! saturated use against quotas, and report saturated numbers — i64::MAX, never an error — on
@@ -203,8 +203,18 @@ async fn a_sqlite_store_with_usage_at_the_limit_starts_serves_and_reports_it_sat
             min = i64::MIN,
         ))
         .expect("write damaged usage rows");
+        // And the audit chain's last hash, which the writer continues from at start-up.
+        let edited = db
+            .execute(
+                "UPDATE audit_log SET hash = CAST(x'68FF' AS TEXT)
+                 WHERE (node, seq) IN (SELECT node, MAX(seq) FROM audit_log GROUP BY node)",
+                [],
+            )
+            .expect("edit the last audit hash");
+        assert!(edited >= 1, "the gateway audited the key creations");
     }
     starts_serves_and_reports_saturated(&mut gateway, &keys, "usage rows hold values that are not counts").await;
+    assert!(gateway.log_text().contains("last hash is not UTF-8"), "{}", gateway.log_tail(40));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
