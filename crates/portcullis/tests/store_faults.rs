@@ -159,8 +159,16 @@ async fn starts_serves_and_reports_saturated(gateway: &mut Gateway, keys: &Keys,
     assert!(String::from_utf8_lossy(&table.stdout).contains(&MAX.to_string()), "{}", describe(&table));
 
     // The damaged rows were read as the nearest counts, and said so.
-    let log = gateway.log_text();
-    assert!(log.contains(repair_log), "no warning about the damaged rows in the log:\n{}", gateway.log_tail(40));
+    assert_logged(gateway, repair_log).await;
+}
+
+/// Waits (the gateway writes its log from a thread of its own) until the log holds `text`.
+async fn assert_logged(gateway: &Gateway, text: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !gateway.log_text().contains(text) {
+        assert!(std::time::Instant::now() < deadline, "no {text:?} in the log:\n{}", gateway.log_tail(40));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// One limit of the key's own scope in a `/v1/usage` answer.
@@ -214,7 +222,7 @@ async fn a_sqlite_store_with_usage_at_the_limit_starts_serves_and_reports_it_sat
         assert!(edited >= 1, "the gateway audited the key creations");
     }
     starts_serves_and_reports_saturated(&mut gateway, &keys, "usage rows hold values that are not counts").await;
-    assert!(gateway.log_text().contains("last hash is not UTF-8"), "{}", gateway.log_tail(40));
+    assert_logged(&gateway, "last hash is not UTF-8").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
