@@ -1,11 +1,20 @@
 //! Usage: hourly roll-ups in `usage_hourly`, added to by upsert, summed by reports.
+//!
+//! No row can make a read fail. `SUM` of BIGINT is NUMERIC, which does not overflow; every sum
+//! (and the tokens total, a `+` of two sums) is capped at
+//! [`USAGE_MAX`](portcullis_store::USAGE_MAX) before the cast back to BIGINT, and each value is
+//! taken as at least 0 before it is summed: a negative count (the CHECK constraints refuse them,
+//! so only an edited table holds one) adds nothing, and cannot drag a sum below BIGINT's range
+//! either, where the cast would fail. Each read also counts the rows holding such a value and
+//! logs a warning when there are any.
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use futures_util::future::try_join_all;
 use portcullis_store::{
-    StoreResult, UsageGrouping, UsageQuery, UsageRecord, UsageRow, UsageStore, UsageTotal, usage_hour,
+    StoreResult, UsageGrouping, UsageQuery, UsageRecord, UsageRow, UsageStore, UsageTotal, usage_count_from_column,
+    usage_count_to_column, usage_hour,
 };
 use time::OffsetDateTime;
 use tokio_postgres::Row;
@@ -13,22 +22,35 @@ use tokio_postgres::types::ToSql;
 
 use crate::PostgresStore;
 use crate::codec::{from_secs, get, secs};
-use crate::error::{corrupt, db_err};
+use crate::error::db_err;
 use crate::sql::query;
 
-/// Adds to a count without overflowing BIGINT: the sum is taken as NUMERIC, then capped.
+/// Adds to a count without overflowing BIGINT: the sum is taken as NUMERIC, then capped. A
+/// stored count below 0 (a damaged row) restarts from 0 instead of failing the CHECK.
 macro_rules! capped_add {
     ($column:literal) => {
         concat!(
             $column,
-            " = LEAST(usage_hourly.",
+            " = LEAST(GREATEST(usage_hourly.",
             $column,
-            "::NUMERIC + excluded.",
+            ", 0)::NUMERIC + excluded.",
             $column,
             ", 9223372036854775807)::BIGINT"
         )
     };
 }
+
+/// The sum of a count column as BIGINT: negative values count as 0, the NUMERIC sum is capped
+/// at i64::MAX.
+macro_rules! capped_sum {
+    ($column:literal) => {
+        concat!("LEAST(SUM(GREATEST(", $column, ", 0)), 9223372036854775807)::BIGINT")
+    };
+}
+
+/// How many of a group's rows hold a negative count: values the sums took as 0.
+const DAMAGED: &str = "COUNT(*) FILTER (WHERE LEAST(requests, prompt_tokens, completion_tokens, cost_pico, \
+                       estimated_requests) < 0)";
 
 /// Counts saturate at i64::MAX rather than failing (a failing batch would be retried, and fail,
 /// forever); a row keeps the first team it was given.
@@ -48,12 +70,18 @@ const UPSERT: &str = concat!(
     capped_add!("estimated_requests"),
 );
 
-/// A sum as BIGINT, capped like the counts it adds up (SUM of BIGINT is NUMERIC).
-const SUMS: &str = "LEAST(SUM(requests), 9223372036854775807)::BIGINT, \
-                    LEAST(SUM(prompt_tokens), 9223372036854775807)::BIGINT, \
-                    LEAST(SUM(completion_tokens), 9223372036854775807)::BIGINT, \
-                    LEAST(SUM(cost_pico), 9223372036854775807)::BIGINT, \
-                    LEAST(SUM(estimated_requests), 9223372036854775807)::BIGINT";
+/// A report's sums, capped like the counts they add up.
+const SUMS: &str = concat!(
+    capped_sum!("requests"),
+    ", ",
+    capped_sum!("prompt_tokens"),
+    ", ",
+    capped_sum!("completion_tokens"),
+    ", ",
+    capped_sum!("cost_pico"),
+    ", ",
+    capped_sum!("estimated_requests"),
+);
 
 #[async_trait]
 impl UsageStore for PostgresStore {
@@ -81,26 +109,32 @@ impl UsageStore for PostgresStore {
     async fn usage_totals_since(&self, since: OffsetDateTime) -> StoreResult<Vec<UsageTotal>> {
         let since = secs(usage_hour(since));
         let client = self.client().await?;
-        let rows = query(
-            &client,
+        // The tokens total adds two NUMERIC sums, which cannot overflow, and is capped after.
+        let sql = format!(
             "SELECT key_id, MAX(team),
-                    LEAST(SUM(prompt_tokens) + SUM(completion_tokens), 9223372036854775807)::BIGINT,
-                    LEAST(SUM(cost_pico), 9223372036854775807)::BIGINT
+                    LEAST(SUM(GREATEST(prompt_tokens, 0)) + SUM(GREATEST(completion_tokens, 0)),
+                          9223372036854775807)::BIGINT,
+                    {cost}, {DAMAGED}
              FROM usage_hourly WHERE hour >= $1
              GROUP BY key_id ORDER BY key_id",
-            &[&since],
-        )
-        .await?;
-        rows.iter()
+            cost = capped_sum!("cost_pico"),
+        );
+        let rows = query(&client, &sql, &[&since]).await?;
+        let mut repairs = Repairs::new("usage totals");
+        let totals = rows
+            .iter()
             .map(|row| {
+                repairs.add(row, 4)?;
                 Ok(UsageTotal {
                     key_id: get(row, 0)?,
                     team: get(row, 1)?,
-                    tokens: count(row, 2)?,
-                    cost_pico: count(row, 3)?,
+                    tokens: repairs.count(row, 2)?,
+                    cost_pico: repairs.count(row, 3)?,
                 })
             })
-            .collect()
+            .collect::<StoreResult<_>>()?;
+        repairs.finish();
+        Ok(totals)
     }
 
     async fn usage_report(&self, wanted: &UsageQuery) -> StoreResult<Vec<UsageRow>> {
@@ -108,7 +142,11 @@ impl UsageStore for PostgresStore {
         let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|value| value.as_ref() as _).collect();
         let client = self.client().await?;
         let rows = query(&client, &sql, &params).await?;
-        rows.iter().map(|row| report_row(row, wanted.group_by)).collect()
+        let mut repairs = Repairs::new("usage report");
+        let report =
+            rows.iter().map(|row| report_row(row, wanted.group_by, &mut repairs)).collect::<StoreResult<_>>()?;
+        repairs.finish();
+        Ok(report)
     }
 }
 
@@ -133,7 +171,7 @@ fn roll_up(batch: &[UsageRecord]) -> BTreeMap<(i64, &str, &str), RolledUp> {
             record.cost_pico,
             record.estimated_requests,
         ]
-        .map(|count| i64::try_from(count).unwrap_or(i64::MAX));
+        .map(usage_count_to_column);
         let row = rows.entry(key).or_insert(RolledUp { team: None, counts: [0; 5] });
         if row.team.is_none() {
             row.team.clone_from(&record.team);
@@ -167,13 +205,13 @@ fn report_sql(query: &UsageQuery) -> (String, Vec<Box<dyn ToSql + Sync + Send>>)
         UsageGrouping::Team => ("team", "team", "team IS NULL, team"),
     };
     let sql = format!(
-        "SELECT {labels}, {SUMS} FROM usage_hourly WHERE {} GROUP BY {group} ORDER BY {order}",
+        "SELECT {labels}, {SUMS}, {DAMAGED} FROM usage_hourly WHERE {} GROUP BY {group} ORDER BY {order}",
         conditions.join(" AND ")
     );
     (sql, values)
 }
 
-fn report_row(row: &Row, grouping: UsageGrouping) -> StoreResult<UsageRow> {
+fn report_row(row: &Row, grouping: UsageGrouping, repairs: &mut Repairs) -> StoreResult<UsageRow> {
     let mut report = UsageRow::default();
     let first_sum = match grouping {
         UsageGrouping::Hour | UsageGrouping::Day => {
@@ -194,18 +232,55 @@ fn report_row(row: &Row, grouping: UsageGrouping) -> StoreResult<UsageRow> {
             1
         }
     };
-    report.requests = count(row, first_sum)?;
-    report.prompt_tokens = count(row, first_sum + 1)?;
-    report.completion_tokens = count(row, first_sum + 2)?;
-    report.cost_pico = count(row, first_sum + 3)?;
-    report.estimated_requests = count(row, first_sum + 4)?;
+    report.requests = repairs.count(row, first_sum)?;
+    report.prompt_tokens = repairs.count(row, first_sum + 1)?;
+    report.completion_tokens = repairs.count(row, first_sum + 2)?;
+    report.cost_pico = repairs.count(row, first_sum + 3)?;
+    report.estimated_requests = repairs.count(row, first_sum + 4)?;
+    repairs.add(row, first_sum + 5)?;
     Ok(report)
 }
 
-/// A stored count or sum; a negative one is a broken row, reported as `Corrupt`.
-fn count(row: &Row, index: usize) -> StoreResult<u64> {
-    let value: i64 = get(row, index)?;
-    u64::try_from(value).map_err(|_| corrupt(format!("negative count {value} in column {index}")))
+/// What one read found that was not a count, logged once when it is done.
+struct Repairs {
+    what: &'static str,
+    /// Rows with a negative count (the statement's damaged-rows column, summed over groups).
+    rows: u64,
+    /// Result values read as the nearest count (none, as the statements are written).
+    values: u64,
+}
+
+impl Repairs {
+    fn new(what: &'static str) -> Repairs {
+        Repairs { what, rows: 0, values: 0 }
+    }
+
+    /// Adds a group's count of damaged rows, in column `index`.
+    fn add(&mut self, row: &Row, index: usize) -> StoreResult<()> {
+        let damaged: i64 = get(row, index)?;
+        self.rows = self.rows.saturating_add(damaged.unsigned_abs());
+        Ok(())
+    }
+
+    /// A sum in column `index`; a negative one (which the statements cannot produce) reads as 0.
+    fn count(&mut self, row: &Row, index: usize) -> StoreResult<u64> {
+        let value: i64 = get(row, index)?;
+        Ok(usage_count_from_column(value).unwrap_or_else(|| {
+            self.values = self.values.saturating_add(1);
+            0
+        }))
+    }
+
+    fn finish(self) {
+        if self.rows > 0 || self.values > 0 {
+            tracing::warn!(
+                read = self.what,
+                rows = self.rows,
+                values = self.values,
+                "usage rows hold negative counts (the schema refuses them: was the table edited?); read as 0"
+            );
+        }
+    }
 }
 
 #[cfg(test)]

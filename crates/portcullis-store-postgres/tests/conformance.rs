@@ -10,7 +10,7 @@ use std::sync::Arc;
 use portcullis_store::conformance::planted::{display_prefix, planted_key, planted_token, sha256};
 use portcullis_store::{
     AuditDecision, AuditKind, AuditRecord, AuditStore, Migrator, NewTeam, Rotation, StoreError, Stores, TeamStore,
-    UsageGrouping, UsageQuery, UsageRecord, UsageStore, conformance,
+    USAGE_MAX, UsageGrouping, UsageQuery, UsageRecord, UsageStore, conformance,
 };
 use portcullis_store_postgres::{PostgresOptions, PostgresStore};
 use portcullis_testkit::PostgresDatabase;
@@ -164,6 +164,16 @@ async fn usage_saturates_instead_of_failing() {
     assert_eq!(rows[0].completion_tokens, i64::MAX as u64);
     let totals = store.usage_totals_since(at).await.unwrap();
     assert_eq!(totals[0].tokens, i64::MAX as u64, "the total of two saturated sums saturates too");
+
+    // A u64 above i64::MAX is stored as i64::MAX.
+    let fresh = UsageRecord { at: at + time::Duration::days(1), ..record };
+    store.record_usage(&[fresh]).await.unwrap();
+    let row = raw(&database)
+        .await
+        .query_one("SELECT prompt_tokens FROM usage_hourly WHERE hour > $1", &[&at.unix_timestamp()])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), i64::MAX);
 }
 
 #[tokio::test]
@@ -249,21 +259,92 @@ async fn undecodable_row_is_reported_as_corrupt() {
         .unwrap();
     let result = store.get_team("broken").await;
     assert!(matches!(result, Err(StoreError::Corrupt(_))), "got {result:?}");
+}
 
-    // A negative count can only come from outside the store (the CHECK refuses it), but a
-    // report still says so rather than wrapping it.
-    client.execute("ALTER TABLE usage_hourly DROP CONSTRAINT usage_hourly_requests_check", &[]).await.unwrap();
-    client.execute("INSERT INTO usage_hourly VALUES (0, 'key_1', NULL, 'm', -1, 0, 0, 0, 0)", &[]).await.unwrap();
-    let query = UsageQuery {
+#[tokio::test]
+async fn damaged_and_huge_rows_never_fail_a_read() {
+    let Some(database) = PostgresDatabase::create_or_skip().await else { return };
+    let store = store(&database);
+    store.migrate().await.unwrap();
+    let client = raw(&database).await;
+    // Written behind the store's back: many rows at i64::MAX, and, past the CHECK constraints
+    // (dropped here), negative counts, down to i64::MIN, whose sum would not even fit a BIGINT.
+    client
+        .execute(
+            "INSERT INTO usage_hourly
+             SELECT hour * 3600, 'key_huge', 'team_1', 'm', $1, $1, $1, $1, $1 FROM generate_series(0, 39) hour",
+            &[&i64::MAX],
+        )
+        .await
+        .unwrap();
+    for column in ["requests", "prompt_tokens", "completion_tokens", "cost_pico", "estimated_requests"] {
+        client
+            .execute(&format!("ALTER TABLE usage_hourly DROP CONSTRAINT usage_hourly_{column}_check"), &[])
+            .await
+            .unwrap();
+    }
+    client
+        .execute(
+            "INSERT INTO usage_hourly VALUES (0, 'key_odd', NULL, 'm', -1, $1, 5, -7, 0),
+                                             (3600, 'key_odd', NULL, 'm', 2, $1, 4, 5, 1),
+                                             (7200, 'key_odd', NULL, 'm', 0, 3, 0, 0, 0)",
+            &[&i64::MIN],
+        )
+        .await
+        .unwrap();
+
+    let totals = store.usage_totals_since(OffsetDateTime::UNIX_EPOCH).await.unwrap();
+    let totals: Vec<(&str, Option<&str>, u64, u64)> =
+        totals.iter().map(|total| (&*total.key_id, total.team.as_deref(), total.tokens, total.cost_pico)).collect();
+    assert_eq!(
+        totals,
+        [("key_huge", Some("team_1"), USAGE_MAX, USAGE_MAX), ("key_odd", None, 12, 5)],
+        "saturated; a negative count adds nothing"
+    );
+    let query = |group_by| UsageQuery {
         key_id: None,
         team: None,
         model: None,
         since: OffsetDateTime::UNIX_EPOCH,
-        until: OffsetDateTime::UNIX_EPOCH + time::Duration::hours(1),
-        group_by: UsageGrouping::Hour,
+        until: OffsetDateTime::UNIX_EPOCH + time::Duration::days(2),
+        group_by,
     };
-    let result = store.usage_report(&query).await;
-    assert!(matches!(result, Err(StoreError::Corrupt(_))), "got {result:?}");
+    for grouping in UsageGrouping::ALL {
+        let rows = store.usage_report(&query(grouping)).await.unwrap();
+        assert!(!rows.is_empty(), "{grouping:?}");
+    }
+    let by_team = store.usage_report(&query(UsageGrouping::Team)).await.unwrap();
+    assert_eq!(by_team[0].team.as_deref(), Some("team_1"));
+    assert_eq!(by_team[0].requests, USAGE_MAX, "40 rows at i64::MAX sum to i64::MAX");
+    assert_eq!(
+        [by_team[1].requests, by_team[1].prompt_tokens, by_team[1].completion_tokens, by_team[1].cost_pico],
+        [2, 3, 9, 5],
+        "key_odd, negatives as 0"
+    );
+
+    // Usage recorded into a damaged row adds to 0.
+    let record = UsageRecord {
+        at: OffsetDateTime::UNIX_EPOCH,
+        key_id: "key_odd".into(),
+        team: None,
+        model: "m".into(),
+        requests: 1,
+        prompt_tokens: 1,
+        completion_tokens: 1,
+        cost_pico: 1,
+        estimated_requests: 1,
+    };
+    store.record_usage(&[record]).await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT requests, prompt_tokens, completion_tokens, cost_pico FROM usage_hourly
+             WHERE hour = 0 AND key_id = 'key_odd'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let stored: (i64, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(stored, (1, 1, 6, 1));
 }
 
 fn team(name: &str) -> NewTeam {

@@ -11,7 +11,7 @@ use portcullis_store::{
     AuditCheckpoint, AuditCursor, AuditDecision, AuditFilter, AuditKind, AuditRecord, AuditStore, StoreResult,
     unix_millis, unix_millis_ceil,
 };
-use rusqlite::types::{Type, Value};
+use rusqlite::types::{Type, Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params, params_from_iter};
 use time::OffsetDateTime;
 
@@ -103,7 +103,9 @@ impl AuditStore for SqliteStore {
         self.call(move |conn| {
             let last = conn
                 .prepare_cached("SELECT seq, hash FROM audit_log WHERE node = ?1 ORDER BY seq DESC LIMIT 1")
-                .and_then(|mut stmt| stmt.query_row([&node], |row| Ok((uint(row.get(0)?), row.get(1)?))).optional())
+                .and_then(|mut stmt| {
+                    stmt.query_row([&node], |row| Ok((uint(row.get(0)?), chain_hash(row, 1)?))).optional()
+                })
                 .map_err(db_err)?;
             match last {
                 Some(last) => Ok(Some(last)),
@@ -232,7 +234,7 @@ fn select_checkpoint(conn: &Connection, node: &str) -> StoreResult<Option<AuditC
     conn.prepare_cached("SELECT node, seq, hash FROM audit_checkpoints WHERE node = ?1")
         .and_then(|mut stmt| {
             stmt.query_row([node], |row| {
-                Ok(AuditCheckpoint { node: row.get(0)?, seq: uint(row.get(1)?), hash: row.get(2)? })
+                Ok(AuditCheckpoint { node: row.get(0)?, seq: uint(row.get(1)?), hash: chain_hash(row, 2)? })
             })
             .optional()
         })
@@ -333,6 +335,20 @@ fn int(value: u64) -> i64 {
 /// The inverse of [`int`].
 fn uint(value: i64) -> u64 {
     value as u64
+}
+
+/// The hash a node's chain continues from (its last record's, or its checkpoint's). The writer
+/// reads it at start-up, so one that is not UTF-8 (only an edit of the file can store one) is
+/// read lossily, with a warning, instead of stopping the start; verification still reports the
+/// edited record, whose hash no longer matches.
+fn chain_hash(row: &Row<'_>, index: usize) -> rusqlite::Result<String> {
+    if let ValueRef::Text(bytes) = row.get_ref(index)?
+        && std::str::from_utf8(bytes).is_err()
+    {
+        tracing::warn!("an audit chain's last hash is not UTF-8 (was the file edited?); read lossily");
+        return Ok(String::from_utf8_lossy(bytes).into_owned());
+    }
+    row.get(index)
 }
 
 fn sql_limit(limit: usize) -> i64 {

@@ -17,6 +17,7 @@ mod background;
 mod changes;
 mod codec;
 mod error;
+mod figures;
 mod keys;
 mod migrations;
 mod teams;
@@ -138,6 +139,7 @@ fn open_file(path: &Path) -> StoreResult<Connection> {
 
 fn configure(conn: &Connection) -> StoreResult<()> {
     conn.pragma_update(None, "foreign_keys", "ON").map_err(db_err)?;
+    figures::register(conn).map_err(db_err)?;
     // Another connection holding the write lock makes us wait, not fail.
     conn.busy_timeout(Duration::from_millis(5000)).map_err(db_err)
 }

@@ -1,8 +1,12 @@
 //! Usage: hourly roll-ups in `usage_hourly`, added to by upsert, summed by reports.
+//!
+//! Counts are stored saturated at [`USAGE_MAX`](portcullis_store::USAGE_MAX) and summed with
+//! `usage_sum` (see [`crate::figures`]), so no row can make a read fail.
 
 use async_trait::async_trait;
 use portcullis_store::{
-    StoreResult, UsageGrouping, UsageQuery, UsageRecord, UsageRow, UsageStore, UsageTotal, usage_hour,
+    StoreResult, UsageGrouping, UsageQuery, UsageRecord, UsageRow, UsageStore, UsageTotal, usage_add,
+    usage_count_to_column, usage_hour,
 };
 use rusqlite::types::Value;
 use rusqlite::{Row, params, params_from_iter};
@@ -11,6 +15,7 @@ use time::OffsetDateTime;
 use crate::SqliteStore;
 use crate::codec::UnixTime;
 use crate::error::db_err;
+use crate::figures::{Repairs, count, label};
 
 #[async_trait]
 impl UsageStore for SqliteStore {
@@ -21,8 +26,10 @@ impl UsageStore for SqliteStore {
         let rows: Vec<StoredUsage> = batch.iter().map(StoredUsage::from_record).collect();
         self.write(move |tx| {
             // Counts add up, saturating at i64::MAX rather than failing (a failing batch would be
-            // retried, and fail, forever); a row keeps the first team it was given (a key's team
-            // never changes).
+            // retried, and fail, forever): an INTEGER `+` that overflows gives a REAL, which
+            // `MIN` replaces with the limit. A stored count below 0 (a damaged row) restarts
+            // from 0 instead of failing the CHECK. A row keeps the first team it was given (a
+            // key's team never changes).
             let mut stmt = tx
                 .prepare_cached(&format!(
                     "INSERT INTO usage_hourly (hour, key_id, team, model, requests, prompt_tokens, completion_tokens,
@@ -30,11 +37,11 @@ impl UsageStore for SqliteStore {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                      ON CONFLICT (hour, key_id, model) DO UPDATE SET
                          team = COALESCE(team, excluded.team),
-                         requests = MIN(requests + excluded.requests, {MAX}),
-                         prompt_tokens = MIN(prompt_tokens + excluded.prompt_tokens, {MAX}),
-                         completion_tokens = MIN(completion_tokens + excluded.completion_tokens, {MAX}),
-                         cost_pico = MIN(cost_pico + excluded.cost_pico, {MAX}),
-                         estimated_requests = MIN(estimated_requests + excluded.estimated_requests, {MAX})",
+                         requests = MIN(MAX(requests, 0) + excluded.requests, {MAX}),
+                         prompt_tokens = MIN(MAX(prompt_tokens, 0) + excluded.prompt_tokens, {MAX}),
+                         completion_tokens = MIN(MAX(completion_tokens, 0) + excluded.completion_tokens, {MAX}),
+                         cost_pico = MIN(MAX(cost_pico, 0) + excluded.cost_pico, {MAX}),
+                         estimated_requests = MIN(MAX(estimated_requests, 0) + excluded.estimated_requests, {MAX})",
                     MAX = i64::MAX
                 ))
                 .map_err(db_err)?;
@@ -60,9 +67,13 @@ impl UsageStore for SqliteStore {
     async fn usage_totals_since(&self, since: OffsetDateTime) -> StoreResult<Vec<UsageTotal>> {
         let since = usage_hour(since);
         self.call(move |conn| {
+            let repairs = Repairs::start("usage totals");
+            // Prompt and completion tokens are summed apart and added here: an SQL `+` of two
+            // large sums would overflow into a REAL.
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT key_id, MAX(team), SUM(prompt_tokens) + SUM(completion_tokens), SUM(cost_pico)
+                    "SELECT key_id, MAX(team), usage_sum(prompt_tokens), usage_sum(completion_tokens),
+                            usage_sum(cost_pico)
                      FROM usage_hourly WHERE hour >= ?1
                      GROUP BY key_id ORDER BY key_id",
                 )
@@ -70,14 +81,16 @@ impl UsageStore for SqliteStore {
             let totals = stmt
                 .query_map([UnixTime(since)], |row| {
                     Ok(UsageTotal {
-                        key_id: row.get(0)?,
-                        team: row.get(1)?,
-                        tokens: count(row, 2)?,
-                        cost_pico: count(row, 3)?,
+                        key_id: label(row, 0)?.unwrap_or_default(),
+                        team: label(row, 1)?,
+                        tokens: usage_add(count(row, 2)?, count(row, 3)?),
+                        cost_pico: count(row, 4)?,
                     })
                 })
                 .map_err(db_err)?;
-            totals.collect::<Result<_, _>>().map_err(db_err)
+            let totals = totals.collect::<Result<_, _>>().map_err(db_err)?;
+            repairs.finish();
+            Ok(totals)
         })
         .await
     }
@@ -86,9 +99,12 @@ impl UsageStore for SqliteStore {
         let (sql, values) = report_sql(query);
         let grouping = query.group_by;
         self.call(move |conn| {
+            let repairs = Repairs::start("usage report");
             let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
             let rows = stmt.query_map(params_from_iter(values), |row| report_row(row, grouping)).map_err(db_err)?;
-            rows.collect::<Result<_, _>>().map_err(db_err)
+            let rows = rows.collect::<Result<_, _>>().map_err(db_err)?;
+            repairs.finish();
+            Ok(rows)
         })
         .await
     }
@@ -118,12 +134,13 @@ impl StoredUsage {
             key_id: record.key_id.clone(),
             team: record.team.clone(),
             model: record.model.clone(),
-            counts: counts.map(|count| i64::try_from(count).unwrap_or(i64::MAX)),
+            counts: counts.map(usage_count_to_column),
         }
     }
 }
 
-const SUMS: &str = "SUM(requests), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_pico), SUM(estimated_requests)";
+const SUMS: &str = "usage_sum(requests), usage_sum(prompt_tokens), usage_sum(completion_tokens), usage_sum(cost_pico), \
+                    usage_sum(estimated_requests)";
 
 /// The report's statement and its parameters. Only the filters given become conditions, so each
 /// combination gets a plan that can use the key or team index.
@@ -161,16 +178,16 @@ fn report_row(row: &Row<'_>, grouping: UsageGrouping) -> rusqlite::Result<UsageR
             1
         }
         UsageGrouping::Model => {
-            report.model = Some(row.get(0)?);
+            report.model = Some(label(row, 0)?.unwrap_or_default());
             1
         }
         UsageGrouping::Key => {
-            report.key_id = Some(row.get(0)?);
-            report.team = row.get(1)?;
+            report.key_id = Some(label(row, 0)?.unwrap_or_default());
+            report.team = label(row, 1)?;
             2
         }
         UsageGrouping::Team => {
-            report.team = row.get(0)?;
+            report.team = label(row, 0)?;
             1
         }
     };
@@ -180,10 +197,4 @@ fn report_row(row: &Row<'_>, grouping: UsageGrouping) -> rusqlite::Result<UsageR
     report.cost_pico = count(row, first_sum + 3)?;
     report.estimated_requests = count(row, first_sum + 4)?;
     Ok(report)
-}
-
-/// A stored count or sum; a negative one is a broken row, reported as `Corrupt`.
-fn count(row: &Row<'_>, index: usize) -> rusqlite::Result<u64> {
-    let value: i64 = row.get(index)?;
-    u64::try_from(value).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(index, value))
 }

@@ -116,6 +116,24 @@ async fn an_unknown_kind_is_reported_as_corrupt() {
 }
 
 #[tokio::test]
+async fn a_last_hash_that_is_not_utf8_does_not_stop_the_chain_from_continuing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.db");
+    let store = store_with_records(&path).await.unwrap();
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    // The writer reads the last hash at start-up: a hand edit of it must not stop a start.
+    raw.execute("UPDATE audit_log SET hash = CAST(x'68FF' AS TEXT) WHERE seq = 3", []).unwrap();
+    assert_eq!(store.last_audit("node-1").await.unwrap(), Some((3, "h\u{FFFD}".to_string())));
+
+    // Nor one in the checkpoint, once retention removed every record.
+    raw.execute_batch(
+        "DELETE FROM audit_log; INSERT INTO audit_checkpoints VALUES ('node-1', 3, CAST(x'68FF' AS TEXT))",
+    )
+    .unwrap();
+    assert_eq!(store.last_audit("node-1").await.unwrap(), Some((3, "h\u{FFFD}".to_string())));
+}
+
+#[tokio::test]
 async fn a_batch_is_one_transaction() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("portcullis.db");

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use portcullis_store::conformance::planted::{display_prefix, planted_key, planted_token, sha256};
 use portcullis_store::{
-    Migrator, Rotation, StoreError, Stores, TeamStore, UsageGrouping, UsageQuery, UsageRecord, UsageStore, conformance,
+    Migrator, Rotation, StoreError, Stores, TeamStore, USAGE_MAX, UsageGrouping, UsageQuery, UsageRecord, UsageStore,
+    conformance,
 };
 use portcullis_store_sqlite::SqliteStore;
 use time::OffsetDateTime;
@@ -132,31 +133,99 @@ async fn usage_survives_a_reopen_and_saturates_instead_of_failing() {
     assert_eq!((rows[0].requests, rows[0].cost_pico), (3, 21), "kept across the reopen");
     assert_eq!(rows[0].prompt_tokens, i64::MAX as u64, "saturated, not failed");
     assert_eq!(rows[0].completion_tokens, i64::MAX as u64);
+
+    // A u64 above i64::MAX is stored as i64::MAX: an INTEGER, never a REAL or a wrapped negative.
+    let fresh = UsageRecord { at: at + time::Duration::days(1), prompt_tokens: u64::MAX, ..record };
+    store.record_usage(&[fresh]).await.unwrap();
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let stored: (String, i64) = raw
+        .query_row(
+            "SELECT typeof(prompt_tokens), prompt_tokens FROM usage_hourly WHERE hour > ?1",
+            [at.unix_timestamp()],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(stored, ("integer".to_string(), i64::MAX));
 }
 
 #[tokio::test]
-async fn a_negative_stored_count_is_reported_as_corrupt() {
+async fn damaged_and_huge_rows_never_fail_a_read() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("portcullis.db");
     let store = SqliteStore::open(&path).unwrap();
     store.migrate().await.unwrap();
     let raw = rusqlite::Connection::open(&path).unwrap();
-    // The CHECK constraints refuse negative counts; a broken file could still hold one.
-    raw.execute_batch("PRAGMA ignore_check_constraints = ON").unwrap();
-    raw.execute("INSERT INTO usage_hourly VALUES (0, 'key_1', NULL, 'm', -1, 0, 0, 0, 0)", []).unwrap();
+    // Written behind the store's back, as an older build or a hand edit could have: many rows
+    // at i64::MAX (SQLite's SUM fails on two), and, past the CHECK constraints, negative counts
+    // and a key id that is not UTF-8.
+    let max = i64::MAX;
+    for hour in 0..40 {
+        raw.execute(
+            "INSERT INTO usage_hourly VALUES (?1 * 3600, 'key_huge', 'team_1', 'm', ?2, ?2, ?2, ?2, ?2)",
+            rusqlite::params![hour, max],
+        )
+        .unwrap();
+    }
+    raw.execute_batch(&format!(
+        "PRAGMA ignore_check_constraints = ON;
+         INSERT INTO usage_hourly VALUES (0, 'key_odd', NULL, 'm', -1, {min}, 5, -7, 0);
+         INSERT INTO usage_hourly VALUES (3600, 'key_odd', NULL, 'm', 2, 3, 4, 5, 1);
+         INSERT INTO usage_hourly VALUES (0, CAST(x'6BFF' AS TEXT), NULL, 'm', 1, 1, 1, 1, 0);",
+        min = i64::MIN
+    ))
+    .unwrap();
 
-    let result = store.usage_totals_since(OffsetDateTime::UNIX_EPOCH).await;
-    assert!(matches!(result, Ok(ref totals) if totals.len() == 1), "sums of the other columns are fine: {result:?}");
-    let query = UsageQuery {
+    let totals = store.usage_totals_since(OffsetDateTime::UNIX_EPOCH).await.unwrap();
+    let totals: Vec<(&str, Option<&str>, u64, u64)> =
+        totals.iter().map(|total| (&*total.key_id, total.team.as_deref(), total.tokens, total.cost_pico)).collect();
+    assert_eq!(
+        totals,
+        [("key_huge", Some("team_1"), USAGE_MAX, USAGE_MAX), ("key_odd", None, 12, 5), ("k\u{FFFD}", None, 2, 1)],
+        "saturated; a negative count adds nothing; a broken key id is read lossily"
+    );
+    let query = |group_by| UsageQuery {
         key_id: None,
         team: None,
         model: None,
         since: OffsetDateTime::UNIX_EPOCH,
-        until: OffsetDateTime::UNIX_EPOCH + time::Duration::hours(1),
-        group_by: UsageGrouping::Hour,
+        until: OffsetDateTime::UNIX_EPOCH + time::Duration::days(2),
+        group_by,
     };
-    let result = store.usage_report(&query).await;
-    assert!(matches!(result, Err(StoreError::Corrupt(_))), "got {result:?}");
+    for grouping in UsageGrouping::ALL {
+        let rows = store.usage_report(&query(grouping)).await.unwrap();
+        assert!(!rows.is_empty(), "{grouping:?}");
+    }
+    let by_team = store.usage_report(&query(UsageGrouping::Team)).await.unwrap();
+    assert_eq!(by_team[0].team.as_deref(), Some("team_1"));
+    assert_eq!(by_team[0].requests, USAGE_MAX, "40 rows at i64::MAX sum to i64::MAX");
+    assert_eq!(
+        [by_team[1].requests, by_team[1].prompt_tokens, by_team[1].completion_tokens, by_team[1].cost_pico],
+        [3, 4, 10, 6],
+        "the no-team line: key_odd's two rows and the broken key's, negatives as 0"
+    );
+
+    // Usage recorded into a damaged row adds to 0 instead of failing the CHECK.
+    let record = UsageRecord {
+        at: OffsetDateTime::UNIX_EPOCH,
+        key_id: "key_odd".into(),
+        team: None,
+        model: "m".into(),
+        requests: 1,
+        prompt_tokens: 1,
+        completion_tokens: 1,
+        cost_pico: 1,
+        estimated_requests: 1,
+    };
+    store.record_usage(&[record]).await.unwrap();
+    let stored: (i64, i64, i64, i64) = raw
+        .query_row(
+            "SELECT requests, prompt_tokens, completion_tokens, cost_pico FROM usage_hourly
+             WHERE hour = 0 AND key_id = 'key_odd'",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!(stored, (1, 1, 6, 1));
 }
 
 /// The main file and its write-ahead log, back to back.

@@ -16,6 +16,10 @@
 //!   arrives alone, twice in one batch or again in a later batch; it needs no key on file; time
 //!   ranges take whole hours (see [`crate::UsageStore`]). The usage checks use times long past, so
 //!   the story's own rows are the only ones they can see in a fresh database.
+//! - Usage never overflows: a record's `u64` above [`crate::USAGE_MAX`] is stored as `USAGE_MAX`,
+//!   a row at the limit stays there when added to, and every read — reports by each grouping and
+//!   filter, per-key totals (prompt plus completion tokens included) — returns sums that stop at
+//!   `USAGE_MAX`, however many rows at the limit they add up, never an error.
 //! - The audit log gives back every record exactly as written: every field, any `u64` (even above
 //!   `i64::MAX`), `Some("")` apart from `None`, `ts` to the millisecond. Appending skips a
 //!   `(node, seq)` already stored and one at or below its node's checkpoint (retention removed
@@ -43,6 +47,7 @@
 )]
 
 mod changes;
+mod overflow;
 pub mod planted;
 
 use portcullis_types::admin::{LimitOverrides, Role};
@@ -79,6 +84,7 @@ pub async fn run_story(stores: &Stores) {
     audit_queries_filter_order_and_page(stores).await;
     audit_retention_moves_checkpoints_and_keeps_chains_whole(stores).await;
     changes::changes_are_logged_once_in_commit_order(stores, now).await;
+    overflow::usage_at_the_limit_reads_saturated(stores).await;
 }
 
 async fn migrations_run_once(stores: &Stores) {

@@ -70,14 +70,42 @@ pub trait AdminTokenStore: Send + Sync + 'static {
 pub trait UsageStore: Send + Sync + 'static {
     /// Adds each record to its (hour of `at`, `key_id`, `model`) row, creating the row if needed,
     /// all in one transaction: either the whole batch counts or none of it. Recording the same
-    /// record twice counts it twice. A row keeps the first team it was given. Counts saturate
-    /// at the backend's largest integer (at least 2⁶³ − 1) instead of failing the batch.
+    /// record twice counts it twice. A row keeps the first team it was given. A record's counts
+    /// are stored saturated at [`USAGE_MAX`] ([`usage_count_to_column`]), and a row's counts
+    /// stop at it too, instead of failing the batch.
     async fn record_usage(&self, batch: &[UsageRecord]) -> StoreResult<()>;
     /// Per key, the tokens and cost of the hours ending after `since`, ordered by key id.
     async fn usage_totals_since(&self, since: OffsetDateTime) -> StoreResult<Vec<UsageTotal>>;
     /// Sums per `query.group_by`, ordered by the grouping key (buckets oldest first; keys, models
     /// and teams by name, with the no-team row last). No matching usage is an empty list.
     async fn usage_report(&self, query: &UsageQuery) -> StoreResult<Vec<UsageRow>>;
+}
+
+/// The most a usage count or sum reads as: 2⁶³ − 1, the largest value of the signed 64-bit
+/// integers both backends keep counts in.
+///
+/// Usage reads never fail on what the rows hold (the start-up seeds the limiter from them): every
+/// sum, of any number of rows, stops at `USAGE_MAX`; a stored value that is not a count (a
+/// negative number, which the schema refuses, so only a damaged table can hold one; or a value
+/// of another type) counts as the nearest count — 0 for a negative or non-numeric value — and
+/// the backend logs a warning.
+pub const USAGE_MAX: u64 = i64::MAX as u64;
+
+/// A usage count as its column holds it: a signed 64-bit integer, saturated at [`USAGE_MAX`]. A
+/// `u64` above it (a model server reporting 2⁶⁴ − 1 tokens) cannot be stored as it is.
+pub fn usage_count_to_column(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+/// A count or sum read back from a signed 64-bit integer; `None` for a negative value, which a
+/// reader counts as 0 and logs (see [`USAGE_MAX`]).
+pub fn usage_count_from_column(value: i64) -> Option<u64> {
+    u64::try_from(value).ok()
+}
+
+/// `a + b` for usage counts, saturating at [`USAGE_MAX`].
+pub fn usage_add(a: u64, b: u64) -> u64 {
+    a.saturating_add(b).min(USAGE_MAX)
 }
 
 /// The start of the hour `at` falls in (UTC): the hour a usage record counts towards.
@@ -222,6 +250,28 @@ mod tests {
     use time::macros::datetime;
 
     use super::*;
+
+    #[test]
+    fn usage_counts_saturate_on_the_way_in_and_never_read_negative() {
+        for (count, column) in [
+            (0, 0),
+            (1, 1),
+            (USAGE_MAX, i64::MAX),
+            (USAGE_MAX + 1, i64::MAX),
+            (9_200_000_000_000_000_000, 9_200_000_000_000_000_000),
+            (u64::MAX, i64::MAX),
+        ] {
+            assert_eq!(usage_count_to_column(count), column, "{count}");
+        }
+        assert_eq!(usage_count_from_column(i64::MAX), Some(USAGE_MAX));
+        assert_eq!(usage_count_from_column(0), Some(0));
+        assert_eq!(usage_count_from_column(-1), None);
+        assert_eq!(usage_count_from_column(i64::MIN), None);
+        assert_eq!(usage_add(USAGE_MAX, USAGE_MAX), USAGE_MAX);
+        assert_eq!(usage_add(USAGE_MAX - 1, 1), USAGE_MAX);
+        assert_eq!(usage_add(u64::MAX, u64::MAX), USAGE_MAX, "never above the largest stored count");
+        assert_eq!(usage_add(2, 3), 5);
+    }
 
     #[test]
     fn milliseconds_round_down_to_store_and_up_to_compare() {

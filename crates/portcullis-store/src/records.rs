@@ -168,7 +168,8 @@ pub struct UsageRecord {
 }
 
 /// Sum per key (with its team) since a time, for seeding the limiter's day/month counters at
-/// start-up. `tokens` is prompt plus completion tokens.
+/// start-up. `tokens` is prompt plus completion tokens. Like every usage sum, both figures stop
+/// at [`crate::USAGE_MAX`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageTotal {
     pub key_id: String,
@@ -221,7 +222,7 @@ impl UsageGrouping {
 
 /// One line of a usage report. Only the grouping's own fields are set: `bucket` for `Hour` and
 /// `Day`; `model` for `Model`; `key_id` and the key's `team` for `Key`; `team` for `Team` (where
-/// `None` is the usage of keys in no team).
+/// `None` is the usage of keys in no team). Each sum stops at [`crate::USAGE_MAX`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UsageRow {
     pub bucket: Option<OffsetDateTime>,

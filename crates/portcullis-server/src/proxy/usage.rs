@@ -6,7 +6,7 @@ use axum::extract::State;
 use http::HeaderMap;
 use portcullis_auth::Scope as AuthScope;
 use portcullis_limits::{LimitState, Money, Scope};
-use portcullis_store::{UsageGrouping, UsageQuery};
+use portcullis_store::{UsageGrouping, UsageQuery, usage_add};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
@@ -83,10 +83,11 @@ async fn spend(state: &AppState, key_id: &str, now: OffsetDateTime) -> Result<Va
     })?;
     let sum = |rows: &mut dyn Iterator<Item = &portcullis_store::UsageRow>| {
         let (mut requests, mut tokens, mut cost) = (0u64, 0u64, 0u64);
+        // Saturating like the store's own sums: rows at the limit must not overflow here either.
         for row in rows {
-            requests += row.requests;
-            tokens += row.prompt_tokens + row.completion_tokens;
-            cost += row.cost_pico;
+            requests = usage_add(requests, row.requests);
+            tokens = usage_add(tokens, usage_add(row.prompt_tokens, row.completion_tokens));
+            cost = usage_add(cost, row.cost_pico);
         }
         json!({"requests": requests, "tokens": tokens, "cost": Money(cost).to_units()})
     };
