@@ -3,6 +3,7 @@
 //! and one audit record however the request ends. Called by the accept loop around the router
 //! (not as router layers: each layer would box the request's future once more).
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
@@ -21,6 +22,7 @@ use tower::ServiceExt;
 use crate::client_addr;
 use crate::error::ApiError;
 use crate::exchange::{AuditAtBodyEnd, Exchange, RequestMeta};
+use crate::listener::gate;
 use crate::request_id::{self, RequestId};
 use crate::state::AppState;
 
@@ -58,11 +60,13 @@ async fn record(listener: &'static str, state: AppState, router: Router, mut req
             (Some(Ok(ip)), _) => Some(*ip),
             (_, peer) => peer.map(|peer| peer.ip()),
         },
-        user_agent: request
-            .headers()
-            .get(header::USER_AGENT)
-            .and_then(|value| value.to_str().ok())
-            .map(|agent| state.redactor().redact_credentials(&short(agent)).into_owned()),
+        user_agent: request.headers().get(header::USER_AGENT).and_then(|value| value.to_str().ok()).map(|agent| {
+            let agent = short(agent);
+            match state.redactor().redact_credentials(&agent) {
+                Cow::Borrowed(_) => agent,
+                Cow::Owned(redacted) => redacted,
+            }
+        }),
     };
     let exchange = Exchange::new(listener, state.clone(), meta, started);
     request.extensions_mut().insert(exchange.clone());
@@ -92,20 +96,20 @@ async fn record(listener: &'static str, state: AppState, router: Router, mut req
     response
 }
 
-/// What hyper lets through but a request must not carry: more header fields than allowed (an
-/// HTTP/2 head; HTTP/1 heads were counted by the gate), a second `Host`, `Authorization` or
-/// `x-api-key` (which one would count?), or no `Host` in HTTP/1.1.
+/// What an HTTP/2 request must not carry either (HTTP/1 heads were checked by the gate, see
+/// `listener::gate`): more header fields than allowed, or a second `Host`, `Authorization` or
+/// `x-api-key` (which one would count?).
 fn check_head(state: &AppState, version: Version, headers: &HeaderMap) -> Result<(), ApiError> {
+    if version < Version::HTTP_2 {
+        return Ok(());
+    }
     if headers.len() > state.runtime().config.server.max_headers {
         return Err(ApiError::HeaderTooLarge);
     }
-    for name in [header::HOST, header::AUTHORIZATION, http::HeaderName::from_static("x-api-key")] {
-        if headers.get_all(&name).iter().nth(1).is_some() {
-            return Err(ApiError::MalformedRequest { message: format!("the {name} header appears more than once") });
+    for name in gate::SINGLE_HEADERS {
+        if headers.get_all(name).iter().nth(1).is_some() {
+            return Err(gate::repeated(name));
         }
-    }
-    if version == Version::HTTP_11 && !headers.contains_key(header::HOST) {
-        return Err(ApiError::MalformedRequest { message: "an HTTP/1.1 request needs a Host header".into() });
     }
     Ok(())
 }
@@ -168,7 +172,10 @@ pub fn refuse_head(listener: &'static str, state: &AppState, peer: SocketAddr, e
 
 /// Client-supplied text kept to a sane length.
 fn short(text: &str) -> String {
-    text.chars().take(256).collect()
+    match text.char_indices().nth(256) {
+        Some((end, _)) => text[..end].to_string(),
+        None => text.to_string(),
+    }
 }
 
 #[cfg(test)]

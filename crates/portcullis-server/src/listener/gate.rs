@@ -11,7 +11,7 @@
 
 use std::mem::MaybeUninit;
 
-use http::{HeaderName, Method};
+use http::Method;
 
 use crate::error::ApiError;
 
@@ -136,9 +136,8 @@ impl HeadGate {
     fn read_head(&mut self, bytes: &[u8]) -> Result<Option<(usize, State)>, ApiError> {
         // Common case: the whole head arrives in one read and is checked where it lies.
         if self.head.is_empty() {
-            if let Some(length) = self.complete_length(bytes)? {
-                let framing = check_head(&bytes[..length], self.limits)?;
-                return Ok(Some((length, framing)));
+            if let Some(done) = complete(bytes, self.limits)? {
+                return Ok(Some(done));
             }
             if bytes.len() > self.limits.max_header_bytes {
                 return Err(ApiError::HeaderTooLarge);
@@ -151,42 +150,34 @@ impl HeadGate {
         let room = (self.limits.max_header_bytes + 1).saturating_sub(before);
         self.head.extend_from_slice(&bytes[..bytes.len().min(room)]);
         let head = std::mem::take(&mut self.head);
-        match self.complete_length(&head) {
-            Ok(Some(length)) => {
-                let framing = check_head(&head[..length], self.limits)?;
-                Ok(Some((length - before, framing)))
-            }
-            Ok(None) if head.len() > self.limits.max_header_bytes => Err(ApiError::HeaderTooLarge),
-            Ok(None) => {
+        match complete(&head, self.limits)? {
+            Some((length, framing)) => Ok(Some((length - before, framing))),
+            None if head.len() > self.limits.max_header_bytes => Err(ApiError::HeaderTooLarge),
+            None => {
                 self.head = head;
                 Ok(None)
             }
-            Err(error) => Err(error),
         }
     }
+}
 
-    /// The length of the head at the start of `bytes` if it is complete there.
-    fn complete_length(&self, bytes: &[u8]) -> Result<Option<usize>, ApiError> {
-        // A head ends with an empty line; without one there is nothing to parse yet.
-        if !has_blank_line(bytes) {
-            return Ok(None);
-        }
-        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_LIMIT];
-        let mut request = httparse::Request::new(&mut []);
-        let max = self.limits.max_headers.min(MAX_HEADERS_LIMIT);
-        match httparse::ParserConfig::default().parse_request_with_uninit_headers(
-            &mut request,
-            bytes,
-            &mut headers[..max],
-        ) {
-            Ok(httparse::Status::Complete(length)) if length > self.limits.max_header_bytes => {
-                Err(ApiError::HeaderTooLarge)
-            }
-            Ok(httparse::Status::Complete(length)) => Ok(Some(length)),
-            Ok(httparse::Status::Partial) => Ok(None),
-            Err(httparse::Error::TooManyHeaders) => Err(ApiError::HeaderTooLarge),
-            Err(error) => Err(malformed(&format!("the request head is malformed ({error})"))),
-        }
+/// The head at the start of `bytes`, checked, if it is complete there: its length and what
+/// follows it. One parse serves both.
+fn complete(bytes: &[u8], limits: GateLimits) -> Result<Option<(usize, State)>, ApiError> {
+    // A head ends with an empty line; without one there is nothing to parse yet.
+    if !has_blank_line(bytes) {
+        return Ok(None);
+    }
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_LIMIT];
+    let mut request = httparse::Request::new(&mut []);
+    let max = limits.max_headers.min(MAX_HEADERS_LIMIT);
+    match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut request, bytes, &mut headers[..max])
+    {
+        Ok(httparse::Status::Complete(length)) if length > limits.max_header_bytes => Err(ApiError::HeaderTooLarge),
+        Ok(httparse::Status::Complete(length)) => Ok(Some((length, check_request(&request)?))),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(ApiError::HeaderTooLarge),
+        Err(error) => Err(malformed(&format!("the request head is malformed ({error})"))),
     }
 }
 
@@ -195,16 +186,22 @@ fn has_blank_line(bytes: &[u8]) -> bool {
     memchr::memchr_iter(b'\n', bytes).any(|at| matches!(&bytes[at + 1..], [b'\n', ..] | [b'\r', b'\n', ..]))
 }
 
-/// Checks a complete head and says what follows it.
-fn check_head(head: &[u8], limits: GateLimits) -> Result<State, ApiError> {
-    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_LIMIT];
-    let mut request = httparse::Request::new(&mut []);
-    let max = limits.max_headers.min(MAX_HEADERS_LIMIT);
-    let parsed =
-        httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut request, head, &mut headers[..max]);
-    if !matches!(parsed, Ok(httparse::Status::Complete(_))) {
-        return Err(malformed("the request head is malformed"));
-    }
+/// Headers of which a request may carry one only: which one would count?
+pub const SINGLE_HEADERS: [&str; 3] = ["host", "authorization", "x-api-key"];
+
+/// A request carrying a second `name` header (see [`SINGLE_HEADERS`]).
+pub fn repeated(name: &str) -> ApiError {
+    malformed(&format!("the {name} header appears more than once"))
+}
+
+/// An HTTP/1.1 request without `Host`.
+pub fn host_missing() -> ApiError {
+    malformed("an HTTP/1.1 request needs a Host header")
+}
+
+/// Checks a complete request head and says what follows it. hyper validates the same head again;
+/// what it would refuse with a bare status line is refused here first.
+fn check_request(request: &httparse::Request<'_, '_>) -> Result<State, ApiError> {
     let method = request.method.unwrap_or_default();
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| malformed("the request method is malformed"))?;
     if method == Method::CONNECT {
@@ -218,10 +215,8 @@ fn check_head(head: &[u8], limits: GateLimits) -> Result<State, ApiError> {
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut transfer_encodings = 0;
+    let mut singles = [0u8; SINGLE_HEADERS.len()];
     for header in request.headers.iter() {
-        if HeaderName::from_bytes(header.name.as_bytes()).is_err() {
-            return Err(malformed("a header name is malformed"));
-        }
         if header.name.eq_ignore_ascii_case("content-length") {
             if length.is_some() {
                 return Err(malformed("Content-Length appears more than once"));
@@ -230,7 +225,15 @@ fn check_head(head: &[u8], limits: GateLimits) -> Result<State, ApiError> {
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
             transfer_encodings += 1;
             chunked = header.value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+        } else if let Some(index) = SINGLE_HEADERS.iter().position(|name| header.name.eq_ignore_ascii_case(name)) {
+            singles[index] += 1;
+            if singles[index] > 1 {
+                return Err(repeated(SINGLE_HEADERS[index]));
+            }
         }
+    }
+    if is_http_11 && singles[0] == 0 {
+        return Err(host_missing());
     }
     if transfer_encodings > 0 {
         if !is_http_11 {
@@ -368,6 +371,22 @@ mod tests {
         // Without an end of head, the limit still holds.
         let (refused, _) = feed(&[b'a'; 9000], 512);
         assert_eq!(code(&refused.unwrap().1), "request_header_too_large");
+    }
+
+    #[test]
+    fn a_head_with_two_credentials_or_hosts_or_no_host_is_refused() {
+        let cases: [&[u8]; 4] = [
+            b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer x\r\nauthorization: Bearer y\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nx-api-key: x\r\nX-Api-Key: y\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nAuthorization: Bearer x\r\n\r\n",
+        ];
+        for case in cases {
+            let (refused, _) = feed(case, case.len());
+            assert_eq!(code(&refused.expect("refused").1), "malformed_request", "{}", String::from_utf8_lossy(case));
+        }
+        let (refused, _) = feed(b"GET / HTTP/1.0\r\n\r\n", 64);
+        assert!(refused.is_none(), "HTTP/1.0 needs no Host");
     }
 
     #[test]

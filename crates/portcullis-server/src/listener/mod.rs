@@ -16,7 +16,7 @@
 mod activity;
 mod body;
 mod connection;
-mod gate;
+pub(crate) mod gate;
 mod io;
 mod slots;
 

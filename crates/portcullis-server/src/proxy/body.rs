@@ -85,6 +85,11 @@ impl ParsedRequest {
     pub fn raw(&self, member: &Member) -> &[u8] {
         &self.body[member.value.clone()]
     }
+
+    /// A top-level member's key.
+    pub fn key<'a>(&'a self, member: &'a Member) -> &'a str {
+        member.key(&self.body)
+    }
 }
 
 /// Reads at most `limit` bytes: a declared or actual larger body is a 413, one that arrives too
@@ -139,7 +144,7 @@ fn caps(body: &[u8], members: &[Member]) -> Result<(Option<u64>, u64), ApiError>
     let mut cap: Option<u64> = None;
     let mut choices = 1;
     for member in members {
-        let key = member.key.as_str();
+        let key = member.key(body);
         let raw = &body[member.value.clone()];
         if CAP_FIELDS.contains(&key) {
             if let Some(value) = positive_integer(raw, key, u64::MAX)? {

@@ -71,7 +71,7 @@ pub fn plan(request: &ParsedRequest, rules: BodyRules<'_>) -> Plan {
 
     let mut edit = Edit::default();
     for (index, member) in request.members.iter().enumerate() {
-        let key = member.key.as_str();
+        let key = request.key(member);
         if is_steering(key) && !rules.passthrough_fields.iter().any(|allowed| allowed == key) {
             tracing::debug!(field = key, "steering field removed from the request");
             edit.drop(index);
@@ -81,10 +81,10 @@ pub fn plan(request: &ParsedRequest, rules: BodyRules<'_>) -> Plan {
             edit.replace(index, with_usage(request.raw(member)));
         }
     }
-    if generates && !request.members.iter().any(|member| member.key == rules.max_tokens_field) {
+    if generates && !request.members.iter().any(|member| request.key(member) == rules.max_tokens_field) {
         edit.add(rules.max_tokens_field, cap_text);
     }
-    if needs_usage && !request.members.iter().any(|member| member.key == "stream_options") {
+    if needs_usage && !request.members.iter().any(|member| request.key(member) == "stream_options") {
         edit.add("stream_options", "{\"include_usage\":true}".to_string());
     }
     let body = edit.apply(&request.body, &request.members);

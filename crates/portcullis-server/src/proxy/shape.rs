@@ -10,14 +10,30 @@
 
 use std::ops::Range;
 
-/// One top-level member: its key (unescaped) and where its key and value lie in the body.
+/// One top-level member: where its key and value lie in the body, and its key unescaped when it
+/// has escapes (most keys have none, and are read where they lie: see [`Member::key`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
-    pub key: String,
     /// The key with its quotes.
     pub key_span: Range<usize>,
     pub value: Range<usize>,
+    unescaped: Option<Box<str>>,
 }
+
+impl Member {
+    /// The member's key; `body` is the body it was found in.
+    pub fn key<'a>(&'a self, body: &'a [u8]) -> &'a str {
+        match &self.unescaped {
+            Some(key) => key,
+            // Checked UTF-8 without escapes: the bytes between the quotes are the key.
+            None => std::str::from_utf8(&body[self.key_span.start + 1..self.key_span.end - 1]).unwrap_or_default(),
+        }
+    }
+}
+
+/// Members up to this many are checked for duplicates pairwise; more go through a hash set (a
+/// body of a hundred thousand members must not cost billions of comparisons).
+const PAIRWISE_DUPLICATE_CHECK: usize = 16;
 
 /// Why a body was refused; `member` names the top-level member the fault is in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +57,8 @@ pub fn members(body: &[u8], max_depth: usize) -> Result<Vec<Member>, ShapeError>
     if !scanner.eat(b'{') {
         return Err(ShapeError::NotAnObject);
     }
-    let mut members: Vec<Member> = Vec::new();
+    let mut members: Vec<Member> = Vec::with_capacity(8);
+    let last_key = |members: &[Member]| members.last().map(|member| member.key(body).to_string());
     scanner.skip_space();
     if scanner.eat(b'}') {
         return scanner.end(members);
@@ -50,33 +67,38 @@ pub fn members(body: &[u8], max_depth: usize) -> Result<Vec<Member>, ShapeError>
         scanner.skip_space();
         let key_start = scanner.at;
         if !scanner.eat(b'"') {
-            return Err(ShapeError::Malformed { member: members.last().map(|m| m.key.clone()) });
+            return Err(ShapeError::Malformed { member: last_key(&members) });
         }
-        scanner.string().map_err(|_| ShapeError::Malformed { member: None })?;
+        let escaped = scanner.string().map_err(|_| ShapeError::Malformed { member: None })?;
         let key_span = key_start..scanner.at;
-        let key: String =
-            serde_json::from_slice(&body[key_span.clone()]).map_err(|_| ShapeError::Malformed { member: None })?;
-        if members.iter().any(|member| member.key == key) {
-            return Err(ShapeError::Duplicate { member: key });
-        }
+        let unescaped = match escaped {
+            false => None,
+            true => Some(
+                serde_json::from_slice::<String>(&body[key_span.clone()])
+                    .map_err(|_| ShapeError::Malformed { member: None })?
+                    .into_boxed_str(),
+            ),
+        };
+        let member = Member { key_span, value: 0..0, unescaped };
+        let key = || member.key(body).to_string();
         scanner.skip_space();
         if !scanner.eat(b':') {
-            return Err(ShapeError::Malformed { member: Some(key) });
+            return Err(ShapeError::Malformed { member: Some(key()) });
         }
         scanner.skip_space();
         let value_start = scanner.at;
         match scanner.value(max_depth) {
             Ok(()) => {}
-            Err(Fault::TooDeep) => return Err(ShapeError::TooDeep { member: key, limit: max_depth }),
-            Err(Fault::LoneSurrogate) => return Err(ShapeError::LoneSurrogate { member: key }),
-            Err(Fault::NumberOutOfRange) => return Err(ShapeError::NumberOutOfRange { member: key }),
-            Err(Fault::Malformed) => return Err(ShapeError::Malformed { member: Some(key) }),
+            Err(Fault::TooDeep) => return Err(ShapeError::TooDeep { member: key(), limit: max_depth }),
+            Err(Fault::LoneSurrogate) => return Err(ShapeError::LoneSurrogate { member: key() }),
+            Err(Fault::NumberOutOfRange) => return Err(ShapeError::NumberOutOfRange { member: key() }),
+            Err(Fault::Malformed) => return Err(ShapeError::Malformed { member: Some(key()) }),
         }
         let value = value_start..trim_end(body, value_start, scanner.at);
         if value.is_empty() {
-            return Err(ShapeError::Malformed { member: Some(key) });
+            return Err(ShapeError::Malformed { member: Some(key()) });
         }
-        members.push(Member { key, key_span, value });
+        members.push(Member { value, ..member });
         scanner.skip_space();
         if scanner.eat(b',') {
             continue;
@@ -84,8 +106,19 @@ pub fn members(body: &[u8], max_depth: usize) -> Result<Vec<Member>, ShapeError>
         if scanner.eat(b'}') {
             return scanner.end(members);
         }
-        return Err(ShapeError::Malformed { member: members.last().map(|m| m.key.clone()) });
+        return Err(ShapeError::Malformed { member: last_key(&members) });
     }
+}
+
+/// A key that two members share.
+fn duplicate(body: &[u8], members: &[Member]) -> Option<String> {
+    let mut keys = members.iter().map(|member| member.key(body));
+    if members.len() <= PAIRWISE_DUPLICATE_CHECK {
+        let keys: Vec<&str> = keys.collect();
+        return keys.iter().enumerate().find(|(at, key)| keys[..*at].contains(key)).map(|(_, key)| key.to_string());
+    }
+    let mut seen = std::collections::HashSet::with_capacity(members.len());
+    keys.find(|key| !seen.insert(*key)).map(str::to_string)
 }
 
 enum Fault {
@@ -115,7 +148,13 @@ impl Scanner<'_> {
 
     fn end(mut self, members: Vec<Member>) -> Result<Vec<Member>, ShapeError> {
         self.skip_space();
-        if self.at == self.body.len() { Ok(members) } else { Err(ShapeError::Malformed { member: None }) }
+        if self.at != self.body.len() {
+            return Err(ShapeError::Malformed { member: None });
+        }
+        match duplicate(self.body, &members) {
+            Some(member) => Err(ShapeError::Duplicate { member }),
+            None => Ok(members),
+        }
     }
 
     /// Past a member's value: up to (not including) the `,` or `}` that ends it at the top level.
@@ -169,9 +208,11 @@ impl Scanner<'_> {
 
     /// Past a string whose opening quote was just read; escapes are followed so that a `\"`
     /// does not end it, and `\u` escapes must pair their surrogates.
-    fn string(&mut self) -> Result<(), Fault> {
+    /// Returns whether the string had an escape.
+    fn string(&mut self) -> Result<bool, Fault> {
         // A high surrogate seen last, waiting for its low half.
         let mut pending_high = false;
+        let mut escaped_any = false;
         loop {
             let rest = &self.body[self.at..];
             let Some(offset) = memchr::memchr2(b'"', b'\\', rest) else { return Err(Fault::Malformed) };
@@ -184,9 +225,10 @@ impl Scanner<'_> {
                     return Err(Fault::LoneSurrogate);
                 }
                 self.at += 1;
-                return Ok(());
+                return Ok(escaped_any);
             }
             // A backslash and what it escapes.
+            escaped_any = true;
             let escaped = *self.body.get(self.at + 1).ok_or(Fault::Malformed)?;
             if escaped != b'u' {
                 if pending_high {
@@ -251,14 +293,14 @@ mod tests {
     use super::*;
 
     fn keys(body: &str) -> Vec<String> {
-        members(body.as_bytes(), 64).unwrap().into_iter().map(|member| member.key).collect()
+        members(body.as_bytes(), 64).unwrap().iter().map(|member| member.key(body.as_bytes()).to_string()).collect()
     }
 
     #[test]
     fn members_and_their_values_are_found_with_escapes_and_whitespace() {
         let body = r#" { "model" : "m" , "messages":[{"content":"a \"}\" ]"}], "max\u005ftokens": 5 ,"x":{}} "#;
         let found = members(body.as_bytes(), 64).unwrap();
-        let pairs: Vec<(&str, &str)> = found.iter().map(|m| (m.key.as_str(), &body[m.value.clone()])).collect();
+        let pairs: Vec<(&str, &str)> = found.iter().map(|m| (m.key(body.as_bytes()), &body[m.value.clone()])).collect();
         assert_eq!(
             pairs,
             vec![("model", r#""m""#), ("messages", r#"[{"content":"a \"}\" ]"}]"#), ("max_tokens", "5"), ("x", "{}"),]
@@ -310,6 +352,15 @@ mod tests {
             members(r#"{"max_tokens":1,"max_\u0074okens":100000}"#.as_bytes(), 64),
             Err(ShapeError::Duplicate { member: "max_tokens".into() })
         );
+    }
+
+    #[test]
+    fn duplicates_among_many_members_are_found_without_comparing_every_pair() {
+        let many: Vec<String> = (0..100_000).map(|i| format!(r#""k{i}":{i}"#)).collect();
+        let unique = format!("{{{}}}", many.join(","));
+        assert_eq!(members(unique.as_bytes(), 64).map(|found| found.len()), Ok(100_000));
+        let twice = format!("{{{},\"k7\":0}}", many.join(","));
+        assert_eq!(members(twice.as_bytes(), 64), Err(ShapeError::Duplicate { member: "k7".into() }));
     }
 
     #[test]
