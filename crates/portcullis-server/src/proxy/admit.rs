@@ -1,11 +1,12 @@
-//! Admission, in two steps against every limit that applies to the caller — key, team and
-//! global, each all at once or not at all:
-//! 1. [`enter`], before the body is read: the request rate and a concurrency slot, so that a
-//!    key with `max_concurrent = 8` cannot hold more than eight bodies open either;
+//! Admission against every limit that applies to the caller — key, team and global, each all at
+//! once or not at all. A request whose body is still on its way is admitted in two steps:
+//! 1. [`enter`], before the rest of the body is read: the request rate and a concurrency slot, so
+//!    that a key with `max_concurrent = 8` cannot hold more than eight bodies open either;
 //! 2. [`admit`], once the body is parsed: the request's worst case in tokens and money.
 //!
-//! A request refused at the second step (or whose body never arrives) gives its slot back at
-//! once; it still counts against the request rate, like any request that was made.
+//! A request whose body came whole with its head (most do) is admitted in one step, [`admit`]
+//! alone. A request refused at the second step (or whose body never arrives) gives its slot
+//! back at once; it still counts against the request rate, like any request that was made.
 
 use std::sync::Arc;
 
@@ -39,24 +40,22 @@ pub struct Admitted {
     pub settlement: Settlement,
 }
 
-/// Takes the request and a concurrency slot.
+/// Takes the request and a concurrency slot, for a request whose body is still on its way.
 pub async fn enter(state: &AppState, config: &Config, principal: &Principal) -> Result<Entered, ApiError> {
-    let team = match &principal.team {
-        Some(name) => state.teams().get(name).await.map_err(|error| ApiError::from_store(&error, "team lookup"))?,
-        None => None,
-    };
+    let team = team_of(state, principal).await?;
     let (rate, amounts) = limits::split(limits::scopes_for(config, principal, team.as_deref()));
     let slot = reserve(state, &rate, Demand::default(), Operation::Chat).await?;
     let headers = slot.as_ref().map(|slot| slot.headers).unwrap_or_default();
     Ok(Entered { team, amounts, slot, headers })
 }
 
-/// Reserves the request's worst case in tokens and money.
+/// Reserves the request's worst case in tokens and money — with the request and its
+/// concurrency slot too when it did not [`enter`] first (its body was all there at once).
 pub async fn admit(
     state: &AppState,
     config: &Config,
     principal: &Principal,
-    entered: Entered,
+    entered: Option<Entered>,
     request: &ParsedRequest,
     exchange: Exchange,
 ) -> Result<Admitted, ApiError> {
@@ -70,16 +69,26 @@ pub async fn admit(
     let price = price_of(config, &request.model);
     let completion_bound = plan.completion_cap.saturating_mul(request.choices);
     let demand = Demand { tokens: plan.worst_case_tokens, cost: price.cost(plan.prompt_bound, completion_bound) };
-    let Entered { team, amounts, slot, headers } = entered;
-    let amount = reserve(state, &amounts, demand, request.operation).await?;
-    let rate_headers =
-        RateHeaders { requests: headers.requests, tokens: amount.as_ref().and_then(|r| r.headers.tokens) };
+    let (team, amounts, slot, rate_headers) = match entered {
+        Some(Entered { team, amounts, slot, headers }) => {
+            let amounts = reserve(state, &amounts, demand, request.operation).await?;
+            let tokens = amounts.as_ref().and_then(|reservation| reservation.headers.tokens);
+            (team, amounts, slot, RateHeaders { requests: headers.requests, tokens })
+        }
+        None => {
+            let team = team_of(state, principal).await?;
+            let scopes = limits::scopes_for(config, principal, team.as_deref());
+            let all = reserve(state, &scopes, demand, request.operation).await?;
+            let headers = all.as_ref().map(|reservation| reservation.headers).unwrap_or_default();
+            (team, all, None, headers)
+        }
+    };
     // Either the key or its team opting in turns capture on; only then is the prompt read.
     let captures = principal.capture_content || team.as_ref().is_some_and(|team| team.capture_content);
     let capture = captures.then(|| Capture::new(state.redactor().clone(), &request.body));
     let priority = config.tiers.get(&principal.tier).map_or(0, |tier| tier.priority);
     let settlement = Settlement::new(Terms {
-        amounts: amount,
+        amounts,
         slot,
         recorder: state.recorder().clone(),
         price,
@@ -93,6 +102,13 @@ pub async fn admit(
         capture,
     });
     Ok(Admitted { plan, rate_headers, priority, settlement })
+}
+
+async fn team_of(state: &AppState, principal: &Principal) -> Result<Option<Arc<TeamRecord>>, ApiError> {
+    match &principal.team {
+        Some(name) => state.teams().get(name).await.map_err(|error| ApiError::from_store(&error, "team lookup")),
+        None => Ok(None),
+    }
 }
 
 /// One all-or-nothing reservation; none when no limit applies.

@@ -3,8 +3,11 @@
 
 use axum::body::Body;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::HeaderMap;
 use http::header::CONTENT_LENGTH;
+use http_body::Frame;
+use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::Value;
@@ -92,25 +95,72 @@ impl ParsedRequest {
     }
 }
 
-/// Reads at most `limit` bytes: a declared or actual larger body is a 413, one that arrives too
-/// slowly a 408, a broken one (a malformed chunk, a connection cut short) a 400.
-pub async fn read(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
-    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit as u64) {
-        return Err(ApiError::RequestTooLarge { limit });
-    }
-    axum::body::to_bytes(body, limit).await.map_err(|error| {
-        // The cause sits under the layers of body wrappers: look down the chain.
-        let error: &(dyn std::error::Error + 'static) = &error;
-        let mut causes = std::iter::successors(Some(error), |error| error.source());
-        if causes.clone().any(|cause| cause.is::<http_body_util::LengthLimitError>()) {
-            ApiError::RequestTooLarge { limit }
-        } else if causes.any(|cause| cause.is::<BodyTooSlow>()) {
-            ApiError::RequestTimeout
-        } else {
-            ApiError::MalformedRequest { message: "the request body could not be read".into() }
+/// A request body being read, at most `limit` bytes: a declared or actual larger body is a 413,
+/// one that arrives too slowly a 408, a broken one (a malformed chunk, a connection cut short) a
+/// 400.
+pub struct Reading {
+    body: Body,
+    parts: Vec<Bytes>,
+    size: usize,
+    limit: usize,
+}
+
+impl Reading {
+    pub fn start(body: Body, headers: &HeaderMap, limit: usize) -> Result<Reading, ApiError> {
+        let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit as u64) {
+            return Err(ApiError::RequestTooLarge { limit });
         }
-    })
+        Ok(Reading { body, parts: Vec::new(), size: 0, limit })
+    }
+
+    /// Takes what has arrived, without waiting for more: the whole body if it is all there
+    /// (most bodies arrive with their head), else `None` and [`Reading::rest`] waits for it.
+    pub fn ready(&mut self) -> Result<Option<Bytes>, ApiError> {
+        loop {
+            match self.body.frame().now_or_never() {
+                None => return Ok(None),
+                Some(None) => return Ok(Some(self.joined())),
+                Some(Some(frame)) => self.take(frame)?,
+            }
+        }
+    }
+
+    /// The rest of the body, for as long as its deadlines allow.
+    pub async fn rest(mut self) -> Result<Bytes, ApiError> {
+        while let Some(frame) = self.body.frame().await {
+            self.take(frame)?;
+        }
+        Ok(self.joined())
+    }
+
+    fn take(&mut self, frame: Result<Frame<Bytes>, axum::Error>) -> Result<(), ApiError> {
+        let Ok(data) = frame.map_err(|error| read_error(&error))?.into_data() else { return Ok(()) };
+        self.size += data.len();
+        if self.size > self.limit {
+            return Err(ApiError::RequestTooLarge { limit: self.limit });
+        }
+        self.parts.push(data);
+        Ok(())
+    }
+
+    /// The body in one piece; copied only when it came in several frames.
+    fn joined(&mut self) -> Bytes {
+        match self.parts.len() {
+            1 => self.parts.pop().unwrap_or_default(),
+            _ => Bytes::from(std::mem::take(&mut self.parts).concat()),
+        }
+    }
+}
+
+fn read_error(error: &axum::Error) -> ApiError {
+    // The cause sits under the layers of body wrappers: look down the chain.
+    let error: &(dyn std::error::Error + 'static) = error;
+    if std::iter::successors(Some(error), |error| error.source()).any(|cause| cause.is::<BodyTooSlow>()) {
+        ApiError::RequestTimeout
+    } else {
+        ApiError::MalformedRequest { message: "the request body could not be read".into() }
+    }
 }
 
 /// Checks the body's shape (see [`shape`]) and reads what admission and routing need.

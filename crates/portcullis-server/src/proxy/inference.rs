@@ -52,9 +52,12 @@ async fn serve(
     let (parts, body) = request.into_parts();
 
     let principal = caller(&state, &exchange, &parts.headers, scope_of(operation)).await?;
-    let entered = admit::enter(&state, config, &principal).await?;
-
-    let bytes = body::read(body, &parts.headers, config.server.max_body_bytes).await?;
+    let mut reading = body::Reading::start(body, &parts.headers, config.server.max_body_bytes)?;
+    let (entered, bytes) = match reading.ready()? {
+        Some(bytes) => (None, bytes),
+        // The body is still coming: its concurrency slot is taken before it is waited for.
+        None => (Some(admit::enter(&state, config, &principal).await?), reading.rest().await?),
+    };
     let parsed = body::parse(operation, bytes, config.server.max_json_depth)?;
     if !runtime.upstreams.contains(&parsed.model) {
         return Err(ApiError::ModelNotFound { model: parsed.model });
