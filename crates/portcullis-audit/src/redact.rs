@@ -141,6 +141,10 @@ pub const CREDENTIAL_RUN: usize = 16;
 
 fn may_hold_credential(text: &str) -> bool {
     let bytes = text.as_bytes();
+    // Most short text is shorter than a credential: nothing to look for.
+    if bytes.len() < CREDENTIAL_RUN.min(b"basic ".len()) {
+        return false;
+    }
     let mut run = 0;
     for &byte in bytes {
         let token = byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.' | b'~' | b'+' | b'/' | b'=');

@@ -9,7 +9,6 @@ use http::header::CONTENT_LENGTH;
 use http_body::Frame;
 use http_body_util::BodyExt;
 use serde::Deserialize;
-use serde::de::IgnoredAny;
 use serde_json::Value;
 
 use super::shape::{self, Member, ShapeError};
@@ -35,19 +34,7 @@ impl Operation {
     }
 }
 
-/// Only the fields Portcullis reads through serde; the completion caps and choice counts are
-/// read from the body's members (see [`caps`]), everything else passes through untouched.
-#[derive(Debug, Deserialize)]
-struct Envelope {
-    model: Option<String>,
-    #[serde(default)]
-    stream: Option<bool>,
-    messages: Option<Vec<IgnoredAny>>,
-    prompt: Option<IgnoredAny>,
-    input: Option<IgnoredAny>,
-    stream_options: Option<StreamOptions>,
-}
-
+/// `stream_options`, of which only `include_usage` matters here.
 #[derive(Debug, Deserialize)]
 struct StreamOptions {
     include_usage: Option<bool>,
@@ -92,6 +79,11 @@ impl ParsedRequest {
     /// A top-level member's key.
     pub fn key<'a>(&'a self, member: &'a Member) -> &'a str {
         member.key(&self.body)
+    }
+
+    /// Whether the body has a top-level member named `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.members.iter().any(|member| member.raw_key(&self.body) == name.as_bytes())
     }
 }
 
@@ -163,48 +155,74 @@ fn read_error(error: &axum::Error) -> ApiError {
     }
 }
 
-/// Checks the body's shape (see [`shape`]) and reads what admission and routing need.
+/// Checks the body's shape (see [`shape`], which validates it as JSON) and reads what admission
+/// and routing need from its top-level members, each parsed on its own.
 pub fn parse(operation: Operation, body: Bytes, max_depth: usize) -> Result<ParsedRequest, ApiError> {
     let members = shape::members(&body, max_depth).map_err(shape_error)?;
-    let envelope: Envelope = serde_json::from_slice(&body)
-        .map_err(|error| ApiError::bad_request(format!("Invalid request body: {error}"), None))?;
-    let model = envelope
-        .model
+    // `null` is as good as absent, as in the OpenAI API.
+    let member = |name: &str| {
+        members
+            .iter()
+            .map(|member| (member.raw_key(&body), &body[member.value.clone()]))
+            .find_map(|(key, raw)| (key == name.as_bytes() && raw != b"null").then_some(raw))
+    };
+    let model = member("model")
+        .map(|raw| {
+            serde_json::from_slice::<String>(raw)
+                .map_err(|_| ApiError::bad_request("The model parameter must be a string.", Some("model")))
+        })
+        .transpose()?
         .filter(|model| !model.is_empty())
         .ok_or_else(|| ApiError::bad_request("You must provide a model parameter.", Some("model")))?;
-    let missing = match operation {
-        Operation::Chat => envelope.messages.is_none().then_some("messages"),
-        Operation::Completions => envelope.prompt.is_none().then_some("prompt"),
-        Operation::Embeddings => envelope.input.is_none().then_some("input"),
+    let required = match operation {
+        Operation::Chat => "messages",
+        Operation::Completions => "prompt",
+        Operation::Embeddings => "input",
     };
-    if let Some(field) = missing {
-        return Err(ApiError::bad_request(format!("Missing required parameter: '{field}'."), Some(field)));
+    match member(required) {
+        None => {
+            return Err(ApiError::bad_request(format!("Missing required parameter: '{required}'."), Some(required)));
+        }
+        Some(raw) if operation == Operation::Chat && raw.first() != Some(&b'[') => {
+            return Err(ApiError::bad_request("'messages' must be an array.", Some("messages")));
+        }
+        Some(_) => {}
     }
-    let stream = envelope.stream.unwrap_or(false);
+    let stream = match member("stream") {
+        None | Some(b"false") => false,
+        Some(b"true") => true,
+        Some(_) => return Err(ApiError::bad_request("'stream' must be a boolean.", Some("stream"))),
+    };
     if stream && operation == Operation::Embeddings {
         return Err(ApiError::bad_request("Embeddings cannot be streamed.", Some("stream")));
     }
+    let stream_options: Option<StreamOptions> = member("stream_options")
+        .map(serde_json::from_slice)
+        .transpose()
+        .map_err(|error| ApiError::bad_request(format!("Invalid stream_options: {error}"), Some("stream_options")))?;
     let (max_tokens, choices) = caps(&body, &members)?;
-    let wants_stream_usage = envelope.stream_options.and_then(|options| options.include_usage).unwrap_or(false);
+    let wants_stream_usage = stream_options.and_then(|options| options.include_usage).unwrap_or(false);
     Ok(ParsedRequest { operation, model, stream, max_tokens, choices, wants_stream_usage, body, members })
 }
 
 /// The smallest cap named and the number of choices; each must be a positive whole number.
 fn caps(body: &[u8], members: &[Member]) -> Result<(Option<u64>, u64), ApiError> {
+    let is_one_of = |key: &[u8], names: &[&str]| names.iter().any(|name| name.as_bytes() == key);
     let mut cap: Option<u64> = None;
     let mut choices = 1;
     for member in members {
-        let key = member.key(body);
+        let key = member.raw_key(body);
         let raw = &body[member.value.clone()];
-        if CAP_FIELDS.contains(&key) {
-            if let Some(value) = positive_integer(raw, key, u64::MAX)? {
+        if is_one_of(key, &CAP_FIELDS) {
+            if let Some(value) = positive_integer(raw, member.key(body), u64::MAX)? {
                 cap = Some(cap.map_or(value, |cap| cap.min(value)));
             }
-        } else if CHOICE_FIELDS.contains(&key) {
-            if let Some(value) = positive_integer(raw, key, MAX_CHOICES)? {
+        } else if is_one_of(key, &CHOICE_FIELDS) {
+            if let Some(value) = positive_integer(raw, member.key(body), MAX_CHOICES)? {
                 choices = choices.max(value);
             }
-        } else if NESTED_SETTINGS.contains(&key) && raw.first() == Some(&b'{') {
+        } else if is_one_of(key, &NESTED_SETTINGS) && raw.first() == Some(&b'{') {
+            let key = member.key(body);
             let settings: serde_json::Map<String, Value> = serde_json::from_slice(raw)
                 .map_err(|error| invalid_field(key.to_string(), format!("'{key}' is not a valid object: {error}")))?;
             if let Some(nested) = CAP_FIELDS.iter().find(|field| settings.contains_key(**field)) {
@@ -297,8 +315,18 @@ mod tests {
         assert_eq!(param(r#"{"messages":[]}"#), Some("model"));
         assert_eq!(param(r#"{"model":"","messages":[]}"#), Some("model"));
         assert_eq!(param(r#"{"model":"m"}"#), Some("messages"));
-        assert_eq!(param(r#"{"model":"m","messages":"hi"}"#), None);
-        assert_eq!(param(r#"{"model":"m","messages":[],"stream":"yes"}"#), None);
+        assert_eq!(param(r#"{"model":"m","messages":"hi"}"#), Some("messages"));
+        assert_eq!(param(r#"{"model":"m","messages":[],"stream":"yes"}"#), Some("stream"));
+        assert_eq!(param(r#"{"model":7,"messages":[]}"#), Some("model"));
+        assert_eq!(param(r#"{"model":"m","messages":[],"stream_options":3}"#), Some("stream_options"));
+        assert_eq!(param(r#"{"model":"m","messages":null}"#), Some("messages"));
+        for broken in [
+            r#"{"model":"m","messages":[tru]}"#,
+            r#"{"model":"m","messages":[01]}"#,
+            r#"{"model":"m","messages":["\q"]}"#,
+        ] {
+            assert_eq!(param(broken), None, "{broken}");
+        }
     }
 
     #[test]

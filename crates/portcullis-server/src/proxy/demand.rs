@@ -71,20 +71,23 @@ pub fn plan(request: &ParsedRequest, rules: BodyRules<'_>) -> Plan {
 
     let mut edit = Edit::default();
     for (index, member) in request.members.iter().enumerate() {
-        let key = request.key(member);
-        if is_steering(key) && !rules.passthrough_fields.iter().any(|allowed| allowed == key) {
-            tracing::debug!(field = key, "steering field removed from the request");
+        let key = member.raw_key(&request.body);
+        if is_steering(key) && !rules.passthrough_fields.iter().any(|allowed| allowed.as_bytes() == key) {
+            tracing::debug!(field = request.key(member), "steering field removed from the request");
             edit.drop(index);
-        } else if generates && COMPLETION_CAP_FIELDS.contains(&key) && request.raw(member) != cap_text.as_bytes() {
+        } else if generates
+            && COMPLETION_CAP_FIELDS.iter().any(|field| field.as_bytes() == key)
+            && request.raw(member) != cap_text.as_bytes()
+        {
             edit.replace(index, cap_text.clone());
-        } else if needs_usage && key == "stream_options" {
+        } else if needs_usage && key == b"stream_options" {
             edit.replace(index, with_usage(request.raw(member)));
         }
     }
-    if generates && !request.members.iter().any(|member| request.key(member) == rules.max_tokens_field) {
+    if generates && !request.has(rules.max_tokens_field) {
         edit.add(rules.max_tokens_field, cap_text);
     }
-    if needs_usage && !request.members.iter().any(|member| request.key(member) == "stream_options") {
+    if needs_usage && !request.has("stream_options") {
         edit.add("stream_options", "{\"include_usage\":true}".to_string());
     }
     let body = edit.apply(&request.body, &request.members);
@@ -92,10 +95,10 @@ pub fn plan(request: &ParsedRequest, rules: BodyRules<'_>) -> Plan {
     Plan { prompt_bound, completion_cap, worst_case_tokens, body }
 }
 
-fn is_steering(key: &str) -> bool {
-    STEERING_FIELDS.contains(&key)
-        || STEERING_PREFIXES.iter().any(|prefix| key.starts_with(prefix))
-        || STEERING_SUFFIXES.iter().any(|suffix| key.ends_with(suffix))
+fn is_steering(key: &[u8]) -> bool {
+    STEERING_FIELDS.iter().any(|field| field.as_bytes() == key)
+        || STEERING_PREFIXES.iter().any(|prefix| key.starts_with(prefix.as_bytes()))
+        || STEERING_SUFFIXES.iter().any(|suffix| key.ends_with(suffix.as_bytes()))
 }
 
 /// The client's `stream_options` with `include_usage` turned on and the rest kept.

@@ -21,6 +21,15 @@ pub struct Member {
 }
 
 impl Member {
+    /// The member's key as bytes (for comparing without checking UTF-8 again); `body` is the
+    /// body it was found in.
+    pub fn raw_key<'a>(&'a self, body: &'a [u8]) -> &'a [u8] {
+        match &self.unescaped {
+            Some(key) => key.as_bytes(),
+            None => &body[self.key_span.start + 1..self.key_span.end - 1],
+        }
+    }
+
     /// The member's key; `body` is the body it was found in.
     pub fn key<'a>(&'a self, body: &'a [u8]) -> &'a str {
         match &self.unescaped {
@@ -157,46 +166,112 @@ impl Scanner<'_> {
         }
     }
 
-    /// Past a member's value: up to (not including) the `,` or `}` that ends it at the top level.
-    /// Arrays and objects inside count towards `max_depth` (the top-level object is depth 1).
+    /// Past one JSON value — validated by JSON's grammar — and the whitespace after it. Arrays
+    /// and objects inside count towards `max_depth` (the top-level object is depth 1).
     fn value(&mut self, max_depth: usize) -> Result<(), Fault> {
-        let mut depth = 1usize;
+        // Open containers below the member's own value: `true` for an object, `false` for an
+        // array. Only their kinds are kept, one bit each.
+        let mut open = Containers::default();
         loop {
-            let Some(&byte) = self.body.get(self.at) else { return Err(Fault::Malformed) };
+            // A value.
+            self.skip_space();
+            let &byte = self.body.get(self.at).ok_or(Fault::Malformed)?;
             match byte {
+                b'{' | b'[' => {
+                    self.at += 1;
+                    if open.depth() + 2 > max_depth {
+                        return Err(Fault::TooDeep);
+                    }
+                    let object = byte == b'{';
+                    open.push(object);
+                    self.skip_space();
+                    let close = if object { b'}' } else { b']' };
+                    if self.eat(close) {
+                        open.pop();
+                    } else {
+                        if object {
+                            self.key()?;
+                        }
+                        continue;
+                    }
+                }
                 b'"' => {
                     self.at += 1;
                     self.string()?;
-                    continue;
                 }
-                b'{' | b'[' => {
-                    depth += 1;
-                    if depth > max_depth {
-                        return Err(Fault::TooDeep);
-                    }
-                }
-                b'}' | b']' => {
-                    if depth == 1 {
-                        return Ok(());
-                    }
-                    depth -= 1;
-                }
-                b',' if depth == 1 => return Ok(()),
-                b'-' | b'0'..=b'9' => {
-                    self.number()?;
-                    continue;
-                }
-                _ => {}
+                b'-' | b'0'..=b'9' => self.number()?,
+                b't' => self.literal(b"true")?,
+                b'f' => self.literal(b"false")?,
+                b'n' => self.literal(b"null")?,
+                _ => return Err(Fault::Malformed),
             }
-            self.at += 1;
+            // After a value: the next element, the end of its container, or the end of the member.
+            loop {
+                self.skip_space();
+                let Some(object) = open.top() else { return Ok(()) };
+                if self.eat(b',') {
+                    if object {
+                        self.key()?;
+                    }
+                    break;
+                }
+                if self.eat(if object { b'}' } else { b']' }) {
+                    open.pop();
+                    continue;
+                }
+                return Err(Fault::Malformed);
+            }
         }
     }
 
-    /// Past a number, which must be finite as a double.
+    /// A key and its colon, inside an object.
+    fn key(&mut self) -> Result<(), Fault> {
+        self.skip_space();
+        if !self.eat(b'"') {
+            return Err(Fault::Malformed);
+        }
+        self.string()?;
+        self.skip_space();
+        if self.eat(b':') { Ok(()) } else { Err(Fault::Malformed) }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Result<(), Fault> {
+        if self.body[self.at..].starts_with(word) {
+            self.at += word.len();
+            Ok(())
+        } else {
+            Err(Fault::Malformed)
+        }
+    }
+
+    /// Past a number: JSON's grammar, and finite as a double.
     fn number(&mut self) -> Result<(), Fault> {
         let start = self.at;
-        while self.body.get(self.at).is_some_and(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')) {
-            self.at += 1;
+        let digits = |scanner: &mut Self| {
+            let from = scanner.at;
+            while scanner.body.get(scanner.at).is_some_and(u8::is_ascii_digit) {
+                scanner.at += 1;
+            }
+            scanner.at - from
+        };
+        self.eat(b'-');
+        match self.body.get(self.at) {
+            Some(b'0') => self.at += 1,
+            Some(b'1'..=b'9') => {
+                digits(self);
+            }
+            _ => return Err(Fault::Malformed),
+        }
+        if self.eat(b'.') && digits(self) == 0 {
+            return Err(Fault::Malformed);
+        }
+        if self.eat(b'e') || self.eat(b'E') {
+            if !self.eat(b'+') {
+                self.eat(b'-');
+            }
+            if digits(self) == 0 {
+                return Err(Fault::Malformed);
+            }
         }
         let text = std::str::from_utf8(&self.body[start..self.at]).map_err(|_| Fault::Malformed)?;
         match text.parse::<f64>() {
@@ -206,9 +281,8 @@ impl Scanner<'_> {
         }
     }
 
-    /// Past a string whose opening quote was just read; escapes are followed so that a `\"`
-    /// does not end it, and `\u` escapes must pair their surrogates.
-    /// Returns whether the string had an escape.
+    /// Past a string whose opening quote was just read: no raw control character, only JSON's
+    /// escapes, and `\u` escapes that pair their surrogates. Returns whether it had an escape.
     fn string(&mut self) -> Result<bool, Fault> {
         // A high surrogate seen last, waiting for its low half.
         let mut pending_high = false;
@@ -216,6 +290,9 @@ impl Scanner<'_> {
         loop {
             let rest = &self.body[self.at..];
             let Some(offset) = memchr::memchr2(b'"', b'\\', rest) else { return Err(Fault::Malformed) };
+            if rest[..offset].iter().any(|&byte| byte < 0x20) {
+                return Err(Fault::Malformed);
+            }
             if pending_high && offset > 0 {
                 return Err(Fault::LoneSurrogate);
             }
@@ -231,6 +308,9 @@ impl Scanner<'_> {
             escaped_any = true;
             let escaped = *self.body.get(self.at + 1).ok_or(Fault::Malformed)?;
             if escaped != b'u' {
+                if !matches!(escaped, b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') {
+                    return Err(Fault::Malformed);
+                }
                 if pending_high {
                     return Err(Fault::LoneSurrogate);
                 }
@@ -238,6 +318,9 @@ impl Scanner<'_> {
                 continue;
             }
             let hex = self.body.get(self.at + 2..self.at + 6).ok_or(Fault::Malformed)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return Err(Fault::Malformed);
+            }
             let unit = std::str::from_utf8(hex).ok().and_then(|hex| u16::from_str_radix(hex, 16).ok());
             let unit = unit.ok_or(Fault::Malformed)?;
             match (pending_high, unit) {
@@ -248,6 +331,38 @@ impl Scanner<'_> {
             }
             self.at += 6;
         }
+    }
+}
+
+/// The kinds of the containers open inside a member's value, as a stack of bits (object or
+/// array), as deep as the deepest limit allows.
+#[derive(Default)]
+struct Containers {
+    bits: [u64; 8],
+    depth: usize,
+}
+
+impl Containers {
+    fn depth(&self) -> usize {
+        self.depth
+    }
+
+    fn push(&mut self, object: bool) {
+        let (word, bit) = (self.depth / 64, self.depth % 64);
+        if let Some(word) = self.bits.get_mut(word) {
+            *word = (*word & !(1 << bit)) | (u64::from(object) << bit);
+        }
+        self.depth += 1;
+    }
+
+    fn pop(&mut self) {
+        self.depth = self.depth.saturating_sub(1);
+    }
+
+    /// Whether the innermost open container is an object; `None` when none is open.
+    fn top(&self) -> Option<bool> {
+        let at = self.depth.checked_sub(1)?;
+        Some(self.bits.get(at / 64).is_some_and(|word| word >> (at % 64) & 1 == 1))
     }
 }
 
@@ -368,6 +483,51 @@ mod tests {
         assert_eq!(members(b"[1,2]", 64), Err(ShapeError::NotAnObject));
         for broken in [r#"{"a":1"#, r#"{"a":"x}"#, r#"{"a"}"#, r#"{"a":1}x"#, r#"{"a":}"#, r#"{"a":1,}"#] {
             assert!(matches!(members(broken.as_bytes(), 64), Err(ShapeError::Malformed { .. })), "{broken}");
+        }
+    }
+
+    #[test]
+    fn values_inside_members_follow_jsons_grammar() {
+        let fine = [
+            r#"[]"#,
+            r#"{}"#,
+            r#"[1,-0.5,2e-3,1E+2,"x",true,false,null,{"k":[{}]}]"#,
+            r#" { "k" : [ 1 , 2 ] } "#,
+            r#""\"\\\/\b\f\n\r\t\u00e9""#,
+        ];
+        for value in fine {
+            let body = format!(r#"{{"a":{value},"b":1}}"#);
+            assert_eq!(keys(&body), ["a", "b"], "{value}");
+        }
+        let broken = [
+            "tru",
+            "nul",
+            "falsy",
+            "01",
+            "1.",
+            ".5",
+            "1e",
+            "-",
+            "+1",
+            "[1,]",
+            "[1 2]",
+            r#"{"k"}"#,
+            r#"{"k":1,}"#,
+            r#"{k:1}"#,
+            "[1",
+            r#"{"k":[}"#,
+            r#""\q""#,
+            r#""\u12g4""#,
+            "\"tab\there\"",
+            "[1]]",
+        ];
+        for value in broken {
+            let body = format!(r#"{{"a":{value},"b":1}}"#);
+            assert_eq!(
+                members(body.as_bytes(), 64),
+                Err(ShapeError::Malformed { member: Some("a".into()) }),
+                "{value}"
+            );
         }
     }
 }
