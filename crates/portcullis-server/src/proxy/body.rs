@@ -168,8 +168,7 @@ pub fn parse(operation: Operation, body: Bytes, max_depth: usize) -> Result<Pars
     };
     let model = member("model")
         .map(|raw| {
-            serde_json::from_slice::<String>(raw)
-                .map_err(|_| ApiError::bad_request("The model parameter must be a string.", Some("model")))
+            string(raw).ok_or_else(|| ApiError::bad_request("The model parameter must be a string.", Some("model")))
         })
         .transpose()?
         .filter(|model| !model.is_empty())
@@ -236,12 +235,23 @@ fn caps(body: &[u8], members: &[Member]) -> Result<(Option<u64>, u64), ApiError>
     Ok((cap, choices))
 }
 
+/// A JSON string's text; read in place when it has no escape (most model names).
+fn string(raw: &[u8]) -> Option<String> {
+    match raw {
+        [b'"', inner @ .., b'"'] if !inner.contains(&b'\\') => std::str::from_utf8(inner).ok().map(str::to_string),
+        _ => serde_json::from_slice(raw).ok(),
+    }
+}
+
 /// A member that must be a whole number in `1..=max`, or `null` (as if absent).
 fn positive_integer(raw: &[u8], key: &str, max: u64) -> Result<Option<u64>, ApiError> {
     if raw == b"null" {
         return Ok(None);
     }
-    match serde_json::from_slice::<u64>(raw) {
+    // Plain digits are most of what arrives; anything else (`1e3`, `5.0`) goes through serde.
+    let plain = (!raw.is_empty() && raw.len() <= 19 && raw.iter().all(u8::is_ascii_digit))
+        .then(|| raw.iter().fold(0u64, |value, digit| value * 10 + u64::from(digit - b'0')));
+    match plain.map_or_else(|| serde_json::from_slice::<u64>(raw), Ok) {
         Ok(value) if (1..=max).contains(&value) => Ok(Some(value)),
         _ if max == u64::MAX => {
             Err(invalid_field(key.to_string(), format!("'{key}' must be a whole number of at least 1.")))
