@@ -127,6 +127,8 @@ struct Behaviour {
     /// Reported in place of the true figures: (prompt, completion).
     reported_usage: Option<(u64, u64)>,
     ignore_max_tokens: bool,
+    /// Keeps a stream's connection open after its last event, as if more were to come.
+    hold_after_done: bool,
     models: Vec<String>,
     gate: Option<Arc<Gate>>,
 }
@@ -144,6 +146,7 @@ impl Default for Behaviour {
             omit_usage: false,
             reported_usage: None,
             ignore_max_tokens: false,
+            hold_after_done: false,
             models: DEFAULT_MODELS.iter().map(|model| (*model).to_string()).collect(),
             gate: None,
         }
@@ -314,6 +317,11 @@ impl StubUpstream {
     /// off).
     pub fn set_ignore_max_tokens(&self, ignore: bool) {
         lock(&self.shared.behaviour).ignore_max_tokens = ignore;
+    }
+
+    /// Sends `data: [DONE]` and then neither ends the stream nor closes the connection.
+    pub fn set_hold_after_done(&self, hold: bool) {
+        lock(&self.shared.behaviour).hold_after_done = hold;
     }
 
     /// The ids `GET /v1/models` lists.
@@ -564,7 +572,8 @@ fn generate(shared: &Arc<Shared>, endpoint: Endpoint, body: &Value) -> Response 
     }
     let mut frames: Vec<Bytes> = events.iter().map(|event| Bytes::from(format!("data: {event}\n\n"))).collect();
     frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
-    sse_response(Arc::clone(shared), frames, gap, gate)
+    let hold = lock(&shared.behaviour).hold_after_done;
+    sse_response(Arc::clone(shared), frames, gap, gate, hold)
 }
 
 /// What the body stream of one streamed reply carries from one event to the next.
@@ -576,10 +585,21 @@ struct StreamState {
     shared: Arc<Shared>,
 }
 
-fn sse_response(shared: Arc<Shared>, frames: Vec<Bytes>, gap: Duration, gate: Option<Arc<Gate>>) -> Response {
+fn sse_response(
+    shared: Arc<Shared>,
+    frames: Vec<Bytes>,
+    gap: Duration,
+    gate: Option<Arc<Gate>>,
+    hold: bool,
+) -> Response {
     let state = StreamState { frames: frames.into_iter(), sent: 0, gap, gate, shared };
-    let stream = futures_util::stream::unfold(state, |mut state| async move {
-        let frame = state.frames.next()?;
+    let stream = futures_util::stream::unfold(state, move |mut state| async move {
+        let Some(frame) = state.frames.next() else {
+            if hold {
+                std::future::pending::<()>().await;
+            }
+            return None;
+        };
         if state.sent > 0 {
             if let (1, Some(gate)) = (state.sent, state.gate.as_ref()) {
                 gate.released.notified().await;

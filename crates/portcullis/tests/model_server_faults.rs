@@ -93,3 +93,31 @@ async fn model_server_errors_reach_the_client_as_openai_errors_without_its_secre
     assert_eq!(reply.status, 400, "{}", reply.text);
     assert_eq!(reply.body["error"]["code"], "stub_failure", "{}", reply.text);
 }
+
+/// A server that sends `[DONE]` and keeps its connection open: the client's stream ends at once,
+/// recorded as complete, and nothing stays held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ends_at_done_however_long_the_server_holds_on() {
+    let stub = StubUpstream::start().await;
+    let gateway = GatewayBuilder::new(BINARY)
+        .config(&common::models_config(&stub, &["m"]))
+        .config("[tiers.free]\nmax_concurrent = 1\n")
+        .start()
+        .await;
+    let (_, key) = gateway.create_key(&[]);
+    stub.set_hold_after_done(true);
+    for _ in 0..2 {
+        let mut body = chat_body("m");
+        body["stream"] = json!(true);
+        let started = std::time::Instant::now();
+        let request = http().post(format!("{}/v1/chat/completions", gateway.proxy_url())).bearer_auth(&key).json(&body);
+        let reply = tokio::time::timeout(std::time::Duration::from_secs(5), send(request))
+            .await
+            .expect("the stream ends at [DONE], not at the idle timeout");
+        reply.assert_ok();
+        assert!(reply.text.trim_end().ends_with("data: [DONE]"), "{}", reply.text);
+        assert!(started.elapsed() < std::time::Duration::from_secs(3));
+        let record = the_record(&gateway, reply.header("x-request-id").expect("id")).await;
+        assert_eq!((record["decision"].as_str(), record["reason"].as_str()), (Some("allow"), None), "{record}");
+    }
+}

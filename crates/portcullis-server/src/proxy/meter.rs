@@ -131,7 +131,16 @@ where
             if *this.ended {
                 return Poll::Ready(None);
             }
-            let frame = match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
+            // After `[DONE]` nothing more is owed: a model server that keeps its connection open
+            // (or sends more) must not hold the client, its slot or its settlement.
+            let done = matches!(this.mode, Mode::Stream { scanner, .. } if scanner.tally.done);
+            let polled = this.inner.as_mut().poll_frame(cx);
+            if done && !matches!(polled, Poll::Ready(None)) {
+                *this.ended = true;
+                *this.ack = finish(this.on_finish, this.mode, *this.relayed, Ending::Complete).map(Box::pin);
+                continue;
+            }
+            let frame = match std::task::ready!(polled) {
                 Some(Ok(frame)) => frame,
                 Some(Err(error)) => {
                     *this.ended = true;
@@ -238,6 +247,7 @@ fn json_usage(body: &[u8]) -> Option<Usage> {
 mod tests {
     use std::sync::{Arc, Mutex};
 
+    use futures_util::StreamExt;
     use http_body_util::{BodyExt, StreamBody};
 
     use super::*;
@@ -316,6 +326,25 @@ mod tests {
         let mut relayed = CapturedText::default();
         relayed.push("hi");
         assert_eq!(seen[0].completion, Some(relayed), "the text the client was sent before it left");
+    }
+
+    #[tokio::test]
+    async fn a_stream_ends_at_done_even_if_the_server_holds_its_connection_open() {
+        let (seen, on_finish) = recorder();
+        let hello = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n";
+        let frames: Frames =
+            [hello, "data: [DONE]\n\n"].iter().map(|c| Ok(Frame::data(Bytes::copy_from_slice(c.as_bytes())))).collect();
+        // The server's body never ends after its last event.
+        let held = StreamBody::new(futures_util::stream::iter(frames).chain(futures_util::stream::pending()));
+        let metered = Metered::stream(held, false, None, false, on_finish);
+        let relayed = tokio::time::timeout(std::time::Duration::from_secs(2), metered.collect())
+            .await
+            .expect("the body ends at [DONE]")
+            .unwrap()
+            .to_bytes();
+        assert_eq!(relayed, [hello, "data: [DONE]\n\n"].concat().as_bytes());
+        let seen = seen.lock().unwrap();
+        assert_eq!((seen.len(), seen[0].ending), (1, Ending::Complete));
     }
 
     #[tokio::test]
