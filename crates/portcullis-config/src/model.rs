@@ -350,6 +350,10 @@ pub struct ModelConfig {
     /// names none (`"max_tokens"`; `"max_completion_tokens"` for servers that refuse the other).
     #[serde(default = "defaults::max_tokens_field")]
     pub max_tokens_field: String,
+    /// The most bytes one server-sent event of this model's streams may hold; a longer one ends
+    /// the stream with an error event.
+    #[serde(default = "defaults::max_event_bytes")]
+    pub max_event_bytes: usize,
     /// Request fields that steer a server or proxy (`api_base`, `api_key`, `extra_headers`, …)
     /// this model's upstream may receive; every other such field is removed from the body.
     #[serde(default)]
@@ -361,6 +365,10 @@ impl ModelConfig {
         self.upstream_model.as_deref().unwrap_or(&self.name)
     }
 }
+
+/// `models[].max_event_bytes` when not set: far above any event a model server sends for one
+/// token, and far below what would strain the gateway's memory.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -459,6 +467,10 @@ mod defaults {
 
     pub fn retries() -> u32 {
         1
+    }
+
+    pub fn max_event_bytes() -> usize {
+        super::DEFAULT_MAX_EVENT_BYTES
     }
 
     pub fn max_tokens_field() -> String {

@@ -159,6 +159,9 @@ fn validate_model(index: usize, model: &ModelConfig, config: &Config) -> Result<
         let known = portcullis_types::openai::COMPLETION_CAP_FIELDS.join(", ");
         return invalid(&path("max_tokens_field"), &format!("must be one of {known}"));
     }
+    if model.max_event_bytes < 1024 {
+        return invalid(&path("max_event_bytes"), "must be at least 1024");
+    }
     if model.passthrough_fields.iter().any(|field| field.is_empty()) {
         return invalid(&path("passthrough_fields"), "must not contain an empty name");
     }

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::proxy::body::{self, Operation, ParsedRequest};
 use crate::proxy::capture::{Capture, CapturedText};
-use crate::proxy::sse::{SseScanner, StreamTally};
+use crate::proxy::sse::{Pushed, SseScanner, StreamTally};
 
 /// Sizes of successive reads: all at once for seed 0, else pseudo-random sizes in
 /// `1..=seed` (xorshift, so a seed always gives the same split).
@@ -135,7 +135,7 @@ struct Scanned {
 }
 
 fn scan(stream: &[u8], seed: u8, strip: bool, capture: bool, cap: Option<u64>) -> Scanned {
-    let mut scanner = SseScanner::new(strip, capture);
+    let mut scanner = SseScanner::new(strip, capture, 64 * 1024);
     let mut out = VecDeque::new();
     let mut relayed = Vec::new();
     let mut rest = stream;
@@ -145,7 +145,7 @@ fn scan(stream: &[u8], seed: u8, strip: bool, capture: bool, cap: Option<u64>) -
         let size = sizes.next().unwrap_or(1).clamp(1, rest.len());
         let frame = Bytes::copy_from_slice(&rest[..size]);
         rest = &rest[size..];
-        capped = scanner.push(frame, &mut out, cap);
+        capped = scanner.push(frame, &mut out, cap) != Pushed::Open;
         relayed.extend(out.drain(..).flat_map(|slice| slice.to_vec()));
     }
     Scanned { relayed, tally: scanner.tally, text: scanner.text, capped }

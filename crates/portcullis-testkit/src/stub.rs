@@ -129,6 +129,8 @@ struct Behaviour {
     ignore_max_tokens: bool,
     /// Keeps a stream's connection open after its last event, as if more were to come.
     hold_after_done: bool,
+    /// Streams one content event, then an event of this many bytes that never ends.
+    unterminated_event: Option<usize>,
     models: Vec<String>,
     gate: Option<Arc<Gate>>,
 }
@@ -147,6 +149,7 @@ impl Default for Behaviour {
             reported_usage: None,
             ignore_max_tokens: false,
             hold_after_done: false,
+            unterminated_event: None,
             models: DEFAULT_MODELS.iter().map(|model| (*model).to_string()).collect(),
             gate: None,
         }
@@ -322,6 +325,12 @@ impl StubUpstream {
     /// Sends `data: [DONE]` and then neither ends the stream nor closes the connection.
     pub fn set_hold_after_done(&self, hold: bool) {
         lock(&self.shared.behaviour).hold_after_done = hold;
+    }
+
+    /// Streams one content event, then `bytes` bytes of an event that never ends (no blank line),
+    /// and holds the connection open.
+    pub fn set_unterminated_event(&self, bytes: Option<usize>) {
+        lock(&self.shared.behaviour).unterminated_event = bytes;
     }
 
     /// The ids `GET /v1/models` lists.
@@ -572,7 +581,17 @@ fn generate(shared: &Arc<Shared>, endpoint: Endpoint, body: &Value) -> Response 
     }
     let mut frames: Vec<Bytes> = events.iter().map(|event| Bytes::from(format!("data: {event}\n\n"))).collect();
     frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
-    let hold = lock(&shared.behaviour).hold_after_done;
+    let (hold, unterminated) = {
+        let behaviour = lock(&shared.behaviour);
+        (behaviour.hold_after_done, behaviour.unterminated_event)
+    };
+    if let Some(bytes) = unterminated {
+        frames.truncate(1);
+        let mut endless = b"data: {\"choices\":[{\"delta\":{\"content\":\"".to_vec();
+        endless.resize(bytes, b'x');
+        frames.extend(endless.chunks(64 * 1024).map(Bytes::copy_from_slice));
+        return sse_response(Arc::clone(shared), frames, gap, gate, true);
+    }
     sse_response(Arc::clone(shared), frames, gap, gate, hold)
 }
 

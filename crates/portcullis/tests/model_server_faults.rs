@@ -121,3 +121,34 @@ async fn a_stream_ends_at_done_however_long_the_server_holds_on() {
         assert_eq!((record["decision"].as_str(), record["reason"].as_str()), (Some("allow"), None), "{record}");
     }
 }
+
+/// An event that never ends: the stream is ended with an error event the client can read, not
+/// buffered without bound; the record says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_without_end_ends_the_stream_with_an_error_event() {
+    let stub = StubUpstream::start().await;
+    let config = format!("[[models]]\nname = \"m\"\nendpoints = [\"{}\"]\nmax_event_bytes = 65536\n", stub.url());
+    let gateway = GatewayBuilder::new(BINARY).config(&config).start().await;
+    let (_, key) = gateway.create_key(&[]);
+    stub.set_unterminated_event(Some(8 * 1024 * 1024));
+    let mut body = chat_body("m");
+    body["stream"] = json!(true);
+    let request = http().post(format!("{}/v1/chat/completions", gateway.proxy_url())).bearer_auth(&key).json(&body);
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(10), send(request)).await.expect("the stream ends");
+    assert_eq!(reply.status, 200);
+    assert!(reply.text.contains("upstream_event_too_large"), "{}", reply.text);
+    assert!(!reply.text.contains("[DONE]"), "a failed stream never says it is done");
+    assert!(reply.text.len() < 64 * 1024, "the partial event was not relayed: {} bytes", reply.text.len());
+    let record = the_record(&gateway, reply.header("x-request-id").expect("id")).await;
+    assert_eq!(
+        (record["decision"].as_str(), record["reason"].as_str()),
+        (Some("error"), Some("upstream_event_too_large"))
+    );
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", gateway.pid())).unwrap_or_default();
+    let kib: u64 = rss
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    assert!(kib < 200 * 1024, "RSS {kib} KiB after an 8 MiB event was refused at 64 KiB");
+}

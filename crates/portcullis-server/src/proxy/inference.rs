@@ -5,13 +5,13 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, header};
 use portcullis_auth::Scope;
-use portcullis_config::Config;
+use portcullis_config::{Config, DEFAULT_MAX_EVENT_BYTES};
 use portcullis_upstream::{ForwardRequest, UpstreamError, UpstreamResponse};
 
 use super::admit::{self, price_of};
 use super::authorize::may_use_model;
 use super::body::{self, Operation, ParsedRequest};
-use super::meter::{Metered, OnFinish};
+use super::meter::{Metered, OnFinish, StreamOptions};
 use super::settle::Settlement;
 use super::{caller, refusal};
 use crate::error::ApiError;
@@ -131,7 +131,11 @@ fn relay(
         // The stream may lose its usage chunk on the way: its length is no longer known.
         headers.remove(header::CONTENT_LENGTH);
         let cap = completion_cap.saturating_mul(request.choices);
-        Body::new(Metered::stream(body, !request.wants_stream_usage, Some(cap), capture, on_finish))
+        let max_event_bytes =
+            config.model(&request.model).map_or(DEFAULT_MAX_EVENT_BYTES, |model| model.max_event_bytes);
+        let options =
+            StreamOptions { strip_usage_chunk: !request.wants_stream_usage, cap: Some(cap), capture, max_event_bytes };
+        Body::new(Metered::stream(body, options, on_finish))
     } else {
         Body::new(Metered::json(body, capture, on_finish))
     };

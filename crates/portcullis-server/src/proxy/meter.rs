@@ -18,7 +18,7 @@ use portcullis_types::openai::Usage;
 use serde::Deserialize;
 
 use super::capture::{self, CapturedText};
-use super::sse::SseScanner;
+use super::sse::{Pushed, SseScanner};
 
 /// Non-streamed bodies are kept (as reference-counted frames, not copies) up to this size to
 /// read their `usage`; a larger body is relayed without it and billed as estimated.
@@ -34,6 +34,8 @@ pub enum Ending {
     ClientGone,
     /// The stream ran past the completion tokens reserved for it and was closed.
     CutOff,
+    /// An event of the stream grew past the model's `max_event_bytes` without ending.
+    EventTooLarge,
 }
 
 /// How a metered response ended and what it used.
@@ -49,6 +51,21 @@ pub struct Outcome {
     /// The generated text, when the body was metered with `capture`.
     pub completion: Option<CapturedText>,
 }
+
+/// How a stream is metered.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamOptions {
+    /// The client did not ask for the usage chunk.
+    pub strip_usage_chunk: bool,
+    /// Content chunks relayed at most.
+    pub cap: Option<u64>,
+    pub capture: bool,
+    pub max_event_bytes: usize,
+}
+
+/// What the client gets in place of the rest of a stream whose model server sent an event too
+/// large to hold: an error it can read, and no `[DONE]`.
+const EVENT_TOO_LARGE: &[u8] = b"data: {\"error\":{\"message\":\"The model server sent an event larger than the gateway accepts; the stream was ended.\",\"type\":\"upstream_error\",\"code\":\"upstream_event_too_large\",\"param\":null}}\n\n";
 
 /// Called once when the body ends; may return an acknowledgement the end of the body waits for
 /// (the audit record in `sync` durability).
@@ -96,9 +113,11 @@ impl<B> Metered<B> {
     }
 
     /// An SSE stream. `strip_usage_chunk` when the client did not ask for usage; `cap` is the
-    /// most content chunks to relay before the stream is cut; `capture` gathers their text.
-    pub fn stream(inner: B, strip_usage_chunk: bool, cap: Option<u64>, capture: bool, on_finish: OnFinish) -> Self {
-        Self::new(inner, Mode::Stream { scanner: SseScanner::new(strip_usage_chunk, capture), cap }, on_finish)
+    /// most content chunks to relay before the stream is cut; `capture` gathers their text;
+    /// `max_event_bytes` bounds one event.
+    pub fn stream(inner: B, options: StreamOptions, on_finish: OnFinish) -> Self {
+        let scanner = SseScanner::new(options.strip_usage_chunk, options.capture, options.max_event_bytes);
+        Self::new(inner, Mode::Stream { scanner, cap: options.cap }, on_finish)
     }
 
     fn new(inner: B, mode: Mode, on_finish: OnFinish) -> Self {
@@ -178,12 +197,17 @@ where
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Mode::Stream { scanner, cap } => {
-                    if scanner.push(data, this.queue, *cap) {
-                        *this.ended = true;
-                        *this.ack =
-                            finish(this.on_finish, this.mode, *this.relayed + queued(this.queue), Ending::CutOff)
-                                .map(Box::pin);
-                    }
+                    let ending = match scanner.push(data, this.queue, *cap) {
+                        Pushed::Open => continue,
+                        Pushed::Capped => Ending::CutOff,
+                        Pushed::TooLarge => {
+                            this.queue.push_back(Bytes::from_static(EVENT_TOO_LARGE));
+                            Ending::EventTooLarge
+                        }
+                    };
+                    *this.ended = true;
+                    *this.ack =
+                        finish(this.on_finish, this.mode, *this.relayed + queued(this.queue), ending).map(Box::pin);
                 }
             }
         }
@@ -259,6 +283,10 @@ mod tests {
         StreamBody::new(futures_util::stream::iter(frames))
     }
 
+    fn options(strip_usage_chunk: bool, cap: Option<u64>, capture: bool) -> StreamOptions {
+        StreamOptions { strip_usage_chunk, cap, capture, max_event_bytes: 1 << 20 }
+    }
+
     fn recorder() -> (Arc<Mutex<Vec<Outcome>>>, OnFinish) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = seen.clone();
@@ -316,7 +344,7 @@ mod tests {
     async fn a_dropped_stream_reports_once_that_the_client_left() {
         let (seen, on_finish) = recorder();
         let hello = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n";
-        let mut metered = Box::pin(Metered::stream(body(&[hello, hello, hello]), true, None, true, on_finish));
+        let mut metered = Box::pin(Metered::stream(body(&[hello, hello, hello]), options(true, None, true), on_finish));
         metered.frame().await.unwrap().unwrap();
         drop(metered);
         let seen = seen.lock().unwrap();
@@ -336,7 +364,7 @@ mod tests {
             [hello, "data: [DONE]\n\n"].iter().map(|c| Ok(Frame::data(Bytes::copy_from_slice(c.as_bytes())))).collect();
         // The server's body never ends after its last event.
         let held = StreamBody::new(futures_util::stream::iter(frames).chain(futures_util::stream::pending()));
-        let metered = Metered::stream(held, false, None, false, on_finish);
+        let metered = Metered::stream(held, options(false, None, false), on_finish);
         let relayed = tokio::time::timeout(std::time::Duration::from_secs(2), metered.collect())
             .await
             .expect("the body ends at [DONE]")
@@ -351,8 +379,11 @@ mod tests {
     async fn a_stream_past_its_cap_is_cut_and_reported_once() {
         let (seen, on_finish) = recorder();
         let hello = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n";
-        let metered =
-            Metered::stream(body(&[hello, hello, hello, "data: [DONE]\n\n"]), false, Some(2), false, on_finish);
+        let metered = Metered::stream(
+            body(&[hello, hello, hello, "data: [DONE]\n\n"]),
+            options(false, Some(2), false),
+            on_finish,
+        );
         let relayed = metered.collect().await.unwrap().to_bytes();
         assert_eq!(relayed, [hello, hello].concat().as_bytes());
         let seen = seen.lock().unwrap();

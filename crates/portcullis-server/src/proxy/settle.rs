@@ -108,6 +108,7 @@ impl Settlement {
                 Ending::CutOff => (AuditDecision::Allow, Some("cut_off_at_reservation")),
                 Ending::ClientGone => (AuditDecision::Allow, Some("client_disconnected")),
                 Ending::UpstreamFailed => (AuditDecision::Error, Some("upstream_failed_mid_body")),
+                Ending::EventTooLarge => (AuditDecision::Error, Some("upstream_event_too_large")),
             };
             event.decision = decision;
             event.reason = match (reason, evidence) {

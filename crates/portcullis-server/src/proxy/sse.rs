@@ -27,12 +27,27 @@ pub struct StreamTally {
     pub done: bool,
 }
 
+/// What a frame did to the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Relaying goes on.
+    Open,
+    /// The content cap was crossed: the stream ends here.
+    Capped,
+    /// An event grew past the most one may hold without ending: the stream fails here.
+    TooLarge,
+}
+
 #[derive(Debug)]
 pub struct SseScanner {
     /// Drop the usage-only chunk: the gateway asked for it, the client did not.
     strip_usage_chunk: bool,
     /// Bytes of an event whose end has not arrived yet.
     partial: BytesMut,
+    /// How much of `partial` was searched for an event's end already.
+    scanned: usize,
+    /// The most bytes one event may hold.
+    max_event_bytes: usize,
     pub tally: StreamTally,
     /// The generated text relayed so far; `None` unless the request captures content, so that
     /// other streams parse no content event.
@@ -40,30 +55,43 @@ pub struct SseScanner {
 }
 
 impl SseScanner {
-    pub fn new(strip_usage_chunk: bool, capture: bool) -> SseScanner {
+    pub fn new(strip_usage_chunk: bool, capture: bool, max_event_bytes: usize) -> SseScanner {
         SseScanner {
             strip_usage_chunk,
             partial: BytesMut::new(),
+            scanned: 0,
+            max_event_bytes,
             tally: StreamTally::default(),
             text: capture.then(CapturedText::default),
         }
     }
 
     /// Takes one frame from upstream; pushes onto `out` the slices to relay, in order. Each
-    /// complete event is inspected; `max_content_events` stops relaying content past that count
-    /// and returns `true` once the cap is crossed.
-    pub fn push(&mut self, frame: Bytes, out: &mut VecDeque<Bytes>, max_content_events: Option<u64>) -> bool {
+    /// complete event is inspected; `max_content_events` stops relaying content past that count.
+    ///
+    /// An event split across frames is gathered (each frame's bytes copied once) and searched only
+    /// where it was not searched before, so an event that never ends costs its own length, not
+    /// its length squared; past `max_event_bytes` it is [`Pushed::TooLarge`].
+    pub fn push(&mut self, frame: Bytes, out: &mut VecDeque<Bytes>, max_content_events: Option<u64>) -> Pushed {
         let buffer = if self.partial.is_empty() {
             frame
         } else {
             self.partial.extend_from_slice(&frame);
+            // Where the last search stopped, less two bytes: an end marker may straddle frames.
+            if event_end(&self.partial[self.scanned.saturating_sub(2)..]).is_none() {
+                self.scanned = self.partial.len();
+                return self.check_size();
+            }
+            // The event that was waiting is complete: it and the rest of the frame go on as one
+            // buffer (split off, not copied).
+            self.scanned = 0;
             self.partial.split().freeze()
         };
         let mut start = 0;
         let mut kept_from = 0;
-        let mut capped = false;
         while let Some(end) = event_end(&buffer[start..]).map(|len| start + len) {
             let event = &buffer[start..end];
+            let mut capped = false;
             let keep = match self.inspect(event) {
                 Kind::UsageOnly => !self.strip_usage_chunk,
                 Kind::Content => {
@@ -87,7 +115,7 @@ impl SseScanner {
             }
             start = end;
             if capped {
-                return true;
+                return Pushed::Capped;
             }
         }
         if kept_from < start {
@@ -95,8 +123,14 @@ impl SseScanner {
         }
         if start < buffer.len() {
             self.partial.extend_from_slice(&buffer[start..]);
+            self.scanned = self.partial.len();
+            return self.check_size();
         }
-        false
+        Pushed::Open
+    }
+
+    fn check_size(&self) -> Pushed {
+        if self.partial.len() > self.max_event_bytes { Pushed::TooLarge } else { Pushed::Open }
     }
 
     fn inspect(&mut self, event: &[u8]) -> Kind {
@@ -197,11 +231,11 @@ mod tests {
     const DONE: &str = "data: [DONE]\n\n";
 
     fn run(frames: &[&str], strip: bool, cap: Option<u64>) -> (String, SseScanner, bool) {
-        let mut scanner = SseScanner::new(strip, false);
+        let mut scanner = SseScanner::new(strip, false, 1 << 20);
         let mut out = VecDeque::new();
         let mut capped = false;
         for frame in frames {
-            capped = scanner.push(Bytes::copy_from_slice(frame.as_bytes()), &mut out, cap);
+            capped = scanner.push(Bytes::copy_from_slice(frame.as_bytes()), &mut out, cap) == Pushed::Capped;
             if capped {
                 break;
             }
@@ -249,11 +283,11 @@ mod tests {
         let (_, scanner, _) = run(&[ROLE, HELLO, WORLD, USAGE, DONE], false, None);
         assert_eq!(scanner.text, None);
 
-        let mut scanner = SseScanner::new(true, true);
+        let mut scanner = SseScanner::new(true, true, 1 << 20);
         let mut out = VecDeque::new();
         let whole = [ROLE, HELLO, WORLD, HELLO, DONE].concat();
         for piece in [&whole[..30], &whole[30..]] {
-            if scanner.push(Bytes::copy_from_slice(piece.as_bytes()), &mut out, Some(2)) {
+            if scanner.push(Bytes::copy_from_slice(piece.as_bytes()), &mut out, Some(2)) == Pushed::Capped {
                 break;
             }
         }
@@ -273,9 +307,51 @@ mod tests {
     #[test]
     fn frames_that_need_no_change_are_relayed_without_copy() {
         let frame = Bytes::from_static(b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n");
-        let mut scanner = SseScanner::new(true, false);
+        let mut scanner = SseScanner::new(true, false, 1 << 20);
         let mut out = VecDeque::new();
         scanner.push(frame.clone(), &mut out, None);
         assert_eq!(out[0].as_ptr(), frame.as_ptr());
+    }
+
+    #[test]
+    fn an_event_that_never_ends_is_refused_at_its_size_limit_and_costs_only_its_length() {
+        let mut scanner = SseScanner::new(false, false, 64 * 1024);
+        let mut out = VecDeque::new();
+        assert_eq!(scanner.push(Bytes::from_static(HELLO.as_bytes()), &mut out, None), Pushed::Open);
+        assert_eq!(scanner.push(Bytes::from_static(b"data: {\"choices\":\""), &mut out, None), Pushed::Open);
+        let piece = Bytes::from(vec![b'x'; 1024]);
+        let mut pushed = Pushed::Open;
+        let mut frames = 0;
+        while pushed == Pushed::Open {
+            pushed = scanner.push(piece.clone(), &mut out, None);
+            frames += 1;
+        }
+        assert_eq!((pushed, frames), (Pushed::TooLarge, 64), "refused once past 64 KiB");
+        let relayed: Vec<u8> = out.iter().flat_map(|bytes| bytes.to_vec()).collect();
+        assert_eq!(relayed, HELLO.as_bytes(), "the complete event before it was relayed");
+        // A long event that does end, split into many frames, is relayed whole.
+        let mut scanner = SseScanner::new(false, false, 1 << 20);
+        let mut out = VecDeque::new();
+        let long = format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n", "y".repeat(100_000));
+        for piece in long.as_bytes().chunks(997) {
+            assert_eq!(scanner.push(Bytes::copy_from_slice(piece), &mut out, None), Pushed::Open);
+        }
+        let relayed: Vec<u8> = out.iter().flat_map(|bytes| bytes.to_vec()).collect();
+        assert_eq!(relayed, long.as_bytes());
+        assert_eq!(scanner.tally.content_events, 1);
+    }
+
+    #[test]
+    fn an_end_marker_split_across_frames_is_found() {
+        let event = HELLO.as_bytes();
+        for cut in [event.len() - 1, event.len() - 2] {
+            let mut scanner = SseScanner::new(false, false, 1 << 20);
+            let mut out = VecDeque::new();
+            scanner.push(Bytes::copy_from_slice(&event[..cut]), &mut out, None);
+            assert!(out.is_empty());
+            scanner.push(Bytes::copy_from_slice(&event[cut..]), &mut out, None);
+            let relayed: Vec<u8> = out.iter().flat_map(|bytes| bytes.to_vec()).collect();
+            assert_eq!(relayed, event, "cut at {cut}");
+        }
     }
 }
