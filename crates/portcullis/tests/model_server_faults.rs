@@ -152,3 +152,35 @@ async fn an_event_without_end_ends_the_stream_with_an_error_event() {
         .unwrap_or(0);
     assert!(kib < 200 * 1024, "RSS {kib} KiB after an 8 MiB event was refused at 64 KiB");
 }
+
+/// A stream whose model server stops in the middle: the client reads an error event and a clean
+/// end — never `[DONE]`, never a `finish_reason` — so that its SDK raises instead of retrying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_fails_mid_way_ends_with_an_error_event() {
+    let stub = StubUpstream::start().await;
+    let config =
+        format!("[[models]]\nname = \"m\"\nendpoints = [\"{}\"]\ntimeouts = {{ idle = \"300ms\" }}\n", stub.url());
+    let gateway = GatewayBuilder::new(BINARY).config(&config).start().await;
+    let (_, key) = gateway.create_key(&[]);
+    stub.set_stream_chunks(5);
+    stub.set_chunk_gap(std::time::Duration::from_secs(2));
+    let mut body = chat_body("m");
+    body["stream"] = json!(true);
+    let response = http()
+        .post(format!("{}/v1/chat/completions", gateway.proxy_url()))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 200);
+    let id = response.headers()["x-request-id"].to_str().expect("id").to_string();
+    let text = String::from_utf8(response.bytes().await.expect("the stream ends cleanly").to_vec()).expect("text");
+    assert!(text.contains("upstream_failed_mid_stream"), "{text}");
+    assert!(!text.contains("[DONE]") && !text.contains("\"finish_reason\":\"stop\""), "{text}");
+    let record = the_record(&gateway, &id).await;
+    assert_eq!(
+        (record["decision"].as_str(), record["reason"].as_str()),
+        (Some("error"), Some("upstream_failed_mid_body"))
+    );
+}

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use portcullis_audit::Submitted;
-use portcullis_types::openai::Usage;
+use portcullis_types::openai::{ErrorBody, ErrorDetail, Usage};
 use serde::Deserialize;
 
 use super::capture::{self, CapturedText};
@@ -66,6 +66,20 @@ pub struct StreamOptions {
 /// What the client gets in place of the rest of a stream whose model server sent an event too
 /// large to hold: an error it can read, and no `[DONE]`.
 const EVENT_TOO_LARGE: &[u8] = b"data: {\"error\":{\"message\":\"The model server sent an event larger than the gateway accepts; the stream was ended.\",\"type\":\"upstream_error\",\"code\":\"upstream_event_too_large\",\"param\":null}}\n\n";
+
+/// The error event that ends a stream whose model server failed after it began: never `[DONE]`,
+/// never a `finish_reason`.
+fn failed_mid_stream(error: &impl std::fmt::Display) -> Bytes {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            message: format!("The model server failed in the middle of the stream: {error}."),
+            kind: "upstream_error".into(),
+            code: Some("upstream_failed_mid_stream".into()),
+            param: None,
+        },
+    };
+    Bytes::from(format!("data: {}\n\n", serde_json::to_string(&body).unwrap_or_default()))
+}
 
 /// Called once when the body ends; may return an acknowledgement the end of the body waits for
 /// (the audit record in `sync` durability).
@@ -128,6 +142,7 @@ impl<B> Metered<B> {
 impl<B> Body for Metered<B>
 where
     B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -163,6 +178,19 @@ where
                 Some(Ok(frame)) => frame,
                 Some(Err(error)) => {
                     *this.ended = true;
+                    if matches!(this.mode, Mode::Stream { .. }) {
+                        // A stream the client is reading ends with an error it can read, and
+                        // cleanly: a cut connection would have its SDK retry, generating twice.
+                        this.queue.push_back(failed_mid_stream(&error));
+                        *this.ack = finish(
+                            this.on_finish,
+                            this.mode,
+                            *this.relayed + queued(this.queue),
+                            Ending::UpstreamFailed,
+                        )
+                        .map(Box::pin);
+                        continue;
+                    }
                     drop(finish(this.on_finish, this.mode, *this.relayed, Ending::UpstreamFailed));
                     return Poll::Ready(Some(Err(error)));
                 }
@@ -373,6 +401,26 @@ mod tests {
         assert_eq!(relayed, [hello, "data: [DONE]\n\n"].concat().as_bytes());
         let seen = seen.lock().unwrap();
         assert_eq!((seen.len(), seen[0].ending), (1, Ending::Complete));
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_fails_mid_way_ends_with_an_error_event_not_a_cut() {
+        let (seen, on_finish) = recorder();
+        let hello = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n";
+        let frames: Frames = vec![
+            Ok(Frame::data(Bytes::from_static(hello.as_bytes()))),
+            Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer")),
+        ];
+        let metered = Metered::stream(
+            StreamBody::new(futures_util::stream::iter(frames)),
+            options(false, None, false),
+            on_finish,
+        );
+        let relayed = String::from_utf8(metered.collect().await.expect("ends cleanly").to_bytes().to_vec()).unwrap();
+        assert!(relayed.starts_with(hello), "{relayed}");
+        assert!(relayed.contains("upstream_failed_mid_stream") && relayed.contains("reset by peer"), "{relayed}");
+        assert!(!relayed.contains("[DONE]") && !relayed.contains("finish_reason"), "{relayed}");
+        assert_eq!(seen.lock().unwrap()[0].ending, Ending::UpstreamFailed);
     }
 
     #[tokio::test]
