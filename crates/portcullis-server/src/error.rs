@@ -50,6 +50,10 @@ pub enum ApiError {
     RouteNotFound,
     MethodNotAllowed,
     UpstreamUnavailable,
+    /// Every endpoint is ejected or unhealthy; the first may be back in this many seconds.
+    UpstreamResting {
+        retry_after_secs: u64,
+    },
     UpstreamTimeout,
     /// The model server answered with an error whose body is not relayed (see `proxy::refusal`).
     UpstreamStatus {
@@ -147,9 +151,10 @@ impl ApiError {
                 .ok()
                 .filter(|status| status.is_client_error() || status.is_server_error())
                 .unwrap_or(StatusCode::BAD_GATEWAY),
-            ApiError::Overloaded { .. } | ApiError::StoreUnavailable { .. } | ApiError::LimiterUnavailable { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Overloaded { .. }
+            | ApiError::UpstreamResting { .. }
+            | ApiError::StoreUnavailable { .. }
+            | ApiError::LimiterUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -180,7 +185,9 @@ impl ApiError {
             ApiError::NotFound { .. } => ("invalid_request_error", "not_found"),
             ApiError::MethodNotAllowed => ("invalid_request_error", "method_not_allowed"),
             ApiError::Conflict { .. } => ("invalid_request_error", "conflict"),
-            ApiError::UpstreamUnavailable => ("upstream_error", "upstream_unavailable"),
+            ApiError::UpstreamUnavailable | ApiError::UpstreamResting { .. } => {
+                ("upstream_error", "upstream_unavailable")
+            }
             ApiError::UpstreamTimeout => ("upstream_error", "upstream_timeout"),
             ApiError::UpstreamStatus { .. } => ("upstream_error", "upstream_error"),
             ApiError::Overloaded { .. } => ("upstream_error", "overloaded"),
@@ -222,6 +229,9 @@ impl ApiError {
             ApiError::MethodNotAllowed => "Method not allowed on this path.".into(),
             ApiError::Conflict { message } => message.clone(),
             ApiError::UpstreamUnavailable => "The model server is unavailable.".into(),
+            ApiError::UpstreamResting { retry_after_secs } => {
+                format!("Every server of this model is out of rotation; retry after {retry_after_secs}s.")
+            }
             ApiError::UpstreamTimeout => "The model server did not answer in time.".into(),
             ApiError::UpstreamStatus { status: 401 | 403 } => {
                 "The model server refused the gateway's credentials; the operator has been told.".into()
@@ -247,6 +257,7 @@ impl ApiError {
     fn retry_after_secs(&self) -> Option<u64> {
         match self {
             ApiError::Overloaded { retry_after_secs }
+            | ApiError::UpstreamResting { retry_after_secs }
             | ApiError::StoreUnavailable { retry_after_secs }
             | ApiError::LimiterUnavailable { retry_after_secs }
             | ApiError::RateLimited { retry_after_secs, .. }

@@ -31,6 +31,11 @@ pub enum UpstreamError {
     /// Every endpoint that could take the request was at its `max_concurrent`; nothing failed.
     #[error("every upstream endpoint is at its concurrency limit; retry after {retry_after_secs}s")]
     Overloaded { retry_after_secs: u64 },
+    /// No endpoint of the model (or of the fallbacks it may use) is in rotation — every one is
+    /// ejected or failing its health checks — and none failed for this request: the first may be
+    /// back in `retry_after_secs`.
+    #[error("model {model:?} has no endpoint in rotation; the first may be back in {retry_after_secs}s")]
+    Resting { model: String, retry_after_secs: u64 },
     /// The gateway ran out of a local resource (file descriptors, memory, ports) it needs to
     /// reach the model server; the endpoints are not to blame and stay in rotation.
     #[error("the gateway cannot open upstream connections: {reason}")]

@@ -19,6 +19,7 @@
 //! slot the other waits for would stall until their timeouts.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use http::{HeaderMap, Response, StatusCode};
 use tokio::time::Instant;
@@ -77,8 +78,9 @@ struct Tally<'a> {
     /// Set when a model shed the request (every usable endpoint at `max_concurrent`, and the
     /// queue full or the wait over): the largest `Retry-After` among those models.
     overloaded: Option<u64>,
-    /// Some untried endpoint was passed over because it was unhealthy or ejected.
-    saw_out_of_rotation: bool,
+    /// Some untried endpoint was passed over because it was unhealthy or ejected: when the
+    /// first of them may be back.
+    back_in: Option<Duration>,
     /// The last real failure (an attempt that failed, or a request that could not be built).
     last_error: Option<String>,
     /// Set when the gateway itself ran out of something it needs to connect.
@@ -93,8 +95,12 @@ impl Tally<'_> {
         self.overloaded = Some(self.overloaded.unwrap_or(0).max(route.retry_after_secs));
     }
 
-    fn skipped(&mut self, none: NoEndpoint) {
-        self.saw_out_of_rotation |= none.out_of_rotation > 0;
+    fn skipped(&mut self, none: NoEndpoint, route: &Route) {
+        if none.out_of_rotation > 0
+            && let Some(back) = route.pool.back_in(route.health.interval.0)
+        {
+            self.back_in = Some(self.back_in.map_or(back, |known| known.min(back)));
+        }
     }
 }
 
@@ -158,19 +164,19 @@ async fn try_model<'a>(
                         break;
                     }
                     Err(Waited::Unusable(none)) => {
-                        tally.skipped(none);
+                        tally.skipped(none, route);
                         break;
                     }
                 }
             }
             Claim::Shed(none) => {
                 tracing::debug!(model = %route.name, priority = request.priority, "every endpoint full and no room to wait; request shed");
-                tally.skipped(none);
+                tally.skipped(none, route);
                 tally.shed(route);
                 break;
             }
             Claim::Unusable(none) => {
-                tally.skipped(none);
+                tally.skipped(none, route);
                 break;
             }
         };
@@ -240,9 +246,16 @@ fn conclude(tally: Tally<'_>, model: &str) -> Result<UpstreamResponse, UpstreamE
     {
         return Err(UpstreamError::Overloaded { retry_after_secs });
     }
+    // Nothing failed either, but nothing was in rotation: say when something will be.
+    if tally.last_error.is_none()
+        && let Some(back_in) = tally.back_in
+    {
+        let retry_after_secs = u64::try_from(back_in.as_millis().div_ceil(1000)).unwrap_or(u64::MAX).max(1);
+        return Err(UpstreamError::Resting { model: model.to_string(), retry_after_secs });
+    }
     let reason = match tally.last_error {
         Some(reason) => reason,
-        None if tally.saw_out_of_rotation => "every endpoint is unhealthy or ejected".to_string(),
+        None if tally.back_in.is_some() => "every endpoint is unhealthy or ejected".to_string(),
         None => "no endpoint available".to_string(),
     };
     Err(UpstreamError::Unavailable { model: model.to_string(), attempts: tally.attempts, reason })

@@ -132,6 +132,12 @@ impl Endpoint {
         self.now_ms() < self.ejected_until_ms.load(Ordering::Acquire)
     }
 
+    /// How long the endpoint stays ejected, if it is.
+    pub(crate) fn ejected_for(&self) -> Option<Duration> {
+        let left = self.ejected_until_ms.load(Ordering::Acquire).checked_sub(self.now_ms())?;
+        (left > 0).then(|| Duration::from_millis(left))
+    }
+
     /// Whether the endpoint may take traffic at all (capacity aside).
     pub(crate) fn in_rotation(&self) -> bool {
         self.is_healthy() && !self.is_ejected()
@@ -448,6 +454,21 @@ impl Pool {
 
     pub(crate) fn endpoints(&self) -> &[Arc<Endpoint>] {
         &self.shared.endpoints
+    }
+
+    /// When the first endpoint out of rotation may take traffic again: the end of the soonest
+    /// ejection, or `unhealthy_wait` for one its health checks took out (when the next check can
+    /// bring it back). `None` when every endpoint is in rotation.
+    pub(crate) fn back_in(&self, unhealthy_wait: Duration) -> Option<Duration> {
+        self.endpoints()
+            .iter()
+            .filter(|endpoint| !endpoint.in_rotation())
+            .map(|endpoint| match endpoint.ejected_for() {
+                Some(left) if endpoint.is_healthy() => left,
+                Some(left) => left.max(unhealthy_wait),
+                None => unhealthy_wait,
+            })
+            .min()
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -184,3 +184,29 @@ async fn a_stream_that_fails_mid_way_ends_with_an_error_event() {
         (Some("error"), Some("upstream_failed_mid_body"))
     );
 }
+
+/// Once every endpoint of a model is ejected, clients hear 503 with the time the first comes back,
+/// not a bare 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_whose_endpoints_are_all_ejected_answers_503_with_retry_after() {
+    let stub = StubUpstream::start().await;
+    let config = format!(
+        "[[models]]\nname = \"m\"\nendpoints = [\"{}\"]\nhealth_check = {{ enabled = false }}\nretries = 0\n\
+         ejection = {{ consecutive_failures = 3, duration = \"20s\" }}\n",
+        stub.url()
+    );
+    let gateway = GatewayBuilder::new(BINARY).config(&config).start().await;
+    let (_, key) = gateway.create_key(&[]);
+    stub.fail_with(503);
+    for _ in 0..3 {
+        let reply = common::chat(&gateway, Some(&key), "m").await;
+        reply.assert_error(503, "upstream_error");
+        assert_eq!(reply.header("retry-after"), Some("1"), "the model server's own Retry-After");
+    }
+    let requests_so_far = stub.requests_to("/v1/chat/completions").len();
+    let resting = common::chat(&gateway, Some(&key), "m").await;
+    resting.assert_error(503, "upstream_unavailable");
+    let retry_after: u64 = resting.header("retry-after").and_then(|value| value.parse().ok()).expect("Retry-After");
+    assert!((15..=20).contains(&retry_after), "the ejection's remaining time, not {retry_after}");
+    assert_eq!(stub.requests_to("/v1/chat/completions").len(), requests_so_far, "an ejected endpoint gets nothing");
+}

@@ -186,6 +186,7 @@ fn upstream_error(error: UpstreamError) -> ApiError {
         UpstreamError::Timeout { .. } => ApiError::UpstreamTimeout,
         UpstreamError::Overloaded { retry_after_secs } => ApiError::Overloaded { retry_after_secs },
         UpstreamError::Exhausted { .. } => ApiError::Overloaded { retry_after_secs: 1 },
+        UpstreamError::Resting { retry_after_secs, .. } => ApiError::UpstreamResting { retry_after_secs },
         UpstreamError::UnknownModel => ApiError::Internal,
         UpstreamError::Unavailable { .. } => ApiError::UpstreamUnavailable,
     }
