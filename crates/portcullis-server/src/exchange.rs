@@ -142,6 +142,11 @@ impl Exchange {
         Some(event)
     }
 
+    /// Whether the server cut the request short at shutdown (its client did not leave).
+    pub fn cut_at_shutdown(&self) -> bool {
+        self.0.state.is_cut()
+    }
+
     /// A settlement that ended before the answer says what it billed, for the 499 record.
     pub fn note_billed(&self, billed: Billed) {
         self.0.progress().billed = Some(billed);
@@ -231,19 +236,21 @@ impl Inner {
 }
 
 impl Drop for Inner {
-    /// The client left before the answer: the request still gets its log line and record.
+    /// The client left before the answer — or the server cut the request at shutdown: the
+    /// request still gets its log line and record.
     fn drop(&mut self) {
         let progress = std::mem::take(self.progress.get_mut().unwrap_or_else(PoisonError::into_inner));
         if progress.answered {
             return;
         }
+        let (status, reason) =
+            if self.state.is_cut() { (503, "cut_at_shutdown") } else { (CLIENT_CLOSED_REQUEST, "client_disconnected") };
         let elapsed = self.started.elapsed();
-        self.log(CLIENT_CLOSED_REQUEST, Some("client_disconnected"), &progress.info, elapsed);
-        if !self.is_audited(CLIENT_CLOSED_REQUEST) {
+        self.log(status, Some(reason), &progress.info, elapsed);
+        if !self.is_audited(status) {
             return;
         }
-        let reason = Some("client_disconnected".to_string());
-        let mut event = self.event(CLIENT_CLOSED_REQUEST, AuditDecision::Error, reason, progress.info, elapsed);
+        let mut event = self.event(status, AuditDecision::Error, Some(reason.to_string()), progress.info, elapsed);
         if let Some(billed) = progress.billed {
             billed.fill(&mut event);
         }

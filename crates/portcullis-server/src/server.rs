@@ -110,14 +110,18 @@ impl Server {
         let proxy_listening = Listening::new(server, caps.proxy, server.max_connections_per_client);
         let admin_listening = Listening::new(server, caps.admin, config.admin.max_connections_per_client);
         let proxy_site = Site { name: "proxy", router: proxy::router(self.state.clone()), state: self.state.clone() };
-        let proxy = tokio::spawn(listener::accept_until(self.proxy, proxy_site, proxy_listening, stop.clone()));
+        let cut = CancellationToken::new();
+        let proxy =
+            tokio::spawn(listener::accept_until(self.proxy, proxy_site, proxy_listening, stop.clone(), cut.clone()));
         let admin_site = Site { name: "admin", router: admin::router(self.state.clone()), state: self.state.clone() };
-        let admin = tokio::spawn(listener::accept_until(self.admin, admin_site, admin_listening, stop.clone()));
+        let admin =
+            tokio::spawn(listener::accept_until(self.admin, admin_site, admin_listening, stop.clone(), cut.clone()));
         let flusher = tokio::spawn(housekeeping(self.state.clone(), stop.clone()));
         let follower = tokio::spawn(changes::follow(self.state.clone(), self.change_cursor, stop.clone()));
         RunningServer {
             state: self.state,
             stop,
+            cut,
             proxy,
             admin,
             flusher,
@@ -243,6 +247,8 @@ async fn first_admin_token(stores: &Stores, state: &AppState) -> Result<Option<S
 pub struct RunningServer {
     state: AppState,
     stop: CancellationToken,
+    /// Ends what is still open when the drain runs out of time.
+    cut: CancellationToken,
     proxy: JoinHandle<listener::Accepted>,
     admin: JoinHandle<listener::Accepted>,
     flusher: JoinHandle<()>,
@@ -299,8 +305,20 @@ impl RunningServer {
         let (proxy, admin) = (self.proxy.await, self.admin.await);
         let drained = match (proxy, admin) {
             (Ok(proxy), Ok(admin)) => {
-                let (proxy, admin) = tokio::join!(listener::drain(proxy, deadline), listener::drain(admin, deadline));
-                proxy && admin
+                let (drained_proxy, drained_admin) =
+                    tokio::join!(listener::drain(&proxy, deadline), listener::drain(&admin, deadline));
+                if !(drained_proxy && drained_admin) {
+                    // Out of time: cut what is left, so that its requests still settle and are
+                    // recorded (as cut at shutdown) before the writers drain below.
+                    tracing::warn!("shutdown_timeout reached; cutting the requests still running");
+                    self.state.start_cutting();
+                    self.cut.cancel();
+                    let _ = tokio::join!(
+                        listener::drain(&proxy, listener::CUT_GRACE),
+                        listener::drain(&admin, listener::CUT_GRACE)
+                    );
+                }
+                drained_proxy && drained_admin
             }
             _ => false,
         };

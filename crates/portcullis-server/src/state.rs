@@ -65,6 +65,8 @@ struct Inner {
     metrics: Metrics,
     admin_auth: AdminAuth,
     draining: AtomicBool,
+    /// Set when draining ran out of time and the connections still open are cut.
+    cut: AtomicBool,
     /// Unix seconds at start: the `created` time of every model in `/v1/models`.
     started_at: i64,
 }
@@ -101,6 +103,7 @@ impl AppState {
                 metrics,
                 admin_auth,
                 draining: AtomicBool::new(false),
+                cut: AtomicBool::new(false),
                 started_at: time::OffsetDateTime::now_utc().unix_timestamp(),
             }),
         }
@@ -173,6 +176,15 @@ impl AppState {
 
     pub fn is_draining(&self) -> bool {
         self.inner.draining.load(Ordering::SeqCst)
+    }
+
+    /// The drain ran out of time: what is still open is cut (and settled, and recorded).
+    pub fn start_cutting(&self) {
+        self.inner.cut.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_cut(&self) -> bool {
+        self.inner.cut.load(Ordering::SeqCst)
     }
 }
 

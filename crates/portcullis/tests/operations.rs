@@ -325,6 +325,7 @@ async fn sigterm_stops_waiting_for_a_stream_at_the_shutdown_deadline() {
         .send()
         .await
         .expect("the stream starts");
+    let request_id = response.headers()["x-request-id"].to_str().expect("an id").to_string();
     response.chunk().await.expect("read the first chunk").expect("a first chunk");
 
     gateway.signal("TERM");
@@ -337,6 +338,20 @@ async fn sigterm_stops_waiting_for_a_stream_at_the_shutdown_deadline() {
     }
     assert!(!received.contains("[DONE]"), "the stream could not have finished in time:\n{received}");
     assert!(gateway.log_text().contains("deadline"), "log:\n{}", gateway.log_tail(10));
+    // Cut short, the request was still settled and recorded before the process exited.
+    gateway.restart().await;
+    let record = common::the_record(&gateway, &request_id).await;
+    assert_eq!(
+        (record["decision"].as_str(), record["reason"].as_str()),
+        (Some("error"), Some("cut_at_shutdown")),
+        "{record}"
+    );
+    assert!(
+        record["completion_tokens"].as_u64().is_some_and(|tokens| tokens >= 1),
+        "what was relayed is billed: {record}"
+    );
+    let usage = common::get(&gateway, &key, "/v1/usage").await;
+    assert_eq!(usage.body["spend"]["today"]["requests"], 1, "a usage row was written: {}", usage.text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,11 +48,16 @@ pub async fn serve(
     settings: Arc<ConnectionSettings>,
     slot: Slot,
     stop: CancellationToken,
+    cut: CancellationToken,
 ) {
     let activity = Arc::new(Activity::new(Instant::now()));
     let site_state = site.state.clone();
     let refusals = Refuser { listener: site.name, site: site.clone(), peer };
-    let io = ClientIo::new(stream, slot, HeadGate::new(settings.gate), Arc::clone(&activity), refusals);
+    // hyper drops the socket before the response body it was sending: this task keeps the slot
+    // until both are gone, so that a drain waiting for the slots also waits for the body's
+    // settlement and audit record (a cut stream's, at shutdown).
+    let slot = Arc::new(slot);
+    let io = ClientIo::new(stream, Arc::clone(&slot), HeadGate::new(settings.gate), Arc::clone(&activity), refusals);
     let service = {
         let activity = Arc::clone(&activity);
         let body_timeouts = settings.body;
@@ -72,6 +77,9 @@ pub async fn serve(
     // its lock — shared by every connection — at every wake-up.
     let mut stopped = pin!(stop.cancelled());
     let mut stop_registered = false;
+    // Likewise the cut that ends what is still open when the drain runs out of time.
+    let mut cut_short = pin!(cut.cancelled());
+    let mut cut_registered = false;
     let mut timer = pin!(tokio::time::sleep_until(Instant::now().into()));
     let timeouts = settings.timeouts;
     // Graceful close begun (server stopping, or idle); `close_by` bounds an idle one.
@@ -83,6 +91,15 @@ pub async fn serve(
         loop {
             if let Poll::Ready(result) = connection.as_mut().poll(cx) {
                 return Poll::Ready(result);
+            }
+            let cut_now = if cut_registered {
+                site_state.is_cut()
+            } else {
+                cut_registered = true;
+                cut_short.as_mut().poll(cx).is_ready() || site_state.is_cut()
+            };
+            if cut_now {
+                return Poll::Ready(Ok(()));
             }
             let stopping = if stop_registered {
                 site_state.is_draining()

@@ -35,8 +35,9 @@ pub trait Refusals: Send + Unpin + 'static {
 pub struct ClientIo<R> {
     /// Taken only by `drop`, which hands it to the lingering close.
     stream: Option<TcpStream>,
-    /// The connection's place in its listener's count, held until the socket is closed.
-    slot: Option<Slot>,
+    /// The connection's place in its listener's count, held until the socket is closed (and,
+    /// by `connection::serve`, until what the connection served is dropped).
+    slot: Option<Arc<Slot>>,
     gate: HeadGate,
     activity: Arc<Activity>,
     refusals: R,
@@ -49,7 +50,7 @@ pub struct ClientIo<R> {
 }
 
 impl<R: Refusals> ClientIo<R> {
-    pub fn new(stream: TcpStream, slot: Slot, gate: HeadGate, activity: Arc<Activity>, refusals: R) -> Self {
+    pub fn new(stream: TcpStream, slot: Arc<Slot>, gate: HeadGate, activity: Arc<Activity>, refusals: R) -> Self {
         ClientIo {
             stream: Some(stream),
             slot: Some(slot),

@@ -89,6 +89,7 @@ pub async fn accept_until(
     site: Site,
     listening: Listening,
     stop: CancellationToken,
+    cut: CancellationToken,
 ) -> Accepted {
     let slots = Arc::new(Slots::new(site.state.metrics().open_connections(site.name)));
     let shedding = Arc::new(Semaphore::new(MAX_SHEDDING));
@@ -118,8 +119,8 @@ pub async fn accept_until(
         match slots.take(listening.max_connections, peer.ip(), per_client_cap(&site, &listening, peer)) {
             Ok(slot) => {
                 site.state.metrics().connection_event(site.name, "accepted");
-                let serve =
-                    connection::serve(stream, peer, site.clone(), listening.settings.clone(), slot, stop.clone());
+                let settings = listening.settings.clone();
+                let serve = connection::serve(stream, peer, site.clone(), settings, slot, stop.clone(), cut.clone());
                 tokio::spawn(serve);
             }
             Err(full) => {
@@ -195,6 +196,9 @@ fn builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
 }
 
 /// Waits for open connections (streams included) to finish, at most `deadline`.
-pub async fn drain(accepted: Accepted, deadline: Duration) -> bool {
+pub async fn drain(accepted: &Accepted, deadline: Duration) -> bool {
     tokio::time::timeout(deadline, accepted.slots.all_closed()).await.is_ok()
 }
+
+/// How long cut connections get to close, their requests to settle and submit their records.
+pub const CUT_GRACE: Duration = Duration::from_secs(5);

@@ -106,6 +106,9 @@ impl Settlement {
             let (decision, reason) = match outcome.ending {
                 Ending::Complete => (AuditDecision::Allow, None),
                 Ending::CutOff => (AuditDecision::Allow, Some("cut_off_at_reservation")),
+                Ending::ClientGone if terms.exchange.cut_at_shutdown() => {
+                    (AuditDecision::Error, Some("cut_at_shutdown"))
+                }
                 Ending::ClientGone => (AuditDecision::Allow, Some("client_disconnected")),
                 Ending::UpstreamFailed => (AuditDecision::Error, Some("upstream_failed_mid_body")),
                 Ending::EventTooLarge => (AuditDecision::Error, Some("upstream_event_too_large")),
