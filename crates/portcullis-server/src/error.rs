@@ -55,6 +55,10 @@ pub enum ApiError {
         retry_after_secs: u64,
     },
     UpstreamTimeout,
+    /// The model server's successful answer was not one (see `proxy::answer`): `what` says why.
+    UpstreamInvalid {
+        what: &'static str,
+    },
     /// The model server answered with an error whose body is not relayed (see `proxy::refusal`).
     UpstreamStatus {
         status: u16,
@@ -144,7 +148,7 @@ impl ApiError {
             }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
-            ApiError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            ApiError::UpstreamUnavailable | ApiError::UpstreamInvalid { .. } => StatusCode::BAD_GATEWAY,
             // Its refusal of our credential is not the client's to hear as its own.
             ApiError::UpstreamStatus { status: 401 | 403 } => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamStatus { status } => StatusCode::from_u16(*status)
@@ -189,6 +193,7 @@ impl ApiError {
                 ("upstream_error", "upstream_unavailable")
             }
             ApiError::UpstreamTimeout => ("upstream_error", "upstream_timeout"),
+            ApiError::UpstreamInvalid { .. } => ("upstream_error", "upstream_invalid_response"),
             ApiError::UpstreamStatus { .. } => ("upstream_error", "upstream_error"),
             ApiError::Overloaded { .. } => ("upstream_error", "overloaded"),
             ApiError::Internal => ("server_error", "internal_error"),
@@ -233,6 +238,7 @@ impl ApiError {
                 format!("Every server of this model is out of rotation; retry after {retry_after_secs}s.")
             }
             ApiError::UpstreamTimeout => "The model server did not answer in time.".into(),
+            ApiError::UpstreamInvalid { what } => format!("The model server's answer could not be used: {what}."),
             ApiError::UpstreamStatus { status: 401 | 403 } => {
                 "The model server refused the gateway's credentials; the operator has been told.".into()
             }

@@ -36,6 +36,6 @@ pub use gateway::{Gateway, GatewayBuilder, GatewayError};
 pub use relay::TcpRelay;
 pub use services::{PostgresDatabase, RedisServer, postgres_url, redis_or_skip, redis_url, unique_name};
 pub use stub::{
-    DEFAULT_MODELS, DEFAULT_STREAM_CHUNKS, EMBEDDING_DIMENSIONS, GatedStream, LEAKED_SECRETS, RecordedRequest,
+    DEFAULT_MODELS, DEFAULT_STREAM_CHUNKS, EMBEDDING_DIMENSIONS, Fault, GatedStream, LEAKED_SECRETS, RecordedRequest,
     STUB_SERVER_HEADERS, StubUpstream, embedding_of, reply_pieces, reply_text,
 };

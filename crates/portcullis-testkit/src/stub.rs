@@ -6,7 +6,6 @@
 //! derived from a hash of each input. Every request is recorded, and faults (status codes,
 //! hangs, slow or gated streams) can be switched on and off while it runs.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -131,6 +130,10 @@ struct Behaviour {
     hold_after_done: bool,
     /// Streams one content event, then an event of this many bytes that never ends.
     unterminated_event: Option<usize>,
+    /// Streams one content event, then an event whose data is an HTML page.
+    invalid_event: bool,
+    /// Streams one content event, then fails the body (the connection is cut mid-stream).
+    reset_mid_stream: bool,
     models: Vec<String>,
     gate: Option<Arc<Gate>>,
 }
@@ -150,6 +153,8 @@ impl Default for Behaviour {
             ignore_max_tokens: false,
             hold_after_done: false,
             unterminated_event: None,
+            invalid_event: false,
+            reset_mid_stream: false,
             models: DEFAULT_MODELS.iter().map(|model| (*model).to_string()).collect(),
             gate: None,
         }
@@ -161,6 +166,8 @@ struct Shared {
     behaviour: Mutex<Behaviour>,
     requests: Mutex<Vec<RecordedRequest>>,
     chunks_sent: AtomicUsize,
+    /// Streamed replies dropped before their last frame: their client (the gateway) hung up.
+    streams_abandoned: AtomicUsize,
     next_id: AtomicU64,
 }
 
@@ -266,6 +273,12 @@ impl StubUpstream {
         self.shared.chunks_sent.load(Ordering::SeqCst)
     }
 
+    /// Streamed replies whose connection was closed before their last frame was sent: the
+    /// generations a gateway cancelled.
+    pub fn streams_abandoned(&self) -> usize {
+        self.shared.streams_abandoned.load(Ordering::SeqCst)
+    }
+
     /// Content chunks per streamed reply, and completion tokens per reply (default 3).
     pub fn set_stream_chunks(&self, chunks: usize) {
         lock(&self.shared.behaviour).stream_chunks = chunks;
@@ -352,6 +365,63 @@ impl StubUpstream {
     }
 }
 
+/// A fault one request asks for by carrying `stub-fault:<name>` anywhere in its body (in a
+/// message's content, say), whatever the stub's switches say: one test can mix faults, and the
+/// gateway in between forwards the marker like any other text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// `html`: an HTML page with status 200.
+    Html,
+    /// `wrong_shape`: status 200 with a JSON object that is no API answer.
+    WrongShape,
+    /// `unauthorized`: a 401 with leaky headers, as when the gateway's credential for the server
+    /// is wrong.
+    Unauthorized,
+    /// `leaky_failure`: a 500 whose body and headers carry [`LEAKED_SECRETS`].
+    LeakyFailure,
+    /// `huge_usage`: `usage` figures of 2⁶⁴−1.
+    HugeUsage,
+    /// `hold_after_done`: a stream that stays open after `[DONE]`.
+    HoldAfterDone,
+    /// `unterminated_event`: a stream whose second event never ends (2 MiB and holding).
+    UnterminatedEvent,
+    /// `invalid_event`: a stream whose second event is an HTML page.
+    InvalidEvent,
+    /// `reset_mid_stream`: a stream cut after its first event.
+    ResetMidStream,
+    /// `hang`: no answer at all.
+    Hang,
+}
+
+impl Fault {
+    const NAMES: [(&'static str, Fault); 10] = [
+        ("html", Fault::Html),
+        ("wrong_shape", Fault::WrongShape),
+        ("unauthorized", Fault::Unauthorized),
+        ("leaky_failure", Fault::LeakyFailure),
+        ("huge_usage", Fault::HugeUsage),
+        ("hold_after_done", Fault::HoldAfterDone),
+        ("unterminated_event", Fault::UnterminatedEvent),
+        ("invalid_event", Fault::InvalidEvent),
+        ("reset_mid_stream", Fault::ResetMidStream),
+        ("hang", Fault::Hang),
+    ];
+
+    /// The marker that selects this fault: put it in a request's text.
+    pub fn marker(self) -> String {
+        let name = Self::NAMES.iter().find(|(_, fault)| *fault == self).map_or("", |(name, _)| name);
+        format!("stub-fault:{name}")
+    }
+
+    fn requested(body: &[u8]) -> Option<Fault> {
+        const PREFIX: &[u8] = b"stub-fault:";
+        let at = body.windows(PREFIX.len()).position(|window| window == PREFIX)? + PREFIX.len();
+        let name: Vec<u8> =
+            body[at..].iter().copied().take_while(|byte| byte.is_ascii_lowercase() || *byte == b'_').collect();
+        Self::NAMES.iter().find(|(known, _)| known.as_bytes() == name.as_slice()).map(|(_, fault)| *fault)
+    }
+}
+
 /// Headers a real model server adds that say who and what it is: they must stay behind the gateway.
 pub const STUB_SERVER_HEADERS: [(&str, &str); 2] = [("server", "stub-model-server/1.0"), ("x-internal-node", "gpu-7")];
 
@@ -383,7 +453,20 @@ async fn answer(shared: Arc<Shared>, request: Request) -> Response {
     };
     lock(&shared.requests).push(recorded.clone());
 
-    let behaviour = lock(&shared.behaviour).clone();
+    let mut behaviour = lock(&shared.behaviour).clone();
+    match Fault::requested(&recorded.raw_body) {
+        Some(Fault::Html) => return html_page(),
+        Some(Fault::WrongShape) => return axum::Json(json!({"result": "ok", "tokens": 3})).into_response(),
+        Some(Fault::Unauthorized) => behaviour.leaky_failure = Some(401),
+        Some(Fault::LeakyFailure) => behaviour.leaky_failure = Some(500),
+        Some(Fault::HugeUsage) => behaviour.reported_usage = Some((u64::MAX, u64::MAX)),
+        Some(Fault::HoldAfterDone) => behaviour.hold_after_done = true,
+        Some(Fault::UnterminatedEvent) => behaviour.unterminated_event = Some(2 * 1024 * 1024),
+        Some(Fault::InvalidEvent) => behaviour.invalid_event = true,
+        Some(Fault::ResetMidStream) => behaviour.reset_mid_stream = true,
+        Some(Fault::Hang) => behaviour.hang = true,
+        None => {}
+    }
     if behaviour.hang {
         std::future::pending::<()>().await;
     }
@@ -401,16 +484,16 @@ async fn answer(shared: Arc<Shared>, request: Request) -> Response {
     {
         return scripted_failure(*status);
     }
-    route(&shared, &parts.method, &recorded)
+    route(&shared, &behaviour, &parts.method, &recorded)
 }
 
-fn route(shared: &Arc<Shared>, method: &Method, request: &RecordedRequest) -> Response {
+fn route(shared: &Arc<Shared>, behaviour: &Behaviour, method: &Method, request: &RecordedRequest) -> Response {
     let path = request.path.as_str();
     if *method == Method::GET {
         if path.ends_with("/health") {
             return axum::Json(json!({"status": "ok"})).into_response();
         }
-        let models = lock(&shared.behaviour).models.clone();
+        let models = &behaviour.models;
         if path.ends_with("/v1/models") {
             let data: Vec<Value> = models.iter().map(|id| model_entry(id)).collect();
             return axum::Json(json!({"object": "list", "data": data})).into_response();
@@ -446,8 +529,8 @@ fn route(shared: &Arc<Shared>, method: &Method, request: &RecordedRequest) -> Re
                 );
             };
             return match endpoint {
-                Endpoint::Chat | Endpoint::Completions => generate(shared, endpoint, body),
-                Endpoint::Embeddings => embeddings(shared, body),
+                Endpoint::Chat | Endpoint::Completions => generate(shared, behaviour, endpoint, body),
+                Endpoint::Embeddings => embeddings(behaviour, body),
             };
         }
     }
@@ -501,16 +584,14 @@ fn usage_json(prompt_tokens: usize, completion_tokens: usize) -> Value {
 }
 
 /// Chat and text completions, plain or streamed.
-fn generate(shared: &Arc<Shared>, endpoint: Endpoint, body: &Value) -> Response {
+fn generate(shared: &Arc<Shared>, behaviour: &Behaviour, endpoint: Endpoint, body: &Value) -> Response {
     let model = model_of(body);
     let streamed = body.get("stream").and_then(Value::as_bool) == Some(true);
     let include_usage = body.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
-    let (chunks, gap, omit_usage, ignore_max_tokens, gate, reported_usage) = {
-        let mut behaviour = lock(&shared.behaviour);
-        let gate = if streamed { behaviour.gate.take() } else { None };
-        let b = &*behaviour;
-        (b.stream_chunks, b.chunk_gap, b.omit_usage, b.ignore_max_tokens, gate, b.reported_usage)
-    };
+    let gate = if streamed { lock(&shared.behaviour).gate.take() } else { None };
+    let b = behaviour;
+    let (chunks, gap, omit_usage, ignore_max_tokens, reported_usage) =
+        (b.stream_chunks, b.chunk_gap, b.omit_usage, b.ignore_max_tokens, b.reported_usage);
     // llama.cpp's order: `n_predict` wins over the OpenAI fields.
     let cap = body
         .get("n_predict")
@@ -581,18 +662,33 @@ fn generate(shared: &Arc<Shared>, endpoint: Endpoint, body: &Value) -> Response 
     }
     let mut frames: Vec<Bytes> = events.iter().map(|event| Bytes::from(format!("data: {event}\n\n"))).collect();
     frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
-    let (hold, unterminated) = {
-        let behaviour = lock(&shared.behaviour);
-        (behaviour.hold_after_done, behaviour.unterminated_event)
-    };
-    if let Some(bytes) = unterminated {
+    let mut ending = if behaviour.hold_after_done { StreamEnd::Hold } else { StreamEnd::Close };
+    if let Some(bytes) = behaviour.unterminated_event {
         frames.truncate(1);
         let mut endless = b"data: {\"choices\":[{\"delta\":{\"content\":\"".to_vec();
         endless.resize(bytes, b'x');
         frames.extend(endless.chunks(64 * 1024).map(Bytes::copy_from_slice));
-        return sse_response(Arc::clone(shared), frames, gap, gate, true);
+        ending = StreamEnd::Hold;
+    } else if behaviour.invalid_event {
+        frames.truncate(1);
+        frames.push(Bytes::from_static(b"data: <html><body>upstream proxy error</body></html>\n\n"));
+        frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    } else if behaviour.reset_mid_stream {
+        frames.truncate(1);
+        ending = StreamEnd::Fail;
     }
-    sse_response(Arc::clone(shared), frames, gap, gate, hold)
+    sse_response(Arc::clone(shared), frames, gap, gate, ending)
+}
+
+/// What a streamed reply does after its last frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamEnd {
+    /// Ends the body.
+    Close,
+    /// Neither ends it nor closes the connection.
+    Hold,
+    /// Fails the body: the connection is cut without the chunked terminator.
+    Fail,
 }
 
 /// What the body stream of one streamed reply carries from one event to the next.
@@ -602,6 +698,16 @@ struct StreamState {
     gap: Duration,
     gate: Option<Arc<Gate>>,
     shared: Arc<Shared>,
+    /// The scripted failure was sent.
+    failed: bool,
+}
+
+impl Drop for StreamState {
+    fn drop(&mut self) {
+        if self.frames.len() > 0 {
+            self.shared.streams_abandoned.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 fn sse_response(
@@ -609,15 +715,20 @@ fn sse_response(
     frames: Vec<Bytes>,
     gap: Duration,
     gate: Option<Arc<Gate>>,
-    hold: bool,
+    ending: StreamEnd,
 ) -> Response {
-    let state = StreamState { frames: frames.into_iter(), sent: 0, gap, gate, shared };
+    let state = StreamState { frames: frames.into_iter(), sent: 0, gap, gate, shared, failed: false };
     let stream = futures_util::stream::unfold(state, move |mut state| async move {
         let Some(frame) = state.frames.next() else {
-            if hold {
-                std::future::pending::<()>().await;
+            match ending {
+                StreamEnd::Close => return None,
+                StreamEnd::Hold => return std::future::pending().await,
+                StreamEnd::Fail if !state.failed => {
+                    state.failed = true;
+                    return Some((Err(std::io::Error::other("stub upstream: scripted reset")), state));
+                }
+                StreamEnd::Fail => return None,
             }
-            return None;
         };
         if state.sent > 0 {
             if let (1, Some(gate)) = (state.sent, state.gate.as_ref()) {
@@ -632,7 +743,7 @@ fn sse_response(
         if let (1, Some(gate)) = (state.sent, state.gate.as_ref()) {
             gate.first_sent.store(true, Ordering::SeqCst);
         }
-        Some((Ok::<Bytes, Infallible>(frame), state))
+        Some((Ok::<Bytes, std::io::Error>(frame), state))
     });
     let mut response = Body::from_stream(stream).into_response();
     let headers = response.headers_mut();
@@ -641,7 +752,7 @@ fn sse_response(
     response
 }
 
-fn embeddings(shared: &Arc<Shared>, body: &Value) -> Response {
+fn embeddings(behaviour: &Behaviour, body: &Value) -> Response {
     let model = model_of(body);
     let inputs: Vec<Value> = match body.get("input") {
         Some(Value::String(text)) => vec![Value::String(text.clone())],
@@ -660,7 +771,7 @@ fn embeddings(shared: &Arc<Shared>, body: &Value) -> Response {
         }
     };
     let base64 = body.get("encoding_format").and_then(Value::as_str) == Some("base64");
-    let omit_usage = lock(&shared.behaviour).omit_usage;
+    let omit_usage = behaviour.omit_usage;
     let mut prompt_tokens = 0;
     let data: Vec<Value> = inputs
         .iter()
@@ -751,6 +862,14 @@ fn leaky_failure(status: u16) -> Response {
     headers.insert(header::SET_COOKIE, HeaderValue::from_static("session=s3cr3t; Path=/"));
     headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"gpu-node-7.internal\""));
     headers.insert("x-upstream-host", HeaderValue::from_static("gpu-node-7.internal"));
+    response
+}
+
+/// A proxy's error page sent with `200 OK`, as a misconfigured load balancer in front of a model
+/// server does.
+fn html_page() -> Response {
+    let mut response = "<html><body><h1>Welcome</h1><p>Service temporarily rerouted.</p></body></html>".into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     response
 }
 

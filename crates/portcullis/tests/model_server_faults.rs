@@ -6,7 +6,7 @@
 mod common;
 
 use common::{BINARY, chat_body, http, send, the_record};
-use portcullis_testkit::{GatewayBuilder, LEAKED_SECRETS, StubUpstream};
+use portcullis_testkit::{Fault, GatewayBuilder, LEAKED_SECRETS, StubUpstream};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,4 +209,74 @@ async fn a_model_whose_endpoints_are_all_ejected_answers_503_with_retry_after() 
     let retry_after: u64 = resting.header("retry-after").and_then(|value| value.parse().ok()).expect("Retry-After");
     assert!((15..=20).contains(&retry_after), "the ejection's remaining time, not {retry_after}");
     assert_eq!(stub.requests_to("/v1/chat/completions").len(), requests_so_far, "an ejected endpoint gets nothing");
+}
+
+/// A chat request whose text asks the stub for `fault` (none: a normal request).
+fn faulty_body(fault: Option<Fault>, stream: bool) -> serde_json::Value {
+    let text = fault.map_or_else(|| "hello there".to_string(), |fault| format!("hello {}", fault.marker()));
+    json!({"model": "m", "messages": [{"role": "user", "content": text}], "stream": stream})
+}
+
+/// A 200 that is not an answer — an HTML page, a JSON object of another shape, an event that is
+/// no event — is not relayed as one: the client gets a 502 (or, once a stream has begun, an
+/// error event), nothing is billed for what never reached it, the record says why, and the
+/// faults of some requests leave the others, mixed in among them, untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn success_that_is_not_is_refused_billed_nothing_and_audited() {
+    let stub = StubUpstream::start().await;
+    let config = format!(
+        "[[models]]\nname = \"m\"\nendpoints = [\"{}\"]\nprice = {{ input_per_million = 1.0, output_per_million = 2.0 }}\n",
+        stub.url()
+    );
+    let mut gateway = GatewayBuilder::new(BINARY).config(&config).start().await;
+    let (_, key) = gateway.create_key(&[]);
+    let url = format!("{}/v1/chat/completions", gateway.proxy_url());
+    let cases = [
+        (Some(Fault::Html), false, "upstream_not_json"),
+        (Some(Fault::WrongShape), false, "upstream_wrong_shape"),
+        (Some(Fault::Html), true, "upstream_not_json"),
+        (None, false, ""),
+        (None, true, ""),
+    ];
+    let replies = futures_util::future::join_all(
+        cases
+            .iter()
+            .map(|(fault, stream, _)| send(http().post(&url).bearer_auth(&key).json(&faulty_body(*fault, *stream)))),
+    )
+    .await;
+    for ((fault, stream, reason), reply) in cases.iter().zip(&replies) {
+        if fault.is_none() {
+            reply.assert_ok();
+            assert!(reply.text.contains("echo:m"), "a normal request is answered: {}", reply.text);
+            continue;
+        }
+        reply.assert_error(502, "upstream_invalid_response");
+        assert_eq!(reply.body["error"]["type"], "upstream_error", "{fault:?} stream={stream}");
+        assert!(!reply.text.contains("<html") && !reply.text.contains("\"result\""), "{}", reply.text);
+        let record = the_record(&gateway, reply.header("x-request-id").expect("id")).await;
+        assert_eq!((record["status"].as_u64(), record["decision"].as_str()), (Some(502), Some("error")), "{record}");
+        assert_eq!(record["reason"], *reason, "{record}");
+        assert_eq!(record["completion_tokens"].as_u64().unwrap_or(0), 0, "{record}");
+    }
+    // A stream whose second event is an HTML page: the first was relayed (and is billed), the
+    // page is not, and the stream ends with an error event the SDK raises.
+    let reply = send(http().post(&url).bearer_auth(&key).json(&faulty_body(Some(Fault::InvalidEvent), true))).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert!(reply.text.contains("echo:m"), "the first event was relayed: {}", reply.text);
+    assert!(reply.text.contains("upstream_invalid_event") && !reply.text.contains("<html"), "{}", reply.text);
+    assert!(!reply.text.contains("[DONE]"), "{}", reply.text);
+    let record = the_record(&gateway, reply.header("x-request-id").expect("id")).await;
+    assert_eq!(
+        (record["decision"].as_str(), record["reason"].as_str()),
+        (Some("error"), Some("upstream_invalid_event")),
+        "{record}"
+    );
+    assert_eq!(record["completion_tokens"], 1, "one content event reached the client: {record}");
+
+    // Billed: the two normal requests and the stream that relayed one event; nothing for the
+    // refused answers, which reached no client. (A restart writes the usage rows out.)
+    gateway.restart().await;
+    let usage = common::get(&gateway, &key, "/v1/usage").await;
+    assert_eq!(usage.body["spend"]["today"]["requests"], 3, "{}", usage.text);
+    common::chat(&gateway, Some(&key), "m").await.assert_ok();
 }

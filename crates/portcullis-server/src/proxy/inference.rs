@@ -4,16 +4,18 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, header};
+use http_body_util::Full;
 use portcullis_auth::Scope;
 use portcullis_config::{Config, DEFAULT_MAX_EVENT_BYTES};
 use portcullis_upstream::{ForwardRequest, UpstreamError, UpstreamResponse};
 
 use super::admit::{self, price_of};
+use super::answer::{self, Answer};
 use super::authorize::may_use_model;
 use super::body::{self, Operation, ParsedRequest};
 use super::meter::{Metered, OnFinish, StreamOptions};
 use super::settle::Settlement;
-use super::{caller, refusal};
+use super::{caller, capture, refusal};
 use crate::error::ApiError;
 use crate::exchange::{AuditAtBodyEnd, Exchange};
 use crate::limits;
@@ -88,7 +90,7 @@ async fn serve(
                 info.model = Some(upstream.model.clone());
             });
             if upstream.status.is_success() {
-                relay(upstream, &parsed, admitted.plan.completion_cap, admitted.settlement, config)
+                relay(upstream, &parsed, admitted.plan.completion_cap, admitted.settlement, config, &exchange).await
             } else {
                 // The model server refused (4xx) or failed (5xx): nothing was generated.
                 admitted.settlement.nothing_used();
@@ -106,13 +108,15 @@ async fn serve(
 }
 
 /// The upstream's successful answer on its way to the client, metered so that the request
-/// settles with its real usage when the body ends, whichever way it ends.
-fn relay(
+/// settles with its real usage when the body ends, whichever way it ends. A non-streamed answer
+/// is checked first (see [`answer`]); one that is not what it claims is a 502, billed nothing.
+async fn relay(
     upstream: UpstreamResponse,
     request: &ParsedRequest,
     completion_cap: u64,
     mut settlement: Settlement,
     config: &Config,
+    exchange: &Exchange,
 ) -> Response {
     let UpstreamResponse { status, headers, body, model, .. } = upstream;
     let mut headers = relayed_headers(&headers);
@@ -126,7 +130,6 @@ fn relay(
     settlement.served_by(model, price, streamed);
     // Embeddings generate no text: only their input is captured.
     let capture = settlement.captures() && request.operation != Operation::Embeddings;
-    let on_finish: OnFinish = Box::new(move |outcome| settlement.finish(outcome));
     let body = if streamed {
         // The stream may lose its usage chunk on the way: its length is no longer known.
         headers.remove(header::CONTENT_LENGTH);
@@ -135,15 +138,32 @@ fn relay(
             config.model(&request.model).map_or(DEFAULT_MAX_EVENT_BYTES, |model| model.max_event_bytes);
         let options =
             StreamOptions { strip_usage_chunk: !request.wants_stream_usage, cap: Some(cap), capture, max_event_bytes };
-        Body::new(Metered::stream(body, options, on_finish))
+        Body::new(Metered::stream(body, options, settle_at_end(settlement)))
     } else {
-        Body::new(Metered::json(body, capture, on_finish))
+        match answer::gather(request.operation, &headers, body).await {
+            Ok(Answer::Whole { body, usage }) => {
+                let completion = capture.then(|| capture::completion_text(&body));
+                Body::new(Metered::json(Full::new(body), usage, completion, settle_at_end(settlement)))
+            }
+            Ok(Answer::Large(body)) => Body::new(Metered::json(body, None, None, settle_at_end(settlement))),
+            Err(unfit) => {
+                settlement.nothing_used();
+                tracing::warn!(?unfit, "model server's answer refused");
+                exchange.note(|info| info.reason = Some(unfit.reason().to_string()));
+                return ApiError::from(unfit).into_response();
+            }
+        }
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response.extensions_mut().insert(AuditAtBodyEnd);
     response
+}
+
+/// Settles the request when its metered body ends.
+fn settle_at_end(settlement: Settlement) -> OnFinish {
+    Box::new(move |outcome| settlement.finish(outcome))
 }
 
 fn scope_of(operation: Operation) -> Scope {

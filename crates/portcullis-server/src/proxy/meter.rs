@@ -1,10 +1,9 @@
-//! The response body on its way to the client, metered: it learns the real token usage (from
-//! the JSON body, or from the stream's usage chunk), strips the usage chunk the client did not
+//! The response body on its way to the client, metered: it carries the real token usage (read
+//! from the JSON answer before it was relayed, or from the stream's usage chunk), strips the usage chunk the client did not
 //! ask for, stops a stream that runs past its reservation, and reports how it ended exactly once
 //! — also when the client hangs up and the body is dropped half-way. For a request that captures
 //! content it also reports the generated text the client was sent.
 
-use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -15,14 +14,9 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use portcullis_audit::Submitted;
 use portcullis_types::openai::{ErrorBody, ErrorDetail, Usage};
-use serde::Deserialize;
 
-use super::capture::{self, CapturedText};
+use super::capture::CapturedText;
 use super::sse::{Pushed, SseScanner};
-
-/// Non-streamed bodies are kept (as reference-counted frames, not copies) up to this size to
-/// read their `usage`; a larger body is relayed without it and billed as estimated.
-const MAX_JSON_BODY: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
@@ -36,6 +30,8 @@ pub enum Ending {
     CutOff,
     /// An event of the stream grew past the model's `max_event_bytes` without ending.
     EventTooLarge,
+    /// An event of the stream was not a JSON object.
+    InvalidEvent,
 }
 
 /// How a metered response ended and what it used.
@@ -63,20 +59,12 @@ pub struct StreamOptions {
     pub max_event_bytes: usize,
 }
 
-/// What the client gets in place of the rest of a stream whose model server sent an event too
-/// large to hold: an error it can read, and no `[DONE]`.
-const EVENT_TOO_LARGE: &[u8] = b"data: {\"error\":{\"message\":\"The model server sent an event larger than the gateway accepts; the stream was ended.\",\"type\":\"upstream_error\",\"code\":\"upstream_event_too_large\",\"param\":null}}\n\n";
-
-/// The error event that ends a stream whose model server failed after it began: never `[DONE]`,
-/// never a `finish_reason`.
-fn failed_mid_stream(error: &impl std::fmt::Display) -> Bytes {
+/// The error event that ends a stream whose model server failed after it began — an error the
+/// client can read, and then the end: never `[DONE]`, never a `finish_reason`, never a cut
+/// connection (its SDK would retry, generating twice).
+fn error_event(code: &str, message: String) -> Bytes {
     let body = ErrorBody {
-        error: ErrorDetail {
-            message: format!("The model server failed in the middle of the stream: {error}."),
-            kind: "upstream_error".into(),
-            code: Some("upstream_failed_mid_stream".into()),
-            param: None,
-        },
+        error: ErrorDetail { message, kind: "upstream_error".into(), code: Some(code.into()), param: None },
     };
     Bytes::from(format!("data: {}\n\n", serde_json::to_string(&body).unwrap_or_default()))
 }
@@ -86,11 +74,10 @@ fn failed_mid_stream(error: &impl std::fmt::Display) -> Bytes {
 pub type OnFinish = Box<dyn FnOnce(Outcome) -> Option<Submitted> + Send>;
 
 enum Mode {
-    /// `capture`: read the generated text from the kept body at the end.
+    /// What the answer reported and, when captured, its text: both read before it was relayed.
     Json {
-        parts: Vec<Bytes>,
-        size: usize,
-        capture: bool,
+        reported: Option<Usage>,
+        completion: Option<CapturedText>,
     },
     Stream {
         scanner: SseScanner,
@@ -121,9 +108,9 @@ pin_project! {
 }
 
 impl<B> Metered<B> {
-    /// A plain JSON response; its `usage` (and, with `capture`, its text) is read at the end.
-    pub fn json(inner: B, capture: bool, on_finish: OnFinish) -> Self {
-        Self::new(inner, Mode::Json { parts: Vec::new(), size: 0, capture }, on_finish)
+    /// A plain JSON answer, with the `usage` it `reported` and its captured `completion`.
+    pub fn json(inner: B, reported: Option<Usage>, completion: Option<CapturedText>, on_finish: OnFinish) -> Self {
+        Self::new(inner, Mode::Json { reported, completion }, on_finish)
     }
 
     /// An SSE stream. `strip_usage_chunk` when the client did not ask for usage; `cap` is the
@@ -181,7 +168,8 @@ where
                     if matches!(this.mode, Mode::Stream { .. }) {
                         // A stream the client is reading ends with an error it can read, and
                         // cleanly: a cut connection would have its SDK retry, generating twice.
-                        this.queue.push_back(failed_mid_stream(&error));
+                        let message = format!("The model server failed in the middle of the stream: {error}.");
+                        this.queue.push_back(error_event("upstream_failed_mid_stream", message));
                         *this.ack = finish(
                             this.on_finish,
                             this.mode,
@@ -206,11 +194,7 @@ where
                 Err(frame) => return Poll::Ready(Some(Ok(frame))),
             };
             match this.mode {
-                Mode::Json { parts, size, .. } => {
-                    if *size + data.len() <= MAX_JSON_BODY {
-                        *size += data.len();
-                        parts.push(data.clone());
-                    }
+                Mode::Json { .. } => {
                     // A body of known length ends with its last byte: the server stops polling
                     // there, so that is where the response is complete.
                     if this.inner.is_end_stream() {
@@ -229,8 +213,16 @@ where
                         Pushed::Open => continue,
                         Pushed::Capped => Ending::CutOff,
                         Pushed::TooLarge => {
-                            this.queue.push_back(Bytes::from_static(EVENT_TOO_LARGE));
+                            let message =
+                                "The model server sent an event larger than the gateway accepts; the stream was ended.";
+                            this.queue.push_back(error_event("upstream_event_too_large", message.into()));
                             Ending::EventTooLarge
+                        }
+                        Pushed::Invalid => {
+                            let message =
+                                "The model server sent an event that is not a JSON object; the stream was ended.";
+                            this.queue.push_back(error_event("upstream_invalid_event", message.into()));
+                            Ending::InvalidEvent
                         }
                     };
                     *this.ended = true;
@@ -257,10 +249,8 @@ where
 fn finish(on_finish: &mut Option<OnFinish>, mode: &mut Mode, relayed_bytes: u64, ending: Ending) -> Option<Submitted> {
     let on_finish = on_finish.take()?;
     let outcome = match mode {
-        Mode::Json { parts, capture, .. } => {
-            let body = joined(parts);
-            let completion = capture.then(|| capture::completion_text(&body));
-            Outcome { ending, reported: json_usage(&body), relayed_content: 0, relayed_bytes, completion }
+        Mode::Json { reported, completion } => {
+            Outcome { ending, reported: *reported, relayed_content: 0, relayed_bytes, completion: completion.take() }
         }
         Mode::Stream { scanner, .. } => Outcome {
             ending,
@@ -276,23 +266,6 @@ fn finish(on_finish: &mut Option<OnFinish>, mode: &mut Mode, relayed_bytes: u64,
 /// Bytes waiting to go out: at the end of a body they are relayed too.
 fn queued(queue: &VecDeque<Bytes>) -> u64 {
     queue.iter().map(|bytes| bytes.len() as u64).sum()
-}
-
-/// The kept body in one piece; copied only when it came in several frames.
-fn joined(parts: &[Bytes]) -> Cow<'_, [u8]> {
-    match parts {
-        [one] => Cow::Borrowed(one),
-        _ => Cow::Owned(parts.concat()),
-    }
-}
-
-#[derive(Deserialize)]
-struct UsageOnly {
-    usage: Option<Usage>,
-}
-
-fn json_usage(body: &[u8]) -> Option<Usage> {
-    serde_json::from_slice::<UsageOnly>(body).ok()?.usage
 }
 
 #[cfg(test)]
@@ -327,37 +300,32 @@ mod tests {
         )
     }
 
+    fn usage(completion_tokens: u64) -> Option<Usage> {
+        Some(Usage { prompt_tokens: 1, completion_tokens, total_tokens: 1 + completion_tokens })
+    }
+
     #[tokio::test]
-    async fn json_usage_is_read_and_the_body_passes_unchanged() {
+    async fn a_json_body_passes_unchanged_and_reports_what_was_read_from_it() {
         let (seen, on_finish) = recorder();
-        let text = r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
-        let metered = Metered::json(body(&[&text[..20], &text[20..]]), false, on_finish);
+        let text = r#"{"choices":[{"message":{"content":"hi there"}}]}"#;
+        let mut completion = CapturedText::default();
+        completion.push("hi there");
+        let metered = Metered::json(body(&[&text[..20], &text[20..]]), usage(4), Some(completion.clone()), on_finish);
         let relayed = metered.collect().await.unwrap().to_bytes();
         assert_eq!(relayed, text.as_bytes());
         let outcome = seen.lock().unwrap()[0].clone();
         assert_eq!(outcome.ending, Ending::Complete);
-        assert_eq!(outcome.reported.unwrap().completion_tokens, 4);
-        assert_eq!(outcome.completion, None, "no text without capture");
-    }
-
-    #[tokio::test]
-    async fn a_capturing_json_body_reports_its_text() {
-        let (seen, on_finish) = recorder();
-        let text = r#"{"choices":[{"message":{"content":"hi there"}}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
-        let metered = Metered::json(body(&[&text[..30], &text[30..]]), true, on_finish);
-        metered.collect().await.unwrap();
-        let outcome = seen.lock().unwrap()[0].clone();
-        assert_eq!(outcome.reported.unwrap().completion_tokens, 2, "usage is read as without capture");
-        let mut expected = CapturedText::default();
-        expected.push("hi there");
-        assert_eq!(outcome.completion, Some(expected));
+        assert_eq!(outcome.reported, usage(4));
+        assert_eq!(outcome.completion, Some(completion));
+        assert_eq!(outcome.relayed_bytes, text.len() as u64);
     }
 
     #[tokio::test]
     async fn a_body_of_known_length_is_complete_at_its_last_byte_even_if_never_polled_to_the_end() {
         let (seen, on_finish) = recorder();
-        let text = r#"{"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
-        let mut metered = Box::pin(Metered::json(http_body_util::Full::new(Bytes::from(text)), false, on_finish));
+        let text = r#"{"choices":[]}"#;
+        let mut metered =
+            Box::pin(Metered::json(http_body_util::Full::new(Bytes::from(text)), usage(2), None, on_finish));
         let frame = metered.frame().await.unwrap().unwrap();
         assert_eq!(frame.into_data().unwrap(), text.as_bytes());
         assert!(metered.is_end_stream());

@@ -1,6 +1,7 @@
 //! The client-facing listener: `/v1/*`, `/healthz`, `/readyz`.
 
 mod admit;
+mod answer;
 mod authenticate;
 mod authorize;
 pub(crate) mod body;

@@ -112,6 +112,7 @@ impl Settlement {
                 Ending::ClientGone => (AuditDecision::Allow, Some("client_disconnected")),
                 Ending::UpstreamFailed => (AuditDecision::Error, Some("upstream_failed_mid_body")),
                 Ending::EventTooLarge => (AuditDecision::Error, Some("upstream_event_too_large")),
+                Ending::InvalidEvent => (AuditDecision::Error, Some("upstream_invalid_event")),
             };
             event.decision = decision;
             event.reason = match (reason, evidence) {

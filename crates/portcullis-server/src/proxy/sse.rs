@@ -36,6 +36,9 @@ pub enum Pushed {
     Capped,
     /// An event grew past the most one may hold without ending: the stream fails here.
     TooLarge,
+    /// An event's data is not a JSON object (an HTML page, a bare string): the stream fails
+    /// here, before that event.
+    Invalid,
 }
 
 #[derive(Debug)]
@@ -93,6 +96,12 @@ impl SseScanner {
             let event = &buffer[start..end];
             let mut capped = false;
             let keep = match self.inspect(event) {
+                Kind::Invalid => {
+                    if kept_from < start {
+                        out.push_back(buffer.slice(kept_from..start));
+                    }
+                    return Pushed::Invalid;
+                }
                 Kind::UsageOnly => !self.strip_usage_chunk,
                 Kind::Content => {
                     // Only relayed chunks count: the one past the cap is neither sent nor billed.
@@ -139,6 +148,11 @@ impl SseScanner {
             self.tally.done = true;
             return Kind::Other;
         }
+        // Checked by its first byte only: this is every relayed event's path.
+        match data.iter().find(|byte| !byte.is_ascii_whitespace()) {
+            None | Some(b'{') => {}
+            Some(_) => return Kind::Invalid,
+        }
         // Parse only events that can carry usage; content is recognised without parsing.
         if USAGE_FIELD.find(data).is_some()
             && let Ok(chunk) = serde_json::from_slice::<ChunkUsage>(data)
@@ -154,6 +168,7 @@ impl SseScanner {
 }
 
 enum Kind {
+    Invalid,
     UsageOnly,
     Content,
     Other,
@@ -338,6 +353,17 @@ mod tests {
         }
         let relayed: Vec<u8> = out.iter().flat_map(|bytes| bytes.to_vec()).collect();
         assert_eq!(relayed, long.as_bytes());
+        assert_eq!(scanner.tally.content_events, 1);
+    }
+
+    #[test]
+    fn an_event_whose_data_is_not_a_json_object_stops_the_stream_before_it() {
+        let mut scanner = SseScanner::new(false, false, 1 << 20);
+        let mut out = VecDeque::new();
+        let frame = format!("{HELLO}: keep-alive comment\n\ndata:\n\ndata: <html>bad gateway</html>\n\n{WORLD}");
+        assert_eq!(scanner.push(Bytes::from(frame), &mut out, None), Pushed::Invalid);
+        let relayed: String = out.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+        assert_eq!(relayed, format!("{HELLO}: keep-alive comment\n\ndata:\n\n"), "what came before it, not it");
         assert_eq!(scanner.tally.content_events, 1);
     }
 
