@@ -3,7 +3,7 @@
 
 Usage:  python tests/sdk/openai_sdk_check.py <scenario>
 
-Scenarios: chat, stream, stream-no-usage, embeddings, models, errors.
+Scenarios: chat, stream, stream-no-usage, embeddings, models, errors, faults.
 On success it prints ONE JSON line describing what it observed and exits 0; on a failed check
 it prints `FAIL [<scenario>]: <why>` to stderr and exits 1 (2 for a usage error).
 
@@ -20,6 +20,8 @@ Environment:
   errors:  PORTCULLIS_DENIED_MODEL   a configured model this key may not use (optional)
            PORTCULLIS_OTHER_KEY      a key that must be refused (e.g. revoked) (optional)
            PORTCULLIS_OTHER_KEY_CODE the `code` expected for it (default revoked_api_key)
+  faults:  runs against the test kit's stub model server, whose faults a request selects by
+           carrying `stub-fault:<name>` in its text (see portcullis_testkit::Fault)
 """
 
 import json
@@ -301,6 +303,66 @@ def scenario_errors():
     return observed
 
 
+# --- a model server that misbehaves ------------------------------------------------------------
+
+
+def fault_prompt(name):
+    return [{"role": "user", "content": f"hello stub-fault:{name}"}]
+
+
+def expect_stream_error(name, code):
+    """A stream the model server breaks must raise an `openai.APIError` carrying `code` while it is
+    read: not end as if complete, and not fail as a connection error (which SDKs retry)."""
+    model = env("PORTCULLIS_MODEL", required=True)
+    stream = client().chat.completions.create(model=model, messages=fault_prompt(name), stream=True)
+    text = ""
+    try:
+        for chunk in stream:
+            for choice in chunk.choices:
+                check(choice.finish_reason is None, f"{name}: a finish_reason {choice.finish_reason!r} was sent")
+                text += (choice.delta.content or "") if choice.delta else ""
+    except openai.APIConnectionError as error:
+        raise CheckFailed(f"{name}: the stream was cut ({error}), not ended with an error the SDK raises")
+    except openai.APIError as error:
+        body = error.body if isinstance(error.body, dict) else {}
+        check(body.get("code") == code, f"{name}: expected code {code!r}, got {error.body!r}")
+        check(text, f"{name}: the first event should have been relayed before the error")
+        return {"class": type(error).__name__, "code": body.get("code"), "text": text}
+    raise CheckFailed(f"{name}: the stream ended as if complete: {text!r}")
+
+
+def scenario_faults():
+    model = env("PORTCULLIS_MODEL", required=True)
+    api = client()
+    observed = {}
+
+    def chat(name):
+        return lambda: api.chat.completions.create(model=model, messages=fault_prompt(name))
+
+    # The model server's own failures and non-answers are the gateway's 502s: InternalServerError,
+    # never AuthenticationError for a key that is fine, never a string in place of a completion.
+    for name, status, code in [
+        ("unauthorized", 502, "upstream_error"),
+        ("leaky_failure", 500, "upstream_error"),
+        ("html", 502, "upstream_invalid_response"),
+        ("wrong_shape", 502, "upstream_invalid_response"),
+    ]:
+        observed[name] = expect_error(chat(name), openai.InternalServerError, status, code, name)
+        check(observed[name]["type"] == "upstream_error", f"{name}: type {observed[name]['type']}")
+    for name, code in [
+        ("reset_mid_stream", "upstream_failed_mid_stream"),
+        ("invalid_event", "upstream_invalid_event"),
+        ("unterminated_event", "upstream_event_too_large"),
+    ]:
+        observed[name] = expect_stream_error(name, code)
+    # `[DONE]` and then silence: the stream still ends, complete.
+    stream = api.chat.completions.create(model=model, messages=fault_prompt("hold_after_done"), stream=True)
+    finish = [choice.finish_reason for chunk in stream for choice in chunk.choices if choice.finish_reason]
+    check(finish == ["stop"], f"hold_after_done: the stream did not end complete: {finish}")
+    observed["hold_after_done"] = {"finish_reason": finish[0]}
+    return observed
+
+
 SCENARIOS = {
     "chat": scenario_chat,
     "stream": scenario_stream,
@@ -308,6 +370,7 @@ SCENARIOS = {
     "embeddings": scenario_embeddings,
     "models": scenario_models,
     "errors": scenario_errors,
+    "faults": scenario_faults,
 }
 
 

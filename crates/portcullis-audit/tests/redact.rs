@@ -132,6 +132,13 @@ fn custom_patterns_are_redacted_after_the_built_in_rules() {
         redactor.redact("project-falcon, Codename Bluebird, bob@example.com"),
         "[REDACTED:custom], [REDACTED:custom], [REDACTED:email]"
     );
+    // Where a custom pattern overlaps a built-in rule's match, the built-in rule has run first:
+    // `user \w+` would take `user bob` and leave `@example.com` behind.
+    let overlapping = Redactor::new(&[r"user \w+".to_string()]).unwrap();
+    assert_eq!(
+        overlapping.redact("user bob@example.com and user carol"),
+        "user [REDACTED:email] and [REDACTED:custom]"
+    );
 }
 
 #[test]

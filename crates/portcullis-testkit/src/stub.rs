@@ -725,6 +725,9 @@ fn sse_response(
                 StreamEnd::Hold => return std::future::pending().await,
                 StreamEnd::Fail if !state.failed => {
                     state.failed = true;
+                    // hyper would drop frames still in its write buffer with the connection:
+                    // what was sent must have left first.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     return Some((Err(std::io::Error::other("stub upstream: scripted reset")), state));
                 }
                 StreamEnd::Fail => return None,

@@ -116,3 +116,39 @@ async fn sdk_through_the_gateway_to_a_real_small_model() {
     assert_eq!(embeddings["dimensions"].as_u64(), Some(640), "Gemma 3 270M embeds in 640 dimensions: {embeddings}");
     assert!(embeddings["usage_one"]["prompt_tokens"].as_u64().unwrap_or(0) > 0, "{embeddings}");
 }
+
+/// A model server that misbehaves, as the SDK sees it through the gateway: its failures raise
+/// `InternalServerError` (never `AuthenticationError` for a key that is fine), its non-answers
+/// are not returned as completions, and a stream it breaks raises an `APIError` with the cause
+/// instead of ending as if complete or failing as a connection error the SDK would retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_exceptions_for_a_model_server_that_misbehaves() {
+    let Some(python) = openai_python() else {
+        return skip_or_fail("Python openai SDK", "no .venv with openai (run scripts/test.sh)");
+    };
+    let stub = StubUpstream::start().await;
+    let config = format!("[[models]]\nname = \"small\"\nendpoints = [\"{}\"]\n", stub.url());
+    let gateway = GatewayBuilder::new(BINARY).config(&config).start().await;
+    let (_, key) = gateway.create_key(&["--models", "small"]);
+    let base_url = gateway.openai_base_url();
+    let env = [
+        ("PORTCULLIS_BASE_URL", base_url.as_str()),
+        ("PORTCULLIS_KEY", key.as_str()),
+        ("PORTCULLIS_MODEL", "small"),
+        ("PORTCULLIS_TIMEOUT", "10"),
+    ];
+
+    let faults = sdk(&python, "faults", &env);
+    for (fault, class) in [
+        ("unauthorized", "InternalServerError"),
+        ("leaky_failure", "InternalServerError"),
+        ("html", "InternalServerError"),
+        ("wrong_shape", "InternalServerError"),
+        ("reset_mid_stream", "APIError"),
+        ("invalid_event", "APIError"),
+        ("unterminated_event", "APIError"),
+    ] {
+        assert_eq!(faults[fault]["class"], class, "{fault}: {faults}");
+    }
+    assert_eq!(faults["hold_after_done"]["finish_reason"], "stop", "{faults}");
+}

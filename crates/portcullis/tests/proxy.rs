@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use portcullis_testkit::{Gateway, GatewayBuilder, StubUpstream, free_port};
+use portcullis_testkit::{
+    DEFAULT_STREAM_CHUNKS, Gateway, GatewayBuilder, StubUpstream, embedding_of, free_port, reply_text,
+};
 use serde_json::{Value, json};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_portcullis");
@@ -67,10 +69,25 @@ async fn completions_and_embeddings_are_forwarded() {
 
     let response = post(&gateway, "/v1/completions", &key, json!({"model": "m", "prompt": "once upon"})).await;
     assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["object"], "text_completion");
+    assert_eq!(body["choices"][0]["text"], reply_text("m", DEFAULT_STREAM_CHUNKS), "the model server's text: {body}");
+    assert_eq!(body["usage"]["prompt_tokens"], 2, "{body}");
+    let seen = stub.last_request_to("/v1/completions").expect("the stub was called");
+    assert_eq!((seen.json_field("model"), seen.json_field("prompt")), (&json!("m"), &json!("once upon")));
+
     let response = post(&gateway, "/v1/embeddings", &key, json!({"model": "m", "input": ["a", "b"]})).await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["data"].as_array().unwrap().len(), 2);
+    let vectors: Vec<Vec<f32>> = body["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|item| serde_json::from_value(item["embedding"].clone()).expect("a vector"))
+        .collect();
+    assert_eq!(vectors, [embedding_of("\"a\""), embedding_of("\"b\"")], "each input's own vector, in order");
+    let seen = stub.last_request_to("/v1/embeddings").expect("the stub was called");
+    assert_eq!(seen.json_field("input"), &json!(["a", "b"]));
 }
 
 #[tokio::test]
