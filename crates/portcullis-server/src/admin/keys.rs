@@ -63,7 +63,10 @@ async fn create_key(
     request: CreateKeyRequest,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     caller.require_writer()?;
-    let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or(OffsetDateTime::now_utc());
+    // The expiry is reckoned from the exact time (and rounded up): a key created at 12.7 s with
+    // a 3 s life lives until 16 s, not 15 s. Its creation time is kept in whole seconds.
+    let exact_now = OffsetDateTime::now_utc();
+    let now = exact_now.replace_nanosecond(0).unwrap_or(exact_now);
     let team = match (&caller.team, request.team) {
         (Some(own), None) => Some(own.clone()),
         (_, team) => team.map(|team| validate::team_name(&team, "team")).transpose()?,
@@ -110,7 +113,7 @@ async fn create_key(
         allowed_cidrs: validate::cidrs(&request.allowed_cidrs.unwrap_or_default())?,
         limits: validate::limits(Some(limits))?,
         metadata: validate::metadata(request.metadata)?,
-        expires_at: validate::expiry(request.expires_in.as_deref(), request.expires_at, now)?,
+        expires_at: validate::expiry(request.expires_in.as_deref(), request.expires_at, exact_now)?,
         capture_content: request.capture_content,
         created_by: caller.token_id.clone(),
         created_at: now,
