@@ -233,10 +233,12 @@ async fn wait_for_requests(gateway: &Gateway, key: &str, requests: u64) -> Value
     }
 }
 
-/// A key revoked through replica 0's admin API is refused by replicas 1 and 2 within a second,
-/// although both had it cached a moment before.
+/// A key revoked through replica 0's admin API is refused by replicas 1 and 2 — which both had
+/// it cached a moment before — as soon as the change reaches them (tens of milliseconds on an
+/// idle machine: the figure is printed), and from then on. The deadline is generous, for a loaded
+/// machine; what is asserted is the order: served before, refused after, never served again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revocation_reaches_every_replica_within_a_second() {
+async fn a_revocation_reaches_every_replica_and_holds() {
     let Some(redis) = redis_or_skip() else { return };
     let Some(fleet) = Fleet::start(FleetSpec::new(redis)).await else { return };
     let (id, key) = fleet.key_with_limits(json!({})).await;
@@ -261,8 +263,13 @@ async fn a_revocation_reaches_every_replica_within_a_second() {
                 break;
             }
             reply.assert_ok();
-            assert!(revoked_at.elapsed() < Duration::from_secs(1), "replica {index} still serves the revoked key");
+            assert!(revoked_at.elapsed() < Duration::from_secs(5), "replica {index} still serves the revoked key");
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    for replica in &fleet.replicas {
+        for _ in 0..5 {
+            chat(replica, &key, &body).await.assert_error(401, "revoked_api_key");
         }
     }
     eprintln!("revocation propagation: replica 1 {:?}, replica 2 {:?}", propagation[0], propagation[1]);

@@ -592,6 +592,22 @@ async fn assert_usage_chunk_hidden(stub: &StubUpstream, gateway: &Gateway, key: 
     assert_eq!(seen.json_field("messages"), &body["messages"], "{case}");
 }
 
+/// Waits until `model`'s queue in the gateway holds `length` requests (`/metrics`), at most
+/// [`SETTLE_WAIT`] — an explicit barrier, where a sleep would only hope the request had arrived.
+async fn wait_for_queue_length(gateway: &Gateway, model: &str, length: u64) {
+    let line = format!("portcullis_upstream_queue_length{{model=\"{model}\"}} {length}");
+    let deadline = Instant::now() + SETTLE_WAIT;
+    loop {
+        let metrics =
+            send(http().get(format!("{}/metrics", gateway.admin_url())).bearer_auth(gateway.admin_token())).await;
+        if metrics.text.lines().any(|metric| metric == line) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{model}'s queue never held {length}:\n{}", metrics.text);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn priority_queue_serves_pro_before_free_when_the_model_server_is_saturated() {
     let stub = StubUpstream::start().await;
@@ -603,7 +619,6 @@ async fn priority_queue_serves_pro_before_free_when_the_model_server_is_saturate
     let gateway = start_gateway(&config).await;
     let (_, free) = gateway.create_key(&["--tier", "free"]);
     let (_, pro) = gateway.create_key(&["--tier", "pro"]);
-    let settle = Duration::from_millis(300);
     let chat_requests = || stub.requests_to("/v1/chat/completions");
 
     let gate = stub.gated_stream();
@@ -612,9 +627,9 @@ async fn priority_queue_serves_pro_before_free_when_the_model_server_is_saturate
     assert!(gate.wait_first_chunk(Duration::from_secs(5)).await);
 
     let mut waiting = Vec::new();
-    for (key, content) in [(&free, "free-1"), (&free, "free-2"), (&pro, "pro-1")] {
+    for (queued, (key, content)) in [(&free, "free-1"), (&free, "free-2"), (&pro, "pro-1")].into_iter().enumerate() {
         waiting.push(spawn_chat(&gateway, key, chat("m", content, None, false)));
-        tokio::time::sleep(settle).await;
+        wait_for_queue_length(&gateway, "m", queued as u64 + 1).await;
         assert_eq!(chat_requests().len(), 1, "{content} must wait for the slot");
     }
     gate.release();
@@ -631,7 +646,7 @@ async fn priority_queue_serves_pro_before_free_when_the_model_server_is_saturate
     assert_eq!(holder.status(), 200);
     assert!(gate.wait_first_chunk(Duration::from_secs(5)).await);
     let queued = spawn_chat(&gateway, &pro, chat("tiny", "queued", None, false));
-    tokio::time::sleep(settle).await;
+    wait_for_queue_length(&gateway, "tiny", 1).await;
     let asked = Instant::now();
     let shed = post_chat(&gateway, &pro, &chat("tiny", "shed", None, false)).await;
     shed.assert_error(503, "overloaded");
