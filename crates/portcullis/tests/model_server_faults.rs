@@ -6,7 +6,7 @@
 mod common;
 
 use common::{BINARY, chat_body, http, send, the_record};
-use portcullis_testkit::{Fault, GatewayBuilder, LEAKED_SECRETS, StubUpstream};
+use portcullis_testkit::{Fault, Gateway, GatewayBuilder, LEAKED_SECRETS, StubUpstream};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,7 +59,7 @@ async fn an_absurd_usage_figure_is_billed_within_its_bounds_and_the_gateway_stil
 /// API's shape, and nothing of the server's secrets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_server_errors_reach_the_client_as_openai_errors_without_its_secrets() {
-    let (stub, gateway) = common::start(&["m"]).await;
+    let (stub, mut gateway) = common::start(&["m"]).await;
     let (_, key) = gateway.create_key(&[]);
     // Its own credential refused: the client's key is fine, so no authentication error.
     for status in [401, 403] {
@@ -92,6 +92,7 @@ async fn model_server_errors_reach_the_client_as_openai_errors_without_its_secre
     let reply = common::chat(&gateway, Some(&key), "m").await;
     assert_eq!(reply.status, 400, "{}", reply.text);
     assert_eq!(reply.body["error"]["code"], "stub_failure", "{}", reply.text);
+    healthy_and_restarts(&mut gateway, &stub, &key).await;
 }
 
 /// A server that sends `[DONE]` and keeps its connection open: the client's stream ends at once,
@@ -99,7 +100,7 @@ async fn model_server_errors_reach_the_client_as_openai_errors_without_its_secre
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_ends_at_done_however_long_the_server_holds_on() {
     let stub = StubUpstream::start().await;
-    let gateway = GatewayBuilder::new(BINARY)
+    let mut gateway = GatewayBuilder::new(BINARY)
         .config(&common::models_config(&stub, &["m"]))
         .config("[tiers.free]\nmax_concurrent = 1\n")
         .start()
@@ -120,6 +121,7 @@ async fn a_stream_ends_at_done_however_long_the_server_holds_on() {
         let record = the_record(&gateway, reply.header("x-request-id").expect("id")).await;
         assert_eq!((record["decision"].as_str(), record["reason"].as_str()), (Some("allow"), None), "{record}");
     }
+    healthy_and_restarts(&mut gateway, &stub, &key).await;
 }
 
 /// An event that never ends: the stream is ended with an error event the client can read, not
@@ -128,7 +130,7 @@ async fn a_stream_ends_at_done_however_long_the_server_holds_on() {
 async fn an_event_without_end_ends_the_stream_with_an_error_event() {
     let stub = StubUpstream::start().await;
     let config = format!("[[models]]\nname = \"m\"\nendpoints = [\"{}\"]\nmax_event_bytes = 65536\n", stub.url());
-    let gateway = GatewayBuilder::new(BINARY).config(&config).start().await;
+    let mut gateway = GatewayBuilder::new(BINARY).config(&config).start().await;
     let (_, key) = gateway.create_key(&[]);
     stub.set_unterminated_event(Some(8 * 1024 * 1024));
     let mut body = chat_body("m");
@@ -151,6 +153,7 @@ async fn an_event_without_end_ends_the_stream_with_an_error_event() {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0);
     assert!(kib < 200 * 1024, "RSS {kib} KiB after an 8 MiB event was refused at 64 KiB");
+    healthy_and_restarts(&mut gateway, &stub, &key).await;
 }
 
 /// A stream whose model server stops in the middle: the client reads an error event and a clean
@@ -160,7 +163,7 @@ async fn a_stream_that_fails_mid_way_ends_with_an_error_event() {
     let stub = StubUpstream::start().await;
     let config =
         format!("[[models]]\nname = \"m\"\nendpoints = [\"{}\"]\ntimeouts = {{ idle = \"300ms\" }}\n", stub.url());
-    let gateway = GatewayBuilder::new(BINARY).config(&config).start().await;
+    let mut gateway = GatewayBuilder::new(BINARY).config(&config).start().await;
     let (_, key) = gateway.create_key(&[]);
     stub.set_stream_chunks(5);
     stub.set_chunk_gap(std::time::Duration::from_secs(2));
@@ -183,6 +186,7 @@ async fn a_stream_that_fails_mid_way_ends_with_an_error_event() {
         (record["decision"].as_str(), record["reason"].as_str()),
         (Some("error"), Some("upstream_failed_mid_body"))
     );
+    healthy_and_restarts(&mut gateway, &stub, &key).await;
 }
 
 /// Once every endpoint of a model is ejected, clients hear 503 with the time the first comes back,
@@ -195,7 +199,7 @@ async fn a_model_whose_endpoints_are_all_ejected_answers_503_with_retry_after() 
          ejection = {{ consecutive_failures = 3, duration = \"20s\" }}\n",
         stub.url()
     );
-    let gateway = GatewayBuilder::new(BINARY).config(&config).start().await;
+    let mut gateway = GatewayBuilder::new(BINARY).config(&config).start().await;
     let (_, key) = gateway.create_key(&[]);
     stub.fail_with(503);
     for _ in 0..3 {
@@ -209,6 +213,7 @@ async fn a_model_whose_endpoints_are_all_ejected_answers_503_with_retry_after() 
     let retry_after: u64 = resting.header("retry-after").and_then(|value| value.parse().ok()).expect("Retry-After");
     assert!((15..=20).contains(&retry_after), "the ejection's remaining time, not {retry_after}");
     assert_eq!(stub.requests_to("/v1/chat/completions").len(), requests_so_far, "an ejected endpoint gets nothing");
+    healthy_and_restarts(&mut gateway, &stub, &key).await;
 }
 
 /// A chat request whose text asks the stub for `fault` (none: a normal request).
@@ -279,4 +284,11 @@ async fn success_that_is_not_is_refused_billed_nothing_and_audited() {
     let usage = common::get(&gateway, &key, "/v1/usage").await;
     assert_eq!(usage.body["spend"]["today"]["requests"], 3, "{}", usage.text);
     common::chat(&gateway, Some(&key), "m").await.assert_ok();
+}
+
+/// After a fault the gateway still serves, and starts again on what it stored.
+async fn healthy_and_restarts(gateway: &mut Gateway, stub: &StubUpstream, key: &str) {
+    stub.reset();
+    gateway.restart().await;
+    common::chat(gateway, Some(key), "m").await.assert_ok();
 }
