@@ -67,7 +67,11 @@ pub struct ServerConfig {
     pub http2_max_concurrent_streams: u32,
     /// Deepest nesting of arrays and objects accepted in a request body.
     pub max_json_depth: usize,
-    /// On SIGTERM, in-flight requests (streams included) get this long to finish.
+    /// On SIGTERM, how long the listeners keep accepting while `/readyz` answers 503 and
+    /// every HTTP/1 answer says `Connection: close`, so that a load balancer stops sending and
+    /// keep-alive clients move on with an answer, before the drain begins. 0 = drain at once.
+    pub drain_delay: ConfigDuration,
+    /// Then in-flight requests (streams included) get this long to finish.
     pub shutdown_timeout: ConfigDuration,
     /// Peers whose forwarded-for header is believed when finding the client address.
     pub trusted_proxies: Vec<IpNet>,
@@ -103,6 +107,7 @@ impl Default for ServerConfig {
             http2_keepalive_interval: ConfigDuration(Duration::from_secs(20)),
             http2_max_concurrent_streams: 128,
             max_json_depth: 64,
+            drain_delay: ConfigDuration(Duration::ZERO),
             shutdown_timeout: ConfigDuration(Duration::from_secs(30)),
             trusted_proxies: Vec::new(),
             forwarded_header: ForwardedHeader::XForwardedFor,

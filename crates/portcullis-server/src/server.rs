@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::auth::{AdminAuth, MIN_BOOTSTRAP_TOKEN_LEN};
 use crate::listener::{self, Listening, Site};
-use crate::state::{AppState, Runtime};
+use crate::state::{AppState, Runtime, Stage};
 use portcullis_audit::{AuditWriter, Durability, Redactor, WriterConfig, WriterTask};
 use portcullis_config::AuditDurability;
 
@@ -296,10 +296,23 @@ impl RunningServer {
         ignored
     }
 
+    /// Begins a shutdown without stopping anything: `/readyz` answers 503 and HTTP/1 answers
+    /// close their connections, while the listeners keep accepting (for `server.drain_delay`,
+    /// which the caller waits out before [`RunningServer::shutdown`]).
+    pub fn start_draining(&self) {
+        self.state.enter(Stage::Draining);
+    }
+
+    /// `server.drain_delay` as it is now.
+    pub fn drain_delay(&self) -> std::time::Duration {
+        self.state.runtime().config.server.drain_delay.0
+    }
+
     /// Stops accepting, reports not-ready, and waits for in-flight requests (streams included)
-    /// up to `server.shutdown_timeout`. Returns whether everything finished in time.
+    /// up to `server.shutdown_timeout`; then cuts what is left. Returns whether everything
+    /// finished in time.
     pub async fn shutdown(self) -> bool {
-        self.state.start_draining();
+        self.state.enter(Stage::Stopping);
         self.stop.cancel();
         let deadline = self.state.runtime().config.server.shutdown_timeout.0;
         let (proxy, admin) = (self.proxy.await, self.admin.await);
@@ -311,7 +324,7 @@ impl RunningServer {
                     // Out of time: cut what is left, so that its requests still settle and are
                     // recorded (as cut at shutdown) before the writers drain below.
                     tracing::warn!("shutdown_timeout reached; cutting the requests still running");
-                    self.state.start_cutting();
+                    self.state.enter(Stage::Cutting);
                     self.cut.cancel();
                     let _ = tokio::join!(
                         listener::drain(&proxy, listener::CUT_GRACE),

@@ -2,7 +2,7 @@
 //! one `ArcSwap`, so a reload swaps them together and a request sees all-old or all-new.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use arc_swap::ArcSwap;
 use portcullis_audit::Redactor;
@@ -38,6 +38,18 @@ impl Runtime {
     }
 }
 
+/// The stages of a shutdown, in order (see `RunningServer::shutdown`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    Serving = 0,
+    /// Still accepting for `server.drain_delay`, but telling balancers and clients to go.
+    Draining = 1,
+    /// No longer accepting; in-flight requests finish within `server.shutdown_timeout`.
+    Stopping = 2,
+    /// Out of time: the connections still open are cut.
+    Cutting = 3,
+}
+
 #[derive(Clone)]
 pub struct AppState {
     inner: Arc<Inner>,
@@ -64,9 +76,8 @@ struct Inner {
     hasher: SecretHasher,
     metrics: Metrics,
     admin_auth: AdminAuth,
-    draining: AtomicBool,
-    /// Set when draining ran out of time and the connections still open are cut.
-    cut: AtomicBool,
+    /// Where a shutdown has got to: a [`Stage`], only ever moved forward.
+    stage: AtomicU8,
     /// Unix seconds at start: the `created` time of every model in `/v1/models`.
     started_at: i64,
 }
@@ -102,8 +113,7 @@ impl AppState {
                 hasher,
                 metrics,
                 admin_auth,
-                draining: AtomicBool::new(false),
-                cut: AtomicBool::new(false),
+                stage: AtomicU8::new(Stage::Serving as u8),
                 started_at: time::OffsetDateTime::now_utc().unix_timestamp(),
             }),
         }
@@ -170,21 +180,24 @@ impl AppState {
         self.inner.started_at
     }
 
-    pub fn start_draining(&self) {
-        self.inner.draining.store(true, Ordering::SeqCst);
+    /// Moves the shutdown on to `stage` (never back).
+    pub fn enter(&self, stage: Stage) {
+        self.inner.stage.fetch_max(stage as u8, Ordering::SeqCst);
     }
 
+    /// Not ready: `/readyz` answers 503 and HTTP/1 answers close their connection.
     pub fn is_draining(&self) -> bool {
-        self.inner.draining.load(Ordering::SeqCst)
+        self.inner.stage.load(Ordering::SeqCst) >= Stage::Draining as u8
+    }
+
+    /// The listeners have stopped accepting: open connections close once idle.
+    pub fn is_stopping(&self) -> bool {
+        self.inner.stage.load(Ordering::SeqCst) >= Stage::Stopping as u8
     }
 
     /// The drain ran out of time: what is still open is cut (and settled, and recorded).
-    pub fn start_cutting(&self) {
-        self.inner.cut.store(true, Ordering::SeqCst);
-    }
-
     pub fn is_cut(&self) -> bool {
-        self.inner.cut.load(Ordering::SeqCst)
+        self.inner.stage.load(Ordering::SeqCst) >= Stage::Cutting as u8
     }
 }
 

@@ -54,6 +54,19 @@ pub async fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
             _ = interrupt.recv() => break,
         }
     }
+    // Not ready from here on, but still accepting for the drain delay, so that a load balancer
+    // sees `/readyz` fail and stops sending before the listeners close; a second signal ends
+    // the delay at once.
+    running.start_draining();
+    let delay = running.drain_delay();
+    if !delay.is_zero() {
+        tracing::info!(?delay, "shutting down: not ready, still accepting for server.drain_delay");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = terminate.recv() => tracing::info!("second signal: drain delay cut short"),
+            _ = interrupt.recv() => tracing::info!("second signal: drain delay cut short"),
+        }
+    }
     tracing::info!("shutting down: draining in-flight requests");
     if running.shutdown().await {
         tracing::info!("drained; bye");

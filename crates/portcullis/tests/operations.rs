@@ -305,6 +305,65 @@ async fn sigterm_lets_an_in_flight_stream_finish_refuses_new_connections_and_exi
     assert!(gateway.log_text().contains("drained"), "log:\n{log}");
 }
 
+/// With `server.drain_delay`, SIGTERM first makes the gateway not ready while it still serves:
+/// `/readyz` answers 503 (a balancer stops sending), new connections are still accepted and
+/// answered, and a keep-alive client gets its answer with `Connection: close`; only after the
+/// delay do the listeners close. A second signal ends the delay at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_drain_delay_serves_not_ready_then_stops() {
+    let stub = StubUpstream::start().await;
+    let delay = Duration::from_secs(4);
+    let mut gateway = GatewayBuilder::new(BINARY)
+        .server_setting("drain_delay = \"4s\"")
+        .config(&model_table("a", &stub, ""))
+        .start()
+        .await;
+    let (_, key) = gateway.create_key(&[]);
+    let keep_alive = http();
+    let chat = |client: &reqwest::Client| {
+        client
+            .post(format!("{}/v1/chat/completions", gateway.proxy_url()))
+            .bearer_auth(&key)
+            .json(&json!({"model": "a", "messages": [{"role": "user", "content": "hi"}]}))
+    };
+    let before = send(chat(&keep_alive)).await;
+    before.assert_ok();
+    assert_eq!(before.header("connection"), None, "a keep-alive answer before the signal");
+
+    gateway.signal("TERM");
+    let signalled = Instant::now();
+    let ready_url = format!("{}/readyz", gateway.proxy_url());
+    let not_ready = eventually(Duration::from_secs(2), || async {
+        http().get(&ready_url).send().await.is_ok_and(|reply| reply.status() == 503)
+    })
+    .await;
+    assert!(not_ready, "/readyz did not turn 503 after SIGTERM");
+    let during = send(chat(&keep_alive)).await;
+    during.assert_ok();
+    assert_eq!(during.header("connection"), Some("close"), "a keep-alive client is told to move on");
+    send(chat(&http())).await.assert_ok();
+    assert!(signalled.elapsed() < delay, "the checks above ran past the delay; they prove nothing");
+
+    let status = gateway.wait_exit(delay + Duration::from_secs(15)).await;
+    assert!(status.is_some_and(|status| status.success()), "exit status {status:?}");
+    assert!(signalled.elapsed() >= delay, "stopped {:?} after SIGTERM, before the drain delay", signalled.elapsed());
+
+    // A second signal cuts a long delay short.
+    let mut gateway = GatewayBuilder::new(BINARY).server_setting("drain_delay = \"10m\"").start().await;
+    gateway.signal("TERM");
+    let ready_url = format!("{}/readyz", gateway.proxy_url());
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            http().get(&ready_url).send().await.is_ok_and(|reply| reply.status() == 503)
+        })
+        .await
+    );
+    gateway.signal("TERM");
+    let status = gateway.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.is_some_and(|status| status.success()), "exit status {status:?}: {}", gateway.log_tail(5));
+    assert!(gateway.log_text().contains("drain delay cut short"), "{}", gateway.log_tail(5));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_waiting_for_a_stream_at_the_shutdown_deadline() {
     let stub = StubUpstream::start().await;

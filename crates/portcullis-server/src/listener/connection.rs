@@ -102,10 +102,10 @@ pub async fn serve(
                 return Poll::Ready(Ok(()));
             }
             let stopping = if stop_registered {
-                site_state.is_draining()
+                site_state.is_stopping()
             } else {
                 stop_registered = true;
-                stopped.as_mut().poll(cx).is_ready() || site_state.is_draining()
+                stopped.as_mut().poll(cx).is_ready() || site_state.is_stopping()
             };
             if !closing && stopping {
                 closing = true;
@@ -156,7 +156,8 @@ pub async fn serve(
 
 /// The request as the router gets it: its peer address, a body that must keep coming, and for a
 /// chunked HTTP/1 request a `connection: close` on the answer (the head gate cannot follow a
-/// chunked body, so no request may come after one on the same connection).
+/// chunked body, so no request may come after one on the same connection) — as for every HTTP/1
+/// request while the server drains.
 async fn handle(
     site: Site,
     peer: SocketAddr,
@@ -164,7 +165,10 @@ async fn handle(
     mut request: hyper::Request<Incoming>,
 ) -> axum::response::Response {
     request.extensions_mut().insert(ConnectInfo(peer));
-    let close_after = request.version() < Version::HTTP_2 && request.headers().contains_key(header::TRANSFER_ENCODING);
+    // While the server drains, every HTTP/1 answer closes its connection: a keep-alive client
+    // gets its answer and reconnects (to a replica still in its balancer's rotation).
+    let close_after = request.version() < Version::HTTP_2
+        && (request.headers().contains_key(header::TRANSFER_ENCODING) || site.state.is_draining());
     let request = request.map(|body| axum::body::Body::new(TimedBody::new(body, body_timeouts)));
     let mut response = access_log::serve(site.name, &site.state, site.router, request).await;
     if close_after {
