@@ -410,8 +410,8 @@ pub struct UsageView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditView {
     pub seq: u64,
-    /// RFC 3339, UTC, to the millisecond.
-    #[serde(with = "time::serde::rfc3339")]
+    /// RFC 3339, UTC, to the millisecond, always three fractional digits.
+    #[serde(with = "crate::millis")]
     pub ts: OffsetDateTime,
     pub node: String,
     /// `request`, `admin` or `security`.

@@ -3,6 +3,7 @@
 //! drift apart), and [`Secret`], which keeps credentials out of `Debug` output.
 
 pub mod admin;
+pub mod millis;
 pub mod openai;
 mod secret;
 

@@ -961,3 +961,41 @@ async fn retention_keeps_what_remains_verifiable() {
     assert!(output.status.success(), "{}", describe(&output));
     assert!(stdout_of(&output).contains(&format!("OK {NODE}: 1 records (from checkpoint 8)")), "{}", describe(&output));
 }
+
+/// Record times carry exactly three fractional digits in every form — JSON, JSON Lines, CSV and
+/// the CLI's table — so that they line up and sort as text (`.120Z`, never `.12Z` or no fraction).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_times_always_have_three_fractional_digits() {
+    let (_stub, gateway) = common::start(&["m"]).await;
+    let (_, key) = gateway.create_key(&[]);
+    for _ in 0..5 {
+        common::chat(&gateway, Some(&key), "m").await.assert_ok();
+    }
+    let is_millis = |ts: &str| {
+        let bytes = ts.as_bytes();
+        ts.len() == 24 && bytes[19] == b'.' && bytes[20..23].iter().all(u8::is_ascii_digit) && ts.ends_with('Z')
+    };
+    let records = common::wait_for_records(&gateway, "kind=request", 5).await;
+    for record in &records {
+        let ts = record["ts"].as_str().expect("ts");
+        assert!(is_millis(ts), "JSON: {ts}");
+    }
+    let csv = send(
+        http()
+            .get(format!("{}/admin/v1/audit/export?format=csv", gateway.admin_url()))
+            .bearer_auth(gateway.admin_token()),
+    )
+    .await;
+    let rows: Vec<&str> = csv.text.lines().skip(1).collect();
+    assert!(rows.len() >= 5, "{}", csv.text);
+    for row in rows {
+        let ts = row.split(',').nth(1).expect("a ts cell");
+        assert!(is_millis(ts), "CSV: {ts} in {row}");
+    }
+    let table = gateway.cli(&["audit", "query", "--limit", "5"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    let times: Vec<&str> =
+        text.split_whitespace().filter(|word| word.starts_with("20") && word.ends_with('Z')).collect();
+    assert!(!times.is_empty(), "{text}");
+    assert!(times.iter().all(|ts| is_millis(ts)), "CLI: {times:?}");
+}

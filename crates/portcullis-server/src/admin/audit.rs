@@ -19,7 +19,6 @@ use portcullis_types::admin::{
 };
 use serde::Deserialize;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::auth::{AdminCaller, forbidden};
 use super::extract::ApiQuery;
@@ -389,7 +388,7 @@ const CSV_HEADER: &str = "seq,ts,node,kind,request_id,key_id,subject,team,admin_
 /// One RFC 4180 line, in [`CSV_HEADER`]'s order; absent values are empty cells.
 fn csv_row(out: &mut Vec<u8>, view: &AuditView) {
     let number = |value: Option<u64>| value.map(|value| value.to_string()).unwrap_or_default();
-    let ts = view.ts.format(&Rfc3339).unwrap_or_default();
+    let ts = portcullis_types::millis::format(view.ts);
     let cells: [(&str, bool); 30] = [
         (&view.seq.to_string(), false),
         (&ts, false),

@@ -12,7 +12,6 @@ use portcullis_types::openai::ErrorBody;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{StatusCode, Url};
 use serde_json::Value;
-use time::format_description::well_known::Rfc3339;
 
 use super::client::{AdminClient, Fetched, TOKEN_ENV};
 use super::output::{self, NONE, Render, clean, fmt_text};
@@ -505,7 +504,7 @@ impl Render for AuditView {
 
     fn row(&self) -> Vec<String> {
         vec![
-            self.ts.format(&Rfc3339).unwrap_or_else(|_| NONE.to_string()),
+            portcullis_types::millis::format(self.ts),
             self.node.clone(),
             self.seq.to_string(),
             self.kind.clone(),
