@@ -534,3 +534,29 @@ async fn the_secret_is_shown_at_creation_only_and_later_only_as_a_prefix() {
         .expect("body");
     assert!(!raw.contains(hidden), "{raw}");
 }
+
+/// An empty scope list is refused, not taken for "none" (a key that can do nothing) or "all": the
+/// CLI's `--scopes ''`, and `"scopes": []` through the API, on create and on update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_scope_list_is_refused_naming_scopes() {
+    let (_stub, gateway) = start(&["a"]).await;
+    let refused = gateway.cli(&["keys", "create", "--name", "empty", "--scopes", ""]);
+    assert!(!refused.status.success(), "{}", describe(&refused));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("scopes"), "{}", describe(&refused));
+
+    let keys = format!("{}/admin/v1/keys", gateway.admin_url());
+    let created =
+        send(http().post(&keys).bearer_auth(gateway.admin_token()).json(&json!({"name": "n", "scopes": []}))).await;
+    created.assert_error(400, "invalid_request");
+    assert_eq!(created.body["error"]["param"], "scopes", "{}", created.text);
+
+    let (id, key) = gateway.create_key(&["--scopes", "chat"]);
+    let updated =
+        send(http().patch(format!("{keys}/{id}")).bearer_auth(gateway.admin_token()).json(&json!({"scopes": []})))
+            .await;
+    updated.assert_error(400, "invalid_request");
+    chat(&gateway, Some(&key), "a").await.assert_ok();
+    // Left out, the scopes are all four.
+    let (_, all) = gateway.create_key(&[]);
+    get(&gateway, &all, "/v1/models").await.assert_ok();
+}

@@ -81,7 +81,15 @@ pub fn models(models: Vec<String>) -> Result<Vec<String>, ApiError> {
     Ok(models)
 }
 
+/// At least one scope: a key without any could do nothing, and an empty list given in place of
+/// "all" (`--scopes ''`) must not pass silently either way.
 pub fn scopes(scopes: &[String]) -> Result<Vec<String>, ApiError> {
+    if scopes.is_empty() {
+        return Err(ApiError::bad_request(
+            "scopes must name at least one of chat, completions, embeddings, models (leave it out for all four)",
+            Some("scopes"),
+        ));
+    }
     Scopes::parse(scopes).map(Scopes::names).map_err(|error| ApiError::bad_request(error.to_string(), Some("scopes")))
 }
 
