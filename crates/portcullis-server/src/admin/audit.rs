@@ -736,7 +736,7 @@ mod tests {
         assert_eq!(seen, ["key_0", "key_1", "key_2", "key_3", "key_4"]);
         let (_, everything) = fixture.json(BOOTSTRAP, "/admin/v1/audit?node=gw-a").await;
         assert_eq!(everything["data"][4]["seq"], 5);
-        assert_eq!(everything["data"][4]["ts"], "2025-06-10T00:00:04Z");
+        assert_eq!(everything["data"][4]["ts"], "2025-06-10T00:00:04.000Z");
 
         let (status, own) = fixture.json(&fixture.team_admin, "/admin/v1/audit?node=gw-a").await;
         assert_eq!((status, keys(&own)), (200, vec!["key_0".into(), "key_2".into(), "key_4".into()]));
@@ -772,7 +772,7 @@ mod tests {
         let rows: Vec<&str> = text.split_terminator("\r\n").collect();
         assert_eq!(rows.len(), records.len() + 1);
         assert_eq!(rows[0], CSV_HEADER.trim_end());
-        assert!(rows[1].starts_with("1,2025-06-10T00:00:00Z,gw-big,request,,key_0,,acme,"), "{}", rows[1]);
+        assert!(rows[1].starts_with("1,2025-06-10T00:00:00.000Z,gw-big,request,,key_0,,acme,"), "{}", rows[1]);
 
         // A team admin's export holds its team's records only; another team's is just the header.
         let (_, _, body) = fixture.get(&fixture.team_admin, "/admin/v1/audit/export?node=gw-big&format=jsonl").await;
