@@ -158,6 +158,50 @@ impl Default for StoreConfig {
     }
 }
 
+/// Where `store.url` points, as `serve` opens it: the one reading of the URL, so that `config
+/// check` refuses exactly what `serve` would.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation<'a> {
+    /// `sqlite://path` or `sqlite:path` (relative to the working directory).
+    Sqlite(&'a std::path::Path),
+    /// `postgres://…` or `postgresql://…`.
+    Postgres(&'a str),
+}
+
+impl StoreConfig {
+    /// `store.url` read, or why it cannot be.
+    pub fn location(&self) -> Result<StoreLocation<'_>, String> {
+        let url = self.url.expose().as_str();
+        if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            return match path {
+                "" => Err("names no SQLite file".into()),
+                path => Ok(StoreLocation::Sqlite(std::path::Path::new(path))),
+            };
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(StoreLocation::Postgres(url));
+        }
+        let scheme = url.split_once(':').map_or(url, |(scheme, _)| scheme);
+        Err(format!("scheme {scheme:?} is not supported; use sqlite:// or postgres://"))
+    }
+}
+
+impl StoreLocation<'_> {
+    /// Whether what the location needs on this host is there: a SQLite file's directory (SQLite
+    /// creates the file, not its directory). `serve` and `config check` both say this.
+    pub fn check_host(&self) -> Result<(), String> {
+        let StoreLocation::Sqlite(path) = self else { return Ok(()) };
+        match path.parent().filter(|directory| !directory.as_os_str().is_empty()) {
+            Some(directory) if !directory.is_dir() => Err(format!(
+                "store.url: the directory {} does not exist (SQLite creates the file, not its directory): \
+                 create it, or point store.url elsewhere",
+                directory.display()
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LimiterBackend {

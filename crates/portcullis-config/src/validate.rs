@@ -63,6 +63,9 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.limits.reservation_lease.0 < 3 * config.limits.redis_timeout.0 {
         return invalid("limits.reservation_lease", "must be at least three times limits.redis_timeout");
     }
+    if let Err(why) = config.store.location() {
+        return invalid("store.url", &why);
+    }
     if config.store.pool_size == 0 {
         return invalid("store.pool_size", "must be at least 1");
     }
@@ -306,6 +309,8 @@ mod tests {
         assert_eq!(error_path("[limits]\nredis_prefix = \"a{b}\"\n"), "limits.redis_prefix");
         assert_eq!(error_path("[limits]\nreservation_lease = \"500ms\"\n"), "limits.reservation_lease");
         assert_eq!(error_path("[store]\npool_size = 0\n"), "store.pool_size");
+        assert_eq!(error_path("[store]\nurl = \"mysql://db/x\"\n"), "store.url");
+        assert_eq!(error_path("[store]\nurl = \"sqlite://\"\n"), "store.url");
         assert_eq!(error_path("[store]\nchange_poll = \"0s\"\n"), "store.change_poll");
     }
 

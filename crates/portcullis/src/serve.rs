@@ -78,6 +78,10 @@ pub async fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
 
 pub fn check_config(path: &Path, global: &GlobalArgs) -> anyhow::Result<()> {
     let config = load(path)?;
+    // What `serve` would find missing on this host, said the same way (`load` checked the URL).
+    if let Ok(location) = config.store.location() {
+        location.check_host().map_err(|why| anyhow::anyhow!("invalid configuration {}: {why}", path.display()))?;
+    }
     let summary = serde_json::json!({
         "valid": true,
         "file": path.display().to_string(),

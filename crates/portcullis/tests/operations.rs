@@ -118,6 +118,35 @@ fn config_check_rejects_a_bad_duration_naming_its_path() {
     assert!(output.status.success(), "{}", describe(&output));
 }
 
+/// `config check` refuses what `serve` would refuse about the store — an unsupported scheme, a
+/// SQLite file whose directory is missing — in the same words, naming `store.url`.
+#[test]
+fn config_check_refuses_the_store_urls_serve_refuses() {
+    let missing = tempfile::tempdir().expect("temp dir").path().join("gone");
+    for (url, words) in [
+        ("mysql://db/portcullis".to_string(), "scheme \"mysql\" is not supported"),
+        (format!("sqlite://{}/p.db", missing.display()), "does not exist"),
+    ] {
+        let text = format!("[store]\nurl = \"{url}\"\n");
+        assert_check_fails_naming(&text, "store.url");
+        let checked = check_text(&text);
+        assert!(String::from_utf8_lossy(&checked.stderr).contains(words), "{}", describe(&checked));
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("portcullis.toml");
+        std::fs::write(&path, &text).expect("write the configuration");
+        let served = std::process::Command::new(BINARY)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("PORTCULLIS_ADMIN_TOKEN", "pct_0000000000000000000000000000000000000000")
+            .output()
+            .expect("run serve");
+        assert!(!served.status.success(), "serve started on {url}");
+        assert!(String::from_utf8_lossy(&served.stderr).contains(words), "{}", describe(&served));
+    }
+    assert!(!missing.exists(), "nothing was created");
+}
+
 // ------------------------------------------------------------------------------------------------
 // SIGHUP reload
 // ------------------------------------------------------------------------------------------------
