@@ -10,15 +10,28 @@ pub enum EnvError {
     Unterminated(usize),
 }
 
-/// Applies [`substitute`] to every string in a parsed document.
+/// Applies [`substitute`] to every string in a parsed document; an error comes with the path of
+/// the field it is in (`models[0].api_key`), `path` being that of `value`.
 pub(crate) fn substitute_strings(
     value: &mut toml::Value,
+    path: &str,
     lookup: &impl Fn(&str) -> Option<String>,
-) -> Result<(), EnvError> {
+) -> Result<(), (String, EnvError)> {
     match value {
-        toml::Value::String(text) if text.contains('$') => *text = substitute(text, lookup)?,
-        toml::Value::Array(items) => items.iter_mut().try_for_each(|item| substitute_strings(item, lookup))?,
-        toml::Value::Table(table) => table.iter_mut().try_for_each(|(_, item)| substitute_strings(item, lookup))?,
+        toml::Value::String(text) if text.contains('$') => {
+            *text = substitute(text, lookup).map_err(|error| (path.to_string(), error))?;
+        }
+        toml::Value::Array(items) => {
+            for (index, item) in items.iter_mut().enumerate() {
+                substitute_strings(item, &format!("{path}[{index}]"), lookup)?;
+            }
+        }
+        toml::Value::Table(table) => {
+            for (key, item) in table.iter_mut() {
+                let inner = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                substitute_strings(item, &inner, lookup)?;
+            }
+        }
         _ => {}
     }
     Ok(())

@@ -34,7 +34,7 @@ pub fn config(bytes: &[u8]) {
         Err(ConfigError::Parse { path, .. } | ConfigError::Invalid { path, .. }) => {
             assert!(!path.is_empty(), "an error that names no field");
         }
-        Err(ConfigError::Env(_)) => {}
+        Err(ConfigError::Env { .. }) => {}
         Err(error @ ConfigError::Read { .. }) => panic!("parsing text read a file: {error}"),
     }
 }

@@ -17,10 +17,11 @@ pub use validate::MAX_HEADERS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    /// The I/O error is the source: error chains print it once.
+    #[error("cannot read {path}")]
     Read { path: String, source: std::io::Error },
-    #[error(transparent)]
-    Env(#[from] EnvError),
+    #[error("{path}: {error}")]
+    Env { path: String, error: EnvError },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
     #[error("{path}: {message}")]
@@ -43,7 +44,8 @@ impl Config {
         let mut document: toml::Value = text.parse::<toml::Table>().map(toml::Value::Table).map_err(|error| {
             ConfigError::Parse { path: "(syntax)".into(), message: error.to_string().trim().to_string() }
         })?;
-        env::substitute_strings(&mut document, &lookup)?;
+        env::substitute_strings(&mut document, "", &lookup)
+            .map_err(|(path, error)| ConfigError::Env { path, error })?;
         let config: Config = serde_path_to_error::deserialize(document).map_err(|error| {
             let path = error.path().to_string();
             let message = error.into_inner().message().trim().to_string();

@@ -207,6 +207,8 @@ fn invalid(path: &str, message: &str) -> Result<(), ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use crate::{Config, ConfigError};
 
     const REFERENCE: &str = include_str!("../../../examples/portcullis.toml");
@@ -356,5 +358,32 @@ mod tests {
         let config = Config::parse(text, |name| (name == "UP_KEY").then(|| "sk-up".into())).unwrap();
         assert_eq!(config.models[0].api_key.as_ref().unwrap().expose(), "sk-up");
         assert!(!format!("{config:?}").contains("sk-up"), "Debug must redact the upstream key");
+    }
+
+    #[test]
+    fn a_missing_environment_variable_is_named_with_its_field() {
+        let text = "[[models]]\nname = \"a\"\nendpoints = [\"http://h\", \"${HOST}\"]\n";
+        let error = Config::parse(text, |_| None).unwrap_err().to_string();
+        assert_eq!(error, "models[0].endpoints[1]: environment variable HOST is referenced as ${HOST} but not set");
+        let error = Config::parse("[store]\nurl = \"${DB}\"\n", |_| None).unwrap_err().to_string();
+        assert!(error.starts_with("store.url: "), "{error}");
+    }
+
+    #[test]
+    fn an_unreadable_file_says_why_once() {
+        let error = Config::load(Path::new("/nonexistent/portcullis.toml")).unwrap_err();
+        let chain = error_chain(&error);
+        assert_eq!(chain.matches("No such file").count(), 1, "{chain}");
+    }
+
+    /// The error and its sources, `: `-joined, as the CLI prints them.
+    fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+        let mut text = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            text.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        text
     }
 }
