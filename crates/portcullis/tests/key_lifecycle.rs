@@ -560,3 +560,23 @@ async fn an_empty_scope_list_is_refused_naming_scopes() {
     let (_, all) = gateway.create_key(&[]);
     get(&gateway, &all, "/v1/models").await.assert_ok();
 }
+
+/// The admin API takes a JSON body sent without a `Content-Type` (as `curl -d` and most scripts
+/// send it), and refuses one that names another type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_bodies_without_a_content_type_are_read_as_json() {
+    let (_stub, gateway) = start(&["a"]).await;
+    let keys = format!("{}/admin/v1/keys", gateway.admin_url());
+    let created = send(http().post(&keys).bearer_auth(gateway.admin_token()).body(r#"{"name":"scripted"}"#)).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    chat(&gateway, created.body["key"].as_str(), "a").await.assert_ok();
+    let refused = send(
+        http()
+            .post(&keys)
+            .bearer_auth(gateway.admin_token())
+            .header("content-type", "text/plain")
+            .body(r#"{"name":"typed"}"#),
+    )
+    .await;
+    refused.assert_error(400, "invalid_request");
+}

@@ -3,6 +3,8 @@
 
 use axum::Json;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use bytes::Bytes;
+use http::header;
 use http::request::Parts;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -15,7 +17,14 @@ pub struct ApiJson<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
+    /// A body without a `Content-Type` is taken for JSON (`curl -d`, scripts); one that names
+    /// another type is refused.
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        if !request.headers().contains_key(header::CONTENT_TYPE) {
+            let bytes =
+                Bytes::from_request(request, state).await.map_err(|rejection| rejected(rejection.body_text()))?;
+            return json_body(&bytes).map(ApiJson);
+        }
         Json::<T>::from_request(request, state)
             .await
             .map(|Json(value)| ApiJson(value))
