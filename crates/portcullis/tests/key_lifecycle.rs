@@ -580,3 +580,13 @@ async fn admin_bodies_without_a_content_type_are_read_as_json() {
     .await;
     refused.assert_error(400, "invalid_request");
 }
+
+/// Exit statuses as docs/cli.md states them: 2 for a wrong command line, 1 for a refused or
+/// failed command, 0 for success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_exits_2_on_a_wrong_command_line_and_1_on_a_failure() {
+    let (_stub, gateway) = start(&["a"]).await;
+    assert_eq!(gateway.cli(&["keys", "create", "--no-such-option"]).status.code(), Some(2));
+    assert_eq!(gateway.cli(&["keys", "show", "key_does_not_exist"]).status.code(), Some(1));
+    assert_eq!(gateway.cli(&["keys", "list"]).status.code(), Some(0));
+}
