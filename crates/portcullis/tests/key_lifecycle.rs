@@ -590,3 +590,14 @@ async fn the_cli_exits_2_on_a_wrong_command_line_and_1_on_a_failure() {
     assert_eq!(gateway.cli(&["keys", "show", "key_does_not_exist"]).status.code(), Some(1));
     assert_eq!(gateway.cli(&["keys", "list"]).status.code(), Some(0));
 }
+
+/// Without a token the CLI says where the first one comes from, not a command that needs one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_the_cli_points_at_where_the_first_one_comes_from() {
+    let (_stub, gateway) = start(&["a"]).await;
+    let output = cli_as(&gateway, "", &["keys", "list"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("PORTCULLIS_ADMIN_TOKEN") && stderr.contains("portcullis serve"), "{stderr}");
+    assert!(!stderr.contains("tokens create"), "a command that needs a token is no way to get one: {stderr}");
+}

@@ -80,7 +80,8 @@ impl AdminClient {
         let token = token.map(|token| token.trim().to_string()).unwrap_or_default();
         if token.is_empty() {
             bail!(
-                "{TOKEN_ENV} is not set: export an admin token (see `portcullis tokens create`) to use admin commands"
+                "{TOKEN_ENV} is not set: export an admin token to use admin commands — the one `portcullis serve` \
+                 printed on its first start, or the one it was started with in {TOKEN_ENV}"
             );
         }
         let mut authorization = HeaderValue::from_str(&format!("Bearer {token}"))
