@@ -6,8 +6,9 @@
 //! the change log; `store.cache_max_age` bounds staleness should a change notice be lost, and a
 //! cached key keeps working while the store is down (see [`crate::store_cache`]).
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use portcullis_auth::SecretHash;
@@ -23,6 +24,9 @@ const CAPACITY: u64 = 1_000_000;
 pub struct KeyCache {
     entries: StoreCache<[u8; 32], Option<Arc<Principal>>>,
     store: Arc<dyn KeyStore>,
+    /// Use times of entries dropped before they were written back (a key revoked right after
+    /// a request): the next write-back takes them. Touched only when entries are invalidated.
+    dropped_uses: Arc<Mutex<HashMap<String, i64>>>,
 }
 
 impl std::fmt::Debug for KeyCache {
@@ -33,7 +37,7 @@ impl std::fmt::Debug for KeyCache {
 
 impl KeyCache {
     pub fn new(store: Arc<dyn KeyStore>, max_age: Duration) -> KeyCache {
-        KeyCache { entries: StoreCache::new(CAPACITY, max_age), store }
+        KeyCache { entries: StoreCache::new(CAPACITY, max_age), store, dropped_uses: Arc::default() }
     }
 
     /// The principal whose secret hashes to `hash`, or `None` for an unknown secret.
@@ -58,25 +62,39 @@ impl KeyCache {
 
     /// Drops every cached secret of one key, so its next request sees the store's state.
     pub fn invalidate_key(&self, key_id: &str) {
+        self.keep_uses(|principal| principal.id == key_id);
         let key_id = key_id.to_string();
         self.entries.invalidate_matching(move |principal| principal.as_ref().is_some_and(|p| p.id == key_id));
     }
 
     /// Drops every cached key.
     pub fn invalidate_all(&self) {
+        self.keep_uses(|_| true);
         self.entries.invalidate_all();
     }
 
-    /// Keys used at or after `since` (unix seconds), with their last use, for the store.
+    /// Keeps the use times of the entries about to be dropped for the next write-back.
+    fn keep_uses(&self, dropping: impl Fn(&Principal) -> bool) {
+        let mut kept = self.dropped_uses.lock().unwrap_or_else(PoisonError::into_inner);
+        for principal in self.entries.values().flatten().filter(|principal| dropping(principal)) {
+            let used = principal.last_used.load(Ordering::Relaxed);
+            kept.entry(principal.id.clone()).and_modify(|at| *at = (*at).max(used)).or_insert(used);
+        }
+    }
+
+    /// Keys used at or after `since` (unix seconds), with their last use, for the store —
+    /// those still cached and those dropped since the last call.
     pub fn used_since(&self, since: i64) -> Vec<(String, OffsetDateTime)> {
-        self.entries
-            .values()
-            .flatten()
-            .filter_map(|principal| {
-                let used = principal.last_used.load(Ordering::Relaxed);
-                let at = OffsetDateTime::from_unix_timestamp(used).ok()?;
-                (used >= since).then(|| (principal.id.clone(), at))
-            })
+        let dropped = std::mem::take(&mut *self.dropped_uses.lock().unwrap_or_else(PoisonError::into_inner));
+        let cached = self.entries.values().flatten().map(|principal| {
+            let used = principal.last_used.load(Ordering::Relaxed);
+            (principal.id.clone(), used)
+        });
+        dropped
+            .into_iter()
+            .chain(cached)
+            .filter(|(_, used)| *used >= since)
+            .filter_map(|(id, used)| Some((id, OffsetDateTime::from_unix_timestamp(used).ok()?)))
             .collect()
     }
 }

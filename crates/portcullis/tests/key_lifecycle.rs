@@ -601,3 +601,18 @@ async fn without_a_token_the_cli_points_at_where_the_first_one_comes_from() {
     assert!(stderr.contains("PORTCULLIS_ADMIN_TOKEN") && stderr.contains("portcullis serve"), "{stderr}");
     assert!(!stderr.contains("tokens create"), "a command that needs a token is no way to get one: {stderr}");
 }
+
+/// A key revoked right after a request still has that use on record: its cached use time is not
+/// dropped with the cache entry the revocation invalidates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_use_right_before_revocation_is_still_recorded() {
+    let (_stub, mut gateway) = start(&["a"]).await;
+    let (id, key) = gateway.create_key(&[]);
+    chat(&gateway, Some(&key), "a").await.assert_ok();
+    assert!(gateway.cli(&["keys", "revoke", &id]).status.success());
+    // A restart writes the use times back (as the periodic write-back would, within 30 s).
+    gateway.restart().await;
+    let shown = show_key(&gateway, &id);
+    assert!(shown["last_used_at"].is_string(), "the use before the revocation was lost: {shown}");
+    assert_eq!(shown["status"], "revoked", "{shown}");
+}
