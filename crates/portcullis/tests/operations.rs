@@ -114,6 +114,12 @@ fn config_check_rejects_a_bad_duration_naming_its_path() {
         "models[0].timeouts.first_byte",
     );
     assert_check_fails_naming("[server]\nshutdown_timeout = \"30\"\n", "server.shutdown_timeout");
+    // `[limits.global]` has a tier's limit fields, and only those (docs/configuration.md).
+    assert_check_fails_naming("[limits.global]\nburst = 5\n", "limits.global");
+    let global = "[limits.global]\nrequests_per_minute = 6000\ntokens_per_minute = 100000\nmax_concurrent = 64\n\
+                  tokens_per_day = 1000000\ntokens_per_month = 9000000\nbudget_per_day = 10.0\nbudget_per_month = 100.0\n";
+    let output = check_text(global);
+    assert!(output.status.success(), "{}", describe(&output));
     let output = check_text(&format!("[[models]]\nname = \"m\"\n{endpoint}\nqueue_timeout = \"2s\"\n"));
     assert!(output.status.success(), "{}", describe(&output));
 }
