@@ -15,23 +15,12 @@ use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
 use portcullis_audit::Redactor;
+use portcullis_upstream::fuzzing::read_sizes;
 use serde_json::Value;
 
 use crate::proxy::body::{self, Operation, ParsedRequest};
 use crate::proxy::capture::{Capture, CapturedText};
 use crate::proxy::sse::{Pushed, SseScanner, StreamTally};
-
-/// Sizes of successive reads: all at once for seed 0, else pseudo-random sizes in
-/// `1..=seed` (xorshift, so a seed always gives the same split).
-fn read_sizes(seed: u8) -> impl Iterator<Item = usize> {
-    let mut state = u32::from(seed).wrapping_mul(0x9E37_79B9) | 1;
-    std::iter::repeat_with(move || {
-        state ^= state << 13;
-        state ^= state >> 17;
-        state ^= state << 5;
-        if seed == 0 { usize::MAX } else { (state % u32::from(seed)) as usize + 1 }
-    })
-}
 
 /// The credential headers: `Authorization` (first line), `x-api-key` (second) and
 /// `X-Forwarded-For` (third) as a client sends them; the first byte picks the peer. Checks

@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use serde_json::Value;
 
-pub use crate::client::fuzzing::{chunked_decode, response_head, upstream_path};
+pub use crate::client::fuzzing::{chunked_decode, read_sizes, response_head, upstream_path};
 
 /// The `model` translation of a request body (`rewrite::body_for`), for the server's request
 /// target to call on bodies its envelope parser accepted. Returns the body to send; asserts

@@ -13,8 +13,9 @@ use super::head::{self, Framing, MAX_HEAD_BYTES, Parsed, RequestHead};
 use super::origin::Origin;
 
 /// Sizes of successive reads: all at once for seed 0, else pseudo-random sizes in
-/// `1..=seed` (xorshift, so a seed always gives the same split).
-fn read_sizes(seed: u8) -> impl Iterator<Item = usize> {
+/// `1..=seed` (xorshift, so a seed always gives the same split). Shared with the server's
+/// targets, which split their streams the same way.
+pub fn read_sizes(seed: u8) -> impl Iterator<Item = usize> {
     let mut state = u32::from(seed).wrapping_mul(0x9E37_79B9) | 1;
     std::iter::repeat_with(move || {
         state ^= state << 13;
