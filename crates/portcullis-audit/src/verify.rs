@@ -31,7 +31,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 
-use portcullis_store::{AuditCheckpoint, AuditRecord, AuditStore, StoreError};
+use portcullis_store::StoreError;
+
+use crate::{AuditCheckpoint, AuditRecord, AuditStore};
 
 use crate::chain::{GENESIS_HASH, record_hash};
 

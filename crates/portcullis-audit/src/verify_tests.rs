@@ -1,4 +1,4 @@
-use portcullis_store::{AuditCheckpoint, AuditRecord};
+use crate::{AuditCheckpoint, AuditRecord};
 
 use super::*;
 use crate::chain::record_hash;

@@ -4,8 +4,8 @@
 mod common;
 
 use common::{MemStore, chain, ts};
+use portcullis_audit::{AuditRecord, AuditStore};
 use portcullis_audit::{ChainBreak, Tampering, VerifyStatus, record_hash, verify_all, verify_node};
-use portcullis_store::{AuditRecord, AuditStore};
 
 /// More than two pages of the verifier's 1000-record reads.
 const N: u64 = 2500;

@@ -16,8 +16,7 @@ use std::time::Instant;
 use axum::extract::FromRequestParts;
 use http::Method;
 use http::request::Parts;
-use portcullis_audit::{AuditEvent, Submitted};
-use portcullis_store::{AuditDecision, AuditKind};
+use portcullis_audit::{AuditDecision, AuditEvent, AuditKind, Submitted};
 use time::OffsetDateTime;
 
 use crate::error::ApiError;

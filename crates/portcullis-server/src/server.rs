@@ -62,7 +62,8 @@ impl Server {
         // `Config::parse` has compiled these already: only a config built some other way fails here.
         let redactor = Redactor::new(&config.audit.redact)
             .map_err(|error| StartError::Config(format!("audit.redact: {error}")))?;
-        let stores = store::open(&config.store)?;
+        let backend = store::open(&config.store)?;
+        let stores = backend.stores.clone();
         let applied = stores.migrator.migrate().await.map_err(|error| StartError::Store(error.to_string()))?;
         if applied > 0 {
             tracing::info!(applied, "store migrations applied");
@@ -76,12 +77,12 @@ impl Server {
             .await
             .map_err(|error| StartError::Store(error.to_string()))?;
         let (recorder, recorder_task) = UsageRecorder::start(stores.usage.clone(), USAGE_FLUSH_INTERVAL);
-        let (audit_handle, audit_task) = AuditWriter::start(writer_config(&config), stores.audit.clone())
+        let (audit_handle, audit_task) = AuditWriter::start(writer_config(&config), backend.audit.clone())
             .await
             .map_err(|error| StartError::Store(format!("audit log: {error}")))?;
         let auditor = Auditor::new(audit_handle);
         let admin_auth = AdminAuth::new(bootstrap_token.as_deref());
-        let state = AppState::new(config, stores.clone(), admin_auth, limiter, recorder, auditor, redactor);
+        let state = AppState::new(config, backend, admin_auth, limiter, recorder, auditor, redactor);
         let generated_admin_token = match bootstrap_token {
             Some(_) => None,
             None => first_admin_token(&stores, &state).await?,
@@ -371,7 +372,7 @@ async fn housekeeping(state: AppState, stop: CancellationToken) {
         state.limiter_backend().evict_idle(proxy::unix_millis(now));
         prune_changes(&state, now).await;
         if let Some(retention) = state.runtime().config.audit.retention {
-            match state.stores().audit.delete_audit_before(now - retention.0).await {
+            match state.audit_store().delete_audit_before(now - retention.0).await {
                 Ok(0) => {}
                 Ok(deleted) => tracing::info!(deleted, "audit records past retention deleted"),
                 Err(error) => tracing::warn!(%error, "audit retention failed"),

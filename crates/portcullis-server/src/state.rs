@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use arc_swap::ArcSwap;
-use portcullis_audit::Redactor;
+use portcullis_audit::{AuditStore, Redactor};
 use portcullis_auth::SecretHasher;
 use portcullis_config::Config;
 use portcullis_store::Stores;
@@ -20,6 +20,7 @@ use crate::audit::Auditor;
 use crate::key_cache::KeyCache;
 use crate::metrics::Metrics;
 use crate::misuse::Misuse;
+use crate::store::Backend;
 use crate::team_cache::TeamCache;
 use crate::usage::UsageRecorder;
 
@@ -64,6 +65,7 @@ impl std::fmt::Debug for AppState {
 struct Inner {
     runtime: Arc<ArcSwap<Runtime>>,
     stores: Stores,
+    audit_store: Arc<dyn AuditStore>,
     keys: KeyCache,
     teams: TeamCache,
     /// Outlives reloads: counters must not reset when the configuration changes.
@@ -85,13 +87,14 @@ struct Inner {
 impl AppState {
     pub fn new(
         config: Config,
-        stores: Stores,
+        backend: Backend,
         admin_auth: AdminAuth,
         limiter: LimiterBackend,
         recorder: UsageRecorder,
         auditor: Auditor,
         redactor: Redactor,
     ) -> AppState {
+        let Backend { stores, audit: audit_store } = backend;
         let hasher = SecretHasher::new(config.security.key_pepper.as_ref().map(|pepper| pepper.expose().as_str()));
         let misuse = Misuse::new(&config.security);
         let max_age = config.store.cache_max_age.0;
@@ -103,6 +106,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 runtime,
                 stores,
+                audit_store,
                 keys,
                 teams,
                 limiter,
@@ -130,6 +134,11 @@ impl AppState {
 
     pub fn stores(&self) -> &Stores {
         &self.inner.stores
+    }
+
+    /// The audit log's store: for reading, verifying and retention (the writer holds its own).
+    pub fn audit_store(&self) -> &Arc<dyn AuditStore> {
+        &self.inner.audit_store
     }
 
     pub fn keys(&self) -> &KeyCache {
@@ -206,23 +215,28 @@ impl AppState {
     /// A state on a fresh in-memory SQLite store with the default configuration (and
     /// `bootstrap` as the bootstrap admin token); the store and the recorder's task come with it.
     pub async fn in_memory_for_tests(bootstrap: Option<&str>) -> (AppState, Stores, crate::usage::RecorderTask) {
-        let backend = portcullis_store_sqlite::SqliteStore::open_in_memory().unwrap();
-        let stores = Stores::from_backend(Arc::new(backend));
+        let backend = Backend::of(Arc::new(portcullis_store_sqlite::SqliteStore::open_in_memory().unwrap()));
+        let stores = backend.stores.clone();
         stores.migrator.migrate().await.unwrap();
         let config = Config::parse("", |_| None).unwrap();
         let (recorder, task) = UsageRecorder::start(stores.usage.clone(), std::time::Duration::from_secs(3600));
-        let state = AppState::for_tests(config, stores.clone(), AdminAuth::new(bootstrap), recorder).await;
+        let state = AppState::for_tests(config, backend, AdminAuth::new(bootstrap), recorder).await;
         (state, stores, task)
     }
 
     /// A state for in-process router tests: an in-memory limiter and an audit writer (its spill
     /// file in a fresh temporary directory) on `stores`.
-    pub async fn for_tests(config: Config, stores: Stores, admin_auth: AdminAuth, recorder: UsageRecorder) -> AppState {
+    pub async fn for_tests(
+        config: Config,
+        backend: Backend,
+        admin_auth: AdminAuth,
+        recorder: UsageRecorder,
+    ) -> AppState {
         let spill = std::env::temp_dir().join(format!("portcullis-test-spill-{}.jsonl", ulid::Ulid::new()));
         let writer = portcullis_audit::WriterConfig::new("test-node", spill);
-        let (handle, _writer_task) = portcullis_audit::AuditWriter::start(writer, stores.audit.clone()).await.unwrap();
+        let (handle, _writer_task) = portcullis_audit::AuditWriter::start(writer, backend.audit.clone()).await.unwrap();
         let limiter = LimiterBackend::memory();
         let redactor = Redactor::new(&config.audit.redact).unwrap();
-        AppState::new(config, stores, admin_auth, limiter, recorder, Auditor::new(handle), redactor)
+        AppState::new(config, backend, admin_auth, limiter, recorder, Auditor::new(handle), redactor)
     }
 }
