@@ -50,6 +50,8 @@ fn verify_view(report: VerifyReport) -> AuditNodeVerifyView {
 
 #[cfg(test)]
 mod tests {
+    use portcullis_audit::AuditRecord;
+
     use crate::admin::audit::testing::{BOOTSTRAP, chain, fixture};
 
     #[tokio::test]
@@ -78,5 +80,29 @@ mod tests {
         }
         let (status, body) = fixture.json(&fixture.team_admin, "/admin/v1/audit/verify").await;
         assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")));
+    }
+
+    #[tokio::test]
+    async fn verify_names_swapped_and_inserted_records() {
+        let fixture = fixture().await;
+        let mut swapped = chain("gw-swapped", 6);
+        let (second, fifth) = (swapped[1].clone(), swapped[4].clone());
+        swapped[1] = AuditRecord { seq: 2, ..fifth };
+        swapped[4] = AuditRecord { seq: 5, ..second };
+        fixture.audit.append_audit(&swapped).await.unwrap();
+        let mut inserted = chain("gw-inserted", 6);
+        let forged = AuditRecord { reason: Some("forged".into()), ..inserted[2].clone() };
+        for record in &mut inserted[2..] {
+            record.seq += 1;
+        }
+        inserted.insert(2, forged);
+        fixture.audit.append_audit(&inserted).await.unwrap();
+
+        let (status, body) = fixture.json(BOOTSTRAP, "/admin/v1/audit/verify").await;
+        assert_eq!(status, 200, "{body}");
+        let nodes = body["nodes"].as_array().unwrap();
+        let status_of = |name: &str| nodes.iter().find(|node| node["node"] == name).unwrap()["status"].clone();
+        assert_eq!(status_of("gw-swapped"), serde_json::json!({"break": {"seq": 2, "problem": "reordered"}}));
+        assert_eq!(status_of("gw-inserted"), serde_json::json!({"break": {"seq": 3, "problem": "inserted"}}));
     }
 }
