@@ -9,8 +9,10 @@ audit_record! {
     /// event. Never holds a secret. `prev_hash`/`hash` chain the records of one node:
     /// `hash = SHA-256(prev_hash ‖ canonical encoding of every other field)` (see [`crate::chain`]).
     ///
-    /// Declared through the field table (see [`crate::fields`]): list a new field here, in canonical
-    /// order before `hash`, and the encodings follow.
+    /// Declared through the field table (see [`crate::fields`]): the stores' columns, the CSV export
+    /// and the canonical encoding follow this list. A new field also needs a migration in each
+    /// backend, a place in the admin view and [`crate::AuditEvent`], and a new canonical version
+    /// (see [`crate::chain`]); a test fails for each one forgotten.
     #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
     pub struct AuditRecord {
         /// Position in its node's chain, from 1, without gaps.

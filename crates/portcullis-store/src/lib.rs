@@ -170,7 +170,8 @@ pub trait Migrator: Send + Sync + 'static {
     async fn ping(&self) -> StoreResult<()>;
 }
 
-/// One backend seen through all its traits (but the audit log's, which the server holds apart); cloned freely (every field is an `Arc`).
+/// One backend seen through all its traits but the audit log's (which the server holds next to it);
+/// cloned freely (every field is an `Arc`).
 #[derive(Clone)]
 pub struct Stores {
     pub keys: Arc<dyn KeyStore>,
