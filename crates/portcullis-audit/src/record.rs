@@ -129,6 +129,16 @@ mod tests {
     }
 
     #[test]
+    fn the_audit_docs_name_every_field() {
+        let docs = include_str!("../../../docs/audit.md");
+        let section = docs.split("## What a record holds").nth(1).and_then(|rest| rest.split("\n## ").next());
+        let section = section.expect("docs/audit.md has a section `What a record holds`");
+        for field in AuditRecord::FIELDS {
+            assert!(section.contains(&format!("`{}`", field.name)), "docs/audit.md does not name `{}`", field.name);
+        }
+    }
+
+    #[test]
     fn every_field_of_the_record_is_in_the_table() {
         let record = crate::testing::chain("n", 1).remove(0);
         let serialized = serde_json::to_value(&record).unwrap();
