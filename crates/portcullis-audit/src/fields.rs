@@ -1,7 +1,7 @@
 //! The audit record's field table: the machinery behind [`crate::AuditRecord::FIELDS`].
 //!
-//! The record is declared once, through [`audit_record!`], as a list of fields in canonical order.
-//! From that one list come the struct itself, [`crate::AuditRecord::FIELDS`] (name and column class
+//! The record is declared once, through the `audit_record!` macro, as a list of fields in
+//! canonical order. From that one list come the struct itself, [`crate::AuditRecord::FIELDS`] (name and column class
 //! of each field), [`crate::AuditRecord::values`] (each field as a [`Value`]) and
 //! [`crate::AuditRecord::read`] (a record from a stored row). The canonical encoding the chain
 //! hashes, both stores' column lists and placeholders, the CSV export and the admin view all walk

@@ -33,7 +33,7 @@
 //! record put in at seq k with the rest moved one up is Inserted at k (at k + 1 when the forgery is
 //! hashed and linked well enough to verify itself); a forged record with a new seq, hashed correctly
 //! but linked to an earlier record, is Inserted at its seq (linked to nothing known: Deleted at its
-//! seq). Seeing where a record came from looks [`LOOKAHEAD`] records ahead at least, also across
+//! seq). Seeing where a record came from looks 64 records ahead at least, also across
 //! the store's pages.
 //!
 //! # What a chain alone cannot show
