@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use portcullis_audit::AuditRecord;
 use portcullis_audit::{AuditWriter, Durability, WriterConfig, canonical, load, record_hash};
-use portcullis_store::AuditRecord;
 use sha2::{Digest, Sha256};
 
 fn naive_hash(record: &AuditRecord) -> String {

@@ -14,16 +14,16 @@
 //! - strings are JSON strings: `"` and `\` are escaped, as are control characters (`\b \f \n \r \t`,
 //!   others `\u00XX` in lowercase hex); everything else, non-ASCII included, is copied as UTF-8 bytes.
 //!
-//! The order is spelled out here, not taken from serde's view of the store's struct, so reordering or
-//! renaming fields of `AuditRecord` cannot silently change the hashes of records already written; and
-//! [`canonical`] destructures the record without `..`, so a field added to `AuditRecord` does not
-//! compile until it is given a place here (at the end, as a new version).
+//! [`canonical`] walks the record's field table ([`AuditRecord::FIELDS`]), whose order is the
+//! canonical order. [`CANONICAL_FIELDS`] pins version 1 by name, and a test holds the table to it:
+//! reordering, renaming or adding a field would change the hash of every record already stored,
+//! so such a change fails that test until it is made a new version (one that still encodes
+//! version 1 records as they were hashed).
 
-use portcullis_store::AuditRecord;
 use sha2::{Digest, Sha256};
-use time::OffsetDateTime;
 
-use crate::AuditEvent;
+use crate::fields::Value;
+use crate::{AuditEvent, AuditRecord};
 
 /// The `prev_hash` of a chain's first record.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -131,75 +131,23 @@ impl Chain {
 }
 
 fn encode(record: &AuditRecord, out: &mut Vec<u8>) {
-    // No `..`: a new field must be placed in the encoding before this compiles again.
-    let AuditRecord {
-        seq,
-        ts,
-        node,
-        kind,
-        request_id,
-        key_id,
-        subject,
-        team,
-        admin_token_id,
-        client_ip,
-        method,
-        path,
-        model,
-        upstream,
-        status,
-        decision,
-        reason,
-        target,
-        stream,
-        latency_ms,
-        ttfb_ms,
-        prompt_tokens,
-        completion_tokens,
-        usage_estimated,
-        cost_pico,
-        user_agent,
-        content,
-        prev_hash,
-        hash: _,
-    } = record;
     let mut enc = Encoder { out, first: true };
     enc.out.push(b'[');
     enc.uint(CANONICAL_VERSION);
-    enc.uint(*seq);
-    enc.int(unix_millis(*ts));
-    enc.str(node);
-    enc.str(kind.name());
-    enc.opt_str(request_id);
-    enc.opt_str(key_id);
-    enc.opt_str(subject);
-    enc.opt_str(team);
-    enc.opt_str(admin_token_id);
-    enc.opt_str(client_ip);
-    enc.opt_str(method);
-    enc.opt_str(path);
-    enc.opt_str(model);
-    enc.opt_str(upstream);
-    enc.uint(u64::from(*status));
-    enc.str(decision.name());
-    enc.opt_str(reason);
-    enc.opt_str(target);
-    enc.bool(*stream);
-    enc.uint(*latency_ms);
-    enc.opt_uint(*ttfb_ms);
-    enc.opt_uint(*prompt_tokens);
-    enc.opt_uint(*completion_tokens);
-    enc.bool(*usage_estimated);
-    enc.opt_uint(*cost_pico);
-    enc.opt_str(user_agent);
-    enc.opt_str(content);
-    enc.str(prev_hash);
+    // The table ends with `hash`, which covers every field before it.
+    let values = record.values();
+    let covered = values.split_last().map_or(&values[..], |(_hash, covered)| covered);
+    for value in covered {
+        match *value {
+            Value::Count(Some(count)) => enc.uint(count),
+            Value::Status(status) => enc.uint(u64::from(status)),
+            Value::Millis(millis) => enc.int(millis),
+            Value::Text(Some(text)) => enc.str(text),
+            Value::Flag(flag) => enc.bool(flag),
+            Value::Count(None) | Value::Text(None) => enc.null(),
+        }
+    }
     enc.out.push(b']');
-}
-
-/// Unix milliseconds, rounded down (also before 1970).
-fn unix_millis(ts: OffsetDateTime) -> i64 {
-    i64::try_from(ts.unix_timestamp_nanos().div_euclid(1_000_000)).unwrap_or(i64::MAX)
 }
 
 /// Writes array elements, with the separating commas.
@@ -239,23 +187,9 @@ impl Encoder<'_> {
         push_digits(self.out, value.unsigned_abs());
     }
 
-    fn opt_uint(&mut self, value: Option<u64>) {
-        match value {
-            Some(value) => self.uint(value),
-            None => self.null(),
-        }
-    }
-
     fn str(&mut self, value: &str) {
         self.sep();
         push_json_string(self.out, value);
-    }
-
-    fn opt_str(&mut self, value: &Option<String>) {
-        match value {
-            Some(value) => self.str(value),
-            None => self.null(),
-        }
     }
 }
 

@@ -1,8 +1,8 @@
-use portcullis_store::{AuditDecision, AuditKind, AuditRecord};
 use time::OffsetDateTime;
 
 use super::*;
 use crate::testing;
+use crate::{AuditDecision, AuditKind};
 
 fn minimal() -> AuditRecord {
     let ts = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap() + time::Duration::milliseconds(123);
@@ -23,6 +23,18 @@ fn canonical_encoding_is_the_documented_array() {
 #[test]
 fn record_hash_is_stable() {
     assert_eq!(record_hash(&minimal()), "1467e1156416e2d4dee9d44b9f968237208655a39c01009c80f1aaed249782fd");
+}
+
+#[test]
+fn the_field_table_is_canonical_version_1_then_the_hash() {
+    let names = AuditRecord::FIELDS.map(|field| field.name);
+    let (hash, covered) = names.split_last().unwrap();
+    assert_eq!(*hash, "hash");
+    assert_eq!(
+        covered,
+        &CANONICAL_FIELDS[1..],
+        "a changed field table changes every stored hash: make it a new version"
+    );
 }
 
 #[test]

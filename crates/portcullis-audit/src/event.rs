@@ -1,7 +1,8 @@
 //! What the server hands the writer: a record before the chain numbers and hashes it.
 
-use portcullis_store::{AuditDecision, AuditKind, AuditRecord};
 use time::{OffsetDateTime, UtcOffset};
+
+use crate::{AuditDecision, AuditKind, AuditRecord};
 
 /// An [`AuditRecord`] without the fields the writer's [`crate::Chain`] assigns (`seq`, `node`,
 /// `prev_hash`, `hash`). The server builds one per request, admin action or security event; see
@@ -140,4 +141,21 @@ fn to_utc_millis(ts: OffsetDateTime) -> OffsetDateTime {
     let ts = ts.to_offset(UtcOffset::UTC);
     let millis = ts.nanosecond() / 1_000_000 * 1_000_000;
     ts.replace_nanosecond(millis).unwrap_or(ts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_is_a_record_without_what_the_chain_assigns() {
+        let event = AuditEvent::new(OffsetDateTime::UNIX_EPOCH, AuditKind::Request, AuditDecision::Allow, 200);
+        let serialized = serde_json::to_value(&event).unwrap();
+        let mut names: Vec<&str> = serialized.as_object().unwrap().keys().map(String::as_str).collect();
+        names.extend(["seq", "node", "prev_hash", "hash"]);
+        names.sort_unstable();
+        let mut fields = AuditRecord::FIELDS.map(|field| field.name);
+        fields.sort_unstable();
+        assert_eq!(names, fields);
+    }
 }

@@ -2,6 +2,9 @@
 //! hash chain, stored by a group-committing writer off the request path, and can later be checked
 //! for editing, deletion, insertion and reordering.
 //!
+//! - [`AuditRecord`]: one record, declared through its field table ([`fields`]), which the
+//!   canonical encoding, both stores' columns, the CSV export and the admin view all walk; and
+//!   [`AuditStore`], where records are kept (each backend implements it).
 //! - [`chain`]: the canonical encoding of a record, its hash, and the [`Chain`] that numbers and
 //!   links a node's records (`hash = SHA-256(prev_hash ‖ canonical record)`).
 //! - [`verify`]: walks a stored chain from its retention checkpoint and reports the first break.
@@ -25,13 +28,18 @@
 //!   a batch whose commit outcome was unknown, stores each record once.
 
 pub mod chain;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod error;
 mod event;
+pub mod fields;
 pub mod load;
+mod record;
 pub mod redact;
 mod sink;
 mod spill;
 mod stats;
+mod store;
 mod submit;
 pub mod verify;
 pub mod writer;
@@ -42,8 +50,11 @@ mod testing;
 pub use chain::{CANONICAL_FIELDS, Chain, GENESIS_HASH, canonical, record_hash};
 pub use error::AuditError;
 pub use event::AuditEvent;
+pub use fields::{unix_millis, unix_millis_ceil};
+pub use record::{AuditDecision, AuditKind, AuditRecord};
 pub use redact::Redactor;
 pub use stats::{AuditStats, AuditStatsSnapshot};
+pub use store::{AuditCheckpoint, AuditCursor, AuditFilter, AuditStore};
 pub use submit::Submitted;
 pub use verify::{
     ChainBreak, ChainVerifier, Tampering, VerifyReport, VerifyStatus, verify_all, verify_node, verify_records,

@@ -6,11 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
-use portcullis_store::AuditRecord;
 use tokio::fs::{File, OpenOptions};
 use tokio::io::{AsyncWriteExt, BufWriter, Stdout};
 
-use crate::{AuditError, AuditStats};
+use crate::{AuditError, AuditRecord, AuditStats};
 
 #[derive(Debug)]
 pub(crate) struct Sinks {

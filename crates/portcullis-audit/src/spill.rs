@@ -9,11 +9,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use portcullis_store::{AuditRecord, AuditStore, StoreError};
+use portcullis_store::StoreError;
 use tokio::fs::{File, OpenOptions};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::AuditError;
+use crate::{AuditError, AuditRecord, AuditStore};
 
 #[derive(Debug)]
 pub(crate) struct SpillFile {

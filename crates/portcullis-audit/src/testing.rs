@@ -1,9 +1,8 @@
 //! Records for unit tests.
 
-use portcullis_store::{AuditDecision, AuditKind, AuditRecord};
 use time::OffsetDateTime;
 
-use crate::{AuditEvent, Chain};
+use crate::{AuditDecision, AuditEvent, AuditKind, AuditRecord, Chain};
 
 /// A request event with most fields set, different for each `i`.
 pub(crate) fn event(i: u64) -> AuditEvent {

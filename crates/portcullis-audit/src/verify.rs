@@ -10,7 +10,17 @@
 //!    at that seq;
 //! 2. its `seq` skips ahead: **Reordered** at that seq when the missing seq comes later in what was
 //!    read (records out of order, e.g. an export file), otherwise **Deleted** at the first missing seq;
-//! 3. its hash does not match its contents: **Edited** at that seq;
+//! 3. its hash does not match its contents. Then, since the seq is hashed, the verifier asks whether
+//!    it is a whole record of the chain standing at the wrong seq (its contents hash to its hash at
+//!    another seq), and whether the record that belongs at this seq was read further on:
+//!    - a record from later in the chain, with this seq's own record further on: **Reordered** (rows
+//!      whose seqs were swapped);
+//!    - a record from later in the chain, this seq's record nowhere: **Deleted** (records removed and
+//!      the rest renumbered down);
+//!    - a record from earlier in the chain (it was pushed down), or one that is no record of the chain
+//!      while this seq's record was pushed further on: **Inserted** (a record put in, the rest
+//!      renumbered up);
+//!    - otherwise **Edited**;
 //! 4. it belongs to another node's chain: **Inserted** at that seq;
 //! 5. its `prev_hash` is not the previous record's hash: **Inserted** at that seq when it names an
 //!    earlier record of the chain (it is a second successor of that record: a forged record hung into
@@ -18,9 +28,13 @@
 //!    removed and the rest renumbered, or the predecessor was rewritten).
 //!
 //! So, for a chain stored by seq: editing any field of record k (and leaving its hash) is Edited at k;
-//! deleting record k is a gap, Deleted at k; swapping the contents of rows k < m (each keeping its
-//! seq) is Edited at k, since the seq is hashed; a forged record with a new seq, hashed correctly but
-//! linked to an earlier record, is Inserted at its seq (linked to nothing known: Deleted at its seq).
+//! deleting record k is a gap, Deleted at k; swapping whole rows k < m (giving each the other's seq)
+//! is Reordered at k; moving part of a row's contents into another is Edited at the first; a forged
+//! record put in at seq k with the rest moved one up is Inserted at k (at k + 1 when the forgery is
+//! hashed and linked well enough to verify itself); a forged record with a new seq, hashed correctly
+//! but linked to an earlier record, is Inserted at its seq (linked to nothing known: Deleted at its
+//! seq). Seeing where a record came from looks 64 records ahead at least, also across
+//! the store's pages.
 //!
 //! # What a chain alone cannot show
 //! Someone who can rewrite the store can also recompute every hash from the point they changed, or
@@ -31,12 +45,18 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 
-use portcullis_store::{AuditCheckpoint, AuditRecord, AuditStore, StoreError};
+use portcullis_store::StoreError;
+
+use crate::{AuditCheckpoint, AuditRecord, AuditStore};
 
 use crate::chain::{GENESIS_HASH, record_hash};
 
 /// Records read per store call.
 const PAGE: usize = 1000;
+
+/// Records a page holds back for the next, so that what is checked always has this many read after
+/// it: a record swapped with one a little further on is told from a deletion at a page boundary too.
+const LOOKAHEAD: usize = 64;
 
 /// How many recent hashes the verifier remembers to tell an inserted record (linked to an earlier
 /// record) from a deletion. Bounded so a long chain verifies in constant memory.
@@ -147,7 +167,13 @@ impl ChainVerifier {
     /// Checks `records`, the next ones read; stops at the first break. After `Ok` they are all verified
     /// and more may be fed.
     pub fn feed(&mut self, records: &[AuditRecord]) -> Result<(), ChainBreak> {
-        for (at, record) in records.iter().enumerate() {
+        self.feed_first(records, records.len())
+    }
+
+    /// Checks the first `count` of `records`; the rest were read after them and only serve to tell
+    /// where a misplaced record came from.
+    fn feed_first(&mut self, records: &[AuditRecord], count: usize) -> Result<(), ChainBreak> {
+        for (at, record) in records.iter().enumerate().take(count) {
             self.check(record, &records[at + 1..])?;
             self.next_seq = record.seq.saturating_add(1);
             self.prev_hash.clone_from(&record.hash);
@@ -197,7 +223,7 @@ impl ChainVerifier {
             return fail(self.next_seq, Tampering::Deleted);
         }
         if record_hash(record) != record.hash {
-            return fail(record.seq, Tampering::Edited);
+            return fail(record.seq, self.misplaced(record, rest).unwrap_or(Tampering::Edited));
         }
         if record.node != self.node {
             return fail(record.seq, Tampering::Inserted);
@@ -208,6 +234,37 @@ impl ChainVerifier {
             return fail(record.seq, problem);
         }
         Ok(())
+    }
+
+    /// For a record whose hash does not match its contents at its seq: how it got there, when it is
+    /// not simply edited (see the module docs, check 3).
+    fn misplaced(&self, record: &AuditRecord, rest: &[AuditRecord]) -> Option<Tampering> {
+        let own_record_later = rest.iter().any(|later| hashes_at(later, record.seq));
+        match self.home_seq(record, rest) {
+            Some(home) if home > record.seq => {
+                Some(if own_record_later { Tampering::Reordered } else { Tampering::Deleted })
+            }
+            Some(_) => Some(Tampering::Inserted),
+            None if own_record_later => Some(Tampering::Inserted),
+            None => None,
+        }
+    }
+
+    /// The seq, other than its own, at which `record`'s contents hash to its stored hash: where a
+    /// whole record was moved from. The candidates follow its links (to a verified record, or to and
+    /// from records read after it: a swap over any distance) and its neighbouring seqs (a shift by
+    /// one, where the records it links with were renumbered too).
+    fn home_seq(&self, record: &AuditRecord, rest: &[AuditRecord]) -> Option<u64> {
+        let after_verified = self.recent.get(&record.prev_hash).map(|seq| seq.saturating_add(1));
+        let after_later =
+            rest.iter().find(|later| later.hash == record.prev_hash).map(|later| later.seq.saturating_add(1));
+        let before_later =
+            rest.iter().find(|later| later.prev_hash == record.hash).and_then(|later| later.seq.checked_sub(1));
+        [after_verified, after_later, before_later, record.seq.checked_sub(1), record.seq.checked_add(1)]
+            .into_iter()
+            .flatten()
+            .filter(|&seq| seq != record.seq && seq > 0)
+            .find(|&seq| hashes_at(record, seq))
     }
 
     fn remember(&mut self, hash: String, seq: u64) {
@@ -222,6 +279,11 @@ impl ChainVerifier {
     }
 }
 
+/// Whether `record`'s contents, numbered `seq`, hash to its stored hash.
+fn hashes_at(record: &AuditRecord, seq: u64) -> bool {
+    record_hash(&AuditRecord { seq, ..record.clone() }) == record.hash
+}
+
 /// Verifies `records` (one node's, in the order read) starting after `checkpoint` or at the genesis.
 pub fn verify_records(node: &str, checkpoint: Option<&AuditCheckpoint>, records: &[AuditRecord]) -> VerifyReport {
     let mut verifier = ChainVerifier::new(node, checkpoint);
@@ -234,31 +296,36 @@ pub fn verify_records(node: &str, checkpoint: Option<&AuditCheckpoint>, records:
 pub async fn verify_node(store: &dyn AuditStore, node: &str) -> Result<VerifyReport, StoreError> {
     let checkpoint = store.audit_checkpoint(node).await?;
     let mut verifier = ChainVerifier::new(node, checkpoint.as_ref());
-    // After the first page, each page re-reads the last verified record, so that a second record with
-    // that seq (possible only in a store without a unique (node, seq)) cannot hide at a page boundary.
-    let mut overlap = false;
+    // Read but not yet checked: the last LOOKAHEAD records of a page wait for the next page.
+    let mut pending: Vec<AuditRecord> = Vec::new();
+    let mut last_read: Option<(u64, String)> = None;
     loop {
-        let after = if overlap { verifier.last_seq().saturating_sub(1) } else { verifier.last_seq() };
-        let limit = PAGE + usize::from(overlap);
+        // After the first page, each read starts at the last record read again, so that a second
+        // record with that seq (possible only in a store without a unique (node, seq)) cannot hide
+        // at a page boundary.
+        let after = match &last_read {
+            Some((seq, _)) => seq.saturating_sub(1),
+            None => verifier.last_seq(),
+        };
+        let limit = PAGE + usize::from(last_read.is_some());
         let page = store.audit_chain(node, after, limit).await?;
-        let mut records = page.as_slice();
-        if overlap
-            && let Some((first, rest)) = records.split_first()
-            && first.seq == verifier.last_seq()
-            && first.hash == verifier.last_hash()
-        {
-            records = rest;
+        let done = page.len() < limit;
+        let mut page = page.into_iter().peekable();
+        if let Some((seq, hash)) = &last_read {
+            page.next_if(|first| first.seq == *seq && first.hash == *hash);
         }
-        if records.is_empty() {
-            break;
+        pending.extend(page);
+        if let Some(last) = pending.last() {
+            last_read = Some((last.seq, last.hash.clone()));
         }
-        if let Err(brk) = verifier.feed(records) {
+        let ready = if done { pending.len() } else { pending.len().saturating_sub(LOOKAHEAD) };
+        if let Err(brk) = verifier.feed_first(&pending, ready) {
             return Ok(verifier.report(Err(brk)));
         }
-        if page.len() < limit {
+        pending.drain(..ready);
+        if done {
             break;
         }
-        overlap = true;
     }
     Ok(verifier.report(Ok(())))
 }

@@ -1,4 +1,4 @@
-use portcullis_store::{AuditCheckpoint, AuditRecord};
+use crate::{AuditCheckpoint, AuditRecord};
 
 use super::*;
 use crate::chain::record_hash;
@@ -75,13 +75,71 @@ fn a_deletion_hidden_by_renumbering_breaks_at_the_renumbered_record() {
     assert_eq!(status(&records), broken(5, Tampering::Deleted));
 }
 
+/// Gives the record at `a` seq `b` and the one at `b` seq `a` (1-based), as swapping two rows' seqs
+/// in a store does: each row keeps its contents and hash.
+fn swap_seqs(records: &mut [AuditRecord], a: u64, b: u64) {
+    let (i, j) = (a as usize - 1, b as usize - 1);
+    records.swap(i, j);
+    records[i].seq = a;
+    records[j].seq = b;
+}
+
 #[test]
-fn swapped_contents_break_at_the_first_of_the_two() {
+fn rows_with_swapped_seqs_are_reordered_at_the_first() {
+    for (a, b) in [(3, 7), (6, 7), (9, 10), (1, 10)] {
+        let mut records = testing::chain("n", 10);
+        swap_seqs(&mut records, a, b);
+        assert_eq!(status(&records), broken(a, Tampering::Reordered), "swapping {a} and {b}");
+    }
+}
+
+#[test]
+fn part_of_a_row_moved_into_another_is_an_edit() {
     let mut records = testing::chain("n", 10);
-    let (third, seventh) = (records[2].clone(), records[6].clone());
-    records[2] = AuditRecord { seq: 3, ..seventh };
-    records[6] = AuditRecord { seq: 7, ..third };
+    let (request_3, request_7) = (records[2].request_id.clone(), records[6].request_id.clone());
+    records[2].request_id = request_7;
+    records[6].request_id = request_3;
     assert_eq!(status(&records), broken(3, Tampering::Edited));
+}
+
+/// Moves the records from seq `at` on one seq up, and puts `forged` at `at`.
+fn put_in(records: &mut Vec<AuditRecord>, at: u64, forged: AuditRecord) {
+    for record in &mut records[at as usize - 1..] {
+        record.seq += 1;
+    }
+    records.insert(at as usize - 1, forged);
+}
+
+#[test]
+fn a_record_put_in_with_the_rest_moved_up_is_inserted() {
+    // A copy of seq 5, changed: it does not verify itself, and seq 5's own record is at seq 6.
+    let mut records = testing::chain("n", 10);
+    let forged = AuditRecord { reason: Some("forged".into()), ..records[4].clone() };
+    put_in(&mut records, 5, forged);
+    assert_eq!(status(&records), broken(5, Tampering::Inserted));
+
+    // Hashed and linked to seq 4, the forgery verifies; the record it pushed down breaks at 6.
+    let mut records = testing::chain("n", 10);
+    let mut forged = AuditRecord { reason: Some("forged".into()), ..records[4].clone() };
+    rehash(&mut forged);
+    put_in(&mut records, 5, forged);
+    assert_eq!(status(&records), broken(6, Tampering::Inserted));
+
+    // At the end of the chain too.
+    let mut records = testing::chain("n", 10);
+    let forged = AuditRecord { status: 201, ..records[9].clone() };
+    put_in(&mut records, 10, forged);
+    assert_eq!(status(&records), broken(10, Tampering::Inserted));
+}
+
+#[test]
+fn a_deletion_with_the_rest_moved_down_is_a_deletion() {
+    let mut records = testing::chain("n", 10);
+    records.remove(4);
+    for record in &mut records[4..] {
+        record.seq -= 1;
+    }
+    assert_eq!(status(&records), broken(5, Tampering::Deleted));
 }
 
 #[test]

@@ -30,7 +30,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_store::{AuditRecord, AuditStore};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
@@ -39,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::sink::Sinks;
 use crate::spill::{SpillFile, timed_out};
 use crate::submit::{Job, Queues};
-use crate::{AuditError, AuditEvent, AuditStats, Chain, Submitted};
+use crate::{AuditError, AuditEvent, AuditRecord, AuditStats, AuditStore, Chain, Submitted};
 
 /// When a submission counts as done; see the module docs for what each mode can lose.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]

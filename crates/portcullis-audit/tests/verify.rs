@@ -4,8 +4,8 @@
 mod common;
 
 use common::{MemStore, chain, ts};
+use portcullis_audit::{AuditRecord, AuditStore};
 use portcullis_audit::{ChainBreak, Tampering, VerifyStatus, record_hash, verify_all, verify_node};
-use portcullis_store::{AuditRecord, AuditStore};
 
 /// More than two pages of the verifier's 1000-record reads.
 const N: u64 = 2500;
@@ -49,12 +49,14 @@ async fn a_deleted_row_at_a_page_boundary_is_found() {
 }
 
 #[tokio::test]
-async fn swapped_rows_are_found_at_the_first() {
-    let store = stored(N).await;
-    let (third, seventh) = (store.remove("a", 3).unwrap(), store.remove("a", 7).unwrap());
-    store.put(AuditRecord { seq: 3, ..seventh });
-    store.put(AuditRecord { seq: 7, ..third });
-    assert_eq!(status(&store).await, broken(3, Tampering::Edited));
+async fn rows_with_swapped_seqs_are_reordered_also_across_pages() {
+    for (a, b) in [(3, 7), (1000, 1001), (999, 1010), (2499, 2500)] {
+        let store = stored(N).await;
+        let (first, second) = (store.remove("a", a).unwrap(), store.remove("a", b).unwrap());
+        store.put(AuditRecord { seq: a, ..second });
+        store.put(AuditRecord { seq: b, ..first });
+        assert_eq!(status(&store).await, broken(a, Tampering::Reordered), "swapping {a} and {b}");
+    }
 }
 
 #[tokio::test]

@@ -10,10 +10,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use common::{MemStore, event};
+use portcullis_audit::AuditRecord;
 use portcullis_audit::{
     AuditError, AuditHandle, AuditWriter, Durability, Submitted, WriterConfig, WriterTask, verify_node,
 };
-use portcullis_store::AuditRecord;
 use tempfile::TempDir;
 
 const NODE: &str = "node-1";

@@ -16,8 +16,7 @@ use std::time::Instant;
 use axum::extract::FromRequestParts;
 use http::Method;
 use http::request::Parts;
-use portcullis_audit::{AuditEvent, Submitted};
-use portcullis_store::AuditDecision;
+use portcullis_audit::{AuditDecision, AuditEvent, Submitted};
 use time::OffsetDateTime;
 
 use crate::audit::Auditor;

@@ -48,6 +48,6 @@ pub enum StartError {
 
 /// Applies pending migrations to the configured store; returns how many ran.
 pub async fn migrate(config: &portcullis_config::StoreConfig) -> Result<usize, StartError> {
-    let stores = store::open(config)?;
-    stores.migrator.migrate().await.map_err(|error| StartError::Store(error.to_string()))
+    let backend = store::open(config)?;
+    backend.stores.migrator.migrate().await.map_err(|error| StartError::Store(error.to_string()))
 }

@@ -1,6 +1,6 @@
 //! Which listener a connection or request came in on.
 
-use portcullis_store::AuditKind;
+use portcullis_audit::AuditKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListenerKind {

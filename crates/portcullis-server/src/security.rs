@@ -3,8 +3,7 @@
 
 use std::net::IpAddr;
 
-use portcullis_audit::AuditEvent;
-use portcullis_store::{AuditDecision, AuditKind};
+use portcullis_audit::{AuditDecision, AuditEvent, AuditKind};
 use time::OffsetDateTime;
 
 use crate::audit::Auditor;

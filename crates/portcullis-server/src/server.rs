@@ -65,7 +65,8 @@ impl Server {
         // `Config::parse` has compiled these already: only a config built some other way fails here.
         let redactor = Redactor::new(&config.audit.redact)
             .map_err(|error| StartError::Config(format!("audit.redact: {error}")))?;
-        let stores = store::open(&config.store)?;
+        let backend = store::open(&config.store)?;
+        let stores = backend.stores.clone();
         let applied = stores.migrator.migrate().await.map_err(|error| StartError::Store(error.to_string()))?;
         if applied > 0 {
             tracing::info!(applied, "store migrations applied");
@@ -79,12 +80,11 @@ impl Server {
             .await
             .map_err(|error| StartError::Store(error.to_string()))?;
         let (recorder, recorder_task) = UsageRecorder::start(stores.usage.clone(), USAGE_FLUSH_INTERVAL);
-        let (audit_handle, audit_task) = AuditWriter::start(writer_config(&config), stores.audit.clone())
+        let (audit_handle, audit_task) = AuditWriter::start(writer_config(&config), backend.audit.clone())
             .await
             .map_err(|error| StartError::Store(format!("audit log: {error}")))?;
         let auditor = Auditor::new(audit_handle);
-        let state =
-            AppState::new(config, stores.clone(), bootstrap_token.as_deref(), limiter, recorder, auditor, redactor);
+        let state = AppState::new(config, backend, bootstrap_token.as_deref(), limiter, recorder, auditor, redactor);
         let generated_admin_token = match bootstrap_token {
             Some(_) => None,
             None => first_admin_token(&stores, &state).await?,
@@ -376,7 +376,7 @@ async fn housekeeping(state: AppState, stop: CancellationToken) {
         state.limiter.evict_idle(clock::unix_millis(now));
         prune_changes(&state, now).await;
         if let Some(retention) = state.runtime().config.audit.retention {
-            match state.stores.audit.delete_audit_before(now - retention.0).await {
+            match state.audit_store.delete_audit_before(now - retention.0).await {
                 Ok(0) => {}
                 Ok(deleted) => tracing::info!(deleted, "audit records past retention deleted"),
                 Err(error) => tracing::warn!(%error, "audit retention failed"),

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use portcullis_audit::AuditStore;
 use portcullis_audit::Redactor;
 use portcullis_auth::SecretHasher;
 use portcullis_config::Config;
@@ -25,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::misuse::Misuse;
 use crate::proxy::ProxyState;
 use crate::runtime::{Runtime, SharedRuntime};
+use crate::store::Backend;
 use crate::team_cache::TeamCache;
 use crate::usage::UsageRecorder;
 
@@ -32,6 +34,8 @@ use crate::usage::UsageRecorder;
 pub struct AppState {
     pub runtime: SharedRuntime,
     pub stores: Stores,
+    /// The audit log's store: for reading, verifying and retention (the writer holds its own).
+    pub audit_store: Arc<dyn AuditStore>,
     pub keys: KeyCache,
     pub teams: TeamCache,
     /// Outlives reloads: counters must not reset when the configuration changes.
@@ -58,13 +62,14 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     pub fn new(
         config: Config,
-        stores: Stores,
+        backend: Backend,
         bootstrap_token: Option<&str>,
         limiter: LimiterHandle,
         recorder: UsageRecorder,
         auditor: Auditor,
         redactor: Redactor,
     ) -> AppState {
+        let Backend { stores, audit: audit_store } = backend;
         let hasher = SecretHasher::new(config.security.key_pepper.as_ref().map(|pepper| pepper.expose().as_str()));
         let misuse = Arc::new(Misuse::new(&config.security));
         let max_age = config.store.cache_max_age.0;
@@ -76,6 +81,7 @@ impl AppState {
         AppState {
             runtime,
             stores,
+            audit_store,
             keys,
             teams,
             limiter,
@@ -118,6 +124,7 @@ impl AppState {
         AdminState::new(crate::admin::Parts {
             runtime: self.runtime.clone(),
             stores: self.stores.clone(),
+            audit_store: self.audit_store.clone(),
             keys: self.keys.clone(),
             teams: self.teams.clone(),
             auth: self.admin_auth.clone(),
@@ -165,12 +172,12 @@ impl AppState {
     /// A state on a fresh in-memory SQLite store with the default configuration (and
     /// `bootstrap` as the bootstrap admin token); the store and the recorder's task come with it.
     pub async fn in_memory_for_tests(bootstrap: Option<&str>) -> (AppState, Stores, crate::usage::RecorderTask) {
-        let backend = portcullis_store_sqlite::SqliteStore::open_in_memory().unwrap();
-        let stores = Stores::from_backend(Arc::new(backend));
+        let backend = Backend::of(Arc::new(portcullis_store_sqlite::SqliteStore::open_in_memory().unwrap()));
+        let stores = backend.stores.clone();
         stores.migrator.migrate().await.unwrap();
         let config = Config::parse("", |_| None).unwrap();
         let (recorder, task) = UsageRecorder::start(stores.usage.clone(), std::time::Duration::from_secs(3600));
-        let state = AppState::for_tests(config, stores.clone(), bootstrap, recorder).await;
+        let state = AppState::for_tests(config, backend, bootstrap, recorder).await;
         (state, stores, task)
     }
 
@@ -178,15 +185,15 @@ impl AppState {
     /// file in a fresh temporary directory) on `stores`.
     pub async fn for_tests(
         config: Config,
-        stores: Stores,
+        backend: Backend,
         bootstrap: Option<&str>,
         recorder: UsageRecorder,
     ) -> AppState {
         let spill = std::env::temp_dir().join(format!("portcullis-test-spill-{}.jsonl", ulid::Ulid::new()));
         let writer = portcullis_audit::WriterConfig::new("test-node", spill);
-        let (handle, _writer_task) = portcullis_audit::AuditWriter::start(writer, stores.audit.clone()).await.unwrap();
+        let (handle, _writer_task) = portcullis_audit::AuditWriter::start(writer, backend.audit.clone()).await.unwrap();
         let limiter = LimiterHandle::memory();
         let redactor = Redactor::new(&config.audit.redact).unwrap();
-        AppState::new(config, stores, bootstrap, limiter, recorder, Auditor::new(handle), redactor)
+        AppState::new(config, backend, bootstrap, limiter, recorder, Auditor::new(handle), redactor)
     }
 }

@@ -3,7 +3,9 @@
 //! A record reads back equal to the one written, field for field, because verification
 //! recomputes every hash from the stored rows. Hence the encodings: `ts` as unix milliseconds
 //! (records carry millisecond precision; finer digits are dropped), unsigned integers as
-//! NUMERIC (`uint64`, exact for every `u64`), kinds and decisions by their serde names.
+//! NUMERIC (`uint64`, exact for every `u64`), kinds and decisions by their serde names. The
+//! columns, their order and each value's encoding come from the record's field table
+//! ([`AuditRecord::FIELDS`]).
 //!
 //! Appends take [`AUDIT_LOCK`] shared and retention takes it exclusively: appends never wait for
 //! each other, and a checkpoint an append has read cannot move before the append commits.
@@ -11,15 +13,17 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use bytes::BytesMut;
 use deadpool_postgres::GenericClient;
 use futures_util::future::try_join_all;
-use portcullis_store::{
-    AuditCheckpoint, AuditCursor, AuditDecision, AuditFilter, AuditKind, AuditRecord, AuditStore, StoreResult,
-    unix_millis, unix_millis_ceil,
+use portcullis_audit::fields::{self, ReadColumns};
+use portcullis_audit::{
+    AuditCheckpoint, AuditCursor, AuditFilter, AuditRecord, AuditStore, unix_millis, unix_millis_ceil,
 };
+use portcullis_store::{StoreError, StoreResult};
 use time::OffsetDateTime;
 use tokio_postgres::Row;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{IsNull, ToSql, Type};
 
 use crate::PostgresStore;
 use crate::codec::{Numeric, get};
@@ -28,12 +32,6 @@ use crate::sql::{execute, query, query_opt};
 
 /// `pg_advisory_xact_lock` key between audit appends and retention ("pcl-audt").
 const AUDIT_LOCK: i64 = 0x7063_6c2d_6175_6474;
-
-/// Every column, in the order [`read_record`] reads them.
-const COLUMNS: &str = "node, seq, ts, kind, request_id, key_id, subject, team, admin_token_id, client_ip, method, \
-                       path, model, upstream, status, decision, reason, target, stream, latency_ms, ttfb_ms, \
-                       prompt_tokens, completion_tokens, usage_estimated, cost_pico, user_agent, content, prev_hash, \
-                       hash";
 
 #[async_trait]
 impl AuditStore for PostgresStore {
@@ -65,55 +63,20 @@ impl AuditStore for PostgresStore {
 
         // A record already stored is skipped: only the (node, seq) clash is ignored, any other
         // failure fails the batch.
+        let placeholders: Vec<String> = (1..=AuditRecord::FIELDS.len()).map(|at| format!("${at}")).collect();
         let statement = tx
             .prepare_cached(&format!(
-                "INSERT INTO audit_log ({COLUMNS})
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-                         $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)
-                 ON CONFLICT (node, seq) DO NOTHING"
+                "INSERT INTO audit_log ({}) VALUES ({}) ON CONFLICT (node, seq) DO NOTHING",
+                fields::column_list(),
+                placeholders.join(", "),
             ))
             .await
             .map_err(db_err)?;
-        let values: Vec<Stored<'_>> = fresh.into_iter().map(Stored::from).collect();
         let (tx_ref, statement) = (&tx, &statement);
-        let inserts = values.iter().map(|stored| async move {
-            let record = stored.record;
-            tx_ref
-                .execute(
-                    statement,
-                    &[
-                        &record.node,
-                        &Numeric(record.seq),
-                        &stored.ts,
-                        &record.kind.name(),
-                        &record.request_id,
-                        &record.key_id,
-                        &record.subject,
-                        &record.team,
-                        &record.admin_token_id,
-                        &record.client_ip,
-                        &record.method,
-                        &record.path,
-                        &record.model,
-                        &record.upstream,
-                        &stored.status,
-                        &record.decision.name(),
-                        &record.reason,
-                        &record.target,
-                        &record.stream,
-                        &Numeric(record.latency_ms),
-                        &stored.ttfb_ms,
-                        &stored.prompt_tokens,
-                        &stored.completion_tokens,
-                        &record.usage_estimated,
-                        &stored.cost_pico,
-                        &record.user_agent,
-                        &record.content,
-                        &record.prev_hash,
-                        &record.hash,
-                    ],
-                )
-                .await
+        let inserts = fresh.into_iter().map(|record| async move {
+            let params = record.values().map(Param);
+            let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|param| param as _).collect();
+            tx_ref.execute(statement, &params).await
         });
         try_join_all(inserts).await.map_err(db_err)?;
         tx.commit().await.map_err(db_err)
@@ -148,7 +111,10 @@ impl AuditStore for PostgresStore {
         let client = self.client().await?;
         let rows = query(
             &client,
-            &format!("SELECT {COLUMNS} FROM audit_log WHERE node = $1 AND seq > $2 ORDER BY seq LIMIT $3"),
+            &format!(
+                "SELECT {} FROM audit_log WHERE node = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                fields::column_list()
+            ),
             &[&node, &Numeric(after_seq), &sql_limit(limit)],
         )
         .await?;
@@ -248,27 +214,33 @@ async fn select_checkpoint(client: &impl GenericClient, node: &str) -> StoreResu
         .transpose()
 }
 
-/// A record's values that need converting before they are sent.
-struct Stored<'a> {
-    record: &'a AuditRecord,
-    ts: i64,
-    status: i32,
-    ttfb_ms: Option<Numeric>,
-    prompt_tokens: Option<Numeric>,
-    completion_tokens: Option<Numeric>,
-    cost_pico: Option<Numeric>,
-}
+/// A field's value as its column takes it: counts as NUMERIC, the status as INTEGER, times as
+/// BIGINT milliseconds. Each value is checked against its column's type, as a plain parameter is.
+#[derive(Debug)]
+struct Param<'a>(fields::Value<'a>);
 
-impl<'a> From<&'a AuditRecord> for Stored<'a> {
-    fn from(record: &'a AuditRecord) -> Stored<'a> {
-        Stored {
-            record,
-            ts: unix_millis(record.ts),
-            status: i32::from(record.status),
-            ttfb_ms: record.ttfb_ms.map(Numeric),
-            prompt_tokens: record.prompt_tokens.map(Numeric),
-            completion_tokens: record.completion_tokens.map(Numeric),
-            cost_pico: record.cost_pico.map(Numeric),
+impl ToSql for Param<'_> {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        self.to_sql_checked(ty, out)
+    }
+
+    /// Each value says itself which types it takes, in [`Param::to_sql_checked`].
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    fn to_sql_checked(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use fields::Value as Field;
+        match self.0 {
+            Field::Count(count) => count.map(Numeric).to_sql_checked(ty, out),
+            Field::Status(status) => i32::from(status).to_sql_checked(ty, out),
+            Field::Millis(millis) => millis.to_sql_checked(ty, out),
+            Field::Text(text) => text.to_sql_checked(ty, out),
+            Field::Flag(flag) => flag.to_sql_checked(ty, out),
         }
     }
 }
@@ -323,60 +295,51 @@ fn query_sql(
     }
     let conditions = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
     values.push(Box::new(sql_limit(limit)));
-    let sql = format!("SELECT {COLUMNS} FROM audit_log {conditions} ORDER BY ts, node, seq LIMIT ${}", values.len());
+    let sql = format!(
+        "SELECT {} FROM audit_log {conditions} ORDER BY ts, node, seq LIMIT ${}",
+        fields::column_list(),
+        values.len()
+    );
     (sql, values)
 }
 
 fn read_record(row: &Row) -> StoreResult<AuditRecord> {
-    let status: i32 = get(row, 14)?;
-    Ok(AuditRecord {
-        node: get(row, 0)?,
-        seq: get::<Numeric>(row, 1)?.0,
-        ts: from_millis(get(row, 2)?)?,
-        kind: named(get(row, 3)?, AuditKind::from_name)?,
-        request_id: get(row, 4)?,
-        key_id: get(row, 5)?,
-        subject: get(row, 6)?,
-        team: get(row, 7)?,
-        admin_token_id: get(row, 8)?,
-        client_ip: get(row, 9)?,
-        method: get(row, 10)?,
-        path: get(row, 11)?,
-        model: get(row, 12)?,
-        upstream: get(row, 13)?,
-        status: u16::try_from(status).map_err(|_| corrupt(format!("status {status} out of range")))?,
-        decision: named(get(row, 15)?, AuditDecision::from_name)?,
-        reason: get(row, 16)?,
-        target: get(row, 17)?,
-        stream: get(row, 18)?,
-        latency_ms: get::<Numeric>(row, 19)?.0,
-        ttfb_ms: unsigned(row, 20)?,
-        prompt_tokens: unsigned(row, 21)?,
-        completion_tokens: unsigned(row, 22)?,
-        usage_estimated: get(row, 23)?,
-        cost_pico: unsigned(row, 24)?,
-        user_agent: get(row, 25)?,
-        content: get(row, 26)?,
-        prev_hash: get(row, 27)?,
-        hash: get(row, 28)?,
-    })
+    AuditRecord::read(&mut Columns(row))
 }
 
-fn unsigned(row: &Row, index: usize) -> StoreResult<Option<u64>> {
-    Ok(get::<Option<Numeric>>(row, index)?.map(|Numeric(value)| value))
+/// A row of `audit_log` read in the field table's column order; what does not decode is `Corrupt`.
+struct Columns<'a>(&'a Row);
+
+impl ReadColumns for Columns<'_> {
+    type Error = StoreError;
+
+    fn count(&mut self, index: usize) -> StoreResult<Option<u64>> {
+        Ok(get::<Option<Numeric>>(self.0, index)?.map(|Numeric(count)| count))
+    }
+
+    fn status(&mut self, index: usize) -> StoreResult<i64> {
+        Ok(i64::from(get::<i32>(self.0, index)?))
+    }
+
+    fn millis(&mut self, index: usize) -> StoreResult<i64> {
+        get(self.0, index)
+    }
+
+    fn text(&mut self, index: usize) -> StoreResult<Option<String>> {
+        get(self.0, index)
+    }
+
+    fn flag(&mut self, index: usize) -> StoreResult<bool> {
+        get(self.0, index)
+    }
+
+    fn invalid(&self, index: usize, why: String) -> StoreError {
+        corrupt(format!("audit_log.{}: {why}", AuditRecord::FIELDS[index].name))
+    }
 }
 
 fn sql_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
-}
-
-fn from_millis(millis: i64) -> StoreResult<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000).map_err(corrupt)
-}
-
-/// A kind or decision column; an unknown name is `Corrupt`.
-fn named<T>(name: &str, parse: fn(&str) -> Option<T>) -> StoreResult<T> {
-    parse(name).ok_or_else(|| corrupt(format!("unknown value {name:?}")))
 }
 
 #[cfg(test)]
@@ -384,12 +347,6 @@ mod tests {
     use time::macros::datetime;
 
     use super::*;
-
-    #[test]
-    fn stored_milliseconds_read_back_as_the_same_time() {
-        let exact = datetime!(2025-06-10 12:30:00.123 UTC);
-        assert_eq!(from_millis(unix_millis(exact)).unwrap(), exact);
-    }
 
     #[test]
     fn parameters_are_numbered_in_order() {

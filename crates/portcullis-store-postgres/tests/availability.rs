@@ -6,9 +6,9 @@
 use std::net::ToSocketAddrs;
 use std::time::{Duration, Instant};
 
+use portcullis_audit::{AuditFilter, AuditStore};
 use portcullis_store::{
-    AuditFilter, AuditStore, ChangeLog, KeyFilter, KeyStore, Migrator, NewTeam, StoreError, StoreResult, TeamStore,
-    UsageStore,
+    ChangeLog, KeyFilter, KeyStore, Migrator, NewTeam, StoreError, StoreResult, TeamStore, UsageStore,
 };
 use portcullis_store_postgres::{PostgresOptions, PostgresStore};
 use portcullis_testkit::{PostgresDatabase, TcpRelay, free_port};

@@ -7,10 +7,12 @@
 
 use std::sync::Arc;
 
+use portcullis_audit::fields::Column;
+use portcullis_audit::{AuditDecision, AuditKind, AuditRecord, AuditStore};
 use portcullis_store::conformance::planted::{display_prefix, planted_key, planted_token, sha256};
 use portcullis_store::{
-    AuditDecision, AuditKind, AuditRecord, AuditStore, Migrator, NewTeam, Rotation, StoreError, Stores, TeamStore,
-    USAGE_MAX, UsageGrouping, UsageQuery, UsageRecord, UsageStore, conformance,
+    Migrator, NewTeam, Rotation, StoreError, Stores, TeamStore, USAGE_MAX, UsageGrouping, UsageQuery, UsageRecord,
+    UsageStore, conformance,
 };
 use portcullis_store_postgres::{PostgresOptions, PostgresStore};
 use portcullis_testkit::PostgresDatabase;
@@ -33,7 +35,46 @@ async fn raw(database: &PostgresDatabase) -> tokio_postgres::Client {
 #[tokio::test]
 async fn story_passes() {
     let Some(database) = PostgresDatabase::create_or_skip().await else { return };
-    conformance::run_story(&Stores::from_backend(Arc::new(store(&database)))).await;
+    let store = Arc::new(store(&database));
+    conformance::run_story(&Stores::from_backend(store.clone())).await;
+    portcullis_audit::conformance::run_story(store.as_ref(), store.as_ref()).await;
+}
+
+#[tokio::test]
+async fn the_audit_table_has_a_column_for_every_field_and_no_other() {
+    let Some(database) = PostgresDatabase::create_or_skip().await else { return };
+    store(&database).migrate().await.unwrap();
+    let rows = raw(&database)
+        .await
+        .query(
+            "SELECT column_name::TEXT, data_type::TEXT, domain_name::TEXT, is_nullable = 'YES'
+             FROM information_schema.columns WHERE table_name = 'audit_log' ORDER BY column_name",
+            &[],
+        )
+        .await
+        .unwrap();
+    let columns: Vec<(String, String, bool)> = rows
+        .iter()
+        .map(|row| {
+            let domain: Option<String> = row.get(2);
+            (row.get(0), domain.unwrap_or_else(|| row.get(1)), row.get(3))
+        })
+        .collect();
+    let mut expected: Vec<(String, String, bool)> = AuditRecord::FIELDS
+        .iter()
+        .map(|field| {
+            let sql_type = match field.column {
+                Column::Count => "uint64",
+                Column::Status => "integer",
+                Column::Millis => "bigint",
+                Column::Text => "text",
+                Column::Flag => "boolean",
+            };
+            (field.name.to_string(), sql_type.to_string(), field.nullable)
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(columns, expected);
 }
 
 #[tokio::test]

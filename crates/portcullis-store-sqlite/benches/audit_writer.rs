@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use portcullis_audit::{AuditEvent, AuditWriter, Durability, WriterConfig, load};
-use portcullis_store::{AuditDecision, AuditKind, Migrator};
+use portcullis_audit::{AuditDecision, AuditEvent, AuditKind, AuditWriter, Durability, WriterConfig, load};
+use portcullis_store::Migrator;
 use portcullis_store_sqlite::SqliteStore;
 use time::OffsetDateTime;
 

@@ -4,25 +4,21 @@
 //! recomputes every hash from the stored rows. Hence the encodings: `ts` as unix milliseconds
 //! (records carry millisecond precision; finer digits are dropped), unsigned integers bit for bit
 //! in SQLite's signed INTEGER (a count above `i64::MAX` is stored negative and reads back as
-//! itself), kinds and decisions by their serde names.
+//! itself), kinds and decisions by their serde names. The columns, their order and each value's
+//! encoding come from the record's field table ([`AuditRecord::FIELDS`]).
 
 use async_trait::async_trait;
-use portcullis_store::{
-    AuditCheckpoint, AuditCursor, AuditDecision, AuditFilter, AuditKind, AuditRecord, AuditStore, StoreResult,
-    unix_millis, unix_millis_ceil,
+use portcullis_audit::fields::{self, ReadColumns};
+use portcullis_audit::{
+    AuditCheckpoint, AuditCursor, AuditFilter, AuditRecord, AuditStore, unix_millis, unix_millis_ceil,
 };
-use rusqlite::types::{Type, Value, ValueRef};
+use portcullis_store::StoreResult;
+use rusqlite::types::{ToSqlOutput, Type, Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params, params_from_iter};
 use time::OffsetDateTime;
 
 use crate::SqliteStore;
 use crate::error::db_err;
-
-/// Every column, in the order [`read_record`] reads them.
-const COLUMNS: &str = "node, seq, ts, kind, request_id, key_id, subject, team, admin_token_id, client_ip, method, \
-                       path, model, upstream, status, decision, reason, target, stream, latency_ms, ttfb_ms, \
-                       prompt_tokens, completion_tokens, usage_estimated, cost_pico, user_agent, content, prev_hash, \
-                       hash";
 
 #[async_trait]
 impl AuditStore for SqliteStore {
@@ -38,12 +34,12 @@ impl AuditStore for SqliteStore {
             // instead of the default `ABORT`: the whole transaction is rolled back on a failure
             // anyway, and with `ABORT` SQLite copies every page an insert touches (the table and
             // five indexes) into a statement journal first, so it could undo just that statement.
+            let placeholders: Vec<String> = (1..=AuditRecord::FIELDS.len()).map(|at| format!("?{at}")).collect();
             let mut stmt = tx
                 .prepare_cached(&format!(
-                    "INSERT OR FAIL INTO audit_log ({COLUMNS})
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19,
-                             ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)
-                     ON CONFLICT (node, seq) DO NOTHING"
+                    "INSERT OR FAIL INTO audit_log ({}) VALUES ({}) ON CONFLICT (node, seq) DO NOTHING",
+                    fields::column_list(),
+                    placeholders.join(", "),
                 ))
                 .map_err(db_err)?;
             // Checkpoints are read once per node and batch (in the same transaction), not per row.
@@ -60,38 +56,7 @@ impl AuditStore for SqliteStore {
                 if checkpoint.is_some_and(|seq| record.seq <= seq) {
                     continue;
                 }
-                stmt.execute(params![
-                    record.node,
-                    int(record.seq),
-                    unix_millis(record.ts),
-                    record.kind.name(),
-                    record.request_id,
-                    record.key_id,
-                    record.subject,
-                    record.team,
-                    record.admin_token_id,
-                    record.client_ip,
-                    record.method,
-                    record.path,
-                    record.model,
-                    record.upstream,
-                    record.status,
-                    record.decision.name(),
-                    record.reason,
-                    record.target,
-                    record.stream,
-                    int(record.latency_ms),
-                    record.ttfb_ms.map(int),
-                    record.prompt_tokens.map(int),
-                    record.completion_tokens.map(int),
-                    record.usage_estimated,
-                    record.cost_pico.map(int),
-                    record.user_agent,
-                    record.content,
-                    record.prev_hash,
-                    record.hash,
-                ])
-                .map_err(db_err)?;
+                stmt.execute(params_from_iter(record.values().map(column_value))).map_err(db_err)?;
             }
             Ok(())
         })
@@ -136,7 +101,8 @@ impl AuditStore for SqliteStore {
         self.call(move |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM audit_log WHERE node = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+                    "SELECT {} FROM audit_log WHERE node = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                    fields::column_list(),
                 ))
                 .map_err(db_err)?;
             let rows = stmt.query_map(params![node, int(after_seq), sql_limit(limit)], read_record).map_err(db_err)?;
@@ -290,41 +256,57 @@ fn query_sql(filter: &AuditFilter, cursor: Option<&AuditCursor>, limit: usize) -
     }
     let conditions = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
     values.push(Value::Integer(sql_limit(limit)));
-    (format!("SELECT {COLUMNS} FROM audit_log {conditions} ORDER BY ts, node, seq LIMIT ?"), values)
+    let columns = fields::column_list();
+    (format!("SELECT {columns} FROM audit_log {conditions} ORDER BY ts, node, seq LIMIT ?"), values)
 }
 
 fn read_record(row: &Row<'_>) -> rusqlite::Result<AuditRecord> {
-    Ok(AuditRecord {
-        node: row.get(0)?,
-        seq: uint(row.get(1)?),
-        ts: from_millis(row.get(2)?, 2)?,
-        kind: named(row, 3, AuditKind::from_name)?,
-        request_id: row.get(4)?,
-        key_id: row.get(5)?,
-        subject: row.get(6)?,
-        team: row.get(7)?,
-        admin_token_id: row.get(8)?,
-        client_ip: row.get(9)?,
-        method: row.get(10)?,
-        path: row.get(11)?,
-        model: row.get(12)?,
-        upstream: row.get(13)?,
-        status: row.get(14)?,
-        decision: named(row, 15, AuditDecision::from_name)?,
-        reason: row.get(16)?,
-        target: row.get(17)?,
-        stream: row.get(18)?,
-        latency_ms: uint(row.get(19)?),
-        ttfb_ms: row.get::<_, Option<i64>>(20)?.map(uint),
-        prompt_tokens: row.get::<_, Option<i64>>(21)?.map(uint),
-        completion_tokens: row.get::<_, Option<i64>>(22)?.map(uint),
-        usage_estimated: row.get(23)?,
-        cost_pico: row.get::<_, Option<i64>>(24)?.map(uint),
-        user_agent: row.get(25)?,
-        content: row.get(26)?,
-        prev_hash: row.get(27)?,
-        hash: row.get(28)?,
-    })
+    AuditRecord::read(&mut Columns(row))
+}
+
+/// A field's value as its column holds it.
+fn column_value(value: fields::Value<'_>) -> ToSqlOutput<'_> {
+    use fields::Value as Field;
+    match value {
+        Field::Count(count) => ToSqlOutput::Owned(count.map_or(Value::Null, |count| Value::Integer(int(count)))),
+        Field::Status(status) => ToSqlOutput::Owned(Value::Integer(i64::from(status))),
+        Field::Millis(millis) => ToSqlOutput::Owned(Value::Integer(millis)),
+        Field::Text(Some(text)) => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
+        Field::Text(None) => ToSqlOutput::Owned(Value::Null),
+        Field::Flag(flag) => ToSqlOutput::Owned(Value::Integer(i64::from(flag))),
+    }
+}
+
+/// A row of `audit_log` read in the field table's column order.
+struct Columns<'a, 'row>(&'a Row<'row>);
+
+impl ReadColumns for Columns<'_, '_> {
+    type Error = rusqlite::Error;
+
+    fn count(&mut self, index: usize) -> rusqlite::Result<Option<u64>> {
+        Ok(self.0.get::<_, Option<i64>>(index)?.map(uint))
+    }
+
+    fn status(&mut self, index: usize) -> rusqlite::Result<i64> {
+        self.0.get(index)
+    }
+
+    fn millis(&mut self, index: usize) -> rusqlite::Result<i64> {
+        self.0.get(index)
+    }
+
+    fn text(&mut self, index: usize) -> rusqlite::Result<Option<String>> {
+        self.0.get(index)
+    }
+
+    fn flag(&mut self, index: usize) -> rusqlite::Result<bool> {
+        self.0.get(index)
+    }
+
+    /// Reported as `Corrupt`, like every value SQLite cannot convert.
+    fn invalid(&self, index: usize, why: String) -> rusqlite::Error {
+        rusqlite::Error::FromSqlConversionFailure(index, Type::Text, why.into())
+    }
 }
 
 /// An unsigned value as stored: the same 64 bits as a signed integer.
@@ -355,37 +337,11 @@ fn sql_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
-fn from_millis(millis: i64, index: usize) -> rusqlite::Result<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
-        .map_err(|err| rusqlite::Error::FromSqlConversionFailure(index, Type::Integer, Box::new(err)))
-}
-
-/// A kind or decision column; an unknown name is a conversion error (reported as `Corrupt`).
-fn named<T>(row: &Row<'_>, index: usize, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> {
-    let name: String = row.get(index)?;
-    parse(&name).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(index, Type::Text, format!("unknown value {name:?}").into())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use time::macros::datetime;
 
     use super::*;
-
-    #[test]
-    fn names_round_trip_and_match_serde() {
-        for kind in [AuditKind::Request, AuditKind::Admin, AuditKind::Security] {
-            assert_eq!(AuditKind::from_name(kind.name()), Some(kind));
-            assert_eq!(serde_json::to_value(kind).unwrap(), kind.name());
-        }
-        for decision in [AuditDecision::Allow, AuditDecision::Deny, AuditDecision::Error] {
-            assert_eq!(AuditDecision::from_name(decision.name()), Some(decision));
-            assert_eq!(serde_json::to_value(decision).unwrap(), decision.name());
-        }
-        assert_eq!(AuditKind::from_name("Request"), None);
-    }
 
     #[test]
     fn unsigned_values_keep_every_bit() {
@@ -394,10 +350,41 @@ mod tests {
         }
     }
 
-    #[test]
-    fn stored_milliseconds_read_back_as_the_same_time() {
-        let exact = datetime!(2025-06-10 12:30:00.123 UTC);
-        assert_eq!(from_millis(unix_millis(exact), 0).unwrap(), exact);
+    #[tokio::test]
+    async fn the_table_has_a_column_for_every_field_and_no_other() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        portcullis_store::Migrator::migrate(&store).await.unwrap();
+        let columns = store
+            .call(|conn| {
+                let mut stmt = conn
+                    .prepare("SELECT name, type, \"notnull\" FROM pragma_table_info('audit_log')")
+                    .map_err(db_err)?;
+                let rows = stmt
+                    .query_map([], |row| {
+                        Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, bool>(2)?))
+                    })
+                    .map_err(db_err)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+            })
+            .await
+            .unwrap();
+        let expected: Vec<(String, String, bool)> = AuditRecord::FIELDS
+            .iter()
+            .map(|field| {
+                let sql_type = match field.column {
+                    fields::Column::Text => "TEXT",
+                    fields::Column::Count | fields::Column::Status | fields::Column::Millis | fields::Column::Flag => {
+                        "INTEGER"
+                    }
+                };
+                (field.name.to_string(), sql_type.to_string(), !field.nullable)
+            })
+            .collect();
+        let sorted = |mut columns: Vec<(String, String, bool)>| {
+            columns.sort();
+            columns
+        };
+        assert_eq!(sorted(columns), sorted(expected));
     }
 
     /// SQLite's plan for a query, one detail line per step.

@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use portcullis_store::{AuditDecision, AuditFilter, AuditKind, AuditRecord, AuditStore, Migrator, StoreError};
+use portcullis_audit::{AuditDecision, AuditFilter, AuditKind, AuditRecord, AuditStore};
+use portcullis_store::{Migrator, StoreError};
 use portcullis_store_sqlite::SqliteStore;
 use time::OffsetDateTime;
 use time::macros::datetime;

@@ -11,17 +11,22 @@ use portcullis_store::{
 use portcullis_store_sqlite::SqliteStore;
 use time::OffsetDateTime;
 
+/// The store's story, then the audit log's on the same database.
+async fn both_stories(store: SqliteStore) {
+    let store = Arc::new(store);
+    conformance::run_story(&Stores::from_backend(store.clone())).await;
+    portcullis_audit::conformance::run_story(store.as_ref(), store.as_ref()).await;
+}
+
 #[tokio::test]
 async fn story_passes_on_a_file_database() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("portcullis.db")).unwrap();
-    conformance::run_story(&Stores::from_backend(Arc::new(store))).await;
+    both_stories(SqliteStore::open(&dir.path().join("portcullis.db")).unwrap()).await;
 }
 
 #[tokio::test]
 async fn story_passes_in_memory() {
-    let store = SqliteStore::open_in_memory().unwrap();
-    conformance::run_story(&Stores::from_backend(Arc::new(store))).await;
+    both_stories(SqliteStore::open_in_memory().unwrap()).await;
 }
 
 #[tokio::test]

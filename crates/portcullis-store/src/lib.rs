@@ -1,5 +1,6 @@
 //! What Portcullis keeps: API keys (with their secret hashes), teams, admin tokens, hourly
-//! usage roll-ups and the audit log.
+//! usage roll-ups and the change log. The audit log's record and store trait belong to
+//! `portcullis-audit`, which each backend also implements; its errors are [`StoreError`] too.
 //!
 //! The traits here hold no SQL types; each backend crate implements them with its own
 //! migrations, and every backend must pass [`conformance::run_story`].
@@ -114,46 +115,6 @@ pub fn usage_hour(at: OffsetDateTime) -> OffsetDateTime {
     at.replace_time(time::Time::from_hms(at.hour(), 0, 0).unwrap_or(time::Time::MIDNIGHT))
 }
 
-/// Unix milliseconds, rounded down: how backends store an audit record's `ts`.
-pub fn unix_millis(at: OffsetDateTime) -> i64 {
-    let millis = at.unix_timestamp_nanos().div_euclid(1_000_000);
-    i64::try_from(millis).unwrap_or(if millis < 0 { i64::MIN } else { i64::MAX })
-}
-
-/// Unix milliseconds, rounded up: stored times are whole milliseconds, so `ts >= at` and `ts < at`
-/// hold exactly when they hold for the rounded-up value.
-pub fn unix_millis_ceil(at: OffsetDateTime) -> i64 {
-    let sub_milli = at.unix_timestamp_nanos().rem_euclid(1_000_000) != 0;
-    unix_millis(at).saturating_add(i64::from(sub_milli))
-}
-
-/// The audit log. Records arrive already numbered and hashed by their node's writer; the store
-/// keeps them, finds them, and never changes them (retention aside).
-#[async_trait]
-pub trait AuditStore: Send + Sync + 'static {
-    /// Stores a batch in one transaction. A record whose `(node, seq)` is already stored is
-    /// skipped, so replaying a batch (after a crash or from the spill file) stores it once.
-    async fn append_audit(&self, records: &[AuditRecord]) -> StoreResult<()>;
-    /// The newest record of a node's chain, `(seq, hash)`, to continue the chain after a restart.
-    async fn last_audit(&self, node: &str) -> StoreResult<Option<(u64, String)>>;
-    /// Records matching `filter`, oldest first (by `ts`, node, seq), after `cursor`, at most `limit`.
-    async fn query_audit(
-        &self,
-        filter: &AuditFilter,
-        cursor: Option<&AuditCursor>,
-        limit: usize,
-    ) -> StoreResult<Vec<AuditRecord>>;
-    /// One node's chain in `seq` order, from `after_seq` (exclusive), at most `limit`: for
-    /// verification, which must see rows exactly as stored.
-    async fn audit_chain(&self, node: &str, after_seq: u64, limit: usize) -> StoreResult<Vec<AuditRecord>>;
-    /// Every node that has records or a checkpoint.
-    async fn audit_nodes(&self) -> StoreResult<Vec<String>>;
-    async fn audit_checkpoint(&self, node: &str) -> StoreResult<Option<AuditCheckpoint>>;
-    /// Deletes records older than `before` and, in the same transaction, moves each affected
-    /// node's checkpoint to its last deleted record. Returns how many were deleted.
-    async fn delete_audit_before(&self, before: OffsetDateTime) -> StoreResult<u64>;
-}
-
 /// What an admin changed, named by what a replica caches it under; see [`ChangeLog`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Change {
@@ -209,14 +170,14 @@ pub trait Migrator: Send + Sync + 'static {
     async fn ping(&self) -> StoreResult<()>;
 }
 
-/// One backend seen through all its traits; cloned freely (every field is an `Arc`).
+/// One backend seen through all its traits but the audit log's (which the server holds next to it);
+/// cloned freely (every field is an `Arc`).
 #[derive(Clone)]
 pub struct Stores {
     pub keys: Arc<dyn KeyStore>,
     pub teams: Arc<dyn TeamStore>,
     pub tokens: Arc<dyn AdminTokenStore>,
     pub usage: Arc<dyn UsageStore>,
-    pub audit: Arc<dyn AuditStore>,
     pub changes: Arc<dyn ChangeLog>,
     pub migrator: Arc<dyn Migrator>,
 }
@@ -231,14 +192,13 @@ impl Stores {
     /// All traits from one backend value.
     pub fn from_backend<B>(backend: Arc<B>) -> Stores
     where
-        B: KeyStore + TeamStore + AdminTokenStore + UsageStore + AuditStore + ChangeLog + Migrator,
+        B: KeyStore + TeamStore + AdminTokenStore + UsageStore + ChangeLog + Migrator,
     {
         Stores {
             keys: backend.clone(),
             teams: backend.clone(),
             tokens: backend.clone(),
             usage: backend.clone(),
-            audit: backend.clone(),
             changes: backend.clone(),
             migrator: backend,
         }
@@ -247,8 +207,6 @@ impl Stores {
 
 #[cfg(test)]
 mod tests {
-    use time::macros::datetime;
-
     use super::*;
 
     #[test]
@@ -271,15 +229,5 @@ mod tests {
         assert_eq!(usage_add(USAGE_MAX - 1, 1), USAGE_MAX);
         assert_eq!(usage_add(u64::MAX, u64::MAX), USAGE_MAX, "never above the largest stored count");
         assert_eq!(usage_add(2, 3), 5);
-    }
-
-    #[test]
-    fn milliseconds_round_down_to_store_and_up_to_compare() {
-        let exact = datetime!(2025-06-10 12:30:00.123 UTC);
-        assert_eq!((unix_millis(exact), unix_millis_ceil(exact)), (1_749_558_600_123, 1_749_558_600_123));
-        let finer = datetime!(2025-06-10 12:30:00.123_000_001 UTC);
-        assert_eq!((unix_millis(finer), unix_millis_ceil(finer)), (1_749_558_600_123, 1_749_558_600_124));
-        let before_epoch = datetime!(1969-12-31 23:59:59.999_5 UTC);
-        assert_eq!((unix_millis(before_epoch), unix_millis_ceil(before_epoch)), (-1, 0));
     }
 }

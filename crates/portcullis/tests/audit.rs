@@ -587,27 +587,37 @@ async fn tampering_swapped_records_are_named_by_verify() {
     let mut gateway = stopped_gateway_with_records(&stub, 10).await;
     {
         let db = open_db(&gateway);
-        let read = |seq: i64| -> (Option<String>, i64, Option<String>, Option<String>) {
-            db.query_row("SELECT path, status, request_id, model FROM audit_log WHERE seq = ?1", [seq], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-            })
-            .unwrap_or_else(|error| panic!("read seq {seq}: {error}"))
-        };
-        let (six, seven) = (read(6), read(7));
-        assert_ne!(six, seven, "the rows to swap differ");
-        for (seq, (path, status, request_id, model)) in [(6, seven), (7, six)] {
-            let changed = db
-                .execute(
-                    "UPDATE audit_log SET path = ?1, status = ?2, request_id = ?3, model = ?4 WHERE seq = ?5",
-                    rusqlite::params![path, status, request_id, model, seq],
-                )
-                .expect("swap a row's contents");
+        // Rows 6 and 7 trade places: each keeps its contents and hash, and takes the other's seq.
+        for (from, to) in [(6, -6), (7, 6), (-6, 7)] {
+            let changed =
+                db.execute("UPDATE audit_log SET seq = ?1 WHERE seq = ?2", [to, from]).expect("renumber a row");
             assert_eq!(changed, 1);
         }
         assert_eq!(row_count(&db), 11);
     }
     let (text_output, json_output) = verify_after_restart(&mut gateway).await;
-    assert_break_named(&text_output, &json_output, 6, "edited");
+    assert_break_named(&text_output, &json_output, 6, "reordered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_an_inserted_record_is_named_by_verify() {
+    let stub = StubUpstream::start().await;
+    let mut gateway = stopped_gateway_with_records(&stub, 10).await;
+    {
+        let db = open_db(&gateway);
+        // The rows from seq 6 on move one up, and a forged copy of the sixth takes seq 6.
+        db.execute_batch(
+            "UPDATE audit_log SET seq = -seq WHERE seq >= 6;
+             UPDATE audit_log SET seq = 1 - seq WHERE seq < 0;
+             CREATE TEMP TABLE forged AS SELECT * FROM audit_log WHERE seq = 7;
+             UPDATE forged SET seq = 6, reason = 'forged';
+             INSERT INTO audit_log SELECT * FROM forged;",
+        )
+        .expect("insert a forged row");
+        assert_eq!(row_count(&db), 12);
+    }
+    let (text_output, json_output) = verify_after_restart(&mut gateway).await;
+    assert_break_named(&text_output, &json_output, 6, "inserted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

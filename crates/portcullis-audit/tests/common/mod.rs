@@ -8,11 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
-use portcullis_audit::{AuditEvent, Chain};
-use portcullis_store::{
-    AuditCheckpoint, AuditCursor, AuditDecision, AuditFilter, AuditKind, AuditRecord, AuditStore, StoreError,
-    StoreResult,
+use portcullis_audit::{
+    AuditCheckpoint, AuditCursor, AuditDecision, AuditEvent, AuditFilter, AuditKind, AuditRecord, AuditStore, Chain,
 };
+use portcullis_store::{StoreError, StoreResult};
 use time::OffsetDateTime;
 use tokio::sync::RwLock;
 

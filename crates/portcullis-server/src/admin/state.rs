@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use axum::extract::FromRef;
+use portcullis_audit::AuditStore;
 use portcullis_auth::SecretHasher;
 use portcullis_store::Stores;
 
@@ -20,6 +21,7 @@ pub struct AdminState(Arc<Parts>);
 pub struct Parts {
     pub runtime: SharedRuntime,
     pub stores: Stores,
+    pub audit_store: Arc<dyn AuditStore>,
     /// The proxy's caches: a change made here drops what they hold at once.
     pub keys: KeyCache,
     pub teams: TeamCache,
@@ -46,6 +48,11 @@ impl AdminState {
 
     pub fn stores(&self) -> &Stores {
         &self.0.stores
+    }
+
+    /// The audit log's store: for reading and verifying (the writer holds its own).
+    pub fn audit_store(&self) -> &Arc<dyn AuditStore> {
+        &self.0.audit_store
     }
 
     pub fn keys(&self) -> &KeyCache {

@@ -14,8 +14,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{HeaderMap, Version, header};
-use portcullis_audit::AuditEvent;
-use portcullis_store::AuditDecision;
+use portcullis_audit::{AuditDecision, AuditEvent};
 use time::OffsetDateTime;
 use tower::ServiceExt;
 

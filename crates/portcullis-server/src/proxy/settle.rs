@@ -7,9 +7,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::FutureExt;
-use portcullis_audit::Submitted;
+use portcullis_audit::{AuditDecision, Submitted};
 use portcullis_limits::{Price, Reservation, Usage};
-use portcullis_store::{AuditDecision, UsageRecord};
+use portcullis_store::UsageRecord;
 use time::OffsetDateTime;
 
 use super::capture::Capture;

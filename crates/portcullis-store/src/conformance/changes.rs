@@ -6,7 +6,7 @@ use portcullis_types::admin::LimitOverrides;
 use serde_json::json;
 use time::{Duration, OffsetDateTime};
 
-use super::{AUDIT_DAY, DAY_ONE, MODEL_1, audited, new_key, new_token, rotation, secret, used};
+use super::{DAY_ONE, MODEL_1, new_key, new_token, rotation, secret, used};
 use crate::{Change, ChangePage, KeyPatch, NewTeam, StoreError, Stores, TeamPatch};
 
 const GREEN: &str = "story-team-green";
@@ -101,19 +101,16 @@ async fn each_successful_mutation_appends_one_change(stores: &Stores, log: &mut 
 }
 
 async fn reads_usage_and_failures_append_nothing(stores: &Stores, log: &mut Follower<'_>, now: OffsetDateTime) {
-    // Use times, usage and audit are not admin changes.
+    // Use times and usage are not admin changes.
     stores.keys.touch_keys(&[(LOGGED_KEY.to_string(), now)]).await.unwrap();
     let usage = used(DAY_ONE - Duration::days(1), LOGGED_KEY, Some(GREEN), MODEL_1, [1, 1, 1, 1, 0]);
     stores.usage.record_usage(&[usage]).await.unwrap();
-    let node = "story-node-logged";
-    stores.audit.append_audit(&[audited(node, 1, 1)]).await.unwrap();
-    stores.audit.delete_audit_before(AUDIT_DAY + Duration::seconds(1)).await.unwrap();
     // Nor are reads.
     stores.keys.get_key(LOGGED_KEY).await.unwrap();
     stores.keys.find_key_by_secret(&secret(0x61)).await.unwrap();
     stores.teams.list_teams().await.unwrap();
     stores.tokens.list_tokens().await.unwrap();
-    log.expect(&[], "touch, usage, audit and reads").await;
+    log.expect(&[], "touch, usage and reads").await;
 
     // A mutation that fails commits nothing, its change included.
     let fails = |result: Result<(), StoreError>, what: &str| {

@@ -21,6 +21,9 @@ pub const TOKEN_ENV: &str = "PORTCULLIS_ADMIN_TOKEN";
 /// How long one admin call may take, connect included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a streamed answer (an export) may go without sending more: it has no total time limit.
+const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A response body twice: as the server sent it (for `--json`) and as the type the CLI reads.
 #[derive(Debug)]
 pub struct Fetched<T> {
@@ -87,8 +90,11 @@ impl AdminClient {
         let mut authorization = HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| anyhow!("{TOKEN_ENV} contains characters that cannot be sent in an HTTP header"))?;
         authorization.set_sensitive(true);
+        // No total timeout on the client: JSON calls set [`REQUEST_TIMEOUT`] each, while a streamed
+        // answer may take longer as long as it keeps arriving.
         let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(REQUEST_TIMEOUT)
+            .read_timeout(STREAM_READ_TIMEOUT)
             // The bearer token must go straight to the admin listener, never through a proxy taken
             // from the environment, and never be replayed to wherever a redirect points.
             .no_proxy()
@@ -121,6 +127,21 @@ impl AdminClient {
         self.send(Method::PATCH, path, &[], Some(body)).await
     }
 
+    /// `GET /admin/v1/{path...}?{query}`, its body to be read as it arrives (`Response::chunk`):
+    /// for answers that may outlast [`REQUEST_TIMEOUT`] (an export), bounded only by the connect
+    /// and each wait for more data. A refusal is an error, as for every other call.
+    pub async fn get_stream(&self, path: &[&str], query: &[(&str, &str)]) -> anyhow::Result<reqwest::Response> {
+        let url = self.url(path, query)?;
+        let request = self.http.get(url.clone()).header(AUTHORIZATION, self.authorization.expose().clone());
+        let response = request.send().await.map_err(|error| self.transport_error(&url, error))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.bytes().await.map_err(|error| self.transport_error(&url, error))?;
+            return Err(api_error(status, &body));
+        }
+        Ok(response)
+    }
+
     async fn send<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -129,8 +150,11 @@ impl AdminClient {
         body: Option<Value>,
     ) -> anyhow::Result<Fetched<T>> {
         let url = self.url(path, query)?;
-        let mut request =
-            self.http.request(method.clone(), url.clone()).header(AUTHORIZATION, self.authorization.expose().clone());
+        let mut request = self
+            .http
+            .request(method.clone(), url.clone())
+            .timeout(REQUEST_TIMEOUT)
+            .header(AUTHORIZATION, self.authorization.expose().clone());
         if let Some(body) = &body {
             request = request.json(body);
         }
@@ -248,6 +272,17 @@ mod tests {
         let admin = client("http://127.0.0.1:8081")?;
         for bad in ["", ".", ".."] {
             assert!(admin.url(&["teams", bad], &[]).is_err(), "{bad:?}");
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn streamed_calls_refuse_dot_and_empty_segments_before_any_request() -> anyhow::Result<()> {
+        // Nothing listens on the discard port: a request made would fail differently.
+        let admin = client("http://127.0.0.1:9")?;
+        for bad in ["", ".", ".."] {
+            let error = admin.get_stream(&["audit", bad], &[]).await.err().map(|error| error.to_string());
+            assert!(error.as_deref().is_some_and(|e| e.contains("cannot be used as a name")), "{bad:?}: {error:?}");
         }
         Ok(())
     }

@@ -1,9 +1,12 @@
-//! Everything the admin CLI prints goes through [`emit`], the one place that touches stdout.
+//! Everything the admin CLI prints goes through [`emit`] or, for output that arrives over time
+//! (`audit tail -f`, `audit export`), [`Streaming`]: the only places that touch stdout.
 //!
 //! With `--json` the server's response body is printed as one pretty-printed JSON value. Otherwise
 //! lists become an aligned table and single objects `key: value` lines, rendered by [`Render`].
 
 use std::io::Write;
+
+use anyhow::Context;
 
 use portcullis_types::admin::{ListResponse, is_hidden_char};
 use serde_json::Value;
@@ -67,6 +70,45 @@ fn emit(text: &str) -> anyhow::Result<()> {
     match writeln!(out, "{text}").and_then(|()| out.flush()) {
         Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error.into()),
         _ => Ok(()),
+    }
+}
+
+/// Stdout for output that arrives over time: written and flushed as it comes. A closed pipe
+/// (`| head`) ends the output quietly: later writes are dropped and [`Streaming::is_closed`] says so.
+pub struct Streaming {
+    stdout: std::io::Stdout,
+    closed: bool,
+}
+
+impl Streaming {
+    pub fn stdout() -> Streaming {
+        Streaming { stdout: std::io::stdout(), closed: false }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    pub fn bytes(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        let mut out = self.stdout.lock();
+        match out.write_all(bytes).and_then(|()| out.flush()) {
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(())
+            }
+            other => other.context("cannot write to stdout"),
+        }
+    }
+
+    pub fn line(&mut self, text: &str) -> anyhow::Result<()> {
+        self.bytes(format!("{text}\n").as_bytes())
+    }
+
+    pub fn finish(&mut self) -> anyhow::Result<()> {
+        self.bytes(b"")
     }
 }
 
