@@ -49,7 +49,7 @@ async fn record(listener: &'static str, state: AppState, router: Router, mut req
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|peer| peer.0);
     let client = peer.map(|peer| {
         let runtime = state.runtime();
-        let server = &runtime.config.server;
+        let server = &runtime.live.server;
         client_addr::resolve(peer, request.headers(), &server.trusted_proxies, server.forwarded_header)
     });
     let meta = RequestMeta {
@@ -103,7 +103,7 @@ fn check_head(state: &AppState, version: Version, headers: &HeaderMap) -> Result
     if version < Version::HTTP_2 {
         return Ok(());
     }
-    if headers.len() > state.runtime().config.server.max_headers {
+    if headers.len() > state.startup().server.max_headers {
         return Err(ApiError::HeaderTooLarge);
     }
     for name in gate::SINGLE_HEADERS {

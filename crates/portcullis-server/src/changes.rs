@@ -23,7 +23,7 @@ pub async fn follow(state: AppState, mut cursor: u64, stop: CancellationToken) {
     let mut notifications = log.change_notifications();
     let mut failing = false;
     loop {
-        let poll = state.runtime().config.store.change_poll.0;
+        let poll = state.runtime().live.store.change_poll.0;
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(poll) => {}

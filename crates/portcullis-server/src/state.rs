@@ -1,5 +1,6 @@
-//! Shared state. Read-mostly: the configuration and the model routes built from it sit behind
-//! one `ArcSwap`, so a reload swaps them together and a request sees all-old or all-new.
+//! Shared state. Read-mostly: the live settings and the model routes built from them sit behind
+//! one `ArcSwap`, so a reload swaps them together and a request sees all-old or all-new. The
+//! startup settings the gateway runs with sit beside it, fixed until a restart.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -7,7 +8,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use arc_swap::ArcSwap;
 use portcullis_audit::Redactor;
 use portcullis_auth::SecretHasher;
-use portcullis_config::Config;
+use portcullis_config::{Live, Startup};
 use portcullis_store::Stores;
 use portcullis_upstream::Upstreams;
 
@@ -20,21 +21,22 @@ use crate::audit::Auditor;
 use crate::key_cache::KeyCache;
 use crate::metrics::Metrics;
 use crate::misuse::Misuse;
+use crate::reload::ReloadStatus;
 use crate::team_cache::TeamCache;
 use crate::usage::UsageRecorder;
 
 /// Everything that changes on reload.
 #[derive(Debug)]
 pub struct Runtime {
-    pub config: Arc<Config>,
+    pub live: Arc<Live>,
     pub upstreams: Arc<Upstreams>,
 }
 
 impl Runtime {
-    /// Builds the model routes for `config` (and starts their health checks).
-    pub fn new(config: Config) -> Runtime {
-        let upstreams = Arc::new(Upstreams::new(&config.models));
-        Runtime { config: Arc::new(config), upstreams }
+    /// Builds the model routes for `live` (and starts their health checks).
+    pub fn new(live: Live) -> Runtime {
+        let upstreams = Arc::new(crate::routes::upstreams(&live.models));
+        Runtime { live: Arc::new(live), upstreams }
     }
 }
 
@@ -63,6 +65,10 @@ impl std::fmt::Debug for AppState {
 
 struct Inner {
     runtime: Arc<ArcSwap<Runtime>>,
+    /// What the gateway was started with: a reload compares the file against this.
+    startup: Startup,
+    /// When the running configuration was loaded, and how the last reload went.
+    reloads: ReloadStatus,
     stores: Stores,
     keys: KeyCache,
     teams: TeamCache,
@@ -83,8 +89,9 @@ struct Inner {
 }
 
 impl AppState {
+    /// The first argument is what [`portcullis_config::Config::split`] makes of the file.
     pub fn new(
-        config: Config,
+        (startup, live): (Startup, Live),
         stores: Stores,
         admin_auth: AdminAuth,
         limiter: LimiterBackend,
@@ -92,22 +99,23 @@ impl AppState {
         auditor: Auditor,
         redactor: Redactor,
     ) -> AppState {
-        let hasher = SecretHasher::new(config.security.key_pepper.as_ref().map(|pepper| pepper.expose().as_str()));
-        let misuse = Misuse::new(&config.security);
-        let max_age = config.store.cache_max_age.0;
-        let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(config)));
+        let hasher = SecretHasher::new(startup.security.key_pepper.as_ref().map(|pepper| pepper.expose().as_str()));
+        let max_age = startup.store.cache_max_age.0;
+        let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(live)));
         let metrics = Metrics::new(runtime.clone(), limiter.clone(), auditor.stats().clone());
         let keys = KeyCache::new(stores.keys.clone(), max_age);
         let teams = TeamCache::new(stores.teams.clone(), max_age);
         AppState {
             inner: Arc::new(Inner {
                 runtime,
+                startup,
+                reloads: ReloadStatus::new(time::OffsetDateTime::now_utc()),
                 stores,
                 keys,
                 teams,
                 limiter,
                 recorder,
-                misuse,
+                misuse: Misuse::new(),
                 auditor,
                 redactor: Arc::new(redactor),
                 hasher,
@@ -119,7 +127,16 @@ impl AppState {
         }
     }
 
-    /// The current configuration and routes; hold the guard for one request at most.
+    /// The startup settings the gateway runs with.
+    pub fn startup(&self) -> &Startup {
+        &self.inner.startup
+    }
+
+    pub fn reloads(&self) -> &ReloadStatus {
+        &self.inner.reloads
+    }
+
+    /// The current live settings and routes; hold the guard for one request at most.
     pub fn runtime(&self) -> arc_swap::Guard<Arc<Runtime>> {
         self.inner.runtime.load()
     }
@@ -209,7 +226,7 @@ impl AppState {
         let backend = portcullis_store_sqlite::SqliteStore::open_in_memory().unwrap();
         let stores = Stores::from_backend(Arc::new(backend));
         stores.migrator.migrate().await.unwrap();
-        let config = Config::parse("", |_| None).unwrap();
+        let config = portcullis_config::Config::parse("", |_| None).unwrap();
         let (recorder, task) = UsageRecorder::start(stores.usage.clone(), std::time::Duration::from_secs(3600));
         let state = AppState::for_tests(config, stores.clone(), AdminAuth::new(bootstrap), recorder).await;
         (state, stores, task)
@@ -217,12 +234,17 @@ impl AppState {
 
     /// A state for in-process router tests: an in-memory limiter and an audit writer (its spill
     /// file in a fresh temporary directory) on `stores`.
-    pub async fn for_tests(config: Config, stores: Stores, admin_auth: AdminAuth, recorder: UsageRecorder) -> AppState {
+    pub async fn for_tests(
+        config: portcullis_config::Config,
+        stores: Stores,
+        admin_auth: AdminAuth,
+        recorder: UsageRecorder,
+    ) -> AppState {
         let spill = std::env::temp_dir().join(format!("portcullis-test-spill-{}.jsonl", ulid::Ulid::new()));
         let writer = portcullis_audit::WriterConfig::new("test-node", spill);
         let (handle, _writer_task) = portcullis_audit::AuditWriter::start(writer, stores.audit.clone()).await.unwrap();
         let limiter = LimiterBackend::memory();
         let redactor = Redactor::new(&config.audit.redact).unwrap();
-        AppState::new(config, stores, admin_auth, limiter, recorder, Auditor::new(handle), redactor)
+        AppState::new(config.split(), stores, admin_auth, limiter, recorder, Auditor::new(handle), redactor)
     }
 }

@@ -5,25 +5,26 @@ use axum::extract::State;
 use portcullis_types::admin::{ListResponse, ModelView, TierView};
 
 use super::auth::AdminCaller;
+use crate::routes;
 use crate::state::AppState;
 
 pub async fn tiers(State(state): State<AppState>, _caller: AdminCaller) -> Json<ListResponse<TierView>> {
     let runtime = state.runtime();
     let data = runtime
-        .config
+        .live
         .tiers
         .iter()
         .map(|(name, tier)| TierView {
             name: name.clone(),
-            limits: tier.limits(),
+            limits: tier.limits.clone(),
             burst: tier.burst,
             priority: tier.priority,
-            models: tier.models.clone(),
+            models: tier.models.patterns().to_vec(),
         })
         .collect();
     Json(ListResponse { data })
 }
 
 pub async fn models(State(state): State<AppState>, _caller: AdminCaller) -> Json<ListResponse<ModelView>> {
-    Json(ListResponse { data: state.runtime().upstreams.views() })
+    Json(ListResponse { data: state.runtime().upstreams.statuses().into_iter().map(routes::view).collect() })
 }
