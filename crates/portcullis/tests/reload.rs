@@ -125,6 +125,7 @@ async fn a_changed_startup_setting_is_named_until_the_file_agrees_with_what_runs
     assert_eq!(status["last_reload"]["outcome"], "ok", "{status}");
     assert_eq!(status["restart_required"], serde_json::json!(["limits.redis_url", "server.max_headers"]));
     assert_eq!(config_status(&gateway, &auditor).await, status, "any admin role reads the same");
+    assert_eq!(gateway.cli_json(&["config", "status"]), status, "`portcullis config status --json`");
     let warning = gateway
         .log_text()
         .lines()
