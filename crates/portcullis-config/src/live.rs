@@ -34,10 +34,12 @@ pub struct ServerLive {
     pub forwarded_header: ForwardedHeader,
 }
 
-/// `[store]`: the change follower's poll, read before each wait.
+/// `[store]`: the change follower's poll, read before each wait, and the key and team caches'
+/// maximum age, read with each lookup.
 #[derive(Debug, Clone, Serialize)]
 pub struct StoreLive {
     pub change_poll: ConfigDuration,
+    pub cache_max_age: ConfigDuration,
 }
 
 /// `[limits]` settings read per request.

@@ -69,7 +69,7 @@ impl Config {
                 http2_max_concurrent_streams,
             },
             admin,
-            store: StoreStartup { url, pool_size, cache_max_age },
+            store: StoreStartup { url, pool_size },
             limits: LimiterStartup {
                 backend,
                 redis_url,
@@ -91,7 +91,7 @@ impl Config {
                 trusted_proxies,
                 forwarded_header,
             },
-            store: StoreLive { change_poll },
+            store: StoreLive { change_poll, cache_max_age },
             limits: LimitsLive { default_max_tokens, default_tier, global },
             audit: AuditLive { retention },
             security: SecurityThresholds {

@@ -51,8 +51,6 @@ pub struct StoreStartup {
     #[serde(serialize_with = "crate::fingerprint::secret")]
     pub url: Secret<String>,
     pub pool_size: u32,
-    /// The key and team caches are built with it.
-    pub cache_max_age: ConfigDuration,
 }
 
 impl StoreStartup {

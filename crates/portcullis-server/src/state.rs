@@ -100,11 +100,10 @@ impl AppState {
         redactor: Redactor,
     ) -> AppState {
         let hasher = SecretHasher::new(startup.security.key_pepper.as_ref().map(|pepper| pepper.expose().as_str()));
-        let max_age = startup.store.cache_max_age.0;
         let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(live)));
         let metrics = Metrics::new(runtime.clone(), limiter.clone(), auditor.stats().clone());
-        let keys = KeyCache::new(stores.keys.clone(), max_age);
-        let teams = TeamCache::new(stores.teams.clone(), max_age);
+        let keys = KeyCache::new(stores.keys.clone());
+        let teams = TeamCache::new(stores.teams.clone());
         AppState {
             inner: Arc::new(Inner {
                 runtime,

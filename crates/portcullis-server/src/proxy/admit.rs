@@ -42,7 +42,7 @@ pub struct Admitted {
 
 /// Takes the request and a concurrency slot, for a request whose body is still on its way.
 pub async fn enter(state: &AppState, live: &Live, principal: &Principal) -> Result<Entered, ApiError> {
-    let team = team_of(state, principal).await?;
+    let team = team_of(state, live, principal).await?;
     let (rate, amounts) = limits::split(limits::scopes_for(live, principal, team.as_deref()));
     let slot = reserve(state, &rate, Demand::default(), Operation::Chat).await?;
     let headers = slot.as_ref().map(|slot| slot.headers).unwrap_or_default();
@@ -76,7 +76,7 @@ pub async fn admit(
             (team, amounts, slot, RateHeaders { requests: headers.requests, tokens })
         }
         None => {
-            let team = team_of(state, principal).await?;
+            let team = team_of(state, live, principal).await?;
             let scopes = limits::scopes_for(live, principal, team.as_deref());
             let all = reserve(state, &scopes, demand, request.operation).await?;
             let headers = all.as_ref().map(|reservation| reservation.headers).unwrap_or_default();
@@ -104,11 +104,10 @@ pub async fn admit(
     Ok(Admitted { plan, rate_headers, priority, settlement })
 }
 
-async fn team_of(state: &AppState, principal: &Principal) -> Result<Option<Arc<TeamRecord>>, ApiError> {
-    match &principal.team {
-        Some(name) => state.teams().get(name).await.map_err(|error| ApiError::from_store(&error, "team lookup")),
-        None => Ok(None),
-    }
+async fn team_of(state: &AppState, live: &Live, principal: &Principal) -> Result<Option<Arc<TeamRecord>>, ApiError> {
+    let Some(name) = &principal.team else { return Ok(None) };
+    let max_age = live.store.cache_max_age.0;
+    state.teams().get(name, max_age).await.map_err(|error| ApiError::from_store(&error, "team lookup"))
 }
 
 /// One all-or-nothing reservation; none when no limit applies.

@@ -26,7 +26,11 @@ pub async fn usage(
     let principal = caller(&state, &exchange, &headers, None::<AuthScope>).await?;
     let live = state.runtime().live.clone();
     let team = match &principal.team {
-        Some(name) => state.teams().get(name).await.map_err(|error| ApiError::from_store(&error, "team lookup"))?,
+        Some(name) => state
+            .teams()
+            .get(name, live.store.cache_max_age.0)
+            .await
+            .map_err(|error| ApiError::from_store(&error, "team lookup"))?,
         None => None,
     };
     let now = OffsetDateTime::now_utc();
