@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use portcullis_limits::{Demand, Limiter, Limits, MemoryLimiter, Millis, Money, Scope, Usage};
+use portcullis_limits::{Demand, LimitScope, Limiter, Limits, MemoryLimiter, Millis, Money, Usage};
 use portcullis_limits_redis::{RedisLimiter, RedisLimiterOptions};
 
 const NOW: Millis = 1_816_171_200_000;
@@ -29,11 +29,11 @@ fn limits() -> Limits {
     }
 }
 
-fn scopes(i: usize) -> Vec<(Scope, Limits)> {
-    vec![(Scope::Key(format!("key{}", i % 64).into()), limits()), (Scope::Team("team".into()), limits())]
+fn scopes(i: usize) -> Vec<(LimitScope, Limits)> {
+    vec![(LimitScope::Key(format!("key{}", i % 64).into()), limits()), (LimitScope::Team("team".into()), limits())]
 }
 
-async fn round_trip(limiter: &dyn Limiter, scopes: &[(Scope, Limits)]) {
+async fn round_trip(limiter: &dyn Limiter, scopes: &[(LimitScope, Limits)]) {
     let reservation = limiter.admit(scopes, DEMAND, NOW).await.expect("admitted");
     limiter.settle(black_box(reservation), ACTUAL, NOW).await;
 }

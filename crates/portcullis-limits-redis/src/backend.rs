@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use portcullis_limits::{Demand, Limits, Millis, Period, Scope, Usage};
+use portcullis_limits::{Demand, LimitScope, Limits, Millis, Period, Usage};
 use redis::Value;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
@@ -247,7 +247,13 @@ impl Backend {
         Ok(parse_snapshot(&reply, &ScriptLimits::new(limits), now)?)
     }
 
-    pub(crate) async fn seed(&self, scope: &Scope, day: Usage, month: Usage, now: Millis) -> Result<(), BackendError> {
+    pub(crate) async fn seed(
+        &self,
+        scope: &LimitScope,
+        day: Usage,
+        month: Usage,
+        now: Millis,
+    ) -> Result<(), BackendError> {
         let name = KeySpace::scope_name(scope);
         let expire_at = key_expiry(&[], now);
         let mut numbers = Numbers::new(now, wall_ms(), expire_at);

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use portcullis_limits::{Demand, ExternalHold, Millis, Scope, Usage};
+use portcullis_limits::{Demand, ExternalHold, LimitScope, Millis, Usage};
 
 use crate::backend::Backend;
 use crate::breaker::wall_ms;
@@ -21,8 +21,8 @@ pub(crate) struct Lease {
 pub(crate) struct RedisHold {
     pub(crate) backend: Arc<Backend>,
     pub(crate) id: Arc<str>,
-    /// In `Scope` order, as `MemoryLimiter` reports them.
-    pub(crate) scopes: Vec<Scope>,
+    /// In `LimitScope` order, as `MemoryLimiter` reports them.
+    pub(crate) scopes: Vec<LimitScope>,
     /// In the order of the admission's keys.
     pub(crate) leases: Arc<[Lease]>,
 }
@@ -54,7 +54,7 @@ impl RedisHold {
 
 #[async_trait::async_trait]
 impl ExternalHold for RedisHold {
-    fn scopes(&self) -> &[Scope] {
+    fn scopes(&self) -> &[LimitScope] {
         &self.scopes
     }
 

@@ -17,7 +17,7 @@
 //! of the crate docs: a later layout gets a new version, so replicas of different versions never misread
 //! each other's keys (during a rolling upgrade across a layout change each version counts on its own).
 
-use portcullis_limits::Scope;
+use portcullis_limits::LimitScope;
 
 /// The key names of one limiter.
 #[derive(Clone, Debug)]
@@ -46,11 +46,11 @@ impl KeySpace {
     }
 
     /// The name of a scope inside its keys.
-    pub(crate) fn scope_name(scope: &Scope) -> String {
+    pub(crate) fn scope_name(scope: &LimitScope) -> String {
         match scope {
-            Scope::Global => "g".to_owned(),
-            Scope::Team(id) => format!("t:{id}"),
-            Scope::Key(id) => format!("k:{id}"),
+            LimitScope::Global => "g".to_owned(),
+            LimitScope::Team(id) => format!("t:{id}"),
+            LimitScope::Key(id) => format!("k:{id}"),
         }
     }
 
@@ -75,17 +75,17 @@ impl KeySpace {
 mod tests {
     use super::*;
 
-    fn team(id: &str) -> Scope {
-        Scope::Team(id.into())
+    fn team(id: &str) -> LimitScope {
+        LimitScope::Team(id.into())
     }
 
     #[test]
     fn every_key_starts_with_the_hash_tag() {
         let keys = KeySpace::new("portcullis").unwrap();
-        let name = KeySpace::scope_name(&Scope::Key("abc".into()));
+        let name = KeySpace::scope_name(&LimitScope::Key("abc".into()));
         assert_eq!(keys.state(&name), "{portcullis}:v2:s:k:abc");
         assert_eq!(keys.leases(&name), "{portcullis}:v2:l:k:abc");
-        assert_eq!(keys.state(&KeySpace::scope_name(&Scope::Global)), "{portcullis}:v2:s:g");
+        assert_eq!(keys.state(&KeySpace::scope_name(&LimitScope::Global)), "{portcullis}:v2:s:g");
         let names = [KeySpace::scope_name(&team("eng")), name];
         assert_eq!(
             keys.script_keys(names.iter().map(String::as_str)),
@@ -102,10 +102,10 @@ mod tests {
     fn scope_kinds_never_share_a_key() {
         // A key id that spells a team, or a kind letter, still names a key of its own.
         let names = [
-            KeySpace::scope_name(&Scope::Global),
+            KeySpace::scope_name(&LimitScope::Global),
             KeySpace::scope_name(&team("x")),
-            KeySpace::scope_name(&Scope::Key("x".into())),
-            KeySpace::scope_name(&Scope::Key("t:x".into())),
+            KeySpace::scope_name(&LimitScope::Key("x".into())),
+            KeySpace::scope_name(&LimitScope::Key("t:x".into())),
             KeySpace::scope_name(&team("g")),
         ];
         let unique: std::collections::HashSet<_> = names.iter().collect();
@@ -116,7 +116,7 @@ mod tests {
     fn braces_in_a_scope_id_do_not_move_the_hash_slot() {
         // Cluster hashes the first {...}: the prefix's, whatever the id contains.
         let keys = KeySpace::new("p").unwrap();
-        let state = keys.state(&KeySpace::scope_name(&Scope::Key("{evil}".into())));
+        let state = keys.state(&KeySpace::scope_name(&LimitScope::Key("{evil}".into())));
         assert!(state.starts_with("{p}:"));
     }
 

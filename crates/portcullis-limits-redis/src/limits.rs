@@ -1,7 +1,7 @@
 //! Pure Rust parts around the script: which scopes count, the numeric domain the script is exact in,
 //! and the per-replica limits of the local fallback.
 
-use portcullis_limits::{Demand, Denial, DenialReason, Gcra, Limits, Money, Scope, Usage};
+use portcullis_limits::{Demand, Denial, DenialReason, Gcra, LimitScope, Limits, Money, Usage};
 
 /// Largest requests-per-minute rate and burst the Redis limiter keeps exactly: 2^26 = 67 108 864 per
 /// minute (over a million per second for one scope). Larger values are treated as this one.
@@ -31,7 +31,7 @@ const _: () = assert!(MAX_TOKEN_DEFICIT * 60_000 + MAX_TOKEN_RATE * 60_000 <= 1 
 
 /// Positions (in the caller's list) of the entries that count: those with limits, and of a scope listed
 /// twice only its first such entry — the rule of `MemoryLimiter`.
-pub(crate) fn counted(scopes: &[(Scope, Limits)]) -> Vec<usize> {
+pub(crate) fn counted(scopes: &[(LimitScope, Limits)]) -> Vec<usize> {
     (0..scopes.len())
         .filter(|&i| {
             let (scope, limits) = &scopes[i];
@@ -41,7 +41,7 @@ pub(crate) fn counted(scopes: &[(Scope, Limits)]) -> Vec<usize> {
 }
 
 /// The first counted scope whose whole capacity is below the demand (checked before any state is read).
-pub(crate) fn never_fits(scopes: &[(Scope, Limits)], counted: &[usize], demand: Demand) -> Option<Denial> {
+pub(crate) fn never_fits(scopes: &[(LimitScope, Limits)], counted: &[usize], demand: Demand) -> Option<Denial> {
     counted.iter().find_map(|&i| {
         let (scope, limits) = &scopes[i];
         limits.never_fits(demand).map(|limit| Denial {
@@ -229,11 +229,11 @@ mod tests {
     #[test]
     fn counted_skips_unlimited_and_repeated_scopes() {
         let limited = Limits { max_concurrent: Some(1), ..Limits::default() };
-        let key = Scope::Key("k".into());
+        let key = LimitScope::Key("k".into());
         let scopes = [
             (key.clone(), Limits::default()),
             (key.clone(), limited.clone()),
-            (Scope::Global, limited.clone()),
+            (LimitScope::Global, limited.clone()),
             (key, limited),
         ];
         assert_eq!(counted(&scopes), [1, 2]);
@@ -242,11 +242,11 @@ mod tests {
     #[test]
     fn never_fits_names_the_first_counted_scope() {
         let scopes = [
-            (Scope::Key("k".into()), Limits { tokens_per_day: Some(5), ..Limits::default() }),
-            (Scope::Global, Limits { tokens_per_minute: Some(5), ..Limits::default() }),
+            (LimitScope::Key("k".into()), Limits { tokens_per_day: Some(5), ..Limits::default() }),
+            (LimitScope::Global, Limits { tokens_per_minute: Some(5), ..Limits::default() }),
         ];
         let denial = never_fits(&scopes, &[0, 1], Demand { tokens: 6, cost: Money(0) }).unwrap();
-        assert_eq!((denial.scope, denial.limit), (Scope::Key("k".into()), LimitKind::TokensPerDay));
+        assert_eq!((denial.scope, denial.limit), (LimitScope::Key("k".into()), LimitKind::TokensPerDay));
         assert!(never_fits(&scopes, &[1], Demand { tokens: 5, cost: Money(0) }).is_none());
     }
 

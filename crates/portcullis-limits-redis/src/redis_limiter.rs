@@ -4,8 +4,8 @@ use std::cmp::Reverse;
 use std::sync::Arc;
 
 use portcullis_limits::{
-    Demand, Denial, DenialReason, Gcra, LimitKind, LimitState, Limiter, Limits, MemoryLimiter, Millis, Period,
-    RateHeaders, RateState, Refusal, Reservation, Scope, TokenBucket, Usage,
+    Demand, Denial, DenialReason, Gcra, LimitKind, LimitScope, LimitState, Limiter, Limits, MemoryLimiter, Millis,
+    Period, RateHeaders, RateState, Refusal, Reservation, TokenBucket, Usage,
 };
 
 use crate::limits::MAX_TOKEN_RATE;
@@ -75,14 +75,14 @@ impl RedisLimiter {
         tasks.reopen();
     }
 
-    fn fallback(&self, scopes: &[(Scope, Limits)], demand: Demand, now: Millis) -> Result<Reservation, Refusal> {
+    fn fallback(&self, scopes: &[(LimitScope, Limits)], demand: Demand, now: Millis) -> Result<Reservation, Refusal> {
         let breaker = &self.backend.breaker;
         breaker.count_fallback();
         let unavailable = Refusal::Unavailable { retry_after_ms: breaker.retry_after_ms() };
         match self.policy {
             OnBackendError::Deny => Err(unavailable),
             OnBackendError::Local { replicas } => {
-                let local: Vec<(Scope, Limits)> =
+                let local: Vec<(LimitScope, Limits)> =
                     scopes.iter().map(|(scope, limits)| (scope.clone(), local_limits(limits, replicas))).collect();
                 match self.local.admit_sync(&local, demand, now) {
                     Ok(reservation) => Ok(reservation),
@@ -95,7 +95,7 @@ impl RedisLimiter {
         }
     }
 
-    fn fallback_snapshot(&self, scope: &Scope, limits: &Limits, now: Millis) -> Vec<LimitState> {
+    fn fallback_snapshot(&self, scope: &LimitScope, limits: &Limits, now: Millis) -> Vec<LimitState> {
         match self.policy {
             // Nothing known beats something made up.
             OnBackendError::Deny => Vec::new(),
@@ -105,14 +105,14 @@ impl RedisLimiter {
 
     fn reservation(
         &self,
-        scopes: &[(Scope, Limits)],
+        scopes: &[(LimitScope, Limits)],
         counted: &[usize],
         names: Vec<String>,
         id: Arc<str>,
         admitted: Vec<AdmittedScope>,
         demand: Demand,
     ) -> Reservation {
-        // Header ties go to the earlier scope in `Scope` order, as in `MemoryLimiter`.
+        // Header ties go to the earlier scope in `LimitScope` order, as in `MemoryLimiter`.
         let mut order: Vec<usize> = (0..counted.len()).collect();
         order.sort_by(|&a, &b| scopes[counted[a]].0.cmp(&scopes[counted[b]].0));
         let mut headers = RateHeaders::default();
@@ -175,7 +175,7 @@ fn tightest(current: Option<RateState>, candidate: Option<RateState>) -> Option<
 /// earlier scope in the caller's list, then to the earlier limit in check order.
 fn longest_refusal(
     refused: &[Refused],
-    scopes: &[(Scope, Limits)],
+    scopes: &[(LimitScope, Limits)],
     counted: &[usize],
     demand: Demand,
     now: Millis,
@@ -269,7 +269,12 @@ fn limit_states(raw: &RawSnapshot, limits: &Limits, now: Millis) -> Vec<LimitSta
 
 #[async_trait::async_trait]
 impl Limiter for RedisLimiter {
-    async fn admit(&self, scopes: &[(Scope, Limits)], demand: Demand, now: Millis) -> Result<Reservation, Refusal> {
+    async fn admit(
+        &self,
+        scopes: &[(LimitScope, Limits)],
+        demand: Demand,
+        now: Millis,
+    ) -> Result<Reservation, Refusal> {
         let counted = counted(scopes);
         if let Some(denial) = never_fits(scopes, &counted, demand) {
             return Err(denial.into());
@@ -297,7 +302,7 @@ impl Limiter for RedisLimiter {
         }
     }
 
-    async fn snapshot(&self, scope: &Scope, limits: &Limits, now: Millis) -> Vec<LimitState> {
+    async fn snapshot(&self, scope: &LimitScope, limits: &Limits, now: Millis) -> Vec<LimitState> {
         if limits.is_unlimited() {
             return Vec::new();
         }
@@ -315,7 +320,7 @@ impl Limiter for RedisLimiter {
     /// Sets `used` of the current day and month to the larger of Redis's value and the seeded one: Redis is
     /// shared by every replica and may already be ahead of the store. The local fallback gets this
     /// replica's share of the seeded usage.
-    async fn seed(&self, scope: &Scope, day: Usage, month: Usage, now: Millis) {
+    async fn seed(&self, scope: &LimitScope, day: Usage, month: Usage, now: Millis) {
         if let OnBackendError::Local { replicas } = self.policy {
             self.local.seed_sync(scope, local_usage(day, replicas), local_usage(month, replicas), now);
         }

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use common::utc;
 use portcullis_limits::window::DAY_MS;
-use portcullis_limits::{Demand, Limiter, Limits, MemoryLimiter, Millis, Money, Reservation, Scope, Usage};
+use portcullis_limits::{Demand, LimitScope, Limiter, Limits, MemoryLimiter, Millis, Money, Reservation, Usage};
 use proptest::prelude::*;
 
 fn runtime() -> &'static tokio::runtime::Runtime {
@@ -20,12 +20,12 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 
 const SCOPES: usize = 4;
 
-fn scope(i: usize) -> Scope {
+fn scope(i: usize) -> LimitScope {
     match i {
-        0 => Scope::Key("k1".into()),
-        1 => Scope::Key("k2".into()),
-        2 => Scope::Team("t".into()),
-        _ => Scope::Global,
+        0 => LimitScope::Key("k1".into()),
+        1 => LimitScope::Key("k2".into()),
+        2 => LimitScope::Team("t".into()),
+        _ => LimitScope::Global,
     }
 }
 
@@ -161,7 +161,7 @@ async fn run(case: Case) -> Result<(), TestCaseError> {
     for (step, op) in case.ops.into_iter().enumerate() {
         match op {
             Op::Admit { mask, start, repeat, tokens, cost, lag } => {
-                let mut list: Vec<(Scope, Limits)> = (0..SCOPES)
+                let mut list: Vec<(LimitScope, Limits)> = (0..SCOPES)
                     .map(|k| (start + k) % SCOPES)
                     .filter(|&i| mask & (1 << i) != 0)
                     .map(|i| (scope(i), current[i].clone()))
@@ -240,7 +240,7 @@ struct Step {
 async fn agree_on(name: &str, steps: &[Step]) {
     let Some((redis, _)) = common::fresh_limiter(name).await else { return };
     let memory = MemoryLimiter::new();
-    let scope = Scope::Key(name.into());
+    let scope = LimitScope::Key(name.into());
     for (n, step) in steps.iter().enumerate() {
         let scopes = [(scope.clone(), step.limits.clone())];
         let demand = Demand { tokens: step.tokens, cost: Money(step.cost) };

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::{NOON, demand, key, team};
-use portcullis_limits::{DenialReason, LimitKind, Limiter, Limits, Money, PICO_PER_UNIT, Refusal, Scope, Usage};
+use portcullis_limits::{DenialReason, LimitKind, LimitScope, Limiter, Limits, Money, PICO_PER_UNIT, Refusal, Usage};
 use portcullis_limits_redis::{OnBackendError, RedisLimiter};
 
 async fn replicas(name: &str) -> Option<Vec<Arc<RedisLimiter>>> {
@@ -118,7 +118,7 @@ async fn concurrent_spend_over_three_replicas_never_exceeds_the_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_slots_are_shared_by_every_replica() {
     let Some(replicas) = replicas("slots").await else { return };
-    let scopes = [(Scope::Global, Limits { max_concurrent: Some(2), ..Limits::default() })];
+    let scopes = [(LimitScope::Global, Limits { max_concurrent: Some(2), ..Limits::default() })];
     let first = replicas[0].admit(&scopes, demand(0, 0), NOON).await.unwrap();
     let second = replicas[1].admit(&scopes, demand(0, 0), NOON).await.unwrap();
     let Err(Refusal::Denied(denial)) = replicas[2].admit(&scopes, demand(0, 0), NOON).await else {

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{NOON, demand, key, usage};
-use portcullis_limits::{LimitKind, LimitState, Limiter, Limits, Refusal, Scope};
+use portcullis_limits::{LimitKind, LimitScope, LimitState, Limiter, Limits, Refusal};
 use portcullis_limits_redis::{RedisLimiter, RedisLimiterOptions};
 
 const LEASE: Duration = Duration::from_secs(1);
@@ -31,7 +31,7 @@ async fn short_lease(url: &str, prefix: &str) -> RedisLimiter {
     .unwrap()
 }
 
-async fn state(limiter: &RedisLimiter, scope: &Scope, kind: LimitKind) -> LimitState {
+async fn state(limiter: &RedisLimiter, scope: &LimitScope, kind: LimitKind) -> LimitState {
     let snapshot = limiter.snapshot(scope, &limits(), NOON).await;
     *snapshot.iter().find(|s| s.kind == kind).unwrap()
 }

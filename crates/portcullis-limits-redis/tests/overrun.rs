@@ -8,10 +8,10 @@ mod common;
 use common::{NOON, demand, key, team, usage, utc};
 use portcullis_limits::window::DAY_MS;
 use portcullis_limits::{
-    DenialReason, LimitKind, LimitState, Limiter, Limits, MemoryLimiter, Millis, Money, RateState, Refusal, Scope,
+    DenialReason, LimitKind, LimitScope, LimitState, Limiter, Limits, MemoryLimiter, Millis, Money, RateState, Refusal,
 };
 
-async fn state(limiter: &dyn Limiter, scope: &Scope, limits: &Limits, now: Millis, kind: LimitKind) -> LimitState {
+async fn state(limiter: &dyn Limiter, scope: &LimitScope, limits: &Limits, now: Millis, kind: LimitKind) -> LimitState {
     let snapshot = limiter.snapshot(scope, limits, now).await;
     *snapshot.iter().find(|s| s.kind == kind).unwrap_or_else(|| panic!("no {kind:?} in {snapshot:?}"))
 }

@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use portcullis_limits::{Demand, Limits, MemoryLimiter, Millis, Money, Period, Scope, Usage};
+use portcullis_limits::{Demand, LimitScope, Limits, MemoryLimiter, Millis, Money, Period, Usage};
 
 const START: Millis = 1_816_171_200_000;
 
@@ -145,8 +145,11 @@ impl NaiveLimiter {
     }
 }
 
-fn scopes(key: usize, team: usize) -> Vec<(Scope, Limits)> {
-    vec![(Scope::Key(format!("key-{key}").into()), limits()), (Scope::Team(format!("team-{team}").into()), limits())]
+fn scopes(key: usize, team: usize) -> Vec<(LimitScope, Limits)> {
+    vec![
+        (LimitScope::Key(format!("key-{key}").into()), limits()),
+        (LimitScope::Team(format!("team-{team}").into()), limits()),
+    ]
 }
 
 fn naive_scopes(key: usize, team: usize) -> Vec<(String, Limits)> {

@@ -123,7 +123,7 @@ impl Limits {
 /// Who a limit applies to. Ordered (global < teams < keys, then by id) so that admissions can lock
 /// scopes in one fixed order and never deadlock.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Scope {
+pub enum LimitScope {
     /// The whole gateway.
     Global,
     /// A team, by id.
@@ -132,12 +132,12 @@ pub enum Scope {
     Key(Arc<str>),
 }
 
-impl fmt::Display for Scope {
+impl fmt::Display for LimitScope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Scope::Global => f.write_str("global"),
-            Scope::Team(id) => write!(f, "team:{id}"),
-            Scope::Key(id) => write!(f, "key:{id}"),
+            LimitScope::Global => f.write_str("global"),
+            LimitScope::Team(id) => write!(f, "team:{id}"),
+            LimitScope::Key(id) => write!(f, "key:{id}"),
         }
     }
 }
@@ -197,7 +197,7 @@ impl LimitKind {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Denial {
     /// The scope whose limit refused.
-    pub scope: Scope,
+    pub scope: LimitScope,
     /// The limit that refused.
     pub limit: LimitKind,
     /// What the client should do about it.
@@ -309,7 +309,7 @@ enum Hold {
 #[async_trait::async_trait]
 pub trait ExternalHold: Send + Sync + fmt::Debug + 'static {
     /// The scopes it holds something in.
-    fn scopes(&self) -> &[Scope];
+    fn scopes(&self) -> &[LimitScope];
     /// Replaces the reservation by real usage, as [`Limiter::settle`] describes.
     async fn settle(self: Box<Self>, demand: Demand, actual: Usage, now: Millis);
     /// The reservation was dropped unsettled: free its concurrency and charge its whole demand. Called from
@@ -329,7 +329,7 @@ impl Reservation {
     }
 
     /// The scopes it holds something in (scopes without limits are not among them).
-    pub fn scopes(&self) -> Vec<&Scope> {
+    pub fn scopes(&self) -> Vec<&LimitScope> {
         match &self.hold {
             Hold::Released => Vec::new(),
             Hold::Memory(hold) => hold.scopes().collect(),
@@ -404,7 +404,8 @@ pub trait Limiter: Send + Sync + 'static {
     /// Scopes without limits are skipped; a scope listed twice counts once, with its first limits.
     /// A backend that cannot reach its state answers [`Refusal::Unavailable`] or decides by its own
     /// fallback policy.
-    async fn admit(&self, scopes: &[(Scope, Limits)], demand: Demand, now: Millis) -> Result<Reservation, Refusal>;
+    async fn admit(&self, scopes: &[(LimitScope, Limits)], demand: Demand, now: Millis)
+    -> Result<Reservation, Refusal>;
 
     /// Replaces the reservation by real usage, charged in full: concurrency released; requests stay counted;
     /// the token bucket gets back `reserved − actual` when less was used (never above capacity), and is
@@ -421,9 +422,9 @@ pub trait Limiter: Send + Sync + 'static {
 
     /// Current state of one scope: for each configured limit kind its limit, used, reserved, remaining and
     /// reset time.
-    async fn snapshot(&self, scope: &Scope, limits: &Limits, now: Millis) -> Vec<LimitState>;
+    async fn snapshot(&self, scope: &LimitScope, limits: &Limits, now: Millis) -> Vec<LimitState>;
 
     /// Seeds a scope's used tokens/cost for the current UTC day and month from persisted usage (at start-up,
     /// before traffic). Replaces `used` of those windows; running reservations stay.
-    async fn seed(&self, scope: &Scope, day: Usage, month: Usage, now: Millis);
+    async fn seed(&self, scope: &LimitScope, day: Usage, month: Usage, now: Millis);
 }

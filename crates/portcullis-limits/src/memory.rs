@@ -5,7 +5,7 @@
 //! would only add cost. The scopes live in a sharded concurrent map (`DashMap`): requests of unrelated keys
 //! never contend, and a map lock is never held while a scope lock is taken.
 //!
-//! An admission locks all of its scopes at once, in `Scope` order (so two admissions can never wait on
+//! An admission locks all of its scopes at once, in `LimitScope` order (so two admissions can never wait on
 //! each other in a cycle), checks every limit, and only then applies. Settlement gives back scope by scope,
 //! one lock at a time: giving back needs no atomicity across scopes.
 
@@ -16,15 +16,15 @@ use dashmap::DashMap;
 
 use crate::scope::{Failure, Held, ScopeState, Slot, Took, Windows};
 use crate::{
-    Demand, Denial, DenialReason, Hold, LimitState, Limiter, Limits, Millis, RateHeaders, RateState, Refusal,
-    Reservation, Scope, Usage,
+    Demand, Denial, DenialReason, Hold, LimitScope, LimitState, Limiter, Limits, Millis, RateHeaders, RateState,
+    Refusal, Reservation, Usage,
 };
 
 /// [`Limiter`] kept in this process's memory. State starts empty (every bucket full, every window unused);
 /// use [`Limiter::seed`] to carry day and month usage across restarts.
 #[derive(Debug, Default)]
 pub struct MemoryLimiter {
-    scopes: DashMap<Scope, Arc<Slot>>,
+    scopes: DashMap<LimitScope, Arc<Slot>>,
 }
 
 impl MemoryLimiter {
@@ -34,7 +34,12 @@ impl MemoryLimiter {
     }
 
     /// [`Limiter::admit`] without the async wrapper (it never waits on anything but a scope lock).
-    pub fn admit_sync(&self, scopes: &[(Scope, Limits)], demand: Demand, now: Millis) -> Result<Reservation, Denial> {
+    pub fn admit_sync(
+        &self,
+        scopes: &[(LimitScope, Limits)],
+        demand: Demand,
+        now: Millis,
+    ) -> Result<Reservation, Denial> {
         // Which entries count: those with limits, and of a scope listed twice only the first such entry.
         let counts = |i: usize| {
             let (scope, limits) = &scopes[i];
@@ -113,7 +118,7 @@ impl MemoryLimiter {
     }
 
     /// [`Limiter::snapshot`] without the async wrapper. A scope never seen reports a fresh state.
-    pub fn snapshot_sync(&self, scope: &Scope, limits: &Limits, now: Millis) -> Vec<LimitState> {
+    pub fn snapshot_sync(&self, scope: &LimitScope, limits: &Limits, now: Millis) -> Vec<LimitState> {
         let slot = self.scopes.get(scope).map(|entry| Arc::clone(entry.value()));
         match slot {
             Some(slot) => lock(&slot).snapshot(limits, now),
@@ -122,7 +127,7 @@ impl MemoryLimiter {
     }
 
     /// [`Limiter::seed`] without the async wrapper.
-    pub fn seed_sync(&self, scope: &Scope, day: Usage, month: Usage, now: Millis) {
+    pub fn seed_sync(&self, scope: &LimitScope, day: Usage, month: Usage, now: Millis) {
         loop {
             let slot = self.slot(scope);
             let mut state = lock(&slot);
@@ -160,7 +165,7 @@ impl MemoryLimiter {
 
     /// The state of `scope`, created fresh on first use. The map guard is dropped before returning, so no
     /// map shard lock is ever held while a scope lock is taken.
-    fn slot(&self, scope: &Scope) -> Arc<Slot> {
+    fn slot(&self, scope: &LimitScope) -> Arc<Slot> {
         if let Some(entry) = self.scopes.get(scope) {
             return Arc::clone(entry.value());
         }
@@ -197,7 +202,7 @@ pub(crate) struct MemoryHold {
 }
 
 impl MemoryHold {
-    pub(crate) fn scopes(&self) -> impl Iterator<Item = &Scope> {
+    pub(crate) fn scopes(&self) -> impl Iterator<Item = &LimitScope> {
         self.held.iter().map(|held| &held.slot.scope)
     }
 
@@ -211,15 +216,20 @@ impl MemoryHold {
 
 #[async_trait::async_trait]
 impl Limiter for MemoryLimiter {
-    async fn admit(&self, scopes: &[(Scope, Limits)], demand: Demand, now: Millis) -> Result<Reservation, Refusal> {
+    async fn admit(
+        &self,
+        scopes: &[(LimitScope, Limits)],
+        demand: Demand,
+        now: Millis,
+    ) -> Result<Reservation, Refusal> {
         Ok(self.admit_sync(scopes, demand, now)?)
     }
 
-    async fn snapshot(&self, scope: &Scope, limits: &Limits, now: Millis) -> Vec<LimitState> {
+    async fn snapshot(&self, scope: &LimitScope, limits: &Limits, now: Millis) -> Vec<LimitState> {
         self.snapshot_sync(scope, limits, now)
     }
 
-    async fn seed(&self, scope: &Scope, day: Usage, month: Usage, now: Millis) {
+    async fn seed(&self, scope: &LimitScope, day: Usage, month: Usage, now: Millis) {
         self.seed_sync(scope, day, month, now);
     }
 }

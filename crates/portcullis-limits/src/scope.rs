@@ -8,15 +8,15 @@
 use std::sync::{Arc, Mutex};
 
 use crate::{
-    BucketState, Demand, Denial, DenialReason, Gcra, GcraState, LimitKind, LimitState, Limits, Millis, Period,
-    RateState, Scope, TakeError, TokenBucket, Usage, WindowCounter,
+    BucketState, Demand, Denial, DenialReason, Gcra, GcraState, LimitKind, LimitScope, LimitState, Limits, Millis,
+    Period, RateState, TakeError, TokenBucket, Usage, WindowCounter,
 };
 
 /// One scope: its name and its state behind its own lock (held for nanoseconds, never across an await).
 /// The name lives here so a reservation can say which scopes it holds without cloning them.
 #[derive(Debug)]
 pub(crate) struct Slot {
-    pub(crate) scope: Scope,
+    pub(crate) scope: LimitScope,
     pub(crate) state: Mutex<ScopeState>,
 }
 
@@ -77,7 +77,7 @@ impl Failure {
         (rank, self.retry_after_ms.unwrap_or(0))
     }
 
-    pub(crate) fn into_denial(self, scope: Scope) -> Denial {
+    pub(crate) fn into_denial(self, scope: LimitScope) -> Denial {
         Denial { scope, limit: self.limit, reason: self.reason, retry_after_ms: self.retry_after_ms }
     }
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 
-use portcullis_limits::{Demand, LimitKind, Limits, MemoryLimiter, Money, Reservation, Scope, Usage};
+use portcullis_limits::{Demand, LimitKind, LimitScope, Limits, MemoryLimiter, Money, Reservation, Usage};
 
 const THREADS: usize = 8;
 const ATTEMPTS_PER_THREAD: usize = 2_000;
@@ -15,7 +15,7 @@ const NOW: u64 = 1_816_171_200_000;
 /// holding every reservation, and returns them all.
 fn race(
     limiter: &Arc<MemoryLimiter>,
-    scopes_of: impl Fn(usize) -> Vec<(Scope, Limits)>,
+    scopes_of: impl Fn(usize) -> Vec<(LimitScope, Limits)>,
     demand: Demand,
 ) -> Vec<Reservation> {
     let barrier = Arc::new(Barrier::new(THREADS));
@@ -39,7 +39,8 @@ fn eight_threads_get_exactly_the_demands_a_budget_fits() {
     let cost = Money::from_units(0.003);
     let limits = Limits { budget_per_day: Some(Money(cost.0 * FITS)), ..Limits::default() };
     let limiter = Arc::new(MemoryLimiter::new());
-    let held = race(&limiter, |_| vec![(Scope::Key("shared".into()), limits.clone())], Demand { tokens: 100, cost });
+    let held =
+        race(&limiter, |_| vec![(LimitScope::Key("shared".into()), limits.clone())], Demand { tokens: 100, cost });
     assert_eq!(held.len() as u64, FITS);
 }
 
@@ -51,14 +52,14 @@ fn keys_sharing_a_team_quota_get_exactly_what_it_fits() {
     let limiter = Arc::new(MemoryLimiter::new());
     let held = race(
         &limiter,
-        |t| vec![(Scope::Key(format!("k{t}").into()), key.clone()), (Scope::Team("t".into()), team.clone())],
+        |t| vec![(LimitScope::Key(format!("k{t}").into()), key.clone()), (LimitScope::Team("t".into()), team.clone())],
         Demand { tokens: 64, cost: Money::ZERO },
     );
     assert_eq!(held.len() as u64, FITS);
     // No key took anything for an admission its team refused.
     let in_flight: u64 = (0..THREADS)
         .map(|t| {
-            let snapshot = limiter.snapshot_sync(&Scope::Key(format!("k{t}").into()), &key, NOW);
+            let snapshot = limiter.snapshot_sync(&LimitScope::Key(format!("k{t}").into()), &key, NOW);
             snapshot.iter().find(|s| s.kind == LimitKind::Concurrent).unwrap().used
         })
         .sum();
@@ -69,7 +70,7 @@ fn keys_sharing_a_team_quota_get_exactly_what_it_fits() {
 fn concurrency_limit_admits_exactly_its_slots() {
     let limits = Limits { max_concurrent: Some(33), requests_per_minute: Some(1_000_000), ..Limits::default() };
     let limiter = Arc::new(MemoryLimiter::new());
-    let held = race(&limiter, |_| vec![(Scope::Global, limits.clone())], Demand::default());
+    let held = race(&limiter, |_| vec![(LimitScope::Global, limits.clone())], Demand::default());
     assert_eq!(held.len(), 33);
 }
 
@@ -77,7 +78,7 @@ fn concurrency_limit_admits_exactly_its_slots() {
 fn racing_admit_and_settle_admit_nothing_beyond_the_limit_and_charge_the_actual_exactly() {
     const LIMIT: u64 = 50_000;
     let limits = Limits { tokens_per_day: Some(LIMIT), tokens_per_minute: Some(LIMIT), ..Limits::default() };
-    let scope = Scope::Team("t".into());
+    let scope = LimitScope::Team("t".into());
     let limiter = Arc::new(MemoryLimiter::new());
     let charged = Arc::new(AtomicU64::new(0));
     let barrier = Arc::new(Barrier::new(THREADS));
@@ -136,7 +137,7 @@ fn eviction_racing_admissions_never_forgets_a_running_request() {
     let workers: Vec<_> = (0..4)
         .map(|_| {
             let (limiter, running, admitted) = (Arc::clone(&limiter), Arc::clone(&running), Arc::clone(&admitted));
-            let scopes = vec![(Scope::Key("one-at-a-time".into()), limits.clone())];
+            let scopes = vec![(LimitScope::Key("one-at-a-time".into()), limits.clone())];
             thread::spawn(move || {
                 for _ in 0..200_000 {
                     if let Ok(reservation) = limiter.admit_sync(&scopes, Demand::default(), NOW) {

@@ -3,15 +3,16 @@
 
 use portcullis_limits::window::{DAY_MS, days_from_civil};
 use portcullis_limits::{
-    Demand, DenialReason, LimitKind, LimitState, Limiter, Limits, MemoryLimiter, Millis, Money, RateState, Scope, Usage,
+    Demand, DenialReason, LimitKind, LimitScope, LimitState, Limiter, Limits, MemoryLimiter, Millis, Money, RateState,
+    Usage,
 };
 
-fn key(id: &str) -> Scope {
-    Scope::Key(id.into())
+fn key(id: &str) -> LimitScope {
+    LimitScope::Key(id.into())
 }
 
-fn team(id: &str) -> Scope {
-    Scope::Team(id.into())
+fn team(id: &str) -> LimitScope {
+    LimitScope::Team(id.into())
 }
 
 fn utc(year: u64, month: u64, day: u64, hour: u64, minute: u64) -> Millis {
@@ -26,7 +27,7 @@ fn usage(tokens: u64, cost: u64) -> Usage {
     Usage { tokens, cost: Money(cost) }
 }
 
-fn state_of(limiter: &MemoryLimiter, scope: &Scope, limits: &Limits, now: Millis, kind: LimitKind) -> LimitState {
+fn state_of(limiter: &MemoryLimiter, scope: &LimitScope, limits: &Limits, now: Millis, kind: LimitKind) -> LimitState {
     let snapshot = limiter.snapshot_sync(scope, limits, now);
     *snapshot.iter().find(|s| s.kind == kind).unwrap()
 }
@@ -212,7 +213,7 @@ fn headers_come_from_the_tightest_scope_of_each_kind() {
     let scopes = [
         (key("k"), Limits { requests_per_minute: Some(100), tokens_per_minute: Some(1_000), ..Limits::default() }),
         (team("t"), Limits { requests_per_minute: Some(10), tokens_per_minute: Some(100_000), ..Limits::default() }),
-        (Scope::Global, Limits { max_concurrent: Some(100), ..Limits::default() }),
+        (LimitScope::Global, Limits { max_concurrent: Some(100), ..Limits::default() }),
     ];
     let r = limiter.admit_sync(&scopes, demand(600, 0), NOON).unwrap();
     assert_eq!(r.headers.requests, Some(RateState { limit: 10, remaining: 9, reset_ms: 6_000 }));

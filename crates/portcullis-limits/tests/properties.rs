@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use portcullis_limits::window::{DAY_MS, days_from_civil};
 use portcullis_limits::{
-    BucketState, Demand, DenialReason, Gcra, GcraState, LimitKind, Limits, MemoryLimiter, Millis, Money, Period,
-    Reservation, Scope, TakeError, TokenBucket, Usage,
+    BucketState, Demand, DenialReason, Gcra, GcraState, LimitKind, LimitScope, Limits, MemoryLimiter, Millis, Money,
+    Period, Reservation, TakeError, TokenBucket, Usage,
 };
 use proptest::prelude::*;
 
@@ -298,7 +298,7 @@ proptest! {
             (LimitKind::BudgetPerMonth, budget_per_month, Period::Month, true),
         ]
         .map(|(kind, limit, period, money)| Quota { kind, limit, period, money, windows: HashMap::new() });
-        let scope = Scope::Key("k".into());
+        let scope = LimitScope::Key("k".into());
         let scopes = [(scope.clone(), limits.clone())];
         let limiter = MemoryLimiter::new();
         // Start near the end of February of a leap year so runs cross days and months.
@@ -426,7 +426,7 @@ proptest! {
         team_limits in limits_strategy(),
         ops in prop::collection::vec(op(), 0..60),
     ) {
-        let scopes = [(Scope::Key("k".into()), key_limits), (Scope::Team("t".into()), team_limits)];
+        let scopes = [(LimitScope::Key("k".into()), key_limits), (LimitScope::Team("t".into()), team_limits)];
         let limiter = MemoryLimiter::new();
         let mut now = days_from_civil(2027, 12, 30) * DAY_MS;
         let mut outstanding = Vec::new();

@@ -1,13 +1,10 @@
 //! The server's side of the audit log: every proxied request, admin action and security event
 //! becomes exactly one record.
 //!
-//! Requests are recorded through their [`crate::exchange::Exchange`]; this is the handle on the
+//! Requests are recorded through their `Exchange` (see `exchange`); this is the handle on the
 //! writer that they and the security events submit to.
 
 use portcullis_audit::{AuditEvent, AuditHandle, Submitted};
-
-use crate::admin::auth::AdminCaller;
-use crate::state::AppState;
 
 /// Submits records; in `sync` durability the caller waits until its record is durable (the
 /// handle knows the durability).
@@ -48,16 +45,5 @@ impl Auditor {
 pub async fn settle_ack(submitted: Submitted) {
     if let Err(error) = submitted.await {
         tracing::error!(%error, "audit record not stored");
-    }
-}
-
-impl AppState {
-    /// Records an admin change: who (the admin token), what (`key.revoke`…), on what, and the
-    /// request it came with.
-    pub async fn admin_action(&self, caller: &AdminCaller, action: &str, target: &str, team: Option<&str>) {
-        match &caller.exchange {
-            Some(exchange) => exchange.admin_action(&caller.token_id, action, target, team).await,
-            None => tracing::error!(action, target, "admin change without a request record; not audited"),
-        }
     }
 }

@@ -7,23 +7,37 @@
 //! stalled follower can leave cached. Changes made through this replica's own admin API are
 //! invalidated by the handlers directly; seeing them again here costs one more cache miss.
 
-use portcullis_store::Change;
+use std::sync::Arc;
+
+use portcullis_store::{Change, ChangeLog};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::state::AppState;
+use crate::key_cache::KeyCache;
+use crate::metrics::Metrics;
+use crate::runtime::SharedRuntime;
+use crate::team_cache::TeamCache;
 
 /// Changes read per store round trip; a longer backlog takes more round trips at once.
 const PAGE: usize = 500;
 
+/// What the follower reads (the change log, and `store.change_poll`) and what it invalidates.
+pub struct Follower {
+    pub log: Arc<dyn ChangeLog>,
+    pub runtime: SharedRuntime,
+    pub keys: KeyCache,
+    pub teams: TeamCache,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Runs until `stop`: waits for a notification or the poll interval, then applies every change
 /// after the cursor.
-pub async fn follow(state: AppState, mut cursor: u64, stop: CancellationToken) {
-    let log = state.stores().changes.clone();
+pub async fn follow(follower: Follower, mut cursor: u64, stop: CancellationToken) {
+    let log = &follower.log;
     let mut notifications = log.change_notifications();
     let mut failing = false;
     loop {
-        let poll = state.runtime().live.store.change_poll.0;
+        let poll = follower.runtime.load().live.store.change_poll.0;
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(poll) => {}
@@ -38,13 +52,13 @@ pub async fn follow(state: AppState, mut cursor: u64, stop: CancellationToken) {
                     }
                     if page.truncated {
                         tracing::warn!(cursor, "change log pruned past this replica's cursor: dropping all caches");
-                        state.keys().invalidate_all();
-                        state.teams().invalidate_all();
+                        follower.keys.invalidate_all();
+                        follower.teams.invalidate_all();
                     }
                     let full = page.changes.len() == PAGE;
                     for (seq, change) in page.changes {
-                        apply(&state, &change).await;
-                        state.metrics().change_applied();
+                        apply(&follower, &change).await;
+                        follower.metrics.change_applied();
                         cursor = seq;
                     }
                     if !full {
@@ -63,10 +77,10 @@ pub async fn follow(state: AppState, mut cursor: u64, stop: CancellationToken) {
     }
 }
 
-async fn apply(state: &AppState, change: &Change) {
+async fn apply(follower: &Follower, change: &Change) {
     match change {
-        Change::Key(id) => state.keys().invalidate_key(id),
-        Change::Team(name) => state.teams().invalidate(name).await,
+        Change::Key(id) => follower.keys.invalidate_key(id),
+        Change::Team(name) => follower.teams.invalidate(name).await,
         // Admin tokens are looked up in the store on every admin call: nothing is cached.
         Change::AdminToken(_) => {}
     }

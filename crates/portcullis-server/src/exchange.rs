@@ -17,12 +17,15 @@ use axum::extract::FromRequestParts;
 use http::Method;
 use http::request::Parts;
 use portcullis_audit::{AuditEvent, Submitted};
-use portcullis_store::{AuditDecision, AuditKind};
+use portcullis_store::AuditDecision;
 use time::OffsetDateTime;
 
+use crate::audit::Auditor;
 use crate::error::ApiError;
+use crate::lifecycle::Lifecycle;
+use crate::listener_kind::ListenerKind;
+use crate::metrics::Metrics;
 use crate::request_id::RequestId;
-use crate::state::AppState;
 
 /// The status recorded for a request whose client left before it was answered (nginx's).
 pub const CLIENT_CLOSED_REQUEST: u16 = 499;
@@ -68,13 +71,22 @@ pub struct Billed {
 #[derive(Debug, Clone, Copy)]
 pub struct AuditAtBodyEnd;
 
+/// Where a listener's request records go, and whether the shutdown cut them: one per listener,
+/// shared by the records of all its requests.
+#[derive(Debug)]
+pub struct Recording {
+    pub auditor: Auditor,
+    pub metrics: Arc<Metrics>,
+    pub lifecycle: Lifecycle,
+}
+
 /// A handle on the request's record; cheap to clone.
 #[derive(Clone)]
 pub struct Exchange(Arc<Inner>);
 
 struct Inner {
-    listener: &'static str,
-    state: AppState,
+    listener: ListenerKind,
+    recording: Arc<Recording>,
     started: Instant,
     meta: RequestMeta,
     progress: Mutex<Progress>,
@@ -97,8 +109,8 @@ impl std::fmt::Debug for Exchange {
 }
 
 impl Exchange {
-    pub fn new(listener: &'static str, state: AppState, meta: RequestMeta, started: Instant) -> Exchange {
-        Exchange(Arc::new(Inner { listener, state, started, meta, progress: Mutex::new(Progress::default()) }))
+    pub fn new(listener: ListenerKind, recording: Arc<Recording>, meta: RequestMeta, started: Instant) -> Exchange {
+        Exchange(Arc::new(Inner { listener, recording, started, meta, progress: Mutex::new(Progress::default()) }))
     }
 
     pub fn meta(&self) -> &RequestMeta {
@@ -130,7 +142,7 @@ impl Exchange {
         if body_pending {
             self.0.progress().parked = Some(event);
         } else {
-            self.0.state.auditor().record(event).await;
+            self.0.recording.auditor.record(event).await;
         }
     }
 
@@ -144,7 +156,7 @@ impl Exchange {
 
     /// Whether the server cut the request short at shutdown (its client did not leave).
     pub fn cut_at_shutdown(&self) -> bool {
-        self.0.state.is_cut()
+        self.0.recording.lifecycle.is_cut()
     }
 
     /// A settlement that ended before the answer says what it billed, for the 499 record.
@@ -154,7 +166,7 @@ impl Exchange {
 
     /// Submits without waiting (for callers that cannot wait: a body's end, a drop).
     pub fn submit_detached(&self, event: AuditEvent) -> Submitted {
-        self.0.state.auditor().record_detached(event)
+        self.0.recording.auditor.record_detached(event)
     }
 
     /// An admin change's record: who (the admin token), what (`key.revoke`…), on what, from
@@ -171,7 +183,7 @@ impl Exchange {
         event.admin_token_id = Some(admin_token_id.to_string());
         event.target = Some(target.to_string());
         event.team = team.map(str::to_string);
-        self.0.state.auditor().record(event).await;
+        self.0.recording.auditor.record(event).await;
     }
 }
 
@@ -186,14 +198,14 @@ impl Inner {
         if matches!(self.meta.path.as_str(), "/healthz" | "/readyz" | "/metrics") {
             return false;
         }
-        self.listener == "proxy" || status >= 400
+        self.listener == ListenerKind::Proxy || status >= 400
     }
 
     fn log(&self, status: u16, error: Option<&'static str>, info: &AccessInfo, elapsed: std::time::Duration) {
-        self.state.metrics().record(self.listener, info.model.as_deref().unwrap_or(""), status, elapsed);
+        self.recording.metrics.record(self.listener, info.model.as_deref().unwrap_or(""), status, elapsed);
         tracing::info!(
             target: "portcullis::access",
-            listener = self.listener,
+            listener = self.listener.name(),
             method = %self.meta.method,
             path = self.meta.path,
             status,
@@ -215,8 +227,7 @@ impl Inner {
         info: AccessInfo,
         elapsed: std::time::Duration,
     ) -> AuditEvent {
-        let kind = if self.listener == "proxy" { AuditKind::Request } else { AuditKind::Admin };
-        let mut event = AuditEvent::new(OffsetDateTime::now_utc(), kind, decision, status);
+        let mut event = AuditEvent::new(OffsetDateTime::now_utc(), self.listener.audit_kind(), decision, status);
         event.request_id = self.meta.request_id.as_ref().map(|id| id.as_str().to_string());
         event.key_id = info.principal;
         event.team = info.team;
@@ -243,8 +254,11 @@ impl Drop for Inner {
         if progress.answered {
             return;
         }
-        let (status, reason) =
-            if self.state.is_cut() { (503, "cut_at_shutdown") } else { (CLIENT_CLOSED_REQUEST, "client_disconnected") };
+        let (status, reason) = if self.recording.lifecycle.is_cut() {
+            (503, "cut_at_shutdown")
+        } else {
+            (CLIENT_CLOSED_REQUEST, "client_disconnected")
+        };
         let elapsed = self.started.elapsed();
         self.log(status, Some(reason), &progress.info, elapsed);
         if !self.is_audited(status) {
@@ -254,7 +268,7 @@ impl Drop for Inner {
         if let Some(billed) = progress.billed {
             billed.fill(&mut event);
         }
-        drop(self.state.auditor().record_detached(event));
+        drop(self.recording.auditor.record_detached(event));
     }
 }
 

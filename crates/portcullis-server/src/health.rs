@@ -12,25 +12,41 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde_json::json;
 
-use crate::state::AppState;
+use std::sync::Arc;
+
+use portcullis_audit::AuditStats;
+use portcullis_store::Migrator;
+
+use crate::lifecycle::Lifecycle;
+use crate::limiter::LimiterHandle;
+
+/// What `/readyz` looks at; both listeners' states hold one.
+#[derive(Clone)]
+pub struct Readiness {
+    pub lifecycle: Lifecycle,
+    /// Pinged for the store's state.
+    pub store: Arc<dyn Migrator>,
+    pub limiter: LimiterHandle,
+    pub audit: Arc<AuditStats>,
+}
 
 pub async fn live() -> impl IntoResponse {
     "ok\n"
 }
 
-pub async fn ready(State(state): State<AppState>) -> Response {
-    if state.is_draining() {
+pub async fn ready(State(state): State<Readiness>) -> Response {
+    if state.lifecycle.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" }))).into_response();
     }
-    let store = match state.stores().migrator.ping().await {
+    let store = match state.store.ping().await {
         Ok(()) => "ok",
         Err(error) => {
             tracing::warn!(%error, "readiness: store unreachable");
             "unavailable"
         }
     };
-    let limiter = state.limiter_backend().health();
-    let audit = state.auditor().stats().snapshot();
+    let limiter = state.limiter.health();
+    let audit = state.audit.snapshot();
     let audit = if audit.spilled > audit.replayed || audit.unwritten > 0 { "spilling" } else { "ok" };
     let degraded = store != "ok" || limiter.is_degraded() || audit != "ok";
     let body = json!({

@@ -1,21 +1,23 @@
 //! The Portcullis server: the proxy and admin routers, their layers and shared state, start-up,
 //! reload and graceful shutdown. The binary crate only parses arguments and handles signals.
 
-mod access_log;
 mod admin;
 mod audit;
 mod bearer;
+mod caller_limits;
 mod changes;
 mod client_addr;
+mod clock;
 mod error;
 mod exchange;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod health;
 mod key_cache;
+mod lifecycle;
 mod limiter;
-mod limits;
 mod listener;
+mod listener_kind;
 mod metrics;
 mod misuse;
 mod principal;
@@ -23,6 +25,7 @@ mod proxy;
 mod reload;
 mod request_id;
 mod routes;
+mod runtime;
 mod security;
 mod server;
 mod state;

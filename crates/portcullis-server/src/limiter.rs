@@ -11,14 +11,14 @@ use crate::StartError;
 
 /// The limiter and what the server needs to know about it besides admitting and settling.
 #[derive(Clone)]
-pub struct LimiterBackend {
+pub struct LimiterHandle {
     limiter: Arc<dyn Limiter>,
     kind: Kind,
 }
 
-impl std::fmt::Debug for LimiterBackend {
+impl std::fmt::Debug for LimiterHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LimiterBackend").field("health", &self.health()).finish()
+        f.debug_struct("LimiterHandle").field("health", &self.health()).finish()
     }
 }
 
@@ -56,10 +56,10 @@ impl LimiterHealth {
     }
 }
 
-impl LimiterBackend {
-    pub async fn from_config(config: &LimiterStartup) -> Result<LimiterBackend, StartError> {
+impl LimiterHandle {
+    pub async fn from_config(config: &LimiterStartup) -> Result<LimiterHandle, StartError> {
         match config.backend {
-            BackendKind::Memory => Ok(LimiterBackend::memory()),
+            BackendKind::Memory => Ok(LimiterHandle::memory()),
             BackendKind::Redis => {
                 let url = config.redis_url.as_ref().map(|url| url.expose().clone()).unwrap_or_default();
                 let options = RedisLimiterOptions {
@@ -76,7 +76,7 @@ impl LimiterBackend {
                     .await
                     .map_err(|error| StartError::Config(format!("limits.redis_url: {error}")))?;
                 let redis = Arc::new(redis);
-                Ok(LimiterBackend {
+                Ok(LimiterHandle {
                     limiter: redis.clone(),
                     kind: Kind::Redis { limiter: redis, policy: config.on_backend_error },
                 })
@@ -84,9 +84,9 @@ impl LimiterBackend {
         }
     }
 
-    pub fn memory() -> LimiterBackend {
+    pub fn memory() -> LimiterHandle {
         let memory = Arc::new(MemoryLimiter::new());
-        LimiterBackend { limiter: memory.clone(), kind: Kind::Memory(memory) }
+        LimiterHandle { limiter: memory.clone(), kind: Kind::Memory(memory) }
     }
 
     pub fn limiter(&self) -> &Arc<dyn Limiter> {

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use portcullis_audit::AuditStats;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text};
@@ -19,8 +18,9 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::limiter::LimiterBackend;
-use crate::state::Runtime;
+use crate::limiter::LimiterHandle;
+use crate::listener_kind::ListenerKind;
+use crate::runtime::SharedRuntime;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RequestLabels {
@@ -77,7 +77,7 @@ struct ListenerLabels {
 }
 
 impl Metrics {
-    pub fn new(runtime: Arc<ArcSwap<Runtime>>, limiter: LimiterBackend, audit: Arc<AuditStats>) -> Metrics {
+    pub fn new(runtime: SharedRuntime, limiter: LimiterHandle, audit: Arc<AuditStats>) -> Metrics {
         let mut registry = Registry::with_prefix("portcullis");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("requests", "Requests answered, by listener, model and status", requests.clone());
@@ -134,29 +134,31 @@ impl Metrics {
         }
     }
 
-    pub fn record(&self, listener: &'static str, model: &str, status: u16, elapsed: Duration) {
-        self.requests.get_or_create(&RequestLabels { listener, model: model.to_string(), status }).inc();
+    pub fn record(&self, listener: ListenerKind, model: &str, status: u16, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels { listener: listener.name(), model: model.to_string(), status })
+            .inc();
         if !model.is_empty() {
             self.latency.get_or_create(&ModelLabels { model: model.to_string() }).observe(elapsed.as_secs_f64());
         }
     }
 
-    pub fn in_flight(&self, listener: &'static str) -> Gauge<i64, AtomicI64> {
-        self.in_flight.get_or_create(&ListenerLabels { listener }).clone()
+    pub fn in_flight(&self, listener: ListenerKind) -> Gauge<i64, AtomicI64> {
+        self.in_flight.get_or_create(&ListenerLabels { listener: listener.name() }).clone()
     }
 
     /// A connection was accepted, closed or shed (`event` names which and why).
-    pub fn connection_event(&self, listener: &'static str, event: &'static str) {
-        self.connections.get_or_create(&ConnectionLabels { listener, event }).inc();
+    pub fn connection_event(&self, listener: ListenerKind, event: &'static str) {
+        self.connections.get_or_create(&ConnectionLabels { listener: listener.name(), event }).inc();
     }
 
     /// The open-connection gauge of a listener, for its accept loop to keep.
-    pub fn open_connections(&self, listener: &'static str) -> Gauge<i64, AtomicI64> {
-        self.open_connections.get_or_create(&ListenerLabels { listener }).clone()
+    pub fn open_connections(&self, listener: ListenerKind) -> Gauge<i64, AtomicI64> {
+        self.open_connections.get_or_create(&ListenerLabels { listener: listener.name() }).clone()
     }
 
-    pub fn panicked(&self, listener: &'static str) {
-        self.panics.get_or_create(&ListenerLabels { listener }).inc();
+    pub fn panicked(&self, listener: ListenerKind) {
+        self.panics.get_or_create(&ListenerLabels { listener: listener.name() }).inc();
     }
 
     pub fn denied(&self, scope: &'static str, limit: &'static str) {
@@ -182,7 +184,7 @@ impl Metrics {
 /// Endpoint health and in-flight counts, read from whatever pools are current at scrape time.
 #[derive(Debug)]
 struct UpstreamCollector {
-    runtime: Arc<ArcSwap<Runtime>>,
+    runtime: SharedRuntime,
 }
 
 impl Collector for UpstreamCollector {
@@ -225,7 +227,7 @@ impl Collector for UpstreamCollector {
 /// The limiter backend's state, read at scrape time.
 #[derive(Debug)]
 struct LimiterCollector {
-    limiter: LimiterBackend,
+    limiter: LimiterHandle,
 }
 
 impl Collector for LimiterCollector {

@@ -1,5 +1,5 @@
 //! Security events: things worth an alert that are not a single request's answer. Each is
-//! logged, counted and (once the audit writer is wired in) recorded.
+//! logged, counted and recorded.
 
 use std::net::IpAddr;
 
@@ -7,7 +7,8 @@ use portcullis_audit::AuditEvent;
 use portcullis_store::{AuditDecision, AuditKind};
 use time::OffsetDateTime;
 
-use crate::state::AppState;
+use crate::audit::Auditor;
+use crate::metrics::Metrics;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecurityEvent {
@@ -25,16 +26,14 @@ impl SecurityEvent {
             SecurityEvent::Anomaly { .. } => "anomaly",
         }
     }
-}
 
-impl AppState {
     /// Logs, counts and records the event (without holding up the request that raised it).
-    pub fn security_event(&self, event: SecurityEvent) {
-        tracing::warn!(event = event.name(), details = ?event, "security event");
-        self.metrics().security_event(event.name());
+    pub fn raise(self, metrics: &Metrics, auditor: &Auditor) {
+        tracing::warn!(event = self.name(), details = ?self, "security event");
+        metrics.security_event(self.name());
         let mut record = AuditEvent::new(OffsetDateTime::now_utc(), AuditKind::Security, AuditDecision::Deny, 429);
-        record.reason = Some(event.name().to_string());
-        match event {
+        record.reason = Some(self.name().to_string());
+        match self {
             SecurityEvent::ClientBlocked { client } => record.client_ip = Some(client.to_string()),
             SecurityEvent::Anomaly { key_id, team, requests_this_minute } => {
                 record.decision = AuditDecision::Allow;
@@ -45,6 +44,6 @@ impl AppState {
             }
         }
         // Detached: the record is queued (and never lost); the request goes on.
-        drop(self.auditor().record_detached(record));
+        drop(auditor.record_detached(record));
     }
 }

@@ -13,16 +13,19 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::auth::{AdminAuth, MIN_BOOTSTRAP_TOKEN_LEN};
+use crate::admin::auth::MIN_BOOTSTRAP_TOKEN_LEN;
+use crate::lifecycle::Stage;
 use crate::listener::{self, Listening, Site};
-use crate::state::{AppState, Runtime, Stage};
+use crate::listener_kind::ListenerKind;
+use crate::runtime::Runtime;
+use crate::state::AppState;
 use portcullis_audit::{AuditWriter, Durability, Redactor, WriterConfig, WriterTask};
 use portcullis_config::AuditDurability;
 
 use crate::audit::Auditor;
-use crate::limiter::LimiterBackend;
+use crate::limiter::LimiterHandle;
 use crate::usage::{RecorderTask, UsageRecorder};
-use crate::{StartError, admin, changes, limits, proxy, store};
+use crate::{StartError, admin, caller_limits, changes, clock, proxy, store};
 
 /// How often settled usage is written to the store: the most a crash can lose.
 const USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -70,10 +73,10 @@ impl Server {
         }
         let proxy = bind(startup.server.listen)?;
         let admin = bind(startup.admin.listen)?;
-        let limiter = LimiterBackend::from_config(&startup.limits).await?;
+        let limiter = LimiterHandle::from_config(&startup.limits).await?;
         let change_cursor =
             stores.changes.latest_change().await.map_err(|error| StartError::Store(error.to_string()))?;
-        limits::seed_from_usage(limiter.limiter().as_ref(), stores.usage.as_ref(), OffsetDateTime::now_utc())
+        caller_limits::seed_from_usage(limiter.limiter().as_ref(), stores.usage.as_ref(), OffsetDateTime::now_utc())
             .await
             .map_err(|error| StartError::Store(error.to_string()))?;
         let (recorder, recorder_task) = UsageRecorder::start(stores.usage.clone(), USAGE_FLUSH_INTERVAL);
@@ -81,8 +84,9 @@ impl Server {
             .await
             .map_err(|error| StartError::Store(format!("audit log: {error}")))?;
         let auditor = Auditor::new(audit_handle);
-        let admin_auth = AdminAuth::new(bootstrap_token.as_deref());
-        let state = AppState::new((startup, live), stores.clone(), admin_auth, limiter, recorder, auditor, redactor);
+        let settings = (startup, live);
+        let state =
+            AppState::new(settings, stores.clone(), bootstrap_token.as_deref(), limiter, recorder, auditor, redactor);
         let generated_admin_token = match bootstrap_token {
             Some(_) => None,
             None => first_admin_token(&stores, &state).await?,
@@ -105,20 +109,22 @@ impl Server {
     /// Starts accepting on both listeners.
     pub fn serve(self) -> RunningServer {
         let stop = CancellationToken::new();
-        let startup = self.state.startup();
-        let caps = ConnectionCaps::for_open_files(startup, open_files_limit());
+        let startup = self.state.startup.clone();
+        let caps = ConnectionCaps::for_open_files(&startup, open_files_limit());
         let server = &startup.server;
         let proxy_listening = Listening::new(server, caps.proxy, server.max_connections_per_client);
         let admin_listening = Listening::new(server, caps.admin, startup.admin.max_connections_per_client);
-        let proxy_site = Site { name: "proxy", router: proxy::router(self.state.clone()), state: self.state.clone() };
+        let context = self.state.site_context();
+        let proxy_site =
+            Site { kind: ListenerKind::Proxy, router: proxy::router(self.state.proxy()), context: context.clone() };
         let cut = CancellationToken::new();
         let proxy =
             tokio::spawn(listener::accept_until(self.proxy, proxy_site, proxy_listening, stop.clone(), cut.clone()));
-        let admin_site = Site { name: "admin", router: admin::router(self.state.clone()), state: self.state.clone() };
+        let admin_site = Site { kind: ListenerKind::Admin, router: admin::router(self.state.admin()), context };
         let admin =
             tokio::spawn(listener::accept_until(self.admin, admin_site, admin_listening, stop.clone(), cut.clone()));
         let flusher = tokio::spawn(housekeeping(self.state.clone(), stop.clone()));
-        let follower = tokio::spawn(changes::follow(self.state.clone(), self.change_cursor, stop.clone()));
+        let follower = tokio::spawn(changes::follow(self.state.change_follower(), self.change_cursor, stop.clone()));
         RunningServer {
             state: self.state,
             stop,
@@ -231,7 +237,7 @@ async fn first_admin_token(stores: &Stores, state: &AppState) -> Result<Option<S
     let token = NewAdminToken {
         id: format!("tok_{}", ulid::Ulid::new()),
         name: "first admin".into(),
-        secret_hash: *state.hasher().hash(&secret).as_bytes(),
+        secret_hash: *state.hasher.hash(&secret).as_bytes(),
         display_prefix: secret.display_prefix(),
         role: Role::Admin,
         team: None,
@@ -265,22 +271,22 @@ impl RunningServer {
     /// change clears it): they wait for a restart.
     pub fn reload(&self, config: Config) -> Vec<String> {
         let (startup, live) = config.split();
-        let restart_required = self.state.startup().restart_required(&startup);
-        self.state.swap_runtime(Runtime::new(live));
-        self.state.reloads().applied(OffsetDateTime::now_utc(), restart_required.clone());
+        let restart_required = self.state.startup.restart_required(&startup);
+        self.state.runtime.store(std::sync::Arc::new(Runtime::new(live)));
+        self.state.reloads.applied(OffsetDateTime::now_utc(), restart_required.clone());
         restart_required
     }
 
     /// Records a reload whose file was refused; the running configuration stays.
     pub fn reload_refused(&self, error: &ConfigError) {
-        self.state.reloads().refused(OffsetDateTime::now_utc(), &error.to_string());
+        self.state.reloads.refused(OffsetDateTime::now_utc(), &error.to_string());
     }
 
     /// Begins a shutdown without stopping anything: `/readyz` answers 503 and HTTP/1 answers
     /// close their connections, while the listeners keep accepting (for `server.drain_delay`,
     /// which the caller waits out before [`RunningServer::shutdown`]).
     pub fn start_draining(&self) {
-        self.state.enter(Stage::Draining);
+        self.state.lifecycle.enter(Stage::Draining);
     }
 
     /// `server.drain_delay` as it is now.
@@ -292,7 +298,7 @@ impl RunningServer {
     /// up to `server.shutdown_timeout`; then cuts what is left. Returns whether everything
     /// finished in time.
     pub async fn shutdown(self) -> bool {
-        self.state.enter(Stage::Stopping);
+        self.state.lifecycle.enter(Stage::Stopping);
         self.stop.cancel();
         let deadline = self.state.runtime().live.server.shutdown_timeout.0;
         let (proxy, admin) = (self.proxy.await, self.admin.await);
@@ -304,7 +310,7 @@ impl RunningServer {
                     // Out of time: cut what is left, so that its requests still settle and are
                     // recorded (as cut at shutdown) before the writers drain below.
                     tracing::warn!("shutdown_timeout reached; cutting the requests still running");
-                    self.state.enter(Stage::Cutting);
+                    self.state.lifecycle.enter(Stage::Cutting);
                     self.cut.cancel();
                     let _ = tokio::join!(
                         listener::drain(&proxy, listener::CUT_GRACE),
@@ -317,7 +323,7 @@ impl RunningServer {
         };
         let _ = self.flusher.await;
         let _ = self.follower.await;
-        self.state.limiter_backend().drain().await;
+        self.state.limiter.drain().await;
         // Last: every request that ended has settled and handed its usage to the recorder.
         if let Err(error) = self.recorder_task.shutdown().await {
             tracing::error!(%error, "usage not fully written at shutdown");
@@ -341,17 +347,17 @@ async fn housekeeping(state: AppState, stop: CancellationToken) {
             () = stop.cancelled() => true,
         };
         let now = OffsetDateTime::now_utc();
-        let uses = state.keys().used_since(since);
+        let uses = state.keys.used_since(since);
         if !uses.is_empty()
-            && let Err(error) = state.stores().keys.touch_keys(&uses).await
+            && let Err(error) = state.stores.keys.touch_keys(&uses).await
         {
             tracing::warn!(%error, "could not record key use times");
         }
         since = now.unix_timestamp();
-        state.limiter_backend().evict_idle(proxy::unix_millis(now));
+        state.limiter.evict_idle(clock::unix_millis(now));
         prune_changes(&state, now).await;
         if let Some(retention) = state.runtime().live.audit.retention {
-            match state.stores().audit.delete_audit_before(now - retention.0).await {
+            match state.stores.audit.delete_audit_before(now - retention.0).await {
                 Ok(0) => {}
                 Ok(deleted) => tracing::info!(deleted, "audit records past retention deleted"),
                 Err(error) => tracing::warn!(%error, "audit retention failed"),
@@ -366,7 +372,7 @@ async fn housekeeping(state: AppState, stop: CancellationToken) {
 /// Deletes changes older than [`CHANGE_RETENTION`]. Every replica does it; the deletes are
 /// idempotent and cheap.
 async fn prune_changes(state: &AppState, now: OffsetDateTime) {
-    if let Err(error) = state.stores().changes.prune_changes(now - CHANGE_RETENTION).await {
+    if let Err(error) = state.stores.changes.prune_changes(now - CHANGE_RETENTION).await {
         tracing::warn!(%error, "change log pruning failed");
     }
 }

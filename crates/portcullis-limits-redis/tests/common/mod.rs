@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use portcullis_limits::window::{DAY_MS, days_from_civil};
-use portcullis_limits::{Demand, Millis, Money, Scope, Usage};
+use portcullis_limits::{Demand, LimitScope, Millis, Money, Usage};
 use portcullis_limits_redis::{OnBackendError, RedisLimiter, RedisLimiterOptions};
 
 pub const NOON: Millis = 1_816_171_200_000; // 2027-07-21 12:00 UTC
@@ -13,12 +13,12 @@ pub fn utc(year: u64, month: u64, day: u64, hour: u64, minute: u64) -> Millis {
     days_from_civil(year, month, day) * DAY_MS + hour * 3_600_000 + minute * 60_000
 }
 
-pub fn key(id: &str) -> Scope {
-    Scope::Key(id.into())
+pub fn key(id: &str) -> LimitScope {
+    LimitScope::Key(id.into())
 }
 
-pub fn team(id: &str) -> Scope {
-    Scope::Team(id.into())
+pub fn team(id: &str) -> LimitScope {
+    LimitScope::Team(id.into())
 }
 
 pub fn demand(tokens: u64, cost: u64) -> Demand {

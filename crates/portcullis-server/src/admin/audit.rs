@@ -20,12 +20,12 @@ use portcullis_types::admin::{
 use serde::Deserialize;
 use time::OffsetDateTime;
 
+use super::AdminState;
 use super::auth::{AdminCaller, forbidden};
 use super::extract::ApiQuery;
 use super::validate;
 use super::views::store_error;
 use crate::error::ApiError;
-use crate::state::AppState;
 
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
@@ -57,7 +57,7 @@ pub struct AuditParams {
 
 /// `GET /admin/v1/audit`: one page, oldest first.
 pub async fn query(
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     caller: AdminCaller,
     ApiQuery(params): ApiQuery<AuditParams>,
 ) -> Result<Json<AuditPage>, ApiError> {
@@ -76,7 +76,7 @@ pub async fn query(
 /// gets a proper 500; a failure later cuts the body short (the client sees an incomplete
 /// transfer, never a silently short export).
 pub async fn export(
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     caller: AdminCaller,
     ApiQuery(params): ApiQuery<AuditParams>,
 ) -> Result<Response, ApiError> {
@@ -115,12 +115,12 @@ pub async fn export(
 
 /// `GET /admin/v1/audit/verify`: 200 whether or not every chain verifies (`ok` says which); the
 /// CLI turns a break into its exit status.
-pub async fn verify(State(state): State<AppState>, caller: AdminCaller) -> Result<Json<AuditVerifyView>, ApiError> {
+pub async fn verify(State(state): State<AdminState>, caller: AdminCaller) -> Result<Json<AuditVerifyView>, ApiError> {
     let result = verify_chains(&state, &caller).await;
     super::refusal::audited(&caller, "audit.verify", None, result)
 }
 
-async fn verify_chains(state: &AppState, caller: &AdminCaller) -> Result<Json<AuditVerifyView>, ApiError> {
+async fn verify_chains(state: &AdminState, caller: &AdminCaller) -> Result<Json<AuditVerifyView>, ApiError> {
     if caller.role == Role::TeamAdmin {
         return Err(forbidden("verification reads every team's records: it needs an admin or auditor token"));
     }
@@ -639,7 +639,8 @@ mod tests {
     const BOOTSTRAP: &str = "bootstrap-admin-token-for-audit-tests";
 
     async fn fixture() -> Fixture {
-        let (state, stores, _task) = AppState::in_memory_for_tests(Some(BOOTSTRAP)).await;
+        let (state, stores, _task) = crate::state::AppState::in_memory_for_tests(Some(BOOTSTRAP)).await;
+        let state = state.admin();
         let now = OffsetDateTime::now_utc();
         let team = NewTeam {
             name: "acme".into(),

@@ -1,8 +1,11 @@
 //! Admin API authentication and the role rules.
 
-use axum::extract::FromRequestParts;
+use std::sync::Arc;
+
+use axum::extract::{FromRef, FromRequestParts};
 use http::request::Parts;
-use portcullis_auth::{SecretKind, SecretToken};
+use portcullis_auth::{SecretHasher, SecretKind, SecretToken};
+use portcullis_store::AdminTokenStore;
 use portcullis_types::Secret;
 use portcullis_types::admin::Role;
 use sha2::{Digest, Sha256};
@@ -11,21 +14,34 @@ use subtle::ConstantTimeEq;
 use crate::bearer::bearer_token;
 use crate::error::ApiError;
 use crate::exchange::Exchange;
-use crate::state::AppState;
 
 /// The shortest bootstrap token accepted from `PORTCULLIS_ADMIN_TOKEN`.
 pub const MIN_BOOTSTRAP_TOKEN_LEN: usize = 20;
 
-/// Knows the bootstrap token (from the environment, held only as a hash) in addition to the
-/// stored `pct_` tokens.
-#[derive(Debug, Clone, Default)]
+/// Tells who an admin token belongs to: the bootstrap token (from the environment, held only as
+/// a hash), or a stored `pct_` token.
+#[derive(Clone)]
 pub struct AdminAuth {
     bootstrap: Option<Secret<[u8; 32]>>,
+    hasher: SecretHasher,
+    tokens: Arc<dyn AdminTokenStore>,
+}
+
+impl std::fmt::Debug for AdminAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminAuth").field("bootstrap", &self.bootstrap).finish_non_exhaustive()
+    }
 }
 
 impl AdminAuth {
-    pub fn new(bootstrap_token: Option<&str>) -> AdminAuth {
-        AdminAuth { bootstrap: bootstrap_token.map(|token| Secret::new(Sha256::digest(token.as_bytes()).into())) }
+    pub fn new(bootstrap_token: Option<&str>, hasher: SecretHasher, tokens: Arc<dyn AdminTokenStore>) -> AdminAuth {
+        let bootstrap = bootstrap_token.map(|token| Secret::new(Sha256::digest(token.as_bytes()).into()));
+        AdminAuth { bootstrap, hasher, tokens }
+    }
+
+    /// How admin token secrets are hashed for storage (the key pepper's, like API keys').
+    pub fn hasher(&self) -> &SecretHasher {
+        &self.hasher
     }
 
     fn is_bootstrap(&self, token: &str) -> bool {
@@ -60,6 +76,15 @@ impl AdminCaller {
         }
     }
 
+    /// Records an admin change: who (the admin token), what (`key.revoke`…), on what, and the
+    /// request it came with.
+    pub async fn record_action(&self, action: &str, target: &str, team: Option<&str>) {
+        match &self.exchange {
+            Some(exchange) => exchange.admin_action(&self.token_id, action, target, team).await,
+            None => tracing::error!(action, target, "admin change without a request record; not audited"),
+        }
+    }
+
     /// Whether this caller may see things that belong to `team`. A `team_admin` sees its own
     /// team only; asking about any other is answered as if it did not exist.
     pub fn can_see_team(&self, team: Option<&str>) -> bool {
@@ -74,19 +99,23 @@ pub fn forbidden(message: &str) -> ApiError {
     ApiError::Forbidden { message: message.to_string() }
 }
 
-impl FromRequestParts<AppState> for AdminCaller {
+/// Every admin handler takes its caller; any router state that holds an [`AdminAuth`] will do.
+impl<S: Send + Sync> FromRequestParts<S> for AdminCaller
+where
+    AdminAuth: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<AdminCaller, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<AdminCaller, ApiError> {
+        let auth = AdminAuth::from_ref(state);
         let exchange = parts.extensions.get::<Exchange>().cloned();
         let token = bearer_token(&parts.headers).ok_or(ApiError::InvalidAdminToken)?;
-        if state.admin_auth().is_bootstrap(token) {
+        if auth.is_bootstrap(token) {
             return Ok(AdminCaller { token_id: "bootstrap".into(), role: Role::Admin, team: None, exchange });
         }
         let secret = SecretToken::parse(SecretKind::AdminToken, token).map_err(|_| ApiError::InvalidAdminToken)?;
-        let hash = state.hasher().hash(&secret);
-        let record = state
-            .stores()
+        let hash = auth.hasher.hash(&secret);
+        let record = auth
             .tokens
             .find_token_by_secret(hash.as_bytes())
             .await

@@ -4,11 +4,11 @@ use axum::Json;
 use axum::extract::State;
 use portcullis_types::admin::{ListResponse, ModelView, TierView};
 
+use super::AdminState;
 use super::auth::AdminCaller;
 use crate::routes;
-use crate::state::AppState;
 
-pub async fn tiers(State(state): State<AppState>, _caller: AdminCaller) -> Json<ListResponse<TierView>> {
+pub async fn tiers(State(state): State<AdminState>, _caller: AdminCaller) -> Json<ListResponse<TierView>> {
     let runtime = state.runtime();
     let data = runtime
         .live
@@ -25,6 +25,6 @@ pub async fn tiers(State(state): State<AppState>, _caller: AdminCaller) -> Json<
     Json(ListResponse { data })
 }
 
-pub async fn models(State(state): State<AppState>, _caller: AdminCaller) -> Json<ListResponse<ModelView>> {
+pub async fn models(State(state): State<AdminState>, _caller: AdminCaller) -> Json<ListResponse<ModelView>> {
     Json(ListResponse { data: state.runtime().upstreams.statuses().into_iter().map(routes::view).collect() })
 }

@@ -6,9 +6,9 @@ use axum::Json;
 use axum::extract::State;
 use portcullis_types::admin::ConfigStatusView;
 
+use super::AdminState;
 use super::auth::AdminCaller;
-use crate::state::AppState;
 
-pub async fn status(State(state): State<AppState>, _caller: AdminCaller) -> Json<ConfigStatusView> {
+pub async fn status(State(state): State<AdminState>, _caller: AdminCaller) -> Json<ConfigStatusView> {
     Json(ConfigStatusView::clone(&state.reloads().view()))
 }

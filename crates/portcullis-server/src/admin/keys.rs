@@ -12,13 +12,13 @@ use portcullis_types::admin::{
 use serde::Deserialize;
 use time::OffsetDateTime;
 
+use super::AdminState;
 use super::auth::{AdminCaller, forbidden};
 use super::extract::{ApiJson, ApiQuery};
 use super::refusal::audited;
 use super::views::{insert_error, key_view, store_error};
 use super::{plan, validate};
 use crate::error::ApiError;
-use crate::state::AppState;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,7 +31,7 @@ pub struct ListQuery {
 /// A team admin lists its own team's keys; asking for another team finds none (the same answer
 /// as for a team without keys), never its own keys under the other team's name.
 pub async fn list(
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     caller: AdminCaller,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<ListResponse<KeyView>>, ApiError> {
@@ -49,7 +49,7 @@ pub async fn list(
 }
 
 pub async fn create(
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     caller: AdminCaller,
     ApiJson(request): ApiJson<CreateKeyRequest>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
@@ -58,7 +58,7 @@ pub async fn create(
 }
 
 async fn create_key(
-    state: &AppState,
+    state: &AdminState,
     caller: &AdminCaller,
     request: CreateKeyRequest,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
@@ -120,12 +120,12 @@ async fn create_key(
     };
     // The team was made above; it is missing here only if it vanished since.
     let record = state.stores().keys.create_key(new_key).await.map_err(insert_error("key", "team"))?;
-    state.admin_action(caller, "key.create", &record.id, record.team.as_deref()).await;
+    caller.record_action("key.create", &record.id, record.team.as_deref()).await;
     Ok((StatusCode::CREATED, Json(created(record, secret, now))))
 }
 
 pub async fn get(
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     caller: AdminCaller,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
@@ -134,7 +134,7 @@ pub async fn get(
 }
 
 pub async fn update(
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     caller: AdminCaller,
     Path(id): Path<String>,
     ApiJson(request): ApiJson<UpdateKeyRequest>,
@@ -144,7 +144,7 @@ pub async fn update(
 }
 
 async fn update_key(
-    state: &AppState,
+    state: &AdminState,
     caller: &AdminCaller,
     id: &str,
     request: UpdateKeyRequest,
@@ -194,12 +194,12 @@ async fn update_key(
     };
     let record = state.stores().keys.update_key(id, patch).await.map_err(store_error("key"))?;
     state.keys().invalidate_key(id);
-    state.admin_action(caller, "key.update", id, record.team.as_deref()).await;
+    caller.record_action("key.update", id, record.team.as_deref()).await;
     Ok(Json(key_view(record, now)))
 }
 
 pub async fn revoke(
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     caller: AdminCaller,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
@@ -207,19 +207,19 @@ pub async fn revoke(
     audited(&caller, "key.revoke", Some(&id), result)
 }
 
-async fn revoke_key(state: &AppState, caller: &AdminCaller, id: &str) -> Result<Json<KeyView>, ApiError> {
+async fn revoke_key(state: &AdminState, caller: &AdminCaller, id: &str) -> Result<Json<KeyView>, ApiError> {
     caller.require_writer()?;
     visible_key(state, caller, id).await?;
     let now = OffsetDateTime::now_utc();
     let record = state.stores().keys.revoke_key(id, now).await.map_err(store_error("key"))?;
     state.keys().invalidate_key(id);
-    state.admin_action(caller, "key.revoke", id, record.team.as_deref()).await;
+    caller.record_action("key.revoke", id, record.team.as_deref()).await;
     Ok(Json(key_view(record, now)))
 }
 
 /// Issues a new secret; the old one keeps working until the grace period ends.
 pub async fn rotate(
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     caller: AdminCaller,
     Path(id): Path<String>,
     body: Bytes,
@@ -229,7 +229,7 @@ pub async fn rotate(
 }
 
 async fn rotate_key(
-    state: &AppState,
+    state: &AdminState,
     caller: &AdminCaller,
     id: &str,
     body: &[u8],
@@ -252,7 +252,7 @@ async fn rotate_key(
     };
     let record = state.stores().keys.rotate_key(id, rotation).await.map_err(store_error("key"))?;
     state.keys().invalidate_key(id);
-    state.admin_action(caller, "key.rotate", id, record.team.as_deref()).await;
+    caller.record_action("key.rotate", id, record.team.as_deref()).await;
     Ok(Json(created(record, secret, now)))
 }
 
@@ -266,14 +266,14 @@ fn may_change_capture(caller: &AdminCaller) -> Result<(), ApiError> {
 }
 
 /// The key, if it exists and the caller may see it; otherwise the same 404 either way.
-async fn visible_key(state: &AppState, caller: &AdminCaller, id: &str) -> Result<KeyRecord, ApiError> {
+async fn visible_key(state: &AdminState, caller: &AdminCaller, id: &str) -> Result<KeyRecord, ApiError> {
     let record = state.stores().keys.get_key(id).await.map_err(store_error("key"))?;
     if caller.can_see_team(record.team.as_deref()) { Ok(record) } else { Err(ApiError::NotFound { what: "key" }) }
 }
 
 /// The key's team as stored (its tier and limits are part of a team admin's plan), or `None`
 /// when it does not exist.
-async fn team_of(state: &AppState, team: &str) -> Result<Option<TeamRecord>, ApiError> {
+async fn team_of(state: &AdminState, team: &str) -> Result<Option<TeamRecord>, ApiError> {
     match state.stores().teams.get_team(team).await {
         Ok(record) => Ok(Some(record)),
         Err(StoreError::NotFound) => Ok(None),
@@ -283,7 +283,7 @@ async fn team_of(state: &AppState, team: &str) -> Result<Option<TeamRecord>, Api
 
 /// Makes sure a key's team exists (creating it on first use) and returns it.
 async fn ensure_team(
-    state: &AppState,
+    state: &AdminState,
     caller: &AdminCaller,
     team: &str,
     now: OffsetDateTime,
@@ -301,7 +301,7 @@ async fn ensure_team(
     };
     match state.stores().teams.create_team(new_team).await {
         Ok(record) => {
-            state.admin_action(caller, "team.create", team, Some(team)).await;
+            caller.record_action("team.create", team, Some(team)).await;
             Ok(record)
         }
         // Created by a concurrent call (which recorded it): read what it made.

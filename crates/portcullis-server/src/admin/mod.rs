@@ -9,11 +9,14 @@ mod extract;
 mod keys;
 mod plan;
 mod refusal;
+mod state;
 mod teams;
 mod tokens;
 mod usage;
 mod validate;
 mod views;
+
+pub use state::{AdminState, Parts};
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -21,17 +24,16 @@ use http::header;
 
 use crate::error::ApiError;
 use crate::health;
-use crate::state::AppState;
 
 /// The admin API's OpenAPI 3.1 description; a test checks it lists every route below.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-/// The accept loop adds the request id and the access log around it (see [`crate::access_log`]).
+/// The accept loop adds the request id and the access log around it (see `listener::access_log`).
 /// Every `/admin/v1` handler takes an `AdminCaller`, so a request without a valid admin token
 /// never reaches one.
 /// `/metrics` and the health routes are unauthenticated (for scrapers and orchestrators):
 /// bind the admin listener to a private address.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/admin/v1/keys", get(keys::list).post(keys::create))
         .route("/admin/v1/keys/{id}", get(keys::get).patch(keys::update).delete(keys::revoke))
@@ -57,7 +59,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> impl axum::response::IntoResponse {
+async fn metrics(axum::extract::State(state): axum::extract::State<AdminState>) -> impl axum::response::IntoResponse {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics().render())
 }
 
@@ -101,8 +103,8 @@ mod tests {
 
     use super::*;
 
-    async fn state() -> AppState {
-        AppState::in_memory_for_tests(None).await.0
+    async fn state() -> AdminState {
+        crate::state::AppState::in_memory_for_tests(None).await.0.admin()
     }
 
     /// Every operation the OpenAPI document lists is routed, and every one of them but the

@@ -3,7 +3,7 @@
 //!
 //! A request is admitted against its key's scope (`key tier ⊕ key overrides`), its team's scope
 //! (`team tier ⊕ team overrides`) and the gateway's, so the most a key may use of a limit is the
-//! smallest of the three ([`crate::limits::scopes_for`]). For a team admin's change, per limit:
+//! smallest of the three ([`crate::caller_limits::scopes_for`]). For a team admin's change, per limit:
 //!
 //! * the **plan** value is the smaller of the key's tier's value and the team scope's value;
 //! * the **current** value is the key's scope value now: its override, else its tier's (on
@@ -22,7 +22,7 @@ use portcullis_limits::{Limits, PICO_PER_UNIT};
 use portcullis_store::TeamRecord;
 use portcullis_types::admin::LimitOverrides;
 
-use crate::limits::resolve;
+use crate::caller_limits::resolve;
 
 /// The limits compared, in [`values`]' order; the last two are money (pico-units).
 const NAMES: [&str; 7] = [

@@ -7,18 +7,18 @@ use portcullis_store::{NewTeam, TeamPatch};
 use portcullis_types::admin::{CreateTeamRequest, ListResponse, TeamView, UpdateTeamRequest};
 use time::OffsetDateTime;
 
+use super::AdminState;
 use super::auth::AdminCaller;
 use super::extract::{ApiJson, ApiQuery, NoParams};
 use super::refusal::audited;
 use super::validate;
 use super::views::{store_error, team_view};
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// Every team an admin or auditor may see; a team admin's own. There is no filter: a parameter
 /// such as `?team=` is a 400, not ignored.
 pub async fn list(
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     caller: AdminCaller,
     ApiQuery(NoParams {}): ApiQuery<NoParams>,
 ) -> Result<Json<ListResponse<TeamView>>, ApiError> {
@@ -28,7 +28,7 @@ pub async fn list(
 }
 
 pub async fn create(
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     caller: AdminCaller,
     ApiJson(request): ApiJson<CreateTeamRequest>,
 ) -> Result<(StatusCode, Json<TeamView>), ApiError> {
@@ -38,7 +38,7 @@ pub async fn create(
 }
 
 async fn create_team(
-    state: &AppState,
+    state: &AdminState,
     caller: &AdminCaller,
     request: CreateTeamRequest,
 ) -> Result<(StatusCode, Json<TeamView>), ApiError> {
@@ -53,12 +53,12 @@ async fn create_team(
         created_at: OffsetDateTime::now_utc(),
     };
     let record = state.stores().teams.create_team(team).await.map_err(store_error("team"))?;
-    state.admin_action(caller, "team.create", &record.name, Some(&record.name)).await;
+    caller.record_action("team.create", &record.name, Some(&record.name)).await;
     Ok((StatusCode::CREATED, Json(team_view(record))))
 }
 
 pub async fn get(
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     caller: AdminCaller,
     Path(name): Path<String>,
 ) -> Result<Json<TeamView>, ApiError> {
@@ -73,7 +73,7 @@ pub async fn get(
 /// capture on records what they send: admins only. A team admin may not change its own team at
 /// all, not even to lower its limits or edit its metadata (its plan is the admin's to set).
 pub async fn update(
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     caller: AdminCaller,
     Path(name): Path<String>,
     ApiJson(request): ApiJson<UpdateTeamRequest>,
@@ -83,7 +83,7 @@ pub async fn update(
 }
 
 async fn update_team(
-    state: &AppState,
+    state: &AdminState,
     caller: &AdminCaller,
     name: &str,
     request: UpdateTeamRequest,
@@ -98,6 +98,6 @@ async fn update_team(
     };
     let record = state.stores().teams.update_team(name, patch).await.map_err(store_error("team"))?;
     state.teams().invalidate(name).await;
-    state.admin_action(caller, "team.update", name, Some(name)).await;
+    caller.record_action("team.update", name, Some(name)).await;
     Ok(Json(team_view(record)))
 }

@@ -8,18 +8,18 @@ use portcullis_store::NewAdminToken;
 use portcullis_types::admin::{CreateTokenRequest, CreatedToken, ListResponse, Role, TokenView};
 use time::OffsetDateTime;
 
+use super::AdminState;
 use super::auth::AdminCaller;
 use super::extract::{ApiJson, ApiQuery, NoParams};
 use super::refusal::audited;
 use super::validate;
 use super::views::{insert_error, store_error, token_view};
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// Every admin token, for admins and auditors. There is no filter: a parameter such as `?team=`
 /// is a 400, not ignored.
 pub async fn list(
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     caller: AdminCaller,
     query: Result<ApiQuery<NoParams>, ApiError>,
 ) -> Result<Json<ListResponse<TokenView>>, ApiError> {
@@ -29,7 +29,7 @@ pub async fn list(
 
 /// The role is checked before the query: a team admin is refused whatever it asks.
 async fn list_tokens(
-    state: &AppState,
+    state: &AdminState,
     caller: &AdminCaller,
     query: Result<ApiQuery<NoParams>, ApiError>,
 ) -> Result<Json<ListResponse<TokenView>>, ApiError> {
@@ -42,7 +42,7 @@ async fn list_tokens(
 }
 
 pub async fn create(
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     caller: AdminCaller,
     ApiJson(request): ApiJson<CreateTokenRequest>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
@@ -51,7 +51,7 @@ pub async fn create(
 }
 
 async fn create_token(
-    state: &AppState,
+    state: &AdminState,
     caller: &AdminCaller,
     request: CreateTokenRequest,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
@@ -76,13 +76,13 @@ async fn create_token(
     // A team_admin token's team must exist: the store refuses the insert with NotFound, which
     // is the team missing.
     let record = state.stores().tokens.create_token(token).await.map_err(insert_error("token", "team"))?;
-    state.admin_action(caller, "token.create", &record.id, record.team.as_deref()).await;
+    caller.record_action("token.create", &record.id, record.team.as_deref()).await;
     let created = CreatedToken { token: secret.expose().to_string(), view: token_view(record) };
     Ok((StatusCode::CREATED, Json(created)))
 }
 
 pub async fn revoke(
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     caller: AdminCaller,
     Path(id): Path<String>,
 ) -> Result<Json<TokenView>, ApiError> {
@@ -90,10 +90,10 @@ pub async fn revoke(
     audited(&caller, "token.revoke", Some(&id), result)
 }
 
-async fn revoke_token(state: &AppState, caller: &AdminCaller, id: &str) -> Result<Json<TokenView>, ApiError> {
+async fn revoke_token(state: &AdminState, caller: &AdminCaller, id: &str) -> Result<Json<TokenView>, ApiError> {
     caller.require_admin()?;
     let record =
         state.stores().tokens.revoke_token(id, OffsetDateTime::now_utc()).await.map_err(store_error("token"))?;
-    state.admin_action(caller, "token.revoke", id, record.team.as_deref()).await;
+    caller.record_action("token.revoke", id, record.team.as_deref()).await;
     Ok(Json(token_view(record)))
 }

@@ -7,12 +7,12 @@ use portcullis_types::admin::{ListResponse, Role, UsageView};
 use serde::Deserialize;
 use time::OffsetDateTime;
 
+use super::AdminState;
 use super::auth::AdminCaller;
 use super::extract::ApiQuery;
 use super::validate;
 use super::views::store_error;
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// How far back a report reaches when `since` is not given.
 pub const DEFAULT_SINCE: &str = "7d";
@@ -35,7 +35,7 @@ pub struct ReportQuery {
 /// forced to its team, and asking for another team (or another team's key) finds nothing, the
 /// same answer as for a team or key without usage.
 pub async fn report(
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     caller: AdminCaller,
     ApiQuery(query): ApiQuery<ReportQuery>,
 ) -> Result<Json<ListResponse<UsageView>>, ApiError> {
@@ -225,7 +225,8 @@ mod tests {
         use tower::ServiceExt;
 
         const BOOTSTRAP: &str = "bootstrap-admin-token-for-usage-tests";
-        let (state, stores, task) = AppState::in_memory_for_tests(Some(BOOTSTRAP)).await;
+        let (state, stores, task) = crate::state::AppState::in_memory_for_tests(Some(BOOTSTRAP)).await;
+        let state = state.admin();
 
         let now = OffsetDateTime::now_utc();
         let team = NewTeam {

@@ -22,13 +22,12 @@ use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::Site;
 use super::activity::{Activity, Deadline, Timeouts};
 use super::body::{BodyTimeouts, TimedBody};
 use super::gate::{GateLimits, HeadGate};
 use super::io::{ClientIo, Refusals};
 use super::slots::Slot;
-use crate::access_log;
+use super::{Site, access_log};
 use crate::error::ApiError;
 
 /// What every connection of one listener is served with.
@@ -51,8 +50,8 @@ pub async fn serve(
     cut: CancellationToken,
 ) {
     let activity = Arc::new(Activity::new(Instant::now()));
-    let site_state = site.state.clone();
-    let refusals = Refuser { listener: site.name, site: site.clone(), peer };
+    let lifecycle = site.context.lifecycle().clone();
+    let refusals = Refuser { site: site.clone(), peer };
     // hyper drops the socket before the response body it was sending: this task keeps the slot
     // until both are gone, so that a drain waiting for the slots also waits for the body's
     // settlement and audit record (a cut stream's, at shutdown).
@@ -93,19 +92,19 @@ pub async fn serve(
                 return Poll::Ready(result);
             }
             let cut_now = if cut_registered {
-                site_state.is_cut()
+                lifecycle.is_cut()
             } else {
                 cut_registered = true;
-                cut_short.as_mut().poll(cx).is_ready() || site_state.is_cut()
+                cut_short.as_mut().poll(cx).is_ready() || lifecycle.is_cut()
             };
             if cut_now {
                 return Poll::Ready(Ok(()));
             }
             let stopping = if stop_registered {
-                site_state.is_stopping()
+                lifecycle.is_stopping()
             } else {
                 stop_registered = true;
-                stopped.as_mut().poll(cx).is_ready() || site_state.is_stopping()
+                stopped.as_mut().poll(cx).is_ready() || lifecycle.is_stopping()
             };
             if !closing && stopping {
                 closing = true;
@@ -168,9 +167,9 @@ async fn handle(
     // While the server drains, every HTTP/1 answer closes its connection: a keep-alive client
     // gets its answer and reconnects (to a replica still in its balancer's rotation).
     let close_after = request.version() < Version::HTTP_2
-        && (request.headers().contains_key(header::TRANSFER_ENCODING) || site.state.is_draining());
+        && (request.headers().contains_key(header::TRANSFER_ENCODING) || site.context.lifecycle().is_draining());
     let request = request.map(|body| axum::body::Body::new(TimedBody::new(body, body_timeouts)));
-    let mut response = access_log::serve(site.name, &site.state, site.router, request).await;
+    let mut response = access_log::serve(site.kind, &site.context, site.router, request).await;
     if close_after {
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -214,13 +213,12 @@ impl Body for TrackedBody {
 
 /// Answers heads the gate refused, through the access log (logged, counted, audited).
 struct Refuser {
-    listener: &'static str,
     site: Site,
     peer: SocketAddr,
 }
 
 impl Refusals for Refuser {
     fn answer(&self, error: ApiError) -> Bytes {
-        access_log::refuse_head(self.listener, &self.site.state, self.peer, error)
+        access_log::refuse_head(self.site.kind, &self.site.context, self.peer, error)
     }
 }

@@ -13,18 +13,19 @@
 //!    GOAWAY first; unanswered keep-alive pings close it too).
 //! 5. **Close**: lingering (see [`io`]), so an early answer is read before the socket goes.
 
+mod access_log;
 mod activity;
 mod body;
 mod connection;
 pub(crate) mod gate;
 mod io;
+mod site;
 mod slots;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use portcullis_config::ServerStartup;
@@ -34,17 +35,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub use body::BodyTooSlow;
+pub use site::{Site, SiteContext};
 use slots::{Full, Slots};
-
-use crate::state::AppState;
-
-/// What one listener serves: its name in logs, metrics and the audit log, and its routes.
-#[derive(Clone)]
-pub struct Site {
-    pub name: &'static str,
-    pub router: Router,
-    pub state: AppState,
-}
 
 /// A listener's caps and how its connections are served.
 pub struct Listening {
@@ -91,7 +83,7 @@ pub async fn accept_until(
     stop: CancellationToken,
     cut: CancellationToken,
 ) -> Accepted {
-    let slots = Arc::new(Slots::new(site.state.metrics().open_connections(site.name)));
+    let slots = Arc::new(Slots::new(site.context.metrics().open_connections(site.kind)));
     let shedding = Arc::new(Semaphore::new(MAX_SHEDDING));
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
@@ -103,7 +95,7 @@ pub async fn accept_until(
                 }
                 Err(error) => {
                     if backoff == ACCEPT_BACKOFF_MIN {
-                        tracing::warn!(listener = site.name, %error, "accept failed; backing off");
+                        tracing::warn!(listener = site.kind.name(), %error, "accept failed; backing off");
                     }
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
@@ -118,14 +110,14 @@ pub async fn accept_until(
         let _ = stream.set_nodelay(true);
         match slots.take(listening.max_connections, peer.ip(), per_client_cap(&site, &listening, peer)) {
             Ok(slot) => {
-                site.state.metrics().connection_event(site.name, "accepted");
+                site.context.metrics().connection_event(site.kind, "accepted");
                 let settings = listening.settings.clone();
                 let serve = connection::serve(stream, peer, site.clone(), settings, slot, stop.clone(), cut.clone());
                 tokio::spawn(serve);
             }
             Err(full) => {
-                site.state.metrics().connection_event(site.name, full.reason());
-                tracing::debug!(listener = site.name, %peer, reason = full.reason(), "connection shed");
+                site.context.metrics().connection_event(site.kind, full.reason());
+                tracing::debug!(listener = site.kind.name(), %peer, reason = full.reason(), "connection shed");
                 if let Ok(permit) = shedding.clone().try_acquire_owned() {
                     tokio::spawn(async move {
                         shed(stream, full).await;
@@ -143,7 +135,7 @@ fn per_client_cap(site: &Site, listening: &Listening, peer: SocketAddr) -> Optio
     if listening.max_per_client == 0 {
         return None;
     }
-    let runtime = site.state.runtime();
+    let runtime = site.context.runtime.load();
     let trusted = runtime.live.server.trusted_proxies.iter().any(|net| net.contains(&peer.ip()));
     (!trusted).then_some(listening.max_per_client)
 }

@@ -11,18 +11,19 @@
 use std::sync::Arc;
 
 use portcullis_config::{Live, ModelConfig};
-use portcullis_limits::{Demand, Limits, Price, RateHeaders, Refusal, Reservation, Scope};
+use portcullis_limits::{Demand, LimitScope, Limits, Price, RateHeaders, Refusal, Reservation};
 use portcullis_store::TeamRecord;
 
+use super::ProxyState;
 use super::body::{Operation, ParsedRequest};
 use super::capture::Capture;
 use super::demand::{self, BodyRules, Plan};
-use super::settle::{Settlement, Terms, unix_millis};
+use super::settle::{Settlement, Terms};
+use crate::caller_limits::{self, ScopedLimits};
+use crate::clock::unix_millis;
 use crate::error::ApiError;
 use crate::exchange::Exchange;
-use crate::limits::{self, ScopedLimits};
 use crate::principal::Principal;
-use crate::state::AppState;
 
 /// A request past the first step: its slot, and what the second step needs.
 pub struct Entered {
@@ -41,9 +42,9 @@ pub struct Admitted {
 }
 
 /// Takes the request and a concurrency slot, for a request whose body is still on its way.
-pub async fn enter(state: &AppState, live: &Live, principal: &Principal) -> Result<Entered, ApiError> {
+pub async fn enter(state: &ProxyState, live: &Live, principal: &Principal) -> Result<Entered, ApiError> {
     let team = team_of(state, live, principal).await?;
-    let (rate, amounts) = limits::split(limits::scopes_for(live, principal, team.as_deref()));
+    let (rate, amounts) = caller_limits::split(caller_limits::scopes_for(live, principal, team.as_deref()));
     let slot = reserve(state, &rate, Demand::default(), Operation::Chat).await?;
     let headers = slot.as_ref().map(|slot| slot.headers).unwrap_or_default();
     Ok(Entered { team, amounts, slot, headers })
@@ -52,7 +53,7 @@ pub async fn enter(state: &AppState, live: &Live, principal: &Principal) -> Resu
 /// Reserves the request's worst case in tokens and money — with the request and its
 /// concurrency slot too when it did not [`enter`] first (its body was all there at once).
 pub async fn admit(
-    state: &AppState,
+    state: &ProxyState,
     live: &Live,
     principal: &Principal,
     entered: Option<Entered>,
@@ -77,7 +78,7 @@ pub async fn admit(
         }
         None => {
             let team = team_of(state, live, principal).await?;
-            let scopes = limits::scopes_for(live, principal, team.as_deref());
+            let scopes = caller_limits::scopes_for(live, principal, team.as_deref());
             let all = reserve(state, &scopes, demand, request.operation).await?;
             let headers = all.as_ref().map(|reservation| reservation.headers).unwrap_or_default();
             (team, all, None, headers)
@@ -104,7 +105,7 @@ pub async fn admit(
     Ok(Admitted { plan, rate_headers, priority, settlement })
 }
 
-async fn team_of(state: &AppState, live: &Live, principal: &Principal) -> Result<Option<Arc<TeamRecord>>, ApiError> {
+async fn team_of(state: &ProxyState, live: &Live, principal: &Principal) -> Result<Option<Arc<TeamRecord>>, ApiError> {
     let Some(name) = &principal.team else { return Ok(None) };
     let max_age = live.store.cache_max_age.0;
     state.teams().get(name, max_age).await.map_err(|error| ApiError::from_store(&error, "team lookup"))
@@ -112,8 +113,8 @@ async fn team_of(state: &AppState, live: &Live, principal: &Principal) -> Result
 
 /// One all-or-nothing reservation; none when no limit applies.
 async fn reserve(
-    state: &AppState,
-    scopes: &[(Scope, Limits)],
+    state: &ProxyState,
+    scopes: &[(LimitScope, Limits)],
     demand: Demand,
     operation: Operation,
 ) -> Result<Option<Reservation>, ApiError> {
@@ -123,8 +124,8 @@ async fn reserve(
     let now = unix_millis(time::OffsetDateTime::now_utc());
     let reservation = state.limiter().admit(scopes, demand, now).await.map_err(|refusal| match refusal {
         Refusal::Denied(denial) => {
-            state.metrics().denied(limits::scope_kind(&denial.scope), denial.limit.config_name());
-            limits::denial_error(&denial, oversized_param(operation))
+            state.metrics().denied(caller_limits::scope_kind(&denial.scope), denial.limit.config_name());
+            caller_limits::denial_error(&denial, oversized_param(operation))
         }
         Refusal::Unavailable { retry_after_ms } => {
             ApiError::LimiterUnavailable { retry_after_secs: retry_after_ms.div_ceil(1000).max(1) }

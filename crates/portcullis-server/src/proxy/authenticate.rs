@@ -6,14 +6,14 @@ use http::HeaderMap;
 use http::header::AUTHORIZATION;
 use portcullis_auth::{SecretKind, SecretToken};
 
+use super::ProxyState;
 use crate::bearer::bearer_token;
 use crate::error::ApiError;
 use crate::principal::Principal;
-use crate::state::AppState;
 
 /// Finds the caller's principal. Anything short of a live, well-formed, known key is refused;
 /// only the holder of a real key learns that it expired or was revoked.
-pub async fn authenticate(state: &AppState, headers: &HeaderMap, now: i64) -> Result<Arc<Principal>, ApiError> {
+pub async fn authenticate(state: &ProxyState, headers: &HeaderMap, now: i64) -> Result<Arc<Principal>, ApiError> {
     let credential = credential(headers).ok_or(ApiError::InvalidApiKey)?;
     let secret = SecretToken::parse(SecretKind::ApiKey, credential).map_err(|_| ApiError::InvalidApiKey)?;
     let hash = state.hasher().hash(&secret);

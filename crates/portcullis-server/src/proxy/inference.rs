@@ -10,6 +10,7 @@ use portcullis_config::{DEFAULT_MAX_EVENT_BYTES, Live};
 use portcullis_limits::Price;
 use portcullis_upstream::{ForwardRequest, UpstreamError, UpstreamResponse};
 
+use super::ProxyState;
 use super::admit::{self, price};
 use super::answer::{self, Answer};
 use super::authorize::may_use_model;
@@ -17,11 +18,10 @@ use super::body::{self, Operation, ParsedRequest};
 use super::meter::{Metered, OnFinish, StreamOptions};
 use super::settle::Settlement;
 use super::{caller, capture, refusal};
+use crate::caller_limits;
 use crate::error::ApiError;
 use crate::exchange::{AuditAtBodyEnd, Exchange};
-use crate::limits;
 use crate::request_id::{self, RequestId};
-use crate::state::AppState;
 
 /// Client headers a model server may see. An allow-list: credentials, cookies and anything
 /// else the client sent stay here.
@@ -32,20 +32,20 @@ const FORWARDED_HEADERS: [header::HeaderName; 3] = [header::CONTENT_TYPE, header
 const RELAYED_HEADERS: [header::HeaderName; 4] =
     [header::CONTENT_TYPE, header::CONTENT_LENGTH, header::CACHE_CONTROL, header::RETRY_AFTER];
 
-pub async fn chat(state: State<AppState>, exchange: Exchange, request: Request) -> Result<Response, ApiError> {
+pub async fn chat(state: State<ProxyState>, exchange: Exchange, request: Request) -> Result<Response, ApiError> {
     serve(state, Operation::Chat, exchange, request).await
 }
 
-pub async fn completions(state: State<AppState>, exchange: Exchange, request: Request) -> Result<Response, ApiError> {
+pub async fn completions(state: State<ProxyState>, exchange: Exchange, request: Request) -> Result<Response, ApiError> {
     serve(state, Operation::Completions, exchange, request).await
 }
 
-pub async fn embeddings(state: State<AppState>, exchange: Exchange, request: Request) -> Result<Response, ApiError> {
+pub async fn embeddings(state: State<ProxyState>, exchange: Exchange, request: Request) -> Result<Response, ApiError> {
     serve(state, Operation::Embeddings, exchange, request).await
 }
 
 async fn serve(
-    State(state): State<AppState>,
+    State(state): State<ProxyState>,
     operation: Operation,
     exchange: Exchange,
     request: Request,
@@ -104,7 +104,7 @@ async fn serve(
             upstream_error(error).into_response()
         }
     };
-    limits::insert_headers(response.headers_mut(), &admitted.rate_headers);
+    caller_limits::insert_headers(response.headers_mut(), &admitted.rate_headers);
     Ok(response)
 }
 

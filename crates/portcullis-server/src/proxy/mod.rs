@@ -13,10 +13,12 @@ mod models;
 mod refusal;
 mod settle;
 pub(crate) mod shape;
+mod state;
 mod usage;
 
-pub use settle::unix_millis;
 pub(crate) mod sse;
+
+pub use state::{Parts, ProxyState};
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -33,15 +35,14 @@ use crate::health;
 use crate::misuse::FailureOutcome;
 use crate::principal::Principal;
 use crate::security::SecurityEvent;
-use crate::state::AppState;
 
 /// Stands in for the client address when none was recorded (only in in-process tests).
 const UNKNOWN_CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 
-/// The accept loop adds the request id and the access log around it (see [`crate::access_log`]).
+/// The accept loop adds the request id and the access log around it (see `listener::access_log`).
 /// Authentication is the first step of every `/v1` handler (default deny); the health routes
 /// are the only public ones.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: ProxyState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(inference::chat))
         .route("/v1/completions", post(inference::completions))
@@ -63,7 +64,7 @@ pub fn router(state: AppState) -> Router {
 /// blocked for — unauthenticated attempts: behind a shared address (a NAT, an office, a load
 /// balancer) a valid key keeps working while someone next to it guesses.
 async fn caller(
-    state: &AppState,
+    state: &ProxyState,
     exchange: &Exchange,
     headers: &HeaderMap,
     scope: impl Into<Option<Scope>>,
@@ -80,7 +81,7 @@ async fn caller(
                 return Err(ApiError::ClientBlocked { retry_after_secs });
             }
             if misuse.auth_failed(client, Instant::now(), thresholds) == FailureOutcome::Blocked {
-                state.security_event(SecurityEvent::ClientBlocked { client });
+                SecurityEvent::ClientBlocked { client }.raise(state.metrics(), state.auditor());
             }
             return Err(ApiError::InvalidApiKey);
         }
@@ -91,11 +92,12 @@ async fn caller(
         info.team = principal.team.clone();
     });
     if let Some(count) = misuse.key_request(&principal.id, (now.unix_timestamp() / 60) as u64, thresholds) {
-        state.security_event(SecurityEvent::Anomaly {
+        let anomaly = SecurityEvent::Anomaly {
             key_id: principal.id.clone(),
             team: principal.team.clone(),
             requests_this_minute: count,
-        });
+        };
+        anomaly.raise(state.metrics(), state.auditor());
     }
     authorize::check_address(&principal, client)?;
     if let Some(scope) = scope.into() {

@@ -6,14 +6,14 @@ use http::HeaderMap;
 use portcullis_auth::Scope;
 use portcullis_types::openai::{Model, ModelList};
 
+use super::ProxyState;
 use super::authorize::may_use_model;
 use super::caller;
 use crate::error::ApiError;
 use crate::exchange::Exchange;
-use crate::state::AppState;
 
 pub async fn list(
-    State(state): State<AppState>,
+    State(state): State<ProxyState>,
     exchange: Exchange,
     headers: HeaderMap,
 ) -> Result<Json<ModelList>, ApiError> {
@@ -31,7 +31,7 @@ pub async fn list(
 
 /// An unknown model and one the caller may not use get the same 404.
 pub async fn get(
-    State(state): State<AppState>,
+    State(state): State<ProxyState>,
     exchange: Exchange,
     Path(id): Path<String>,
     headers: HeaderMap,

@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 
 use super::capture::Capture;
 use super::meter::{Ending, Outcome};
+use crate::clock::unix_millis;
 use crate::exchange::{Billed, Exchange};
 use crate::usage::UsageRecorder;
 
@@ -223,10 +224,6 @@ fn believable(
 ) -> (u64, u64) {
     let completion_bound = relayed_bytes.max(completion_bound).saturating_add(COMPLETION_SLACK);
     (reported.prompt_tokens.min(prompt_bound), reported.completion_tokens.min(completion_bound))
-}
-
-pub fn unix_millis(at: OffsetDateTime) -> u64 {
-    u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }
 
 #[cfg(test)]

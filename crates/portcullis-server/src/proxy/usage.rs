@@ -4,26 +4,26 @@
 use axum::Json;
 use axum::extract::State;
 use http::HeaderMap;
-use portcullis_auth::Scope as AuthScope;
-use portcullis_limits::{LimitState, Money, Scope};
+use portcullis_auth::Scope;
+use portcullis_limits::{LimitScope, LimitState, Money};
 use portcullis_store::{UsageGrouping, UsageQuery, usage_add};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
+use super::ProxyState;
 use super::caller;
-use super::settle::unix_millis;
+use crate::caller_limits::scopes_for;
+use crate::clock::unix_millis;
 use crate::error::ApiError;
 use crate::exchange::Exchange;
-use crate::limits::scopes_for;
-use crate::state::AppState;
 
 /// Any valid key may read its own usage; no scope is needed (it reveals nothing about others).
 pub async fn usage(
-    State(state): State<AppState>,
+    State(state): State<ProxyState>,
     exchange: Exchange,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let principal = caller(&state, &exchange, &headers, None::<AuthScope>).await?;
+    let principal = caller(&state, &exchange, &headers, None::<Scope>).await?;
     let live = state.runtime().live.clone();
     let team = match &principal.team {
         Some(name) => state
@@ -49,11 +49,11 @@ pub async fn usage(
     })))
 }
 
-fn scope_name(scope: &Scope) -> Value {
+fn scope_name(scope: &LimitScope) -> Value {
     match scope {
-        Scope::Global => json!({"kind": "global"}),
-        Scope::Team(name) => json!({"kind": "team", "id": name.as_ref()}),
-        Scope::Key(id) => json!({"kind": "key", "id": id.as_ref()}),
+        LimitScope::Global => json!({"kind": "global"}),
+        LimitScope::Team(name) => json!({"kind": "team", "id": name.as_ref()}),
+        LimitScope::Key(id) => json!({"kind": "key", "id": id.as_ref()}),
     }
 }
 
@@ -70,7 +70,7 @@ fn limit_json(state: &LimitState) -> Value {
 }
 
 /// Recorded usage (written within a second of each request's end) for today and this month.
-async fn spend(state: &AppState, key_id: &str, now: OffsetDateTime) -> Result<Value, ApiError> {
+async fn spend(state: &ProxyState, key_id: &str, now: OffsetDateTime) -> Result<Value, ApiError> {
     let today = now.replace_time(time::Time::MIDNIGHT);
     let month = today.replace_day(1).unwrap_or(today);
     let query = UsageQuery {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue};
 use portcullis_config::Live;
-use portcullis_limits::{Denial, DenialReason, Limits, Money, RateHeaders, RateState, Scope};
+use portcullis_limits::{Denial, DenialReason, LimitScope, Limits, Money, RateHeaders, RateState};
 use portcullis_store::TeamRecord;
 use portcullis_types::admin::LimitOverrides;
 
@@ -14,18 +14,18 @@ use crate::error::ApiError;
 use crate::principal::Principal;
 
 /// Limits by the scope they apply to.
-pub type ScopedLimits = Vec<(Scope, Limits)>;
+pub type ScopedLimits = Vec<(LimitScope, Limits)>;
 
 /// Key, team and global limits for one caller; scopes without any limit are left out.
 pub fn scopes_for(live: &Live, principal: &Principal, team: Option<&TeamRecord>) -> ScopedLimits {
     let mut scopes = Vec::with_capacity(3);
     let key = resolve(live, Some(&principal.tier), &principal.limits);
-    push(&mut scopes, Scope::Key(Arc::from(principal.id.as_str())), key);
+    push(&mut scopes, LimitScope::Key(Arc::from(principal.id.as_str())), key);
     if let Some(team) = team {
         let limits = resolve(live, team.tier.as_deref(), &team.limits);
-        push(&mut scopes, Scope::Team(Arc::from(team.name.as_str())), limits);
+        push(&mut scopes, LimitScope::Team(Arc::from(team.name.as_str())), limits);
     }
-    push(&mut scopes, Scope::Global, to_limits(&live.limits.global, None));
+    push(&mut scopes, LimitScope::Global, to_limits(&live.limits.global, None));
     scopes
 }
 
@@ -50,7 +50,7 @@ pub fn split(scopes: ScopedLimits) -> (ScopedLimits, ScopedLimits) {
     (requests, tokens)
 }
 
-fn push(scopes: &mut ScopedLimits, scope: Scope, limits: Limits) {
+fn push(scopes: &mut ScopedLimits, scope: LimitScope, limits: Limits) {
     if limits != Limits::default() {
         scopes.push((scope, limits));
     }
@@ -132,11 +132,11 @@ fn reset_text(ms: u64) -> String {
 }
 
 /// `key`, `team` or `global`: a metric label that never grows with the number of callers.
-pub fn scope_kind(scope: &Scope) -> &'static str {
+pub fn scope_kind(scope: &LimitScope) -> &'static str {
     match scope {
-        Scope::Key(_) => "key",
-        Scope::Team(_) => "team",
-        Scope::Global => "global",
+        LimitScope::Key(_) => "key",
+        LimitScope::Team(_) => "team",
+        LimitScope::Global => "global",
     }
 }
 
@@ -144,9 +144,9 @@ pub fn scope_kind(scope: &Scope) -> &'static str {
 /// request too big for a limit's whole capacity.
 pub fn denial_error(denial: &Denial, oversized: &'static str) -> ApiError {
     let scope = match &denial.scope {
-        Scope::Key(_) => "this key".to_string(),
-        Scope::Team(team) => format!("team '{team}'"),
-        Scope::Global => "the gateway".to_string(),
+        LimitScope::Key(_) => "this key".to_string(),
+        LimitScope::Team(team) => format!("team '{team}'"),
+        LimitScope::Global => "the gateway".to_string(),
     };
     let limit = denial.limit.config_name();
     let retry_after_secs = denial.retry_after_ms.map_or(1, |ms| ms.div_ceil(1000).max(1));
@@ -179,12 +179,12 @@ pub async fn seed_from_usage(
 
     let day_start = now.replace_time(time::Time::MIDNIGHT);
     let month_start = day_start.replace_day(1).unwrap_or(day_start);
-    let mut totals: HashMap<Scope, (Usage, Usage)> = HashMap::new();
+    let mut totals: HashMap<LimitScope, (Usage, Usage)> = HashMap::new();
     for (since, is_day) in [(month_start, false), (day_start, true)] {
         for total in usage.usage_totals_since(since).await? {
             let amount = Usage { tokens: total.tokens, cost: Money(total.cost_pico) };
-            let mut scopes = vec![Scope::Global, Scope::Key(Arc::from(total.key_id.as_str()))];
-            scopes.extend(total.team.as_deref().map(|team| Scope::Team(Arc::from(team))));
+            let mut scopes = vec![LimitScope::Global, LimitScope::Key(Arc::from(total.key_id.as_str()))];
+            scopes.extend(total.team.as_deref().map(|team| LimitScope::Team(Arc::from(team))));
             for scope in scopes {
                 let (day, month) = totals.entry(scope).or_default();
                 let window = if is_day { day } else { month };
@@ -193,7 +193,7 @@ pub async fn seed_from_usage(
             }
         }
     }
-    let now_ms = crate::proxy::unix_millis(now);
+    let now_ms = crate::clock::unix_millis(now);
     for (scope, (day, month)) in &totals {
         limiter.seed(scope, *day, *month, now_ms).await;
     }
@@ -207,7 +207,7 @@ mod tests {
 
     #[test]
     fn split_puts_rate_and_concurrency_before_the_body_and_amounts_after() {
-        let key = Scope::Key(Arc::from("k"));
+        let key = LimitScope::Key(Arc::from("k"));
         let all = Limits {
             requests_per_minute: Some(10),
             burst: Some(2),
@@ -218,7 +218,7 @@ mod tests {
             ..Limits::default()
         };
         let only_tokens = Limits { tokens_per_day: Some(5), ..Limits::default() };
-        let (requests, tokens) = split(vec![(key.clone(), all), (Scope::Global, only_tokens.clone())]);
+        let (requests, tokens) = split(vec![(key.clone(), all), (LimitScope::Global, only_tokens.clone())]);
         assert_eq!(
             requests,
             vec![(
@@ -229,7 +229,7 @@ mod tests {
         assert_eq!(tokens.len(), 2);
         assert_eq!(tokens[0].1.tokens_per_minute, Some(100));
         assert_eq!((tokens[0].1.requests_per_minute, tokens[0].1.max_concurrent), (None, None));
-        assert_eq!(tokens[1], (Scope::Global, only_tokens));
+        assert_eq!(tokens[1], (LimitScope::Global, only_tokens));
     }
 
     #[test]

@@ -15,40 +15,48 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{HeaderMap, Version, header};
 use portcullis_audit::AuditEvent;
-use portcullis_store::{AuditDecision, AuditKind};
+use portcullis_store::AuditDecision;
 use time::OffsetDateTime;
 use tower::ServiceExt;
 
+use std::sync::Arc;
+
+use super::{SiteContext, gate};
 use crate::client_addr;
 use crate::error::ApiError;
 use crate::exchange::{AuditAtBodyEnd, Exchange, RequestMeta};
-use crate::listener::gate;
+use crate::listener_kind::ListenerKind;
+use crate::metrics::Metrics;
 use crate::request_id::{self, RequestId};
-use crate::state::AppState;
 
-/// Serves `request` with `router` on `listener` (`"proxy"` or `"admin"`): the request gets its
+/// Serves `request` with `router` on `listener`: the request gets its
 /// id first, so that every answer, even an error, carries one.
 ///
 /// Admin requests run to the end even when their client leaves (a change must not be cut off
 /// between the store and its audit record); proxy requests are dropped with their client, which
 /// also stops the model server's work, and their exchange records them as abandoned.
-pub async fn serve(listener: &'static str, state: &AppState, router: Router, mut request: Request) -> Response {
-    let id = request_id::assign(&mut request, state.redactor());
-    let mut response = if listener == "proxy" {
-        record(listener, state.clone(), router, request).await
+pub async fn serve(
+    listener: ListenerKind,
+    context: &Arc<SiteContext>,
+    router: Router,
+    mut request: Request,
+) -> Response {
+    let id = request_id::assign(&mut request, &context.redactor);
+    let mut response = if listener == ListenerKind::Proxy {
+        record(listener, Arc::clone(context), router, request).await
     } else {
-        let detached = tokio::spawn(record(listener, state.clone(), router, request));
+        let detached = tokio::spawn(record(listener, Arc::clone(context), router, request));
         detached.await.unwrap_or_else(|_| ApiError::Internal.into_response())
     };
     response.headers_mut().insert(request_id::HEADER, id);
     response
 }
 
-async fn record(listener: &'static str, state: AppState, router: Router, mut request: Request) -> Response {
+async fn record(listener: ListenerKind, context: Arc<SiteContext>, router: Router, mut request: Request) -> Response {
     let started = Instant::now();
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|peer| peer.0);
     let client = peer.map(|peer| {
-        let runtime = state.runtime();
+        let runtime = context.runtime.load();
         let server = &runtime.live.server;
         client_addr::resolve(peer, request.headers(), &server.trusted_proxies, server.forwarded_header)
     });
@@ -62,29 +70,29 @@ async fn record(listener: &'static str, state: AppState, router: Router, mut req
         },
         user_agent: request.headers().get(header::USER_AGENT).and_then(|value| value.to_str().ok()).map(|agent| {
             let agent = short(agent);
-            match state.redactor().redact_credentials(&agent) {
+            match context.redactor.redact_credentials(&agent) {
                 Cow::Borrowed(_) => agent,
                 Cow::Owned(redacted) => redacted,
             }
         }),
     };
-    let exchange = Exchange::new(listener, state.clone(), meta, started);
+    let exchange = Exchange::new(listener, Arc::clone(&context.recording), meta, started);
     request.extensions_mut().insert(exchange.clone());
     if let Some(Ok(ip)) = client {
         request.extensions_mut().insert(client_addr::ClientIp(ip));
     }
-    let in_flight = InFlight::start(&state, listener);
+    let in_flight = InFlight::start(context.metrics(), listener);
     let checked = match client {
         Some(Err(unparsable)) => Err(ApiError::MalformedRequest { message: unparsable.to_string() }),
-        _ => check_head(&state, request.version(), request.headers()),
+        _ => check_head(&context, request.version(), request.headers()),
     };
     let mut response = match checked {
         Err(error) => error.into_response(),
         Ok(()) => match AssertUnwindSafe(router.oneshot(request)).catch_unwind().await {
             Ok(Ok(response)) => response,
             Err(_) => {
-                state.metrics().panicked(listener);
-                tracing::error!(listener, request_id = ?exchange.meta().request_id, "a handler panicked");
+                context.metrics().panicked(listener);
+                tracing::error!(listener = listener.name(), request_id = ?exchange.meta().request_id, "a handler panicked");
                 ApiError::Internal.into_response()
             }
         },
@@ -99,11 +107,11 @@ async fn record(listener: &'static str, state: AppState, router: Router, mut req
 /// What an HTTP/2 request must not carry either (HTTP/1 heads were checked by the gate, see
 /// `listener::gate`): more header fields than allowed, or a second `Host`, `Authorization` or
 /// `x-api-key` (which one would count?).
-fn check_head(state: &AppState, version: Version, headers: &HeaderMap) -> Result<(), ApiError> {
+fn check_head(context: &SiteContext, version: Version, headers: &HeaderMap) -> Result<(), ApiError> {
     if version < Version::HTTP_2 {
         return Ok(());
     }
-    if headers.len() > state.startup().server.max_headers {
+    if headers.len() > context.max_headers {
         return Err(ApiError::HeaderTooLarge);
     }
     for name in gate::SINGLE_HEADERS {
@@ -118,8 +126,8 @@ fn check_head(state: &AppState, version: Version, headers: &HeaderMap) -> Result
 struct InFlight(prometheus_client::metrics::gauge::Gauge<i64, std::sync::atomic::AtomicI64>);
 
 impl InFlight {
-    fn start(state: &AppState, listener: &'static str) -> InFlight {
-        let gauge = state.metrics().in_flight(listener);
+    fn start(metrics: &Metrics, listener: ListenerKind) -> InFlight {
+        let gauge = metrics.in_flight(listener);
         gauge.inc();
         InFlight(gauge)
     }
@@ -134,14 +142,14 @@ impl Drop for InFlight {
 /// The answer to a request head refused before hyper parsed it (too large, malformed, badly
 /// framed), as raw HTTP/1.1: it is logged, counted and audited like any refusal, with a fresh
 /// request id and the peer's address (nothing in such a head can be believed).
-pub fn refuse_head(listener: &'static str, state: &AppState, peer: SocketAddr, error: ApiError) -> Bytes {
+pub fn refuse_head(listener: ListenerKind, context: &SiteContext, peer: SocketAddr, error: ApiError) -> Bytes {
     let status = error.status_code();
     let request_id = request_id::fresh();
     let (_, code) = error.kind_and_code();
-    state.metrics().record(listener, "", status.as_u16(), std::time::Duration::ZERO);
+    context.metrics().record(listener, "", status.as_u16(), std::time::Duration::ZERO);
     tracing::info!(
         target: "portcullis::access",
-        listener,
+        listener = listener.name(),
         status = status.as_u16(),
         request_id = request_id.to_str().unwrap_or_default(),
         client = %peer.ip(),
@@ -149,14 +157,11 @@ pub fn refuse_head(listener: &'static str, state: &AppState, peer: SocketAddr, e
         "request head refused",
     );
     let mut event =
-        AuditEvent::new(OffsetDateTime::now_utc(), AuditKind::Request, AuditDecision::Deny, status.as_u16());
-    if listener != "proxy" {
-        event.kind = AuditKind::Admin;
-    }
+        AuditEvent::new(OffsetDateTime::now_utc(), listener.audit_kind(), AuditDecision::Deny, status.as_u16());
     event.request_id = request_id.to_str().ok().map(str::to_string);
     event.client_ip = Some(peer.ip().to_string());
     event.reason = Some(code.to_string());
-    drop(state.auditor().record_detached(event));
+    drop(context.recording.auditor.record_detached(event));
     let body = serde_json::to_vec(&error.body()).unwrap_or_default();
     let mut answer = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {}\r\nconnection: close\r\n\r\n",
@@ -185,8 +190,8 @@ mod tests {
 
     use super::*;
 
-    async fn state() -> AppState {
-        AppState::in_memory_for_tests(None).await.0
+    async fn context() -> Arc<SiteContext> {
+        crate::state::AppState::in_memory_for_tests(None).await.0.site_context()
     }
 
     async fn panics() -> &'static str {
@@ -195,21 +200,21 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_handler_answers_500_with_a_request_id_and_is_counted() {
-        let state = state().await;
+        let context = context().await;
         let router = Router::new().route("/boom", get(panics));
         let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let mut request = http::Request::builder().uri("/boom").header("host", "x").body(Body::empty()).unwrap();
         request.extensions_mut().insert(ConnectInfo(peer));
-        let response = serve("proxy", &state, router.clone(), request).await;
+        let response = serve(ListenerKind::Proxy, &context, router.clone(), request).await;
         assert_eq!(response.status(), 500);
         assert!(response.headers().contains_key(request_id::HEADER));
         let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap();
         assert!(String::from_utf8_lossy(&body).contains("internal_error"));
-        let metrics = state.metrics().render();
+        let metrics = context.metrics().render();
         assert!(metrics.contains("portcullis_handler_panics_total{listener=\"proxy\"} 1"), "{metrics}");
         assert!(metrics.contains("portcullis_in_flight_requests{listener=\"proxy\"} 0"), "{metrics}");
         // The worker that ran it is still there to serve the next request.
         let again = http::Request::builder().uri("/boom").header("host", "x").body(Body::empty()).unwrap();
-        assert_eq!(serve("proxy", &state, router, again).await.status(), 500);
+        assert_eq!(serve(ListenerKind::Proxy, &context, router, again).await.status(), 500);
     }
 }

@@ -1,0 +1,29 @@
+//! Which listener a connection or request came in on.
+
+use portcullis_store::AuditKind;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Clients' model calls (`server.listen`).
+    Proxy,
+    /// Operators: the admin API, metrics (`admin.listen`).
+    Admin,
+}
+
+impl ListenerKind {
+    /// Its name in logs and metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::Proxy => "proxy",
+            ListenerKind::Admin => "admin",
+        }
+    }
+
+    /// What its requests are in the audit log.
+    pub fn audit_kind(self) -> AuditKind {
+        match self {
+            ListenerKind::Proxy => AuditKind::Request,
+            ListenerKind::Admin => AuditKind::Admin,
+        }
+    }
+}
