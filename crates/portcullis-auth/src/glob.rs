@@ -9,6 +9,11 @@ impl ModelGlobs {
         Self(patterns)
     }
 
+    /// The patterns as given.
+    pub fn patterns(&self) -> &[String] {
+        &self.0
+    }
+
     pub fn is_unrestricted(&self) -> bool {
         self.0.is_empty()
     }

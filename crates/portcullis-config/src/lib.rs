@@ -1,18 +1,28 @@
 //! Portcullis configuration: the TOML file's shape ([`Config`]), `${VAR}` substitution, and the
 //! checks that run before anything is served. Every error names the field path it is about.
+//!
+//! The file's shape is for reading and reporting errors; the gateway runs on what
+//! [`Config::split`] makes of it: [`Startup`], fixed until a restart, and [`Live`], which a
+//! reload replaces.
 
 mod duration;
 mod env;
+mod fingerprint;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+mod live;
 mod model;
+mod split;
+mod startup;
 mod validate;
 
 use std::path::Path;
 
 pub use duration::{ConfigDuration, DurationError, parse_duration};
 pub use env::EnvError;
+pub use live::{AuditLive, LimitsLive, Live, Models, SecurityThresholds, ServerLive, StoreLive, Tier};
 pub use model::*;
+pub use startup::{AuditStartup, LimiterStartup, SecurityStartup, ServerStartup, Startup, StoreStartup};
 pub use validate::MAX_HEADERS;
 
 #[derive(Debug, thiserror::Error)]

@@ -8,12 +8,12 @@ use std::time::Duration;
 use ipnet::IpNet;
 use portcullis_types::Secret;
 use portcullis_types::admin::LimitOverrides;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::duration::ConfigDuration;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -34,7 +34,7 @@ pub struct Config {
     pub models: Vec<ModelConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -81,7 +81,7 @@ pub struct ServerConfig {
 
 /// The header that carries the client address through trusted proxies. Only the configured one
 /// is read: a client could send the other one itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum ForwardedHeader {
     /// `X-Forwarded-For: client, proxy1, proxy2`
     #[serde(rename = "x-forwarded-for")]
@@ -115,7 +115,7 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
@@ -132,10 +132,11 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// `sqlite://path/to/file.db` (relative to the working directory) or `postgres://…`.
+    #[serde(serialize_with = "crate::fingerprint::secret")]
     pub url: Secret<String>,
     /// PostgreSQL connections per replica.
     pub pool_size: u32,
@@ -171,7 +172,13 @@ pub enum StoreLocation<'a> {
 impl StoreConfig {
     /// `store.url` read, or why it cannot be.
     pub fn location(&self) -> Result<StoreLocation<'_>, String> {
-        let url = self.url.expose().as_str();
+        StoreLocation::parse(self.url.expose())
+    }
+}
+
+impl<'a> StoreLocation<'a> {
+    /// The one reading of a store URL.
+    pub fn parse(url: &'a str) -> Result<StoreLocation<'a>, String> {
         if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
             return match path {
                 "" => Err("names no SQLite file".into()),
@@ -202,7 +209,7 @@ impl StoreLocation<'_> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LimiterBackend {
     Memory,
@@ -210,7 +217,7 @@ pub enum LimiterBackend {
 }
 
 /// What a shared (Redis) limiter does while its backend is unreachable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnBackendError {
     /// Refuse with 503 and `Retry-After`: limits never loosen.
@@ -219,10 +226,11 @@ pub enum OnBackendError {
     Local,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub backend: LimiterBackend,
+    #[serde(serialize_with = "crate::fingerprint::optional")]
     pub redis_url: Option<Secret<String>>,
     /// Every Redis key starts with `{prefix}:`, so several gateways can share one Redis.
     pub redis_prefix: String,
@@ -259,14 +267,14 @@ impl Default for LimitsConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuditDurability {
     Async,
     Sync,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     pub durability: AuditDurability,
@@ -298,11 +306,12 @@ impl Default for AuditConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityConfig {
     /// When set, key and token hashes are HMAC-SHA-256 with this pepper instead of SHA-256,
     /// so a stolen database alone cannot confirm a guessed key.
+    #[serde(serialize_with = "crate::fingerprint::optional")]
     pub key_pepper: Option<Secret<String>>,
     /// Failed authentications from one client address within `auth_failure_window` that get
     /// the address blocked; 0 turns blocking off.
@@ -329,7 +338,7 @@ impl Default for SecurityConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TierConfig {
     #[serde(default)]
@@ -358,7 +367,7 @@ pub struct TierConfig {
     pub models: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// What clients send in `model`.
@@ -369,7 +378,7 @@ pub struct ModelConfig {
     /// Origins (optionally with a path prefix) of the servers in this model's pool.
     pub endpoints: Vec<Url>,
     /// Bearer token sent upstream in place of the client's credential.
-    #[serde(default)]
+    #[serde(default, serialize_with = "crate::fingerprint::optional")]
     pub api_key: Option<Secret<String>>,
     /// Requests in flight per endpoint; more wait or are shed with 503 `overloaded`.
     #[serde(default)]
@@ -419,7 +428,7 @@ impl ModelConfig {
 /// token, and far below what would strain the gateway's memory.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Price {
     #[serde(default)]
@@ -428,7 +437,7 @@ pub struct Price {
     pub output_per_million: f64,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimeoutsConfig {
     pub connect: ConfigDuration,
@@ -451,7 +460,7 @@ impl Default for TimeoutsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthCheckConfig {
     pub enabled: bool,
@@ -472,7 +481,7 @@ impl Default for HealthCheckConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EjectionConfig {
     /// Consecutive failures (connection errors, timeouts, 502/503/504) that take an endpoint

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue};
-use portcullis_config::Config;
+use portcullis_config::Live;
 use portcullis_limits::{Denial, DenialReason, LimitScope, Limits, Money, RateHeaders, RateState};
 use portcullis_store::TeamRecord;
 use portcullis_types::admin::LimitOverrides;
@@ -17,15 +17,15 @@ use crate::principal::Principal;
 pub type ScopedLimits = Vec<(LimitScope, Limits)>;
 
 /// Key, team and global limits for one caller; scopes without any limit are left out.
-pub fn scopes_for(config: &Config, principal: &Principal, team: Option<&TeamRecord>) -> ScopedLimits {
+pub fn scopes_for(live: &Live, principal: &Principal, team: Option<&TeamRecord>) -> ScopedLimits {
     let mut scopes = Vec::with_capacity(3);
-    let key = resolve(config, Some(&principal.tier), &principal.limits);
+    let key = resolve(live, Some(&principal.tier), &principal.limits);
     push(&mut scopes, LimitScope::Key(Arc::from(principal.id.as_str())), key);
     if let Some(team) = team {
-        let limits = resolve(config, team.tier.as_deref(), &team.limits);
+        let limits = resolve(live, team.tier.as_deref(), &team.limits);
         push(&mut scopes, LimitScope::Team(Arc::from(team.name.as_str())), limits);
     }
-    push(&mut scopes, LimitScope::Global, to_limits(&config.limits.global, None));
+    push(&mut scopes, LimitScope::Global, to_limits(&live.limits.global, None));
     scopes
 }
 
@@ -58,17 +58,17 @@ fn push(scopes: &mut ScopedLimits, scope: LimitScope, limits: Limits) {
 
 /// A tier's limits with every override that is set taking its place. The admin API's team_admin
 /// rule (`admin::plan`) compares keys' limits through this same function.
-pub(crate) fn resolve(config: &Config, tier: Option<&str>, overrides: &LimitOverrides) -> Limits {
-    let tier = tier.and_then(|name| config.tiers.get(name));
-    let base = tier.map(|tier| tier.limits()).unwrap_or_default();
+pub(crate) fn resolve(live: &Live, tier: Option<&str>, overrides: &LimitOverrides) -> Limits {
+    let tier = tier.and_then(|name| live.tier(name));
+    let base = tier.map(|tier| &tier.limits);
     let merged = LimitOverrides {
-        requests_per_minute: overrides.requests_per_minute.or(base.requests_per_minute),
-        tokens_per_minute: overrides.tokens_per_minute.or(base.tokens_per_minute),
-        max_concurrent: overrides.max_concurrent.or(base.max_concurrent),
-        tokens_per_day: overrides.tokens_per_day.or(base.tokens_per_day),
-        tokens_per_month: overrides.tokens_per_month.or(base.tokens_per_month),
-        budget_per_day: overrides.budget_per_day.or(base.budget_per_day),
-        budget_per_month: overrides.budget_per_month.or(base.budget_per_month),
+        requests_per_minute: overrides.requests_per_minute.or(base.and_then(|base| base.requests_per_minute)),
+        tokens_per_minute: overrides.tokens_per_minute.or(base.and_then(|base| base.tokens_per_minute)),
+        max_concurrent: overrides.max_concurrent.or(base.and_then(|base| base.max_concurrent)),
+        tokens_per_day: overrides.tokens_per_day.or(base.and_then(|base| base.tokens_per_day)),
+        tokens_per_month: overrides.tokens_per_month.or(base.and_then(|base| base.tokens_per_month)),
+        budget_per_day: overrides.budget_per_day.or(base.and_then(|base| base.budget_per_day)),
+        budget_per_month: overrides.budget_per_month.or(base.and_then(|base| base.budget_per_month)),
     };
     to_limits(&merged, tier.and_then(|tier| tier.burst))
 }

@@ -37,7 +37,7 @@ pub async fn follow(follower: Follower, mut cursor: u64, stop: CancellationToken
     let mut notifications = log.change_notifications();
     let mut failing = false;
     loop {
-        let poll = follower.runtime.load().config.store.change_poll.0;
+        let poll = follower.runtime.load().live.store.change_poll.0;
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(poll) => {}

@@ -36,15 +36,20 @@ impl std::fmt::Debug for KeyCache {
 }
 
 impl KeyCache {
-    pub fn new(store: Arc<dyn KeyStore>, max_age: Duration) -> KeyCache {
-        KeyCache { entries: StoreCache::new(CAPACITY, max_age), store, dropped_uses: Arc::default() }
+    pub fn new(store: Arc<dyn KeyStore>) -> KeyCache {
+        KeyCache { entries: StoreCache::new(CAPACITY), store, dropped_uses: Arc::default() }
     }
 
-    /// The principal whose secret hashes to `hash`, or `None` for an unknown secret.
-    pub async fn lookup(&self, hash: &SecretHash) -> Result<Option<Arc<Principal>>, Arc<StoreError>> {
+    /// The principal whose secret hashes to `hash`, or `None` for an unknown secret; a cached
+    /// answer older than `max_age` is read again.
+    pub async fn lookup(
+        &self,
+        hash: &SecretHash,
+        max_age: Duration,
+    ) -> Result<Option<Arc<Principal>>, Arc<StoreError>> {
         let hash = *hash.as_bytes();
         self.entries
-            .get_or_fetch(hash, |old| {
+            .get_or_fetch(hash, max_age, |old| {
                 // A refreshed entry keeps the use time not yet written back.
                 let last_used = old.and_then(Option::as_ref).map(|old| old.last_used.load(Ordering::Relaxed));
                 let store = self.store.clone();

@@ -22,7 +22,9 @@ mod metrics;
 mod misuse;
 mod principal;
 mod proxy;
+mod reload;
 mod request_id;
+mod routes;
 mod runtime;
 mod security;
 mod server;
@@ -47,7 +49,7 @@ pub enum StartError {
 }
 
 /// Applies pending migrations to the configured store; returns how many ran.
-pub async fn migrate(config: &portcullis_config::StoreConfig) -> Result<usize, StartError> {
+pub async fn migrate(config: &portcullis_config::StoreStartup) -> Result<usize, StartError> {
     let backend = store::open(config)?;
     backend.stores.migrator.migrate().await.map_err(|error| StartError::Store(error.to_string()))
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use portcullis_config::{LimiterBackend as BackendKind, LimitsConfig, OnBackendError};
+use portcullis_config::{LimiterBackend as BackendKind, LimiterStartup, OnBackendError};
 use portcullis_limits::{Limiter, MemoryLimiter, Millis};
 use portcullis_limits_redis::{BackendState, OnBackendError as RedisPolicy, RedisLimiter, RedisLimiterOptions};
 
@@ -57,7 +57,7 @@ impl LimiterHealth {
 }
 
 impl LimiterHandle {
-    pub async fn from_config(config: &LimitsConfig) -> Result<LimiterHandle, StartError> {
+    pub async fn from_config(config: &LimiterStartup) -> Result<LimiterHandle, StartError> {
         match config.backend {
             BackendKind::Memory => Ok(LimiterHandle::memory()),
             BackendKind::Redis => {

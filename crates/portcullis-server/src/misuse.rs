@@ -3,47 +3,68 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use moka::Expiry;
 use moka::sync::Cache;
-use portcullis_config::SecurityConfig;
+use portcullis_config::SecurityThresholds;
 
 /// Weight of the newest minute in a key's moving baseline.
 const BASELINE_WEIGHT: f64 = 0.2;
 /// Minutes of history a key needs before its rate can look anomalous.
 const MIN_HISTORY_MINUTES: u64 = 3;
 
+/// The counters of misuse. The thresholds (`[security]`) are passed in with each event, read
+/// from the live configuration, so a reload changes them without losing a count: a failure
+/// window runs with the length it started with, a block ends when it was set to, and the next
+/// window, block or minute uses the new values.
 #[derive(Debug)]
 pub struct Misuse {
-    failure_limit: u32,
-    block_duration: Duration,
-    /// Failures per address in the current window (the entry expires with the window).
-    failures: Cache<IpAddr, Arc<AtomicU32>>,
-    /// Blocked addresses and when their block ends.
+    /// Failures per address in its current window (the entry expires with the window).
+    failures: Cache<IpAddr, Arc<FailureWindow>>,
+    /// Blocked addresses and when their block ends (the entry expires then).
     blocked: Cache<IpAddr, Instant>,
-    anomaly_factor: f64,
-    anomaly_min_requests: u32,
     rates: Cache<String, Arc<KeyRate>>,
+}
+
+#[derive(Debug)]
+struct FailureWindow {
+    started: Instant,
+    length: Duration,
+    count: AtomicU32,
+    /// Set by the failure that blocked the address, so that one block is reported once.
+    blocked: AtomicBool,
+}
+
+/// Entries live as long as what they stand for: a failure window, or a block.
+struct Lifetimes;
+
+impl Expiry<IpAddr, Arc<FailureWindow>> for Lifetimes {
+    fn expire_after_create(&self, _: &IpAddr, window: &Arc<FailureWindow>, created: Instant) -> Option<Duration> {
+        Some((window.started + window.length).saturating_duration_since(created))
+    }
+}
+
+impl Expiry<IpAddr, Instant> for Lifetimes {
+    fn expire_after_create(&self, _: &IpAddr, until: &Instant, created: Instant) -> Option<Duration> {
+        Some(until.saturating_duration_since(created))
+    }
 }
 
 /// What a failed authentication led to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureOutcome {
     Counted,
-    /// This failure crossed the limit: the address is blocked from now on.
+    /// This failure reached the limit: the address is blocked from now on.
     Blocked,
 }
 
 impl Misuse {
-    pub fn new(config: &SecurityConfig) -> Misuse {
+    pub fn new() -> Misuse {
         Misuse {
-            failure_limit: config.auth_failure_limit,
-            block_duration: config.block_duration.0,
-            failures: Cache::builder().max_capacity(100_000).time_to_live(config.auth_failure_window.0).build(),
-            blocked: Cache::builder().max_capacity(100_000).time_to_live(config.block_duration.0).build(),
-            anomaly_factor: config.anomaly_factor,
-            anomaly_min_requests: config.anomaly_min_requests,
+            failures: Cache::builder().max_capacity(100_000).expire_after(Lifetimes).build(),
+            blocked: Cache::builder().max_capacity(100_000).expire_after(Lifetimes).build(),
             rates: Cache::builder().max_capacity(1_000_000).time_to_idle(Duration::from_secs(3600)).build(),
         }
     }
@@ -56,13 +77,21 @@ impl Misuse {
         Some(u64::try_from(left.as_millis().div_ceil(1000)).unwrap_or(u64::MAX))
     }
 
-    pub fn auth_failed(&self, client: IpAddr, now: Instant) -> FailureOutcome {
-        if self.failure_limit == 0 {
+    /// Counts a failure; the address is blocked once its window's count reaches the limit (at
+    /// once, if a reload lowered the limit below the count).
+    pub fn auth_failed(&self, client: IpAddr, now: Instant, thresholds: &SecurityThresholds) -> FailureOutcome {
+        if thresholds.auth_failure_limit == 0 {
             return FailureOutcome::Counted;
         }
-        let count = self.failures.get_with(client, || Arc::new(AtomicU32::new(0)));
-        if count.fetch_add(1, Ordering::Relaxed) + 1 == self.failure_limit {
-            self.blocked.insert(client, now + self.block_duration);
+        let fresh = || Arc::new(FailureWindow::new(now, thresholds.auth_failure_window.0));
+        let mut window = self.failures.get_with(client, fresh);
+        if now.saturating_duration_since(window.started) >= window.length {
+            window = fresh();
+            self.failures.insert(client, window.clone());
+        }
+        let count = window.count.fetch_add(1, Ordering::Relaxed) + 1;
+        if count >= thresholds.auth_failure_limit && !window.blocked.swap(true, Ordering::Relaxed) {
+            self.blocked.insert(client, now + thresholds.block_duration.0);
             self.failures.invalidate(&client);
             return FailureOutcome::Blocked;
         }
@@ -71,9 +100,15 @@ impl Misuse {
 
     /// Counts a request of `key_id` in minute `minute` (unix minutes); `Some(count)` the one
     /// time a minute's count crosses the key's anomaly threshold.
-    pub fn key_request(&self, key_id: &str, minute: u64) -> Option<u64> {
+    pub fn key_request(&self, key_id: &str, minute: u64, thresholds: &SecurityThresholds) -> Option<u64> {
         let rate = self.rates.get_with_by_ref(key_id, || Arc::new(KeyRate::new(minute)));
-        rate.count(minute, self.anomaly_factor, u64::from(self.anomaly_min_requests))
+        rate.count(minute, thresholds.anomaly_factor, u64::from(thresholds.anomaly_min_requests))
+    }
+}
+
+impl FailureWindow {
+    fn new(started: Instant, length: Duration) -> FailureWindow {
+        FailureWindow { started, length, count: AtomicU32::new(0), blocked: AtomicBool::new(false) }
     }
 }
 
@@ -128,27 +163,25 @@ mod tests {
 
     use super::*;
 
-    fn misuse(limit: u32) -> Misuse {
-        let config = SecurityConfig {
+    fn thresholds(limit: u32) -> SecurityThresholds {
+        SecurityThresholds {
             auth_failure_limit: limit,
             auth_failure_window: ConfigDuration(Duration::from_secs(60)),
             block_duration: ConfigDuration(Duration::from_secs(300)),
             anomaly_factor: 10.0,
             anomaly_min_requests: 20,
-            ..SecurityConfig::default()
-        };
-        Misuse::new(&config)
+        }
     }
 
     #[test]
     fn an_address_is_blocked_at_the_failure_limit_and_others_are_not() {
-        let misuse = misuse(3);
+        let (misuse, limits) = (Misuse::new(), thresholds(3));
         let (bad, good): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let now = Instant::now();
-        assert_eq!(misuse.auth_failed(bad, now), FailureOutcome::Counted);
-        assert_eq!(misuse.auth_failed(bad, now), FailureOutcome::Counted);
+        assert_eq!(misuse.auth_failed(bad, now, &limits), FailureOutcome::Counted);
+        assert_eq!(misuse.auth_failed(bad, now, &limits), FailureOutcome::Counted);
         assert_eq!(misuse.blocked_for(bad, now), None);
-        assert_eq!(misuse.auth_failed(bad, now), FailureOutcome::Blocked);
+        assert_eq!(misuse.auth_failed(bad, now, &limits), FailureOutcome::Blocked);
         assert_eq!(misuse.blocked_for(bad, now), Some(300));
         assert_eq!(misuse.blocked_for(bad, now + Duration::from_millis(500)), Some(300), "rounded up");
         assert_eq!(misuse.blocked_for(bad, now + Duration::from_secs(301)), None, "the block ends");
@@ -157,27 +190,41 @@ mod tests {
 
     #[test]
     fn a_zero_limit_never_blocks() {
-        let misuse = misuse(0);
+        let (misuse, limits) = (Misuse::new(), thresholds(0));
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         for _ in 0..100 {
-            assert_eq!(misuse.auth_failed(ip, Instant::now()), FailureOutcome::Counted);
+            assert_eq!(misuse.auth_failed(ip, Instant::now(), &limits), FailureOutcome::Counted);
         }
     }
 
     #[test]
     fn a_rate_far_above_the_keys_own_baseline_is_flagged_once() {
-        let misuse = misuse(3);
+        let (misuse, limits) = (Misuse::new(), thresholds(3));
         // Ten quiet minutes at 5 requests a minute.
         for minute in 100..110 {
             for _ in 0..5 {
-                assert_eq!(misuse.key_request("key_a", minute), None);
+                assert_eq!(misuse.key_request("key_a", minute, &limits), None);
             }
         }
         // Then a burst: flagged exactly once, when it crosses max(20, 10 × ~5).
-        let flagged: Vec<u64> = (0..200).filter_map(|_| misuse.key_request("key_a", 110)).collect();
+        let flagged: Vec<u64> = (0..200).filter_map(|_| misuse.key_request("key_a", 110, &limits)).collect();
         assert_eq!(flagged.len(), 1, "{flagged:?}");
         assert!(flagged[0] > 20 && flagged[0] <= 60, "{flagged:?}");
         // A new key has no baseline yet: no alarm in its first minutes.
-        assert!((0..500).all(|_| misuse.key_request("key_new", 110).is_none()));
+        assert!((0..500).all(|_| misuse.key_request("key_new", 110, &limits).is_none()));
+    }
+
+    #[test]
+    fn new_thresholds_apply_to_the_counts_already_made() {
+        let misuse = Misuse::new();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let now = Instant::now();
+        for _ in 0..5 {
+            assert_eq!(misuse.auth_failed(ip, now, &thresholds(100)), FailureOutcome::Counted);
+        }
+        // A reload lowers the limit below the count: the next failure blocks, for the new time.
+        let lowered = SecurityThresholds { block_duration: ConfigDuration(Duration::from_secs(7)), ..thresholds(3) };
+        assert_eq!(misuse.auth_failed(ip, now, &lowered), FailureOutcome::Blocked);
+        assert_eq!(misuse.blocked_for(ip, now), Some(7));
     }
 }

@@ -1,23 +1,23 @@
-//! What changes on reload: the configuration and the model routes built from it, swapped
+//! What changes on reload: the live settings and the model routes built from them, swapped
 //! together so that a request sees all-old or all-new.
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use portcullis_config::Config;
+use portcullis_config::Live;
 use portcullis_upstream::Upstreams;
 
 #[derive(Debug)]
 pub struct Runtime {
-    pub config: Arc<Config>,
+    pub live: Arc<Live>,
     pub upstreams: Arc<Upstreams>,
 }
 
 impl Runtime {
-    /// Builds the model routes for `config` (and starts their health checks).
-    pub fn new(config: Config) -> Runtime {
-        let upstreams = Arc::new(Upstreams::new(&config.models));
-        Runtime { config: Arc::new(config), upstreams }
+    /// Builds the model routes for `live` (and starts their health checks).
+    pub fn new(live: Live) -> Runtime {
+        let upstreams = Arc::new(crate::routes::upstreams(&live.models));
+        Runtime { live: Arc::new(live), upstreams }
     }
 }
 

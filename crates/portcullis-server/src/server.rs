@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use portcullis_auth::{SecretKind, SecretToken};
-use portcullis_config::Config;
+use portcullis_config::{AuditStartup, Config, ConfigError, Startup};
 use portcullis_store::{NewAdminToken, Stores};
 use portcullis_types::Secret;
 use portcullis_types::admin::Role;
@@ -62,29 +62,31 @@ impl Server {
                 "PORTCULLIS_ADMIN_TOKEN must be at least {MIN_BOOTSTRAP_TOKEN_LEN} characters"
             )));
         }
+        let (startup, live) = config.split();
         // `Config::parse` has compiled these already: only a config built some other way fails here.
-        let redactor = Redactor::new(&config.audit.redact)
+        let redactor = Redactor::new(&startup.audit.redact)
             .map_err(|error| StartError::Config(format!("audit.redact: {error}")))?;
-        let backend = store::open(&config.store)?;
+        let backend = store::open(&startup.store)?;
         let stores = backend.stores.clone();
         let applied = stores.migrator.migrate().await.map_err(|error| StartError::Store(error.to_string()))?;
         if applied > 0 {
             tracing::info!(applied, "store migrations applied");
         }
-        let proxy = bind(config.server.listen)?;
-        let admin = bind(config.admin.listen)?;
-        let limiter = LimiterHandle::from_config(&config.limits).await?;
+        let proxy = bind(startup.server.listen)?;
+        let admin = bind(startup.admin.listen)?;
+        let limiter = LimiterHandle::from_config(&startup.limits).await?;
         let change_cursor =
             stores.changes.latest_change().await.map_err(|error| StartError::Store(error.to_string()))?;
         caller_limits::seed_from_usage(limiter.limiter().as_ref(), stores.usage.as_ref(), OffsetDateTime::now_utc())
             .await
             .map_err(|error| StartError::Store(error.to_string()))?;
         let (recorder, recorder_task) = UsageRecorder::start(stores.usage.clone(), USAGE_FLUSH_INTERVAL);
-        let (audit_handle, audit_task) = AuditWriter::start(writer_config(&config), backend.audit.clone())
+        let (audit_handle, audit_task) = AuditWriter::start(writer_config(&startup.audit), backend.audit.clone())
             .await
             .map_err(|error| StartError::Store(format!("audit log: {error}")))?;
         let auditor = Auditor::new(audit_handle);
-        let state = AppState::new(config, backend, bootstrap_token.as_deref(), limiter, recorder, auditor, redactor);
+        let settings = (startup, live);
+        let state = AppState::new(settings, backend, bootstrap_token.as_deref(), limiter, recorder, auditor, redactor);
         let generated_admin_token = match bootstrap_token {
             Some(_) => None,
             None => first_admin_token(&stores, &state).await?,
@@ -107,11 +109,11 @@ impl Server {
     /// Starts accepting on both listeners.
     pub fn serve(self) -> RunningServer {
         let stop = CancellationToken::new();
-        let config = self.state.runtime().config.clone();
-        let caps = ConnectionCaps::for_open_files(&config, open_files_limit());
-        let server = &config.server;
+        let startup = self.state.startup.clone();
+        let caps = ConnectionCaps::for_open_files(&startup, open_files_limit());
+        let server = &startup.server;
         let proxy_listening = Listening::new(server, caps.proxy, server.max_connections_per_client);
-        let admin_listening = Listening::new(server, caps.admin, config.admin.max_connections_per_client);
+        let admin_listening = Listening::new(server, caps.admin, startup.admin.max_connections_per_client);
         let context = self.state.site_context();
         let proxy_site =
             Site { kind: ListenerKind::Proxy, router: proxy::router(self.state.proxy()), context: context.clone() };
@@ -137,25 +139,24 @@ impl Server {
     }
 }
 
-fn writer_config(config: &Config) -> WriterConfig {
-    let audit = &config.audit;
-    let mut writer = WriterConfig::new(node_name(config), &audit.spill_file);
-    writer.durability = durability(config);
+fn writer_config(audit: &AuditStartup) -> WriterConfig {
+    let mut writer = WriterConfig::new(node_name(audit), &audit.spill_file);
+    writer.durability = durability(audit);
     writer.file_sink = audit.file.as_ref().map(Into::into);
     writer.stdout_sink = audit.stdout;
     writer
 }
 
-fn durability(config: &Config) -> Durability {
-    match config.audit.durability {
+fn durability(audit: &AuditStartup) -> Durability {
+    match audit.durability {
         AuditDurability::Async => Durability::Async,
         AuditDurability::Sync => Durability::Sync,
     }
 }
 
 /// `audit.node`, else the host name: one hash chain per running node.
-fn node_name(config: &Config) -> String {
-    config.audit.node.clone().unwrap_or_else(|| {
+fn node_name(audit: &AuditStartup) -> String {
+    audit.node.clone().unwrap_or_else(|| {
         std::env::var("HOSTNAME")
             .ok()
             .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
@@ -180,7 +181,7 @@ struct ConnectionCaps {
 }
 
 impl ConnectionCaps {
-    fn for_open_files(config: &Config, open_files: u64) -> ConnectionCaps {
+    fn for_open_files(config: &Startup, open_files: u64) -> ConnectionCaps {
         let admin = config.admin.max_connections;
         let left = open_files.saturating_sub(RESERVED_FILES + admin as u64);
         let fits = usize::try_from(left / 2).unwrap_or(usize::MAX).max(1);
@@ -263,42 +264,22 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    /// Swaps in a new configuration: models, tiers, limits and timeouts take effect for the next
-    /// request; in-flight requests finish on the old routes. Listener addresses, request-head
-    /// limits, the store, the key pepper and the redaction rules are fixed at start; changing them
-    /// is reported and ignored.
-    pub fn reload(&self, config: Config) -> Vec<&'static str> {
-        let current = self.state.runtime().config.clone();
-        let (new, old) = (&config.server, &current.server);
-        // Request-head limits are set on the accept loops when they start.
-        let fixed_at_start = [
-            ("server.listen", new.listen != old.listen),
-            ("server.max_header_bytes", new.max_header_bytes != old.max_header_bytes),
-            ("server.max_headers", new.max_headers != old.max_headers),
-            ("server.header_read_timeout", new.header_read_timeout != old.header_read_timeout),
-            ("server.idle_timeout", new.idle_timeout != old.idle_timeout),
-            ("server.body_read_timeout", new.body_read_timeout != old.body_read_timeout),
-            ("server.min_body_rate", new.min_body_rate != old.min_body_rate),
-            ("server.max_connections", new.max_connections != old.max_connections),
-            ("server.max_connections_per_client", new.max_connections_per_client != old.max_connections_per_client),
-            ("server.http2_keepalive_interval", new.http2_keepalive_interval != old.http2_keepalive_interval),
-            (
-                "server.http2_max_concurrent_streams",
-                new.http2_max_concurrent_streams != old.http2_max_concurrent_streams,
-            ),
-            ("admin.max_connections", config.admin.max_connections != current.admin.max_connections),
-            (
-                "admin.max_connections_per_client",
-                config.admin.max_connections_per_client != current.admin.max_connections_per_client,
-            ),
-            ("admin.listen", config.admin.listen != current.admin.listen),
-            ("store.url", config.store.url != current.store.url),
-            ("security.key_pepper", config.security.key_pepper != current.security.key_pepper),
-            ("audit.redact", config.audit.redact != current.audit.redact),
-        ];
-        let ignored = fixed_at_start.into_iter().filter(|(_, changed)| *changed).map(|(name, _)| name).collect();
-        self.state.runtime.store(std::sync::Arc::new(Runtime::new(config)));
-        ignored
+    /// Applies a new configuration file: every live setting (models, tiers, limits, security
+    /// thresholds, timeouts, …) takes effect for the next request, while in-flight requests
+    /// finish on the old routes. Returns the dotted paths of the startup settings whose new value
+    /// differs from the one the gateway runs with (not from the previous file, so reverting a
+    /// change clears it): they wait for a restart.
+    pub fn reload(&self, config: Config) -> Vec<String> {
+        let (startup, live) = config.split();
+        let restart_required = self.state.startup.restart_required(&startup);
+        self.state.runtime.store(std::sync::Arc::new(Runtime::new(live)));
+        self.state.reloads.applied(OffsetDateTime::now_utc(), restart_required.clone());
+        restart_required
+    }
+
+    /// Records a reload whose file was refused; the running configuration stays.
+    pub fn reload_refused(&self, error: &ConfigError) {
+        self.state.reloads.refused(OffsetDateTime::now_utc(), &error.to_string());
     }
 
     /// Begins a shutdown without stopping anything: `/readyz` answers 503 and HTTP/1 answers
@@ -310,7 +291,7 @@ impl RunningServer {
 
     /// `server.drain_delay` as it is now.
     pub fn drain_delay(&self) -> std::time::Duration {
-        self.state.runtime().config.server.drain_delay.0
+        self.state.runtime().live.server.drain_delay.0
     }
 
     /// Stops accepting, reports not-ready, and waits for in-flight requests (streams included)
@@ -319,7 +300,7 @@ impl RunningServer {
     pub async fn shutdown(self) -> bool {
         self.state.lifecycle.enter(Stage::Stopping);
         self.stop.cancel();
-        let deadline = self.state.runtime().config.server.shutdown_timeout.0;
+        let deadline = self.state.runtime().live.server.shutdown_timeout.0;
         let (proxy, admin) = (self.proxy.await, self.admin.await);
         let drained = match (proxy, admin) {
             (Ok(proxy), Ok(admin)) => {
@@ -375,7 +356,7 @@ async fn housekeeping(state: AppState, stop: CancellationToken) {
         since = now.unix_timestamp();
         state.limiter.evict_idle(clock::unix_millis(now));
         prune_changes(&state, now).await;
-        if let Some(retention) = state.runtime().config.audit.retention {
+        if let Some(retention) = state.runtime().live.audit.retention {
             match state.audit_store.delete_audit_before(now - retention.0).await {
                 Ok(0) => {}
                 Ok(deleted) => tracing::info!(deleted, "audit records past retention deleted"),

@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use portcullis_audit::AuditStore;
 use portcullis_audit::Redactor;
 use portcullis_auth::SecretHasher;
-use portcullis_config::Config;
+use portcullis_config::{Live, Startup};
 use portcullis_store::Stores;
 
 use crate::admin::AdminState;
@@ -25,6 +25,7 @@ use crate::listener::SiteContext;
 use crate::metrics::Metrics;
 use crate::misuse::Misuse;
 use crate::proxy::ProxyState;
+use crate::reload::ReloadStatus;
 use crate::runtime::{Runtime, SharedRuntime};
 use crate::store::Backend;
 use crate::team_cache::TeamCache;
@@ -33,6 +34,10 @@ use crate::usage::UsageRecorder;
 #[derive(Clone)]
 pub struct AppState {
     pub runtime: SharedRuntime,
+    /// What the gateway was started with: a reload compares the file against this.
+    pub startup: Arc<Startup>,
+    /// When the running configuration was loaded, and how the last reload went.
+    pub reloads: Arc<ReloadStatus>,
     pub stores: Stores,
     /// The audit log's store: for reading, verifying and retention (the writer holds its own).
     pub audit_store: Arc<dyn AuditStore>,
@@ -60,8 +65,9 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
+    /// The first argument is what [`portcullis_config::Config::split`] makes of the file.
     pub fn new(
-        config: Config,
+        (startup, live): (Startup, Live),
         backend: Backend,
         bootstrap_token: Option<&str>,
         limiter: LimiterHandle,
@@ -70,16 +76,17 @@ impl AppState {
         redactor: Redactor,
     ) -> AppState {
         let Backend { stores, audit: audit_store } = backend;
-        let hasher = SecretHasher::new(config.security.key_pepper.as_ref().map(|pepper| pepper.expose().as_str()));
-        let misuse = Arc::new(Misuse::new(&config.security));
-        let max_age = config.store.cache_max_age.0;
-        let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(config)));
+        let hasher = SecretHasher::new(startup.security.key_pepper.as_ref().map(|pepper| pepper.expose().as_str()));
+        let misuse = Arc::new(Misuse::new());
+        let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(live)));
         let metrics = Arc::new(Metrics::new(runtime.clone(), limiter.clone(), auditor.stats().clone()));
-        let keys = KeyCache::new(stores.keys.clone(), max_age);
-        let teams = TeamCache::new(stores.teams.clone(), max_age);
+        let keys = KeyCache::new(stores.keys.clone());
+        let teams = TeamCache::new(stores.teams.clone());
         let admin_auth = AdminAuth::new(bootstrap_token, hasher.clone(), stores.tokens.clone());
         AppState {
             runtime,
+            startup: Arc::new(startup),
+            reloads: Arc::new(ReloadStatus::new(time::OffsetDateTime::now_utc())),
             stores,
             audit_store,
             keys,
@@ -128,6 +135,7 @@ impl AppState {
             keys: self.keys.clone(),
             teams: self.teams.clone(),
             auth: self.admin_auth.clone(),
+            reloads: self.reloads.clone(),
             metrics: self.metrics.clone(),
             readiness: self.readiness(),
         })
@@ -142,6 +150,7 @@ impl AppState {
         };
         Arc::new(SiteContext {
             runtime: self.runtime.clone(),
+            max_headers: self.startup.server.max_headers,
             redactor: self.redactor.clone(),
             recording: Arc::new(recording),
         })
@@ -175,7 +184,7 @@ impl AppState {
         let backend = Backend::of(Arc::new(portcullis_store_sqlite::SqliteStore::open_in_memory().unwrap()));
         let stores = backend.stores.clone();
         stores.migrator.migrate().await.unwrap();
-        let config = Config::parse("", |_| None).unwrap();
+        let config = portcullis_config::Config::parse("", |_| None).unwrap();
         let (recorder, task) = UsageRecorder::start(stores.usage.clone(), std::time::Duration::from_secs(3600));
         let state = AppState::for_tests(config, backend, bootstrap, recorder).await;
         (state, stores, task)
@@ -184,7 +193,7 @@ impl AppState {
     /// A state for in-process router tests: an in-memory limiter and an audit writer (its spill
     /// file in a fresh temporary directory) on `stores`.
     pub async fn for_tests(
-        config: Config,
+        config: portcullis_config::Config,
         backend: Backend,
         bootstrap: Option<&str>,
         recorder: UsageRecorder,
@@ -194,6 +203,6 @@ impl AppState {
         let (handle, _writer_task) = portcullis_audit::AuditWriter::start(writer, backend.audit.clone()).await.unwrap();
         let limiter = LimiterHandle::memory();
         let redactor = Redactor::new(&config.audit.redact).unwrap();
-        AppState::new(config, backend, bootstrap, limiter, recorder, Auditor::new(handle), redactor)
+        AppState::new(config.split(), backend, bootstrap, limiter, recorder, Auditor::new(handle), redactor)
     }
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use portcullis_audit::AuditStore;
-use portcullis_config::{StoreConfig, StoreLocation};
+use portcullis_config::{StoreLocation, StoreStartup};
 use portcullis_store::{AdminTokenStore, ChangeLog, KeyStore, Migrator, Stores, TeamStore, UsageStore};
 use portcullis_store_postgres::{PostgresOptions, PostgresStore};
 use portcullis_store_sqlite::SqliteStore;
@@ -12,7 +12,7 @@ use crate::StartError;
 
 /// `sqlite://relative/or/absolute/path.db` (also `sqlite:path.db`), or `postgres://…` /
 /// `postgresql://…` (any libpq-style URL).
-pub fn open(config: &StoreConfig) -> Result<Backend, StartError> {
+pub fn open(config: &StoreStartup) -> Result<Backend, StartError> {
     let location = config.location().map_err(|why| StartError::Store(format!("store.url {why}")))?;
     location.check_host().map_err(StartError::Store)?;
     match location {

@@ -4,7 +4,8 @@
 //! - **Misses** go to the store once: concurrent misses for one key share a single lookup.
 //! - **Changes** reach the cache as invalidations (admin handlers on this replica, the change
 //!   log for the others). An entry older than `max_age` is read again on its next use, which
-//!   bounds how long a change whose notification was lost can stay unseen.
+//!   bounds how long a change whose notification was lost can stay unseen. The caller passes
+//!   `max_age` with each lookup (`store.cache_max_age`, live), so a reload changes it at once.
 //! - **Refreshes** are done by the first request that finds an entry too old; requests arriving
 //!   during that one lookup get the entry as it was (it is at most a lookup's time staler).
 //! - **Outages**: when the store is unreachable (`StoreError::Unavailable`) an entry that is too
@@ -24,7 +25,6 @@ use portcullis_store::{StoreError, StoreResult};
 
 pub struct StoreCache<K, V> {
     entries: Cache<K, Arc<Entry<V>>>,
-    max_age: Duration,
     /// Bumped by every invalidation; see the module docs on races.
     generation: Arc<AtomicU64>,
 }
@@ -38,7 +38,7 @@ struct Entry<V> {
 
 impl<K, V> Clone for StoreCache<K, V> {
     fn clone(&self) -> Self {
-        StoreCache { entries: self.entries.clone(), max_age: self.max_age, generation: self.generation.clone() }
+        StoreCache { entries: self.entries.clone(), generation: self.generation.clone() }
     }
 }
 
@@ -53,14 +53,15 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    pub fn new(capacity: u64, max_age: Duration) -> StoreCache<K, V> {
+    pub fn new(capacity: u64) -> StoreCache<K, V> {
         let entries = Cache::builder().max_capacity(capacity).support_invalidation_closures().build();
-        StoreCache { entries, max_age, generation: Arc::new(AtomicU64::new(0)) }
+        StoreCache { entries, generation: Arc::new(AtomicU64::new(0)) }
     }
 
-    /// The cached value of `key`, else what `fetch` reads. `fetch` is handed the entry it
-    /// refreshes, if any, so that per-entry state (a key's last use) can be carried over.
-    pub async fn get_or_fetch<F, Fut>(&self, key: K, fetch: F) -> Result<V, Arc<StoreError>>
+    /// The cached value of `key` if it is younger than `max_age`, else what `fetch` reads.
+    /// `fetch` is handed the entry it refreshes, if any, so that per-entry state (a key's last
+    /// use) can be carried over.
+    pub async fn get_or_fetch<F, Fut>(&self, key: K, max_age: Duration, fetch: F) -> Result<V, Arc<StoreError>>
     where
         F: FnOnce(Option<&V>) -> Fut,
         Fut: Future<Output = StoreResult<V>> + Send,
@@ -70,7 +71,7 @@ where
             let fetched = self.entries.try_get_with(key, async { Ok(self.entry(fetch(None).await?, generation)) });
             return fetched.await.map(|entry| entry.value.clone());
         };
-        let fresh = entry.fetched_at.is_some_and(|at| at.elapsed() < self.max_age);
+        let fresh = entry.fetched_at.is_some_and(|at| at.elapsed() < max_age);
         if fresh || entry.refreshing.swap(true, Ordering::AcqRel) {
             return Ok(entry.value.clone());
         }
@@ -135,23 +136,25 @@ mod tests {
 
     #[tokio::test]
     async fn a_fresh_entry_is_served_from_memory() {
-        let cache = StoreCache::new(10, Duration::from_secs(60));
+        let max_age = Duration::from_secs(60);
+        let cache = StoreCache::new(10);
         let reads = Arc::new(AtomicUsize::new(0));
         for _ in 0..3 {
-            assert_eq!(cache.get_or_fetch("k", |_| counting(&reads, Ok(1))).await.ok(), Some(1));
+            assert_eq!(cache.get_or_fetch("k", max_age, |_| counting(&reads, Ok(1))).await.ok(), Some(1));
         }
         assert_eq!(reads.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
     async fn an_old_entry_is_read_again_and_handed_to_the_fetch() {
-        let cache = StoreCache::new(10, Duration::from_millis(20));
+        let max_age = Duration::from_millis(20);
+        let cache = StoreCache::new(10);
         let reads = Arc::new(AtomicUsize::new(0));
-        cache.get_or_fetch("k", |_| counting(&reads, Ok(1))).await.ok();
+        cache.get_or_fetch("k", max_age, |_| counting(&reads, Ok(1))).await.ok();
         tokio::time::sleep(Duration::from_millis(30)).await;
         let mut seen = None;
         let value = cache
-            .get_or_fetch("k", |old| {
+            .get_or_fetch("k", max_age, |old| {
                 seen = old.copied();
                 counting(&reads, Ok(2))
             })
@@ -161,55 +164,61 @@ mod tests {
 
     #[tokio::test]
     async fn an_old_entry_keeps_serving_while_the_store_is_unreachable() {
-        let cache = StoreCache::new(10, Duration::from_millis(20));
+        let max_age = Duration::from_millis(20);
+        let cache = StoreCache::new(10);
         let reads = Arc::new(AtomicUsize::new(0));
-        cache.get_or_fetch("k", |_| counting(&reads, Ok(1))).await.ok();
+        cache.get_or_fetch("k", max_age, |_| counting(&reads, Ok(1))).await.ok();
         tokio::time::sleep(Duration::from_millis(30)).await;
         let down = || Err(StoreError::Unavailable("down".into()));
-        assert_eq!(cache.get_or_fetch("k", |_| counting(&reads, down())).await.ok(), Some(1));
+        assert_eq!(cache.get_or_fetch("k", max_age, |_| counting(&reads, down())).await.ok(), Some(1));
         // Not marked as refreshing forever: the next use tries the store again.
-        assert_eq!(cache.get_or_fetch("k", |_| counting(&reads, Ok(3))).await.ok(), Some(3));
+        assert_eq!(cache.get_or_fetch("k", max_age, |_| counting(&reads, Ok(3))).await.ok(), Some(3));
         assert_eq!(reads.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
     async fn an_entry_never_seen_fails_while_the_store_is_unreachable() {
-        let cache: StoreCache<&str, u32> = StoreCache::new(10, Duration::from_secs(60));
-        let result = cache.get_or_fetch("k", |_| std::future::ready(Err(StoreError::Unavailable("down".into())))).await;
+        let max_age = Duration::from_secs(60);
+        let cache: StoreCache<&str, u32> = StoreCache::new(10);
+        let result =
+            cache.get_or_fetch("k", max_age, |_| std::future::ready(Err(StoreError::Unavailable("down".into())))).await;
         assert!(result.is_err());
     }
 
     #[tokio::test]
     async fn other_errors_are_not_hidden_by_an_old_entry() {
-        let cache = StoreCache::new(10, Duration::from_millis(20));
+        let max_age = Duration::from_millis(20);
+        let cache = StoreCache::new(10);
         let reads = Arc::new(AtomicUsize::new(0));
-        cache.get_or_fetch("k", |_| counting(&reads, Ok(1))).await.ok();
+        cache.get_or_fetch("k", max_age, |_| counting(&reads, Ok(1))).await.ok();
         tokio::time::sleep(Duration::from_millis(30)).await;
         let corrupt = Err(StoreError::Corrupt("bad row".into()));
-        assert!(cache.get_or_fetch("k", |_| counting(&reads, corrupt)).await.is_err());
+        assert!(cache.get_or_fetch("k", max_age, |_| counting(&reads, corrupt)).await.is_err());
     }
 
     #[tokio::test]
     async fn invalidation_forces_a_new_read() {
-        let cache = StoreCache::new(10, Duration::from_secs(60));
+        let max_age = Duration::from_secs(60);
+        let cache = StoreCache::new(10);
         let reads = Arc::new(AtomicUsize::new(0));
-        cache.get_or_fetch("a", |_| counting(&reads, Ok(1))).await.ok();
-        cache.get_or_fetch("b", |_| counting(&reads, Ok(10))).await.ok();
+        cache.get_or_fetch("a", max_age, |_| counting(&reads, Ok(1))).await.ok();
+        cache.get_or_fetch("b", max_age, |_| counting(&reads, Ok(10))).await.ok();
         cache.invalidate(&"a").await;
-        assert_eq!(cache.get_or_fetch("a", |_| counting(&reads, Ok(2))).await.ok(), Some(2));
+        assert_eq!(cache.get_or_fetch("a", max_age, |_| counting(&reads, Ok(2))).await.ok(), Some(2));
         cache.invalidate_matching(|value| *value == 10);
-        assert_eq!(cache.get_or_fetch("b", |_| counting(&reads, Ok(11))).await.ok(), Some(11));
+        assert_eq!(cache.get_or_fetch("b", max_age, |_| counting(&reads, Ok(11))).await.ok(), Some(11));
         cache.invalidate_all();
-        assert_eq!(cache.get_or_fetch("a", |_| counting(&reads, Ok(3))).await.ok(), Some(3));
+        assert_eq!(cache.get_or_fetch("a", max_age, |_| counting(&reads, Ok(3))).await.ok(), Some(3));
         assert_eq!(reads.load(Ordering::SeqCst), 5);
     }
 
     #[tokio::test]
     async fn a_lookup_raced_by_an_invalidation_is_stored_stale() {
-        let cache = StoreCache::new(10, Duration::from_secs(60));
+        let max_age = Duration::from_secs(60);
+        let cache = StoreCache::new(10);
         let racing = cache.clone();
         let value = cache
-            .get_or_fetch("k", |_| async move {
+            .get_or_fetch("k", max_age, |_| async move {
                 // The change lands while the old state is being read.
                 racing.invalidate(&"k").await;
                 Ok(1)
@@ -217,6 +226,6 @@ mod tests {
             .await;
         assert_eq!(value.ok(), Some(1));
         let reads = Arc::new(AtomicUsize::new(0));
-        assert_eq!(cache.get_or_fetch("k", |_| counting(&reads, Ok(2))).await.ok(), Some(2));
+        assert_eq!(cache.get_or_fetch("k", max_age, |_| counting(&reads, Ok(2))).await.ok(), Some(2));
     }
 }

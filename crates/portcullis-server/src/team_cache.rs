@@ -23,16 +23,17 @@ impl std::fmt::Debug for TeamCache {
 }
 
 impl TeamCache {
-    pub fn new(store: Arc<dyn TeamStore>, max_age: Duration) -> TeamCache {
-        TeamCache { entries: StoreCache::new(CAPACITY, max_age), store }
+    pub fn new(store: Arc<dyn TeamStore>) -> TeamCache {
+        TeamCache { entries: StoreCache::new(CAPACITY), store }
     }
 
-    /// The team, or `None` if it does not exist.
-    pub async fn get(&self, name: &str) -> Result<Option<Arc<TeamRecord>>, Arc<StoreError>> {
+    /// The team, or `None` if it does not exist; a cached answer older than `max_age` is read
+    /// again.
+    pub async fn get(&self, name: &str, max_age: Duration) -> Result<Option<Arc<TeamRecord>>, Arc<StoreError>> {
         let store = self.store.clone();
         let key = name.to_string();
         self.entries
-            .get_or_fetch(key.clone(), |_| async move {
+            .get_or_fetch(key.clone(), max_age, |_| async move {
                 match store.get_team(&key).await {
                     Ok(team) => Ok(Some(Arc::new(team))),
                     Err(StoreError::NotFound) => Ok(None),

@@ -373,6 +373,38 @@ pub struct EndpointView {
     pub outstanding: u64,
 }
 
+/// `GET /admin/v1/config`: the running configuration's state. No setting's value is shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigStatusView {
+    /// When the running live settings were loaded: at start, or by the last reload that worked.
+    #[serde(with = "time::serde::rfc3339")]
+    pub loaded_at: OffsetDateTime,
+    /// The last reload (SIGHUP) since start, if any.
+    pub last_reload: Option<ReloadView>,
+    /// Dotted paths of the settings whose value in the file (as last reloaded) differs from the
+    /// one the gateway runs with: they take effect at the next restart. Empty when none.
+    pub restart_required: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadView {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub outcome: ReloadOutcome,
+    /// Why the file was refused (`outcome = "error"`): the field path and the problem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReloadOutcome {
+    /// The file was applied; its live settings are running.
+    Ok,
+    /// The file was refused; the running configuration is unchanged.
+    Error,
+}
+
 /// `{"data": [...]}` around every list, with room for a cursor later.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ListResponse<T> {

@@ -97,7 +97,7 @@ impl Tally<'_> {
 
     fn skipped(&mut self, none: NoEndpoint, route: &Route) {
         if none.out_of_rotation > 0
-            && let Some(back) = route.pool.back_in(route.health.interval.0)
+            && let Some(back) = route.pool.back_in(route.health.interval)
         {
             self.back_in = Some(self.back_in.map_or(back, |known| known.min(back)));
         }

@@ -50,8 +50,8 @@ pub(crate) fn start(route: &Route, shutdown: &Shutdown) {
             client: route.client.clone(),
             path: route.health.path.clone(),
             authorization: authorization.clone(),
-            interval: route.health.interval.0.max(MIN_INTERVAL),
-            timeout: route.health.timeout.0,
+            interval: route.health.interval.max(MIN_INTERVAL),
+            timeout: route.health.timeout,
         };
         runtime.spawn(check.run(shutdown.subscribe()));
     }

@@ -34,12 +34,11 @@ use std::sync::atomic::AtomicBool;
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use portcullis_config::ModelConfig;
-use portcullis_types::admin::ModelView;
 use tokio::sync::watch;
 
 pub use body::UpstreamBody;
 pub use error::{UpstreamBodyError, UpstreamError};
+pub use route::{HealthCheck, RouteSpec, RouteStatus, RouteTimeouts};
 
 use route::Route;
 
@@ -127,7 +126,7 @@ impl Upstreams {
     /// Builds a pool and an HTTP client per model and, inside a tokio runtime, starts the
     /// active health checks of the models that enable them (outside one, checks are skipped
     /// with a warning and endpoints stay healthy). If two models share a name, the first wins.
-    pub fn new(models: &[ModelConfig]) -> Upstreams {
+    pub fn new(models: &[RouteSpec]) -> Upstreams {
         let epoch = tokio::time::Instant::now();
         let shutdown = Shutdown::new();
         let mut routes = Vec::with_capacity(models.len());
@@ -159,24 +158,14 @@ impl Upstreams {
         self.routes.iter().map(|route| route.name.as_str())
     }
 
-    /// Every model with its endpoints' live state, for the admin API.
-    pub fn views(&self) -> Vec<ModelView> {
-        self.routes.iter().map(Route::view).collect()
+    /// Every model with its endpoints' live state, in configuration order.
+    pub fn statuses(&self) -> Vec<RouteStatus> {
+        self.routes.iter().map(Route::status).collect()
     }
 
     /// Every endpoint's live state, for metrics at scrape time.
     pub fn endpoint_states(&self) -> Vec<EndpointState> {
-        self.routes
-            .iter()
-            .flat_map(|route| {
-                route.pool.endpoints().iter().map(|endpoint| EndpointState {
-                    model: route.name.clone(),
-                    url: endpoint.base().to_string(),
-                    healthy: endpoint.in_rotation(),
-                    outstanding: endpoint.outstanding(),
-                })
-            })
-            .collect()
+        self.routes.iter().flat_map(Route::endpoint_states).collect()
     }
 
     /// How many requests wait for an endpoint slot, per model in configuration order, for the

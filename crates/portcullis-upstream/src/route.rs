@@ -6,12 +6,71 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
-use portcullis_config::{HealthCheckConfig, ModelConfig};
-use portcullis_types::admin::{EndpointView, ModelView};
+use portcullis_types::Secret;
 use tokio::time::Instant;
+use url::Url;
 
+use crate::EndpointState;
 use crate::client::Client;
 use crate::pool::{EjectionPolicy, Endpoint, Pool};
+
+/// What a model's route is built from: the server makes one of each configured model.
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    /// What clients send in `model`.
+    pub name: String,
+    /// What the model server calls it.
+    pub upstream_model: String,
+    /// Origins (optionally with a path prefix) of the servers in the pool.
+    pub endpoints: Vec<Url>,
+    /// Bearer token sent upstream in place of the client's credential.
+    pub api_key: Option<Secret<String>>,
+    /// Requests in flight per endpoint; `None` = no cap (and no queue).
+    pub max_concurrent: Option<u64>,
+    /// Longest a request waits in the model's queue; zero sheds at once.
+    pub queue_timeout: Duration,
+    /// Requests that may wait for a slot when every endpoint is at `max_concurrent`.
+    pub queue_size: usize,
+    pub timeouts: RouteTimeouts,
+    pub health_check: HealthCheck,
+    /// Consecutive failures that take an endpoint out (0 = never), and for how long.
+    pub ejection_failures: u32,
+    pub ejection_duration: Duration,
+    /// Further attempts on other endpoints while nothing has reached the client.
+    pub retries: u32,
+    /// Models tried, in order, when this one's whole pool fails.
+    pub fallbacks: Vec<String>,
+}
+
+/// A route's timeouts; zero turns one off.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteTimeouts {
+    pub connect: Duration,
+    /// Until the response head arrives.
+    pub first_byte: Duration,
+    /// Longest silence between two chunks of a response body.
+    pub idle: Duration,
+    /// The whole exchange, stream included.
+    pub total: Duration,
+}
+
+/// Active health checks: `GET endpoint + path` every `interval`; any 2xx is healthy.
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub enabled: bool,
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// A model's route and its endpoints' live state, for the admin API and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteStatus {
+    pub name: String,
+    pub upstream_model: String,
+    pub endpoints: Vec<EndpointState>,
+    pub fallbacks: Vec<String>,
+}
 
 /// A model's timeouts; `None` means the configured value was `0s`, which turns the limit off.
 #[derive(Debug, Clone, Copy)]
@@ -54,7 +113,7 @@ pub(crate) struct Route {
     /// `Retry-After` for a request shed by this model: the queue timeout rounded up, at least 1.
     pub retry_after_secs: u64,
     pub credential: Credential,
-    pub health: HealthCheckConfig,
+    pub health: HealthCheck,
     pub client: Client,
     pub pool: Pool,
 }
@@ -86,12 +145,10 @@ fn retry_after_secs(queue_timeout: Duration) -> u64 {
 }
 
 impl Route {
-    pub(crate) fn new(config: &ModelConfig, epoch: Instant) -> Route {
-        let ejection = EjectionPolicy {
-            consecutive_failures: config.ejection.consecutive_failures,
-            duration: config.ejection.duration.0,
-        };
-        let queue_timeout = config.queue_timeout.0;
+    pub(crate) fn new(config: &RouteSpec, epoch: Instant) -> Route {
+        let ejection =
+            EjectionPolicy { consecutive_failures: config.ejection_failures, duration: config.ejection_duration };
+        let queue_timeout = config.queue_timeout;
         let endpoints = config.endpoints.iter().map(|url| Arc::new(Endpoint::new(url, ejection, epoch))).collect();
         let credential = match &config.api_key {
             None => Credential::None,
@@ -108,20 +165,20 @@ impl Route {
         };
         Route {
             name: config.name.clone(),
-            upstream_model: config.upstream_model().to_string(),
+            upstream_model: config.upstream_model.clone(),
             fallbacks: config.fallbacks.clone(),
             retries: config.retries,
             timeouts: Timeouts {
-                first_byte: enabled(config.timeouts.first_byte.0),
-                idle: enabled(config.timeouts.idle.0),
-                total: enabled(config.timeouts.total.0),
+                first_byte: enabled(config.timeouts.first_byte),
+                idle: enabled(config.timeouts.idle),
+                total: enabled(config.timeouts.total),
             },
             queue_timeout,
             retry_after_secs: retry_after_secs(queue_timeout),
             credential,
             health: config.health_check.clone(),
-            client: Client::new(enabled(config.timeouts.connect.0)),
-            // Configuration refuses a zero queue timeout; should one get here, it means no wait.
+            client: Client::new(enabled(config.timeouts.connect)),
+            // A zero queue timeout means no wait.
             pool: Pool::new(
                 endpoints,
                 config.max_concurrent,
@@ -130,22 +187,22 @@ impl Route {
         }
     }
 
-    pub(crate) fn view(&self) -> ModelView {
-        ModelView {
+    pub(crate) fn status(&self) -> RouteStatus {
+        RouteStatus {
             name: self.name.clone(),
             upstream_model: self.upstream_model.clone(),
-            endpoints: self
-                .pool
-                .endpoints()
-                .iter()
-                .map(|endpoint| EndpointView {
-                    url: endpoint.base().to_string(),
-                    healthy: endpoint.in_rotation(),
-                    outstanding: endpoint.outstanding(),
-                })
-                .collect(),
+            endpoints: self.endpoint_states().collect(),
             fallbacks: self.fallbacks.clone(),
         }
+    }
+
+    pub(crate) fn endpoint_states(&self) -> impl Iterator<Item = EndpointState> + '_ {
+        self.pool.endpoints().iter().map(|endpoint| EndpointState {
+            model: self.name.clone(),
+            url: endpoint.base().to_string(),
+            healthy: endpoint.in_rotation(),
+            outstanding: endpoint.outstanding(),
+        })
     }
 }
 

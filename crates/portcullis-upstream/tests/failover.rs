@@ -8,7 +8,8 @@ use axum::Router;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use common::*;
-use portcullis_upstream::{UpstreamError, Upstreams};
+use portcullis_types::Secret;
+use portcullis_upstream::{RouteSpec, UpstreamError, Upstreams};
 
 const PATH: &str = "/v1/chat/completions";
 
@@ -17,15 +18,7 @@ async fn fails_over_from_a_refused_endpoint_to_a_working_one() {
     let refused = refused_addr().await;
     let working = Recorder::default();
     let addr = working.start(PATH, StatusCode::OK, "ok").await;
-    let upstreams = Upstreams::new(&models(&format!(
-        r#"
-        [[models]]
-        name = "m"
-        endpoints = ["http://{refused}", "http://{addr}"]
-        retries = 1
-        health_check = {{ enabled = false }}
-        "#
-    )));
+    let upstreams = Upstreams::new(&[route("m", &[format!("http://{refused}"), format!("http://{addr}")])]);
 
     for _ in 0..4 {
         let response = upstreams.forward(request("m", HeaderMap::new()), &anyone, &Default::default()).await.unwrap();
@@ -43,15 +36,7 @@ async fn a_503_is_retried_on_the_other_endpoint() {
     let loading_addr = loading.start(PATH, StatusCode::SERVICE_UNAVAILABLE, "loading model").await;
     let ready = Recorder::default();
     let ready_addr = ready.start(PATH, StatusCode::OK, "answer").await;
-    let upstreams = Upstreams::new(&models(&format!(
-        r#"
-        [[models]]
-        name = "m"
-        endpoints = ["http://{loading_addr}", "http://{ready_addr}"]
-        retries = 1
-        health_check = {{ enabled = false }}
-        "#
-    )));
+    let upstreams = Upstreams::new(&[route("m", &[format!("http://{loading_addr}"), format!("http://{ready_addr}")])]);
 
     // A fresh pool starts its scan at the first endpoint, so the 503 comes first.
     let response = upstreams.forward(request("m", HeaderMap::new()), &anyone, &Default::default()).await.unwrap();
@@ -67,15 +52,8 @@ async fn the_last_503_is_passed_through_when_nothing_is_left_to_try() {
     let first_addr = first.start(PATH, StatusCode::SERVICE_UNAVAILABLE, "loading").await;
     let second = Recorder::default();
     let second_addr = second.start(PATH, StatusCode::BAD_GATEWAY, "bad gateway").await;
-    let upstreams = Upstreams::new(&models(&format!(
-        r#"
-        [[models]]
-        name = "m"
-        endpoints = ["http://{first_addr}", "http://{second_addr}"]
-        retries = 5
-        health_check = {{ enabled = false }}
-        "#
-    )));
+    let endpoints = [format!("http://{first_addr}"), format!("http://{second_addr}")];
+    let upstreams = Upstreams::new(&[RouteSpec { retries: 5, ..route("m", &endpoints) }]);
 
     let response = upstreams.forward(request("m", HeaderMap::new()), &anyone, &Default::default()).await.unwrap();
     assert_eq!(response.status, StatusCode::BAD_GATEWAY, "the most recent retryable response");
@@ -91,15 +69,8 @@ async fn client_errors_are_returned_as_is_without_retrying() {
     let rejecting_addr = rejecting.start(PATH, StatusCode::BAD_REQUEST, "bad request").await;
     let other = Recorder::default();
     let other_addr = other.start(PATH, StatusCode::OK, "ok").await;
-    let upstreams = Upstreams::new(&models(&format!(
-        r#"
-        [[models]]
-        name = "m"
-        endpoints = ["http://{rejecting_addr}", "http://{other_addr}"]
-        retries = 1
-        health_check = {{ enabled = false }}
-        "#
-    )));
+    let upstreams =
+        Upstreams::new(&[route("m", &[format!("http://{rejecting_addr}"), format!("http://{other_addr}")])]);
 
     let response = upstreams.forward(request("m", HeaderMap::new()), &anyone, &Default::default()).await.unwrap();
     assert_eq!(response.status, StatusCode::BAD_REQUEST);
@@ -108,22 +79,14 @@ async fn client_errors_are_returned_as_is_without_retrying() {
 }
 
 fn with_fallback(primary: std::net::SocketAddr, backup: std::net::SocketAddr) -> Upstreams {
-    Upstreams::new(&models(&format!(
-        r#"
-        [[models]]
-        name = "primary"
-        endpoints = ["http://{primary}"]
-        fallbacks = ["backup"]
-        health_check = {{ enabled = false }}
-
-        [[models]]
-        name = "backup"
-        upstream_model = "Backup-7B-Instruct"
-        endpoints = ["http://{backup}"]
-        api_key = "backup-upstream-key"
-        health_check = {{ enabled = false }}
-        "#
-    )))
+    Upstreams::new(&[
+        RouteSpec { fallbacks: vec!["backup".into()], ..route("primary", &[format!("http://{primary}")]) },
+        RouteSpec {
+            upstream_model: "Backup-7B-Instruct".into(),
+            api_key: Some(Secret::new("backup-upstream-key".into())),
+            ..route("backup", &[format!("http://{backup}")])
+        },
+    ])
 }
 
 #[tokio::test]
@@ -179,16 +142,9 @@ async fn a_first_byte_timeout_is_not_retried() {
     let slow_addr = serve(slow).await;
     let fast = Recorder::default();
     let fast_addr = fast.start(PATH, StatusCode::OK, "ok").await;
-    let upstreams = Upstreams::new(&models(&format!(
-        r#"
-        [[models]]
-        name = "m"
-        endpoints = ["http://{slow_addr}", "http://{fast_addr}"]
-        retries = 1
-        timeouts = {{ first_byte = "200ms" }}
-        health_check = {{ enabled = false }}
-        "#
-    )));
+    let mut spec = route("m", &[format!("http://{slow_addr}"), format!("http://{fast_addr}")]);
+    spec.timeouts.first_byte = Duration::from_millis(200);
+    let upstreams = Upstreams::new(&[spec]);
 
     let started = std::time::Instant::now();
     let error = upstreams.forward(request("m", HeaderMap::new()), &anyone, &Default::default()).await.unwrap_err();
@@ -205,17 +161,12 @@ async fn a_first_byte_timeout_is_not_retried() {
 #[tokio::test]
 async fn every_endpoint_at_max_concurrent_is_overloaded_not_unavailable() {
     let addr = serve(stalling_stream()).await;
-    let upstreams = Upstreams::new(&models(&format!(
-        r#"
-        [[models]]
-        name = "m"
-        endpoints = ["http://{addr}"]
-        max_concurrent = 1
-        queue_size = 0
-        queue_timeout = "3s"
-        health_check = {{ enabled = false }}
-        "#
-    )));
+    let upstreams = Upstreams::new(&[RouteSpec {
+        max_concurrent: Some(1),
+        queue_size: 0,
+        queue_timeout: Duration::from_secs(3),
+        ..route("m", &[format!("http://{addr}")])
+    }]);
 
     let holding = upstreams.forward(request("m", HeaderMap::new()), &anyone, &Default::default()).await.unwrap();
     let started = std::time::Instant::now();
@@ -241,16 +192,11 @@ async fn repeated_failures_eject_an_endpoint_so_later_requests_skip_it() {
     let broken_addr = broken.start(PATH, StatusCode::SERVICE_UNAVAILABLE, "down").await;
     let working = Recorder::default();
     let working_addr = working.start(PATH, StatusCode::OK, "ok").await;
-    let upstreams = Upstreams::new(&models(&format!(
-        r#"
-        [[models]]
-        name = "m"
-        endpoints = ["http://{broken_addr}", "http://{working_addr}"]
-        retries = 1
-        ejection = {{ consecutive_failures = 2, duration = "1m" }}
-        health_check = {{ enabled = false }}
-        "#
-    )));
+    let upstreams = Upstreams::new(&[RouteSpec {
+        ejection_failures: 2,
+        ejection_duration: Duration::from_secs(60),
+        ..route("m", &[format!("http://{broken_addr}"), format!("http://{working_addr}")])
+    }]);
 
     for _ in 0..10 {
         let response = upstreams.forward(request("m", HeaderMap::new()), &anyone, &Default::default()).await.unwrap();

@@ -6,21 +6,17 @@ mod common;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use bytes::Bytes;
 use common::*;
-use portcullis_upstream::{ForwardRequest, Upstreams};
+use portcullis_types::Secret;
+use portcullis_upstream::{ForwardRequest, RouteSpec, Upstreams};
 
 #[tokio::test]
 async fn the_api_key_is_sent_as_bearer_and_client_credentials_are_never_forwarded() {
     let server = Recorder::default();
     let addr = server.start("/llama/v1/chat/completions", StatusCode::OK, "ok").await;
-    let upstreams = Upstreams::new(&models(&format!(
-        r#"
-        [[models]]
-        name = "m"
-        endpoints = ["http://{addr}/llama/"]
-        api_key = "sk-upstream-secret"
-        health_check = {{ enabled = false }}
-        "#
-    )));
+    let upstreams = Upstreams::new(&[RouteSpec {
+        api_key: Some(Secret::new("sk-upstream-secret".into())),
+        ..route("m", &[format!("http://{addr}/llama/")])
+    }]);
     let mut client = HeaderMap::new();
     for (name, value) in [
         ("authorization", "Bearer pcl_client_key"),
@@ -62,15 +58,10 @@ async fn the_api_key_is_sent_as_bearer_and_client_credentials_are_never_forwarde
 async fn without_an_api_key_no_authorization_is_sent() {
     let server = Recorder::default();
     let addr = server.start("/v1/embeddings", StatusCode::OK, "ok").await;
-    let upstreams = Upstreams::new(&models(&format!(
-        r#"
-        [[models]]
-        name = "m"
-        upstream_model = "nomic-embed"
-        endpoints = ["http://{addr}"]
-        health_check = {{ enabled = false }}
-        "#
-    )));
+    let upstreams = Upstreams::new(&[RouteSpec {
+        upstream_model: "nomic-embed".into(),
+        ..route("m", &[format!("http://{addr}")])
+    }]);
     let mut client = HeaderMap::new();
     client.insert("authorization", HeaderValue::from_static("Bearer pcl_client_key"));
     let request = ForwardRequest {
@@ -92,25 +83,18 @@ async fn without_an_api_key_no_authorization_is_sent() {
 
 #[tokio::test]
 async fn views_and_states_describe_every_endpoint_in_configured_order() {
-    let upstreams = Upstreams::new(&models(
-        r#"
-        [[models]]
-        name = "b"
-        upstream_model = "B-upstream"
-        endpoints = ["http://10.0.0.1:8000/", "https://models.example/prefix"]
-        fallbacks = ["a"]
-        api_key = "sk-never-shown"
-        health_check = { enabled = false }
-
-        [[models]]
-        name = "a"
-        endpoints = ["http://10.0.0.2:8000"]
-        health_check = { enabled = false }
-        "#,
-    ));
+    let upstreams = Upstreams::new(&[
+        RouteSpec {
+            upstream_model: "B-upstream".into(),
+            fallbacks: vec!["a".into()],
+            api_key: Some(Secret::new("sk-never-shown".into())),
+            ..route("b", &["http://10.0.0.1:8000/".into(), "https://models.example/prefix".into()])
+        },
+        route("a", &["http://10.0.0.2:8000".into()]),
+    ]);
     assert_eq!(upstreams.model_names().collect::<Vec<_>>(), ["b", "a"]);
     assert!(upstreams.contains("a") && upstreams.contains("b"));
-    let views = upstreams.views();
+    let views = upstreams.statuses();
     assert_eq!(views[0].upstream_model, "B-upstream");
     assert_eq!(views[0].fallbacks, ["a"]);
     let urls: Vec<&str> = views[0].endpoints.iter().map(|endpoint| endpoint.url.as_str()).collect();
@@ -131,13 +115,9 @@ fn the_forward_future_is_send_and_the_body_fits_axum() {
         axum::body::Body::new(body)
     }
     // Also: building outside a runtime works (health checks are skipped, not a panic).
-    let upstreams = Upstreams::new(&models(
-        r#"
-        [[models]]
-        name = "m"
-        endpoints = ["https://models.example"]
-        "#,
-    ));
+    let mut spec = route("m", &["https://models.example".into()]);
+    spec.health_check.enabled = true;
+    let upstreams = Upstreams::new(&[spec]);
     let sent = std::sync::atomic::AtomicBool::default();
     let future = upstreams.forward(request("m", HeaderMap::new()), &anyone, &sent);
     assert_send(&future);

@@ -11,7 +11,8 @@ use axum::Router;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use common::*;
-use portcullis_upstream::Upstreams;
+use portcullis_types::Secret;
+use portcullis_upstream::{HealthCheck, RouteSpec, Upstreams};
 
 /// A model server whose health endpoint answers `health` and counts its checks (and the
 /// credential they carry); its completions answer "ok".
@@ -57,16 +58,17 @@ async fn an_endpoint_failing_its_health_check_leaves_rotation_and_checks_stop_on
     let auth_seen = Arc::new(std::sync::Mutex::new(None));
     let sick = server(StatusCode::SERVICE_UNAVAILABLE, Arc::clone(&sick_checks), Arc::default()).await;
     let well = server(StatusCode::OK, Arc::clone(&well_checks), Arc::clone(&auth_seen)).await;
-    let upstreams = Upstreams::new(&models(&format!(
-        r#"
-        [[models]]
-        name = "m"
-        endpoints = ["http://{sick}", "http://{well}"]
-        api_key = "sk-health"
-        retries = 0
-        health_check = {{ enabled = true, path = "/health", interval = "100ms", timeout = "1s" }}
-        "#
-    )));
+    let upstreams = Upstreams::new(&[RouteSpec {
+        api_key: Some(Secret::new("sk-health".into())),
+        retries: 0,
+        health_check: HealthCheck {
+            enabled: true,
+            path: "/health".into(),
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_secs(1),
+        },
+        ..route("m", &[format!("http://{sick}"), format!("http://{well}")])
+    }]);
 
     eventually("the sick endpoint is out of rotation", || {
         let states = upstreams.endpoint_states();
@@ -100,14 +102,9 @@ async fn a_recovered_endpoint_returns_to_rotation() {
         }),
     );
     let addr = serve(router).await;
-    let upstreams = Upstreams::new(&models(&format!(
-        r#"
-        [[models]]
-        name = "m"
-        endpoints = ["http://{addr}"]
-        health_check = {{ interval = "100ms" }}
-        "#
-    )));
+    let mut spec = route("m", &[format!("http://{addr}")]);
+    spec.health_check = HealthCheck { enabled: true, interval: Duration::from_millis(100), ..spec.health_check };
+    let upstreams = Upstreams::new(&[spec]);
 
     eventually("it is out of rotation", || !upstreams.endpoint_states()[0].healthy).await;
     healthy.store(true, Ordering::SeqCst);

@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::routing::post;
 use common::*;
-use portcullis_upstream::{UpstreamError, Upstreams};
+use portcullis_upstream::{RouteSpec, UpstreamError, Upstreams};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
@@ -83,17 +83,10 @@ fn send(
     })
 }
 
-fn one_slot(addr: std::net::SocketAddr, extra: &str) -> Arc<Upstreams> {
-    Arc::new(Upstreams::new(&models(&format!(
-        r#"
-        [[models]]
-        name = "m"
-        endpoints = ["http://{addr}"]
-        max_concurrent = 1
-        health_check = {{ enabled = false }}
-        {extra}
-        "#
-    ))))
+fn one_slot(addr: std::net::SocketAddr, queue_size: usize, queue_timeout: Duration) -> Arc<Upstreams> {
+    let spec =
+        RouteSpec { max_concurrent: Some(1), queue_size, queue_timeout, ..route("m", &[format!("http://{addr}")]) };
+    Arc::new(Upstreams::new(&[spec]))
 }
 
 /// Starts the request that takes the one slot and waits until the upstream has it.
@@ -111,7 +104,7 @@ fn all_idle(upstreams: &Upstreams) -> bool {
 #[tokio::test]
 async fn queued_requests_are_served_by_priority_then_arrival() {
     let (gate, addr) = Gate::start().await;
-    let upstreams = one_slot(addr, r#"queue_timeout = "30s""#);
+    let upstreams = one_slot(addr, 64, Duration::from_secs(30));
     let mut tasks = vec![hold(&upstreams, &gate).await];
     for (at, (tag, priority)) in [("a", 0), ("b", 0), ("c", 10), ("d", 0), ("e", 10)].into_iter().enumerate() {
         tasks.push(send(&upstreams, "m", tag, priority));
@@ -134,7 +127,7 @@ async fn queued_requests_are_served_by_priority_then_arrival() {
 #[tokio::test]
 async fn a_full_queue_sheds_at_once() {
     let (gate, addr) = Gate::start().await;
-    let upstreams = one_slot(addr, "queue_size = 2\nqueue_timeout = \"30s\"");
+    let upstreams = one_slot(addr, 2, Duration::from_secs(30));
     let mut tasks = vec![hold(&upstreams, &gate).await];
     for tag in ["a", "b"] {
         tasks.push(send(&upstreams, "m", tag, 0));
@@ -157,7 +150,7 @@ async fn a_full_queue_sheds_at_once() {
 #[tokio::test]
 async fn a_queue_timeout_sheds_with_retry_after_rounded_up() {
     let (gate, addr) = Gate::start().await;
-    let upstreams = one_slot(addr, r#"queue_timeout = "1500ms""#);
+    let upstreams = one_slot(addr, 64, Duration::from_millis(1500));
     let holder = hold(&upstreams, &gate).await;
 
     let started = Instant::now();
@@ -178,7 +171,7 @@ async fn a_queue_timeout_sheds_with_retry_after_rounded_up() {
 #[tokio::test]
 async fn a_dropped_waiter_leaks_no_slot() {
     let (gate, addr) = Gate::start().await;
-    let upstreams = one_slot(addr, r#"queue_timeout = "30s""#);
+    let upstreams = one_slot(addr, 64, Duration::from_secs(30));
     let holder = hold(&upstreams, &gate).await;
 
     // A client that goes away while queued leaves the queue; the next one still gets the slot.
@@ -214,24 +207,19 @@ async fn a_request_shed_by_its_model_falls_back_to_another_queue() {
     let (gate, gated) = Gate::start().await;
     let backup = Recorder::default();
     let backup_addr = backup.start(PATH, StatusCode::OK, "backup").await;
-    let upstreams = Arc::new(Upstreams::new(&models(&format!(
-        r#"
-        [[models]]
-        name = "m"
-        endpoints = ["http://{gated}"]
-        max_concurrent = 1
-        queue_timeout = "300ms"
-        fallbacks = ["f"]
-        health_check = {{ enabled = false }}
-
-        [[models]]
-        name = "f"
-        endpoints = ["http://{backup_addr}"]
-        max_concurrent = 1
-        queue_timeout = "1200ms"
-        health_check = {{ enabled = false }}
-        "#
-    ))));
+    let upstreams = Arc::new(Upstreams::new(&[
+        RouteSpec {
+            max_concurrent: Some(1),
+            queue_timeout: Duration::from_millis(300),
+            fallbacks: vec!["f".into()],
+            ..route("m", &[format!("http://{gated}")])
+        },
+        RouteSpec {
+            max_concurrent: Some(1),
+            queue_timeout: Duration::from_millis(1200),
+            ..route("f", &[format!("http://{backup_addr}")])
+        },
+    ]));
     assert_eq!(upstreams.queue_lengths(), [("m".to_string(), 0), ("f".to_string(), 0)]);
     let holder = hold(&upstreams, &gate).await;
 
@@ -271,18 +259,12 @@ async fn a_request_shed_by_its_model_falls_back_to_another_queue() {
 async fn a_retry_waits_in_the_queue_for_an_untried_endpoint() {
     let refused = refused_addr().await;
     let (gate, gated) = Gate::start().await;
-    let upstreams = Arc::new(Upstreams::new(&models(&format!(
-        r#"
-        [[models]]
-        name = "m"
-        endpoints = ["http://{refused}", "http://{gated}"]
-        max_concurrent = 1
-        retries = 1
-        queue_timeout = "30s"
-        ejection = {{ consecutive_failures = 0 }}
-        health_check = {{ enabled = false }}
-        "#
-    ))));
+    let upstreams = Arc::new(Upstreams::new(&[RouteSpec {
+        max_concurrent: Some(1),
+        queue_timeout: Duration::from_secs(30),
+        ejection_failures: 0,
+        ..route("m", &[format!("http://{refused}"), format!("http://{gated}")])
+    }]));
     // Wherever the holder starts, it ends on the gated endpoint.
     let holder = hold(&upstreams, &gate).await;
 

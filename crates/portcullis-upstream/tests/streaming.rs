@@ -13,7 +13,7 @@ use axum::http::HeaderMap;
 use axum::routing::post;
 use bytes::Bytes;
 use common::*;
-use portcullis_upstream::{UpstreamBodyError, Upstreams};
+use portcullis_upstream::{RouteTimeouts, UpstreamBodyError, Upstreams};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 const PATH: &str = "/v1/chat/completions";
@@ -25,16 +25,11 @@ fn stream_from(chunks: mpsc::Receiver<Bytes>) -> Body {
     }))
 }
 
-fn model(addr: std::net::SocketAddr, timeouts: &str) -> Upstreams {
-    Upstreams::new(&models(&format!(
-        r#"
-        [[models]]
-        name = "m"
-        endpoints = ["http://{addr}"]
-        timeouts = {{ {timeouts} }}
-        health_check = {{ enabled = false }}
-        "#
-    )))
+/// Model `m` at `addr`, with `timeouts` changed from the defaults.
+fn model(addr: std::net::SocketAddr, timeouts: impl FnOnce(&mut RouteTimeouts)) -> Upstreams {
+    let mut spec = route("m", &[format!("http://{addr}")]);
+    timeouts(&mut spec.timeouts);
+    Upstreams::new(&[spec])
 }
 
 #[tokio::test]
@@ -56,7 +51,7 @@ async fn the_first_chunk_reaches_the_caller_before_the_upstream_sends_the_second
             }
         }),
     );
-    let upstreams = model(serve(router).await, "");
+    let upstreams = model(serve(router).await, |_| {});
 
     let response = upstreams.forward(request("m", HeaderMap::new()), &anyone, &Default::default()).await.unwrap();
     assert_eq!(response.headers.get("content-type").unwrap(), "text/event-stream");
@@ -92,7 +87,7 @@ async fn an_idle_timeout_cuts_a_stalled_stream_and_closes_the_upstream_connectio
             }
         }),
     );
-    let upstreams = model(serve(router).await, r#"idle = "300ms""#);
+    let upstreams = model(serve(router).await, |timeouts| timeouts.idle = Duration::from_millis(300));
 
     let response = upstreams.forward(request("m", HeaderMap::new()), &anyone, &Default::default()).await.unwrap();
     let mut body = Box::pin(response.body);
@@ -122,7 +117,10 @@ async fn the_total_timeout_cuts_a_stream_that_keeps_sending() {
             stream_from(receiver)
         }),
     );
-    let upstreams = model(serve(router).await, r#"idle = "1s", total = "500ms""#);
+    let upstreams = model(serve(router).await, |timeouts| {
+        timeouts.idle = Duration::from_secs(1);
+        timeouts.total = Duration::from_millis(500);
+    });
 
     let started = std::time::Instant::now();
     let response = upstreams.forward(request("m", HeaderMap::new()), &anyone, &Default::default()).await.unwrap();
@@ -161,7 +159,7 @@ async fn dropping_the_body_mid_stream_frees_the_slot_and_cancels_the_upstream_re
             }
         }),
     );
-    let upstreams = model(serve(router).await, "");
+    let upstreams = model(serve(router).await, |_| {});
 
     let response = upstreams.forward(request("m", HeaderMap::new()), &anyone, &Default::default()).await.unwrap();
     assert_eq!(outstanding(&upstreams, "m"), 1, "headers arrived but the stream holds its slot");
@@ -186,7 +184,7 @@ async fn dropping_the_forward_future_before_the_head_frees_the_slot() {
             "late"
         }),
     );
-    let upstreams = Arc::new(model(serve(router).await, ""));
+    let upstreams = Arc::new(model(serve(router).await, |_| {}));
 
     let pending = tokio::spawn({
         let upstreams = Arc::clone(&upstreams);

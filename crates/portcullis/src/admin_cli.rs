@@ -6,6 +6,7 @@
 
 pub mod audit;
 mod client;
+pub mod config;
 pub mod keys;
 mod output;
 pub mod teams;

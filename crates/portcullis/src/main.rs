@@ -80,6 +80,9 @@ enum ConfigCommand {
         #[arg(long, short, default_value = "portcullis.toml")]
         config: PathBuf,
     },
+    /// Ask the running gateway (admin API) when its configuration was loaded, how the last
+    /// reload went, and which changed settings wait for a restart.
+    Status,
 }
 
 fn main() -> ExitCode {
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args, &cli.global).await,
             Command::Config(ConfigCommand::Check { config }) => serve::check_config(&config, &cli.global),
+            Command::Config(ConfigCommand::Status) => admin_cli::config::status(&cli.global).await,
             Command::Migrate { config } => serve::migrate(&config, &cli.global).await,
             Command::Keys(command) => admin_cli::keys::run(command, &cli.global).await,
             Command::Teams(command) => admin_cli::teams::run(command, &cli.global).await,

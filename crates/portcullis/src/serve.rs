@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use portcullis_config::Config;
-use portcullis_server::Server;
+use portcullis_server::{RunningServer, Server};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::log_writer::{self, LogGuard};
@@ -43,13 +43,7 @@ pub async fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     }
     loop {
         tokio::select! {
-            _ = hangup.recv() => match load(&args.config) {
-                Ok(config) => {
-                    let ignored = running.reload(config);
-                    tracing::info!(?ignored, "configuration reloaded (settings listed as ignored need a restart)");
-                }
-                Err(error) => tracing::error!(error = %format!("{error:#}"), "reload failed; keeping the running configuration"),
-            },
+            _ = hangup.recv() => reload(&running, &args.config),
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
@@ -76,6 +70,29 @@ pub async fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Applies the file again (SIGHUP). Live settings take effect at once; startup settings that
+/// differ from the running ones are named, each time, until a restart or a revert.
+fn reload(running: &RunningServer, path: &Path) {
+    match Config::load(path) {
+        Ok(config) => {
+            let restart_required = running.reload(config);
+            if restart_required.is_empty() {
+                tracing::info!("configuration reloaded");
+            } else {
+                tracing::warn!(
+                    ?restart_required,
+                    "configuration reloaded; these settings differ from the running ones and take effect only after a restart"
+                );
+            }
+        }
+        Err(error) => {
+            running.reload_refused(&error);
+            let error = anyhow::Error::new(error).context(format!("invalid configuration {}", path.display()));
+            tracing::error!(error = %format!("{error:#}"), "reload failed; keeping the running configuration");
+        }
+    }
+}
+
 pub fn check_config(path: &Path, global: &GlobalArgs) -> anyhow::Result<()> {
     let config = load(path)?;
     // What `serve` would find missing on this host, said the same way (`load` checked the URL).
@@ -100,7 +117,8 @@ pub fn check_config(path: &Path, global: &GlobalArgs) -> anyhow::Result<()> {
 pub async fn migrate(path: &Path, global: &GlobalArgs) -> anyhow::Result<()> {
     let _logs = init_logging(global.log_format)?;
     let config = load(path)?;
-    let applied = portcullis_server::migrate(&config.store).await.context("migration failed")?;
+    let (startup, _) = config.split();
+    let applied = portcullis_server::migrate(&startup.store).await.context("migration failed")?;
     writeln!(std::io::stdout().lock(), "applied {applied} migration(s)")?;
     Ok(())
 }

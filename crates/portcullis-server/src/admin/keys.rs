@@ -78,10 +78,10 @@ async fn create_key(
         Some(team) => Some(ensure_team(state, caller, team, now).await?),
         None => None,
     };
-    let config = state.runtime().config.clone();
+    let live = state.runtime().live.clone();
     let team_default =
-        team_record.as_ref().and_then(|team| team.tier.clone()).unwrap_or_else(|| config.limits.default_tier.clone());
-    let tier = validate::tier(&config, request.tier.as_deref().unwrap_or(&team_default))?;
+        team_record.as_ref().and_then(|team| team.tier.clone()).unwrap_or_else(|| live.limits.default_tier.clone());
+    let tier = validate::tier(&live, request.tier.as_deref().unwrap_or(&team_default))?;
     // A team admin must not mint keys on a richer plan than its team has.
     if caller.role == Role::TeamAdmin && tier != team_default {
         return Err(forbidden("a team admin cannot give a key a tier other than its team's"));
@@ -93,7 +93,7 @@ async fn create_key(
     // Before the range check: a team admin reaching past its plan is refused (and recorded) as
     // such, whatever else is wrong with the value.
     if caller.role == Role::TeamAdmin
-        && let Some(why) = plan::widening(&config, &tier, team_record.as_ref(), &Default::default(), &limits)
+        && let Some(why) = plan::widening(&live, &tier, team_record.as_ref(), &Default::default(), &limits)
     {
         return Err(forbidden(&why));
     }
@@ -151,7 +151,7 @@ async fn update_key(
 ) -> Result<Json<KeyView>, ApiError> {
     caller.require_writer()?;
     let existing = visible_key(state, caller, id).await?;
-    let config = state.runtime().config.clone();
+    let live = state.runtime().live.clone();
     let now = OffsetDateTime::now_utc();
     if caller.role == Role::TeamAdmin && request.tier.as_ref().is_some_and(|tier| tier != &existing.tier) {
         return Err(forbidden("a team admin cannot change a key's tier"));
@@ -166,7 +166,7 @@ async fn update_key(
             Some(team) => team_of(state, team).await?,
             None => None,
         };
-        if let Some(why) = plan::widening(&config, &existing.tier, team.as_ref(), &existing.limits, limits) {
+        if let Some(why) = plan::widening(&live, &existing.tier, team.as_ref(), &existing.limits, limits) {
             return Err(forbidden(&why));
         }
     }
@@ -183,7 +183,7 @@ async fn update_key(
     };
     let patch = KeyPatch {
         name: request.name.as_deref().map(validate::name).transpose()?,
-        tier: request.tier.as_deref().map(|tier| validate::tier(&config, tier)).transpose()?,
+        tier: request.tier.as_deref().map(|tier| validate::tier(&live, tier)).transpose()?,
         models: request.models.map(validate::models).transpose()?,
         scopes: request.scopes.as_deref().map(validate::scopes).transpose()?,
         allowed_cidrs: request.allowed_cidrs.as_deref().map(validate::cidrs).transpose()?,

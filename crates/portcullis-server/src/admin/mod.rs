@@ -4,6 +4,7 @@
 mod audit;
 pub mod auth;
 mod catalog;
+mod config;
 mod extract;
 mod keys;
 mod plan;
@@ -44,6 +45,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/v1/tokens/{id}/revoke", post(tokens::revoke))
         .route("/admin/v1/tiers", get(catalog::tiers))
         .route("/admin/v1/models", get(catalog::models))
+        .route("/admin/v1/config", get(config::status))
         .route("/admin/v1/usage", get(usage::report))
         .route("/admin/v1/audit", get(audit::query))
         .route("/admin/v1/audit/export", get(audit::export))

@@ -17,7 +17,7 @@
 //! `limits` falls back to the tier's value, or to none), or go above its plan. Admins are not
 //! bound by this.
 
-use portcullis_config::Config;
+use portcullis_config::Live;
 use portcullis_limits::{Limits, PICO_PER_UNIT};
 use portcullis_store::TeamRecord;
 use portcullis_types::admin::LimitOverrides;
@@ -51,16 +51,16 @@ fn values(limits: &Limits) -> [Option<u64>; 7] {
 /// Why a team admin may not give a key of tier `tier` in `team` the overrides `requested`
 /// instead of `current` (empty on create), or `None` when it may.
 pub fn widening(
-    config: &Config,
+    live: &Live,
     tier: &str,
     team: Option<&TeamRecord>,
     current: &LimitOverrides,
     requested: &LimitOverrides,
 ) -> Option<String> {
-    let tier_only = values(&resolve(config, Some(tier), &LimitOverrides::default()));
-    let team_scope = values(&team.map(|team| resolve(config, team.tier.as_deref(), &team.limits)).unwrap_or_default());
-    let now = values(&resolve(config, Some(tier), current));
-    let after = values(&resolve(config, Some(tier), requested));
+    let tier_only = values(&resolve(live, Some(tier), &LimitOverrides::default()));
+    let team_scope = values(&team.map(|team| resolve(live, team.tier.as_deref(), &team.limits)).unwrap_or_default());
+    let now = values(&resolve(live, Some(tier), current));
+    let after = values(&resolve(live, Some(tier), requested));
     (0..NAMES.len()).find_map(|at| {
         let plan = smaller(tier_only[at], team_scope[at]);
         if after[at] == now[at] || at_most(after[at], smaller(now[at], plan)) {
@@ -129,8 +129,8 @@ mod tests {
     const TIERS: &str = "[tiers.free]\nrequests_per_minute = 60\nbudget_per_day = 5.0\n\n\
                          [tiers.pro]\nrequests_per_minute = 600\n";
 
-    fn config() -> Config {
-        Config::parse(TIERS, |_| None).unwrap()
+    fn config() -> Live {
+        portcullis_config::Config::parse(TIERS, |_| None).unwrap().split().1
     }
 
     fn team(tier: Option<&str>, limits: LimitOverrides) -> TeamRecord {

@@ -11,6 +11,7 @@ use super::auth::AdminAuth;
 use crate::health::Readiness;
 use crate::key_cache::KeyCache;
 use crate::metrics::Metrics;
+use crate::reload::ReloadStatus;
 use crate::runtime::{Runtime, SharedRuntime};
 use crate::team_cache::TeamCache;
 
@@ -26,6 +27,8 @@ pub struct Parts {
     pub keys: KeyCache,
     pub teams: TeamCache,
     pub auth: AdminAuth,
+    /// How the running configuration came to be, for `GET /admin/v1/config`.
+    pub reloads: Arc<ReloadStatus>,
     pub metrics: Arc<Metrics>,
     pub readiness: Readiness,
 }
@@ -69,6 +72,10 @@ impl AdminState {
 
     pub fn metrics(&self) -> &Metrics {
         &self.0.metrics
+    }
+
+    pub fn reloads(&self) -> &ReloadStatus {
+        &self.0.reloads
     }
 }
 

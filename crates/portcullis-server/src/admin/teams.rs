@@ -43,10 +43,10 @@ async fn create_team(
     request: CreateTeamRequest,
 ) -> Result<(StatusCode, Json<TeamView>), ApiError> {
     caller.require_admin()?;
-    let config = state.runtime().config.clone();
+    let live = state.runtime().live.clone();
     let team = NewTeam {
         name: validate::team_name(&request.name, "name")?,
-        tier: request.tier.as_deref().map(|tier| validate::tier(&config, tier)).transpose()?,
+        tier: request.tier.as_deref().map(|tier| validate::tier(&live, tier)).transpose()?,
         limits: validate::limits(request.limits)?,
         metadata: validate::metadata(request.metadata)?,
         capture_content: request.capture_content,
@@ -89,9 +89,9 @@ async fn update_team(
     request: UpdateTeamRequest,
 ) -> Result<Json<TeamView>, ApiError> {
     caller.require_admin()?;
-    let config = state.runtime().config.clone();
+    let live = state.runtime().live.clone();
     let patch = TeamPatch {
-        tier: request.tier.as_deref().map(|tier| validate::tier(&config, tier)).transpose()?,
+        tier: request.tier.as_deref().map(|tier| validate::tier(&live, tier)).transpose()?,
         limits: request.limits.map(|limits| validate::limits(Some(limits))).transpose()?,
         metadata: request.metadata.map(|metadata| validate::metadata(Some(metadata))).transpose()?,
         capture_content: request.capture_content,

@@ -7,7 +7,7 @@
 //! ([`portcullis_types::admin::is_hidden_char`]).
 
 use portcullis_auth::{CidrList, Scopes};
-use portcullis_config::{Config, parse_duration};
+use portcullis_config::{Live, parse_duration};
 use portcullis_types::admin::{LimitOverrides, first_hidden_char};
 use serde_json::Value;
 use time::{OffsetDateTime, UtcOffset};
@@ -54,15 +54,15 @@ pub fn team_name(name: &str, param: &'static str) -> Result<String, ApiError> {
 
 /// A configured tier; when no tiers are configured any name goes, but it is still shown
 /// everywhere a key is, so it must be visible text too.
-pub fn tier(config: &Config, tier: &str) -> Result<String, ApiError> {
+pub fn tier(live: &Live, tier: &str) -> Result<String, ApiError> {
     if tier.is_empty() || tier.len() > MAX_NAME_LEN {
         return Err(ApiError::bad_request("tier must be 1-128 printable characters", Some("tier")));
     }
     visible(tier, "tier")?;
-    if config.tiers.is_empty() || config.tiers.contains_key(tier) {
+    if live.tiers.is_empty() || live.tiers.contains_key(tier) {
         Ok(tier.to_string())
     } else {
-        let known: Vec<&str> = config.tiers.keys().map(String::as_str).collect();
+        let known: Vec<&str> = live.tiers.keys().map(String::as_str).collect();
         Err(ApiError::bad_request(
             format!("unknown tier {tier:?}; configured tiers: {}", known.join(", ")),
             Some("tier"),
@@ -304,7 +304,7 @@ mod tests {
 
     #[test]
     fn display_strings_refuse_invisible_and_format_characters() {
-        let config = Config::parse("", |_| None).unwrap();
+        let config = portcullis_config::Config::parse("", |_| None).unwrap().split().1;
         for c in ['\u{202E}', '\u{2066}', '\u{200B}', '\u{FEFF}', '\u{00AD}', '\u{E0041}', '\u{2028}', '\u{0007}'] {
             let text = format!("a{c}b");
             assert_eq!(param_of(name(&text).unwrap_err()), Some("name"));

@@ -56,7 +56,7 @@ async fn record(listener: ListenerKind, context: Arc<SiteContext>, router: Route
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|peer| peer.0);
     let client = peer.map(|peer| {
         let runtime = context.runtime.load();
-        let server = &runtime.config.server;
+        let server = &runtime.live.server;
         client_addr::resolve(peer, request.headers(), &server.trusted_proxies, server.forwarded_header)
     });
     let meta = RequestMeta {
@@ -110,7 +110,7 @@ fn check_head(context: &SiteContext, version: Version, headers: &HeaderMap) -> R
     if version < Version::HTTP_2 {
         return Ok(());
     }
-    if headers.len() > context.runtime.load().config.server.max_headers {
+    if headers.len() > context.max_headers {
         return Err(ApiError::HeaderTooLarge);
     }
     for name in gate::SINGLE_HEADERS {

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use portcullis_config::ServerConfig;
+use portcullis_config::ServerStartup;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -48,7 +48,7 @@ pub struct Listening {
 }
 
 impl Listening {
-    pub fn new(server: &ServerConfig, max_connections: usize, max_per_client: usize) -> Listening {
+    pub fn new(server: &ServerStartup, max_connections: usize, max_per_client: usize) -> Listening {
         let settings = connection::ConnectionSettings {
             builder: builder(server),
             timeouts: activity::Timeouts { head: server.header_read_timeout.0, idle: server.idle_timeout.0 },
@@ -136,7 +136,7 @@ fn per_client_cap(site: &Site, listening: &Listening, peer: SocketAddr) -> Optio
         return None;
     }
     let runtime = site.context.runtime.load();
-    let trusted = runtime.config.server.trusted_proxies.iter().any(|net| net.contains(&peer.ip()));
+    let trusted = runtime.live.server.trusted_proxies.iter().any(|net| net.contains(&peer.ip()));
     (!trusted).then_some(listening.max_per_client)
 }
 
@@ -168,7 +168,7 @@ fn shed_answer(full: Full) -> String {
     )
 }
 
-fn builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
+fn builder(server: &ServerStartup) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The gate refuses heads over our limits first; hyper's own limits only need to admit them.
     builder

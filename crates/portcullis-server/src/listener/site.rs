@@ -24,6 +24,9 @@ pub struct Site {
 pub struct SiteContext {
     /// Client address resolution and request-head limits.
     pub runtime: SharedRuntime,
+    /// `server.max_headers` as the HTTP/1 gate was built with it (a startup setting): HTTP/2
+    /// requests are held to the same.
+    pub max_headers: usize,
     /// Masks credentials in a logged user agent.
     pub redactor: Arc<Redactor>,
     pub recording: Arc<Recording>,

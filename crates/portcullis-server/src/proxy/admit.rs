@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use portcullis_config::Config;
+use portcullis_config::{Live, ModelConfig};
 use portcullis_limits::{Demand, LimitScope, Limits, Price, RateHeaders, Refusal, Reservation};
 use portcullis_store::TeamRecord;
 
@@ -42,9 +42,9 @@ pub struct Admitted {
 }
 
 /// Takes the request and a concurrency slot, for a request whose body is still on its way.
-pub async fn enter(state: &ProxyState, config: &Config, principal: &Principal) -> Result<Entered, ApiError> {
-    let team = team_of(state, principal).await?;
-    let (rate, amounts) = caller_limits::split(caller_limits::scopes_for(config, principal, team.as_deref()));
+pub async fn enter(state: &ProxyState, live: &Live, principal: &Principal) -> Result<Entered, ApiError> {
+    let team = team_of(state, live, principal).await?;
+    let (rate, amounts) = caller_limits::split(caller_limits::scopes_for(live, principal, team.as_deref()));
     let slot = reserve(state, &rate, Demand::default(), Operation::Chat).await?;
     let headers = slot.as_ref().map(|slot| slot.headers).unwrap_or_default();
     Ok(Entered { team, amounts, slot, headers })
@@ -54,20 +54,20 @@ pub async fn enter(state: &ProxyState, config: &Config, principal: &Principal) -
 /// concurrency slot too when it did not [`enter`] first (its body was all there at once).
 pub async fn admit(
     state: &ProxyState,
-    config: &Config,
+    live: &Live,
     principal: &Principal,
     entered: Option<Entered>,
     request: &ParsedRequest,
     exchange: Exchange,
 ) -> Result<Admitted, ApiError> {
-    let model = config.model(&request.model);
+    let model = live.model(&request.model);
     let rules = BodyRules {
-        default_max_tokens: config.limits.default_max_tokens,
+        default_max_tokens: live.limits.default_max_tokens,
         max_tokens_field: model.map_or("max_tokens", |model| model.max_tokens_field.as_str()),
         passthrough_fields: model.map_or(&[], |model| model.passthrough_fields.as_slice()),
     };
     let plan = demand::plan(request, rules);
-    let price = price_of(config, &request.model);
+    let price = model.map_or(Price::FREE, price);
     let completion_bound = plan.completion_cap.saturating_mul(request.choices);
     let demand = Demand { tokens: plan.worst_case_tokens, cost: price.cost(plan.prompt_bound, completion_bound) };
     let (team, amounts, slot, rate_headers) = match entered {
@@ -77,8 +77,8 @@ pub async fn admit(
             (team, amounts, slot, RateHeaders { requests: headers.requests, tokens })
         }
         None => {
-            let team = team_of(state, principal).await?;
-            let scopes = caller_limits::scopes_for(config, principal, team.as_deref());
+            let team = team_of(state, live, principal).await?;
+            let scopes = caller_limits::scopes_for(live, principal, team.as_deref());
             let all = reserve(state, &scopes, demand, request.operation).await?;
             let headers = all.as_ref().map(|reservation| reservation.headers).unwrap_or_default();
             (team, all, None, headers)
@@ -87,7 +87,7 @@ pub async fn admit(
     // Either the key or its team opting in turns capture on; only then is the prompt read.
     let captures = principal.capture_content || team.as_ref().is_some_and(|team| team.capture_content);
     let capture = captures.then(|| Capture::new(state.redactor().clone(), &request.body));
-    let priority = config.tiers.get(&principal.tier).map_or(0, |tier| tier.priority);
+    let priority = live.tier(&principal.tier).map_or(0, |tier| tier.priority);
     let settlement = Settlement::new(Terms {
         amounts,
         slot,
@@ -105,11 +105,10 @@ pub async fn admit(
     Ok(Admitted { plan, rate_headers, priority, settlement })
 }
 
-async fn team_of(state: &ProxyState, principal: &Principal) -> Result<Option<Arc<TeamRecord>>, ApiError> {
-    match &principal.team {
-        Some(name) => state.teams().get(name).await.map_err(|error| ApiError::from_store(&error, "team lookup")),
-        None => Ok(None),
-    }
+async fn team_of(state: &ProxyState, live: &Live, principal: &Principal) -> Result<Option<Arc<TeamRecord>>, ApiError> {
+    let Some(name) = &principal.team else { return Ok(None) };
+    let max_age = live.store.cache_max_age.0;
+    state.teams().get(name, max_age).await.map_err(|error| ApiError::from_store(&error, "team lookup"))
 }
 
 /// One all-or-nothing reservation; none when no limit applies.
@@ -135,10 +134,9 @@ async fn reserve(
     Ok(Some(reservation))
 }
 
-pub fn price_of(config: &Config, model: &str) -> Price {
-    config
-        .model(model)
-        .map_or(Price::FREE, |model| Price::per_million(model.price.input_per_million, model.price.output_per_million))
+/// A configured model's price per token.
+pub fn price(model: &ModelConfig) -> Price {
+    Price::per_million(model.price.input_per_million, model.price.output_per_million)
 }
 
 /// The parameter a client lowers when its request is too big for a limit: the completion cap,

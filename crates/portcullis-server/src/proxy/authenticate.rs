@@ -17,9 +17,10 @@ pub async fn authenticate(state: &ProxyState, headers: &HeaderMap, now: i64) -> 
     let credential = credential(headers).ok_or(ApiError::InvalidApiKey)?;
     let secret = SecretToken::parse(SecretKind::ApiKey, credential).map_err(|_| ApiError::InvalidApiKey)?;
     let hash = state.hasher().hash(&secret);
+    let max_age = state.runtime().live.store.cache_max_age.0;
     let principal = state
         .keys()
-        .lookup(&hash)
+        .lookup(&hash, max_age)
         .await
         .map_err(|error| ApiError::from_store(&error, "key lookup"))?
         .ok_or(ApiError::InvalidApiKey)?;

@@ -2,8 +2,8 @@
 
 use std::net::IpAddr;
 
-use portcullis_auth::{ModelGlobs, Scope};
-use portcullis_config::Config;
+use portcullis_auth::Scope;
+use portcullis_config::Live;
 
 use crate::error::ApiError;
 use crate::principal::Principal;
@@ -19,21 +19,21 @@ pub fn check_scope(principal: &Principal, scope: Scope) -> Result<(), ApiError> 
 /// Whether the caller may use a configured model: its key's globs and its tier's globs must
 /// both allow it. With tiers configured, a key whose tier has gone from the configuration may
 /// use nothing (fail closed) until it is moved to an existing tier.
-pub fn may_use_model(config: &Config, principal: &Principal, model: &str) -> bool {
+pub fn may_use_model(live: &Live, principal: &Principal, model: &str) -> bool {
     if !principal.models.allows(model) {
         return false;
     }
-    if config.tiers.is_empty() {
+    if live.tiers.is_empty() {
         return true;
     }
-    config.tiers.get(&principal.tier).is_some_and(|tier| ModelGlobs::new(tier.models.clone()).allows(model))
+    live.tier(&principal.tier).is_some_and(|tier| tier.models.allows(model))
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicI64;
 
-    use portcullis_auth::{CidrList, Scopes};
+    use portcullis_auth::{CidrList, ModelGlobs, Scopes};
 
     use super::*;
 
@@ -55,7 +55,8 @@ mod tests {
 
     #[test]
     fn key_and_tier_globs_must_both_allow_the_model() {
-        let config = Config::parse("[tiers.free]\nmodels = [\"small*\"]\n", |_| None).unwrap();
+        let config =
+            portcullis_config::Config::parse("[tiers.free]\nmodels = [\"small*\"]\n", |_| None).unwrap().split().1;
         assert!(may_use_model(&config, &principal(&[], "free"), "small-1"));
         assert!(!may_use_model(&config, &principal(&[], "free"), "big-1"));
         assert!(!may_use_model(&config, &principal(&["small-2"], "free"), "small-1"));

@@ -6,11 +6,12 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, header};
 use http_body_util::Full;
 use portcullis_auth::Scope;
-use portcullis_config::{Config, DEFAULT_MAX_EVENT_BYTES};
+use portcullis_config::{DEFAULT_MAX_EVENT_BYTES, Live};
+use portcullis_limits::Price;
 use portcullis_upstream::{ForwardRequest, UpstreamError, UpstreamResponse};
 
 use super::ProxyState;
-use super::admit::{self, price_of};
+use super::admit::{self, price};
 use super::answer::{self, Answer};
 use super::authorize::may_use_model;
 use super::body::{self, Operation, ParsedRequest};
@@ -50,17 +51,17 @@ async fn serve(
     request: Request,
 ) -> Result<Response, ApiError> {
     let runtime = state.runtime();
-    let config = &runtime.config;
+    let live = &runtime.live;
     let (parts, body) = request.into_parts();
 
     let principal = caller(&state, &exchange, &parts.headers, scope_of(operation)).await?;
-    let mut reading = body::Reading::start(body, &parts.headers, config.server.max_body_bytes)?;
+    let mut reading = body::Reading::start(body, &parts.headers, live.server.max_body_bytes)?;
     let (entered, bytes) = match reading.ready()? {
         Some(bytes) => (None, bytes),
         // The body is still coming: its concurrency slot is taken before it is waited for.
-        None => (Some(admit::enter(&state, config, &principal).await?), reading.rest().await?),
+        None => (Some(admit::enter(&state, live, &principal).await?), reading.rest().await?),
     };
-    let parsed = body::parse(operation, bytes, config.server.max_json_depth)?;
+    let parsed = body::parse(operation, bytes, live.server.max_json_depth)?;
     if !runtime.upstreams.contains(&parsed.model) {
         return Err(ApiError::ModelNotFound { model: parsed.model });
     }
@@ -69,11 +70,11 @@ async fn serve(
         info.model = Some(parsed.model.clone());
         info.stream = parsed.stream;
     });
-    if !may_use_model(config, &principal, &parsed.model) {
+    if !may_use_model(live, &principal, &parsed.model) {
         return Err(ApiError::ModelNotAllowed { model: parsed.model });
     }
 
-    let admitted = admit::admit(&state, config, &principal, entered, &parsed, exchange.clone()).await?;
+    let admitted = admit::admit(&state, live, &principal, entered, &parsed, exchange.clone()).await?;
     let forward = ForwardRequest {
         model: parsed.model.clone(),
         path: operation.path().to_string(),
@@ -81,7 +82,7 @@ async fn serve(
         body: admitted.plan.body.clone(),
         priority: admitted.priority,
     };
-    let may_use = |model: &str| may_use_model(config, &principal, model);
+    let may_use = |model: &str| may_use_model(live, &principal, model);
     let sent = admitted.settlement.sent_flag();
     let mut response = match runtime.upstreams.forward(forward, &may_use, sent).await {
         Ok(upstream) => {
@@ -90,7 +91,7 @@ async fn serve(
                 info.model = Some(upstream.model.clone());
             });
             if upstream.status.is_success() {
-                relay(upstream, &parsed, admitted.plan.completion_cap, admitted.settlement, config, &exchange).await
+                relay(upstream, &parsed, admitted.plan.completion_cap, admitted.settlement, live, &exchange).await
             } else {
                 // The model server refused (4xx) or failed (5xx): nothing was generated.
                 admitted.settlement.nothing_used();
@@ -115,7 +116,7 @@ async fn relay(
     request: &ParsedRequest,
     completion_cap: u64,
     mut settlement: Settlement,
-    config: &Config,
+    live: &Live,
     exchange: &Exchange,
 ) -> Response {
     let UpstreamResponse { status, headers, body, model, .. } = upstream;
@@ -126,7 +127,7 @@ async fn relay(
         .is_some_and(|value| value.starts_with("text/event-stream"));
     let streamed = request.stream && is_event_stream;
     // A fallback bills at its own price.
-    let price = price_of(config, &model);
+    let price = live.model(&model).map_or(Price::FREE, price);
     settlement.served_by(model, price, streamed);
     // Embeddings generate no text: only their input is captured.
     let capture = settlement.captures() && request.operation != Operation::Embeddings;
@@ -134,8 +135,7 @@ async fn relay(
         // The stream may lose its usage chunk on the way: its length is no longer known.
         headers.remove(header::CONTENT_LENGTH);
         let cap = completion_cap.saturating_mul(request.choices);
-        let max_event_bytes =
-            config.model(&request.model).map_or(DEFAULT_MAX_EVENT_BYTES, |model| model.max_event_bytes);
+        let max_event_bytes = live.model(&request.model).map_or(DEFAULT_MAX_EVENT_BYTES, |model| model.max_event_bytes);
         let options =
             StreamOptions { strip_usage_chunk: !request.wants_stream_usage, cap: Some(cap), capture, max_event_bytes };
         Body::new(Metered::stream(body, options, settle_at_end(settlement)))

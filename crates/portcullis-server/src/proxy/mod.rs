@@ -72,13 +72,15 @@ async fn caller(
     let now = time::OffsetDateTime::now_utc();
     let client = exchange.meta().client_ip.unwrap_or(UNKNOWN_CLIENT);
     let misuse = state.misuse();
+    let live = state.runtime().live.clone();
+    let thresholds = &live.security;
     let principal = match authenticate::authenticate(state, headers, now.unix_timestamp()).await {
         Ok(principal) => principal,
         Err(ApiError::InvalidApiKey) => {
             if let Some(retry_after_secs) = misuse.blocked_for(client, Instant::now()) {
                 return Err(ApiError::ClientBlocked { retry_after_secs });
             }
-            if misuse.auth_failed(client, Instant::now()) == FailureOutcome::Blocked {
+            if misuse.auth_failed(client, Instant::now(), thresholds) == FailureOutcome::Blocked {
                 SecurityEvent::ClientBlocked { client }.raise(state.metrics(), state.auditor());
             }
             return Err(ApiError::InvalidApiKey);
@@ -89,7 +91,7 @@ async fn caller(
         info.principal = Some(principal.id.clone());
         info.team = principal.team.clone();
     });
-    if let Some(count) = misuse.key_request(&principal.id, (now.unix_timestamp() / 60) as u64) {
+    if let Some(count) = misuse.key_request(&principal.id, (now.unix_timestamp() / 60) as u64, thresholds) {
         let anomaly = SecurityEvent::Anomaly {
             key_id: principal.id.clone(),
             team: principal.team.clone(),

@@ -23,7 +23,7 @@ pub async fn list(
     let data = runtime
         .upstreams
         .model_names()
-        .filter(|name| may_use_model(&runtime.config, &principal, name))
+        .filter(|name| may_use_model(&runtime.live, &principal, name))
         .map(|name| Model::new(name, created))
         .collect();
     Ok(Json(ModelList::new(data)))
@@ -38,7 +38,7 @@ pub async fn get(
 ) -> Result<Json<Model>, ApiError> {
     let principal = caller(&state, &exchange, &headers, Scope::Models).await?;
     let runtime = state.runtime();
-    if runtime.upstreams.contains(&id) && may_use_model(&runtime.config, &principal, &id) {
+    if runtime.upstreams.contains(&id) && may_use_model(&runtime.live, &principal, &id) {
         exchange.note(|info| info.model = Some(id.clone()));
         Ok(Json(Model::new(id, state.started_at())))
     } else {

@@ -24,14 +24,18 @@ pub async fn usage(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let principal = caller(&state, &exchange, &headers, None::<Scope>).await?;
-    let config = state.runtime().config.clone();
+    let live = state.runtime().live.clone();
     let team = match &principal.team {
-        Some(name) => state.teams().get(name).await.map_err(|error| ApiError::from_store(&error, "team lookup"))?,
+        Some(name) => state
+            .teams()
+            .get(name, live.store.cache_max_age.0)
+            .await
+            .map_err(|error| ApiError::from_store(&error, "team lookup"))?,
         None => None,
     };
     let now = OffsetDateTime::now_utc();
     let mut limits = Vec::new();
-    for (scope, scope_limits) in scopes_for(&config, &principal, team.as_deref()) {
+    for (scope, scope_limits) in scopes_for(&live, &principal, team.as_deref()) {
         let states = state.limiter().snapshot(&scope, &scope_limits, unix_millis(now)).await;
         limits
             .push(json!({ "scope": scope_name(&scope), "limits": states.iter().map(limit_json).collect::<Vec<_>>() }));

@@ -1,5 +1,5 @@
 //! Shared helpers for the integration tests: small axum model servers on 127.0.0.1:0, a
-//! refused address, configuration from TOML, and body reading.
+//! refused address, model routes, and body reading.
 // Not every test file uses every helper; helpers fail like assertions do.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,12 +14,39 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use portcullis_config::{Config, ModelConfig};
-use portcullis_upstream::{ForwardRequest, UpstreamBody, UpstreamBodyError, Upstreams};
+use portcullis_upstream::{
+    ForwardRequest, HealthCheck, RouteSpec, RouteTimeouts, UpstreamBody, UpstreamBodyError, Upstreams,
+};
 
-/// Models from `[[models]]` TOML, validated like the real configuration.
-pub fn models(toml: &str) -> Vec<ModelConfig> {
-    Config::parse(toml, |_| None).unwrap().models
+/// A route of model `name` to `endpoints` with the values a `[[models]]` table gets by default
+/// (docs/configuration.md), except active health checks, which are off: a test turns on what it
+/// exercises.
+pub fn route(name: &str, endpoints: &[String]) -> RouteSpec {
+    RouteSpec {
+        name: name.into(),
+        upstream_model: name.into(),
+        endpoints: endpoints.iter().map(|endpoint| endpoint.parse().unwrap()).collect(),
+        api_key: None,
+        max_concurrent: None,
+        queue_timeout: Duration::from_secs(2),
+        queue_size: 64,
+        timeouts: RouteTimeouts {
+            connect: Duration::from_secs(2),
+            first_byte: Duration::from_secs(60),
+            idle: Duration::from_secs(30),
+            total: Duration::from_secs(600),
+        },
+        health_check: HealthCheck {
+            enabled: false,
+            path: "/v1/models".into(),
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+        },
+        ejection_failures: 3,
+        ejection_duration: Duration::from_secs(30),
+        retries: 1,
+        fallbacks: Vec::new(),
+    }
 }
 
 /// Serves `router` on a fresh local port until the test's runtime ends.
