@@ -2,8 +2,10 @@
 //! usage roll-ups and the audit log.
 //!
 //! The traits here hold no SQL types; each backend crate implements them with its own
-//! migrations, and every backend must pass [`conformance::run_story`].
+//! migrations, and every backend must pass the conformance story (`conformance::run_story`,
+//! compiled with the `conformance` feature, which backends enable for their tests only).
 
+#[cfg(feature = "conformance")]
 pub mod conformance;
 mod records;
 
