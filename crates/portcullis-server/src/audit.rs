@@ -5,6 +5,7 @@
 //! writer that they and the security events submit to.
 
 use portcullis_audit::{AuditEvent, AuditHandle, Submitted};
+use portcullis_types::chain;
 
 use crate::admin::auth::AdminCaller;
 use crate::state::AppState;
@@ -47,7 +48,7 @@ impl Auditor {
 /// counted it), never turned into a second answer to the client.
 pub async fn settle_ack(submitted: Submitted) {
     if let Err(error) = submitted.await {
-        tracing::error!(%error, "audit record not stored");
+        tracing::error!(error = %chain(&error), "audit record not stored");
     }
 }
 

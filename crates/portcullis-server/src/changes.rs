@@ -8,6 +8,7 @@
 //! invalidated by the handlers directly; seeing them again here costs one more cache miss.
 
 use portcullis_store::Change;
+use portcullis_types::chain;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -53,7 +54,7 @@ pub async fn follow(state: AppState, mut cursor: u64, stop: CancellationToken) {
                 }
                 Err(error) => {
                     if !failing {
-                        tracing::warn!(%error, "change log unreadable; cached keys and teams age out by store.cache_max_age");
+                        tracing::warn!(error = %chain(&error), "change log unreadable; cached keys and teams age out by store.cache_max_age");
                         failing = true;
                     }
                     break;

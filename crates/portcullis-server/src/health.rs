@@ -10,6 +10,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
+use portcullis_types::chain;
 use serde_json::json;
 
 use crate::state::AppState;
@@ -25,7 +26,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     let store = match state.stores().migrator.ping().await {
         Ok(()) => "ok",
         Err(error) => {
-            tracing::warn!(%error, "readiness: store unreachable");
+            tracing::warn!(error = %chain(&error), "readiness: store unreachable");
             "unavailable"
         }
     };

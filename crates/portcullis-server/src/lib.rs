@@ -23,28 +23,28 @@ mod proxy;
 mod request_id;
 mod security;
 mod server;
+mod start_error;
 mod state;
 mod store;
 mod store_cache;
 mod team_cache;
 pub mod usage;
 
-use std::net::SocketAddr;
+use portcullis_config::{LimitsConfig, StoreConfig};
 
 pub use server::{RunningServer, Server};
+pub use start_error::StartError;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("{0}")]
-    Config(String),
-    #[error("store: {0}")]
-    Store(String),
-    #[error("cannot listen on {address}: {source}")]
-    Bind { address: SocketAddr, source: std::io::Error },
+/// What `serve` would refuse in these settings before it opens anything: a `store.url` it cannot
+/// read, a backend this binary was built without, a SQLite directory missing on this host.
+/// `config check` reports the same, in the same words.
+pub fn check_backends(store: &StoreConfig, limits: &LimitsConfig) -> Result<(), StartError> {
+    store::check(store)?;
+    limiter::LimiterBackend::check(limits)
 }
 
 /// Applies pending migrations to the configured store; returns how many ran.
-pub async fn migrate(config: &portcullis_config::StoreConfig) -> Result<usize, StartError> {
+pub async fn migrate(config: &StoreConfig) -> Result<usize, StartError> {
     let stores = store::open(config)?;
-    stores.migrator.migrate().await.map_err(|error| StartError::Store(error.to_string()))
+    stores.migrator.migrate().await.map_err(StartError::store("migrating the store"))
 }

@@ -212,7 +212,7 @@ impl Migrator for PostgresStore {
                 tx.commit().await.map_err(db_err)?;
                 continue;
             }
-            tx.batch_execute(migration.sql).await.map_err(|err| failed(migration, &err))?;
+            tx.batch_execute(migration.sql).await.map_err(|err| failed(migration, err))?;
             tx.execute(
                 "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
                 &[&migration.version, &secs(OffsetDateTime::now_utc())],
@@ -243,16 +243,15 @@ async fn refuse_newer_schema(client: &impl GenericClient) -> StoreResult<()> {
     let newest: Option<i64> = crate::codec::get(&row, 0)?;
     let known = MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0);
     match newest {
-        Some(newest) if newest > known => Err(StoreError::Unavailable(format!(
+        Some(newest) if newest > known => Err(StoreError::unavailable(format!(
             "database schema version {newest} is newer than this build knows ({known})"
         ))),
         _ => Ok(()),
     }
 }
 
-fn failed(migration: &Migration, err: &tokio_postgres::Error) -> StoreError {
-    let why = err.as_db_error().map_or_else(|| err.to_string(), |db| db.message().to_string());
-    StoreError::Unavailable(format!("migration {} failed: {why}", migration.version))
+fn failed(migration: &Migration, err: tokio_postgres::Error) -> StoreError {
+    StoreError::unavailable_because(format!("migration {} failed", migration.version), err)
 }
 
 #[cfg(test)]

@@ -229,7 +229,7 @@ fn refuse_newer_schema(conn: &Connection) -> StoreResult<()> {
         conn.query_row("SELECT MAX(version) FROM schema_migrations", [], |row| row.get(0)).map_err(db_err)?;
     let known = MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0);
     match newest {
-        Some(newest) if newest > known => Err(StoreError::Unavailable(format!(
+        Some(newest) if newest > known => Err(StoreError::unavailable(format!(
             "database schema version {newest} is newer than this build knows ({known})"
         ))),
         _ => Ok(()),
@@ -237,7 +237,7 @@ fn refuse_newer_schema(conn: &Connection) -> StoreResult<()> {
 }
 
 fn failed(migration: &Migration, err: rusqlite::Error) -> StoreError {
-    StoreError::Unavailable(format!("migration {} failed: {err}", migration.version))
+    StoreError::unavailable_because(format!("migration {} failed", migration.version), err)
 }
 
 #[cfg(test)]

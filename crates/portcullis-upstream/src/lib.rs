@@ -39,7 +39,8 @@ use portcullis_types::admin::ModelView;
 use tokio::sync::watch;
 
 pub use body::UpstreamBody;
-pub use error::{UpstreamBodyError, UpstreamError};
+pub use client::ClientError;
+pub use error::{AttemptError, LastFailure, UpstreamBodyError, UpstreamError};
 
 use route::Route;
 

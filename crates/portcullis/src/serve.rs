@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use portcullis_config::Config;
 use portcullis_server::Server;
+use portcullis_types::chain;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::log_writer::{self, LogGuard};
@@ -48,7 +49,7 @@ pub async fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
                     let ignored = running.reload(config);
                     tracing::info!(?ignored, "configuration reloaded (settings listed as ignored need a restart)");
                 }
-                Err(error) => tracing::error!(error = %format!("{error:#}"), "reload failed; keeping the running configuration"),
+                Err(error) => tracing::error!(error = %chain(error.as_ref()), "reload failed; keeping the running configuration"),
             },
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
@@ -78,10 +79,10 @@ pub async fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
 
 pub fn check_config(path: &Path, global: &GlobalArgs) -> anyhow::Result<()> {
     let config = load(path)?;
-    // What `serve` would find missing on this host, said the same way (`load` checked the URL).
-    if let Ok(location) = config.store.location() {
-        location.check_host().map_err(|why| anyhow::anyhow!("invalid configuration {}: {why}", path.display()))?;
-    }
+    // What `serve` would refuse before opening anything, said the same way: a backend this
+    // binary was built without, a SQLite directory missing on this host.
+    portcullis_server::check_backends(&config.store, &config.limits)
+        .with_context(|| format!("invalid configuration {}", path.display()))?;
     let summary = serde_json::json!({
         "valid": true,
         "file": path.display().to_string(),

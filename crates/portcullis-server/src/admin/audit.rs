@@ -6,6 +6,7 @@
 //! as for a team without records). Verification covers chains that span teams, so it needs an
 //! admin or auditor token.
 
+use portcullis_types::chain;
 use std::sync::Arc;
 
 use axum::Json;
@@ -367,7 +368,7 @@ impl Export {
         let page = match self.store.query_audit(&self.filter, self.cursor.as_ref(), EXPORT_PAGE).await {
             Ok(page) => page,
             Err(error) => {
-                tracing::error!(%error, "audit export cut short: store read failed");
+                tracing::error!(error = %chain(&error), "audit export cut short: store read failed");
                 return Err(error);
             }
         };

@@ -20,6 +20,7 @@ pub(crate) mod gate;
 mod io;
 mod slots;
 
+use portcullis_types::chain;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,7 +104,7 @@ pub async fn accept_until(
                 }
                 Err(error) => {
                     if backoff == ACCEPT_BACKOFF_MIN {
-                        tracing::warn!(listener = site.name, %error, "accept failed; backing off");
+                        tracing::warn!(listener = site.name, error = %chain(&error), "accept failed; backing off");
                     }
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
