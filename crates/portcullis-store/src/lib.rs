@@ -8,6 +8,8 @@
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod records;
+#[cfg(feature = "sql")]
+pub mod sql;
 
 use std::sync::Arc;
 
