@@ -167,7 +167,7 @@ async fn a_fallback_the_caller_may_not_use_is_skipped() {
         }
         other => panic!("expected Unavailable, got {other:?}"),
     }
-    assert!(!error.to_string().contains("backup-upstream-key"));
+    assert!(!portcullis_types::chain(&error).to_string().contains("backup-upstream-key"));
     assert_eq!(backup.hits(), 0);
 }
 

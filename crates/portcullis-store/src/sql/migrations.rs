@@ -87,7 +87,10 @@ mod tests {
     const LIST: &[Migration] = &[Migration { version: 1, sql: "" }, Migration { version: 2, sql: "" }];
 
     fn migrations(placeholders: Placeholders, integer: &'static str) -> Migrations {
-        Migrations::new(LIST, Dialect { placeholders, integer, usage_sum: |column| column.to_string(), report_extra: "" })
+        Migrations::new(
+            LIST,
+            Dialect { placeholders, integer, usage_sum: |column| column.to_string(), report_extra: "" },
+        )
     }
 
     #[test]
