@@ -2,11 +2,12 @@
 
 use portcullis_store::StoreError;
 
+/// Causes are sources, not repeated in the message: print the chain (`portcullis_types::chain`).
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
-    #[error("audit store: {0}")]
+    #[error("audit store")]
     Store(#[from] StoreError),
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]

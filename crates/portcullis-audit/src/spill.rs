@@ -180,5 +180,5 @@ impl Lines {
 }
 
 pub(crate) fn timed_out(timeout: Duration) -> AuditError {
-    AuditError::Store(StoreError::Unavailable(format!("no answer within {timeout:?}")))
+    AuditError::Store(StoreError::unavailable(format!("no answer within {timeout:?}")))
 }

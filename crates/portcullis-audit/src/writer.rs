@@ -30,6 +30,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use portcullis_types::chain as error_chain;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
@@ -336,9 +337,10 @@ impl Writer {
                 Ok(self.take_unwritten())
             }
             Err(error) => {
+                let error = error_chain(&error).to_string();
                 tracing::error!(%error, records = count, "audit records could be neither stored nor spilled; holding them and retrying");
                 self.stats.set_unwritten(count);
-                Err(error.to_string())
+                Err(error)
             }
         }
     }
@@ -360,16 +362,18 @@ impl Writer {
                 tracing::info!(records = count, "replayed the audit spill file into the store");
             }
             Err(error @ AuditError::Store(_)) => self.store_failed(&error),
-            Err(error) => tracing::error!(%error, "could not replay the audit spill file; retrying"),
+            Err(error) => {
+                tracing::error!(error = %error_chain(&error), "could not replay the audit spill file; retrying")
+            }
         }
     }
 
     fn store_failed(&mut self, error: &AuditError) {
         self.stats.store_failed();
         if self.store_down {
-            tracing::debug!(%error, "the audit store is still failing");
+            tracing::debug!(error = %error_chain(error), "the audit store is still failing");
         } else {
-            tracing::warn!(%error, "the audit store failed; spilling audit records to disk until it is back");
+            tracing::warn!(error = %error_chain(error), "the audit store failed; spilling audit records to disk until it is back");
             self.store_down = true;
         }
     }

@@ -76,7 +76,7 @@ impl RedisLimiterOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum RedisLimiterError {
     /// The URL is malformed (the URL itself is not repeated: it may hold a password).
-    #[error("invalid Redis URL: {0}")]
+    #[error("invalid Redis URL")]
     Url(#[source] redis::RedisError),
     /// The key prefix is empty or contains a brace.
     #[error("invalid key prefix {prefix:?}: {why}")]

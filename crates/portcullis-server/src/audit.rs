@@ -5,6 +5,7 @@
 //! writer that they and the security events submit to.
 
 use portcullis_audit::{AuditEvent, AuditHandle, Submitted};
+use portcullis_types::chain;
 
 /// Submits records; in `sync` durability the caller waits until its record is durable (the
 /// handle knows the durability).
@@ -44,6 +45,6 @@ impl Auditor {
 /// counted it), never turned into a second answer to the client.
 pub async fn settle_ack(submitted: Submitted) {
     if let Err(error) = submitted.await {
-        tracing::error!(%error, "audit record not stored");
+        tracing::error!(error = %chain(&error), "audit record not stored");
     }
 }

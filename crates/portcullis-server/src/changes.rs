@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use portcullis_store::{Change, ChangeLog};
+use portcullis_types::chain;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -67,7 +68,7 @@ pub async fn follow(follower: Follower, mut cursor: u64, stop: CancellationToken
                 }
                 Err(error) => {
                     if !failing {
-                        tracing::warn!(%error, "change log unreadable; cached keys and teams age out by store.cache_max_age");
+                        tracing::warn!(error = %chain(&error), "change log unreadable; cached keys and teams age out by store.cache_max_age");
                         failing = true;
                     }
                     break;

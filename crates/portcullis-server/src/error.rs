@@ -5,6 +5,7 @@
 use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
+use portcullis_types::chain;
 use portcullis_types::openai::{ErrorBody, ErrorDetail};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -112,9 +113,9 @@ impl ApiError {
     /// A failed store read on the request path: 503 when the store is unreachable (the client may
     /// retry), 500 otherwise. The cause is logged here, not sent.
     pub fn from_store(error: &portcullis_store::StoreError, during: &'static str) -> ApiError {
-        tracing::error!(%error, during, "store read failed");
+        tracing::error!(error = %chain(error), during, "store read failed");
         match error {
-            portcullis_store::StoreError::Unavailable(_) => ApiError::StoreUnavailable { retry_after_secs: 1 },
+            portcullis_store::StoreError::Unavailable { .. } => ApiError::StoreUnavailable { retry_after_secs: 1 },
             _ => ApiError::Internal,
         }
     }

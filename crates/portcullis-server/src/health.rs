@@ -10,6 +10,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
+use portcullis_types::chain;
 use serde_json::json;
 
 use std::sync::Arc;
@@ -41,7 +42,7 @@ pub async fn ready(State(state): State<Readiness>) -> Response {
     let store = match state.store.ping().await {
         Ok(()) => "ok",
         Err(error) => {
-            tracing::warn!(%error, "readiness: store unreachable");
+            tracing::warn!(error = %chain(&error), "readiness: store unreachable");
             "unavailable"
         }
     };

@@ -28,28 +28,26 @@ mod routes;
 mod runtime;
 mod security;
 mod server;
+mod start_error;
 mod state;
 mod store;
 mod store_cache;
 mod team_cache;
 pub mod usage;
 
-use std::net::SocketAddr;
-
 pub use server::{RunningServer, Server};
+pub use start_error::StartError;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("{0}")]
-    Config(String),
-    #[error("store: {0}")]
-    Store(String),
-    #[error("cannot listen on {address}: {source}")]
-    Bind { address: SocketAddr, source: std::io::Error },
+/// What `serve` would refuse in these settings before it opens anything: a `store.url` it cannot
+/// read, a backend this binary was built without, a SQLite directory missing on this host.
+/// `config check` reports the same, in the same words.
+pub fn check_backends(startup: &portcullis_config::Startup) -> Result<(), StartError> {
+    store::check(&startup.store)?;
+    limiter::LimiterHandle::check(&startup.limits)
 }
 
 /// Applies pending migrations to the configured store; returns how many ran.
 pub async fn migrate(config: &portcullis_config::StoreStartup) -> Result<usize, StartError> {
     let backend = store::open(config)?;
-    backend.stores.migrator.migrate().await.map_err(|error| StartError::Store(error.to_string()))
+    backend.stores.migrator.migrate().await.map_err(StartError::store("migrating the store"))
 }

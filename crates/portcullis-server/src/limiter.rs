@@ -3,8 +3,11 @@
 
 use std::sync::Arc;
 
-use portcullis_config::{LimiterBackend as BackendKind, LimiterStartup, OnBackendError};
+#[cfg(feature = "redis")]
+use portcullis_config::OnBackendError;
+use portcullis_config::{LimiterBackend as BackendKind, LimiterStartup};
 use portcullis_limits::{Limiter, MemoryLimiter, Millis};
+#[cfg(feature = "redis")]
 use portcullis_limits_redis::{BackendState, OnBackendError as RedisPolicy, RedisLimiter, RedisLimiterOptions};
 
 use crate::StartError;
@@ -25,11 +28,16 @@ impl std::fmt::Debug for LimiterHandle {
 #[derive(Clone)]
 enum Kind {
     Memory(Arc<MemoryLimiter>),
-    Redis { limiter: Arc<RedisLimiter>, policy: OnBackendError },
+    #[cfg(feature = "redis")]
+    Redis {
+        limiter: Arc<RedisLimiter>,
+        policy: OnBackendError,
+    },
 }
 
 /// How well the limiter can do its job right now, for `/readyz` and `/metrics`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code, reason = "the shared states need the Redis limiter"))]
 pub enum LimiterHealth {
     /// Counting in this process (`limits.backend = "memory"`).
     InProcess,
@@ -56,10 +64,26 @@ impl LimiterHealth {
     }
 }
 
+/// `limits.backend = "redis"` in a binary built without Redis support.
+#[cfg(not(feature = "redis"))]
+const REDIS_NOT_BUILT: StartError = StartError::NotBuilt { setting: "limits.backend", feature: "redis" };
+
 impl LimiterHandle {
+    /// Refuses a backend this binary was built without (see [`crate::check_backends`]).
+    pub fn check(config: &LimiterStartup) -> Result<(), StartError> {
+        match config.backend {
+            #[cfg(not(feature = "redis"))]
+            BackendKind::Redis => Err(REDIS_NOT_BUILT),
+            _ => Ok(()),
+        }
+    }
+
     pub async fn from_config(config: &LimiterStartup) -> Result<LimiterHandle, StartError> {
         match config.backend {
             BackendKind::Memory => Ok(LimiterHandle::memory()),
+            #[cfg(not(feature = "redis"))]
+            BackendKind::Redis => Err(REDIS_NOT_BUILT),
+            #[cfg(feature = "redis")]
             BackendKind::Redis => {
                 let url = config.redis_url.as_ref().map(|url| url.expose().clone()).unwrap_or_default();
                 let options = RedisLimiterOptions {
@@ -74,7 +98,7 @@ impl LimiterHandle {
                 };
                 let redis = RedisLimiter::connect(options)
                     .await
-                    .map_err(|error| StartError::Config(format!("limits.redis_url: {error}")))?;
+                    .map_err(|error| StartError::Setting { setting: "limits.redis_url", source: error.into() })?;
                 let redis = Arc::new(redis);
                 Ok(LimiterHandle {
                     limiter: redis.clone(),
@@ -96,6 +120,7 @@ impl LimiterHandle {
     pub fn health(&self) -> LimiterHealth {
         match &self.kind {
             Kind::Memory(_) => LimiterHealth::InProcess,
+            #[cfg(feature = "redis")]
             Kind::Redis { limiter, policy } => match (limiter.backend_state(), policy) {
                 (BackendState::Shared, _) => LimiterHealth::Shared,
                 (BackendState::Degraded { .. }, OnBackendError::Local) => LimiterHealth::Local,
@@ -108,20 +133,26 @@ impl LimiterHandle {
     pub fn fallbacks(&self) -> u64 {
         match &self.kind {
             Kind::Memory(_) => 0,
+            #[cfg(feature = "redis")]
             Kind::Redis { limiter, .. } => limiter.fallback_count(),
         }
     }
 
     /// Forgets in-process state that is as good as new (see [`MemoryLimiter::evict_idle`]).
     pub fn evict_idle(&self, now: Millis) {
-        if let Kind::Memory(memory) = &self.kind {
-            memory.evict_idle(now);
+        match &self.kind {
+            Kind::Memory(memory) => {
+                memory.evict_idle(now);
+            }
+            #[cfg(feature = "redis")]
+            Kind::Redis { .. } => {}
         }
     }
 
     /// Waits for the releases of reservations dropped unsettled (a networked backend sends them
     /// in the background), so a graceful shutdown leaves nothing held until its lease ends.
     pub async fn drain(&self) {
+        #[cfg(feature = "redis")]
         if let Kind::Redis { limiter, .. } = &self.kind {
             limiter.drain().await;
         }

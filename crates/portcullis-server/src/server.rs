@@ -1,5 +1,6 @@
 //! Start-up, background work, reload and graceful shutdown.
 
+use portcullis_types::chain;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -63,12 +64,13 @@ impl Server {
             )));
         }
         let (startup, live) = config.split();
+        crate::check_backends(&startup)?;
         // `Config::parse` has compiled these already: only a config built some other way fails here.
         let redactor = Redactor::new(&startup.audit.redact)
-            .map_err(|error| StartError::Config(format!("audit.redact: {error}")))?;
+            .map_err(|error| StartError::Setting { setting: "audit.redact", source: error.into() })?;
         let backend = store::open(&startup.store)?;
         let stores = backend.stores.clone();
-        let applied = stores.migrator.migrate().await.map_err(|error| StartError::Store(error.to_string()))?;
+        let applied = stores.migrator.migrate().await.map_err(StartError::store("migrating the store"))?;
         if applied > 0 {
             tracing::info!(applied, "store migrations applied");
         }
@@ -76,14 +78,14 @@ impl Server {
         let admin = bind(startup.admin.listen)?;
         let limiter = LimiterHandle::from_config(&startup.limits).await?;
         let change_cursor =
-            stores.changes.latest_change().await.map_err(|error| StartError::Store(error.to_string()))?;
+            stores.changes.latest_change().await.map_err(StartError::store("reading the change log"))?;
         caller_limits::seed_from_usage(limiter.limiter().as_ref(), stores.usage.as_ref(), OffsetDateTime::now_utc())
             .await
-            .map_err(|error| StartError::Store(error.to_string()))?;
+            .map_err(StartError::store("seeding the limiter from recorded usage"))?;
         let (recorder, recorder_task) = UsageRecorder::start(stores.usage.clone(), USAGE_FLUSH_INTERVAL);
         let (audit_handle, audit_task) = AuditWriter::start(writer_config(&startup.audit), backend.audit.clone())
             .await
-            .map_err(|error| StartError::Store(format!("audit log: {error}")))?;
+            .map_err(StartError::Audit)?;
         let auditor = Auditor::new(audit_handle);
         let settings = (startup, live);
         let state = AppState::new(settings, backend, bootstrap_token.as_deref(), limiter, recorder, auditor, redactor);
@@ -204,7 +206,7 @@ fn open_files_limit() -> u64 {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => limit,
         Err(error) => {
-            tracing::warn!(%error, "could not read the open-files limit; assuming 1024");
+            tracing::warn!(error = %chain(&error), "could not read the open-files limit; assuming 1024");
             1024
         }
     }
@@ -229,7 +231,7 @@ fn bind(address: SocketAddr) -> Result<TcpListener, StartError> {
 
 /// Creates the first admin token when none exists, so a fresh install is manageable at once.
 async fn first_admin_token(stores: &Stores, state: &AppState) -> Result<Option<Secret<String>>, StartError> {
-    let existing = stores.tokens.list_tokens().await.map_err(|error| StartError::Store(error.to_string()))?;
+    let existing = stores.tokens.list_tokens().await.map_err(StartError::store("reading the admin tokens"))?;
     if existing.iter().any(|token| token.role == Role::Admin && token.revoked_at.is_none()) {
         return Ok(None);
     }
@@ -244,7 +246,7 @@ async fn first_admin_token(stores: &Stores, state: &AppState) -> Result<Option<S
         created_by: "portcullis".into(),
         created_at: OffsetDateTime::now_utc(),
     };
-    stores.tokens.create_token(token).await.map_err(|error| StartError::Store(error.to_string()))?;
+    stores.tokens.create_token(token).await.map_err(StartError::store("creating the first admin token"))?;
     Ok(Some(Secret::new(secret.expose().to_string())))
 }
 
@@ -326,11 +328,11 @@ impl RunningServer {
         self.state.limiter.drain().await;
         // Last: every request that ended has settled and handed its usage to the recorder.
         if let Err(error) = self.recorder_task.shutdown().await {
-            tracing::error!(%error, "usage not fully written at shutdown");
+            tracing::error!(error = %chain(&error), "usage not fully written at shutdown");
         }
         // Every request has ended and submitted its record: drain the writer.
         if let Err(error) = self.audit_task.shutdown().await {
-            tracing::error!(%error, "audit log not fully written at shutdown");
+            tracing::error!(error = %chain(&error), "audit log not fully written at shutdown");
         }
         drained
     }
@@ -351,7 +353,7 @@ async fn housekeeping(state: AppState, stop: CancellationToken) {
         if !uses.is_empty()
             && let Err(error) = state.stores.keys.touch_keys(&uses).await
         {
-            tracing::warn!(%error, "could not record key use times");
+            tracing::warn!(error = %chain(&error), "could not record key use times");
         }
         since = now.unix_timestamp();
         state.limiter.evict_idle(clock::unix_millis(now));
@@ -360,7 +362,7 @@ async fn housekeeping(state: AppState, stop: CancellationToken) {
             match state.audit_store.delete_audit_before(now - retention.0).await {
                 Ok(0) => {}
                 Ok(deleted) => tracing::info!(deleted, "audit records past retention deleted"),
-                Err(error) => tracing::warn!(%error, "audit retention failed"),
+                Err(error) => tracing::warn!(error = %chain(&error), "audit retention failed"),
             }
         }
         if stopping {
@@ -373,6 +375,6 @@ async fn housekeeping(state: AppState, stop: CancellationToken) {
 /// idempotent and cheap.
 async fn prune_changes(state: &AppState, now: OffsetDateTime) {
     if let Err(error) = state.stores.changes.prune_changes(now - CHANGE_RETENTION).await {
-        tracing::warn!(%error, "change log pruning failed");
+        tracing::warn!(error = %chain(&error), "change log pruning failed");
     }
 }

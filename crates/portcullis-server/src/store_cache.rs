@@ -14,6 +14,7 @@
 //! - **Races**: an invalidation that lands while a lookup is in flight may concern what that
 //!   lookup read, so the lookup's result is stored already stale and the next use reads again.
 
+use portcullis_types::chain;
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -81,8 +82,8 @@ where
                 self.entries.insert(key, self.entry(value.clone(), generation)).await;
                 Ok(value)
             }
-            Err(StoreError::Unavailable(reason)) => {
-                tracing::warn!(%reason, "store unreachable: serving a cached entry past its maximum age");
+            Err(error @ StoreError::Unavailable { .. }) => {
+                tracing::warn!(error = %chain(&error), "store unreachable: serving a cached entry past its maximum age");
                 entry.refreshing.store(false, Ordering::Release);
                 Ok(entry.value.clone())
             }
@@ -169,7 +170,7 @@ mod tests {
         let reads = Arc::new(AtomicUsize::new(0));
         cache.get_or_fetch("k", max_age, |_| counting(&reads, Ok(1))).await.ok();
         tokio::time::sleep(Duration::from_millis(30)).await;
-        let down = || Err(StoreError::Unavailable("down".into()));
+        let down = || Err(StoreError::unavailable("down"));
         assert_eq!(cache.get_or_fetch("k", max_age, |_| counting(&reads, down())).await.ok(), Some(1));
         // Not marked as refreshing forever: the next use tries the store again.
         assert_eq!(cache.get_or_fetch("k", max_age, |_| counting(&reads, Ok(3))).await.ok(), Some(3));
@@ -181,7 +182,7 @@ mod tests {
         let max_age = Duration::from_secs(60);
         let cache: StoreCache<&str, u32> = StoreCache::new(10);
         let result =
-            cache.get_or_fetch("k", max_age, |_| std::future::ready(Err(StoreError::Unavailable("down".into())))).await;
+            cache.get_or_fetch("k", max_age, |_| std::future::ready(Err(StoreError::unavailable("down")))).await;
         assert!(result.is_err());
     }
 

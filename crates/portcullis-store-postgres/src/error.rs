@@ -6,9 +6,14 @@ use tokio_postgres::error::SqlState;
 
 /// For statements that expect no constraint to fail: the server cannot do what was asked right
 /// now (it is down, restarting, out of space…). Values that do not decode are reported where
-/// rows are read (see [`corrupt`]).
+/// rows are read (see [`corrupt`]). The driver's error is the source; the SQLSTATE code, which
+/// its message leaves out, is named here.
 pub(crate) fn db_err(err: tokio_postgres::Error) -> StoreError {
-    StoreError::Unavailable(describe(&err))
+    let what = match err.code() {
+        Some(code) => format!("PostgreSQL error {}", code.code()),
+        None => "PostgreSQL failed".to_string(),
+    };
+    StoreError::unavailable_because(what, err)
 }
 
 /// For inserts: a clash on a primary key or unique column is a `Conflict` over `what`, and a
@@ -23,22 +28,14 @@ pub(crate) fn insert_err(what: impl Into<String>) -> impl FnOnce(tokio_postgres:
 
 /// No connection within the connect timeout, or the server refused one.
 pub(crate) fn pool_err(err: PoolError) -> StoreError {
-    let why = match &err {
-        PoolError::Backend(err) => describe(err),
-        other => other.to_string(),
-    };
-    StoreError::Unavailable(format!("postgres unreachable: {why}"))
+    match err {
+        // The pool's wrapper says only "error occurred while creating a new object".
+        PoolError::Backend(err) => StoreError::unavailable_because("postgres unreachable", err),
+        other => StoreError::unavailable_because("postgres unreachable", other),
+    }
 }
 
 /// A stored value that does not decode: the row is broken, not the server.
 pub(crate) fn corrupt(err: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(err.to_string())
-}
-
-/// The server's own message when there is one (the driver's `Display` says only "db error").
-fn describe(err: &tokio_postgres::Error) -> String {
-    match err.as_db_error() {
-        Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => err.to_string(),
-    }
 }

@@ -134,12 +134,12 @@ impl PostgresStore {
     /// is down.
     pub fn connect(url: &str, options: PostgresOptions) -> StoreResult<PostgresStore> {
         if options.pool_size == 0 {
-            return Err(StoreError::Unavailable("postgres pool_size must be at least 1".into()));
+            return Err(StoreError::unavailable("postgres pool_size must be at least 1"));
         }
         let mut config = tokio_postgres::Config::from_str(url)
-            .map_err(|err| StoreError::Unavailable(format!("invalid PostgreSQL URL: {err}")))?;
+            .map_err(|err| StoreError::unavailable_because("invalid PostgreSQL URL", err))?;
         if config.get_hosts().is_empty() {
-            return Err(StoreError::Unavailable("invalid PostgreSQL URL: no host".into()));
+            return Err(StoreError::unavailable("invalid PostgreSQL URL: no host"));
         }
         config.connect_timeout(options.connect_timeout);
         // A server that vanished without closing the socket is noticed within the timeout on a
@@ -169,7 +169,7 @@ impl PostgresStore {
             .create_timeout(Some(options.connect_timeout))
             .recycle_timeout(Some(options.connect_timeout))
             .build()
-            .map_err(|err| StoreError::Unavailable(format!("cannot build the postgres pool: {err}")))?;
+            .map_err(|err| StoreError::unavailable_because("cannot build the postgres pool", err))?;
         let inner = Inner { pool, listener_config, changed: watch::Sender::new(0), listener: Mutex::new(None) };
         Ok(PostgresStore { inner: Arc::new(inner) })
     }

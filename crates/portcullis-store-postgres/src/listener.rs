@@ -4,6 +4,7 @@ use std::future::poll_fn;
 use std::pin::pin;
 use std::time::Duration;
 
+use portcullis_types::chain;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::{AsyncMessage, Config, NoTls};
 
@@ -45,10 +46,12 @@ async fn listen(config: Config, changed: watch::Sender<u64>) {
             backoff = MIN_BACKOFF;
             match ended {
                 Ok(()) => tracing::warn!("postgres closed the change listener's connection; reconnecting"),
-                Err(err) => tracing::warn!(error = %err, "postgres change listener lost its connection; reconnecting"),
+                Err(err) => {
+                    tracing::warn!(error = %chain(&err), "postgres change listener lost its connection; reconnecting")
+                }
             }
         } else if let Err(err) = ended {
-            tracing::debug!(error = %err, ?backoff, "postgres change listener cannot connect yet");
+            tracing::debug!(error = %chain(&err), ?backoff, "postgres change listener cannot connect yet");
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);

@@ -1,32 +1,33 @@
 //! The schema, as numbered migrations applied in order, each in its own transaction, and
 //! recorded in `schema_migrations`. Replicas may migrate at the same moment: every migration
 //! transaction first takes [`MIGRATION_LOCK`], so one applies each migration and the others
-//! then find it done.
+//! then find it done. The runner's statements and checks are shared with the SQLite backend
+//! ([`portcullis_store::sql::Migrations`]).
 
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
-use portcullis_store::{Migrator, StoreError, StoreResult};
+use portcullis_store::sql::{Migration, Migrations};
+use portcullis_store::{Migrator, StoreResult};
 use time::OffsetDateTime;
 
 use crate::PostgresStore;
 use crate::codec::secs;
 use crate::error::db_err;
+use crate::usage::DIALECT;
 
 /// `pg_advisory_xact_lock` key serialising migrations across replicas ("pcl-migr").
 pub(crate) const MIGRATION_LOCK: i64 = 0x7063_6c2d_6d69_6772;
 
-struct Migration {
-    version: i64,
-    sql: &'static str,
-}
-
 /// Append only: an applied migration is never edited, a change is a new migration.
-const MIGRATIONS: &[Migration] = &[
-    Migration { version: 1, sql: INITIAL },
-    Migration { version: 2, sql: USAGE },
-    Migration { version: 3, sql: AUDIT },
-    Migration { version: 4, sql: CHANGES },
-];
+static MIGRATIONS: Migrations = Migrations::new(
+    &[
+        Migration { version: 1, sql: INITIAL },
+        Migration { version: 2, sql: USAGE },
+        Migration { version: 3, sql: AUDIT },
+        Migration { version: 4, sql: CHANGES },
+    ],
+    DIALECT,
+);
 
 /// Keys, their secrets, teams and admin tokens. Secrets live apart from keys, so a rotated key
 /// keeps its old secrets until their grace ends; only SHA-256 hashes are stored. Lists, limits
@@ -189,36 +190,30 @@ impl Migrator for PostgresStore {
         {
             let tx = client.transaction().await.map_err(db_err)?;
             lock(&tx).await?;
-            tx.batch_execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
-            )
-            .await
-            .map_err(db_err)?;
-            refuse_newer_schema(&tx).await?;
+            tx.batch_execute(&MIGRATIONS.create_table()).await.map_err(db_err)?;
+            let newest: Option<i64> =
+                crate::codec::get(&tx.query_one(Migrations::NEWEST, &[]).await.map_err(db_err)?, 0)?;
+            MIGRATIONS.refuse_newer(newest)?;
             tx.commit().await.map_err(db_err)?;
         }
 
         let mut applied = 0;
-        for migration in MIGRATIONS {
+        for migration in MIGRATIONS.list {
             let tx = client.transaction().await.map_err(db_err)?;
             // Checked under the lock: another replica may have migrated since we looked.
             lock(&tx).await?;
-            let done = tx
-                .query_opt("SELECT 1 FROM schema_migrations WHERE version = $1", &[&migration.version])
-                .await
-                .map_err(db_err)?
-                .is_some();
+            let done: bool = crate::codec::get(
+                &tx.query_one(&MIGRATIONS.is_applied(), &[&migration.version]).await.map_err(db_err)?,
+                0,
+            )?;
             if done {
                 tx.commit().await.map_err(db_err)?;
                 continue;
             }
-            tx.batch_execute(migration.sql).await.map_err(|err| failed(migration, &err))?;
-            tx.execute(
-                "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
-                &[&migration.version, &secs(OffsetDateTime::now_utc())],
-            )
-            .await
-            .map_err(db_err)?;
+            tx.batch_execute(migration.sql).await.map_err(|err| Migrations::failed(migration, err))?;
+            tx.execute(&MIGRATIONS.record(), &[&migration.version, &secs(OffsetDateTime::now_utc())])
+                .await
+                .map_err(db_err)?;
             tx.commit().await.map_err(db_err)?;
             applied += 1;
         }
@@ -237,31 +232,13 @@ async fn lock(client: &impl GenericClient) -> StoreResult<()> {
     Ok(())
 }
 
-/// A database migrated by a newer build may have a schema this build misreads.
-async fn refuse_newer_schema(client: &impl GenericClient) -> StoreResult<()> {
-    let row = client.query_one("SELECT MAX(version) FROM schema_migrations", &[]).await.map_err(db_err)?;
-    let newest: Option<i64> = crate::codec::get(&row, 0)?;
-    let known = MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0);
-    match newest {
-        Some(newest) if newest > known => Err(StoreError::Unavailable(format!(
-            "database schema version {newest} is newer than this build knows ({known})"
-        ))),
-        _ => Ok(()),
-    }
-}
-
-fn failed(migration: &Migration, err: &tokio_postgres::Error) -> StoreError {
-    let why = err.as_db_error().map_or_else(|| err.to_string(), |db| db.message().to_string());
-    StoreError::Unavailable(format!("migration {} failed: {why}", migration.version))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn versions_increase_by_one() {
-        let versions: Vec<i64> = MIGRATIONS.iter().map(|m| m.version).collect();
-        assert_eq!(versions, (1..=MIGRATIONS.len() as i64).collect::<Vec<_>>());
+        let versions: Vec<i64> = MIGRATIONS.list.iter().map(|m| m.version).collect();
+        assert_eq!(versions, (1..=MIGRATIONS.list.len() as i64).collect::<Vec<_>>());
     }
 }

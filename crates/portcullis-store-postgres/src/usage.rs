@@ -12,8 +12,9 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use futures_util::future::try_join_all;
+use portcullis_store::sql::{Dialect, Placeholders, ReportColumns, SqlValue, UsageReport};
 use portcullis_store::{
-    StoreResult, UsageGrouping, UsageQuery, UsageRecord, UsageRow, UsageStore, UsageTotal, usage_count_from_column,
+    StoreError, StoreResult, UsageQuery, UsageRecord, UsageRow, UsageStore, UsageTotal, usage_count_from_column,
     usage_count_to_column, usage_hour,
 };
 use time::OffsetDateTime;
@@ -40,14 +41,6 @@ macro_rules! capped_add {
     };
 }
 
-/// The sum of a count column as BIGINT: negative values count as 0, the NUMERIC sum is capped
-/// at i64::MAX.
-macro_rules! capped_sum {
-    ($column:literal) => {
-        concat!("LEAST(SUM(GREATEST(", $column, ", 0)), 9223372036854775807)::BIGINT")
-    };
-}
-
 /// How many of a group's rows hold a negative count: values the sums took as 0.
 const DAMAGED: &str = "COUNT(*) FILTER (WHERE LEAST(requests, prompt_tokens, completion_tokens, cost_pico, \
                        estimated_requests) < 0)";
@@ -70,18 +63,14 @@ const UPSERT: &str = concat!(
     capped_add!("estimated_requests"),
 );
 
-/// A report's sums, capped like the counts they add up.
-const SUMS: &str = concat!(
-    capped_sum!("requests"),
-    ", ",
-    capped_sum!("prompt_tokens"),
-    ", ",
-    capped_sum!("completion_tokens"),
-    ", ",
-    capped_sum!("cost_pico"),
-    ", ",
-    capped_sum!("estimated_requests"),
-);
+/// PostgreSQL's way with the SQL it shares with SQLite: `$n` parameters, capped NUMERIC sums,
+/// and the damaged-rows count after a report row's sums.
+pub(crate) const DIALECT: Dialect = Dialect {
+    placeholders: Placeholders::Dollar,
+    integer: "BIGINT",
+    usage_sum: |column| format!("LEAST(SUM(GREATEST({column}, 0)), 9223372036854775807)::BIGINT"),
+    report_extra: DAMAGED,
+};
 
 #[async_trait]
 impl UsageStore for PostgresStore {
@@ -117,7 +106,7 @@ impl UsageStore for PostgresStore {
                     {cost}, {DAMAGED}
              FROM usage_hourly WHERE hour >= $1
              GROUP BY key_id ORDER BY key_id",
-            cost = capped_sum!("cost_pico"),
+            cost = (DIALECT.usage_sum)("cost_pico"),
         );
         let rows = query(&client, &sql, &[&since]).await?;
         let mut repairs = Repairs::new("usage totals");
@@ -138,13 +127,27 @@ impl UsageStore for PostgresStore {
     }
 
     async fn usage_report(&self, wanted: &UsageQuery) -> StoreResult<Vec<UsageRow>> {
-        let (sql, values) = report_sql(wanted);
-        let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|value| value.as_ref() as _).collect();
+        let report = UsageReport::new(wanted, &DIALECT);
+        let params: Vec<&(dyn ToSql + Sync)> = report
+            .statement
+            .params
+            .iter()
+            .map(|value| match value {
+                SqlValue::Integer(value) => value as &(dyn ToSql + Sync),
+                SqlValue::Text(value) => value as _,
+            })
+            .collect();
         let client = self.client().await?;
-        let rows = query(&client, &sql, &params).await?;
+        let rows = query(&client, &report.statement.sql, &params).await?;
         let mut repairs = Repairs::new("usage report");
-        let report =
-            rows.iter().map(|row| report_row(row, wanted.group_by, &mut repairs)).collect::<StoreResult<_>>()?;
+        let report = rows
+            .iter()
+            .map(|row| {
+                let (usage, damaged) = report.read_row(&mut Columns { row, repairs: &mut repairs })?;
+                repairs.add(row, damaged)?;
+                Ok(usage)
+            })
+            .collect::<StoreResult<_>>()?;
         repairs.finish();
         Ok(report)
     }
@@ -183,62 +186,26 @@ fn roll_up(batch: &[UsageRecord]) -> BTreeMap<(i64, &str, &str), RolledUp> {
     rows
 }
 
-/// The report's statement and its parameters. Only the filters given become conditions, so each
-/// combination gets a plan that can use the key or team index.
-fn report_sql(query: &UsageQuery) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
-    let mut conditions = vec!["hour >= $1".to_string(), "hour < $2".to_string()];
-    let mut values: Vec<Box<dyn ToSql + Sync + Send>> =
-        vec![Box::new(secs(usage_hour(query.since))), Box::new(query.until.unix_timestamp())];
-    for (column, filter) in [("key_id", &query.key_id), ("team", &query.team), ("model", &query.model)] {
-        if let Some(value) = filter {
-            values.push(Box::new(value.clone()));
-            conditions.push(format!("{column} = ${}", values.len()));
-        }
-    }
-    // (labels selected, GROUP BY, ORDER BY). Days start at midnight UTC; the modulo form floors
-    // times before 1970 too.
-    let (labels, group, order) = match query.group_by {
-        UsageGrouping::Hour => ("hour", "hour", "hour"),
-        UsageGrouping::Day => ("hour - ((hour % 86400) + 86400) % 86400 AS day", "day", "day"),
-        UsageGrouping::Model => ("model", "model", "model"),
-        UsageGrouping::Key => ("key_id, MAX(team)", "key_id", "key_id"),
-        UsageGrouping::Team => ("team", "team", "team IS NULL, team"),
-    };
-    let sql = format!(
-        "SELECT {labels}, {SUMS}, {DAMAGED} FROM usage_hourly WHERE {} GROUP BY {group} ORDER BY {order}",
-        conditions.join(" AND ")
-    );
-    (sql, values)
+/// A report row read through tokio-postgres, its sums through [`Repairs`].
+struct Columns<'a> {
+    row: &'a Row,
+    repairs: &'a mut Repairs,
 }
 
-fn report_row(row: &Row, grouping: UsageGrouping, repairs: &mut Repairs) -> StoreResult<UsageRow> {
-    let mut report = UsageRow::default();
-    let first_sum = match grouping {
-        UsageGrouping::Hour | UsageGrouping::Day => {
-            report.bucket = Some(from_secs(get(row, 0)?)?);
-            1
-        }
-        UsageGrouping::Model => {
-            report.model = Some(get(row, 0)?);
-            1
-        }
-        UsageGrouping::Key => {
-            report.key_id = Some(get(row, 0)?);
-            report.team = get(row, 1)?;
-            2
-        }
-        UsageGrouping::Team => {
-            report.team = get(row, 0)?;
-            1
-        }
-    };
-    report.requests = repairs.count(row, first_sum)?;
-    report.prompt_tokens = repairs.count(row, first_sum + 1)?;
-    report.completion_tokens = repairs.count(row, first_sum + 2)?;
-    report.cost_pico = repairs.count(row, first_sum + 3)?;
-    report.estimated_requests = repairs.count(row, first_sum + 4)?;
-    repairs.add(row, first_sum + 5)?;
-    Ok(report)
+impl ReportColumns for Columns<'_> {
+    type Error = StoreError;
+
+    fn time(&mut self, index: usize) -> StoreResult<OffsetDateTime> {
+        from_secs(get(self.row, index)?)
+    }
+
+    fn text(&mut self, index: usize) -> StoreResult<Option<String>> {
+        get(self.row, index)
+    }
+
+    fn count(&mut self, index: usize) -> StoreResult<u64> {
+        self.repairs.count(self.row, index)
+    }
 }
 
 /// What one read found that was not a count, logged once when it is done.

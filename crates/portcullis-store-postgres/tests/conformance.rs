@@ -167,7 +167,7 @@ async fn schema_from_a_newer_build_is_refused() {
         .unwrap();
 
     let result = store.migrate().await;
-    assert!(matches!(result, Err(StoreError::Unavailable(ref why)) if why.contains("9999")), "got {result:?}");
+    assert!(matches!(result, Err(StoreError::Unavailable { ref what, .. }) if what.contains("9999")), "got {result:?}");
 }
 
 #[tokio::test]

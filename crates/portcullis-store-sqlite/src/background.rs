@@ -42,7 +42,9 @@ impl Background {
                     job(&mut conn);
                 }
             })
-            .map_err(|err| StoreError::Unavailable(format!("cannot start a thread for {}: {err}", path.display())))?;
+            .map_err(|err| {
+                StoreError::unavailable_because(format!("cannot start a thread for {}", path.display()), err)
+            })?;
         Ok(Background { jobs })
     }
 
@@ -63,5 +65,5 @@ impl Background {
 }
 
 fn gone() -> StoreError {
-    StoreError::Unavailable("the sqlite background thread has stopped".into())
+    StoreError::unavailable("the sqlite background thread has stopped")
 }

@@ -72,11 +72,10 @@ impl SqliteStore {
     {
         let conn = Arc::clone(&self.conn);
         let task = tokio::task::spawn_blocking(move || {
-            let mut conn =
-                conn.lock().map_err(|_| StoreError::Unavailable("sqlite connection poisoned by a panic".into()))?;
+            let mut conn = conn.lock().map_err(|_| StoreError::unavailable("sqlite connection poisoned by a panic"))?;
             op(&mut conn)
         });
-        task.await.map_err(|err| StoreError::Unavailable(format!("sqlite task failed: {err}")))?
+        task.await.map_err(|err| StoreError::unavailable_because("sqlite task failed", err))?
     }
 
     /// Runs `op` in a write transaction, committed only if `op` succeeds.
@@ -126,10 +125,10 @@ impl SqliteStore {
 /// CLI, work during writes).
 fn open_file(path: &Path) -> StoreResult<Connection> {
     let conn = Connection::open(path)
-        .map_err(|err| StoreError::Unavailable(format!("cannot open {}: {err}", path.display())))?;
+        .map_err(|err| StoreError::unavailable_because(format!("cannot open {}", path.display()), err))?;
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)).map_err(db_err)?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Unavailable(format!("sqlite refused WAL mode (got {mode})")));
+        return Err(StoreError::unavailable(format!("sqlite refused WAL mode (got {mode})")));
     }
     // NORMAL is durable in WAL mode except for the last commits on power loss.
     conn.pragma_update(None, "synchronous", "NORMAL").map_err(db_err)?;

@@ -1,28 +1,29 @@
 //! The schema, as numbered migrations applied in order, each in its own transaction, and
-//! recorded in `schema_migrations`.
+//! recorded in `schema_migrations` (the runner's statements and checks are shared with the
+//! PostgreSQL backend: [`portcullis_store::sql::Migrations`]).
 
 use async_trait::async_trait;
-use portcullis_store::{Migrator, StoreError, StoreResult};
+use portcullis_store::sql::{Migration, Migrations};
+use portcullis_store::{Migrator, StoreResult};
 use rusqlite::{Connection, TransactionBehavior, params};
 use time::OffsetDateTime;
 
 use crate::SqliteStore;
 use crate::codec::UnixTime;
 use crate::error::db_err;
-
-struct Migration {
-    version: i64,
-    sql: &'static str,
-}
+use crate::usage::DIALECT;
 
 /// Append only: an applied migration is never edited, a change is a new migration.
-const MIGRATIONS: &[Migration] = &[
-    Migration { version: 1, sql: INITIAL },
-    Migration { version: 2, sql: USAGE },
-    Migration { version: 3, sql: AUDIT },
-    Migration { version: 4, sql: CAPTURE_CONTENT },
-    Migration { version: 5, sql: CHANGES },
-];
+static MIGRATIONS: Migrations = Migrations::new(
+    &[
+        Migration { version: 1, sql: INITIAL },
+        Migration { version: 2, sql: USAGE },
+        Migration { version: 3, sql: AUDIT },
+        Migration { version: 4, sql: CAPTURE_CONTENT },
+        Migration { version: 5, sql: CHANGES },
+    ],
+    DIALECT,
+);
 
 /// Secrets live apart from keys, so a rotated key keeps its old secrets until their grace ends.
 /// Only SHA-256 hashes are stored, never secrets. Lists, limits and metadata are JSON text;
@@ -191,53 +192,26 @@ impl Migrator for SqliteStore {
 }
 
 fn apply_pending(conn: &mut Connection) -> StoreResult<usize> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
-    )
-    .map_err(db_err)?;
-    refuse_newer_schema(conn)?;
+    conn.execute_batch(&MIGRATIONS.create_table()).map_err(db_err)?;
+    let newest: Option<i64> = conn.query_row(Migrations::NEWEST, [], |row| row.get(0)).map_err(db_err)?;
+    MIGRATIONS.refuse_newer(newest)?;
 
     let mut applied = 0;
-    for migration in MIGRATIONS {
+    for migration in MIGRATIONS.list {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
         // Checked inside the transaction: another process may have migrated since we looked.
-        let done: bool = tx
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = ?1)",
-                [migration.version],
-                |row| row.get(0),
-            )
-            .map_err(db_err)?;
+        let done: bool =
+            tx.query_row(&MIGRATIONS.is_applied(), [migration.version], |row| row.get(0)).map_err(db_err)?;
         if done {
             continue;
         }
-        tx.execute_batch(migration.sql).map_err(|err| failed(migration, err))?;
-        tx.execute(
-            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
-            params![migration.version, UnixTime(OffsetDateTime::now_utc())],
-        )
-        .map_err(db_err)?;
+        tx.execute_batch(migration.sql).map_err(|err| Migrations::failed(migration, err))?;
+        tx.execute(&MIGRATIONS.record(), params![migration.version, UnixTime(OffsetDateTime::now_utc())])
+            .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         applied += 1;
     }
     Ok(applied)
-}
-
-/// A database migrated by a newer build may have a schema this build misreads.
-fn refuse_newer_schema(conn: &Connection) -> StoreResult<()> {
-    let newest: Option<i64> =
-        conn.query_row("SELECT MAX(version) FROM schema_migrations", [], |row| row.get(0)).map_err(db_err)?;
-    let known = MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0);
-    match newest {
-        Some(newest) if newest > known => Err(StoreError::Unavailable(format!(
-            "database schema version {newest} is newer than this build knows ({known})"
-        ))),
-        _ => Ok(()),
-    }
-}
-
-fn failed(migration: &Migration, err: rusqlite::Error) -> StoreError {
-    StoreError::Unavailable(format!("migration {} failed: {err}", migration.version))
 }
 
 #[cfg(test)]
@@ -249,7 +223,7 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap();
         conn.execute_batch("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")
             .unwrap();
-        for migration in MIGRATIONS.iter().filter(|migration| migration.version < 4) {
+        for migration in MIGRATIONS.list.iter().filter(|migration| migration.version < 4) {
             conn.execute_batch(migration.sql).unwrap();
             conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 0)", [migration.version])
                 .unwrap();
@@ -262,7 +236,7 @@ mod tests {
         )
         .unwrap();
 
-        assert_eq!(apply_pending(&mut conn).unwrap(), MIGRATIONS.len() - 3);
+        assert_eq!(apply_pending(&mut conn).unwrap(), MIGRATIONS.list.len() - 3);
         let flags: (bool, bool) = conn
             .query_row(
                 "SELECT k.capture_content, t.capture_content FROM api_keys k JOIN teams t ON t.name = k.team",

@@ -4,9 +4,10 @@
 //! `usage_sum` (see [`crate::figures`]), so no row can make a read fail.
 
 use async_trait::async_trait;
+use portcullis_store::sql::{Dialect, Placeholders, ReportColumns, SqlValue, UsageReport};
 use portcullis_store::{
-    StoreResult, UsageGrouping, UsageQuery, UsageRecord, UsageRow, UsageStore, UsageTotal, usage_add,
-    usage_count_to_column, usage_hour,
+    StoreResult, UsageQuery, UsageRecord, UsageRow, UsageStore, UsageTotal, usage_add, usage_count_to_column,
+    usage_hour,
 };
 use rusqlite::types::Value;
 use rusqlite::{Row, params, params_from_iter};
@@ -16,6 +17,14 @@ use crate::SqliteStore;
 use crate::codec::UnixTime;
 use crate::error::db_err;
 use crate::figures::{Repairs, count, label};
+
+/// SQLite's way with the SQL it shares with PostgreSQL: `?` parameters, and `usage_sum`.
+pub(crate) const DIALECT: Dialect = Dialect {
+    placeholders: Placeholders::Question,
+    integer: "INTEGER",
+    usage_sum: |column| format!("usage_sum({column})"),
+    report_extra: "",
+};
 
 #[async_trait]
 impl UsageStore for SqliteStore {
@@ -96,12 +105,18 @@ impl UsageStore for SqliteStore {
     }
 
     async fn usage_report(&self, query: &UsageQuery) -> StoreResult<Vec<UsageRow>> {
-        let (sql, values) = report_sql(query);
-        let grouping = query.group_by;
+        let report = UsageReport::new(query, &DIALECT);
         self.call(move |conn| {
             let repairs = Repairs::start("usage report");
-            let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
-            let rows = stmt.query_map(params_from_iter(values), |row| report_row(row, grouping)).map_err(db_err)?;
+            let statement = &report.statement;
+            let mut stmt = conn.prepare_cached(&statement.sql).map_err(db_err)?;
+            let values = statement.params.iter().map(|value| match value {
+                SqlValue::Integer(value) => Value::Integer(*value),
+                SqlValue::Text(value) => Value::Text(value.clone()),
+            });
+            let rows = stmt
+                .query_map(params_from_iter(values), |row| Ok(report.read_row(&mut Columns(row))?.0))
+                .map_err(db_err)?;
             let rows = rows.collect::<Result<_, _>>().map_err(db_err)?;
             repairs.finish();
             Ok(rows)
@@ -139,62 +154,21 @@ impl StoredUsage {
     }
 }
 
-const SUMS: &str = "usage_sum(requests), usage_sum(prompt_tokens), usage_sum(completion_tokens), usage_sum(cost_pico), \
-                    usage_sum(estimated_requests)";
+/// A report row read through rusqlite; figures that are not counts are read as the nearest one.
+struct Columns<'a, 'row>(&'a Row<'row>);
 
-/// The report's statement and its parameters. Only the filters given become conditions, so each
-/// combination gets a plan that can use the key or team index.
-fn report_sql(query: &UsageQuery) -> (String, Vec<Value>) {
-    let mut conditions = vec!["hour >= ?", "hour < ?"];
-    let mut values =
-        vec![Value::Integer(usage_hour(query.since).unix_timestamp()), Value::Integer(query.until.unix_timestamp())];
-    for (column, filter) in [("key_id = ?", &query.key_id), ("team = ?", &query.team), ("model = ?", &query.model)] {
-        if let Some(value) = filter {
-            conditions.push(column);
-            values.push(Value::Text(value.clone()));
-        }
+impl ReportColumns for Columns<'_, '_> {
+    type Error = rusqlite::Error;
+
+    fn time(&mut self, index: usize) -> rusqlite::Result<OffsetDateTime> {
+        Ok(self.0.get::<_, UnixTime>(index)?.0)
     }
-    // (labels selected, GROUP BY, ORDER BY). Days start at midnight UTC; the modulo form floors
-    // times before 1970 too.
-    let (labels, group, order) = match query.group_by {
-        UsageGrouping::Hour => ("hour", "hour", "hour"),
-        UsageGrouping::Day => ("hour - ((hour % 86400) + 86400) % 86400 AS day", "day", "day"),
-        UsageGrouping::Model => ("model", "model", "model"),
-        UsageGrouping::Key => ("key_id, MAX(team)", "key_id", "key_id"),
-        UsageGrouping::Team => ("team", "team", "team IS NULL, team"),
-    };
-    let sql = format!(
-        "SELECT {labels}, {SUMS} FROM usage_hourly WHERE {} GROUP BY {group} ORDER BY {order}",
-        conditions.join(" AND ")
-    );
-    (sql, values)
-}
 
-fn report_row(row: &Row<'_>, grouping: UsageGrouping) -> rusqlite::Result<UsageRow> {
-    let mut report = UsageRow::default();
-    let first_sum = match grouping {
-        UsageGrouping::Hour | UsageGrouping::Day => {
-            report.bucket = Some(row.get::<_, UnixTime>(0)?.0);
-            1
-        }
-        UsageGrouping::Model => {
-            report.model = Some(label(row, 0)?.unwrap_or_default());
-            1
-        }
-        UsageGrouping::Key => {
-            report.key_id = Some(label(row, 0)?.unwrap_or_default());
-            report.team = label(row, 1)?;
-            2
-        }
-        UsageGrouping::Team => {
-            report.team = label(row, 0)?;
-            1
-        }
-    };
-    report.requests = count(row, first_sum)?;
-    report.prompt_tokens = count(row, first_sum + 1)?;
-    report.completion_tokens = count(row, first_sum + 2)?;
-    report.cost_pico = count(row, first_sum + 3)?;
-    report.estimated_requests = count(row, first_sum + 4)?;
-    Ok(report)
+    fn text(&mut self, index: usize) -> rusqlite::Result<Option<String>> {
+        label(self.0, index)
+    }
+
+    fn count(&mut self, index: usize) -> rusqlite::Result<u64> {
+        count(self.0, index)
+    }
 }

@@ -3,10 +3,14 @@
 //! `portcullis-audit`, which each backend also implements; its errors are [`StoreError`] too.
 //!
 //! The traits here hold no SQL types; each backend crate implements them with its own
-//! migrations, and every backend must pass [`conformance::run_story`].
+//! migrations, and every backend must pass the conformance story (`conformance::run_story`,
+//! compiled with the `conformance` feature, which backends enable for their tests only).
 
+#[cfg(feature = "conformance")]
 pub mod conformance;
 mod records;
+#[cfg(feature = "sql")]
+pub mod sql;
 
 use std::sync::Arc;
 
@@ -21,10 +25,33 @@ pub enum StoreError {
     NotFound,
     #[error("already exists: {0}")]
     Conflict(String),
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+    /// The store cannot do what was asked right now (down, restarting, locked, out of space):
+    /// `what` says which part failed, and the driver's or runtime's error, when there is one, is
+    /// the source (written once, by whoever prints the chain).
+    #[error("store unavailable: {what}")]
+    Unavailable {
+        what: String,
+        #[source]
+        source: Option<Cause>,
+    },
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+}
+
+/// The error under a [`StoreError::Unavailable`]: the driver's own, kept whole so that logs show
+/// it and callers can look into it.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl StoreError {
+    /// Unavailable for a reason of the store's own, with no error under it.
+    pub fn unavailable(what: impl Into<String>) -> StoreError {
+        StoreError::Unavailable { what: what.into(), source: None }
+    }
+
+    /// Unavailable because of `source` (a driver's or the runtime's error).
+    pub fn unavailable_because(what: impl Into<String>, source: impl Into<Cause>) -> StoreError {
+        StoreError::Unavailable { what: what.into(), source: Some(source.into()) }
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

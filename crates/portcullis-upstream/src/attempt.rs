@@ -1,31 +1,14 @@
 //! One request to one endpoint, up to the response head.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::{HeaderMap, Method, Response};
 use tokio::time::Instant;
 
 use crate::body::deadline_after;
 use crate::client::{ClientError, Outgoing, ResponseBody};
-use crate::error::describe;
+use crate::error::AttemptError;
 use crate::pool::Endpoint;
 use crate::route::{Credential, Route};
-
-/// How an attempt ended without a response head.
-#[derive(Debug)]
-pub(crate) enum AttemptError {
-    /// Connecting or talking to the endpoint failed (refused, reset, connect timeout, closed
-    /// before answering). Nothing reached the client, so another endpoint may be tried.
-    Failed(String),
-    /// Connected, sent, and no response head within the first-byte (or total) timeout.
-    TimedOut(Duration),
-    /// The request could not even be built for this endpoint (URL); not the endpoint's fault.
-    Unsendable(String),
-    /// The gateway itself is out of a resource it needs to connect (file descriptors, memory,
-    /// local ports): not the endpoint's fault, and no other endpoint would fare better.
-    Exhausted(String),
-}
 
 /// Sends `POST base+path` with `headers` (already filtered: no hop-by-hop, no client
 /// credentials), the model's bearer credential and `body`, and waits for the response head
@@ -43,22 +26,18 @@ pub(crate) async fn send(
     let authorization = match &route.credential {
         Credential::Bearer(value) => Some(value),
         Credential::None => None,
-        Credential::Invalid => {
-            return Err(AttemptError::Unsendable("the model's api_key is not a valid HTTP header value".into()));
-        }
+        Credential::Invalid => return Err(AttemptError::InvalidCredential),
     };
     let request = Outgoing { method: Method::POST, path, headers, authorization, body };
     let started = Instant::now();
     let head_deadline = deadline_after(started, route.timeouts.first_byte).min(deadline);
     match tokio::time::timeout_at(head_deadline, route.client.send(endpoint.origin(), &request)).await {
         Ok(Ok(response)) => Ok(response),
-        Ok(Err(ClientError::InvalidTarget(target))) => {
-            Err(AttemptError::Unsendable(format!("cannot build an upstream request for {target:?}")))
-        }
+        Ok(Err(error @ ClientError::InvalidTarget(_))) => Err(AttemptError::Unbuildable(error)),
         Ok(Err(ClientError::Connect(error))) if is_local_exhaustion(&error) => {
-            Err(AttemptError::Exhausted(describe(&error)))
+            Err(AttemptError::Exhausted(ClientError::Connect(error)))
         }
-        Ok(Err(error)) => Err(AttemptError::Failed(describe(&error))),
+        Ok(Err(error)) => Err(AttemptError::Failed(error)),
         Err(_) => Err(AttemptError::TimedOut(head_deadline.saturating_duration_since(started))),
     }
 }

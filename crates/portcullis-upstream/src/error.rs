@@ -1,23 +1,29 @@
 //! What can go wrong on the way to a model server, in terms the server crate maps to HTTP
 //! answers (`503`, `504`, `503` + `Retry-After`, `404`). Messages name models and endpoint URLs
-//! (which never carry credentials) and never the `api_key`.
+//! (which never carry credentials) and never the `api_key`. Causes are typed sources, left out
+//! of each message: print the chain (`portcullis_types::chain`) to see them once each.
 
 use std::error::Error as StdError;
 use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::client::ClientError;
 
 /// Why [`Upstreams::forward`](crate::Upstreams::forward) produced no response.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// Every endpoint tried (of the model and of the fallbacks it may use) failed before sending
     /// a response head, or none was in rotation.
-    #[error("model {model:?} is unavailable after {attempts} attempt(s): {reason}")]
+    #[error("model {model:?} is unavailable after {attempts} attempt(s)")]
     Unavailable {
         /// The model the client asked for.
         model: String,
         /// Requests actually sent upstream, over every model tried.
         attempts: u32,
         /// The last failure seen, for logs.
-        reason: String,
+        #[source]
+        last: LastFailure,
     },
     /// An endpoint accepted the request but sent no response head within the model's
     /// `first_byte` (or `total`) timeout. Not retried: the server may still be working on it.
@@ -38,8 +44,8 @@ pub enum UpstreamError {
     Resting { model: String, retry_after_secs: u64 },
     /// The gateway ran out of a local resource (file descriptors, memory, ports) it needs to
     /// reach the model server; the endpoints are not to blame and stay in rotation.
-    #[error("the gateway cannot open upstream connections: {reason}")]
-    Exhausted { reason: String },
+    #[error("the gateway cannot open upstream connections")]
+    Exhausted(#[source] ClientError),
     /// The request names no configured model.
     #[error("unknown model")]
     UnknownModel,
@@ -55,39 +61,81 @@ pub enum UpstreamBodyError {
     #[error("upstream response exceeded the total time limit of {}ms", limit.as_millis())]
     TotalTimeout { limit: Duration },
     /// The connection failed mid-body (reset, truncated chunk, ...).
-    #[error("upstream response body failed: {0}")]
+    #[error("upstream response body failed")]
     Upstream(#[source] Box<dyn StdError + Send + Sync>),
 }
 
-/// An error with its sources, `outer: inner: innermost`, because a top-level message ("connect
-/// failed", "TLS handshake failed") says little without its cause ("Connection refused",
-/// "invalid peer certificate").
-pub(crate) fn describe(error: &(dyn StdError + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
+/// The last thing that went wrong before an [`UpstreamError::Unavailable`].
+#[derive(Debug, thiserror::Error)]
+pub enum LastFailure {
+    /// An attempt on `endpoint` (its public base URL) ended without a response head.
+    #[error("{endpoint}")]
+    Attempt {
+        endpoint: String,
+        #[source]
+        source: AttemptError,
+    },
+    /// `endpoint` answered a status worth another endpoint (502, 503, 504).
+    #[error("{endpoint} answered {status}")]
+    Status { endpoint: String, status: StatusCode },
+    /// Nothing was tried: every endpoint was unhealthy or ejected.
+    #[error("every endpoint is unhealthy or ejected")]
+    OutOfRotation,
+    /// Nothing was tried, and no endpoint was passed over either.
+    #[error("no endpoint available")]
+    NoEndpoint,
+}
+
+/// How one attempt on one endpoint ended without a response head.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    /// Connecting or talking to the endpoint failed (refused, reset, connect timeout, closed
+    /// before answering). Nothing reached the client, so another endpoint may be tried.
+    #[error(transparent)]
+    Failed(ClientError),
+    /// Connected, sent, and no response head within the first-byte (or total) timeout.
+    #[error("no response head within {}ms", .0.as_millis())]
+    TimedOut(Duration),
+    /// The model's `api_key` cannot be sent as a header; not the endpoint's fault.
+    #[error("the model's api_key is not a valid HTTP header value")]
+    InvalidCredential,
+    /// The request could not be built for this endpoint (its URL); not the endpoint's fault.
+    #[error("cannot build an upstream request")]
+    Unbuildable(#[source] ClientError),
+    /// The gateway itself is out of a resource it needs to connect (file descriptors, memory,
+    /// local ports): not the endpoint's fault, and no other endpoint would fare better.
+    #[error(transparent)]
+    Exhausted(ClientError),
+}
+
+impl AttemptError {
+    /// Whether the request never left the gateway (it could not be built).
+    pub fn was_unsendable(&self) -> bool {
+        matches!(self, AttemptError::InvalidCredential | AttemptError::Unbuildable(_))
     }
-    text
 }
 
 #[cfg(test)]
 mod tests {
+    use portcullis_types::chain;
+
     use super::*;
 
-    #[derive(Debug, thiserror::Error)]
-    #[error("outer")]
-    struct Outer(#[source] std::io::Error);
-
     #[test]
-    fn describe_includes_every_cause() {
-        let error = Outer(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused"));
-        assert_eq!(describe(&error), "outer: refused");
+    fn an_unavailable_model_names_its_last_failure_and_its_cause_once() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let last = LastFailure::Attempt {
+            endpoint: "http://h:1".into(),
+            source: AttemptError::Failed(ClientError::Connect(refused)),
+        };
+        let error = UpstreamError::Unavailable { model: "m".into(), attempts: 1, last };
+        assert_eq!(
+            chain(&error).to_string(),
+            "model \"m\" is unavailable after 1 attempt(s): http://h:1: connect failed: refused"
+        );
+        let cause = error.source().and_then(StdError::source).and_then(StdError::source);
+        let io = cause.and_then(|cause| cause.downcast_ref::<std::io::Error>());
+        assert_eq!(io.map(std::io::Error::kind), Some(std::io::ErrorKind::ConnectionRefused), "{error:?}");
     }
 
     #[test]

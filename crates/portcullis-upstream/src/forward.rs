@@ -24,9 +24,12 @@ use std::time::Duration;
 use http::{HeaderMap, Response, StatusCode};
 use tokio::time::Instant;
 
-use crate::attempt::{self, AttemptError};
+use portcullis_types::chain;
+
+use crate::attempt;
 use crate::body::{UpstreamBody, deadline_after};
-use crate::client::ResponseBody;
+use crate::client::{ClientError, ResponseBody};
+use crate::error::{AttemptError, LastFailure};
 use crate::headers;
 use crate::pool::{Claim, EndpointGuard, NoEndpoint, Waited};
 use crate::rewrite;
@@ -82,9 +85,9 @@ struct Tally<'a> {
     /// first of them may be back.
     back_in: Option<Duration>,
     /// The last real failure (an attempt that failed, or a request that could not be built).
-    last_error: Option<String>,
+    last_error: Option<LastFailure>,
     /// Set when the gateway itself ran out of something it needs to connect.
-    exhausted: Option<String>,
+    exhausted: Option<ClientError>,
     /// The latest 502/503/504 response. When nothing is left to try, the caller gets it rather
     /// than a synthesised error: the model server's own body (often "loading model") says more.
     last_retryable: Option<Exchange<'a>>,
@@ -185,7 +188,7 @@ async fn try_model<'a>(
         let deadline = deadline_after(Instant::now(), route.timeouts.total);
         sent.store(true, Ordering::Release);
         let sent = attempt::send(route, endpoint, &request.path, outgoing, &body, deadline).await;
-        if !matches!(sent, Err(AttemptError::Unsendable(_))) {
+        if !sent.as_ref().is_err_and(AttemptError::was_unsendable) {
             tally.attempts = tally.attempts.saturating_add(1);
         }
         match sent {
@@ -193,7 +196,7 @@ async fn try_model<'a>(
                 endpoint.record_failure();
                 let status = response.status();
                 tracing::warn!(model = %route.name, endpoint = endpoint.base(), %status, "upstream answered with a retryable status");
-                tally.last_error = Some(format!("{} answered {status}", endpoint.base()));
+                tally.last_error = Some(LastFailure::Status { endpoint: endpoint.base().to_string(), status });
                 tally.last_retryable = Some(Exchange { route, guard, response, deadline });
             }
             Ok(response) => {
@@ -202,10 +205,10 @@ async fn try_model<'a>(
                 endpoint.record_success();
                 return Ok(Some(Exchange { route, guard, response, deadline }.into_response()));
             }
-            Err(AttemptError::Failed(reason)) => {
+            Err(error @ AttemptError::Failed(_)) => {
                 endpoint.record_failure();
-                tracing::warn!(model = %route.name, endpoint = endpoint.base(), %reason, "upstream attempt failed");
-                tally.last_error = Some(format!("{}: {reason}", endpoint.base()));
+                tracing::warn!(model = %route.name, endpoint = endpoint.base(), error = %chain(&error), "upstream attempt failed");
+                tally.last_error = Some(LastFailure::Attempt { endpoint: endpoint.base().to_string(), source: error });
             }
             Err(AttemptError::TimedOut(waited)) => {
                 endpoint.record_failure();
@@ -216,14 +219,14 @@ async fn try_model<'a>(
                     waited,
                 });
             }
-            Err(AttemptError::Exhausted(reason)) => {
-                tracing::error!(model = %route.name, endpoint = endpoint.base(), %reason, "the gateway is out of resources to connect upstream");
-                tally.exhausted = Some(reason);
+            Err(AttemptError::Exhausted(error)) => {
+                tracing::error!(model = %route.name, endpoint = endpoint.base(), error = %chain(&error), "the gateway is out of resources to connect upstream");
+                tally.exhausted = Some(error);
                 break;
             }
-            Err(AttemptError::Unsendable(reason)) => {
-                tracing::error!(model = %route.name, endpoint = endpoint.base(), %reason, "request cannot be sent to this model");
-                tally.last_error = Some(reason);
+            Err(error @ (AttemptError::InvalidCredential | AttemptError::Unbuildable(_))) => {
+                tracing::error!(model = %route.name, endpoint = endpoint.base(), error = %chain(&error), "request cannot be sent to this model");
+                tally.last_error = Some(LastFailure::Attempt { endpoint: endpoint.base().to_string(), source: error });
                 break;
             }
         }
@@ -236,8 +239,8 @@ fn conclude(tally: Tally<'_>, model: &str) -> Result<UpstreamResponse, UpstreamE
     if let Some(exchange) = tally.last_retryable {
         return Ok(exchange.into_response());
     }
-    if let Some(reason) = tally.exhausted {
-        return Err(UpstreamError::Exhausted { reason });
+    if let Some(error) = tally.exhausted {
+        return Err(UpstreamError::Exhausted(error));
     }
     // Nothing failed, and capacity was what stopped us (possibly alongside endpoints out of
     // rotation): the client may simply try again shortly.
@@ -253,10 +256,10 @@ fn conclude(tally: Tally<'_>, model: &str) -> Result<UpstreamResponse, UpstreamE
         let retry_after_secs = u64::try_from(back_in.as_millis().div_ceil(1000)).unwrap_or(u64::MAX).max(1);
         return Err(UpstreamError::Resting { model: model.to_string(), retry_after_secs });
     }
-    let reason = match tally.last_error {
-        Some(reason) => reason,
-        None if tally.back_in.is_some() => "every endpoint is unhealthy or ejected".to_string(),
-        None => "no endpoint available".to_string(),
+    let last = match tally.last_error {
+        Some(last) => last,
+        None if tally.back_in.is_some() => LastFailure::OutOfRotation,
+        None => LastFailure::NoEndpoint,
     };
-    Err(UpstreamError::Unavailable { model: model.to_string(), attempts: tally.attempts, reason })
+    Err(UpstreamError::Unavailable { model: model.to_string(), attempts: tally.attempts, last })
 }

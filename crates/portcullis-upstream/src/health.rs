@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Method};
 use http_body_util::{BodyExt, Limited};
+use portcullis_types::chain;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
 use crate::Shutdown;
 use crate::client::{Client, Outgoing};
-use crate::error::describe;
 use crate::pool::Endpoint;
 use crate::route::{Credential, Route};
 
@@ -109,7 +109,8 @@ impl Check {
             body: &[],
         };
         let exchange = async {
-            let response = self.client.send(endpoint.origin(), &request).await.map_err(|error| describe(&error))?;
+            let response =
+                self.client.send(endpoint.origin(), &request).await.map_err(|error| chain(&error).to_string())?;
             let status = response.status();
             // Drained only so the keep-alive connection can be reused; its content is ignored.
             let _ = Limited::new(response.into_body(), MAX_HEALTH_BODY).collect().await;

@@ -37,7 +37,8 @@ use http::{HeaderMap, StatusCode};
 use tokio::sync::watch;
 
 pub use body::UpstreamBody;
-pub use error::{UpstreamBodyError, UpstreamError};
+pub use client::ClientError;
+pub use error::{AttemptError, LastFailure, UpstreamBodyError, UpstreamError};
 pub use route::{HealthCheck, RouteSpec, RouteStatus, RouteTimeouts};
 
 use route::Route;

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use common::*;
 use portcullis_types::Secret;
-use portcullis_upstream::{RouteSpec, UpstreamError, Upstreams};
+use portcullis_upstream::{AttemptError, ClientError, LastFailure, RouteSpec, UpstreamError, Upstreams};
 
 const PATH: &str = "/v1/chat/completions";
 
@@ -119,14 +119,18 @@ async fn a_fallback_the_caller_may_not_use_is_skipped() {
     let error =
         upstreams.forward(request("primary", HeaderMap::new()), &only_primary, &Default::default()).await.unwrap_err();
     match &error {
-        UpstreamError::Unavailable { model, attempts, reason } => {
+        UpstreamError::Unavailable { model, attempts, last } => {
             assert_eq!(model, "primary");
             assert_eq!(*attempts, 1);
-            assert!(reason.contains(&refused.to_string()), "{reason}");
+            assert!(
+                matches!(last, LastFailure::Attempt { endpoint, source: AttemptError::Failed(ClientError::Connect(_)) }
+                    if endpoint.contains(&refused.to_string())),
+                "{last:?}"
+            );
         }
         other => panic!("expected Unavailable, got {other:?}"),
     }
-    assert!(!error.to_string().contains("backup-upstream-key"));
+    assert!(!portcullis_types::chain(&error).to_string().contains("backup-upstream-key"));
     assert_eq!(backup.hits(), 0);
 }
 

@@ -110,8 +110,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// The error and its causes, each once (see [`portcullis_types::chain`]).
 #[allow(clippy::print_stderr, reason = "the last word of a failed command goes to the terminal")]
 fn fail(error: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {error:#}");
+    eprintln!("error: {}", portcullis_types::chain(error.as_ref()));
     ExitCode::FAILURE
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use portcullis_config::Config;
 use portcullis_server::{RunningServer, Server};
+use portcullis_types::chain;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::log_writer::{self, LogGuard};
@@ -88,17 +89,17 @@ fn reload(running: &RunningServer, path: &Path) {
         Err(error) => {
             running.reload_refused(&error);
             let error = anyhow::Error::new(error).context(format!("invalid configuration {}", path.display()));
-            tracing::error!(error = %format!("{error:#}"), "reload failed; keeping the running configuration");
+            tracing::error!(error = %chain(error.as_ref()), "reload failed; keeping the running configuration");
         }
     }
 }
 
 pub fn check_config(path: &Path, global: &GlobalArgs) -> anyhow::Result<()> {
     let config = load(path)?;
-    // What `serve` would find missing on this host, said the same way (`load` checked the URL).
-    if let Ok(location) = config.store.location() {
-        location.check_host().map_err(|why| anyhow::anyhow!("invalid configuration {}: {why}", path.display()))?;
-    }
+    // What `serve` would refuse before opening anything, said the same way: a backend this
+    // binary was built without, a SQLite directory missing on this host.
+    let (startup, _) = config.clone().split();
+    portcullis_server::check_backends(&startup).with_context(|| format!("invalid configuration {}", path.display()))?;
     let summary = serde_json::json!({
         "valid": true,
         "file": path.display().to_string(),

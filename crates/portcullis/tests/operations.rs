@@ -153,6 +153,71 @@ fn config_check_refuses_the_store_urls_serve_refuses() {
     assert!(!missing.exists(), "nothing was created");
 }
 
+/// `serve` with `text` as its configuration, with an admin token so it needs none of its own.
+fn serve_text(text: &str) -> Output {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("portcullis.toml");
+    std::fs::write(&path, text).expect("write the configuration");
+    Command::new(BINARY)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("PORTCULLIS_ADMIN_TOKEN", "pct_0000000000000000000000000000000000000000")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run serve")
+}
+
+/// A backend left out of the build (`--no-default-features`) is refused by `config check` and
+/// `serve` alike, in words that say so; a build with it accepts the same file.
+#[test]
+fn a_backend_the_binary_was_built_without_is_refused_by_name() {
+    for (built, text, setting, feature) in [
+        (cfg!(feature = "postgres"), "[store]\nurl = \"postgres://127.0.0.1:1/none\"\n", "store.url", "postgres"),
+        (
+            cfg!(feature = "redis"),
+            "[limits]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:1\"\n",
+            "limits.backend",
+            "redis",
+        ),
+    ] {
+        let checked = check_text(text);
+        if built {
+            assert!(checked.status.success(), "{}", describe(&checked));
+            continue;
+        }
+        let words = format!("{setting}: this binary was built without the `{feature}` feature");
+        assert!(
+            !checked.status.success() && String::from_utf8_lossy(&checked.stderr).contains(&words),
+            "{}",
+            describe(&checked)
+        );
+        let served = serve_text(text);
+        assert!(
+            !served.status.success() && String::from_utf8_lossy(&served.stderr).contains(&words),
+            "{}",
+            describe(&served)
+        );
+    }
+}
+
+/// A start that fails says why with every cause, each once: the step, the store's error and the
+/// driver's own words.
+#[test]
+fn serve_says_why_the_store_did_not_open_with_each_cause_once() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    // A directory where the database file should be.
+    let served = serve_text(&format!("[store]\nurl = \"sqlite://{}\"\n", directory.path().display()));
+
+    let stderr = String::from_utf8_lossy(&served.stderr);
+    assert!(!served.status.success(), "{}", describe(&served));
+    let said = format!(
+        "error: cannot start: opening the store: store unavailable: cannot open {}: ",
+        directory.path().display()
+    );
+    assert!(stderr.contains(&said), "{}", describe(&served));
+    assert_eq!(stderr.matches("unable to open database file").count(), 1, "{}", describe(&served));
+}
+
 // ------------------------------------------------------------------------------------------------
 // SIGHUP reload
 // ------------------------------------------------------------------------------------------------

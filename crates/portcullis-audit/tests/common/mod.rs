@@ -78,7 +78,7 @@ impl AuditStore for MemStore {
     async fn append_audit(&self, records: &[AuditRecord]) -> StoreResult<()> {
         let _open = self.gate.read().await;
         if self.failing.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("test store is down".into()));
+            return Err(StoreError::unavailable("test store is down"));
         }
         let mut guard = self.rows();
         let rows = &mut *guard;
@@ -94,7 +94,7 @@ impl AuditStore for MemStore {
 
     async fn last_audit(&self, node: &str) -> StoreResult<Option<(u64, String)>> {
         if self.reads_failing.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("test store is down".into()));
+            return Err(StoreError::unavailable("test store is down"));
         }
         let rows = self.rows();
         let last = rows.records.values().filter(|r| r.node == node).max_by_key(|r| r.seq);

@@ -339,6 +339,7 @@ mod tests {
     }
 
     /// The API's maxima are what the shared limiter keeps exactly.
+    #[cfg(feature = "redis")]
     #[test]
     fn rate_maxima_match_the_redis_limiter() {
         use portcullis_types::admin::{MAX_REQUESTS_PER_MINUTE, MAX_TOKENS_PER_MINUTE};

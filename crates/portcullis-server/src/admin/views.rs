@@ -74,6 +74,6 @@ pub fn store_error(what: &'static str) -> impl Fn(StoreError) -> ApiError {
     move |error| match error {
         StoreError::NotFound => ApiError::NotFound { what },
         StoreError::Conflict(message) => ApiError::Conflict { message: format!("{what} already exists: {message}") },
-        StoreError::Unavailable(_) | StoreError::Corrupt(_) => ApiError::from_store(&error, what),
+        StoreError::Unavailable { .. } | StoreError::Corrupt(_) => ApiError::from_store(&error, what),
     }
 }

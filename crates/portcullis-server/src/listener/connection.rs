@@ -3,6 +3,7 @@
 //! request head in time, or idle for too long (see [`Activity::deadline`]) — and starts its
 //! graceful close when the server stops.
 
+use portcullis_types::chain;
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
@@ -149,7 +150,7 @@ pub async fn serve(
     })
     .await;
     if let Err(error) = ended {
-        tracing::debug!(%peer, %error, "connection ended with an error");
+        tracing::debug!(%peer, error = %chain(&*error), "connection ended with an error");
     }
 }
 

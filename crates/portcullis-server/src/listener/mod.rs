@@ -22,6 +22,7 @@ mod io;
 mod site;
 mod slots;
 
+use portcullis_types::chain;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,7 +96,7 @@ pub async fn accept_until(
                 }
                 Err(error) => {
                     if backoff == ACCEPT_BACKOFF_MIN {
-                        tracing::warn!(listener = site.kind.name(), %error, "accept failed; backing off");
+                        tracing::warn!(listener = site.kind.name(), error = %chain(&error), "accept failed; backing off");
                     }
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}

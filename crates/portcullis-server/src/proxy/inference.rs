@@ -8,6 +8,7 @@ use http_body_util::Full;
 use portcullis_auth::Scope;
 use portcullis_config::{DEFAULT_MAX_EVENT_BYTES, Live};
 use portcullis_limits::Price;
+use portcullis_types::chain;
 use portcullis_upstream::{ForwardRequest, UpstreamError, UpstreamResponse};
 
 use super::ProxyState;
@@ -201,7 +202,7 @@ fn forwarded_headers(client: &HeaderMap, request_id: Option<&RequestId>) -> Head
 }
 
 fn upstream_error(error: UpstreamError) -> ApiError {
-    tracing::warn!(%error, "upstream failed");
+    tracing::warn!(error = %chain(&error), "upstream failed");
     match error {
         UpstreamError::Timeout { .. } => ApiError::UpstreamTimeout,
         UpstreamError::Overloaded { retry_after_secs } => ApiError::Overloaded { retry_after_secs },

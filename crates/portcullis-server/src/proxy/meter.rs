@@ -4,6 +4,7 @@
 //! — also when the client hangs up and the body is dropped half-way. For a request that captures
 //! content it also reports the generated text the client was sent.
 
+use portcullis_types::chain;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -141,7 +142,7 @@ where
             // (sync audit): not the last bytes held in the queue, not the end of the body.
             if let Some(ack) = this.ack.as_mut() {
                 if let Err(error) = std::task::ready!(ack.as_mut().poll(cx)) {
-                    tracing::error!(%error, "audit record not stored");
+                    tracing::error!(error = %chain(&error), "audit record not stored");
                 }
                 *this.ack = None;
             }

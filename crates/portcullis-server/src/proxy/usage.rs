@@ -7,6 +7,7 @@ use http::HeaderMap;
 use portcullis_auth::Scope;
 use portcullis_limits::{LimitScope, LimitState, Money};
 use portcullis_store::{UsageGrouping, UsageQuery, usage_add};
+use portcullis_types::chain;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
@@ -82,7 +83,7 @@ async fn spend(state: &ProxyState, key_id: &str, now: OffsetDateTime) -> Result<
         group_by: UsageGrouping::Day,
     };
     let rows = state.stores().usage.usage_report(&query).await.map_err(|error| {
-        tracing::error!(%error, "usage report failed");
+        tracing::error!(error = %chain(&error), "usage report failed");
         ApiError::Internal
     })?;
     let sum = |rows: &mut dyn Iterator<Item = &portcullis_store::UsageRow>| {

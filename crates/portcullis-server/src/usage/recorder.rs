@@ -22,6 +22,7 @@
 //! - A record arriving after shutdown began is logged as lost; the server stops the recorder only
 //!   after in-flight requests have drained, so none should.
 
+use portcullis_types::chain;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -106,7 +107,7 @@ impl RecorderTask {
     pub async fn shutdown(self) -> StoreResult<()> {
         // An error means the task already ended (every recorder was dropped): just wait for it.
         let _ = self.stop.send(());
-        self.handle.await.map_err(|error| StoreError::Unavailable(format!("usage recorder task failed: {error}")))?
+        self.handle.await.map_err(|error| StoreError::unavailable_because("usage recorder task failed", error))?
     }
 }
 
@@ -174,7 +175,7 @@ async fn run(
             (batch, result) = finished(&mut writing) => {
                 writing = None;
                 if let Err(error) = result {
-                    tracing::warn!(%error, rows = batch.len(), "usage write failed; retrying with the next batch");
+                    tracing::warn!(error = %chain(&error), rows = batch.len(), "usage write failed; retrying with the next batch");
                     pending.add_all(batch);
                 }
             }
@@ -210,7 +211,7 @@ async fn final_write(store: &Arc<dyn UsageStore>, mut pending: Pending) -> Store
         match store.record_usage(&batch).await {
             Ok(()) => break,
             Err(error) if attempt < FINAL_ATTEMPTS => {
-                tracing::warn!(%error, attempt, rows = batch.len(), "final usage write failed; retrying");
+                tracing::warn!(error = %chain(&error), attempt, rows = batch.len(), "final usage write failed; retrying");
                 pending.add_all(batch);
                 tokio::time::sleep(FINAL_RETRY_PAUSE * attempt).await;
             }
@@ -220,7 +221,7 @@ async fn final_write(store: &Arc<dyn UsageStore>, mut pending: Pending) -> Store
                 let tokens = total(|row| row.prompt_tokens.saturating_add(row.completion_tokens));
                 let cost_pico = total(|row| row.cost_pico);
                 let rows = batch.len();
-                tracing::error!(%error, rows, requests, tokens, cost_pico, "usage not written at shutdown; it is lost");
+                tracing::error!(error = %chain(&error), rows, requests, tokens, cost_pico, "usage not written at shutdown; it is lost");
                 return Err(error);
             }
         }
@@ -365,7 +366,7 @@ mod tests {
                 let fail =
                     self.failures_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
                 if fail {
-                    return Err(StoreError::Unavailable("disk on fire".into()));
+                    return Err(StoreError::unavailable("disk on fire"));
                 }
                 self.batches.lock().unwrap().push(batch.len());
                 self.sqlite.record_usage(batch).await
@@ -509,7 +510,7 @@ mod tests {
         let (recorder, task) = UsageRecorder::start(store.clone(), FOREVER);
         recorder.record(record(1, "k1", "m1"));
         let result = tokio::time::timeout(Duration::from_secs(10), task.shutdown()).await.unwrap();
-        assert!(matches!(result, Err(StoreError::Unavailable(_))), "{result:?}");
+        assert!(matches!(result, Err(StoreError::Unavailable { .. })), "{result:?}");
     }
 
     #[tokio::test(flavor = "current_thread")]

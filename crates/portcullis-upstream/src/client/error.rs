@@ -1,5 +1,6 @@
 //! How an exchange with a model server fails, worded for logs (URLs and the credential never
-//! appear: the caller adds the endpoint's public base).
+//! appear: the caller adds the endpoint's public base). An I/O cause is the source, left out of
+//! the message: print the chain (`portcullis_types::chain`).
 
 use std::io;
 use std::time::Duration;
@@ -10,15 +11,15 @@ use super::chunked::ChunkedError;
 pub enum ClientError {
     #[error("{0:?} is not a valid request target")]
     InvalidTarget(String),
-    #[error("connect failed: {0}")]
+    #[error("connect failed")]
     Connect(#[source] io::Error),
     #[error("connect timed out after {}ms", .0.as_millis())]
     ConnectTimeout(Duration),
-    #[error("TLS handshake failed: {0}")]
+    #[error("TLS handshake failed")]
     Tls(#[source] io::Error),
-    #[error("sending the request failed: {0}")]
+    #[error("sending the request failed")]
     Write(#[source] io::Error),
-    #[error("reading the response failed: {0}")]
+    #[error("reading the response failed")]
     Read(#[source] io::Error),
     #[error("connection closed before a response")]
     ClosedBeforeResponse,

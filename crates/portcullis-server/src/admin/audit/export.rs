@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use http::header;
 use portcullis_audit::{AuditCursor, AuditFilter, AuditRecord, AuditStore};
 use portcullis_store::StoreError;
+use portcullis_types::chain;
 use time::OffsetDateTime;
 
 use super::csv::{csv_header, csv_row};
@@ -119,7 +120,7 @@ impl Export {
         let page = match self.store.query_audit(&self.filter, self.cursor.as_ref(), EXPORT_PAGE).await {
             Ok(page) => page,
             Err(error) => {
-                tracing::error!(%error, "audit export cut short: store read failed");
+                tracing::error!(error = %chain(&error), "audit export cut short: store read failed");
                 return Err(error);
             }
         };
