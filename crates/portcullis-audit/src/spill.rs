@@ -4,7 +4,8 @@
 //! A crash can leave a torn last line; it was never acknowledged (the `fsync` had not returned), so
 //! opening the file cuts it off. Replay sends every line to the store in chunks; the store skips
 //! `(node, seq)` it already holds, so a replay that fails half way is simply repeated. The file is
-//! emptied only when every record in it is stored.
+//! emptied only when every record in it is stored. It is created by the first spill, not at start:
+//! a gateway whose store never fails leaves no file behind.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,7 +19,8 @@ use crate::{AuditError, AuditRecord, AuditStore};
 #[derive(Debug)]
 pub(crate) struct SpillFile {
     path: PathBuf,
-    file: File,
+    /// `None` until the first spill (or when the file was there at start).
+    file: Option<File>,
     /// Length of the file's complete lines; everything in it is durable.
     len: u64,
 }
@@ -32,21 +34,25 @@ pub(crate) struct SpillContents {
 }
 
 impl SpillFile {
-    /// Opens (creating it and its directory if needed) and repairs a torn last line.
+    /// Opens the file if it is there and repairs a torn last line. A file that is not there is
+    /// created and removed again, so that a spill path that cannot be written fails the start, not
+    /// the first store outage.
     pub(crate) async fn open(path: &Path, node: &str) -> Result<(SpillFile, SpillContents), AuditError> {
         let context = || format!("audit spill file {}", path.display());
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             tokio::fs::create_dir_all(dir).await.map_err(|e| AuditError::io(context(), e))?;
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(path)
-            .await
-            .map_err(|e| AuditError::io(context(), e))?;
-        let mut spill = SpillFile { path: path.to_path_buf(), file, len: 0 };
+        let mut spill = SpillFile { path: path.to_path_buf(), file: None, len: 0 };
         let mut contents = SpillContents::default();
+        let file = match OpenOptions::new().read(true).append(true).open(path).await {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                drop(create(path).await?);
+                tokio::fs::remove_file(path).await.map_err(|e| AuditError::io(context(), e))?;
+                return Ok((spill, contents));
+            }
+            Err(error) => return Err(AuditError::io(context(), error)),
+        };
         let mut lines = spill.lines().await?;
         while let Some(record) = lines.next().await? {
             contents.records += 1;
@@ -57,9 +63,10 @@ impl SpillFile {
         let (complete, size) = (lines.complete, lines.read);
         if complete < size {
             tracing::warn!(path = %path.display(), bytes = size - complete, "cutting a torn last line off the audit spill file");
-            spill.file.set_len(complete).await.map_err(|e| AuditError::io(context(), e))?;
-            spill.file.sync_all().await.map_err(|e| AuditError::io(context(), e))?;
+            file.set_len(complete).await.map_err(|e| AuditError::io(context(), e))?;
+            file.sync_all().await.map_err(|e| AuditError::io(context(), e))?;
         }
+        spill.file = Some(file);
         spill.len = complete;
         Ok((spill, contents))
     }
@@ -77,10 +84,14 @@ impl SpillFile {
             serde_json::to_writer(&mut lines, record).map_err(|e| AuditError::io(self.context(), e.into()))?;
             lines.push(b'\n');
         }
+        let file = match self.file {
+            Some(ref mut file) => file,
+            None => self.file.insert(create(&self.path).await?),
+        };
         let written = async {
-            self.file.write_all(&lines).await?;
-            self.file.flush().await?;
-            self.file.sync_data().await
+            file.write_all(&lines).await?;
+            file.flush().await?;
+            file.sync_data().await
         }
         .await;
         match written {
@@ -89,7 +100,7 @@ impl SpillFile {
                 Ok(())
             }
             Err(error) => {
-                if let Err(undo) = self.file.set_len(self.len).await {
+                if let Err(undo) = file.set_len(self.len).await {
                     tracing::error!(path = %self.path.display(), error = %undo, "could not cut a failed append off the audit spill file");
                 }
                 Err(AuditError::io(self.context(), error))
@@ -127,9 +138,11 @@ impl SpillFile {
                 break;
             }
         }
-        let context = self.context();
-        self.file.set_len(0).await.map_err(|e| AuditError::io(&context, e))?;
-        self.file.sync_all().await.map_err(|e| AuditError::io(&context, e))?;
+        if let Some(file) = &self.file {
+            let context = self.context();
+            file.set_len(0).await.map_err(|e| AuditError::io(&context, e))?;
+            file.sync_all().await.map_err(|e| AuditError::io(&context, e))?;
+        }
         self.len = 0;
         Ok(sent)
     }
@@ -143,6 +156,22 @@ impl SpillFile {
     fn context(&self) -> String {
         format!("audit spill file {}", self.path.display())
     }
+}
+
+/// Creates the file and makes its name durable: the directory's entry is fsynced too, or a crash
+/// could lose the file with the records it acknowledged.
+async fn create(path: &Path) -> Result<File, AuditError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
+        .await
+        .map_err(|e| AuditError::io(format!("audit spill file {}", path.display()), e))?;
+    let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let synced = async { File::open(dir).await?.sync_all().await }.await;
+    synced.map_err(|e| AuditError::io(format!("directory {} of the audit spill file", dir.display()), e))?;
+    Ok(file)
 }
 
 /// The records of a spill file, in order.

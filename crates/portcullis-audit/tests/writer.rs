@@ -116,6 +116,30 @@ async fn an_async_submission_resolves_at_once_even_while_the_store_is_busy() {
 }
 
 #[tokio::test]
+async fn the_spill_file_is_made_by_the_first_spill_not_at_start() {
+    let (dir, store) = (TempDir::new().unwrap(), Arc::new(MemStore::default()));
+    let spill = dir.path().join("spill.jsonl");
+    let (handle, task) = start(sync_config(&dir), &store).await;
+    handle.submit(event(1)).await.unwrap();
+    assert!(!spill.exists(), "made while the store works");
+    store.set_failing(true);
+    handle.submit(event(2)).await.unwrap();
+    assert_eq!(spill_lines(&spill).len(), 1, "made by the first spill");
+    task.shutdown().await.unwrap();
+}
+
+/// Not only at the first outage: the start tries to make the file (and removes it again). procfs
+/// refuses new files even to root, who may write anywhere else.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_spill_path_that_cannot_be_written_fails_the_start() {
+    let (dir, store) = (TempDir::new().unwrap(), Arc::new(MemStore::default()));
+    let config = WriterConfig { spill_path: "/proc/portcullis-spill-test.jsonl".into(), ..config(&dir) };
+    let Err(error) = AuditWriter::start(config, store.clone()).await else { panic!("a start that cannot spill") };
+    assert!(error.to_string().contains("audit spill file /proc/portcullis-spill-test.jsonl"), "{error}");
+}
+
+#[tokio::test]
 async fn a_failing_store_spills_and_the_replay_stores_each_record_once() {
     let (dir, store) = (TempDir::new().unwrap(), Arc::new(MemStore::default()));
     store.set_failing(true);

@@ -19,7 +19,7 @@ pub type ScopedLimits = Vec<(LimitScope, Limits)>;
 /// Key, team and global limits for one caller; scopes without any limit are left out.
 pub fn scopes_for(live: &Live, principal: &Principal, team: Option<&TeamRecord>) -> ScopedLimits {
     let mut scopes = Vec::with_capacity(3);
-    let key = resolve(live, Some(&principal.tier), &principal.limits);
+    let key = resolve(live, Some(principal.tier(team, live)), &principal.limits);
     push(&mut scopes, LimitScope::Key(Arc::from(principal.id.as_str())), key);
     if let Some(team) = team {
         let limits = resolve(live, team.tier.as_deref(), &team.limits);

@@ -3,8 +3,9 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use portcullis_auth::{CidrList, ModelGlobs, Scopes};
-use portcullis_store::SecretMatch;
-use portcullis_types::admin::LimitOverrides;
+use portcullis_config::Live;
+use portcullis_store::{SecretMatch, TeamRecord};
+use portcullis_types::admin::{LimitOverrides, TierSource};
 
 /// Who is calling and what their credential allows. Built once per cached key, shared by
 /// every request that presents it.
@@ -13,7 +14,8 @@ pub struct Principal {
     /// `key_…` for API keys.
     pub id: String,
     pub team: Option<String>,
-    pub tier: String,
+    /// The key's own tier; `None` follows its team's (see [`Principal::tier`]).
+    pub own_tier: Option<String>,
     pub models: ModelGlobs,
     pub scopes: Scopes,
     pub allowed_cidrs: CidrList,
@@ -39,7 +41,7 @@ impl Principal {
         Some(Principal {
             id: key.id.clone(),
             team: key.team.clone(),
-            tier: key.tier.clone(),
+            own_tier: key.tier.clone(),
             models: ModelGlobs::new(key.models.clone()),
             scopes: Scopes::parse(&key.scopes).ok()?,
             allowed_cidrs: CidrList::parse(&key.allowed_cidrs).ok()?,
@@ -49,6 +51,13 @@ impl Principal {
             expires_at,
             last_used: AtomicI64::new(key.last_used_at.map_or(0, |at| at.unix_timestamp())),
         })
+    }
+
+    /// The tier this request runs on. `team` is the caller's team as looked up for the request,
+    /// so a team moved to another tier takes its keys along at once, not when they leave the
+    /// key cache.
+    pub fn tier<'a>(&'a self, team: Option<&'a TeamRecord>, live: &'a Live) -> &'a str {
+        key_tier(self.own_tier.as_deref(), team.and_then(|team| team.tier.as_deref()), &live.limits.default_tier).0
     }
 
     pub fn is_expired(&self, now: i64) -> bool {
@@ -61,5 +70,29 @@ impl Principal {
         if self.last_used.load(Ordering::Relaxed) < now {
             self.last_used.store(now, Ordering::Relaxed);
         }
+    }
+}
+
+/// A key's tier and where it comes from: its own, else its team's, else `default_tier`. Decided
+/// each time it is needed and never stored, so that only a tier given to the key itself stays
+/// when its team's changes.
+pub fn key_tier<'a>(own: Option<&'a str>, team: Option<&'a str>, default_tier: &'a str) -> (&'a str, TierSource) {
+    match (own, team) {
+        (Some(own), _) => (own, TierSource::Key),
+        (None, Some(team)) => (team, TierSource::Team),
+        (None, None) => (default_tier, TierSource::Default),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_on_its_own_tier_else_its_teams_else_the_default() {
+        assert_eq!(key_tier(Some("pro"), Some("free"), "basic"), ("pro", TierSource::Key));
+        assert_eq!(key_tier(None, Some("free"), "basic"), ("free", TierSource::Team));
+        assert_eq!(key_tier(None, None, "basic"), ("basic", TierSource::Default));
+        assert_eq!(key_tier(Some("pro"), None, "basic"), ("pro", TierSource::Key));
     }
 }

@@ -181,10 +181,18 @@ impl AppState {
     /// A state on a fresh in-memory SQLite store with the default configuration (and
     /// `bootstrap` as the bootstrap admin token); the store and the recorder's task come with it.
     pub async fn in_memory_for_tests(bootstrap: Option<&str>) -> (AppState, Stores, crate::usage::RecorderTask) {
+        let config = portcullis_config::Config::parse("", |_| None).unwrap();
+        AppState::in_memory_with_config_for_tests(config, bootstrap).await
+    }
+
+    /// [`AppState::in_memory_for_tests`] with `config`.
+    pub async fn in_memory_with_config_for_tests(
+        config: portcullis_config::Config,
+        bootstrap: Option<&str>,
+    ) -> (AppState, Stores, crate::usage::RecorderTask) {
         let backend = Backend::of(Arc::new(portcullis_store_sqlite::SqliteStore::open_in_memory().unwrap()));
         let stores = backend.stores.clone();
         stores.migrator.migrate().await.unwrap();
-        let config = portcullis_config::Config::parse("", |_| None).unwrap();
         let (recorder, task) = UsageRecorder::start(stores.usage.clone(), std::time::Duration::from_secs(3600));
         let state = AppState::for_tests(config, backend, bootstrap, recorder).await;
         (state, stores, task)

@@ -25,6 +25,7 @@ static MIGRATIONS: Migrations = Migrations::new(
         Migration { version: 2, sql: USAGE },
         Migration { version: 3, sql: AUDIT },
         Migration { version: 4, sql: CHANGES },
+        Migration { version: 5, sql: INHERITED_TIER },
     ],
     DIALECT,
 );
@@ -181,6 +182,16 @@ CREATE TABLE changes_pruned (
     id  INTEGER PRIMARY KEY CHECK (id = 1),
     seq BIGINT NOT NULL
 );
+"#;
+
+/// A key's tier becomes its own, or none: a key without one follows its team's tier (else
+/// `limits.default_tier`) on every request. Keys from before cannot tell a tier copied from their
+/// team at creation from one chosen: a key whose tier is its team's is taken to follow it (nothing
+/// changes now, and it moves with its team from now on); every other key keeps its tier as its
+/// own.
+const INHERITED_TIER: &str = r#"
+ALTER TABLE api_keys ALTER COLUMN tier DROP NOT NULL;
+UPDATE api_keys k SET tier = NULL FROM teams t WHERE t.name = k.team AND t.tier = k.tier;
 "#;
 
 #[async_trait]

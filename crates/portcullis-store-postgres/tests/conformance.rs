@@ -155,6 +155,50 @@ async fn replicas_migrating_at_once_apply_each_migration_once() {
     }
 }
 
+/// Migration 5 on keys written before it (the schema rolled back to version 4 by hand): a key
+/// whose tier is its team's follows the team from now on; every other key keeps its tier.
+#[tokio::test]
+async fn keys_from_before_inherited_tiers_follow_their_team_only_when_they_have_its_tier() {
+    let Some(database) = PostgresDatabase::create_or_skip().await else { return };
+    let store = store(&database);
+    store.migrate().await.unwrap();
+    let client = raw(&database).await;
+    client
+        .batch_execute(
+            "DELETE FROM schema_migrations WHERE version = 5;
+             ALTER TABLE api_keys ALTER COLUMN tier SET NOT NULL;
+             INSERT INTO teams (name, tier, limits, metadata, created_at) VALUES ('gold', 'gold', '{}', '{}', 0);
+             INSERT INTO teams (name, tier, limits, metadata, created_at) VALUES ('plain', NULL, '{}', '{}', 0);
+             INSERT INTO api_keys (id, name, display_prefix, team, tier, models, scopes, allowed_cidrs, limits,
+                                   metadata, created_by, created_at)
+             VALUES ('key_copied', 'a', 'pcl_a', 'gold', 'gold', '[]', '[]', '[]', '{}', '{}', 'test', 0),
+                    ('key_chosen', 'b', 'pcl_b', 'gold', 'free', '[]', '[]', '[]', '{}', '{}', 'test', 0),
+                    ('key_plain', 'c', 'pcl_c', 'plain', 'free', '[]', '[]', '[]', '{}', '{}', 'test', 0),
+                    ('key_alone', 'd', 'pcl_d', NULL, 'free', '[]', '[]', '[]', '{}', '{}', 'test', 0);",
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(store.migrate().await.unwrap(), 1);
+    let tiers: Vec<(String, Option<String>)> = client
+        .query("SELECT id, tier FROM api_keys ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let own = |tier: &str| Some(tier.to_string());
+    assert_eq!(
+        tiers,
+        [
+            ("key_alone".to_string(), own("free")),
+            ("key_chosen".to_string(), own("free")),
+            ("key_copied".to_string(), None),
+            ("key_plain".to_string(), own("free")),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn schema_from_a_newer_build_is_refused() {
     let Some(database) = PostgresDatabase::create_or_skip().await else { return };

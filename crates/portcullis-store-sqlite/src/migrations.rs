@@ -21,6 +21,7 @@ static MIGRATIONS: Migrations = Migrations::new(
         Migration { version: 3, sql: AUDIT },
         Migration { version: 4, sql: CAPTURE_CONTENT },
         Migration { version: 5, sql: CHANGES },
+        Migration { version: 6, sql: INHERITED_TIER },
     ],
     DIALECT,
 );
@@ -180,6 +181,19 @@ CREATE TABLE changes_pruned (
 ) STRICT;
 ";
 
+/// A key's tier becomes its own, or none: a key without one follows its team's tier (else
+/// `limits.default_tier`) on every request. Keys from before cannot tell a tier copied from their
+/// team at creation from one chosen: a key whose tier is its team's is taken to follow it (nothing
+/// changes now, and it moves with its team from now on); every other key keeps its tier as its
+/// own. SQLite cannot drop a NOT NULL constraint, so the column is replaced under the same name.
+const INHERITED_TIER: &str = "
+ALTER TABLE api_keys ADD COLUMN own_tier TEXT;
+UPDATE api_keys SET own_tier = tier
+ WHERE team IS NULL OR tier IS NOT (SELECT teams.tier FROM teams WHERE teams.name = api_keys.team);
+ALTER TABLE api_keys DROP COLUMN tier;
+ALTER TABLE api_keys RENAME COLUMN own_tier TO tier;
+";
+
 #[async_trait]
 impl Migrator for SqliteStore {
     async fn migrate(&self) -> StoreResult<usize> {
@@ -218,16 +232,22 @@ fn apply_pending(conn: &mut Connection) -> StoreResult<usize> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn rows_from_before_capture_content_keep_capture_off() {
-        let mut conn = Connection::open_in_memory().unwrap();
+    /// A database with the migrations before `version` applied.
+    fn migrated_before(version: i64) -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")
             .unwrap();
-        for migration in MIGRATIONS.list.iter().filter(|migration| migration.version < 4) {
+        for migration in MIGRATIONS.list.iter().filter(|migration| migration.version < version) {
             conn.execute_batch(migration.sql).unwrap();
             conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 0)", [migration.version])
                 .unwrap();
         }
+        conn
+    }
+
+    #[test]
+    fn rows_from_before_capture_content_keep_capture_off() {
+        let mut conn = migrated_before(4);
         conn.execute_batch(
             "INSERT INTO teams (name, limits, metadata, created_at) VALUES ('old', '{}', '{}', 0);
              INSERT INTO api_keys (id, name, display_prefix, team, tier, models, scopes, allowed_cidrs, limits,
@@ -245,5 +265,42 @@ mod tests {
             )
             .unwrap();
         assert_eq!(flags, (false, false), "an upgrade turns capture on for nobody");
+    }
+
+    #[test]
+    fn keys_from_before_inherited_tiers_follow_their_team_only_when_they_have_its_tier() {
+        let mut conn = migrated_before(6);
+        conn.execute_batch(
+            "INSERT INTO teams (name, tier, limits, metadata, created_at) VALUES ('gold', 'gold', '{}', '{}', 0);
+             INSERT INTO teams (name, tier, limits, metadata, created_at) VALUES ('plain', NULL, '{}', '{}', 0);
+             INSERT INTO api_keys (id, name, display_prefix, team, tier, models, scopes, allowed_cidrs, limits,
+                                   metadata, created_by, created_at)
+             VALUES ('key_copied', 'a', 'pcl_a', 'gold', 'gold', '[]', '[]', '[]', '{}', '{}', 'test', 0),
+                    ('key_chosen', 'b', 'pcl_b', 'gold', 'free', '[]', '[]', '[]', '{}', '{}', 'test', 0),
+                    ('key_plain', 'c', 'pcl_c', 'plain', 'free', '[]', '[]', '[]', '{}', '{}', 'test', 0),
+                    ('key_alone', 'd', 'pcl_d', NULL, 'free', '[]', '[]', '[]', '{}', '{}', 'test', 0);",
+        )
+        .unwrap();
+
+        assert_eq!(apply_pending(&mut conn).unwrap(), MIGRATIONS.list.len() - 5);
+        let tiers: Vec<(String, Option<String>)> = conn
+            .prepare("SELECT id, tier FROM api_keys ORDER BY id")
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let own = |tier: &str| Some(tier.to_string());
+        assert_eq!(
+            tiers,
+            [
+                ("key_alone".to_string(), own("free")),
+                ("key_chosen".to_string(), own("free")),
+                ("key_copied".to_string(), None),
+                ("key_plain".to_string(), own("free")),
+            ]
+        );
+        // The column takes keys without a tier of their own now.
+        conn.execute("UPDATE api_keys SET tier = NULL WHERE id = 'key_alone'", []).unwrap();
     }
 }

@@ -187,7 +187,9 @@ async fn key_lists_are_ordered_and_filtered(stores: &Stores, now: OffsetDateTime
     {
         keys.create_key(new_key(id, team, tag, earlier)).await.unwrap();
     }
-    keys.create_key(new_key("story-key-lone", None, 0x23, now)).await.unwrap();
+    let tierless = NewKey { tier: None, ..new_key("story-key-lone", None, 0x23, now) };
+    keys.create_key(tierless.clone()).await.unwrap();
+    assert_eq!(keys.get_key("story-key-lone").await.unwrap(), key_record(&tierless), "no tier of its own");
     keys.revoke_key("story-key-c", now).await.unwrap();
 
     let all = KeyFilter { team: None, include_revoked: true };
@@ -219,7 +221,7 @@ async fn key_patches_replace_only_given_fields(stores: &Stores, now: OffsetDateT
 
     let everything = KeyPatch {
         name: Some("everything".into()),
-        tier: Some("premium".into()),
+        tier: Some(Some("premium".into())),
         models: Some(vec!["phi-3".into()]),
         scopes: Some(vec![]),
         allowed_cidrs: Some(vec!["192.168.1.0/24".into()]),
@@ -244,11 +246,15 @@ async fn key_patches_replace_only_given_fields(stores: &Stores, now: OffsetDateT
     assert_eq!(patched, expected, "every given field replaced");
     assert_eq!(keys.get_key("story-key-full").await.unwrap(), expected, "the patch is stored");
 
-    // `Some(None)` clears the expiry; an empty patch changes nothing.
+    // `Some(None)` clears the expiry, or the key's own tier; an empty patch changes nothing.
     let cleared = keys.update_key("story-key-full", KeyPatch { expires_at: Some(None), ..Default::default() });
     assert_eq!(cleared.await.unwrap(), KeyRecord { expires_at: None, ..expected.clone() });
+    let cleared = keys.update_key("story-key-full", KeyPatch { tier: Some(None), ..Default::default() });
+    let expected = KeyRecord { expires_at: None, tier: None, ..expected };
+    assert_eq!(cleared.await.unwrap(), expected);
+    assert_eq!(keys.get_key("story-key-full").await.unwrap(), expected, "a key without a tier of its own is stored");
     let unchanged = keys.update_key("story-key-full", KeyPatch::default()).await.unwrap();
-    assert_eq!(unchanged, KeyRecord { expires_at: None, ..expected });
+    assert_eq!(unchanged, expected);
 
     let missing = keys.update_key("story-key-none", KeyPatch::default()).await;
     assert!(matches!(missing, Err(StoreError::NotFound)), "update of unknown key: {missing:?}");
@@ -574,7 +580,7 @@ fn new_key(id: &str, team: Option<&str>, tag: u8, created_at: OffsetDateTime) ->
         secret_hash: secret(tag),
         display_prefix: prefix(tag),
         team: team.map(Into::into),
-        tier: "default".into(),
+        tier: Some("default".into()),
         models: vec![],
         scopes: vec![],
         allowed_cidrs: vec![],

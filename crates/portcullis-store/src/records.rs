@@ -10,7 +10,9 @@ pub struct KeyRecord {
     pub name: String,
     pub display_prefix: String,
     pub team: Option<String>,
-    pub tier: String,
+    /// The key's own tier. `None`: it follows its team's tier, else `limits.default_tier`,
+    /// looked up on every request (so a team moved to another tier takes its keys along).
+    pub tier: Option<String>,
     pub models: Vec<String>,
     pub scopes: Vec<String>,
     pub allowed_cidrs: Vec<String>,
@@ -32,7 +34,8 @@ pub struct NewKey {
     pub secret_hash: [u8; 32],
     pub display_prefix: String,
     pub team: Option<String>,
-    pub tier: String,
+    /// The key's own tier, or `None` to follow its team's (see [`KeyRecord::tier`]).
+    pub tier: Option<String>,
     pub models: Vec<String>,
     pub scopes: Vec<String>,
     pub allowed_cidrs: Vec<String>,
@@ -57,11 +60,12 @@ pub struct KeyFilter {
     pub include_revoked: bool,
 }
 
-/// Fields present are replaced. `expires_at: Some(None)` removes the expiry.
+/// Fields present are replaced. `expires_at: Some(None)` removes the expiry; `tier: Some(None)`
+/// the key's own tier (it follows its team's again).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct KeyPatch {
     pub name: Option<String>,
-    pub tier: Option<String>,
+    pub tier: Option<Option<String>>,
     pub models: Option<Vec<String>>,
     pub scopes: Option<Vec<String>>,
     pub allowed_cidrs: Option<Vec<String>>,

@@ -137,7 +137,11 @@ pub struct KeyView {
     /// The first characters of the secret (`pcl_AbCd…`), enough to recognise it, not to use it.
     pub prefix: String,
     pub team: Option<String>,
+    /// The tier the key is on now: its own, else its team's, else `limits.default_tier`.
     pub tier: String,
+    /// Where [`KeyView::tier`] comes from: only a key whose tier is not its own moves when its
+    /// team's tier (or `limits.default_tier`) changes.
+    pub tier_source: TierSource,
     pub models: Vec<String>,
     pub scopes: Vec<String>,
     pub allowed_cidrs: Vec<String>,
@@ -157,6 +161,18 @@ pub struct KeyView {
     pub revoked_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_used_at: Option<OffsetDateTime>,
+}
+
+/// Where a key's tier comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TierSource {
+    /// Given to the key itself (`tier` on create or update).
+    Key,
+    /// Its team's tier, followed as it changes.
+    Team,
+    /// `limits.default_tier`: neither the key nor its team has a tier.
+    Default,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,6 +242,9 @@ pub struct UpdateKeyRequest {
     /// `true` removes the expiry.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub clear_expiry: bool,
+    /// `true` removes the key's own tier: it follows its team's (else `limits.default_tier`) again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inherit_tier: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitOverrides>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

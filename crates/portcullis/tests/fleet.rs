@@ -28,11 +28,20 @@ struct FleetSpec {
     /// Overrides the store URL (a relay in front of the test database).
     store_url: Option<String>,
     cache_max_age: &'static str,
+    /// Appended to every replica's configuration (`[tiers.*]`).
+    extra_config: &'static str,
 }
 
 impl FleetSpec {
     fn new(redis_url: String) -> FleetSpec {
-        FleetSpec { replicas: 3, redis_url, on_backend_error: "deny", store_url: None, cache_max_age: "60s" }
+        FleetSpec {
+            replicas: 3,
+            redis_url,
+            on_backend_error: "deny",
+            store_url: None,
+            cache_max_age: "60s",
+            extra_config: "",
+        }
     }
 }
 
@@ -61,8 +70,9 @@ impl Fleet {
              reservation_lease = \"{LEASE_SECS}s\"\non_backend_error = \"{policy}\"\nreplicas = {replicas}\n\n\
              [audit]\ndurability = \"sync\"\nnode = \"replica-{index}\"\n\n\
              [[models]]\nname = \"m\"\nendpoints = [\"{upstream}\"]\n\
-             price = {{ input_per_million = 1000000.0, output_per_million = 1000000.0 }}\n",
+             price = {{ input_per_million = 1000000.0, output_per_million = 1000000.0 }}\n{extra}",
                 redis = spec.redis_url,
+                extra = spec.extra_config,
                 policy = spec.on_backend_error,
                 replicas = spec.replicas,
                 upstream = stub.url(),
@@ -273,6 +283,52 @@ async fn a_revocation_reaches_every_replica_and_holds() {
         }
     }
     eprintln!("revocation propagation: replica 1 {:?}, replica 2 {:?}", propagation[0], propagation[1]);
+}
+
+/// The key scope's `requests_per_minute` as `GET /v1/usage` on `gateway` reports it for `key`.
+async fn key_rpm(gateway: &Gateway, key: &str) -> Option<u64> {
+    let reply = send(http().get(format!("{}/v1/usage", gateway.proxy_url())).bearer_auth(key)).await;
+    reply.assert_ok();
+    let scopes = reply.body["limits"].as_array().cloned().unwrap_or_default();
+    let key_scope = scopes.iter().find(|scope| scope["scope"]["kind"] == "key")?;
+    let limits = key_scope["limits"].as_array()?;
+    limits.iter().find(|limit| limit["limit"] == "requests_per_minute")?["max"].as_u64()
+}
+
+/// A team moved to another tier through replica 0: its key without a tier of its own is on the
+/// new tier on replica 1 too — which had the team cached — as soon as the change reaches it, and
+/// from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_moved_to_another_tier_takes_its_keys_along_on_every_replica() {
+    let Some(redis) = redis_or_skip() else { return };
+    let tiers = "\n[tiers.free]\nrequests_per_minute = 2\n\n[tiers.pro]\nrequests_per_minute = 100\n";
+    let Some(fleet) = Fleet::start(FleetSpec { replicas: 2, extra_config: tiers, ..FleetSpec::new(redis) }).await
+    else {
+        return;
+    };
+    let admin = fleet.replica(0);
+    let admin_call = |request: reqwest::RequestBuilder| send(request.bearer_auth(admin.admin_token()));
+    let teams = format!("{}/admin/v1/teams", admin.admin_url());
+    let team = admin_call(http().post(&teams).json(&json!({"name": "acme", "tier": "free"}))).await;
+    assert_eq!(team.status, 201, "{}", team.text);
+    let keys = format!("{}/admin/v1/keys", admin.admin_url());
+    let created = admin_call(http().post(&keys).json(&json!({"name": unique_name("follower"), "team": "acme"}))).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let key = str_of(&created.body, "key");
+    assert_eq!(key_rpm(fleet.replica(1), &key).await, Some(2), "on the team's tier, and the team cached");
+
+    let moved_at = Instant::now();
+    let moved = admin_call(http().patch(format!("{teams}/acme")).json(&json!({"tier": "pro"}))).await;
+    assert_eq!(moved.status, 200, "{}", moved.text);
+    assert_eq!(key_rpm(admin, &key).await, Some(100), "at once on the replica that made the change");
+    while key_rpm(fleet.replica(1), &key).await != Some(100) {
+        assert!(moved_at.elapsed() < Duration::from_secs(5), "replica 1 keeps the key on the team's old tier");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("a team's new tier reached replica 1 in {:?}", moved_at.elapsed());
+    for _ in 0..5 {
+        assert_eq!(key_rpm(fleet.replica(1), &key).await, Some(100));
+    }
 }
 
 /// Redis stopped under `on_backend_error = "deny"`: requests get 503 `limiter_unavailable`

@@ -733,6 +733,57 @@ async fn limits_follow_the_authenticated_key_not_client_fields() {
     assert_eq!(stub.requests_to("/v1/chat/completions").len(), 6);
 }
 
+/// A key created without a tier is on its team's: `teams update --tier` moves it at once — its
+/// limits and the models its tier allows — while a key given a tier of its own stays where it is
+/// until `keys update --inherit-tier`. `keys show` and `keys list` say which tier each follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_without_a_tier_of_its_own_follows_its_teams_tier() {
+    let stub = StubUpstream::start().await;
+    let config = format!(
+        "{}{}\n[tiers.free]\nrequests_per_minute = 2\nmodels = [\"m\"]\n\n\
+         [tiers.pro]\nrequests_per_minute = 100\nmodels = [\"m\", \"m2\"]\n",
+        model_table(&stub, "m", ""),
+        model_table(&stub, "m2", ""),
+    );
+    let gateway = start_gateway(&config).await;
+    gateway.cli_json(&["teams", "create", "acme", "--tier", "free"]);
+    let (follower_id, follower) = gateway.create_key(&["--team", "acme"]);
+    let (pinned_id, pinned) = gateway.create_key(&["--team", "acme", "--tier", "free"]);
+    let tier_of = |id: &str| {
+        let shown = gateway.cli_json(&["keys", "show", id]);
+        (shown["tier"].as_str().map(str::to_string), shown["tier_source"].as_str().map(str::to_string))
+    };
+    let on = |tier: &str, source: &str| (Some(tier.to_string()), Some(source.to_string()));
+    assert_eq!(tier_of(&follower_id), on("free", "team"));
+    assert_eq!(tier_of(&pinned_id), on("free", "key"));
+    for key in [&follower, &pinned] {
+        assert_eq!(limit_in(&usage_of(&gateway, key).await, "key", "requests_per_minute")["max"], 2);
+        assert_eq!(common::model_ids(&gateway, key).await, ["m"]);
+    }
+
+    gateway.cli_json(&["teams", "update", "acme", "--tier", "pro"]);
+    let moved = usage_of(&gateway, &follower).await;
+    assert_eq!(moved["key"]["tier"], "pro", "{moved}");
+    assert_eq!(limit_in(&moved, "key", "requests_per_minute")["max"], 100, "{moved}");
+    assert_eq!(common::model_ids(&gateway, &follower).await, ["m", "m2"]);
+    post_chat(&gateway, &follower, &chat("m2", "hello there", None, false)).await.assert_ok();
+    assert_eq!(tier_of(&follower_id), on("pro", "team"));
+    let listed = gateway.cli(&["keys", "list", "--team", "acme"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("pro (team's)"), "{}", common::describe(&listed));
+
+    let kept = usage_of(&gateway, &pinned).await;
+    assert_eq!(
+        (kept["key"]["tier"].as_str(), limit_in(&kept, "key", "requests_per_minute")["max"].as_u64()),
+        (Some("free"), Some(2))
+    );
+    post_chat(&gateway, &pinned, &chat("m2", "hello there", None, false)).await.assert_error(403, "model_not_allowed");
+    assert_eq!(tier_of(&pinned_id), on("free", "key"));
+
+    gateway.cli_json(&["keys", "update", &pinned_id, "--inherit-tier"]);
+    assert_eq!(tier_of(&pinned_id), on("pro", "team"));
+    assert_eq!(limit_in(&usage_of(&gateway, &pinned).await, "key", "requests_per_minute")["max"], 100);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_endpoint_reports_limits_and_spend() {
     let stub = StubUpstream::start().await;

@@ -524,6 +524,21 @@ async fn sigint_shuts_down_cleanly_like_sigterm() {
     assert!(gateway.log_text().contains("drained"), "log:\n{}", gateway.log_tail(10));
 }
 
+/// The audit spill file (`audit.spill_file`, by default in the working directory) is made by the
+/// first spill: a gateway whose store never failed leaves none behind, however many records it
+/// wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_and_stop_whose_store_never_failed_leaves_no_spill_file() {
+    let (_stub, mut gateway) = start(&["a"]).await;
+    let spill = gateway.dir().join("portcullis-audit-spill.jsonl");
+    let (_, key) = gateway.create_key(&[]);
+    chat(&gateway, Some(&key), "a").await.assert_ok();
+    assert!(!spill.exists(), "created while serving: {}", spill.display());
+    let status = gateway.terminate(Duration::from_secs(10)).await;
+    assert!(status.is_some_and(|status| status.success()), "{status:?}; log:\n{}", gateway.log_tail(10));
+    assert!(!spill.exists(), "left behind: {}", spill.display());
+}
+
 // ------------------------------------------------------------------------------------------------
 // Metrics and health
 // ------------------------------------------------------------------------------------------------

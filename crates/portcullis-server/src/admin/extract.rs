@@ -65,7 +65,7 @@ pub struct NoParams {}
 
 /// Every body field and query parameter of the admin API, so a rejection can name one as its
 /// `param` (which is a `&'static str`).
-const KNOWN_PARAMS: [&str; 28] = [
+const KNOWN_PARAMS: [&str; 29] = [
     "allowed_cidrs",
     "capture_content",
     "clear_expiry",
@@ -77,6 +77,7 @@ const KNOWN_PARAMS: [&str; 28] = [
     "grace",
     "group_by",
     "include_revoked",
+    "inherit_tier",
     "key",
     "kind",
     "limit",

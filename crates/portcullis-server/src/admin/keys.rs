@@ -1,5 +1,7 @@
 //! `/admin/v1/keys`: the API key lifecycle.
 
+use std::collections::HashMap;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use bytes::Bytes;
@@ -19,6 +21,7 @@ use super::refusal::audited;
 use super::views::{insert_error, key_view, store_error};
 use super::{plan, validate};
 use crate::error::ApiError;
+use crate::principal::key_tier;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,8 +46,20 @@ pub async fn list(
     };
     let filter = KeyFilter { team, include_revoked: query.include_revoked };
     let records = state.stores().keys.list_keys(&filter).await.map_err(store_error("key"))?;
+    let visible: Vec<KeyRecord> = records.into_iter().filter(|key| caller.can_see_team(key.team.as_deref())).collect();
+    // Each team's tier once, for the keys that follow it.
+    let mut team_tiers: HashMap<String, Option<String>> = HashMap::new();
+    for team in visible.iter().filter_map(|key| key.team.as_deref()) {
+        if !team_tiers.contains_key(team) {
+            team_tiers.insert(team.to_string(), team_of(&state, team).await?.and_then(|team| team.tier));
+        }
+    }
+    let default_tier = state.runtime().live.limits.default_tier.clone();
     let now = OffsetDateTime::now_utc();
-    let data = records.into_iter().filter(|key| caller.can_see_team(key.team.as_deref())).map(|key| key_view(key, now));
+    let data = visible.into_iter().map(|key| {
+        let team_tier = key.team.as_ref().and_then(|team| team_tiers.get(team)).and_then(Option::as_deref);
+        key_view(key, team_tier, &default_tier, now)
+    });
     Ok(Json(ListResponse { data: data.collect() }))
 }
 
@@ -79,13 +94,19 @@ async fn create_key(
         None => None,
     };
     let live = state.runtime().live.clone();
-    let team_default =
-        team_record.as_ref().and_then(|team| team.tier.clone()).unwrap_or_else(|| live.limits.default_tier.clone());
-    let tier = validate::tier(&live, request.tier.as_deref().unwrap_or(&team_default))?;
-    // A team admin must not mint keys on a richer plan than its team has.
-    if caller.role == Role::TeamAdmin && tier != team_default {
-        return Err(forbidden("a team admin cannot give a key a tier other than its team's"));
-    }
+    let team_tier = team_record.as_ref().and_then(|team| team.tier.as_deref());
+    let team_default = key_tier(None, team_tier, &live.limits.default_tier).0.to_string();
+    let own_tier = request.tier.as_deref().map(|tier| validate::tier(&live, tier)).transpose()?;
+    let own_tier = match caller.role {
+        // A team admin must not mint keys on a richer plan than its team has; its keys follow
+        // the team's tier, so a change of plan moves them too.
+        Role::TeamAdmin if own_tier.as_ref().is_some_and(|tier| tier != &team_default) => {
+            return Err(forbidden("a team admin cannot give a key a tier other than its team's"));
+        }
+        Role::TeamAdmin => None,
+        Role::Admin | Role::Auditor => own_tier,
+    };
+    let tier = own_tier.clone().unwrap_or(team_default);
     if request.capture_content {
         may_change_capture(caller)?;
     }
@@ -104,7 +125,7 @@ async fn create_key(
         secret_hash: *state.hasher().hash(&secret).as_bytes(),
         display_prefix: secret.display_prefix(),
         team,
-        tier,
+        tier: own_tier,
         models: validate::models(request.models.unwrap_or_default())?,
         scopes: match request.scopes {
             Some(scopes) => validate::scopes(&scopes)?,
@@ -121,7 +142,7 @@ async fn create_key(
     // The team was made above; it is missing here only if it vanished since.
     let record = state.stores().keys.create_key(new_key).await.map_err(insert_error("key", "team"))?;
     caller.record_action("key.create", &record.id, record.team.as_deref()).await;
-    Ok((StatusCode::CREATED, Json(created(record, secret, now))))
+    Ok((StatusCode::CREATED, Json(created(shown(state, record, now).await?, secret))))
 }
 
 pub async fn get(
@@ -130,7 +151,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
     let record = visible_key(&state, &caller, &id).await?;
-    Ok(Json(key_view(record, OffsetDateTime::now_utc())))
+    Ok(Json(shown(&state, record, OffsetDateTime::now_utc()).await?))
 }
 
 pub async fn update(
@@ -153,22 +174,42 @@ async fn update_key(
     let existing = visible_key(state, caller, id).await?;
     let live = state.runtime().live.clone();
     let now = OffsetDateTime::now_utc();
-    if caller.role == Role::TeamAdmin && request.tier.as_ref().is_some_and(|tier| tier != &existing.tier) {
-        return Err(forbidden("a team admin cannot change a key's tier"));
+    let team = match existing.team.as_deref() {
+        Some(team) => team_of(state, team).await?,
+        None => None,
+    };
+    let team_tier = team.as_ref().and_then(|team| team.tier.as_deref());
+    let (current_tier, _) = key_tier(existing.tier.as_deref(), team_tier, &live.limits.default_tier);
+    if request.inherit_tier && request.tier.is_some() {
+        return Err(ApiError::bad_request("inherit_tier cannot be combined with a tier", Some("inherit_tier")));
     }
+    let tier = match (request.tier.as_deref(), request.inherit_tier) {
+        (Some(tier), _) => Some(Some(validate::tier(&live, tier)?)),
+        (None, true) => Some(None),
+        (None, false) => None,
+    };
+    // A team admin may resend its key's tier; it neither changes it nor gives a key that
+    // follows its team a tier of its own.
+    let tier = match caller.role {
+        Role::TeamAdmin => match tier {
+            Some(Some(tier)) if tier != current_tier => {
+                return Err(forbidden("a team admin cannot change a key's tier"));
+            }
+            Some(None) if existing.tier.is_some() => {
+                return Err(forbidden("a team admin cannot change a key's tier"));
+            }
+            _ => None,
+        },
+        Role::Admin | Role::Auditor => tier,
+    };
     if request.capture_content.is_some_and(|capture| capture != existing.capture_content) {
         may_change_capture(caller)?;
     }
     if caller.role == Role::TeamAdmin
         && let Some(limits) = &request.limits
+        && let Some(why) = plan::widening(&live, current_tier, team.as_ref(), &existing.limits, limits)
     {
-        let team = match existing.team.as_deref() {
-            Some(team) => team_of(state, team).await?,
-            None => None,
-        };
-        if let Some(why) = plan::widening(&live, &existing.tier, team.as_ref(), &existing.limits, limits) {
-            return Err(forbidden(&why));
-        }
+        return Err(forbidden(&why));
     }
     let expires_at = if request.clear_expiry {
         if request.expires_in.is_some() || request.expires_at.is_some() {
@@ -183,7 +224,7 @@ async fn update_key(
     };
     let patch = KeyPatch {
         name: request.name.as_deref().map(validate::name).transpose()?,
-        tier: request.tier.as_deref().map(|tier| validate::tier(&live, tier)).transpose()?,
+        tier,
         models: request.models.map(validate::models).transpose()?,
         scopes: request.scopes.as_deref().map(validate::scopes).transpose()?,
         allowed_cidrs: request.allowed_cidrs.as_deref().map(validate::cidrs).transpose()?,
@@ -195,7 +236,7 @@ async fn update_key(
     let record = state.stores().keys.update_key(id, patch).await.map_err(store_error("key"))?;
     state.keys().invalidate_key(id);
     caller.record_action("key.update", id, record.team.as_deref()).await;
-    Ok(Json(key_view(record, now)))
+    Ok(Json(key_view(record, team_tier, &live.limits.default_tier, now)))
 }
 
 pub async fn revoke(
@@ -214,7 +255,7 @@ async fn revoke_key(state: &AdminState, caller: &AdminCaller, id: &str) -> Resul
     let record = state.stores().keys.revoke_key(id, now).await.map_err(store_error("key"))?;
     state.keys().invalidate_key(id);
     caller.record_action("key.revoke", id, record.team.as_deref()).await;
-    Ok(Json(key_view(record, now)))
+    Ok(Json(shown(state, record, now).await?))
 }
 
 /// Issues a new secret; the old one keeps working until the grace period ends.
@@ -253,7 +294,7 @@ async fn rotate_key(
     let record = state.stores().keys.rotate_key(id, rotation).await.map_err(store_error("key"))?;
     state.keys().invalidate_key(id);
     caller.record_action("key.rotate", id, record.team.as_deref()).await;
-    Ok(Json(created(record, secret, now)))
+    Ok(Json(created(shown(state, record, now).await?, secret)))
 }
 
 /// Recording prompts and completions is a privacy decision for the whole deployment, not for a
@@ -310,6 +351,17 @@ async fn ensure_team(
     }
 }
 
-fn created(record: KeyRecord, secret: SecretToken, now: OffsetDateTime) -> CreatedKey {
-    CreatedKey { key: secret.expose().to_string(), view: key_view(record, now) }
+/// The key as the API shows it, on the tier it is on now (its team's as stored, when it has
+/// none of its own).
+async fn shown(state: &AdminState, record: KeyRecord, now: OffsetDateTime) -> Result<KeyView, ApiError> {
+    let team = match record.team.as_deref() {
+        Some(team) => team_of(state, team).await?,
+        None => None,
+    };
+    let team_tier = team.and_then(|team| team.tier);
+    Ok(key_view(record, team_tier.as_deref(), &state.runtime().live.limits.default_tier, now))
+}
+
+fn created(view: KeyView, secret: SecretToken) -> CreatedKey {
+    CreatedKey { key: secret.expose().to_string(), view }
 }

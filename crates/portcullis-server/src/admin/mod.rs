@@ -7,6 +7,8 @@ mod catalog;
 mod config;
 mod extract;
 mod keys;
+#[cfg(test)]
+mod openapi_check;
 mod plan;
 mod refusal;
 mod state;
@@ -99,12 +101,25 @@ pub(crate) mod test_support {
 #[cfg(test)]
 mod tests {
     use axum::body::Body;
+    use http::StatusCode;
     use tower::ServiceExt;
 
+    use super::openapi_check::{self, call, check_answer, document, is_described, operations, resolved};
     use super::*;
 
     async fn state() -> AdminState {
         crate::state::AppState::in_memory_for_tests(None).await.0.admin()
+    }
+
+    /// A tier with limits (a tier's answer carries them) and a model, so the catalog is not
+    /// empty; the bootstrap token is [`openapi_check::TOKEN`].
+    async fn catalog_router() -> Router {
+        let config = "[limits]\ndefault_tier = \"pro\"\n\n[tiers.pro]\nrequests_per_minute = 60\nburst = 5\n\
+                      tokens_per_day = 1000\nbudget_per_month = 2.5\nmodels = [\"m*\"]\n\n\
+                      [[models]]\nname = \"m\"\nendpoints = [\"http://127.0.0.1:9\"]\n";
+        let config = portcullis_config::Config::parse(config, |_| None).unwrap();
+        let state = crate::state::AppState::in_memory_with_config_for_tests(config, Some(openapi_check::TOKEN)).await;
+        router(state.0.admin())
     }
 
     /// Every operation the OpenAPI document lists is routed, and every one of them but the
@@ -130,5 +145,86 @@ mod tests {
             }
         }
         assert!(checked >= 17, "the document lists every operation ({checked} found)");
+    }
+
+    #[tokio::test]
+    async fn every_operation_documents_a_schema_for_the_body_it_reads_and_for_each_answer() {
+        let document = document();
+        let router = catalog_router().await;
+        let mut checked = 0;
+        for (path, item) in document["paths"].as_object().unwrap() {
+            for (method, operation) in operations(item) {
+                let name = format!("{method} {path}");
+                let responses = operation["responses"].as_object().unwrap_or_else(|| panic!("{name}: no responses"));
+                for (status, response) in responses {
+                    let content = resolved(&document, response)["content"].as_object();
+                    let content = content.filter(|content| !content.is_empty());
+                    for (media, body) in content.unwrap_or_else(|| panic!("{name}: the {status} answer has no content"))
+                    {
+                        assert!(
+                            is_described(&document, &body["schema"]),
+                            "{name}: the {status} {media} schema is empty"
+                        );
+                    }
+                }
+                // Every admin call but the document's reads its caller's token from the store.
+                if !path.ends_with("openapi.json") {
+                    assert!(responses.contains_key("503"), "{name}: the store being down is not documented");
+                }
+                // A malformed JSON body is a 400 where the operation reads one, and ignored elsewhere.
+                let uri = path.replace("{id}", "key_x").replace("{name}", "acme");
+                let (status, _) = call(&router, method, &uri, Some("{")).await;
+                let reads_body = status == StatusCode::BAD_REQUEST;
+                match operation.pointer("/requestBody/content/application~1json/schema") {
+                    Some(schema) => {
+                        assert!(reads_body, "{name} documents a body it does not read (answered {status})");
+                        assert!(is_described(&document, schema), "{name}: its request body schema is empty");
+                    }
+                    None => assert!(!reads_body, "{name} reads a JSON body it does not document"),
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 20, "the document lists every operation ({checked} found)");
+    }
+
+    #[tokio::test]
+    async fn what_the_routes_answer_has_what_their_schemas_require_and_nothing_they_do_not_name() {
+        let document = document();
+        let router = catalog_router().await;
+        let team = call(&router, "post", "/admin/v1/teams", Some(r#"{"name": "acme", "tier": "pro"}"#)).await;
+        check_answer(&document, "/admin/v1/teams", "post", &team);
+        let body = r#"{"name": "k", "team": "acme", "limits": {"max_concurrent": 2}, "expires_in": "1d"}"#;
+        let key = call(&router, "post", "/admin/v1/keys", Some(body)).await;
+        check_answer(&document, "/admin/v1/keys", "post", &key);
+        let key_id = key.1["id"].as_str().unwrap().to_string();
+        let rotated = call(&router, "post", &format!("/admin/v1/keys/{key_id}/rotate"), None).await;
+        check_answer(&document, "/admin/v1/keys/{id}/rotate", "post", &rotated);
+        let token = call(&router, "post", "/admin/v1/tokens", Some(r#"{"name": "t", "role": "auditor"}"#)).await;
+        check_answer(&document, "/admin/v1/tokens", "post", &token);
+        // Refusals are documented too: a team that exists, a revoked key rotated, a key not there.
+        let again = call(&router, "post", "/admin/v1/teams", Some(r#"{"name": "acme"}"#)).await;
+        assert_eq!(again.0, StatusCode::CONFLICT);
+        check_answer(&document, "/admin/v1/teams", "post", &again);
+        call(&router, "post", &format!("/admin/v1/keys/{key_id}/revoke"), None).await;
+        let revoked = call(&router, "post", &format!("/admin/v1/keys/{key_id}/rotate"), None).await;
+        assert_eq!(revoked.0, StatusCode::CONFLICT);
+        check_answer(&document, "/admin/v1/keys/{id}/rotate", "post", &revoked);
+        let missing = call(&router, "get", "/admin/v1/keys/key_missing", None).await;
+        check_answer(&document, "/admin/v1/keys/{id}", "get", &missing);
+
+        let mut checked = 0;
+        for (path, item) in document["paths"].as_object().unwrap() {
+            let Some(get) = item.get("get") else { continue };
+            if get.pointer("/responses/200/content/application~1json").is_none() {
+                continue; // the export streams JSON Lines or CSV
+            }
+            let uri = path.replace("{id}", &key_id).replace("{name}", "acme");
+            let answer = call(&router, "get", &uri, None).await;
+            assert_eq!(answer.0, StatusCode::OK, "GET {uri}: {}", answer.1);
+            check_answer(&document, path, "get", &answer);
+            checked += 1;
+        }
+        assert!(checked >= 10, "every GET route with a JSON answer ({checked} found)");
     }
 }

@@ -5,8 +5,13 @@ use portcullis_types::admin::{KeyStatus, KeyView, TeamView, TokenView};
 use time::OffsetDateTime;
 
 use crate::error::ApiError;
+use crate::principal::key_tier;
 
-pub fn key_view(record: KeyRecord, now: OffsetDateTime) -> KeyView {
+/// `team_tier` is the tier of the key's team as stored now: a key without a tier of its own is
+/// shown on the tier it follows.
+pub fn key_view(record: KeyRecord, team_tier: Option<&str>, default_tier: &str, now: OffsetDateTime) -> KeyView {
+    let (tier, tier_source) = key_tier(record.tier.as_deref(), team_tier, default_tier);
+    let tier = tier.to_string();
     let status = if record.revoked_at.is_some() {
         KeyStatus::Revoked
     } else if record.expires_at.is_some_and(|end| end <= now) {
@@ -19,7 +24,8 @@ pub fn key_view(record: KeyRecord, now: OffsetDateTime) -> KeyView {
         name: record.name,
         prefix: record.display_prefix,
         team: record.team,
-        tier: record.tier,
+        tier,
+        tier_source,
         models: record.models,
         scopes: record.scopes,
         allowed_cidrs: record.allowed_cidrs,

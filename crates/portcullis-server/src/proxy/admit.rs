@@ -8,8 +8,6 @@
 //! alone. A request refused at the second step (or whose body never arrives) gives its slot
 //! back at once; it still counts against the request rate, like any request that was made.
 
-use std::sync::Arc;
-
 use portcullis_config::{Live, ModelConfig};
 use portcullis_limits::{Demand, LimitScope, Limits, Price, RateHeaders, Refusal, Reservation};
 use portcullis_store::TeamRecord;
@@ -27,7 +25,6 @@ use crate::principal::Principal;
 
 /// A request past the first step: its slot, and what the second step needs.
 pub struct Entered {
-    team: Option<Arc<TeamRecord>>,
     amounts: ScopedLimits,
     slot: Option<Reservation>,
     headers: RateHeaders,
@@ -42,12 +39,16 @@ pub struct Admitted {
 }
 
 /// Takes the request and a concurrency slot, for a request whose body is still on its way.
-pub async fn enter(state: &ProxyState, live: &Live, principal: &Principal) -> Result<Entered, ApiError> {
-    let team = team_of(state, live, principal).await?;
-    let (rate, amounts) = caller_limits::split(caller_limits::scopes_for(live, principal, team.as_deref()));
+pub async fn enter(
+    state: &ProxyState,
+    live: &Live,
+    principal: &Principal,
+    team: Option<&TeamRecord>,
+) -> Result<Entered, ApiError> {
+    let (rate, amounts) = caller_limits::split(caller_limits::scopes_for(live, principal, team));
     let slot = reserve(state, &rate, Demand::default(), Operation::Chat).await?;
     let headers = slot.as_ref().map(|slot| slot.headers).unwrap_or_default();
-    Ok(Entered { team, amounts, slot, headers })
+    Ok(Entered { amounts, slot, headers })
 }
 
 /// Reserves the request's worst case in tokens and money — with the request and its
@@ -56,6 +57,7 @@ pub async fn admit(
     state: &ProxyState,
     live: &Live,
     principal: &Principal,
+    team: Option<&TeamRecord>,
     entered: Option<Entered>,
     request: &ParsedRequest,
     exchange: Exchange,
@@ -70,24 +72,23 @@ pub async fn admit(
     let price = model.map_or(Price::FREE, price);
     let completion_bound = plan.completion_cap.saturating_mul(request.choices);
     let demand = Demand { tokens: plan.worst_case_tokens, cost: price.cost(plan.prompt_bound, completion_bound) };
-    let (team, amounts, slot, rate_headers) = match entered {
-        Some(Entered { team, amounts, slot, headers }) => {
+    let (amounts, slot, rate_headers) = match entered {
+        Some(Entered { amounts, slot, headers }) => {
             let amounts = reserve(state, &amounts, demand, request.operation).await?;
             let tokens = amounts.as_ref().and_then(|reservation| reservation.headers.tokens);
-            (team, amounts, slot, RateHeaders { requests: headers.requests, tokens })
+            (amounts, slot, RateHeaders { requests: headers.requests, tokens })
         }
         None => {
-            let team = team_of(state, live, principal).await?;
-            let scopes = caller_limits::scopes_for(live, principal, team.as_deref());
+            let scopes = caller_limits::scopes_for(live, principal, team);
             let all = reserve(state, &scopes, demand, request.operation).await?;
             let headers = all.as_ref().map(|reservation| reservation.headers).unwrap_or_default();
-            (team, all, None, headers)
+            (all, None, headers)
         }
     };
     // Either the key or its team opting in turns capture on; only then is the prompt read.
-    let captures = principal.capture_content || team.as_ref().is_some_and(|team| team.capture_content);
+    let captures = principal.capture_content || team.is_some_and(|team| team.capture_content);
     let capture = captures.then(|| Capture::new(state.redactor().clone(), &request.body));
-    let priority = live.tier(&principal.tier).map_or(0, |tier| tier.priority);
+    let priority = live.tier(principal.tier(team, live)).map_or(0, |tier| tier.priority);
     let settlement = Settlement::new(Terms {
         amounts,
         slot,
@@ -103,12 +104,6 @@ pub async fn admit(
         capture,
     });
     Ok(Admitted { plan, rate_headers, priority, settlement })
-}
-
-async fn team_of(state: &ProxyState, live: &Live, principal: &Principal) -> Result<Option<Arc<TeamRecord>>, ApiError> {
-    let Some(name) = &principal.team else { return Ok(None) };
-    let max_age = live.store.cache_max_age.0;
-    state.teams().get(name, max_age).await.map_err(|error| ApiError::from_store(&error, "team lookup"))
 }
 
 /// One all-or-nothing reservation; none when no limit applies.

@@ -16,17 +16,18 @@ pub fn check_scope(principal: &Principal, scope: Scope) -> Result<(), ApiError> 
     if principal.scopes.contains(scope) { Ok(()) } else { Err(ApiError::ScopeMissing { scope: scope.as_str() }) }
 }
 
-/// Whether the caller may use a configured model: its key's globs and its tier's globs must
-/// both allow it. With tiers configured, a key whose tier has gone from the configuration may
-/// use nothing (fail closed) until it is moved to an existing tier.
-pub fn may_use_model(live: &Live, principal: &Principal, model: &str) -> bool {
+/// Whether the caller, on `tier` ([`Principal::tier`]), may use a configured model: its key's
+/// globs and its tier's globs must both allow it. With tiers configured, a key whose tier has
+/// gone from the configuration may use nothing (fail closed) until it is moved to an existing
+/// tier.
+pub fn may_use_model(live: &Live, principal: &Principal, tier: &str, model: &str) -> bool {
     if !principal.models.allows(model) {
         return false;
     }
     if live.tiers.is_empty() {
         return true;
     }
-    live.tier(&principal.tier).is_some_and(|tier| tier.models.allows(model))
+    live.tier(tier).is_some_and(|tier| tier.models.allows(model))
 }
 
 #[cfg(test)]
@@ -37,11 +38,11 @@ mod tests {
 
     use super::*;
 
-    fn principal(models: &[&str], tier: &str) -> Principal {
+    fn principal(models: &[&str]) -> Principal {
         Principal {
             id: "key_test".into(),
             team: None,
-            tier: tier.into(),
+            own_tier: None,
             models: ModelGlobs::new(models.iter().map(|m| m.to_string()).collect()),
             scopes: Scopes::parse(&["chat"]).unwrap(),
             allowed_cidrs: CidrList::parse(&["10.0.0.0/8"]).unwrap(),
@@ -57,15 +58,15 @@ mod tests {
     fn key_and_tier_globs_must_both_allow_the_model() {
         let config =
             portcullis_config::Config::parse("[tiers.free]\nmodels = [\"small*\"]\n", |_| None).unwrap().split().1;
-        assert!(may_use_model(&config, &principal(&[], "free"), "small-1"));
-        assert!(!may_use_model(&config, &principal(&[], "free"), "big-1"));
-        assert!(!may_use_model(&config, &principal(&["small-2"], "free"), "small-1"));
-        assert!(!may_use_model(&config, &principal(&[], "vanished"), "small-1"));
+        assert!(may_use_model(&config, &principal(&[]), "free", "small-1"));
+        assert!(!may_use_model(&config, &principal(&[]), "free", "big-1"));
+        assert!(!may_use_model(&config, &principal(&["small-2"]), "free", "small-1"));
+        assert!(!may_use_model(&config, &principal(&[]), "vanished", "small-1"));
     }
 
     #[test]
     fn scope_and_address_checks_name_what_is_missing() {
-        let p = principal(&[], "free");
+        let p = principal(&[]);
         assert_eq!(check_scope(&p, Scope::Embeddings), Err(ApiError::ScopeMissing { scope: "embeddings" }));
         assert!(check_scope(&p, Scope::Chat).is_ok());
         assert_eq!(check_address(&p, "192.168.0.1".parse().unwrap()), Err(ApiError::IpNotAllowed));

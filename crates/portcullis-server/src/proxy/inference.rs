@@ -18,7 +18,7 @@ use super::authorize::may_use_model;
 use super::body::{self, Operation, ParsedRequest};
 use super::meter::{Metered, OnFinish, StreamOptions};
 use super::settle::Settlement;
-use super::{caller, capture, refusal};
+use super::{caller, capture, refusal, team_of};
 use crate::caller_limits;
 use crate::error::ApiError;
 use crate::exchange::{AuditAtBodyEnd, Exchange};
@@ -56,11 +56,13 @@ async fn serve(
     let (parts, body) = request.into_parts();
 
     let principal = caller(&state, &exchange, &parts.headers, scope_of(operation)).await?;
+    let team = team_of(&state, live, &principal).await?;
+    let team = team.as_deref();
     let mut reading = body::Reading::start(body, &parts.headers, live.server.max_body_bytes)?;
     let (entered, bytes) = match reading.ready()? {
         Some(bytes) => (None, bytes),
         // The body is still coming: its concurrency slot is taken before it is waited for.
-        None => (Some(admit::enter(&state, live, &principal).await?), reading.rest().await?),
+        None => (Some(admit::enter(&state, live, &principal, team).await?), reading.rest().await?),
     };
     let parsed = body::parse(operation, bytes, live.server.max_json_depth)?;
     if !runtime.upstreams.contains(&parsed.model) {
@@ -71,11 +73,12 @@ async fn serve(
         info.model = Some(parsed.model.clone());
         info.stream = parsed.stream;
     });
-    if !may_use_model(live, &principal, &parsed.model) {
+    let tier = principal.tier(team, live);
+    if !may_use_model(live, &principal, tier, &parsed.model) {
         return Err(ApiError::ModelNotAllowed { model: parsed.model });
     }
 
-    let admitted = admit::admit(&state, live, &principal, entered, &parsed, exchange.clone()).await?;
+    let admitted = admit::admit(&state, live, &principal, team, entered, &parsed, exchange.clone()).await?;
     let forward = ForwardRequest {
         model: parsed.model.clone(),
         path: operation.path().to_string(),
@@ -83,7 +86,7 @@ async fn serve(
         body: admitted.plan.body.clone(),
         priority: admitted.priority,
     };
-    let may_use = |model: &str| may_use_model(live, &principal, model);
+    let may_use = |model: &str| may_use_model(live, &principal, tier, model);
     let sent = admitted.settlement.sent_flag();
     let mut response = match runtime.upstreams.forward(forward, &may_use, sent).await {
         Ok(upstream) => {

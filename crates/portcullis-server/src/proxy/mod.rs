@@ -28,6 +28,8 @@ use axum::Router;
 use axum::routing::{get, post};
 use http::HeaderMap;
 use portcullis_auth::Scope;
+use portcullis_config::Live;
+use portcullis_store::TeamRecord;
 
 use crate::error::ApiError;
 use crate::exchange::Exchange;
@@ -104,4 +106,12 @@ async fn caller(
         authorize::check_scope(&principal, scope)?;
     }
     Ok(principal)
+}
+
+/// The caller's team, for its limits, its capture setting and (for a key without a tier of its
+/// own) its tier; looked up once per request, from memory after the first time.
+async fn team_of(state: &ProxyState, live: &Live, principal: &Principal) -> Result<Option<Arc<TeamRecord>>, ApiError> {
+    let Some(name) = &principal.team else { return Ok(None) };
+    let max_age = live.store.cache_max_age.0;
+    state.teams().get(name, max_age).await.map_err(|error| ApiError::from_store(&error, "team lookup"))
 }

@@ -8,7 +8,7 @@ use portcullis_types::openai::{Model, ModelList};
 
 use super::ProxyState;
 use super::authorize::may_use_model;
-use super::caller;
+use super::{caller, team_of};
 use crate::error::ApiError;
 use crate::exchange::Exchange;
 
@@ -19,11 +19,13 @@ pub async fn list(
 ) -> Result<Json<ModelList>, ApiError> {
     let principal = caller(&state, &exchange, &headers, Scope::Models).await?;
     let runtime = state.runtime();
+    let team = team_of(&state, &runtime.live, &principal).await?;
+    let tier = principal.tier(team.as_deref(), &runtime.live);
     let created = state.started_at();
     let data = runtime
         .upstreams
         .model_names()
-        .filter(|name| may_use_model(&runtime.live, &principal, name))
+        .filter(|name| may_use_model(&runtime.live, &principal, tier, name))
         .map(|name| Model::new(name, created))
         .collect();
     Ok(Json(ModelList::new(data)))
@@ -38,7 +40,9 @@ pub async fn get(
 ) -> Result<Json<Model>, ApiError> {
     let principal = caller(&state, &exchange, &headers, Scope::Models).await?;
     let runtime = state.runtime();
-    if runtime.upstreams.contains(&id) && may_use_model(&runtime.live, &principal, &id) {
+    let team = team_of(&state, &runtime.live, &principal).await?;
+    let tier = principal.tier(team.as_deref(), &runtime.live);
+    if runtime.upstreams.contains(&id) && may_use_model(&runtime.live, &principal, tier, &id) {
         exchange.note(|info| info.model = Some(id.clone()));
         Ok(Json(Model::new(id, state.started_at())))
     } else {

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::ProxyState;
-use super::caller;
+use super::{caller, team_of};
 use crate::caller_limits::scopes_for;
 use crate::clock::unix_millis;
 use crate::error::ApiError;
@@ -26,14 +26,7 @@ pub async fn usage(
 ) -> Result<Json<Value>, ApiError> {
     let principal = caller(&state, &exchange, &headers, None::<Scope>).await?;
     let live = state.runtime().live.clone();
-    let team = match &principal.team {
-        Some(name) => state
-            .teams()
-            .get(name, live.store.cache_max_age.0)
-            .await
-            .map_err(|error| ApiError::from_store(&error, "team lookup"))?,
-        None => None,
-    };
+    let team = team_of(&state, &live, &principal).await?;
     let now = OffsetDateTime::now_utc();
     let mut limits = Vec::new();
     for (scope, scope_limits) in scopes_for(&live, &principal, team.as_deref()) {
@@ -44,7 +37,7 @@ pub async fn usage(
     let spend = spend(&state, &principal.id, now).await?;
     Ok(Json(json!({
         "object": "usage",
-        "key": { "id": principal.id, "team": principal.team, "tier": principal.tier },
+        "key": { "id": principal.id, "team": principal.team, "tier": principal.tier(team.as_deref(), &live) },
         "limits": limits,
         "spend": spend,
     })))

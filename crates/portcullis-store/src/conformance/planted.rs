@@ -15,7 +15,7 @@ pub fn planted_key(secret: &str, now: OffsetDateTime) -> NewKey {
         secret_hash: sha256(secret),
         display_prefix: display_prefix(secret),
         team: None,
-        tier: "default".into(),
+        tier: Some("default".into()),
         models: vec![],
         scopes: vec![],
         allowed_cidrs: vec![],

@@ -2,7 +2,9 @@
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
-use portcullis_types::admin::{CreateKeyRequest, KeyStatus, KeyView, ListResponse, RotateKeyRequest, UpdateKeyRequest};
+use portcullis_types::admin::{
+    CreateKeyRequest, KeyStatus, KeyView, ListResponse, RotateKeyRequest, TierSource, UpdateKeyRequest,
+};
 use serde_json::Value;
 
 use super::client::AdminClient;
@@ -71,6 +73,9 @@ pub struct UpdateArgs {
     /// Remove the expiry.
     #[arg(long, conflicts_with = "expires_in")]
     no_expiry: bool,
+    /// Remove the key's own tier: it follows its team's (else `limits.default_tier`) again.
+    #[arg(long, conflicts_with = "tier")]
+    inherit_tier: bool,
     /// Turn recording of the key's (redacted) prompts and completions on or off. Admins only.
     #[arg(long, value_name = "true|false")]
     capture_content: Option<bool>,
@@ -80,7 +85,8 @@ pub struct UpdateArgs {
 /// on update, an empty value (`--models ''`) clears the list.
 #[derive(Debug, Args)]
 struct KeySettings {
-    /// Tier name.
+    /// Tier name, the key's own. Without one the key follows its team's tier (else
+    /// `limits.default_tier`), also when that changes.
     #[arg(long)]
     tier: Option<String>,
     /// Model globs the key may use (`smollm*,gemma*`).
@@ -129,6 +135,7 @@ impl UpdateArgs {
             allowed_cidrs: split_list(cidr),
             expires_in,
             clear_expiry: self.no_expiry,
+            inherit_tier: self.inherit_tier,
             metadata,
             capture_content: self.capture_content,
             ..UpdateKeyRequest::default()
@@ -160,7 +167,7 @@ pub async fn run(command: KeysCommand, global: &crate::GlobalArgs) -> anyhow::Re
             let body = args.into_request();
             if body == UpdateKeyRequest::default() {
                 bail!(
-                    "nothing to update: give at least one of --name, --tier, --models, --scopes, --cidr, --expires-in, --no-expiry, --metadata, --capture-content"
+                    "nothing to update: give at least one of --name, --tier, --inherit-tier, --models, --scopes, --cidr, --expires-in, --no-expiry, --metadata, --capture-content"
                 );
             }
             output::print_one(json, &client.patch::<KeyView>(&["keys", &id], &body).await?)
@@ -188,7 +195,7 @@ impl Render for KeyView {
             self.name.clone(),
             self.prefix.clone(),
             fmt_text(self.team.as_deref()),
-            self.tier.clone(),
+            tier(self),
             status(self.status).to_string(),
             fmt_time(self.expires_at),
             fmt_time(self.last_used_at),
@@ -201,7 +208,7 @@ impl Render for KeyView {
             ("name", self.name.clone()),
             ("prefix", self.prefix.clone()),
             ("team", fmt_text(self.team.as_deref())),
-            ("tier", self.tier.clone()),
+            ("tier", tier(self)),
             ("status", status(self.status).to_string()),
             ("models", fmt_list(&self.models)),
             ("scopes", fmt_list(&self.scopes)),
@@ -215,6 +222,15 @@ impl Render for KeyView {
             ("revoked_at", fmt_time(self.revoked_at)),
             ("last_used_at", fmt_time(self.last_used_at)),
         ]
+    }
+}
+
+/// `pro`, or `pro (team's)` / `free (default)` for a tier the key follows rather than has.
+fn tier(key: &KeyView) -> String {
+    match key.tier_source {
+        TierSource::Key => key.tier.clone(),
+        TierSource::Team => format!("{} (team's)", key.tier),
+        TierSource::Default => format!("{} (default)", key.tier),
     }
 }
 
@@ -318,6 +334,15 @@ mod tests {
     }
 
     #[test]
+    fn update_inherit_tier_excludes_a_tier() -> anyhow::Result<()> {
+        assert!(parse(&["update", "k1", "--inherit-tier", "--tier", "pro"]).is_err());
+        let cli = parse(&["update", "k1", "--inherit-tier"])?;
+        let KeysCommand::Update(args) = cli.cmd else { anyhow::bail!("expected update") };
+        assert_eq!(serde_json::to_value(args.into_request())?, serde_json::json!({"inherit_tier": true}));
+        Ok(())
+    }
+
+    #[test]
     fn update_turns_capture_on_or_off_by_value() -> anyhow::Result<()> {
         for (value, expected) in [("true", true), ("false", false)] {
             let cli = parse(&["update", "k1", "--capture-content", value])?;
@@ -345,12 +370,13 @@ mod tests {
         // The server serializes `CreatedKey`: the secret in `key` beside the flattened view.
         let raw = serde_json::json!({
             "id": "key_01", "key": "pcl_secret", "name": "ci-bot", "prefix": "pcl_secr", "team": "acme",
-            "tier": "free", "models": ["smollm*"], "scopes": [], "allowed_cidrs": [], "limits": {},
+            "tier": "free", "tier_source": "team", "models": ["smollm*"], "scopes": [], "allowed_cidrs": [], "limits": {},
             "metadata": {}, "status": "active", "expires_at": "2025-02-01T00:00:00Z", "created_by": "admin",
             "created_at": "2025-01-02T00:00:00Z", "revoked_at": null, "last_used_at": null
         });
         let view = KeyView::deserialize(&raw)?;
         assert_eq!(view.id, "key_01");
+        assert_eq!(view.row()[4], "free (team's)");
         assert_eq!(view.row()[6], "2025-02-01T00:00:00Z");
         assert_eq!(view.row()[7], "-");
         Ok(())
