@@ -2,17 +2,19 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use portcullis_auth::{CidrList, ModelGlobs, Scopes};
+use portcullis_auth::{CidrList, ExternalIdentity, IdentityKind, ModelGlobs, Scopes};
 use portcullis_config::Live;
 use portcullis_store::{SecretMatch, TeamRecord};
 use portcullis_types::admin::{LimitOverrides, TierSource};
 
-/// Who is calling and what their credential allows. Built once per cached key, shared by
-/// every request that presents it.
+/// Who is calling and what their credential allows. Built once per cached key (or verified
+/// token), shared by every request that presents it.
 #[derive(Debug)]
 pub struct Principal {
-    /// `key_…` for API keys.
+    /// `key_…` for API keys, [`ExternalIdentity::id`] for tokens and certificates: the scope of
+    /// the caller's own limits, usage and misuse counts.
     pub id: String,
+    pub credential: Credential,
     pub team: Option<String>,
     /// The key's own tier; `None` follows its team's (see [`Principal::tier`]).
     pub own_tier: Option<String>,
@@ -40,6 +42,7 @@ impl Principal {
             [key.expires_at, found.secret_valid_until].into_iter().flatten().map(|at| at.unix_timestamp()).min();
         Some(Principal {
             id: key.id.clone(),
+            credential: Credential::Key,
             team: key.team.clone(),
             own_tier: key.tier.clone(),
             models: ModelGlobs::new(key.models.clone()),
@@ -51,6 +54,28 @@ impl Principal {
             expires_at,
             last_used: AtomicI64::new(key.last_used_at.map_or(0, |at| at.unix_timestamp())),
         })
+    }
+
+    /// A principal from a verified token or client certificate. It has no limit overrides or
+    /// address list of its own (its tier and team give those) and is never revoked: a revoked
+    /// token fails verification instead.
+    pub fn from_identity(identity: ExternalIdentity) -> Principal {
+        let ExternalIdentity { kind, id, issuer, subject, credential_id, team, tier, models, scopes, expires_at } =
+            identity;
+        Principal {
+            id,
+            credential: Credential::External { kind, issuer, subject, credential_id },
+            team,
+            own_tier: tier,
+            models,
+            scopes,
+            allowed_cidrs: CidrList::default(),
+            limits: LimitOverrides::default(),
+            capture_content: false,
+            revoked: false,
+            expires_at,
+            last_used: AtomicI64::new(0),
+        }
     }
 
     /// The tier this request runs on. `team` is the caller's team as looked up for the request,
@@ -71,6 +96,15 @@ impl Principal {
             self.last_used.store(now, Ordering::Relaxed);
         }
     }
+}
+
+/// What the caller presented, as far as the audit log and the admin API may know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// A Portcullis API key; [`Principal::id`] is its id.
+    Key,
+    /// An access token or a client certificate (see [`ExternalIdentity`]).
+    External { kind: IdentityKind, issuer: String, subject: String, credential_id: String },
 }
 
 /// A key's tier and where it comes from: its own, else its team's, else `default_tier`. Decided

@@ -41,6 +41,7 @@ mod tests {
     fn principal(models: &[&str]) -> Principal {
         Principal {
             id: "key_test".into(),
+            credential: crate::principal::Credential::Key,
             team: None,
             own_tier: None,
             models: ModelGlobs::new(models.iter().map(|m| m.to_string()).collect()),
