@@ -29,6 +29,8 @@ pub struct Config {
     #[serde(default)]
     pub security: SecurityConfig,
     #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
     pub tiers: BTreeMap<String, TierConfig>,
     #[serde(default)]
     pub models: Vec<ModelConfig>,
@@ -305,6 +307,11 @@ impl Default for AuditConfig {
         }
     }
 }
+
+/// Credentials Portcullis did not issue: OAuth 2.0 / OIDC access tokens and client certificates.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {}
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

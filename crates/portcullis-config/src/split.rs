@@ -7,12 +7,15 @@ use portcullis_auth::ModelGlobs;
 
 use crate::live::{AuditLive, LimitsLive, Models, SecurityThresholds, ServerLive, StoreLive, Tier};
 use crate::startup::{AuditStartup, LimiterStartup, SecurityStartup, ServerStartup, StoreStartup};
-use crate::{AuditConfig, Config, LimitsConfig, Live, SecurityConfig, ServerConfig, Startup, StoreConfig, TierConfig};
+use crate::{
+    AuditConfig, AuthConfig, Config, LimitsConfig, Live, SecurityConfig, ServerConfig, Startup, StoreConfig, TierConfig,
+};
 
 impl Config {
     /// Splits a validated configuration into its restart-only and its live settings.
     pub fn split(self) -> (Startup, Live) {
-        let Config { server, admin, store, limits, audit, security, tiers, models } = self;
+        let Config { server, admin, store, limits, audit, security, auth, tiers, models } = self;
+        let AuthConfig {} = auth;
         let ServerConfig {
             listen,
             max_body_bytes,
