@@ -12,6 +12,7 @@ mod fingerprint;
 pub mod fuzzing;
 mod live;
 mod model;
+mod oidc;
 mod split;
 mod startup;
 mod validate;
@@ -20,8 +21,9 @@ use std::path::Path;
 
 pub use duration::{ConfigDuration, DurationError, parse_duration};
 pub use env::EnvError;
-pub use live::{AuditLive, LimitsLive, Live, Models, SecurityThresholds, ServerLive, StoreLive, Tier};
+pub use live::{AuditLive, AuthLive, LimitsLive, Live, Models, SecurityThresholds, ServerLive, StoreLive, Tier};
 pub use model::*;
+pub use oidc::{Audience, ClaimNames, IntrospectionConfig, JwtAlgorithm, MAX_LEEWAY, OidcIssuerConfig};
 pub use startup::{AuditStartup, LimiterStartup, SecurityStartup, ServerStartup, Startup, StoreStartup};
 pub use validate::MAX_HEADERS;
 

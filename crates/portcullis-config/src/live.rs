@@ -19,6 +19,7 @@ pub struct Live {
     pub limits: LimitsLive,
     pub audit: AuditLive,
     pub security: SecurityThresholds,
+    pub auth: AuthLive,
     pub tiers: BTreeMap<String, Tier>,
     pub models: Models,
 }
@@ -32,6 +33,14 @@ pub struct ServerLive {
     pub shutdown_timeout: ConfigDuration,
     pub trusted_proxies: Vec<IpNet>,
     pub forwarded_header: ForwardedHeader,
+}
+
+/// `[auth]`: the token issuers; a reload rebuilds the verifiers (keeping the key sets of issuers
+/// whose settings did not change).
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthLive {
+    pub jwks_refresh_interval: ConfigDuration,
+    pub oidc: Vec<crate::OidcIssuerConfig>,
 }
 
 /// `[store]`: the change follower's poll, read before each wait, and the key and team caches'

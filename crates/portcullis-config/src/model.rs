@@ -309,9 +309,22 @@ impl Default for AuditConfig {
 }
 
 /// Credentials Portcullis did not issue: OAuth 2.0 / OIDC access tokens and client certificates.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {}
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// How often the issuers' key sets are fetched again when their answer gives no `max-age`.
+    #[serde(default = "crate::oidc::default_jwks_refresh_interval")]
+    pub jwks_refresh_interval: ConfigDuration,
+    /// Token issuers, tried by the token's `iss` (JWTs) or in this order (opaque tokens).
+    #[serde(default)]
+    pub oidc: Vec<crate::oidc::OidcIssuerConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { jwks_refresh_interval: crate::oidc::default_jwks_refresh_interval(), oidc: Vec::new() }
+    }
+}
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

@@ -5,7 +5,7 @@
 
 use portcullis_auth::ModelGlobs;
 
-use crate::live::{AuditLive, LimitsLive, Models, SecurityThresholds, ServerLive, StoreLive, Tier};
+use crate::live::{AuditLive, AuthLive, LimitsLive, Models, SecurityThresholds, ServerLive, StoreLive, Tier};
 use crate::startup::{AuditStartup, LimiterStartup, SecurityStartup, ServerStartup, StoreStartup};
 use crate::{
     AuditConfig, AuthConfig, Config, LimitsConfig, Live, SecurityConfig, ServerConfig, Startup, StoreConfig, TierConfig,
@@ -15,7 +15,7 @@ impl Config {
     /// Splits a validated configuration into its restart-only and its live settings.
     pub fn split(self) -> (Startup, Live) {
         let Config { server, admin, store, limits, audit, security, auth, tiers, models } = self;
-        let AuthConfig {} = auth;
+        let AuthConfig { jwks_refresh_interval, oidc } = auth;
         let ServerConfig {
             listen,
             max_body_bytes,
@@ -104,6 +104,7 @@ impl Config {
                 anomaly_factor,
                 anomaly_min_requests,
             },
+            auth: AuthLive { jwks_refresh_interval, oidc },
             tiers: tiers.into_iter().map(|(name, tier)| (name, compile_tier(tier))).collect(),
             models: Models::new(models),
         };
@@ -193,6 +194,34 @@ mod tests {
         block_duration = "3m"
         anomaly_factor = 2.0
         anomaly_min_requests = 3
+
+        [auth]
+        jwks_refresh_interval = "7m"
+        [[auth.oidc]]
+        issuer = "https://idp.example.com/realms/acme"
+        name = "acme"
+        audience = "portcullis"
+        algorithms = ["ES256"]
+        leeway = "10s"
+        jwks_uri = "https://idp.example.com/keys"
+        default_tier = "gold"
+        default_team = "acme"
+        default_models = ["gemma*"]
+        default_scopes = ["chat"]
+        allowed_teams = ["acme", "research-*"]
+        allowed_tiers = ["gold"]
+        [auth.oidc.claims]
+        team = "org_id"
+        tier = "tier"
+        models = "models"
+        scopes = "scope"
+        [auth.oidc.scope_map]
+        "chat:write" = ["chat", "completions"]
+        [auth.oidc.introspection]
+        endpoint = "https://idp.example.com/introspect"
+        client_id = "gateway"
+        client_secret = "s3cret"
+        cache_ttl = "61s"
 
         [tiers.gold]
         requests_per_minute = 10

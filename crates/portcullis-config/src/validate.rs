@@ -99,7 +99,7 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
         }
         validate_model(index, model, config)?;
     }
-    Ok(())
+    crate::oidc::validate(config)
 }
 
 /// A custom redaction rule must compile, and must not match the empty string: that would put a
