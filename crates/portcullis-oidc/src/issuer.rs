@@ -179,13 +179,20 @@ impl Issuer {
 
     /// The background refresh: fetches when due, unless a fetch is under way.
     pub async fn refresh_if_due(&self, policy: &RefreshPolicy) {
-        let now = Instant::now();
-        if lock(&self.schedule).next_refresh > now {
+        if !self.is_due() {
             return;
         }
         let Ok(_flight) = self.fetching.try_lock() else { return };
-        lock(&self.schedule).last_attempt = Some(now);
+        // A fetch that ended between the check and the lock has just moved the schedule.
+        if !self.is_due() {
+            return;
+        }
+        lock(&self.schedule).last_attempt = Some(Instant::now());
         let _ = self.fetch_keys(policy).await;
+    }
+
+    fn is_due(&self) -> bool {
+        lock(&self.schedule).next_refresh <= Instant::now()
     }
 
     /// Fetches and installs the key set; on failure the last good one stays.

@@ -34,6 +34,16 @@ pub enum ApiError {
     RequestTimeout,
     /// No credential, a malformed one, or one we do not know: all look the same to the caller.
     InvalidApiKey,
+    /// A bearer token (not a `pcl_` key) that no configured issuer vouches for; the message
+    /// says why (expired, wrong audience, unknown key…), never what the token holds.
+    InvalidToken {
+        message: String,
+    },
+    /// The token's issuer could not be consulted (its keys never fetched, its introspection
+    /// endpoint down) and nothing cached decides: fail closed, but the client may retry.
+    AuthUnavailable {
+        retry_after_secs: u64,
+    },
     /// Admin API: no admin token, or one that is unknown, malformed or revoked.
     InvalidAdminToken,
     ExpiredApiKey,
@@ -137,6 +147,7 @@ impl ApiError {
             ApiError::MalformedRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::InvalidApiKey
+            | ApiError::InvalidToken { .. }
             | ApiError::InvalidAdminToken
             | ApiError::ExpiredApiKey
             | ApiError::RevokedApiKey => StatusCode::UNAUTHORIZED,
@@ -159,6 +170,7 @@ impl ApiError {
             ApiError::Overloaded { .. }
             | ApiError::UpstreamResting { .. }
             | ApiError::StoreUnavailable { .. }
+            | ApiError::AuthUnavailable { .. }
             | ApiError::LimiterUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -178,6 +190,8 @@ impl ApiError {
             ApiError::MalformedRequest { .. } => ("invalid_request_error", "malformed_request"),
             ApiError::RequestTimeout => ("invalid_request_error", "request_timeout"),
             ApiError::InvalidApiKey => ("authentication_error", "invalid_api_key"),
+            ApiError::InvalidToken { .. } => ("authentication_error", "invalid_token"),
+            ApiError::AuthUnavailable { .. } => ("server_error", "auth_unavailable"),
             ApiError::InvalidAdminToken => ("authentication_error", "invalid_token"),
             ApiError::ExpiredApiKey => ("authentication_error", "expired_api_key"),
             ApiError::RevokedApiKey => ("authentication_error", "revoked_api_key"),
@@ -247,6 +261,10 @@ impl ApiError {
             ApiError::Overloaded { .. } => "The model server is at capacity; retry shortly.".into(),
             ApiError::Internal => "Internal error.".into(),
             ApiError::StoreUnavailable { .. } => "The key store is unreachable; retry shortly.".into(),
+            ApiError::InvalidToken { message } => format!("Invalid access token: {message}."),
+            ApiError::AuthUnavailable { .. } => {
+                "The token's issuer could not be reached to check it; retry shortly.".into()
+            }
             ApiError::LimiterUnavailable { .. } => "The shared rate limiter is unreachable; retry shortly.".into(),
         }
     }
@@ -266,6 +284,7 @@ impl ApiError {
             ApiError::Overloaded { retry_after_secs }
             | ApiError::UpstreamResting { retry_after_secs }
             | ApiError::StoreUnavailable { retry_after_secs }
+            | ApiError::AuthUnavailable { retry_after_secs }
             | ApiError::LimiterUnavailable { retry_after_secs }
             | ApiError::RateLimited { retry_after_secs, .. }
             | ApiError::InsufficientQuota { retry_after_secs, .. }
@@ -292,6 +311,12 @@ impl IntoResponse for ApiError {
         let mut response = (self.status_code(), Json(self.body())).into_response();
         if let Some(seconds) = self.retry_after_secs() {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if matches!(self, ApiError::InvalidToken { .. }) {
+            // RFC 6750 §3: a refused bearer token says so in the challenge.
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
         }
         // Lets the access log say why without parsing the body.
         response.extensions_mut().insert(self);
@@ -359,6 +384,8 @@ mod tests {
             ApiError::MalformedRequest { message: "m".into() },
             ApiError::RequestExceedsLimit { message: "m".into(), param: "max_tokens" },
             ApiError::InvalidApiKey,
+            ApiError::InvalidToken { message: "the token has expired".into() },
+            ApiError::AuthUnavailable { retry_after_secs: 5 },
             ApiError::ExpiredApiKey,
             ApiError::RevokedApiKey,
             ApiError::ModelNotAllowed { model: "m".into() },

@@ -117,6 +117,7 @@ impl Metrics {
         registry.register("open_connections", "Client connections open now, by listener", open_connections.clone());
         let panics = Family::default();
         registry.register("handler_panics", "Requests whose handler panicked (answered 500)", panics.clone());
+        registry.register_collector(Box::new(TokenCollector { runtime: runtime.clone() }));
         registry.register_collector(Box::new(UpstreamCollector { runtime }));
         registry.register_collector(Box::new(LimiterCollector { limiter }));
         registry.register_collector(Box::new(AuditCollector { stats: audit }));
@@ -219,6 +220,56 @@ impl Collector for UpstreamCollector {
         )?;
         for (model, length) in runtime.upstreams.queue_lengths() {
             ConstGauge::new(length as i64).encode(queued.encode_family(&ModelLabels { model })?)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct IssuerLabels {
+    issuer: String,
+    outcome: &'static str,
+}
+
+/// Access-token verifications and the issuers' JWKS fetches and introspection calls, read from
+/// the verifiers' counters at scrape time. Issuer names come from the file and outcomes from a
+/// fixed list, so the label values are bounded.
+#[derive(Debug)]
+struct TokenCollector {
+    runtime: SharedRuntime,
+}
+
+impl Collector for TokenCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let runtime = self.runtime.load();
+        if runtime.tokens.is_empty() {
+            return Ok(());
+        }
+        let mut verifications = encoder.encode_descriptor(
+            "token_verifications",
+            "Access tokens checked, by outcome (ok, cached, or why refused)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (outcome, count) in runtime.tokens.verification_counts() {
+            ConstCounter::new(count).encode(verifications.encode_family(&OutcomeLabels { outcome })?)?;
+        }
+        let counts = runtime.tokens.issuer_counts();
+        for (metric, help) in [
+            ("jwks_fetches", "Fetches of an issuer's key set, by issuer and outcome"),
+            ("token_introspections", "RFC 7662 introspection calls, by issuer and outcome"),
+        ] {
+            let source = metric.trim_start_matches("token_");
+            let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Counter)?;
+            for count in counts.iter().filter(|count| count.metric == source) {
+                let labels = IssuerLabels { issuer: count.issuer.clone(), outcome: count.outcome };
+                ConstCounter::new(count.value).encode(family.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }

@@ -1,23 +1,28 @@
-//! What changes on reload: the live settings and the model routes built from them, swapped
-//! together so that a request sees all-old or all-new.
+//! What changes on reload: the live settings and the model routes and token verifiers built
+//! from them, swapped together so that a request sees all-old or all-new.
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use portcullis_config::Live;
+use portcullis_oidc::Verifier;
 use portcullis_upstream::Upstreams;
 
 #[derive(Debug)]
 pub struct Runtime {
     pub live: Arc<Live>,
     pub upstreams: Arc<Upstreams>,
+    /// The `[[auth.oidc]]` issuers, their key sets and verified-token cache.
+    pub tokens: Verifier,
 }
 
 impl Runtime {
-    /// Builds the model routes for `live` (and starts their health checks).
-    pub fn new(live: Live) -> Runtime {
+    /// Builds the model routes for `live` (and starts their health checks) and its token
+    /// verifiers, keeping the key sets of the issuers `previous` shares with it.
+    pub fn new(live: Live, previous: Option<&Runtime>) -> Runtime {
         let upstreams = Arc::new(crate::routes::upstreams(&live.models));
-        Runtime { live: Arc::new(live), upstreams }
+        let tokens = Verifier::new(&live.auth, previous.map(|previous| &previous.tokens));
+        Runtime { live: Arc::new(live), upstreams, tokens }
     }
 }
 

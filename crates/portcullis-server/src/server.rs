@@ -274,7 +274,8 @@ impl RunningServer {
     pub fn reload(&self, config: Config) -> Vec<String> {
         let (startup, live) = config.split();
         let restart_required = self.state.startup.restart_required(&startup);
-        self.state.runtime.store(std::sync::Arc::new(Runtime::new(live)));
+        let runtime = Runtime::new(live, Some(&self.state.runtime.load()));
+        self.state.runtime.store(std::sync::Arc::new(runtime));
         self.state.reloads.applied(OffsetDateTime::now_utc(), restart_required.clone());
         restart_required
     }

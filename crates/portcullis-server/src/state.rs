@@ -78,7 +78,7 @@ impl AppState {
         let Backend { stores, audit: audit_store } = backend;
         let hasher = SecretHasher::new(startup.security.key_pepper.as_ref().map(|pepper| pepper.expose().as_str()));
         let misuse = Arc::new(Misuse::new());
-        let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(live)));
+        let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(live, None)));
         let metrics = Arc::new(Metrics::new(runtime.clone(), limiter.clone(), auditor.stats().clone()));
         let keys = KeyCache::new(stores.keys.clone());
         let teams = TeamCache::new(stores.teams.clone());
@@ -172,6 +172,7 @@ impl AppState {
             store: self.stores.migrator.clone(),
             limiter: self.limiter.clone(),
             audit: self.auditor.stats().clone(),
+            runtime: self.runtime.clone(),
         }
     }
 }

@@ -1,20 +1,33 @@
-//! Authentication of proxy requests: credential → principal, default deny.
+//! Authentication of proxy requests: credential → principal, default deny. A `pcl_` credential
+//! is a key and only a key; any other bearer credential is an access token when `[[auth.oidc]]`
+//! issuers are configured (a JWT verified by its issuer's keys, else introspected).
 
 use std::sync::Arc;
 
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
-use portcullis_auth::{SecretKind, SecretToken};
+use portcullis_auth::{ExternalIdentity, SecretKind, SecretToken};
 
 use super::ProxyState;
 use crate::bearer::bearer_token;
 use crate::error::ApiError;
 use crate::principal::Principal;
 
-/// Finds the caller's principal. Anything short of a live, well-formed, known key is refused;
-/// only the holder of a real key learns that it expired or was revoked.
+/// How long a client is asked to wait when a token's issuer could not be consulted.
+const AUTH_RETRY_AFTER_SECS: u64 = 5;
+
+/// Finds the caller's principal. Anything short of a live, well-formed, known key or a token a
+/// configured issuer vouches for is refused; only the holder of a real key learns that it
+/// expired or was revoked.
 pub async fn authenticate(state: &ProxyState, headers: &HeaderMap, now: i64) -> Result<Arc<Principal>, ApiError> {
     let credential = credential(headers).ok_or(ApiError::InvalidApiKey)?;
+    if credential.starts_with(SecretKind::ApiKey.prefix()) {
+        return key(state, credential, now).await;
+    }
+    token(state, credential, now).await
+}
+
+async fn key(state: &ProxyState, credential: &str, now: i64) -> Result<Arc<Principal>, ApiError> {
     let secret = SecretToken::parse(SecretKind::ApiKey, credential).map_err(|_| ApiError::InvalidApiKey)?;
     let hash = state.hasher().hash(&secret);
     let max_age = state.runtime().live.store.cache_max_age.0;
@@ -32,6 +45,27 @@ pub async fn authenticate(state: &ProxyState, headers: &HeaderMap, now: i64) -> 
     }
     principal.mark_used(now);
     Ok(principal)
+}
+
+/// An access token: verified (or found in the verifier's cache of verified tokens) and turned
+/// into a principal. Without issuers it is just not a key.
+async fn token(state: &ProxyState, credential: &str, now: i64) -> Result<Arc<Principal>, ApiError> {
+    let tokens = state.runtime().tokens.clone();
+    if tokens.is_empty() {
+        return Err(ApiError::InvalidApiKey);
+    }
+    let identity = tokens.verify(credential).await.map_err(|refusal| {
+        if refusal.is_unavailable() {
+            ApiError::AuthUnavailable { retry_after_secs: AUTH_RETRY_AFTER_SECS }
+        } else {
+            ApiError::InvalidToken { message: refusal.to_string() }
+        }
+    })?;
+    let principal = Principal::from_identity(ExternalIdentity::clone(&identity));
+    if principal.is_expired(now) {
+        return Err(ApiError::InvalidToken { message: portcullis_oidc::Refusal::Expired.to_string() });
+    }
+    Ok(Arc::new(principal))
 }
 
 /// `Authorization: Bearer <key>` first, then `x-api-key: <key>`.

@@ -78,14 +78,14 @@ async fn caller(
     let thresholds = &live.security;
     let principal = match authenticate::authenticate(state, headers, now.unix_timestamp()).await {
         Ok(principal) => principal,
-        Err(ApiError::InvalidApiKey) => {
+        Err(refused @ (ApiError::InvalidApiKey | ApiError::InvalidToken { .. })) => {
             if let Some(retry_after_secs) = misuse.blocked_for(client, Instant::now()) {
                 return Err(ApiError::ClientBlocked { retry_after_secs });
             }
             if misuse.auth_failed(client, Instant::now(), thresholds) == FailureOutcome::Blocked {
                 SecurityEvent::ClientBlocked { client }.raise(state.metrics(), state.auditor());
             }
-            return Err(ApiError::InvalidApiKey);
+            return Err(refused);
         }
         Err(error) => return Err(error),
     };
