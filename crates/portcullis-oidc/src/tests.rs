@@ -517,3 +517,19 @@ async fn an_unreachable_introspection_endpoint_fails_closed_and_shows() {
     assert_eq!(errors.unwrap().value, 1);
     assert!(verifier.verification_counts().contains(&("unavailable", 1)));
 }
+
+#[tokio::test]
+async fn urls_in_the_token_header_are_never_fetched() {
+    let provider = provider_with_key().await;
+    let verifier = Verifier::with_policy(&auth(&provider, ""), None, policy(Duration::from_secs(10)));
+    verifier.verify(&sign(EC_A, Algorithm::ES256, "a", &claims(&provider))).await.unwrap();
+    let before = (provider.jwks_calls(), provider.state.discovery_calls.load(Ordering::SeqCst));
+    // Signed by a key the issuer never published, pointing at "its" key set.
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("a".into());
+    header.jku = Some(format!("{}/jwks", provider.url));
+    header.x5u = Some(format!("{}/.well-known/openid-configuration", provider.url));
+    let token = jsonwebtoken::encode(&header, &claims(&provider), &encoding_key(EC_B, Algorithm::ES256)).unwrap();
+    assert_eq!(verifier.verify(&token).await.unwrap_err(), Refusal::BadSignature);
+    assert_eq!((provider.jwks_calls(), provider.state.discovery_calls.load(Ordering::SeqCst)), before);
+}
