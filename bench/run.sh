@@ -135,7 +135,10 @@ if [[ " $TARGETS " == *" portcullis"* ]]; then
     PIDS[$gateway]="$PORTCULLIS_PID"
   done
   CRED[portcullis]="$(create_key bench)"
-  if [ -f "$TOKEN_FILE" ]; then CRED[portcullis-jwt]="$(cat "$TOKEN_FILE")"; fi
+  if [ -f "$TOKEN_FILE" ]; then
+    CRED[portcullis-jwt]="$(cat "$TOKEN_FILE")"
+    wait_until_accepted "http://$PROXY_ADDR/v1/models" "${CRED[portcullis-jwt]}" 30
+  fi
 fi
 
 alive() {
