@@ -186,7 +186,11 @@ impl OidcProvider {
             .expect("the OIDC provider answers a token request");
         let status = response.status();
         let body: Value = response.json().await.expect("a token response is JSON");
-        assert!(status.is_success(), "token request for {} ({resource}, {scope:?}) refused: {status} {body}", client.id);
+        assert!(
+            status.is_success(),
+            "token request for {} ({resource}, {scope:?}) refused: {status} {body}",
+            client.id
+        );
         body["access_token"].as_str().unwrap_or_else(|| panic!("no access_token in {body}")).to_string()
     }
 
