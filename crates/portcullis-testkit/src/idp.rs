@@ -9,6 +9,7 @@
 //! ([`OidcProvider::stats`]) and sign any header and claims with its key ([`OidcProvider::sign`]).
 #![allow(clippy::panic, clippy::expect_used, reason = "test support: a failure here is a failed test")]
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -323,12 +324,13 @@ impl OidcProvider {
             .unwrap_or_else(|error| panic!("cannot run node: {error}"));
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
-        // Its stderr (warnings, server errors) goes to the test's output, past nothing.
+        // Its errors go to this process's stderr; its start-up warnings (Node.js version, the
+        // in-memory store, both expected here) do not.
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 if !line.contains("WARNING") {
-                    eprintln!("[oidc-provider] {line}");
+                    let _ = std::io::stderr().write_all(format!("[oidc-provider] {line}\n").as_bytes());
                 }
             }
         });
