@@ -727,7 +727,8 @@ async fn a_token_subject_has_its_own_rate_limit() {
     let other = idp.token("svc-free-2", CHAT_SCOPES).await;
     chat(&gateway, &other, "gemma-3").await.assert_ok();
 
-    // `/v1/usage` answers for a token principal: who it is, and its own rate.
+    // `/v1/usage` answers for a token principal: who it is (its `principal` object comes with
+    // the `principal` branch), and its own rate.
     let usage = send(http().get(format!("{}/v1/usage", gateway.proxy_url())).bearer_auth(&other)).await;
     usage.assert_ok();
     assert!(usage.text.contains("requests_per_minute"), "{}", usage.text);
@@ -848,6 +849,8 @@ async fn a_token_and_a_key_sharing_a_team_budget_never_overspend_it() {
 
 /// Records of token callers say who: the issuer, the subject, the token's `jti` (or `sha256:…`
 /// of an opaque token), principal kind `token` — and never the token.
+/// (The caller columns come with the `principal` branch's audit change; every assertion on
+/// them is in this test.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_records_of_token_callers_name_issuer_subject_and_credential() {
     let Some((_stub, idp, gateway)) = setup(&Auth::introspecting(None, "60s")).await else { return };
