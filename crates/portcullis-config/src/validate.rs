@@ -386,4 +386,24 @@ mod tests {
         }
         text
     }
+
+    /// Every complete example of docs/identity-providers.md — each ```toml block with an
+    /// `[[auth.oidc]]` table, DESIGN §5's snippet first — loads; `${VAR}`s are set.
+    #[test]
+    fn identity_provider_examples_load() {
+        let docs = include_str!("../../../docs/identity-providers.md");
+        let examples: Vec<&str> = docs
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|block| block.split("```").next())
+            .filter(|block| block.contains("[[auth.oidc]]"))
+            .collect();
+        assert!(examples.len() >= 5, "DESIGN §5's snippet, Keycloak, Auth0, Okta, Entra ID: {}", examples.len());
+        assert!(examples[0].contains("issuer = \"https://idp.example.com/realms/acme\""), "DESIGN §5's snippet first");
+        for example in examples {
+            if let Err(error) = Config::parse(example, |_| Some("from-the-environment".into())) {
+                panic!("docs/identity-providers.md example does not load: {error:?}\n{example}");
+            }
+        }
+    }
 }
