@@ -224,6 +224,8 @@ fn query_sql(filter: &AuditFilter, cursor: Option<&AuditCursor>, limit: usize) -
     let texts = [
         ("node = ?", &filter.node),
         ("key_id = ?", &filter.key_id),
+        ("subject = ?", &filter.subject),
+        ("issuer = ?", &filter.issuer),
         ("team = ?", &filter.team),
         ("model = ?", &filter.model),
         ("request_id = ?", &filter.request_id),

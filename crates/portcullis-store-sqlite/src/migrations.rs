@@ -22,6 +22,7 @@ static MIGRATIONS: Migrations = Migrations::new(
         Migration { version: 4, sql: CAPTURE_CONTENT },
         Migration { version: 5, sql: CHANGES },
         Migration { version: 6, sql: INHERITED_TIER },
+        Migration { version: 7, sql: AUDIT_CALLER },
     ],
     DIALECT,
 );
@@ -192,6 +193,16 @@ UPDATE api_keys SET own_tier = tier
  WHERE team IS NULL OR tier IS NOT (SELECT teams.tier FROM teams WHERE teams.name = api_keys.team);
 ALTER TABLE api_keys DROP COLUMN tier;
 ALTER TABLE api_keys RENAME COLUMN own_tier TO tier;
+";
+
+/// Token and certificate callers in the audit log: what the caller presented, and who issued the
+/// credential and which one it was. Records from before have none (they are hashed in the
+/// canonical encoding's version 1, which has no such fields).
+const AUDIT_CALLER: &str = "
+ALTER TABLE audit_log ADD COLUMN principal_kind TEXT;
+ALTER TABLE audit_log ADD COLUMN issuer TEXT;
+ALTER TABLE audit_log ADD COLUMN credential_id TEXT;
+CREATE INDEX audit_by_subject ON audit_log (subject, ts);
 ";
 
 #[async_trait]

@@ -469,10 +469,17 @@ pub struct AuditView {
     pub kind: String,
     #[serde(default)]
     pub request_id: Option<String>,
+    /// `key`, `token` or `certificate`: what the caller presented.
+    #[serde(default)]
+    pub principal_kind: Option<String>,
     #[serde(default)]
     pub key_id: Option<String>,
     #[serde(default)]
     pub subject: Option<String>,
+    #[serde(default)]
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub credential_id: Option<String>,
     #[serde(default)]
     pub team: Option<String>,
     #[serde(default)]
