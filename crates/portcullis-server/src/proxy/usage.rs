@@ -17,8 +17,9 @@ use crate::caller_limits::scopes_for;
 use crate::clock::unix_millis;
 use crate::error::ApiError;
 use crate::exchange::Exchange;
+use crate::principal::{Credential, Principal};
 
-/// Any valid key may read its own usage; no scope is needed (it reveals nothing about others).
+/// Any valid credential may read its own usage; no scope is needed (it reveals nothing about others).
 pub async fn usage(
     State(state): State<ProxyState>,
     exchange: Exchange,
@@ -35,12 +36,35 @@ pub async fn usage(
             .push(json!({ "scope": scope_name(&scope), "limits": states.iter().map(limit_json).collect::<Vec<_>>() }));
     }
     let spend = spend(&state, &principal.id, now).await?;
-    Ok(Json(json!({
+    let tier = principal.tier(team.as_deref(), &live);
+    let mut answer = json!({
         "object": "usage",
-        "key": { "id": principal.id, "team": principal.team, "tier": principal.tier(team.as_deref(), &live) },
+        "principal": principal_json(&principal, tier),
         "limits": limits,
         "spend": spend,
-    })))
+    });
+    // `key` predates `principal` and stays for key callers, whose clients may read it.
+    if principal.credential == Credential::Key {
+        answer["key"] = json!({ "id": principal.id, "team": principal.team, "tier": tier });
+    }
+    Ok(Json(answer))
+}
+
+/// Who the caller is: its principal id and kind, and for a token or certificate its issuer and
+/// subject (never the credential).
+fn principal_json(principal: &Principal, tier: &str) -> Value {
+    let (issuer, subject) = match &principal.credential {
+        Credential::Key => (None, None),
+        Credential::External { issuer, subject, .. } => (Some(issuer), Some(subject)),
+    };
+    json!({
+        "id": principal.id,
+        "kind": principal.credential.principal_kind().name(),
+        "issuer": issuer,
+        "subject": subject,
+        "team": principal.team,
+        "tier": tier,
+    })
 }
 
 fn scope_name(scope: &LimitScope) -> Value {
