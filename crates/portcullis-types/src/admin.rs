@@ -1,6 +1,12 @@
 //! Bodies of the admin API (`/admin/v1`). The server and the CLI both use these, so a field
 //! renamed on one side is a compile error on the other.
 
+mod explain;
+
+pub use explain::{
+    AuthExplanation, ClaimMapping, CredentialKind, ExplainRequest, ExplainedPrincipal, LimitStateView, MappingSource,
+    Refusal, ScopeLimitsView, ScopeView,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
