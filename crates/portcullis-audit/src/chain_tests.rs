@@ -39,8 +39,7 @@ fn the_field_table_is_canonical_version_2_then_the_hash() {
 
 #[test]
 fn version_1_is_version_2_without_the_caller_fields() {
-    let without: Vec<&str> =
-        CANONICAL_FIELDS.iter().copied().filter(|name| !VERSION_2_FIELDS.contains(name)).collect();
+    let without: Vec<&str> = CANONICAL_FIELDS.iter().copied().filter(|name| !VERSION_2_FIELDS.contains(name)).collect();
     assert_eq!(without, CANONICAL_FIELDS_V1);
 }
 

@@ -173,9 +173,7 @@ impl FieldType for Option<PrincipalKind> {
     }
     fn read<R: ReadColumns>(row: &mut R, index: usize) -> Result<Self, R::Error> {
         let Some(name) = row.text(index)? else { return Ok(None) };
-        PrincipalKind::from_name(&name)
-            .map(Some)
-            .ok_or_else(|| row.invalid(index, format!("unknown value {name:?}")))
+        PrincipalKind::from_name(&name).map(Some).ok_or_else(|| row.invalid(index, format!("unknown value {name:?}")))
     }
 }
 

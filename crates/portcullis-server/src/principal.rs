@@ -169,7 +169,10 @@ mod tests {
         );
         let mut event = blank();
         record_caller(&mut event, Some("key_1".into()), Some(Credential::Key));
-        assert_eq!((event.principal_kind, event.key_id.as_deref(), event.subject), (Some(PrincipalKind::Key), Some("key_1"), None));
+        assert_eq!(
+            (event.principal_kind, event.key_id.as_deref(), event.subject),
+            (Some(PrincipalKind::Key), Some("key_1"), None)
+        );
         let mut event = blank();
         record_caller(&mut event, None, None);
         assert_eq!((event.principal_kind, event.key_id), (None, None));

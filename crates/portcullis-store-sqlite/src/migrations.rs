@@ -358,7 +358,11 @@ mod tests {
             credential_id: Some("jti-1".into()),
             ..AuditEvent::new(OffsetDateTime::UNIX_EPOCH, AuditKind::Request, AuditDecision::Allow, 200)
         });
-        let all = format!("INSERT INTO audit_log ({}) VALUES ({})", column_list(), vec!["?"; AuditRecord::FIELDS.len()].join(", "));
+        let all = format!(
+            "INSERT INTO audit_log ({}) VALUES ({})",
+            column_list(),
+            vec!["?"; AuditRecord::FIELDS.len()].join(", ")
+        );
         let row: Vec<_> = token_caller.values().into_iter().map(crate::audit::column_value).collect();
         conn.execute(&all, rusqlite::params_from_iter(row)).unwrap();
 
@@ -374,6 +378,10 @@ mod tests {
         assert_eq!(verify_records("gw-old", None, &stored).status, VerifyStatus::Ok);
         let mut edited = stored.clone();
         edited[1].issuer = Some("https://idp.example".into());
-        assert_ne!(verify_records("gw-old", None, &edited).status, VerifyStatus::Ok, "a caller column added later is an edit");
+        assert_ne!(
+            verify_records("gw-old", None, &edited).status,
+            VerifyStatus::Ok,
+            "a caller column added later is an edit"
+        );
     }
 }

@@ -108,7 +108,10 @@ async fn explain_says_what_becomes_of_a_key_or_why_it_is_refused() {
 
     // Malformed, unknown, and not a key at all.
     let malformed = explain(&gateway, &format!("{}x", &key[..key.len() - 1])).await;
-    assert_eq!((malformed["kind"].as_str(), malformed["refused"]["code"].as_str()), (Some("key"), Some("invalid_api_key")));
+    assert_eq!(
+        (malformed["kind"].as_str(), malformed["refused"]["code"].as_str()),
+        (Some("key"), Some("invalid_api_key"))
+    );
     assert!(str_field(&malformed["refused"], "message").contains("not a well-formed key"), "{malformed}");
     assert!(malformed["principal"].is_null());
     let stranger = SecretToken::generate(SecretKind::ApiKey);
@@ -125,7 +128,10 @@ async fn explain_says_what_becomes_of_a_key_or_why_it_is_refused() {
     let rotated = gateway.cli_json(&["keys", "rotate", &key_id, "--grace", "0s"]);
     let new_secret = str_field(&rotated, "key").to_string();
     let expired = explain(&gateway, &key).await;
-    assert_eq!((expired["accepted"].as_bool(), expired["refused"]["code"].as_str()), (Some(false), Some("expired_api_key")));
+    assert_eq!(
+        (expired["accepted"].as_bool(), expired["refused"]["code"].as_str()),
+        (Some(false), Some("expired_api_key"))
+    );
     assert_eq!(expired["principal"]["id"], json!(key_id), "{expired}");
     let revoke = gateway.cli(&["keys", "revoke", &key_id]);
     assert!(revoke.status.success(), "{}", describe(&revoke));
@@ -137,7 +143,8 @@ async fn explain_says_what_becomes_of_a_key_or_why_it_is_refused() {
 
     // Only admins may ask; a refusal is audited like any other.
     let auditor = gateway.cli_json(&["tokens", "create", "--name", "reader", "--role", "auditor"]);
-    let team_admin = gateway.cli_json(&["tokens", "create", "--name", "acme", "--role", "team_admin", "--team", "acme"]);
+    let team_admin =
+        gateway.cli_json(&["tokens", "create", "--name", "acme", "--role", "team_admin", "--team", "acme"]);
     for token in [&auditor, &team_admin] {
         let reply = explain_as(&gateway, str_field(token, "token"), &new_secret).await;
         reply.assert_error(403, "forbidden");

@@ -262,12 +262,17 @@ mod tests {
     }
 
     #[test]
-    fn a_token_principals_own_limits_come_from_its_tier_and_are_keyed_by_its_id() {
+    fn a_token_principal_has_its_own_limits_from_its_tier_and_its_teams() {
         let live = live();
         let principal = Principal::from_identity(identity(Some("pro")));
-        let scopes = scopes_for(&live, &principal, Some(&team(None)));
+        let mut acme = team(None);
+        acme.limits.requests_per_minute = Some(100);
+        let scopes = scopes_for(&live, &principal, Some(&acme));
         let (scope, limits) = &scopes[0];
         assert_eq!(*scope, portcullis_limits::LimitScope::Key("oidc:corp:svc-ingest".into()));
         assert_eq!(limits.requests_per_minute, Some(600));
+        let (scope, limits) = &scopes[1];
+        assert_eq!(*scope, portcullis_limits::LimitScope::Team("acme".into()), "its team's limits, as a key's");
+        assert_eq!(limits.requests_per_minute, Some(100));
     }
 }

@@ -203,9 +203,15 @@ mod tests {
         let secret = key.1["key"].as_str().unwrap().to_string();
         let explain = |credential: &str| serde_json::json!({ "credential": credential }).to_string();
         let explained = call(&router, "post", "/admin/v1/auth/explain", Some(&explain(&secret))).await;
-        assert_eq!((explained.0, &explained.1["accepted"]), (StatusCode::OK, &serde_json::json!(true)), "{}", explained.1);
+        assert_eq!(
+            (explained.0, &explained.1["accepted"]),
+            (StatusCode::OK, &serde_json::json!(true)),
+            "{}",
+            explained.1
+        );
         check_answer(&document, "/admin/v1/auth/explain", "post", &explained);
-        let not_a_key = call(&router, "post", "/admin/v1/auth/explain", Some(&explain("eyJhbGciOiJSUzI1NiJ9.e30.c2ln"))).await;
+        let not_a_key =
+            call(&router, "post", "/admin/v1/auth/explain", Some(&explain("eyJhbGciOiJSUzI1NiJ9.e30.c2ln"))).await;
         assert_eq!(not_a_key.1["refused"]["code"], "invalid_api_key", "{}", not_a_key.1);
         check_answer(&document, "/admin/v1/auth/explain", "post", &not_a_key);
         let rotated = call(&router, "post", &format!("/admin/v1/keys/{key_id}/rotate"), None).await;

@@ -112,7 +112,12 @@ mod tests {
         let mut out = Vec::new();
         csv_row(&mut out, &token_caller);
         let row = String::from_utf8(out).unwrap();
-        assert!(row.starts_with("8,2025-06-10T12:30:00.123Z,gw-1,request,req_1,token,,svc-ingest,https://idp.example,sha256:0a1b,acme,"), "{row}");
+        assert!(
+            row.starts_with(
+                "8,2025-06-10T12:30:00.123Z,gw-1,request,req_1,token,,svc-ingest,https://idp.example,sha256:0a1b,acme,"
+            ),
+            "{row}"
+        );
 
         let mut cell = Vec::new();
         csv_cell(&mut cell, "-1", false);
