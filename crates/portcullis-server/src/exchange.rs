@@ -24,6 +24,7 @@ use crate::error::ApiError;
 use crate::lifecycle::Lifecycle;
 use crate::listener_kind::ListenerKind;
 use crate::metrics::Metrics;
+use crate::principal::{Credential, record_caller};
 use crate::request_id::RequestId;
 
 /// The status recorded for a request whose client left before it was answered (nginx's).
@@ -32,7 +33,10 @@ pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 /// What a handler learned about the request, for its log line and audit record.
 #[derive(Debug, Clone, Default)]
 pub struct AccessInfo {
+    /// The caller's principal id: the only part of it the access log shows.
     pub principal: Option<String>,
+    /// What the caller presented, for the audit record.
+    pub credential: Option<Credential>,
     pub team: Option<String>,
     pub model: Option<String>,
     pub upstream: Option<String>,
@@ -228,7 +232,7 @@ impl Inner {
     ) -> AuditEvent {
         let mut event = AuditEvent::new(OffsetDateTime::now_utc(), self.listener.audit_kind(), decision, status);
         event.request_id = self.meta.request_id.as_ref().map(|id| id.as_str().to_string());
-        event.key_id = info.principal;
+        record_caller(&mut event, info.principal, info.credential);
         event.team = info.team;
         event.admin_token_id = info.admin_token_id;
         event.target = info.target;

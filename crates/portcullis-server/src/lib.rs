@@ -15,6 +15,7 @@ pub mod fuzzing;
 mod health;
 mod key_cache;
 mod lifecycle;
+mod limit_view;
 mod limiter;
 mod listener;
 mod listener_kind;

@@ -134,6 +134,7 @@ impl AppState {
             audit_store: self.audit_store.clone(),
             keys: self.keys.clone(),
             teams: self.teams.clone(),
+            limiter: self.limiter.clone(),
             auth: self.admin_auth.clone(),
             reloads: self.reloads.clone(),
             metrics: self.metrics.clone(),

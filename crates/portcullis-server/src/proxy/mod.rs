@@ -91,11 +91,13 @@ async fn caller(
     };
     exchange.note(|info| {
         info.principal = Some(principal.id.clone());
+        info.credential = Some(principal.credential.clone());
         info.team = principal.team.clone();
     });
     if let Some(count) = misuse.key_request(&principal.id, (now.unix_timestamp() / 60) as u64, thresholds) {
         let anomaly = SecurityEvent::Anomaly {
-            key_id: principal.id.clone(),
+            principal: principal.id.clone(),
+            credential: principal.credential.clone(),
             team: principal.team.clone(),
             requests_this_minute: count,
         };
