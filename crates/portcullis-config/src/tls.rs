@@ -154,7 +154,10 @@ pub(crate) fn validate_certificates(config: &Config) -> Result<(), ConfigError> 
             && !config.tiers.is_empty()
             && !config.tiers.contains_key(tier)
         {
-            return invalid(format!("{path}.tier"), &format!("names tier {tier:?}, which is not defined under [tiers]"));
+            return invalid(
+                format!("{path}.tier"),
+                &format!("names tier {tier:?}, which is not defined under [tiers]"),
+            );
         }
         if let Some(scopes) = &rule.scopes
             && let Err(error) = Scopes::parse(scopes)
@@ -202,7 +205,10 @@ mod tests {
             "auth.certificates[0].match.fingerprint"
         );
         assert_eq!(error_path(&rule("match = { subject = \" \" }")), "auth.certificates[0].match.subject");
-        assert_eq!(error_path(&rule("match = { san_uri = \"u\" }\nscopes = [\"admin\"]")), "auth.certificates[0].scopes");
+        assert_eq!(
+            error_path(&rule("match = { san_uri = \"u\" }\nscopes = [\"admin\"]")),
+            "auth.certificates[0].scopes"
+        );
         let tiers = "[tiers.free]\nrequests_per_minute = 1\n[limits]\ndefault_tier = \"free\"\n";
         assert_eq!(
             error_path(&format!("{tiers}{}", rule("match = { san_uri = \"u\" }\ntier = \"gold\""))),

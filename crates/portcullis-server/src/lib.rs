@@ -5,8 +5,11 @@ mod admin;
 mod audit;
 mod bearer;
 mod caller_limits;
+mod certificate_cache;
+mod certificate_identity;
 mod changes;
 mod client_addr;
+mod client_certificate;
 mod clock;
 mod error;
 mod exchange;
@@ -35,6 +38,7 @@ mod store_cache;
 mod team_cache;
 pub mod usage;
 
+pub use listener::TlsError;
 pub use server::{RunningServer, Server};
 pub use start_error::StartError;
 
