@@ -319,6 +319,13 @@ async fn a_trusted_certificate_is_a_caller_and_bad_ones_are_refused_at_the_hands
         let result = chat(&connector, address, None).await;
         assert!(result.is_err(), "a {what} certificate must not get an answer: {result:?}");
     }
+    let metrics =
+        common::http().get(format!("{}/metrics", gateway.admin_url())).send().await.unwrap().text().await.unwrap();
+    let refused = metrics
+        .lines()
+        .find(|line| line.starts_with("portcullis_connections_total") && line.contains("tls_certificate_refused"))
+        .unwrap_or_else(|| panic!("refused certificates are counted: {metrics}"));
+    assert!(refused.contains("listener=\"proxy\"") && refused.ends_with(" 3"), "{refused}");
     // The usage recorder writes once a second.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -349,6 +356,7 @@ async fn a_required_listener_refuses_a_client_without_a_certificate() {
 
     let anonymous = chat(&client(&ca, None), address, Some(&key)).await;
     assert!(anonymous.is_err(), "no certificate, no answer, key or not: {anonymous:?}");
+    assert_eq!(proxy_connection_events(&gateway, "tls_certificate_refused").await, 1);
     let batch = chat(&client(&ca, Some(&ca.client(BATCH_URI, 1))), address, None).await.unwrap();
     assert_eq!(batch.status, 200, "{batch:?}");
 }
@@ -439,9 +447,22 @@ async fn an_unfinished_handshake_is_dropped_at_the_header_timeout() {
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(800) && waited < Duration::from_secs(3), "closed after {waited:?}");
     }
+    assert_eq!(proxy_connection_events(&gateway, "tls_handshake_timeout").await, 2);
     // The listener still serves a client that completes its handshake.
     let mut stream = connect(&client(&ca, None), gateway.proxy_addr()).await.unwrap();
     assert_eq!(request(&mut stream, "GET", "/healthz", &[], None).await.unwrap().status, 200);
+}
+
+/// `portcullis_connections_total{listener="proxy",event}` from the (plain HTTP) admin listener.
+async fn proxy_connection_events(gateway: &Gateway, event: &str) -> u64 {
+    let metrics =
+        common::http().get(format!("{}/metrics", gateway.admin_url())).send().await.unwrap().text().await.unwrap();
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("portcullis_connections_total") && line.contains("listener=\"proxy\""))
+        .find(|line| line.contains(&format!("event=\"{event}\"")))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The certificate the server presented on `stream`.

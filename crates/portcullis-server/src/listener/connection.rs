@@ -29,7 +29,7 @@ use super::gate::{GateLimits, HeadGate};
 use super::io::{ClientIo, Refusals};
 use super::slots::Slot;
 use super::stream::ClientStream;
-use super::tls::Tls;
+use super::tls::{HandshakeFailure, Tls};
 use super::{Site, access_log};
 use crate::client_certificate::ClientCertificate;
 use crate::error::ApiError;
@@ -59,9 +59,12 @@ pub async fn serve(
     let activity = Arc::new(Activity::new(accepted_at));
     let lifecycle = site.context.lifecycle().clone();
     let handshake_by = accepted_at + settings.timeouts.head;
-    let Some((stream, certificate)) = open(stream, settings.tls.as_deref(), handshake_by, &cut).await else {
-        site.context.metrics().connection_event(site.kind, "tls_handshake_failed");
-        return;
+    let (stream, certificate) = match open(stream, settings.tls.as_deref(), handshake_by, &cut).await {
+        Ok(opened) => opened,
+        Err(failure) => {
+            failure.report(site.kind, site.context.metrics(), peer);
+            return;
+        }
     };
     let refusals = Refuser { site: site.clone(), peer };
     // hyper drops the socket before the response body it was sending: this task keeps the slot
@@ -167,42 +170,24 @@ pub async fn serve(
 }
 
 /// The connection's stream — after the TLS handshake, if the listener has TLS — and the client
-/// certificate the handshake verified. `None` when the handshake failed, did not finish by
-/// `handshake_by` (the head deadline: a handshake is part of getting a request in), or the
-/// server cut its connections meanwhile.
+/// certificate the handshake verified. The handshake must finish by `handshake_by` (the head
+/// deadline: a handshake is part of getting a request in); the server's cut ends it too.
 async fn open(
     stream: TcpStream,
     tls: Option<&Tls>,
     handshake_by: Instant,
     cut: &CancellationToken,
-) -> Option<(ClientStream, Option<Arc<ClientCertificate>>)> {
-    let Some(tls) = tls else { return Some((ClientStream::Plain(stream), None)) };
-    let handshake = tokio::time::timeout_at(handshake_by.into(), tls.acceptor().accept(stream));
-    let stream = tokio::select! {
-        finished = handshake => match finished {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => {
-                tracing::debug!(error = %chain(&error), "TLS handshake failed");
-                return None;
-            }
-            Err(_) => {
-                tracing::debug!("TLS handshake not finished within header_read_timeout");
-                return None;
-            }
-        },
-        () = cut.cancelled() => return None,
+) -> Result<(ClientStream, Option<Arc<ClientCertificate>>), HandshakeFailure> {
+    let Some(tls) = tls else { return Ok((ClientStream::Plain(stream), None)) };
+    let (stream, certificate) = tokio::select! {
+        finished = tls.handshake(stream, handshake_by) => finished?,
+        () = cut.cancelled() => return Err(HandshakeFailure::Cut),
     };
-    let certificate = stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .map(|leaf| Arc::new(ClientCertificate::new(leaf.clone().into_owned())));
-    Some((ClientStream::Tls(Box::new(stream)), certificate))
+    Ok((ClientStream::Tls(Box::new(stream)), certificate))
 }
 
-/// The request as the router gets it: its peer address, the client certificate (if any), a body that must keep coming, and for a
-/// chunked HTTP/1 request a `connection: close` on the answer (the head gate cannot follow a
+/// The request as the router gets it: its peer address, the client certificate (if any), a body
+/// that must keep coming, and for a chunked HTTP/1 request a `connection: close` on the answer (the head gate cannot follow a
 /// chunked body, so no request may come after one on the same connection) — as for every HTTP/1
 /// request while the server drains.
 async fn handle(

@@ -1,17 +1,27 @@
 //! TLS termination: a listener's certificate, key and client-certificate verifier, read from
-//! their PEM files at start and again on every reload. New handshakes take whatever is installed
-//! when they begin; a connection keeps the material it was opened with.
+//! their PEM files at start and again on every reload, and the handshake itself. New handshakes
+//! take whatever is installed when they begin; a connection keeps the material it was opened
+//! with.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use portcullis_config::{ClientAuth, TlsConfig};
+use portcullis_types::chain;
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::client_certificate::ClientCertificate;
+use crate::listener_kind::ListenerKind;
+use crate::metrics::Metrics;
 
 /// A listener's TLS material, swappable while it serves.
 #[derive(Debug)]
@@ -53,8 +63,72 @@ impl Tls {
         self.current.store(prepared.0);
     }
 
-    pub fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.current.load_full())
+    /// Runs the server side of the handshake on `stream` with the material installed now, until
+    /// `by` at the latest; returns the TLS stream and the client certificate it verified.
+    pub async fn handshake(
+        &self,
+        stream: TcpStream,
+        by: Instant,
+    ) -> Result<(TlsStream<TcpStream>, Option<Arc<ClientCertificate>>), HandshakeFailure> {
+        let acceptor = TlsAcceptor::from(self.current.load_full());
+        let stream = match tokio::time::timeout_at(by.into(), acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => return Err(HandshakeFailure::from_error(error)),
+            Err(_) => return Err(HandshakeFailure::Timeout),
+        };
+        let certificate = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|leaf| Arc::new(ClientCertificate::new(leaf.clone().into_owned())));
+        Ok((stream, certificate))
+    }
+}
+
+/// Why a connection never got past its TLS handshake.
+#[derive(Debug)]
+pub enum HandshakeFailure {
+    /// Not finished by the head deadline (`server.header_read_timeout`).
+    Timeout,
+    /// The client's certificate was refused: untrusted, expired, revoked, unfit for client
+    /// authentication, or missing on a listener that requires one.
+    Certificate(rustls::Error),
+    /// Anything else: not TLS, no protocol or cipher in common, the client gave up.
+    Other(std::io::Error),
+    /// The server cut its connections while the handshake ran.
+    Cut,
+}
+
+impl HandshakeFailure {
+    fn from_error(error: std::io::Error) -> HandshakeFailure {
+        match error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            Some(
+                refused @ (rustls::Error::InvalidCertificate(_)
+                | rustls::Error::NoCertificatesPresented
+                | rustls::Error::InvalidCertRevocationList(_)),
+            ) => HandshakeFailure::Certificate(refused.clone()),
+            _ => HandshakeFailure::Other(error),
+        }
+    }
+
+    /// Counted by kind. Like every connection-level event it is not audited one by one (a flood
+    /// of handshakes would flood the audit log); a refused certificate is logged, though, for
+    /// the operator to see which client was turned away and why.
+    pub fn report(&self, listener: ListenerKind, metrics: &Metrics, peer: SocketAddr) {
+        let event = match self {
+            HandshakeFailure::Timeout => "tls_handshake_timeout",
+            HandshakeFailure::Certificate(error) => {
+                tracing::info!(listener = listener.name(), client = %peer.ip(), reason = %error, "client certificate refused");
+                "tls_certificate_refused"
+            }
+            HandshakeFailure::Other(error) => {
+                tracing::debug!(listener = listener.name(), %peer, error = %chain(error), "TLS handshake failed");
+                "tls_handshake_failed"
+            }
+            HandshakeFailure::Cut => return,
+        };
+        metrics.connection_event(listener, event);
     }
 }
 
