@@ -50,6 +50,11 @@ pub fn check_backends(startup: &portcullis_config::Startup) -> Result<(), StartE
     limiter::LimiterHandle::check(&startup.limits)
 }
 
+/// Whether the TLS files of both listeners load as `serve` would load them (`config check`).
+pub fn check_tls(startup: &portcullis_config::Startup) -> Result<(), StartError> {
+    server::TlsListeners::load(startup).map(drop)
+}
+
 /// Applies pending migrations to the configured store; returns how many ran.
 pub async fn migrate(config: &portcullis_config::StoreStartup) -> Result<usize, StartError> {
     let backend = store::open(config)?;

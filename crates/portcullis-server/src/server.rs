@@ -149,13 +149,13 @@ impl Server {
 
 /// The listeners' TLS material, reloaded together.
 #[derive(Debug)]
-struct TlsListeners {
+pub(crate) struct TlsListeners {
     proxy: Option<Arc<Tls>>,
     admin: Option<Arc<Tls>>,
 }
 
 impl TlsListeners {
-    fn load(startup: &Startup) -> Result<TlsListeners, StartError> {
+    pub(crate) fn load(startup: &Startup) -> Result<TlsListeners, StartError> {
         let load = |setting: &'static str, files: Option<&portcullis_config::TlsConfig>| {
             files
                 .map(|files| Tls::load(setting, files).map(Arc::new))

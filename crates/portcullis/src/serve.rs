@@ -96,9 +96,10 @@ fn reload(running: &RunningServer, path: &Path) {
 pub fn check_config(path: &Path, global: &GlobalArgs) -> anyhow::Result<()> {
     let config = load(path)?;
     // What `serve` would refuse before opening anything, said the same way: a backend this
-    // binary was built without, a SQLite directory missing on this host.
+    // binary was built without, a SQLite directory missing on this host, TLS files that do not load.
     let (startup, _) = config.clone().split();
     portcullis_server::check_backends(&startup).with_context(|| format!("invalid configuration {}", path.display()))?;
+    portcullis_server::check_tls(&startup).with_context(|| format!("invalid configuration {}", path.display()))?;
     let summary = serde_json::json!({
         "valid": true,
         "file": path.display().to_string(),

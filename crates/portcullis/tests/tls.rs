@@ -382,6 +382,7 @@ async fn certificates_are_swapped_on_sighup_without_dropping_a_connection() {
     let mut admin = connect(&connector, gateway.admin_addr()).await.expect("the admin listener speaks TLS");
     let config = request(&mut admin, "GET", "/admin/v1/config", &[("authorization", &token)], None).await.unwrap();
     assert_eq!(config.status, 200, "{config:?}");
+    assert!(speaks_http2(&ca, gateway.proxy_addr()).await, "ALPN offers h2, and HTTP/2 is served over TLS");
     let mut kept = connect(&connector, gateway.proxy_addr()).await.unwrap();
     assert_eq!(request(&mut kept, "GET", "/healthz", &[], None).await.unwrap().status, 200);
     assert_eq!(presented(&kept), first.der());
@@ -453,6 +454,30 @@ async fn an_unfinished_handshake_is_dropped_at_the_header_timeout() {
     assert_eq!(request(&mut stream, "GET", "/healthz", &[], None).await.unwrap().status, 200);
 }
 
+/// A key that does not fit its certificate, or a missing file, stops `serve` and fails `config
+/// check`, naming the setting and the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_tls_files_stop_the_start_and_fail_config_check() {
+    let ca = Authority::new("server CA");
+    let files = Files::new();
+    let (one, other) = (ca.server("one"), ca.server("other"));
+    files.write("server.tls.crt", &one.cert_pem);
+    files.write("server.tls.key", &other.key_pem);
+    let stub = StubUpstream::start().await;
+    let mismatched = server_tls("server.tls", &files, "");
+    let started =
+        GatewayBuilder::new(BINARY).config(&common::models_config(&stub, &["m"])).config(&mismatched).try_start().await;
+    let error = started.expect_err("a key that does not fit its certificate stops the start").to_string();
+    assert!(error.contains("server.tls.key") && error.contains("does not fit"), "{error}");
+
+    let missing = format!("[admin.tls]\ncert = {:?}\nkey = {:?}\n", files.path("absent.crt"), files.path("absent.key"));
+    let path = files.write("portcullis.toml", &missing);
+    let output = std::process::Command::new(BINARY).args(["config", "check", "--config"]).arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("admin.tls.cert"), "{}", common::describe(&output));
+    assert!(stderr.contains("absent.crt"), "the file is named: {stderr}");
+}
+
 /// `portcullis_connections_total{listener="proxy",event}` from the (plain HTTP) admin listener.
 async fn proxy_connection_events(gateway: &Gateway, event: &str) -> u64 {
     let metrics =
@@ -463,6 +488,27 @@ async fn proxy_connection_events(gateway: &Gateway, event: &str) -> u64 {
         .find(|line| line.contains(&format!("event=\"{event}\"")))
         .and_then(|line| line.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// Whether a client offering `h2` by ALPN gets it, and an HTTP/2 SETTINGS frame in answer to its
+/// connection preface.
+async fn speaks_http2(ca: &Authority, address: SocketAddr) -> bool {
+    let mut roots = RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap()).unwrap();
+    let mut config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let mut stream = connect(&TlsConnector::from(Arc::new(config)), address).await.unwrap();
+    if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+        return false;
+    }
+    // The preface, then an empty SETTINGS frame.
+    stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.unwrap();
+    let mut frame_head = [0u8; 9];
+    stream.read_exact(&mut frame_head).await.is_ok() && frame_head[3] == 0x04
 }
 
 /// The certificate the server presented on `stream`.
