@@ -421,7 +421,7 @@ async fn certificates_are_swapped_on_sighup_without_dropping_a_connection() {
 
 /// A client that opens a TCP connection and never finishes the handshake — silent, or stopping
 /// half-way through its hello — is closed at `header_read_timeout`, like one that never sends a
-/// request head.
+/// request head. A connection over a cap is closed without a handshake.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unfinished_handshake_is_dropped_at_the_header_timeout() {
     let ca = Authority::new("server CA");
@@ -432,6 +432,7 @@ async fn an_unfinished_handshake_is_dropped_at_the_header_timeout() {
     let stub = StubUpstream::start().await;
     let gateway = GatewayBuilder::new(BINARY)
         .server_setting("header_read_timeout = \"1s\"")
+        .server_setting("max_connections_per_client = 1")
         .config(&common::models_config(&stub, &["m"]))
         .config(&server_tls("server.tls", &files, ""))
         .start()
@@ -449,9 +450,13 @@ async fn an_unfinished_handshake_is_dropped_at_the_header_timeout() {
         assert!(waited >= Duration::from_millis(800) && waited < Duration::from_secs(3), "closed after {waited:?}");
     }
     assert_eq!(proxy_connection_events(&gateway, "tls_handshake_timeout").await, 2);
-    // The listener still serves a client that completes its handshake.
+    // The listener still serves a client that completes its handshake …
     let mut stream = connect(&client(&ca, None), gateway.proxy_addr()).await.unwrap();
     assert_eq!(request(&mut stream, "GET", "/healthz", &[], None).await.unwrap().status, 200);
+    // … and closes one over the per-client cap without a handshake.
+    let over = connect(&client(&ca, None), gateway.proxy_addr()).await;
+    assert!(over.is_err(), "over the cap: {:?}", over.map(|_| "a TLS connection"));
+    assert_eq!(proxy_connection_events(&gateway, "client_full").await, 1);
 }
 
 /// A key that does not fit its certificate, or a missing file, stops `serve` and fails `config

@@ -3,8 +3,9 @@
 //!
 //! What a connection meets, in order:
 //! 1. **Accept**: over the listener's `max_connections`, or its address's
-//!    `max_connections_per_client`, it is answered 503 and closed at once. Accept errors (out of
-//!    descriptors) back off instead of spinning.
+//!    `max_connections_per_client`, it is answered 503 and closed at once (on a TLS listener,
+//!    closed without an answer). Accept errors (out of descriptors) back off instead of
+//!    spinning.
 //! 2. **Request head**: a complete head within `header_read_timeout` of accept (or of its first
 //!    byte, on a kept-alive connection), whatever the protocol — on a TLS listener ([`tls`]) the
 //!    handshake included; HTTP/1 heads pass the
@@ -129,7 +130,11 @@ pub async fn accept_until(
             Err(full) => {
                 site.context.metrics().connection_event(site.kind, full.reason());
                 tracing::debug!(listener = site.kind.name(), %peer, reason = full.reason(), "connection shed");
-                if let Ok(permit) = shedding.clone().try_acquire_owned() {
+                // A plain-text 503 means nothing to a TLS client, and a handshake for a shed
+                // connection would spend on the flood what the cap is there to save: closed.
+                if listening.settings.tls.is_none()
+                    && let Ok(permit) = shedding.clone().try_acquire_owned()
+                {
                     tokio::spawn(async move {
                         shed(stream, full).await;
                         drop(permit);
