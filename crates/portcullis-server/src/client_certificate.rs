@@ -5,7 +5,6 @@ use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 
 /// A verified end-entity certificate, with its SHA-256 fingerprint taken once per connection.
-#[derive(Debug)]
 pub struct ClientCertificate {
     der: CertificateDer<'static>,
     fingerprint: [u8; 32],
@@ -29,5 +28,12 @@ impl ClientCertificate {
     /// `sha256:<hex>`, as `[[auth.certificates]]` rules and audit records write it.
     pub fn fingerprint_id(&self) -> String {
         format!("sha256:{}", hex::encode(self.fingerprint))
+    }
+}
+
+/// The fingerprint names it; the DER bytes would only fill logs.
+impl std::fmt::Debug for ClientCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ClientCertificate").field(&self.fingerprint_id()).finish()
     }
 }

@@ -24,12 +24,18 @@ use crate::listener_kind::ListenerKind;
 use crate::metrics::Metrics;
 
 /// A listener's TLS material, swappable while it serves.
-#[derive(Debug)]
 pub struct Tls {
     /// `server.tls` or `admin.tls`, to name the setting in errors.
     setting: &'static str,
     files: TlsConfig,
     current: ArcSwap<ServerConfig>,
+}
+
+/// The files, never the material (it holds the private key).
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("setting", &self.setting).field("files", &self.files).finish_non_exhaustive()
+    }
 }
 
 /// A TLS file that could not be used; the cause is the source.
@@ -43,7 +49,6 @@ pub struct TlsError {
 }
 
 /// New material, read and checked, not yet in use: see [`Tls::prepare`].
-#[derive(Debug)]
 pub struct Prepared(Arc<ServerConfig>);
 
 impl Tls {
