@@ -187,9 +187,9 @@ async fn open(
 }
 
 /// The request as the router gets it: its peer address, the client certificate (if any), a body
-/// that must keep coming, and for a chunked HTTP/1 request a `connection: close` on the answer (the head gate cannot follow a
-/// chunked body, so no request may come after one on the same connection) — as for every HTTP/1
-/// request while the server drains.
+/// that must keep coming, and for a chunked HTTP/1 request a `connection: close` on the answer
+/// (the head gate cannot follow a chunked body, so no request may come after one on the same
+/// connection) — as for every HTTP/1 request while the server drains.
 async fn handle(
     site: Site,
     peer: SocketAddr,

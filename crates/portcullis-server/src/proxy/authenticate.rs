@@ -27,14 +27,7 @@ pub async fn authenticate(
     if let Some(certificate) = certificate
         && credential_absent(headers)
     {
-        let live = Arc::clone(&state.runtime().live);
-        let principal = state.certificates().principal(certificate, &live).ok_or(ApiError::InvalidApiKey)?;
-        // The handshake refused it if it had expired; a connection may outlive it, though.
-        if principal.is_expired(now) {
-            return Err(ApiError::InvalidApiKey);
-        }
-        principal.mark_used(now);
-        return Ok(principal);
+        return certificate_caller(state, certificate, now);
     }
     let credential = credential(headers).ok_or(ApiError::InvalidApiKey)?;
     let secret = SecretToken::parse(SecretKind::ApiKey, credential).map_err(|_| ApiError::InvalidApiKey)?;
@@ -51,6 +44,22 @@ pub async fn authenticate(
     }
     if principal.is_expired(now) {
         return Err(ApiError::ExpiredApiKey);
+    }
+    principal.mark_used(now);
+    Ok(principal)
+}
+
+/// The caller a verified client certificate maps to; an unmapped one is no caller.
+fn certificate_caller(
+    state: &ProxyState,
+    certificate: &ClientCertificate,
+    now: i64,
+) -> Result<Arc<Principal>, ApiError> {
+    let live = Arc::clone(&state.runtime().live);
+    let principal = state.certificates().principal(certificate, &live).ok_or(ApiError::InvalidApiKey)?;
+    // The handshake refused it if it had expired; a connection may outlive it, though.
+    if principal.is_expired(now) {
+        return Err(ApiError::InvalidApiKey);
     }
     principal.mark_used(now);
     Ok(principal)
