@@ -61,3 +61,36 @@ impl CertificateCache {
         principal
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use portcullis_config::Config;
+    use rcgen::{CertificateParams, KeyPair};
+
+    use super::*;
+
+    fn live(team: &str) -> Arc<Live> {
+        let text =
+            format!("[[auth.certificates]]\nname = \"a\"\nmatch = {{ san_dns = \"a.example\" }}\nteam = \"{team}\"\n");
+        Arc::new(Config::parse(&text, |_| None).unwrap().split().1)
+    }
+
+    fn certificate(name: &str) -> ClientCertificate {
+        let params = CertificateParams::new(vec![name.to_string()]).unwrap();
+        ClientCertificate::new(params.self_signed(&KeyPair::generate().unwrap()).unwrap().der().clone())
+    }
+
+    #[test]
+    fn a_certificate_is_mapped_once_per_rule_set() {
+        let cache = CertificateCache::default();
+        let (first, reloaded) = (live("alpha"), live("beta"));
+        let known = certificate("a.example");
+        let once = cache.principal(&known, &first).unwrap();
+        let again = cache.principal(&known, &first).unwrap();
+        assert!(Arc::ptr_eq(&once, &again), "the second request is a lookup");
+        assert_eq!(once.team.as_deref(), Some("alpha"));
+        let after_reload = cache.principal(&known, &reloaded).unwrap();
+        assert_eq!(after_reload.team.as_deref(), Some("beta"), "a reload's rules apply at once");
+        assert!(cache.principal(&certificate("b.example"), &reloaded).is_none());
+    }
+}
