@@ -14,15 +14,17 @@ mod live;
 mod model;
 mod split;
 mod startup;
+mod tls;
 mod validate;
 
 use std::path::Path;
 
 pub use duration::{ConfigDuration, DurationError, parse_duration};
 pub use env::EnvError;
-pub use live::{AuditLive, LimitsLive, Live, Models, SecurityThresholds, ServerLive, StoreLive, Tier};
+pub use live::{AuditLive, AuthLive, LimitsLive, Live, Models, SecurityThresholds, ServerLive, StoreLive, Tier};
 pub use model::*;
 pub use startup::{AuditStartup, LimiterStartup, SecurityStartup, ServerStartup, Startup, StoreStartup};
+pub use tls::{CertificateMapping, CertificateMatch, ClientAuth, TlsConfig, parse_fingerprint};
 pub use validate::MAX_HEADERS;
 
 #[derive(Debug, thiserror::Error)]

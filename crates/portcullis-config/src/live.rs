@@ -19,6 +19,7 @@ pub struct Live {
     pub limits: LimitsLive,
     pub audit: AuditLive,
     pub security: SecurityThresholds,
+    pub auth: AuthLive,
     pub tiers: BTreeMap<String, Tier>,
     pub models: Models,
 }
@@ -64,6 +65,13 @@ pub struct SecurityThresholds {
     pub block_duration: ConfigDuration,
     pub anomaly_factor: f64,
     pub anomaly_min_requests: u32,
+}
+
+/// `[auth]`: how credentials Portcullis did not issue map to principals.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthLive {
+    /// Client certificate rules, in the file's order (the first match wins).
+    pub certificates: Vec<crate::CertificateMapping>,
 }
 
 /// A tier, its model globs compiled once.

@@ -88,6 +88,13 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     for (index, pattern) in config.audit.redact.iter().enumerate() {
         validate_redaction(index, pattern)?;
     }
+    if let Some(tls) = &config.server.tls {
+        crate::tls::validate_tls("server.tls", tls)?;
+    }
+    if let Some(tls) = &config.admin.tls {
+        crate::tls::validate_tls("admin.tls", tls)?;
+    }
+    crate::tls::validate_certificates(config)?;
     validate_limits("limits.global", &config.limits.global)?;
     for (name, tier) in &config.tiers {
         validate_tier(name, tier)?;

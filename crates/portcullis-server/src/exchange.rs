@@ -20,6 +20,7 @@ use portcullis_audit::{AuditDecision, AuditEvent, Submitted};
 use time::OffsetDateTime;
 
 use crate::audit::Auditor;
+use crate::client_certificate::ClientCertificate;
 use crate::error::ApiError;
 use crate::lifecycle::Lifecycle;
 use crate::listener_kind::ListenerKind;
@@ -57,6 +58,8 @@ pub struct RequestMeta {
     /// The client's address as resolved through trusted proxies (the peer's when that failed).
     pub client_ip: Option<IpAddr>,
     pub user_agent: Option<String>,
+    /// The client certificate the connection's TLS handshake verified.
+    pub client_certificate: Option<Arc<ClientCertificate>>,
 }
 
 /// What a request was billed, as its audit record states it.

@@ -76,7 +76,8 @@ async fn caller(
     let misuse = state.misuse();
     let live = state.runtime().live.clone();
     let thresholds = &live.security;
-    let principal = match authenticate::authenticate(state, headers, now.unix_timestamp()).await {
+    let certificate = exchange.meta().client_certificate.as_deref();
+    let principal = match authenticate::authenticate(state, headers, certificate, now.unix_timestamp()).await {
         Ok(principal) => principal,
         Err(ApiError::InvalidApiKey) => {
             if let Some(retry_after_secs) = misuse.blocked_for(client, Instant::now()) {
