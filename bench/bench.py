@@ -225,7 +225,9 @@ def cmd_ttfb(args):
 # ----------------------------------------------------------------------------------------------
 # report
 
-TARGETS = ("direct", "nginx", "portcullis")
+TARGETS = ("direct", "nginx", "portcullis", "portcullis-jwt")
+# The gateway's rows, each compared with nginx and the direct connection: key auth, and JWT auth.
+GATEWAYS = ("portcullis", "portcullis-jwt")
 
 
 def fmt(value, digits=2):
@@ -275,44 +277,47 @@ def cmd_report(args):
     out.append("Portcullis against nginx and against a direct connection "
                "(the performance contract asks: throughput ≥ 0.8 × nginx, CPU/request ≤ 2 × nginx, added p50 ≤ 0.1 ms, added p99 ≤ 0.5 ms):")
     out.append("")
-    out.append("| scenario | conc | throughput P÷N | CPU/req P÷N | added p50 ms P−D | added p99 ms P−D | (nginx: added p50 / p99 ms N−D) |")
-    out.append("|---|---:|---:|---:|---:|---:|---|")
+    out.append("| scenario | conc | target | throughput P÷N | CPU/req P÷N | added p50 ms P−D | added p99 ms P−D | (nginx: added p50 / p99 ms N−D) |")
+    out.append("|---|---:|---|---:|---:|---:|---:|---|")
     seen = []
     for row in rows:
         key = (row["scenario"], row["concurrency"])
         if key not in seen:
             seen.append(key)
+    def ratio(a, b, field):
+        if not a or not b or a.get(field) in (None, 0) or b.get(field) in (None, 0):
+            return None
+        return a[field] / b[field]
+
+    def diff(a, b, field):
+        if not a or not b or a.get(field) is None or b.get(field) is None:
+            return None
+        return a[field] - b[field]
+
     for scenario, conc in seen:
-        p = index.get((scenario, conc, "portcullis"))
         n = index.get((scenario, conc, "nginx"))
         d = index.get((scenario, conc, "direct"))
-
-        def ratio(a, b, field):
-            if not a or not b or a.get(field) in (None, 0) or b.get(field) in (None, 0):
-                return None
-            return a[field] / b[field]
-
-        def diff(a, b, field):
-            if not a or not b or a.get(field) is None or b.get(field) is None:
-                return None
-            return a[field] - b[field]
-
-        item = {
-            "scenario": scenario,
-            "concurrency": conc,
-            "throughput_p_over_n": ratio(p, n, "rps"),
-            "cpu_per_req_p_over_n": ratio(p, n, "cpu_per_1k_s"),
-            "added_p50_ms_p_minus_d": diff(p, d, "p50_ms"),
-            "added_p99_ms_p_minus_d": diff(p, d, "p99_ms"),
-            "added_p50_ms_n_minus_d": diff(n, d, "p50_ms"),
-            "added_p99_ms_n_minus_d": diff(n, d, "p99_ms"),
-        }
-        ratios.append(item)
-        out.append(
-            f"| {scenario} | {conc} | {fmt(item['throughput_p_over_n'])} | {fmt(item['cpu_per_req_p_over_n'])} | "
-            f"{fmt(item['added_p50_ms_p_minus_d'], 3)} | {fmt(item['added_p99_ms_p_minus_d'], 3)} | "
-            f"{fmt(item['added_p50_ms_n_minus_d'], 3)} / {fmt(item['added_p99_ms_n_minus_d'], 3)} |"
-        )
+        for gateway in GATEWAYS:
+            p = index.get((scenario, conc, gateway))
+            if not p:
+                continue
+            item = {
+                "scenario": scenario,
+                "concurrency": conc,
+                "target": gateway,
+                "throughput_p_over_n": ratio(p, n, "rps"),
+                "cpu_per_req_p_over_n": ratio(p, n, "cpu_per_1k_s"),
+                "added_p50_ms_p_minus_d": diff(p, d, "p50_ms"),
+                "added_p99_ms_p_minus_d": diff(p, d, "p99_ms"),
+                "added_p50_ms_n_minus_d": diff(n, d, "p50_ms"),
+                "added_p99_ms_n_minus_d": diff(n, d, "p99_ms"),
+            }
+            ratios.append(item)
+            out.append(
+                f"| {scenario} | {conc} | {gateway} | {fmt(item['throughput_p_over_n'])} | {fmt(item['cpu_per_req_p_over_n'])} | "
+                f"{fmt(item['added_p50_ms_p_minus_d'], 3)} | {fmt(item['added_p99_ms_p_minus_d'], 3)} | "
+                f"{fmt(item['added_p50_ms_n_minus_d'], 3)} / {fmt(item['added_p99_ms_n_minus_d'], 3)} |"
+            )
     out.append("")
     if ttfb:
         out.append(f"Time to the first streamed chunk, one request at a time ({meta.get('ttfb_count')} streams per target):")

@@ -365,6 +365,27 @@ create_key() {
   printf '%s' "$out" | python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])'
 }
 
+# wait_until_accepted URL CREDENTIAL SECONDS: polls GET URL with the credential until it answers 200
+# (a token issuer's keys are fetched in the background after the gateway starts).
+wait_until_accepted() {
+  python3 - "$@" <<'PY' || fail "the gateway did not accept the credential within $3 s (see $WORK/portcullis.log)"
+import sys, time, urllib.request, urllib.error
+url, credential, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+deadline = time.monotonic() + seconds
+while True:
+    request = urllib.request.Request(url, headers={"Authorization": "Bearer " + credential})
+    try:
+        with urllib.request.urlopen(request, timeout=2) as answer:
+            if answer.status == 200:
+                sys.exit(0)
+    except (urllib.error.URLError, OSError):
+        pass
+    if time.monotonic() > deadline:
+        sys.exit(1)
+    time.sleep(0.1)
+PY
+}
+
 # cpu_ticks PID...: user + system clock ticks used so far by these processes (all their threads).
 cpu_ticks() {
   local total=0 pid rest

@@ -19,7 +19,9 @@
 #                           Without oha or wrk installed, it installs wrk (apt-get), not oha
 #   --duration SECONDS      per cell (default 10)
 #   --concurrency "LIST"    (default "1 64 256")
-#   --targets "LIST"        any of direct nginx portcullis (default all three)
+#   --targets "LIST"        any of direct nginx portcullis portcullis-jwt (default all four); portcullis-jwt
+#                           is the same gateway called with a JWT access token instead of a key (an
+#                           EdDSA key set that the fake upstream serves as the issuer; docs/benchmarks.md)
 #   --scenarios "LIST"      any of plain stream (default both)
 #   --chunks N              content chunks per streamed answer (default 16)
 #   --ttfb-count N          streams timed one at a time per target (default 500; 0 skips)
@@ -46,7 +48,7 @@ ORIG_ARGS="$*"
 SMOKE=0
 DURATION=10
 CONCURRENCY="1 64 256"
-TARGETS="direct nginx portcullis"
+TARGETS="direct nginx portcullis portcullis-jwt"
 SCENARIOS="plain stream"
 CHUNKS=16
 TTFB_COUNT=500
@@ -86,7 +88,7 @@ fi
 for c in $CONCURRENCY; do
   if ! [[ "$c" =~ ^[0-9]+$ ]] || [ "$c" -lt 1 ] || [ "$c" -gt 10000 ]; then fail "--concurrency: 1 to 10000"; fi
 done
-for t in $TARGETS; do case "$t" in direct | nginx | portcullis) ;; *) fail "unknown target $t" ;; esac; done
+for t in $TARGETS; do case "$t" in direct | nginx | portcullis | portcullis-jwt) ;; *) fail "unknown target $t" ;; esac; done
 for s in $SCENARIOS; do case "$s" in plain | stream) ;; *) fail "unknown scenario $s" ;; esac; done
 
 BENCH_LOG_PREFIX="bench"
@@ -105,24 +107,38 @@ if python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) > 0.5 else 1)" "$loa
 fi
 
 say "starting the fake upstream, nginx and Portcullis on loopback (work directory $WORK)"
-start_upstream --threads "$UPSTREAM_THREADS" --chunks "$CHUNKS"
-declare -A URL PIDS
+TOKEN_FILE="$WORK/bench.jwt"
+issuer_args=()
+if [[ " $TARGETS " == *" portcullis-jwt "* ]]; then issuer_args=(--token-file "$TOKEN_FILE"); fi
+start_upstream --threads "$UPSTREAM_THREADS" --chunks "$CHUNKS" "${issuer_args[@]}"
+declare -A URL PIDS CRED
 URL[direct]="http://$UPSTREAM_ADDR/v1/chat/completions"
 PIDS[direct]=""
+CRED[direct]="none"
 if [[ " $TARGETS " == *" nginx "* ]]; then
   start_nginx "$UPSTREAM_ADDR"
   URL[nginx]="http://$NGINX_ADDR/v1/chat/completions"
   PIDS[nginx]="$(nginx_pids "$NGINX_PID" | tr '\n' ' ')"
+  CRED[nginx]="none"
 fi
-KEY="none"
-if [[ " $TARGETS " == *" portcullis "* ]]; then
+if [[ " $TARGETS " == *" portcullis"* ]]; then
   mkdir -p "$WORK/gateway"
-  write_portcullis_config "$UPSTREAM_ADDR" "$WORK/gateway"
+  issuer_toml=""
+  if [ -f "$TOKEN_FILE" ]; then
+    issuer_toml="$(printf '[[auth.oidc]]\nissuer = "http://%s"\naudience = "portcullis-bench"\ndefault_tier = "bench"\n' "$UPSTREAM_ADDR")"
+  fi
+  write_portcullis_config "$UPSTREAM_ADDR" "$WORK/gateway" "$issuer_toml"
   start_portcullis "$WORK/gateway"
   say "portcullis ready in ${STARTUP_MS} ms (proxy $PROXY_ADDR, admin $ADMIN_ADDR)"
-  KEY="$(create_key bench)"
-  URL[portcullis]="http://$PROXY_ADDR/v1/chat/completions"
-  PIDS[portcullis]="$PORTCULLIS_PID"
+  for gateway in portcullis portcullis-jwt; do
+    URL[$gateway]="http://$PROXY_ADDR/v1/chat/completions"
+    PIDS[$gateway]="$PORTCULLIS_PID"
+  done
+  CRED[portcullis]="$(create_key bench)"
+  if [ -f "$TOKEN_FILE" ]; then
+    CRED[portcullis-jwt]="$(cat "$TOKEN_FILE")"
+    wait_until_accepted "http://$PROXY_ADDR/v1/models" "${CRED[portcullis-jwt]}" 30
+  fi
 fi
 
 alive() {
@@ -132,7 +148,7 @@ alive() {
 
 # One short run per target first: connections, caches and the gateway's key cache warm up.
 for target in $TARGETS; do
-  run_load "${URL[$target]}" "$BODY_PLAIN" 16 1 "$KEY" "$WORK/warmup-$target.json"
+  run_load "${URL[$target]}" "$BODY_PLAIN" 16 1 "${CRED[$target]}" "$WORK/warmup-$target.json"
   errors="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["errors"])' "$WORK/warmup-$target.json")"
   [ "$errors" = 0 ] || {
     cat "$WORK/warmup-$target.json" >&2
@@ -153,7 +169,7 @@ for scenario in $SCENARIOS; do
         reset_peak_rss ${PIDS[$target]}
         cpu0="$(cpu_ticks ${PIDS[$target]})"
         up0="$(cpu_ticks "$UPSTREAM_PID")"
-        run_load "${URL[$target]}" "$body" "$conc" "$DURATION" "$KEY" "$WORK/run.json"
+        run_load "${URL[$target]}" "$body" "$conc" "$DURATION" "${CRED[$target]}" "$WORK/run.json"
         cpu1="$(cpu_ticks ${PIDS[$target]})"
         up1="$(cpu_ticks "$UPSTREAM_PID")"
         peak="$(status_kib VmHWM ${PIDS[$target]})"
@@ -191,7 +207,7 @@ TTFB="$WORK/ttfb.jsonl"
 : > "$TTFB"
 if [ "$TTFB_COUNT" -gt 0 ] && [[ " $SCENARIOS " == *" stream "* ]]; then
   for target in $TARGETS; do
-    python3 "$BENCH_DIR/bench.py" ttfb --url "${URL[$target]}" --key "$KEY" --body "$BODY_STREAM" \
+    python3 "$BENCH_DIR/bench.py" ttfb --url "${URL[$target]}" --key "${CRED[$target]}" --body "$BODY_STREAM" \
       --count "$TTFB_COUNT" --warmup 20 --max-seconds 120 |
       python3 -c 'import json, sys; r = json.load(sys.stdin); r["target"] = sys.argv[1]; print(json.dumps(r))' "$target" >> "$TTFB"
     alive "$target"

@@ -6,10 +6,13 @@
 # 1. Makes or refreshes .venv with the official `openai` Python SDK (pinned below), which the
 #    SDK compatibility tests run. Offline, it warns loudly and goes on: those tests then skip
 #    loudly (or fail when CI=true).
-# 2. Points the real-model tests at a running real small model: PORTCULLIS_REAL_SLM_URL if you set
+# 2. Installs the real OIDC provider the token tests run (scripts/idp.sh install: npm's
+#    oidc-provider into crates/portcullis-testkit/idp/node_modules). Without node or offline, it
+#    warns loudly and goes on: those tests then skip loudly (or fail when CI=true).
+# 3. Points the real-model tests at a running real small model: PORTCULLIS_REAL_SLM_URL if you set
 #    it, else scripts/real-slm.sh's server on port 8090 if it runs; with CI=true it is started
 #    (and stopped again at the end) when it does not run.
-# 3. Runs `cargo test --workspace --locked --no-fail-fast` (every test binary runs even after a
+# 4. Runs `cargo test --workspace --locked --no-fail-fast` (every test binary runs even after a
 #    failure, so one run shows every failure) and prints a summary. The exit code is cargo's.
 set -euo pipefail
 
@@ -49,7 +52,15 @@ else
     "the OpenAI SDK tests will SKIP (or FAIL when CI=true)"
 fi
 
-# --- 2. the real small model --------------------------------------------------------------------
+# --- 2. the OIDC provider ----------------------------------------------------------------------
+idp_status="oidc-provider"
+if ! scripts/idp.sh install; then
+  idp_status="missing"
+  loud "could not install the OIDC provider (scripts/idp.sh install: node/npm missing? offline?)" \
+    "the OIDC token tests will SKIP (or FAIL when CI=true)"
+fi
+
+# --- 3. the real small model --------------------------------------------------------------------
 started_slm=no
 stop_slm() {
   if [ "$started_slm" = yes ]; then scripts/real-slm.sh stop "$SLM_PORT" || true; fi
@@ -73,7 +84,7 @@ if [ -z "${PORTCULLIS_REAL_SLM_URL:-}" ]; then
 fi
 slm_status="${PORTCULLIS_REAL_SLM_URL:-none}"
 
-# --- 3. the tests -------------------------------------------------------------------------------
+# --- 4. the tests -------------------------------------------------------------------------------
 log="$(mktemp "${TMPDIR:-/tmp}/portcullis-test.XXXXXX")"
 started_at=$SECONDS
 say "cargo test --workspace --locked --no-fail-fast $*"
@@ -98,7 +109,7 @@ skipped_services="$(grep -c 'SKIPPED (missing service)' "$log" || true)"
 rm -f "$log"
 
 echo
-echo "== scripts/test.sh: cargo exit $status after ${elapsed}s; $suites test binaries; SDK: $sdk_status; real SLM: $slm_status; skipped for missing services: $skipped_services"
+echo "== scripts/test.sh: cargo exit $status after ${elapsed}s; $suites test binaries; SDK: $sdk_status; OIDC provider: $idp_status; real SLM: $slm_status; skipped for missing services: $skipped_services"
 if [ "$suites" -gt 0 ]; then
   echo "summary: $passed passed, $failed failed, $ignored skipped"
 fi

@@ -5,20 +5,28 @@
 //! inserting a record changes every hash after it; [`crate::verify`] finds the first place where the
 //! stored hashes stop matching.
 //!
-//! # The canonical encoding (version 1)
-//! A JSON array, no whitespace, of the fields in the order of [`CANONICAL_FIELDS`]:
-//! - the first element is the encoding version, `1`;
+//! # The canonical encoding (versions 1 and 2)
+//! A JSON array, no whitespace, of the fields in the order of [`CANONICAL_FIELDS`] (version 2) or
+//! [`CANONICAL_FIELDS_V1`] (version 1):
+//! - the first element is the encoding version, `1` or `2`;
 //! - `ts` is an integer: Unix milliseconds (floor), so stores may keep any precision down to the millisecond;
-//! - `kind` and `decision` are their snake_case names (`"request"`, `"deny"`…);
+//! - `kind`, `decision` and `principal_kind` are their snake_case names (`"request"`, `"deny"`, `"token"`…);
 //! - `None` is `null`; integers are decimal; booleans are `true`/`false`;
 //! - strings are JSON strings: `"` and `\` are escaped, as are control characters (`\b \f \n \r \t`,
 //!   others `\u00XX` in lowercase hex); everything else, non-ASCII included, is copied as UTF-8 bytes.
 //!
+//! Version 2 added the caller's `principal_kind`, `issuer` and `credential_id` (token and
+//! certificate callers). A record is encoded in version 1 when all three are absent — every
+//! record stored before version 2, and admin records since — so records already stored verify
+//! as they were hashed; every other record is encoded in version 2, which covers them. The choice
+//! cannot be used to drop a field: setting one of them on a version 1 record, or clearing all three
+//! on a version 2 record, changes the version element and with it the hash.
+//!
 //! [`canonical`] walks the record's field table ([`AuditRecord::FIELDS`]), whose order is the
-//! canonical order. [`CANONICAL_FIELDS`] pins version 1 by name, and a test holds the table to it:
-//! reordering, renaming or adding a field would change the hash of every record already stored,
-//! so such a change fails that test until it is made a new version (one that still encodes
-//! version 1 records as they were hashed).
+//! canonical order of the newest version. [`CANONICAL_FIELDS`] and [`CANONICAL_FIELDS_V1`] pin
+//! each version by name, and a test holds the table to them: reordering, renaming or adding a
+//! field would change the hash of every record already stored, so such a change fails that test
+//! until it is made a new version (one that still encodes older records as they were hashed).
 
 use sha2::{Digest, Sha256};
 
@@ -28,12 +36,51 @@ use crate::{AuditEvent, AuditRecord};
 /// The `prev_hash` of a chain's first record.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// The version number that opens every canonical encoding.
-pub const CANONICAL_VERSION: u64 = 1;
+/// The newest version of the canonical encoding.
+pub const CANONICAL_VERSION: u64 = 2;
 
-/// The elements of the canonical array, in order (`"version"` is [`CANONICAL_VERSION`]). Every field
-/// of `AuditRecord` except `hash`.
-pub const CANONICAL_FIELDS: [&str; 29] = [
+/// The fields version 2 added; a record without any of them is encoded in version 1.
+pub const VERSION_2_FIELDS: [&str; 3] = ["principal_kind", "issuer", "credential_id"];
+
+/// The elements of the version 2 canonical array, in order (`"version"` is the version number).
+/// Every field of `AuditRecord` except `hash`.
+pub const CANONICAL_FIELDS: [&str; 32] = [
+    "version",
+    "seq",
+    "ts",
+    "node",
+    "kind",
+    "request_id",
+    "principal_kind",
+    "key_id",
+    "subject",
+    "issuer",
+    "credential_id",
+    "team",
+    "admin_token_id",
+    "client_ip",
+    "method",
+    "path",
+    "model",
+    "upstream",
+    "status",
+    "decision",
+    "reason",
+    "target",
+    "stream",
+    "latency_ms",
+    "ttfb_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "usage_estimated",
+    "cost_pico",
+    "user_agent",
+    "content",
+    "prev_hash",
+];
+
+/// The elements of the version 1 canonical array, in order.
+pub const CANONICAL_FIELDS_V1: [&str; 29] = [
     "version",
     "seq",
     "ts",
@@ -70,6 +117,12 @@ pub fn canonical(record: &AuditRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(512 + record.content.as_ref().map_or(0, String::len));
     encode(record, &mut out);
     out
+}
+
+/// The version `record` is encoded in: 1 when it has none of [`VERSION_2_FIELDS`], else 2.
+pub fn canonical_version(record: &AuditRecord) -> u64 {
+    let v1 = record.principal_kind.is_none() && record.issuer.is_none() && record.credential_id.is_none();
+    if v1 { 1 } else { CANONICAL_VERSION }
 }
 
 /// `lowercase hex SHA-256(prev_hash bytes ‖ canonical(record))`; `record.hash` itself is ignored.
@@ -131,13 +184,18 @@ impl Chain {
 }
 
 fn encode(record: &AuditRecord, out: &mut Vec<u8>) {
+    let version = canonical_version(record);
     let mut enc = Encoder { out, first: true };
     enc.out.push(b'[');
-    enc.uint(CANONICAL_VERSION);
+    enc.uint(version);
     // The table ends with `hash`, which covers every field before it.
     let values = record.values();
-    let covered = values.split_last().map_or(&values[..], |(_hash, covered)| covered);
-    for value in covered {
+    let fields = AuditRecord::FIELDS.iter().zip(&values);
+    let covered = fields.take(values.len().saturating_sub(1));
+    for (field, value) in covered {
+        if version == 1 && VERSION_2_FIELDS.contains(&field.name) {
+            continue;
+        }
         match *value {
             Value::Count(Some(count)) => enc.uint(count),
             Value::Status(status) => enc.uint(u64::from(status)),

@@ -2,7 +2,7 @@ use time::OffsetDateTime;
 
 use super::*;
 use crate::testing;
-use crate::{AuditDecision, AuditKind};
+use crate::{AuditDecision, AuditKind, PrincipalKind};
 
 fn minimal() -> AuditRecord {
     let ts = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap() + time::Duration::milliseconds(123);
@@ -26,7 +26,7 @@ fn record_hash_is_stable() {
 }
 
 #[test]
-fn the_field_table_is_canonical_version_1_then_the_hash() {
+fn the_field_table_is_canonical_version_2_then_the_hash() {
     let names = AuditRecord::FIELDS.map(|field| field.name);
     let (hash, covered) = names.split_last().unwrap();
     assert_eq!(*hash, "hash");
@@ -35,6 +35,57 @@ fn the_field_table_is_canonical_version_1_then_the_hash() {
         &CANONICAL_FIELDS[1..],
         "a changed field table changes every stored hash: make it a new version"
     );
+}
+
+#[test]
+fn version_1_is_version_2_without_the_caller_fields() {
+    let without: Vec<&str> = CANONICAL_FIELDS.iter().copied().filter(|name| !VERSION_2_FIELDS.contains(name)).collect();
+    assert_eq!(without, CANONICAL_FIELDS_V1);
+}
+
+/// A token caller's record: version 2, with the fields version 1 does not have.
+fn token_caller() -> AuditRecord {
+    let mut record = minimal();
+    record.kind = AuditKind::Request;
+    record.principal_kind = Some(PrincipalKind::Token);
+    record.subject = Some("svc-ingest".into());
+    record.issuer = Some("https://idp.example".into());
+    record.credential_id = Some("jti-42".into());
+    record
+}
+
+#[test]
+fn a_record_without_caller_fields_is_hashed_as_version_1_was() {
+    assert_eq!(canonical_version(&minimal()), 1);
+    assert!(String::from_utf8(canonical(&minimal())).unwrap().starts_with("[1,"));
+    let value: serde_json::Value = serde_json::from_slice(&canonical(&minimal())).unwrap();
+    assert_eq!(value.as_array().unwrap().len(), CANONICAL_FIELDS_V1.len());
+}
+
+#[test]
+fn a_record_with_caller_fields_is_version_2_and_hashes_them() {
+    let record = token_caller();
+    assert_eq!(canonical_version(&record), 2);
+    let text = String::from_utf8(canonical(&record)).unwrap();
+    assert_eq!(
+        text,
+        r#"[2,7,1800000000123,"node-a","request",null,"token",null,"svc-ingest","https://idp.example","jti-42",null,null,null,null,null,null,null,403,"deny",null,null,false,0,null,null,null,false,null,null,null,"0000000000000000000000000000000000000000000000000000000000000000"]"#
+    );
+    assert_eq!(record_hash(&record), "44e9ca2066d27b4e756dcd46cf0530c59b2afb31d23ab83b920b0883826e165e");
+    for version_2_only in [
+        |r: &mut AuditRecord| r.principal_kind = Some(PrincipalKind::Key),
+        |r: &mut AuditRecord| r.issuer = Some("x".into()),
+        |r: &mut AuditRecord| r.credential_id = Some("x".into()),
+    ] {
+        let mut v1 = minimal();
+        let before = record_hash(&v1);
+        version_2_only(&mut v1);
+        assert_eq!(canonical_version(&v1), 2);
+        assert_ne!(record_hash(&v1), before, "setting a version 2 field on an old record changes its hash");
+    }
+    let mut cleared = record.clone();
+    (cleared.principal_kind, cleared.issuer, cleared.credential_id) = (None, None, None);
+    assert_ne!(record_hash(&cleared), record_hash(&record));
 }
 
 #[test]
@@ -49,7 +100,7 @@ fn strings_are_escaped_like_json() {
     let tricky = "quote\" backslash\\ newline\n tab\t nul\u{0} bell\u{7} del\u{7f} é 漢 🦀 \u{1f}";
     record.content = Some(tricky.to_string());
     let value: serde_json::Value = serde_json::from_slice(&canonical(&record)).unwrap();
-    assert_eq!(value[CANONICAL_FIELDS.iter().position(|f| *f == "content").unwrap()], tricky);
+    assert_eq!(value[CANONICAL_FIELDS_V1.iter().position(|f| *f == "content").unwrap()], tricky);
     let text = String::from_utf8(canonical(&record)).unwrap();
     assert!(text.contains(r#""quote\" backslash\\ newline\n tab\t nul\u0000 bell\u0007 del"#), "{text}");
     assert!(text.contains(r"\u001f"), "{text}");
@@ -73,8 +124,11 @@ fn every_field_but_hash_changes_the_hash() {
         ("node", |r| r.node.push('x')),
         ("kind", |r| r.kind = AuditKind::Security),
         ("request_id", |r| r.request_id = None),
+        ("principal_kind", |r| r.principal_kind = Some(PrincipalKind::Certificate)),
         ("key_id", |r| r.key_id = Some("key_02".into())),
         ("subject", |r| r.subject = Some("alice".into())),
+        ("issuer", |r| r.issuer = Some("https://idp.example".into())),
+        ("credential_id", |r| r.credential_id = Some("sha256:00".into())),
         ("team", |r| r.team = None),
         ("admin_token_id", |r| r.admin_token_id = Some("tok".into())),
         ("client_ip", |r| r.client_ip = Some("10.0.0.8".into())),

@@ -28,7 +28,9 @@ use portcullis_store::ChangeLog;
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
 
-use crate::{AuditCheckpoint, AuditCursor, AuditDecision, AuditFilter, AuditKind, AuditRecord, AuditStore};
+use crate::{
+    AuditCheckpoint, AuditCursor, AuditDecision, AuditFilter, AuditKind, AuditRecord, AuditStore, PrincipalKind,
+};
 
 const RED: &str = "story-team-red";
 const BLUE: &str = "story-team-blue";
@@ -110,7 +112,7 @@ async fn queries_filter_order_and_page(audit: &dyn AuditStore) {
 
     assert_eq!(query(day.clone()).await, ordered, "oldest first; same time by node, then seq");
 
-    let checks: [(AuditFilter, &[(&str, u64)]); 14] = [
+    let checks: [(AuditFilter, &[(&str, u64)]); 17] = [
         (AuditFilter { node: Some(NODE_B.into()), ..day.clone() }, &[(NODE_B, 1), (NODE_B, 2), (NODE_B, 3)]),
         (AuditFilter { key_id: Some("story-key-a".into()), ..day.clone() }, &[(NODE_A, 1), (NODE_A, 4), (NODE_A, 6)]),
         (AuditFilter { team: Some(BLUE.into()), ..day.clone() }, &[(NODE_A, 2), (NODE_B, 2)]),
@@ -136,6 +138,9 @@ async fn queries_filter_order_and_page(audit: &dyn AuditStore) {
             &[(NODE_A, 6)],
         ),
         (AuditFilter { key_id: Some("story-key-none".into()), ..day.clone() }, &[]),
+        (AuditFilter { subject: Some("svc:ingest@example".into()), ..day.clone() }, &[(NODE_A, 4)]),
+        (AuditFilter { issuer: Some("https://idp.example".into()), ..day.clone() }, &[(NODE_A, 4)]),
+        (AuditFilter { issuer: Some("https://idp.example/".into()), ..day.clone() }, &[]),
     ];
     for (filter, expected) in checks {
         assert_eq!(refs(query(filter.clone()).await), expect(expected), "{filter:?}");
@@ -253,8 +258,11 @@ fn node_a_records() -> Vec<AuditRecord> {
     let a4 = AuditRecord {
         kind: AuditKind::Request,
         request_id: Some("story-req-a4".into()),
+        principal_kind: Some(PrincipalKind::Token),
         key_id: Some("story-key-a".into()),
         subject: Some("svc:ingest@example".into()),
+        issuer: Some("https://idp.example".into()),
+        credential_id: Some("sha256:0123456789abcdef".into()),
         team: Some(RED.into()),
         admin_token_id: Some(String::new()),
         client_ip: Some("2001:db8::7".into()),
@@ -326,8 +334,11 @@ fn audited(node: &str, seq: u64, millis: i64) -> AuditRecord {
         node: node.into(),
         kind: AuditKind::Request,
         request_id: None,
+        principal_kind: None,
         key_id: None,
         subject: None,
+        issuer: None,
+        credential_id: None,
         team: None,
         admin_token_id: None,
         client_ip: None,

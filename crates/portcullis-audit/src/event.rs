@@ -2,7 +2,7 @@
 
 use time::{OffsetDateTime, UtcOffset};
 
-use crate::{AuditDecision, AuditKind, AuditRecord};
+use crate::{AuditDecision, AuditKind, AuditRecord, PrincipalKind};
 
 /// An [`AuditRecord`] without the fields the writer's [`crate::Chain`] assigns (`seq`, `node`,
 /// `prev_hash`, `hash`). The server builds one per request, admin action or security event; see
@@ -15,8 +15,11 @@ pub struct AuditEvent {
     pub ts: OffsetDateTime,
     pub kind: AuditKind,
     pub request_id: Option<String>,
+    pub principal_kind: Option<PrincipalKind>,
     pub key_id: Option<String>,
     pub subject: Option<String>,
+    pub issuer: Option<String>,
+    pub credential_id: Option<String>,
     pub team: Option<String>,
     pub admin_token_id: Option<String>,
     pub client_ip: Option<String>,
@@ -46,8 +49,11 @@ impl AuditEvent {
             ts,
             kind,
             request_id: None,
+            principal_kind: None,
             key_id: None,
             subject: None,
+            issuer: None,
+            credential_id: None,
             team: None,
             admin_token_id: None,
             client_ip: None,
@@ -80,8 +86,11 @@ impl AuditEvent {
             ts,
             kind,
             request_id,
+            principal_kind,
             key_id,
             subject,
+            issuer,
+            credential_id,
             team,
             admin_token_id,
             client_ip,
@@ -109,8 +118,11 @@ impl AuditEvent {
             node,
             kind,
             request_id,
+            principal_kind,
             key_id,
             subject,
+            issuer,
+            credential_id,
             team,
             admin_token_id,
             client_ip,

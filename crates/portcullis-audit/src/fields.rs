@@ -10,7 +10,7 @@
 
 use time::OffsetDateTime;
 
-use crate::record::{AuditDecision, AuditKind};
+use crate::record::{AuditDecision, AuditKind, PrincipalKind};
 
 /// The class of column a field is stored in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +164,18 @@ macro_rules! named_field {
 }
 named_field!(AuditKind);
 named_field!(AuditDecision);
+
+impl FieldType for Option<PrincipalKind> {
+    const COLUMN: Column = Column::Text;
+    const NULLABLE: bool = true;
+    fn value(&self) -> Value<'_> {
+        Value::Text(self.map(PrincipalKind::name))
+    }
+    fn read<R: ReadColumns>(row: &mut R, index: usize) -> Result<Self, R::Error> {
+        let Some(name) = row.text(index)? else { return Ok(None) };
+        PrincipalKind::from_name(&name).map(Some).ok_or_else(|| row.invalid(index, format!("unknown value {name:?}")))
+    }
+}
 
 /// Unix milliseconds, rounded down (also before 1970): how a record's `ts` is hashed and stored.
 pub fn unix_millis(at: OffsetDateTime) -> i64 {

@@ -47,11 +47,14 @@ pub mod writer;
 #[cfg(test)]
 mod testing;
 
-pub use chain::{CANONICAL_FIELDS, Chain, GENESIS_HASH, canonical, record_hash};
+pub use chain::{
+    CANONICAL_FIELDS, CANONICAL_FIELDS_V1, CANONICAL_VERSION, Chain, GENESIS_HASH, canonical, canonical_version,
+    record_hash,
+};
 pub use error::AuditError;
 pub use event::AuditEvent;
 pub use fields::{unix_millis, unix_millis_ceil};
-pub use record::{AuditDecision, AuditKind, AuditRecord};
+pub use record::{AuditDecision, AuditKind, AuditRecord, PrincipalKind};
 pub use redact::Redactor;
 pub use stats::{AuditStats, AuditStatsSnapshot};
 pub use store::{AuditCheckpoint, AuditCursor, AuditFilter, AuditStore};

@@ -23,10 +23,19 @@ audit_record! {
         pub node: String,
         pub kind: AuditKind,
         pub request_id: Option<String>,
-        /// API key id of a proxied request's caller.
+        /// What the caller of a proxied request presented: an API key, an access token or a client
+        /// certificate; `None` for a record without such a caller (admin actions, most security
+        /// events, requests refused before a credential was accepted).
+        pub principal_kind: Option<PrincipalKind>,
+        /// API key id of a proxied request's caller (`None` for token and certificate callers).
         pub key_id: Option<String>,
-        /// Token subject, for OAuth callers.
+        /// A token caller's `sub`, or the certificate identity its mapping matched.
         pub subject: Option<String>,
+        /// A token's `iss`, or a client certificate's issuer.
+        pub issuer: Option<String>,
+        /// Names the one token or certificate without revealing it: the token's `jti` or
+        /// `sha256:` and the start of its hash; a certificate's `sha256:` fingerprint.
+        pub credential_id: Option<String>,
         pub team: Option<String>,
         /// Admin token id behind an admin action.
         pub admin_token_id: Option<String>,
@@ -75,6 +84,15 @@ pub enum AuditDecision {
     Error,
 }
 
+/// The kind of credential a caller presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrincipalKind {
+    Key,
+    Token,
+    Certificate,
+}
+
 impl AuditKind {
     pub const ALL: [AuditKind; 3] = [AuditKind::Request, AuditKind::Admin, AuditKind::Security];
 
@@ -111,6 +129,23 @@ impl AuditDecision {
     }
 }
 
+impl PrincipalKind {
+    pub const ALL: [PrincipalKind; 3] = [PrincipalKind::Key, PrincipalKind::Token, PrincipalKind::Certificate];
+
+    /// The stored, queried and hashed name (the serde name too); see [`AuditKind::name`].
+    pub fn name(self) -> &'static str {
+        match self {
+            PrincipalKind::Key => "key",
+            PrincipalKind::Token => "token",
+            PrincipalKind::Certificate => "certificate",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<PrincipalKind> {
+        PrincipalKind::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +159,10 @@ mod tests {
         for decision in AuditDecision::ALL {
             assert_eq!(AuditDecision::from_name(decision.name()), Some(decision));
             assert_eq!(serde_json::to_value(decision).ok(), Some(serde_json::json!(decision.name())));
+        }
+        for kind in PrincipalKind::ALL {
+            assert_eq!(PrincipalKind::from_name(kind.name()), Some(kind));
+            assert_eq!(serde_json::to_value(kind).ok(), Some(serde_json::json!(kind.name())));
         }
         assert_eq!(AuditKind::from_name("Request"), None);
     }

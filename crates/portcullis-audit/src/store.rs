@@ -45,6 +45,10 @@ pub struct AuditFilter {
     pub until: Option<OffsetDateTime>,
     pub node: Option<String>,
     pub key_id: Option<String>,
+    /// A token or certificate caller's subject.
+    pub subject: Option<String>,
+    /// A token or certificate caller's issuer.
+    pub issuer: Option<String>,
     pub team: Option<String>,
     pub model: Option<String>,
     pub status: Option<u16>,

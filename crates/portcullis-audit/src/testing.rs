@@ -2,13 +2,14 @@
 
 use time::OffsetDateTime;
 
-use crate::{AuditDecision, AuditEvent, AuditKind, AuditRecord, Chain};
+use crate::{AuditDecision, AuditEvent, AuditKind, AuditRecord, Chain, PrincipalKind};
 
 /// A request event with most fields set, different for each `i`.
 pub(crate) fn event(i: u64) -> AuditEvent {
     let ts = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap() + time::Duration::milliseconds(i as i64 * 7);
     AuditEvent {
         request_id: Some(format!("req-{i}")),
+        principal_kind: Some(PrincipalKind::Key),
         key_id: Some("key_01".to_string()),
         team: Some("research".to_string()),
         client_ip: Some("10.0.0.7".to_string()),

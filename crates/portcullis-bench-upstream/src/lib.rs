@@ -7,7 +7,12 @@
 //! Routes: `POST /v1/chat/completions` and `/v1/completions` (plain JSON with `usage`, or with
 //! `stream: true` an SSE stream of `chunks` content events `gap` apart, a usage event when
 //! `stream_options.include_usage` is true, then `data: [DONE]`), `POST /v1/embeddings`,
-//! `GET /v1/models`, `GET /v1/models/{id}` and `GET /health`.
+//! `GET /v1/models`, `GET /v1/models/{id}` and `GET /health`; with an [`Issuer`], also its OIDC
+//! discovery document and JWKS, so that the gateway can be benchmarked with JWT authentication.
+
+mod issuer;
+
+pub use issuer::Issuer;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -69,6 +74,12 @@ struct Kind {
     stream_with_usage: Stream,
 }
 
+#[derive(Debug)]
+struct IssuerDocuments {
+    discovery: Bytes,
+    jwks: Bytes,
+}
+
 /// Every answer, rendered once.
 #[derive(Debug)]
 pub struct Responses {
@@ -82,9 +93,25 @@ pub struct Responses {
     bad_request: Bytes,
     too_large: Bytes,
     gap: Duration,
+    /// The discovery document and the key set of a token issuer, when one is served.
+    issuer: Option<IssuerDocuments>,
 }
 
 impl Responses {
+    /// Serves `issuer`'s discovery document and key set as well.
+    pub fn with_issuer(self, issuer: &Issuer) -> Responses {
+        Responses { issuer: Some(IssuerDocuments { discovery: issuer.discovery(), jwks: issuer.jwks() }), ..self }
+    }
+
+    fn issuer_document(&self, path: &str) -> Option<&Bytes> {
+        let documents = self.issuer.as_ref()?;
+        match path {
+            issuer::DISCOVERY_PATH => Some(&documents.discovery),
+            issuer::JWKS_PATH => Some(&documents.jwks),
+            _ => None,
+        }
+    }
+
     pub fn render(settings: &Settings) -> Responses {
         let model = settings.model.as_str();
         let chunks = settings.chunks;
@@ -184,6 +211,7 @@ impl Responses {
             bad_request: error_body("the body is not a JSON object", "invalid_request"),
             too_large: error_body("the body is too large", "request_too_large"),
             gap: settings.gap,
+            issuer: None,
         }
     }
 }
@@ -302,6 +330,10 @@ pub async fn handle(request: Request<Incoming>, responses: Arc<Responses>) -> Re
         (&Method::GET, "/v1/models") => json_response(StatusCode::OK, &responses.models),
         (&Method::GET, path) if path.starts_with("/v1/models/") => json_response(StatusCode::OK, &responses.model),
         (&Method::GET, "/health" | "/healthz") => json_response(StatusCode::OK, &responses.health),
+        (&Method::GET, path) => match responses.issuer_document(path) {
+            Some(document) => json_response(StatusCode::OK, document),
+            None => json_response(StatusCode::NOT_FOUND, &responses.not_found),
+        },
         _ => json_response(StatusCode::NOT_FOUND, &responses.not_found),
     };
     Ok(answer)

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use portcullis_bench_upstream::{Responses, Settings, bind, serve};
+use portcullis_bench_upstream::{Issuer, Responses, Settings, bind, serve};
 
 /// A fast OpenAI-compatible upstream for benchmarks: every answer pre-rendered.
 #[derive(Debug, Parser)]
@@ -36,6 +36,13 @@ struct Args {
     /// Once listening, write the bound address (`127.0.0.1:PORT`) here.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Also be an OIDC token issuer (`iss` = this server's URL; discovery and JWKS served here) and
+    /// write an access token for `--token-audience`, valid for a day, to this file.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The `aud` of the token written to `--token-file`.
+    #[arg(long, default_value = "portcullis-bench")]
+    token_audience: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,7 +57,7 @@ fn main() -> anyhow::Result<()> {
         threads => threads,
     };
     let settings = Settings { chunks: args.chunks, gap: Duration::from_millis(args.gap_ms), model: args.model };
-    let responses = Arc::new(Responses::render(&settings));
+    let responses = Responses::render(&settings);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()
@@ -59,8 +66,17 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listener = bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
         let bound = listener.local_addr().context("cannot read the bound address")?;
+        let responses = match &args.token_file {
+            Some(path) => {
+                let issuer = Issuer::generate(format!("http://{bound}"));
+                let token = issuer.token(&args.token_audience, "bench-client", Duration::from_secs(86_400))?;
+                write_atomically(path, &token)?;
+                responses.with_issuer(&issuer)
+            }
+            None => responses,
+        };
         if let Some(path) = &args.ready_file {
-            write_ready_file(path, bound)?;
+            write_atomically(path, &format!("{bound}\n"))?;
         }
         let _ = writeln!(
             std::io::stderr(),
@@ -68,15 +84,15 @@ fn main() -> anyhow::Result<()> {
             settings.chunks,
             args.gap_ms
         );
-        serve(listener, responses).await;
+        serve(listener, Arc::new(responses)).await;
         Ok(())
     })
 }
 
 /// Written to a temporary name and renamed, so a reader never sees half a file.
-fn write_ready_file(path: &Path, bound: SocketAddr) -> anyhow::Result<()> {
+fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
     let partial = path.with_extension("partial");
-    std::fs::write(&partial, format!("{bound}\n")).with_context(|| format!("cannot write {}", partial.display()))?;
+    std::fs::write(&partial, text).with_context(|| format!("cannot write {}", partial.display()))?;
     std::fs::rename(&partial, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

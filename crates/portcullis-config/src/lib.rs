@@ -15,6 +15,7 @@ mod model;
 mod oidc;
 mod split;
 mod startup;
+mod tls;
 mod validate;
 
 use std::path::Path;
@@ -25,6 +26,7 @@ pub use live::{AuditLive, AuthLive, LimitsLive, Live, Models, SecurityThresholds
 pub use model::*;
 pub use oidc::{Audience, ClaimNames, IntrospectionConfig, JwtAlgorithm, MAX_LEEWAY, OidcIssuerConfig};
 pub use startup::{AuditStartup, LimiterStartup, SecurityStartup, ServerStartup, Startup, StoreStartup};
+pub use tls::{CertificateMapping, CertificateMatch, ClientAuth, TlsConfig, parse_fingerprint};
 pub use validate::MAX_HEADERS;
 
 #[derive(Debug, thiserror::Error)]

@@ -35,14 +35,6 @@ pub struct ServerLive {
     pub forwarded_header: ForwardedHeader,
 }
 
-/// `[auth]`: the token issuers; a reload rebuilds the verifiers (keeping the key sets of issuers
-/// whose settings did not change).
-#[derive(Debug, Clone, Serialize)]
-pub struct AuthLive {
-    pub jwks_refresh_interval: ConfigDuration,
-    pub oidc: Vec<crate::OidcIssuerConfig>,
-}
-
 /// `[store]`: the change follower's poll, read before each wait, and the key and team caches'
 /// maximum age, read with each lookup.
 #[derive(Debug, Clone, Serialize)]
@@ -73,6 +65,17 @@ pub struct SecurityThresholds {
     pub block_duration: ConfigDuration,
     pub anomaly_factor: f64,
     pub anomaly_min_requests: u32,
+}
+
+/// `[auth]`: how credentials Portcullis did not issue map to principals.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthLive {
+    pub jwks_refresh_interval: ConfigDuration,
+    /// The token issuers; a reload rebuilds the verifiers (keeping the key sets of issuers whose
+    /// settings did not change).
+    pub oidc: Vec<crate::OidcIssuerConfig>,
+    /// Client certificate rules, in the file's order (the first match wins).
+    pub certificates: Vec<crate::CertificateMapping>,
 }
 
 /// A tier, its model globs compiled once.

@@ -79,6 +79,8 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// Which header a trusted proxy names the client in.
     pub forwarded_header: ForwardedHeader,
+    /// TLS termination; absent = plain HTTP.
+    pub tls: Option<crate::TlsConfig>,
 }
 
 /// The header that carries the client address through trusted proxies. Only the configured one
@@ -113,6 +115,7 @@ impl Default for ServerConfig {
             shutdown_timeout: ConfigDuration(Duration::from_secs(30)),
             trusted_proxies: Vec::new(),
             forwarded_header: ForwardedHeader::XForwardedFor,
+            tls: None,
         }
     }
 }
@@ -126,11 +129,19 @@ pub struct AdminConfig {
     pub max_connections: usize,
     /// Open admin connections from one address; 0 = no per-address cap.
     pub max_connections_per_client: usize,
+    /// TLS termination; absent = plain HTTP. A client CA here only gates the transport: admin
+    /// callers still authenticate with admin tokens.
+    pub tls: Option<crate::TlsConfig>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8081)), max_connections: 256, max_connections_per_client: 64 }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            max_connections: 256,
+            max_connections_per_client: 64,
+            tls: None,
+        }
     }
 }
 
@@ -318,11 +329,18 @@ pub struct AuthConfig {
     /// Token issuers, tried by the token's `iss` (JWTs) or in this order (opaque tokens).
     #[serde(default)]
     pub oidc: Vec<crate::oidc::OidcIssuerConfig>,
+    /// Client certificate → principal rules; the first match wins.
+    #[serde(default)]
+    pub certificates: Vec<crate::CertificateMapping>,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { jwks_refresh_interval: crate::oidc::default_jwks_refresh_interval(), oidc: Vec::new() }
+        AuthConfig {
+            jwks_refresh_interval: crate::oidc::default_jwks_refresh_interval(),
+            oidc: Vec::new(),
+            certificates: Vec::new(),
+        }
     }
 }
 

@@ -15,7 +15,7 @@ impl Config {
     /// Splits a validated configuration into its restart-only and its live settings.
     pub fn split(self) -> (Startup, Live) {
         let Config { server, admin, store, limits, audit, security, auth, tiers, models } = self;
-        let AuthConfig { jwks_refresh_interval, oidc } = auth;
+        let AuthConfig { jwks_refresh_interval, oidc, certificates } = auth;
         let ServerConfig {
             listen,
             max_body_bytes,
@@ -34,6 +34,7 @@ impl Config {
             shutdown_timeout,
             trusted_proxies,
             forwarded_header,
+            tls,
         } = server;
         let StoreConfig { url, pool_size, change_poll, cache_max_age } = store;
         let LimitsConfig {
@@ -70,6 +71,7 @@ impl Config {
                 max_connections_per_client,
                 http2_keepalive_interval,
                 http2_max_concurrent_streams,
+                tls,
             },
             admin,
             store: StoreStartup { url, pool_size },
@@ -104,7 +106,7 @@ impl Config {
                 anomaly_factor,
                 anomaly_min_requests,
             },
-            auth: AuthLive { jwks_refresh_interval, oidc },
+            auth: AuthLive { jwks_refresh_interval, oidc, certificates },
             tiers: tiers.into_iter().map(|(name, tier)| (name, compile_tier(tier))).collect(),
             models: Models::new(models),
         };
@@ -147,11 +149,23 @@ mod tests {
         shutdown_timeout = "2s"
         trusted_proxies = ["10.0.0.0/8"]
         forwarded_header = "forwarded"
+        [server.tls]
+        cert = "proxy.crt"
+        key = "proxy.key"
+        client_ca = "clients-ca.pem"
+        client_auth = "required"
+        crls = ["clients.crl"]
 
         [admin]
         listen = "127.0.0.1:9001"
         max_connections = 8
         max_connections_per_client = 4
+        [admin.tls]
+        cert = "admin.crt"
+        key = "admin.key"
+        client_ca = "operators-ca.pem"
+        client_auth = "required"
+        crls = ["operators.crl"]
 
         [store]
         url = "postgres://db/x"
@@ -234,6 +248,14 @@ mod tests {
         burst = 5
         priority = 3
         models = ["a*"]
+
+        [[auth.certificates]]
+        name = "batch"
+        match = { san_uri = "spiffe://acme/batch" }
+        team = "acme"
+        tier = "gold"
+        models = ["a*"]
+        scopes = ["chat"]
 
         [[models]]
         name = "a"

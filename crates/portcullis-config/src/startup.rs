@@ -43,6 +43,8 @@ pub struct ServerStartup {
     pub max_connections_per_client: usize,
     pub http2_keepalive_interval: ConfigDuration,
     pub http2_max_concurrent_streams: u32,
+    /// The paths and client policy; the files are read again on every reload.
+    pub tls: Option<crate::TlsConfig>,
 }
 
 /// `[store]`: the connection, and the caches built on it.

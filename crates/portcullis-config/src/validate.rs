@@ -88,6 +88,13 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     for (index, pattern) in config.audit.redact.iter().enumerate() {
         validate_redaction(index, pattern)?;
     }
+    if let Some(tls) = &config.server.tls {
+        crate::tls::validate_tls("server.tls", tls)?;
+    }
+    if let Some(tls) = &config.admin.tls {
+        crate::tls::validate_tls("admin.tls", tls)?;
+    }
+    crate::tls::validate_certificates(config)?;
     validate_limits("limits.global", &config.limits.global)?;
     for (name, tier) in &config.tiers {
         validate_tier(name, tier)?;
@@ -385,5 +392,25 @@ mod tests {
             source = cause.source();
         }
         text
+    }
+
+    /// Every complete example of docs/identity-providers.md — each ```toml block with an
+    /// `[[auth.oidc]]` table, DESIGN §5's snippet first — loads; `${VAR}`s are set.
+    #[test]
+    fn identity_provider_examples_load() {
+        let docs = include_str!("../../../docs/identity-providers.md");
+        let examples: Vec<&str> = docs
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|block| block.split("```").next())
+            .filter(|block| block.contains("[[auth.oidc]]"))
+            .collect();
+        assert!(examples.len() >= 5, "DESIGN §5's snippet, Keycloak, Auth0, Okta, Entra ID: {}", examples.len());
+        assert!(examples[0].contains("issuer = \"https://idp.example.com/realms/acme\""), "DESIGN §5's snippet first");
+        for example in examples {
+            if let Err(error) = Config::parse(example, |_| Some("from-the-environment".into())) {
+                panic!("docs/identity-providers.md example does not load: {error:?}\n{example}");
+            }
+        }
     }
 }

@@ -20,10 +20,12 @@ use portcullis_audit::{AuditDecision, AuditEvent, Submitted};
 use time::OffsetDateTime;
 
 use crate::audit::Auditor;
+use crate::client_certificate::ClientCertificate;
 use crate::error::ApiError;
 use crate::lifecycle::Lifecycle;
 use crate::listener_kind::ListenerKind;
 use crate::metrics::Metrics;
+use crate::principal::{Credential, record_caller};
 use crate::request_id::RequestId;
 
 /// The status recorded for a request whose client left before it was answered (nginx's).
@@ -32,7 +34,10 @@ pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 /// What a handler learned about the request, for its log line and audit record.
 #[derive(Debug, Clone, Default)]
 pub struct AccessInfo {
+    /// The caller's principal id: the only part of it the access log shows.
     pub principal: Option<String>,
+    /// What the caller presented, for the audit record.
+    pub credential: Option<Credential>,
     pub team: Option<String>,
     pub model: Option<String>,
     pub upstream: Option<String>,
@@ -53,6 +58,8 @@ pub struct RequestMeta {
     /// The client's address as resolved through trusted proxies (the peer's when that failed).
     pub client_ip: Option<IpAddr>,
     pub user_agent: Option<String>,
+    /// The client certificate the connection's TLS handshake verified.
+    pub client_certificate: Option<Arc<ClientCertificate>>,
 }
 
 /// What a request was billed, as its audit record states it.
@@ -228,7 +235,7 @@ impl Inner {
     ) -> AuditEvent {
         let mut event = AuditEvent::new(OffsetDateTime::now_utc(), self.listener.audit_kind(), decision, status);
         event.request_id = self.meta.request_id.as_ref().map(|id| id.as_str().to_string());
-        event.key_id = info.principal;
+        record_caller(&mut event, info.principal, info.credential);
         event.team = info.team;
         event.admin_token_id = info.admin_token_id;
         event.target = info.target;

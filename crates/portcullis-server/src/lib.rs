@@ -5,8 +5,11 @@ mod admin;
 mod audit;
 mod bearer;
 mod caller_limits;
+mod certificate_cache;
+mod certificate_identity;
 mod changes;
 mod client_addr;
+mod client_certificate;
 mod clock;
 mod error;
 mod exchange;
@@ -15,6 +18,7 @@ pub mod fuzzing;
 mod health;
 mod key_cache;
 mod lifecycle;
+mod limit_view;
 mod limiter;
 mod listener;
 mod listener_kind;
@@ -35,6 +39,7 @@ mod store_cache;
 mod team_cache;
 pub mod usage;
 
+pub use listener::TlsError;
 pub use server::{RunningServer, Server};
 pub use start_error::StartError;
 
@@ -44,6 +49,11 @@ pub use start_error::StartError;
 pub fn check_backends(startup: &portcullis_config::Startup) -> Result<(), StartError> {
     store::check(&startup.store)?;
     limiter::LimiterHandle::check(&startup.limits)
+}
+
+/// Whether the TLS files of both listeners load as `serve` would load them (`config check`).
+pub fn check_tls(startup: &portcullis_config::Startup) -> Result<(), StartError> {
+    server::TlsListeners::load(startup).map(drop)
 }
 
 /// Applies pending migrations to the configured store; returns how many ran.

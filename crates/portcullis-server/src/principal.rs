@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use portcullis_audit::{AuditEvent, PrincipalKind};
 use portcullis_auth::{CidrList, ExternalIdentity, IdentityKind, ModelGlobs, Scopes};
 use portcullis_config::Live;
 use portcullis_store::{SecretMatch, TeamRecord};
@@ -107,6 +108,32 @@ pub enum Credential {
     External { kind: IdentityKind, issuer: String, subject: String, credential_id: String },
 }
 
+impl Credential {
+    /// The kind of principal as audit records name it.
+    pub fn principal_kind(&self) -> PrincipalKind {
+        match self {
+            Credential::Key => PrincipalKind::Key,
+            Credential::External { kind: IdentityKind::Token, .. } => PrincipalKind::Token,
+            Credential::External { kind: IdentityKind::Certificate, .. } => PrincipalKind::Certificate,
+        }
+    }
+}
+
+/// Puts the caller in an audit record: a key caller by its key id; a token or certificate caller
+/// by its issuer, subject and credential id, with no key id. Without a credential (none was
+/// accepted) only what is known: `principal`, if anything.
+pub fn record_caller(event: &mut AuditEvent, principal: Option<String>, credential: Option<Credential>) {
+    event.principal_kind = credential.as_ref().map(Credential::principal_kind);
+    match credential {
+        Some(Credential::External { kind: _, issuer, subject, credential_id }) => {
+            event.issuer = Some(issuer);
+            event.subject = Some(subject);
+            event.credential_id = Some(credential_id);
+        }
+        Some(Credential::Key) | None => event.key_id = principal,
+    }
+}
+
 /// A key's tier and where it comes from: its own, else its team's, else `default_tier`. Decided
 /// each time it is needed and never stored, so that only a tier given to the key itself stays
 /// when its team's changes.
@@ -120,7 +147,36 @@ pub fn key_tier<'a>(own: Option<&'a str>, team: Option<&'a str>, default_tier: &
 
 #[cfg(test)]
 mod tests {
+    use portcullis_audit::{AuditDecision, AuditKind};
+
     use super::*;
+
+    #[test]
+    fn a_token_caller_is_recorded_by_issuer_subject_and_credential_id_never_as_a_key() {
+        let blank = || AuditEvent::new(time::OffsetDateTime::UNIX_EPOCH, AuditKind::Request, AuditDecision::Allow, 200);
+        let mut event = blank();
+        let credential = Credential::External {
+            kind: IdentityKind::Token,
+            issuer: "https://idp.example".into(),
+            subject: "svc-ingest".into(),
+            credential_id: "jti-7".into(),
+        };
+        record_caller(&mut event, Some("oidc:corp:svc-ingest".into()), Some(credential));
+        assert_eq!(event.principal_kind, Some(PrincipalKind::Token));
+        assert_eq!(
+            (event.key_id, event.issuer.as_deref(), event.subject.as_deref(), event.credential_id.as_deref()),
+            (None, Some("https://idp.example"), Some("svc-ingest"), Some("jti-7"))
+        );
+        let mut event = blank();
+        record_caller(&mut event, Some("key_1".into()), Some(Credential::Key));
+        assert_eq!(
+            (event.principal_kind, event.key_id.as_deref(), event.subject),
+            (Some(PrincipalKind::Key), Some("key_1"), None)
+        );
+        let mut event = blank();
+        record_caller(&mut event, None, None);
+        assert_eq!((event.principal_kind, event.key_id), (None, None));
+    }
 
     #[test]
     fn a_key_is_on_its_own_tier_else_its_teams_else_the_default() {

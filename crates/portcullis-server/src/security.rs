@@ -8,14 +8,15 @@ use time::OffsetDateTime;
 
 use crate::audit::Auditor;
 use crate::metrics::Metrics;
+use crate::principal::{Credential, record_caller};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecurityEvent {
     /// A client address crossed `security.auth_failure_limit` and is now refused for
     /// `security.block_duration`.
     ClientBlocked { client: IpAddr },
-    /// A key's requests this minute crossed `security.anomaly_factor` × its own baseline.
-    Anomaly { key_id: String, team: Option<String>, requests_this_minute: u64 },
+    /// A caller's requests this minute crossed `security.anomaly_factor` × its own baseline.
+    Anomaly { principal: String, credential: Credential, team: Option<String>, requests_this_minute: u64 },
 }
 
 impl SecurityEvent {
@@ -34,10 +35,10 @@ impl SecurityEvent {
         record.reason = Some(self.name().to_string());
         match self {
             SecurityEvent::ClientBlocked { client } => record.client_ip = Some(client.to_string()),
-            SecurityEvent::Anomaly { key_id, team, requests_this_minute } => {
+            SecurityEvent::Anomaly { principal, credential, team, requests_this_minute } => {
                 record.decision = AuditDecision::Allow;
                 record.status = 200;
-                record.key_id = Some(key_id);
+                record_caller(&mut record, Some(principal), Some(credential));
                 record.team = team;
                 record.target = Some(format!("{requests_this_minute} requests this minute"));
             }

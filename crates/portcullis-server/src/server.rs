@@ -2,6 +2,7 @@
 
 use portcullis_types::chain;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_auth::{SecretKind, SecretToken};
@@ -16,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::auth::MIN_BOOTSTRAP_TOKEN_LEN;
 use crate::lifecycle::Stage;
-use crate::listener::{self, Listening, Site};
+use crate::listener::{self, Listening, Site, Tls, TlsError};
 use crate::listener_kind::ListenerKind;
 use crate::runtime::Runtime;
 use crate::state::AppState;
@@ -49,6 +50,7 @@ pub struct Server {
     audit_task: WriterTask,
     /// Where the change follower starts; see [`crate::changes`].
     change_cursor: u64,
+    tls: TlsListeners,
 }
 
 impl Server {
@@ -74,6 +76,7 @@ impl Server {
         if applied > 0 {
             tracing::info!(applied, "store migrations applied");
         }
+        let tls = TlsListeners::load(&startup)?;
         let proxy = bind(startup.server.listen)?;
         let admin = bind(startup.admin.listen)?;
         let limiter = LimiterHandle::from_config(&startup.limits).await?;
@@ -93,7 +96,7 @@ impl Server {
             Some(_) => None,
             None => first_admin_token(&stores, &state).await?,
         };
-        Ok(Server { state, proxy, admin, generated_admin_token, recorder_task, audit_task, change_cursor })
+        Ok(Server { state, proxy, admin, generated_admin_token, recorder_task, audit_task, change_cursor, tls })
     }
 
     pub fn proxy_addr(&self) -> std::io::Result<SocketAddr> {
@@ -114,8 +117,10 @@ impl Server {
         let startup = self.state.startup.clone();
         let caps = ConnectionCaps::for_open_files(&startup, open_files_limit());
         let server = &startup.server;
-        let proxy_listening = Listening::new(server, caps.proxy, server.max_connections_per_client);
-        let admin_listening = Listening::new(server, caps.admin, startup.admin.max_connections_per_client);
+        let proxy_listening =
+            Listening::new(server, caps.proxy, server.max_connections_per_client, self.tls.proxy.clone());
+        let admin_listening =
+            Listening::new(server, caps.admin, startup.admin.max_connections_per_client, self.tls.admin.clone());
         let context = self.state.site_context();
         let proxy_site =
             Site { kind: ListenerKind::Proxy, router: proxy::router(self.state.proxy()), context: context.clone() };
@@ -137,7 +142,44 @@ impl Server {
             follower,
             recorder_task: self.recorder_task,
             audit_task: self.audit_task,
+            tls: self.tls,
         }
+    }
+}
+
+/// The listeners' TLS material, reloaded together.
+#[derive(Debug)]
+pub(crate) struct TlsListeners {
+    proxy: Option<Arc<Tls>>,
+    admin: Option<Arc<Tls>>,
+}
+
+impl TlsListeners {
+    pub(crate) fn load(startup: &Startup) -> Result<TlsListeners, StartError> {
+        let load = |setting: &'static str, files: Option<&portcullis_config::TlsConfig>| {
+            files
+                .map(|files| Tls::load(setting, files).map(Arc::new))
+                .transpose()
+                .map_err(|error| StartError::Setting { setting, source: error.into() })
+        };
+        Ok(TlsListeners {
+            proxy: load("server.tls", startup.server.tls.as_ref())?,
+            admin: load("admin.tls", startup.admin.tls.as_ref())?,
+        })
+    }
+
+    /// Reads every listener's files again; installs them only if all are good.
+    fn reload(&self) -> Result<(), TlsError> {
+        let listeners = [&self.proxy, &self.admin];
+        let prepared = listeners
+            .iter()
+            .filter_map(|tls| tls.as_ref())
+            .map(|tls| tls.prepare().map(|prepared| (tls, prepared)))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (tls, prepared) in prepared {
+            tls.install(prepared);
+        }
+        Ok(())
     }
 }
 
@@ -263,6 +305,7 @@ pub struct RunningServer {
     follower: JoinHandle<()>,
     recorder_task: RecorderTask,
     audit_task: WriterTask,
+    tls: TlsListeners,
 }
 
 impl RunningServer {
@@ -271,13 +314,21 @@ impl RunningServer {
     /// finish on the old routes. Returns the dotted paths of the startup settings whose new value
     /// differs from the one the gateway runs with (not from the previous file, so reverting a
     /// change clears it): they wait for a restart.
-    pub fn reload(&self, config: Config) -> Vec<String> {
+    ///
+    /// The listeners' TLS files are read again from the paths they started with; new handshakes
+    /// use them, open connections keep theirs. If one cannot be used, nothing of the reload
+    /// applies and the refusal is recorded as for an invalid file.
+    pub fn reload(&self, config: Config) -> Result<Vec<String>, TlsError> {
+        if let Err(error) = self.tls.reload() {
+            self.state.reloads.refused(OffsetDateTime::now_utc(), &error.to_string());
+            return Err(error);
+        }
         let (startup, live) = config.split();
         let restart_required = self.state.startup.restart_required(&startup);
         let runtime = Runtime::new(live, Some(&self.state.runtime.load()));
-        self.state.runtime.store(std::sync::Arc::new(runtime));
+        self.state.runtime.store(Arc::new(runtime));
         self.state.reloads.applied(OffsetDateTime::now_utc(), restart_required.clone());
-        restart_required
+        Ok(restart_required)
     }
 
     /// Records a reload whose file was refused; the running configuration stays.

@@ -15,6 +15,7 @@ use portcullis_store::Stores;
 use crate::admin::AdminState;
 use crate::admin::auth::AdminAuth;
 use crate::audit::Auditor;
+use crate::certificate_cache::CertificateCache;
 use crate::changes::Follower;
 use crate::exchange::Recording;
 use crate::health::Readiness;
@@ -114,6 +115,7 @@ impl AppState {
             runtime: self.runtime.clone(),
             stores: self.stores.clone(),
             keys: self.keys.clone(),
+            certificates: CertificateCache::default(),
             teams: self.teams.clone(),
             limiter: self.limiter.clone(),
             recorder: self.recorder.clone(),
@@ -134,6 +136,7 @@ impl AppState {
             audit_store: self.audit_store.clone(),
             keys: self.keys.clone(),
             teams: self.teams.clone(),
+            limiter: self.limiter.clone(),
             auth: self.admin_auth.clone(),
             reloads: self.reloads.clone(),
             metrics: self.metrics.clone(),

@@ -268,6 +268,8 @@ fn query_sql(
     let texts = [
         ("node = ?", &filter.node),
         ("key_id = ?", &filter.key_id),
+        ("subject = ?", &filter.subject),
+        ("issuer = ?", &filter.issuer),
         ("team = ?", &filter.team),
         ("model = ?", &filter.model),
         ("request_id = ?", &filter.request_id),

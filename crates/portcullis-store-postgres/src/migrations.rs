@@ -26,6 +26,7 @@ static MIGRATIONS: Migrations = Migrations::new(
         Migration { version: 3, sql: AUDIT },
         Migration { version: 4, sql: CHANGES },
         Migration { version: 5, sql: INHERITED_TIER },
+        Migration { version: 6, sql: AUDIT_CALLER },
     ],
     DIALECT,
 );
@@ -192,6 +193,16 @@ CREATE TABLE changes_pruned (
 const INHERITED_TIER: &str = r#"
 ALTER TABLE api_keys ALTER COLUMN tier DROP NOT NULL;
 UPDATE api_keys k SET tier = NULL FROM teams t WHERE t.name = k.team AND t.tier = k.tier;
+"#;
+
+/// Token and certificate callers in the audit log: what the caller presented, and who issued the
+/// credential and which one it was. Records from before have none (they are hashed in the
+/// canonical encoding's version 1, which has no such fields).
+const AUDIT_CALLER: &str = r#"
+ALTER TABLE audit_log ADD COLUMN principal_kind TEXT COLLATE "C";
+ALTER TABLE audit_log ADD COLUMN issuer TEXT COLLATE "C";
+ALTER TABLE audit_log ADD COLUMN credential_id TEXT COLLATE "C";
+CREATE INDEX audit_by_subject ON audit_log (subject, ts);
 "#;
 
 #[async_trait]

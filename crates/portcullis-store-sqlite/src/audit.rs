@@ -224,6 +224,8 @@ fn query_sql(filter: &AuditFilter, cursor: Option<&AuditCursor>, limit: usize) -
     let texts = [
         ("node = ?", &filter.node),
         ("key_id = ?", &filter.key_id),
+        ("subject = ?", &filter.subject),
+        ("issuer = ?", &filter.issuer),
         ("team = ?", &filter.team),
         ("model = ?", &filter.model),
         ("request_id = ?", &filter.request_id),
@@ -260,12 +262,12 @@ fn query_sql(filter: &AuditFilter, cursor: Option<&AuditCursor>, limit: usize) -
     (format!("SELECT {columns} FROM audit_log {conditions} ORDER BY ts, node, seq LIMIT ?"), values)
 }
 
-fn read_record(row: &Row<'_>) -> rusqlite::Result<AuditRecord> {
+pub(crate) fn read_record(row: &Row<'_>) -> rusqlite::Result<AuditRecord> {
     AuditRecord::read(&mut Columns(row))
 }
 
 /// A field's value as its column holds it.
-fn column_value(value: fields::Value<'_>) -> ToSqlOutput<'_> {
+pub(crate) fn column_value(value: fields::Value<'_>) -> ToSqlOutput<'_> {
     use fields::Value as Field;
     match value {
         Field::Count(count) => ToSqlOutput::Owned(count.map_or(Value::Null, |count| Value::Integer(int(count)))),

@@ -22,6 +22,7 @@ static MIGRATIONS: Migrations = Migrations::new(
         Migration { version: 4, sql: CAPTURE_CONTENT },
         Migration { version: 5, sql: CHANGES },
         Migration { version: 6, sql: INHERITED_TIER },
+        Migration { version: 7, sql: AUDIT_CALLER },
     ],
     DIALECT,
 );
@@ -194,6 +195,16 @@ ALTER TABLE api_keys DROP COLUMN tier;
 ALTER TABLE api_keys RENAME COLUMN own_tier TO tier;
 ";
 
+/// Token and certificate callers in the audit log: what the caller presented, and who issued the
+/// credential and which one it was. Records from before have none (they are hashed in the
+/// canonical encoding's version 1, which has no such fields).
+const AUDIT_CALLER: &str = "
+ALTER TABLE audit_log ADD COLUMN principal_kind TEXT;
+ALTER TABLE audit_log ADD COLUMN issuer TEXT;
+ALTER TABLE audit_log ADD COLUMN credential_id TEXT;
+CREATE INDEX audit_by_subject ON audit_log (subject, ts);
+";
+
 #[async_trait]
 impl Migrator for SqliteStore {
     async fn migrate(&self) -> StoreResult<usize> {
@@ -302,5 +313,75 @@ mod tests {
         );
         // The column takes keys without a tier of their own now.
         conn.execute("UPDATE api_keys SET tier = NULL WHERE id = 'key_alone'", []).unwrap();
+    }
+
+    /// Records written before the caller columns existed read back with none, hash as the
+    /// canonical version 1 they were sealed in, and the chain goes on across the upgrade with
+    /// records that use the new columns.
+    #[test]
+    fn audit_records_from_before_the_caller_columns_still_verify() {
+        use portcullis_audit::chain::VERSION_2_FIELDS;
+        use portcullis_audit::fields::column_list;
+        use portcullis_audit::{
+            AuditDecision, AuditEvent, AuditKind, AuditRecord, Chain, PrincipalKind, VerifyStatus, verify_records,
+        };
+
+        let mut conn = migrated_before(7);
+        let mut chain = Chain::resume("gw-old", None);
+        let old: Vec<AuditRecord> = (0..3)
+            .map(|i| {
+                chain.seal(AuditEvent {
+                    key_id: Some(format!("key_{i}")),
+                    team: Some("acme".into()),
+                    ..AuditEvent::new(OffsetDateTime::UNIX_EPOCH, AuditKind::Request, AuditDecision::Allow, 200)
+                })
+            })
+            .collect();
+        // Stored as the schema before version 7 could: without the caller columns.
+        let kept: Vec<usize> = (0..AuditRecord::FIELDS.len())
+            .filter(|&index| !VERSION_2_FIELDS.contains(&AuditRecord::FIELDS[index].name))
+            .collect();
+        let names: Vec<&str> = kept.iter().map(|&index| AuditRecord::FIELDS[index].name).collect();
+        let marks = vec!["?"; kept.len()].join(", ");
+        let insert = format!("INSERT INTO audit_log ({}) VALUES ({marks})", names.join(", "));
+        for record in &old {
+            let values = record.values();
+            let row: Vec<_> = kept.iter().map(|&index| crate::audit::column_value(values[index])).collect();
+            conn.execute(&insert, rusqlite::params_from_iter(row)).unwrap();
+        }
+
+        apply_pending(&mut conn).unwrap();
+        let token_caller = chain.seal(AuditEvent {
+            principal_kind: Some(PrincipalKind::Token),
+            subject: Some("svc-ingest".into()),
+            issuer: Some("https://idp.example".into()),
+            credential_id: Some("jti-1".into()),
+            ..AuditEvent::new(OffsetDateTime::UNIX_EPOCH, AuditKind::Request, AuditDecision::Allow, 200)
+        });
+        let all = format!(
+            "INSERT INTO audit_log ({}) VALUES ({})",
+            column_list(),
+            vec!["?"; AuditRecord::FIELDS.len()].join(", ")
+        );
+        let row: Vec<_> = token_caller.values().into_iter().map(crate::audit::column_value).collect();
+        conn.execute(&all, rusqlite::params_from_iter(row)).unwrap();
+
+        let stored: Vec<AuditRecord> = conn
+            .prepare(&format!("SELECT {} FROM audit_log ORDER BY seq", column_list()))
+            .unwrap()
+            .query_map([], crate::audit::read_record)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(stored[..3], old[..], "old rows read back as they were sealed, with no caller columns");
+        assert_eq!(stored[3], token_caller);
+        assert_eq!(verify_records("gw-old", None, &stored).status, VerifyStatus::Ok);
+        let mut edited = stored.clone();
+        edited[1].issuer = Some("https://idp.example".into());
+        assert_ne!(
+            verify_records("gw-old", None, &edited).status,
+            VerifyStatus::Ok,
+            "a caller column added later is an edit"
+        );
     }
 }

@@ -6,6 +6,8 @@
 //! - Optional real services, found from the environment: [`openai_python`] (a Python with the
 //!   official `openai` SDK), [`real_slm_url`] (a real small model behind `llama-server`), and
 //!   [`skip_or_fail`] to skip loudly on a developer machine but fail when `CI=true`.
+//! - A real OIDC provider ([`OidcProvider`], npm's `oidc-provider` under `node`) for the token
+//!   tests: client-credentials JWTs and opaque tokens, introspection, revocation, key rotation.
 //! - Data services for fleet tests: a fresh [`PostgresDatabase`] per test, Redis ([`redis_or_skip`]),
 //!   and a [`TcpRelay`] to cut a gateway off from one of them.
 //!
@@ -24,6 +26,7 @@
 
 mod env;
 mod gateway;
+mod idp;
 mod relay;
 mod services;
 mod stub;
@@ -33,6 +36,10 @@ pub use env::{
     workspace_root,
 };
 pub use gateway::{Gateway, GatewayBuilder, GatewayError};
+pub use idp::{
+    DEFAULT_AUDIENCE, INTROSPECTION_CLIENT_ID, INTROSPECTION_CLIENT_SECRET, IdpClient, IdpStats, OidcProvider,
+    OidcProviderBuilder, SigningAlg, idp_fixture_dir,
+};
 pub use relay::TcpRelay;
 pub use services::{PostgresDatabase, RedisServer, postgres_url, redis_or_skip, redis_url, unique_name};
 pub use stub::{

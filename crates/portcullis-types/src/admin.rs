@@ -1,6 +1,12 @@
 //! Bodies of the admin API (`/admin/v1`). The server and the CLI both use these, so a field
 //! renamed on one side is a compile error on the other.
 
+mod explain;
+
+pub use explain::{
+    AuthExplanation, ClaimMapping, CredentialKind, ExplainRequest, ExplainedPrincipal, LimitStateView, MappingSource,
+    Refusal, ScopeLimitsView, ScopeView,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -469,10 +475,17 @@ pub struct AuditView {
     pub kind: String,
     #[serde(default)]
     pub request_id: Option<String>,
+    /// `key`, `token` or `certificate`: what the caller presented.
+    #[serde(default)]
+    pub principal_kind: Option<String>,
     #[serde(default)]
     pub key_id: Option<String>,
     #[serde(default)]
     pub subject: Option<String>,
+    #[serde(default)]
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub credential_id: Option<String>,
     #[serde(default)]
     pub team: Option<String>,
     #[serde(default)]

@@ -1,10 +1,11 @@
-//! The admin CLI (`portcullis keys|teams|tokens|usage ...`): a plain HTTP client of the admin API.
+//! The admin CLI (`portcullis keys|teams|tokens|usage|audit|auth ...`): a plain HTTP client of the admin API.
 //!
 //! [`client`] talks to the server, [`output`] is the only place anything is written to stdout,
 //! and each command group lives in its own module. The argument helpers below are shared by all
 //! of them so that `--models`, `--metadata` and duration flags behave the same everywhere.
 
 pub mod audit;
+pub mod auth;
 mod client;
 pub mod config;
 pub mod keys;

@@ -71,6 +71,9 @@ enum Command {
     /// Read the audit log: query, tail, export, and verify its hash chains.
     #[command(subcommand)]
     Audit(admin_cli::audit::AuditCommand),
+    /// Explain a credential: the principal an API key or token becomes, or why it is refused.
+    #[command(subcommand)]
+    Auth(admin_cli::auth::AuthCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
             Command::Tokens(command) => admin_cli::tokens::run(command, &cli.global).await,
             Command::Usage(args) => admin_cli::usage::run(args, &cli.global).await,
             Command::Audit(command) => admin_cli::audit::run(command, &cli.global).await,
+            Command::Auth(command) => admin_cli::auth::run(command, &cli.global).await,
         }
     });
     match result {

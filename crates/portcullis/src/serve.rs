@@ -75,17 +75,16 @@ pub async fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
 /// differ from the running ones are named, each time, until a restart or a revert.
 fn reload(running: &RunningServer, path: &Path) {
     match Config::load(path) {
-        Ok(config) => {
-            let restart_required = running.reload(config);
-            if restart_required.is_empty() {
-                tracing::info!("configuration reloaded");
-            } else {
-                tracing::warn!(
-                    ?restart_required,
-                    "configuration reloaded; these settings differ from the running ones and take effect only after a restart"
-                );
+        Ok(config) => match running.reload(config) {
+            Ok(restart_required) if restart_required.is_empty() => tracing::info!("configuration reloaded"),
+            Ok(restart_required) => tracing::warn!(
+                ?restart_required,
+                "configuration reloaded; these settings differ from the running ones and take effect only after a restart"
+            ),
+            Err(error) => {
+                tracing::error!(error = %chain(&error), "reload failed; keeping the running configuration and TLS files");
             }
-        }
+        },
         Err(error) => {
             running.reload_refused(&error);
             let error = anyhow::Error::new(error).context(format!("invalid configuration {}", path.display()));
@@ -97,9 +96,10 @@ fn reload(running: &RunningServer, path: &Path) {
 pub fn check_config(path: &Path, global: &GlobalArgs) -> anyhow::Result<()> {
     let config = load(path)?;
     // What `serve` would refuse before opening anything, said the same way: a backend this
-    // binary was built without, a SQLite directory missing on this host.
+    // binary was built without, a SQLite directory missing on this host, TLS files that do not load.
     let (startup, _) = config.clone().split();
     portcullis_server::check_backends(&startup).with_context(|| format!("invalid configuration {}", path.display()))?;
+    portcullis_server::check_tls(&startup).with_context(|| format!("invalid configuration {}", path.display()))?;
     let summary = serde_json::json!({
         "valid": true,
         "file": path.display().to_string(),

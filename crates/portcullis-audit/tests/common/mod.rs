@@ -10,6 +10,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use portcullis_audit::{
     AuditCheckpoint, AuditCursor, AuditDecision, AuditEvent, AuditFilter, AuditKind, AuditRecord, AuditStore, Chain,
+    PrincipalKind,
 };
 use portcullis_store::{StoreError, StoreResult};
 use time::OffsetDateTime;
@@ -165,6 +166,7 @@ pub fn ts(ms: i64) -> OffsetDateTime {
 pub fn event(i: u64) -> AuditEvent {
     AuditEvent {
         request_id: Some(format!("req-{i}")),
+        principal_kind: Some(PrincipalKind::Key),
         key_id: Some("key_01".into()),
         team: Some("research".into()),
         client_ip: Some("10.0.0.7".into()),

@@ -5,6 +5,7 @@ mod audit;
 pub mod auth;
 mod catalog;
 mod config;
+mod explain;
 mod extract;
 mod keys;
 #[cfg(test)]
@@ -52,6 +53,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/v1/audit", get(audit::query))
         .route("/admin/v1/audit/export", get(audit::export))
         .route("/admin/v1/audit/verify", get(audit::verify))
+        .route("/admin/v1/auth/explain", post(explain::explain_credential))
         .route("/admin/v1/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .route("/metrics", get(metrics))
         .route("/healthz", get(health::live))
@@ -198,6 +200,20 @@ mod tests {
         let key = call(&router, "post", "/admin/v1/keys", Some(body)).await;
         check_answer(&document, "/admin/v1/keys", "post", &key);
         let key_id = key.1["id"].as_str().unwrap().to_string();
+        let secret = key.1["key"].as_str().unwrap().to_string();
+        let explain = |credential: &str| serde_json::json!({ "credential": credential }).to_string();
+        let explained = call(&router, "post", "/admin/v1/auth/explain", Some(&explain(&secret))).await;
+        assert_eq!(
+            (explained.0, &explained.1["accepted"]),
+            (StatusCode::OK, &serde_json::json!(true)),
+            "{}",
+            explained.1
+        );
+        check_answer(&document, "/admin/v1/auth/explain", "post", &explained);
+        let not_a_key =
+            call(&router, "post", "/admin/v1/auth/explain", Some(&explain("eyJhbGciOiJSUzI1NiJ9.e30.c2ln"))).await;
+        assert_eq!(not_a_key.1["refused"]["code"], "invalid_api_key", "{}", not_a_key.1);
+        check_answer(&document, "/admin/v1/auth/explain", "post", &not_a_key);
         let rotated = call(&router, "post", &format!("/admin/v1/keys/{key_id}/rotate"), None).await;
         check_answer(&document, "/admin/v1/keys/{id}/rotate", "post", &rotated);
         let token = call(&router, "post", "/admin/v1/tokens", Some(r#"{"name": "t", "role": "auditor"}"#)).await;

@@ -5,11 +5,13 @@ use std::sync::Arc;
 use axum::extract::FromRef;
 use portcullis_audit::AuditStore;
 use portcullis_auth::SecretHasher;
+use portcullis_limits::Limiter;
 use portcullis_store::Stores;
 
 use super::auth::AdminAuth;
 use crate::health::Readiness;
 use crate::key_cache::KeyCache;
+use crate::limiter::LimiterHandle;
 use crate::metrics::Metrics;
 use crate::reload::ReloadStatus;
 use crate::runtime::{Runtime, SharedRuntime};
@@ -26,6 +28,8 @@ pub struct Parts {
     /// The proxy's caches: a change made here drops what they hold at once.
     pub keys: KeyCache,
     pub teams: TeamCache,
+    /// Read only: where a credential's limits stand, for its explanation.
+    pub limiter: LimiterHandle,
     pub auth: AdminAuth,
     /// How the running configuration came to be, for `GET /admin/v1/config`.
     pub reloads: Arc<ReloadStatus>,
@@ -64,6 +68,10 @@ impl AdminState {
 
     pub fn teams(&self) -> &TeamCache {
         &self.0.teams
+    }
+
+    pub fn limiter(&self) -> &Arc<dyn Limiter> {
+        self.0.limiter.limiter()
     }
 
     pub fn hasher(&self) -> &SecretHasher {

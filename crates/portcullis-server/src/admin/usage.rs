@@ -215,6 +215,39 @@ mod tests {
         assert_eq!(report(admin(), &[("group_by", "key")]).await.len(), 2);
     }
 
+    /// Usage is kept by principal id; a token principal has no key row, and its usage is
+    /// reported, filtered and confined to its team as a key's is.
+    #[tokio::test]
+    async fn a_token_principals_usage_is_reported_like_a_keys() {
+        let store = Arc::new(SqliteStore::open_in_memory().unwrap());
+        store.migrate().await.unwrap();
+        let used = |principal: &str, team: &str| UsageRecord {
+            at: NOW - time::Duration::hours(1),
+            key_id: principal.into(),
+            team: Some(team.into()),
+            model: "m".into(),
+            requests: 1,
+            prompt_tokens: 3,
+            completion_tokens: 4,
+            cost_pico: 1_000_000_000_000,
+            estimated_requests: 0,
+        };
+        let token = "oidc:corp:svc-ingest@example";
+        store.record_usage(&[used("key_acme", "acme"), used(token, "acme")]).await.unwrap();
+        let acme = caller(Role::TeamAdmin, Some("acme"));
+        for who in [admin(), acme] {
+            let query = usage_query(&who, ask(&[("group_by", "key")]), NOW).unwrap().unwrap();
+            let rows: Vec<_> = store.usage_report(&query).await.unwrap().into_iter().map(usage_view).collect();
+            let ids: Vec<_> = rows.iter().map(|row| row.key_id.as_deref()).collect();
+            assert_eq!(ids, [Some("key_acme"), Some(token)]);
+            let query = usage_query(&who, ask(&[("key", token)]), NOW).unwrap().unwrap();
+            let rows = store.usage_report(&query).await.unwrap();
+            assert_eq!((rows.len(), rows[0].requests, rows[0].cost_pico), (1, 1, 1_000_000_000_000));
+        }
+        let query = usage_query(&admin(), ask(&[("team", "acme")]), NOW).unwrap().unwrap();
+        assert_eq!(store.usage_report(&query).await.unwrap()[0].requests, 2, "the team's usage counts both");
+    }
+
     /// Through the router: the bootstrap admin sees both teams, a stored team_admin token only
     /// its own, with or without asking for the other team's key.
     #[tokio::test]

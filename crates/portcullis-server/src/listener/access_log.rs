@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use super::{SiteContext, gate};
 use crate::client_addr;
+use crate::client_certificate::ClientCertificate;
 use crate::error::ApiError;
 use crate::exchange::{AuditAtBodyEnd, Exchange, RequestMeta};
 use crate::listener_kind::ListenerKind;
@@ -74,6 +75,7 @@ async fn record(listener: ListenerKind, context: Arc<SiteContext>, router: Route
                 Cow::Owned(redacted) => redacted,
             }
         }),
+        client_certificate: request.extensions().get::<Arc<ClientCertificate>>().cloned(),
     };
     let exchange = Exchange::new(listener, Arc::clone(&context.recording), meta, started);
     request.extensions_mut().insert(exchange.clone());

@@ -28,7 +28,10 @@ use super::body::{BodyTimeouts, TimedBody};
 use super::gate::{GateLimits, HeadGate};
 use super::io::{ClientIo, Refusals};
 use super::slots::Slot;
+use super::stream::ClientStream;
+use super::tls::{HandshakeFailure, Tls};
 use super::{Site, access_log};
+use crate::client_certificate::ClientCertificate;
 use crate::error::ApiError;
 
 /// What every connection of one listener is served with.
@@ -37,6 +40,8 @@ pub struct ConnectionSettings {
     pub timeouts: Timeouts,
     pub gate: GateLimits,
     pub body: BodyTimeouts,
+    /// TLS termination, if the listener has it.
+    pub tls: Option<Arc<Tls>>,
 }
 
 /// Serves `stream` until it closes; `slot` is its place in the listener's count, given back
@@ -50,8 +55,17 @@ pub async fn serve(
     stop: CancellationToken,
     cut: CancellationToken,
 ) {
-    let activity = Arc::new(Activity::new(Instant::now()));
+    let accepted_at = Instant::now();
+    let activity = Arc::new(Activity::new(accepted_at));
     let lifecycle = site.context.lifecycle().clone();
+    let handshake_by = accepted_at + settings.timeouts.head;
+    let (stream, certificate) = match open(stream, settings.tls.as_deref(), handshake_by, &cut).await {
+        Ok(opened) => opened,
+        Err(failure) => {
+            failure.report(site.kind, site.context.metrics(), peer);
+            return;
+        }
+    };
     let refusals = Refuser { site: site.clone(), peer };
     // hyper drops the socket before the response body it was sending: this task keeps the slot
     // until both are gone, so that a drain waiting for the slots also waits for the body's
@@ -65,8 +79,9 @@ pub async fn serve(
             activity.request_started();
             let finished = Finished(Arc::clone(&activity));
             let site = site.clone();
+            let certificate = certificate.clone();
             async move {
-                let response = handle(site, peer, body_timeouts, request).await;
+                let response = handle(site, peer, certificate, body_timeouts, request).await;
                 Ok::<_, Infallible>(response.map(|body| TrackedBody { inner: body, _finished: finished }))
             }
         })
@@ -154,17 +169,38 @@ pub async fn serve(
     }
 }
 
-/// The request as the router gets it: its peer address, a body that must keep coming, and for a
-/// chunked HTTP/1 request a `connection: close` on the answer (the head gate cannot follow a
-/// chunked body, so no request may come after one on the same connection) — as for every HTTP/1
-/// request while the server drains.
+/// The connection's stream — after the TLS handshake, if the listener has TLS — and the client
+/// certificate the handshake verified. The handshake must finish by `handshake_by` (the head
+/// deadline: a handshake is part of getting a request in); the server's cut ends it too.
+async fn open(
+    stream: TcpStream,
+    tls: Option<&Tls>,
+    handshake_by: Instant,
+    cut: &CancellationToken,
+) -> Result<(ClientStream, Option<Arc<ClientCertificate>>), HandshakeFailure> {
+    let Some(tls) = tls else { return Ok((ClientStream::Plain(stream), None)) };
+    let (stream, certificate) = tokio::select! {
+        finished = tls.handshake(stream, handshake_by) => finished?,
+        () = cut.cancelled() => return Err(HandshakeFailure::Cut),
+    };
+    Ok((ClientStream::Tls(Box::new(stream)), certificate))
+}
+
+/// The request as the router gets it: its peer address, the client certificate (if any), a body
+/// that must keep coming, and for a chunked HTTP/1 request a `connection: close` on the answer
+/// (the head gate cannot follow a chunked body, so no request may come after one on the same
+/// connection) — as for every HTTP/1 request while the server drains.
 async fn handle(
     site: Site,
     peer: SocketAddr,
+    certificate: Option<Arc<ClientCertificate>>,
     body_timeouts: BodyTimeouts,
     mut request: hyper::Request<Incoming>,
 ) -> axum::response::Response {
     request.extensions_mut().insert(ConnectInfo(peer));
+    if let Some(certificate) = certificate {
+        request.extensions_mut().insert(certificate);
+    }
     // While the server drains, every HTTP/1 answer closes its connection: a keep-alive client
     // gets its answer and reconnects (to a replica still in its balancer's rotation).
     let close_after = request.version() < Version::HTTP_2

@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 
 use super::activity::Activity;
 use super::gate::{HeadGate, Verdict};
 use super::slots::Slot;
+use super::stream::ClientStream;
 use crate::error::ApiError;
 
 /// How long a closing connection keeps reading (and dropping) what the client still sends.
@@ -34,7 +34,7 @@ pub trait Refusals: Send + Unpin + 'static {
 
 pub struct ClientIo<R> {
     /// Taken only by `drop`, which hands it to the lingering close.
-    stream: Option<TcpStream>,
+    stream: Option<ClientStream>,
     /// The connection's place in its listener's count, held until the socket is closed (and,
     /// by `connection::serve`, until what the connection served is dropped).
     slot: Option<Arc<Slot>>,
@@ -50,7 +50,7 @@ pub struct ClientIo<R> {
 }
 
 impl<R: Refusals> ClientIo<R> {
-    pub fn new(stream: TcpStream, slot: Arc<Slot>, gate: HeadGate, activity: Arc<Activity>, refusals: R) -> Self {
+    pub fn new(stream: ClientStream, slot: Arc<Slot>, gate: HeadGate, activity: Arc<Activity>, refusals: R) -> Self {
         ClientIo {
             stream: Some(stream),
             slot: Some(slot),
@@ -63,7 +63,7 @@ impl<R: Refusals> ClientIo<R> {
         }
     }
 
-    fn stream(&mut self) -> io::Result<Pin<&mut TcpStream>> {
+    fn stream(&mut self) -> io::Result<Pin<&mut ClientStream>> {
         self.stream.as_mut().map(Pin::new).ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
     }
 }
@@ -104,7 +104,7 @@ impl<R: Refusals> AsyncWrite for ClientIo<R> {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.as_ref().is_some_and(TcpStream::is_write_vectored)
+        self.stream.as_ref().is_some_and(ClientStream::is_write_vectored)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -137,7 +137,7 @@ impl<R> Drop for ClientIo<R> {
 }
 
 /// Writes `answer`, shuts the write side and reads until the client closes its own.
-async fn linger(mut stream: TcpStream, answer: Option<Bytes>) -> io::Result<u64> {
+async fn linger(mut stream: ClientStream, answer: Option<Bytes>) -> io::Result<u64> {
     if let Some(answer) = answer {
         stream.write_all(&answer).await?;
     }

@@ -3,10 +3,12 @@
 //!
 //! What a connection meets, in order:
 //! 1. **Accept**: over the listener's `max_connections`, or its address's
-//!    `max_connections_per_client`, it is answered 503 and closed at once. Accept errors (out of
-//!    descriptors) back off instead of spinning.
+//!    `max_connections_per_client`, it is answered 503 and closed at once (on a TLS listener,
+//!    closed without an answer). Accept errors (out of descriptors) back off instead of
+//!    spinning.
 //! 2. **Request head**: a complete head within `header_read_timeout` of accept (or of its first
-//!    byte, on a kept-alive connection), whatever the protocol; HTTP/1 heads pass the
+//!    byte, on a kept-alive connection), whatever the protocol — on a TLS listener ([`tls`]) the
+//!    handshake included; HTTP/1 heads pass the
 //!    [`gate`] (size, count, framing) before hyper parses them.
 //! 3. **Body**: it keeps coming ([`body`]), or the request gets 408.
 //! 4. **Idle**: with nothing in flight for `idle_timeout` the connection is closed (HTTP/2:
@@ -21,6 +23,8 @@ pub(crate) mod gate;
 mod io;
 mod site;
 mod slots;
+mod stream;
+mod tls;
 
 use portcullis_types::chain;
 use std::net::SocketAddr;
@@ -38,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 pub use body::BodyTooSlow;
 pub use site::{Site, SiteContext};
 use slots::{Full, Slots};
+pub use tls::{Tls, TlsError};
 
 /// A listener's caps and how its connections are served.
 pub struct Listening {
@@ -49,12 +54,18 @@ pub struct Listening {
 }
 
 impl Listening {
-    pub fn new(server: &ServerStartup, max_connections: usize, max_per_client: usize) -> Listening {
+    pub fn new(
+        server: &ServerStartup,
+        max_connections: usize,
+        max_per_client: usize,
+        tls: Option<Arc<Tls>>,
+    ) -> Listening {
         let settings = connection::ConnectionSettings {
             builder: builder(server),
             timeouts: activity::Timeouts { head: server.header_read_timeout.0, idle: server.idle_timeout.0 },
             gate: gate::GateLimits { max_header_bytes: server.max_header_bytes, max_headers: server.max_headers },
             body: body::BodyTimeouts { read_timeout: server.body_read_timeout.0, min_rate: server.min_body_rate },
+            tls,
         };
         Listening { max_connections, max_per_client, settings: Arc::new(settings) }
     }
@@ -119,7 +130,11 @@ pub async fn accept_until(
             Err(full) => {
                 site.context.metrics().connection_event(site.kind, full.reason());
                 tracing::debug!(listener = site.kind.name(), %peer, reason = full.reason(), "connection shed");
-                if let Ok(permit) = shedding.clone().try_acquire_owned() {
+                // A plain-text 503 means nothing to a TLS client, and a handshake for a shed
+                // connection would spend on the flood what the cap is there to save: closed.
+                if listening.settings.tls.is_none()
+                    && let Ok(permit) = shedding.clone().try_acquire_owned()
+                {
                     tokio::spawn(async move {
                         shed(stream, full).await;
                         drop(permit);

@@ -10,6 +10,7 @@ use portcullis_auth::{ExternalIdentity, SecretKind, SecretToken};
 
 use super::ProxyState;
 use crate::bearer::bearer_token;
+use crate::client_certificate::ClientCertificate;
 use crate::error::ApiError;
 use crate::principal::Principal;
 
@@ -19,7 +20,21 @@ const AUTH_RETRY_AFTER_SECS: u64 = 5;
 /// Finds the caller's principal. Anything short of a live, well-formed, known key or a token a
 /// configured issuer vouches for is refused; only the holder of a real key learns that it
 /// expired or was revoked.
-pub async fn authenticate(state: &ProxyState, headers: &HeaderMap, now: i64) -> Result<Arc<Principal>, ApiError> {
+///
+/// A request without a key (no `Authorization`, no `x-api-key`) over a connection whose client
+/// certificate a `[[auth.certificates]]` rule maps is that rule's caller. A key, when present,
+/// decides alone: whoever holds it chose to call as its owner.
+pub async fn authenticate(
+    state: &ProxyState,
+    headers: &HeaderMap,
+    certificate: Option<&ClientCertificate>,
+    now: i64,
+) -> Result<Arc<Principal>, ApiError> {
+    if let Some(certificate) = certificate
+        && credential_absent(headers)
+    {
+        return certificate_caller(state, certificate, now);
+    }
     let credential = credential(headers).ok_or(ApiError::InvalidApiKey)?;
     if credential.starts_with(SecretKind::ApiKey.prefix()) {
         return key(state, credential, now).await;
@@ -68,6 +83,27 @@ async fn token(state: &ProxyState, credential: &str, now: i64) -> Result<Arc<Pri
     Ok(Arc::new(principal))
 }
 
+/// The caller a verified client certificate maps to; an unmapped one is no caller.
+fn certificate_caller(
+    state: &ProxyState,
+    certificate: &ClientCertificate,
+    now: i64,
+) -> Result<Arc<Principal>, ApiError> {
+    let live = Arc::clone(&state.runtime().live);
+    let principal = state.certificates().principal(certificate, &live).ok_or(ApiError::InvalidApiKey)?;
+    // The handshake refused it if it had expired; a connection may outlive it, though.
+    if principal.is_expired(now) {
+        return Err(ApiError::InvalidApiKey);
+    }
+    principal.mark_used(now);
+    Ok(principal)
+}
+
+/// No credential header at all (an empty or malformed one is still a credential, and refused).
+fn credential_absent(headers: &HeaderMap) -> bool {
+    !headers.contains_key(AUTHORIZATION) && !headers.contains_key("x-api-key")
+}
+
 /// `Authorization: Bearer <key>` first, then `x-api-key: <key>`.
 fn credential(headers: &HeaderMap) -> Option<&str> {
     if headers.contains_key(AUTHORIZATION) {
@@ -95,5 +131,12 @@ mod tests {
         assert_eq!(credential(&headers(&[("x-api-key", "pcl_y")])), Some("pcl_y"));
         assert_eq!(credential(&headers(&[("authorization", "Basic abc")])), None);
         assert_eq!(credential(&headers(&[])), None);
+    }
+
+    #[test]
+    fn any_credential_header_keeps_the_certificate_out() {
+        assert!(credential_absent(&headers(&[("user-agent", "x")])));
+        assert!(!credential_absent(&headers(&[("authorization", "Basic abc")])));
+        assert!(!credential_absent(&headers(&[("x-api-key", "")])));
     }
 }

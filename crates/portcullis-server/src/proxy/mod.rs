@@ -76,7 +76,8 @@ async fn caller(
     let misuse = state.misuse();
     let live = state.runtime().live.clone();
     let thresholds = &live.security;
-    let principal = match authenticate::authenticate(state, headers, now.unix_timestamp()).await {
+    let certificate = exchange.meta().client_certificate.as_deref();
+    let principal = match authenticate::authenticate(state, headers, certificate, now.unix_timestamp()).await {
         Ok(principal) => principal,
         Err(refused @ (ApiError::InvalidApiKey | ApiError::InvalidToken { .. })) => {
             if let Some(retry_after_secs) = misuse.blocked_for(client, Instant::now()) {
@@ -91,11 +92,13 @@ async fn caller(
     };
     exchange.note(|info| {
         info.principal = Some(principal.id.clone());
+        info.credential = Some(principal.credential.clone());
         info.team = principal.team.clone();
     });
     if let Some(count) = misuse.key_request(&principal.id, (now.unix_timestamp() / 60) as u64, thresholds) {
         let anomaly = SecurityEvent::Anomaly {
-            key_id: principal.id.clone(),
+            principal: principal.id.clone(),
+            credential: principal.credential.clone(),
             team: principal.team.clone(),
             requests_this_minute: count,
         };

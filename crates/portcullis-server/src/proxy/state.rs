@@ -10,6 +10,7 @@ use portcullis_limits::Limiter;
 use portcullis_store::Stores;
 
 use crate::audit::Auditor;
+use crate::certificate_cache::CertificateCache;
 use crate::health::Readiness;
 use crate::key_cache::KeyCache;
 use crate::limiter::LimiterHandle;
@@ -27,6 +28,8 @@ pub struct Parts {
     pub runtime: SharedRuntime,
     pub stores: Stores,
     pub keys: KeyCache,
+    /// Client certificates mapped to callers (`[[auth.certificates]]`).
+    pub certificates: CertificateCache,
     pub teams: TeamCache,
     pub limiter: LimiterHandle,
     pub recorder: UsageRecorder,
@@ -63,6 +66,10 @@ impl ProxyState {
 
     pub fn keys(&self) -> &KeyCache {
         &self.0.keys
+    }
+
+    pub fn certificates(&self) -> &CertificateCache {
+        &self.0.certificates
     }
 
     pub fn teams(&self) -> &TeamCache {

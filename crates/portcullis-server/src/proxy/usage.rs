@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::State;
 use http::HeaderMap;
 use portcullis_auth::Scope;
-use portcullis_limits::{LimitScope, LimitState, Money};
+use portcullis_limits::Money;
 use portcullis_store::{UsageGrouping, UsageQuery, usage_add};
 use portcullis_types::chain;
 use serde_json::{Value, json};
@@ -17,8 +17,10 @@ use crate::caller_limits::scopes_for;
 use crate::clock::unix_millis;
 use crate::error::ApiError;
 use crate::exchange::Exchange;
+use crate::limit_view;
+use crate::principal::{Credential, Principal};
 
-/// Any valid key may read its own usage; no scope is needed (it reveals nothing about others).
+/// Any valid credential may read its own usage; no scope is needed (it reveals nothing about others).
 pub async fn usage(
     State(state): State<ProxyState>,
     exchange: Exchange,
@@ -28,38 +30,37 @@ pub async fn usage(
     let live = state.runtime().live.clone();
     let team = team_of(&state, &live, &principal).await?;
     let now = OffsetDateTime::now_utc();
-    let mut limits = Vec::new();
-    for (scope, scope_limits) in scopes_for(&live, &principal, team.as_deref()) {
-        let states = state.limiter().snapshot(&scope, &scope_limits, unix_millis(now)).await;
-        limits
-            .push(json!({ "scope": scope_name(&scope), "limits": states.iter().map(limit_json).collect::<Vec<_>>() }));
-    }
+    let scopes = scopes_for(&live, &principal, team.as_deref());
+    let limits = limit_view::snapshot(state.limiter().as_ref(), &scopes, unix_millis(now)).await;
     let spend = spend(&state, &principal.id, now).await?;
-    Ok(Json(json!({
+    let tier = principal.tier(team.as_deref(), &live);
+    let mut answer = json!({
         "object": "usage",
-        "key": { "id": principal.id, "team": principal.team, "tier": principal.tier(team.as_deref(), &live) },
-        "limits": limits,
+        "principal": principal_json(&principal, tier),
+        "limits": serde_json::to_value(limits).map_err(|_| ApiError::Internal)?,
         "spend": spend,
-    })))
-}
-
-fn scope_name(scope: &LimitScope) -> Value {
-    match scope {
-        LimitScope::Global => json!({"kind": "global"}),
-        LimitScope::Team(name) => json!({"kind": "team", "id": name.as_ref()}),
-        LimitScope::Key(id) => json!({"kind": "key", "id": id.as_ref()}),
+    });
+    // `key` predates `principal` and stays for key callers, whose clients may read it.
+    if principal.credential == Credential::Key {
+        answer["key"] = json!({ "id": principal.id, "team": principal.team, "tier": tier });
     }
+    Ok(Json(answer))
 }
 
-fn limit_json(state: &LimitState) -> Value {
-    let amount = |value: u64| if state.kind.is_money() { json!(Money(value).to_units()) } else { json!(value) };
+/// Who the caller is: its principal id and kind, and for a token or certificate its issuer and
+/// subject (never the credential).
+fn principal_json(principal: &Principal, tier: &str) -> Value {
+    let (issuer, subject) = match &principal.credential {
+        Credential::Key => (None, None),
+        Credential::External { issuer, subject, .. } => (Some(issuer), Some(subject)),
+    };
     json!({
-        "limit": state.kind.config_name(),
-        "max": amount(state.limit),
-        "used": amount(state.used),
-        "reserved": amount(state.reserved),
-        "remaining": amount(state.remaining),
-        "resets_in_ms": state.reset_ms,
+        "id": principal.id,
+        "kind": principal.credential.principal_kind().name(),
+        "issuer": issuer,
+        "subject": subject,
+        "team": principal.team,
+        "tier": tier,
     })
 }
 

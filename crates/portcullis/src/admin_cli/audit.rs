@@ -42,6 +42,12 @@ pub struct Filters {
     /// Only this API key id.
     #[arg(long, value_name = "ID")]
     key: Option<String>,
+    /// Only this token or certificate subject (a token's `sub`).
+    #[arg(long, value_name = "SUB")]
+    subject: Option<String>,
+    /// Only this token or certificate issuer (a token's `iss`, exactly).
+    #[arg(long, value_name = "ISSUER")]
+    issuer: Option<String>,
     /// Only this team's records.
     #[arg(long, value_name = "TEAM")]
     team: Option<String>,
@@ -161,6 +167,8 @@ impl Filters {
             ("since", &self.since),
             ("until", &self.until),
             ("key", &self.key),
+            ("subject", &self.subject),
+            ("issuer", &self.issuer),
             ("team", &self.team),
             ("model", &self.model),
             ("request_id", &self.request_id),
@@ -202,8 +210,11 @@ fn sample_view() -> portcullis_types::admin::AuditView {
         node: "gw-1".into(),
         kind: "request".into(),
         request_id: Some("req_1".into()),
+        principal_kind: Some("key".into()),
         key_id: Some("key_1".into()),
         subject: None,
+        issuer: None,
+        credential_id: None,
         team: Some("acme".into()),
         admin_token_id: None,
         client_ip: Some("10.0.0.1".into()),
@@ -256,6 +267,10 @@ mod tests {
             "24h",
             "--key",
             "key_1",
+            "--subject",
+            "svc-ingest",
+            "--issuer",
+            "https://idp.example",
             "--status",
             "429",
             "--decision",
@@ -275,6 +290,8 @@ mod tests {
             [
                 ("since", "24h".to_string()),
                 ("key", "key_1".to_string()),
+                ("subject", "svc-ingest".to_string()),
+                ("issuer", "https://idp.example".to_string()),
                 ("request_id", "req_1".to_string()),
                 ("node", "gw-1".to_string()),
                 ("status", "429".to_string()),

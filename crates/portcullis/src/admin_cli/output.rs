@@ -38,6 +38,25 @@ pub fn print_one<T: Render>(json: bool, fetched: &Fetched<T>) -> anyhow::Result<
     emit(&fields(&fetched.body.fields()))
 }
 
+/// A single object: the JSON body, or its fields and then a table of its parts (an
+/// explanation's limits; no table when there are none).
+pub fn print_one_with_table<T: Render>(
+    json: bool,
+    fetched: &Fetched<T>,
+    headers: &[&str],
+    rows: &[Vec<String>],
+) -> anyhow::Result<()> {
+    if json {
+        return emit(&pretty(&fetched.raw)?);
+    }
+    let mut text = fields(&fetched.body.fields());
+    if !rows.is_empty() {
+        text.push_str("\n\n");
+        text.push_str(&table(headers, rows));
+    }
+    emit(&text)
+}
+
 /// A list: the whole `{"data": [...]}` body, or a table.
 pub fn print_list<T: Render>(json: bool, fetched: &Fetched<ListResponse<T>>) -> anyhow::Result<()> {
     if json {

@@ -80,7 +80,7 @@ mod tests {
     fn the_header_names_every_field_with_the_cost_before_cost_pico() {
         assert_eq!(
             csv_header(),
-            "seq,ts,node,kind,request_id,key_id,subject,team,admin_token_id,client_ip,method,path,model,upstream,\
+            "seq,ts,node,kind,request_id,principal_kind,key_id,subject,issuer,credential_id,team,admin_token_id,client_ip,method,path,model,upstream,\
              status,decision,reason,target,stream,latency_ms,ttfb_ms,prompt_tokens,completion_tokens,\
              usage_estimated,cost,cost_pico,user_agent,content,prev_hash,hash\r\n"
         );
@@ -94,7 +94,7 @@ mod tests {
         assert!(row.ends_with("\r\n"));
         assert!(row.contains(",\"'=HYPERLINK(\"\"http://x\"\"), \"\"quoted\"\"\","), "{row}");
         assert!(row.contains(",\"line one\nline two, with comma\","), "{row}");
-        assert!(row.starts_with("7,2025-06-10T12:30:00.123Z,gw-1,request,req_1,key_1,,acme,"), "{row}");
+        assert!(row.starts_with("7,2025-06-10T12:30:00.123Z,gw-1,request,req_1,key,key_1,,,,acme,"), "{row}");
         assert!(row.contains(",200,allow,,,false,0,,,,false,2.5,2500000000000,"), "{row}");
         let mut quoted = false;
         let separators = row.chars().filter(|&c| {
@@ -102,6 +102,22 @@ mod tests {
             c == ',' && !quoted
         });
         assert_eq!(separators.count(), csv_header().matches(',').count(), "one cell per column");
+
+        let mut token_caller = record(8);
+        token_caller.principal_kind = Some(portcullis_audit::PrincipalKind::Token);
+        token_caller.key_id = None;
+        token_caller.subject = Some("svc-ingest".into());
+        token_caller.issuer = Some("https://idp.example".into());
+        token_caller.credential_id = Some("sha256:0a1b".into());
+        let mut out = Vec::new();
+        csv_row(&mut out, &token_caller);
+        let row = String::from_utf8(out).unwrap();
+        assert!(
+            row.starts_with(
+                "8,2025-06-10T12:30:00.123Z,gw-1,request,req_1,token,,svc-ingest,https://idp.example,sha256:0a1b,acme,"
+            ),
+            "{row}"
+        );
 
         let mut cell = Vec::new();
         csv_cell(&mut cell, "-1", false);

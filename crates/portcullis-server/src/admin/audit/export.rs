@@ -162,7 +162,7 @@ mod tests {
         let rows: Vec<&str> = text.split_terminator("\r\n").collect();
         assert_eq!(rows.len(), records.len() + 1);
         assert_eq!(rows[0], csv_header().trim_end());
-        assert!(rows[1].starts_with("1,2025-06-10T00:00:00.000Z,gw-big,request,,key_0,,acme,"), "{}", rows[1]);
+        assert!(rows[1].starts_with("1,2025-06-10T00:00:00.000Z,gw-big,request,,,key_0,,,,acme,"), "{}", rows[1]);
 
         // A team admin's export holds its team's records only; another team's is just the header.
         let (_, _, body) = fixture.get(&fixture.team_admin, "/admin/v1/audit/export?node=gw-big&format=jsonl").await;

@@ -23,6 +23,10 @@ pub struct AuditParams {
     /// An RFC 3339 time; exclusive.
     pub(super) until: Option<String>,
     pub(super) key: Option<String>,
+    /// A token or certificate caller's subject.
+    pub(super) subject: Option<String>,
+    /// A token or certificate caller's issuer.
+    pub(super) issuer: Option<String>,
     pub(super) team: Option<String>,
     pub(super) model: Option<String>,
     pub(super) status: Option<String>,
@@ -93,6 +97,8 @@ pub(super) fn audit_filter(
         until,
         node: params.node.as_deref().map(|node| validate::filter(node, "node")).transpose()?,
         key_id: params.key.as_deref().map(|key| validate::filter(key, "key")).transpose()?,
+        subject: params.subject.as_deref().map(|subject| validate::filter(subject, "subject")).transpose()?,
+        issuer: params.issuer.as_deref().map(|issuer| validate::filter(issuer, "issuer")).transpose()?,
         team: None,
         model: params.model.as_deref().map(|model| validate::filter(model, "model")).transpose()?,
         status,
@@ -147,6 +153,8 @@ mod tests {
             ("since", "24h"),
             ("until", "2025-06-10T14:00:00+02:00"),
             ("key", "key_1"),
+            ("subject", "svc-ingest"),
+            ("issuer", "https://idp.example"),
             ("team", "acme"),
             ("model", "smollm"),
             ("status", "429"),
@@ -161,6 +169,8 @@ mod tests {
             until: Some(datetime!(2025-06-10 12:00 UTC)),
             node: Some("gw:1".into()),
             key_id: Some("key_1".into()),
+            subject: Some("svc-ingest".into()),
+            issuer: Some("https://idp.example".into()),
             team: Some("acme".into()),
             model: Some("smollm".into()),
             status: Some(429),
@@ -180,7 +190,7 @@ mod tests {
 
     #[test]
     fn bad_parameters_are_400s_naming_the_parameter() {
-        let bad: [(&[(&str, &str)], &str); 13] = [
+        let bad: [(&[(&str, &str)], &str); 15] = [
             (&[("since", "yesterday")], "since"),
             (&[("since", "-1d")], "since"),
             (&[("until", "24h")], "until"),
@@ -191,6 +201,8 @@ mod tests {
             (&[("kind", "Request")], "kind"),
             (&[("team", "a/b")], "team"),
             (&[("key", "")], "key"),
+            (&[("subject", "")], "subject"),
+            (&[("issuer", "a%1Bb")], "issuer"),
             (&[("model", "m%1B")], "model"),
             (&[("request_id", &"r".repeat(129))], "request_id"),
             (&[("node", "")], "node"),

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use portcullis_audit::{AuditDecision, AuditEvent, AuditKind, AuditRecord, AuditStore, Chain};
+use portcullis_audit::{AuditDecision, AuditEvent, AuditKind, AuditRecord, AuditStore, Chain, PrincipalKind};
 use portcullis_auth::{SecretKind, SecretToken};
 use portcullis_store::{NewAdminToken, NewTeam};
 use portcullis_types::admin::Role;
@@ -101,6 +101,7 @@ pub(super) fn record(seq: u64) -> AuditRecord {
     let mut chain = Chain::resume("gw-1", Some((seq - 1, "p".repeat(64))));
     chain.seal(AuditEvent {
         request_id: Some("req_1".into()),
+        principal_kind: Some(PrincipalKind::Key),
         key_id: Some("key_1".into()),
         team: Some("acme".into()),
         client_ip: Some("10.0.0.1".into()),
