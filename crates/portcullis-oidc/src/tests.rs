@@ -457,7 +457,8 @@ async fn claims_map_to_team_tier_models_and_scopes_within_the_allow_lists() {
     assert_eq!(verifier.verify(&sign(EC_A, Algorithm::ES256, "a", &typed)).await.unwrap_err().code(), "invalid_claim");
 
     let explained = verifier.explain(&sign(EC_A, Algorithm::ES256, "a", &full)).await;
-    assert_eq!(explained.issuer.as_deref(), Some("acme"));
+    assert_eq!(explained.issuer_name.as_deref(), Some("acme"));
+    assert_eq!(explained.issuer.as_deref(), Some(provider.url.as_str()));
     let fields: Vec<(&str, &str)> = explained.mapping.iter().map(|field| (field.field, field.source.name())).collect();
     assert_eq!(fields, [("team", "claim"), ("tier", "claim"), ("models", "claim"), ("scopes", "claim")]);
     assert_eq!(explained.mapping[0].claim.as_deref(), Some("org.id"));

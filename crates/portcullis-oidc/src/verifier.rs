@@ -37,8 +37,10 @@ pub enum TokenKind {
 #[derive(Debug, Clone)]
 pub struct Explanation {
     pub kind: TokenKind,
-    /// The issuer whose rules applied (its configured name), if one matched.
+    /// The issuer whose rules applied (its `issuer`, the tokens' `iss`), if one matched.
     pub issuer: Option<String>,
+    /// That issuer's configured `name` (principal ids are `oidc:<name>:<sub>`).
+    pub issuer_name: Option<String>,
     /// Each mapped field, as far as mapping got.
     pub mapping: Vec<MappedField>,
     pub outcome: Result<ExternalIdentity, Refusal>,
@@ -187,7 +189,8 @@ impl Verifier {
         let mut trace = Trace::default();
         let kind = if unverified::is_jwt_shaped(token) { TokenKind::Jwt } else { TokenKind::Opaque };
         let outcome = self.check(token, unix_now(), &mut trace).await.map(|(identity, _)| identity);
-        Explanation { kind, issuer: trace.issuer, mapping: trace.mapping, outcome }
+        let (issuer, issuer_name) = trace.issuer.map(|(issuer, name)| (Some(issuer), Some(name))).unwrap_or_default();
+        Explanation { kind, issuer, issuer_name, mapping: trace.mapping, outcome }
     }
 
     async fn check(&self, token: &str, now: i64, trace: &mut Trace) -> Result<(ExternalIdentity, Duration), Refusal> {
@@ -210,7 +213,7 @@ impl Verifier {
         let peeked = unverified::peek(token)?;
         let iss = unverified::issuer(&peeked.claims)?;
         let issuer = self.0.by_iss.get(iss).ok_or(Refusal::UnknownIssuer)?;
-        trace.issuer = Some(issuer.name().to_string());
+        trace.matched(issuer);
         let (alg, validation) = allowed_algorithm(issuer, &peeked.alg)?;
         // Everything that can refuse the token without its key, before a key is looked up (and
         // perhaps fetched): a doomed token never causes a fetch.
@@ -267,7 +270,7 @@ impl Verifier {
     ) -> Result<(ExternalIdentity, Duration), Refusal> {
         let mut refusal = Refusal::UnknownIssuer;
         for issuer in self.0.issuers.iter().filter(|issuer| issuer.config.introspection.is_some()) {
-            trace.issuer = Some(issuer.name().to_string());
+            trace.matched(issuer);
             trace.mapping.clear();
             match introspection::introspect(issuer, token, now, &mut trace.mapping).await {
                 Ok(found) => return Ok(found),
@@ -318,8 +321,15 @@ impl Verifier {
 
 #[derive(Debug, Default)]
 struct Trace {
-    issuer: Option<String>,
+    /// The matched issuer's `issuer` and `name`.
+    issuer: Option<(String, String)>,
     mapping: Vec<MappedField>,
+}
+
+impl Trace {
+    fn matched(&mut self, issuer: &Issuer) {
+        self.issuer = Some((issuer.config.issuer.clone(), issuer.name().to_string()));
+    }
 }
 
 /// The header's `alg`, if the issuer allows it (which `none` and `HS*` never are).

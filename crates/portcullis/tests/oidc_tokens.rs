@@ -121,6 +121,28 @@ async fn a_token_gets_a_completion_and_a_refused_one_is_audited() {
     let ready = send(http().get(format!("{}/readyz", gateway.admin_url()))).await;
     assert_eq!(ready.body["issuers"]["acme"]["keys"], "ok", "{}", ready.text);
 
+    // Explain: which issuer, how each claim mapped, the principal — or exactly why not.
+    let explain = |credential: String| {
+        let url = format!("{}/admin/v1/auth/explain", gateway.admin_url());
+        send(http().post(url).bearer_auth(gateway.admin_token()).json(&json!({ "credential": credential })))
+    };
+    let accepted = explain(good.clone()).await;
+    assert_eq!(accepted.status, 200, "{}", accepted.text);
+    let body = &accepted.body;
+    assert_eq!((body["kind"].as_str(), body["accepted"].as_bool()), (Some("token"), Some(true)), "{body}");
+    assert_eq!(body["issuer"].as_str(), Some(provider.url.as_str()), "{body}");
+    assert_eq!(body["principal"]["id"], "oidc:acme:svc-7", "{body}");
+    assert_eq!(body["principal"]["tier"], "pro", "{body}");
+    let tier = body["claims"].as_array().unwrap().iter().find(|mapping| mapping["field"] == "tier").unwrap();
+    assert_eq!(
+        (&tier["claim"], &tier["value"], &tier["mapped"], &tier["source"]),
+        (&json!("tier"), &json!("pro"), &json!("pro"), &json!("claim"))
+    );
+    let expired = explain(token(&with(&claims, "exp", json!(now() - 3600)))).await;
+    assert_eq!(expired.body["refused"]["code"], "invalid_token", "{}", expired.text);
+    assert!(expired.body["refused"]["message"].as_str().unwrap().contains("expired"), "{}", expired.text);
+    assert!(!accepted.text.contains(&good) && !expired.text.contains("eyJ"), "an explanation repeats the token");
+
     // Keys work as before beside tokens.
     let (_, key) = gateway.create_key(&["--tier", "free"]);
     chat(&gateway, Some(&key), "m").await.assert_ok();

@@ -11,7 +11,9 @@ use portcullis_auth::{SecretKind, SecretToken};
 use portcullis_config::Live;
 use portcullis_store::TeamRecord;
 use portcullis_types::Secret;
-use portcullis_types::admin::{AuthExplanation, CredentialKind, ExplainRequest, ExplainedPrincipal, Refusal};
+use portcullis_types::admin::{
+    AuthExplanation, ClaimMapping, CredentialKind, ExplainRequest, ExplainedPrincipal, MappingSource, Refusal,
+};
 use time::OffsetDateTime;
 
 use super::AdminState;
@@ -68,6 +70,10 @@ pub async fn explain(
     if text.starts_with(SecretKind::ApiKey.prefix()) {
         return explain_key(state, text, now).await;
     }
+    let tokens = state.runtime().tokens.clone();
+    if !tokens.is_empty() {
+        return explain_token(state, &tokens, text, now).await;
+    }
     Ok(refused(
         CredentialKind::Unknown,
         "invalid_api_key",
@@ -108,6 +114,53 @@ async fn explain_key(state: &AdminState, text: &str, now: OffsetDateTime) -> Res
         None
     };
     principal_explanation(state, CredentialKind::Key, &principal, refusal, now).await
+}
+
+/// A token as `proxy::authenticate` judges it (verified afresh, never from the cache): the
+/// issuer that matched, each claim's mapping, then the principal and its limits — or the exact
+/// refusal, with the code the proxy would answer.
+async fn explain_token(
+    state: &AdminState,
+    tokens: &portcullis_oidc::Verifier,
+    text: &str,
+    now: OffsetDateTime,
+) -> Result<AuthExplanation, ApiError> {
+    let explained = tokens.explain(text).await;
+    let claims: Vec<ClaimMapping> = explained.mapping.iter().map(claim_mapping).collect();
+    match explained.outcome {
+        Ok(identity) => {
+            let issuer = identity.issuer.clone();
+            let principal = Principal::from_identity(identity);
+            let explanation = principal_explanation(state, CredentialKind::Token, &principal, None, now).await?;
+            Ok(AuthExplanation { issuer: Some(issuer), claims, ..explanation })
+        }
+        Err(refusal) => {
+            let code = if refusal.is_unavailable() { "auth_unavailable" } else { "invalid_token" };
+            Ok(AuthExplanation {
+                issuer: explained.issuer,
+                claims,
+                ..refused(CredentialKind::Token, code, refusal.to_string())
+            })
+        }
+    }
+}
+
+fn claim_mapping(field: &portcullis_oidc::MappedField) -> ClaimMapping {
+    let mapped = match field.field {
+        // One value or none; the lists stay lists.
+        "team" | "tier" => field.result.first().map_or(serde_json::Value::Null, |one| one.clone().into()),
+        _ => field.result.clone().into(),
+    };
+    ClaimMapping {
+        field: field.field.to_string(),
+        claim: field.claim.clone().unwrap_or_default(),
+        value: field.value.clone(),
+        mapped,
+        source: match field.source {
+            portcullis_oidc::Source::Claim => MappingSource::Claim,
+            portcullis_oidc::Source::Default => MappingSource::Default,
+        },
+    }
 }
 
 fn expiry_message(principal: &Principal) -> String {
