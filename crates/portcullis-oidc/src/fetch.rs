@@ -11,7 +11,7 @@ const MAX_BODY_BYTES: usize = 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error("unreachable: {0}")]
-    Unreachable(String),
+    Unreachable(&'static str),
     #[error("answered HTTP {0}")]
     Status(u16),
     #[error("answer larger than {MAX_BODY_BYTES} bytes")]
@@ -99,15 +99,14 @@ fn max_age(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// The error without the URL: an introspection or JWKS URL may carry credentials in its query.
-fn without_url(error: &reqwest::Error) -> String {
-    let kind = if error.is_timeout() {
+fn without_url(error: &reqwest::Error) -> &'static str {
+    if error.is_timeout() {
         "timed out"
     } else if error.is_connect() {
         "connection failed"
     } else {
         "request failed"
-    };
-    kind.to_string()
+    }
 }
 
 #[cfg(test)]

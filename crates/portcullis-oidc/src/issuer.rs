@@ -155,26 +155,26 @@ impl Issuer {
         &self.client
     }
 
-    /// Fetches the key set again after a miss, if the rules allow; `true` when a set newer than
-    /// the one the miss saw is now installed (by this call or one it waited for).
-    pub async fn refresh_after_miss(&self, policy: &RefreshPolicy, budget: &RefreshBudget) -> bool {
+    /// Fetches the key set again after a miss, if the rules allow. Returns once a set newer than
+    /// the one the miss saw is installed (by this call or one it waited for), or nothing is.
+    pub async fn refresh_after_miss(&self, policy: &RefreshPolicy, budget: &RefreshBudget) {
         let seen = self.generation.load(Ordering::Acquire);
         let _flight = self.fetching.lock().await;
         if self.generation.load(Ordering::Acquire) != seen {
-            return true;
+            return;
         }
         {
             let mut schedule = lock(&self.schedule);
             let now = Instant::now();
             if schedule.last_attempt.is_some_and(|at| now.duration_since(at) < policy.min_interval) {
-                return false;
+                return;
             }
             if !budget.take(now) {
-                return false;
+                return;
             }
             schedule.last_attempt = Some(now);
         }
-        self.fetch_keys(policy).await.is_ok()
+        self.fetch_keys(policy).await;
     }
 
     /// The background refresh: fetches when due, unless a fetch is under way.
@@ -188,7 +188,7 @@ impl Issuer {
             return;
         }
         lock(&self.schedule).last_attempt = Some(Instant::now());
-        let _ = self.fetch_keys(policy).await;
+        self.fetch_keys(policy).await;
     }
 
     fn is_due(&self) -> bool {
@@ -196,16 +196,16 @@ impl Issuer {
     }
 
     /// Fetches and installs the key set; on failure the last good one stays.
-    async fn fetch_keys(&self, policy: &RefreshPolicy) -> Result<(), FetchError> {
+    async fn fetch_keys(&self, policy: &RefreshPolicy) {
         let result = self.try_fetch_keys().await;
         let mut schedule = lock(&self.schedule);
         let now = Instant::now();
-        match &result {
+        match result {
             Ok(max_age) => {
                 self.counters.jwks_ok.fetch_add(1, Ordering::Relaxed);
                 schedule.failures = 0;
                 schedule.last_error = None;
-                schedule.next_refresh = now + policy.refresh_after(*max_age);
+                schedule.next_refresh = now + policy.refresh_after(max_age);
             }
             Err(error) => {
                 self.counters.jwks_error.fetch_add(1, Ordering::Relaxed);
@@ -215,7 +215,6 @@ impl Issuer {
                 tracing::warn!(issuer = self.name(), error = %error, "fetching the issuer's keys failed; the last good keys stay");
             }
         }
-        result.map(|_| ())
     }
 
     async fn try_fetch_keys(&self) -> Result<Option<Duration>, FetchError> {

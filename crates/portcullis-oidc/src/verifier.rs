@@ -234,7 +234,8 @@ impl Verifier {
         if !key.verifies(alg) {
             return Err(Refusal::AlgorithmNotAllowed(format!("{alg:?} with a key of another type")));
         }
-        jsonwebtoken::decode::<serde::de::IgnoredAny>(token, &key.key, validation).map_err(refusal)?;
+        jsonwebtoken::decode::<serde::de::IgnoredAny>(token, &key.key, validation)
+            .map_err(|error| refusal(&error, alg))?;
         let exp = registered.exp;
         let identity = claims::identity(&issuer.config, &peeked.claims, token, Some(exp), &mut trace.mapping)?;
         Ok((identity, Duration::from_secs(u64::try_from(exp - now).unwrap_or(0))))
@@ -251,11 +252,11 @@ impl Verifier {
         if keys.find(kid, alg).is_some() {
             return Ok(keys);
         }
-        let never_loaded = keys.is_empty();
         drop(keys);
-        let refreshed = issuer.refresh_after_miss(&self.0.policy, &self.0.budget).await;
+        issuer.refresh_after_miss(&self.0.policy, &self.0.budget).await;
         let keys = issuer.keys();
-        if keys.is_empty() && (never_loaded || !refreshed) {
+        // Never fetched (and not now either): the token may be good, so not "unknown key".
+        if keys.is_empty() {
             return Err(Refusal::Unavailable("the issuer's keys could not be fetched"));
         }
         Ok(keys)
@@ -339,7 +340,7 @@ fn allowed_algorithm<'a>(issuer: &'a Issuer, alg: &str) -> Result<(Algorithm, &'
     issuer.validation(parsed).map(|validation| (parsed, validation)).ok_or_else(not_allowed)
 }
 
-fn refusal(error: jsonwebtoken::errors::Error) -> Refusal {
+fn refusal(error: &jsonwebtoken::errors::Error, alg: Algorithm) -> Refusal {
     use jsonwebtoken::errors::ErrorKind;
     match error.kind() {
         ErrorKind::InvalidSignature => Refusal::BadSignature,
@@ -348,7 +349,7 @@ fn refusal(error: jsonwebtoken::errors::Error) -> Refusal {
         ErrorKind::InvalidAudience => Refusal::WrongAudience,
         ErrorKind::InvalidIssuer => Refusal::UnknownIssuer,
         ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => {
-            Refusal::AlgorithmNotAllowed("for this key".into())
+            Refusal::AlgorithmNotAllowed(format!("{alg:?} (for this key)"))
         }
         ErrorKind::MissingRequiredClaim(claim) => {
             Refusal::InvalidClaim { claim: claim.clone(), problem: "is required" }

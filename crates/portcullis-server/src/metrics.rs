@@ -260,12 +260,11 @@ impl Collector for TokenCollector {
             ConstCounter::new(count).encode(verifications.encode_family(&OutcomeLabels { outcome })?)?;
         }
         let counts = runtime.tokens.issuer_counts();
-        for (metric, help) in [
-            ("jwks_fetches", "Fetches of an issuer's key set, by issuer and outcome"),
-            ("token_introspections", "RFC 7662 introspection calls, by issuer and outcome"),
+        for (name, source, help) in [
+            ("jwks_fetches", "jwks_fetches", "Fetches of an issuer's key set, by issuer and outcome"),
+            ("token_introspections", "introspections", "RFC 7662 introspection calls, by issuer and outcome"),
         ] {
-            let source = metric.trim_start_matches("token_");
-            let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Counter)?;
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for count in counts.iter().filter(|count| count.metric == source) {
                 let labels = IssuerLabels { issuer: count.issuer.clone(), outcome: count.outcome };
                 ConstCounter::new(count.value).encode(family.encode_family(&labels)?)?;
