@@ -17,6 +17,8 @@ use crate::client_certificate::ClientCertificate;
 pub struct Mapped {
     /// The rule's `name`.
     pub rule: String,
+    /// The certificate field the rule matched (`subject`, `san_uri`…).
+    pub matched_field: &'static str,
     pub identity: ExternalIdentity,
 }
 
@@ -35,7 +37,11 @@ pub fn identify(certificate: &ClientCertificate, rules: &[CertificateMapping]) -
     let fields = Fields::read(&parsed);
     Ok(rules.iter().find_map(|rule| {
         let matched = fields.matched(&rule.matches, certificate)?;
-        Some(Mapped { rule: rule.name.clone(), identity: identity(rule, matched, &fields, certificate)? })
+        Some(Mapped {
+            rule: rule.name.clone(),
+            matched_field: rule.matches.field(),
+            identity: identity(rule, matched, &fields, certificate)?,
+        })
     }))
 }
 

@@ -141,6 +141,7 @@ impl AppState {
             reloads: self.reloads.clone(),
             metrics: self.metrics.clone(),
             readiness: self.readiness(),
+            proxy_tls: self.startup.server.tls.clone(),
         })
     }
 

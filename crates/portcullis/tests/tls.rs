@@ -285,12 +285,17 @@ async fn a_trusted_certificate_is_a_caller_and_bad_ones_are_refused_at_the_hands
     let mut stream = connect(&batch, address).await.unwrap();
     let usage = request(&mut stream, "GET", "/v1/usage", &[], None).await.unwrap();
     assert_eq!(usage.status, 200, "{usage:?}");
-    assert_eq!(usage.body["key"]["id"], "cert:spiffe://acme.internal/batch", "{usage:?}");
-    assert_eq!(usage.body["key"]["team"], "acme", "{usage:?}");
+    assert_eq!(usage.body["principal"]["id"], "cert:spiffe://acme.internal/batch", "{usage:?}");
+    assert_eq!(usage.body["principal"]["kind"], "certificate", "{usage:?}");
+    assert_eq!(usage.body["principal"]["team"], "acme", "{usage:?}");
 
-    let records = common::wait_for_records(&gateway, "key=cert:spiffe://acme.internal/batch", 1).await;
+    let records = common::wait_for_records(&gateway, "subject=spiffe://acme.internal/batch", 1).await;
     let record = records.first().expect("the certificate's request is audited");
-    assert_eq!(record["key_id"], "cert:spiffe://acme.internal/batch", "{record:#}");
+    assert_eq!(record["principal_kind"], "certificate", "{record:#}");
+    assert_eq!(record["key_id"], Value::Null, "{record:#}");
+    assert_eq!(record["issuer"], "CN=clients CA", "{record:#}");
+    let fingerprint = record["credential_id"].as_str().unwrap_or_default();
+    assert!(fingerprint.starts_with("sha256:") && fingerprint.len() == 71, "{record:#}");
     assert_eq!(record["team"], "acme", "{record:#}");
 
     // Without a certificate, and with one but a key too: the key's caller.
@@ -336,6 +341,58 @@ async fn a_trusted_certificate_is_a_caller_and_bad_ones_are_refused_at_the_hands
         assert!(Instant::now() < deadline, "the certificate's usage is reported: {usage}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `auth explain --certificate` judges a certificate as the proxy listener's handshake and the
+/// mapping would: a trusted, mapped one is its caller; an untrusted one is refused for its chain;
+/// a trusted one that no rule maps names no caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_explain_judges_a_certificate_as_the_proxy_listener_would() {
+    let (ca, stranger) = (Authority::new("clients CA"), Authority::new("someone else"));
+    let files = Files::new();
+    let server = ca.server("proxy");
+    files.write("server.tls.crt", &server.cert_pem);
+    files.write("server.tls.key", &server.key_pem);
+    files.write("clients-ca.pem", &ca.pem);
+    let tls = server_tls("server.tls", &files, &format!("client_ca = {:?}\n", files.path("clients-ca.pem")));
+    let stub = StubUpstream::start().await;
+    let gateway = gateway(&stub, &[tls, mapping("acme")]).await;
+    let explain = |name: &str, identity: &Identity| {
+        let path = files.write(name, &identity.cert_pem);
+        gateway.cli_json(&["auth", "explain", "--certificate", path.to_str().unwrap()])
+    };
+
+    let trusted = explain("batch.pem", &ca.client(BATCH_URI, 1));
+    assert_eq!(trusted["accepted"], true, "{trusted:#}");
+    assert_eq!(trusted["kind"], "certificate", "{trusted:#}");
+    assert_eq!(trusted["issuer"], "CN=clients CA", "{trusted:#}");
+    assert_eq!(trusted["principal"]["id"], "cert:spiffe://acme.internal/batch", "{trusted:#}");
+    assert_eq!(trusted["principal"]["team"], "acme", "{trusted:#}");
+    assert_eq!(trusted["principal"]["scopes"], serde_json::json!(["chat", "models"]), "{trusted:#}");
+    let subject_line = &trusted["claims"][0];
+    assert_eq!((subject_line["claim"].as_str(), subject_line["value"].as_str()), (Some("san_uri"), Some(BATCH_URI)));
+
+    let untrusted = explain("stranger.pem", &stranger.client(BATCH_URI, 2));
+    assert_eq!(untrusted["accepted"], false, "{untrusted:#}");
+    assert_eq!(untrusted["refused"]["code"], "certificate_refused", "{untrusted:#}");
+    assert_eq!(
+        untrusted["principal"]["id"], "cert:spiffe://acme.internal/batch",
+        "the rule it would meet: {untrusted:#}"
+    );
+
+    let expired = explain("expired.pem", &ca.expired_client(BATCH_URI));
+    assert_eq!(expired["refused"]["code"], "certificate_refused", "{expired:#}");
+
+    let unmapped = explain("other.pem", &ca.client("spiffe://acme.internal/other", 3));
+    assert_eq!(
+        (unmapped["accepted"].as_bool(), unmapped["refused"]["code"].as_str()),
+        (Some(false), Some("invalid_api_key"))
+    );
+    assert_eq!(unmapped["principal"], Value::Null, "{unmapped:#}");
+
+    let garbage =
+        gateway.cli_json(&["auth", "explain", "--certificate", files.write("junk.pem", "junk").to_str().unwrap()]);
+    assert_eq!(garbage["refused"]["code"], "invalid_certificate", "{garbage:#}");
 }
 
 /// On a `required` listener a client without a certificate gets no answer at all.

@@ -18,6 +18,7 @@ use time::OffsetDateTime;
 
 use super::AdminState;
 use super::auth::AdminCaller;
+use super::explain_certificate::explain_certificate;
 use super::extract::ApiJson;
 use super::refusal::audited;
 use crate::caller_limits::scopes_for;
@@ -45,7 +46,15 @@ async fn explain_for(
     request: ExplainRequest,
 ) -> Result<Json<AuthExplanation>, ApiError> {
     caller.require_admin()?;
-    let explanation = explain(state, &request.credential, OffsetDateTime::now_utc()).await?;
+    let now = OffsetDateTime::now_utc();
+    let explanation = match (&request.credential, &request.certificate) {
+        (Some(credential), None) => explain(state, credential, now).await?,
+        (None, Some(pem)) => explain_certificate(state, pem, now).await?,
+        _ => {
+            let message = "give exactly one of `credential` (a key or token) and `certificate` (PEM)";
+            return Err(ApiError::bad_request(message, Some("credential")));
+        }
+    };
     let principal = explanation.principal.as_ref();
     let target = principal.map_or(NO_PRINCIPAL, |principal| principal.id.as_str());
     caller.record_action("auth.explain", target, principal.and_then(|principal| principal.team.as_deref())).await;
@@ -57,8 +66,8 @@ async fn explain_for(
 /// - an API key (`pcl_…`, well-formed or not): [`explain_key`];
 /// - a token: the OIDC verifier's explanation (which issuer matched, how its claims mapped to a
 ///   [`portcullis_auth::ExternalIdentity`]) goes where anything else is refused below;
-/// - a client certificate: a body field of its own (`certificate`), explained by the certificate
-///   mapping the same way.
+/// - a client certificate comes in a body field of its own (`certificate`) and goes to
+///   [`explain_certificate`].
 ///
 /// Errors only when the store cannot be read; a refused credential is an answer.
 pub async fn explain(
@@ -229,7 +238,7 @@ pub fn explained_principal(principal: &Principal, team: Option<&TeamRecord>, liv
 }
 
 /// A credential refused before it resolved to any principal.
-fn refused(kind: CredentialKind, code: &str, message: String) -> AuthExplanation {
+pub fn refused(kind: CredentialKind, code: &str, message: String) -> AuthExplanation {
     AuthExplanation {
         kind,
         accepted: false,

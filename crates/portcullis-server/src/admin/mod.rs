@@ -6,6 +6,7 @@ pub mod auth;
 mod catalog;
 mod config;
 mod explain;
+mod explain_certificate;
 mod extract;
 mod keys;
 #[cfg(test)]

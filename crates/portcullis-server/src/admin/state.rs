@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::extract::FromRef;
 use portcullis_audit::AuditStore;
 use portcullis_auth::SecretHasher;
+use portcullis_config::TlsConfig;
 use portcullis_limits::Limiter;
 use portcullis_store::Stores;
 
@@ -35,6 +36,8 @@ pub struct Parts {
     pub reloads: Arc<ReloadStatus>,
     pub metrics: Arc<Metrics>,
     pub readiness: Readiness,
+    /// The proxy listener's TLS files (`server.tls`), for explaining a client certificate.
+    pub proxy_tls: Option<TlsConfig>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -72,6 +75,10 @@ impl AdminState {
 
     pub fn limiter(&self) -> &Arc<dyn Limiter> {
         self.0.limiter.limiter()
+    }
+
+    pub fn proxy_tls(&self) -> Option<&TlsConfig> {
+        self.0.proxy_tls.as_ref()
     }
 
     pub fn hasher(&self) -> &SecretHasher {

@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 pub use body::BodyTooSlow;
 pub use site::{Site, SiteContext};
 use slots::{Full, Slots};
-pub use tls::{Tls, TlsError};
+pub use tls::{Tls, TlsError, client_verifier};
 
 /// A listener's caps and how its connections are served.
 pub struct Listening {

@@ -14,6 +14,7 @@ use portcullis_types::chain;
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
@@ -153,35 +154,46 @@ fn server_config(setting: &str, files: &TlsConfig) -> Result<ServerConfig, TlsEr
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(in_file("cert", &files.cert, "unsupported").wrap())?;
-    let builder = match &files.client_ca {
+    let builder = match client_verifier(setting, files)? {
         None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            let cas = read_all::<CertificateDer<'static>>(ca).map_err(in_file("client_ca", ca, "unreadable").wrap())?;
-            for certificate in cas {
-                roots.add(certificate).map_err(in_file("client_ca", ca, "not a CA certificate").wrap())?;
-            }
-            let mut crls = Vec::new();
-            for path in &files.crls {
-                let list = read_all::<CertificateRevocationListDer<'static>>(path);
-                crls.extend(list.map_err(in_file("crls", path, "unreadable").wrap())?);
-            }
-            // Revocation is checked for the client's own certificate; one whose issuer has no
-            // list in `crls` (once any is given) is refused rather than let through unchecked.
-            let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .with_crls(crls)
-                .only_check_end_entity_revocation();
-            if files.client_auth == ClientAuth::Optional {
-                verifier = verifier.allow_unauthenticated();
-            }
-            builder.with_client_cert_verifier(verifier.build().map_err(in_file("client_ca", ca, "unusable").wrap())?)
-        }
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
     };
     let mut config = builder
         .with_single_cert(chain, key)
         .map_err(in_file("key", &files.key, "does not fit the certificate").wrap())?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// The verifier of client certificates that `files` configure (none without a `client_ca`): the
+/// handshake's, and `auth explain`'s for a certificate it is shown.
+pub fn client_verifier(setting: &str, files: &TlsConfig) -> Result<Option<Arc<dyn ClientCertVerifier>>, TlsError> {
+    let Some(ca) = &files.client_ca else { return Ok(None) };
+    let in_file = |field: &str, path: &Path, what: &'static str| FileError {
+        setting: format!("{setting}.{field}"),
+        path: path.to_path_buf(),
+        what,
+    };
+    let mut roots = RootCertStore::empty();
+    let cas = read_all::<CertificateDer<'static>>(ca).map_err(in_file("client_ca", ca, "unreadable").wrap())?;
+    for certificate in cas {
+        roots.add(certificate).map_err(in_file("client_ca", ca, "not a CA certificate").wrap())?;
+    }
+    let mut crls = Vec::new();
+    for path in &files.crls {
+        let list = read_all::<CertificateRevocationListDer<'static>>(path);
+        crls.extend(list.map_err(in_file("crls", path, "unreadable").wrap())?);
+    }
+    // Revocation is checked for the client's own certificate; one whose issuer has no list in
+    // `crls` (once any is given) is refused rather than let through unchecked.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .with_crls(crls)
+        .only_check_end_entity_revocation();
+    if files.client_auth == ClientAuth::Optional {
+        verifier = verifier.allow_unauthenticated();
+    }
+    Ok(Some(verifier.build().map_err(in_file("client_ca", ca, "unusable").wrap())?))
 }
 
 /// Which file, and what is wrong with it; [`FileError::wrap`] adds the cause.

@@ -7,12 +7,16 @@ use time::OffsetDateTime;
 use super::TierSource;
 use crate::Secret;
 
-/// The credential to explain: an API key or an access token in `credential`. Deserialize only:
-/// the credential never goes back out, and its `Debug` is redacted.
+/// What to explain: an API key or an access token in `credential`, or a client certificate (PEM,
+/// the client's own first, then any intermediates it sends) in `certificate`; exactly one.
+/// Deserialize only: the credential never goes back out, and its `Debug` is redacted.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExplainRequest {
-    pub credential: Secret<String>,
+    #[serde(default)]
+    pub credential: Option<Secret<String>>,
+    #[serde(default)]
+    pub certificate: Option<String>,
 }
 
 /// What the gateway would do with a credential: whether it is accepted or exactly why not, and

@@ -1,5 +1,5 @@
 //! `portcullis auth explain`: `POST /admin/v1/auth/explain` — what the gateway makes of an API
-//! key or token, without calling a model.
+//! key, a token or a client certificate, without calling a model.
 
 use std::io::Read;
 
@@ -28,9 +28,23 @@ pub struct ExplainArgs {
     /// Read the credential from standard input (surrounding whitespace is ignored).
     #[arg(long)]
     credential_stdin: bool,
+    /// Explain a client certificate instead: a PEM file, the client's certificate first, then any
+    /// intermediates it sends.
+    #[arg(long, value_name = "PEM_FILE")]
+    certificate: Option<std::path::PathBuf>,
 }
 
 impl ExplainArgs {
+    /// The request body: the credential, or the certificate file's text.
+    fn body(self) -> anyhow::Result<serde_json::Value> {
+        if let Some(path) = &self.certificate {
+            let pem = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            return Ok(serde_json::json!({ "certificate": pem }));
+        }
+        let credential = self.credential()?;
+        Ok(serde_json::json!({ "credential": credential.expose() }))
+    }
+
     fn credential(self) -> anyhow::Result<Secret<String>> {
         let text = match self.credential {
             Some(text) => text,
@@ -51,9 +65,8 @@ impl ExplainArgs {
 pub async fn run(command: AuthCommand, global: &crate::GlobalArgs) -> anyhow::Result<()> {
     match command {
         AuthCommand::Explain(args) => {
-            let credential = args.credential()?;
+            let body = args.body()?;
             let client = AdminClient::new(global)?;
-            let body = serde_json::json!({ "credential": credential.expose() });
             let explained = client.post::<AuthExplanation>(&["auth", "explain"], &body).await?;
             output::print_one_with_table(global.json, &explained, &LIMIT_HEADERS, &limit_rows(&explained.body))
         }
