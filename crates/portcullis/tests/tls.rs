@@ -255,6 +255,18 @@ fn server_tls(table: &str, files: &Files, extra: &str) -> String {
     )
 }
 
+/// The proxy listener's files — a server certificate from `ca`, and `ca` as its client CA — and
+/// its `[server.tls]` table (optional client certificates), to which a test may add lines.
+fn proxy_trusting(ca: &Authority) -> (Files, String) {
+    let files = Files::new();
+    let server = ca.server("proxy");
+    files.write("server.tls.crt", &server.cert_pem);
+    files.write("server.tls.key", &server.key_pem);
+    files.write("clients-ca.pem", &ca.pem);
+    let tls = server_tls("server.tls", &files, &format!("client_ca = {:?}\n", files.path("clients-ca.pem")));
+    (files, tls)
+}
+
 /// A trusted certificate on an optional listener is a caller of its own, mapped to its team, in
 /// the audit log and the usage report; a key still works with or without a certificate, and wins
 /// over one; an unmapped certificate is no caller; untrusted, expired and revoked certificates
@@ -262,17 +274,9 @@ fn server_tls(table: &str, files: &Files, extra: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trusted_certificate_is_a_caller_and_bad_ones_are_refused_at_the_handshake() {
     let (ca, stranger) = (Authority::new("clients CA"), Authority::new("someone else"));
-    let files = Files::new();
-    let server = ca.server("proxy");
-    files.write("server.tls.crt", &server.cert_pem);
-    files.write("server.tls.key", &server.key_pem);
-    files.write("clients-ca.pem", &ca.pem);
+    let (files, tls) = proxy_trusting(&ca);
     files.write("clients.crl.pem", &ca.crl(&[666]));
-    let tls = server_tls(
-        "server.tls",
-        &files,
-        &format!("client_ca = {:?}\ncrls = [{:?}]\n", files.path("clients-ca.pem"), files.path("clients.crl.pem")),
-    );
+    let tls = format!("{tls}crls = [{:?}]\n", files.path("clients.crl.pem"));
     let stub = StubUpstream::start().await;
     let gateway = gateway(&stub, &[tls, mapping("acme")]).await;
     gateway.cli_json(&["teams", "create", "acme"]);
@@ -349,12 +353,7 @@ async fn a_trusted_certificate_is_a_caller_and_bad_ones_are_refused_at_the_hands
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_explain_judges_a_certificate_as_the_proxy_listener_would() {
     let (ca, stranger) = (Authority::new("clients CA"), Authority::new("someone else"));
-    let files = Files::new();
-    let server = ca.server("proxy");
-    files.write("server.tls.crt", &server.cert_pem);
-    files.write("server.tls.key", &server.key_pem);
-    files.write("clients-ca.pem", &ca.pem);
-    let tls = server_tls("server.tls", &files, &format!("client_ca = {:?}\n", files.path("clients-ca.pem")));
+    let (files, tls) = proxy_trusting(&ca);
     let stub = StubUpstream::start().await;
     let gateway = gateway(&stub, &[tls, mapping("acme")]).await;
     let explain = |name: &str, identity: &Identity| {
@@ -399,14 +398,9 @@ async fn auth_explain_judges_a_certificate_as_the_proxy_listener_would() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_required_listener_refuses_a_client_without_a_certificate() {
     let ca = Authority::new("clients CA");
-    let files = Files::new();
-    let server = ca.server("proxy");
-    files.write("server.tls.crt", &server.cert_pem);
-    files.write("server.tls.key", &server.key_pem);
-    files.write("clients-ca.pem", &ca.pem);
-    let extra = format!("client_ca = {:?}\nclient_auth = \"required\"\n", files.path("clients-ca.pem"));
+    let (_files, tls) = proxy_trusting(&ca);
     let stub = StubUpstream::start().await;
-    let gateway = gateway(&stub, &[server_tls("server.tls", &files, &extra), mapping("acme")]).await;
+    let gateway = gateway(&stub, &[format!("{tls}client_auth = \"required\"\n"), mapping("acme")]).await;
     gateway.cli_json(&["teams", "create", "acme"]);
     let (_, key) = gateway.create_key(&["--name", "plain"]);
     let address = gateway.proxy_addr();
