@@ -196,7 +196,7 @@ PY
 import json, sys
 r = json.loads(sys.stdin.read())
 cpu = "" if r.get("cpu_per_1k_s") is None else " cpu/1k %.3f s" % r["cpu_per_1k_s"]
-print("[bench] %-6s c=%-4d %-10s %9.0f req/s  p50 %.3f ms  p99 %.3f ms  errors %d%s" % (
+print("[bench] %-6s c=%-4d %-14s %9.0f req/s  p50 %.3f ms  p99 %.3f ms  errors %d%s" % (
     r["scenario"], r["concurrency"], r["target"], r["rps"] or 0, r["p50_ms"] or 0, r["p99_ms"] or 0, r["errors"], cpu),
     file=sys.stderr)'
     done
