@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::AdminState;
-use super::explain::{principal_explanation, refused};
+use super::explanation::{principal_explanation, refused};
 use crate::certificate_identity::{Mapped, identify};
 use crate::client_certificate::ClientCertificate;
 use crate::error::ApiError;

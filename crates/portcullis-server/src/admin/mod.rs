@@ -7,6 +7,7 @@ mod catalog;
 mod config;
 mod explain;
 mod explain_certificate;
+mod explanation;
 mod extract;
 mod keys;
 #[cfg(test)]
