@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -80,8 +80,8 @@ pub struct Issuer {
     generation: AtomicU64,
     fetching: tokio::sync::Mutex<()>,
     schedule: Mutex<Schedule>,
-    /// 0 unknown, 1 ok, 2 failing.
-    introspection_state: std::sync::atomic::AtomicU8,
+    /// The last introspection call failed (until one succeeds).
+    introspection_failing: AtomicBool,
     pub counters: IssuerCounters,
 }
 
@@ -132,7 +132,7 @@ impl Issuer {
                 failures: 0,
                 last_error: None,
             }),
-            introspection_state: std::sync::atomic::AtomicU8::new(0),
+            introspection_failing: AtomicBool::new(false),
             counters: IssuerCounters::default(),
             config,
         }
@@ -264,7 +264,7 @@ impl Issuer {
     }
 
     pub(crate) fn introspection_result(&self, ok: bool) {
-        self.introspection_state.store(if ok { 1 } else { 2 }, Ordering::Relaxed);
+        self.introspection_failing.store(!ok, Ordering::Relaxed);
     }
 
     pub fn health(&self) -> IssuerHealth {
@@ -277,7 +277,7 @@ impl Issuer {
                 .config
                 .introspection
                 .as_ref()
-                .map(|_| self.introspection_state.load(Ordering::Relaxed) != 2),
+                .map(|_| !self.introspection_failing.load(Ordering::Relaxed)),
         }
     }
 }
