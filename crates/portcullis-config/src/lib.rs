@@ -5,6 +5,7 @@
 //! [`Config::split`] makes of it: [`Startup`], fixed until a restart, and [`Live`], which a
 //! reload replaces.
 
+mod authz;
 mod duration;
 mod env;
 mod fingerprint;
@@ -20,6 +21,7 @@ mod validate;
 
 use std::path::Path;
 
+pub use authz::{AuthzConfig, MAX_LEASE, MIN_LEASE};
 pub use duration::{ConfigDuration, DurationError, parse_duration};
 pub use env::EnvError;
 pub use live::{AuditLive, AuthLive, LimitsLive, Live, Models, SecurityThresholds, ServerLive, StoreLive, Tier};

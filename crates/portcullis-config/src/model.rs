@@ -31,6 +31,8 @@ pub struct Config {
     #[serde(default)]
     pub auth: AuthConfig,
     #[serde(default)]
+    pub authz: crate::AuthzConfig,
+    #[serde(default)]
     pub tiers: BTreeMap<String, TierConfig>,
     #[serde(default)]
     pub models: Vec<ModelConfig>,

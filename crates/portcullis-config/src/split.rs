@@ -14,7 +14,7 @@ use crate::{
 impl Config {
     /// Splits a validated configuration into its restart-only and its live settings.
     pub fn split(self) -> (Startup, Live) {
-        let Config { server, admin, store, limits, audit, security, auth, tiers, models } = self;
+        let Config { server, admin, store, limits, audit, security, auth, authz, tiers, models } = self;
         let AuthConfig { jwks_refresh_interval, oidc, certificates } = auth;
         let ServerConfig {
             listen,
@@ -74,6 +74,7 @@ impl Config {
                 tls,
             },
             admin,
+            authz,
             store: StoreStartup { url, pool_size },
             limits: LimiterStartup {
                 backend,
@@ -166,6 +167,13 @@ mod tests {
         client_ca = "operators-ca.pem"
         client_auth = "required"
         crls = ["operators.crl"]
+
+        [authz]
+        listen = "127.0.0.1:9002"
+        gateways = ["10.1.0.0/16"]
+        lease = "2m"
+        model_header = "x-model"
+        max_connections = 5
 
         [store]
         url = "postgres://db/x"

@@ -22,6 +22,7 @@ use crate::{AdminConfig, AuditDurability, ConfigDuration, LimiterBackend, OnBack
 pub struct Startup {
     pub server: ServerStartup,
     pub admin: AdminConfig,
+    pub authz: crate::AuthzConfig,
     pub store: StoreStartup,
     pub limits: LimiterStartup,
     pub audit: AuditStartup,

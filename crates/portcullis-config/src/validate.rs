@@ -51,6 +51,7 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.server.listen == config.admin.listen && config.server.listen.port() != 0 {
         return invalid("admin.listen", "must differ from server.listen");
     }
+    validate_authz(config)?;
     if config.limits.backend == LimiterBackend::Redis && config.limits.redis_url.is_none() {
         return invalid("limits.redis_url", "is required when limits.backend = \"redis\"");
     }
@@ -204,6 +205,29 @@ fn validate_model(index: usize, model: &ModelConfig, config: &Config) -> Result<
         if config.model(fallback).is_none() {
             return invalid(&path(&format!("fallbacks[{at}]")), &format!("names unknown model {fallback:?}"));
         }
+    }
+    Ok(())
+}
+
+/// The authorizer: its own port, gateways to answer, a lease within bounds, a header name.
+fn validate_authz(config: &Config) -> Result<(), ConfigError> {
+    let authz = &config.authz;
+    let Some(listen) = authz.listen else { return Ok(()) };
+    if listen.port() != 0 && (listen == config.server.listen || listen == config.admin.listen) {
+        return invalid("authz.listen", "must differ from server.listen and admin.listen");
+    }
+    if authz.gateways.is_empty() {
+        return invalid("authz.gateways", "must name at least one gateway address when authz.listen is set");
+    }
+    if !(crate::MIN_LEASE..=crate::MAX_LEASE).contains(&authz.lease.0) {
+        return invalid("authz.lease", "must be between 1s and 1h");
+    }
+    let token_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if authz.model_header.is_empty() || !authz.model_header.chars().all(token_char) {
+        return invalid("authz.model_header", "must be a valid header name");
+    }
+    if authz.max_connections == 0 {
+        return invalid("authz.max_connections", "must be greater than 0");
     }
     Ok(())
 }

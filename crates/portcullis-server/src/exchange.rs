@@ -47,6 +47,11 @@ pub struct AccessInfo {
     pub target: Option<String>,
     /// Why the request was refused, in more words than its error code.
     pub reason: Option<String>,
+    /// The gateway that asked the authorizer about the request.
+    pub gateway: Option<String>,
+    /// The request's decision has a record of its own (an authorizer check): this one, the
+    /// gateway's call to the authorizer, is only logged.
+    pub recorded_elsewhere: bool,
 }
 
 /// What the request looked like when it arrived.
@@ -92,6 +97,8 @@ pub struct Exchange(Arc<Inner>);
 
 struct Inner {
     listener: ListenerKind,
+    /// Every answer is audited (proxied requests and authorizer decisions), not only refusals.
+    audits_every_answer: bool,
     recording: Arc<Recording>,
     started: Instant,
     meta: RequestMeta,
@@ -116,7 +123,17 @@ impl std::fmt::Debug for Exchange {
 
 impl Exchange {
     pub fn new(listener: ListenerKind, recording: Arc<Recording>, meta: RequestMeta, started: Instant) -> Exchange {
-        Exchange(Arc::new(Inner { listener, recording, started, meta, progress: Mutex::new(Progress::default()) }))
+        let audits_every_answer = listener == ListenerKind::Proxy;
+        let progress = Mutex::new(Progress::default());
+        Exchange(Arc::new(Inner { listener, audits_every_answer, recording, started, meta, progress }))
+    }
+
+    /// The record of an authorizer's decision about a request a gateway forwards: `meta` is
+    /// that request as the gateway saw it.
+    pub fn decision(recording: Arc<Recording>, meta: RequestMeta, started: Instant) -> Exchange {
+        let progress = Mutex::new(Progress::default());
+        let listener = ListenerKind::Authz;
+        Exchange(Arc::new(Inner { listener, audits_every_answer: true, recording, started, meta, progress }))
     }
 
     pub fn meta(&self) -> &RequestMeta {
@@ -139,7 +156,7 @@ impl Exchange {
         };
         let elapsed = self.0.started.elapsed();
         self.0.log(status, error.map(|error| error.kind_and_code().1), &info, elapsed);
-        if !self.0.is_audited(status) {
+        if !self.0.is_audited(status) || info.recorded_elsewhere {
             return;
         }
         let (decision, code) = decision(status, error, info.upstream.is_some());
@@ -198,13 +215,14 @@ impl Inner {
         self.progress.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Every proxy request but health probes; on the admin listener only refusals (successful
-    /// changes are recorded by their handlers, with what they changed; reads are not recorded).
+    /// Every proxy request and authorizer decision but health probes; elsewhere only refusals
+    /// (successful admin changes are recorded by their handlers, with what they changed; reads
+    /// are not recorded).
     fn is_audited(&self, status: u16) -> bool {
         if matches!(self.meta.path.as_str(), "/healthz" | "/readyz" | "/metrics") {
             return false;
         }
-        self.listener == ListenerKind::Proxy || status >= 400
+        self.audits_every_answer || status >= 400
     }
 
     fn log(&self, status: u16, error: Option<&'static str>, info: &AccessInfo, elapsed: std::time::Duration) {

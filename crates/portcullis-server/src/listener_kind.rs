@@ -8,6 +8,8 @@ pub enum ListenerKind {
     Proxy,
     /// Operators: the admin API, metrics (`admin.listen`).
     Admin,
+    /// Gateways asking whether their clients' requests may pass (`authz.listen`).
+    Authz,
 }
 
 impl ListenerKind {
@@ -16,6 +18,7 @@ impl ListenerKind {
         match self {
             ListenerKind::Proxy => "proxy",
             ListenerKind::Admin => "admin",
+            ListenerKind::Authz => "authz",
         }
     }
 
@@ -24,6 +27,7 @@ impl ListenerKind {
         match self {
             ListenerKind::Proxy => AuditKind::Request,
             ListenerKind::Admin => AuditKind::Admin,
+            ListenerKind::Authz => AuditKind::Request,
         }
     }
 }
