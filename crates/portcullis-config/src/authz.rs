@@ -36,7 +36,10 @@ impl Default for AuthzConfig {
     fn default() -> Self {
         Self {
             listen: None,
-            gateways: vec![IpNet::from(std::net::Ipv4Addr::LOCALHOST), IpNet::from(std::net::Ipv6Addr::LOCALHOST)],
+            gateways: vec![
+                IpNet::from(std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST)),
+                IpNet::from(std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)),
+            ],
             lease: ConfigDuration(Duration::from_secs(300)),
             model_header: "x-portcullis-model".into(),
             max_connections: 4096,

@@ -3,6 +3,7 @@
 
 mod admin;
 mod audit;
+mod authz;
 mod bearer;
 mod caller_limits;
 mod certificate_cache;

@@ -36,7 +36,7 @@ fn looks_secret(id: &HeaderValue, redactor: &Redactor) -> bool {
 }
 
 /// Short, printable and free of anything a log or header parser could trip on.
-fn is_sane(value: &[u8]) -> bool {
+pub(crate) fn is_sane(value: &[u8]) -> bool {
     (1..=128).contains(&value.len())
         && value.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }

@@ -25,9 +25,10 @@ use portcullis_audit::{AuditWriter, Durability, Redactor, WriterConfig, WriterTa
 use portcullis_config::AuditDurability;
 
 use crate::audit::Auditor;
+use crate::authz::Leases;
 use crate::limiter::LimiterHandle;
 use crate::usage::{RecorderTask, UsageRecorder};
-use crate::{StartError, admin, caller_limits, changes, clock, proxy, store};
+use crate::{StartError, admin, authz, caller_limits, changes, clock, proxy, store};
 
 /// How often settled usage is written to the store: the most a crash can lose.
 const USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -45,6 +46,8 @@ pub struct Server {
     state: AppState,
     proxy: TcpListener,
     admin: TcpListener,
+    /// `authz.listen`, when the authorizer is on.
+    authz: Option<TcpListener>,
     generated_admin_token: Option<Secret<String>>,
     recorder_task: RecorderTask,
     audit_task: WriterTask,
@@ -79,6 +82,7 @@ impl Server {
         let tls = TlsListeners::load(&startup)?;
         let proxy = bind(startup.server.listen)?;
         let admin = bind(startup.admin.listen)?;
+        let authz = startup.authz.listen.map(bind).transpose()?;
         let limiter = LimiterHandle::from_config(&startup.limits).await?;
         let change_cursor =
             stores.changes.latest_change().await.map_err(StartError::store("reading the change log"))?;
@@ -96,7 +100,7 @@ impl Server {
             Some(_) => None,
             None => first_admin_token(&stores, &state).await?,
         };
-        Ok(Server { state, proxy, admin, generated_admin_token, recorder_task, audit_task, change_cursor, tls })
+        Ok(Server { state, proxy, admin, authz, generated_admin_token, recorder_task, audit_task, change_cursor, tls })
     }
 
     pub fn proxy_addr(&self) -> std::io::Result<SocketAddr> {
@@ -105,6 +109,11 @@ impl Server {
 
     pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
         self.admin.local_addr()
+    }
+
+    /// The authorizer's address, when `authz.listen` is set.
+    pub fn authz_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.authz.as_ref().map(TcpListener::local_addr)
     }
 
     pub fn take_generated_admin_token(&mut self) -> Option<Secret<String>> {
@@ -127,9 +136,22 @@ impl Server {
         let cut = CancellationToken::new();
         let proxy =
             tokio::spawn(listener::accept_until(self.proxy, proxy_site, proxy_listening, stop.clone(), cut.clone()));
-        let admin_site = Site { kind: ListenerKind::Admin, router: admin::router(self.state.admin()), context };
+        let admin_site =
+            Site { kind: ListenerKind::Admin, router: admin::router(self.state.admin()), context: context.clone() };
         let admin =
             tokio::spawn(listener::accept_until(self.admin, admin_site, admin_listening, stop.clone(), cut.clone()));
+        let authz = self.authz.map(|listener| {
+            let leases = self.state.leases(stop.clone());
+            let site = Site {
+                kind: ListenerKind::Authz,
+                router: authz::router(self.state.authz(leases.clone(), &context)),
+                context,
+            };
+            // Gateways hold many connections for many clients: no per-address cap.
+            let listening = Listening::new(server, startup.authz.max_connections, 0, None);
+            let accepting = tokio::spawn(listener::accept_until(listener, site, listening, stop.clone(), cut.clone()));
+            Authorizer { accepting, leases }
+        });
         let flusher = tokio::spawn(housekeeping(self.state.clone(), stop.clone()));
         let follower = tokio::spawn(changes::follow(self.state.change_follower(), self.change_cursor, stop.clone()));
         RunningServer {
@@ -138,6 +160,7 @@ impl Server {
             cut,
             proxy,
             admin,
+            authz,
             flusher,
             follower,
             recorder_task: self.recorder_task,
@@ -292,6 +315,13 @@ async fn first_admin_token(stores: &Stores, state: &AppState) -> Result<Option<S
     Ok(Some(Secret::new(secret.expose().to_string())))
 }
 
+/// The authorizer listener's accept loop, and the leases its decisions opened.
+#[derive(Debug)]
+struct Authorizer {
+    accepting: JoinHandle<listener::Accepted>,
+    leases: Leases,
+}
+
 /// A serving instance: reload it, or shut it down.
 #[derive(Debug)]
 pub struct RunningServer {
@@ -301,6 +331,7 @@ pub struct RunningServer {
     cut: CancellationToken,
     proxy: JoinHandle<listener::Accepted>,
     admin: JoinHandle<listener::Accepted>,
+    authz: Option<Authorizer>,
     flusher: JoinHandle<()>,
     follower: JoinHandle<()>,
     recorder_task: RecorderTask,
@@ -356,11 +387,27 @@ impl RunningServer {
         self.stop.cancel();
         let deadline = self.state.runtime().live.server.shutdown_timeout.0;
         let (proxy, admin) = (self.proxy.await, self.admin.await);
+        // The authorizer's requests are quick checks: it drains beside the others, and its open
+        // leases are charged once the last check is decided.
+        let authz = match self.authz {
+            Some(Authorizer { accepting, leases }) => accepting.await.ok().map(|accepted| (accepted, leases)),
+            None => None,
+        };
+        let authz_accepted = authz.as_ref().map(|(accepted, _)| accepted);
+        let drain_authz = |deadline| async move {
+            match authz_accepted {
+                Some(accepted) => listener::drain(accepted, deadline).await,
+                None => true,
+            }
+        };
         let drained = match (proxy, admin) {
             (Ok(proxy), Ok(admin)) => {
-                let (drained_proxy, drained_admin) =
-                    tokio::join!(listener::drain(&proxy, deadline), listener::drain(&admin, deadline));
-                if !(drained_proxy && drained_admin) {
+                let (drained_proxy, drained_admin, drained_authz) = tokio::join!(
+                    listener::drain(&proxy, deadline),
+                    listener::drain(&admin, deadline),
+                    drain_authz(deadline)
+                );
+                if !(drained_proxy && drained_admin && drained_authz) {
                     // Out of time: cut what is left, so that its requests still settle and are
                     // recorded (as cut at shutdown) before the writers drain below.
                     tracing::warn!("shutdown_timeout reached; cutting the requests still running");
@@ -371,10 +418,13 @@ impl RunningServer {
                         listener::drain(&admin, listener::CUT_GRACE)
                     );
                 }
-                drained_proxy && drained_admin
+                drained_proxy && drained_admin && drained_authz
             }
             _ => false,
         };
+        if let Some((_, leases)) = &authz {
+            leases.close_all();
+        }
         let _ = self.flusher.await;
         let _ = self.follower.await;
         self.state.limiter.drain().await;

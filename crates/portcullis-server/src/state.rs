@@ -15,6 +15,7 @@ use portcullis_store::Stores;
 use crate::admin::AdminState;
 use crate::admin::auth::AdminAuth;
 use crate::audit::Auditor;
+use crate::authz::{AuthzState, Leases};
 use crate::certificate_cache::CertificateCache;
 use crate::changes::Follower;
 use crate::exchange::Recording;
@@ -126,6 +127,26 @@ impl AppState {
             metrics: self.metrics.clone(),
             readiness: self.readiness(),
             started_at: self.started_at,
+        })
+    }
+
+    /// The registry of the authorizer's leases, whose expiry runs until `stop`.
+    pub fn leases(&self, stop: tokio_util::sync::CancellationToken) -> Leases {
+        Leases::start(self.startup.authz.lease.0, self.recorder.clone(), self.auditor.clone(), stop)
+    }
+
+    /// The authorizer's state: decisions are recorded through `context`, its listener's.
+    pub fn authz(&self, leases: Leases, context: &SiteContext) -> AuthzState {
+        let authz = &self.startup.authz;
+        AuthzState::new(crate::authz::Parts {
+            proxy: self.proxy(),
+            leases,
+            recording: context.recording.clone(),
+            gateways: authz.gateways.clone(),
+            // Validated as a header name when the configuration was read.
+            model_header: http::HeaderName::from_bytes(authz.model_header.as_bytes())
+                .unwrap_or(http::HeaderName::from_static("x-portcullis-model")),
+            max_body_bytes: self.runtime().live.server.max_body_bytes,
         })
     }
 

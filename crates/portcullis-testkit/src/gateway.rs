@@ -198,6 +198,7 @@ impl GatewayBuilder {
             child: None,
             proxy: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            authz: None,
         };
         gateway.launch().await?;
         Ok(gateway)
@@ -286,6 +287,9 @@ async fn spawn_retrying_busy(command: &mut Command) -> std::io::Result<Child> {
 struct ReadyFile {
     proxy: SocketAddr,
     admin: SocketAddr,
+    /// Only when `authz.listen` is set.
+    #[serde(default)]
+    authz: Option<SocketAddr>,
 }
 
 /// A running `portcullis serve`. Dropping it kills the process (SIGKILL if it still runs).
@@ -300,6 +304,7 @@ pub struct Gateway {
     child: Option<Child>,
     proxy: SocketAddr,
     admin: SocketAddr,
+    authz: Option<SocketAddr>,
 }
 
 impl Drop for Gateway {
@@ -361,6 +366,7 @@ impl Gateway {
             {
                 self.proxy = ready.proxy;
                 self.admin = ready.admin;
+                self.authz = ready.authz;
                 return Ok(());
             }
             if let Some(status) = self.child.as_mut().and_then(|child| child.try_wait().ok().flatten()) {
@@ -394,6 +400,11 @@ impl Gateway {
 
     pub fn proxy_addr(&self) -> SocketAddr {
         self.proxy
+    }
+
+    /// The authorizer's address; panics unless the config set `[authz] listen`.
+    pub fn authz_addr(&self) -> SocketAddr {
+        self.authz.expect("the gateway was started without [authz] listen")
     }
 
     pub fn admin_addr(&self) -> SocketAddr {

@@ -1,6 +1,7 @@
 //! `portcullis serve`, `config check` and `migrate`: the commands that run on the gateway host.
 
 use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -17,8 +18,9 @@ pub struct ServeArgs {
     /// Configuration file.
     #[arg(long, short, default_value = "portcullis.toml")]
     config: PathBuf,
-    /// Once both listeners are bound, write `{"proxy":"ADDR","admin":"ADDR"}` here
-    /// (for supervisors and tests that listen on port 0).
+    /// Once the listeners are bound, write `{"proxy":"ADDR","admin":"ADDR"}` here (with
+    /// `"authz":"ADDR"` when the authorizer is on), for supervisors and tests that listen on
+    /// port 0.
     #[arg(long)]
     ready_file: Option<PathBuf>,
 }
@@ -30,6 +32,7 @@ pub async fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let mut server = Server::bind(config, bootstrap).await.context("cannot start")?;
     let proxy = server.proxy_addr()?;
     let admin = server.admin_addr()?;
+    let authz = server.authz_addr().transpose()?;
     if let Some(token) = server.take_generated_admin_token() {
         announce_first_admin_token(token.expose());
     }
@@ -38,9 +41,9 @@ pub async fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let running = server.serve();
-    tracing::info!(%proxy, %admin, "portcullis is serving");
+    tracing::info!(%proxy, %admin, authz = authz.map(tracing::field::display), "portcullis is serving");
     if let Some(path) = &args.ready_file {
-        write_ready_file(path, proxy, admin)?;
+        write_ready_file(path, proxy, admin, authz)?;
     }
     loop {
         tokio::select! {
@@ -156,8 +159,16 @@ fn announce_first_admin_token(token: &str) {
 }
 
 /// Written to a temporary name and renamed, so a reader never sees half a file.
-fn write_ready_file(path: &Path, proxy: std::net::SocketAddr, admin: std::net::SocketAddr) -> anyhow::Result<()> {
-    let body = serde_json::json!({ "proxy": proxy.to_string(), "admin": admin.to_string() });
+fn write_ready_file(
+    path: &Path,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    authz: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let mut body = serde_json::json!({ "proxy": proxy.to_string(), "admin": admin.to_string() });
+    if let Some(authz) = authz {
+        body["authz"] = serde_json::Value::String(authz.to_string());
+    }
     let partial = path.with_extension("partial");
     std::fs::write(&partial, body.to_string()).with_context(|| format!("cannot write {}", partial.display()))?;
     std::fs::rename(&partial, path).with_context(|| format!("cannot write {}", path.display()))?;

@@ -107,7 +107,7 @@ pub async fn admit(
 }
 
 /// One all-or-nothing reservation; none when no limit applies.
-async fn reserve(
+pub(crate) async fn reserve(
     state: &ProxyState,
     scopes: &[(LimitScope, Limits)],
     demand: Demand,

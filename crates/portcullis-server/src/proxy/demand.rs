@@ -20,7 +20,7 @@ use super::body::{Operation, ParsedRequest};
 use super::shape::Member;
 
 /// Tokens a chat template may add beyond the request's own bytes (BOS, generation prompt).
-const TEMPLATE_SLACK: u64 = 16;
+pub(crate) const TEMPLATE_SLACK: u64 = 16;
 
 /// Fields by which a client could steer a server or proxy (LiteLLM-style routers read them).
 const STEERING_FIELDS: [&str; 12] = [

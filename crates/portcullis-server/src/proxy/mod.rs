@@ -20,6 +20,10 @@ pub(crate) mod sse;
 
 pub use state::{Parts, ProxyState};
 
+pub(crate) use admit::{price, reserve};
+pub(crate) use authorize::may_use_model;
+pub(crate) use demand::TEMPLATE_SLACK;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -65,7 +69,7 @@ pub fn router(state: ProxyState) -> Router {
 /// A client address blocked for failing authentication too often is refused only what it was
 /// blocked for — unauthenticated attempts: behind a shared address (a NAT, an office, a load
 /// balancer) a valid key keeps working while someone next to it guesses.
-async fn caller(
+pub(crate) async fn caller(
     state: &ProxyState,
     exchange: &Exchange,
     headers: &HeaderMap,
@@ -113,7 +117,11 @@ async fn caller(
 
 /// The caller's team, for its limits, its capture setting and (for a key without a tier of its
 /// own) its tier; looked up once per request, from memory after the first time.
-async fn team_of(state: &ProxyState, live: &Live, principal: &Principal) -> Result<Option<Arc<TeamRecord>>, ApiError> {
+pub(crate) async fn team_of(
+    state: &ProxyState,
+    live: &Live,
+    principal: &Principal,
+) -> Result<Option<Arc<TeamRecord>>, ApiError> {
     let Some(name) = &principal.team else { return Ok(None) };
     let max_age = live.store.cache_max_age.0;
     state.teams().get(name, max_age).await.map_err(|error| ApiError::from_store(&error, "team lookup"))

@@ -1,0 +1,42 @@
+//! The authorizer listener (`authz.listen`): for a gateway that forwards the traffic itself and
+//! asks Portcullis whether each request may pass — with the proxy's callers, rules, limits and
+//! audit (see [`check`]) — and reports afterwards what it used (see [`lease`]).
+//!
+//! - `/authz` and `/authz/nginx`: forward-auth over HTTP ([`forward_auth`]);
+//! - `POST /authz/v1/usage`: usage reports ([`usage_report`]);
+//! - `/healthz`, `/readyz`: as on the proxy.
+
+mod check;
+mod forward_auth;
+mod lease;
+mod route;
+mod state;
+mod usage_report;
+
+pub use lease::Leases;
+pub use state::{AuthzState, Parts};
+
+use axum::Router;
+use axum::extract::FromRef;
+use axum::routing::{any, get, post};
+
+use crate::error::ApiError;
+use crate::health::{self, Readiness};
+
+pub fn router(state: AuthzState) -> Router {
+    Router::new()
+        .route("/authz", any(forward_auth::as_is))
+        .route("/authz/nginx", any(forward_auth::nginx))
+        .route("/authz/v1/usage", post(usage_report::report))
+        .route("/healthz", get(health::live))
+        .route("/readyz", get(health::ready))
+        .fallback(|| async { ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(state)
+}
+
+impl FromRef<AuthzState> for Readiness {
+    fn from_ref(state: &AuthzState) -> Readiness {
+        Readiness::from_ref(&state.proxy)
+    }
+}

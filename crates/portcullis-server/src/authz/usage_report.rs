@@ -1,0 +1,69 @@
+//! `POST /authz/v1/usage`: what a request the authorizer allowed used, reported by whoever saw
+//! its response (a log shipper reading the gateway's access log, or the model server's side),
+//! so that its lease settles with the real figures instead of its whole reservation.
+//!
+//! ```json
+//! {"request_id": "req_01J…", "usage": {"prompt_tokens": 12, "completion_tokens": 40}}
+//! ```
+//! `request_id` is the `x-portcullis-request-id` the allowed request carried upstream. Only the
+//! configured gateways may report. A lease settles once: a second report, or one after the lease
+//! expired, is a 404 and changes nothing.
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, State};
+use bytes::Bytes;
+use portcullis_types::openai::Usage;
+use serde::{Deserialize, Serialize};
+
+use super::AuthzState;
+use super::lease::{Reported, Settled};
+use crate::error::ApiError;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Report {
+    request_id: String,
+    usage: Usage,
+}
+
+/// What the request was billed.
+#[derive(Debug, Serialize)]
+pub struct Settlement {
+    request_id: String,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    /// In currency units.
+    cost: f64,
+    /// Whether the figures are the reservation's or bounds rather than the report's own.
+    estimated: bool,
+}
+
+pub async fn report(
+    State(state): State<AuthzState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Result<Json<Settlement>, ApiError> {
+    if !state.is_gateway(peer.ip()) {
+        return Err(ApiError::Forbidden {
+            message: "only the gateways named in authz.gateways may report usage".into(),
+        });
+    }
+    let report: Report = serde_json::from_slice(&body)
+        .map_err(|error| ApiError::BadRequest { message: format!("invalid usage report: {error}"), param: None })?;
+    let reported =
+        Reported { prompt_tokens: report.usage.prompt_tokens, completion_tokens: report.usage.completion_tokens };
+    // A settlement has an audit record of its own; a refused report is recorded as refused.
+    let billed = state
+        .leases
+        .settle(&report.request_id, Settled::Reported(reported))
+        .ok_or(ApiError::NotFound { what: "open lease for this request id (never allowed, settled, or expired)" })?;
+    Ok(Json(Settlement {
+        request_id: report.request_id,
+        prompt_tokens: billed.prompt_tokens,
+        completion_tokens: billed.completion_tokens,
+        cost: portcullis_limits::Money(billed.cost_pico).to_units(),
+        estimated: billed.estimated,
+    }))
+}
