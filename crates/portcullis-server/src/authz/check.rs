@@ -206,8 +206,8 @@ impl Asked<'_> {
             method: self.method.to_string(),
             path: self.path.clone(),
         };
-        // The id was checked free a moment ago; were it taken since, the lease is dropped, and
-        // with it the reservation (given back unused): the request is refused, not unbilled.
+        // The id was checked free a moment ago; were it taken since (two checks of one id at
+        // once), this request is refused and its reservation given back unused.
         if self.state.leases.open(request_id.to_str().unwrap_or_default(), lease).is_err() {
             return Err(ApiError::Conflict { message: "this request id is already in use; retry".into() });
         }

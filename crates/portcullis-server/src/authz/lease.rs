@@ -93,6 +93,10 @@ impl Settled {
     }
 }
 
+/// Another lease has this request id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdTaken;
+
 /// The open leases, by request id; cheap to clone.
 #[derive(Clone)]
 pub struct Leases(Arc<Inner>);
@@ -120,10 +124,16 @@ impl Leases {
         leases
     }
 
-    /// Opens a lease under `request_id`; gives it back if that id already has one.
-    pub fn open(&self, request_id: &str, lease: Lease) -> Result<(), Lease> {
+    /// Opens a lease under `request_id`. If that id has one already, the new lease's reservation
+    /// is given back unused and the id refused.
+    pub fn open(&self, request_id: &str, lease: Lease) -> Result<(), IdTaken> {
         match self.0.open.entry(request_id.to_string()) {
-            Entry::Occupied(_) => return Err(lease),
+            Entry::Occupied(_) => {
+                if let Some(reservation) = lease.reservation {
+                    tokio::spawn(reservation.settle(Usage::default(), unix_millis(OffsetDateTime::now_utc())));
+                }
+                return Err(IdTaken);
+            }
             Entry::Vacant(vacant) => {
                 vacant.insert(lease);
             }

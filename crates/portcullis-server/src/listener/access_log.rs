@@ -34,7 +34,8 @@ use crate::request_id::{self, RequestId};
 ///
 /// Admin requests run to the end even when their client leaves (a change must not be cut off
 /// between the store and its audit record); proxy requests are dropped with their client, which
-/// also stops the model server's work, and their exchange records them as abandoned.
+/// also stops the model server's work, and their exchange records them as abandoned — and so
+/// are the authorizer's checks, whose gateway will not forward a request it got no answer for.
 pub async fn serve(
     listener: ListenerKind,
     context: &Arc<SiteContext>,
@@ -42,7 +43,7 @@ pub async fn serve(
     mut request: Request,
 ) -> Response {
     let id = request_id::assign(&mut request, &context.redactor);
-    let mut response = if listener == ListenerKind::Proxy {
+    let mut response = if listener != ListenerKind::Admin {
         record(listener, Arc::clone(context), router, request).await
     } else {
         let detached = tokio::spawn(record(listener, Arc::clone(context), router, request));
