@@ -52,6 +52,13 @@ pub struct Metrics {
     connections: Family<ConnectionLabels, Counter>,
     open_connections: Family<ListenerLabels, Gauge<i64, AtomicI64>>,
     panics: Family<ListenerLabels, Counter>,
+    open_leases: Gauge<i64, AtomicI64>,
+    lease_settlements: Family<SettlementLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SettlementLabels {
+    how: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -117,6 +124,18 @@ impl Metrics {
         registry.register("open_connections", "Client connections open now, by listener", open_connections.clone());
         let panics = Family::default();
         registry.register("handler_panics", "Requests whose handler panicked (answered 500)", panics.clone());
+        let open_leases = Gauge::default();
+        registry.register(
+            "authz_open_leases",
+            "Requests the authorizer allowed whose usage is not known yet",
+            open_leases.clone(),
+        );
+        let lease_settlements = Family::default();
+        registry.register(
+            "authz_lease_settlements",
+            "Authorizer leases ended, by how: usage_reported, usage_observed, or charged_in_full reasons",
+            lease_settlements.clone(),
+        );
         registry.register_collector(Box::new(TokenCollector { runtime: runtime.clone() }));
         registry.register_collector(Box::new(UpstreamCollector { runtime }));
         registry.register_collector(Box::new(LimiterCollector { limiter }));
@@ -132,6 +151,8 @@ impl Metrics {
             connections,
             open_connections,
             panics,
+            open_leases,
+            lease_settlements,
         }
     }
 
@@ -156,6 +177,16 @@ impl Metrics {
     /// The open-connection gauge of a listener, for its accept loop to keep.
     pub fn open_connections(&self, listener: ListenerKind) -> Gauge<i64, AtomicI64> {
         self.open_connections.get_or_create(&ListenerLabels { listener: listener.name() }).clone()
+    }
+
+    pub fn lease_opened(&self) {
+        self.open_leases.inc();
+    }
+
+    /// An authorizer lease ended; `how` is its audit reason.
+    pub fn lease_settled(&self, how: &'static str) {
+        self.open_leases.dec();
+        self.lease_settlements.get_or_create(&SettlementLabels { how }).inc();
     }
 
     pub fn panicked(&self, listener: ListenerKind) {

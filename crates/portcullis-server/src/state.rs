@@ -15,7 +15,7 @@ use portcullis_store::Stores;
 use crate::admin::AdminState;
 use crate::admin::auth::AdminAuth;
 use crate::audit::Auditor;
-use crate::authz::{AuthzState, Leases};
+use crate::authz::{AuthzState, Leases, Sinks};
 use crate::certificate_cache::CertificateCache;
 use crate::changes::Follower;
 use crate::exchange::Recording;
@@ -132,7 +132,9 @@ impl AppState {
 
     /// The registry of the authorizer's leases, whose expiry runs until `stop`.
     pub fn leases(&self, stop: tokio_util::sync::CancellationToken) -> Leases {
-        Leases::start(self.startup.authz.lease.0, self.recorder.clone(), self.auditor.clone(), stop)
+        let sinks =
+            Sinks { recorder: self.recorder.clone(), auditor: self.auditor.clone(), metrics: self.metrics.clone() };
+        Leases::start(self.startup.authz.lease.0, sinks, stop)
     }
 
     /// The authorizer's state: decisions are recorded through `context`, its listener's.

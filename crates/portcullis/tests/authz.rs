@@ -228,6 +228,13 @@ async fn a_usage_report_settles_the_lease_once_and_lands_in_usage() {
     usage_report(&gateway, &request_id, 7, 9).await.assert_error(404, "not_found");
     usage_report(&gateway, "req_never_allowed", 1, 1).await.assert_error(404, "not_found");
     assert_eq!(tokens_today(&gateway, &key, 1).await, 16);
+    let metrics = send(http().get(format!("{}/metrics", gateway.admin_url())).bearer_auth(gateway.admin_token())).await;
+    assert!(
+        metrics.text.contains("portcullis_authz_lease_settlements_total{how=\"usage_reported\"} 1"),
+        "{}",
+        metrics.text
+    );
+    assert!(metrics.text.contains("portcullis_authz_open_leases 0"), "{}", metrics.text);
 
     let settlement = decisions(&gateway, 2)
         .await

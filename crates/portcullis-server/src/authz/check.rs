@@ -309,25 +309,20 @@ fn largest_cap(request: &ParsedRequest) -> Option<u64> {
         .max()
 }
 
-/// Who the caller is, for the model server.
+/// Who the caller is, for the model server. Every name is always there, empty when it does not
+/// apply (no team, not a key), so that a gateway which sets them all overwrites any a client sent
+/// itself.
 fn identity_headers(principal: &Principal, team: Option<&str>, tier: &str, model: Option<&str>) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(8);
-    let mut put = |name: HeaderName, value: &str| {
-        if let Ok(value) = HeaderValue::from_str(value) {
-            headers.insert(name, value);
-        }
+    let mut put = |name: HeaderName, value: Option<&str>| {
+        let value = value.and_then(|value| HeaderValue::from_str(value).ok());
+        headers.insert(name, value.unwrap_or(HeaderValue::from_static("")));
     };
-    put(PRINCIPAL_HEADER, &principal.id);
-    put(PRINCIPAL_KIND_HEADER, principal.credential.principal_kind().name());
-    if principal.credential == Credential::Key {
-        put(KEY_ID_HEADER, &principal.id);
-    }
-    if let Some(team) = team {
-        put(TEAM_HEADER, team);
-    }
-    put(TIER_HEADER, tier);
-    if let Some(model) = model {
-        put(MODEL_HEADER, model);
-    }
+    put(PRINCIPAL_HEADER, Some(&principal.id));
+    put(PRINCIPAL_KIND_HEADER, Some(principal.credential.principal_kind().name()));
+    put(KEY_ID_HEADER, (principal.credential == Credential::Key).then_some(principal.id.as_str()));
+    put(TEAM_HEADER, team);
+    put(TIER_HEADER, Some(tier));
+    put(MODEL_HEADER, model);
     headers
 }

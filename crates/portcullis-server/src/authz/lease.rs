@@ -26,6 +26,7 @@ use crate::audit::Auditor;
 use crate::clock::unix_millis;
 use crate::exchange::Billed;
 use crate::listener_kind::ListenerKind;
+use crate::metrics::Metrics;
 use crate::principal::{Credential, record_caller};
 use crate::usage::UsageRecorder;
 
@@ -93,6 +94,13 @@ impl Settled {
     }
 }
 
+/// Where settlements go: usage, audit records, metrics.
+pub struct Sinks {
+    pub recorder: UsageRecorder,
+    pub auditor: Auditor,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Another lease has this request id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdTaken;
@@ -107,6 +115,7 @@ struct Inner {
     length: Duration,
     recorder: UsageRecorder,
     auditor: Auditor,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Leases {
@@ -117,9 +126,10 @@ impl std::fmt::Debug for Leases {
 
 impl Leases {
     /// The registry and its expiry task, which runs until `stop`.
-    pub fn start(length: Duration, recorder: UsageRecorder, auditor: Auditor, stop: CancellationToken) -> Leases {
+    pub fn start(length: Duration, sinks: Sinks, stop: CancellationToken) -> Leases {
+        let Sinks { recorder, auditor, metrics } = sinks;
         let (expiring, due) = mpsc::unbounded_channel();
-        let leases = Leases(Arc::new(Inner { open: DashMap::new(), expiring, length, recorder, auditor }));
+        let leases = Leases(Arc::new(Inner { open: DashMap::new(), expiring, length, recorder, auditor, metrics }));
         tokio::spawn(expire(leases.clone(), due, stop));
         leases
     }
@@ -138,6 +148,7 @@ impl Leases {
                 vacant.insert(lease);
             }
         }
+        self.0.metrics.lease_opened();
         // The task outlives every sender but at shutdown; a lease opened then is closed there.
         let _ = self.0.expiring.send((Instant::now() + self.0.length, request_id.to_string()));
         Ok(())
@@ -188,6 +199,7 @@ impl Inner {
     /// audit record of the settlement.
     fn bill(&self, request_id: String, lease: Lease, how: Settled) -> Billed {
         let billed = lease.billed(how);
+        self.metrics.lease_settled(how.reason());
         let now = OffsetDateTime::now_utc();
         self.recorder.record(UsageRecord {
             at: now,

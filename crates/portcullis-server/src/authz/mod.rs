@@ -13,7 +13,7 @@ mod route;
 mod state;
 mod usage_report;
 
-pub use lease::Leases;
+pub use lease::{Leases, Sinks};
 pub use state::{AuthzState, Parts};
 
 use axum::Router;
