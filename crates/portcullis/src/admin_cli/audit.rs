@@ -218,6 +218,7 @@ fn sample_view() -> portcullis_types::admin::AuditView {
         team: Some("acme".into()),
         admin_token_id: None,
         client_ip: Some("10.0.0.1".into()),
+        gateway: None,
         method: Some("POST".into()),
         path: Some("/v1/chat/completions".into()),
         model: Some("smollm".into()),
