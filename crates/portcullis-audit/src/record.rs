@@ -40,8 +40,9 @@ audit_record! {
         /// Admin token id behind an admin action.
         pub admin_token_id: Option<String>,
         pub client_ip: Option<String>,
-        /// Which gateway asked the authorizer about the request (`nginx`, `caddy`, `envoy`…);
-        /// `None` for records that did not come through the authorizer.
+        /// Which gateway asked the authorizer about the request: the name it gives itself
+        /// (`nginx`, `caddy`, `envoy`…), else its address; `None` for records that did not come
+        /// through the authorizer.
         pub gateway: Option<String>,
         pub method: Option<String>,
         pub path: Option<String>,

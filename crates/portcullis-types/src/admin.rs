@@ -492,7 +492,8 @@ pub struct AuditView {
     pub admin_token_id: Option<String>,
     #[serde(default)]
     pub client_ip: Option<String>,
-    /// Which gateway asked the authorizer (`nginx`, `caddy`, `envoy`…).
+    /// Which gateway asked the authorizer: the name it gives itself (`nginx`, `caddy`…), else its
+    /// address.
     #[serde(default)]
     pub gateway: Option<String>,
     #[serde(default)]
