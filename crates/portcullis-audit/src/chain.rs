@@ -5,10 +5,10 @@
 //! inserting a record changes every hash after it; [`crate::verify`] finds the first place where the
 //! stored hashes stop matching.
 //!
-//! # The canonical encoding (versions 1 and 2)
-//! A JSON array, no whitespace, of the fields in the order of [`CANONICAL_FIELDS`] (version 2) or
-//! [`CANONICAL_FIELDS_V1`] (version 1):
-//! - the first element is the encoding version, `1` or `2`;
+//! # The canonical encoding (versions 1, 2 and 3)
+//! A JSON array, no whitespace, of the fields in the order of [`CANONICAL_FIELDS`] (version 3),
+//! [`CANONICAL_FIELDS_V2`] (version 2) or [`CANONICAL_FIELDS_V1`] (version 1):
+//! - the first element is the encoding version, `1`, `2` or `3`;
 //! - `ts` is an integer: Unix milliseconds (floor), so stores may keep any precision down to the millisecond;
 //! - `kind`, `decision` and `principal_kind` are their snake_case names (`"request"`, `"deny"`, `"token"`…);
 //! - `None` is `null`; integers are decimal; booleans are `true`/`false`;
@@ -16,17 +16,20 @@
 //!   others `\u00XX` in lowercase hex); everything else, non-ASCII included, is copied as UTF-8 bytes.
 //!
 //! Version 2 added the caller's `principal_kind`, `issuer` and `credential_id` (token and
-//! certificate callers). A record is encoded in version 1 when all three are absent — every
-//! record stored before version 2, and admin records since — so records already stored verify
-//! as they were hashed; every other record is encoded in version 2, which covers them. The choice
-//! cannot be used to drop a field: setting one of them on a version 1 record, or clearing all three
-//! on a version 2 record, changes the version element and with it the hash.
+//! certificate callers); version 3 added the `gateway` that asked the authorizer. A record is
+//! encoded in the oldest version that has every field it holds: version 1 when it has none of the
+//! later fields — every record stored before version 2, and admin records since — version 2 when
+//! it has a caller field but no gateway, version 3 (all fields) when it has a gateway. So records
+//! already stored verify as they were hashed. The choice cannot be used to drop a field: setting
+//! a later version's field on an older record, or clearing the last of them on a newer one,
+//! changes the version element and with it the hash.
 //!
 //! [`canonical`] walks the record's field table ([`AuditRecord::FIELDS`]), whose order is the
-//! canonical order of the newest version. [`CANONICAL_FIELDS`] and [`CANONICAL_FIELDS_V1`] pin
-//! each version by name, and a test holds the table to them: reordering, renaming or adding a
-//! field would change the hash of every record already stored, so such a change fails that test
-//! until it is made a new version (one that still encodes older records as they were hashed).
+//! canonical order of the newest version. [`CANONICAL_FIELDS`], [`CANONICAL_FIELDS_V2`] and
+//! [`CANONICAL_FIELDS_V1`] pin each version by name, and a test holds the table to them:
+//! reordering, renaming or adding a field would change the hash of every record already stored,
+//! so such a change fails that test until it is made a new version (one that still encodes older
+//! records as they were hashed).
 
 use sha2::{Digest, Sha256};
 
@@ -37,14 +40,55 @@ use crate::{AuditEvent, AuditRecord};
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The newest version of the canonical encoding.
-pub const CANONICAL_VERSION: u64 = 2;
+pub const CANONICAL_VERSION: u64 = 3;
 
-/// The fields version 2 added; a record without any of them is encoded in version 1.
+/// The fields version 2 added; a record without any of them (nor of [`VERSION_3_FIELDS`]) is
+/// encoded in version 1.
 pub const VERSION_2_FIELDS: [&str; 3] = ["principal_kind", "issuer", "credential_id"];
 
-/// The elements of the version 2 canonical array, in order (`"version"` is the version number).
+/// The fields version 3 added; a record without them is encoded in version 2 or 1.
+pub const VERSION_3_FIELDS: [&str; 1] = ["gateway"];
+
+/// The elements of the version 3 canonical array, in order (`"version"` is the version number).
 /// Every field of `AuditRecord` except `hash`.
-pub const CANONICAL_FIELDS: [&str; 32] = [
+pub const CANONICAL_FIELDS: [&str; 33] = [
+    "version",
+    "seq",
+    "ts",
+    "node",
+    "kind",
+    "request_id",
+    "principal_kind",
+    "key_id",
+    "subject",
+    "issuer",
+    "credential_id",
+    "team",
+    "admin_token_id",
+    "client_ip",
+    "gateway",
+    "method",
+    "path",
+    "model",
+    "upstream",
+    "status",
+    "decision",
+    "reason",
+    "target",
+    "stream",
+    "latency_ms",
+    "ttfb_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "usage_estimated",
+    "cost_pico",
+    "user_agent",
+    "content",
+    "prev_hash",
+];
+
+/// The elements of the version 2 canonical array, in order.
+pub const CANONICAL_FIELDS_V2: [&str; 32] = [
     "version",
     "seq",
     "ts",
@@ -119,10 +163,22 @@ pub fn canonical(record: &AuditRecord) -> Vec<u8> {
     out
 }
 
-/// The version `record` is encoded in: 1 when it has none of [`VERSION_2_FIELDS`], else 2.
+/// The version `record` is encoded in: the newest version that added a field it holds — 3 with a
+/// `gateway`, else 2 with any of [`VERSION_2_FIELDS`], else 1.
 pub fn canonical_version(record: &AuditRecord) -> u64 {
-    let v1 = record.principal_kind.is_none() && record.issuer.is_none() && record.credential_id.is_none();
-    if v1 { 1 } else { CANONICAL_VERSION }
+    let held = AuditRecord::FIELDS.iter().zip(record.values()).filter(|(_, value)| !value.is_null());
+    held.map(|(field, _)| added_in(field.name)).max().unwrap_or(1)
+}
+
+/// The version of the canonical encoding that added the field `name`.
+fn added_in(name: &str) -> u64 {
+    if VERSION_3_FIELDS.contains(&name) {
+        3
+    } else if VERSION_2_FIELDS.contains(&name) {
+        2
+    } else {
+        1
+    }
 }
 
 /// `lowercase hex SHA-256(prev_hash bytes ‖ canonical(record))`; `record.hash` itself is ignored.
@@ -193,7 +249,7 @@ fn encode(record: &AuditRecord, out: &mut Vec<u8>) {
     let fields = AuditRecord::FIELDS.iter().zip(&values);
     let covered = fields.take(values.len().saturating_sub(1));
     for (field, value) in covered {
-        if version == 1 && VERSION_2_FIELDS.contains(&field.name) {
+        if added_in(field.name) > version {
             continue;
         }
         match *value {

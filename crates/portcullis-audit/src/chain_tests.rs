@@ -26,7 +26,7 @@ fn record_hash_is_stable() {
 }
 
 #[test]
-fn the_field_table_is_canonical_version_2_then_the_hash() {
+fn the_field_table_is_canonical_version_3_then_the_hash() {
     let names = AuditRecord::FIELDS.map(|field| field.name);
     let (hash, covered) = names.split_last().unwrap();
     assert_eq!(*hash, "hash");
@@ -39,8 +39,15 @@ fn the_field_table_is_canonical_version_2_then_the_hash() {
 
 #[test]
 fn version_1_is_version_2_without_the_caller_fields() {
-    let without: Vec<&str> = CANONICAL_FIELDS.iter().copied().filter(|name| !VERSION_2_FIELDS.contains(name)).collect();
+    let without: Vec<&str> =
+        CANONICAL_FIELDS_V2.iter().copied().filter(|name| !VERSION_2_FIELDS.contains(name)).collect();
     assert_eq!(without, CANONICAL_FIELDS_V1);
+}
+
+#[test]
+fn version_2_is_version_3_without_the_gateway() {
+    let without: Vec<&str> = CANONICAL_FIELDS.iter().copied().filter(|name| !VERSION_3_FIELDS.contains(name)).collect();
+    assert_eq!(without, CANONICAL_FIELDS_V2);
 }
 
 /// A token caller's record: version 2, with the fields version 1 does not have.
@@ -88,9 +95,75 @@ fn a_record_with_caller_fields_is_version_2_and_hashes_them() {
     assert_ne!(record_hash(&cleared), record_hash(&record));
 }
 
+/// An authorizer's decision, asked by a gateway: version 3, whatever else the record holds.
+fn gateway_decision(mut record: AuditRecord) -> AuditRecord {
+    record.kind = AuditKind::Authz;
+    record.gateway = Some("nginx".into());
+    record
+}
+
+#[test]
+fn a_record_with_a_gateway_is_version_3_and_hashes_every_field() {
+    let record = gateway_decision(minimal());
+    assert_eq!(canonical_version(&record), 3);
+    let text = String::from_utf8(canonical(&record)).unwrap();
+    assert_eq!(
+        text,
+        r#"[3,7,1800000000123,"node-a","authz",null,null,null,null,null,null,null,null,null,"nginx",null,null,null,null,403,"deny",null,null,false,0,null,null,null,false,null,null,null,"0000000000000000000000000000000000000000000000000000000000000000"]"#,
+        "the caller fields of version 2 are there (null), the gateway after the client's address"
+    );
+    let value: serde_json::Value = serde_json::from_slice(&canonical(&gateway_decision(token_caller()))).unwrap();
+    let elements = value.as_array().unwrap();
+    assert_eq!(elements.len(), CANONICAL_FIELDS.len());
+    let at = |name: &str| &elements[CANONICAL_FIELDS.iter().position(|field| *field == name).unwrap()];
+    assert_eq!(
+        (at("version"), at("gateway"), at("issuer")),
+        (&3.into(), &"nginx".into(), &"https://idp.example".into())
+    );
+}
+
+#[test]
+fn an_authz_record_without_a_gateway_keeps_the_older_version() {
+    let mut record = minimal();
+    record.kind = AuditKind::Authz;
+    assert_eq!(canonical_version(&record), 1, "the kind alone does not choose the version");
+    assert!(String::from_utf8(canonical(&record)).unwrap().starts_with(r#"[1,7,1800000000123,"node-a","authz",null,"#));
+}
+
+#[test]
+fn the_version_choice_cannot_drop_the_gateway() {
+    for older in [minimal(), token_caller()] {
+        let before = record_hash(&older);
+        let mut with_gateway = older.clone();
+        with_gateway.gateway = Some("nginx".into());
+        assert_eq!(canonical_version(&with_gateway), 3);
+        assert_ne!(record_hash(&with_gateway), before, "setting the gateway on an older record changes its hash");
+
+        // Cleared again, the record is the older one: same version, same hash, so a stored
+        // version 3 record whose gateway is removed no longer matches its own hash.
+        let mut cleared = with_gateway.clone();
+        cleared.gateway = None;
+        assert_eq!(record_hash(&cleared), before);
+        assert_ne!(record_hash(&cleared), record_hash(&with_gateway));
+    }
+    // An empty name is a gateway too, not an absent one.
+    let mut empty = minimal();
+    empty.gateway = Some(String::new());
+    assert_eq!(canonical_version(&empty), 3);
+    assert_ne!(record_hash(&empty), record_hash(&minimal()));
+    // Nor can a version 3 record hide its caller fields: clearing them keeps version 3, but the
+    // nulls are hashed where the values were.
+    let full = gateway_decision(token_caller());
+    let mut no_caller = full.clone();
+    (no_caller.principal_kind, no_caller.issuer, no_caller.credential_id) = (None, None, None);
+    assert_eq!(canonical_version(&no_caller), 3);
+    assert_ne!(record_hash(&no_caller), record_hash(&full));
+}
+
 #[test]
 fn canonical_has_one_element_per_documented_field() {
-    let value: serde_json::Value = serde_json::from_slice(&canonical(&testing::chain("n", 1)[0])).unwrap();
+    let record = gateway_decision(testing::chain("n", 1).remove(0));
+    let value: serde_json::Value = serde_json::from_slice(&canonical(&record)).unwrap();
     assert_eq!(value.as_array().unwrap().len(), CANONICAL_FIELDS.len());
 }
 
@@ -132,6 +205,7 @@ fn every_field_but_hash_changes_the_hash() {
         ("team", |r| r.team = None),
         ("admin_token_id", |r| r.admin_token_id = Some("tok".into())),
         ("client_ip", |r| r.client_ip = Some("10.0.0.8".into())),
+        ("gateway", |r| r.gateway = Some("envoy".into())),
         ("method", |r| r.method = Some("GET".into())),
         ("path", |r| r.path = Some("/v1/models".into())),
         ("model", |r| r.model = Some("other".into())),

@@ -41,6 +41,9 @@ const GONE_KEY: &str = "story-key-gone";
 /// The day of the records at the limit of a count, before every other day of the story.
 const HUGE_DAY: OffsetDateTime = datetime!(1999-09-09 00:00 UTC);
 const NODE_HUGE: &str = "story-node-huge";
+/// Gateways that asked the authorizer.
+const GATEWAY_NGINX: &str = "story-gateway-nginx";
+const GATEWAY_ENVOY: &str = "story-gateway-envoy";
 
 /// Runs the audit chapter on a fresh, migrated database; panics (with the failed check) on the
 /// first deviation. `changes` is the same backend's change log.
@@ -112,7 +115,7 @@ async fn queries_filter_order_and_page(audit: &dyn AuditStore) {
 
     assert_eq!(query(day.clone()).await, ordered, "oldest first; same time by node, then seq");
 
-    let checks: [(AuditFilter, &[(&str, u64)]); 17] = [
+    let checks: [(AuditFilter, &[(&str, u64)]); 21] = [
         (AuditFilter { node: Some(NODE_B.into()), ..day.clone() }, &[(NODE_B, 1), (NODE_B, 2), (NODE_B, 3)]),
         (AuditFilter { key_id: Some("story-key-a".into()), ..day.clone() }, &[(NODE_A, 1), (NODE_A, 4), (NODE_A, 6)]),
         (AuditFilter { team: Some(BLUE.into()), ..day.clone() }, &[(NODE_A, 2), (NODE_B, 2)]),
@@ -141,6 +144,10 @@ async fn queries_filter_order_and_page(audit: &dyn AuditStore) {
         (AuditFilter { subject: Some("svc:ingest@example".into()), ..day.clone() }, &[(NODE_A, 4)]),
         (AuditFilter { issuer: Some("https://idp.example".into()), ..day.clone() }, &[(NODE_A, 4)]),
         (AuditFilter { issuer: Some("https://idp.example/".into()), ..day.clone() }, &[]),
+        (AuditFilter { kind: Some(AuditKind::Authz), ..day.clone() }, &[(NODE_B, 2)]),
+        (AuditFilter { gateway: Some(GATEWAY_NGINX.into()), ..day.clone() }, &[(NODE_B, 2)]),
+        (AuditFilter { gateway: Some(GATEWAY_ENVOY.into()), ..day.clone() }, &[(NODE_A, 4)]),
+        (AuditFilter { gateway: Some("story-gateway-NGINX".into()), ..day.clone() }, &[]),
     ];
     for (filter, expected) in checks {
         assert_eq!(refs(query(filter.clone()).await), expect(expected), "{filter:?}");
@@ -266,6 +273,7 @@ fn node_a_records() -> Vec<AuditRecord> {
         team: Some(RED.into()),
         admin_token_id: Some(String::new()),
         client_ip: Some("2001:db8::7".into()),
+        gateway: Some(GATEWAY_ENVOY.into()),
         method: Some("POST".into()),
         path: Some("/v1/chat/completions?x=1&y=ü".into()),
         model: Some(MODEL_1.into()),
@@ -304,7 +312,7 @@ fn node_a_records() -> Vec<AuditRecord> {
     vec![a1, a2, a3, a4, a5, a6]
 }
 
-/// Node B's chain: B1 at A2's time, B3 at A4's.
+/// Node B's chain: B1 at A2's time, B2 an authorizer's decision, B3 at A4's.
 fn node_b_records() -> Vec<AuditRecord> {
     let b1 = AuditRecord {
         request_id: Some("story-req-b1".into()),
@@ -316,6 +324,8 @@ fn node_b_records() -> Vec<AuditRecord> {
         ..audited(NODE_B, 1, 2_002)
     };
     let b2 = AuditRecord {
+        kind: AuditKind::Authz,
+        gateway: Some(GATEWAY_NGINX.into()),
         key_id: Some("story-key-b".into()),
         team: Some(BLUE.into()),
         model: Some(MODEL_1.into()),
@@ -342,6 +352,7 @@ fn audited(node: &str, seq: u64, millis: i64) -> AuditRecord {
         team: None,
         admin_token_id: None,
         client_ip: None,
+        gateway: None,
         method: None,
         path: None,
         model: None,

@@ -5,7 +5,7 @@ use time::{OffsetDateTime, UtcOffset};
 use crate::{AuditDecision, AuditKind, AuditRecord, PrincipalKind};
 
 /// An [`AuditRecord`] without the fields the writer's [`crate::Chain`] assigns (`seq`, `node`,
-/// `prev_hash`, `hash`). The server builds one per request, admin action or security event; see
+/// `prev_hash`, `hash`). The server builds one per request, authorizer decision, admin action or security event; see
 /// [`AuditRecord`] for what each field means. Never put a secret in one: content must go through
 /// [`crate::Redactor`] first.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -23,6 +23,7 @@ pub struct AuditEvent {
     pub team: Option<String>,
     pub admin_token_id: Option<String>,
     pub client_ip: Option<String>,
+    pub gateway: Option<String>,
     pub method: Option<String>,
     pub path: Option<String>,
     pub model: Option<String>,
@@ -57,6 +58,7 @@ impl AuditEvent {
             team: None,
             admin_token_id: None,
             client_ip: None,
+            gateway: None,
             method: None,
             path: None,
             model: None,
@@ -94,6 +96,7 @@ impl AuditEvent {
             team,
             admin_token_id,
             client_ip,
+            gateway,
             method,
             path,
             model,
@@ -126,6 +129,7 @@ impl AuditEvent {
             team,
             admin_token_id,
             client_ip,
+            gateway,
             method,
             path,
             model,

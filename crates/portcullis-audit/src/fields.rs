@@ -45,6 +45,13 @@ pub enum Value<'a> {
     Flag(bool),
 }
 
+impl Value<'_> {
+    /// Whether the field is absent (`None`, stored as `NULL`).
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Count(None) | Value::Text(None))
+    }
+}
+
 /// A stored row, read column by column in the order of the field table; each backend implements
 /// it over its own row type.
 pub trait ReadColumns {

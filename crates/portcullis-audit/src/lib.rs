@@ -48,8 +48,8 @@ pub mod writer;
 mod testing;
 
 pub use chain::{
-    CANONICAL_FIELDS, CANONICAL_FIELDS_V1, CANONICAL_VERSION, Chain, GENESIS_HASH, canonical, canonical_version,
-    record_hash,
+    CANONICAL_FIELDS, CANONICAL_FIELDS_V1, CANONICAL_FIELDS_V2, CANONICAL_VERSION, Chain, GENESIS_HASH, canonical,
+    canonical_version, record_hash,
 };
 pub use error::AuditError;
 pub use event::AuditEvent;

@@ -5,8 +5,8 @@ use time::OffsetDateTime;
 use crate::fields::audit_record;
 
 audit_record! {
-    /// One audit record: a proxied request (allowed or denied), an admin action, or a security
-    /// event. Never holds a secret. `prev_hash`/`hash` chain the records of one node:
+    /// One audit record: a proxied request (allowed or denied), an authorizer's decision about a
+    /// request a gateway forwards (or its settlement), an admin action, or a security event. Never holds a secret. `prev_hash`/`hash` chain the records of one node:
     /// `hash = SHA-256(prev_hash ‖ canonical encoding of every other field)` (see [`crate::chain`]).
     ///
     /// Declared through the field table (see [`crate::fields`]): the stores' columns, the CSV export
@@ -40,6 +40,10 @@ audit_record! {
         /// Admin token id behind an admin action.
         pub admin_token_id: Option<String>,
         pub client_ip: Option<String>,
+        /// Which gateway asked the authorizer about the request: the name it gives itself
+        /// (`nginx`, `caddy`, `envoy`…), else its address; `None` for records that did not come
+        /// through the authorizer.
+        pub gateway: Option<String>,
         pub method: Option<String>,
         pub path: Option<String>,
         pub model: Option<String>,
@@ -71,6 +75,9 @@ audit_record! {
 #[serde(rename_all = "snake_case")]
 pub enum AuditKind {
     Request,
+    /// A decision of the authorizer about a request another gateway forwards, or the settlement of
+    /// one with its usage; `gateway` names the gateway that asked.
+    Authz,
     Admin,
     Security,
 }
@@ -94,7 +101,7 @@ pub enum PrincipalKind {
 }
 
 impl AuditKind {
-    pub const ALL: [AuditKind; 3] = [AuditKind::Request, AuditKind::Admin, AuditKind::Security];
+    pub const ALL: [AuditKind; 4] = [AuditKind::Request, AuditKind::Authz, AuditKind::Admin, AuditKind::Security];
 
     /// The stored, queried and hashed name (the serde name too). Spelled out, not taken from
     /// serde: it is part of the audit chain's canonical encoding, so changing one would break the
@@ -102,6 +109,7 @@ impl AuditKind {
     pub fn name(self) -> &'static str {
         match self {
             AuditKind::Request => "request",
+            AuditKind::Authz => "authz",
             AuditKind::Admin => "admin",
             AuditKind::Security => "security",
         }

@@ -49,6 +49,8 @@ pub struct AuditFilter {
     pub subject: Option<String>,
     /// A token or certificate caller's issuer.
     pub issuer: Option<String>,
+    /// The gateway that asked the authorizer.
+    pub gateway: Option<String>,
     pub team: Option<String>,
     pub model: Option<String>,
     pub status: Option<u16>,

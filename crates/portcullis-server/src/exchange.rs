@@ -258,6 +258,7 @@ impl Inner {
         event.admin_token_id = info.admin_token_id;
         event.target = info.target;
         event.client_ip = self.meta.client_ip.map(|ip| ip.to_string());
+        event.gateway = info.gateway;
         event.method = Some(self.meta.method.to_string());
         event.path = Some(self.meta.path.clone());
         event.model = info.model;
@@ -332,3 +333,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Exchange {
         parts.extensions.get::<Exchange>().cloned().ok_or(ApiError::Internal)
     }
 }
+
+#[cfg(test)]
+#[path = "exchange_tests.rs"]
+mod tests;

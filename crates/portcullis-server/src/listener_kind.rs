@@ -27,7 +27,7 @@ impl ListenerKind {
         match self {
             ListenerKind::Proxy => AuditKind::Request,
             ListenerKind::Admin => AuditKind::Admin,
-            ListenerKind::Authz => AuditKind::Request,
+            ListenerKind::Authz => AuditKind::Authz,
         }
     }
 }

@@ -270,6 +270,7 @@ fn query_sql(
         ("key_id = ?", &filter.key_id),
         ("subject = ?", &filter.subject),
         ("issuer = ?", &filter.issuer),
+        ("gateway = ?", &filter.gateway),
         ("team = ?", &filter.team),
         ("model = ?", &filter.model),
         ("request_id = ?", &filter.request_id),

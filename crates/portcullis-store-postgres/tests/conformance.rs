@@ -280,6 +280,7 @@ async fn audit_numbers_are_plain_numerics() {
         team: None,
         admin_token_id: None,
         client_ip: None,
+        gateway: None,
         method: None,
         path: None,
         model: None,

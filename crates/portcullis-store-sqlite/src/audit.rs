@@ -226,6 +226,7 @@ fn query_sql(filter: &AuditFilter, cursor: Option<&AuditCursor>, limit: usize) -
         ("key_id = ?", &filter.key_id),
         ("subject = ?", &filter.subject),
         ("issuer = ?", &filter.issuer),
+        ("gateway = ?", &filter.gateway),
         ("team = ?", &filter.team),
         ("model = ?", &filter.model),
         ("request_id = ?", &filter.request_id),

@@ -23,6 +23,7 @@ static MIGRATIONS: Migrations = Migrations::new(
         Migration { version: 5, sql: CHANGES },
         Migration { version: 6, sql: INHERITED_TIER },
         Migration { version: 7, sql: AUDIT_CALLER },
+        Migration { version: 8, sql: AUDIT_GATEWAY },
     ],
     DIALECT,
 );
@@ -205,6 +206,13 @@ ALTER TABLE audit_log ADD COLUMN credential_id TEXT;
 CREATE INDEX audit_by_subject ON audit_log (subject, ts);
 ";
 
+/// The gateway that asked the authorizer, on records of its decisions. Records from before have
+/// none (they are hashed in the canonical encoding's version 1 or 2, which have no such field);
+/// no index: few gateways, and the time range narrows a query first.
+const AUDIT_GATEWAY: &str = "
+ALTER TABLE audit_log ADD COLUMN gateway TEXT;
+";
+
 #[async_trait]
 impl Migrator for SqliteStore {
     async fn migrate(&self) -> StoreResult<usize> {
@@ -315,13 +323,34 @@ mod tests {
         conn.execute("UPDATE api_keys SET tier = NULL WHERE id = 'key_alone'", []).unwrap();
     }
 
+    /// Stores `records` as a schema without the columns of the `absent` fields could.
+    fn store_without(conn: &Connection, records: &[portcullis_audit::AuditRecord], absent: &[&str]) {
+        use portcullis_audit::AuditRecord;
+        let kept: Vec<usize> = (0..AuditRecord::FIELDS.len())
+            .filter(|&index| !absent.contains(&AuditRecord::FIELDS[index].name))
+            .collect();
+        let names: Vec<&str> = kept.iter().map(|&index| AuditRecord::FIELDS[index].name).collect();
+        let marks = vec!["?"; kept.len()].join(", ");
+        let insert = format!("INSERT INTO audit_log ({}) VALUES ({marks})", names.join(", "));
+        for record in records {
+            let values = record.values();
+            let row: Vec<_> = kept.iter().map(|&index| crate::audit::column_value(values[index])).collect();
+            conn.execute(&insert, rusqlite::params_from_iter(row)).unwrap();
+        }
+    }
+
+    fn stored_records(conn: &Connection) -> Vec<portcullis_audit::AuditRecord> {
+        let select = format!("SELECT {} FROM audit_log ORDER BY seq", portcullis_audit::fields::column_list());
+        let mut statement = conn.prepare(&select).unwrap();
+        statement.query_map([], crate::audit::read_record).unwrap().collect::<Result<_, _>>().unwrap()
+    }
+
     /// Records written before the caller columns existed read back with none, hash as the
     /// canonical version 1 they were sealed in, and the chain goes on across the upgrade with
     /// records that use the new columns.
     #[test]
     fn audit_records_from_before_the_caller_columns_still_verify() {
-        use portcullis_audit::chain::VERSION_2_FIELDS;
-        use portcullis_audit::fields::column_list;
+        use portcullis_audit::chain::{VERSION_2_FIELDS, VERSION_3_FIELDS};
         use portcullis_audit::{
             AuditDecision, AuditEvent, AuditKind, AuditRecord, Chain, PrincipalKind, VerifyStatus, verify_records,
         };
@@ -337,18 +366,8 @@ mod tests {
                 })
             })
             .collect();
-        // Stored as the schema before version 7 could: without the caller columns.
-        let kept: Vec<usize> = (0..AuditRecord::FIELDS.len())
-            .filter(|&index| !VERSION_2_FIELDS.contains(&AuditRecord::FIELDS[index].name))
-            .collect();
-        let names: Vec<&str> = kept.iter().map(|&index| AuditRecord::FIELDS[index].name).collect();
-        let marks = vec!["?"; kept.len()].join(", ");
-        let insert = format!("INSERT INTO audit_log ({}) VALUES ({marks})", names.join(", "));
-        for record in &old {
-            let values = record.values();
-            let row: Vec<_> = kept.iter().map(|&index| crate::audit::column_value(values[index])).collect();
-            conn.execute(&insert, rusqlite::params_from_iter(row)).unwrap();
-        }
+        // Stored as the schema before version 7 could: without the caller columns (nor the later gateway).
+        store_without(&conn, &old, &[VERSION_2_FIELDS.as_slice(), VERSION_3_FIELDS.as_slice()].concat());
 
         apply_pending(&mut conn).unwrap();
         let token_caller = chain.seal(AuditEvent {
@@ -358,21 +377,9 @@ mod tests {
             credential_id: Some("jti-1".into()),
             ..AuditEvent::new(OffsetDateTime::UNIX_EPOCH, AuditKind::Request, AuditDecision::Allow, 200)
         });
-        let all = format!(
-            "INSERT INTO audit_log ({}) VALUES ({})",
-            column_list(),
-            vec!["?"; AuditRecord::FIELDS.len()].join(", ")
-        );
-        let row: Vec<_> = token_caller.values().into_iter().map(crate::audit::column_value).collect();
-        conn.execute(&all, rusqlite::params_from_iter(row)).unwrap();
+        store_without(&conn, std::slice::from_ref(&token_caller), &[]);
 
-        let stored: Vec<AuditRecord> = conn
-            .prepare(&format!("SELECT {} FROM audit_log ORDER BY seq", column_list()))
-            .unwrap()
-            .query_map([], crate::audit::read_record)
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let stored = stored_records(&conn);
         assert_eq!(stored[..3], old[..], "old rows read back as they were sealed, with no caller columns");
         assert_eq!(stored[3], token_caller);
         assert_eq!(verify_records("gw-old", None, &stored).status, VerifyStatus::Ok);
@@ -383,5 +390,52 @@ mod tests {
             VerifyStatus::Ok,
             "a caller column added later is an edit"
         );
+    }
+
+    /// Records written before the gateway column existed (canonical versions 1 and 2) read back
+    /// without one and verify; the chain goes on with an authorizer's decision that names its
+    /// gateway (version 3), and adding or removing a gateway afterwards is an edit.
+    #[test]
+    fn audit_records_from_before_the_gateway_column_still_verify() {
+        use portcullis_audit::chain::VERSION_3_FIELDS;
+        use portcullis_audit::{
+            AuditDecision, AuditEvent, AuditKind, AuditRecord, Chain, PrincipalKind, VerifyStatus, canonical_version,
+            verify_records,
+        };
+
+        let mut conn = migrated_before(8);
+        let mut chain = Chain::resume("gw-old", None);
+        let request = |ts| AuditEvent::new(ts, AuditKind::Request, AuditDecision::Allow, 200);
+        let key_caller = chain.seal(AuditEvent { key_id: Some("key_1".into()), ..request(OffsetDateTime::UNIX_EPOCH) });
+        let token_caller = chain.seal(AuditEvent {
+            principal_kind: Some(PrincipalKind::Token),
+            subject: Some("svc-ingest".into()),
+            issuer: Some("https://idp.example".into()),
+            ..request(OffsetDateTime::UNIX_EPOCH)
+        });
+        let old = [key_caller, token_caller];
+        assert_eq!(old.each_ref().map(canonical_version), [1, 2]);
+        store_without(&conn, &old, &VERSION_3_FIELDS);
+
+        assert_eq!(apply_pending(&mut conn).unwrap(), 1);
+        let decision = chain.seal(AuditEvent {
+            gateway: Some("nginx".into()),
+            principal_kind: Some(PrincipalKind::Key),
+            key_id: Some("key_1".into()),
+            ..AuditEvent::new(OffsetDateTime::UNIX_EPOCH, AuditKind::Authz, AuditDecision::Deny, 429)
+        });
+        assert_eq!(canonical_version(&decision), 3);
+        store_without(&conn, std::slice::from_ref(&decision), &[]);
+
+        let stored: Vec<AuditRecord> = stored_records(&conn);
+        assert_eq!(stored[..2], old[..], "old rows read back as they were sealed, with no gateway");
+        assert_eq!(stored[2], decision);
+        assert_eq!(verify_records("gw-old", None, &stored).status, VerifyStatus::Ok);
+        let mut added = stored.clone();
+        added[1].gateway = Some("nginx".into());
+        assert_ne!(verify_records("gw-old", None, &added).status, VerifyStatus::Ok, "a gateway added later is an edit");
+        let mut removed = stored.clone();
+        removed[2].gateway = None;
+        assert_ne!(verify_records("gw-old", None, &removed).status, VerifyStatus::Ok, "a removed gateway is an edit");
     }
 }

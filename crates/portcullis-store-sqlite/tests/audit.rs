@@ -26,6 +26,7 @@ fn record(seq: u64) -> AuditRecord {
         team: Some("acme".into()),
         admin_token_id: None,
         client_ip: Some("127.0.0.1".into()),
+        gateway: None,
         method: Some("POST".into()),
         path: Some("/v1/chat/completions".into()),
         model: Some("smollm".into()),

@@ -471,7 +471,7 @@ pub struct AuditView {
     #[serde(with = "crate::millis")]
     pub ts: OffsetDateTime,
     pub node: String,
-    /// `request`, `admin` or `security`.
+    /// `request`, `authz` (an authorizer's decision), `admin` or `security`.
     pub kind: String,
     #[serde(default)]
     pub request_id: Option<String>,
@@ -492,6 +492,10 @@ pub struct AuditView {
     pub admin_token_id: Option<String>,
     #[serde(default)]
     pub client_ip: Option<String>,
+    /// Which gateway asked the authorizer: the name it gives itself (`nginx`, `caddy`…), else its
+    /// address.
+    #[serde(default)]
+    pub gateway: Option<String>,
     #[serde(default)]
     pub method: Option<String>,
     #[serde(default)]

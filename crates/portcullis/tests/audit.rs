@@ -1,7 +1,8 @@
 //! The audit log through the real binary: one record per request whatever its ending, admin
 //! actions naming their token, `sync` durability across `kill -9`, tampering named by
-//! `audit verify`, no secret in the log or its sinks, queries, exports and paging, and retention
-//! that leaves a verifiable chain.
+//! `audit verify`, no secret in the log or its sinks, queries, exports and paging, the
+//! authorizer's decisions marked by the gateway that asked, and retention that leaves a
+//! verifiable chain.
 //!
 //! Records are read back through `GET /admin/v1/audit`; in `async` durability a record may take
 //! a few milliseconds to be stored, so reads poll for up to [`AUDIT_WAIT`].
@@ -924,6 +925,70 @@ async fn export_and_query_filter_and_paginate() {
 
 fn dir_file(gateway: &Gateway, name: &str) -> String {
     gateway.dir().join(name).display().to_string()
+}
+
+// ------------------------------------------------------------------------------------------------
+// The authorizer's decisions
+// ------------------------------------------------------------------------------------------------
+
+/// A forward-auth check, as a gateway naming itself `name` sends it about a client's
+/// `GET /v1/models`.
+fn forward_auth(gateway: &Gateway, name: &str, key: &str, id: &str) -> reqwest::RequestBuilder {
+    http()
+        .get(format!("http://{}/authz", gateway.authz_addr()))
+        .header("x-original-method", "GET")
+        .header("x-original-uri", "/v1/models")
+        .header("x-portcullis-gateway", name)
+        .header("x-request-id", id)
+        .bearer_auth(key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorizer_decisions_are_recorded_by_gateway_and_found_by_it() {
+    let stub = StubUpstream::start().await;
+    let config = format!(
+        "[authz]\nlisten = \"127.0.0.1:0\"\n\n[security]\nauth_failure_limit = 0\n\n{}",
+        model_table("a", &stub.url(), PRICED)
+    );
+    let gateway = GatewayBuilder::new(BINARY).config(&config).start().await;
+    let (key_id, key) = gateway.create_key(&["--name", "behind-gateways"]);
+    assert_eq!(send(forward_auth(&gateway, "caddy", &key, "rid-caddy")).await.status, 200);
+    assert_eq!(send(forward_auth(&gateway, "nginx", "pcl_nobody_00000000000000000", "rid-nginx")).await.status, 401);
+    chat_with_id(&gateway, Some(&key), "rid-direct", "a").await.assert_ok();
+    let all = wait_for_records(&gateway, "", 4).await;
+    assert_eq!(all.len(), 4, "key.create, two decisions (not the checks themselves), one request: {all:#?}");
+
+    // Marked as the authorizer's, with the gateway that asked; a proxied request names none.
+    let decisions = gateway.cli_json(&["audit", "query", "--kind", "authz"]);
+    let decisions = decisions["data"].as_array().expect("data");
+    let marks: Vec<(Option<&str>, Option<&str>)> =
+        decisions.iter().map(|record| (text(record, "kind"), text(record, "gateway"))).collect();
+    assert_eq!(marks, [(Some("authz"), Some("caddy")), (Some("authz"), Some("nginx"))], "{decisions:#?}");
+    let direct = the_record(&gateway, "rid-direct").await;
+    assert_eq!((text(&direct, "kind"), direct["gateway"].clone()), (Some("request"), Value::Null), "{direct:#}");
+
+    // Found by gateway, through the CLI and the API; recorded like a proxied request.
+    let caddy = gateway.cli_json(&["audit", "query", "--gateway", "caddy"]);
+    let caddy = caddy["data"].as_array().expect("data");
+    assert_eq!(caddy.len(), 1, "{caddy:#?}");
+    assert_outcome(&caddy[0], 200, "allow", None);
+    assert_eq!(text(&caddy[0], "key_id"), Some(key_id.as_str()));
+    assert_eq!((text(&caddy[0], "method"), text(&caddy[0], "path")), (Some("GET"), Some("/v1/models")));
+    let nginx = audit_records(&gateway, "gateway=nginx").await;
+    assert_eq!(nginx.len(), 1, "{nginx:#?}");
+    assert_outcome(&nginx[0], 401, "deny", Some("invalid_api_key"));
+    assert_eq!(audit_records(&gateway, "gateway=NGINX").await.len(), 0, "an exact match");
+
+    // The gateway is hashed, and the chain with records of every kind verifies.
+    let verified = verify(&gateway, false);
+    assert!(verified.status.success(), "{}", describe(&verified));
+    let csv = gateway.cli(&["audit", "export", "--format", "csv", "--gateway", "caddy"]);
+    assert!(csv.status.success(), "{}", describe(&csv));
+    let csv = stdout_of(&csv);
+    let header: Vec<&str> = csv.lines().next().unwrap_or_default().split(',').collect();
+    let column = header.iter().position(|name| *name == "gateway").expect("a gateway column");
+    let row: Vec<&str> = csv.lines().nth(1).unwrap_or_default().split(',').collect();
+    assert_eq!((row.get(3).copied(), row.get(column).copied()), (Some("authz"), Some("caddy")), "{csv}");
 }
 
 // ------------------------------------------------------------------------------------------------

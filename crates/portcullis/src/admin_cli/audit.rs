@@ -48,6 +48,9 @@ pub struct Filters {
     /// Only this token or certificate issuer (a token's `iss`, exactly).
     #[arg(long, value_name = "ISSUER")]
     issuer: Option<String>,
+    /// Only the authorizer's records asked by this gateway (`nginx`, `caddy`, `envoy`…).
+    #[arg(long, value_name = "GATEWAY")]
+    gateway: Option<String>,
     /// Only this team's records.
     #[arg(long, value_name = "TEAM")]
     team: Option<String>,
@@ -81,6 +84,8 @@ pub enum Decision {
 pub enum Kind {
     /// Proxied requests, allowed or denied.
     Request,
+    /// The authorizer's decisions about requests other gateways forward, and their settlements.
+    Authz,
     /// Admin API actions.
     Admin,
     /// Security events (blocked clients, anomalies).
@@ -144,6 +149,7 @@ impl Kind {
     fn as_str(self) -> &'static str {
         match self {
             Kind::Request => "request",
+            Kind::Authz => "authz",
             Kind::Admin => "admin",
             Kind::Security => "security",
         }
@@ -169,6 +175,7 @@ impl Filters {
             ("key", &self.key),
             ("subject", &self.subject),
             ("issuer", &self.issuer),
+            ("gateway", &self.gateway),
             ("team", &self.team),
             ("model", &self.model),
             ("request_id", &self.request_id),
@@ -218,6 +225,7 @@ fn sample_view() -> portcullis_types::admin::AuditView {
         team: Some("acme".into()),
         admin_token_id: None,
         client_ip: Some("10.0.0.1".into()),
+        gateway: None,
         method: Some("POST".into()),
         path: Some("/v1/chat/completions".into()),
         model: Some("smollm".into()),
@@ -271,12 +279,14 @@ mod tests {
             "svc-ingest",
             "--issuer",
             "https://idp.example",
+            "--gateway",
+            "envoy",
             "--status",
             "429",
             "--decision",
             "deny",
             "--kind",
-            "request",
+            "authz",
             "--request-id",
             "req_1",
             "--node",
@@ -292,11 +302,12 @@ mod tests {
                 ("key", "key_1".to_string()),
                 ("subject", "svc-ingest".to_string()),
                 ("issuer", "https://idp.example".to_string()),
+                ("gateway", "envoy".to_string()),
                 ("request_id", "req_1".to_string()),
                 ("node", "gw-1".to_string()),
                 ("status", "429".to_string()),
                 ("decision", "deny".to_string()),
-                ("kind", "request".to_string()),
+                ("kind", "authz".to_string()),
             ]
         );
         assert_eq!((args.limit, args.all), (Some(5), false));

@@ -80,7 +80,7 @@ mod tests {
     fn the_header_names_every_field_with_the_cost_before_cost_pico() {
         assert_eq!(
             csv_header(),
-            "seq,ts,node,kind,request_id,principal_kind,key_id,subject,issuer,credential_id,team,admin_token_id,client_ip,method,path,model,upstream,\
+            "seq,ts,node,kind,request_id,principal_kind,key_id,subject,issuer,credential_id,team,admin_token_id,client_ip,gateway,method,path,model,upstream,\
              status,decision,reason,target,stream,latency_ms,ttfb_ms,prompt_tokens,completion_tokens,\
              usage_estimated,cost,cost_pico,user_agent,content,prev_hash,hash\r\n"
         );
@@ -116,6 +116,17 @@ mod tests {
             row.starts_with(
                 "8,2025-06-10T12:30:00.123Z,gw-1,request,req_1,token,,svc-ingest,https://idp.example,sha256:0a1b,acme,"
             ),
+            "{row}"
+        );
+
+        let mut decision = record(9);
+        decision.kind = portcullis_audit::AuditKind::Authz;
+        decision.gateway = Some("nginx".into());
+        let mut out = Vec::new();
+        csv_row(&mut out, &decision);
+        let row = String::from_utf8(out).unwrap();
+        assert!(
+            row.starts_with("9,2025-06-10T12:30:00.123Z,gw-1,authz,req_1,key,key_1,,,,acme,,10.0.0.1,nginx,,"),
             "{row}"
         );
 

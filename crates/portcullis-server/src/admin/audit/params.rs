@@ -27,6 +27,8 @@ pub struct AuditParams {
     pub(super) subject: Option<String>,
     /// A token or certificate caller's issuer.
     pub(super) issuer: Option<String>,
+    /// The gateway that asked the authorizer.
+    pub(super) gateway: Option<String>,
     pub(super) team: Option<String>,
     pub(super) model: Option<String>,
     pub(super) status: Option<String>,
@@ -87,8 +89,10 @@ pub(super) fn audit_filter(
         .kind
         .as_deref()
         .map(|text| {
-            AuditKind::from_name(text)
-                .ok_or_else(|| ApiError::bad_request("kind must be one of request, admin, security", Some("kind")))
+            AuditKind::from_name(text).ok_or_else(|| {
+                let kinds = AuditKind::ALL.map(AuditKind::name).join(", ");
+                ApiError::bad_request(format!("kind must be one of {kinds}"), Some("kind"))
+            })
         })
         .transpose()?;
     let mut team = params.team.as_deref().map(|team| validate::team_name(team, "team")).transpose()?;
@@ -99,6 +103,7 @@ pub(super) fn audit_filter(
         key_id: params.key.as_deref().map(|key| validate::filter(key, "key")).transpose()?,
         subject: params.subject.as_deref().map(|subject| validate::filter(subject, "subject")).transpose()?,
         issuer: params.issuer.as_deref().map(|issuer| validate::filter(issuer, "issuer")).transpose()?,
+        gateway: params.gateway.as_deref().map(|gateway| validate::filter(gateway, "gateway")).transpose()?,
         team: None,
         model: params.model.as_deref().map(|model| validate::filter(model, "model")).transpose()?,
         status,
@@ -155,6 +160,7 @@ mod tests {
             ("key", "key_1"),
             ("subject", "svc-ingest"),
             ("issuer", "https://idp.example"),
+            ("gateway", "nginx"),
             ("team", "acme"),
             ("model", "smollm"),
             ("status", "429"),
@@ -171,6 +177,7 @@ mod tests {
             key_id: Some("key_1".into()),
             subject: Some("svc-ingest".into()),
             issuer: Some("https://idp.example".into()),
+            gateway: Some("nginx".into()),
             team: Some("acme".into()),
             model: Some("smollm".into()),
             status: Some(429),
@@ -185,12 +192,16 @@ mod tests {
             let filter = audit_filter(&admin(), &ask(&[("decision", decision)]), NOW).unwrap().unwrap();
             assert_eq!(filter.decision, Some(parsed));
         }
+        for kind in AuditKind::ALL {
+            let filter = audit_filter(&admin(), &ask(&[("kind", kind.name())]), NOW).unwrap().unwrap();
+            assert_eq!(filter.kind, Some(kind));
+        }
         assert_eq!(limit(Some("1000")).unwrap(), 1000);
     }
 
     #[test]
     fn bad_parameters_are_400s_naming_the_parameter() {
-        let bad: [(&[(&str, &str)], &str); 15] = [
+        let bad: [(&[(&str, &str)], &str); 17] = [
             (&[("since", "yesterday")], "since"),
             (&[("since", "-1d")], "since"),
             (&[("until", "24h")], "until"),
@@ -203,6 +214,8 @@ mod tests {
             (&[("key", "")], "key"),
             (&[("subject", "")], "subject"),
             (&[("issuer", "a%1Bb")], "issuer"),
+            (&[("gateway", "")], "gateway"),
+            (&[("kind", "auth")], "kind"),
             (&[("model", "m%1B")], "model"),
             (&[("request_id", &"r".repeat(129))], "request_id"),
             (&[("node", "")], "node"),
