@@ -128,6 +128,7 @@ async fn an_allowed_request_gets_identity_and_rate_headers_and_an_audit_record()
     assert_eq!(record["model"], "small");
     assert_eq!(record["method"], "POST");
     assert_eq!(record["client_ip"], "192.0.2.7", "the client behind the gateway, not the gateway");
+    assert_eq!((record["kind"].as_str(), record["gateway"].as_str()), (Some("authz"), Some("edge-1")));
 }
 
 #[tokio::test]
@@ -242,6 +243,7 @@ async fn a_usage_report_settles_the_lease_once_and_lands_in_usage() {
         .find(|record| record["request_id"] == request_id.as_str() && record["reason"] == "usage_reported")
         .expect("the settlement's record");
     assert_eq!((settlement["prompt_tokens"].as_u64(), settlement["completion_tokens"].as_u64()), (Some(7), Some(9)));
+    assert_eq!((settlement["kind"].as_str(), settlement["gateway"].as_str()), (Some("authz"), Some("edge-1")));
 }
 
 #[tokio::test]

@@ -218,6 +218,7 @@ impl Inner {
         event.team = lease.team;
         event.model = Some(lease.model);
         event.client_ip = Some(lease.client_ip.to_string());
+        event.gateway = Some(lease.gateway);
         event.method = Some(lease.method);
         event.path = Some(lease.path);
         event.reason = Some(how.reason().to_string());
