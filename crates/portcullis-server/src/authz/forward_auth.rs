@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -22,6 +22,7 @@ use super::check::{self, Check, Denied};
 use crate::client_addr;
 use crate::error::ApiError;
 use crate::exchange::Exchange;
+use crate::proxy::body::Reading;
 use crate::request_id::RequestId;
 
 /// The status the proxy would have answered, on a refusal.
@@ -113,7 +114,7 @@ pub async fn read_check(state: &AuthzState, request: Request, original: Original
     let request_id = request.extensions().get::<RequestId>().map(|id| id.0.clone());
     let gateway = gateway_name(request.headers(), peer);
     let (parts, body) = request.into_parts();
-    let body = read_body(body, state.max_body_bytes).await?;
+    let body = read_body(body, &parts.headers, state.max_body_bytes).await?;
     Ok(Check { gateway, method, path, headers: parts.headers, client_ip, body, request_id })
 }
 
@@ -127,9 +128,13 @@ fn gateway_name(headers: &HeaderMap, peer: SocketAddr) -> String {
         .map_or_else(|| peer.ip().to_string(), str::to_string)
 }
 
-/// The forwarded body, if any; over `limit` is a 413, as on the proxy.
-async fn read_body(body: Body, limit: usize) -> Result<Option<axum::body::Bytes>, ApiError> {
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::RequestTooLarge { limit })?;
+/// The forwarded body, if any, read as the proxy reads one (413 over `limit`, 408 too slow).
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Option<Bytes>, ApiError> {
+    let mut reading = Reading::start(body, headers, limit)?;
+    let bytes = match reading.ready()? {
+        Some(bytes) => bytes,
+        None => reading.rest().await?,
+    };
     Ok((!bytes.is_empty()).then_some(bytes))
 }
 
