@@ -158,3 +158,13 @@ impl LimiterHandle {
         }
     }
 }
+
+/// Runs a settlement (one or more `Reservation::settle`s) at once when it completes without
+/// waiting, as the in-memory limiter's does; a networked limiter's finishes in the background.
+pub fn settle_soon(settle: impl std::future::Future<Output = ()> + Send + 'static) {
+    use futures_util::FutureExt;
+    let mut settle = Box::pin(settle);
+    if settle.as_mut().now_or_never().is_none() {
+        tokio::spawn(settle);
+    }
+}

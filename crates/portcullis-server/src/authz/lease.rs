@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::Auditor;
 use crate::clock::unix_millis;
 use crate::exchange::Billed;
+use crate::limiter::settle_soon;
 use crate::listener_kind::ListenerKind;
 use crate::metrics::Metrics;
 use crate::principal::{Credential, record_caller};
@@ -140,7 +141,7 @@ impl Leases {
         match self.0.open.entry(request_id.to_string()) {
             Entry::Occupied(_) => {
                 if let Some(reservation) = lease.reservation {
-                    tokio::spawn(reservation.settle(Usage::default(), unix_millis(OffsetDateTime::now_utc())));
+                    settle_soon(reservation.settle(Usage::default(), unix_millis(OffsetDateTime::now_utc())));
                 }
                 return Err(IdTaken);
             }
@@ -229,7 +230,7 @@ impl Inner {
                 tokens: billed.prompt_tokens.saturating_add(billed.completion_tokens),
                 cost: portcullis_limits::Money(billed.cost_pico),
             };
-            tokio::spawn(reservation.settle(usage, unix_millis(now)));
+            settle_soon(reservation.settle(usage, unix_millis(now)));
         }
         billed
     }

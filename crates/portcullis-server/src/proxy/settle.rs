@@ -6,7 +6,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures_util::FutureExt;
 use portcullis_audit::{AuditDecision, Submitted};
 use portcullis_limits::{Price, Reservation, Usage};
 use portcullis_store::UsageRecord;
@@ -207,11 +206,7 @@ impl Terms {
                 slot.settle(Usage::default(), now).await;
             }
         };
-        // The in-memory limiter settles at once; a networked one finishes in the background.
-        let mut settle = Box::pin(settle);
-        if settle.as_mut().now_or_never().is_none() {
-            tokio::spawn(settle);
-        }
+        crate::limiter::settle_soon(settle);
     }
 }
 
