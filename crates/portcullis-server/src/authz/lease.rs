@@ -75,6 +75,9 @@ pub enum Settled {
     Observed(Reported),
     /// Envoy's `ext_proc` stream saw the response end without a usage figure.
     ObservedWithoutUsage,
+    /// Envoy's `ext_proc` stream saw the model server refuse or fail (a status other than 2xx):
+    /// nothing was generated, and nothing is charged (as the proxy bills it).
+    ObservedRefusal,
     /// Nothing settled it within `authz.lease`.
     Expired,
     /// The gateway shut down with it open.
@@ -87,6 +90,7 @@ impl Settled {
             Settled::Reported(_) => "usage_reported",
             Settled::Observed(_) => "usage_observed",
             Settled::ObservedWithoutUsage => "usage_missing_charged_in_full",
+            Settled::ObservedRefusal => "upstream_refused_nothing_charged",
             Settled::Expired => "lease_expired_charged_in_full",
             Settled::CutAtShutdown => "cut_at_shutdown_charged_in_full",
         }
@@ -229,6 +233,7 @@ impl Lease {
                 let bounded = (prompt, completion) != (reported.prompt_tokens, reported.completion_tokens);
                 (prompt, completion, bounded, bounded)
             }
+            Settled::ObservedRefusal => (0, 0, false, false),
             Settled::ObservedWithoutUsage | Settled::Expired | Settled::CutAtShutdown => {
                 (self.prompt_bound, self.completion_bound, true, false)
             }

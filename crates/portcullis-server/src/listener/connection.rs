@@ -33,6 +33,7 @@ use super::tls::{HandshakeFailure, Tls};
 use super::{Site, access_log};
 use crate::client_certificate::ClientCertificate;
 use crate::error::ApiError;
+use crate::listener_kind::ListenerKind;
 
 /// What every connection of one listener is served with.
 pub struct ConnectionSettings {
@@ -205,12 +206,25 @@ async fn handle(
     // gets its answer and reconnects (to a replica still in its balancer's rotation).
     let close_after = request.version() < Version::HTTP_2
         && (request.headers().contains_key(header::TRANSFER_ENCODING) || site.context.lifecycle().is_draining());
-    let request = request.map(|body| axum::body::Body::new(TimedBody::new(body, body_timeouts)));
+    let request = if has_body_deadline(site.kind, request.headers()) {
+        request.map(|body| axum::body::Body::new(TimedBody::new(body, body_timeouts)))
+    } else {
+        request.map(axum::body::Body::new)
+    };
     let mut response = access_log::serve(site.kind, &site.context, site.router, request).await;
     if close_after {
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
+}
+
+/// Whether the request's body must keep coming. Not a gRPC call on the authorizer: Envoy's
+/// `ext_proc` stream lasts as long as the response it observes and is silent while the model
+/// thinks. Only configured gateways are served there; any other peer is refused before its
+/// body is read (see `authz::envoy`).
+fn has_body_deadline(kind: ListenerKind, headers: &http::HeaderMap) -> bool {
+    let grpc = headers.get(header::CONTENT_TYPE).is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+    !(kind == ListenerKind::Authz && grpc)
 }
 
 /// Counts a request as finished when its response body is dropped: sent, or given up.
