@@ -285,6 +285,13 @@ mod tests {
     }
 
     #[test]
+    fn a_response_the_model_server_refused_is_charged_nothing() {
+        let billed = lease(false).billed(Settled::ObservedRefusal);
+        assert_eq!((billed.prompt_tokens, billed.completion_tokens, billed.cost_pico), (0, 0, 0));
+        assert!(!billed.estimated);
+    }
+
+    #[test]
     fn an_unsettled_lease_is_charged_its_whole_reservation() {
         for how in [Settled::Expired, Settled::ObservedWithoutUsage, Settled::CutAtShutdown] {
             let billed = lease(false).billed(how);
