@@ -378,3 +378,21 @@ async fn a_peer_that_is_not_a_gateway_is_refused_and_audited() {
     assert!(paths.contains(&"/envoy.service.ext_proc.v3.ExternalProcessor/Process"), "{records:#?}");
     assert!(records.iter().all(|record| record["reason"] == "forbidden"), "{records:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_stream_with_nothing_to_settle_is_closed_at_once() {
+    let (_stub, gateway) = start("").await;
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    let outgoing = futures_util::stream::unfold(receiver, |mut receiver| async {
+        receiver.recv().await.map(|message| (message, receiver))
+    });
+    let mut client = ExternalProcessorClient::new(channel(&gateway).await);
+    let mut replies = client.process(outgoing).await.expect("Process opens").into_inner();
+    // A request that carries no lease (a model listing, or a client's own id): Envoy's side stays
+    // open, the authorizer's closes.
+    let first = exchange("req_never_leased", "application/json", &[], false, true).remove(0);
+    sender.send(first).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(2), replies.message()).await;
+    assert!(matches!(ended, Ok(Ok(None))), "the stream should end cleanly at once: {ended:?}");
+    drop(sender);
+}

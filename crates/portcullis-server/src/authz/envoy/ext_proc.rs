@@ -5,7 +5,8 @@
 //! full, unless its usage went by already.
 //!
 //! In observe mode (`observability_mode`, which each message states) Envoy takes no answer and
-//! waits for none; otherwise every message is answered "continue, unchanged", so the same
+//! waits for none, and the stream is closed as soon as nothing more is to be learnt from it (no
+//! lease, or settled); otherwise every message is answered "continue, unchanged", so the same
 //! service also works with the filter in its ordinary mode.
 
 use std::pin::Pin;
@@ -37,30 +38,40 @@ impl ExternalProcessor for ExtProc {
     type ProcessStream = Replies;
 
     async fn process(&self, request: Request<Streaming<ProcessingRequest>>) -> Result<Response<Replies>, Status> {
-        let watch = Watch { leases: self.0.leases.clone(), lease: None, response: None, settled: false };
+        let watch =
+            Watch { leases: self.0.leases.clone(), lease: None, headers_seen: false, response: None, settled: false };
         // Driven by the answer's body: each message is read when the last was answered (or, in
-        // observe mode, at once); the stream ends when Envoy closes its side.
-        let replies =
-            futures_util::stream::unfold((request.into_inner(), watch), |(mut messages, mut watch)| async move {
-                loop {
-                    let message = match messages.message().await {
-                        Ok(Some(message)) => message,
-                        Ok(None) => return None,
-                        Err(status) => {
-                            tracing::debug!(%status, "ext_proc stream broke off");
-                            return None;
-                        }
-                    };
-                    let observing = message.observability_mode;
-                    let Some(message) = message.request else { continue };
-                    let reply = reply_to(&message);
-                    watch.see(message);
-                    if !observing {
-                        return Some((Ok(reply), (messages, watch)));
-                    }
-                }
-            });
+        // observe mode, at once).
+        let replies = futures_util::stream::unfold((request.into_inner(), watch), |(mut messages, mut watch)| async {
+            let reply = next_reply(&mut messages, &mut watch).await?;
+            Some((Ok(reply), (messages, watch)))
+        });
         Ok(Response::new(Box::pin(replies)))
+    }
+}
+
+/// The answer to the next message that takes one; `None` when the stream is over: Envoy closed
+/// its side, the stream broke off, or — observing — nothing more is to be learnt from it (an
+/// observer may close the stream, and Envoy then stops sending this request's body).
+async fn next_reply(messages: &mut Streaming<ProcessingRequest>, watch: &mut Watch) -> Option<ProcessingResponse> {
+    loop {
+        let message = match messages.message().await {
+            Ok(message) => message?,
+            Err(status) => {
+                tracing::debug!(%status, "ext_proc stream broke off");
+                return None;
+            }
+        };
+        let observing = message.observability_mode;
+        let Some(message) = message.request else { continue };
+        let reply = reply_to(&message);
+        watch.see(message);
+        if !observing {
+            return Some(reply);
+        }
+        if watch.is_done() {
+            return None;
+        }
     }
 }
 
@@ -84,6 +95,8 @@ struct Watch {
     leases: Leases,
     /// The open lease the request carries; `None` until its headers came, or when it has none.
     lease: Option<String>,
+    /// The request's headers went by (so a missing lease is missing for good).
+    headers_seen: bool,
     response: Option<ResponseUsage>,
     settled: bool,
 }
@@ -97,6 +110,7 @@ impl Watch {
                 // Not every allowed request has a lease (a model listing has none), and an unknown
                 // id is none of this stream's business: the response is then not read at all.
                 self.lease = id.filter(|id| self.leases.is_open(id)).map(str::to_string);
+                self.headers_seen = true;
                 if self.lease.is_none() {
                     tracing::debug!(request_id = id, "ext_proc stream for a request without an open lease; not read");
                 }
@@ -119,6 +133,11 @@ impl Watch {
             Message::ResponseTrailers(_) => self.finish(true),
             Message::ResponseHeaders(_) | Message::RequestBody(_) | Message::RequestTrailers(_) => {}
         }
+    }
+
+    /// Nothing more to learn: the request has no open lease, or its lease is settled.
+    fn is_done(&self) -> bool {
+        self.settled || (self.headers_seen && self.lease.is_none())
     }
 
     /// Settles the lease with what the response showed, once; `complete` when it ended.
