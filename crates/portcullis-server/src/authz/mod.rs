@@ -16,6 +16,7 @@ mod route;
 mod state;
 mod usage_report;
 
+pub(crate) use envoy::GRPC_PATH_PREFIX;
 pub use lease::Leases;
 pub use state::{AuthzState, Parts};
 

@@ -33,7 +33,6 @@ use super::tls::{HandshakeFailure, Tls};
 use super::{Site, access_log};
 use crate::client_certificate::ClientCertificate;
 use crate::error::ApiError;
-use crate::listener_kind::ListenerKind;
 
 /// What every connection of one listener is served with.
 pub struct ConnectionSettings {
@@ -206,7 +205,7 @@ async fn handle(
     // gets its answer and reconnects (to a replica still in its balancer's rotation).
     let close_after = request.version() < Version::HTTP_2
         && (request.headers().contains_key(header::TRANSFER_ENCODING) || site.context.lifecycle().is_draining());
-    let request = if has_body_deadline(site.kind, request.headers()) {
+    let request = if has_body_deadline(&site, &request) {
         request.map(|body| axum::body::Body::new(TimedBody::new(body, body_timeouts)))
     } else {
         request.map(axum::body::Body::new)
@@ -218,13 +217,15 @@ async fn handle(
     response
 }
 
-/// Whether the request's body must keep coming. Not a gRPC call on the authorizer: Envoy's
-/// `ext_proc` stream lasts as long as the response it observes and is silent while the model
-/// thinks. Only configured gateways are served there; any other peer is refused before its
-/// body is read (see `authz::envoy`).
-fn has_body_deadline(kind: ListenerKind, headers: &http::HeaderMap) -> bool {
-    let grpc = headers.get(header::CONTENT_TYPE).is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
-    !(kind == ListenerKind::Authz && grpc)
+/// Whether the request's body must keep coming: not for a gRPC stream the site serves without
+/// one (see [`Site::grpc_streams`]).
+fn has_body_deadline<B>(site: &Site, request: &hyper::Request<B>) -> bool {
+    let Some(prefix) = site.grpc_streams else { return true };
+    let grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+    !(grpc && request.uri().path().starts_with(prefix))
 }
 
 /// Counts a request as finished when its response body is dropped: sent, or given up.

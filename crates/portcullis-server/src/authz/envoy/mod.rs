@@ -28,6 +28,10 @@ use crate::error::ApiError;
 use ext_authz::ExtAuthz;
 use ext_proc::ExtProc;
 
+/// Where the gRPC services are, and nothing else: every path under it is behind the gate (or
+/// not found), so the listener may spare these calls its body deadline.
+pub const GRPC_PATH_PREFIX: &str = "/envoy.service.";
+
 /// Room for a message's own fields beside the request body it carries.
 const MESSAGE_OVERHEAD: usize = 64 * 1024;
 
@@ -36,9 +40,13 @@ pub fn grpc(state: AuthzState) -> Router {
     let max_message = state.max_body_bytes.saturating_add(MESSAGE_OVERHEAD);
     let authorization = AuthorizationServer::new(ExtAuthz(state.clone())).max_decoding_message_size(max_message);
     let processor = ExternalProcessorServer::new(ExtProc(state.clone())).max_decoding_message_size(max_message);
+    let path = |service: &str| {
+        debug_assert!(format!("/{service}").starts_with(GRPC_PATH_PREFIX));
+        format!("/{service}/{{*method}}")
+    };
     Router::new()
-        .route_service(&format!("/{}/{{*method}}", AuthorizationServer::<ExtAuthz>::NAME), authorization)
-        .route_service(&format!("/{}/{{*method}}", ExternalProcessorServer::<ExtProc>::NAME), processor)
+        .route_service(&path(AuthorizationServer::<ExtAuthz>::NAME), authorization)
+        .route_service(&path(ExternalProcessorServer::<ExtProc>::NAME), processor)
         .layer(middleware::from_fn_with_state(state, only_gateways))
 }
 
