@@ -396,3 +396,34 @@ async fn an_observer_stream_with_nothing_to_settle_is_closed_at_once() {
     assert!(matches!(ended, Ok(Ok(None))), "the stream should end cleanly at once: {ended:?}");
     drop(sender);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_the_model_server_refused_is_charged_nothing() {
+    let (_stub, gateway) = start("").await;
+    let (key_id, key) = gateway.create_key(&[]);
+    let lease = lease_id(&allowed(check(&gateway, chat_check(Some(&key), "a", 20)).await));
+    let error = r#"{"error":{"message":"overloaded","type":"server_error"}}"#;
+    let mut messages = exchange(&lease, "application/json", &[error], true, true);
+    messages[1].request = Some(Message::ResponseHeaders(HttpHeaders {
+        headers: headers(&[(":status", "503"), ("content-type", "application/json")]),
+        ..HttpHeaders::default()
+    }));
+    process(&gateway, messages).await;
+
+    let record = settlement(&gateway, &lease).await;
+    assert_eq!(record["reason"], "upstream_refused_nothing_charged", "{record}");
+    assert_eq!((record["prompt_tokens"].as_u64(), record["completion_tokens"].as_u64()), (Some(0), Some(0)));
+    // Its usage row counts the request, with no tokens.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let report = common::admin_json(&gateway, &format!("/admin/v1/usage?key={key_id}&since=1d")).await;
+        let rows = report["data"].as_array().cloned().unwrap_or_default();
+        let sum = |field: &str| rows.iter().filter_map(|row| row[field].as_u64()).sum::<u64>();
+        if sum("requests") == 1 {
+            assert_eq!(sum("total_tokens"), 0, "{report}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no usage row: {report}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
