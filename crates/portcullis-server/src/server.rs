@@ -131,13 +131,21 @@ impl Server {
         let admin_listening =
             Listening::new(server, caps.admin, startup.admin.max_connections_per_client, self.tls.admin.clone());
         let context = self.state.site_context();
-        let proxy_site =
-            Site { kind: ListenerKind::Proxy, router: proxy::router(self.state.proxy()), context: context.clone() };
+        let proxy_site = Site {
+            kind: ListenerKind::Proxy,
+            router: proxy::router(self.state.proxy()),
+            context: context.clone(),
+            grpc_streams: None,
+        };
         let cut = CancellationToken::new();
         let proxy =
             tokio::spawn(listener::accept_until(self.proxy, proxy_site, proxy_listening, stop.clone(), cut.clone()));
-        let admin_site =
-            Site { kind: ListenerKind::Admin, router: admin::router(self.state.admin()), context: context.clone() };
+        let admin_site = Site {
+            kind: ListenerKind::Admin,
+            router: admin::router(self.state.admin()),
+            context: context.clone(),
+            grpc_streams: None,
+        };
         let admin =
             tokio::spawn(listener::accept_until(self.admin, admin_site, admin_listening, stop.clone(), cut.clone()));
         let authz = self.authz.map(|listener| {
@@ -146,6 +154,7 @@ impl Server {
                 kind: ListenerKind::Authz,
                 router: authz::router(self.state.authz(leases.clone(), &context)),
                 context,
+                grpc_streams: Some(authz::GRPC_PATH_PREFIX),
             };
             // Gateways hold many connections for many clients: no per-address cap.
             let listening = Listening::new(server, startup.authz.max_connections, 0, None);

@@ -43,20 +43,22 @@ const METHOD_HEADERS: [&str; 2] = ["x-original-method", "x-forwarded-method"];
 const URI_HEADERS: [&str; 2] = ["x-original-uri", "x-forwarded-uri"];
 
 pub async fn as_is(state: State<AuthzState>, exchange: Exchange, request: Request) -> Response {
-    forward_auth(state, exchange, request, Statuses::AsIs).await
+    forward_auth(state, exchange, request, original_from_headers, Statuses::AsIs).await
 }
 
 pub async fn nginx(state: State<AuthzState>, exchange: Exchange, request: Request) -> Response {
-    forward_auth(state, exchange, request, Statuses::Nginx).await
+    forward_auth(state, exchange, request, original_from_headers, Statuses::Nginx).await
 }
 
-async fn forward_auth(
+/// Decides about the request `original` names and answers as `statuses` says.
+pub async fn forward_auth(
     State(state): State<AuthzState>,
     exchange: Exchange,
     request: Request,
+    original: Original,
     statuses: Statuses,
 ) -> Response {
-    let check = match read_check(&state, request, original_from_headers).await {
+    let check = match read_check(&state, request, original).await {
         Ok(check) => check,
         Err(error) => return error.into_response(),
     };

@@ -77,6 +77,9 @@ pub enum Settled {
     Observed(Reported),
     /// Envoy's `ext_proc` stream saw the response end without a usage figure.
     ObservedWithoutUsage,
+    /// Envoy's `ext_proc` stream saw the model server refuse or fail (a status other than 2xx):
+    /// nothing was generated, and nothing is charged (as the proxy bills it).
+    ObservedRefusal,
     /// Nothing settled it within `authz.lease`.
     Expired,
     /// The gateway shut down with it open.
@@ -89,6 +92,7 @@ impl Settled {
             Settled::Reported(_) => "usage_reported",
             Settled::Observed(_) => "usage_observed",
             Settled::ObservedWithoutUsage => "usage_missing_charged_in_full",
+            Settled::ObservedRefusal => "upstream_refused_nothing_charged",
             Settled::Expired => "lease_expired_charged_in_full",
             Settled::CutAtShutdown => "cut_at_shutdown_charged_in_full",
         }
@@ -253,6 +257,7 @@ impl Lease {
                 let bounded = (prompt, completion) != (reported.prompt_tokens, reported.completion_tokens);
                 (prompt, completion, bounded, bounded)
             }
+            Settled::ObservedRefusal => (0, 0, false, false),
             Settled::ObservedWithoutUsage | Settled::Expired | Settled::CutAtShutdown => {
                 (self.prompt_bound, self.completion_bound, true, false)
             }
@@ -301,6 +306,13 @@ mod tests {
         let long = Reported { prompt_tokens: 10, completion_tokens: 5_000 };
         assert_eq!(lease(false).billed(Settled::Reported(long)).completion_tokens, 5_000);
         assert_eq!(lease(false).billed(Settled::Reported(absurd)).completion_tokens, UNCAPPED_COMPLETION_BOUND);
+    }
+
+    #[test]
+    fn a_response_the_model_server_refused_is_charged_nothing() {
+        let billed = lease(false).billed(Settled::ObservedRefusal);
+        assert_eq!((billed.prompt_tokens, billed.completion_tokens, billed.cost_pico), (0, 0, 0));
+        assert!(!billed.estimated);
     }
 
     #[test]

@@ -3,16 +3,20 @@
 //! audit (see [`check`]) — and reports afterwards what it used (see [`lease`]).
 //!
 //! - `/authz` and `/authz/nginx`: forward-auth over HTTP ([`forward_auth`]);
+//! - `/authz/envoy/…`: Envoy's `ext_authz` over HTTP; Envoy's `ext_authz` and `ext_proc` over
+//!   gRPC ([`envoy`]);
 //! - `POST /authz/v1/usage`: usage reports ([`usage_report`]);
 //! - `/healthz`, `/readyz`: as on the proxy.
 
 mod check;
+mod envoy;
 mod forward_auth;
 mod lease;
 mod route;
 mod state;
 mod usage_report;
 
+pub(crate) use envoy::GRPC_PATH_PREFIX;
 pub use lease::{Leases, Sinks};
 pub use state::{AuthzState, Parts};
 
@@ -27,12 +31,14 @@ pub fn router(state: AuthzState) -> Router {
     Router::new()
         .route("/authz", any(forward_auth::as_is))
         .route("/authz/nginx", any(forward_auth::nginx))
+        .route(&format!("{}/{{*path}}", envoy::http::PATH_PREFIX), any(envoy::http::check))
         .route("/authz/v1/usage", post(usage_report::report))
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(envoy::grpc(state))
 }
 
 impl FromRef<AuthzState> for Readiness {

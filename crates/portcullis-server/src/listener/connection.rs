@@ -205,12 +205,27 @@ async fn handle(
     // gets its answer and reconnects (to a replica still in its balancer's rotation).
     let close_after = request.version() < Version::HTTP_2
         && (request.headers().contains_key(header::TRANSFER_ENCODING) || site.context.lifecycle().is_draining());
-    let request = request.map(|body| axum::body::Body::new(TimedBody::new(body, body_timeouts)));
+    let request = if has_body_deadline(&site, &request) {
+        request.map(|body| axum::body::Body::new(TimedBody::new(body, body_timeouts)))
+    } else {
+        request.map(axum::body::Body::new)
+    };
     let mut response = access_log::serve(site.kind, &site.context, site.router, request).await;
     if close_after {
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
+}
+
+/// Whether the request's body must keep coming: not for a gRPC stream the site serves without
+/// one (see [`Site::grpc_streams`]).
+fn has_body_deadline<B>(site: &Site, request: &hyper::Request<B>) -> bool {
+    let Some(prefix) = site.grpc_streams else { return true };
+    let grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+    !(grpc && request.uri().path().starts_with(prefix))
 }
 
 /// Counts a request as finished when its response body is dropped: sent, or given up.

@@ -17,6 +17,10 @@ pub struct Site {
     pub kind: ListenerKind,
     pub router: Router,
     pub context: Arc<SiteContext>,
+    /// Where the site serves gRPC streams that may stay silent for as long as they last (Envoy's
+    /// `ext_proc` on the authorizer): their bodies have no deadline. Whatever is under it must
+    /// refuse a peer it does not serve before reading its body.
+    pub grpc_streams: Option<&'static str>,
 }
 
 /// What the accept loop, the connections and the access log read besides the routes.
