@@ -252,7 +252,8 @@ async fn a_stream_reaches_the_client_as_the_model_server_writes_it(server: WebSe
     while let Some(chunk) = stream.next().await {
         rest.extend_from_slice(&chunk.expect("a chunk"));
     }
-    assert!(String::from_utf8_lossy(&rest).trim_end().ends_with("data: [DONE]"));
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.trim_end().ends_with("data: [DONE]"), "{rest}\n{}", setup.context());
 }
 
 /// One test per scenario and web server.
