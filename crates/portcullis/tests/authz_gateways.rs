@@ -27,9 +27,14 @@ struct Setup {
 /// `m` served by the stub (and `other`, which no key here may use); tier `free` generous,
 /// tier `slow` two requests a minute.
 async fn setup(server: WebServer) -> Option<Setup> {
+    setup_with(server, "").await
+}
+
+/// [`setup`] with more `[authz]` lines.
+async fn setup_with(server: WebServer, authz: &str) -> Option<Setup> {
     let stub = StubUpstream::start().await;
     let config = format!(
-        "{}\n[authz]\nlisten = \"127.0.0.1:0\"\n\n[tiers.free]\nrequests_per_minute = 100\n\n\
+        "{}\n[authz]\nlisten = \"127.0.0.1:0\"\n{authz}\n\n[tiers.free]\nrequests_per_minute = 100\n\n\
          [tiers.slow]\nrequests_per_minute = 2\n",
         models_config(&stub, &["m"])
     );
@@ -223,6 +228,15 @@ async fn the_gateway_refuses_everything_while_the_authorizer_is_unreachable(serv
     assert_eq!(forwarded(&stub), Vec::<String>::new(), "nothing reached the model server unasked");
 }
 
+async fn a_gateway_the_authorizer_does_not_know_lets_nothing_through(server: WebServer) {
+    let Some(setup) = setup_with(server, "gateways = [\"192.0.2.0/24\"]").await else { return };
+    let (_, key) = setup.portcullis.create_key(&[]);
+    let reply = setup.chat_as(&key).await;
+    assert_eq!(reply.status, 403, "{}\n{}", reply.text, setup.context());
+    assert!(reply.message().contains("gateway"), "an OpenAI-shaped refusal naming the cause: {}", reply.text);
+    assert_eq!(forwarded(&setup.stub), Vec::<String>::new(), "nothing reached the model server");
+}
+
 async fn a_stream_reaches_the_client_as_the_model_server_writes_it(server: WebServer) {
     let Some(setup) = setup(server).await else { return };
     let (_, key) = setup.portcullis.create_key(&[]);
@@ -283,5 +297,6 @@ for_each_server!(
     refusals_reach_the_client_as_the_proxy_would_answer_them,
     a_rate_limited_key_gets_429_with_retry_after_and_the_error_body,
     the_gateway_refuses_everything_while_the_authorizer_is_unreachable,
+    a_gateway_the_authorizer_does_not_know_lets_nothing_through,
     a_stream_reaches_the_client_as_the_model_server_writes_it,
 );
