@@ -115,7 +115,7 @@ TOKEN_FILE="$WORK/bench.jwt"
 issuer_args=()
 if [[ " $TARGETS " == *" portcullis-jwt "* ]]; then issuer_args=(--token-file "$TOKEN_FILE"); fi
 start_upstream --threads "$UPSTREAM_THREADS" --chunks "$CHUNKS" "${issuer_args[@]}"
-declare -A URL PIDS CRED
+declare -A URL PIDS CRED AUTHORIZER
 URL[direct]="http://$UPSTREAM_ADDR/v1/chat/completions"
 PIDS[direct]=""
 CRED[direct]="none"
@@ -148,6 +148,7 @@ if [[ " $TARGETS " == *" portcullis"* || " $TARGETS " == *" nginx-authz "* ]]; t
     start_nginx_authz "$AUTHZ_ADDR" "$UPSTREAM_ADDR"
     URL[nginx-authz]="http://$NGINX_AUTHZ_ADDR/v1/chat/completions"
     PIDS[nginx-authz]="$(nginx_pids "$NGINX_AUTHZ_PID" | tr '\n' ' ')$PORTCULLIS_PID"
+    AUTHORIZER[nginx-authz]="$PORTCULLIS_PID"
     CRED[nginx-authz]="${CRED[portcullis]}"
   fi
   if [ -f "$TOKEN_FILE" ]; then
@@ -183,20 +184,22 @@ for scenario in $SCENARIOS; do
       {
         reset_peak_rss ${PIDS[$target]}
         cpu0="$(cpu_ticks ${PIDS[$target]})"
+        authz0="$(cpu_ticks ${AUTHORIZER[$target]:-})"
         up0="$(cpu_ticks "$UPSTREAM_PID")"
         run_load "${URL[$target]}" "$body" "$conc" "$DURATION" "${CRED[$target]}" "$WORK/run.json"
         cpu1="$(cpu_ticks ${PIDS[$target]})"
+        authz1="$(cpu_ticks ${AUTHORIZER[$target]:-})"
         up1="$(cpu_ticks "$UPSTREAM_PID")"
         peak="$(status_kib VmHWM ${PIDS[$target]})"
         rss="$(status_kib VmRSS ${PIDS[$target]})"
       }
       alive "$target"
       python3 - "$WORK/run.json" "$scenario" "$conc" "$target" "$((cpu1 - cpu0))" "$((up1 - up0))" \
-        "$peak" "$rss" "$CLK_TCK" "$DURATION" >> "$ROWS" <<'PY'
+        "$peak" "$rss" "$CLK_TCK" "$DURATION" "$((authz1 - authz0))" >> "$ROWS" <<'PY'
 import json, sys
 run = json.load(open(sys.argv[1]))
 scenario, conc, target = sys.argv[2], int(sys.argv[3]), sys.argv[4]
-cpu, up, peak, rss, tck, duration = (int(v) for v in sys.argv[5:11])
+cpu, up, peak, rss, tck, duration, authz = (int(v) for v in sys.argv[5:12])
 row = {"scenario": scenario, "concurrency": conc, "target": target, "duration_s": duration, **run}
 row["upstream_cpu_s"] = up / tck
 if target != "direct":
@@ -205,6 +208,9 @@ if target != "direct":
     row["cpu_per_1k_s"] = (cpu / tck) / run["requests"] * 1000 if run["requests"] else None
     row["proxy_peak_rss_mib"] = peak / 1024
     row["proxy_rss_after_mib"] = rss / 1024
+if target == "nginx-authz" and run["requests"]:
+    # Portcullis's share of the row's CPU: what its decisions cost.
+    row["authorizer_cpu_per_1k_s"] = (authz / tck) / run["requests"] * 1000
 print(json.dumps(row))
 PY
       tail -n 1 "$ROWS" | python3 -c '
