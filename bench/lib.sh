@@ -261,14 +261,45 @@ EOF
   STARTED_PIDS+=("$NGINX_PID")
   NGINX_ADDR="127.0.0.1:$port"
   wait_for_port "$NGINX_ADDR" "$NGINX_PID" nginx
-  # The master listens before it forks the workers: wait for them, so their CPU time is counted.
-  local workers="${NGINX_WORKERS:-auto}" tries=0
+  wait_for_nginx_workers "$NGINX_PID" "${NGINX_WORKERS:-auto}"
+}
+
+# wait_for_nginx_workers MASTER_PID COUNT|auto: the master listens before it forks the workers;
+# wait for them, so their CPU time is counted.
+wait_for_nginx_workers() {
+  local master="$1" workers="$2" tries=0
   [ "$workers" != auto ] || workers="$(nproc)"
-  until [ "$(nginx_pids "$NGINX_PID" | wc -l)" -gt "$workers" ]; do
+  until [ "$(nginx_pids "$master" | wc -l)" -gt "$workers" ]; do
     [ "$tries" -lt 100 ] || fail "nginx did not start its $workers workers within 10 s"
     sleep 0.1
     tries=$((tries + 1))
   done
+}
+
+# start_nginx_authz AUTHZ_ADDR UPSTREAM_ADDR: nginx from the shipped examples/nginx/nginx.conf
+# (auth_request to Portcullis's authorizer, then proxy_pass to the upstream), filled in as the
+# docs do with envsubst; sets NGINX_AUTHZ_ADDR and NGINX_AUTHZ_PID (master). Its worker count
+# and access log are the example's (worker_processes auto, one line per request).
+start_nginx_authz() {
+  local authz="$1" upstream="$2" dir="$WORK/nginx-authz"
+  mkdir -p "$dir"
+  # As root the workers run as nobody, who must reach the prefix directory.
+  chmod 755 "$dir"
+  NGINX_AUTHZ_ADDR="127.0.0.1:$(free_port)"
+  LISTEN="$NGINX_AUTHZ_ADDR" AUTHZ="$authz" UPSTREAM="$upstream" python3 - "$ROOT/examples/nginx/nginx.conf" \
+    > "$dir/nginx.conf" <<'PY'
+import os, sys
+text = open(sys.argv[1], encoding="utf-8").read()
+for name in ("LISTEN", "AUTHZ", "UPSTREAM"):
+    text = text.replace("${" + name + "}", os.environ[name])
+sys.stdout.write(text)
+PY
+  "$NGINX_BIN" -p "$dir" -c "$dir/nginx.conf" -g "daemon off; pid $dir/nginx.pid;" \
+    > "$WORK/nginx-authz.log" 2>&1 < /dev/null &
+  NGINX_AUTHZ_PID=$!
+  STARTED_PIDS+=("$NGINX_AUTHZ_PID")
+  wait_for_port "$NGINX_AUTHZ_ADDR" "$NGINX_AUTHZ_PID" nginx-authz
+  wait_for_nginx_workers "$NGINX_AUTHZ_PID" auto
 }
 
 # Open files for nginx workers: 65536, or the hard limit when that is lower (it cannot be raised).
@@ -350,6 +381,7 @@ start_portcullis() {
   STARTUP_MS="$(((written - t0) / 1000000))"
   PROXY_ADDR="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["proxy"])' "$ready")"
   ADMIN_ADDR="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["admin"])' "$ready")"
+  AUTHZ_ADDR="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("authz", ""))' "$ready")"
 }
 
 # The gateway's log level: its default (info: one line per request) unless BENCH_LOGS=off.

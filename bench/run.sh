@@ -6,11 +6,13 @@
 # Builds the release binaries, installs a load generator (oha, else wrk) and nginx when missing,
 # starts on loopback the fake upstream (portcullis-bench-upstream), nginx as a plain reverse proxy
 # to it, and Portcullis (key auth, limits, async audit log) with one key; then, for each scenario
-# (plain chat, streamed chat), each concurrency and each target (direct, nginx, portcullis) runs
+# (plain chat, streamed chat), each concurrency and each target (direct, nginx, portcullis, and
+# nginx-authz: the shipped examples/nginx/nginx.conf asking Portcullis's authorizer) runs
 # the load generator and records requests/s, p50/p99/p99.9 latency, errors, the proxy's CPU
 # seconds (per 1000 requests) and peak RSS; and measures the time to the first streamed chunk at
 # concurrency 1. Prints a Markdown table with the ratios Portcullis ÷ nginx and Portcullis − direct
-# and writes it, with a JSON document, to the output directory. See docs/benchmarks.md.
+# (and the authorizer's cost: nginx-authz against nginx alone) and writes it, with a JSON
+# document, to the output directory. See docs/benchmarks.md.
 #
 # Options:
 #   --smoke                 one concurrency level (8), 2 s per cell, few TTFB samples: checks that the
@@ -19,9 +21,11 @@
 #                           Without oha or wrk installed, it installs wrk (apt-get), not oha
 #   --duration SECONDS      per cell (default 10)
 #   --concurrency "LIST"    (default "1 64 256")
-#   --targets "LIST"        any of direct nginx portcullis portcullis-jwt (default all four); portcullis-jwt
-#                           is the same gateway called with a JWT access token instead of a key (an
-#                           EdDSA key set that the fake upstream serves as the issuer; docs/benchmarks.md)
+#   --targets "LIST"        any of direct nginx portcullis portcullis-jwt nginx-authz (default all five);
+#                           portcullis-jwt is the same gateway called with a JWT access token instead of
+#                           a key (an EdDSA key set that the fake upstream serves as the issuer;
+#                           docs/benchmarks.md); nginx-authz is nginx from examples/nginx/nginx.conf
+#                           asking Portcullis's authorizer (its CPU and memory: nginx + Portcullis)
 #   --scenarios "LIST"      any of plain stream (default both)
 #   --chunks N              content chunks per streamed answer (default 16)
 #   --ttfb-count N          streams timed one at a time per target (default 500; 0 skips)
@@ -48,7 +52,7 @@ ORIG_ARGS="$*"
 SMOKE=0
 DURATION=10
 CONCURRENCY="1 64 256"
-TARGETS="direct nginx portcullis portcullis-jwt"
+TARGETS="direct nginx portcullis portcullis-jwt nginx-authz"
 SCENARIOS="plain stream"
 CHUNKS=16
 TTFB_COUNT=500
@@ -88,7 +92,7 @@ fi
 for c in $CONCURRENCY; do
   if ! [[ "$c" =~ ^[0-9]+$ ]] || [ "$c" -lt 1 ] || [ "$c" -gt 10000 ]; then fail "--concurrency: 1 to 10000"; fi
 done
-for t in $TARGETS; do case "$t" in direct | nginx | portcullis | portcullis-jwt) ;; *) fail "unknown target $t" ;; esac; done
+for t in $TARGETS; do case "$t" in direct | nginx | portcullis | portcullis-jwt | nginx-authz) ;; *) fail "unknown target $t" ;; esac; done
 for s in $SCENARIOS; do case "$s" in plain | stream) ;; *) fail "unknown scenario $s" ;; esac; done
 
 BENCH_LOG_PREFIX="bench"
@@ -97,7 +101,7 @@ raise_nofile 65536
 ensure_python
 build_binaries
 ensure_loadgen
-case " $TARGETS " in *" nginx "*) ensure_nginx ;; esac
+case " $TARGETS " in *" nginx "* | *" nginx-authz "*) ensure_nginx ;; esac
 
 LOAD_BEFORE="$(loadavg)"
 STARTED_AT="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -111,7 +115,7 @@ TOKEN_FILE="$WORK/bench.jwt"
 issuer_args=()
 if [[ " $TARGETS " == *" portcullis-jwt "* ]]; then issuer_args=(--token-file "$TOKEN_FILE"); fi
 start_upstream --threads "$UPSTREAM_THREADS" --chunks "$CHUNKS" "${issuer_args[@]}"
-declare -A URL PIDS CRED
+declare -A URL PIDS CRED AUTHORIZER
 URL[direct]="http://$UPSTREAM_ADDR/v1/chat/completions"
 PIDS[direct]=""
 CRED[direct]="none"
@@ -121,13 +125,18 @@ if [[ " $TARGETS " == *" nginx "* ]]; then
   PIDS[nginx]="$(nginx_pids "$NGINX_PID" | tr '\n' ' ')"
   CRED[nginx]="none"
 fi
-if [[ " $TARGETS " == *" portcullis"* ]]; then
+if [[ " $TARGETS " == *" portcullis"* || " $TARGETS " == *" nginx-authz "* ]]; then
   mkdir -p "$WORK/gateway"
-  issuer_toml=""
+  extra_toml=""
   if [ -f "$TOKEN_FILE" ]; then
-    issuer_toml="$(printf '[[auth.oidc]]\nissuer = "http://%s"\naudience = "portcullis-bench"\ndefault_tier = "bench"\n' "$UPSTREAM_ADDR")"
+    extra_toml="$(printf '[[auth.oidc]]\nissuer = "http://%s"\naudience = "portcullis-bench"\ndefault_tier = "bench"\n' "$UPSTREAM_ADDR")"
   fi
-  write_portcullis_config "$UPSTREAM_ADDR" "$WORK/gateway" "$issuer_toml"
+  if [[ " $TARGETS " == *" nginx-authz "* ]]; then
+    # Nothing reports usage here: every lease expires (charged in full, audited) within the
+    # shortest lease, so that work is counted in the cell that caused it.
+    extra_toml="$(printf '%s\n[authz]\nlisten = "127.0.0.1:0"\nlease = "1s"\n' "$extra_toml")"
+  fi
+  write_portcullis_config "$UPSTREAM_ADDR" "$WORK/gateway" "$extra_toml"
   start_portcullis "$WORK/gateway"
   say "portcullis ready in ${STARTUP_MS} ms (proxy $PROXY_ADDR, admin $ADMIN_ADDR)"
   for gateway in portcullis portcullis-jwt; do
@@ -135,6 +144,13 @@ if [[ " $TARGETS " == *" portcullis"* ]]; then
     PIDS[$gateway]="$PORTCULLIS_PID"
   done
   CRED[portcullis]="$(create_key bench)"
+  if [[ " $TARGETS " == *" nginx-authz "* ]]; then
+    start_nginx_authz "$AUTHZ_ADDR" "$UPSTREAM_ADDR"
+    URL[nginx-authz]="http://$NGINX_AUTHZ_ADDR/v1/chat/completions"
+    PIDS[nginx-authz]="$(nginx_pids "$NGINX_AUTHZ_PID" | tr '\n' ' ')$PORTCULLIS_PID"
+    AUTHORIZER[nginx-authz]="$PORTCULLIS_PID"
+    CRED[nginx-authz]="${CRED[portcullis]}"
+  fi
   if [ -f "$TOKEN_FILE" ]; then
     CRED[portcullis-jwt]="$(cat "$TOKEN_FILE")"
     wait_until_accepted "http://$PROXY_ADDR/v1/models" "${CRED[portcullis-jwt]}" 30
@@ -168,20 +184,22 @@ for scenario in $SCENARIOS; do
       {
         reset_peak_rss ${PIDS[$target]}
         cpu0="$(cpu_ticks ${PIDS[$target]})"
+        authz0="$(cpu_ticks ${AUTHORIZER[$target]:-})"
         up0="$(cpu_ticks "$UPSTREAM_PID")"
         run_load "${URL[$target]}" "$body" "$conc" "$DURATION" "${CRED[$target]}" "$WORK/run.json"
         cpu1="$(cpu_ticks ${PIDS[$target]})"
+        authz1="$(cpu_ticks ${AUTHORIZER[$target]:-})"
         up1="$(cpu_ticks "$UPSTREAM_PID")"
         peak="$(status_kib VmHWM ${PIDS[$target]})"
         rss="$(status_kib VmRSS ${PIDS[$target]})"
       }
       alive "$target"
       python3 - "$WORK/run.json" "$scenario" "$conc" "$target" "$((cpu1 - cpu0))" "$((up1 - up0))" \
-        "$peak" "$rss" "$CLK_TCK" "$DURATION" >> "$ROWS" <<'PY'
+        "$peak" "$rss" "$CLK_TCK" "$DURATION" "$((authz1 - authz0))" >> "$ROWS" <<'PY'
 import json, sys
 run = json.load(open(sys.argv[1]))
 scenario, conc, target = sys.argv[2], int(sys.argv[3]), sys.argv[4]
-cpu, up, peak, rss, tck, duration = (int(v) for v in sys.argv[5:11])
+cpu, up, peak, rss, tck, duration, authz = (int(v) for v in sys.argv[5:12])
 row = {"scenario": scenario, "concurrency": conc, "target": target, "duration_s": duration, **run}
 row["upstream_cpu_s"] = up / tck
 if target != "direct":
@@ -190,6 +208,9 @@ if target != "direct":
     row["cpu_per_1k_s"] = (cpu / tck) / run["requests"] * 1000 if run["requests"] else None
     row["proxy_peak_rss_mib"] = peak / 1024
     row["proxy_rss_after_mib"] = rss / 1024
+if target == "nginx-authz" and run["requests"]:
+    # Portcullis's share of the row's CPU: what its decisions cost.
+    row["authorizer_cpu_per_1k_s"] = (authz / tck) / run["requests"] * 1000
 print(json.dumps(row))
 PY
       tail -n 1 "$ROWS" | python3 -c '

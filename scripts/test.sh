@@ -12,6 +12,8 @@
 # 3. Points the real-model tests at a running real small model: PORTCULLIS_REAL_SLM_URL if you set
 #    it, else scripts/real-slm.sh's server on port 8090 if it runs; with CI=true it is started
 #    (and stopped again at the end) when it does not run.
+# The authorizer tests also want nginx and Caddy (Debian: nginx-light, caddy; .ci/run installs
+# them); without them those tests skip loudly (or fail when CI=true).
 # 4. Runs `cargo test --workspace --locked --no-fail-fast` (every test binary runs even after a
 #    failure, so one run shows every failure) and prints a summary. The exit code is cargo's.
 set -euo pipefail

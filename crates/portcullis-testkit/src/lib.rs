@@ -10,6 +10,8 @@
 //!   tests: client-credentials JWTs and opaque tokens, introspection, revocation, key rotation.
 //! - Data services for fleet tests: a fresh [`PostgresDatabase`] per test, Redis ([`redis_or_skip`]),
 //!   and a [`TcpRelay`] to cut a gateway off from one of them.
+//! - [`WebGateway`]: a real nginx or Caddy run from the configuration shipped in `examples/`,
+//!   asking a Portcullis authorizer about every request it forwards.
 //!
 //! ```no_run
 //! # async fn example() {
@@ -30,6 +32,7 @@ mod idp;
 mod relay;
 mod services;
 mod stub;
+mod web_gateway;
 
 pub use env::{
     free_port, in_ci, openai_python, openai_sdk_script, real_slm_url, run_openai_sdk_check, skip_or_fail,
@@ -46,3 +49,4 @@ pub use stub::{
     DEFAULT_MODELS, DEFAULT_STREAM_CHUNKS, EMBEDDING_DIMENSIONS, Fault, GatedStream, LEAKED_SECRETS, RecordedRequest,
     STUB_SERVER_HEADERS, StubUpstream, embedding_of, reply_pieces, reply_text,
 };
+pub use web_gateway::{WebGateway, WebServer, fill_in};
