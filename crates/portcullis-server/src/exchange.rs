@@ -50,7 +50,7 @@ pub struct AccessInfo {
     /// The gateway that asked the authorizer about the request.
     pub gateway: Option<String>,
     /// The request's decision has a record of its own (an authorizer check): this one, the
-    /// gateway's call to the authorizer, is only logged.
+    /// gateway's call to the authorizer, is neither logged nor recorded.
     pub recorded_elsewhere: bool,
 }
 
@@ -154,9 +154,14 @@ impl Exchange {
             progress.answered = true;
             std::mem::take(&mut progress.info)
         };
+        // A gateway's call whose decision has a record of its own: that record's log line and
+        // metrics sample stand for both.
+        if info.recorded_elsewhere {
+            return;
+        }
         let elapsed = self.0.started.elapsed();
         self.0.log(status, error.map(|error| error.kind_and_code().1), &info, elapsed);
-        if !self.0.is_audited(status) || info.recorded_elsewhere {
+        if !self.0.is_audited(status) {
             return;
         }
         let (decision, code) = decision(status, error, info.upstream.is_some());

@@ -20,14 +20,14 @@ impl RequestId {
 
 /// Gives `request` its id (in its extensions) and returns it, for the response.
 pub fn assign(request: &mut Request, redactor: &Redactor) -> HeaderValue {
-    let id = request
-        .headers()
-        .get(HEADER)
-        .filter(|value| is_sane(value.as_bytes()) && !looks_secret(value, redactor))
-        .cloned()
-        .unwrap_or_else(fresh);
+    let id = request.headers().get(HEADER).filter(|value| acceptable(value, redactor)).cloned().unwrap_or_else(fresh);
     request.extensions_mut().insert(RequestId(id.clone()));
     id
+}
+
+/// Whether an id someone else chose may be kept: sane, and not shaped like a secret.
+pub(crate) fn acceptable(id: &HeaderValue, redactor: &Redactor) -> bool {
+    is_sane(id.as_bytes()) && !looks_secret(id, redactor)
 }
 
 /// Whether the redaction rules would mask part of `id` as a credential (a key, a token).
@@ -36,7 +36,7 @@ fn looks_secret(id: &HeaderValue, redactor: &Redactor) -> bool {
 }
 
 /// Short, printable and free of anything a log or header parser could trip on.
-pub(crate) fn is_sane(value: &[u8]) -> bool {
+fn is_sane(value: &[u8]) -> bool {
     (1..=128).contains(&value.len())
         && value.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }

@@ -46,8 +46,12 @@ impl<'a> Ask<'a> {
     async fn to(self, gateway: &Gateway, endpoint: &str) -> Reply {
         let mut request = http()
             .get(format!("http://{}{endpoint}", gateway.authz_addr()))
+            // Each endpoint reads its gateway's pair: nginx's for /authz/nginx, Caddy's and
+            // Traefik's for /authz.
             .header("x-original-uri", self.path)
             .header("x-original-method", "POST")
+            .header("x-forwarded-uri", self.path)
+            .header("x-forwarded-method", "POST")
             .header("x-original-content-length", self.content_length.to_string())
             .header("x-forwarded-for", "192.0.2.7")
             .header("x-portcullis-gateway", "edge-1");
@@ -177,6 +181,30 @@ async fn refusals_are_the_proxys_with_status_and_body_also_in_headers_for_nginx(
         ],
         "every refusal is audited (the unknown path's record has its own path)"
     );
+}
+
+#[tokio::test]
+async fn each_endpoint_believes_only_its_own_gateways_headers() {
+    let (_stub, gateway) = start("", "").await;
+    let (_, key) = gateway.create_key(&["--scopes", "models"]);
+    // Caddy passes the client's own headers on: an X-Original-URI a client wrote must not make
+    // the authorizer judge a request other than the one Caddy forwards.
+    let ask = |endpoint: &str, pairs: &[(&'static str, &'static str)]| {
+        let mut request = http().get(format!("http://{}{endpoint}", gateway.authz_addr())).bearer_auth(&key);
+        for (name, value) in pairs {
+            request = request.header(*name, *value);
+        }
+        send(request)
+    };
+    const SPOOFED: [(&str, &str); 4] = [
+        ("x-forwarded-uri", "/v1/chat/completions"),
+        ("x-forwarded-method", "POST"),
+        ("x-original-uri", "/v1/models"),
+        ("x-original-method", "GET"),
+    ];
+    ask("/authz", &SPOOFED).await.assert_error(403, "scope_missing");
+    ask("/authz/nginx", &SPOOFED).await.assert_ok();
+    ask("/authz", &SPOOFED[2..]).await.assert_error(400, "malformed_request");
 }
 
 #[tokio::test]

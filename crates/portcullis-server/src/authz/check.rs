@@ -106,11 +106,12 @@ pub async fn decide(state: &AuthzState, check: Check) -> Verdict {
     }
 }
 
-/// The gateway's id for the request when it is sane and not already leased, else a fresh one:
-/// one client reusing an id must not reach another request's lease.
+/// The gateway's id for the request when it is acceptable (as a client's is on the proxy) and not
+/// already leased, else a fresh one: one client reusing an id must not reach another's lease.
 fn unique_request_id(state: &AuthzState, given: Option<HeaderValue>) -> HeaderValue {
+    let redactor = state.proxy.redactor();
     given
-        .filter(|id| request_id::is_sane(id.as_bytes()) && !state.leases.is_open(id.to_str().unwrap_or_default()))
+        .filter(|id| request_id::acceptable(id, redactor) && !state.leases.is_open(id.to_str().unwrap_or_default()))
         .unwrap_or_else(request_id::fresh)
 }
 

@@ -37,17 +37,27 @@ pub enum Statuses {
     Nginx,
 }
 
-/// Where a gateway names the request's original method and URI, first match wins: nginx's
-/// (set by the shipped configuration), then Caddy's and Traefik's own.
-const METHOD_HEADERS: [&str; 2] = ["x-original-method", "x-forwarded-method"];
-const URI_HEADERS: [&str; 2] = ["x-original-uri", "x-forwarded-uri"];
+/// Where each kind of gateway names the request's original method and URI. Only its own pair
+/// is read: Caddy and Traefik pass the client's headers on to the authorizer, so a client could
+/// otherwise name, in the other pair, a request other than the one the gateway forwards.
+struct OriginalHeaders {
+    method: &'static str,
+    uri: &'static str,
+}
+
+/// Caddy's and Traefik's, which they set themselves.
+const FORWARDED: OriginalHeaders = OriginalHeaders { method: "x-forwarded-method", uri: "x-forwarded-uri" };
+/// nginx's, set by the shipped configuration (nginx has no forward-auth headers of its own).
+const NGINX: OriginalHeaders = OriginalHeaders { method: "x-original-method", uri: "x-original-uri" };
 
 pub async fn as_is(state: State<AuthzState>, exchange: Exchange, request: Request) -> Response {
-    forward_auth(state, exchange, request, original_from_headers, Statuses::AsIs).await
+    let original = |request: &Request| original_from(request, &FORWARDED);
+    forward_auth(state, exchange, request, original, Statuses::AsIs).await
 }
 
 pub async fn nginx(state: State<AuthzState>, exchange: Exchange, request: Request) -> Response {
-    forward_auth(state, exchange, request, original_from_headers, Statuses::Nginx).await
+    let original = |request: &Request| original_from(request, &NGINX);
+    forward_auth(state, exchange, request, original, Statuses::Nginx).await
 }
 
 /// Decides about the request `original` names and answers as `statuses` says.
@@ -60,7 +70,8 @@ pub async fn forward_auth(
 ) -> Response {
     let check = match read_check(&state, request, original).await {
         Ok(check) => check,
-        Err(error) => return error.into_response(),
+        // Refused before any decision (not a gateway, no original URI): recorded as this call's.
+        Err(error) => return refusal(Denied { error, client_headers: HeaderMap::new() }, statuses),
     };
     // From here the decision has its own record, under the original request's method and path.
     exchange.note(|info| info.recorded_elsewhere = true);
@@ -77,17 +88,16 @@ pub async fn forward_auth(
 /// The original method and path (without its query) of a forwarded request.
 pub type Original = fn(&Request) -> Result<(Method, String), ApiError>;
 
-/// From the forwarded headers nginx, Caddy and Traefik send.
-fn original_from_headers(request: &Request) -> Result<(Method, String), ApiError> {
-    let headers = request.headers();
-    let first = |names: &[&str]| names.iter().find_map(|name| headers.get(*name)?.to_str().ok());
-    let method = match first(&METHOD_HEADERS) {
+/// From the gateway's pair of forwarded headers (the request's own method when it sends none).
+fn original_from(request: &Request, names: &OriginalHeaders) -> Result<(Method, String), ApiError> {
+    let header = |name: &str| request.headers().get(name).and_then(|value| value.to_str().ok());
+    let method = match header(names.method) {
         Some(method) => Method::from_bytes(method.trim().as_bytes())
             .map_err(|_| ApiError::MalformedRequest { message: "the forwarded method is not an HTTP method".into() })?,
         None => request.method().clone(),
     };
-    let uri = first(&URI_HEADERS).ok_or_else(|| ApiError::MalformedRequest {
-        message: "the gateway did not forward the original URI (X-Original-URI or X-Forwarded-Uri)".into(),
+    let uri = header(names.uri).ok_or_else(|| ApiError::MalformedRequest {
+        message: format!("the gateway did not forward the original URI ({})", names.uri),
     })?;
     Ok((method, path_of(uri)?))
 }
