@@ -647,7 +647,9 @@ async fn a_report_that_cannot_be_relayed_is_refused_for_a_retry_and_lands_once_r
     let request_id = authz_allow(fleet.replica(0), &key).await;
 
     redis.stop();
-    usage_report(fleet.replica(1), &request_id, 7, 9).await.assert_error(503, "limiter_unavailable");
+    let refused = usage_report(fleet.replica(1), &request_id, 7, 9).await;
+    refused.assert_error(503, "limiter_unavailable");
+    assert_eq!(refused.header("retry-after"), Some("1"));
     redis.restart().await;
     // A report relayed before the holder has subscribed again is lost: the reporter retries.
     let deadline = Instant::now() + Duration::from_secs(20);
