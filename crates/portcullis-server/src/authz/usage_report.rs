@@ -9,10 +9,10 @@
 //! configured gateways may report. A lease settles once: a second report, or one after the lease
 //! expired, is a 404 and changes nothing.
 //!
-//! In a fleet (`limits.backend = "redis"`) the report may reach any replica: one that does not
-//! hold the lease relays it to the others and answers 202 `{"request_id": …, "relayed": true}`
-//! (it cannot know whether a replica still held it), or 503 when Redis could not take it, so
-//! that the reporter retries.
+//! In a fleet (`limits.backend = "redis"`) the report may reach any replica: one that holds no
+//! open lease for it relays it to the others and answers 202 `{"request_id": …, "relayed": true}`
+//! — it cannot know whether a replica held one, so there is no 404 there — or 503 when Redis
+//! could not take it, so that the reporter retries.
 
 use std::net::SocketAddr;
 
