@@ -557,7 +557,7 @@ fn authz_fleet(redis_url: String, extra_config: &'static str) -> FleetSpec {
 async fn authz_allow(gateway: &Gateway, key: &str) -> String {
     let reply = send(
         http()
-            .get(format!("http://{}/authz", gateway.authz_addr()))
+            .get(format!("http://{}/authz/nginx", gateway.authz_addr()))
             .header("x-original-uri", "/v1/chat/completions")
             .header("x-original-method", "POST")
             .header("x-original-content-length", "84")
