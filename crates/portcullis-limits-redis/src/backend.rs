@@ -33,6 +33,8 @@ pub(crate) enum BackendError {
     Redis(redis::RedisError),
     /// The script answered something it never answers: a bug or a foreign script under our SHA.
     Reply(String),
+    /// A subscription's connection ended.
+    Closed,
 }
 
 impl fmt::Display for BackendError {
@@ -41,6 +43,7 @@ impl fmt::Display for BackendError {
             BackendError::Timeout(after) => write!(f, "no answer within {} ms", duration_ms(*after)),
             BackendError::Redis(error) => error.fmt(f),
             BackendError::Reply(what) => write!(f, "unexpected script reply: {what}"),
+            BackendError::Closed => f.write_str("connection closed"),
         }
     }
 }
@@ -152,6 +155,31 @@ impl Backend {
             .await
             .cloned()
             .map_err(BackendError::Redis)
+    }
+
+    /// `PUBLISH` on the shared connection; how many subscribers received the message. Does not report to
+    /// the breaker: a channel is not the limiter's business.
+    pub(crate) async fn publish(&self, channel: &str, message: &[u8]) -> Result<u64, BackendError> {
+        self.within_timeout(async {
+            let mut connection = self.connection().await?;
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(message)
+                .query_async(&mut connection)
+                .await
+                .map_err(BackendError::Redis)
+        })
+        .await
+    }
+
+    /// A connection of its own subscribed to `channel` (a subscribed connection serves nothing else).
+    pub(crate) async fn subscribe(&self, channel: &str) -> Result<redis::aio::PubSub, BackendError> {
+        self.within_timeout(async {
+            let mut subscription = self.client.get_async_pubsub().await.map_err(BackendError::Redis)?;
+            subscription.subscribe(channel).await.map_err(BackendError::Redis)?;
+            Ok(subscription)
+        })
+        .await
     }
 
     /// Tells the breaker how a call went.

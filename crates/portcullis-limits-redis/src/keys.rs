@@ -64,6 +64,11 @@ impl KeySpace {
         format!("{}v2:l:{scope_name}", self.tag)
     }
 
+    /// A pub/sub channel of this prefix (channels are not keys: no layout version).
+    pub(crate) fn channel(&self, name: &str) -> String {
+        format!("{}{name}", self.tag)
+    }
+
     /// The keys of these scopes as the script expects them: every state, then every lease set, in the
     /// same order.
     pub(crate) fn script_keys<'a>(&self, scope_names: impl Iterator<Item = &'a str> + Clone) -> Vec<String> {
@@ -86,6 +91,7 @@ mod tests {
         assert_eq!(keys.state(&name), "{portcullis}:v2:s:k:abc");
         assert_eq!(keys.leases(&name), "{portcullis}:v2:l:k:abc");
         assert_eq!(keys.state(&KeySpace::scope_name(&LimitScope::Global)), "{portcullis}:v2:s:g");
+        assert_eq!(keys.channel("authz:settlements"), "{portcullis}:authz:settlements");
         let names = [KeySpace::scope_name(&team("eng")), name];
         assert_eq!(
             keys.script_keys(names.iter().map(String::as_str)),

@@ -131,9 +131,14 @@
 //!
 //! Connecting does not need Redis: a limiter built while Redis is down starts degraded and recovers. A
 //! malformed URL or option is an error ([`RedisLimiterError`]).
+//!
+//! # Channels
+//! [`RedisLimiter::channel`] gives a pub/sub channel on the same Redis, `{<prefix>}:<name>`, for what the
+//! replicas must tell each other besides counting ([`FleetChannel`]).
 
 mod backend;
 mod breaker;
+mod channel;
 mod hold;
 mod keys;
 mod limits;
@@ -143,6 +148,7 @@ mod rates;
 mod redis_limiter;
 
 pub use breaker::BackendState;
+pub use channel::{ChannelError, FleetChannel};
 pub use limits::{MAX_REQUEST_RATE, MAX_TOKEN_DEFICIT, MAX_TOKEN_RATE};
 pub use options::{OnBackendError, RedisLimiterError, RedisLimiterOptions};
 pub use redis_limiter::RedisLimiter;

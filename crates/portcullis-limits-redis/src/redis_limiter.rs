@@ -12,6 +12,7 @@ use crate::limits::MAX_TOKEN_RATE;
 
 use crate::backend::Backend;
 use crate::breaker::BackendState;
+use crate::channel::FleetChannel;
 use crate::hold::{Lease, RedisHold, renew_leases};
 use crate::keys::{KeySpace, PrefixError};
 use crate::limits::{counted, local_limits, local_usage, never_fits};
@@ -64,6 +65,12 @@ impl RedisLimiter {
     /// the limiter was built.
     pub fn fallback_count(&self) -> u64 {
         self.backend.breaker.fallbacks()
+    }
+
+    /// The pub/sub channel `name` of this limiter's Redis and key prefix, which every replica sharing the
+    /// limits hears.
+    pub fn channel(&self, name: &str) -> FleetChannel {
+        FleetChannel::new(self.backend.clone(), name)
     }
 
     /// Waits until the background releases of dropped reservations started so far have finished (each

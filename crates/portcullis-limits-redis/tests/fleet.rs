@@ -129,3 +129,29 @@ async fn concurrency_slots_are_shared_by_every_replica() {
     replicas[2].admit(&scopes, demand(0, 0), NOON).await.unwrap();
     drop(second);
 }
+
+#[tokio::test]
+async fn a_message_on_a_channel_reaches_every_subscribed_replica() {
+    let Some(replicas) = replicas("channel").await else { return };
+    let channels: Vec<_> = replicas.iter().map(|limiter| limiter.channel("test:messages")).collect();
+    assert!(channels[0].name().ends_with("}:test:messages"), "{}", channels[0].name());
+    let mut receivers: Vec<_> = channels[1..].iter().map(|channel| channel.subscribe()).collect();
+    // Subscribing takes a round trip of its own: publish until both hear.
+    let mut heard = 0;
+    for _ in 0..100 {
+        heard = channels[0].publish(b"hello").await.unwrap();
+        if heard == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(heard, 2);
+    channels[0].publish(b"\x00binary\xff").await.unwrap();
+    for receiver in &mut receivers {
+        let mut got = Vec::new();
+        while got.last().map(Vec::as_slice) != Some(b"\x00binary\xff".as_slice()) {
+            got.push(receiver.recv().await.unwrap());
+        }
+        assert!(got[..got.len() - 1].iter().all(|message| message == b"hello"), "{got:?}");
+    }
+}

@@ -48,3 +48,15 @@ pub async fn settle_ack(submitted: Submitted) {
         tracing::error!(error = %chain(&error), "audit record not stored");
     }
 }
+
+/// `audit.node`, else the host name: one hash chain per running node.
+pub fn node_name(audit: &portcullis_config::AuditStartup) -> String {
+    audit.node.clone().unwrap_or_else(|| {
+        std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|name| name.trim().to_string())
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "portcullis".to_string())
+    })
+}

@@ -129,6 +129,16 @@ impl LimiterHandle {
         }
     }
 
+    /// The channel `name` every replica sharing this limiter's Redis hears; None when counting in
+    /// this process.
+    #[cfg(feature = "redis")]
+    pub fn fleet_channel(&self, name: &str) -> Option<portcullis_limits_redis::FleetChannel> {
+        match &self.kind {
+            Kind::Memory(_) => None,
+            Kind::Redis { limiter, .. } => Some(limiter.channel(name)),
+        }
+    }
+
     /// Admissions decided by the outage policy instead of Redis, since start.
     pub fn fallbacks(&self) -> u64 {
         match &self.kind {

@@ -133,7 +133,7 @@ impl Metrics {
         let lease_settlements = Family::default();
         registry.register(
             "authz_lease_settlements",
-            "Authorizer leases ended, by how: usage_reported, usage_observed, or charged_in_full reasons",
+            "Authorizer leases ended, by how: usage_reported, usage_observed, or charged_in_full reasons; relayed_out: sent on to the replica holding the lease",
             lease_settlements.clone(),
         );
         registry.register_collector(Box::new(TokenCollector { runtime: runtime.clone() }));
@@ -181,6 +181,12 @@ impl Metrics {
 
     pub fn lease_opened(&self) {
         self.open_leases.inc();
+    }
+
+    /// A settlement for a lease held elsewhere went out to the fleet (the replica holding it
+    /// counts it again by how it settled).
+    pub fn lease_relayed(&self) {
+        self.lease_settlements.get_or_create(&SettlementLabels { how: "relayed_out" }).inc();
     }
 
     /// An authorizer lease ended; `how` is its audit reason.

@@ -216,7 +216,7 @@ impl TlsListeners {
 }
 
 fn writer_config(audit: &AuditStartup) -> WriterConfig {
-    let mut writer = WriterConfig::new(node_name(audit), &audit.spill_file);
+    let mut writer = WriterConfig::new(crate::audit::node_name(audit), &audit.spill_file);
     writer.durability = durability(audit);
     writer.file_sink = audit.file.as_ref().map(Into::into);
     writer.stdout_sink = audit.stdout;
@@ -228,18 +228,6 @@ fn durability(audit: &AuditStartup) -> Durability {
         AuditDurability::Async => Durability::Async,
         AuditDurability::Sync => Durability::Sync,
     }
-}
-
-/// `audit.node`, else the host name: one hash chain per running node.
-fn node_name(audit: &AuditStartup) -> String {
-    audit.node.clone().unwrap_or_else(|| {
-        std::env::var("HOSTNAME")
-            .ok()
-            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-            .map(|name| name.trim().to_string())
-            .filter(|name| !name.is_empty())
-            .unwrap_or_else(|| "portcullis".to_string())
-    })
 }
 
 /// Descriptors kept for everything but client connections: the store's pool, Redis, the audit

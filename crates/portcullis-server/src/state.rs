@@ -130,11 +130,18 @@ impl AppState {
         })
     }
 
-    /// The registry of the authorizer's leases, whose expiry runs until `stop`.
+    /// The registry of the authorizer's leases, whose expiry runs until `stop`; settled across
+    /// the fleet when its limiter shares a Redis.
     pub fn leases(&self, stop: tokio_util::sync::CancellationToken) -> Leases {
         let sinks =
             Sinks { recorder: self.recorder.clone(), auditor: self.auditor.clone(), metrics: self.metrics.clone() };
-        Leases::start(self.startup.authz.lease.0, sinks, stop)
+        let length = self.startup.authz.lease.0;
+        #[cfg(feature = "redis")]
+        if let Some(channel) = self.limiter.fleet_channel(crate::authz::SETTLEMENT_CHANNEL) {
+            let node = crate::audit::node_name(&self.startup.audit);
+            return crate::authz::start_relayed_leases(channel, node, length, sinks, stop);
+        }
+        Leases::start(length, sinks, None, stop)
     }
 
     /// The authorizer's state: decisions are recorded through `context`, its listener's.

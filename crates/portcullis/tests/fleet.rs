@@ -546,3 +546,122 @@ fn relayed_url(url: &str, relay: std::net::SocketAddr) -> String {
     url.set_port(Some(relay.port())).expect("a port");
     url.to_string()
 }
+
+/// Two replicas; `extra_config` turns the authorizer on.
+fn authz_fleet(redis_url: String, extra_config: &'static str) -> FleetSpec {
+    FleetSpec { replicas: 2, extra_config, ..FleetSpec::new(redis_url) }
+}
+
+/// A forward-auth check for a chat completion with `key`, as nginx asks it; returns the lease's
+/// request id.
+async fn authz_allow(gateway: &Gateway, key: &str) -> String {
+    let reply = send(
+        http()
+            .get(format!("http://{}/authz/nginx", gateway.authz_addr()))
+            .header("x-original-uri", "/v1/chat/completions")
+            .header("x-original-method", "POST")
+            .header("x-original-content-length", "84")
+            .header("x-portcullis-model", "m")
+            .bearer_auth(key),
+    )
+    .await;
+    reply.assert_ok();
+    reply.header("x-portcullis-request-id").expect("the lease id").to_string()
+}
+
+async fn usage_report(gateway: &Gateway, request_id: &str, prompt: u64, completion: u64) -> Reply {
+    let report = json!({"request_id": request_id, "usage": {"prompt_tokens": prompt, "completion_tokens": completion}});
+    send(http().post(format!("http://{}/authz/v1/usage", gateway.authz_addr())).json(&report)).await
+}
+
+/// The key's tokens today once `/v1/usage` shows a request, or None after `within`.
+async fn tokens_today(gateway: &Gateway, key: &str, within: Duration) -> Option<u64> {
+    let deadline = Instant::now() + within;
+    loop {
+        let reply = send(http().get(format!("{}/v1/usage", gateway.proxy_url())).bearer_auth(key)).await;
+        reply.assert_ok();
+        let today = &reply.body["spend"]["today"];
+        if today["requests"].as_u64() >= Some(1) {
+            return today["tokens"].as_u64();
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The reasons of the audit records of the authorizer's request `request_id`, with their nodes.
+async fn lease_records(gateway: &Gateway, request_id: &str) -> Vec<(String, String)> {
+    let url = format!("{}/admin/v1/audit?request_id={request_id}", gateway.admin_url());
+    let page = send(http().get(url).bearer_auth(gateway.admin_token())).await;
+    let records = page.body["data"].as_array().expect("audit records");
+    records.iter().filter_map(|record| Some((record["reason"].as_str()?.to_string(), str_of(record, "node")))).collect()
+}
+
+async fn metrics(gateway: &Gateway) -> String {
+    send(http().get(format!("{}/metrics", gateway.admin_url())).bearer_auth(gateway.admin_token())).await.text
+}
+
+/// A usage report that reaches a replica other than the one that allowed the request is relayed
+/// over Redis and settles the lease where it is: the key is billed the reported figures once,
+/// and the lease does not expire charged in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_usage_report_to_another_replica_settles_the_lease_where_it_is() {
+    let Some(redis_url) = redis_or_skip() else { return };
+    let spec = authz_fleet(redis_url, "[authz]\nlisten = \"127.0.0.1:0\"\nlease = \"2s\"\n");
+    let Some(fleet) = Fleet::start(spec).await else { return };
+    let (_, key) = fleet.key_with_limits(json!({})).await;
+    let request_id = authz_allow(fleet.replica(0), &key).await;
+
+    let relayed = usage_report(fleet.replica(1), &request_id, 7, 9).await;
+    assert_eq!(relayed.status, 202, "{}", relayed.text);
+    assert_eq!(relayed.body, json!({"request_id": request_id, "relayed": true}));
+    assert_eq!(tokens_today(fleet.replica(1), &key, Duration::from_secs(5)).await, Some(16));
+    assert!(
+        metrics(fleet.replica(1)).await.contains("portcullis_authz_lease_settlements_total{how=\"relayed_out\"} 1")
+    );
+    let holder = metrics(fleet.replica(0)).await;
+    assert!(holder.contains("portcullis_authz_lease_settlements_total{how=\"usage_reported\"} 1"), "{holder}");
+    assert!(holder.contains("portcullis_authz_open_leases 0"), "{holder}");
+
+    // Past the lease: nothing more was charged, and the settlement is recorded once, by the holder.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(tokens_today(fleet.replica(0), &key, Duration::ZERO).await, Some(16));
+    let records = lease_records(fleet.replica(1), &request_id).await;
+    let settlements: Vec<_> =
+        records.iter().filter(|(reason, _)| reason.starts_with("usage_") || reason.starts_with("lease_")).collect();
+    assert_eq!(settlements, [&("usage_reported".to_string(), "replica-0".to_string())], "{records:?}");
+    // Nobody holds a lease for an unknown id, but no replica can tell: relayed all the same.
+    assert_eq!(usage_report(fleet.replica(1), "req_never_allowed", 1, 1).await.status, 202);
+}
+
+/// Redis down: a report that cannot be relayed is refused with 503 so that the reporter retries;
+/// once Redis is back the replicas subscribe again and a retried report settles the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_that_cannot_be_relayed_is_refused_for_a_retry_and_lands_once_redis_is_back() {
+    let Some(mut redis) = RedisServer::start_or_skip().await else { return };
+    let spec = authz_fleet(redis.url(), "[authz]\nlisten = \"127.0.0.1:0\"\nlease = \"30s\"\n");
+    let Some(fleet) = Fleet::start(spec).await else { return };
+    let (_, key) = fleet.key_with_limits(json!({})).await;
+    let request_id = authz_allow(fleet.replica(0), &key).await;
+
+    redis.stop();
+    let refused = usage_report(fleet.replica(1), &request_id, 7, 9).await;
+    refused.assert_error(503, "limiter_unavailable");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    redis.restart().await;
+    // A report relayed before the holder has subscribed again is lost: the reporter retries.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let tokens = loop {
+        let reply = usage_report(fleet.replica(1), &request_id, 7, 9).await;
+        if reply.status == 202
+            && let Some(tokens) = tokens_today(fleet.replica(1), &key, Duration::from_secs(1)).await
+        {
+            break tokens;
+        }
+        assert!(Instant::now() < deadline, "never settled after Redis came back: {}", reply.text);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(tokens, 16);
+}

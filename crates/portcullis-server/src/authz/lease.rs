@@ -4,6 +4,10 @@
 //! shipper or the model server's side (`POST /authz/v1/usage`) can say; a lease nobody settles
 //! within `authz.lease` is charged its whole reservation, and its record says so.
 //!
+//! In a fleet the lease is on the replica that decided, while a report may reach any: a
+//! settlement that finds no lease here goes to a [`Relay`], which carries it to the others (see
+//! `relay`).
+//!
 //! Leases expire in the order they were opened (every one lasts the same `authz.lease`), so one
 //! task keeps them in a queue and sleeps until the oldest is due: no timer per lease, and
 //! opening one is a map insert and a channel send.
@@ -14,11 +18,13 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
+use futures_util::future::BoxFuture;
 use portcullis_audit::{AuditDecision, AuditEvent};
 use portcullis_limits::{Price, Reservation, Usage};
 use portcullis_store::UsageRecord;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -62,7 +68,7 @@ pub struct Lease {
 }
 
 /// What the request used, as reported by whoever saw its response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Reported {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
@@ -87,6 +93,12 @@ pub enum Settled {
 }
 
 impl Settled {
+    /// Whether something outside the replica saw the response (a report or an observation),
+    /// rather than the replica ending the lease itself.
+    pub fn is_observed_outside(self) -> bool {
+        !matches!(self, Settled::Expired | Settled::CutAtShutdown)
+    }
+
     fn reason(self) -> &'static str {
         match self {
             Settled::Reported(_) => "usage_reported",
@@ -96,6 +108,35 @@ impl Settled {
             Settled::Expired => "lease_expired_charged_in_full",
             Settled::CutAtShutdown => "cut_at_shutdown_charged_in_full",
         }
+    }
+}
+
+/// Carries a settlement this replica holds no lease for to the replicas of its fleet, the one
+/// holding the lease settling it.
+pub trait Relay: Send + Sync {
+    /// Sends `how` on for `request_id`; resolves to whether it went out.
+    fn relay(&self, request_id: &str, how: Settled) -> BoxFuture<'static, bool>;
+}
+
+/// What became of a settlement.
+#[derive(Debug)]
+pub enum Settlement {
+    /// The lease was here, and is billed so.
+    Billed(Billed),
+    /// No lease here: the settlement is on its way to the fleet.
+    Relayed(Relaying),
+    /// No lease here and no fleet to ask: never opened, settled already, or expired.
+    Unknown,
+}
+
+/// A settlement on its way to the fleet; dropping this does not stop it.
+#[derive(Debug)]
+pub struct Relaying(JoinHandle<bool>);
+
+impl Relaying {
+    /// Whether it went out (not whether a replica held the lease: nothing answers that).
+    pub async fn sent(self) -> bool {
+        self.0.await.unwrap_or(false)
     }
 }
 
@@ -118,6 +159,8 @@ struct Inner {
     open: DashMap<String, Lease>,
     expiring: mpsc::UnboundedSender<(Instant, String)>,
     length: Duration,
+    /// None for a single replica.
+    relay: Option<Arc<dyn Relay>>,
     recorder: UsageRecorder,
     auditor: Auditor,
     metrics: Arc<Metrics>,
@@ -130,11 +173,13 @@ impl std::fmt::Debug for Leases {
 }
 
 impl Leases {
-    /// The registry and its expiry task, which runs until `stop`.
-    pub fn start(length: Duration, sinks: Sinks, stop: CancellationToken) -> Leases {
+    /// The registry and its expiry task, which runs until `stop`; settlements it holds no lease
+    /// for go to `relay`, if any.
+    pub fn start(length: Duration, sinks: Sinks, relay: Option<Arc<dyn Relay>>, stop: CancellationToken) -> Leases {
         let Sinks { recorder, auditor, metrics } = sinks;
         let (expiring, due) = mpsc::unbounded_channel();
-        let leases = Leases(Arc::new(Inner { open: DashMap::new(), expiring, length, recorder, auditor, metrics }));
+        let open = DashMap::new();
+        let leases = Leases(Arc::new(Inner { open, expiring, length, relay, recorder, auditor, metrics }));
         tokio::spawn(expire(leases.clone(), due, stop));
         leases
     }
@@ -163,9 +208,30 @@ impl Leases {
         self.0.open.contains_key(request_id)
     }
 
-    /// Ends the lease under `request_id` (if it is still open) and bills it; `None` when there
-    /// was none (never opened, settled already, or expired).
-    pub fn settle(&self, request_id: &str, how: Settled) -> Option<Billed> {
+    /// Ends the lease under `request_id` and bills it if it is open here; else relays a report
+    /// or an observation to the fleet, when there is one.
+    pub fn settle(&self, request_id: &str, how: Settled) -> Settlement {
+        if let Some(billed) = self.settle_here(request_id, how) {
+            return Settlement::Billed(billed);
+        }
+        let relay = match (&self.0.relay, how) {
+            (Some(relay), how) if how.is_observed_outside() => relay,
+            _ => return Settlement::Unknown,
+        };
+        let sending = relay.relay(request_id, how);
+        let metrics = self.0.metrics.clone();
+        Settlement::Relayed(Relaying(tokio::spawn(async move {
+            let sent = sending.await;
+            if sent {
+                metrics.lease_relayed();
+            }
+            sent
+        })))
+    }
+
+    /// Ends the lease under `request_id` if it is open here, and bills it; `None` when it is not
+    /// (never opened here, settled already, or expired).
+    pub fn settle_here(&self, request_id: &str, how: Settled) -> Option<Billed> {
         let (request_id, lease) = self.0.open.remove(request_id)?;
         Some(self.0.bill(request_id, lease, how))
     }
@@ -174,7 +240,7 @@ impl Leases {
     pub fn close_all(&self) {
         let ids: Vec<String> = self.0.open.iter().map(|entry| entry.key().clone()).collect();
         for id in ids {
-            self.settle(&id, Settled::CutAtShutdown);
+            self.settle_here(&id, Settled::CutAtShutdown);
         }
     }
 }
@@ -193,7 +259,7 @@ async fn expire(leases: Leases, mut due: mpsc::UnboundedReceiver<(Instant, Strin
             () = tokio::time::sleep_until(deadline) => {}
             () = stop.cancelled() => return,
         }
-        if leases.settle(&request_id, Settled::Expired).is_some() {
+        if leases.settle_here(&request_id, Settled::Expired).is_some() {
             tracing::info!(request_id, "authorizer lease expired unsettled; charged its reservation in full");
         }
     }

@@ -7,17 +7,24 @@
 //!   gRPC ([`envoy`]);
 //! - `POST /authz/v1/usage`: usage reports ([`usage_report`]);
 //! - `/healthz`, `/readyz`: as on the proxy.
+//!
+//! A usage report or an `ext_proc` observation is settled on the replica holding the lease
+//! wherever it arrives (`relay`, when the fleet shares a Redis).
 
 mod check;
 mod envoy;
 mod forward_auth;
 mod lease;
+#[cfg(feature = "redis")]
+mod relay;
 mod route;
 mod state;
 mod usage_report;
 
 pub(crate) use envoy::GRPC_PATH_PREFIX;
 pub use lease::{Leases, Sinks};
+#[cfg(feature = "redis")]
+pub use relay::{CHANNEL as SETTLEMENT_CHANNEL, start as start_relayed_leases};
 pub use state::{AuthzState, Parts};
 
 use axum::Router;

@@ -8,17 +8,24 @@
 //! `request_id` is the `x-portcullis-request-id` the allowed request carried upstream. Only the
 //! configured gateways may report. A lease settles once: a second report, or one after the lease
 //! expired, is a 404 and changes nothing.
+//!
+//! In a fleet (`limits.backend = "redis"`) the report may reach any replica: one that holds no
+//! open lease for it relays it to the others and answers 202 `{"request_id": …, "relayed": true}`
+//! — it cannot know whether a replica held one, so there is no 404 there — or 503 when Redis
+//! could not take it, so that the reporter retries.
 
 use std::net::SocketAddr;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, State};
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use http::StatusCode;
 use portcullis_types::openai::Usage;
 use serde::{Deserialize, Serialize};
 
 use super::AuthzState;
-use super::lease::{Reported, Settled};
+use super::lease::{Reported, Settled, Settlement};
 use crate::error::ApiError;
 
 #[derive(Debug, Deserialize)]
@@ -30,7 +37,7 @@ struct Report {
 
 /// What the request was billed.
 #[derive(Debug, Serialize)]
-pub struct Settlement {
+struct Billing {
     request_id: String,
     prompt_tokens: u64,
     completion_tokens: u64,
@@ -40,11 +47,18 @@ pub struct Settlement {
     estimated: bool,
 }
 
+/// A report sent on to the replica holding the lease.
+#[derive(Debug, Serialize)]
+struct Relayed {
+    request_id: String,
+    relayed: bool,
+}
+
 pub async fn report(
     State(state): State<AuthzState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Bytes,
-) -> Result<Json<Settlement>, ApiError> {
+) -> Result<Response, ApiError> {
     if !state.is_gateway(peer.ip()) {
         return Err(ApiError::Forbidden {
             message: "only the gateways named in authz.gateways may report usage".into(),
@@ -55,15 +69,27 @@ pub async fn report(
     let reported =
         Reported { prompt_tokens: report.usage.prompt_tokens, completion_tokens: report.usage.completion_tokens };
     // A settlement has an audit record of its own; a refused report is recorded as refused.
-    let billed = state
-        .leases
-        .settle(&report.request_id, Settled::Reported(reported))
-        .ok_or(ApiError::NotFound { what: "open lease for this request id (never allowed, settled, or expired)" })?;
-    Ok(Json(Settlement {
+    let billed = match state.leases.settle(&report.request_id, Settled::Reported(reported)) {
+        Settlement::Billed(billed) => billed,
+        Settlement::Relayed(relaying) => {
+            if !relaying.sent().await {
+                return Err(ApiError::LimiterUnavailable { retry_after_secs: 1 });
+            }
+            let relayed = Relayed { request_id: report.request_id, relayed: true };
+            return Ok((StatusCode::ACCEPTED, Json(relayed)).into_response());
+        }
+        Settlement::Unknown => {
+            return Err(ApiError::NotFound {
+                what: "open lease for this request id (never allowed, settled, or expired)",
+            });
+        }
+    };
+    let billing = Billing {
         request_id: report.request_id,
         prompt_tokens: billed.prompt_tokens,
         completion_tokens: billed.completion_tokens,
         cost: portcullis_limits::Money(billed.cost_pico).to_units(),
         estimated: billed.estimated,
-    }))
+    };
+    Ok(Json(billing).into_response())
 }

@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::super::AuthzState;
 use super::super::check::REQUEST_ID_HEADER;
-use super::super::lease::Leases;
+use super::super::lease::{Leases, Settlement};
 use super::headers;
 use super::response_usage::ResponseUsage;
 
@@ -151,7 +151,8 @@ impl Watch {
             return;
         };
         self.settled = true;
-        if self.leases.settle(lease, how).is_none() {
+        // Relayed when another replica holds it (a fleet); Envoy is not told either way.
+        if let Settlement::Unknown = self.leases.settle(lease, how) {
             tracing::debug!(request_id = lease, "lease already settled or expired");
         }
     }
