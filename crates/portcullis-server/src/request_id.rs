@@ -25,8 +25,13 @@ pub fn assign(request: &mut Request, redactor: &Redactor) -> HeaderValue {
     id
 }
 
+/// An id someone else chose (a gateway's), kept when it is acceptable.
+pub fn vetted(id: HeaderValue, redactor: &Redactor) -> Option<RequestId> {
+    acceptable(&id, redactor).then_some(RequestId(id))
+}
+
 /// Whether an id someone else chose may be kept: sane, and not shaped like a secret.
-pub(crate) fn acceptable(id: &HeaderValue, redactor: &Redactor) -> bool {
+fn acceptable(id: &HeaderValue, redactor: &Redactor) -> bool {
     is_sane(id.as_bytes()) && !looks_secret(id, redactor)
 }
 

@@ -57,8 +57,8 @@ pub struct Check {
     pub client_ip: IpAddr,
     /// The request's body, when the gateway forwards it.
     pub body: Option<Bytes>,
-    /// The request's id, when the gateway gave it one.
-    pub request_id: Option<HeaderValue>,
+    /// The request's id, when the gateway gave an acceptable one (see `request_id::vetted`).
+    pub request_id: Option<RequestId>,
 }
 
 /// Allowed: headers for the model server's request, and for the client's response.
@@ -106,12 +106,12 @@ pub async fn decide(state: &AuthzState, check: Check) -> Verdict {
     }
 }
 
-/// The gateway's id for the request when it is acceptable (as a client's is on the proxy) and not
-/// already leased, else a fresh one: one client reusing an id must not reach another's lease.
-fn unique_request_id(state: &AuthzState, given: Option<HeaderValue>) -> HeaderValue {
-    let redactor = state.proxy.redactor();
+/// The gateway's id for the request unless a lease has it already, else a fresh one: one client
+/// reusing an id must not reach another's lease.
+fn unique_request_id(state: &AuthzState, given: Option<RequestId>) -> HeaderValue {
     given
-        .filter(|id| request_id::acceptable(id, redactor) && !state.leases.is_open(id.to_str().unwrap_or_default()))
+        .map(|id| id.0)
+        .filter(|id| !state.leases.is_open(id.to_str().unwrap_or_default()))
         .unwrap_or_else(request_id::fresh)
 }
 

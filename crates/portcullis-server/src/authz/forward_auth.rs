@@ -123,7 +123,8 @@ pub async fn read_check(state: &AuthzState, request: Request, original: Original
     let (method, path) = original(&request)?;
     let client_ip = client_addr::resolve(peer, request.headers(), state.gateways(), ForwardedHeader::XForwardedFor)
         .map_err(|unparsable| ApiError::MalformedRequest { message: unparsable.to_string() })?;
-    let request_id = request.extensions().get::<RequestId>().map(|id| id.0.clone());
+    // Vetted by the listener (`request_id::assign`), as every request's id is.
+    let request_id = request.extensions().get::<RequestId>().cloned();
     let gateway = gateway_name(request.headers(), peer);
     let (parts, body) = request.into_parts();
     let body = read_body(body, &parts.headers, state.max_body_bytes).await?;

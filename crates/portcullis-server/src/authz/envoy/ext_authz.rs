@@ -23,6 +23,8 @@ use super::super::check::{self, CREDENTIAL_HEADERS, Check, Verdict};
 use super::super::forward_auth::path_of;
 use super::headers;
 use crate::error::ApiError;
+use crate::request_id;
+use portcullis_audit::Redactor;
 
 /// The gateway's name in the audit log when the route names none (`context_extensions`).
 const DEFAULT_GATEWAY: &str = "envoy";
@@ -39,7 +41,7 @@ impl Authorization for ExtAuthz {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|info| info.0)
             .ok_or_else(|| Status::internal("no peer address"))?;
-        let verdict = match read(request.into_inner(), peer, self.0.max_body_bytes) {
+        let verdict = match read(request.into_inner(), peer, self.0.max_body_bytes, self.0.proxy.redactor()) {
             Ok(check) => check::decide(&self.0, check).await,
             // Envoy sent something no check can be made of: refused, never let through.
             Err(error) => {
@@ -53,7 +55,12 @@ impl Authorization for ExtAuthz {
 
 /// The request Envoy asks about. Its client address is Envoy's word, believed because only
 /// configured gateways reach this service.
-fn read(request: CheckRequest, peer: SocketAddr, max_body_bytes: usize) -> Result<Check, ApiError> {
+fn read(
+    request: CheckRequest,
+    peer: SocketAddr,
+    max_body_bytes: usize,
+    redactor: &Redactor,
+) -> Result<Check, ApiError> {
     let malformed = |message: &str| ApiError::MalformedRequest { message: message.into() };
     let attributes = request.attributes.unwrap_or_default();
     let client_ip = client_ip(&attributes).unwrap_or(peer.ip());
@@ -80,7 +87,8 @@ fn read(request: CheckRequest, peer: SocketAddr, max_body_bytes: usize) -> Resul
     let request_id = [http.id.as_bytes(), headers.get(crate::request_id::HEADER).map_or(&[][..], |id| id.as_bytes())]
         .into_iter()
         .find(|id| !id.is_empty())
-        .and_then(|id| HeaderValue::from_bytes(id).ok());
+        .and_then(|id| HeaderValue::from_bytes(id).ok())
+        .and_then(|id| request_id::vetted(id, redactor));
     Ok(Check { gateway, method, path, headers, client_ip, body: (!body.is_empty()).then_some(body), request_id })
 }
 
@@ -155,6 +163,10 @@ mod tests {
 
     const PEER: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9000);
 
+    fn redactor() -> Redactor {
+        Redactor::new(&[]).unwrap()
+    }
+
     #[test]
     fn a_check_is_read_from_the_attributes() {
         let http = HttpRequest {
@@ -164,25 +176,39 @@ mod tests {
             body: "{\"model\":\"m\"}".into(),
             ..HttpRequest::default()
         };
-        let check = read(request(http, Some("203.0.113.9")), PEER, 1024).unwrap();
+        let check = read(request(http, Some("203.0.113.9")), PEER, 1024, &redactor()).unwrap();
         assert_eq!((check.method, check.path.as_str()), (Method::POST, "/v1/chat/completions"));
         assert_eq!(check.client_ip, IpAddr::from([203, 0, 113, 9]));
         assert_eq!(check.gateway, "edge-1");
-        assert_eq!(check.request_id.unwrap(), "abc-1");
+        assert_eq!(check.request_id.unwrap().as_str(), "abc-1");
         assert_eq!(check.body.unwrap(), "{\"model\":\"m\"}");
         assert_eq!(check.headers.len(), 1, "no pseudo-headers");
     }
 
     #[test]
+    fn a_request_id_shaped_like_a_secret_is_not_kept() {
+        let http = HttpRequest {
+            method: "GET".into(),
+            path: "/v1/models".into(),
+            headers: HashMap::from([("x-request-id".into(), "pcl_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789Ab".into())]),
+            ..HttpRequest::default()
+        };
+        assert!(read(request(http, None), PEER, 1024, &redactor()).unwrap().request_id.is_none());
+    }
+
+    #[test]
     fn without_a_source_the_peer_is_the_client_and_a_large_body_is_refused() {
         let http = HttpRequest { method: "GET".into(), path: "/v1/models".into(), ..HttpRequest::default() };
-        let check = read(request(http.clone(), None), PEER, 1024).unwrap();
+        let check = read(request(http.clone(), None), PEER, 1024, &redactor()).unwrap();
         assert_eq!(check.client_ip, PEER.ip());
         assert!(check.body.is_none());
         let large = HttpRequest { raw_body: vec![b'x'; 2048], ..http };
-        assert_eq!(read(request(large, None), PEER, 1024).unwrap_err(), ApiError::RequestTooLarge { limit: 1024 });
+        assert_eq!(
+            read(request(large, None), PEER, 1024, &redactor()).unwrap_err(),
+            ApiError::RequestTooLarge { limit: 1024 }
+        );
         let empty = CheckRequest::default();
-        assert!(matches!(read(empty, PEER, 1024), Err(ApiError::MalformedRequest { .. })));
+        assert!(matches!(read(empty, PEER, 1024, &redactor()), Err(ApiError::MalformedRequest { .. })));
     }
 
     #[test]
