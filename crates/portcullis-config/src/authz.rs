@@ -30,6 +30,10 @@ pub struct AuthzConfig {
     pub model_header: String,
     /// Open connections on the authorizer listener.
     pub max_connections: usize,
+    /// TLS termination; absent = plain HTTP (and h2c for gRPC). With `client_ca` and
+    /// `client_auth = "required"`, only gateways holding a certificate from that CA get through
+    /// the handshake, wherever they connect from.
+    pub tls: Option<crate::TlsConfig>,
 }
 
 impl Default for AuthzConfig {
@@ -43,6 +47,7 @@ impl Default for AuthzConfig {
             lease: ConfigDuration(Duration::from_secs(300)),
             model_header: "x-portcullis-model".into(),
             max_connections: 4096,
+            tls: None,
         }
     }
 }

@@ -174,6 +174,12 @@ mod tests {
         lease = "2m"
         model_header = "x-model"
         max_connections = 5
+        [authz.tls]
+        cert = "authz.crt"
+        key = "authz.key"
+        client_ca = "gateways-ca.pem"
+        client_auth = "required"
+        crls = ["gateways.crl"]
 
         [store]
         url = "postgres://db/x"

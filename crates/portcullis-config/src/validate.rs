@@ -229,6 +229,9 @@ fn validate_authz(config: &Config) -> Result<(), ConfigError> {
     if authz.max_connections == 0 {
         return invalid("authz.max_connections", "must be greater than 0");
     }
+    if let Some(tls) = &authz.tls {
+        crate::tls::validate_tls("authz.tls", tls)?;
+    }
     Ok(())
 }
 

@@ -157,7 +157,7 @@ impl Server {
                 grpc_streams: Some(authz::GRPC_PATH_PREFIX),
             };
             // Gateways hold many connections for many clients: no per-address cap.
-            let listening = Listening::new(server, startup.authz.max_connections, 0, None);
+            let listening = Listening::new(server, startup.authz.max_connections, 0, self.tls.authz.clone());
             let accepting = tokio::spawn(listener::accept_until(listener, site, listening, stop.clone(), cut.clone()));
             Authorizer { accepting, leases }
         });
@@ -184,6 +184,7 @@ impl Server {
 pub(crate) struct TlsListeners {
     proxy: Option<Arc<Tls>>,
     admin: Option<Arc<Tls>>,
+    authz: Option<Arc<Tls>>,
 }
 
 impl TlsListeners {
@@ -197,12 +198,13 @@ impl TlsListeners {
         Ok(TlsListeners {
             proxy: load("server.tls", startup.server.tls.as_ref())?,
             admin: load("admin.tls", startup.admin.tls.as_ref())?,
+            authz: load("authz.tls", startup.authz.tls.as_ref())?,
         })
     }
 
     /// Reads every listener's files again; installs them only if all are good.
     fn reload(&self) -> Result<(), TlsError> {
-        let listeners = [&self.proxy, &self.admin];
+        let listeners = [&self.proxy, &self.admin, &self.authz];
         let prepared = listeners
             .iter()
             .filter_map(|tls| tls.as_ref())

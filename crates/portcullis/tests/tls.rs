@@ -412,6 +412,42 @@ async fn a_required_listener_refuses_a_client_without_a_certificate() {
     assert_eq!(batch.status, 200, "{batch:?}");
 }
 
+/// The authorizer listener over TLS with required client certificates: a gateway holding one
+/// from the configured CA gets its checks answered; anyone else never finishes the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authorizer_answers_only_gateways_with_a_certificate() {
+    let ca = Authority::new("gateways CA");
+    let files = Files::new();
+    let server = ca.server("authz");
+    files.write("authz.tls.crt", &server.cert_pem);
+    files.write("authz.tls.key", &server.key_pem);
+    files.write("gateways-ca.pem", &ca.pem);
+    let extra = format!("client_ca = {:?}\nclient_auth = \"required\"\n", files.path("gateways-ca.pem"));
+    let stub = StubUpstream::start().await;
+    let authz = "[authz]\nlisten = \"127.0.0.1:0\"\n".to_string();
+    let gateway = gateway(&stub, &[authz, server_tls("authz.tls", &files, &extra)]).await;
+    let (_, key) = gateway.create_key(&["--name", "client"]);
+    let bearer = format!("Bearer {key}");
+    let check = [
+        ("authorization", bearer.as_str()),
+        ("x-forwarded-uri", "/v1/chat/completions"),
+        ("x-forwarded-method", "POST"),
+        ("x-portcullis-model", "m"),
+        ("x-original-content-length", "80"),
+    ];
+
+    let anonymous = connect(&client(&ca, None), gateway.authz_addr()).await;
+    let refused = match anonymous {
+        Err(_) => true,
+        Ok(mut stream) => request(&mut stream, "GET", "/authz", &check, None).await.is_err(),
+    };
+    assert!(refused, "a peer without a certificate gets no answer");
+    let certified = client(&ca, Some(&ca.client("spiffe://acme.internal/nginx", 7)));
+    let mut stream = connect(&certified, gateway.authz_addr()).await.expect("a gateway's handshake");
+    let answer = request(&mut stream, "GET", "/authz", &check, None).await.unwrap();
+    assert_eq!(answer.status, 200, "{answer:?}");
+}
+
 /// Both listeners speak TLS; new certificate and key files are picked up on SIGHUP by new
 /// handshakes, while a kept-alive connection opened before goes on; unusable files are refused
 /// as a whole and the running material kept.
