@@ -932,12 +932,12 @@ fn dir_file(gateway: &Gateway, name: &str) -> String {
 // ------------------------------------------------------------------------------------------------
 
 /// A forward-auth check, as a gateway naming itself `name` sends it about a client's
-/// `GET /v1/models`.
+/// `GET /v1/models` (with Caddy's and Traefik's forwarded headers, which `/authz` reads).
 fn forward_auth(gateway: &Gateway, name: &str, key: &str, id: &str) -> reqwest::RequestBuilder {
     http()
         .get(format!("http://{}/authz", gateway.authz_addr()))
-        .header("x-original-method", "GET")
-        .header("x-original-uri", "/v1/models")
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-uri", "/v1/models")
         .header("x-portcullis-gateway", name)
         .header("x-request-id", id)
         .bearer_auth(key)
