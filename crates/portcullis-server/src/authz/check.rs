@@ -61,6 +61,11 @@ pub struct Check {
     pub request_id: Option<RequestId>,
 }
 
+/// The name a gateway gives itself, when it is one a record can hold: trimmed, 1 to 64 bytes.
+pub fn gateway_name(given: Option<&str>) -> Option<String> {
+    given.map(str::trim).filter(|name| (1..=64).contains(&name.len())).map(str::to_string)
+}
+
 /// Allowed: headers for the model server's request, and for the client's response.
 #[derive(Debug)]
 pub struct Allowed {

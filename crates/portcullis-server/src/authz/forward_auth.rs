@@ -133,12 +133,8 @@ pub async fn read_check(state: &AuthzState, request: Request, original: Original
 
 /// The gateway's name as it gives it (`X-Portcullis-Gateway`), else its address.
 fn gateway_name(headers: &HeaderMap, peer: SocketAddr) -> String {
-    headers
-        .get("x-portcullis-gateway")
-        .and_then(|value| value.to_str().ok())
-        .map(str::trim)
-        .filter(|name| (1..=64).contains(&name.len()))
-        .map_or_else(|| peer.ip().to_string(), str::to_string)
+    let given = headers.get("x-portcullis-gateway").and_then(|value| value.to_str().ok());
+    check::gateway_name(given).unwrap_or_else(|| peer.ip().to_string())
 }
 
 /// The forwarded body, if any, read as the proxy reads one (413 over `limit`, 408 too slow).

@@ -64,13 +64,8 @@ fn read(
     let malformed = |message: &str| ApiError::MalformedRequest { message: message.into() };
     let attributes = request.attributes.unwrap_or_default();
     let client_ip = client_ip(&attributes).unwrap_or(peer.ip());
-    let gateway = attributes
-        .context_extensions
-        .get("gateway")
-        .map(|name| name.trim())
-        .filter(|name| (1..=64).contains(&name.len()))
-        .unwrap_or(DEFAULT_GATEWAY)
-        .to_string();
+    let given = attributes.context_extensions.get("gateway").map(String::as_str);
+    let gateway = check::gateway_name(given).unwrap_or_else(|| DEFAULT_GATEWAY.to_string());
     let http = attributes
         .request
         .and_then(|request| request.http)
