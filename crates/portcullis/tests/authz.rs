@@ -240,6 +240,26 @@ async fn a_forwarded_body_names_the_model_and_bounds_the_reservation() {
 }
 
 #[tokio::test]
+async fn a_forwarded_body_is_held_to_the_proxys_rules() {
+    let (_stub, gateway) = start("", "").await;
+    let (_, key) = gateway.create_key(&[]);
+    let ask = |body: Vec<u8>| {
+        http()
+            .post(format!("http://{}/authz", gateway.authz_addr()))
+            .header("x-forwarded-uri", "/v1/chat/completions")
+            .header("x-forwarded-method", "POST")
+            .bearer_auth(&key)
+            .body(body)
+    };
+    // Over server.max_body_bytes (4 MiB), not JSON, a model named twice: refused, as on the proxy.
+    send(ask(vec![b' '; 5 * 1024 * 1024])).await.assert_error(413, "request_too_large");
+    send(ask(b"{not json".to_vec())).await.assert_error(400, "invalid_request");
+    let twice = br#"{"model":"small","model":"other","messages":[]}"#.to_vec();
+    let reply = send(ask(twice)).await;
+    assert_eq!(reply.status, 400, "a duplicated member never picks a model: {}", reply.text);
+}
+
+#[tokio::test]
 async fn a_usage_report_settles_the_lease_once_and_lands_in_usage() {
     let (_stub, gateway) = start("", "").await;
     let (_, key) = gateway.create_key(&[]);
