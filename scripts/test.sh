@@ -3,8 +3,8 @@
 #
 #   scripts/test.sh [extra cargo test args...]
 #
-# 1. Makes or refreshes .venv with the official `openai` Python SDK (pinned below), which the
-#    SDK compatibility tests run. Offline, it warns loudly and goes on: those tests then skip
+# 1. Makes or refreshes .venv with the official `openai` and `anthropic` Python SDKs (pinned
+#    below), which the SDK compatibility tests run. Offline, it warns loudly and goes on: those tests then skip
 #    loudly (or fail when CI=true).
 # 2. Installs the real OIDC provider the token tests run (scripts/idp.sh install: npm's
 #    oidc-provider into crates/portcullis-testkit/idp/node_modules). Without node or offline, it
@@ -20,6 +20,7 @@ set -euo pipefail
 
 # Pinned: the SDK's wire behaviour (e.g. base64 embeddings by default) is part of what is tested.
 readonly OPENAI_SDK_VERSION="2.54.0"
+readonly ANTHROPIC_SDK_VERSION="2.17.0"
 readonly SLM_PORT=8090
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,17 +41,18 @@ setup_venv() {
     say "creating .venv"
     python3 -m venv .venv >&2 || { rm -rf .venv; return 1; }
   fi
-  if "$python" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_SDK_VERSION')" 2>/dev/null; then
+  if "$python" -c "import openai, anthropic, sys; sys.exit(openai.__version__ != '$OPENAI_SDK_VERSION' or anthropic.__version__ != '$ANTHROPIC_SDK_VERSION')" 2>/dev/null; then
     return 0
   fi
-  say "installing openai==$OPENAI_SDK_VERSION into .venv"
-  "$python" -m pip install --quiet --disable-pip-version-check "openai==$OPENAI_SDK_VERSION" >&2 || return 1
-  "$python" -c "import openai" 2>/dev/null
+  say "installing openai==$OPENAI_SDK_VERSION and anthropic==$ANTHROPIC_SDK_VERSION into .venv"
+  "$python" -m pip install --quiet --disable-pip-version-check \
+    "openai==$OPENAI_SDK_VERSION" "anthropic==$ANTHROPIC_SDK_VERSION" >&2 || return 1
+  "$python" -c "import openai, anthropic" 2>/dev/null
 }
 if setup_venv; then
-  sdk_status="openai $OPENAI_SDK_VERSION"
+  sdk_status="openai $OPENAI_SDK_VERSION, anthropic $ANTHROPIC_SDK_VERSION"
 else
-  loud "could not set up .venv with openai==$OPENAI_SDK_VERSION (offline? python3-venv missing?)" \
+  loud "could not set up .venv with openai==$OPENAI_SDK_VERSION and anthropic==$ANTHROPIC_SDK_VERSION (offline? python3-venv missing?)" \
     "the OpenAI SDK tests will SKIP (or FAIL when CI=true)"
 fi
 

@@ -12,10 +12,27 @@ pub enum Scope {
     Completions,
     Embeddings,
     Models,
+    /// `POST /v1/responses` and what reads or deletes a stored response.
+    Responses,
+    /// Anthropic's `POST /v1/messages` and `/v1/messages/count_tokens`.
+    Messages,
+    /// `POST /v1/rerank`, where a model enables it.
+    Rerank,
+    /// `POST /v1/tokenize` and `/v1/detokenize`, where a model enables them.
+    Tokenize,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 4] = [Scope::Chat, Scope::Completions, Scope::Embeddings, Scope::Models];
+    pub const ALL: [Scope; 8] = [
+        Scope::Chat,
+        Scope::Completions,
+        Scope::Embeddings,
+        Scope::Models,
+        Scope::Responses,
+        Scope::Messages,
+        Scope::Rerank,
+        Scope::Tokenize,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -23,6 +40,10 @@ impl Scope {
             Scope::Completions => "completions",
             Scope::Embeddings => "embeddings",
             Scope::Models => "models",
+            Scope::Responses => "responses",
+            Scope::Messages => "messages",
+            Scope::Rerank => "rerank",
+            Scope::Tokenize => "tokenize",
         }
     }
 
@@ -32,7 +53,7 @@ impl Scope {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown scope {0:?}; expected chat, completions, embeddings or models")]
+#[error("unknown scope {0:?}; expected chat, completions, embeddings, models, responses, messages, rerank or tokenize")]
 pub struct UnknownScope(pub String);
 
 impl FromStr for Scope {
@@ -115,7 +136,7 @@ mod tests {
         assert!(!scopes.contains(Scope::Embeddings));
         assert_eq!(scopes.names(), vec!["chat", "models"]);
         assert_eq!(Scopes::parse(&["chat", "admin"]), Err(UnknownScope("admin".into())));
-        assert_eq!(Scopes::all().names().len(), 4);
+        assert_eq!(Scopes::all().names().len(), 8);
     }
 
     #[test]

@@ -456,6 +456,42 @@ pub struct ModelConfig {
     /// this model's upstream may receive; every other such field is removed from the body.
     #[serde(default)]
     pub passthrough_fields: Vec<String>,
+    /// What kind of server this model's endpoints are: it decides which cap fields the server
+    /// obeys, how it reports usage in streams, and where its optional endpoints live.
+    #[serde(default)]
+    pub server: ModelServer,
+    /// Server endpoints beyond the OpenAI and Anthropic inference APIs this model serves; none
+    /// unless named here (a client cannot reach what the operator did not open).
+    #[serde(default)]
+    pub extra_apis: Vec<ExtraApi>,
+    /// Answer with the model server's own model name instead of the name the client asked for.
+    #[serde(default)]
+    pub expose_upstream_model: bool,
+}
+
+/// The kinds of model server Portcullis knows the dialect of.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelServer {
+    /// Any server that speaks the OpenAI API as OpenAI defines it.
+    #[default]
+    Openai,
+    /// llama.cpp's `llama-server`.
+    Llamacpp,
+    Vllm,
+    Ollama,
+    /// Hugging Face Text Generation Inference.
+    Tgi,
+}
+
+/// An optional server endpoint a model may open to its callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExtraApi {
+    /// `POST /v1/rerank`.
+    Rerank,
+    /// `POST /v1/tokenize` and `POST /v1/detokenize`.
+    Tokenize,
 }
 
 impl ModelConfig {

@@ -275,7 +275,12 @@ fn check_url(path: &str, text: &str) -> Result<(), crate::ConfigError> {
 fn check_scope(path: &str, scope: &str) -> Result<(), crate::ConfigError> {
     match scope.parse::<portcullis_auth::Scope>() {
         Ok(_) => Ok(()),
-        Err(_) => invalid(path, &format!("{scope:?} is not a scope (chat, completions, embeddings, models)")),
+        Err(_) => invalid(
+            path,
+            &format!(
+                "{scope:?} is not a scope (chat, completions, embeddings, models, responses, messages, rerank, tokenize)"
+            ),
+        ),
     }
 }
 

@@ -59,6 +59,11 @@ pub enum ApiError {
         model: String,
     },
     RouteNotFound,
+    /// A server endpoint the model's config does not open (`extra_apis`).
+    NotServed {
+        model: String,
+        path: &'static str,
+    },
     MethodNotAllowed,
     UpstreamUnavailable,
     /// Every endpoint is ejected or unhealthy; the first may be back in this many seconds.
@@ -155,9 +160,10 @@ impl ApiError {
             | ApiError::IpNotAllowed
             | ApiError::ScopeMissing { .. }
             | ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            ApiError::ModelNotFound { .. } | ApiError::RouteNotFound | ApiError::NotFound { .. } => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::ModelNotFound { .. }
+            | ApiError::RouteNotFound
+            | ApiError::NotServed { .. }
+            | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::UpstreamUnavailable | ApiError::UpstreamInvalid { .. } => StatusCode::BAD_GATEWAY,
@@ -200,7 +206,7 @@ impl ApiError {
             ApiError::ScopeMissing { .. } => ("permission_error", "scope_missing"),
             ApiError::Forbidden { .. } => ("permission_error", "forbidden"),
             ApiError::ModelNotFound { .. } => ("invalid_request_error", "model_not_found"),
-            ApiError::RouteNotFound => ("invalid_request_error", "not_found"),
+            ApiError::RouteNotFound | ApiError::NotServed { .. } => ("invalid_request_error", "not_found"),
             ApiError::NotFound { .. } => ("invalid_request_error", "not_found"),
             ApiError::MethodNotAllowed => ("invalid_request_error", "method_not_allowed"),
             ApiError::Conflict { .. } => ("invalid_request_error", "conflict"),
@@ -245,6 +251,7 @@ impl ApiError {
             ApiError::Forbidden { message } => message.clone(),
             ApiError::ModelNotFound { model } => format!("The model '{model}' does not exist."),
             ApiError::RouteNotFound => "Unknown path.".into(),
+            ApiError::NotServed { model, path } => format!("The model '{model}' does not serve {path}."),
             ApiError::NotFound { what } => format!("No such {what}."),
             ApiError::MethodNotAllowed => "Method not allowed on this path.".into(),
             ApiError::Conflict { message } => message.clone(),
@@ -274,7 +281,9 @@ impl ApiError {
             ApiError::BadRequest { param, .. } => *param,
             ApiError::InvalidField { param, .. } => Some(param),
             ApiError::RequestExceedsLimit { param, .. } => Some(param),
-            ApiError::ModelNotAllowed { .. } | ApiError::ModelNotFound { .. } => Some("model"),
+            ApiError::ModelNotAllowed { .. } | ApiError::ModelNotFound { .. } | ApiError::NotServed { .. } => {
+                Some("model")
+            }
             _ => None,
         }
     }
@@ -394,6 +403,7 @@ mod tests {
             ApiError::ModelNotFound { model: "m".into() },
             ApiError::MethodNotAllowed,
             ApiError::RouteNotFound,
+            ApiError::NotServed { model: "m".into(), path: "/v1/rerank" },
             ApiError::RequestTimeout,
             ApiError::RequestTooLarge { limit: 1 },
             ApiError::HeaderTooLarge,

@@ -81,14 +81,14 @@ static REDACTOR: LazyLock<Arc<Redactor>> =
 /// translation; its prompt capture yields a JSON record.
 pub fn request_body(bytes: &[u8]) {
     let Some((&selector, body)) = bytes.split_first() else { return };
-    let operation = [Operation::Chat, Operation::Completions, Operation::Embeddings][usize::from(selector % 3)];
+    let operation = Operation::ALL[usize::from(selector) % Operation::ALL.len()];
     let body = Bytes::copy_from_slice(body);
     let Ok(parsed) = body::parse(operation, body.clone(), 64) else { return };
     assert_eq!(parsed.body, body, "the body is relayed as received");
     assert!(!parsed.model.is_empty());
     assert!((1..=128).contains(&parsed.choices));
     assert_ne!(parsed.max_tokens, Some(0));
-    assert!(!(parsed.stream && operation == Operation::Embeddings), "a streamed embeddings request");
+    assert!(!parsed.stream || operation.generates(), "a streamed request for what generates nothing");
     let document = serde_json::from_slice::<Value>(&body);
     let Ok(Value::Object(object)) = &document else {
         panic!("the envelope accepted a body that is not a JSON object to serde_json: {document:?}");

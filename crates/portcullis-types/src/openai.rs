@@ -50,12 +50,13 @@ impl ModelList {
     }
 }
 
-/// Token counts as the upstream reports them in `usage`.
+/// Token counts as the upstream reports them in `usage`: OpenAI's chat and completions names,
+/// or the Responses and Anthropic Messages APIs' `input_tokens` and `output_tokens`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
-    #[serde(default)]
+    #[serde(default, alias = "input_tokens")]
     pub prompt_tokens: u64,
-    #[serde(default)]
+    #[serde(default, alias = "output_tokens")]
     pub completion_tokens: u64,
     #[serde(default)]
     pub total_tokens: u64,

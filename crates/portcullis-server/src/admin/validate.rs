@@ -86,7 +86,7 @@ pub fn models(models: Vec<String>) -> Result<Vec<String>, ApiError> {
 pub fn scopes(scopes: &[String]) -> Result<Vec<String>, ApiError> {
     if scopes.is_empty() {
         return Err(ApiError::bad_request(
-            "scopes must name at least one of chat, completions, embeddings, models (leave it out for all four)",
+            "scopes must name at least one of chat, completions, embeddings, models, responses, messages, rerank, tokenize (leave it out for all)",
             Some("scopes"),
         ));
     }

@@ -249,6 +249,9 @@ impl Call {
         if live.model(&call.model).is_none() {
             return Err(ApiError::ModelNotFound { model: call.model });
         }
+        if !crate::proxy::serves(live, &call.model, operation) {
+            return Err(ApiError::NotServed { model: call.model, path: operation.path() });
+        }
         Ok(call)
     }
 
@@ -257,7 +260,7 @@ impl Call {
     /// field; here nothing can), and without one, it may generate until its context ends: the
     /// reservation then holds `limits.default_max_tokens`, not a bound.
     fn from_body(request: ParsedRequest, live: &Live) -> Call {
-        let generates = request.operation != Operation::Embeddings;
+        let generates = request.operation.generates();
         let largest_cap = largest_cap(&request);
         let cap = if generates { largest_cap.unwrap_or(live.limits.default_max_tokens) } else { 0 };
         Call {
@@ -293,14 +296,14 @@ impl Call {
             .iter()
             .find_map(|name| headers.get(*name)?.to_str().ok()?.trim().parse::<u64>().ok());
         let prompt_bound = declared.unwrap_or(live.server.max_body_bytes as u64).saturating_add(TEMPLATE_SLACK);
-        let completion_bound = if operation == Operation::Embeddings { 0 } else { live.limits.default_max_tokens };
+        let completion_bound = if operation.generates() { live.limits.default_max_tokens } else { 0 };
         Ok(Call {
             operation,
             model: model.to_string(),
             stream: false,
             prompt_bound,
             completion_bound,
-            capped: operation == Operation::Embeddings,
+            capped: !operation.generates(),
         })
     }
 }

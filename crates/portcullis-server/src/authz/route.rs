@@ -20,13 +20,7 @@ pub enum Route {
 impl Route {
     /// The route of `method` `path` (without its query), refused as the proxy would refuse it.
     pub fn of(method: &Method, path: &str) -> Result<Route, ApiError> {
-        let inference = match path {
-            "/v1/chat/completions" => Some(Operation::Chat),
-            "/v1/completions" => Some(Operation::Completions),
-            "/v1/embeddings" => Some(Operation::Embeddings),
-            _ => None,
-        };
-        if let Some(operation) = inference {
+        if let Some(operation) = Operation::at(path) {
             return if method == Method::POST {
                 Ok(Route::Inference(operation))
             } else {
@@ -46,9 +40,7 @@ impl Route {
 
     pub fn scope(&self) -> Scope {
         match self {
-            Route::Inference(Operation::Chat) => Scope::Chat,
-            Route::Inference(Operation::Completions) => Scope::Completions,
-            Route::Inference(Operation::Embeddings) => Scope::Embeddings,
+            Route::Inference(operation) => operation.scope(),
             Route::ModelList | Route::Model(_) => Scope::Models,
         }
     }

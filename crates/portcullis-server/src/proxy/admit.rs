@@ -135,10 +135,11 @@ pub fn price(model: &ModelConfig) -> Price {
 }
 
 /// The parameter a client lowers when its request is too big for a limit: the completion cap,
-/// or for embeddings the input.
+/// or for what generates nothing its prompt.
 fn oversized_param(operation: Operation) -> &'static str {
     match operation {
-        Operation::Chat | Operation::Completions => "max_tokens",
-        Operation::Embeddings => "input",
+        Operation::Responses => "max_output_tokens",
+        operation if operation.generates() => "max_tokens",
+        operation => operation.prompt_field(),
     }
 }

@@ -1,6 +1,7 @@
 //! A model server's successful, non-streamed answer is believed only when it is one: JSON (by
 //! its content type, when it names one), and of the operation's shape — an object with a
-//! `choices` array (chat, completions) or a `data` array (embeddings). An HTML page, an error
+//! `choices` array (chat, completions), a `data` array (embeddings), an `output` array
+//! (responses), a `content` array (messages), and so on. An HTML page, an error
 //! object or anything else sent with a 200 is not relayed: the client gets a 502, nothing is
 //! billed (nothing reached it), and the audit record says what was wrong.
 //!
@@ -20,6 +21,7 @@ use portcullis_types::openai::Usage;
 use portcullis_upstream::{UpstreamBody, UpstreamBodyError};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
 
 use super::body::Operation;
 use crate::error::ApiError;
@@ -116,30 +118,40 @@ fn is_json(headers: &HeaderMap) -> bool {
 /// The answer's `usage`, if `body` has the operation's shape. A `usage` of the wrong shape is
 /// not a reason to refuse the answer: it is billed as estimated instead.
 fn checked(operation: Operation, body: &[u8]) -> Result<Option<Usage>, Unfit> {
-    let shaped = |choices: &Option<Vec<IgnoredAny>>, data: &Option<Vec<IgnoredAny>>| match operation {
-        Operation::Chat | Operation::Completions => choices.is_some(),
-        Operation::Embeddings => data.is_some(),
+    let shaped = |answer: &Shape| match operation {
+        Operation::Chat | Operation::Completions => answer.choices.is_some(),
+        Operation::Embeddings => answer.data.is_some(),
+        Operation::Responses => answer.output.is_some(),
+        Operation::Messages => answer.content.is_some_and(|content| content.get().starts_with('[')),
+        Operation::CountTokens => answer.input_tokens.is_some(),
+        Operation::Rerank => answer.results.is_some(),
+        Operation::Tokenize => answer.tokens.is_some(),
+        Operation::Detokenize => answer.content.is_some_and(|content| content.get().starts_with('"')),
     };
-    if let Ok(answer) = serde_json::from_slice::<WithUsage>(body) {
-        return if shaped(&answer.choices, &answer.data) { Ok(answer.usage) } else { Err(Unfit::Shape) };
+    let answer: Shape = serde_json::from_slice(body).map_err(|_| Unfit::Shape)?;
+    if !shaped(&answer) {
+        return Err(Unfit::Shape);
     }
-    match serde_json::from_slice::<WithoutUsage>(body) {
-        Ok(answer) if shaped(&answer.choices, &answer.data) => Ok(None),
-        _ => Err(Unfit::Shape),
-    }
+    let usage = answer.usage.and_then(|usage| serde_json::from_str::<Usage>(usage.get()).ok());
+    // Anthropic's count_tokens answers with its count alone.
+    let counted = answer.input_tokens.map(|tokens| Usage { prompt_tokens: tokens, ..Usage::default() });
+    Ok(usage.or(if operation == Operation::CountTokens { counted } else { None }))
 }
 
+/// The members of an answer its operation is recognised by; `usage` is read on its own, so
+/// that an unreadable one leaves the answer relayed.
 #[derive(Deserialize)]
-struct WithUsage {
+struct Shape<'a> {
     choices: Option<Vec<IgnoredAny>>,
     data: Option<Vec<IgnoredAny>>,
-    usage: Option<Usage>,
-}
-
-#[derive(Deserialize)]
-struct WithoutUsage {
-    choices: Option<Vec<IgnoredAny>>,
-    data: Option<Vec<IgnoredAny>>,
+    output: Option<Vec<IgnoredAny>>,
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
+    input_tokens: Option<u64>,
+    results: Option<Vec<IgnoredAny>>,
+    tokens: Option<Vec<IgnoredAny>>,
+    #[serde(borrow)]
+    usage: Option<&'a RawValue>,
 }
 
 /// A body whose first frames were already read: those, then the rest.

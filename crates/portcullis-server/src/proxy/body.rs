@@ -11,25 +11,117 @@ use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::Value;
 
+use portcullis_auth::Scope;
+use portcullis_config::ExtraApi;
+
 use super::shape::{self, Member, ShapeError};
 
 use crate::error::ApiError;
 use crate::listener::BodyTooSlow;
 
-/// The three inference calls, and what each needs from its body.
+/// The model calls the proxy serves, and what each needs from its body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
     Chat,
     Completions,
     Embeddings,
+    /// OpenAI's Responses API.
+    Responses,
+    /// Anthropic's Messages API.
+    Messages,
+    /// Anthropic's `count_tokens`: the prompt's size, nothing generated.
+    CountTokens,
+    Rerank,
+    Tokenize,
+    Detokenize,
 }
 
 impl Operation {
+    pub const ALL: [Operation; 9] = [
+        Operation::Chat,
+        Operation::Completions,
+        Operation::Embeddings,
+        Operation::Responses,
+        Operation::Messages,
+        Operation::CountTokens,
+        Operation::Rerank,
+        Operation::Tokenize,
+        Operation::Detokenize,
+    ];
+
+    /// The operation a client's path (without its query) calls, if any.
+    pub fn at(path: &str) -> Option<Operation> {
+        Operation::ALL.into_iter().find(|operation| operation.path() == path)
+    }
+
+    /// The path the client calls.
     pub fn path(self) -> &'static str {
         match self {
             Operation::Chat => "/v1/chat/completions",
             Operation::Completions => "/v1/completions",
             Operation::Embeddings => "/v1/embeddings",
+            Operation::Responses => "/v1/responses",
+            Operation::Messages => "/v1/messages",
+            Operation::CountTokens => "/v1/messages/count_tokens",
+            Operation::Rerank => "/v1/rerank",
+            Operation::Tokenize => "/v1/tokenize",
+            Operation::Detokenize => "/v1/detokenize",
+        }
+    }
+
+    /// The scope a credential needs for it.
+    pub fn scope(self) -> Scope {
+        match self {
+            Operation::Chat => Scope::Chat,
+            Operation::Completions => Scope::Completions,
+            Operation::Embeddings => Scope::Embeddings,
+            Operation::Responses => Scope::Responses,
+            Operation::Messages | Operation::CountTokens => Scope::Messages,
+            Operation::Rerank => Scope::Rerank,
+            Operation::Tokenize | Operation::Detokenize => Scope::Tokenize,
+        }
+    }
+
+    /// Whether the model generates text for it (and so may be capped, streamed and billed for
+    /// completion tokens).
+    pub fn generates(self) -> bool {
+        matches!(self, Operation::Chat | Operation::Completions | Operation::Responses | Operation::Messages)
+    }
+
+    /// Whether its streams carry usage only when `stream_options.include_usage` asks for it
+    /// (chat and completions); the other APIs always report it.
+    pub fn asks_stream_usage(self) -> bool {
+        matches!(self, Operation::Chat | Operation::Completions)
+    }
+
+    /// The field its completion cap goes in when the body names none: its API's own, else the
+    /// one the model's server reads.
+    pub fn cap_field(self, configured: &str) -> &str {
+        match self {
+            Operation::Responses => "max_output_tokens",
+            Operation::Messages => "max_tokens",
+            _ => configured,
+        }
+    }
+
+    /// The optional server endpoint it is, which a model must open before it is served.
+    pub fn extra_api(self) -> Option<ExtraApi> {
+        match self {
+            Operation::Rerank => Some(ExtraApi::Rerank),
+            Operation::Tokenize | Operation::Detokenize => Some(ExtraApi::Tokenize),
+            _ => None,
+        }
+    }
+
+    /// The body member that carries the prompt, required in every request.
+    pub fn prompt_field(self) -> &'static str {
+        match self {
+            Operation::Chat | Operation::Messages | Operation::CountTokens => "messages",
+            Operation::Completions => "prompt",
+            Operation::Embeddings | Operation::Responses => "input",
+            Operation::Rerank => "query",
+            Operation::Tokenize => "content",
+            Operation::Detokenize => "tokens",
         }
     }
 }
@@ -173,16 +265,12 @@ pub fn parse(operation: Operation, body: Bytes, max_depth: usize) -> Result<Pars
         .transpose()?
         .filter(|model| !model.is_empty())
         .ok_or_else(|| ApiError::bad_request("You must provide a model parameter.", Some("model")))?;
-    let required = match operation {
-        Operation::Chat => "messages",
-        Operation::Completions => "prompt",
-        Operation::Embeddings => "input",
-    };
+    let required = operation.prompt_field();
     match member(required) {
         None => {
             return Err(ApiError::bad_request(format!("Missing required parameter: '{required}'."), Some(required)));
         }
-        Some(raw) if operation == Operation::Chat && raw.first() != Some(&b'[') => {
+        Some(raw) if required == "messages" && raw.first() != Some(&b'[') => {
             return Err(ApiError::bad_request("'messages' must be an array.", Some("messages")));
         }
         Some(_) => {}
@@ -192,14 +280,17 @@ pub fn parse(operation: Operation, body: Bytes, max_depth: usize) -> Result<Pars
         Some(b"true") => true,
         Some(_) => return Err(ApiError::bad_request("'stream' must be a boolean.", Some("stream"))),
     };
-    if stream && operation == Operation::Embeddings {
-        return Err(ApiError::bad_request("Embeddings cannot be streamed.", Some("stream")));
+    if stream && !operation.generates() {
+        return Err(ApiError::bad_request(format!("{} cannot be streamed.", operation.path()), Some("stream")));
     }
     let stream_options: Option<StreamOptions> = member("stream_options")
         .map(serde_json::from_slice)
         .transpose()
         .map_err(|error| ApiError::bad_request(format!("Invalid stream_options: {error}"), Some("stream_options")))?;
     let (max_tokens, choices) = caps(&body, &members)?;
+    if operation == Operation::Messages && max_tokens.is_none() {
+        return Err(ApiError::bad_request("max_tokens: Field required", Some("max_tokens")));
+    }
     let wants_stream_usage = stream_options.and_then(|options| options.include_usage).unwrap_or(false);
     Ok(ParsedRequest { operation, model, stream, max_tokens, choices, wants_stream_usage, body, members })
 }

@@ -16,7 +16,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use portcullis_types::openai::COMPLETION_CAP_FIELDS;
 use serde_json::{Map, Value};
 
-use super::body::{Operation, ParsedRequest};
+use super::body::ParsedRequest;
 use super::shape::Member;
 
 /// Tokens a chat template may add beyond the request's own bytes (BOS, generation prompt).
@@ -64,10 +64,11 @@ pub struct Plan {
 
 pub fn plan(request: &ParsedRequest, rules: BodyRules<'_>) -> Plan {
     let prompt_bound = request.body.len() as u64 + TEMPLATE_SLACK;
-    let generates = request.operation != Operation::Embeddings;
+    let generates = request.operation.generates();
     let completion_cap = if generates { request.max_tokens.unwrap_or(rules.default_max_tokens) } else { 0 };
     let cap_text = completion_cap.to_string();
-    let needs_usage = request.stream && !request.wants_stream_usage;
+    let needs_usage = request.stream && !request.wants_stream_usage && request.operation.asks_stream_usage();
+    let cap_field = request.operation.cap_field(rules.max_tokens_field);
 
     let mut edit = Edit::default();
     for (index, member) in request.members.iter().enumerate() {
@@ -84,8 +85,8 @@ pub fn plan(request: &ParsedRequest, rules: BodyRules<'_>) -> Plan {
             edit.replace(index, with_usage(request.raw(member)));
         }
     }
-    if generates && !request.has(rules.max_tokens_field) {
-        edit.add(rules.max_tokens_field, cap_text);
+    if generates && !request.has(cap_field) {
+        edit.add(cap_field, cap_text);
     }
     if needs_usage && !request.has("stream_options") {
         edit.add("stream_options", "{\"include_usage\":true}".to_string());
@@ -174,7 +175,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::proxy::body::parse;
+    use crate::proxy::body::{Operation, parse};
 
     const RULES: BodyRules<'static> =
         BodyRules { default_max_tokens: 100, max_tokens_field: "max_tokens", passthrough_fields: &[] };

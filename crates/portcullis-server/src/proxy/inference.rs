@@ -3,9 +3,9 @@
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, post};
 use http::{HeaderMap, HeaderValue, header};
 use http_body_util::Full;
-use portcullis_auth::Scope;
 use portcullis_config::{DEFAULT_MAX_EVENT_BYTES, Live};
 use portcullis_limits::Price;
 use portcullis_types::chain;
@@ -18,6 +18,7 @@ use super::authorize::may_use_model;
 use super::body::{self, Operation, ParsedRequest};
 use super::meter::{Metered, OnFinish, StreamOptions};
 use super::settle::Settlement;
+use super::sse::StreamKind;
 use super::{caller, capture, refusal, team_of};
 use crate::caller_limits;
 use crate::error::ApiError;
@@ -33,16 +34,9 @@ const FORWARDED_HEADERS: [header::HeaderName; 3] = [header::CONTENT_TYPE, header
 const RELAYED_HEADERS: [header::HeaderName; 4] =
     [header::CONTENT_TYPE, header::CONTENT_LENGTH, header::CACHE_CONTROL, header::RETRY_AFTER];
 
-pub async fn chat(state: State<ProxyState>, exchange: Exchange, request: Request) -> Result<Response, ApiError> {
-    serve(state, Operation::Chat, exchange, request).await
-}
-
-pub async fn completions(state: State<ProxyState>, exchange: Exchange, request: Request) -> Result<Response, ApiError> {
-    serve(state, Operation::Completions, exchange, request).await
-}
-
-pub async fn embeddings(state: State<ProxyState>, exchange: Exchange, request: Request) -> Result<Response, ApiError> {
-    serve(state, Operation::Embeddings, exchange, request).await
+/// The route that serves `operation`.
+pub fn route(operation: Operation) -> MethodRouter<ProxyState> {
+    post(move |state, exchange, request| serve(state, operation, exchange, request))
 }
 
 async fn serve(
@@ -55,7 +49,7 @@ async fn serve(
     let live = &runtime.live;
     let (parts, body) = request.into_parts();
 
-    let principal = caller(&state, &exchange, &parts.headers, scope_of(operation)).await?;
+    let principal = caller(&state, &exchange, &parts.headers, operation.scope()).await?;
     let team = team_of(&state, live, &principal).await?;
     let team = team.as_deref();
     let mut reading = body::Reading::start(body, &parts.headers, live.server.max_body_bytes)?;
@@ -67,6 +61,9 @@ async fn serve(
     let parsed = body::parse(operation, bytes, live.server.max_json_depth)?;
     if !runtime.upstreams.contains(&parsed.model) {
         return Err(ApiError::ModelNotFound { model: parsed.model });
+    }
+    if !serves(live, &parsed.model, operation) {
+        return Err(ApiError::NotServed { model: parsed.model, path: operation.path() });
     }
     // Only configured names become metric labels: clients cannot grow label sets at will.
     exchange.note(|info| {
@@ -133,15 +130,20 @@ async fn relay(
     // A fallback bills at its own price.
     let price = live.model(&model).map_or(Price::FREE, price);
     settlement.served_by(model, price, streamed);
-    // Embeddings generate no text: only their input is captured.
-    let capture = settlement.captures() && request.operation != Operation::Embeddings;
+    // What generates no text (embeddings, say) has only its input captured.
+    let capture = settlement.captures() && request.operation.generates();
     let body = if streamed {
         // The stream may lose its usage chunk on the way: its length is no longer known.
         headers.remove(header::CONTENT_LENGTH);
         let cap = completion_cap.saturating_mul(request.choices);
         let max_event_bytes = live.model(&request.model).map_or(DEFAULT_MAX_EVENT_BYTES, |model| model.max_event_bytes);
-        let options =
-            StreamOptions { strip_usage_chunk: !request.wants_stream_usage, cap: Some(cap), capture, max_event_bytes };
+        let options = StreamOptions {
+            kind: StreamKind::of(request.operation),
+            strip_usage_chunk: request.operation.asks_stream_usage() && !request.wants_stream_usage,
+            cap: Some(cap),
+            capture,
+            max_event_bytes,
+        };
         Body::new(Metered::stream(body, options, settle_at_end(settlement)))
     } else {
         match answer::gather(request.operation, &headers, body).await {
@@ -165,17 +167,16 @@ async fn relay(
     response
 }
 
+/// Whether the model's config opens `operation` to its callers: the inference APIs are always
+/// open, the server's other endpoints only where the model names them.
+pub(crate) fn serves(live: &Live, model: &str, operation: Operation) -> bool {
+    let Some(api) = operation.extra_api() else { return true };
+    live.model(model).is_some_and(|model| model.extra_apis.contains(&api))
+}
+
 /// Settles the request when its metered body ends.
 fn settle_at_end(settlement: Settlement) -> OnFinish {
     Box::new(move |outcome| settlement.finish(outcome))
-}
-
-fn scope_of(operation: Operation) -> Scope {
-    match operation {
-        Operation::Chat => Scope::Chat,
-        Operation::Completions => Scope::Completions,
-        Operation::Embeddings => Scope::Embeddings,
-    }
 }
 
 fn relayed_headers(upstream: &HeaderMap) -> HeaderMap {

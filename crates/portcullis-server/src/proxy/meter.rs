@@ -17,7 +17,7 @@ use portcullis_audit::Submitted;
 use portcullis_types::openai::{ErrorBody, ErrorDetail, Usage};
 
 use super::capture::CapturedText;
-use super::sse::{Pushed, SseScanner};
+use super::sse::{Pushed, SseScanner, StreamKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
@@ -52,6 +52,8 @@ pub struct Outcome {
 /// How a stream is metered.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamOptions {
+    /// Whose events the stream carries.
+    pub kind: StreamKind,
     /// The client did not ask for the usage chunk.
     pub strip_usage_chunk: bool,
     /// Content chunks relayed at most.
@@ -118,7 +120,8 @@ impl<B> Metered<B> {
     /// most content chunks to relay before the stream is cut; `capture` gathers their text;
     /// `max_event_bytes` bounds one event.
     pub fn stream(inner: B, options: StreamOptions, on_finish: OnFinish) -> Self {
-        let scanner = SseScanner::new(options.strip_usage_chunk, options.capture, options.max_event_bytes);
+        let scanner =
+            SseScanner::new(options.kind, options.strip_usage_chunk, options.capture, options.max_event_bytes);
         Self::new(inner, Mode::Stream { scanner, cap: options.cap }, on_finish)
     }
 
@@ -286,7 +289,7 @@ mod tests {
     }
 
     fn options(strip_usage_chunk: bool, cap: Option<u64>, capture: bool) -> StreamOptions {
-        StreamOptions { strip_usage_chunk, cap, capture, max_event_bytes: 1 << 20 }
+        StreamOptions { kind: StreamKind::OpenAi, strip_usage_chunk, cap, capture, max_event_bytes: 1 << 20 }
     }
 
     fn recorder() -> (Arc<Mutex<Vec<Outcome>>>, OnFinish) {

@@ -23,13 +23,14 @@ pub use state::{Parts, ProxyState};
 pub(crate) use admit::{price, reserve};
 pub(crate) use authorize::may_use_model;
 pub(crate) use demand::TEMPLATE_SLACK;
+pub(crate) use inference::serves;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::get;
 use http::HeaderMap;
 use portcullis_auth::Scope;
 use portcullis_config::Live;
@@ -41,6 +42,7 @@ use crate::health;
 use crate::misuse::FailureOutcome;
 use crate::principal::Principal;
 use crate::security::SecurityEvent;
+use body::Operation;
 
 /// Stands in for the client address when none was recorded (only in in-process tests).
 const UNKNOWN_CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
@@ -50,9 +52,15 @@ const UNKNOWN_CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 /// are the only public ones.
 pub fn router(state: ProxyState) -> Router {
     Router::new()
-        .route("/v1/chat/completions", post(inference::chat))
-        .route("/v1/completions", post(inference::completions))
-        .route("/v1/embeddings", post(inference::embeddings))
+        .route("/v1/chat/completions", inference::route(Operation::Chat))
+        .route("/v1/completions", inference::route(Operation::Completions))
+        .route("/v1/embeddings", inference::route(Operation::Embeddings))
+        .route("/v1/responses", inference::route(Operation::Responses))
+        .route("/v1/messages", inference::route(Operation::Messages))
+        .route("/v1/messages/count_tokens", inference::route(Operation::CountTokens))
+        .route("/v1/rerank", inference::route(Operation::Rerank))
+        .route("/v1/tokenize", inference::route(Operation::Tokenize))
+        .route("/v1/detokenize", inference::route(Operation::Detokenize))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::get))
         .route("/v1/usage", get(usage::usage))

@@ -1,6 +1,7 @@
-//! Reading an OpenAI server-sent-event stream as it passes: usage reports, generated chunks (and,
-//! for a request that captures content, their text), and the one event Portcullis may remove
-//! (the usage chunk the client did not ask for).
+//! Reading a server-sent-event stream as it passes: usage reports, generated chunks (and, for a
+//! request that captures content, their text), and the one event Portcullis may remove (the
+//! usage chunk the client did not ask for). Three kinds of stream are understood, each with its
+//! own events ([`StreamKind`]).
 //!
 //! Events are relayed as slices of the frames they arrived in (no copy); only an event split
 //! across frames is joined, and only its bytes.
@@ -13,6 +14,7 @@ use memchr::memmem::Finder;
 use portcullis_types::openai::Usage;
 use serde::Deserialize;
 
+use super::body::Operation;
 use super::capture::{self, CapturedText};
 
 /// What the scanner learned from the events seen so far.
@@ -41,8 +43,31 @@ pub enum Pushed {
     Invalid,
 }
 
+/// Whose events a stream carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// Chat and completions chunks: `choices[].delta`, and a usage chunk at the end.
+    OpenAi,
+    /// The Responses API: `response.*.delta` events, usage in `response.completed`.
+    Responses,
+    /// Anthropic's Messages API: `content_block_delta` events, the prompt's usage in
+    /// `message_start` and the completion's in `message_delta`.
+    Anthropic,
+}
+
+impl StreamKind {
+    pub fn of(operation: Operation) -> StreamKind {
+        match operation {
+            Operation::Responses => StreamKind::Responses,
+            Operation::Messages => StreamKind::Anthropic,
+            _ => StreamKind::OpenAi,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct SseScanner {
+    kind: StreamKind,
     /// Drop the usage-only chunk: the gateway asked for it, the client did not.
     strip_usage_chunk: bool,
     /// Bytes of an event whose end has not arrived yet.
@@ -55,17 +80,21 @@ pub struct SseScanner {
     /// The generated text relayed so far; `None` unless the request captures content, so that
     /// other streams parse no content event.
     pub text: Option<CapturedText>,
+    /// Prompt tokens an Anthropic `message_start` reported, until `message_delta` completes them.
+    prompt_tokens: Option<u64>,
 }
 
 impl SseScanner {
-    pub fn new(strip_usage_chunk: bool, capture: bool, max_event_bytes: usize) -> SseScanner {
+    pub fn new(kind: StreamKind, strip_usage_chunk: bool, capture: bool, max_event_bytes: usize) -> SseScanner {
         SseScanner {
+            kind,
             strip_usage_chunk,
             partial: BytesMut::new(),
             scanned: 0,
             max_event_bytes,
             tally: StreamTally::default(),
             text: capture.then(CapturedText::default),
+            prompt_tokens: None,
         }
     }
 
@@ -153,6 +182,14 @@ impl SseScanner {
             None | Some(b'{') => {}
             Some(_) => return Kind::Invalid,
         }
+        match self.kind {
+            StreamKind::OpenAi => self.inspect_chunk(data),
+            StreamKind::Responses => self.inspect_response_event(data),
+            StreamKind::Anthropic => self.inspect_message_event(data),
+        }
+    }
+
+    fn inspect_chunk(&mut self, data: &[u8]) -> Kind {
         // Parse only events that can carry usage; content is recognised without parsing.
         if USAGE_FIELD.find(data).is_some()
             && let Ok(chunk) = serde_json::from_slice::<ChunkUsage>(data)
@@ -165,6 +202,50 @@ impl SseScanner {
         }
         if has_text(data) { Kind::Content } else { Kind::Other }
     }
+
+    /// Every `response.*.delta` event carries generated tokens (text, refusals, reasoning, tool
+    /// arguments); the final `response.completed` (or `.incomplete`, `.failed`) the usage.
+    fn inspect_response_event(&mut self, data: &[u8]) -> Kind {
+        let kind = event_type(data);
+        if kind.is_some_and(|kind| kind.ends_with(b".delta")) {
+            return Kind::Content;
+        }
+        if USAGE_FIELD.find(data).is_some()
+            && let Ok(event) = serde_json::from_slice::<ResponseEvent>(data)
+            && let Some(usage) = event.response.and_then(|response| response.usage)
+        {
+            self.tally.usage = Some(usage);
+        }
+        Kind::Other
+    }
+
+    /// `content_block_delta` carries generated tokens; the usage comes in two halves, and is
+    /// known only once `message_delta` brings the second (a stream cut before it is billed by
+    /// what was relayed).
+    fn inspect_message_event(&mut self, data: &[u8]) -> Kind {
+        match event_type(data) {
+            Some(b"content_block_delta") => Kind::Content,
+            Some(b"message_start") => {
+                if let Ok(event) = serde_json::from_slice::<MessageStart>(data) {
+                    self.prompt_tokens = event.message.usage.and_then(|usage| usage.input_tokens);
+                }
+                Kind::Other
+            }
+            Some(b"message_delta") => {
+                if let Ok(event) = serde_json::from_slice::<MessageDelta>(data)
+                    && let Some(usage) = event.usage
+                {
+                    self.tally.usage = Some(Usage {
+                        prompt_tokens: usage.input_tokens.or(self.prompt_tokens).unwrap_or_default(),
+                        completion_tokens: usage.output_tokens.unwrap_or_default(),
+                        total_tokens: 0,
+                    });
+                }
+                Kind::Other
+            }
+            _ => Kind::Other,
+        }
+    }
 }
 
 enum Kind {
@@ -172,6 +253,38 @@ enum Kind {
     UsageOnly,
     Content,
     Other,
+}
+
+#[derive(Deserialize)]
+struct ResponseEvent {
+    response: Option<ResponseUsage>,
+}
+
+#[derive(Deserialize)]
+struct ResponseUsage {
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct MessageStart {
+    message: MessageUsage,
+}
+
+#[derive(Deserialize)]
+struct MessageUsage {
+    usage: Option<HalfUsage>,
+}
+
+#[derive(Deserialize)]
+struct MessageDelta {
+    usage: Option<HalfUsage>,
+}
+
+/// Anthropic's usage, of which each event may carry a part.
+#[derive(Deserialize)]
+struct HalfUsage {
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -187,6 +300,18 @@ struct ChunkUsage {
 static USAGE_FIELD: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
 static TEXT_FIELDS: LazyLock<[Finder<'static>; 2]> =
     LazyLock::new(|| [Finder::new(b"\"content\""), Finder::new(b"\"text\"")]);
+
+static TYPE_FIELD: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"type\""));
+
+/// The value of the event's first `"type"` member, which Responses and Anthropic events put
+/// first (read without parsing the event); `None` when it has none or it is escaped.
+fn event_type(data: &[u8]) -> Option<&[u8]> {
+    let after = &data[TYPE_FIELD.find(data)? + 6..];
+    let value = after.iter().position(|byte| !byte.is_ascii_whitespace() && *byte != b':')?;
+    let value = after[value..].strip_prefix(b"\"")?;
+    let end = memchr::memchr2(b'"', b'\\', value)?;
+    (value[end] == b'"').then_some(&value[..end])
+}
 
 /// Length of the first complete event (through its blank line), if one is complete.
 fn event_end(bytes: &[u8]) -> Option<usize> {
@@ -246,7 +371,7 @@ mod tests {
     const DONE: &str = "data: [DONE]\n\n";
 
     fn run(frames: &[&str], strip: bool, cap: Option<u64>) -> (String, SseScanner, bool) {
-        let mut scanner = SseScanner::new(strip, false, 1 << 20);
+        let mut scanner = SseScanner::new(StreamKind::OpenAi, strip, false, 1 << 20);
         let mut out = VecDeque::new();
         let mut capped = false;
         for frame in frames {
@@ -298,7 +423,7 @@ mod tests {
         let (_, scanner, _) = run(&[ROLE, HELLO, WORLD, USAGE, DONE], false, None);
         assert_eq!(scanner.text, None);
 
-        let mut scanner = SseScanner::new(true, true, 1 << 20);
+        let mut scanner = SseScanner::new(StreamKind::OpenAi, true, true, 1 << 20);
         let mut out = VecDeque::new();
         let whole = [ROLE, HELLO, WORLD, HELLO, DONE].concat();
         for piece in [&whole[..30], &whole[30..]] {
@@ -322,7 +447,7 @@ mod tests {
     #[test]
     fn frames_that_need_no_change_are_relayed_without_copy() {
         let frame = Bytes::from_static(b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n");
-        let mut scanner = SseScanner::new(true, false, 1 << 20);
+        let mut scanner = SseScanner::new(StreamKind::OpenAi, true, false, 1 << 20);
         let mut out = VecDeque::new();
         scanner.push(frame.clone(), &mut out, None);
         assert_eq!(out[0].as_ptr(), frame.as_ptr());
@@ -330,7 +455,7 @@ mod tests {
 
     #[test]
     fn an_event_that_never_ends_is_refused_at_its_size_limit_and_costs_only_its_length() {
-        let mut scanner = SseScanner::new(false, false, 64 * 1024);
+        let mut scanner = SseScanner::new(StreamKind::OpenAi, false, false, 64 * 1024);
         let mut out = VecDeque::new();
         assert_eq!(scanner.push(Bytes::from_static(HELLO.as_bytes()), &mut out, None), Pushed::Open);
         assert_eq!(scanner.push(Bytes::from_static(b"data: {\"choices\":\""), &mut out, None), Pushed::Open);
@@ -345,7 +470,7 @@ mod tests {
         let relayed: Vec<u8> = out.iter().flat_map(|bytes| bytes.to_vec()).collect();
         assert_eq!(relayed, HELLO.as_bytes(), "the complete event before it was relayed");
         // A long event that does end, split into many frames, is relayed whole.
-        let mut scanner = SseScanner::new(false, false, 1 << 20);
+        let mut scanner = SseScanner::new(StreamKind::OpenAi, false, false, 1 << 20);
         let mut out = VecDeque::new();
         let long = format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n", "y".repeat(100_000));
         for piece in long.as_bytes().chunks(997) {
@@ -358,7 +483,7 @@ mod tests {
 
     #[test]
     fn an_event_whose_data_is_not_a_json_object_stops_the_stream_before_it() {
-        let mut scanner = SseScanner::new(false, false, 1 << 20);
+        let mut scanner = SseScanner::new(StreamKind::OpenAi, false, false, 1 << 20);
         let mut out = VecDeque::new();
         let frame = format!("{HELLO}: keep-alive comment\n\ndata:\n\ndata: <html>bad gateway</html>\n\n{WORLD}");
         assert_eq!(scanner.push(Bytes::from(frame), &mut out, None), Pushed::Invalid);
@@ -371,7 +496,7 @@ mod tests {
     fn an_end_marker_split_across_frames_is_found() {
         let event = HELLO.as_bytes();
         for cut in [event.len() - 1, event.len() - 2] {
-            let mut scanner = SseScanner::new(false, false, 1 << 20);
+            let mut scanner = SseScanner::new(StreamKind::OpenAi, false, false, 1 << 20);
             let mut out = VecDeque::new();
             scanner.push(Bytes::copy_from_slice(&event[..cut]), &mut out, None);
             assert!(out.is_empty());
@@ -379,5 +504,56 @@ mod tests {
             let relayed: Vec<u8> = out.iter().flat_map(|bytes| bytes.to_vec()).collect();
             assert_eq!(relayed, event, "cut at {cut}");
         }
+    }
+
+    fn scan(kind: StreamKind, events: &[&str]) -> SseScanner {
+        let mut scanner = SseScanner::new(kind, false, false, 1 << 20);
+        let mut out = VecDeque::new();
+        for event in events {
+            assert_eq!(scanner.push(Bytes::from(event.to_string()), &mut out, None), Pushed::Open);
+        }
+        assert_eq!(out.iter().map(Bytes::len).sum::<usize>(), events.iter().map(|event| event.len()).sum::<usize>());
+        scanner
+    }
+
+    #[test]
+    fn responses_events_count_deltas_and_read_usage_from_the_completed_response() {
+        let events = [
+            "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"r\",\"usage\":null}}\n\n",
+            "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hi\"}\n\n",
+            "event: response.output_text.delta\ndata: {\"type\": \"response.output_text.delta\",\"delta\":\" there\"}\n\n",
+            "event: response.output_text.done\ndata: {\"type\":\"response.output_text.done\",\"text\":\"Hi there\"}\n\n",
+            "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"usage\":{\"input_tokens\":9,\"output_tokens\":2,\"total_tokens\":11}}}\n\n",
+        ];
+        let scanner = scan(StreamKind::Responses, &events);
+        assert_eq!(scanner.tally.content_events, 2);
+        let usage = scanner.tally.usage.unwrap();
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (9, 2));
+        assert_eq!(scan(StreamKind::Responses, &events[..4]).tally.usage, None, "cut before the end: no usage");
+    }
+
+    #[test]
+    fn anthropic_usage_is_known_once_message_delta_completes_it() {
+        let events = [
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"content\":[],\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n",
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":3}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        ];
+        let scanner = scan(StreamKind::Anthropic, &events);
+        assert_eq!(scanner.tally.content_events, 1);
+        let usage = scanner.tally.usage.unwrap();
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (12, 3));
+        let cut = scan(StreamKind::Anthropic, &events[..3]);
+        assert_eq!((cut.tally.usage, cut.tally.content_events), (None, 1), "cut before message_delta");
+    }
+
+    #[test]
+    fn an_events_type_is_read_where_it_lies() {
+        assert_eq!(event_type(br#"{"type" : "message_start","x":1}"#), Some(&b"message_start"[..]));
+        assert_eq!(event_type(br#"{"a":{"b":2}}"#), None);
+        assert_eq!(event_type(br#"{"type":"a\"b"}"#), None);
     }
 }

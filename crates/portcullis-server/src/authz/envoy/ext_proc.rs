@@ -27,6 +27,8 @@ use super::super::check::REQUEST_ID_HEADER;
 use super::super::lease::{Leases, Settlement};
 use super::headers;
 use super::response_usage::ResponseUsage;
+use crate::proxy::body::Operation;
+use crate::proxy::sse::StreamKind;
 
 #[derive(Debug, Clone)]
 pub struct ExtProc(pub AuthzState);
@@ -38,8 +40,14 @@ impl ExternalProcessor for ExtProc {
     type ProcessStream = Replies;
 
     async fn process(&self, request: Request<Streaming<ProcessingRequest>>) -> Result<Response<Replies>, Status> {
-        let watch =
-            Watch { leases: self.0.leases.clone(), lease: None, headers_seen: false, response: None, settled: false };
+        let watch = Watch {
+            leases: self.0.leases.clone(),
+            lease: None,
+            headers_seen: false,
+            response: None,
+            stream_kind: StreamKind::OpenAi,
+            settled: false,
+        };
         // Driven by the answer's body: each message is read when the last was answered (or, in
         // observe mode, at once).
         let replies = futures_util::stream::unfold((request.into_inner(), watch), |(mut messages, mut watch)| async {
@@ -98,6 +106,8 @@ struct Watch {
     /// The request's headers went by (so a missing lease is missing for good).
     headers_seen: bool,
     response: Option<ResponseUsage>,
+    /// Whose events the response streams, from the request's path.
+    stream_kind: StreamKind,
     settled: bool,
 }
 
@@ -111,13 +121,18 @@ impl Watch {
                 // id is none of this stream's business: the response is then not read at all.
                 self.lease = id.filter(|id| self.leases.is_open(id)).map(str::to_string);
                 self.headers_seen = true;
+                let path =
+                    headers::find(request.headers.as_ref(), ":path").and_then(|path| std::str::from_utf8(path).ok());
+                let path = path.map(|path| path.split('?').next().unwrap_or_default());
+                self.stream_kind = StreamKind::of(path.and_then(Operation::at).unwrap_or(Operation::Chat));
                 if self.lease.is_none() {
                     tracing::debug!(request_id = id, "ext_proc stream for a request without an open lease; not read");
                 }
             }
             Message::ResponseHeaders(response) if self.lease.is_some() => {
                 let head = response.headers.as_ref();
-                self.response = Some(ResponseUsage::new(status_of(head), headers::find(head, "content-type")));
+                let content_type = headers::find(head, "content-type");
+                self.response = Some(ResponseUsage::new(status_of(head), content_type, self.stream_kind));
                 if response.end_of_stream {
                     self.finish(true);
                 }

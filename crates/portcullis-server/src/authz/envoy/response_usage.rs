@@ -10,7 +10,7 @@ use portcullis_types::openai::Usage;
 use serde::Deserialize;
 
 use super::super::lease::{Reported, Settled};
-use crate::proxy::sse::{Pushed, SseScanner};
+use crate::proxy::sse::{Pushed, SseScanner, StreamKind};
 
 /// A JSON answer larger than this is not gathered: its usage stays unknown (charged in full).
 pub const MAX_JSON_BYTES: usize = 4 * 1024 * 1024;
@@ -28,14 +28,15 @@ pub enum ResponseUsage {
 }
 
 impl ResponseUsage {
-    /// For a response with `status` and `content_type` (from its head).
-    pub fn new(status: Option<u16>, content_type: Option<&[u8]>) -> ResponseUsage {
+    /// For a response with `status` and `content_type` (from its head), whose stream (if it is
+    /// one) carries `kind`'s events.
+    pub fn new(status: Option<u16>, content_type: Option<&[u8]>, kind: StreamKind) -> ResponseUsage {
         if status.is_some_and(|status| !(200..300).contains(&status)) {
             return ResponseUsage::Refused;
         }
         let is_event_stream = content_type.is_some_and(|value| value.starts_with(b"text/event-stream"));
         if is_event_stream {
-            let scanner = Box::new(SseScanner::new(false, false, DEFAULT_MAX_EVENT_BYTES));
+            let scanner = Box::new(SseScanner::new(kind, false, false, DEFAULT_MAX_EVENT_BYTES));
             ResponseUsage::Events { scanner, lost: false }
         } else {
             ResponseUsage::Json(Some(BytesMut::new()))
@@ -115,12 +116,12 @@ mod tests {
     #[test]
     fn a_json_answer_settles_with_its_usage_once_whole() {
         let body = format!(r#"{{"choices":[{{"message":{{"content":"hi"}}}}],"usage":{USAGE}}}"#);
-        let mut usage = ResponseUsage::new(Some(200), Some(b"application/json"));
+        let mut usage = ResponseUsage::new(Some(200), Some(b"application/json"), StreamKind::OpenAi);
         read(&mut usage, &body, &[5, 40]);
         let observed = Settled::Observed(Reported { prompt_tokens: 12, completion_tokens: 7 });
         assert_eq!(usage.settlement(true), Some(observed));
         // Cut short: nothing whole was seen.
-        let mut cut = ResponseUsage::new(Some(200), None);
+        let mut cut = ResponseUsage::new(Some(200), None, StreamKind::OpenAi);
         cut.push(Bytes::copy_from_slice(&body.as_bytes()[..40]));
         assert_eq!(cut.settlement(false), None, "left to expire");
         assert_eq!(cut.settlement(true), Some(Settled::ObservedWithoutUsage));
@@ -131,7 +132,7 @@ mod tests {
         let body = format!(
             "data: {{\"choices\":[{{\"delta\":{{\"content\":\"hi\"}}}}]}}\n\ndata: {{\"choices\":[],\"usage\":{USAGE}}}\n\ndata: [DONE]\n\n"
         );
-        let mut usage = ResponseUsage::new(Some(200), Some(b"text/event-stream; charset=utf-8"));
+        let mut usage = ResponseUsage::new(Some(200), Some(b"text/event-stream; charset=utf-8"), StreamKind::OpenAi);
         read(&mut usage, &body, &[10, 60, 75, 90]);
         let observed = Settled::Observed(Reported { prompt_tokens: 12, completion_tokens: 7 });
         assert_eq!(usage.settlement(true), Some(observed));
@@ -141,9 +142,9 @@ mod tests {
 
     #[test]
     fn a_refusal_uses_nothing_and_an_oversized_answer_is_not_gathered() {
-        let refused = ResponseUsage::new(Some(429), Some(b"application/json"));
+        let refused = ResponseUsage::new(Some(429), Some(b"application/json"), StreamKind::OpenAi);
         assert_eq!(refused.settlement(true), Some(Settled::ObservedRefusal));
-        let mut large = ResponseUsage::new(Some(200), Some(b"application/json"));
+        let mut large = ResponseUsage::new(Some(200), Some(b"application/json"), StreamKind::OpenAi);
         large.push(Bytes::from(vec![b' '; MAX_JSON_BYTES]));
         large.push(Bytes::from(format!(r#"{{"usage":{USAGE}}}"#)));
         assert!(matches!(large, ResponseUsage::Json(None)));
@@ -152,7 +153,7 @@ mod tests {
 
     #[test]
     fn a_stream_that_stops_being_events_keeps_what_it_showed() {
-        let mut usage = ResponseUsage::new(Some(200), Some(b"text/event-stream"));
+        let mut usage = ResponseUsage::new(Some(200), Some(b"text/event-stream"), StreamKind::OpenAi);
         read(&mut usage, &format!("data: {{\"choices\":[],\"usage\":{USAGE}}}\n\ndata: <html>\n\n"), &[]);
         assert!(matches!(usage, ResponseUsage::Events { lost: true, .. }));
         assert_eq!(usage.usage().map(|usage| usage.completion_tokens), Some(7));
