@@ -88,6 +88,17 @@ impl Operation {
         matches!(self, Operation::Chat | Operation::Completions | Operation::Responses | Operation::Messages)
     }
 
+    /// Whether it is Anthropic's API (its headers forwarded, its error shape answered).
+    pub fn is_anthropic(self) -> bool {
+        matches!(self, Operation::Messages | Operation::CountTokens)
+    }
+
+    /// Whether the tokens it reports are billed. Counting tokens (count_tokens, tokenize,
+    /// detokenize) uses none: such a call reserves and bills no tokens, only the request.
+    pub fn bills_tokens(self) -> bool {
+        !matches!(self, Operation::CountTokens | Operation::Tokenize | Operation::Detokenize)
+    }
+
     /// Whether its streams carry usage only when `stream_options.include_usage` asks for it
     /// (chat and completions); the other APIs always report it.
     pub fn asks_stream_usage(self) -> bool {

@@ -2,6 +2,7 @@
 
 mod admit;
 mod answer;
+mod anthropic;
 mod authenticate;
 mod authorize;
 pub(crate) mod body;
