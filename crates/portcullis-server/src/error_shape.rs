@@ -7,7 +7,7 @@
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
-use http::StatusCode;
+use http::{HeaderValue, StatusCode, header};
 use portcullis_types::openai::ErrorBody;
 use serde::Serialize;
 
@@ -31,7 +31,10 @@ impl ErrorShape {
     /// shape; status and headers (`Retry-After`, `x-request-id`, …) stay.
     pub fn rewrite(self, response: &mut Response, error: &ErrorBody) {
         if self == ErrorShape::Anthropic {
-            *response.body_mut() = Body::from(anthropic_body(response.status(), &error.error.message));
+            let body = anthropic_body(response.status(), &error.error.message);
+            // The router stated the first body's length.
+            response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            *response.body_mut() = Body::from(body);
         }
     }
 }

@@ -82,31 +82,27 @@ fn message(shared: &Arc<Shared>, behaviour: &Behaviour, body: &Value) -> Respons
     let mut events = vec![
         (
             "message_start",
-            json!({"type": "message_start", "message": {
+            json!({"message": {
                 "id": id, "type": "message", "role": "assistant", "model": model, "content": [],
                 "stop_reason": null, "stop_sequence": null, "usage": start_usage,
             }}),
         ),
-        (
-            "content_block_start",
-            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-        ),
-        ("ping", json!({"type": "ping"})),
+        ("content_block_start", json!({"index": 0, "content_block": {"type": "text", "text": ""}})),
+        ("ping", json!({})),
     ];
     let first_delta = events.len();
     events.extend(pieces.iter().map(|piece| {
-        let delta = json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}});
+        let delta = json!({"index": 0, "delta": {"type": "text_delta", "text": piece}});
         ("content_block_delta", delta)
     }));
-    events.push(("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
+    events.push(("content_block_stop", json!({"index": 0})));
     let delta_usage = if behaviour.omit_usage { json!({}) } else { json!({"output_tokens": count}) };
     events.push((
         "message_delta",
-        json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": delta_usage}),
+        json!({"delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": delta_usage}),
     ));
-    events.push(("message_stop", json!({"type": "message_stop"})));
-    let mut frames: Vec<Bytes> =
-        events.iter().map(|(name, data)| Bytes::from(format!("event: {name}\ndata: {data}\n\n"))).collect();
+    events.push(("message_stop", json!({})));
+    let mut frames: Vec<Bytes> = events.iter().map(|(name, fields)| event(name, fields)).collect();
     let mut ending = StreamEnd::Close;
     if behaviour.reset_mid_stream {
         // Cut after the first generated piece.
@@ -115,6 +111,15 @@ fn message(shared: &Arc<Shared>, behaviour: &Behaviour, body: &Value) -> Respons
     }
     let gate = lock(&shared.behaviour).gate.take();
     sse_response(Arc::clone(shared), frames, behaviour.chunk_gap, gate, ending)
+}
+
+/// One SSE event of Anthropic's stream: its data names its `type` first, as Anthropic and
+/// llama-server write it (gateways read it there without parsing the event).
+fn event(name: &str, fields: &Value) -> Bytes {
+    let fields = fields.to_string();
+    let rest = fields.strip_prefix('{').unwrap_or("}");
+    let separator = if rest == "}" { "" } else { "," };
+    Bytes::from(format!("event: {name}\ndata: {{\"type\":\"{name}\"{separator}{rest}\n\n"))
 }
 
 /// Documents scored by the words they share with the query; `usage` counts every word read.
