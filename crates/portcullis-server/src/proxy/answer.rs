@@ -142,8 +142,9 @@ fn checked(operation: Operation, body: &[u8]) -> Result<Option<Usage>, Unfit> {
     Ok(reported_usage(operation, answer.usage))
 }
 
-/// What the answer says its request used, in the terms it is billed in.
-fn reported_usage(operation: Operation, usage: Option<&RawValue>) -> Option<Usage> {
+/// What an answer to `operation` says its request used (its `usage`), in the terms it is
+/// billed in.
+pub(crate) fn reported_usage(operation: Operation, usage: Option<&RawValue>) -> Option<Usage> {
     // A count of tokens (count_tokens, tokenize) is no use of them: nothing to bill.
     if !operation.bills_tokens() {
         return Some(Usage::default());
