@@ -31,10 +31,18 @@ impl ErrorShape {
     /// shape; status and headers (`Retry-After`, `x-request-id`, …) stay.
     pub fn rewrite(self, response: &mut Response, error: &ErrorBody) {
         if self == ErrorShape::Anthropic {
-            let body = anthropic_body(response.status(), &error.error.message);
+            let body = self.render(response.status(), error);
             // The router stated the first body's length.
             response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
             *response.body_mut() = Body::from(body);
+        }
+    }
+
+    /// `error`, answered with `status`, in this shape.
+    pub fn render(self, status: StatusCode, error: &ErrorBody) -> Bytes {
+        match self {
+            ErrorShape::OpenAi => Bytes::from(serde_json::to_vec(error).unwrap_or_default()),
+            ErrorShape::Anthropic => anthropic_body(status, &error.error.message),
         }
     }
 }
