@@ -405,6 +405,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_anthropic_stream_that_is_no_longer_events_ends_with_anthropics_error_event() {
+        let (seen, on_finish) = recorder();
+        let delta =
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"hi\"}}\n\n";
+        let options = StreamOptions { kind: StreamKind::Anthropic, ..options(false, None, false) };
+        let metered = Metered::stream(body(&[delta, "data: <html>bad gateway</html>\n\n"]), options, on_finish);
+        let relayed = String::from_utf8(metered.collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        let error = relayed.strip_prefix(delta).and_then(|rest| rest.strip_prefix("event: error\ndata: ")).unwrap();
+        let error: serde_json::Value = serde_json::from_str(error.trim_end()).unwrap();
+        assert_eq!((error["type"].as_str(), error["error"]["type"].as_str()), (Some("error"), Some("api_error")));
+        assert_eq!(seen.lock().unwrap()[0].ending, Ending::InvalidEvent);
+    }
+
+    #[tokio::test]
     async fn a_stream_past_its_cap_is_cut_and_reported_once() {
         let (seen, on_finish) = recorder();
         let hello = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n";
