@@ -179,7 +179,7 @@ fn validate_model(index: usize, model: &ModelConfig, config: &Config) -> Result<
     if let Some(api) = model.extra_apis.iter().find(|api| !model.server.serves(**api)) {
         let server = serde_json::to_value(model.server).unwrap_or_default();
         let api = serde_json::to_value(api).unwrap_or_default();
-        return invalid(&path("extra_apis"), &format!("names {api}, which a {server} server does not serve"));
+        return invalid(&path("extra_apis"), &format!("names {api}, which server = {server} does not serve"));
     }
     if model.max_concurrent == Some(0) {
         return invalid(&path("max_concurrent"), "must be at least 1 (omit it for no limit)");
