@@ -484,6 +484,41 @@ pub enum ModelServer {
     Tgi,
 }
 
+impl ModelServer {
+    /// Where this kind of server serves `POST /v1/rerank`, if it does.
+    pub fn rerank_path(self) -> Option<&'static str> {
+        match self {
+            ModelServer::Llamacpp | ModelServer::Vllm => Some("/v1/rerank"),
+            ModelServer::Tgi => Some("/rerank"),
+            ModelServer::Ollama | ModelServer::Openai => None,
+        }
+    }
+
+    /// Where it serves `POST /v1/tokenize`, if it does.
+    pub fn tokenize_path(self) -> Option<&'static str> {
+        match self {
+            ModelServer::Llamacpp | ModelServer::Vllm | ModelServer::Tgi => Some("/tokenize"),
+            ModelServer::Ollama | ModelServer::Openai => None,
+        }
+    }
+
+    /// Where it serves `POST /v1/detokenize`, if it does (TGI does not).
+    pub fn detokenize_path(self) -> Option<&'static str> {
+        match self {
+            ModelServer::Llamacpp | ModelServer::Vllm => Some("/detokenize"),
+            ModelServer::Tgi | ModelServer::Ollama | ModelServer::Openai => None,
+        }
+    }
+
+    /// Whether it has the endpoint `api` opens (for tokenize: its `tokenize`).
+    pub fn serves(self, api: ExtraApi) -> bool {
+        match api {
+            ExtraApi::Rerank => self.rerank_path().is_some(),
+            ExtraApi::Tokenize => self.tokenize_path().is_some(),
+        }
+    }
+}
+
 /// An optional server endpoint a model may open to its callers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]

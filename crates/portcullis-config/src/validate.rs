@@ -176,6 +176,11 @@ fn validate_model(index: usize, model: &ModelConfig, config: &Config) -> Result<
     if model.passthrough_fields.iter().any(|field| field.is_empty()) {
         return invalid(&path("passthrough_fields"), "must not contain an empty name");
     }
+    if let Some(api) = model.extra_apis.iter().find(|api| !model.server.serves(**api)) {
+        let server = serde_json::to_value(model.server).unwrap_or_default();
+        let api = serde_json::to_value(api).unwrap_or_default();
+        return invalid(&path("extra_apis"), &format!("names {api}, which server = {server} does not serve"));
+    }
     if model.max_concurrent == Some(0) {
         return invalid(&path("max_concurrent"), "must be at least 1 (omit it for no limit)");
     }
@@ -292,6 +297,18 @@ mod tests {
     fn bad_duration_names_the_field_path() {
         let text = "[[models]]\nname = \"a\"\nendpoints = [\"http://h\"]\nqueue_timeout = \"soon\"\n";
         assert_eq!(error_path(text), "models[0].queue_timeout");
+    }
+
+    #[test]
+    fn an_extra_api_the_models_server_lacks_is_refused() {
+        let model = "[[models]]\nname = \"a\"\nendpoints = [\"http://h\"]\n";
+        for refused in ["extra_apis = [\"rerank\"]\n", "server = \"ollama\"\nextra_apis = [\"tokenize\"]\n"] {
+            assert_eq!(error_path(&format!("{model}{refused}")), "models[0].extra_apis", "{refused}");
+        }
+        for server in ["llamacpp", "vllm", "tgi"] {
+            let text = format!("{model}server = \"{server}\"\nextra_apis = [\"rerank\", \"tokenize\"]\n");
+            assert!(parse(&text).is_ok(), "{server}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod client_addr;
 mod client_certificate;
 mod clock;
 mod error;
+mod error_shape;
 mod exchange;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

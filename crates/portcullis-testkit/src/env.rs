@@ -31,16 +31,27 @@ fn non_empty_env(name: &str) -> Option<String> {
 /// A Python interpreter that has the official `openai` package: `$PORTCULLIS_PYTHON` if set,
 /// else `<workspace>/.venv/bin/python` (made by `scripts/test.sh`) if `import openai` works there.
 pub fn openai_python() -> Option<PathBuf> {
+    static VENV_PYTHON: OnceLock<Option<PathBuf>> = OnceLock::new();
+    python_with(&VENV_PYTHON, "openai")
+}
+
+/// The same for the official `anthropic` package.
+pub fn anthropic_python() -> Option<PathBuf> {
+    static VENV_PYTHON: OnceLock<Option<PathBuf>> = OnceLock::new();
+    python_with(&VENV_PYTHON, "anthropic")
+}
+
+/// `$PORTCULLIS_PYTHON`, or the workspace's `.venv` Python if it imports `module` (asked once).
+fn python_with(venv_python: &OnceLock<Option<PathBuf>>, module: &str) -> Option<PathBuf> {
     if let Some(python) = non_empty_env("PORTCULLIS_PYTHON") {
         return Some(PathBuf::from(python));
     }
-    static VENV_PYTHON: OnceLock<Option<PathBuf>> = OnceLock::new();
-    VENV_PYTHON
+    venv_python
         .get_or_init(|| {
             let python = workspace_root().join(".venv/bin/python");
             let imports = python.exists()
                 && Command::new(&python)
-                    .args(["-c", "import openai"])
+                    .args(["-c", &format!("import {module}")])
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
@@ -60,8 +71,17 @@ pub fn openai_sdk_script() -> PathBuf {
 /// added (`PORTCULLIS_BASE_URL`, `PORTCULLIS_KEY`, ...). The script prints one JSON line on
 /// success and exits non-zero with a message on failure.
 pub fn run_openai_sdk_check(python: &Path, scenario: &str, env: &[(&str, &str)]) -> Output {
+    run_sdk_check(python, &openai_sdk_script(), scenario, env)
+}
+
+/// Runs `python tests/sdk/anthropic_sdk_check.py <scenario>` as [`run_openai_sdk_check`] does.
+pub fn run_anthropic_sdk_check(python: &Path, scenario: &str, env: &[(&str, &str)]) -> Output {
+    run_sdk_check(python, &workspace_root().join("tests/sdk/anthropic_sdk_check.py"), scenario, env)
+}
+
+fn run_sdk_check(python: &Path, script: &Path, scenario: &str, env: &[(&str, &str)]) -> Output {
     Command::new(python)
-        .arg(openai_sdk_script())
+        .arg(script)
         .arg(scenario)
         .current_dir(workspace_root())
         .envs(env.iter().copied())

@@ -179,7 +179,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// A fake OpenAI-compatible model server on `127.0.0.1:<random port>`.
 ///
 /// Serves `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`, `POST /v1/chat/completions`,
-/// `POST /v1/completions` and `POST /v1/embeddings` (paths may carry a prefix before `/v1`).
+/// `POST /v1/completions`, `POST /v1/embeddings` (paths may carry a prefix before `/v1`), and
+/// Anthropic's Messages API, rerank and tokenize (see `stub::messages`).
 /// The server stops when the value is dropped.
 #[derive(Debug)]
 pub struct StubUpstream {
@@ -510,6 +511,9 @@ fn route(shared: &Arc<Shared>, behaviour: &Behaviour, method: &Method, request: 
             );
         }
     } else if *method == Method::POST {
+        if let Some(response) = messages::answer(shared, behaviour, request) {
+            return response;
+        }
         let endpoint = if path.ends_with("/v1/chat/completions") {
             Some(Endpoint::Chat)
         } else if path.ends_with("/v1/completions") {
@@ -881,6 +885,7 @@ fn error_response(status: StatusCode, kind: &str, code: Option<&str>, message: &
     (status, axum::Json(body)).into_response()
 }
 
+mod messages;
 #[cfg(test)]
 mod tests;
 

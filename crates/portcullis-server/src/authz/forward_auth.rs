@@ -21,6 +21,7 @@ use super::AuthzState;
 use super::check::{self, Check, Denied};
 use crate::client_addr;
 use crate::error::ApiError;
+use crate::error_shape::ErrorShape;
 use crate::exchange::Exchange;
 use crate::proxy::body::Reading;
 use crate::request_id::RequestId;
@@ -71,8 +72,12 @@ pub async fn forward_auth(
     let check = match read_check(&state, request, original).await {
         Ok(check) => check,
         // Refused before any decision (not a gateway, no original URI): recorded as this call's.
-        Err(error) => return refusal(Denied { error, client_headers: HeaderMap::new() }, statuses),
+        Err(error) => {
+            return refusal(Denied { error, client_headers: HeaderMap::new() }, statuses, ErrorShape::OpenAi);
+        }
     };
+    // The gateway relays the refusal to a client of the original route, in that route's shape.
+    let shape = ErrorShape::of_path(&check.path);
     // From here the decision has its own record, under the original request's method and path.
     exchange.note(|info| info.recorded_elsewhere = true);
     match check::decide(&state, check).await {
@@ -81,7 +86,7 @@ pub async fn forward_auth(
             headers.extend(allowed.client_headers);
             (StatusCode::OK, headers).into_response()
         }
-        Err(denied) => refusal(denied, statuses),
+        Err(denied) => refusal(denied, statuses, shape),
     }
 }
 
@@ -149,14 +154,15 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Opti
 
 /// The proxy's refusal, with its status and body also in headers for gateways that pass only
 /// headers on.
-fn refusal(denied: Denied, statuses: Statuses) -> Response {
+fn refusal(denied: Denied, statuses: Statuses, shape: ErrorShape) -> Response {
     let Denied { error, client_headers } = denied;
     let status = error.status_code();
-    let body = serde_json::to_string(&error.body()).unwrap_or_default();
+    let error_body = error.body();
     let mut response = error.into_response();
+    shape.rewrite(&mut response, &error_body);
     response.headers_mut().extend(client_headers);
     response.headers_mut().insert(STATUS_HEADER, HeaderValue::from(status.as_u16()));
-    if let Ok(body) = HeaderValue::from_str(&body) {
+    if let Ok(body) = HeaderValue::from_str(&String::from_utf8_lossy(&shape.render(status, &error_body))) {
         response.headers_mut().insert(ERROR_HEADER, body);
     }
     if statuses == Statuses::Nginx && status != StatusCode::UNAUTHORIZED {
@@ -182,16 +188,29 @@ mod tests {
         let limited = refusal(
             denied(ApiError::RateLimited { message: "slow down".into(), retry_after_secs: 7 }),
             Statuses::Nginx,
+            ErrorShape::OpenAi,
         );
         assert_eq!(limited.status(), StatusCode::FORBIDDEN);
         assert_eq!(limited.headers()[&STATUS_HEADER], "429");
         assert_eq!(limited.headers()[http::header::RETRY_AFTER], "7");
         let body: serde_json::Value = serde_json::from_slice(limited.headers()[&ERROR_HEADER].as_bytes()).unwrap();
         assert_eq!(body["error"]["code"], "rate_limit_exceeded");
-        let unknown = refusal(denied(ApiError::InvalidApiKey), Statuses::Nginx);
+        let unknown = refusal(denied(ApiError::InvalidApiKey), Statuses::Nginx, ErrorShape::OpenAi);
         assert_eq!(unknown.status(), StatusCode::UNAUTHORIZED);
-        let as_is = refusal(denied(ApiError::ModelNotAllowed { model: "m".into() }), Statuses::AsIs);
+        let as_is =
+            refusal(denied(ApiError::ModelNotAllowed { model: "m".into() }), Statuses::AsIs, ErrorShape::OpenAi);
         assert_eq!(as_is.status(), StatusCode::FORBIDDEN);
         assert_eq!(as_is.headers()[&STATUS_HEADER], "403");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_of_a_messages_call_is_in_anthropics_shape() {
+        let denied = Denied { error: ApiError::ScopeMissing { scope: "messages" }, client_headers: HeaderMap::new() };
+        let refused = refusal(denied, Statuses::AsIs, ErrorShape::of_path("/v1/messages"));
+        let header: serde_json::Value = serde_json::from_slice(refused.headers()[&ERROR_HEADER].as_bytes()).unwrap();
+        assert_eq!(header["error"]["type"], "permission_error");
+        let body = axum::body::to_bytes(refused.into_body(), 4096).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!((body["type"].as_str(), body["error"]["type"].as_str()), (Some("error"), Some("permission_error")));
     }
 }

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{HeaderMap, Version, header};
 use portcullis_audit::{AuditDecision, AuditEvent};
+use portcullis_types::openai::ErrorBody;
 use time::OffsetDateTime;
 use tower::ServiceExt;
 
@@ -24,6 +25,7 @@ use super::{SiteContext, gate};
 use crate::client_addr;
 use crate::client_certificate::ClientCertificate;
 use crate::error::ApiError;
+use crate::error_shape::ErrorShape;
 use crate::exchange::{AuditAtBodyEnd, Exchange, RequestMeta};
 use crate::listener_kind::ListenerKind;
 use crate::metrics::Metrics;
@@ -101,6 +103,16 @@ async fn record(listener: ListenerKind, context: Arc<SiteContext>, router: Route
     };
     drop(in_flight);
     let error = response.extensions_mut().remove::<ApiError>();
+    let relayed = response.extensions_mut().remove::<ErrorBody>();
+    // Errors are rendered in the OpenAI shape wherever they arise; the route decides the shape
+    // the client reads (see `error_shape`).
+    let shape =
+        if listener == ListenerKind::Proxy { ErrorShape::of_path(&exchange.meta().path) } else { ErrorShape::OpenAi };
+    if shape != ErrorShape::OpenAi
+        && let Some(body) = error.as_ref().map(ApiError::body).or(relayed)
+    {
+        shape.rewrite(&mut response, &body);
+    }
     let body_pending = response.extensions_mut().remove::<AuditAtBodyEnd>().is_some();
     exchange.answered(response.status().as_u16(), error.as_ref(), body_pending).await;
     response

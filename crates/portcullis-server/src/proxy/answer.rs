@@ -23,6 +23,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
+use super::anthropic::AnthropicUsage;
 use super::body::Operation;
 use crate::error::ApiError;
 
@@ -128,14 +129,35 @@ fn checked(operation: Operation, body: &[u8]) -> Result<Option<Usage>, Unfit> {
         Operation::Tokenize => answer.tokens.is_some(),
         Operation::Detokenize => answer.content.is_some_and(|content| content.get().starts_with('"')),
     };
+    // TGI answers rerank and tokenize with a bare array (of scores, of tokens), and no usage.
+    if matches!(operation, Operation::Rerank | Operation::Tokenize)
+        && serde_json::from_slice::<Vec<IgnoredAny>>(body).is_ok()
+    {
+        return Ok(reported_usage(operation, None));
+    }
     let answer: Shape = serde_json::from_slice(body).map_err(|_| Unfit::Shape)?;
     if !shaped(&answer) {
         return Err(Unfit::Shape);
     }
-    let usage = answer.usage.and_then(|usage| serde_json::from_str::<Usage>(usage.get()).ok());
-    // Anthropic's count_tokens answers with its count alone.
-    let counted = answer.input_tokens.map(|tokens| Usage { prompt_tokens: tokens, ..Usage::default() });
-    Ok(usage.or(if operation == Operation::CountTokens { counted } else { None }))
+    Ok(reported_usage(operation, answer.usage))
+}
+
+/// What an answer to `operation` says its request used (its `usage`), in the terms it is
+/// billed in.
+pub(crate) fn reported_usage(operation: Operation, usage: Option<&RawValue>) -> Option<Usage> {
+    // A count of tokens (count_tokens, tokenize) is no use of them: nothing to bill.
+    if !operation.bills_tokens() {
+        return Some(Usage::default());
+    }
+    let usage = usage?.get();
+    match operation {
+        Operation::Messages => serde_json::from_str::<AnthropicUsage>(usage).ok().map(|usage| usage.usage()),
+        // vLLM's rerank reports its input as `total_tokens` alone.
+        Operation::Rerank => serde_json::from_str::<Usage>(usage)
+            .ok()
+            .map(|usage| Usage { prompt_tokens: usage.prompt_tokens.max(usage.total_tokens), ..usage }),
+        _ => serde_json::from_str::<Usage>(usage).ok(),
+    }
 }
 
 /// The members of an answer its operation is recognised by; `usage` is read on its own, so
@@ -207,6 +229,24 @@ mod tests {
         ] {
             assert!(matches!(checked(Operation::Chat, unfit), Err(Unfit::Shape)), "{}", String::from_utf8_lossy(unfit));
         }
+    }
+
+    #[test]
+    fn each_api_is_billed_by_its_own_usage() {
+        let message = br#"{"content":[{"type":"text","text":"hi"}],"usage":{"cache_read_input_tokens":6,"input_tokens":5,"output_tokens":8}}"#;
+        let usage = checked(Operation::Messages, message).unwrap().unwrap();
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (11, 8), "cached prompt tokens count");
+        let rerank = br#"{"results":[{"index":0,"relevance_score":0.9}],"usage":{"total_tokens":14}}"#;
+        assert_eq!(checked(Operation::Rerank, rerank).unwrap().unwrap().prompt_tokens, 14);
+        // Counting tokens uses none.
+        let counted = br#"{"input_tokens":11}"#;
+        assert_eq!(checked(Operation::CountTokens, counted).unwrap(), Some(Usage::default()));
+        let tokens = br#"{"tokens":[1,2,3]}"#;
+        assert_eq!(checked(Operation::Tokenize, tokens).unwrap(), Some(Usage::default()));
+        // TGI's bare arrays: a rerank is then billed by its input's size.
+        assert_eq!(checked(Operation::Rerank, br#"[{"index":0,"score":0.9}]"#).unwrap(), None);
+        assert!(checked(Operation::Tokenize, br#"[{"id":1,"text":"a"}]"#).unwrap().is_some());
+        assert!(matches!(checked(Operation::Chat, b"[1]"), Err(Unfit::Shape)));
     }
 
     #[test]

@@ -88,6 +88,17 @@ impl Operation {
         matches!(self, Operation::Chat | Operation::Completions | Operation::Responses | Operation::Messages)
     }
 
+    /// Whether it is Anthropic's API (its headers forwarded, its error shape answered).
+    pub fn is_anthropic(self) -> bool {
+        matches!(self, Operation::Messages | Operation::CountTokens)
+    }
+
+    /// Whether the tokens it reports are billed. Counting tokens (count_tokens, tokenize,
+    /// detokenize) uses none: such a call reserves and bills no tokens, only the request.
+    pub fn bills_tokens(self) -> bool {
+        !matches!(self, Operation::CountTokens | Operation::Tokenize | Operation::Detokenize)
+    }
+
     /// Whether its streams carry usage only when `stream_options.include_usage` asks for it
     /// (chat and completions); the other APIs always report it.
     pub fn asks_stream_usage(self) -> bool {
@@ -122,6 +133,15 @@ impl Operation {
             Operation::Rerank => "query",
             Operation::Tokenize => "content",
             Operation::Detokenize => "tokens",
+        }
+    }
+
+    /// Members other servers' dialects carry the prompt in instead (vLLM tokenizes a `prompt`
+    /// or `messages`, TGI its `inputs`).
+    pub fn other_prompt_fields(self) -> &'static [&'static str] {
+        match self {
+            Operation::Tokenize => &["prompt", "messages", "inputs"],
+            _ => &[],
         }
     }
 }
@@ -266,14 +286,12 @@ pub fn parse(operation: Operation, body: Bytes, max_depth: usize) -> Result<Pars
         .filter(|model| !model.is_empty())
         .ok_or_else(|| ApiError::bad_request("You must provide a model parameter.", Some("model")))?;
     let required = operation.prompt_field();
-    match member(required) {
-        None => {
-            return Err(ApiError::bad_request(format!("Missing required parameter: '{required}'."), Some(required)));
-        }
-        Some(raw) if required == "messages" && raw.first() != Some(&b'[') => {
-            return Err(ApiError::bad_request("'messages' must be an array.", Some("messages")));
-        }
-        Some(_) => {}
+    let prompt = member(required);
+    if prompt.is_none() && !operation.other_prompt_fields().iter().any(|field| member(field).is_some()) {
+        return Err(ApiError::bad_request(format!("Missing required parameter: '{required}'."), Some(required)));
+    }
+    if required == "messages" && prompt.is_some_and(|raw| raw.first() != Some(&b'[')) {
+        return Err(ApiError::bad_request("'messages' must be an array.", Some("messages")));
     }
     let stream = match member("stream") {
         None | Some(b"false") => false,
@@ -394,6 +412,18 @@ mod tests {
 
     fn parse_chat(text: &str) -> Result<ParsedRequest, ApiError> {
         parse(Operation::Chat, Bytes::from(text.to_string()), 64)
+    }
+
+    #[test]
+    fn a_tokenize_prompt_may_come_in_any_servers_member() {
+        let parse_tokenize = |text: &str| parse(Operation::Tokenize, Bytes::from(text.to_string()), 64);
+        for body in [r#"{"model":"m","content":"a"}"#, r#"{"model":"m","prompt":"a"}"#, r#"{"model":"m","inputs":"a"}"#]
+        {
+            assert!(parse_tokenize(body).is_ok(), "{body}");
+        }
+        assert!(parse_tokenize(r#"{"model":"m","text":"a"}"#).is_err());
+        // Only tokenize reads other members: a chat still needs its messages.
+        assert!(parse(Operation::Chat, Bytes::from(r#"{"model":"m","prompt":"a"}"#), 64).is_err());
     }
 
     #[test]

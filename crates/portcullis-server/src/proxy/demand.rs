@@ -63,7 +63,8 @@ pub struct Plan {
 }
 
 pub fn plan(request: &ParsedRequest, rules: BodyRules<'_>) -> Plan {
-    let prompt_bound = request.body.len() as u64 + TEMPLATE_SLACK;
+    // What bills no tokens reserves none either.
+    let prompt_bound = if request.operation.bills_tokens() { request.body.len() as u64 + TEMPLATE_SLACK } else { 0 };
     let generates = request.operation.generates();
     let completion_cap = if generates { request.max_tokens.unwrap_or(rules.default_max_tokens) } else { 0 };
     let cap_text = completion_cap.to_string();

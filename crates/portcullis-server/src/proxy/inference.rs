@@ -1,4 +1,5 @@
-//! `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`: the request phases in order.
+//! Every model call (`POST /v1/chat/completions`, `/v1/messages`, `/v1/rerank`…): the request
+//! phases in order.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -14,6 +15,7 @@ use portcullis_upstream::{ForwardRequest, UpstreamError, UpstreamResponse};
 use super::ProxyState;
 use super::admit::{self, price};
 use super::answer::{self, Answer};
+use super::anthropic;
 use super::authorize::may_use_model;
 use super::body::{self, Operation, ParsedRequest};
 use super::meter::{Metered, OnFinish, StreamOptions};
@@ -62,9 +64,9 @@ async fn serve(
     if !runtime.upstreams.contains(&parsed.model) {
         return Err(ApiError::ModelNotFound { model: parsed.model });
     }
-    if !serves(live, &parsed.model, operation) {
+    let Some(upstream_path) = upstream_path(live, &parsed.model, operation) else {
         return Err(ApiError::NotServed { model: parsed.model, path: operation.path() });
-    }
+    };
     // Only configured names become metric labels: clients cannot grow label sets at will.
     exchange.note(|info| {
         info.model = Some(parsed.model.clone());
@@ -78,8 +80,8 @@ async fn serve(
     let admitted = admit::admit(&state, live, &principal, team, entered, &parsed, exchange.clone()).await?;
     let forward = ForwardRequest {
         model: parsed.model.clone(),
-        path: operation.path().to_string(),
-        headers: forwarded_headers(&parts.headers, parts.extensions.get::<RequestId>()),
+        path: upstream_path.to_string(),
+        headers: forwarded_headers(operation, &parts.headers, parts.extensions.get::<RequestId>()),
         body: admitted.plan.body.clone(),
         priority: admitted.priority,
     };
@@ -167,11 +169,22 @@ async fn relay(
     response
 }
 
-/// Whether the model's config opens `operation` to its callers: the inference APIs are always
-/// open, the server's other endpoints only where the model names them.
+/// Whether the model's config opens `operation` to its callers (see [`upstream_path`]).
 pub(crate) fn serves(live: &Live, model: &str, operation: Operation) -> bool {
-    let Some(api) = operation.extra_api() else { return true };
-    live.model(model).is_some_and(|model| model.extra_apis.contains(&api))
+    upstream_path(live, model, operation).is_some()
+}
+
+/// Where the model's server serves `operation`, if the model's config opens it: the inference
+/// APIs are always open, at the client's path; the server's other endpoints only where the
+/// model names them, at the path its kind of server (`models[].server`) serves them on.
+fn upstream_path(live: &Live, model: &str, operation: Operation) -> Option<&'static str> {
+    let Some(api) = operation.extra_api() else { return Some(operation.path()) };
+    let server = live.model(model).filter(|model| model.extra_apis.contains(&api))?.server;
+    match operation {
+        Operation::Rerank => server.rerank_path(),
+        Operation::Detokenize => server.detokenize_path(),
+        _ => server.tokenize_path(),
+    }
 }
 
 /// Settles the request when its metered body ends.
@@ -189,11 +202,12 @@ fn relayed_headers(upstream: &HeaderMap) -> HeaderMap {
     headers
 }
 
-fn forwarded_headers(client: &HeaderMap, request_id: Option<&RequestId>) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(FORWARDED_HEADERS.len() + 1);
-    for name in FORWARDED_HEADERS {
-        if let Some(value) = client.get(&name) {
-            headers.insert(name, value.clone());
+fn forwarded_headers(operation: Operation, client: &HeaderMap, request_id: Option<&RequestId>) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(FORWARDED_HEADERS.len() + 3);
+    let anthropic: &[header::HeaderName] = if operation.is_anthropic() { &anthropic::FORWARDED_HEADERS } else { &[] };
+    for name in FORWARDED_HEADERS.iter().chain(anthropic) {
+        if let Some(value) = client.get(name) {
+            headers.insert(name.clone(), value.clone());
         }
     }
     if let Some(id) = request_id {

@@ -64,8 +64,13 @@ pub struct StreamOptions {
 
 /// The error event that ends a stream whose model server failed after it began — an error the
 /// client can read, and then the end: never `[DONE]`, never a `finish_reason`, never a cut
-/// connection (its SDK would retry, generating twice).
-fn error_event(code: &str, message: String) -> Bytes {
+/// connection (its SDK would retry, generating twice). An Anthropic stream gets Anthropic's
+/// `error` event, which its SDK raises.
+fn error_event(kind: StreamKind, code: &str, message: String) -> Bytes {
+    if kind == StreamKind::Anthropic {
+        let error = crate::error_shape::anthropic_error("api_error", &message);
+        return Bytes::from([b"event: error\ndata: ".as_slice(), &error, b"\n\n"].concat());
+    }
     let body = ErrorBody {
         error: ErrorDetail { message, kind: "upstream_error".into(), code: Some(code.into()), param: None },
     };
@@ -169,11 +174,11 @@ where
                 Some(Ok(frame)) => frame,
                 Some(Err(error)) => {
                     *this.ended = true;
-                    if matches!(this.mode, Mode::Stream { .. }) {
+                    if let Mode::Stream { scanner, .. } = this.mode {
                         // A stream the client is reading ends with an error it can read, and
                         // cleanly: a cut connection would have its SDK retry, generating twice.
                         let message = format!("The model server failed in the middle of the stream: {error}.");
-                        this.queue.push_back(error_event("upstream_failed_mid_stream", message));
+                        this.queue.push_back(error_event(scanner.kind(), "upstream_failed_mid_stream", message));
                         *this.ack = finish(
                             this.on_finish,
                             this.mode,
@@ -219,13 +224,17 @@ where
                         Pushed::TooLarge => {
                             let message =
                                 "The model server sent an event larger than the gateway accepts; the stream was ended.";
-                            this.queue.push_back(error_event("upstream_event_too_large", message.into()));
+                            this.queue.push_back(error_event(
+                                scanner.kind(),
+                                "upstream_event_too_large",
+                                message.into(),
+                            ));
                             Ending::EventTooLarge
                         }
                         Pushed::Invalid => {
                             let message =
                                 "The model server sent an event that is not a JSON object; the stream was ended.";
-                            this.queue.push_back(error_event("upstream_invalid_event", message.into()));
+                            this.queue.push_back(error_event(scanner.kind(), "upstream_invalid_event", message.into()));
                             Ending::InvalidEvent
                         }
                     };
@@ -393,6 +402,20 @@ mod tests {
         assert!(relayed.contains("upstream_failed_mid_stream") && relayed.contains("reset by peer"), "{relayed}");
         assert!(!relayed.contains("[DONE]") && !relayed.contains("finish_reason"), "{relayed}");
         assert_eq!(seen.lock().unwrap()[0].ending, Ending::UpstreamFailed);
+    }
+
+    #[tokio::test]
+    async fn an_anthropic_stream_that_is_no_longer_events_ends_with_anthropics_error_event() {
+        let (seen, on_finish) = recorder();
+        let delta =
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"hi\"}}\n\n";
+        let options = StreamOptions { kind: StreamKind::Anthropic, ..options(false, None, false) };
+        let metered = Metered::stream(body(&[delta, "data: <html>bad gateway</html>\n\n"]), options, on_finish);
+        let relayed = String::from_utf8(metered.collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        let error = relayed.strip_prefix(delta).and_then(|rest| rest.strip_prefix("event: error\ndata: ")).unwrap();
+        let error: serde_json::Value = serde_json::from_str(error.trim_end()).unwrap();
+        assert_eq!((error["type"].as_str(), error["error"]["type"].as_str()), (Some("error"), Some("api_error")));
+        assert_eq!(seen.lock().unwrap()[0].ending, Ending::InvalidEvent);
     }
 
     #[tokio::test]

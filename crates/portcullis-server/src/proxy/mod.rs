@@ -2,6 +2,7 @@
 
 mod admit;
 mod answer;
+mod anthropic;
 mod authenticate;
 mod authorize;
 pub(crate) mod body;
@@ -21,6 +22,7 @@ pub(crate) mod sse;
 pub use state::{Parts, ProxyState};
 
 pub(crate) use admit::{price, reserve};
+pub(crate) use answer::reported_usage;
 pub(crate) use authorize::may_use_model;
 pub(crate) use demand::TEMPLATE_SLACK;
 pub(crate) use inference::serves;

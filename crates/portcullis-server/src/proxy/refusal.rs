@@ -6,8 +6,9 @@
 //! - **401 / 403**: the model's own credential was refused — 502 `upstream_error`; the client's
 //!   key is fine, and its SDK must not raise an authentication error.
 //! - **5xx**: the same status with an OpenAI error of our own; the body stays here.
-//! - **other 4xx**: the model server's error when it is OpenAI-shaped (re-encoded: only
-//!   `message`, `type`, `code` and `param` pass), otherwise one of ours, with the same status.
+//! - **other 4xx**: the model server's error when it is OpenAI- or Anthropic-shaped (re-encoded:
+//!   only `message`, `type`, `code` and `param` pass, in the route's error shape), otherwise one
+//!   of ours, with the same status.
 //!
 //! The upstream status is in the request's audit record either way (`reason`
 //! `upstream_status_NNN`).
@@ -36,7 +37,12 @@ pub async fn answer(status: StatusCode, headers: HeaderMap, body: UpstreamBody, 
         None
     };
     let mut response = match relayed {
-        Some(error) => (status, axum::Json(error)).into_response(),
+        Some(error) => {
+            let mut response = (status, axum::Json(error.clone())).into_response();
+            // For a route that speaks another error shape (see `error_shape`).
+            response.extensions_mut().insert(error);
+            response
+        }
         None => ApiError::UpstreamStatus { status: status.as_u16() }.into_response(),
     };
     if let Some(retry_after) = headers.get(header::RETRY_AFTER).filter(|_| !status.is_client_error()) {

@@ -14,6 +14,7 @@ use memchr::memmem::Finder;
 use portcullis_types::openai::Usage;
 use serde::Deserialize;
 
+use super::anthropic::AnthropicUsage;
 use super::body::Operation;
 use super::capture::{self, CapturedText};
 
@@ -96,6 +97,11 @@ impl SseScanner {
             text: capture.then(CapturedText::default),
             prompt_tokens: None,
         }
+    }
+
+    /// Whose events the stream carries.
+    pub fn kind(&self) -> StreamKind {
+        self.kind
     }
 
     /// Takes one frame from upstream; pushes onto `out` the slices to relay, in order. Each
@@ -227,7 +233,7 @@ impl SseScanner {
             Some(b"content_block_delta") => Kind::Content,
             Some(b"message_start") => {
                 if let Ok(event) = serde_json::from_slice::<MessageStart>(data) {
-                    self.prompt_tokens = event.message.usage.and_then(|usage| usage.input_tokens);
+                    self.prompt_tokens = event.message.usage.and_then(|usage| usage.prompt_tokens());
                 }
                 Kind::Other
             }
@@ -236,8 +242,8 @@ impl SseScanner {
                     && let Some(usage) = event.usage
                 {
                     self.tally.usage = Some(Usage {
-                        prompt_tokens: usage.input_tokens.or(self.prompt_tokens).unwrap_or_default(),
-                        completion_tokens: usage.output_tokens.unwrap_or_default(),
+                        prompt_tokens: usage.prompt_tokens().or(self.prompt_tokens).unwrap_or_default(),
+                        completion_tokens: usage.output_tokens().unwrap_or_default(),
                         total_tokens: 0,
                     });
                 }
@@ -272,19 +278,12 @@ struct MessageStart {
 
 #[derive(Deserialize)]
 struct MessageUsage {
-    usage: Option<HalfUsage>,
+    usage: Option<AnthropicUsage>,
 }
 
 #[derive(Deserialize)]
 struct MessageDelta {
-    usage: Option<HalfUsage>,
-}
-
-/// Anthropic's usage, of which each event may carry a part.
-#[derive(Deserialize)]
-struct HalfUsage {
-    input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
+    usage: Option<AnthropicUsage>,
 }
 
 #[derive(Deserialize)]
@@ -548,6 +547,21 @@ mod tests {
         assert_eq!((usage.prompt_tokens, usage.completion_tokens), (12, 3));
         let cut = scan(StreamKind::Anthropic, &events[..3]);
         assert_eq!((cut.tally.usage, cut.tally.content_events), (None, 1), "cut before message_delta");
+    }
+
+    #[test]
+    fn anthropic_prompt_tokens_include_the_cached_ones() {
+        // llama-server's events for a prompt of 11 tokens, 6 of them read from its cache.
+        let events = [
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"content\":[],\"usage\":{\"cache_read_input_tokens\":6,\"input_tokens\":5,\"output_tokens\":0}}}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{},\"usage\":{\"output_tokens\":8}}\n\n",
+        ];
+        let usage = scan(StreamKind::Anthropic, &events).tally.usage.unwrap();
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (11, 8));
+        // A message_delta that states the whole usage again is believed as it states it.
+        let restated = "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"cache_read_input_tokens\":6,\"input_tokens\":5,\"output_tokens\":8}}\n\n";
+        let usage = scan(StreamKind::Anthropic, &[events[0], restated]).tally.usage.unwrap();
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (11, 8));
     }
 
     #[test]

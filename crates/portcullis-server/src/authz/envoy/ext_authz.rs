@@ -23,6 +23,7 @@ use super::super::check::{self, CREDENTIAL_HEADERS, Check, Verdict};
 use super::super::forward_auth::path_of;
 use super::headers;
 use crate::error::ApiError;
+use crate::error_shape::ErrorShape;
 use crate::request_id;
 use portcullis_audit::Redactor;
 
@@ -41,15 +42,19 @@ impl Authorization for ExtAuthz {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|info| info.0)
             .ok_or_else(|| Status::internal("no peer address"))?;
-        let verdict = match read(request.into_inner(), peer, self.0.max_body_bytes, self.0.proxy.redactor()) {
-            Ok(check) => check::decide(&self.0, check).await,
+        let (verdict, shape) = match read(request.into_inner(), peer, self.0.max_body_bytes, self.0.proxy.redactor()) {
+            // Envoy relays a refusal to a client of the original route, in that route's shape.
+            Ok(check) => {
+                let shape = ErrorShape::of_path(&check.path);
+                (check::decide(&self.0, check).await, shape)
+            }
             // Envoy sent something no check can be made of: refused, never let through.
             Err(error) => {
                 tracing::warn!(%peer, error = ?error, "unreadable ext_authz check refused");
-                Err(check::Denied { error, client_headers: http::HeaderMap::new() })
+                (Err(check::Denied { error, client_headers: http::HeaderMap::new() }), ErrorShape::OpenAi)
             }
         };
-        Ok(Response::new(answer(verdict)))
+        Ok(Response::new(answer(verdict, shape)))
     }
 }
 
@@ -95,8 +100,8 @@ fn client_ip(attributes: &AttributeContext) -> Option<IpAddr> {
     }
 }
 
-/// The verdict as Envoy applies it.
-pub fn answer(verdict: Verdict) -> CheckResponse {
+/// The verdict as Envoy applies it; a refusal's body in `shape`.
+pub fn answer(verdict: Verdict, shape: ErrorShape) -> CheckResponse {
     match verdict {
         Ok(allowed) => CheckResponse {
             status: Some(rpc::Status { code: Code::Ok.into(), ..rpc::Status::default() }),
@@ -111,7 +116,7 @@ pub fn answer(verdict: Verdict) -> CheckResponse {
         Err(denied) => {
             let status = denied.error.status_code();
             let (_, code) = denied.error.kind_and_code();
-            let body = serde_json::to_string(&denied.error.body()).unwrap_or_default();
+            let body = String::from_utf8_lossy(&shape.render(status, &denied.error.body())).into_owned();
             let mut response_headers = axum::response::IntoResponse::into_response(denied.error).into_parts().0.headers;
             response_headers.extend(denied.client_headers);
             let grpc_code =
@@ -209,7 +214,8 @@ mod tests {
     #[test]
     fn a_refusal_carries_the_http_status_headers_and_body() {
         let limited = ApiError::RateLimited { message: "slow down".into(), retry_after_secs: 3 };
-        let response = answer(Err(Denied { error: limited, client_headers: http::HeaderMap::new() }));
+        let response =
+            answer(Err(Denied { error: limited, client_headers: http::HeaderMap::new() }), ErrorShape::OpenAi);
         assert_eq!(response.status.unwrap().code, Code::PermissionDenied as i32);
         let Some(HttpResponse::DeniedResponse(denied)) = response.http_response else { panic!("not denied") };
         assert_eq!(denied.status.unwrap().code, 429);
@@ -225,7 +231,19 @@ mod tests {
         assert_eq!(header("content-type").as_deref(), Some("application/json"));
         let body: serde_json::Value = serde_json::from_str(&denied.body).unwrap();
         assert_eq!(body["error"]["code"], "rate_limit_exceeded");
-        let unknown = answer(Err(Denied { error: ApiError::InvalidApiKey, client_headers: http::HeaderMap::new() }));
+        let unknown = answer(
+            Err(Denied { error: ApiError::InvalidApiKey, client_headers: http::HeaderMap::new() }),
+            ErrorShape::OpenAi,
+        );
         assert_eq!(unknown.status.unwrap().code, Code::Unauthenticated as i32);
+        // A refusal of a Messages call, in Anthropic's shape.
+        let denied = Denied { error: ApiError::InvalidApiKey, client_headers: http::HeaderMap::new() };
+        let anthropic = answer(Err(denied), ErrorShape::of_path("/v1/messages"));
+        let Some(HttpResponse::DeniedResponse(denied)) = anthropic.http_response else { panic!("not denied") };
+        let body: serde_json::Value = serde_json::from_str(&denied.body).unwrap();
+        assert_eq!(
+            (body["type"].as_str(), body["error"]["type"].as_str()),
+            (Some("error"), Some("authentication_error"))
+        );
     }
 }

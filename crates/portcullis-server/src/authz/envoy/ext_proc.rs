@@ -28,7 +28,6 @@ use super::super::lease::{Leases, Settlement};
 use super::headers;
 use super::response_usage::ResponseUsage;
 use crate::proxy::body::Operation;
-use crate::proxy::sse::StreamKind;
 
 #[derive(Debug, Clone)]
 pub struct ExtProc(pub AuthzState);
@@ -45,7 +44,7 @@ impl ExternalProcessor for ExtProc {
             lease: None,
             headers_seen: false,
             response: None,
-            stream_kind: StreamKind::OpenAi,
+            operation: Operation::Chat,
             settled: false,
         };
         // Driven by the answer's body: each message is read when the last was answered (or, in
@@ -106,8 +105,8 @@ struct Watch {
     /// The request's headers went by (so a missing lease is missing for good).
     headers_seen: bool,
     response: Option<ResponseUsage>,
-    /// Whose events the response streams, from the request's path.
-    stream_kind: StreamKind,
+    /// What the request calls, from its path: how its response reports usage.
+    operation: Operation,
     settled: bool,
 }
 
@@ -124,7 +123,7 @@ impl Watch {
                 let path =
                     headers::find(request.headers.as_ref(), ":path").and_then(|path| std::str::from_utf8(path).ok());
                 let path = path.map(|path| path.split('?').next().unwrap_or_default());
-                self.stream_kind = StreamKind::of(path.and_then(Operation::at).unwrap_or(Operation::Chat));
+                self.operation = path.and_then(Operation::at).unwrap_or(Operation::Chat);
                 if self.lease.is_none() {
                     tracing::debug!(request_id = id, "ext_proc stream for a request without an open lease; not read");
                 }
@@ -132,7 +131,7 @@ impl Watch {
             Message::ResponseHeaders(response) if self.lease.is_some() => {
                 let head = response.headers.as_ref();
                 let content_type = headers::find(head, "content-type");
-                self.response = Some(ResponseUsage::new(status_of(head), content_type, self.stream_kind));
+                self.response = Some(ResponseUsage::new(status_of(head), content_type, self.operation));
                 if response.end_of_stream {
                     self.finish(true);
                 }

@@ -8,8 +8,11 @@ use bytes::{Bytes, BytesMut};
 use portcullis_config::DEFAULT_MAX_EVENT_BYTES;
 use portcullis_types::openai::Usage;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::super::lease::{Reported, Settled};
+use crate::proxy::body::Operation;
+use crate::proxy::reported_usage;
 use crate::proxy::sse::{Pushed, SseScanner, StreamKind};
 
 /// A JSON answer larger than this is not gathered: its usage stays unknown (charged in full).
@@ -20,26 +23,26 @@ pub const MAX_JSON_BYTES: usize = 4 * 1024 * 1024;
 pub enum ResponseUsage {
     /// The model server refused or failed (not 2xx): nothing was generated.
     Refused,
-    /// A JSON answer, gathered until it ends; `None` once it grew past [`MAX_JSON_BYTES`].
-    Json(Option<BytesMut>),
+    /// A JSON answer to `operation`, gathered until it ends; `None` once it grew past
+    /// [`MAX_JSON_BYTES`].
+    Json { gathered: Option<BytesMut>, operation: Operation },
     /// An event stream; `lost` once it stopped being one the scanner can follow (an event too
     /// large, or not JSON): what was read before stands.
     Events { scanner: Box<SseScanner>, lost: bool },
 }
 
 impl ResponseUsage {
-    /// For a response with `status` and `content_type` (from its head), whose stream (if it is
-    /// one) carries `kind`'s events.
-    pub fn new(status: Option<u16>, content_type: Option<&[u8]>, kind: StreamKind) -> ResponseUsage {
+    /// For a response to `operation` with `status` and `content_type` (from its head).
+    pub fn new(status: Option<u16>, content_type: Option<&[u8]>, operation: Operation) -> ResponseUsage {
         if status.is_some_and(|status| !(200..300).contains(&status)) {
             return ResponseUsage::Refused;
         }
         let is_event_stream = content_type.is_some_and(|value| value.starts_with(b"text/event-stream"));
         if is_event_stream {
-            let scanner = Box::new(SseScanner::new(kind, false, false, DEFAULT_MAX_EVENT_BYTES));
+            let scanner = Box::new(SseScanner::new(StreamKind::of(operation), false, false, DEFAULT_MAX_EVENT_BYTES));
             ResponseUsage::Events { scanner, lost: false }
         } else {
-            ResponseUsage::Json(Some(BytesMut::new()))
+            ResponseUsage::Json { gathered: Some(BytesMut::new()), operation }
         }
     }
 
@@ -47,7 +50,7 @@ impl ResponseUsage {
     pub fn push(&mut self, chunk: Bytes) {
         match self {
             ResponseUsage::Refused => {}
-            ResponseUsage::Json(gathered) => {
+            ResponseUsage::Json { gathered, .. } => {
                 if let Some(buffer) = gathered {
                     if buffer.len() + chunk.len() > MAX_JSON_BYTES {
                         *gathered = None;
@@ -73,12 +76,14 @@ impl ResponseUsage {
     pub fn usage(&self) -> Option<Usage> {
         match self {
             ResponseUsage::Refused => None,
-            ResponseUsage::Json(gathered) => {
+            ResponseUsage::Json { gathered, operation } => {
                 #[derive(Deserialize)]
-                struct Answer {
-                    usage: Option<Usage>,
+                struct Answer<'a> {
+                    #[serde(borrow)]
+                    usage: Option<&'a RawValue>,
                 }
-                serde_json::from_slice::<Answer>(gathered.as_ref()?).ok()?.usage
+                let answer = serde_json::from_slice::<Answer>(gathered.as_ref()?).ok()?;
+                reported_usage(*operation, answer.usage)
             }
             ResponseUsage::Events { scanner, .. } => scanner.tally.usage,
         }
@@ -116,12 +121,12 @@ mod tests {
     #[test]
     fn a_json_answer_settles_with_its_usage_once_whole() {
         let body = format!(r#"{{"choices":[{{"message":{{"content":"hi"}}}}],"usage":{USAGE}}}"#);
-        let mut usage = ResponseUsage::new(Some(200), Some(b"application/json"), StreamKind::OpenAi);
+        let mut usage = ResponseUsage::new(Some(200), Some(b"application/json"), Operation::Chat);
         read(&mut usage, &body, &[5, 40]);
         let observed = Settled::Observed(Reported { prompt_tokens: 12, completion_tokens: 7 });
         assert_eq!(usage.settlement(true), Some(observed));
         // Cut short: nothing whole was seen.
-        let mut cut = ResponseUsage::new(Some(200), None, StreamKind::OpenAi);
+        let mut cut = ResponseUsage::new(Some(200), None, Operation::Chat);
         cut.push(Bytes::copy_from_slice(&body.as_bytes()[..40]));
         assert_eq!(cut.settlement(false), None, "left to expire");
         assert_eq!(cut.settlement(true), Some(Settled::ObservedWithoutUsage));
@@ -132,7 +137,7 @@ mod tests {
         let body = format!(
             "data: {{\"choices\":[{{\"delta\":{{\"content\":\"hi\"}}}}]}}\n\ndata: {{\"choices\":[],\"usage\":{USAGE}}}\n\ndata: [DONE]\n\n"
         );
-        let mut usage = ResponseUsage::new(Some(200), Some(b"text/event-stream; charset=utf-8"), StreamKind::OpenAi);
+        let mut usage = ResponseUsage::new(Some(200), Some(b"text/event-stream; charset=utf-8"), Operation::Chat);
         read(&mut usage, &body, &[10, 60, 75, 90]);
         let observed = Settled::Observed(Reported { prompt_tokens: 12, completion_tokens: 7 });
         assert_eq!(usage.settlement(true), Some(observed));
@@ -141,19 +146,32 @@ mod tests {
     }
 
     #[test]
+    fn an_anthropic_answer_is_billed_its_whole_prompt_and_a_count_nothing() {
+        let body = r#"{"content":[],"usage":{"cache_read_input_tokens":6,"input_tokens":5,"output_tokens":8}}"#;
+        let mut usage = ResponseUsage::new(Some(200), Some(b"application/json"), Operation::Messages);
+        read(&mut usage, body, &[]);
+        let observed = Settled::Observed(Reported { prompt_tokens: 11, completion_tokens: 8 });
+        assert_eq!(usage.settlement(true), Some(observed));
+        let mut counted = ResponseUsage::new(Some(200), Some(b"application/json"), Operation::CountTokens);
+        read(&mut counted, r#"{"input_tokens":11}"#, &[]);
+        let nothing = Settled::Observed(Reported { prompt_tokens: 0, completion_tokens: 0 });
+        assert_eq!(counted.settlement(true), Some(nothing));
+    }
+
+    #[test]
     fn a_refusal_uses_nothing_and_an_oversized_answer_is_not_gathered() {
-        let refused = ResponseUsage::new(Some(429), Some(b"application/json"), StreamKind::OpenAi);
+        let refused = ResponseUsage::new(Some(429), Some(b"application/json"), Operation::Chat);
         assert_eq!(refused.settlement(true), Some(Settled::ObservedRefusal));
-        let mut large = ResponseUsage::new(Some(200), Some(b"application/json"), StreamKind::OpenAi);
+        let mut large = ResponseUsage::new(Some(200), Some(b"application/json"), Operation::Chat);
         large.push(Bytes::from(vec![b' '; MAX_JSON_BYTES]));
         large.push(Bytes::from(format!(r#"{{"usage":{USAGE}}}"#)));
-        assert!(matches!(large, ResponseUsage::Json(None)));
+        assert!(matches!(large, ResponseUsage::Json { gathered: None, .. }));
         assert_eq!(large.settlement(true), Some(Settled::ObservedWithoutUsage));
     }
 
     #[test]
     fn a_stream_that_stops_being_events_keeps_what_it_showed() {
-        let mut usage = ResponseUsage::new(Some(200), Some(b"text/event-stream"), StreamKind::OpenAi);
+        let mut usage = ResponseUsage::new(Some(200), Some(b"text/event-stream"), Operation::Chat);
         read(&mut usage, &format!("data: {{\"choices\":[],\"usage\":{USAGE}}}\n\ndata: <html>\n\n"), &[]);
         assert!(matches!(usage, ResponseUsage::Events { lost: true, .. }));
         assert_eq!(usage.usage().map(|usage| usage.completion_tokens), Some(7));
