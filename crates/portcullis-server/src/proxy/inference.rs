@@ -17,6 +17,7 @@ use super::answer::{self, Answer};
 use super::authorize::may_use_model;
 use super::body::{self, Operation, ParsedRequest};
 use super::meter::{Metered, OnFinish, StreamOptions};
+use super::rename::{Rename, Renamed};
 use super::settle::Settlement;
 use super::sse::StreamKind;
 use super::{caller, capture, refusal, team_of};
@@ -128,7 +129,10 @@ async fn relay(
         .is_some_and(|value| value.starts_with("text/event-stream"));
     let streamed = request.stream && is_event_stream;
     // A fallback bills at its own price.
-    let price = live.model(&model).map_or(Price::FREE, price);
+    let serving = live.model(&model);
+    let price = serving.map_or(Price::FREE, price);
+    let rename = serving
+        .and_then(|serving| Rename::new(serving.upstream_model(), &request.model, serving.expose_upstream_model));
     settlement.served_by(model, price, streamed);
     // What generates no text (embeddings, say) has only its input captured.
     let capture = settlement.captures() && request.operation.generates();
@@ -144,11 +148,22 @@ async fn relay(
             capture,
             max_event_bytes,
         };
-        Body::new(Metered::stream(body, options, settle_at_end(settlement)))
+        let metered = Metered::stream(body, options, settle_at_end(settlement));
+        match rename {
+            Some(rename) => Body::new(Renamed::new(metered, rename)),
+            None => Body::new(metered),
+        }
     } else {
         match answer::gather(request.operation, &headers, body).await {
             Ok(Answer::Whole { body, usage }) => {
                 let completion = capture.then(|| capture::completion_text(&body));
+                let body = match rename.and_then(|rename| rename.apply(&body)) {
+                    Some(renamed) => {
+                        headers.remove(header::CONTENT_LENGTH);
+                        renamed
+                    }
+                    None => body,
+                };
                 Body::new(Metered::json(Full::new(body), usage, completion, settle_at_end(settlement)))
             }
             Ok(Answer::Large(body)) => Body::new(Metered::json(body, None, None, settle_at_end(settlement))),

@@ -11,9 +11,11 @@ mod inference;
 mod meter;
 mod models;
 mod refusal;
+mod rename;
 mod settle;
 pub(crate) mod shape;
 mod state;
+mod stream_error;
 mod usage;
 
 pub(crate) mod sse;

@@ -1,0 +1,184 @@
+//! OpenAI's Responses API through the real binary, against the stub's `/v1/responses`: metered
+//! from the answer's `usage` or the stream's `response.completed`, capped, refused when it is no
+//! answer, and billed what was relayed when a stream is cut.
+
+#![allow(clippy::expect_used, clippy::panic, reason = "test helpers: a failure is a failed test")]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{BINARY, Reply, http, send, the_record};
+use portcullis_testkit::{DEFAULT_STREAM_CHUNKS, Fault, Gateway, GatewayBuilder, StubUpstream, reply_text};
+use serde_json::{Value, json};
+
+/// `m` is served as `Up-M`: the stub echoes the name it was sent in the reply's text.
+async fn start() -> (StubUpstream, Gateway) {
+    let stub = StubUpstream::start().await;
+    let config = format!("[[models]]\nname = \"m\"\nupstream_model = \"Up-M\"\nendpoints = [\"{}\"]\n", stub.url());
+    let gateway = GatewayBuilder::new(BINARY).config(&config).start().await;
+    (stub, gateway)
+}
+
+async fn respond(gateway: &Gateway, key: &str, body: &Value) -> Reply {
+    send(http().post(format!("{}/v1/responses", gateway.proxy_url())).bearer_auth(key).json(body)).await
+}
+
+/// The `data:` payloads of an SSE body, with the `event:` name each came under.
+fn events(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter(|event| !event.trim().is_empty())
+        .map(|event| {
+            let name = event.lines().find_map(|line| line.strip_prefix("event: ")).unwrap_or_default();
+            let data = event.lines().find_map(|line| line.strip_prefix("data: ")).expect("an event with data");
+            (name.to_string(), serde_json::from_str(data).unwrap_or_else(|_| panic!("not JSON: {data}")))
+        })
+        .collect()
+}
+
+/// `/v1/usage` for `key` once it shows `requests` requests today (usage is written within a second).
+async fn spent_today(gateway: &Gateway, key: &str, requests: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = common::get(gateway, key, "/v1/usage").await;
+        reply.assert_ok();
+        let today = reply.body["spend"]["today"].clone();
+        if today["requests"].as_u64() >= Some(requests) {
+            return today;
+        }
+        assert!(Instant::now() < deadline, "usage never showed {requests} requests: {}", reply.text);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_is_capped_named_as_asked_and_billed_from_its_usage_plain_and_streamed() {
+    let (stub, gateway) = start().await;
+    let (_, key) = gateway.create_key(&["--scopes", "responses"]);
+
+    let reply = respond(&gateway, &key, &json!({"model": "m", "input": "hello there"})).await;
+    reply.assert_ok();
+    assert_eq!(reply.body["model"], "m", "the client's name, not the server's: {}", reply.text);
+    assert_eq!(
+        reply.body["output"][0]["content"][0]["text"],
+        reply_text("Up-M", DEFAULT_STREAM_CHUNKS),
+        "text untouched"
+    );
+    let seen = stub.last_request_to("/v1/responses").expect("the stub was called");
+    assert_eq!(seen.json_field("model"), "Up-M");
+    assert!(seen.json_field("max_output_tokens").as_u64().is_some_and(|cap| cap > 0), "cap written: {:?}", seen.body);
+    assert!(seen.json_field("stream_options").is_null());
+    let record = the_record(&gateway, reply.header("x-request-id").expect("id")).await;
+    assert_eq!(
+        (record["prompt_tokens"].as_u64(), record["completion_tokens"].as_u64()),
+        (Some(2), Some(3)),
+        "{record}"
+    );
+    assert_eq!(record["usage_estimated"], false, "{record}");
+
+    let streamed = json!({"model": "m", "input": "hello there again", "stream": true, "max_output_tokens": 2});
+    let reply = respond(&gateway, &key, &streamed).await;
+    reply.assert_ok();
+    let events = events(&reply.text);
+    let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names.first(), Some(&"response.created"), "{}", reply.text);
+    assert_eq!(names.last(), Some(&"response.incomplete"), "capped at 2 of 3: {}", reply.text);
+    assert_eq!(names.iter().filter(|name| name.ends_with(".delta")).count(), 2);
+    for (name, data) in &events {
+        assert_eq!(data["type"], name.as_str());
+        if let Some(response) = data.get("response") {
+            assert_eq!(response["model"], "m", "every event names the client's model: {data}");
+        }
+    }
+    assert!(!reply.text.contains("\"Up-M\""), "{}", reply.text);
+    let seen = stub.last_request_to("/v1/responses").expect("the stub was called");
+    assert_eq!(seen.json_field("max_output_tokens"), 2, "the client's own cap stands");
+    assert!(seen.json_field("stream_options").is_null(), "never added for this API: {:?}", seen.body);
+    let record = the_record(&gateway, reply.header("x-request-id").expect("id")).await;
+    assert_eq!(
+        (record["prompt_tokens"].as_u64(), record["completion_tokens"].as_u64()),
+        (Some(3), Some(2)),
+        "{record}"
+    );
+    assert_eq!(record["usage_estimated"], false, "read from response.incomplete: {record}");
+
+    let today = spent_today(&gateway, &key, 2).await;
+    assert_eq!(today["tokens"], 2 + 3 + 3 + 2, "{today}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_responses_stream_cut_mid_way_is_billed_what_was_relayed_and_ends_with_a_responses_error() {
+    let (_stub, gateway) = start().await;
+    let (_, key) = gateway.create_key(&[]);
+    let body = json!({"model": "m", "input": Fault::ResetMidStream.marker(), "stream": true});
+    let reply = respond(&gateway, &key, &body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let events = events(&reply.text);
+    let (name, error) = events.last().expect("events");
+    assert_eq!(name, "error", "{}", reply.text);
+    assert_eq!((error["type"].as_str(), error["code"].as_str()), (Some("error"), Some("upstream_failed_mid_stream")));
+    assert!(error["message"].is_string());
+    assert_eq!(events.iter().filter(|(name, _)| name.ends_with(".delta")).count(), 1, "{}", reply.text);
+    let record = the_record(&gateway, reply.header("x-request-id").expect("id")).await;
+    assert_eq!(record["completion_tokens"], 1, "one delta reached the client: {record}");
+    assert_eq!(record["usage_estimated"], true, "{record}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_without_output_is_refused_and_billed_nothing() {
+    let (_stub, gateway) = start().await;
+    let (_, key) = gateway.create_key(&[]);
+    let reply = respond(&gateway, &key, &json!({"model": "m", "input": Fault::WrongShape.marker()})).await;
+    reply.assert_error(502, "upstream_invalid_response");
+    let record = the_record(&gateway, reply.header("x-request-id").expect("id")).await;
+    assert_eq!(record["reason"], "upstream_wrong_shape", "{record}");
+    assert_eq!(record["completion_tokens"].as_u64().unwrap_or(0), 0, "{record}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_responses_api_needs_its_scope_and_its_input() {
+    let (stub, gateway) = start().await;
+    let (_, chat_only) = gateway.create_key(&["--scopes", "chat"]);
+    respond(&gateway, &chat_only, &json!({"model": "m", "input": "hi"})).await.assert_error(403, "scope_missing");
+    let (_, key) = gateway.create_key(&["--scopes", "responses"]);
+    let reply = respond(&gateway, &key, &json!({"model": "m"})).await;
+    assert_eq!((reply.status, reply.body["error"]["param"].as_str()), (400, Some("input")), "{}", reply.text);
+    assert!(stub.requests_to("/v1/responses").is_empty());
+}
+
+/// Chat answers, plain and streamed, carry the client's model name; a model that exposes its
+/// server's keeps that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_carry_the_clients_model_name_unless_the_model_exposes_its_servers() {
+    let stub = StubUpstream::start().await;
+    let config = format!(
+        "[[models]]\nname = \"m\"\nupstream_model = \"Up-M\"\nendpoints = [\"{url}\"]\n\n\
+         [[models]]\nname = \"x\"\nupstream_model = \"Up-X\"\nexpose_upstream_model = true\nendpoints = [\"{url}\"]\n",
+        url = stub.url()
+    );
+    let gateway = GatewayBuilder::new(BINARY).config(&config).start().await;
+    let (_, key) = gateway.create_key(&[]);
+    let url = format!("{}/v1/chat/completions", gateway.proxy_url());
+    for (model, named) in [("m", "m"), ("x", "Up-X")] {
+        let plain = send(http().post(&url).bearer_auth(&key).json(&common::chat_body(model))).await;
+        plain.assert_ok();
+        assert_eq!(plain.body["model"], named, "{}", plain.text);
+        let length: usize = plain.header("content-length").and_then(|length| length.parse().ok()).unwrap_or(0);
+        assert_eq!(length, plain.text.len(), "the length of what was sent");
+
+        let mut body = common::chat_body(model);
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+        let streamed = send(http().post(&url).bearer_auth(&key).json(&body)).await;
+        streamed.assert_ok();
+        let chunks: Vec<Value> = streamed
+            .text
+            .lines()
+            .filter_map(|line| line.strip_prefix("data: "))
+            .filter(|data| *data != "[DONE]")
+            .map(|data| serde_json::from_str(data).expect("a JSON chunk"))
+            .collect();
+        assert!(chunks.len() > DEFAULT_STREAM_CHUNKS, "{}", streamed.text);
+        assert!(chunks.iter().all(|chunk| chunk["model"] == named), "{}", streamed.text);
+    }
+}
