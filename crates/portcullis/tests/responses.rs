@@ -182,3 +182,99 @@ async fn answers_carry_the_clients_model_name_unless_the_model_exposes_its_serve
         assert!(chunks.iter().all(|chunk| chunk["model"] == named), "{}", streamed.text);
     }
 }
+
+/// Reads and deletions of stored responses the stub received.
+fn lookups(stub: &StubUpstream) -> usize {
+    stub.requests().iter().filter(|request| request.method != "POST" && request.path.contains("/v1/responses/")).count()
+}
+
+/// What a stored response's id opens, for whom: its maker reads, continues and deletes it (also
+/// after a restart, the seal's secret coming from the fleet's pepper); any other key, a bare
+/// server id or a forged id gets the 404 of an id that never existed, and reaches no server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_response_is_served_only_to_the_key_that_made_it() {
+    let stub = StubUpstream::start().await;
+    let config = format!(
+        "[security]\nkey_pepper = \"fleet-pepper\"\n\n[[models]]\nname = \"m\"\nupstream_model = \"Up-M\"\nendpoints = [\"{}\"]\n",
+        stub.url()
+    );
+    let mut gateway = GatewayBuilder::new(BINARY).config(&config).start().await;
+    let (_, alice) = gateway.create_key(&[]);
+    let (_, bob) = gateway.create_key(&[]);
+    let (_, chat_only) = gateway.create_key(&["--scopes", "chat"]);
+    let url = |path: &str| format!("{}/v1/responses{path}", gateway.proxy_url());
+
+    let created = respond(&gateway, &alice, &json!({"model": "m", "input": "remember this"})).await;
+    created.assert_ok();
+    let id = created.body["id"].as_str().expect("an id").to_string();
+    let server_id = id.split('.').next().expect("the server's id first").to_string();
+    assert!(server_id.starts_with("resp_stub") && id != server_id, "the server's id is not shown: {id}");
+
+    let streamed = respond(&gateway, &alice, &json!({"model": "m", "input": "and this", "stream": true})).await;
+    streamed.assert_ok();
+    let ids: Vec<String> = events(&streamed.text)
+        .iter()
+        .filter_map(|(_, data)| data["response"]["id"].as_str().map(str::to_string))
+        .collect();
+    assert!(ids.len() >= 2 && ids.iter().all(|seen| *seen == ids[0]), "one sealed id in every event: {ids:?}");
+    assert!(ids[0].contains('.'), "{}", streamed.text);
+
+    let read = send(http().get(url(&format!("/{id}"))).bearer_auth(&alice)).await;
+    read.assert_ok();
+    assert_eq!(
+        (read.body["id"].as_str(), read.body["model"].as_str()),
+        (Some(id.as_str()), Some("m")),
+        "{}",
+        read.text
+    );
+    let read_streamed = send(http().get(url(&format!("/{}", ids[0]))).bearer_auth(&alice)).await;
+    read_streamed.assert_ok();
+    let items = send(http().get(url(&format!("/{id}/input_items"))).bearer_auth(&alice)).await;
+    items.assert_ok();
+    assert_eq!(items.body["data"][0]["content"][0]["text"], "remember this", "{}", items.text);
+
+    let before = lookups(&stub);
+    let never_existed =
+        send(http().get(url("/resp_never.6d.00112233445566778899aabbccddeeff")).bearer_auth(&bob)).await;
+    never_existed.assert_error(404, "not_found");
+    let tampered = format!("{}{}", &id[..id.len() - 1], if id.ends_with('0') { '1' } else { '0' });
+    for (key, path) in [
+        (&bob, format!("/{id}")),
+        (&bob, format!("/{id}/input_items")),
+        (&alice, format!("/{server_id}")),
+        (&alice, format!("/{tampered}")),
+    ] {
+        let refused = send(http().get(url(&path)).bearer_auth(key)).await;
+        assert_eq!((refused.status, &refused.body), (404, &never_existed.body), "{path}: {}", refused.text);
+    }
+    let deleted_by_bob = send(http().delete(url(&format!("/{id}"))).bearer_auth(&bob)).await;
+    assert_eq!((deleted_by_bob.status, &deleted_by_bob.body), (404, &never_existed.body));
+    let after = lookups(&stub);
+    assert_eq!(before, after, "no refused lookup reached the model server");
+    send(http().get(url(&format!("/{id}"))).bearer_auth(&chat_only)).await.assert_error(403, "scope_missing");
+
+    let posts = stub.requests_to("/v1/responses").len();
+    let continued_by_bob =
+        respond(&gateway, &bob, &json!({"model": "m", "input": "go on", "previous_response_id": id})).await;
+    assert_eq!((continued_by_bob.status, &continued_by_bob.body), (404, &never_existed.body));
+    assert_eq!(stub.requests_to("/v1/responses").len(), posts, "bob's continuation reached no server");
+    let continued =
+        respond(&gateway, &alice, &json!({"model": "m", "input": "go on", "previous_response_id": id})).await;
+    continued.assert_ok();
+    assert_eq!(continued.body["previous_response_id"], id.as_str(), "{}", continued.text);
+    let seen = stub.last_request_to("/v1/responses").expect("the continuation");
+    assert_eq!(seen.json_field("previous_response_id"), server_id.as_str(), "the server gets its own id");
+
+    gateway.restart().await;
+    let url = |path: &str| format!("{}/v1/responses{path}", gateway.proxy_url());
+    send(http().get(url(&format!("/{id}"))).bearer_auth(&alice)).await.assert_ok();
+    let deleted = send(http().delete(url(&format!("/{id}"))).bearer_auth(&alice)).await;
+    deleted.assert_ok();
+    assert_eq!((deleted.body["id"].as_str(), deleted.body["deleted"].as_bool()), (Some(id.as_str()), Some(true)));
+    let gone = send(http().get(url(&format!("/{id}"))).bearer_auth(&alice)).await;
+    assert_eq!((gone.status, &gone.body), (404, &never_existed.body));
+    let record = the_record(&gateway, deleted.header("x-request-id").expect("id")).await;
+    assert_eq!((record["status"].as_u64(), record["model"].as_str()), (Some(200), Some("m")), "{record}");
+    let record = the_record(&gateway, gone.header("x-request-id").expect("id")).await;
+    assert_eq!(record["status"].as_u64(), Some(404), "{record}");
+}

@@ -6,7 +6,7 @@
 //! `message.model`), unless the serving model's config sets `expose_upstream_model`.
 //!
 //! Nothing is parsed: the server's quoted name is searched for and rewritten where a `"model"`
-//! member holds it. A frame without it passes as it came (no copy); a stream relayed by
+//! member holds it (the Responses API's ids are rewritten the same way, see `sealed`). A frame without it passes as it came (no copy); a stream relayed by
 //! [`super::meter::Metered`] comes in whole events, so a name never straddles two frames.
 
 use std::pin::Pin;
@@ -17,11 +17,11 @@ use http_body::{Body, Frame, SizeHint};
 use memchr::memmem::Finder;
 use pin_project_lite::pin_project;
 
-const MODEL_KEY: &[u8] = b"\"model\"";
-
-/// One answer's rewrite: the server's quoted name, and the client's.
+/// One rewrite of a member's value: the member's quoted key, the server's quoted value, and the
+/// one the client is shown.
 #[derive(Debug, Clone)]
 pub struct Rename {
+    key: &'static [u8],
     upstream: Finder<'static>,
     client: Bytes,
 }
@@ -33,18 +33,24 @@ impl Rename {
         if expose_upstream || upstream == client {
             return None;
         }
-        let quoted = |name: &str| serde_json::to_vec(name).ok();
-        Some(Rename { upstream: Finder::new(&quoted(upstream)?).into_owned(), client: Bytes::from(quoted(client)?) })
+        Rename::member(b"\"model\"", upstream, client)
     }
 
-    /// `bytes` with every `"model"` member that holds the server's name holding the client's;
+    /// The rewrite of `key`'s value (`key` quoted, as in JSON) from `upstream` to `client`.
+    pub fn member(key: &'static [u8], upstream: &str, client: &str) -> Option<Rename> {
+        let quoted = |name: &str| serde_json::to_vec(name).ok();
+        let upstream = Finder::new(&quoted(upstream)?).into_owned();
+        Some(Rename { key, upstream, client: Bytes::from(quoted(client)?) })
+    }
+
+    /// `bytes` with every member `key` that holds the server's value holding the client's;
     /// `None` when there is none (nothing to copy).
     pub fn apply(&self, bytes: &[u8]) -> Option<Bytes> {
         let needle = self.upstream.needle().len();
         let mut out: Option<BytesMut> = None;
         let mut copied = 0;
         for at in self.upstream.find_iter(bytes) {
-            if !follows_model_key(&bytes[..at]) {
+            if !follows_key(&bytes[..at], self.key) {
                 continue;
             }
             let out = out.get_or_insert_with(|| BytesMut::with_capacity(bytes.len() + self.client.len()));
@@ -58,11 +64,11 @@ impl Rename {
     }
 }
 
-/// Whether `before` ends with `"model"`, a colon and optional whitespace around it.
-fn follows_model_key(before: &[u8]) -> bool {
+/// Whether `before` ends with `key`, a colon and optional whitespace around it.
+fn follows_key(before: &[u8], key: &[u8]) -> bool {
     let trimmed = before.trim_ascii_end();
-    let Some(key) = trimmed.strip_suffix(b":") else { return false };
-    key.trim_ascii_end().ends_with(MODEL_KEY)
+    let Some(before_colon) = trimmed.strip_suffix(b":") else { return false };
+    before_colon.trim_ascii_end().ends_with(key)
 }
 
 pin_project! {
