@@ -59,7 +59,10 @@ impl ResponseIds {
         let mut key = [0u8; 32];
         match pepper {
             Some(pepper) => key.copy_from_slice(&mac(pepper.as_bytes(), &[LABEL])),
-            None => OsRng.fill_bytes(&mut key),
+            None => {
+                tracing::info!("no security.key_pepper: Responses API ids open only on this replica until it restarts");
+                OsRng.fill_bytes(&mut key);
+            }
         }
         ResponseIds { key, fleet_wide: pepper.is_some() }
     }
