@@ -146,40 +146,51 @@ async fn the_responses_api_needs_its_scope_and_its_input() {
     assert!(stub.requests_to("/v1/responses").is_empty());
 }
 
-/// Chat answers, plain and streamed, carry the client's model name; a model that exposes its
-/// server's keeps that.
+/// Answers of every API, plain and streamed, carry the client's model name — also when a
+/// fallback served them; a model that exposes its server's keeps that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_carry_the_clients_model_name_unless_the_model_exposes_its_servers() {
     let stub = StubUpstream::start().await;
+    let dead = format!("http://127.0.0.1:{}", portcullis_testkit::free_port());
     let config = format!(
         "[[models]]\nname = \"m\"\nupstream_model = \"Up-M\"\nendpoints = [\"{url}\"]\n\n\
-         [[models]]\nname = \"x\"\nupstream_model = \"Up-X\"\nexpose_upstream_model = true\nendpoints = [\"{url}\"]\n",
+         [[models]]\nname = \"x\"\nupstream_model = \"Up-X\"\nexpose_upstream_model = true\nendpoints = [\"{url}\"]\n\n\
+         [[models]]\nname = \"primary\"\nendpoints = [\"{dead}\"]\nfallbacks = [\"m\"]\nhealth_check = {{ enabled = false }}\n",
         url = stub.url()
     );
     let gateway = GatewayBuilder::new(BINARY).config(&config).start().await;
     let (_, key) = gateway.create_key(&[]);
-    let url = format!("{}/v1/chat/completions", gateway.proxy_url());
-    for (model, named) in [("m", "m"), ("x", "Up-X")] {
-        let plain = send(http().post(&url).bearer_auth(&key).json(&common::chat_body(model))).await;
-        plain.assert_ok();
-        assert_eq!(plain.body["model"], named, "{}", plain.text);
-        let length: usize = plain.header("content-length").and_then(|length| length.parse().ok()).unwrap_or(0);
-        assert_eq!(length, plain.text.len(), "the length of what was sent");
-
-        let mut body = common::chat_body(model);
-        body["stream"] = json!(true);
-        body["stream_options"] = json!({"include_usage": true});
-        let streamed = send(http().post(&url).bearer_auth(&key).json(&body)).await;
-        streamed.assert_ok();
-        let chunks: Vec<Value> = streamed
-            .text
-            .lines()
-            .filter_map(|line| line.strip_prefix("data: "))
-            .filter(|data| *data != "[DONE]")
-            .map(|data| serde_json::from_str(data).expect("a JSON chunk"))
-            .collect();
-        assert!(chunks.len() > DEFAULT_STREAM_CHUNKS, "{}", streamed.text);
-        assert!(chunks.iter().all(|chunk| chunk["model"] == named), "{}", streamed.text);
+    let prompt = |path: &str, model: &str| match path {
+        "/v1/chat/completions" => common::chat_body(model),
+        "/v1/completions" => json!({"model": model, "prompt": "once upon"}),
+        _ => json!({"model": model, "input": ["a", "b"]}),
+    };
+    for (model, named) in [("m", "m"), ("primary", "primary"), ("x", "Up-X")] {
+        for path in ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"] {
+            let url = format!("{}{path}", gateway.proxy_url());
+            let plain = send(http().post(&url).bearer_auth(&key).json(&prompt(path, model))).await;
+            plain.assert_ok();
+            assert_eq!(plain.body["model"], named, "{model} {path}: {}", plain.text);
+            let length: usize = plain.header("content-length").and_then(|length| length.parse().ok()).unwrap_or(0);
+            assert_eq!(length, plain.text.len(), "the length of what was sent");
+            if path == "/v1/embeddings" {
+                continue;
+            }
+            let mut body = prompt(path, model);
+            body["stream"] = json!(true);
+            body["stream_options"] = json!({"include_usage": true});
+            let streamed = send(http().post(&url).bearer_auth(&key).json(&body)).await;
+            streamed.assert_ok();
+            let chunks: Vec<Value> = streamed
+                .text
+                .lines()
+                .filter_map(|line| line.strip_prefix("data: "))
+                .filter(|data| *data != "[DONE]")
+                .map(|data| serde_json::from_str(data).expect("a JSON chunk"))
+                .collect();
+            assert!(chunks.len() > DEFAULT_STREAM_CHUNKS, "{}", streamed.text);
+            assert!(chunks.iter().all(|chunk| chunk["model"] == named), "{model} {path}: {}", streamed.text);
+        }
     }
 }
 
