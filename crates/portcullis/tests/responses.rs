@@ -289,3 +289,28 @@ async fn a_stored_response_is_served_only_to_the_key_that_made_it() {
     let record = the_record(&gateway, gone.header("x-request-id").expect("id")).await;
     assert_eq!(record["status"].as_u64(), Some(404), "{record}");
 }
+
+/// Two replicas on one store and one pepper: a response made through one is its maker's
+/// through the other too, and still no one else's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_response_opens_on_every_replica_of_a_fleet_for_its_maker_only() {
+    let Some(db) = portcullis_testkit::PostgresDatabase::create_or_skip().await else { return };
+    let stub = StubUpstream::start().await;
+    let config = format!(
+        "[security]\nkey_pepper = \"fleet-pepper\"\n\n[[models]]\nname = \"m\"\nendpoints = [\"{}\"]\n",
+        stub.url()
+    );
+    let replica = || GatewayBuilder::new(BINARY).store_url(db.url()).config(&config).start();
+    let (one, two) = tokio::join!(replica(), replica());
+    let (_, alice) = one.create_key(&[]);
+    let (_, bob) = two.create_key(&[]);
+
+    let created = respond(&one, &alice, &json!({"model": "m", "input": "remember this"})).await;
+    created.assert_ok();
+    let path = format!("/v1/responses/{}", created.body["id"].as_str().expect("an id"));
+    let read = common::get(&two, &alice, &path).await;
+    read.assert_ok();
+    assert_eq!(read.body["id"], created.body["id"], "{}", read.text);
+    common::get(&two, &bob, &path).await.assert_error(404, "not_found");
+    common::get(&one, &bob, &path).await.assert_error(404, "not_found");
+}
