@@ -63,17 +63,6 @@ pub struct StreamOptions {
     pub max_event_bytes: usize,
 }
 
-/// The error event that ends a stream whose model server failed after it began — an error the
-/// client can read, in its API's shape, and then the end: never `[DONE]`, never a
-/// `finish_reason`, never a cut connection (its SDK would retry, generating twice).
-fn error_event(mode: &Mode, code: &str, message: String) -> Bytes {
-    let kind = match mode {
-        Mode::Stream { kind, .. } => *kind,
-        Mode::Json { .. } => StreamKind::OpenAi,
-    };
-    stream_error::event(kind, code, message)
-}
-
 /// Called once when the body ends; may return an acknowledgement the end of the body waits for
 /// (the audit record in `sync` durability).
 pub type OnFinish = Box<dyn FnOnce(Outcome) -> Option<Submitted> + Send>;
@@ -172,11 +161,11 @@ where
                 Some(Ok(frame)) => frame,
                 Some(Err(error)) => {
                     *this.ended = true;
-                    if matches!(this.mode, Mode::Stream { .. }) {
+                    if let Mode::Stream { kind, .. } = this.mode {
                         // A stream the client is reading ends with an error it can read, and
                         // cleanly: a cut connection would have its SDK retry, generating twice.
                         let message = format!("The model server failed in the middle of the stream: {error}.");
-                        this.queue.push_back(error_event(this.mode, "upstream_failed_mid_stream", message));
+                        this.queue.push_back(stream_error::event(*kind, "upstream_failed_mid_stream", message));
                         *this.ack = finish(
                             this.on_finish,
                             this.mode,
