@@ -314,3 +314,31 @@ async fn a_stored_response_opens_on_every_replica_of_a_fleet_for_its_maker_only(
     common::get(&two, &bob, &path).await.assert_error(404, "not_found");
     common::get(&one, &bob, &path).await.assert_error(404, "not_found");
 }
+
+/// Behind the authorizer the gateway in front relays the model server's own ids, which the
+/// gateway cannot bind to their callers: continuing a stored response is refused there, and a
+/// new response is allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authorizer_refuses_to_continue_a_stored_response_it_cannot_bind() {
+    let stub = StubUpstream::start().await;
+    let config =
+        format!("[authz]\nlisten = \"127.0.0.1:0\"\n\n[[models]]\nname = \"m\"\nendpoints = [\"{}\"]\n", stub.url());
+    let gateway = GatewayBuilder::new(BINARY).config(&config).start().await;
+    let (_, key) = gateway.create_key(&[]);
+    let ask = |body: Value| {
+        http()
+            .get(format!("http://{}/authz", gateway.authz_addr()))
+            .header("x-forwarded-uri", "/v1/responses")
+            .header("x-forwarded-method", "POST")
+            .bearer_auth(&key)
+            .body(body.to_string())
+    };
+    send(ask(json!({"model": "m", "input": "hi"}))).await.assert_ok();
+    let refused = send(ask(json!({"model": "m", "input": "hi", "previous_response_id": "resp_someone_elses"}))).await;
+    assert_eq!(
+        (refused.status, refused.body["error"]["param"].as_str()),
+        (400, Some("previous_response_id")),
+        "{}",
+        refused.text
+    );
+}

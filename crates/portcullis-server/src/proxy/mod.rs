@@ -13,7 +13,7 @@ mod models;
 mod refusal;
 mod rename;
 mod response_ids;
-mod sealed;
+pub(crate) mod sealed;
 mod settle;
 pub(crate) mod shape;
 mod state;

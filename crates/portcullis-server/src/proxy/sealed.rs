@@ -16,6 +16,7 @@ use serde::Deserialize;
 use super::body::{self, ParsedRequest};
 use super::rename::Rename;
 use super::response_ids::ResponseIds;
+use super::shape::Member;
 use crate::error::ApiError;
 
 /// Whose ids an answer's are sealed for, and which model served it.
@@ -64,6 +65,27 @@ fn apply(renames: &[Rename], bytes: &[u8]) -> Option<Bytes> {
         .fold(None, |renamed: Option<Bytes>, rename| rename.apply(renamed.as_deref().unwrap_or(bytes)).or(renamed))
 }
 
+/// The request's `previous_response_id` member, unless it is absent or `null`.
+fn previous(request: &ParsedRequest) -> Option<&Member> {
+    let member = request.members.iter().find(|member| request.key(member) == "previous_response_id")?;
+    (request.raw(member) != b"null").then_some(member)
+}
+
+/// Refuses a request that continues a stored response where its id cannot be opened: through
+/// the authorizer, the gateway in front relays the model server's own ids, which would let any
+/// caller continue anyone's conversation.
+pub fn refuse_previous(request: &ParsedRequest) -> Result<(), ApiError> {
+    match previous(request) {
+        Some(_) => Err(ApiError::InvalidField {
+            param: "previous_response_id".into(),
+            message: "'previous_response_id' is served only through the Portcullis proxy, which binds stored \
+                      responses to their callers."
+                .into(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// `request` with its `previous_response_id` opened for `principal`: the model server's id in
 /// place of the sealed one. An id the caller did not make is the 404 of an unknown one.
 pub fn open_previous(
@@ -72,13 +94,8 @@ pub fn open_previous(
     request: ParsedRequest,
     max_depth: usize,
 ) -> Result<ParsedRequest, ApiError> {
-    let Some(member) = request.members.iter().find(|member| request.key(member) == "previous_response_id") else {
-        return Ok(request);
-    };
+    let Some(member) = previous(&request) else { return Ok(request) };
     let raw = request.raw(member);
-    if raw == b"null" {
-        return Ok(request);
-    }
     let sealed: String = serde_json::from_slice(raw).map_err(|_| ApiError::InvalidField {
         param: "previous_response_id".into(),
         message: "'previous_response_id' must be a string.".into(),
