@@ -1,9 +1,9 @@
 //! The error event that ends a stream whose model server failed after it began — an error the
 //! client can read, and then the end: never `[DONE]`, never a `finish_reason`, never a cut
-//! connection (its SDK would retry, generating twice). It is in the shape of the stream's own
-//! API, so that the client's SDK reads it as that API's error: OpenAI
-//! chunks carry an `error` object, the Responses API has its `error` event, Anthropic's
-//! Messages API its `error` event with a typed `error`.
+//! connection (its SDK would retry, generating twice). It takes the shape of the stream's own
+//! API, so that the client's SDK reads it as that API's error: OpenAI chunks carry an `error`
+//! object, the Responses API has its `error` event, Anthropic's Messages API its `error` event
+//! with a typed `error`.
 
 use bytes::Bytes;
 use portcullis_types::openai::{ErrorBody, ErrorDetail};

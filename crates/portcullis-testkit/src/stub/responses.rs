@@ -31,10 +31,13 @@ pub(super) fn route(
         (Method::GET, [id]) => {
             stored(shared, id).map_or_else(|| not_found(id), |stored| axum::Json(stored).into_response())
         }
-        (Method::DELETE, [id]) => match lock(&shared.responses).remove(*id) {
-            Some(_) => axum::Json(json!({"id": id, "object": "response", "deleted": true})).into_response(),
-            None => not_found(id),
-        },
+        (Method::DELETE, [id]) => {
+            lock(&shared.response_inputs).remove(*id);
+            match lock(&shared.responses).remove(*id) {
+                Some(_) => axum::Json(json!({"id": id, "object": "response", "deleted": true})).into_response(),
+                None => not_found(id),
+            }
+        }
         (Method::GET, [id, "input_items"]) => match lock(&shared.response_inputs).get(*id) {
             Some(items) => axum::Json(json!({"object": "list", "data": items, "has_more": false})).into_response(),
             None => not_found(id),
