@@ -92,17 +92,7 @@ async fn sdk_responses_stored_responses_and_error_classes_through_the_gateway() 
     assert_eq!(seen["stored"]["deleted"], true, "{seen}");
     let record = the_record(&gateway, seen["plain"]["request_id"].as_str().expect("a request id")).await;
     assert_eq!(record["completion_tokens"], seen["plain"]["usage"]["output_tokens"], "{record}");
-    let errors = sdk(&python, "errors", &env);
-    for (case, class) in [
-        ("401", "AuthenticationError"),
-        ("403", "PermissionDeniedError"),
-        ("404_unknown", "NotFoundError"),
-        ("404_not_mine", "NotFoundError"),
-        ("404_continued_by_another", "NotFoundError"),
-        ("429", "RateLimitError"),
-    ] {
-        assert_eq!(errors[case]["class"], class, "{case}: {errors}");
-    }
+    assert_error_classes(&sdk(&python, "errors", &env));
 }
 
 /// Gemma 3 270M behind llama.cpp's server answers `/v1/responses` itself: real tokens, its own
@@ -116,11 +106,15 @@ async fn sdk_responses_through_the_gateway_to_a_real_small_model() {
         return skip_or_fail("real small model", "PORTCULLIS_REAL_SLM_URL is not set (scripts/real-slm.sh start)");
     };
     let config = format!(
-        "[[models]]\nname = \"gemma\"\nupstream_model = \"gemma-3-270m\"\nendpoints = [\"{upstream}\"]\n\
+        "[tiers.free]\n\n[tiers.trickle]\nrequests_per_minute = 1\n\n\
+         [[models]]\nname = \"gemma\"\nupstream_model = \"gemma-3-270m\"\nendpoints = [\"{upstream}\"]\n\
          health_check = {{ path = \"/health\" }}\ntimeouts = {{ first_byte = \"120s\" }}\n"
     );
     let gateway = GatewayBuilder::new(BINARY).config(&config).start().await;
     let (_, key) = gateway.create_key(&["--models", "gemma", "--scopes", "responses"]);
+    let (_, other) = gateway.create_key(&["--models", "gemma", "--scopes", "responses"]);
+    let (_, chat_only) = gateway.create_key(&["--models", "gemma", "--scopes", "chat"]);
+    let (_, limited) = gateway.create_key(&["--models", "gemma", "--tier", "trickle"]);
     let base_url = gateway.openai_base_url();
     let env = [
         ("PORTCULLIS_BASE_URL", base_url.as_str()),
@@ -128,6 +122,9 @@ async fn sdk_responses_through_the_gateway_to_a_real_small_model() {
         ("PORTCULLIS_MODEL", "gemma"),
         ("PORTCULLIS_MAX_TOKENS", "12"),
         ("PORTCULLIS_TIMEOUT", "120"),
+        ("PORTCULLIS_CHAT_ONLY_KEY", chat_only.as_str()),
+        ("PORTCULLIS_OTHER_KEY", other.as_str()),
+        ("PORTCULLIS_LIMITED_KEY", limited.as_str()),
     ];
 
     let seen = sdk(&python, "responses", &env);
@@ -141,4 +138,22 @@ async fn sdk_responses_through_the_gateway_to_a_real_small_model() {
     );
     let today = spent_today(&gateway, &key, 2).await;
     assert_eq!(today["tokens"].as_u64(), Some(tokens(plain) + tokens(streamed)), "{today} vs {seen}");
+
+    // The refusals are the gateway's own, in front of a real server as in front of the stub.
+    assert_error_classes(&sdk(&python, "errors", &env));
+}
+
+/// Every error case of the `errors` scenario raised the SDK's own class.
+#[track_caller]
+fn assert_error_classes(errors: &Value) {
+    for (case, class) in [
+        ("401", "AuthenticationError"),
+        ("403", "PermissionDeniedError"),
+        ("404_unknown", "NotFoundError"),
+        ("404_not_mine", "NotFoundError"),
+        ("404_continued_by_another", "NotFoundError"),
+        ("429", "RateLimitError"),
+    ] {
+        assert_eq!(errors[case]["class"], class, "{case}: {errors}");
+    }
 }

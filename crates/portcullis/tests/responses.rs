@@ -194,9 +194,9 @@ async fn answers_carry_the_clients_model_name_unless_the_model_exposes_its_serve
     }
 }
 
-/// Reads and deletions of stored responses the stub received.
+/// Reads, cancellations and deletions of stored responses the stub received.
 fn lookups(stub: &StubUpstream) -> usize {
-    stub.requests().iter().filter(|request| request.method != "POST" && request.path.contains("/v1/responses/")).count()
+    stub.requests().iter().filter(|request| request.path.contains("/v1/responses/")).count()
 }
 
 /// What a stored response's id opens, for whom: its maker reads, continues and deletes it (also
@@ -244,6 +244,13 @@ async fn a_stored_response_is_served_only_to_the_key_that_made_it() {
     items.assert_ok();
     assert_eq!(items.body["data"][0]["content"][0]["text"], "remember this", "{}", items.text);
 
+    let cancelled = send(http().post(url(&format!("/{id}/cancel"))).bearer_auth(&alice)).await;
+    cancelled.assert_ok();
+    assert_eq!(
+        (cancelled.body["id"].as_str(), cancelled.body["status"].as_str()),
+        (Some(id.as_str()), Some("cancelled"))
+    );
+
     let before = lookups(&stub);
     let never_existed =
         send(http().get(url("/resp_never.6d.00112233445566778899aabbccddeeff")).bearer_auth(&bob)).await;
@@ -258,6 +265,8 @@ async fn a_stored_response_is_served_only_to_the_key_that_made_it() {
         let refused = send(http().get(url(&path)).bearer_auth(key)).await;
         assert_eq!((refused.status, &refused.body), (404, &never_existed.body), "{path}: {}", refused.text);
     }
+    let cancelled_by_bob = send(http().post(url(&format!("/{id}/cancel"))).bearer_auth(&bob)).await;
+    assert_eq!((cancelled_by_bob.status, &cancelled_by_bob.body), (404, &never_existed.body));
     let deleted_by_bob = send(http().delete(url(&format!("/{id}"))).bearer_auth(&bob)).await;
     assert_eq!((deleted_by_bob.status, &deleted_by_bob.body), (404, &never_existed.body));
     let after = lookups(&stub);

@@ -1,6 +1,7 @@
 //! The stub's OpenAI Responses API: `POST /v1/responses` (plain, or streamed as `response.*`
 //! events), and the stored responses a server keeps — `GET`/`DELETE /v1/responses/{id}`,
-//! `GET /v1/responses/{id}/input_items`, and `previous_response_id` naming one of them.
+//! `GET /v1/responses/{id}/input_items`, `POST /v1/responses/{id}/cancel`, and
+//! `previous_response_id` naming one of them.
 //!
 //! A reply is made of the same [`reply_pieces`] as a chat reply; usage counts the words of
 //! `input` (`input_tokens`) and the pieces (`output_tokens`), the cap is `max_output_tokens`.
@@ -38,6 +39,13 @@ pub(super) fn route(
                 None => not_found(id),
             }
         }
+        (Method::POST, [id, "cancel"]) => match lock(&shared.responses).get_mut(*id) {
+            Some(stored) => {
+                stored["status"] = json!("cancelled");
+                axum::Json(stored.clone()).into_response()
+            }
+            None => not_found(id),
+        },
         (Method::GET, [id, "input_items"]) => match lock(&shared.response_inputs).get(*id) {
             Some(items) => axum::Json(json!({"object": "list", "data": items, "has_more": false})).into_response(),
             None => not_found(id),
