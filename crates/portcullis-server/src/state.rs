@@ -27,6 +27,7 @@ use crate::listener::SiteContext;
 use crate::metrics::Metrics;
 use crate::misuse::Misuse;
 use crate::proxy::ProxyState;
+use crate::proxy::ResponseIds;
 use crate::reload::ReloadStatus;
 use crate::runtime::{Runtime, SharedRuntime};
 use crate::store::Backend;
@@ -53,6 +54,8 @@ pub struct AppState {
     /// Built once at start from `audit.redact`.
     pub redactor: Arc<Redactor>,
     pub hasher: SecretHasher,
+    /// The Responses API's id seal: one per process, shared by the proxies it builds.
+    pub response_ids: ResponseIds,
     pub metrics: Arc<Metrics>,
     pub admin_auth: AdminAuth,
     pub lifecycle: Lifecycle,
@@ -79,6 +82,8 @@ impl AppState {
     ) -> AppState {
         let Backend { stores, audit: audit_store } = backend;
         let hasher = SecretHasher::new(startup.security.key_pepper.as_ref().map(|pepper| pepper.expose().as_str()));
+        let pepper = startup.security.key_pepper.as_ref().map(|pepper| pepper.expose().as_str());
+        let response_ids = ResponseIds::new(pepper);
         let misuse = Arc::new(Misuse::new());
         let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(live, None)));
         let metrics = Arc::new(Metrics::new(runtime.clone(), limiter.clone(), auditor.stats().clone()));
@@ -99,6 +104,7 @@ impl AppState {
             auditor,
             redactor: Arc::new(redactor),
             hasher,
+            response_ids,
             metrics,
             admin_auth,
             lifecycle: Lifecycle::default(),
@@ -124,6 +130,7 @@ impl AppState {
             auditor: self.auditor.clone(),
             redactor: self.redactor.clone(),
             hasher: self.hasher.clone(),
+            response_ids: self.response_ids.clone(),
             metrics: self.metrics.clone(),
             readiness: self.readiness(),
             started_at: self.started_at,

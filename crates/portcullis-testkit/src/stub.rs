@@ -6,6 +6,7 @@
 //! derived from a hash of each input. Every request is recorded, and faults (status codes,
 //! hangs, slow or gated streams) can be switched on and off while it runs.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -169,6 +170,9 @@ struct Shared {
     /// Streamed replies dropped before their last frame: their client (the gateway) hung up.
     streams_abandoned: AtomicUsize,
     next_id: AtomicU64,
+    /// Responses API answers kept for `GET /v1/responses/{id}`, and their input items.
+    responses: Mutex<HashMap<String, Value>>,
+    response_inputs: Mutex<HashMap<String, Value>>,
 }
 
 /// A poisoned lock only means another test thread panicked; the data is still usable.
@@ -179,8 +183,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// A fake OpenAI-compatible model server on `127.0.0.1:<random port>`.
 ///
 /// Serves `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`, `POST /v1/chat/completions`,
-/// `POST /v1/completions`, `POST /v1/embeddings` (paths may carry a prefix before `/v1`), and
-/// Anthropic's Messages API, rerank and tokenize (see `stub::messages`).
+/// `POST /v1/completions`, `POST /v1/embeddings` (paths may carry a prefix before `/v1`), the
+/// Responses API (`POST /v1/responses`, and `GET`/`DELETE` of the responses it stored: see
+/// `stub::responses`), and Anthropic's Messages API, rerank and tokenize (see `stub::messages`).
 /// The server stops when the value is dropped.
 #[derive(Debug)]
 pub struct StubUpstream {
@@ -489,6 +494,9 @@ async fn answer(shared: Arc<Shared>, request: Request) -> Response {
 }
 
 fn route(shared: &Arc<Shared>, behaviour: &Behaviour, method: &Method, request: &RecordedRequest) -> Response {
+    if let Some(answer) = responses::route(shared, behaviour, method, request) {
+        return answer;
+    }
     let path = request.path.as_str();
     if *method == Method::GET {
         if path.ends_with("/health") {
@@ -886,6 +894,7 @@ fn error_response(status: StatusCode, kind: &str, code: Option<&str>, message: &
 }
 
 mod messages;
+mod responses;
 #[cfg(test)]
 mod tests;
 

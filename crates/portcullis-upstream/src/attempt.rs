@@ -10,7 +10,7 @@ use crate::error::AttemptError;
 use crate::pool::Endpoint;
 use crate::route::{Credential, Route};
 
-/// Sends `POST base+path` with `headers` (already filtered: no hop-by-hop, no client
+/// Sends `method base+path` with `headers` (already filtered: no hop-by-hop, no client
 /// credentials), the model's bearer credential and `body`, and waits for the response head
 /// until the first-byte timeout or `deadline` (the exchange's total deadline), whichever is
 /// sooner. The first-byte clock includes connecting; the connect timeout is enforced below it
@@ -18,7 +18,7 @@ use crate::route::{Credential, Route};
 pub(crate) async fn send(
     route: &Route,
     endpoint: &Endpoint,
-    path: &str,
+    (method, path): (&Method, &str),
     headers: &HeaderMap,
     body: &Bytes,
     deadline: Instant,
@@ -28,7 +28,7 @@ pub(crate) async fn send(
         Credential::None => None,
         Credential::Invalid => return Err(AttemptError::InvalidCredential),
     };
-    let request = Outgoing { method: Method::POST, path, headers, authorization, body };
+    let request = Outgoing { method: method.clone(), path, headers, authorization, body };
     let started = Instant::now();
     let head_deadline = deadline_after(started, route.timeouts.first_byte).min(deadline);
     match tokio::time::timeout_at(head_deadline, route.client.send(endpoint.origin(), &request)).await {

@@ -187,7 +187,7 @@ async fn try_model<'a>(
         let endpoint = guard.endpoint();
         let deadline = deadline_after(Instant::now(), route.timeouts.total);
         sent.store(true, Ordering::Release);
-        let sent = attempt::send(route, endpoint, &request.path, outgoing, &body, deadline).await;
+        let sent = attempt::send(route, endpoint, (&request.method, &request.path), outgoing, &body, deadline).await;
         if !sent.as_ref().is_err_and(AttemptError::was_unsendable) {
             tally.attempts = tally.attempts.saturating_add(1);
         }

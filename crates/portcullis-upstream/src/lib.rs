@@ -83,8 +83,10 @@ impl Shutdown {
 pub struct ForwardRequest {
     /// The model name the client sent (a configured model name).
     pub model: String,
+    /// `POST` for a model call; `GET` or `DELETE` for what a model server stored (a response).
+    pub method: http::Method,
     /// The client's path, e.g. `/v1/chat/completions` (a query string may follow); appended to
-    /// the endpoint's origin and path prefix. Always sent with `POST`.
+    /// the endpoint's origin and path prefix.
     pub path: String,
     /// Client headers to pass on, already filtered by the server. Hop-by-hop headers, `host`,
     /// `content-length` and any credential (`authorization`, `x-api-key`, `cookie`,

@@ -65,6 +65,7 @@ async fn without_an_api_key_no_authorization_is_sent() {
     let mut client = HeaderMap::new();
     client.insert("authorization", HeaderValue::from_static("Bearer pcl_client_key"));
     let request = ForwardRequest {
+        method: http::Method::POST,
         model: "m".into(),
         path: "/v1/embeddings".into(),
         headers: client,

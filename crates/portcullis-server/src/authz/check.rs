@@ -243,7 +243,11 @@ impl Call {
         model_header: &HeaderName,
     ) -> Result<Call, ApiError> {
         let call = match body.filter(|body| !body.is_empty()) {
-            Some(body) => Call::from_body(body::parse(operation, body, live.server.max_json_depth)?, live),
+            Some(body) => {
+                let request = body::parse(operation, body, live.server.max_json_depth)?;
+                proxy::sealed::refuse_previous(&request)?;
+                Call::from_body(request, live)
+            }
             None => Call::from_headers(operation, headers, live, model_header)?,
         };
         if live.model(&call.model).is_none() {

@@ -5,6 +5,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, post};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, header};
 use http_body_util::Full;
 use portcullis_config::{DEFAULT_MAX_EVENT_BYTES, Live};
@@ -19,6 +20,8 @@ use super::anthropic;
 use super::authorize::may_use_model;
 use super::body::{self, Operation, ParsedRequest};
 use super::meter::{Metered, OnFinish, StreamOptions};
+use super::rename::{Rename, Renamed};
+use super::sealed::{self, Sealed, Sealing};
 use super::settle::Settlement;
 use super::sse::StreamKind;
 use super::{caller, capture, refusal, team_of};
@@ -76,9 +79,19 @@ async fn serve(
     if !may_use_model(live, &principal, tier, &parsed.model) {
         return Err(ApiError::ModelNotAllowed { model: parsed.model });
     }
+    // A stored response's id is the caller's own, or no id at all.
+    let (parsed, seal_for) = match operation {
+        Operation::Responses => {
+            let ids = state.response_ids();
+            let parsed = sealed::open_previous(ids, &principal.id, parsed, live.server.max_json_depth)?;
+            (parsed, Some((ids.clone(), principal.id.clone())))
+        }
+        _ => (parsed, None),
+    };
 
     let admitted = admit::admit(&state, live, &principal, team, entered, &parsed, exchange.clone()).await?;
     let forward = ForwardRequest {
+        method: http::Method::POST,
         model: parsed.model.clone(),
         path: upstream_path.to_string(),
         headers: forwarded_headers(operation, &parts.headers, parts.extensions.get::<RequestId>()),
@@ -94,7 +107,10 @@ async fn serve(
                 info.model = Some(upstream.model.clone());
             });
             if upstream.status.is_success() {
-                relay(upstream, &parsed, admitted.plan.completion_cap, admitted.settlement, live, &exchange).await
+                let sealing =
+                    seal_for.map(|(ids, principal)| Sealing { ids, principal, model: upstream.model.clone() });
+                let relayed = Relayed { completion_cap: admitted.plan.completion_cap, sealing };
+                relay(upstream, &parsed, relayed, admitted.settlement, live, &exchange).await
             } else {
                 // The model server refused (4xx) or failed (5xx): nothing was generated.
                 admitted.settlement.nothing_used();
@@ -111,13 +127,20 @@ async fn serve(
     Ok(response)
 }
 
+/// What an answer is relayed with besides its request: the completion cap reserved for it, and
+/// for the Responses API whose ids it shows.
+struct Relayed {
+    completion_cap: u64,
+    sealing: Option<Sealing>,
+}
+
 /// The upstream's successful answer on its way to the client, metered so that the request
 /// settles with its real usage when the body ends, whichever way it ends. A non-streamed answer
 /// is checked first (see [`answer`]); one that is not what it claims is a 502, billed nothing.
 async fn relay(
     upstream: UpstreamResponse,
     request: &ParsedRequest,
-    completion_cap: u64,
+    Relayed { completion_cap, sealing }: Relayed,
     mut settlement: Settlement,
     live: &Live,
     exchange: &Exchange,
@@ -130,7 +153,10 @@ async fn relay(
         .is_some_and(|value| value.starts_with("text/event-stream"));
     let streamed = request.stream && is_event_stream;
     // A fallback bills at its own price.
-    let price = live.model(&model).map_or(Price::FREE, price);
+    let serving = live.model(&model);
+    let price = serving.map_or(Price::FREE, price);
+    let rename = serving
+        .and_then(|serving| Rename::new(serving.upstream_model(), &request.model, serving.expose_upstream_model));
     settlement.served_by(model, price, streamed);
     // What generates no text (embeddings, say) has only its input captured.
     let capture = settlement.captures() && request.operation.generates();
@@ -146,11 +172,26 @@ async fn relay(
             capture,
             max_event_bytes,
         };
-        Body::new(Metered::stream(body, options, settle_at_end(settlement)))
+        let metered = Metered::stream(body, options, settle_at_end(settlement));
+        let renamed = match rename {
+            Some(rename) => Body::new(Renamed::new(metered, rename)),
+            None => Body::new(metered),
+        };
+        match sealing {
+            Some(sealing) => Body::new(Sealed::new(renamed, sealing)),
+            None => renamed,
+        }
     } else {
         match answer::gather(request.operation, &headers, body).await {
             Ok(Answer::Whole { body, usage }) => {
                 let completion = capture.then(|| capture::completion_text(&body));
+                let body = match edited(&body, rename.as_ref(), sealing.as_ref()) {
+                    Some(edited) => {
+                        headers.remove(header::CONTENT_LENGTH);
+                        edited
+                    }
+                    None => body,
+                };
                 Body::new(Metered::json(Full::new(body), usage, completion, settle_at_end(settlement)))
             }
             Ok(Answer::Large(body)) => Body::new(Metered::json(body, None, None, settle_at_end(settlement))),
@@ -187,12 +228,20 @@ fn upstream_path(live: &Live, model: &str, operation: Operation) -> Option<&'sta
     }
 }
 
+/// A JSON answer with the client's model name and (Responses API) sealed ids; `None` when
+/// neither changed it.
+pub(super) fn edited(body: &[u8], rename: Option<&Rename>, sealing: Option<&Sealing>) -> Option<Bytes> {
+    let renamed = rename.and_then(|rename| rename.apply(body));
+    let sealed = sealing.and_then(|sealing| sealing.json(renamed.as_deref().unwrap_or(body)));
+    sealed.or(renamed)
+}
+
 /// Settles the request when its metered body ends.
 fn settle_at_end(settlement: Settlement) -> OnFinish {
     Box::new(move |outcome| settlement.finish(outcome))
 }
 
-fn relayed_headers(upstream: &HeaderMap) -> HeaderMap {
+pub(super) fn relayed_headers(upstream: &HeaderMap) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(RELAYED_HEADERS.len() + 8);
     for name in RELAYED_HEADERS {
         if let Some(value) = upstream.get(&name) {
@@ -202,7 +251,7 @@ fn relayed_headers(upstream: &HeaderMap) -> HeaderMap {
     headers
 }
 
-fn forwarded_headers(operation: Operation, client: &HeaderMap, request_id: Option<&RequestId>) -> HeaderMap {
+pub(super) fn forwarded_headers(operation: Operation, client: &HeaderMap, request_id: Option<&RequestId>) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(FORWARDED_HEADERS.len() + 3);
     let anthropic: &[header::HeaderName] = if operation.is_anthropic() { &anthropic::FORWARDED_HEADERS } else { &[] };
     for name in FORWARDED_HEADERS.iter().chain(anthropic) {
@@ -219,7 +268,7 @@ fn forwarded_headers(operation: Operation, client: &HeaderMap, request_id: Optio
     headers
 }
 
-fn upstream_error(error: UpstreamError) -> ApiError {
+pub(super) fn upstream_error(error: UpstreamError) -> ApiError {
     tracing::warn!(error = %chain(&error), "upstream failed");
     match error {
         UpstreamError::Timeout { .. } => ApiError::UpstreamTimeout,

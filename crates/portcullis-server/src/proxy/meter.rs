@@ -14,10 +14,11 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use portcullis_audit::Submitted;
-use portcullis_types::openai::{ErrorBody, ErrorDetail, Usage};
+use portcullis_types::openai::Usage;
 
 use super::capture::CapturedText;
 use super::sse::{Pushed, SseScanner, StreamKind};
+use super::stream_error;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
@@ -62,21 +63,6 @@ pub struct StreamOptions {
     pub max_event_bytes: usize,
 }
 
-/// The error event that ends a stream whose model server failed after it began — an error the
-/// client can read, and then the end: never `[DONE]`, never a `finish_reason`, never a cut
-/// connection (its SDK would retry, generating twice). An Anthropic stream gets Anthropic's
-/// `error` event, which its SDK raises.
-fn error_event(kind: StreamKind, code: &str, message: String) -> Bytes {
-    if kind == StreamKind::Anthropic {
-        let error = crate::error_shape::anthropic_error("api_error", &message);
-        return Bytes::from([b"event: error\ndata: ".as_slice(), &error, b"\n\n"].concat());
-    }
-    let body = ErrorBody {
-        error: ErrorDetail { message, kind: "upstream_error".into(), code: Some(code.into()), param: None },
-    };
-    Bytes::from(format!("data: {}\n\n", serde_json::to_string(&body).unwrap_or_default()))
-}
-
 /// Called once when the body ends; may return an acknowledgement the end of the body waits for
 /// (the audit record in `sync` durability).
 pub type OnFinish = Box<dyn FnOnce(Outcome) -> Option<Submitted> + Send>;
@@ -88,6 +74,7 @@ enum Mode {
         completion: Option<CapturedText>,
     },
     Stream {
+        kind: StreamKind,
         scanner: SseScanner,
         cap: Option<u64>,
     },
@@ -127,7 +114,7 @@ impl<B> Metered<B> {
     pub fn stream(inner: B, options: StreamOptions, on_finish: OnFinish) -> Self {
         let scanner =
             SseScanner::new(options.kind, options.strip_usage_chunk, options.capture, options.max_event_bytes);
-        Self::new(inner, Mode::Stream { scanner, cap: options.cap }, on_finish)
+        Self::new(inner, Mode::Stream { kind: options.kind, scanner, cap: options.cap }, on_finish)
     }
 
     fn new(inner: B, mode: Mode, on_finish: OnFinish) -> Self {
@@ -174,11 +161,11 @@ where
                 Some(Ok(frame)) => frame,
                 Some(Err(error)) => {
                     *this.ended = true;
-                    if let Mode::Stream { scanner, .. } = this.mode {
+                    if let Mode::Stream { kind, .. } = this.mode {
                         // A stream the client is reading ends with an error it can read, and
                         // cleanly: a cut connection would have its SDK retry, generating twice.
                         let message = format!("The model server failed in the middle of the stream: {error}.");
-                        this.queue.push_back(error_event(scanner.kind(), "upstream_failed_mid_stream", message));
+                        this.queue.push_back(stream_error::event(*kind, "upstream_failed_mid_stream", message));
                         *this.ack = finish(
                             this.on_finish,
                             this.mode,
@@ -217,15 +204,15 @@ where
                     *this.relayed += data.len() as u64;
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Mode::Stream { scanner, cap } => {
+                Mode::Stream { kind, scanner, cap } => {
                     let ending = match scanner.push(data, this.queue, *cap) {
                         Pushed::Open => continue,
                         Pushed::Capped => Ending::CutOff,
                         Pushed::TooLarge => {
                             let message =
                                 "The model server sent an event larger than the gateway accepts; the stream was ended.";
-                            this.queue.push_back(error_event(
-                                scanner.kind(),
+                            this.queue.push_back(stream_error::event(
+                                *kind,
                                 "upstream_event_too_large",
                                 message.into(),
                             ));
@@ -234,7 +221,7 @@ where
                         Pushed::Invalid => {
                             let message =
                                 "The model server sent an event that is not a JSON object; the stream was ended.";
-                            this.queue.push_back(error_event(scanner.kind(), "upstream_invalid_event", message.into()));
+                            this.queue.push_back(stream_error::event(*kind, "upstream_invalid_event", message.into()));
                             Ending::InvalidEvent
                         }
                     };

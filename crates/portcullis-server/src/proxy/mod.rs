@@ -12,13 +12,19 @@ mod inference;
 mod meter;
 mod models;
 mod refusal;
+mod rename;
+mod response_ids;
+pub(crate) mod sealed;
 mod settle;
 pub(crate) mod shape;
 mod state;
+mod stored;
+mod stream_error;
 mod usage;
 
 pub(crate) mod sse;
 
+pub use response_ids::ResponseIds;
 pub use state::{Parts, ProxyState};
 
 pub(crate) use admit::{price, reserve};
@@ -32,7 +38,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post};
 use http::HeaderMap;
 use portcullis_auth::Scope;
 use portcullis_config::Live;
@@ -58,6 +64,9 @@ pub fn router(state: ProxyState) -> Router {
         .route("/v1/completions", inference::route(Operation::Completions))
         .route("/v1/embeddings", inference::route(Operation::Embeddings))
         .route("/v1/responses", inference::route(Operation::Responses))
+        .route("/v1/responses/{id}", get(stored::get).delete(stored::delete))
+        .route("/v1/responses/{id}/input_items", get(stored::input_items))
+        .route("/v1/responses/{id}/cancel", post(stored::cancel))
         .route("/v1/messages", inference::route(Operation::Messages))
         .route("/v1/messages/count_tokens", inference::route(Operation::CountTokens))
         .route("/v1/rerank", inference::route(Operation::Rerank))

@@ -99,11 +99,6 @@ impl SseScanner {
         }
     }
 
-    /// Whose events the stream carries.
-    pub fn kind(&self) -> StreamKind {
-        self.kind
-    }
-
     /// Takes one frame from upstream; pushes onto `out` the slices to relay, in order. Each
     /// complete event is inspected; `max_content_events` stops relaying content past that count.
     ///

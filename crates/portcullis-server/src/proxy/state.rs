@@ -9,6 +9,7 @@ use portcullis_auth::SecretHasher;
 use portcullis_limits::Limiter;
 use portcullis_store::Stores;
 
+use super::response_ids::ResponseIds;
 use crate::audit::Auditor;
 use crate::certificate_cache::CertificateCache;
 use crate::health::Readiness;
@@ -38,6 +39,8 @@ pub struct Parts {
     /// Built once at start from `audit.redact`; shared by every request that captures content.
     pub redactor: Arc<Redactor>,
     pub hasher: SecretHasher,
+    /// Seals the Responses API's ids for their callers.
+    pub response_ids: ResponseIds,
     pub metrics: Arc<Metrics>,
     pub readiness: Readiness,
     /// Unix seconds at start: the `created` time of every model in `/v1/models`.
@@ -94,6 +97,10 @@ impl ProxyState {
 
     pub fn redactor(&self) -> &Arc<Redactor> {
         &self.0.redactor
+    }
+
+    pub fn response_ids(&self) -> &ResponseIds {
+        &self.0.response_ids
     }
 
     pub fn hasher(&self) -> &SecretHasher {

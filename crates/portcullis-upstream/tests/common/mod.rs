@@ -102,6 +102,7 @@ impl Recorder {
 /// A chat completion request for `model` with the given client headers.
 pub fn request(model: &str, headers: HeaderMap) -> ForwardRequest {
     ForwardRequest {
+        method: http::Method::POST,
         model: model.to_string(),
         path: "/v1/chat/completions".to_string(),
         headers,
