@@ -10,6 +10,7 @@ mod demand;
 mod inference;
 mod meter;
 mod models;
+mod quota_wait;
 mod refusal;
 mod settle;
 pub(crate) mod shape;
@@ -20,10 +21,11 @@ pub(crate) mod sse;
 
 pub use state::{Parts, ProxyState};
 
-pub(crate) use admit::{price, reserve};
+pub(crate) use admit::{asked, price, reserve};
 pub(crate) use authorize::may_use_model;
 pub(crate) use demand::TEMPLATE_SLACK;
 pub(crate) use inference::serves;
+pub(crate) use quota_wait::Patience;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
