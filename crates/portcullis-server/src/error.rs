@@ -410,6 +410,7 @@ mod tests {
             ApiError::HeaderTooLarge,
             ApiError::RateLimited { message: "m".into(), retry_after_secs: 1 },
             ApiError::InsufficientQuota { message: "m".into(), retry_after_secs: Some(1) },
+            ApiError::InsufficientQuota { message: "m".into(), retry_after_secs: None },
             ApiError::ClientBlocked { retry_after_secs: 1 },
             ApiError::UpstreamUnavailable,
             ApiError::UpstreamResting { retry_after_secs: 1 },
