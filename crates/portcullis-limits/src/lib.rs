@@ -454,8 +454,9 @@ pub trait Limiter: Send + Sync + 'static {
     /// 1 concurrency slot, `demand.tokens` on the per-minute token bucket and on the day and month token
     /// quotas, `demand.cost` on the day and month budgets), or nothing changes and a failing limit is
     /// reported. `NeverFits` is checked first for every scope. Among other failures the one that lasts
-    /// longest is reported (a spent quota before a rate, then the longest wait), so a client that honours
-    /// `Retry-After` is not sent back into another refusal; ties go to the earlier scope in `scopes`.
+    /// longest is reported ([`DenialReason::rank`]: a spent quota before a rate before a quota only held by
+    /// reservations, then the longest wait), so a client that honours `Retry-After` is not sent back into
+    /// another refusal; ties go to the earlier scope in `scopes`.
     /// Scopes without limits are skipped; a scope listed twice counts once, with its first limits.
     /// A backend that cannot reach its state answers [`Refusal::Unavailable`] or decides by its own
     /// fallback policy.
