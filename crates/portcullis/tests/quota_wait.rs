@@ -164,4 +164,12 @@ async fn a_held_quota_is_waited_for_up_to_queue_timeout_but_a_rate_limit_refuses
     gate.release();
     running.bytes().await.expect("the stream ends");
     waiting.await.expect("the request task ran").assert_ok();
+
+    let metrics = send(http().get(format!("{}/metrics", gateway.admin_url())).bearer_auth(gateway.admin_token())).await;
+    for line in [
+        "portcullis_quota_waits_total{outcome=\"timed_out\"} 1",
+        "portcullis_quota_waits_total{outcome=\"admitted\"} 1",
+    ] {
+        assert!(metrics.text.contains(line), "no {line} in {}", metrics.text);
+    }
 }

@@ -132,7 +132,13 @@ pub(crate) async fn reserve(
         Err(Refusal::Denied(denial))
             if denial.reason == DenialReason::HeldByReservations && !patience.timeout.is_zero() =>
         {
-            waiting_room().wait(patience, attempt).await
+            let waited = waiting_room().wait(patience, attempt).await;
+            state.metrics().quota_waited(match &waited {
+                Ok(_) => "admitted",
+                Err(Refusal::Denied(denial)) if denial.reason == DenialReason::HeldByReservations => "timed_out",
+                Err(_) => "refused",
+            });
+            waited
         }
         result => result,
     };
