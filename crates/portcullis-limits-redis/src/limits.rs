@@ -1,7 +1,7 @@
 //! Pure Rust parts around the script: which scopes count, the numeric domain the script is exact in,
 //! and the per-replica limits of the local fallback.
 
-use portcullis_limits::{Demand, Denial, DenialReason, Gcra, LimitScope, Limits, Money, Usage};
+use portcullis_limits::{Demand, Denial, Gcra, LimitScope, Limits, Money, Usage};
 
 /// Largest requests-per-minute rate and burst the Redis limiter keeps exactly: 2^26 = 67 108 864 per
 /// minute (over a million per second for one scope). Larger values are treated as this one.
@@ -44,12 +44,7 @@ pub(crate) fn counted(scopes: &[(LimitScope, Limits)]) -> Vec<usize> {
 pub(crate) fn never_fits(scopes: &[(LimitScope, Limits)], counted: &[usize], demand: Demand) -> Option<Denial> {
     counted.iter().find_map(|&i| {
         let (scope, limits) = &scopes[i];
-        limits.never_fits(demand).map(|limit| Denial {
-            scope: scope.clone(),
-            limit,
-            reason: DenialReason::NeverFits,
-            retry_after_ms: None,
-        })
+        limits.never_fits_denial(scope, demand)
     })
 }
 

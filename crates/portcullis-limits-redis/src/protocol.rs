@@ -119,9 +119,9 @@ pub(crate) enum Why {
     Busy,
     /// More than the (clamped) capacity.
     NeverFits,
-    /// A quota spent: the counter of the window the script stores (nothing reserved: not needed), from
-    /// which the first window the demand fits in follows.
-    Spent(Period, WindowCounter),
+    /// A quota or budget without room: the counter of the window the script stores, from which follow
+    /// whether it is spent or held by reservations, what is left, and the first window the demand fits in.
+    Quota(Period, WindowCounter),
 }
 
 /// One scope of an admission: its lease member (what settling or renewing names) and header values.
@@ -205,7 +205,8 @@ pub(crate) fn parse_admit(reply: Value, limits: &[ScriptLimits], now: u64) -> Re
     if !tag.is_some_and(|tag| is_text(tag, "deny")) || refusals.is_empty() {
         return Err(bad(format!("admit reply of {} values for {scopes} scopes", values.len())));
     }
-    // (scope, kind, value), where a quota's value is five: its stored window's index, used and quota.
+    // (scope, kind, value), where a quota's value is seven: its stored window's index, used, reserved and
+    // quota.
     let mut refused = Vec::new();
     while let [scope, Value::BulkString(kind), value, rest @ ..] = refusals {
         let scope = usize::try_from(unsigned(scope)?).map_err(|_| bad("scope index"))?;
@@ -213,19 +214,19 @@ pub(crate) fn parse_admit(reply: Value, limits: &[ScriptLimits], now: u64) -> Re
             return Err(bad(format!("scope index {scope} of {scopes}")));
         }
         let rate = |limit, why| Ok::<_, BadReply>((limit, why, rest));
-        let spent = |limit, period| {
+        let quota = |limit, period| {
             let (counter, rest) = stored_window(value, rest)?;
-            Ok::<_, BadReply>((limit, Why::Spent(period, counter), rest))
+            Ok::<_, BadReply>((limit, Why::Quota(period, counter), rest))
         };
         let (limit, why, rest) = match kind.as_slice() {
             b"rpm" => rate(LimitKind::RequestsPerMinute, Why::Wait(unsigned(value)?))?,
             b"tpm" => rate(LimitKind::TokensPerMinute, Why::Wait(unsigned(value)?))?,
             b"tpm_never" => rate(LimitKind::TokensPerMinute, Why::NeverFits)?,
             b"concurrent" => rate(LimitKind::Concurrent, Why::Busy)?,
-            b"tokens_day" => spent(LimitKind::TokensPerDay, Period::Day)?,
-            b"tokens_month" => spent(LimitKind::TokensPerMonth, Period::Month)?,
-            b"budget_day" => spent(LimitKind::BudgetPerDay, Period::Day)?,
-            b"budget_month" => spent(LimitKind::BudgetPerMonth, Period::Month)?,
+            b"tokens_day" => quota(LimitKind::TokensPerDay, Period::Day)?,
+            b"tokens_month" => quota(LimitKind::TokensPerMonth, Period::Month)?,
+            b"budget_day" => quota(LimitKind::BudgetPerDay, Period::Day)?,
+            b"budget_month" => quota(LimitKind::BudgetPerMonth, Period::Month)?,
             other => return Err(bad(format!("unknown limit {:?}", String::from_utf8_lossy(other)))),
         };
         refused.push(Refused { scope, limit, why });
@@ -237,12 +238,18 @@ pub(crate) fn parse_admit(reply: Value, limits: &[ScriptLimits], now: u64) -> Re
     Ok(AdmitReply::Refused(refused))
 }
 
-/// A quota refusal's window, as stored: its index (`index`), then used and quota (limbs) at the head of
-/// `rest`; and what follows them.
+/// A quota refusal's window, as stored: its index (`index`), then used, reserved and quota (limbs) at the
+/// head of `rest`; and what follows them.
 fn stored_window<'a>(index: &Value, rest: &'a [Value]) -> Result<(WindowCounter, &'a [Value]), BadReply> {
-    let [used_hi, used_lo, quota_hi, quota_lo, rest @ ..] = rest else { return Err(bad("quota refusal")) };
-    let used = amount(used_hi, used_lo)?;
-    let counter = WindowCounter { index: unsigned(index)?, used, reserved: 0, quota: amount(quota_hi, quota_lo)? };
+    let [used_hi, used_lo, reserved_hi, reserved_lo, quota_hi, quota_lo, rest @ ..] = rest else {
+        return Err(bad("quota refusal"));
+    };
+    let counter = WindowCounter {
+        index: unsigned(index)?,
+        used: amount(used_hi, used_lo)?,
+        reserved: amount(reserved_hi, reserved_lo)?,
+        quota: amount(quota_hi, quota_lo)?,
+    };
     Ok((counter, rest))
 }
 
@@ -336,6 +343,8 @@ mod tests {
             Value::Int(24_330),
             Value::Int(18_446_744_073),
             Value::Int(709_551_615),
+            Value::Int(2),
+            Value::Int(3),
             Value::Int(5),
             Value::Int(7),
             Value::Int(0),
@@ -344,10 +353,10 @@ mod tests {
         ]);
         let AdmitReply::Refused(refused) = parse_admit(deny, &[rate, bucket], now).unwrap() else { panic!("refused") };
         assert_eq!(refused[0], Refused { scope: 1, limit: LimitKind::Concurrent, why: Why::Busy });
-        let window = WindowCounter { index: 24_330, used: u64::MAX, reserved: 0, quota: 5_000_000_007 };
+        let window = WindowCounter { index: 24_330, used: u64::MAX, reserved: 2_000_000_003, quota: 5_000_000_007 };
         assert_eq!(
             refused[1],
-            Refused { scope: 1, limit: LimitKind::BudgetPerMonth, why: Why::Spent(Period::Month, window) }
+            Refused { scope: 1, limit: LimitKind::BudgetPerMonth, why: Why::Quota(Period::Month, window) }
         );
         assert_eq!(refused[2], Refused { scope: 0, limit: LimitKind::TokensPerMinute, why: Why::Wait(1_500) });
         assert_eq!(refused.len(), 3);
@@ -365,6 +374,16 @@ mod tests {
             vec![text("deny"), Value::Int(0), text("rpm"), text("x")],
             vec![text("deny"), Value::Int(0), text("rpm"), Value::Int(-3)],
             vec![text("deny"), Value::Int(0), text("tokens_day"), Value::Int(1), Value::Int(0), Value::Int(0)],
+            vec![
+                text("deny"),
+                Value::Int(0),
+                text("tokens_day"),
+                Value::Int(1),
+                Value::Int(0),
+                Value::Int(0),
+                Value::Int(0),
+                Value::Int(0),
+            ],
             vec![text("deny"), Value::Int(0), text("rpm"), Value::Int(1), Value::Int(0)],
             vec![],
             vec![text("what")],

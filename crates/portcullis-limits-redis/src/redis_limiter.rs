@@ -178,8 +178,8 @@ fn tightest(current: Option<RateState>, candidate: Option<RateState>) -> Option<
     }
 }
 
-/// The refusal that lasts longest (a spent quota before a rate, then the longer wait); ties go to the
-/// earlier scope in the caller's list, then to the earlier limit in check order.
+/// The refusal that lasts longest ([`DenialReason::rank`], then the longer wait); ties go to the earlier
+/// scope in the caller's list, then to the earlier limit in check order.
 fn longest_refusal(
     refused: &[Refused],
     scopes: &[(LimitScope, Limits)],
@@ -189,30 +189,29 @@ fn longest_refusal(
 ) -> Option<Denial> {
     let mut worst: Option<((u8, u64), Denial)> = None;
     for refusal in refused {
-        let (reason, retry_after_ms) = match refusal.why {
-            Why::Wait(ms) => (DenialReason::RateLimited, Some(ms)),
-            Why::Busy => (DenialReason::RateLimited, None),
-            Why::NeverFits => (DenialReason::NeverFits, None),
-            Why::Spent(period, window) => {
-                // The first window the demand fits in, as `MemoryLimiter` finds it (the script refuses only
-                // configured quotas; without one the next window would do).
-                let (amount, quota) = quota(&scopes[counted[refusal.scope]].1, refusal.limit, demand);
-                let first = match quota {
-                    Some(quota) => window.first_fitting(period.index(now), amount, quota),
-                    None => window.index.max(period.index(now)).saturating_add(1),
-                };
-                (DenialReason::QuotaExhausted, Some(period.start(first).saturating_sub(now)))
+        let limits = &scopes[counted[refusal.scope]].1;
+        let (reason, retry_after_ms, available) = match refusal.why {
+            Why::Wait(ms) => (DenialReason::RateLimited, Some(ms), None),
+            Why::Busy => (DenialReason::RateLimited, None, None),
+            Why::NeverFits => (DenialReason::NeverFits, None, limits.capacity(refusal.limit)),
+            Why::Quota(period, window) => {
+                // Spent or held, what is left, and the first window the demand fits in: as `MemoryLimiter`
+                // finds them. (The script refuses only configured quotas, by the same rule: a quota that
+                // fits here is Redis and this replica disagreeing on the limit, answered as spent.)
+                let (amount, quota) = quota(limits, refusal.limit, demand);
+                match quota.and_then(|quota| window.refusal(period, now, amount, quota)) {
+                    Some(found) => (found.reason, found.retry_after_ms, Some(found.available)),
+                    None => {
+                        let next = period.start(window.index.max(period.index(now)).saturating_add(1));
+                        (DenialReason::QuotaExhausted, Some(next.saturating_sub(now)), Some(0))
+                    }
+                }
             }
         };
-        let rank = match reason {
-            DenialReason::RateLimited => 0,
-            DenialReason::QuotaExhausted => 1,
-            DenialReason::NeverFits => 2,
-        };
-        let severity = (rank, retry_after_ms.unwrap_or(0));
+        let severity = (reason.rank(), retry_after_ms.unwrap_or(0));
         if worst.as_ref().is_none_or(|(w, _)| severity > *w) {
             let scope = scopes[counted[refusal.scope]].0.clone();
-            worst = Some((severity, Denial { scope, limit: refusal.limit, reason, retry_after_ms }));
+            worst = Some((severity, Denial { scope, limit: refusal.limit, reason, retry_after_ms, available }));
         }
     }
     worst.map(|(_, denial)| denial)

@@ -15,6 +15,10 @@
 //! - **No admission beyond a limit.** An admission starts only if, for every day/month window of every scope,
 //!   `used + reserved + demand ≤ limit` (a zero demand always fits), and only if the token bucket holds the
 //!   demand: no number of concurrent requests is admitted beyond a quota, budget or token rate.
+//! - **A refusal says whether waiting can help.** A quota or budget that the demand would fit if the running
+//!   requests' reservations settled at nothing (`used + demand ≤ limit`) is refused as
+//!   [`DenialReason::HeldByReservations`], not as spent, and every quota or budget refusal says what is
+//!   left now ([`Denial::available`]), so that a caller may wait for settlements or ask for less.
 //! - **Settle charges the actual usage, in full.** A model server may generate past the completion cap it
 //!   was given, and a non-streamed answer cannot be cut, so `actual` may exceed the reservation: it is
 //!   charged all the same, never `min(actual, reserved)`. Quotas and budgets: `used` grows by the whole
@@ -47,7 +51,7 @@ pub use bucket::{BucketState, TakeError, TokenBucket};
 pub use gcra::{Gcra, GcraState};
 pub use memory::MemoryLimiter;
 pub use money::{Money, PICO_PER_UNIT, Price};
-pub use window::{Period, WindowCounter};
+pub use window::{Period, QuotaRefusal, WindowCounter};
 
 /// Milliseconds since the Unix epoch, passed in by the caller; the crate never reads a clock.
 pub type Millis = u64;
@@ -117,6 +121,30 @@ impl Limits {
         } else {
             None
         }
+    }
+
+    /// The whole capacity of one limit, in its unit (what [`Denial::available`] reports for `NeverFits`):
+    /// `None` when not set, and for the request rate and concurrency, which count requests, not amounts.
+    pub fn capacity(&self, kind: LimitKind) -> Option<u64> {
+        match kind {
+            LimitKind::TokensPerMinute => self.tokens_per_minute,
+            LimitKind::TokensPerDay => self.tokens_per_day,
+            LimitKind::TokensPerMonth => self.tokens_per_month,
+            LimitKind::BudgetPerDay => self.budget_per_day.map(|m| m.0),
+            LimitKind::BudgetPerMonth => self.budget_per_month.map(|m| m.0),
+            LimitKind::RequestsPerMinute | LimitKind::Concurrent => None,
+        }
+    }
+
+    /// The refusal of a demand larger than a whole capacity ([`Limits::never_fits`]), for `scope`.
+    pub fn never_fits_denial(&self, scope: &LimitScope, demand: Demand) -> Option<Denial> {
+        self.never_fits(demand).map(|limit| Denial {
+            scope: scope.clone(),
+            limit,
+            reason: DenialReason::NeverFits,
+            retry_after_ms: None,
+            available: self.capacity(limit),
+        })
     }
 }
 
@@ -205,9 +233,16 @@ pub struct Denial {
     /// When a retry can succeed: the GCRA/token-bucket wait for rates (a token debt's repayment included);
     /// for quotas and budgets the start of the next UTC day/month, or of the first later one in which an
     /// overrun carried from this one leaves room for the demand; `None` for `NeverFits` and for concurrency
-    /// (a slot frees when some running request ends, which nobody can predict). Round up to whole seconds
-    /// for `Retry-After`.
+    /// (a slot frees when some running request ends, which nobody can predict) and for `HeldByReservations`
+    /// (likewise: the reservations settle when their requests end). Round up to whole seconds for
+    /// `Retry-After`.
     pub retry_after_ms: Option<u64>,
+    /// What the refusing limit can give one request, in its unit (tokens; pico-units for budgets): for a
+    /// quota or budget refused now (`QuotaExhausted`, `HeldByReservations`) what is left of it now,
+    /// `limit − used − reserved` (saturating), for `NeverFits` its whole capacity; `None` for rates and
+    /// concurrency refused now, and for a zero request rate or concurrency. A client can shrink its
+    /// request to fit this.
+    pub available: Option<u64>,
 }
 
 impl fmt::Display for Denial {
@@ -215,6 +250,7 @@ impl fmt::Display for Denial {
         let what = match self.reason {
             DenialReason::RateLimited => "rate limit reached",
             DenialReason::QuotaExhausted => "quota exhausted",
+            DenialReason::HeldByReservations => "quota held by running requests",
             DenialReason::NeverFits => "request exceeds the limit",
         };
         write!(f, "{what}: {} of {}", self.limit.config_name(), self.scope)?;
@@ -234,8 +270,27 @@ pub enum DenialReason {
     RateLimited,
     /// Quota or budget of the current window is spent (HTTP 429 insufficient_quota).
     QuotaExhausted,
+    /// A quota or budget the demand would fit if the requests still running settled at nothing, but not
+    /// while their reservations hold it: `used + demand ≤ limit < used + reserved + demand`. Waiting for
+    /// them to settle may help; it may also not, as they settle at what they really used.
+    HeldByReservations,
     /// The demand exceeds the limit's whole capacity and can never fit (HTTP 400 request_exceeds_limit).
     NeverFits,
+}
+
+impl DenialReason {
+    /// How long a refusal of this kind lasts, for choosing the one to report when several limits refuse:
+    /// held reservations settle soonest, then rates refill, then a window ends; never fitting is forever.
+    /// A client is told the longest, so that it is not sent back into another refusal (and a rate limit
+    /// is answered at once rather than waited out behind reservations).
+    pub fn rank(self) -> u8 {
+        match self {
+            DenialReason::HeldByReservations => 0,
+            DenialReason::RateLimited => 1,
+            DenialReason::QuotaExhausted => 2,
+            DenialReason::NeverFits => 3,
+        }
+    }
 }
 
 /// OpenAI `x-ratelimit-*` header values for the tightest applicable scope (smallest remaining) of each kind.
@@ -399,8 +454,9 @@ pub trait Limiter: Send + Sync + 'static {
     /// 1 concurrency slot, `demand.tokens` on the per-minute token bucket and on the day and month token
     /// quotas, `demand.cost` on the day and month budgets), or nothing changes and a failing limit is
     /// reported. `NeverFits` is checked first for every scope. Among other failures the one that lasts
-    /// longest is reported (a spent quota before a rate, then the longest wait), so a client that honours
-    /// `Retry-After` is not sent back into another refusal; ties go to the earlier scope in `scopes`.
+    /// longest is reported ([`DenialReason::rank`]: a spent quota before a rate before a quota only held by
+    /// reservations, then the longest wait), so a client that honours `Retry-After` is not sent back into
+    /// another refusal; ties go to the earlier scope in `scopes`.
     /// Scopes without limits are skipped; a scope listed twice counts once, with its first limits.
     /// A backend that cannot reach its state answers [`Refusal::Unavailable`] or decides by its own
     /// fallback policy.

@@ -16,8 +16,8 @@ use dashmap::DashMap;
 
 use crate::scope::{Failure, Held, ScopeState, Slot, Took, Windows};
 use crate::{
-    Demand, Denial, DenialReason, Hold, LimitScope, LimitState, Limiter, Limits, Millis, RateHeaders, RateState,
-    Refusal, Reservation, Usage,
+    Demand, Denial, Hold, LimitScope, LimitState, Limiter, Limits, Millis, RateHeaders, RateState, Refusal,
+    Reservation, Usage,
 };
 
 /// [`Limiter`] kept in this process's memory. State starts empty (every bucket full, every window unused);
@@ -47,13 +47,8 @@ impl MemoryLimiter {
         };
         // A demand larger than a whole capacity is refused before any state is looked at.
         for (i, (scope, limits)) in scopes.iter().enumerate() {
-            if let Some(limit) = limits.never_fits(demand).filter(|_| counts(i)) {
-                return Err(Denial {
-                    scope: scope.clone(),
-                    limit,
-                    reason: DenialReason::NeverFits,
-                    retry_after_ms: None,
-                });
+            if let Some(denial) = limits.never_fits_denial(scope, demand).filter(|_| counts(i)) {
+                return Err(denial);
             }
         }
         let mut held: Vec<Held> = Vec::with_capacity(scopes.len());

@@ -64,21 +64,18 @@ pub(crate) struct Failure {
     pub(crate) limit: LimitKind,
     pub(crate) reason: DenialReason,
     pub(crate) retry_after_ms: Option<u64>,
+    pub(crate) available: Option<u64>,
 }
 
 impl Failure {
-    /// Orders refusals by how long they last: a spent quota outlasts a rate, a longer wait a shorter one.
+    /// Orders refusals by how long they last ([`DenialReason::rank`]), then a longer wait before a shorter.
     pub(crate) fn severity(&self) -> (u8, u64) {
-        let rank = match self.reason {
-            DenialReason::RateLimited => 0,
-            DenialReason::QuotaExhausted => 1,
-            DenialReason::NeverFits => 2,
-        };
-        (rank, self.retry_after_ms.unwrap_or(0))
+        (self.reason.rank(), self.retry_after_ms.unwrap_or(0))
     }
 
     pub(crate) fn into_denial(self, scope: LimitScope) -> Denial {
-        Denial { scope, limit: self.limit, reason: self.reason, retry_after_ms: self.retry_after_ms }
+        let Failure { limit, reason, retry_after_ms, available } = self;
+        Denial { scope, limit, reason, retry_after_ms, available }
     }
 }
 
@@ -146,6 +143,7 @@ impl ScopeState {
                 limit: LimitKind::TokensPerMinute,
                 reason: DenialReason::NeverFits,
                 retry_after_ms: None,
+                available: limits.tokens_per_minute,
             }),
             Some(Ok(())) | None => {}
         }
@@ -153,17 +151,16 @@ impl ScopeState {
             consider(rate_limited(LimitKind::Concurrent, None));
         }
         for (limit, quota, counter, period, amount) in quotas(limits, self, demand) {
-            let index = windows.of(period);
+            // The window indexes of this admission are at hand: the common case (it fits) costs no more.
             if let Some(quota) = quota
-                && !counter.fits(index, amount, quota)
+                && !counter.fits(windows.of(period), amount, quota)
+                && let Some(refusal) = counter.refusal(period, now, amount, quota)
             {
-                // The next window, or a later one while an overrun carried from this one leaves too little
-                // room (a lagging `now` may see a later window than its own: counted from that one).
-                let next = period.start(counter.first_fitting(index, amount, quota));
                 consider(Failure {
                     limit,
-                    reason: DenialReason::QuotaExhausted,
-                    retry_after_ms: Some(next.saturating_sub(now)),
+                    reason: refusal.reason,
+                    retry_after_ms: refusal.retry_after_ms,
+                    available: Some(refusal.available),
                 });
             }
         }
@@ -301,5 +298,5 @@ impl ScopeState {
 }
 
 fn rate_limited(limit: LimitKind, retry_after_ms: Option<u64>) -> Failure {
-    Failure { limit, reason: DenialReason::RateLimited, retry_after_ms }
+    Failure { limit, reason: DenialReason::RateLimited, retry_after_ms, available: None }
 }

@@ -7,7 +7,7 @@
 //! `civil_from_days` / `days_from_civil` (public domain), done here to keep the crate free of a date
 //! library and the hot path free of allocation.
 
-use crate::{LimitKind, LimitState, Millis};
+use crate::{DenialReason, LimitKind, LimitState, Millis};
 
 /// Ms in one UTC day (no leap seconds in Unix time).
 pub const DAY_MS: u64 = 86_400_000;
@@ -75,6 +75,17 @@ pub fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
     era.saturating_mul(146_097).saturating_add(doe).saturating_sub(719_468)
 }
 
+/// A quota's or budget's refusal of an amount (see [`WindowCounter::refusal`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotaRefusal {
+    /// `QuotaExhausted` or `HeldByReservations`.
+    pub reason: DenialReason,
+    /// Until the first window the amount fits in; `None` when held by reservations.
+    pub retry_after_ms: Option<u64>,
+    /// `limit − used − reserved` now, saturating.
+    pub available: u64,
+}
+
 /// Reserve/settle counter of one quantity (tokens or pico-units) in one calendar window.
 ///
 /// Admission: an amount is reserved only if `used + reserved + amount ≤ limit` (a zero amount always fits),
@@ -126,6 +137,29 @@ impl WindowCounter {
                 .checked_add(current.reserved)
                 .and_then(|s| s.checked_add(amount))
                 .is_some_and(|s| s <= limit)
+    }
+
+    /// Why `amount` does not fit under `limit` in the window of `now`, or `None` if it fits: spent, or held by
+    /// running requests when it would fit if they all settled at nothing (`used + amount ≤ limit`); with
+    /// what is left now and, for a spent quota, when a retry can succeed (the first window it fits in).
+    pub fn refusal(&self, period: Period, now: Millis, amount: u64, limit: u64) -> Option<QuotaRefusal> {
+        let index = period.index(now);
+        if self.fits(index, amount, limit) {
+            return None;
+        }
+        let available = self.remaining(index, limit);
+        let settled = WindowCounter { reserved: 0, ..self.at(index) };
+        if settled.fits(index, amount, limit) {
+            return Some(QuotaRefusal { reason: DenialReason::HeldByReservations, retry_after_ms: None, available });
+        }
+        // The next window, or a later one while an overrun carried from this one leaves too little room (a
+        // lagging `now` may see a later window than its own: counted from that one).
+        let next = period.start(self.first_fitting(index, amount, limit));
+        Some(QuotaRefusal {
+            reason: DenialReason::QuotaExhausted,
+            retry_after_ms: Some(next.saturating_sub(now)),
+            available,
+        })
     }
 
     /// Reserves `amount` in window `index` (rolling over first) under `quota` (the limit in force, if any)
@@ -307,6 +341,35 @@ mod tests {
         counter.reserve(6, 10, Some(100));
         counter.settle(window, 50, 80);
         assert_eq!((counter.index, counter.used, counter.reserved), (6, 30, 10));
+    }
+
+    #[test]
+    fn a_refusal_is_held_by_reservations_only_while_the_demand_fits_what_is_used() {
+        let noon = utc(2027, 6, 15, 12, 0);
+        let day = Period::Day.index(noon);
+        let counter = WindowCounter { index: day, used: 1_000, reserved: 800, quota: 2_000 };
+        assert_eq!(counter.refusal(Period::Day, noon, 200, 2_000), None, "used + reserved + demand = limit fits");
+        let held = QuotaRefusal { reason: DenialReason::HeldByReservations, retry_after_ms: None, available: 200 };
+        assert_eq!(counter.refusal(Period::Day, noon, 201, 2_000), Some(held));
+        assert_eq!(counter.refusal(Period::Day, noon, 1_000, 2_000), Some(held), "used + demand = limit");
+        let spent =
+            QuotaRefusal { reason: DenialReason::QuotaExhausted, retry_after_ms: Some(12 * 3_600_000), available: 200 };
+        assert_eq!(counter.refusal(Period::Day, noon, 1_001, 2_000), Some(spent));
+        // Reserved beyond the limit (the limit was lowered): nothing is available, nothing negative either.
+        let lowered = counter.refusal(Period::Day, noon, 10, 1_500);
+        assert_eq!(lowered.map(|r| (r.reason, r.available)), Some((DenialReason::HeldByReservations, 0)));
+    }
+
+    #[test]
+    fn reservations_of_an_ended_window_hold_nothing_in_the_next() {
+        let evening = utc(2027, 6, 15, 23, 0);
+        let day = Period::Day.index(evening);
+        // Overdrawn by 500 yesterday, with 300 still reserved there: today starts with the 500 carried.
+        let counter = WindowCounter { index: day - 1, used: 2_500, reserved: 300, quota: 2_000 };
+        let refusal = counter.refusal(Period::Day, evening, 1_600, 2_000).unwrap();
+        assert_eq!((refusal.reason, refusal.available), (DenialReason::QuotaExhausted, 1_500));
+        assert_eq!(refusal.retry_after_ms, Some(3_600_000));
+        assert_eq!(counter.refusal(Period::Day, evening, 1_500, 2_000), None);
     }
 
     #[test]

@@ -72,8 +72,8 @@ fn key_passing_and_team_failing_leaves_key_counters_unchanged() {
 
     let denial = limiter.admit_sync(&scopes, demand(200, 1), NOON).unwrap_err();
     assert_eq!(
-        (denial.scope, denial.limit, denial.reason),
-        (team("t"), LimitKind::TokensPerDay, DenialReason::QuotaExhausted)
+        (denial.scope, denial.limit, denial.reason, denial.available),
+        (team("t"), LimitKind::TokensPerDay, DenialReason::HeldByReservations, Some(100))
     );
     assert_eq!(limiter.snapshot_sync(&key("k"), &key_limits, NOON), before);
     assert_eq!(state_of(&limiter, &team("t"), &team_limits, NOON, LimitKind::TokensPerDay).reserved, 900);
@@ -152,10 +152,10 @@ fn month_quota_rolls_after_a_leap_day() {
     let scopes = [(key("k"), Limits { tokens_per_month: Some(10), ..Limits::default() })];
     let leap_day = utc(2028, 2, 29, 23, 59);
     let r = limiter.admit_sync(&scopes, demand(10, 0), leap_day).unwrap();
+    limiter.settle_sync(r, usage(10, 0), leap_day);
     let denial = limiter.admit_sync(&scopes, demand(1, 0), leap_day).unwrap_err();
     assert_eq!(denial.retry_after_ms, Some(60_000));
     limiter.admit_sync(&scopes, demand(10, 0), utc(2028, 3, 1, 0, 0)).unwrap();
-    drop(r);
 }
 
 #[test]
@@ -201,10 +201,63 @@ fn denial_names_the_longest_lasting_limit() {
     let key_limits = Limits { requests_per_minute: Some(1), ..Limits::default() };
     let team_limits = Limits { tokens_per_day: Some(10), ..Limits::default() };
     let scopes = [(key("k"), key_limits), (team("t"), team_limits)];
-    let _held = limiter.admit_sync(&scopes, demand(10, 0), utc(2027, 7, 21, 20, 0)).unwrap();
+    let spent = limiter.admit_sync(&scopes, demand(10, 0), utc(2027, 7, 21, 20, 0)).unwrap();
+    limiter.settle_sync(spent, usage(10, 0), utc(2027, 7, 21, 20, 0));
     let denial = limiter.admit_sync(&scopes, demand(1, 0), utc(2027, 7, 21, 20, 0)).unwrap_err();
     assert_eq!((denial.scope, denial.limit), (team("t"), LimitKind::TokensPerDay));
     assert_eq!(denial.retry_after_ms, Some(4 * 3_600_000));
+}
+
+#[test]
+fn a_quota_held_by_running_requests_says_so_and_a_rate_limit_outranks_it() {
+    let limiter = MemoryLimiter::new();
+    let key_limits = Limits { tokens_per_day: Some(1_000), budget_per_day: Some(Money(100)), ..Limits::default() };
+    let scopes = [(key("k"), key_limits.clone())];
+    let running = limiter.admit_sync(&scopes, demand(700, 60), NOON).unwrap();
+    // 400 tokens fit the 1 000 once the 700 held settle, but only 300 are free now.
+    let denial = limiter.admit_sync(&scopes, demand(400, 0), NOON).unwrap_err();
+    assert_eq!(
+        (denial.limit, denial.reason, denial.retry_after_ms, denial.available),
+        (LimitKind::TokensPerDay, DenialReason::HeldByReservations, None, Some(300))
+    );
+    // The budget, in pico-units, the same way.
+    let denial = limiter.admit_sync(&scopes, demand(1, 41), NOON).unwrap_err();
+    assert_eq!(
+        (denial.limit, denial.reason, denial.available),
+        (LimitKind::BudgetPerDay, DenialReason::HeldByReservations, Some(40))
+    );
+    // A request rate refuses at once: it is reported before reservations that may settle.
+    let with_rate = [(key("k"), Limits { requests_per_minute: Some(1), ..key_limits.clone() })];
+    limiter
+        .admit_sync(&[(key("k"), Limits { requests_per_minute: Some(1), ..Limits::default() })], demand(0, 0), NOON)
+        .unwrap();
+    let denial = limiter.admit_sync(&with_rate, demand(400, 0), NOON).unwrap_err();
+    assert_eq!(
+        (denial.limit, denial.reason, denial.available),
+        (LimitKind::RequestsPerMinute, DenialReason::RateLimited, None)
+    );
+    // Once they settle at what they used, the held request fits; what they used stays used.
+    limiter.settle_sync(running, usage(200, 10), NOON);
+    let _second = limiter.admit_sync(&scopes, demand(400, 0), NOON).unwrap();
+    let denial = limiter.admit_sync(&scopes, demand(401, 0), NOON).unwrap_err();
+    assert_eq!((denial.reason, denial.available), (DenialReason::HeldByReservations, Some(400)));
+    let denial = limiter.admit_sync(&scopes, demand(801, 0), NOON).unwrap_err();
+    assert_eq!((denial.reason, denial.available), (DenialReason::QuotaExhausted, Some(400)));
+    // A budget that stays spent outranks tokens that are only held.
+    let denial = limiter.admit_sync(&scopes, demand(401, 91), NOON).unwrap_err();
+    assert_eq!((denial.limit, denial.reason), (LimitKind::BudgetPerDay, DenialReason::QuotaExhausted));
+}
+
+#[test]
+fn never_fitting_reports_the_whole_capacity() {
+    let limiter = MemoryLimiter::new();
+    let limits = Limits { tokens_per_day: Some(1_000), budget_per_month: Some(Money(0)), ..Limits::default() };
+    let denial = limiter.admit_sync(&[(key("k"), limits.clone())], demand(1_001, 0), NOON).unwrap_err();
+    assert_eq!((denial.reason, denial.available), (DenialReason::NeverFits, Some(1_000)));
+    let denial = limiter.admit_sync(&[(key("k"), limits)], demand(10, 1), NOON).unwrap_err();
+    assert_eq!((denial.limit, denial.available), (LimitKind::BudgetPerMonth, Some(0)));
+    let zero_rate = Limits { max_concurrent: Some(0), ..Limits::default() };
+    assert_eq!(limiter.admit_sync(&[(key("k"), zero_rate)], demand(1, 0), NOON).unwrap_err().available, None);
 }
 
 #[test]

@@ -253,6 +253,15 @@ impl Quota {
     }
 }
 
+/// The refusal the model expects of a quota.
+struct Expected {
+    severity: (u8, u64),
+    kind: LimitKind,
+    reason: DenialReason,
+    retry: Option<u64>,
+    available: u64,
+}
+
 struct Outstanding {
     reservation: Reservation,
     demand: Demand,
@@ -340,22 +349,37 @@ proptest! {
                             outstanding.push(Outstanding { reservation, demand, day, month });
                         }
                         Err(denial) => {
-                            let expected = if never { DenialReason::NeverFits } else { DenialReason::QuotaExhausted };
                             prop_assert!(never || !fits, "refused {demand:?}: {denial}");
-                            prop_assert_eq!(denial.reason, expected);
-                            if !never {
-                                // Each refusing quota's retry: the first later window the demand fits in.
-                                let mut worst: Option<(u64, LimitKind)> = None;
+                            if never {
+                                prop_assert_eq!(denial.reason, DenialReason::NeverFits);
+                            } else {
+                                // Each refusing quota: held by reservations if the demand fits what is used,
+                                // else spent until the first later window the demand fits in. A spent one
+                                // is reported before a held one, then the longest retry, then the first.
+                                let mut worst: Option<Expected> = None;
                                 for q in quotas.iter().filter(|q| !q.fits(current[period_slot(q.period)], at(q), q.amount(wanted))) {
                                     let from = current[period_slot(q.period)];
-                                    let first = (at(q) + 1..).find(|&i| q.fits(from, i, q.amount(wanted))).unwrap();
-                                    let retry = q.period.start(first) - now;
-                                    if worst.is_none_or(|(w, _)| retry > w) {
-                                        worst = Some((retry, q.kind));
+                                    let amount = q.amount(wanted);
+                                    let (used, reserved) = q.view(from, at(q));
+                                    let limit = q.limit.unwrap();
+                                    let available = limit.saturating_sub(used.saturating_add(reserved));
+                                    let refusal = if u128::from(used) + u128::from(amount) <= u128::from(limit) {
+                                        ((0, 0), DenialReason::HeldByReservations, None)
+                                    } else {
+                                        let first = (at(q) + 1..).find(|&i| q.fits(from, i, amount)).unwrap();
+                                        let retry = q.period.start(first) - now;
+                                        ((1, retry), DenialReason::QuotaExhausted, Some(retry))
+                                    };
+                                    if worst.as_ref().is_none_or(|w| refusal.0 > w.severity) {
+                                        let (severity, reason, retry) = refusal;
+                                        worst = Some(Expected { severity, kind: q.kind, reason, retry, available });
                                     }
                                 }
-                                let (retry, kind) = worst.unwrap();
-                                prop_assert_eq!((denial.retry_after_ms, denial.limit), (Some(retry), kind));
+                                let Expected { kind, reason, retry, available, .. } = worst.unwrap();
+                                prop_assert_eq!(
+                                    (denial.limit, denial.reason, denial.retry_after_ms, denial.available),
+                                    (kind, reason, retry, Some(available))
+                                );
                             }
                         }
                     }

@@ -91,10 +91,11 @@ pub enum ApiError {
         message: String,
         retry_after_secs: u64,
     },
-    /// A quota or budget of the current window is spent.
+    /// A quota or budget of the current window is spent, or held by running requests; without a
+    /// retry time when only an operator can help (a limit of 0).
     InsufficientQuota {
         message: String,
-        retry_after_secs: u64,
+        retry_after_secs: Option<u64>,
     },
     /// The request's worst case exceeds a limit's whole capacity: it could never be admitted.
     RequestExceedsLimit {
@@ -296,8 +297,8 @@ impl ApiError {
             | ApiError::AuthUnavailable { retry_after_secs }
             | ApiError::LimiterUnavailable { retry_after_secs }
             | ApiError::RateLimited { retry_after_secs, .. }
-            | ApiError::InsufficientQuota { retry_after_secs, .. }
             | ApiError::ClientBlocked { retry_after_secs } => Some(*retry_after_secs),
+            ApiError::InsufficientQuota { retry_after_secs, .. } => *retry_after_secs,
             _ => None,
         }
     }
@@ -408,7 +409,8 @@ mod tests {
             ApiError::RequestTooLarge { limit: 1 },
             ApiError::HeaderTooLarge,
             ApiError::RateLimited { message: "m".into(), retry_after_secs: 1 },
-            ApiError::InsufficientQuota { message: "m".into(), retry_after_secs: 1 },
+            ApiError::InsufficientQuota { message: "m".into(), retry_after_secs: Some(1) },
+            ApiError::InsufficientQuota { message: "m".into(), retry_after_secs: None },
             ApiError::ClientBlocked { retry_after_secs: 1 },
             ApiError::UpstreamUnavailable,
             ApiError::UpstreamResting { retry_after_secs: 1 },

@@ -2,6 +2,7 @@
 //! fleet in Redis.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 #[cfg(feature = "redis")]
 use portcullis_config::OnBackendError;
@@ -9,6 +10,8 @@ use portcullis_config::{LimiterBackend as BackendKind, LimiterStartup};
 use portcullis_limits::{Limiter, MemoryLimiter, Millis};
 #[cfg(feature = "redis")]
 use portcullis_limits_redis::{BackendState, OnBackendError as RedisPolicy, RedisLimiter, RedisLimiterOptions};
+
+use tokio::sync::Notify;
 
 use crate::StartError;
 
@@ -171,10 +174,76 @@ impl LimiterHandle {
 
 /// Runs a settlement (one or more `Reservation::settle`s) at once when it completes without
 /// waiting, as the in-memory limiter's does; a networked limiter's finishes in the background.
+/// Either way, requests waiting for reservations to settle hear of it once it is done.
 pub fn settle_soon(settle: impl std::future::Future<Output = ()> + Send + 'static) {
     use futures_util::FutureExt;
     let mut settle = Box::pin(settle);
-    if settle.as_mut().now_or_never().is_none() {
-        tokio::spawn(settle);
+    if settle.as_mut().now_or_never().is_some() {
+        SETTLED.settled();
+    } else {
+        tokio::spawn(async move {
+            settle.await;
+            SETTLED.settled();
+        });
+    }
+}
+
+/// Settlements in this process, for requests waiting for reservations to settle.
+static SETTLED: SettleSignal = SettleSignal::new();
+
+/// The signal of this process's settlements (see [`settle_soon`]).
+pub const fn settlements() -> &'static SettleSignal {
+    &SETTLED
+}
+
+/// Tells whoever listens that a settlement has finished. With nobody listening — no request is
+/// waiting — a settlement costs one atomic load here, nothing more.
+#[derive(Debug)]
+pub struct SettleSignal {
+    listeners: AtomicUsize,
+    /// Settlements heard by listeners, so that several of them can tell one settlement from two.
+    count: AtomicU64,
+    notify: Notify,
+}
+
+impl SettleSignal {
+    pub(crate) const fn new() -> SettleSignal {
+        SettleSignal { listeners: AtomicUsize::new(0), count: AtomicU64::new(0), notify: Notify::const_new() }
+    }
+
+    pub(crate) fn settled(&self) {
+        // SeqCst pairs with `listen`: a listener that registers after this load sees, in its next
+        // admission, what this settlement changed.
+        if self.listeners.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        self.count.fetch_add(1, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// Marks a listener for as long as the guard lives; only then are settlements signalled.
+    pub fn listen(&self) -> Listening<'_> {
+        self.listeners.fetch_add(1, Ordering::SeqCst);
+        Listening(self)
+    }
+
+    /// How many settlements were signalled so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Resolves at the next settlement signalled after it was created.
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
+}
+
+/// A listener of a [`SettleSignal`]; dropping it stops the signal when it was the last.
+#[derive(Debug)]
+pub struct Listening<'a>(&'a SettleSignal);
+
+impl Drop for Listening<'_> {
+    fn drop(&mut self) {
+        self.0.listeners.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -54,6 +54,12 @@ pub struct Metrics {
     panics: Family<ListenerLabels, Counter>,
     open_leases: Gauge<i64, AtomicI64>,
     lease_settlements: Family<SettlementLabels, Counter>,
+    quota_waits: Family<WaitLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct WaitLabels {
+    outcome: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -136,6 +142,13 @@ impl Metrics {
             "Authorizer leases ended, by how: usage_reported, usage_observed, or charged_in_full reasons; relayed_out: sent on to the replica holding the lease",
             lease_settlements.clone(),
         );
+        let quota_waits = Family::default();
+        registry.register(
+            "quota_waits",
+            "Requests that waited for a quota or budget held by running requests, by outcome: admitted, \
+             refused (it was spent meanwhile) or timed_out (still held after the model's queue_timeout)",
+            quota_waits.clone(),
+        );
         registry.register_collector(Box::new(TokenCollector { runtime: runtime.clone() }));
         registry.register_collector(Box::new(UpstreamCollector { runtime }));
         registry.register_collector(Box::new(LimiterCollector { limiter }));
@@ -153,6 +166,7 @@ impl Metrics {
             panics,
             open_leases,
             lease_settlements,
+            quota_waits,
         }
     }
 
@@ -201,6 +215,10 @@ impl Metrics {
 
     pub fn denied(&self, scope: &'static str, limit: &'static str) {
         self.denials.get_or_create(&DenialLabels { scope, limit }).inc();
+    }
+
+    pub fn quota_waited(&self, outcome: &'static str) {
+        self.quota_waits.get_or_create(&WaitLabels { outcome }).inc();
     }
 
     pub fn security_event(&self, event: &'static str) {

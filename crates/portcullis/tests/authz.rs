@@ -295,6 +295,31 @@ async fn a_usage_report_settles_the_lease_once_and_lands_in_usage() {
 }
 
 #[tokio::test]
+async fn a_check_held_by_an_open_lease_waits_for_its_usage_report() {
+    // Without a body a check reserves 84 + 16 prompt tokens and 50 of completion: one fits 200,
+    // two do not, and a second fits once the first is settled at what it used.
+    let (_stub, gateway) = start("", "[tiers.free]\ntokens_per_day = 200\n").await;
+    let (_, key) = gateway.create_key(&["--tier", "free"]);
+    let first = Ask::chat(&key).to(&gateway, "/authz").await;
+    first.assert_ok();
+    let request_id = first.header("x-portcullis-request-id").expect("the lease id").to_string();
+
+    let started = Instant::now();
+    let report = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        usage_report(&gateway, &request_id, 7, 9).await
+    };
+    let second = async {
+        let reply = Ask::chat(&key).to(&gateway, "/authz").await;
+        (reply, started.elapsed())
+    };
+    let ((second, answered_after), report) = tokio::join!(second, report);
+    report.assert_ok();
+    second.assert_ok();
+    assert!(answered_after >= Duration::from_millis(300), "answered after {answered_after:?}, before the report");
+}
+
+#[tokio::test]
 async fn an_unreported_lease_is_charged_in_full_and_frees_its_slot_when_it_expires() {
     let (_stub, gateway) = start("lease = \"1s\"", "[tiers.free]\nmax_concurrent = 1\n").await;
     let (_, key) = gateway.create_key(&["--tier", "free"]);

@@ -10,7 +10,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{BINARY, Reply, http, send};
+use common::{BINARY, Reply, http, quota_race, send};
 use portcullis_testkit::{
     Gateway, GatewayBuilder, PostgresDatabase, RedisServer, StubUpstream, TcpRelay, redis_or_skip, unique_name,
 };
@@ -186,7 +186,9 @@ async fn a_burst_across_three_replicas_gets_one_key_limit_not_three() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_budget_race_across_three_replicas_never_overspends() {
     let Some(redis) = redis_or_skip() else { return };
-    let Some(fleet) = Fleet::start(FleetSpec::new(redis)).await else { return };
+    // A request the budget holds for running ones gives up before they end (see limits.rs).
+    let spec = FleetSpec { extra_config: "queue_timeout = \"10ms\"\n", ..FleetSpec::new(redis) };
+    let Some(fleet) = Fleet::start(spec).await else { return };
     fleet.stub.set_chunk_gap(Duration::from_millis(400));
     const N: u64 = 4;
     let body = chat_body(20, true);
@@ -228,6 +230,35 @@ async fn a_budget_race_across_three_replicas_never_overspends() {
     let usage = wait_for_requests(fleet.replica(2), &key, N).await;
     let spent = usage["spend"]["today"]["cost"].as_f64().expect("a cost");
     assert!(spent > 0.0 && spent <= budget as f64, "spent {spent} of a {budget} budget: {usage}");
+}
+
+/// The quota race of `quota_wait.rs` on three replicas sharing Redis: requests held by the
+/// reservations of requests running on any replica wait for them to settle (seen by the poll
+/// when they settle elsewhere), the quota is spent, and never past its limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quota_race_across_three_replicas_spends_the_quota_and_refuses_only_what_it_cannot_pay() {
+    let Some(redis) = redis_or_skip() else { return };
+    let spec = FleetSpec { extra_config: quota_race::QUEUE_TIMEOUT, ..FleetSpec::new(redis) };
+    let Some(fleet) = Fleet::start(spec).await else { return };
+    quota_race::prepare(&fleet.stub);
+    let (key_id, key) = fleet.key_with_limits(json!({"tokens_per_day": quota_race::QUOTA})).await;
+    let proxies: Vec<String> = fleet.replicas.iter().map(Gateway::proxy_url).collect();
+
+    let started = Instant::now();
+    let replies = quota_race::run(&proxies, &key).await;
+    let served = quota_race::check(&replies);
+    eprintln!("{served} of {} served over 3 replicas in {:?}", replies.len(), started.elapsed());
+    assert_eq!(fleet.stub.requests_to("/v1/chat/completions").len() as u64, served);
+
+    // Every replica sees the fleet's count: all served requests used, nothing held.
+    for replica in &fleet.replicas {
+        let usage = quota_race::settled_usage(&replica.proxy_url(), &key, served).await;
+        let expected = (quota_race::QUOTA, served * quota_race::REAL_USE, 0);
+        assert_eq!(quota_race::day_quota(&usage), expected, "{usage}");
+    }
+    let admin = fleet.replica(1);
+    let recorded = quota_race::admin_totals(&admin.admin_url(), admin.admin_token(), &key_id, served).await;
+    assert_eq!(recorded, (served, served * quota_race::REAL_USE));
 }
 
 /// Polls `/v1/usage` until `spend.today.requests` reaches `requests`.

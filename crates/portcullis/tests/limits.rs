@@ -382,8 +382,10 @@ async fn budget_race_never_overspends() {
     let stub = StubUpstream::start().await;
     // Long enough streams that every request is decided while the admitted ones still run.
     stub.set_chunk_gap(Duration::from_millis(500));
-    // 1 currency unit per token, prompt or completion: a cost in units is a count of tokens.
-    let extra = "price = { input_per_million = 1000000.0, output_per_million = 1000000.0 }";
+    // 1 currency unit per token, prompt or completion: a cost in units is a count of tokens. A
+    // short queue_timeout: a request the budget holds for running ones gives up before they end,
+    // so every request is decided while they run (waiting for them is tests/quota_wait.rs).
+    let extra = "price = { input_per_million = 1000000.0, output_per_million = 1000000.0 }\nqueue_timeout = \"10ms\"";
     let gateway = start_gateway(&model_table(&stub, "m", extra)).await;
     let mut body = chat("m", "hello there", Some(20), true);
     body["stream_options"] = json!({"include_usage": true});

@@ -748,11 +748,12 @@ async fn a_token_and_a_key_sharing_a_team_budget_never_overspend_it() {
     let stub = StubUpstream::start().await;
     stub.set_chunk_gap(Duration::from_millis(500));
     let mut config = gateway_config(&stub, &idp, &Auth::jwt(), "");
-    // 1 currency unit per token: a cost in units is a count of tokens.
+    // 1 currency unit per token: a cost in units is a count of tokens. A short queue_timeout: a
+    // request the budget holds for running ones gives up before they end (see limits.rs).
     config = config.replace(
         &format!("name = \"gemma-3\"\nendpoints = [\"{}\"]\n", stub.url()),
         &format!(
-            "name = \"gemma-3\"\nendpoints = [\"{}\"]\nprice = {{ input_per_million = 1000000.0, output_per_million = 1000000.0 }}\n",
+            "name = \"gemma-3\"\nendpoints = [\"{}\"]\nprice = {{ input_per_million = 1000000.0, output_per_million = 1000000.0 }}\nqueue_timeout = \"10ms\"\n",
             stub.url()
         ),
     );

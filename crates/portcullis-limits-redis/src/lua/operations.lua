@@ -152,12 +152,14 @@ local function refuse(out, scope, kind, value)
   return out
 end
 
--- Appends a quota's refusal: the stored window's index, its used and its quota at u and q (limbs), from
--- which Rust computes the first window the demand fits in (window.rs `first_fitting`).
+-- Appends a quota's refusal: the stored window's index, its used and reserved at u and u + 2 and its quota
+-- at q (limbs), from which Rust tells a spent quota from one held by reservations, what is left, and the
+-- first window the demand fits in (window.rs `refusal`).
 local function refuse_quota(out, scope, kind, s, w, u, q)
   out = refuse(out, scope, kind, s[w])
   local n = #out
-  out[n + 1], out[n + 2], out[n + 3], out[n + 4] = s[u], s[u + 1], s[q], s[q + 1]
+  out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5], out[n + 6] = s[u], s[u + 1], s[u + 2], s[u + 3], s[q],
+    s[q + 1]
   return out
 end
 
@@ -180,8 +182,8 @@ if operation == 'admit' then
   -- ARGV[4]: the lease members' common tail (demand and id).
   -- Returns {'ok', per scope: lease member, GCRA TAT ms, remainder, bucket deficit} or
   -- {'deny', (scope, kind, value...)...}: scopes counted from 0 in KEYS order, value the wait in ms for
-  -- rates, -1 for concurrency and never fitting; for quotas five values: the stored window's index, its
-  -- used and its quota (limbs), which Rust turns into a time.
+  -- rates, -1 for concurrency and never fitting; for quotas seven values: the stored window's index, its
+  -- used, reserved and quota (limbs), which Rust turns into a reason, what is left and a time.
   local v = {struct.unpack('<' .. string.rep('d', 10 + 12 * n), ARGV[2])}
   NOW, WALL, EXPIRE_AT = v[1], v[2], v[3]
   local deadline, day, month, th, tl, ch, cl = v[4], v[5], v[6], v[7], v[8], v[9], v[10]

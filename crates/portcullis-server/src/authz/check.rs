@@ -9,7 +9,7 @@
 //! [`Check`] and the [`Verdict`] into their own answer.
 
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -195,7 +195,12 @@ impl Asked<'_> {
             cost: price.cost(call.prompt_bound, call.completion_bound),
         };
         let scopes = caller_limits::scopes_for(live, principal, team);
-        let reservation = proxy::reserve(&self.state.proxy, &scopes, demand, call.operation).await?;
+        let cap = call.completion_bound / call.choices.max(1);
+        let asked = proxy::asked(call.operation, call.prompt_bound, cap, call.choices, price);
+        let priority = live.tier(principal.tier(team, live)).map_or(0, |tier| tier.priority);
+        let timeout = live.model(&call.model).map_or(Duration::ZERO, |model| model.queue_timeout.0);
+        let patience = proxy::Patience { priority, timeout };
+        let reservation = proxy::reserve(&self.state.proxy, &scopes, demand, &asked, patience).await?;
         let headers = reservation.as_ref().map(|reservation| reservation.headers).unwrap_or_default();
         let lease = Lease {
             reservation,
@@ -230,6 +235,7 @@ struct Call {
     prompt_bound: u64,
     /// Completion tokens at most, for all choices.
     completion_bound: u64,
+    choices: u64,
     /// Whether the model server is bound to `completion_bound` (the client named a cap).
     capped: bool,
 }
@@ -272,6 +278,7 @@ impl Call {
             stream: request.stream,
             prompt_bound: request.body.len() as u64 + TEMPLATE_SLACK,
             completion_bound: cap.saturating_mul(request.choices),
+            choices: request.choices,
             capped: !generates || largest_cap.is_some(),
             model: request.model,
         }
@@ -307,6 +314,7 @@ impl Call {
             stream: false,
             prompt_bound,
             completion_bound,
+            choices: 1,
             capped: !operation.generates(),
         })
     }

@@ -7,17 +7,23 @@
 //! A request whose body came whole with its head (most do) is admitted in one step, [`admit`]
 //! alone. A request refused at the second step (or whose body never arrives) gives its slot
 //! back at once; it still counts against the request rate, like any request that was made.
+//!
+//! A quota or budget that has room for the request once running requests settle, but not while
+//! their reservations hold it, is waited for (`quota_wait`), up to the model's `queue_timeout`.
+
+use std::time::Duration;
 
 use portcullis_config::{Live, ModelConfig};
-use portcullis_limits::{Demand, LimitScope, Limits, Price, RateHeaders, Refusal, Reservation};
+use portcullis_limits::{Demand, DenialReason, LimitScope, Limits, Price, RateHeaders, Refusal, Reservation};
 use portcullis_store::TeamRecord;
 
 use super::ProxyState;
 use super::body::{Operation, ParsedRequest};
 use super::capture::Capture;
 use super::demand::{self, BodyRules, Plan};
+use super::quota_wait::{Patience, waiting_room};
 use super::settle::{Settlement, Terms};
-use crate::caller_limits::{self, ScopedLimits};
+use crate::caller_limits::{self, Asked, ScopedLimits};
 use crate::clock::unix_millis;
 use crate::error::ApiError;
 use crate::exchange::Exchange;
@@ -46,7 +52,8 @@ pub async fn enter(
     team: Option<&TeamRecord>,
 ) -> Result<Entered, ApiError> {
     let (rate, amounts) = caller_limits::split(caller_limits::scopes_for(live, principal, team));
-    let slot = reserve(state, &rate, Demand::default(), Operation::Chat).await?;
+    let slot =
+        reserve(state, &rate, Demand::default(), &asked(Operation::Chat, 0, 0, 1, Price::FREE), Patience::NONE).await?;
     let headers = slot.as_ref().map(|slot| slot.headers).unwrap_or_default();
     Ok(Entered { amounts, slot, headers })
 }
@@ -72,15 +79,18 @@ pub async fn admit(
     let price = model.map_or(Price::FREE, price);
     let completion_bound = plan.completion_cap.saturating_mul(request.choices);
     let demand = Demand { tokens: plan.worst_case_tokens, cost: price.cost(plan.prompt_bound, completion_bound) };
+    let asked = asked(request.operation, plan.prompt_bound, plan.completion_cap, request.choices, price);
+    let priority = live.tier(principal.tier(team, live)).map_or(0, |tier| tier.priority);
+    let patience = Patience { priority, timeout: model.map_or(Duration::ZERO, |model| model.queue_timeout.0) };
     let (amounts, slot, rate_headers) = match entered {
         Some(Entered { amounts, slot, headers }) => {
-            let amounts = reserve(state, &amounts, demand, request.operation).await?;
+            let amounts = reserve(state, &amounts, demand, &asked, patience).await?;
             let tokens = amounts.as_ref().and_then(|reservation| reservation.headers.tokens);
             (amounts, slot, RateHeaders { requests: headers.requests, tokens })
         }
         None => {
             let scopes = caller_limits::scopes_for(live, principal, team);
-            let all = reserve(state, &scopes, demand, request.operation).await?;
+            let all = reserve(state, &scopes, demand, &asked, patience).await?;
             let headers = all.as_ref().map(|reservation| reservation.headers).unwrap_or_default();
             (all, None, headers)
         }
@@ -88,7 +98,6 @@ pub async fn admit(
     // Either the key or its team opting in turns capture on; only then is the prompt read.
     let captures = principal.capture_content || team.is_some_and(|team| team.capture_content);
     let capture = captures.then(|| Capture::new(state.redactor().clone(), &request.body));
-    let priority = live.tier(principal.tier(team, live)).map_or(0, |tier| tier.priority);
     let settlement = Settlement::new(Terms {
         amounts,
         slot,
@@ -106,21 +115,37 @@ pub async fn admit(
     Ok(Admitted { plan, rate_headers, priority, settlement })
 }
 
-/// One all-or-nothing reservation; none when no limit applies.
+/// One all-or-nothing reservation; none when no limit applies. A quota or budget held only by
+/// running requests' reservations is waited for, as `patience` allows (see `quota_wait`).
 pub(crate) async fn reserve(
     state: &ProxyState,
     scopes: &[(LimitScope, Limits)],
     demand: Demand,
-    operation: Operation,
+    asked: &Asked,
+    patience: Patience,
 ) -> Result<Option<Reservation>, ApiError> {
     if scopes.is_empty() {
         return Ok(None);
     }
-    let now = unix_millis(time::OffsetDateTime::now_utc());
-    let reservation = state.limiter().admit(scopes, demand, now).await.map_err(|refusal| match refusal {
+    let attempt = || state.limiter().admit(scopes, demand, unix_millis(time::OffsetDateTime::now_utc()));
+    let result = match attempt().await {
+        Err(Refusal::Denied(denial))
+            if denial.reason == DenialReason::HeldByReservations && !patience.timeout.is_zero() =>
+        {
+            let waited = waiting_room().wait(patience, attempt).await;
+            state.metrics().quota_waited(match &waited {
+                Ok(_) => "admitted",
+                Err(Refusal::Denied(denial)) if denial.reason == DenialReason::HeldByReservations => "timed_out",
+                Err(_) => "refused",
+            });
+            waited
+        }
+        result => result,
+    };
+    let reservation = result.map_err(|refusal| match refusal {
         Refusal::Denied(denial) => {
             state.metrics().denied(caller_limits::scope_kind(&denial.scope), denial.limit.config_name());
-            caller_limits::denial_error(&denial, oversized_param(operation))
+            caller_limits::denial_error(&denial, asked)
         }
         Refusal::Unavailable { retry_after_ms } => {
             ApiError::LimiterUnavailable { retry_after_secs: retry_after_ms.div_ceil(1000).max(1) }
@@ -134,12 +159,18 @@ pub fn price(model: &ModelConfig) -> Price {
     Price::per_million(model.price.input_per_million, model.price.output_per_million)
 }
 
-/// The parameter a client lowers when its request is too big for a limit: the completion cap,
-/// or for what generates nothing its prompt.
-fn oversized_param(operation: Operation) -> &'static str {
-    match operation {
+/// What a request asked for, in the terms its refusal would use: its API's completion cap
+/// parameter (`max_output_tokens` for the Responses API), or none for what generates nothing.
+pub(crate) fn asked(operation: Operation, prompt_bound: u64, cap: u64, choices: u64, price: Price) -> Asked {
+    let cap_param = match operation {
         Operation::Responses => "max_output_tokens",
-        operation if operation.generates() => "max_tokens",
-        operation => operation.prompt_field(),
+        _ => "max_tokens",
+    };
+    Asked {
+        cap: operation.generates().then_some((cap_param, cap)),
+        prompt_param: operation.prompt_field(),
+        prompt_bound,
+        choices,
+        price,
     }
 }

@@ -11,6 +11,7 @@ mod demand;
 mod inference;
 mod meter;
 mod models;
+mod quota_wait;
 mod refusal;
 mod rename;
 mod response_ids;
@@ -27,11 +28,12 @@ pub(crate) mod sse;
 pub use response_ids::ResponseIds;
 pub use state::{Parts, ProxyState};
 
-pub(crate) use admit::{price, reserve};
+pub(crate) use admit::{asked, price, reserve};
 pub(crate) use answer::reported_usage;
 pub(crate) use authorize::may_use_model;
 pub(crate) use demand::TEMPLATE_SLACK;
 pub(crate) use inference::serves;
+pub(crate) use quota_wait::Patience;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;

@@ -5,6 +5,8 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 #![allow(clippy::expect_used, clippy::panic, reason = "test helpers: a failure is a failed test")]
 
+pub mod quota_race;
+
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
