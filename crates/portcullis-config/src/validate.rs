@@ -166,9 +166,19 @@ fn validate_model(index: usize, model: &ModelConfig, config: &Config) -> Result<
             return invalid(&field, "must not carry credentials; use api_key");
         }
     }
-    if !portcullis_types::openai::COMPLETION_CAP_FIELDS.contains(&model.max_tokens_field.as_str()) {
+    if model
+        .max_tokens_field
+        .as_deref()
+        .is_some_and(|field| !portcullis_types::openai::COMPLETION_CAP_FIELDS.contains(&field))
+    {
         let known = portcullis_types::openai::COMPLETION_CAP_FIELDS.join(", ");
         return invalid(&path("max_tokens_field"), &format!("must be one of {known}"));
+    }
+    if model.tokenizer == Some(crate::TokenizerSource::Server) && !model.server.tokenizes() {
+        return invalid(
+            &path("tokenizer"),
+            "\"server\" needs a server with a tokenize endpoint: llamacpp, vllm or tgi",
+        );
     }
     if model.max_event_bytes < 1024 {
         return invalid(&path("max_event_bytes"), "must be at least 1024");

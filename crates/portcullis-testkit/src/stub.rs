@@ -3,7 +3,8 @@
 //! It answers like llama.cpp's `llama-server` or OpenAI would, but deterministically: a reply
 //! is made of [`reply_pieces`] (the first piece echoes the `model` it received, one piece per
 //! completion token), usage counts whitespace-separated words of the prompt, and embeddings are
-//! derived from a hash of each input. Every request is recorded, and faults (status codes,
+//! derived from a hash of each input; llama.cpp's `POST /tokenize` gives one token per word
+//! too. Every request is recorded, and faults (status codes,
 //! hangs, slow or gated streams) can be switched on and off while it runs.
 
 use std::net::SocketAddr;
@@ -510,6 +511,11 @@ fn route(shared: &Arc<Shared>, behaviour: &Behaviour, method: &Method, request: 
             );
         }
     } else if *method == Method::POST {
+        if path == "/tokenize" {
+            let content = request.body.as_ref().and_then(|body| body.get("content")).and_then(Value::as_str);
+            let words = content.map_or(0, |text| text.split_whitespace().count());
+            return axum::Json(json!({"tokens": vec![0; words]})).into_response();
+        }
         let endpoint = if path.ends_with("/v1/chat/completions") {
             Some(Endpoint::Chat)
         } else if path.ends_with("/v1/completions") {
