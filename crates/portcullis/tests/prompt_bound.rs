@@ -10,13 +10,15 @@
 
 mod common;
 
-use common::{BINARY, Reply, http, send};
+use common::{BINARY, Reply, http, send, the_record};
 use portcullis_testkit::{Gateway, GatewayBuilder, StubUpstream, real_slm_url, skip_or_fail};
 use serde_json::{Value, json};
 
 /// The gateway's allowance for template tokens around the whole prompt and each message.
 const TEMPLATE_SLACK: u64 = 16;
 const TPM: u64 = 10_000_000;
+/// Content chunks in a stub's streamed answer.
+const STUB_CHUNKS: u64 = 3;
 
 async fn gateway(model: &str) -> Gateway {
     let config = format!("{model}\n[tiers.free]\ntokens_per_minute = {TPM}\n");
@@ -51,7 +53,11 @@ async fn each_server_gets_the_cap_in_the_field_it_reads_and_usage_only_if_it_str
     reserved(&gateway, "/v1/chat/completions", &chat("llama"), 1024).await.0.assert_ok();
     let mut streamed = chat("tgi");
     streamed["stream"] = json!(true);
-    reserved(&gateway, "/v1/chat/completions", &streamed, 1024).await.0.assert_ok();
+    let (_, key) = gateway.create_key(&["--tier", "free"]);
+    let url = format!("{}/v1/chat/completions", gateway.proxy_url());
+    let stream = send(http().post(url).bearer_auth(&key).header("x-request-id", "rid-tgi").json(&streamed)).await;
+    stream.assert_ok();
+    assert!(stream.text.contains("[DONE]"), "{}", stream.text);
     let mut capped = chat("vllm");
     capped["max_completion_tokens"] = json!(9);
     let (reply, _) = reserved(&gateway, "/v1/chat/completions", &capped, 9).await;
@@ -66,6 +72,10 @@ async fn each_server_gets_the_cap_in_the_field_it_reads_and_usage_only_if_it_str
     assert_eq!(sent[1]["max_tokens"], 1024, "TGI: {}", sent[1]);
     assert_eq!(sent[1].get("stream_options"), None, "TGI streams no usage and is not asked for it: {}", sent[1]);
     assert_eq!(sent[2], capped, "vLLM obeys max_completion_tokens: the body goes as it came");
+    // Without a usage chunk the completion is the chunks relayed, and the record says so.
+    let record = the_record(&gateway, "rid-tgi").await;
+    assert_eq!(record["completion_tokens"], STUB_CHUNKS, "{record}");
+    assert!(record["reason"].as_str().is_some_and(|reason| reason.starts_with("usage_counted")), "{record}");
 }
 
 #[tokio::test]
