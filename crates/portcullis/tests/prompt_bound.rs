@@ -110,6 +110,32 @@ async fn a_counted_prompt_reserves_its_tokens_and_a_repeated_one_is_counted_once
 }
 
 #[tokio::test]
+async fn the_authorizer_reserves_a_forwarded_prompt_at_its_count_too() {
+    let stub = StubUpstream::start().await;
+    let gateway = gateway(&format!(
+        "[authz]\nlisten = \"127.0.0.1:0\"\n\n[[models]]\nname = \"m\"\nendpoints = [\"{}\"]\n\
+         server = \"llamacpp\"\ntokenizer = \"server\"\n",
+        stub.url()
+    ))
+    .await;
+    let (_, key) = gateway.create_key(&["--tier", "free"]);
+    let body = json!({"model": "m", "max_tokens": 7, "messages": [{"role": "user", "content": "hello there"}]});
+    let reply = send(
+        http()
+            .post(format!("http://{}/authz", gateway.authz_addr()))
+            .header("x-forwarded-uri", "/v1/chat/completions")
+            .header("x-forwarded-method", "POST")
+            .bearer_auth(&key)
+            .body(serde_json::to_vec(&body).expect("a JSON body")),
+    )
+    .await;
+    reply.assert_ok();
+    let remaining: u64 = reply.header("x-ratelimit-remaining-tokens").and_then(|v| v.parse().ok()).expect("headers");
+    // "user hello there": 3 words, 1 message.
+    assert_eq!(TPM - remaining, 3 + 8 + TEMPLATE_SLACK + 7);
+}
+
+#[tokio::test]
 async fn a_tokenizer_that_does_not_answer_leaves_the_byte_bound_and_the_request_served() {
     let stub = StubUpstream::start().await;
     // The stub answers in llama.cpp's shape, which a vLLM dialect cannot read: every count fails.
