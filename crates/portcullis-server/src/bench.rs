@@ -25,11 +25,7 @@ impl PromptBound {
     pub async fn of(&self, body: Bytes) -> u64 {
         let byte_bound = body.len() as u64 + TEMPLATE_SLACK;
         let Ok(request) = body::parse(body::Operation::Chat, body, 64) else { return byte_bound };
-        let model = self.runtime.live.model(&request.model);
-        let counted = match model {
-            Some(config) if config.tokenizer.is_some() => counted_bound(&self.runtime, model, &request).await,
-            _ => None,
-        };
+        let counted = counted_bound(&self.runtime, self.runtime.live.model(&request.model), &request).await;
         counted.map_or(byte_bound, |counted| counted.min(byte_bound))
     }
 }

@@ -10,8 +10,9 @@
 //! priority heap of waiting requests; `route` a model's client and settings;
 //! `forward` the attempt loop over endpoints and fallbacks; `attempt` one request up to its
 //! response head; `body` the relayed body with timeouts and the slot guard; `health` active
-//! checks; `headers` hop-by-hop and credential filtering; `rewrite` the `model` field; `side` the gateway's own small calls (tokenize); `client`
-//! the HTTP/1.1 client and each endpoint's keep-alive connections.
+//! checks; `headers` hop-by-hop and credential filtering; `rewrite` the `model` field; `side`
+//! the gateway's own small calls (tokenize); `client` the HTTP/1.1 client and each endpoint's
+//! keep-alive connections.
 
 mod attempt;
 mod body;

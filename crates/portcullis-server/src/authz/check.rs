@@ -272,11 +272,7 @@ impl Call {
         let largest_cap = largest_cap(&request);
         let cap = if generates { largest_cap.unwrap_or(live.limits.default_max_tokens) } else { 0 };
         let prompt_bound = request.body.len() as u64 + TEMPLATE_SLACK;
-        let model = live.model(&request.model);
-        let counted = match model {
-            Some(config) if config.tokenizer.is_some() => proxy::counted_bound(runtime, model, &request).await,
-            _ => None,
-        };
+        let counted = proxy::counted_bound(runtime, live.model(&request.model), &request).await;
         Call {
             operation: request.operation,
             stream: request.stream,

@@ -71,7 +71,7 @@ pub async fn admit(
         dialect,
         passthrough_fields: model.map_or(&[], |model| model.passthrough_fields.as_slice()),
     };
-    // Only a model with a tokenizer pays for a count; the others skip it on this check.
+    // Only a model with a tokenizer pays for a count; plain chat does not even load the runtime.
     let counted = match model {
         Some(config) if config.tokenizer.is_some() => prompt::counted_bound(&state.runtime(), model, request).await,
         _ => None,
