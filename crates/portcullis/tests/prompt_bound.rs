@@ -11,6 +11,8 @@
 mod common;
 
 use common::{BINARY, Reply, http, send, the_record};
+use std::time::{Duration, Instant};
+
 use portcullis_testkit::{Gateway, GatewayBuilder, StubUpstream, real_slm_url, skip_or_fail};
 use serde_json::{Value, json};
 
@@ -151,6 +153,29 @@ async fn a_tokenizer_that_does_not_answer_leaves_the_byte_bound_and_the_request_
     let (_, again) = reserved(&gateway, "/v1/chat/completions", &body, 5).await;
     assert_eq!(again, byte_bound(&body));
     assert_eq!(stub.requests_to("/tokenize").len(), 2, "a failed count is not cached: each request asks");
+}
+
+#[tokio::test]
+async fn a_slow_tokenizer_costs_a_request_its_timeout_at_most_and_leaves_the_byte_bound() {
+    let stub = StubUpstream::start().await;
+    let gateway = gateway(&format!(
+        "[[models]]\nname = \"m\"\nendpoints = [\"{}\"]\nserver = \"llamacpp\"\ntokenizer = \"server\"\n",
+        stub.url()
+    ))
+    .await;
+    // Every answer, the tokenizer's included, comes after 1 s; the gateway waits 250 ms for a count.
+    stub.set_response_delay(Duration::from_secs(1));
+    let body = json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hello there"}]});
+    let (_, key) = gateway.create_key(&["--tier", "free"]);
+    let request = http().post(format!("{}/v1/chat/completions", gateway.proxy_url())).bearer_auth(&key).json(&body);
+    let started = Instant::now();
+    let reply = send(request).await;
+    let took = started.elapsed();
+    reply.assert_ok();
+    let remaining: u64 = reply.header("x-ratelimit-remaining-tokens").and_then(|v| v.parse().ok()).expect("headers");
+    assert_eq!(TPM - remaining - 5, byte_bound(&body));
+    // 250 ms for the count, then the 1 s answer: short of the 2 s that waiting for the count takes.
+    assert!(took < Duration::from_millis(1800), "took {took:?}");
 }
 
 /// Gemma 3 270M behind llama.cpp: its own tokenizer bounds each prompt, tighter than the bytes
