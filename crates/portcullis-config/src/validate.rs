@@ -253,7 +253,7 @@ fn invalid(path: &str, message: &str) -> Result<(), ConfigError> {
 mod tests {
     use std::path::Path;
 
-    use crate::{Config, ConfigError};
+    use crate::{Config, ConfigError, TokenizerSource};
 
     const REFERENCE: &str = include_str!("../../../examples/portcullis.toml");
 
@@ -302,6 +302,19 @@ mod tests {
     fn bad_duration_names_the_field_path() {
         let text = "[[models]]\nname = \"a\"\nendpoints = [\"http://h\"]\nqueue_timeout = \"soon\"\n";
         assert_eq!(error_path(text), "models[0].queue_timeout");
+    }
+
+    #[test]
+    fn a_server_tokenizer_needs_a_server_with_a_tokenize_endpoint() {
+        let model = "[[models]]\nname = \"a\"\nendpoints = [\"http://h\"]\ntokenizer = \"server\"\n";
+        assert_eq!(error_path(model), "models[0].tokenizer", "the default server, openai, has none");
+        assert_eq!(error_path(&format!("{model}server = \"ollama\"\n")), "models[0].tokenizer");
+        let config = parse(&format!("{model}server = \"llamacpp\"\ntemplate_tokens = 20\n")).unwrap();
+        assert_eq!((config.models[0].tokenizer, config.models[0].template_tokens), (Some(TokenizerSource::Server), 20));
+        assert_eq!(
+            error_path(&format!("{model}server = \"vllm\"\nmax_tokens_field = \"length\"\n")),
+            "models[0].max_tokens_field"
+        );
     }
 
     #[test]
