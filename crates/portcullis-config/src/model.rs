@@ -445,9 +445,10 @@ pub struct ModelConfig {
     #[serde(default)]
     pub fallbacks: Vec<String>,
     /// The completion-cap field this model's server reads, written into every request that
-    /// names none (`"max_tokens"`; `"max_completion_tokens"` for servers that refuse the other).
-    #[serde(default = "defaults::max_tokens_field")]
-    pub max_tokens_field: String,
+    /// names none; overrides the `server` dialect's choice (`"max_completion_tokens"` for an
+    /// OpenAI model that refuses `max_tokens`).
+    #[serde(default)]
+    pub max_tokens_field: Option<String>,
     /// The most bytes one server-sent event of this model's streams may hold; a longer one ends
     /// the stream with an error event.
     #[serde(default = "defaults::max_event_bytes")]
@@ -467,6 +468,29 @@ pub struct ModelConfig {
     /// Answer with the model server's own model name instead of the name the client asked for.
     #[serde(default)]
     pub expose_upstream_model: bool,
+    /// Counts a prompt's tokens so that its reservation is close to its real size; without one
+    /// the prompt is bounded by the request's bytes.
+    #[serde(default)]
+    pub tokenizer: Option<TokenizerSource>,
+    /// Tokens the model's chat template adds to every prompt beyond the gateway's allowance
+    /// (a default system prompt, say); only read with a `tokenizer`.
+    #[serde(default)]
+    pub template_tokens: u64,
+}
+
+/// Where a model's tokenizer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenizerSource {
+    /// The model server's own tokenize endpoint (llama.cpp, vLLM and TGI have one).
+    Server,
+}
+
+impl ModelServer {
+    /// Whether the server has a tokenize endpoint for `tokenizer = "server"`.
+    pub fn tokenizes(self) -> bool {
+        matches!(self, ModelServer::Llamacpp | ModelServer::Vllm | ModelServer::Tgi)
+    }
 }
 
 /// The kinds of model server Portcullis knows the dialect of.
@@ -640,9 +664,5 @@ mod defaults {
 
     pub fn max_event_bytes() -> usize {
         super::DEFAULT_MAX_EVENT_BYTES
-    }
-
-    pub fn max_tokens_field() -> String {
-        "max_tokens".into()
     }
 }

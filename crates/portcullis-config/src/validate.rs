@@ -166,9 +166,19 @@ fn validate_model(index: usize, model: &ModelConfig, config: &Config) -> Result<
             return invalid(&field, "must not carry credentials; use api_key");
         }
     }
-    if !portcullis_types::openai::COMPLETION_CAP_FIELDS.contains(&model.max_tokens_field.as_str()) {
+    if model
+        .max_tokens_field
+        .as_deref()
+        .is_some_and(|field| !portcullis_types::openai::COMPLETION_CAP_FIELDS.contains(&field))
+    {
         let known = portcullis_types::openai::COMPLETION_CAP_FIELDS.join(", ");
         return invalid(&path("max_tokens_field"), &format!("must be one of {known}"));
+    }
+    if model.tokenizer == Some(crate::TokenizerSource::Server) && !model.server.tokenizes() {
+        return invalid(
+            &path("tokenizer"),
+            "\"server\" needs a server with a tokenize endpoint: llamacpp, vllm or tgi",
+        );
     }
     if model.max_event_bytes < 1024 {
         return invalid(&path("max_event_bytes"), "must be at least 1024");
@@ -248,7 +258,7 @@ fn invalid(path: &str, message: &str) -> Result<(), ConfigError> {
 mod tests {
     use std::path::Path;
 
-    use crate::{Config, ConfigError};
+    use crate::{Config, ConfigError, TokenizerSource};
 
     const REFERENCE: &str = include_str!("../../../examples/portcullis.toml");
 
@@ -309,6 +319,19 @@ mod tests {
             let text = format!("{model}server = \"{server}\"\nextra_apis = [\"rerank\", \"tokenize\"]\n");
             assert!(parse(&text).is_ok(), "{server}");
         }
+    }
+
+    #[test]
+    fn a_server_tokenizer_needs_a_server_with_a_tokenize_endpoint() {
+        let model = "[[models]]\nname = \"a\"\nendpoints = [\"http://h\"]\ntokenizer = \"server\"\n";
+        assert_eq!(error_path(model), "models[0].tokenizer", "the default server, openai, has none");
+        assert_eq!(error_path(&format!("{model}server = \"ollama\"\n")), "models[0].tokenizer");
+        let config = parse(&format!("{model}server = \"llamacpp\"\ntemplate_tokens = 20\n")).unwrap();
+        assert_eq!((config.models[0].tokenizer, config.models[0].template_tokens), (Some(TokenizerSource::Server), 20));
+        assert_eq!(
+            error_path(&format!("{model}server = \"vllm\"\nmax_tokens_field = \"length\"\n")),
+            "models[0].max_tokens_field"
+        );
     }
 
     #[test]

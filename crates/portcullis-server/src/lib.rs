@@ -5,6 +5,8 @@ mod admin;
 mod audit;
 mod authz;
 mod bearer;
+#[cfg(feature = "bench")]
+pub mod bench;
 mod caller_limits;
 mod certificate_cache;
 mod certificate_identity;
@@ -39,6 +41,7 @@ mod state;
 mod store;
 mod store_cache;
 mod team_cache;
+mod tokenizer;
 pub mod usage;
 
 pub use listener::TlsError;

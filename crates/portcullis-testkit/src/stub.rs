@@ -3,7 +3,8 @@
 //! It answers like llama.cpp's `llama-server` or OpenAI would, but deterministically: a reply
 //! is made of [`reply_pieces`] (the first piece echoes the `model` it received, one piece per
 //! completion token), usage counts whitespace-separated words of the prompt, and embeddings are
-//! derived from a hash of each input. Every request is recorded, and faults (status codes,
+//! derived from a hash of each input; llama.cpp's `POST /tokenize` gives one token per word
+//! too. Every request is recorded, and faults (status codes,
 //! hangs, slow or gated streams) can be switched on and off while it runs.
 
 use std::collections::HashMap;

@@ -10,8 +10,9 @@
 //! priority heap of waiting requests; `route` a model's client and settings;
 //! `forward` the attempt loop over endpoints and fallbacks; `attempt` one request up to its
 //! response head; `body` the relayed body with timeouts and the slot guard; `health` active
-//! checks; `headers` hop-by-hop and credential filtering; `rewrite` the `model` field; `client`
-//! the HTTP/1.1 client and each endpoint's keep-alive connections.
+//! checks; `headers` hop-by-hop and credential filtering; `rewrite` the `model` field; `side`
+//! the gateway's own small calls (tokenize); `client` the HTTP/1.1 client and each endpoint's
+//! keep-alive connections.
 
 mod attempt;
 mod body;
@@ -26,6 +27,7 @@ mod pool;
 mod queue;
 mod rewrite;
 mod route;
+mod side;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -40,6 +42,7 @@ pub use body::UpstreamBody;
 pub use client::ClientError;
 pub use error::{AttemptError, LastFailure, UpstreamBodyError, UpstreamError};
 pub use route::{HealthCheck, RouteSpec, RouteStatus, RouteTimeouts};
+pub use side::SideError;
 
 use route::Route;
 
@@ -208,6 +211,25 @@ impl Upstreams {
         sent: &AtomicBool,
     ) -> Result<UpstreamResponse, UpstreamError> {
         forward::forward(self, request, may_use, sent).await
+    }
+
+    /// A side request to one of `model`'s endpoints (see [`side`]): `POST path` with a JSON body,
+    /// the whole answer within `timeout`, at most `max_answer` bytes.
+    pub async fn ask(
+        &self,
+        model: &str,
+        path: &str,
+        body: &[u8],
+        timeout: std::time::Duration,
+        max_answer: usize,
+    ) -> Result<Bytes, SideError> {
+        let route = self.route(model).ok_or(SideError::UnknownModel)?;
+        side::ask(route, path, body, timeout, max_answer).await
+    }
+
+    /// What `model`'s server calls it.
+    pub fn upstream_model(&self, model: &str) -> Option<&str> {
+        self.route(model).map(|route| route.upstream_model.as_str())
     }
 
     fn route(&self, model: &str) -> Option<&Route> {

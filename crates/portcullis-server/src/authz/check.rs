@@ -28,6 +28,7 @@ use crate::principal::{Credential, Principal};
 use crate::proxy::body::{self, Operation, ParsedRequest};
 use crate::proxy::{self, TEMPLATE_SLACK};
 use crate::request_id::{self, RequestId};
+use crate::runtime::Runtime;
 
 /// Headers the gateway passes to the model server with an allowed request.
 pub const PRINCIPAL_HEADER: HeaderName = HeaderName::from_static("x-portcullis-principal");
@@ -164,7 +165,7 @@ impl Asked<'_> {
                 Some(id)
             }
             Route::Inference(operation) => {
-                let call = Call::read(operation, body, self.headers, live, &self.state.model_header)?;
+                let call = Call::read(operation, body, self.headers, &runtime, &self.state.model_header).await?;
                 self.exchange.note(|info| {
                     info.model = Some(call.model.clone());
                     info.stream = call.stream;
@@ -191,8 +192,8 @@ impl Asked<'_> {
     ) -> Result<RateHeaders, ApiError> {
         let price = live.model(&call.model).map_or(Price::FREE, proxy::price);
         let demand = Demand {
-            tokens: call.prompt_bound.saturating_add(call.completion_bound),
-            cost: price.cost(call.prompt_bound, call.completion_bound),
+            tokens: call.prompt_reserved.saturating_add(call.completion_bound),
+            cost: price.cost(call.prompt_reserved, call.completion_bound),
         };
         let scopes = caller_limits::scopes_for(live, principal, team);
         let cap = call.completion_bound / call.choices.max(1);
@@ -210,6 +211,7 @@ impl Asked<'_> {
             model: call.model,
             price,
             prompt_bound: call.prompt_bound,
+            prompt_reserved: call.prompt_reserved,
             completion_bound: call.completion_bound,
             capped: call.capped,
             gateway: self.gateway.clone(),
@@ -232,7 +234,10 @@ struct Call {
     operation: Operation,
     model: String,
     stream: bool,
+    /// The byte bound: a report of the prompt is believed up to it.
     prompt_bound: u64,
+    /// What the prompt reserves: a tokenizer's bound when one counted, else the byte bound.
+    prompt_reserved: u64,
     /// Completion tokens at most, for all choices.
     completion_bound: u64,
     choices: u64,
@@ -241,18 +246,19 @@ struct Call {
 }
 
 impl Call {
-    fn read(
+    async fn read(
         operation: Operation,
         body: Option<Bytes>,
         headers: &HeaderMap,
-        live: &Live,
+        runtime: &Runtime,
         model_header: &HeaderName,
     ) -> Result<Call, ApiError> {
+        let live = &runtime.live;
         let call = match body.filter(|body| !body.is_empty()) {
             Some(body) => {
                 let request = body::parse(operation, body, live.server.max_json_depth)?;
                 proxy::sealed::refuse_previous(&request)?;
-                Call::from_body(request, live)
+                Call::from_body(request, runtime).await
             }
             None => Call::from_headers(operation, headers, live, model_header)?,
         };
@@ -269,14 +275,19 @@ impl Call {
     /// largest cap the client named (the proxy would have written the smallest into every cap
     /// field; here nothing can), and without one, it may generate until its context ends: the
     /// reservation then holds `limits.default_max_tokens`, not a bound.
-    fn from_body(request: ParsedRequest, live: &Live) -> Call {
+    /// A model with a `tokenizer` reserves its prompt's counted bound, as on the proxy.
+    async fn from_body(request: ParsedRequest, runtime: &Runtime) -> Call {
+        let live = &runtime.live;
         let generates = request.operation.generates();
         let largest_cap = largest_cap(&request);
         let cap = if generates { largest_cap.unwrap_or(live.limits.default_max_tokens) } else { 0 };
+        let prompt_bound = request.body.len() as u64 + TEMPLATE_SLACK;
+        let counted = proxy::counted_bound(runtime, live.model(&request.model), &request).await;
         Call {
             operation: request.operation,
             stream: request.stream,
-            prompt_bound: request.body.len() as u64 + TEMPLATE_SLACK,
+            prompt_bound,
+            prompt_reserved: counted.map_or(prompt_bound, |counted| counted.min(prompt_bound)),
             completion_bound: cap.saturating_mul(request.choices),
             choices: request.choices,
             capped: !generates || largest_cap.is_some(),
@@ -313,6 +324,7 @@ impl Call {
             model: model.to_string(),
             stream: false,
             prompt_bound,
+            prompt_reserved: prompt_bound,
             completion_bound,
             choices: 1,
             capped: !operation.generates(),

@@ -55,7 +55,11 @@ pub struct Lease {
     pub team: Option<String>,
     pub model: String,
     pub price: Price,
+    /// The most prompt tokens a report is believed up to: the byte bound.
     pub prompt_bound: u64,
+    /// The prompt tokens reserved (a tokenizer's bound, or the byte bound), charged when
+    /// nothing is reported.
+    pub prompt_reserved: u64,
     /// Completion tokens reserved for (cap × choices).
     pub completion_bound: u64,
     /// Whether the model server is bound to the reserved cap (the client named one the
@@ -325,7 +329,7 @@ impl Lease {
             }
             Settled::ObservedRefusal => (0, 0, false, false),
             Settled::ObservedWithoutUsage | Settled::Expired | Settled::CutAtShutdown => {
-                (self.prompt_bound, self.completion_bound, true, false)
+                (self.prompt_reserved, self.completion_bound, true, false)
             }
         };
         let cost_pico = self.price.cost(prompt_tokens, completion_tokens).0;
@@ -346,6 +350,7 @@ mod tests {
             model: "m".into(),
             price: Price::per_million(1.0, 2.0),
             prompt_bound: 100,
+            prompt_reserved: 100,
             completion_bound: 50,
             capped,
             gateway: "nginx".into(),

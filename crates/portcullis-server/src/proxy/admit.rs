@@ -21,6 +21,8 @@ use super::ProxyState;
 use super::body::{Operation, ParsedRequest};
 use super::capture::Capture;
 use super::demand::{self, BodyRules, Plan};
+use super::dialect::Dialect;
+use super::prompt;
 use super::quota_wait::{Patience, waiting_room};
 use super::settle::{Settlement, Terms};
 use crate::caller_limits::{self, Asked, ScopedLimits};
@@ -70,12 +72,18 @@ pub async fn admit(
     exchange: Exchange,
 ) -> Result<Admitted, ApiError> {
     let model = live.model(&request.model);
+    let dialect = Dialect::of_model(model);
     let rules = BodyRules {
         default_max_tokens: live.limits.default_max_tokens,
-        max_tokens_field: model.map_or("max_tokens", |model| model.max_tokens_field.as_str()),
+        dialect,
         passthrough_fields: model.map_or(&[], |model| model.passthrough_fields.as_slice()),
     };
-    let plan = demand::plan(request, rules);
+    // Only a model with a tokenizer pays for a count; plain chat does not even load the runtime.
+    let counted = match model {
+        Some(config) if config.tokenizer.is_some() => prompt::counted_bound(&state.runtime(), model, request).await,
+        _ => None,
+    };
+    let plan = demand::plan(request, rules, counted);
     let price = model.map_or(Price::FREE, price);
     let completion_bound = plan.completion_cap.saturating_mul(request.choices);
     let demand = Demand { tokens: plan.worst_case_tokens, cost: price.cost(plan.prompt_bound, completion_bound) };
@@ -106,9 +114,11 @@ pub async fn admit(
         key_id: principal.id.clone(),
         team: principal.team.clone(),
         model: request.model.clone(),
-        prompt_bound: plan.prompt_bound,
+        prompt_bound: plan.byte_bound,
+        prompt_reserved: plan.prompt_bound,
         completion_bound,
         streamed: request.stream,
+        counts_stream_usage: !dialect.reports_stream_usage(),
         exchange,
         capture,
     });

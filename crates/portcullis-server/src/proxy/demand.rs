@@ -2,11 +2,13 @@
 //!
 //! The prompt is bounded by the body's length: every token a model reads is at least one byte
 //! of the request (byte-level and byte-fallback tokenizers), and the template tokens around each
-//! message are fewer than the JSON around it. The completion is bounded by the cap Portcullis
-//! makes sure the upstream obeys: the smallest cap the client named in any cap field, or
-//! `limits.default_max_tokens`, written into *every* cap field the body has (a server reads the
-//! one it knows, and whichever it is, it holds the reserved cap) and into the model's
-//! `max_tokens_field` when the body lacks it.
+//! message are fewer than the JSON around it. A model with a `tokenizer` may bound it tighter
+//! (see `prompt`); the byte bound stays the most a model server's report is believed up to.
+//! The completion is bounded by the cap Portcullis makes sure the upstream obeys: the smallest
+//! cap the client named in any cap field, or `limits.default_max_tokens`, written into *every*
+//! cap field the body has (a server reads the one it knows, and whichever it is, it holds the
+//! reserved cap) and, when the body has none the model's server obeys, into the one its
+//! dialect writes (see `dialect`).
 //!
 //! The same edit removes fields that steer a server or a proxy in front of it — where to send
 //! the request, with which credential or headers — unless the model's `passthrough_fields`
@@ -17,6 +19,7 @@ use portcullis_types::openai::COMPLETION_CAP_FIELDS;
 use serde_json::{Map, Value};
 
 use super::body::ParsedRequest;
+use super::dialect::Dialect;
 use super::shape::Member;
 
 /// Tokens a chat template may add beyond the request's own bytes (BOS, generation prompt).
@@ -46,14 +49,17 @@ const STEERING_SUFFIXES: [&str; 3] = ["_api_key", "_api_base", "_base_url"];
 #[derive(Debug, Clone, Copy)]
 pub struct BodyRules<'a> {
     pub default_max_tokens: u64,
-    pub max_tokens_field: &'a str,
+    pub dialect: Dialect<'a>,
     pub passthrough_fields: &'a [String],
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
-    /// Upper bound of the prompt tokens.
+    /// Upper bound of the prompt tokens: the tokenizer's when one counted, else the bytes'.
     pub prompt_bound: u64,
+    /// The bound by the body's bytes alone: a model server's report of the prompt is believed up
+    /// to it, not cut short by a tighter count.
+    pub byte_bound: u64,
     /// Completion tokens the upstream may generate for each choice.
     pub completion_cap: u64,
     /// Upper bound of all tokens: prompt + cap × choices.
@@ -62,14 +68,26 @@ pub struct Plan {
     pub body: Bytes,
 }
 
-pub fn plan(request: &ParsedRequest, rules: BodyRules<'_>) -> Plan {
+/// The request's worst case and forwarded body; `counted_prompt` is a tokenizer's bound of the
+/// prompt, if one counted it (never above the byte bound).
+pub fn plan(request: &ParsedRequest, rules: BodyRules<'_>, counted_prompt: Option<u64>) -> Plan {
     // What bills no tokens reserves none either.
-    let prompt_bound = if request.operation.bills_tokens() { request.body.len() as u64 + TEMPLATE_SLACK } else { 0 };
+    let byte_bound = if request.operation.bills_tokens() { request.body.len() as u64 + TEMPLATE_SLACK } else { 0 };
+    let prompt_bound = counted_prompt.map_or(byte_bound, |counted| counted.min(byte_bound));
     let generates = request.operation.generates();
     let completion_cap = if generates { request.max_tokens.unwrap_or(rules.default_max_tokens) } else { 0 };
     let cap_text = completion_cap.to_string();
-    let needs_usage = request.stream && !request.wants_stream_usage && request.operation.asks_stream_usage();
-    let cap_field = request.operation.cap_field(rules.max_tokens_field);
+    let needs_usage = request.stream
+        && !request.wants_stream_usage
+        && request.operation.asks_stream_usage()
+        && rules.dialect.reports_stream_usage();
+    let cap_field = request.operation.cap_field(rules.dialect.cap_field());
+    // The server's own API field (Responses, Messages), or any the server obeys.
+    let capped = if cap_field == rules.dialect.cap_field() {
+        request.members.iter().any(|member| rules.dialect.obeys(member.raw_key(&request.body)))
+    } else {
+        request.has(cap_field)
+    };
 
     let mut edit = Edit::default();
     for (index, member) in request.members.iter().enumerate() {
@@ -86,7 +104,7 @@ pub fn plan(request: &ParsedRequest, rules: BodyRules<'_>) -> Plan {
             edit.replace(index, with_usage(request.raw(member)));
         }
     }
-    if generates && !request.has(cap_field) {
+    if generates && !capped {
         edit.add(cap_field, cap_text);
     }
     if needs_usage && !request.has("stream_options") {
@@ -94,7 +112,7 @@ pub fn plan(request: &ParsedRequest, rules: BodyRules<'_>) -> Plan {
     }
     let body = edit.apply(&request.body, &request.members);
     let worst_case_tokens = prompt_bound.saturating_add(completion_cap.saturating_mul(request.choices));
-    Plan { prompt_bound, completion_cap, worst_case_tokens, body }
+    Plan { prompt_bound, byte_bound, completion_cap, worst_case_tokens, body }
 }
 
 fn is_steering(key: &[u8]) -> bool {
@@ -177,13 +195,14 @@ mod tests {
 
     use super::*;
     use crate::proxy::body::{Operation, parse};
+    use portcullis_config::ModelServer;
 
     const RULES: BodyRules<'static> =
-        BodyRules { default_max_tokens: 100, max_tokens_field: "max_tokens", passthrough_fields: &[] };
+        BodyRules { default_max_tokens: 100, dialect: Dialect::of(ModelServer::Openai, None), passthrough_fields: &[] };
 
     fn planned_with(operation: Operation, body: Value, rules: BodyRules<'_>) -> (Plan, Value) {
         let request = parse(operation, Bytes::from(body.to_string()), 64).unwrap();
-        let plan = plan(&request, rules);
+        let plan = plan(&request, rules, None);
         let sent = serde_json::from_slice(&plan.body).unwrap();
         (plan, sent)
     }
@@ -205,7 +224,7 @@ mod tests {
     fn a_body_that_needs_nothing_is_forwarded_as_it_came() {
         let text = r#"{"model":"m", "messages":[], "max_tokens": 7}"#;
         let request = parse(Operation::Chat, Bytes::from(text), 64).unwrap();
-        assert_eq!(plan(&request, RULES).body, text.as_bytes());
+        assert_eq!(plan(&request, RULES, None).body, text.as_bytes());
     }
 
     #[test]
@@ -221,7 +240,7 @@ mod tests {
         assert_eq!(plan.completion_cap, 5);
         assert_eq!((&sent["max_completion_tokens"], &sent["max_tokens"]), (&json!(5), &json!(5)));
         // A server that reads only another field still gets the cap in the one the model names.
-        let rules = BodyRules { max_tokens_field: "max_completion_tokens", ..RULES };
+        let rules = BodyRules { dialect: Dialect::of(ModelServer::Openai, Some("max_completion_tokens")), ..RULES };
         let (_, sent) = planned_with(Operation::Chat, json!({"model": "m", "messages": [], "n_predict": 9}), rules);
         assert_eq!((&sent["n_predict"], &sent["max_completion_tokens"]), (&json!(9), &json!(9)));
         assert!(sent.get("max_tokens").is_none());
@@ -283,5 +302,52 @@ mod tests {
         let text = "a b c d e f g h i j ".repeat(50);
         let (plan, _) = planned(Operation::Completions, json!({"model": "m", "prompt": text}));
         assert!(plan.prompt_bound >= text.len() as u64);
+    }
+
+    fn with_server(server: ModelServer) -> BodyRules<'static> {
+        BodyRules { dialect: Dialect::of(server, None), ..RULES }
+    }
+
+    #[test]
+    fn the_cap_goes_where_the_models_server_reads_it() {
+        let chat = json!({"model": "m", "messages": []});
+        let (_, sent) = planned_with(Operation::Chat, chat.clone(), with_server(ModelServer::Llamacpp));
+        assert_eq!((&sent["n_predict"], sent.get("max_tokens")), (&json!(100), None));
+        // llama.cpp reads max_tokens when n_predict is absent: nothing is added to it.
+        let text = r#"{"model":"m","messages":[],"max_tokens":7}"#;
+        let request = parse(Operation::Chat, Bytes::from(text), 64).unwrap();
+        assert_eq!(plan(&request, with_server(ModelServer::Llamacpp), None).body, text.as_bytes());
+        // vLLM ignores n_predict: its own field is added with the reserved cap.
+        let body = json!({"model": "m", "messages": [], "n_predict": 9});
+        let (plan, sent) = planned_with(Operation::Chat, body, with_server(ModelServer::Vllm));
+        assert_eq!((plan.completion_cap, &sent["max_tokens"], &sent["n_predict"]), (9, &json!(9), &json!(9)));
+        // vLLM obeys max_completion_tokens: a body with it needs no other.
+        let body = json!({"model": "m", "messages": [], "max_completion_tokens": 4});
+        let (_, sent) = planned_with(Operation::Chat, body.clone(), with_server(ModelServer::Vllm));
+        assert_eq!(sent, body);
+        // The APIs with a cap field of their own keep it, whatever the server.
+        let body = json!({"model": "m", "input": "hi"});
+        let (_, sent) = planned_with(Operation::Responses, body, with_server(ModelServer::Llamacpp));
+        assert_eq!((&sent["max_output_tokens"], sent.get("n_predict")), (&json!(100), None));
+    }
+
+    #[test]
+    fn a_server_that_streams_no_usage_is_not_asked_for_it() {
+        let body = json!({"model": "m", "messages": [], "stream": true, "max_tokens": 5});
+        let (_, sent) = planned_with(Operation::Chat, body.clone(), with_server(ModelServer::Tgi));
+        assert_eq!(sent, body);
+        let (_, sent) = planned_with(Operation::Chat, body, with_server(ModelServer::Ollama));
+        assert_eq!(sent["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn a_counted_prompt_tightens_the_reservation_but_never_past_the_bytes() {
+        let request = parse(Operation::Chat, Bytes::from(r#"{"model":"m","messages":[],"max_tokens":5}"#), 64).unwrap();
+        let bytes = plan(&request, RULES, None);
+        assert_eq!(bytes.prompt_bound, bytes.byte_bound);
+        let counted = plan(&request, RULES, Some(20));
+        assert_eq!((counted.prompt_bound, counted.byte_bound), (20, bytes.byte_bound));
+        assert_eq!(counted.worst_case_tokens, 25);
+        assert_eq!(plan(&request, RULES, Some(u64::MAX)).prompt_bound, bytes.byte_bound);
     }
 }

@@ -24,6 +24,10 @@ const BYTES_PER_ESTIMATED_TOKEN: u64 = 4;
 /// Tokens a reported completion may exceed its bound by (special tokens that print nothing).
 const COMPLETION_SLACK: u64 = 16;
 
+/// The audit reason of a stream whose server reports no usage: its completion tokens are the
+/// generated chunks counted as they were relayed (one token each), not a server's figure.
+const COUNTED: &str = "usage_counted: completion tokens counted from the relayed stream";
+
 /// What an admitted request settles with, and with whom.
 pub struct Terms {
     /// The request's tokens and money, when a limit counts them.
@@ -35,10 +39,15 @@ pub struct Terms {
     pub key_id: String,
     pub team: Option<String>,
     pub model: String,
+    /// The most prompt tokens a report is believed up to: the byte bound.
     pub prompt_bound: u64,
+    /// The prompt tokens reserved: the byte bound, or a tokenizer's tighter one.
+    pub prompt_reserved: u64,
     /// Completion tokens the request could generate in all (cap × choices).
     pub completion_bound: u64,
     pub streamed: bool,
+    /// The model's server reports no usage in streams: a stream's completion is counted.
+    pub counts_stream_usage: bool,
     /// The request's record: its audit record is completed here with the usage.
     pub exchange: Exchange,
     /// Set when the key or its team opted in to content capture.
@@ -115,6 +124,8 @@ impl Settlement {
                 Ending::InvalidEvent => (AuditDecision::Error, Some("upstream_invalid_event")),
             };
             event.decision = decision;
+            let counted = outcome.reported.is_none() && terms.streamed && terms.counts_stream_usage;
+            let evidence = evidence.or_else(|| counted.then(|| COUNTED.to_string()));
             event.reason = match (reason, evidence) {
                 (Some(reason), Some(evidence)) => Some(format!("{reason}; {evidence}")),
                 (reason, evidence) => reason.map(str::to_string).or(evidence),
@@ -133,7 +144,7 @@ impl Drop for Settlement {
     fn drop(&mut self) {
         let Some(terms) = self.terms.take() else { return };
         let billed = if self.sent.load(Ordering::Acquire) {
-            let prompt_tokens = terms.prompt_bound.div_ceil(BYTES_PER_ESTIMATED_TOKEN);
+            let prompt_tokens = terms.prompt_estimate();
             let completion_tokens = if terms.streamed { 0 } else { terms.completion_bound };
             let cost_pico = terms.price.cost(prompt_tokens, completion_tokens).0;
             Billed { prompt_tokens, completion_tokens, estimated: true, cost_pico, bounded: false }
@@ -146,6 +157,12 @@ impl Drop for Settlement {
 }
 
 impl Terms {
+    /// The prompt's tokens when no server said: a fair share of its bytes, never more than was
+    /// reserved for it.
+    fn prompt_estimate(&self) -> u64 {
+        self.prompt_bound.div_ceil(BYTES_PER_ESTIMATED_TOKEN).min(self.prompt_reserved)
+    }
+
     /// What the request is billed. A model server's `usage` is believed within bounds: a prompt
     /// no larger than the request's own bound, a completion no larger than the bytes relayed to
     /// the client or the reservation's cap, whichever is more (a server that ignores the cap
@@ -160,7 +177,7 @@ impl Terms {
                 (prompt, completion, bounded, bounded)
             }
             None => {
-                let prompt_tokens = self.prompt_bound.div_ceil(BYTES_PER_ESTIMATED_TOKEN);
+                let prompt_tokens = self.prompt_estimate();
                 // A stream's generated chunks were counted as they passed; a JSON body without
                 // usage (or one the client left before its end) is billed its whole completion
                 // bound.
