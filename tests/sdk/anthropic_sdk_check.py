@@ -19,31 +19,12 @@ Environment:
            carrying `stub-fault:<name>` in its text (see portcullis_testkit::Fault)
 """
 
-import json
-import os
 import sys
 
 import anthropic
 from anthropic import Anthropic
 
-
-class CheckFailed(Exception):
-    pass
-
-
-def check(condition, message):
-    """Like assert, but survives `python -O`."""
-    if not condition:
-        raise CheckFailed(message)
-
-
-def env(name, default=None, required=False):
-    value = os.environ.get(name, "").strip()
-    if not value:
-        if required:
-            raise CheckFailed(f"environment variable {name} is required for this scenario")
-        return default
-    return value
+from sdk_check import CheckFailed, check, env, run
 
 
 def client(api_key=None):
@@ -208,26 +189,5 @@ SCENARIOS = {
 }
 
 
-def main(argv):
-    if len(argv) != 2 or argv[1] not in SCENARIOS:
-        print(f"usage: {argv[0]} {{{'|'.join(SCENARIOS)}}}", file=sys.stderr)
-        return 2
-    name = argv[1]
-    try:
-        observed = SCENARIOS[name]()
-    except CheckFailed as failure:
-        print(f"FAIL [{name}]: {failure}", file=sys.stderr)
-        return 1
-    except anthropic.APIError as error:
-        status = getattr(error, "status_code", None)
-        print(
-            f"FAIL [{name}]: unexpected {type(error).__name__} (status {status}): {error}; body {error.body!r}",
-            file=sys.stderr,
-        )
-        return 1
-    print(json.dumps({"scenario": name, "ok": True, "anthropic_version": anthropic.__version__, **observed}))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(run(sys.argv, SCENARIOS, anthropic))

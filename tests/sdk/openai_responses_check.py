@@ -8,7 +8,7 @@ Scenarios:
              when PORTCULLIS_STORES=1 (a model server that stores responses)
   errors     the SDK's own exception classes: 401, 403, 404, 429
 On success it prints ONE JSON line describing what it observed and exits 0; on a failed check
-it prints `FAIL [<scenario>]: <why>` to stderr and exits 1.
+it prints `FAIL [<scenario>]: <why>` to stderr and exits 1 (2 for a usage error).
 
 Environment:
   PORTCULLIS_BASE_URL   the proxy's OpenAI base URL, e.g. http://127.0.0.1:8080/v1 (required)
@@ -22,36 +22,19 @@ Environment:
            PORTCULLIS_LIMITED_KEY    a key allowed one request a minute
 """
 
-import json
-import os
 import sys
 
 import openai
 from openai import OpenAI
 
-
-class CheckFailed(Exception):
-    pass
-
-
-def check(condition, message):
-    """Like assert, but survives `python -O`."""
-    if not condition:
-        raise CheckFailed(message)
-
-
-def env(name, default=None):
-    value = os.environ.get(name, "").strip()
-    if not value and default is None:
-        raise CheckFailed(f"environment variable {name} is required")
-    return value or default
+from sdk_check import CheckFailed, check, env, run
 
 
 def client(key=None):
     # No retries: a 429 or a 5xx must reach the check, not be tried again.
     return OpenAI(
-        base_url=env("PORTCULLIS_BASE_URL"),
-        api_key=key or env("PORTCULLIS_KEY"),
+        base_url=env("PORTCULLIS_BASE_URL", required=True),
+        api_key=key or env("PORTCULLIS_KEY", required=True),
         timeout=float(env("PORTCULLIS_TIMEOUT", "60")),
         max_retries=0,
     )
@@ -59,7 +42,7 @@ def client(key=None):
 
 def create(sdk, **extra):
     return sdk.responses.create(
-        model=env("PORTCULLIS_MODEL"),
+        model=env("PORTCULLIS_MODEL", required=True),
         input="Name three colours.",
         max_output_tokens=int(env("PORTCULLIS_MAX_TOKENS", "16")),
         **extra,
@@ -72,7 +55,7 @@ def usage_of(response):
 
 def scenario_responses():
     sdk = client()
-    model = env("PORTCULLIS_MODEL")
+    model = env("PORTCULLIS_MODEL", required=True)
     cap = int(env("PORTCULLIS_MAX_TOKENS", "16"))
     plain = create(sdk)
     check(plain.model == model, f"the answer names {plain.model!r}, not the model asked for ({model!r})")
@@ -108,11 +91,11 @@ def scenario_responses():
         except openai.NotFoundError:
             stored = {"retrieved": True, "deleted": True}
 
-    print(json.dumps({
+    return {
         "plain": {"id": plain.id, "request_id": plain._request_id, "usage": usage_of(plain), "text": plain.output_text},
         "stream": {"id": completed.id, "usage": usage_of(completed), "text": "".join(text), "events": len(kinds)},
         "stored": stored,
-    }))
+    }
 
 
 def expect(error_class, call, what):
@@ -130,37 +113,26 @@ def scenario_errors():
     mine = create(sdk)
     seen = {
         "401": expect(openai.AuthenticationError, lambda: create(client("pcl_not_a_real_key")), "a bad key"),
-        "403": expect(openai.PermissionDeniedError, lambda: create(client(env("PORTCULLIS_CHAT_ONLY_KEY"))),
+        "403": expect(openai.PermissionDeniedError,
+                      lambda: create(client(env("PORTCULLIS_CHAT_ONLY_KEY", required=True))),
                       "a key without the responses scope"),
         "404_unknown": expect(openai.NotFoundError, lambda: sdk.responses.retrieve("resp_never_made"), "an unknown id"),
         "404_not_mine": expect(openai.NotFoundError,
-                               lambda: client(env("PORTCULLIS_OTHER_KEY")).responses.retrieve(mine.id),
+                               lambda: client(env("PORTCULLIS_OTHER_KEY", required=True)).responses.retrieve(mine.id),
                                "another key's response"),
         "404_continued_by_another": expect(
             openai.NotFoundError,
-            lambda: create(client(env("PORTCULLIS_OTHER_KEY")), previous_response_id=mine.id),
+            lambda: create(client(env("PORTCULLIS_OTHER_KEY", required=True)), previous_response_id=mine.id),
             "another key continuing this key's response"),
     }
-    limited = client(env("PORTCULLIS_LIMITED_KEY"))
+    limited = client(env("PORTCULLIS_LIMITED_KEY", required=True))
     create(limited)
     seen["429"] = expect(openai.RateLimitError, lambda: create(limited), "a second request in the minute")
-    print(json.dumps(seen))
+    return seen
 
 
 SCENARIOS = {"responses": scenario_responses, "errors": scenario_errors}
 
 
-def main():
-    if len(sys.argv) != 2 or sys.argv[1] not in SCENARIOS:
-        print(f"usage: {sys.argv[0]} <{'|'.join(SCENARIOS)}>", file=sys.stderr)
-        return 2
-    try:
-        SCENARIOS[sys.argv[1]]()
-    except CheckFailed as failure:
-        print(f"FAIL [{sys.argv[1]}]: {failure}", file=sys.stderr)
-        return 1
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(sys.argv, SCENARIOS, openai))

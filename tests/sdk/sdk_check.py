@@ -1,0 +1,53 @@
+"""The runner the SDK check scripts share: failing a check, reading the environment, and main.
+
+Each script defines its scenarios (functions returning what they observed, as a dict) and ends
+with `sys.exit(run(sys.argv, SCENARIOS, <sdk module>))`. On success ONE JSON line is printed and
+the exit code is 0; a failed check prints `FAIL [<scenario>]: <why>` to stderr and exits 1, a
+usage error exits 2.
+"""
+
+import json
+import os
+import sys
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def check(condition, message):
+    """Like assert, but survives `python -O`."""
+    if not condition:
+        raise CheckFailed(message)
+
+
+def env(name, default=None, required=False):
+    value = os.environ.get(name, "").strip()
+    if not value:
+        if required:
+            raise CheckFailed(f"environment variable {name} is required for this scenario")
+        return default
+    return value
+
+
+def run(argv, scenarios, sdk):
+    """Runs the scenario named in `argv`; `sdk` (the `openai` or `anthropic` module) names the
+    errors a scenario did not expect and the version reported with what it observed."""
+    if len(argv) != 2 or argv[1] not in scenarios:
+        print(f"usage: {argv[0]} {{{'|'.join(scenarios)}}}", file=sys.stderr)
+        return 2
+    name = argv[1]
+    try:
+        observed = scenarios[name]()
+    except CheckFailed as failure:
+        print(f"FAIL [{name}]: {failure}", file=sys.stderr)
+        return 1
+    except sdk.APIError as error:
+        status = getattr(error, "status_code", None)
+        print(
+            f"FAIL [{name}]: unexpected {type(error).__name__} (status {status}): {error}; body {error.body!r}",
+            file=sys.stderr,
+        )
+        return 1
+    print(json.dumps({"scenario": name, "ok": True, f"{sdk.__name__}_version": sdk.__version__, **observed}))
+    return 0
