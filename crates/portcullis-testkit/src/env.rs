@@ -3,8 +3,10 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+
+use serde_json::Value;
 
 /// The workspace root: the nearest ancestor of this crate whose `Cargo.toml` has `[workspace]`.
 pub fn workspace_root() -> PathBuf {
@@ -28,17 +30,45 @@ fn non_empty_env(name: &str) -> Option<String> {
     std::env::var(name).ok().map(|value| value.trim().to_string()).filter(|value| !value.is_empty())
 }
 
-/// A Python interpreter that has the official `openai` package: `$PORTCULLIS_PYTHON` if set,
-/// else `<workspace>/.venv/bin/python` (made by `scripts/test.sh`) if `import openai` works there.
-pub fn openai_python() -> Option<PathBuf> {
-    static VENV_PYTHON: OnceLock<Option<PathBuf>> = OnceLock::new();
-    python_with(&VENV_PYTHON, "openai")
+/// The scripts under `<workspace>/tests/sdk/` that drive the gateway with an official SDK.
+#[derive(Clone, Copy, Debug)]
+pub enum SdkScript {
+    /// `openai_sdk_check.py`: chat, streams, embeddings, models, error classes, faults.
+    OpenAi,
+    /// `openai_responses_check.py`: `responses.create`, stored responses, error classes.
+    OpenAiResponses,
+    /// `anthropic_sdk_check.py`: messages, streams, count_tokens, error classes.
+    Anthropic,
 }
 
-/// The same for the official `anthropic` package.
-pub fn anthropic_python() -> Option<PathBuf> {
-    static VENV_PYTHON: OnceLock<Option<PathBuf>> = OnceLock::new();
-    python_with(&VENV_PYTHON, "anthropic")
+impl SdkScript {
+    fn file(self) -> &'static str {
+        match self {
+            SdkScript::OpenAi => "openai_sdk_check.py",
+            SdkScript::OpenAiResponses => "openai_responses_check.py",
+            SdkScript::Anthropic => "anthropic_sdk_check.py",
+        }
+    }
+
+    fn sdk(self) -> &'static str {
+        match self {
+            SdkScript::OpenAi | SdkScript::OpenAiResponses => "openai",
+            SdkScript::Anthropic => "anthropic",
+        }
+    }
+
+    /// A Python that imports this script's SDK: `$PORTCULLIS_PYTHON` if set, else
+    /// `<workspace>/.venv/bin/python` (made by `scripts/test.sh`) if the import works there.
+    fn python(self) -> Option<PathBuf> {
+        // One answer per SDK: asking the venv takes a Python start-up.
+        static OPENAI: OnceLock<Option<PathBuf>> = OnceLock::new();
+        static ANTHROPIC: OnceLock<Option<PathBuf>> = OnceLock::new();
+        let venv_python = match self {
+            SdkScript::OpenAi | SdkScript::OpenAiResponses => &OPENAI,
+            SdkScript::Anthropic => &ANTHROPIC,
+        };
+        python_with(venv_python, self.sdk())
+    }
 }
 
 /// `$PORTCULLIS_PYTHON`, or the workspace's `.venv` Python if it imports `module` (asked once).
@@ -62,37 +92,63 @@ fn python_with(venv_python: &OnceLock<Option<PathBuf>>, module: &str) -> Option<
         .clone()
 }
 
-/// `<workspace>/tests/sdk/openai_sdk_check.py`.
-pub fn openai_sdk_script() -> PathBuf {
-    workspace_root().join("tests/sdk/openai_sdk_check.py")
+/// An SDK check script and a Python that can run it.
+#[derive(Clone, Debug)]
+pub struct SdkCheck {
+    python: PathBuf,
+    script: SdkScript,
 }
 
-/// Runs `python tests/sdk/openai_sdk_check.py <scenario>` from the workspace root with `env`
-/// added (`PORTCULLIS_BASE_URL`, `PORTCULLIS_KEY`, ...). The script prints one JSON line on
-/// success and exits non-zero with a message on failure.
-pub fn run_openai_sdk_check(python: &Path, scenario: &str, env: &[(&str, &str)]) -> Output {
-    run_sdk_check(python, &openai_sdk_script(), scenario, env)
-}
+impl SdkCheck {
+    /// `script` with a Python that has its SDK, or `None` after [`skip_or_fail`] when there is
+    /// no such Python.
+    pub fn or_skip(script: SdkScript) -> Option<SdkCheck> {
+        let Some(python) = script.python() else {
+            let sdk = script.sdk();
+            skip_or_fail(
+                &format!("Python {sdk} SDK"),
+                &format!("no .venv with {sdk} (run scripts/test.sh) and PORTCULLIS_PYTHON unset"),
+            );
+            return None;
+        };
+        Some(SdkCheck { python, script })
+    }
 
-/// Runs `python tests/sdk/anthropic_sdk_check.py <scenario>` as [`run_openai_sdk_check`] does.
-pub fn run_anthropic_sdk_check(python: &Path, scenario: &str, env: &[(&str, &str)]) -> Output {
-    run_sdk_check(python, &workspace_root().join("tests/sdk/anthropic_sdk_check.py"), scenario, env)
-}
-
-fn run_sdk_check(python: &Path, script: &Path, scenario: &str, env: &[(&str, &str)]) -> Output {
-    Command::new(python)
-        .arg(script)
-        .arg(scenario)
-        .current_dir(workspace_root())
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|error| panic!("cannot run {} for scenario {scenario}: {error}", python.display()))
+    /// Runs `python tests/sdk/<script> <scenario>` from the workspace root with `env` added
+    /// (`PORTCULLIS_BASE_URL`, `PORTCULLIS_KEY`, ...) and returns the one JSON line it prints on
+    /// success; a failed check fails the test with the script's own words.
+    pub fn run(&self, scenario: &str, env: &[(&str, &str)]) -> Value {
+        let output = Command::new(&self.python)
+            .arg(workspace_root().join("tests/sdk").join(self.script.file()))
+            .arg(scenario)
+            .current_dir(workspace_root())
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|error| panic!("cannot run {} for scenario {scenario}: {error}", self.python.display()));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "SDK scenario {scenario} failed:\n{}{stdout}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_str(stdout.trim().lines().last().unwrap_or_default())
+            .unwrap_or_else(|error| panic!("scenario {scenario} printed no JSON ({error}): {stdout}"))
+    }
 }
 
 /// `$PORTCULLIS_REAL_SLM_URL` (e.g. `http://127.0.0.1:8090`, no trailing slash), if set.
 pub fn real_slm_url() -> Option<String> {
     non_empty_env("PORTCULLIS_REAL_SLM_URL").map(|url| url.trim_end_matches('/').to_string())
+}
+
+/// [`real_slm_url`], or `None` after [`skip_or_fail`] when it is not set.
+pub fn real_slm_url_or_skip() -> Option<String> {
+    let url = real_slm_url();
+    if url.is_none() {
+        skip_or_fail("real small model", "PORTCULLIS_REAL_SLM_URL is not set (scripts/real-slm.sh start)");
+    }
+    url
 }
 
 /// Call when a test cannot run because `what` is missing: with `CI=true` this panics (CI must

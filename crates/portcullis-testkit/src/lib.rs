@@ -35,8 +35,7 @@ mod stub;
 mod web_gateway;
 
 pub use env::{
-    anthropic_python, free_port, in_ci, openai_python, openai_sdk_script, real_slm_url, run_anthropic_sdk_check,
-    run_openai_sdk_check, skip_or_fail, workspace_root,
+    SdkCheck, SdkScript, free_port, in_ci, real_slm_url, real_slm_url_or_skip, skip_or_fail, workspace_root,
 };
 pub use gateway::{Gateway, GatewayBuilder, GatewayError};
 pub use idp::{

@@ -10,27 +10,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use portcullis_testkit::{
-    Gateway, GatewayBuilder, StubUpstream, anthropic_python, real_slm_url, run_anthropic_sdk_check, skip_or_fail,
-};
+use portcullis_testkit::{Gateway, GatewayBuilder, SdkCheck, SdkScript, StubUpstream, real_slm_url_or_skip};
 use serde_json::Value;
-
-/// Runs one scenario and returns the JSON line it printed; a failed check fails the test with
-/// the script's own words.
-fn sdk(python: &Path, scenario: &str, env: &[(&str, &str)]) -> Value {
-    let output = run_anthropic_sdk_check(python, scenario, env);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "SDK scenario {scenario} failed:\n{}{stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_str(stdout.trim().lines().last().unwrap_or_default())
-        .unwrap_or_else(|error| panic!("scenario {scenario} printed no JSON ({error}): {stdout}"))
-}
 
 /// A key for `model` (and one allowed a request a minute, and one without the `messages`
 /// scope) and the environment the script reads.
@@ -84,19 +67,6 @@ fn billed(record: &Value) -> (u64, u64) {
     (record["prompt_tokens"].as_u64().unwrap(), record["completion_tokens"].as_u64().unwrap())
 }
 
-/// The key's tokens spent today, once `requests` requests are recorded.
-async fn tokens_today(gateway: &Gateway, key: &str, requests: u64) -> u64 {
-    let deadline = Instant::now() + common::AUDIT_WAIT;
-    loop {
-        let usage = common::get(gateway, key, "/v1/usage").await;
-        let today = &usage.body["spend"]["today"];
-        if today["requests"].as_u64().unwrap_or(0) >= requests || Instant::now() >= deadline {
-            return today["tokens"].as_u64().unwrap_or(0);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Checks the script's `usage` against the key's one record for `path` and returns it billed.
 async fn billed_as_reported(gateway: &Gateway, keys: &Keys, path: &str, observed: &Value) -> (u64, u64) {
     let records = allowed_records(gateway, &keys.key_id, path, 1).await;
@@ -110,8 +80,8 @@ async fn billed_as_reported(gateway: &Gateway, keys: &Keys, path: &str, observed
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anthropic_sdk_messages_count_tokens_and_error_classes_through_the_gateway() {
-    let Some(python) = anthropic_python() else {
-        return skip_or_fail("Python anthropic SDK", "no .venv with anthropic (run scripts/test.sh)");
+    let Some(sdk) = SdkCheck::or_skip(SdkScript::Anthropic) else {
+        return;
     };
     let stub = StubUpstream::start().await;
     let config = format!("[[models]]\nname = \"small\"\nendpoints = [\"{}\"]\n\n{TIERS}", stub.url());
@@ -120,27 +90,27 @@ async fn anthropic_sdk_messages_count_tokens_and_error_classes_through_the_gatew
 
     let keys = Keys::new(&gateway);
     let env = keys.env(&base_url, "small", &[]);
-    let message = sdk(&python, "message", &env);
+    let message = sdk.run("message", &env);
     assert_eq!(message["text"], portcullis_testkit::reply_text("small", 3), "{message}");
     // The stub reports part of the prompt as read from its cache: it is billed all the same.
     assert!(message["usage"]["cache_read_input_tokens"].as_u64().unwrap() > 0, "{message}");
     let (prompt, completion) = billed_as_reported(&gateway, &keys, "/v1/messages", &message).await;
-    assert_eq!(tokens_today(&gateway, &keys.key, 1).await, prompt + completion);
+    assert_eq!(common::spent_today(&gateway, &keys.key, 1).await["tokens"].as_u64(), Some(prompt + completion));
     let forwarded = stub.last_request_to("/v1/messages").unwrap();
     assert!(forwarded.header("anthropic-version").is_some(), "the SDK's API version is forwarded");
 
     let keys = Keys::new(&gateway);
     let env = keys.env(&base_url, "small", &[]);
-    let stream = sdk(&python, "stream", &env);
+    let stream = sdk.run("stream", &env);
     assert_eq!(stream["deltas"], 3, "{stream}");
     billed_as_reported(&gateway, &keys, "/v1/messages", &stream).await;
 
-    let counted = sdk(&python, "count_tokens", &env);
+    let counted = sdk.run("count_tokens", &env);
     assert!(counted["input_tokens"].as_u64().unwrap() > 0, "{counted}");
     let record = &allowed_records(&gateway, &keys.key_id, "/v1/messages/count_tokens", 1).await[0];
     assert_eq!(billed(record), (0, 0), "counting bills no tokens: {record}");
 
-    let errors = sdk(&python, "errors", &env);
+    let errors = sdk.run("errors", &env);
     for (case, class) in [
         ("bad_key", "AuthenticationError"),
         ("count_bad_key", "AuthenticationError"),
@@ -151,18 +121,18 @@ async fn anthropic_sdk_messages_count_tokens_and_error_classes_through_the_gatew
     ] {
         assert_eq!(errors[case]["class"], class, "{case}: {errors}");
     }
-    let cut = sdk(&python, "stream-cut", &env);
+    let cut = sdk.run("stream-cut", &env);
     assert_eq!(cut["text"], "echo:small", "the text before the cut reached the SDK: {cut}");
 }
 
 /// Gemma 3 270M behind llama.cpp's server, which answers `/v1/messages` and count_tokens itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anthropic_sdk_through_the_gateway_to_a_real_small_model() {
-    let Some(python) = anthropic_python() else {
-        return skip_or_fail("Python anthropic SDK", "no .venv with anthropic (run scripts/test.sh)");
+    let Some(sdk) = SdkCheck::or_skip(SdkScript::Anthropic) else {
+        return;
     };
-    let Some(upstream) = real_slm_url() else {
-        return skip_or_fail("real small model", "PORTCULLIS_REAL_SLM_URL is not set (scripts/real-slm.sh start)");
+    let Some(upstream) = real_slm_url_or_skip() else {
+        return;
     };
     let config = format!(
         "[[models]]\nname = \"gemma\"\nupstream_model = \"gemma-3-270m\"\nendpoints = [\"{upstream}\"]\n\
@@ -171,13 +141,13 @@ async fn anthropic_sdk_through_the_gateway_to_a_real_small_model() {
     let gateway = GatewayBuilder::new(common::BINARY).config(&config).start().await;
     let base_url = gateway.proxy_url();
     let slow_model = [("PORTCULLIS_MAX_TOKENS", "12"), ("PORTCULLIS_TIMEOUT", "120")];
-    let run = |scenario: &str, keys: &Keys| sdk(&python, scenario, &keys.env(&base_url, "gemma", &slow_model));
+    let run = |scenario: &str, keys: &Keys| sdk.run(scenario, &keys.env(&base_url, "gemma", &slow_model));
 
     let keys = Keys::new(&gateway);
     let message = run("message", &keys);
     let (prompt, completion) = billed_as_reported(&gateway, &keys, "/v1/messages", &message).await;
     assert!(prompt > 0 && (1..=12).contains(&completion), "{message}");
-    assert_eq!(tokens_today(&gateway, &keys.key, 1).await, prompt + completion);
+    assert_eq!(common::spent_today(&gateway, &keys.key, 1).await["tokens"].as_u64(), Some(prompt + completion));
 
     let keys = Keys::new(&gateway);
     let stream = run("stream", &keys);

@@ -11,49 +11,9 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
 use common::{BINARY, the_record};
-use portcullis_testkit::{
-    Gateway, GatewayBuilder, StubUpstream, openai_python, real_slm_url, skip_or_fail, workspace_root,
-};
+use portcullis_testkit::{GatewayBuilder, SdkCheck, SdkScript, StubUpstream, real_slm_url_or_skip};
 use serde_json::Value;
-
-/// Runs one scenario of `tests/sdk/openai_responses_check.py`; a failed check fails the test
-/// with the script's own words.
-fn sdk(python: &Path, scenario: &str, env: &[(&str, &str)]) -> Value {
-    let output = Command::new(python)
-        .arg(workspace_root().join("tests/sdk/openai_responses_check.py"))
-        .arg(scenario)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|error| panic!("cannot run {}: {error}", python.display()));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "SDK scenario {scenario} failed:\n{}{stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_str(stdout.trim().lines().last().unwrap_or_default())
-        .unwrap_or_else(|error| panic!("scenario {scenario} printed no JSON ({error}): {stdout}"))
-}
-
-/// `spend.today` of `key` once it counts `requests` requests (usage is written within a second).
-async fn spent_today(gateway: &Gateway, key: &str, requests: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let reply = common::get(gateway, key, "/v1/usage").await;
-        reply.assert_ok();
-        let today = reply.body["spend"]["today"].clone();
-        if today["requests"].as_u64() >= Some(requests) || Instant::now() > deadline {
-            return today;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn tokens(usage: &Value) -> u64 {
     usage["input_tokens"].as_u64().unwrap_or(0) + usage["output_tokens"].as_u64().unwrap_or(0)
@@ -61,11 +21,8 @@ fn tokens(usage: &Value) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_responses_stored_responses_and_error_classes_through_the_gateway() {
-    let Some(python) = openai_python() else {
-        return skip_or_fail(
-            "Python openai SDK",
-            "no .venv with openai (run scripts/test.sh) and PORTCULLIS_PYTHON unset",
-        );
+    let Some(sdk) = SdkCheck::or_skip(SdkScript::OpenAiResponses) else {
+        return;
     };
     let stub = StubUpstream::start().await;
     let config = format!(
@@ -88,22 +45,22 @@ async fn sdk_responses_stored_responses_and_error_classes_through_the_gateway() 
         ("PORTCULLIS_LIMITED_KEY", limited.as_str()),
     ];
 
-    let seen = sdk(&python, "responses", &env);
+    let seen = sdk.run("responses", &env);
     assert_eq!(seen["stored"]["deleted"], true, "{seen}");
     let record = the_record(&gateway, seen["plain"]["request_id"].as_str().expect("a request id")).await;
     assert_eq!(record["completion_tokens"], seen["plain"]["usage"]["output_tokens"], "{record}");
-    assert_error_classes(&sdk(&python, "errors", &env));
+    assert_error_classes(&sdk.run("errors", &env));
 }
 
 /// Gemma 3 270M behind llama.cpp's server answers `/v1/responses` itself: real tokens, its own
 /// usage, billed and audited as reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_responses_through_the_gateway_to_a_real_small_model() {
-    let Some(python) = openai_python() else {
-        return skip_or_fail("Python openai SDK", "no .venv with openai (run scripts/test.sh)");
+    let Some(sdk) = SdkCheck::or_skip(SdkScript::OpenAiResponses) else {
+        return;
     };
-    let Some(upstream) = real_slm_url() else {
-        return skip_or_fail("real small model", "PORTCULLIS_REAL_SLM_URL is not set (scripts/real-slm.sh start)");
+    let Some(upstream) = real_slm_url_or_skip() else {
+        return;
     };
     let config = format!(
         "[tiers.free]\n\n[tiers.trickle]\nrequests_per_minute = 1\n\n\
@@ -127,7 +84,7 @@ async fn sdk_responses_through_the_gateway_to_a_real_small_model() {
         ("PORTCULLIS_LIMITED_KEY", limited.as_str()),
     ];
 
-    let seen = sdk(&python, "responses", &env);
+    let seen = sdk.run("responses", &env);
     let (plain, streamed) = (&seen["plain"]["usage"], &seen["stream"]["usage"]);
     assert!(!seen["plain"]["text"].as_str().unwrap_or_default().is_empty(), "{seen}");
     let record = the_record(&gateway, seen["plain"]["request_id"].as_str().expect("a request id")).await;
@@ -136,11 +93,11 @@ async fn sdk_responses_through_the_gateway_to_a_real_small_model() {
         (&plain["input_tokens"], &plain["output_tokens"], &Value::Bool(false)),
         "billed as the model server reported: {record}"
     );
-    let today = spent_today(&gateway, &key, 2).await;
+    let today = common::spent_today(&gateway, &key, 2).await;
     assert_eq!(today["tokens"].as_u64(), Some(tokens(plain) + tokens(streamed)), "{today} vs {seen}");
 
     // The refusals are the gateway's own, in front of a real server as in front of the stub.
-    assert_error_classes(&sdk(&python, "errors", &env));
+    assert_error_classes(&sdk.run("errors", &env));
 }
 
 /// Every error case of the `errors` scenario raised the SDK's own class.

@@ -7,38 +7,16 @@
 
 #![allow(clippy::expect_used, clippy::panic, reason = "test helpers: a failure is a failed test")]
 
-use std::path::Path;
-
-use portcullis_testkit::{
-    Gateway, GatewayBuilder, StubUpstream, openai_python, real_slm_url, run_openai_sdk_check, skip_or_fail,
-};
-use serde_json::Value;
+use portcullis_testkit::{Gateway, GatewayBuilder, SdkCheck, SdkScript, StubUpstream, real_slm_url_or_skip};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_portcullis");
-
-/// Runs one scenario and returns the JSON line it printed; a failed check fails the test with
-/// the script's own words.
-fn sdk(python: &Path, scenario: &str, env: &[(&str, &str)]) -> Value {
-    let output = run_openai_sdk_check(python, scenario, env);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "SDK scenario {scenario} failed:\n{}{stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_str(stdout.trim().lines().last().unwrap_or_default())
-        .unwrap_or_else(|error| panic!("scenario {scenario} printed no JSON ({error}): {stdout}"))
-}
 
 // Multi-threaded: the SDK script runs as a blocking child process while the in-process stub
 // must keep answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_chat_stream_embeddings_models_and_error_classes_through_the_gateway() {
-    let Some(python) = openai_python() else {
-        return skip_or_fail(
-            "Python openai SDK",
-            "no .venv with openai (run scripts/test.sh) and PORTCULLIS_PYTHON unset",
-        );
+    let Some(sdk) = SdkCheck::or_skip(SdkScript::OpenAi) else {
+        return;
     };
     let stub = StubUpstream::start().await;
     let config = format!(
@@ -60,16 +38,16 @@ async fn sdk_chat_stream_embeddings_models_and_error_classes_through_the_gateway
         ("PORTCULLIS_OTHER_KEY", revoked.as_str()),
     ];
 
-    let chat = sdk(&python, "chat", &env);
+    let chat = sdk.run("chat", &env);
     assert!(chat["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0, "{chat}");
-    let stream = sdk(&python, "stream", &env);
+    let stream = sdk.run("stream", &env);
     assert!(stream["chunks"].as_u64().unwrap_or(0) >= 2, "{stream}");
-    sdk(&python, "stream-no-usage", &env);
-    let embeddings = sdk(&python, "embeddings", &env);
+    sdk.run("stream-no-usage", &env);
+    let embeddings = sdk.run("embeddings", &env);
     assert!(embeddings["dimensions"].as_u64().unwrap_or(0) > 0, "{embeddings}");
-    let models = sdk(&python, "models", &env);
+    let models = sdk.run("models", &env);
     assert_eq!(models["models"], serde_json::json!(["small"]));
-    let errors = sdk(&python, "errors", &env);
+    let errors = sdk.run("errors", &env);
     for class in ["AuthenticationError", "PermissionDeniedError", "NotFoundError", "BadRequestError"] {
         assert!(errors.to_string().contains(class), "scenario errors did not check {class}: {errors}");
     }
@@ -80,11 +58,11 @@ async fn sdk_chat_stream_embeddings_models_and_error_classes_through_the_gateway
 /// Gemma 3 270M behind llama.cpp's server: real tokens, real usage counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_through_the_gateway_to_a_real_small_model() {
-    let Some(python) = openai_python() else {
-        return skip_or_fail("Python openai SDK", "no .venv with openai (run scripts/test.sh)");
+    let Some(sdk) = SdkCheck::or_skip(SdkScript::OpenAi) else {
+        return;
     };
-    let Some(upstream) = real_slm_url() else {
-        return skip_or_fail("real small model", "PORTCULLIS_REAL_SLM_URL is not set (scripts/real-slm.sh start)");
+    let Some(upstream) = real_slm_url_or_skip() else {
+        return;
     };
     let config = format!(
         "[[models]]\nname = \"gemma\"\nupstream_model = \"gemma-3-270m\"\nendpoints = [\"{upstream}\"]\n\
@@ -101,18 +79,18 @@ async fn sdk_through_the_gateway_to_a_real_small_model() {
         ("PORTCULLIS_TIMEOUT", "120"),
     ];
 
-    let chat = sdk(&python, "chat", &env);
+    let chat = sdk.run("chat", &env);
     let usage = &chat["usage"];
     assert!(usage["prompt_tokens"].as_u64().unwrap_or(0) > 0, "real prompt tokens counted: {chat}");
     let completion = usage["completion_tokens"].as_u64().unwrap_or(0);
     assert!((1..=12).contains(&completion), "the model generated within max_tokens: {chat}");
     assert_eq!(usage["total_tokens"].as_u64(), Some(usage["prompt_tokens"].as_u64().unwrap() + completion));
 
-    let stream = sdk(&python, "stream", &env);
+    let stream = sdk.run("stream", &env);
     assert!(stream["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0, "usage chunk relayed: {stream}");
     assert!(!stream["text"].as_str().unwrap_or_default().is_empty(), "{stream}");
 
-    let embeddings = sdk(&python, "embeddings", &env);
+    let embeddings = sdk.run("embeddings", &env);
     assert_eq!(embeddings["dimensions"].as_u64(), Some(640), "Gemma 3 270M embeds in 640 dimensions: {embeddings}");
     assert!(embeddings["usage_one"]["prompt_tokens"].as_u64().unwrap_or(0) > 0, "{embeddings}");
 }
@@ -123,8 +101,8 @@ async fn sdk_through_the_gateway_to_a_real_small_model() {
 /// instead of ending as if complete or failing as a connection error the SDK would retry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_exceptions_for_a_model_server_that_misbehaves() {
-    let Some(python) = openai_python() else {
-        return skip_or_fail("Python openai SDK", "no .venv with openai (run scripts/test.sh)");
+    let Some(sdk) = SdkCheck::or_skip(SdkScript::OpenAi) else {
+        return;
     };
     let stub = StubUpstream::start().await;
     let config = format!("[[models]]\nname = \"small\"\nendpoints = [\"{}\"]\n", stub.url());
@@ -138,7 +116,7 @@ async fn sdk_exceptions_for_a_model_server_that_misbehaves() {
         ("PORTCULLIS_TIMEOUT", "10"),
     ];
 
-    let faults = sdk(&python, "faults", &env);
+    let faults = sdk.run("faults", &env);
     for (fault, class) in [
         ("unauthorized", "InternalServerError"),
         ("leaky_failure", "InternalServerError"),

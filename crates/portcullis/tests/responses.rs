@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::{BINARY, Reply, http, send, the_record};
 use portcullis_testkit::{DEFAULT_STREAM_CHUNKS, Fault, Gateway, GatewayBuilder, StubUpstream, reply_text};
 use serde_json::{Value, json};
@@ -34,21 +32,6 @@ fn events(text: &str) -> Vec<(String, Value)> {
             (name.to_string(), serde_json::from_str(data).unwrap_or_else(|_| panic!("not JSON: {data}")))
         })
         .collect()
-}
-
-/// `/v1/usage` for `key` once it shows `requests` requests today (usage is written within a second).
-async fn spent_today(gateway: &Gateway, key: &str, requests: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let reply = common::get(gateway, key, "/v1/usage").await;
-        reply.assert_ok();
-        let today = reply.body["spend"]["today"].clone();
-        if today["requests"].as_u64() >= Some(requests) {
-            return today;
-        }
-        assert!(Instant::now() < deadline, "usage never showed {requests} requests: {}", reply.text);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,7 +85,7 @@ async fn a_response_is_capped_named_as_asked_and_billed_from_its_usage_plain_and
     );
     assert_eq!(record["usage_estimated"], false, "read from response.incomplete: {record}");
 
-    let today = spent_today(&gateway, &key, 2).await;
+    let today = common::spent_today(&gateway, &key, 2).await;
     assert_eq!(today["tokens"], 2 + 3 + 3 + 2, "{today}");
 }
 

@@ -285,17 +285,14 @@ async fn malformed_bodies_and_unknown_paths_get_openai_errors() {
 /// format the official SDK expects, and the script's checks hold on a known-good server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_sdk_scenarios_pass_against_the_stub() {
-    let Some(python) = crate::openai_python() else {
-        return crate::skip_or_fail(
-            "openai Python SDK",
-            "no .venv with `openai` (run scripts/test.sh) and no PORTCULLIS_PYTHON",
-        );
+    let Some(sdk) = crate::SdkCheck::or_skip(crate::SdkScript::OpenAi) else {
+        return;
     };
     let stub = StubUpstream::start().await;
     let base_url = format!("{}/v1", stub.url());
     for scenario in ["chat", "stream", "stream-no-usage", "embeddings", "models"] {
-        let (python, base_url) = (python.clone(), base_url.clone());
-        let output = tokio::task::spawn_blocking(move || {
+        let (sdk, base_url) = (sdk.clone(), base_url.clone());
+        let observed = tokio::task::spawn_blocking(move || {
             let env = [
                 ("PORTCULLIS_BASE_URL", base_url.as_str()),
                 ("PORTCULLIS_KEY", "any-key-the-stub-ignores"),
@@ -305,17 +302,10 @@ async fn openai_sdk_scenarios_pass_against_the_stub() {
                 // The stub is an upstream, not a gateway: it sets no x-request-id.
                 ("PORTCULLIS_EXPECT_REQUEST_ID", "0"),
             ];
-            crate::run_openai_sdk_check(&python, scenario, &env)
+            sdk.run(scenario, &env)
         })
         .await
         .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "scenario {scenario} failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let observed: Value = serde_json::from_str(stdout.trim()).unwrap();
         assert_eq!(observed["scenario"], scenario);
     }
     let chat = stub.last_request_to("/v1/chat/completions").unwrap();

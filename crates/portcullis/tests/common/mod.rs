@@ -209,3 +209,18 @@ pub async fn the_record(gateway: &Gateway, request_id: &str) -> Value {
     assert_eq!(records.len(), 1, "request {request_id} should have exactly one record: {records:#?}");
     records.into_iter().next().expect("one record")
 }
+
+/// `/v1/usage` for `key` once it shows `requests` requests today (usage is written within a second).
+pub async fn spent_today(gateway: &Gateway, key: &str, requests: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = get(gateway, key, "/v1/usage").await;
+        reply.assert_ok();
+        let today = reply.body["spend"]["today"].clone();
+        if today["requests"].as_u64() >= Some(requests) {
+            return today;
+        }
+        assert!(Instant::now() < deadline, "usage never showed {requests} requests: {}", reply.text);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
