@@ -20,8 +20,9 @@ use super::anthropic;
 use super::authorize::may_use_model;
 use super::body::{self, Operation, ParsedRequest};
 use super::meter::{Metered, OnFinish, StreamOptions};
-use super::rename::{Rename, Renamed};
-use super::sealed::{self, Sealed, Sealing};
+use super::rename::Rename;
+use super::rewrite::Rewritten;
+use super::sealed::{self, Sealing};
 use super::settle::Settlement;
 use super::sse::StreamKind;
 use super::{caller, capture, refusal, team_of};
@@ -174,11 +175,11 @@ async fn relay(
         };
         let metered = Metered::stream(body, options, settle_at_end(settlement));
         let renamed = match rename {
-            Some(rename) => Body::new(Renamed::new(metered, rename)),
+            Some(rename) => Body::new(Rewritten::new(metered, rename)),
             None => Body::new(metered),
         };
         match sealing {
-            Some(sealing) => Body::new(Sealed::new(renamed, sealing)),
+            Some(sealing) => Body::new(Rewritten::new(renamed, sealing.stream())),
             None => renamed,
         }
     } else {

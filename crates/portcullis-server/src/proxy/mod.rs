@@ -17,6 +17,7 @@ mod quota_wait;
 mod refusal;
 mod rename;
 mod response_ids;
+mod rewrite;
 pub(crate) mod sealed;
 mod settle;
 pub(crate) mod shape;

@@ -6,16 +6,14 @@
 //! `message.model`), unless the serving model's config sets `expose_upstream_model`.
 //!
 //! Nothing is parsed: the server's quoted name is searched for and rewritten where a `"model"`
-//! member holds it (the Responses API's ids are rewritten the same way, see `sealed`). A frame without it passes as it came (no copy); a stream relayed by
-//! [`super::meter::Metered`] comes in whole events, so a name never straddles two frames.
-
-use std::pin::Pin;
-use std::task::{Context, Poll};
+//! member holds it (the Responses API's ids are rewritten the same way, see `sealed`). A stream
+//! is renamed through [`super::rewrite::Rewritten`]; relayed by [`super::meter::Metered`], it
+//! comes in whole events, so a name never straddles two frames.
 
 use bytes::{Bytes, BytesMut};
-use http_body::{Body, Frame, SizeHint};
 use memchr::memmem::Finder;
-use pin_project_lite::pin_project;
+
+use super::rewrite::Rewrite;
 
 /// One rewrite of a member's value: the member's quoted key, the server's quoted value, and the
 /// one the client is shown.
@@ -71,43 +69,9 @@ fn follows_key(before: &[u8], key: &[u8]) -> bool {
     before_colon.trim_ascii_end().ends_with(key)
 }
 
-pin_project! {
-    /// A streamed body whose events are renamed as they pass.
-    pub struct Renamed<B> {
-        #[pin]
-        inner: B,
-        rename: Rename,
-    }
-}
-
-impl<B> Renamed<B> {
-    pub fn new(inner: B, rename: Rename) -> Self {
-        Renamed { inner, rename }
-    }
-}
-
-impl<B: Body<Data = Bytes>> Body for Renamed<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        let frame = std::task::ready!(this.inner.poll_frame(cx));
-        Poll::Ready(frame.map(|frame| {
-            frame.map(|frame| match frame.data_ref().and_then(|data| this.rename.apply(data)) {
-                Some(renamed) => Frame::data(renamed),
-                None => frame,
-            })
-        }))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        // A rewritten frame changes length: only the lower bound of nothing holds.
-        SizeHint::default()
+impl Rewrite for Rename {
+    fn rewrite(&mut self, data: &[u8]) -> Option<Bytes> {
+        self.apply(data)
     }
 }
 

@@ -4,18 +4,14 @@
 //! learns them from the first event that carries its `response` object and seals them in that
 //! event and every later one. A request's `previous_response_id` is opened before it is sent on.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
 use memchr::memmem;
-use pin_project_lite::pin_project;
 use serde::Deserialize;
 
 use super::body::{self, ParsedRequest};
 use super::rename::Rename;
 use super::response_ids::ResponseIds;
+use super::rewrite::Rewrite;
 use super::shape::Member;
 use crate::error::ApiError;
 
@@ -110,50 +106,26 @@ pub fn open_previous(
     body::parse(request.operation, Bytes::from(body), max_depth)
 }
 
-pin_project! {
-    /// A Responses stream whose ids are sealed as it passes.
-    pub struct Sealed<B> {
-        #[pin]
-        inner: B,
-        sealing: Sealing,
-        // Known once the first event with the response object went by.
-        renames: Option<Vec<Rename>>,
+/// A Responses stream's sealing, passed to [`super::rewrite::Rewritten`]: its ids are known once the first event
+/// with the response object went by.
+pub struct StreamSealing {
+    sealing: Sealing,
+    renames: Option<Vec<Rename>>,
+}
+
+impl Sealing {
+    /// The sealing of a stream's events.
+    pub fn stream(self) -> StreamSealing {
+        StreamSealing { sealing: self, renames: None }
     }
 }
 
-impl<B> Sealed<B> {
-    pub fn new(inner: B, sealing: Sealing) -> Self {
-        Sealed { inner, sealing, renames: None }
-    }
-}
-
-impl<B: Body<Data = Bytes>> Body for Sealed<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        let frame = std::task::ready!(this.inner.poll_frame(cx));
-        Poll::Ready(frame.map(|frame| {
-            frame.map(|frame| {
-                let Some(data) = frame.data_ref() else { return frame };
-                if this.renames.is_none() {
-                    *this.renames = response_ids_in(data).map(|ids| this.sealing.renames(&ids));
-                }
-                match this.renames.as_deref().and_then(|renames| apply(renames, data)) {
-                    Some(sealed) => Frame::data(sealed),
-                    None => frame,
-                }
-            })
-        }))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
+impl Rewrite for StreamSealing {
+    fn rewrite(&mut self, data: &[u8]) -> Option<Bytes> {
+        if self.renames.is_none() {
+            self.renames = response_ids_in(data).map(|ids| self.sealing.renames(&ids));
+        }
+        apply(self.renames.as_deref()?, data)
     }
 }
 
