@@ -24,23 +24,11 @@ import sys
 import anthropic
 from anthropic import Anthropic
 
-from sdk_check import CheckFailed, check, env, run
+from sdk_check import PROMPT, CheckFailed, check, client_options, env, max_tokens, run
 
 
 def client(api_key=None):
-    return Anthropic(
-        base_url=env("PORTCULLIS_BASE_URL", required=True),
-        api_key=api_key or env("PORTCULLIS_KEY", required=True),
-        max_retries=0,
-        timeout=float(env("PORTCULLIS_TIMEOUT", "60")),
-    )
-
-
-def max_tokens():
-    return int(env("PORTCULLIS_MAX_TOKENS", "24"))
-
-
-PROMPT = [{"role": "user", "content": "Write one short sentence about the sea."}]
+    return Anthropic(**client_options(api_key))
 
 
 def usage_dict(usage):

@@ -27,24 +27,18 @@ import sys
 import openai
 from openai import OpenAI
 
-from sdk_check import CheckFailed, check, env, run
+from sdk_check import CheckFailed, check, client_options, env, max_tokens, run
 
 
 def client(key=None):
-    # No retries: a 429 or a 5xx must reach the check, not be tried again.
-    return OpenAI(
-        base_url=env("PORTCULLIS_BASE_URL", required=True),
-        api_key=key or env("PORTCULLIS_KEY", required=True),
-        timeout=float(env("PORTCULLIS_TIMEOUT", "60")),
-        max_retries=0,
-    )
+    return OpenAI(**client_options(key))
 
 
 def create(sdk, **extra):
     return sdk.responses.create(
         model=env("PORTCULLIS_MODEL", required=True),
         input="Name three colours.",
-        max_output_tokens=int(env("PORTCULLIS_MAX_TOKENS", "16")),
+        max_output_tokens=max_tokens(16),
         **extra,
     )
 
@@ -56,7 +50,7 @@ def usage_of(response):
 def scenario_responses():
     sdk = client()
     model = env("PORTCULLIS_MODEL", required=True)
-    cap = int(env("PORTCULLIS_MAX_TOKENS", "16"))
+    cap = max_tokens(16)
     plain = create(sdk)
     check(plain.model == model, f"the answer names {plain.model!r}, not the model asked for ({model!r})")
     check(plain.output_text, f"no text in {plain}")

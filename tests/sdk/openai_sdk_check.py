@@ -29,7 +29,7 @@ import sys
 import openai
 from openai import OpenAI
 
-from sdk_check import CheckFailed, check, env, run
+from sdk_check import PROMPT, CheckFailed, check, client_options, env, max_tokens, run
 
 
 def env_list(name):
@@ -37,19 +37,7 @@ def env_list(name):
 
 
 def client(api_key=None):
-    return OpenAI(
-        base_url=env("PORTCULLIS_BASE_URL", required=True),
-        api_key=api_key or env("PORTCULLIS_KEY", required=True),
-        max_retries=0,
-        timeout=float(env("PORTCULLIS_TIMEOUT", "60")),
-    )
-
-
-def max_tokens():
-    return int(env("PORTCULLIS_MAX_TOKENS", "24"))
-
-
-PROMPT = [{"role": "user", "content": "Write one short sentence about the sea."}]
+    return OpenAI(**client_options(api_key))
 
 
 def usage_dict(usage):

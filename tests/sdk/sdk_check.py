@@ -30,6 +30,23 @@ def env(name, default=None, required=False):
     return value
 
 
+def client_options(api_key=None):
+    """The SDK client's settings. No retries: a 429 or a 5xx must reach the check, not be tried again."""
+    return {
+        "base_url": env("PORTCULLIS_BASE_URL", required=True),
+        "api_key": api_key or env("PORTCULLIS_KEY", required=True),
+        "max_retries": 0,
+        "timeout": float(env("PORTCULLIS_TIMEOUT", "60")),
+    }
+
+
+def max_tokens(default=24):
+    return int(env("PORTCULLIS_MAX_TOKENS", str(default)))
+
+
+PROMPT = [{"role": "user", "content": "Write one short sentence about the sea."}]
+
+
 def run(argv, scenarios, sdk):
     """Runs the scenario named in `argv`; `sdk` (the `openai` or `anthropic` module) names the
     errors a scenario did not expect and the version reported with what it observed."""
