@@ -134,10 +134,7 @@ async fn anthropic_sdk_through_the_gateway_to_a_real_small_model() {
     let Some(upstream) = real_slm_url_or_skip() else {
         return;
     };
-    let config = format!(
-        "[[models]]\nname = \"gemma\"\nupstream_model = \"gemma-3-270m\"\nendpoints = [\"{upstream}\"]\n\
-         server = \"llamacpp\"\nhealth_check = {{ path = \"/health\" }}\ntimeouts = {{ first_byte = \"120s\" }}\n\n{TIERS}"
-    );
+    let config = format!("{}server = \"llamacpp\"\n\n{TIERS}", common::real_slm_model(&upstream));
     let gateway = GatewayBuilder::new(common::BINARY).config(&config).start().await;
     let base_url = gateway.proxy_url();
     let slow_model = [("PORTCULLIS_MAX_TOKENS", "12"), ("PORTCULLIS_TIMEOUT", "120")];

@@ -62,11 +62,8 @@ async fn sdk_responses_through_the_gateway_to_a_real_small_model() {
     let Some(upstream) = real_slm_url_or_skip() else {
         return;
     };
-    let config = format!(
-        "[tiers.free]\n\n[tiers.trickle]\nrequests_per_minute = 1\n\n\
-         [[models]]\nname = \"gemma\"\nupstream_model = \"gemma-3-270m\"\nendpoints = [\"{upstream}\"]\n\
-         health_check = {{ path = \"/health\" }}\ntimeouts = {{ first_byte = \"120s\" }}\n"
-    );
+    let config =
+        format!("[tiers.free]\n\n[tiers.trickle]\nrequests_per_minute = 1\n\n{}", common::real_slm_model(&upstream));
     let gateway = GatewayBuilder::new(BINARY).config(&config).start().await;
     let (_, key) = gateway.create_key(&["--models", "gemma", "--scopes", "responses"]);
     let (_, other) = gateway.create_key(&["--models", "gemma", "--scopes", "responses"]);

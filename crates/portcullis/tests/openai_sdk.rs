@@ -7,9 +7,10 @@
 
 #![allow(clippy::expect_used, clippy::panic, reason = "test helpers: a failure is a failed test")]
 
-use portcullis_testkit::{Gateway, GatewayBuilder, SdkCheck, SdkScript, StubUpstream, real_slm_url_or_skip};
+mod common;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_portcullis");
+use common::BINARY;
+use portcullis_testkit::{Gateway, GatewayBuilder, SdkCheck, SdkScript, StubUpstream, real_slm_url_or_skip};
 
 // Multi-threaded: the SDK script runs as a blocking child process while the in-process stub
 // must keep answering.
@@ -64,10 +65,7 @@ async fn sdk_through_the_gateway_to_a_real_small_model() {
     let Some(upstream) = real_slm_url_or_skip() else {
         return;
     };
-    let config = format!(
-        "[[models]]\nname = \"gemma\"\nupstream_model = \"gemma-3-270m\"\nendpoints = [\"{upstream}\"]\n\
-         health_check = {{ path = \"/health\" }}\ntimeouts = {{ first_byte = \"120s\" }}\n"
-    );
+    let config = common::real_slm_model(&upstream);
     let gateway: Gateway = GatewayBuilder::new(BINARY).config(&config).start().await;
     let (_, key) = gateway.create_key(&["--models", "gemma"]);
     let base_url = gateway.openai_base_url();

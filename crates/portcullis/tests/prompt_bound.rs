@@ -13,7 +13,7 @@ mod common;
 use common::{BINARY, Reply, http, send, the_record};
 use std::time::{Duration, Instant};
 
-use portcullis_testkit::{Gateway, GatewayBuilder, StubUpstream, real_slm_url, skip_or_fail};
+use portcullis_testkit::{Gateway, GatewayBuilder, StubUpstream, real_slm_url_or_skip};
 use serde_json::{Value, json};
 
 /// The gateway's allowance for template tokens around the whole prompt and each message.
@@ -182,15 +182,11 @@ async fn a_slow_tokenizer_costs_a_request_its_timeout_at_most_and_leaves_the_byt
 /// and never below what the server reports.
 #[tokio::test]
 async fn a_real_models_reported_prompt_never_exceeds_its_counted_bound() {
-    let Some(upstream) = real_slm_url() else {
-        return skip_or_fail("real small model", "PORTCULLIS_REAL_SLM_URL is not set (scripts/real-slm.sh start)");
+    let Some(upstream) = real_slm_url_or_skip() else {
+        return;
     };
-    let gateway = gateway(&format!(
-        "[[models]]\nname = \"gemma\"\nupstream_model = \"gemma-3-270m\"\nendpoints = [\"{upstream}\"]\n\
-         server = \"llamacpp\"\ntokenizer = \"server\"\n\
-         health_check = {{ path = \"/health\" }}\ntimeouts = {{ first_byte = \"120s\" }}\n"
-    ))
-    .await;
+    let gateway =
+        gateway(&format!("{}server = \"llamacpp\"\ntokenizer = \"server\"\n", common::real_slm_model(&upstream))).await;
     let long = "The quick brown fox jumps over the lazy dog. ".repeat(40);
     let chats = [
         json!([{"role": "user", "content": "Hi"}]),

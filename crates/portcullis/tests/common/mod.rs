@@ -224,3 +224,13 @@ pub async fn spent_today(gateway: &Gateway, key: &str, requests: u64) -> Value {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The `[[models]]` table of `gemma`: the real small model (Gemma 3 270M behind llama.cpp's
+/// server at `upstream`), given the time a CPU takes to its first byte. Lines that follow it
+/// (`server = ...`) still belong to it.
+pub fn real_slm_model(upstream: &str) -> String {
+    format!(
+        "[[models]]\nname = \"gemma\"\nupstream_model = \"gemma-3-270m\"\nendpoints = [\"{upstream}\"]\n\
+         health_check = {{ path = \"/health\" }}\ntimeouts = {{ first_byte = \"120s\" }}\n"
+    )
+}
