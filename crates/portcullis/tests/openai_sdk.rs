@@ -10,7 +10,7 @@
 mod common;
 
 use common::BINARY;
-use portcullis_testkit::{Gateway, GatewayBuilder, SdkCheck, SdkScript, StubUpstream, real_slm_url_or_skip};
+use portcullis_testkit::{Gateway, GatewayBuilder, SdkCheck, SdkScript, real_slm_url_or_skip};
 
 // Multi-threaded: the SDK script runs as a blocking child process while the in-process stub
 // must keep answering.
@@ -19,12 +19,7 @@ async fn sdk_chat_stream_embeddings_models_and_error_classes_through_the_gateway
     let Some(sdk) = SdkCheck::or_skip(SdkScript::OpenAi) else {
         return;
     };
-    let stub = StubUpstream::start().await;
-    let config = format!(
-        "[[models]]\nname = \"small\"\nendpoints = [\"{0}\"]\n\n[[models]]\nname = \"secret-model\"\nendpoints = [\"{0}\"]\n",
-        stub.url()
-    );
-    let gateway = GatewayBuilder::new(BINARY).config(&config).start().await;
+    let (stub, gateway) = common::start(&["small", "secret-model"]).await;
     let (revoked_id, revoked) = gateway.create_key(&["--models", "small"]);
     assert!(gateway.cli(&["keys", "revoke", &revoked_id]).status.success());
     let (_, key) = gateway.create_key(&["--models", "small"]);
@@ -102,9 +97,7 @@ async fn sdk_exceptions_for_a_model_server_that_misbehaves() {
     let Some(sdk) = SdkCheck::or_skip(SdkScript::OpenAi) else {
         return;
     };
-    let stub = StubUpstream::start().await;
-    let config = format!("[[models]]\nname = \"small\"\nendpoints = [\"{}\"]\n", stub.url());
-    let gateway = GatewayBuilder::new(BINARY).config(&config).start().await;
+    let (_stub, gateway) = common::start(&["small"]).await;
     let (_, key) = gateway.create_key(&["--models", "small"]);
     let base_url = gateway.openai_base_url();
     let env = [
