@@ -24,7 +24,7 @@ import sys
 import anthropic
 from anthropic import Anthropic
 
-from sdk_check import PROMPT, CheckFailed, check, client_options, env, max_tokens, run
+from sdk_check import PROMPT, CheckFailed, check, client_options, env, max_tokens, raised, run
 
 
 def client(api_key=None):
@@ -82,25 +82,16 @@ def scenario_count_tokens():
 
 def expect_error(call, error_class, status, kind, what):
     """Runs `call`, which must raise `error_class` with `status` and Anthropic's error `kind`."""
-    try:
-        call()
-    except anthropic.APIStatusError as error:
-        check(
-            isinstance(error, error_class),
-            f"{what}: expected {error_class.__name__}, got {type(error).__name__} "
-            f"(status {error.status_code}, body {error.body})",
-        )
-        check(error.status_code == status, f"{what}: expected status {status}, got {error.status_code}")
-        body = error.body
-        check(
-            isinstance(body, dict) and body.get("type") == "error" and isinstance(body.get("error"), dict),
-            f"{what}: the body is not an Anthropic error: {body!r}",
-        )
-        check(body["error"].get("type") == kind, f"{what}: expected type {kind!r}, got {body['error']!r}")
-        check(body["error"].get("message"), f"{what}: empty error message: {body}")
-        check(error.response.headers.get("x-request-id"), f"{what}: the error has no x-request-id header")
-        return {"class": type(error).__name__, "status": error.status_code, "type": kind}
-    raise CheckFailed(f"{what}: expected {error_class.__name__}, but the call succeeded")
+    error = raised(call, anthropic, error_class, status, what)
+    body = error.body
+    check(
+        isinstance(body, dict) and body.get("type") == "error" and isinstance(body.get("error"), dict),
+        f"{what}: the body is not an Anthropic error: {body!r}",
+    )
+    check(body["error"].get("type") == kind, f"{what}: expected type {kind!r}, got {body['error']!r}")
+    check(body["error"].get("message"), f"{what}: empty error message: {body}")
+    check(error.response.headers.get("x-request-id"), f"{what}: the error has no x-request-id header")
+    return {"class": type(error).__name__, "status": error.status_code, "type": kind}
 
 
 def scenario_errors():

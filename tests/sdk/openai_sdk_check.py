@@ -29,7 +29,7 @@ import sys
 import openai
 from openai import OpenAI
 
-from sdk_check import PROMPT, CheckFailed, check, client_options, env, max_tokens, run
+from sdk_check import PROMPT, CheckFailed, check, client_options, env, max_tokens, raised, run
 
 
 def env_list(name):
@@ -195,27 +195,18 @@ STATUS_FOR_CODE = {
 
 def expect_error(call, error_class, status, code, what):
     """Runs `call`, which must raise `error_class` with `status` and `code` (None: any code)."""
-    try:
-        call()
-    except openai.APIStatusError as error:
-        check(
-            isinstance(error, error_class),
-            f"{what}: expected {error_class.__name__}, got {type(error).__name__} "
-            f"(status {error.status_code}, body {error.body})",
-        )
-        check(error.status_code == status, f"{what}: expected status {status}, got {error.status_code}")
-        body = error.body
-        check(isinstance(body, dict), f"{what}: the error body is not an OpenAI error object: {body!r}")
-        missing = [field for field in ("message", "type", "code", "param") if field not in body]
-        check(not missing, f"{what}: the error object lacks {missing}: {body}")
-        check(isinstance(body["message"], str) and body["message"], f"{what}: empty error message: {body}")
-        if code is not None:
-            check(error.code == code, f"{what}: expected code {code!r}, got {error.code!r} ({body})")
-        if env("PORTCULLIS_EXPECT_REQUEST_ID", "1") != "0":
-            request_id = error.response.headers.get("x-request-id")
-            check(request_id, f"{what}: the error response has no x-request-id header")
-        return {"class": type(error).__name__, "status": error.status_code, "type": body["type"], "code": error.code}
-    raise CheckFailed(f"{what}: expected {error_class.__name__}, but the call succeeded")
+    error = raised(call, openai, error_class, status, what)
+    body = error.body
+    check(isinstance(body, dict), f"{what}: the error body is not an OpenAI error object: {body!r}")
+    missing = [field for field in ("message", "type", "code", "param") if field not in body]
+    check(not missing, f"{what}: the error object lacks {missing}: {body}")
+    check(isinstance(body["message"], str) and body["message"], f"{what}: empty error message: {body}")
+    if code is not None:
+        check(error.code == code, f"{what}: expected code {code!r}, got {error.code!r} ({body})")
+    if env("PORTCULLIS_EXPECT_REQUEST_ID", "1") != "0":
+        request_id = error.response.headers.get("x-request-id")
+        check(request_id, f"{what}: the error response has no x-request-id header")
+    return {"class": type(error).__name__, "status": error.status_code, "type": body["type"], "code": error.code}
 
 
 def scenario_errors():

@@ -30,6 +30,21 @@ def env(name, default=None, required=False):
     return value
 
 
+def raised(call, sdk, error_class, status, what):
+    """The error `call` must raise: an `error_class` (an `sdk.APIStatusError`) with `status`."""
+    try:
+        call()
+    except sdk.APIStatusError as error:
+        check(
+            isinstance(error, error_class),
+            f"{what}: expected {error_class.__name__}, got {type(error).__name__} "
+            f"(status {error.status_code}, body {error.body})",
+        )
+        check(error.status_code == status, f"{what}: expected status {status}, got {error.status_code}")
+        return error
+    raise CheckFailed(f"{what}: expected {error_class.__name__}, but the call succeeded")
+
+
 def client_options(api_key=None):
     """The SDK client's settings. No retries: a 429 or a 5xx must reach the check, not be tried again."""
     return {
