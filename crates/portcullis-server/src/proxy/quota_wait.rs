@@ -244,6 +244,24 @@ mod tests {
         (Arc::new(WaitingRoom::on(signal)), signal)
     }
 
+    /// A room, a limiter and a quota of 100 tokens a day, `running` of them held by a request in
+    /// flight.
+    struct Scene {
+        room: Arc<WaitingRoom>,
+        signal: &'static SettleSignal,
+        limiter: Arc<MemoryLimiter>,
+        scopes: Vec<(LimitScope, Limits)>,
+        running: Reservation,
+    }
+
+    fn scene(running: u64) -> Scene {
+        let (room, signal) = room();
+        let limiter = Arc::new(MemoryLimiter::new());
+        let scopes = quota(100);
+        let running = limiter.admit_sync(&scopes, demand(running), NOON).unwrap();
+        Scene { room, signal, limiter, scopes, running }
+    }
+
     /// Waits in `room` for `tokens` under `scopes`, from a refusal the caller got first.
     fn waiter(
         room: &Arc<WaitingRoom>,
@@ -273,10 +291,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_settlement_here_admits_the_waiting_request_at_once() {
-        let (room, signal) = room();
-        let limiter = Arc::new(MemoryLimiter::new());
-        let scopes = quota(100);
-        let running = limiter.admit_sync(&scopes, demand(80), NOON).unwrap();
+        let Scene { room, signal, limiter, scopes, running } = scene(80);
         let waiting = waiter(&room, &limiter, &scopes, 50, patience(0));
         tokio::time::sleep(Duration::from_millis(1)).await;
         let start = Instant::now();
@@ -289,10 +304,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_settlement_elsewhere_is_seen_by_the_poll() {
-        let (room, _signal) = room();
-        let limiter = Arc::new(MemoryLimiter::new());
-        let scopes = quota(100);
-        let running = limiter.admit_sync(&scopes, demand(80), NOON).unwrap();
+        let Scene { room, signal: _, limiter, scopes, running } = scene(80);
         let waiting = waiter(&room, &limiter, &scopes, 50, patience(0));
         tokio::time::sleep(Duration::from_millis(1)).await;
         // Settled as another replica would: the counters change, nothing here is signalled.
@@ -304,10 +316,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_higher_priority_takes_the_room_freed_first_even_when_it_came_later() {
-        let (room, signal) = room();
-        let limiter = Arc::new(MemoryLimiter::new());
-        let scopes = quota(100);
-        let running = limiter.admit_sync(&scopes, demand(100), NOON).unwrap();
+        let Scene { room, signal, limiter, scopes, running } = scene(100);
         let low = waiter(&room, &limiter, &scopes, 60, patience(0));
         tokio::time::sleep(Duration::from_millis(1)).await;
         let high = waiter(&room, &limiter, &scopes, 60, patience(5));
@@ -323,10 +332,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_request_gives_up_after_its_patience_with_the_latest_refusal() {
-        let (room, _signal) = room();
-        let limiter = Arc::new(MemoryLimiter::new());
-        let scopes = quota(100);
-        let _running = limiter.admit_sync(&scopes, demand(80), NOON).unwrap();
+        let Scene { room, signal: _, limiter, scopes, running: _running } = scene(80);
         let start = Instant::now();
         let patience = Patience { priority: 0, timeout: Duration::from_millis(700) };
         let result = waiter(&room, &limiter, &scopes, 50, patience).await.unwrap();
@@ -341,10 +347,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_quota_spent_by_what_settled_ends_the_wait_at_once() {
-        let (room, signal) = room();
-        let limiter = Arc::new(MemoryLimiter::new());
-        let scopes = quota(100);
-        let running = limiter.admit_sync(&scopes, demand(80), NOON).unwrap();
+        let Scene { room, signal, limiter, scopes, running } = scene(80);
         let waiting = waiter(&room, &limiter, &scopes, 50, patience(0));
         tokio::time::sleep(Duration::from_millis(1)).await;
         let start = Instant::now();
@@ -356,10 +359,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_request_that_leaves_in_its_turn_hands_it_on() {
-        let (room, signal) = room();
-        let limiter = Arc::new(MemoryLimiter::new());
-        let scopes = quota(100);
-        let running = limiter.admit_sync(&scopes, demand(100), NOON).unwrap();
+        let Scene { room, signal, limiter, scopes, running } = scene(100);
         let first = waiter(&room, &limiter, &scopes, 60, patience(9));
         let second = waiter(&room, &limiter, &scopes, 60, patience(0));
         tokio::time::sleep(Duration::from_millis(1)).await;
