@@ -63,17 +63,13 @@ async fn allowed_records(gateway: &Gateway, key_id: &str, path: &str, count: usi
     }
 }
 
-fn billed(record: &Value) -> (u64, u64) {
-    (record["prompt_tokens"].as_u64().unwrap(), record["completion_tokens"].as_u64().unwrap())
-}
-
 /// Checks the script's `usage` against the key's one record for `path` and returns it billed.
 async fn billed_as_reported(gateway: &Gateway, keys: &Keys, path: &str, observed: &Value) -> (u64, u64) {
     let records = allowed_records(gateway, &keys.key_id, path, 1).await;
     assert_eq!(records.len(), 1, "{records:#?}");
     let usage = &observed["usage"];
     let reported = (usage["prompt_tokens"].as_u64().unwrap(), usage["output_tokens"].as_u64().unwrap());
-    assert_eq!(billed(&records[0]), reported, "billed the whole prompt the SDK saw: {observed}");
+    assert_eq!(common::billed(&records[0]), reported, "billed the whole prompt the SDK saw: {observed}");
     assert_eq!(records[0]["usage_estimated"], false, "{}", records[0]);
     reported
 }
@@ -108,7 +104,7 @@ async fn anthropic_sdk_messages_count_tokens_and_error_classes_through_the_gatew
     let counted = sdk.run("count_tokens", &env);
     assert!(counted["input_tokens"].as_u64().unwrap() > 0, "{counted}");
     let record = &allowed_records(&gateway, &keys.key_id, "/v1/messages/count_tokens", 1).await[0];
-    assert_eq!(billed(record), (0, 0), "counting bills no tokens: {record}");
+    assert_eq!(common::billed(record), (0, 0), "counting bills no tokens: {record}");
 
     let errors = sdk.run("errors", &env);
     for (case, class) in [
@@ -154,7 +150,7 @@ async fn anthropic_sdk_through_the_gateway_to_a_real_small_model() {
     let counted = run("count_tokens", &keys);
     assert!(counted["input_tokens"].as_u64().unwrap() > 0, "{counted}");
     let record = &allowed_records(&gateway, &keys.key_id, "/v1/messages/count_tokens", 1).await[0];
-    assert_eq!(billed(record), (0, 0), "counting bills no tokens: {record}");
+    assert_eq!(common::billed(record), (0, 0), "counting bills no tokens: {record}");
 
     let errors = run("errors", &keys);
     for (case, class) in [

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Reply, http, send};
+use common::{Reply, billed, http, record_of, send};
 use portcullis_testkit::{Fault, Gateway, GatewayBuilder, StubUpstream};
 use serde_json::{Value, json};
 
@@ -45,14 +45,6 @@ fn message(text: &str, stream: bool) -> Value {
 }
 
 /// The record of the answer's request.
-async fn record_of(gateway: &Gateway, reply: &Reply) -> Value {
-    common::the_record(gateway, reply.header("x-request-id").expect("a request id")).await
-}
-
-fn billed(record: &Value) -> (u64, u64) {
-    (record["prompt_tokens"].as_u64().unwrap(), record["completion_tokens"].as_u64().unwrap())
-}
-
 /// The key's spend today, once `requests` requests are recorded: (requests, tokens).
 async fn spend_today(gateway: &Gateway, key: &str, requests: u64) -> (u64, u64) {
     let deadline = Instant::now() + common::AUDIT_WAIT;

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{BINARY, Reply, http, send, the_record};
+use common::{BINARY, Reply, billed, http, record_of, send, the_record};
 use portcullis_testkit::{DEFAULT_STREAM_CHUNKS, Fault, Gateway, GatewayBuilder, StubUpstream, reply_text};
 use serde_json::{Value, json};
 
@@ -51,12 +51,8 @@ async fn a_response_is_capped_named_as_asked_and_billed_from_its_usage_plain_and
     assert_eq!(seen.json_field("model"), "Up-M");
     assert!(seen.json_field("max_output_tokens").as_u64().is_some_and(|cap| cap > 0), "cap written: {:?}", seen.body);
     assert!(seen.json_field("stream_options").is_null());
-    let record = the_record(&gateway, reply.header("x-request-id").expect("id")).await;
-    assert_eq!(
-        (record["prompt_tokens"].as_u64(), record["completion_tokens"].as_u64()),
-        (Some(2), Some(3)),
-        "{record}"
-    );
+    let record = record_of(&gateway, &reply).await;
+    assert_eq!(billed(&record), (2, 3), "{record}");
     assert_eq!(record["usage_estimated"], false, "{record}");
 
     let streamed = json!({"model": "m", "input": "hello there again", "stream": true, "max_output_tokens": 2});
@@ -77,12 +73,8 @@ async fn a_response_is_capped_named_as_asked_and_billed_from_its_usage_plain_and
     let seen = stub.last_request_to("/v1/responses").expect("the stub was called");
     assert_eq!(seen.json_field("max_output_tokens"), 2, "the client's own cap stands");
     assert!(seen.json_field("stream_options").is_null(), "never added for this API: {:?}", seen.body);
-    let record = the_record(&gateway, reply.header("x-request-id").expect("id")).await;
-    assert_eq!(
-        (record["prompt_tokens"].as_u64(), record["completion_tokens"].as_u64()),
-        (Some(3), Some(2)),
-        "{record}"
-    );
+    let record = record_of(&gateway, &reply).await;
+    assert_eq!(billed(&record), (3, 2), "{record}");
     assert_eq!(record["usage_estimated"], false, "read from response.incomplete: {record}");
 
     let today = common::spent_today(&gateway, &key, 2).await;
@@ -102,7 +94,7 @@ async fn a_responses_stream_cut_mid_way_is_billed_what_was_relayed_and_ends_with
     assert_eq!((error["type"].as_str(), error["code"].as_str()), (Some("error"), Some("upstream_failed_mid_stream")));
     assert!(error["message"].is_string());
     assert_eq!(events.iter().filter(|(name, _)| name.ends_with(".delta")).count(), 1, "{}", reply.text);
-    let record = the_record(&gateway, reply.header("x-request-id").expect("id")).await;
+    let record = record_of(&gateway, &reply).await;
     assert_eq!(record["completion_tokens"], 1, "one delta reached the client: {record}");
     assert_eq!(record["usage_estimated"], true, "{record}");
 }
@@ -113,7 +105,7 @@ async fn an_answer_without_output_is_refused_and_billed_nothing() {
     let (_, key) = gateway.create_key(&[]);
     let reply = respond(&gateway, &key, &json!({"model": "m", "input": Fault::WrongShape.marker()})).await;
     reply.assert_error(502, "upstream_invalid_response");
-    let record = the_record(&gateway, reply.header("x-request-id").expect("id")).await;
+    let record = record_of(&gateway, &reply).await;
     assert_eq!(record["reason"], "upstream_wrong_shape", "{record}");
     assert_eq!(record["completion_tokens"].as_u64().unwrap_or(0), 0, "{record}");
 }

@@ -203,6 +203,17 @@ pub async fn wait_for_records(gateway: &Gateway, query: &str, count: usize) -> V
     }
 }
 
+/// The one record of `reply`, found by its request id.
+pub async fn record_of(gateway: &Gateway, reply: &Reply) -> Value {
+    the_record(gateway, reply.header("x-request-id").expect("a request id")).await
+}
+
+/// A record's billed tokens: (prompt, completion).
+pub fn billed(record: &Value) -> (u64, u64) {
+    let tokens = |field: &str| record[field].as_u64().unwrap_or_else(|| panic!("no {field} in {record}"));
+    (tokens("prompt_tokens"), tokens("completion_tokens"))
+}
+
 /// The one record with this request id; panics when there are none or several.
 pub async fn the_record(gateway: &Gateway, request_id: &str) -> Value {
     let records = wait_for_records(gateway, &format!("request_id={request_id}"), 1).await;
