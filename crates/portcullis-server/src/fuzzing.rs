@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::proxy::body::{self, Operation, ParsedRequest};
 use crate::proxy::capture::{Capture, CapturedText};
-use crate::proxy::sse::{Pushed, SseScanner, StreamTally};
+use crate::proxy::sse::{Pushed, SseScanner, StreamKind, StreamTally};
 
 /// The credential headers: `Authorization` (first line), `x-api-key` (second) and
 /// `X-Forwarded-For` (third) as a client sends them; the first byte picks the peer. Checks
@@ -124,8 +124,8 @@ struct Scanned {
     ended: Pushed,
 }
 
-fn scan(stream: &[u8], seed: u8, strip: bool, capture: bool, cap: Option<u64>) -> Scanned {
-    let mut scanner = SseScanner::new(strip, capture, 64 * 1024);
+fn scan(stream: &[u8], seed: u8, kind: StreamKind, strip: bool, capture: bool, cap: Option<u64>) -> Scanned {
+    let mut scanner = SseScanner::new(kind, strip, capture, 64 * 1024);
     let mut out = VecDeque::new();
     let mut relayed = Vec::new();
     let mut rest = stream;
@@ -142,7 +142,8 @@ fn scan(stream: &[u8], seed: u8, strip: bool, capture: bool, cap: Option<u64>) -
 }
 
 /// The SSE scanner: the first byte sets stripping of the usage chunk (bit 0), content capture
-/// (bit 1) and a cap on content events (bits 2–4, 0 for none); the second picks how the
+/// (bit 1), a cap on content events (bits 2–4, 0 for none) and whose events the stream carries
+/// (bits 5–6: chat chunks, Responses, Anthropic); the second picks how the
 /// stream is split into frames. The scanner adds nothing: what it relays is the stream up to
 /// its last complete event — or up to the first whose data is not a JSON object, where it
 /// stops — less what it removes (only the usage chunk, only when asked, and what follows the
@@ -155,16 +156,19 @@ pub fn sse_scan(bytes: &[u8]) {
         0 => None,
         cap => Some(u64::from(cap)),
     };
-    let whole = scan(stream, 0, strip, capture, cap);
+    let kind = [StreamKind::OpenAi, StreamKind::Responses, StreamKind::Anthropic, StreamKind::OpenAi]
+        [usize::from((flags >> 5) & 3)];
+    let scanned = |seed, strip, capture, cap| scan(stream, seed, kind, strip, capture, cap);
+    let whole = scanned(0, strip, capture, cap);
     assert!(whole.relayed.len() <= stream.len(), "relayed more than was received");
     assert_eq!(whole.text.is_some(), capture);
     if let Some(cap) = cap {
         assert!(whole.tally.content_events <= cap, "relayed past the cap");
     }
-    let split = scan(stream, *seed, strip, capture, cap);
+    let split = scanned(*seed, strip, capture, cap);
     assert_eq!(whole, split, "the framing {seed} changed the outcome");
 
-    let plain = scan(stream, 0, false, false, None);
+    let plain = scanned(0, false, false, None);
     assert!(stream.starts_with(&plain.relayed), "without stripping, the stream is relayed unchanged");
     let unfinished = &stream[plain.relayed.len()..];
     if plain.ended == Pushed::Invalid {
@@ -182,7 +186,7 @@ pub fn sse_scan(bytes: &[u8]) {
             assert_eq!(plain.relayed, whole.relayed, "something was stripped without a usage report");
         }
     } else {
-        let uncapped = scan(stream, 0, strip, capture, None);
+        let uncapped = scanned(0, strip, capture, None);
         assert!(uncapped.relayed.starts_with(&whole.relayed), "the cap changed what came before it");
     }
 }
