@@ -80,7 +80,11 @@ pub async fn admit(
     };
     // Only a model with a tokenizer pays for a count; plain chat does not even load the runtime.
     let counted = match model {
-        Some(config) if config.tokenizer.is_some() => prompt::counted_bound(&state.runtime(), model, request).await,
+        // Boxed, like the wait below: a path few requests take must not make every request's
+        // future larger (it is moved, whole, at each of its hand-offs).
+        Some(config) if config.tokenizer.is_some() => {
+            Box::pin(prompt::counted_bound(&state.runtime(), model, request)).await
+        }
         _ => None,
     };
     let plan = demand::plan(request, rules, counted);
@@ -142,7 +146,7 @@ pub(crate) async fn reserve(
         Err(Refusal::Denied(denial))
             if denial.reason == DenialReason::HeldByReservations && !patience.timeout.is_zero() =>
         {
-            let waited = waiting_room().wait(patience, attempt).await;
+            let waited = Box::pin(waiting_room().wait(patience, attempt)).await;
             state.metrics().quota_waited(match &waited {
                 Ok(_) => "admitted",
                 Err(Refusal::Denied(denial)) if denial.reason == DenialReason::HeldByReservations => "timed_out",
